@@ -1,0 +1,260 @@
+"""Stage 2, capture: trace the model with torch.fx, falling back per submodule.
+
+``symbolic_trace`` fails on data-dependent control flow. Rather than give up on the whole model we
+trace the children of a module that would not trace, recursively, and retrace the module with the
+untraceable children kept as opaque leaves. One dynamic ``forward`` then hides only itself.
+When example inputs are known, shapes are propagated with fake tensors (no real compute).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .findings import Coverage
+from .load import ExampleInputs, LoadedTarget
+
+
+@dataclass
+class GraphPart:
+    """One traced graph: the module it traces (by qualified name) and the fx GraphModule."""
+
+    qualname: str
+    module: nn.Module
+    gm: fx.GraphModule
+    shapes_known: bool = False
+
+    def full_name(self, target: str) -> str:
+        """Qualified name in the whole model of a call_module / get_attr target of this graph."""
+        return f"{self.qualname}.{target}" if self.qualname else target
+
+
+@dataclass
+class Capture:
+    target: LoadedTarget
+    parts: list[GraphPart]
+    opaque: list[str]
+    coverage: Coverage
+    notes: list[str] = field(default_factory=list)
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, opaque: set[str]) -> None:
+        super().__init__()
+        self.opaque = opaque
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self.opaque or super().is_leaf_module(m, module_qualified_name)
+
+
+def _trace(module: nn.Module, opaque: set[str]) -> fx.GraphModule:
+    tracer = _Tracer(opaque)
+    with _quiet():
+        graph = tracer.trace(module)
+    name = module.__class__.__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _is_default_leaf(module: nn.Module) -> bool:
+    return fx.Tracer().is_leaf_module(module, "")
+
+
+def _capture_module(module: nn.Module, name: str, parts: list[GraphPart], opaque: list[str]) -> None:
+    """Trace ``module`` whole if possible; otherwise trace what can be traced below it."""
+    try:
+        parts.append(GraphPart(name, module, _trace(module, set())))
+        return
+    except Exception:  # noqa: BLE001 - any tracing failure means: go finer
+        pass
+    untraceable: set[str] = set()
+    below: list[GraphPart] = []  # graphs of the children that do not trace whole
+    traced_whole: list[GraphPart] = []
+    for child_name, child in module.named_children():
+        if _is_default_leaf(child):
+            continue
+        full = f"{name}.{child_name}" if name else child_name
+        sub: list[GraphPart] = []
+        _capture_module(child, full, sub, opaque)
+        if len(sub) == 1 and sub[0].qualname == full:
+            traced_whole.extend(sub)  # inlined in this module's graph if that traces
+        else:
+            untraceable.add(child_name)
+            below.extend(sub)
+    if untraceable:
+        try:
+            parts.append(GraphPart(name, module, _trace(module, untraceable)))
+            parts.extend(below)
+            return
+        except Exception:  # noqa: BLE001
+            pass
+    # This module's own forward does not trace: keep it opaque, keep its children's graphs.
+    opaque.append(name)
+    parts.extend(traced_whole)
+    parts.extend(below)
+
+
+def capture(target: LoadedTarget) -> Capture:
+    parts: list[GraphPart] = []
+    opaque: list[str] = []
+    _capture_module(target.model, "", parts, opaque)
+    notes: list[str] = []
+    if opaque:
+        shown = ", ".join(o or "<root>" for o in opaque[:5])
+        more = f" and {len(opaque) - 5} more" if len(opaque) > 5 else ""
+        notes.append(f"not traceable by torch.fx, analysed as opaque: {shown}{more}")
+    if target.inputs is None:
+        notes.append("no example inputs: shapes unknown (give --input-shape or return "
+                     "(model, inputs) from the target)")
+    else:
+        error = _propagate_shapes(target, parts)
+        if error:
+            notes.append(f"forward on the example inputs failed ({error}); analysed without shapes")
+    return Capture(target=target, parts=parts, opaque=opaque,
+                   coverage=_coverage(target.model, parts, opaque), notes=notes)
+
+
+def _coverage(model: nn.Module, parts: list[GraphPart], opaque: list[str]) -> Coverage:
+    seen_modules: set[str] = set()
+    seen_params: set[str] = set()
+    for part in parts:
+        for node in part.gm.graph.nodes:
+            if node.op == "call_module":
+                seen_modules.add(part.full_name(node.target))
+            elif node.op == "get_attr":
+                seen_params.add(part.full_name(node.target))
+    opaque_set = set(opaque)
+    layers = [n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    traced, untraced = 0, []
+    for name in layers:
+        inside = _inside(name, seen_modules, opaque_set) or any(
+            (f"{name}.{p}" if name else p) in seen_params
+            for p, _ in model.get_submodule(name).named_parameters(recurse=False))
+        if inside:
+            traced += 1
+        else:
+            untraced.append(name)
+    return Coverage(total=len(layers), traced=traced, untraced=tuple(untraced),
+                    opaque=tuple(opaque))
+
+
+def _inside(name: str, called: set[str], opaque: set[str]) -> bool:
+    """Called as a node itself, or inside a standard leaf (e.g. MultiheadAttention.out_proj)."""
+    probe = name
+    while True:
+        if probe in called:
+            return probe not in opaque
+        if not probe:
+            return False
+        probe = probe.rsplit(".", 1)[0] if "." in probe else ""
+
+
+# --- shapes -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _propagate_shapes(target: LoadedTarget, parts: list[GraphPart]) -> str | None:
+    """Record the inputs each graph root sees in one fake forward pass, then interpret each graph.
+
+    Fake tensors carry shapes and dtypes without data, so a large model costs no real compute.
+    Buffers are restored afterwards: the user's model is never modified by the analysis.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    inputs = target.inputs
+    assert inputs is not None
+    model = target.model
+    roots = {part.qualname: part for part in parts}
+    seen: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if name in roots and name not in seen:
+            def hook(mod: nn.Module, args: Any, kwargs: Any, _name: str = name) -> None:
+                seen.setdefault(_name, (args, kwargs))
+            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        with _preserved(model), _quiet(), FakeTensorMode(allow_non_fake_inputs=True):
+            if set(roots) == {""}:
+                seen[""] = (inputs.args, inputs.kwargs)  # one whole graph: no hook pass needed
+            else:
+                model(*inputs.args, **inputs.kwargs)
+            for name, part in roots.items():
+                if name in seen:
+                    args, kwargs = seen[name]
+                    _ShapeInterpreter(part.gm).run(*_placeholders(part.gm, args, kwargs))
+                    part.shapes_known = True
+    except Exception as exc:  # noqa: BLE001 - the user's forward failed; analysis goes on
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip(": ")
+    finally:
+        for h in handles:
+            h.remove()
+    return None
+
+
+def _placeholders(gm: fx.GraphModule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    values: list[Any] = []
+    positional = list(args)
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        name = str(node.target).lstrip("*")
+        if str(node.target).startswith("*"):
+            values.extend(positional)
+            positional = []
+        elif positional:
+            values.append(positional.pop(0))
+        elif name in kwargs:
+            values.append(kwargs[name])
+        elif node.args:
+            values.append(node.args[0])
+        else:
+            values.append(None)
+    return values
+
+
+class _ShapeInterpreter(fx.Interpreter):
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        n.meta["biaslint_shape"] = _info(result)
+        return result
+
+
+def _info(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return TensorInfo(tuple(int(s) for s in value.shape), value.dtype)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_info(v) for v in value)
+    return None
+
+
+@contextlib.contextmanager
+def _preserved(model: nn.Module) -> Iterator[None]:
+    saved = {name: buf.detach().clone() for name, buf in model.named_buffers()}
+    modes = {name: m.training for name, m in model.named_modules()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, buf in model.named_buffers():
+                if name in saved and buf.shape == saved[name].shape:
+                    buf.copy_(saved[name])
+        for name, m in model.named_modules():
+            if name in modes:
+                m.train(modes[name])

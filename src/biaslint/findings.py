@@ -1,0 +1,139 @@
+"""Data that crosses pipeline stages: severities, locations, fixes and findings.
+
+Nothing here imports torch, so the CLI can format and filter findings cheaply.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Severity(enum.IntEnum):
+    INFO = 1
+    WARNING = 2
+    ERROR = 3
+
+    @classmethod
+    def parse(cls, text: str) -> "Severity":
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            raise ValueError(f"unknown severity {text!r}: use error, warning or info") from None
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where something was written: a file, a 1-based line and column, and the call's last line."""
+
+    file: str
+    line: int
+    col: int = 0
+    end_line: int | None = None
+    function: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "col": self.col,
+                "end_line": self.end_line or self.line}
+
+
+@dataclass(frozen=True)
+class InitCall:
+    """The call that last wrote a parameter's values while the model was built."""
+
+    name: str  # e.g. "nn.init.zeros_", "Tensor.normal_"
+    args: str  # the non-tensor arguments as the user wrote them, e.g. "mean=0, std=1"
+    location: Location | None
+    by_user: bool  # False when torch's own reset_parameters() set it (the default init)
+
+    def describe(self) -> str:
+        call = f"{self.name}(..., {self.args})" if self.args else self.name
+        return call if self.by_user else f"{call} (PyTorch default)"
+
+
+@dataclass(frozen=True)
+class Fix:
+    """How to mend a finding. ``title`` is imperative; ``code`` is a line to write instead, if any."""
+
+    title: str
+    code: str = ""
+    safe: bool = False
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    name: str
+    severity: Severity
+    module: str  # qualified name as in named_modules(); "" for the root
+    module_type: str
+    message: str
+    location: Location | None
+    fix: Fix | None = None
+    parameter: str = ""
+    data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        loc = self.location
+        return {
+            "code": self.code,
+            "name": self.name,
+            "severity": str(self.severity),
+            "module": self.module,
+            "module_type": self.module_type,
+            "parameter": self.parameter,
+            "message": self.message,
+            "file": loc.file if loc else None,
+            "line": loc.line if loc else None,
+            "col": loc.col if loc else None,
+            "end_line": (loc.end_line or loc.line) if loc else None,
+            "fix": {"title": self.fix.title, "code": self.fix.code, "safe": self.fix.safe}
+            if self.fix else None,
+            "data": self.data,
+        }
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How many parametrized layers ended up inside a traced graph."""
+
+    total: int
+    traced: int
+    untraced: tuple[str, ...] = ()
+    opaque: tuple[str, ...] = ()  # modules kept as opaque leaves because they would not trace
+
+    @property
+    def ratio(self) -> float:
+        return 1.0 if self.total == 0 else self.traced / self.total
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "traced": self.traced, "ratio": round(self.ratio, 4),
+                "untraced": list(self.untraced), "opaque": list(self.opaque)}
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """Everything the reporters need for one target, and nothing they must compute."""
+
+    target: str
+    findings: tuple[Finding, ...] = ()
+    coverage: Coverage | None = None
+    notes: tuple[str, ...] = ()
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "findings": [f.as_dict() for f in self.findings],
+            "coverage": self.coverage.as_dict() if self.coverage else None,
+            "notes": list(self.notes),
+            "error": self.error,
+        }

@@ -1,0 +1,36 @@
+"""The rule registry. Adding a rule: one new file in this folder and one line below."""
+
+from __future__ import annotations
+
+from .base import Option, Rule, RuleContext
+from .bl002_zero_constant_weight import ZeroConstantWeight
+
+REGISTRY: tuple[type[Rule], ...] = (
+    ZeroConstantWeight,
+)
+
+
+def all_rules() -> list[type[Rule]]:
+    return sorted(REGISTRY, key=lambda r: r.code)
+
+
+def rule_by_code(code: str) -> type[Rule] | None:
+    for rule in REGISTRY:
+        if rule.code == code.upper():
+            return rule
+    return None
+
+
+def selected(select: tuple[str, ...], ignore: tuple[str, ...]) -> list[type[Rule]]:
+    """Rules whose code starts with a selected prefix and with no ignored prefix."""
+    result = []
+    for rule in all_rules():
+        if select and not any(rule.code.startswith(p.upper()) for p in select):
+            continue
+        if any(rule.code.startswith(p.upper()) for p in ignore):
+            continue
+        result.append(rule)
+    return result
+
+
+__all__ = ["Option", "Rule", "RuleContext", "REGISTRY", "all_rules", "rule_by_code", "selected"]
