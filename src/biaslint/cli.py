@@ -60,13 +60,18 @@ def _split_codes(values: Sequence[str]) -> tuple[str, ...]:
               help="Output format [default: text].")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Write the report to this file; the terminal still gets the summary.")
+@click.option("--class-priors", default=None, metavar="P,P,...|@FILE",
+              help="Class priors for BL005: probabilities or counts, or @file (JSON, CSV/TXT, .npy).")
+@click.option("--head", type=click.Choice(["softmax", "sigmoid"]), default=None,
+              help="Classifier head kind for BL005 [default: softmax if K > 1, sigmoid if K = 1].")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def check(targets: tuple[str, ...], input_shapes: tuple[str, ...], select: tuple[str, ...],
           ignore: tuple[str, ...], fail_on: str | None, fmt: str | None, output: str | None,
-          debug: bool) -> None:
+          class_priors: str | None, head: str | None, debug: bool) -> None:
     """Lint the models that TARGETS build."""
     try:
-        code = _run_check(targets, input_shapes, select, ignore, fail_on, fmt, output, debug)
+        code = _run_check(targets, input_shapes, select, ignore, fail_on, fmt, output,
+                          class_priors, head, debug)
     except BiaslintError as exc:
         if debug:
             raise
@@ -77,7 +82,7 @@ def check(targets: tuple[str, ...], input_shapes: tuple[str, ...], select: tuple
 
 def _run_check(targets: tuple[str, ...], input_shapes: tuple[str, ...], select: tuple[str, ...],
                ignore: tuple[str, ...], fail_on: str | None, fmt: str | None, output: str | None,
-               debug: bool) -> int:
+               class_priors: str | None, head: str | None, debug: bool) -> int:
     from .settings import Settings, TargetConfig
     from .target import parse_shape, parse_target
 
@@ -89,7 +94,13 @@ def _run_check(targets: tuple[str, ...], input_shapes: tuple[str, ...], select: 
     shapes = tuple(parse_shape(s) for s in input_shapes)
     settings = Settings(select=_split_codes(select), ignore=_split_codes(ignore),
                         fail_on=Severity.parse(fail_on or "warning"), debug=debug)
-    configs = [TargetConfig(target=t, input_shapes=shapes) for t in targets]
+    priors = None
+    if class_priors is not None:
+        from .priors import parse_priors
+
+        priors = parse_priors(class_priors)
+    configs = [TargetConfig(target=t, input_shapes=shapes, class_priors=priors, head=head)
+               for t in targets]
     return _lint_and_report(configs, settings, fmt or "text", output)
 
 

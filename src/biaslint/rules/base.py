@@ -53,8 +53,8 @@ class Rule:
     # Complete Python modules that define ``build()``; the tests lint both.
     bad_example: ClassVar[str]
     good_example: ClassVar[str]
-    # Extra target settings the examples need (e.g. class priors for BL005).
-    example_args: ClassVar[tuple[str, ...]] = ()
+    # Extra TargetConfig fields the examples need, e.g. {"class_priors": (0.99, 0.01)} for BL005.
+    example_target: ClassVar[Mapping[str, Any]] = {}
 
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
         raise NotImplementedError
