@@ -171,41 +171,63 @@ class TensorInfo:
 
 
 def _propagate_shapes(target: LoadedTarget, parts: list[GraphPart]) -> str | None:
-    """Record the inputs each graph root sees in one fake forward pass, then interpret each graph.
+    """Record the inputs each graph root sees in one forward pass, then interpret each graph.
 
     Fake tensors carry shapes and dtypes without data, so a large model costs no real compute.
-    Buffers are restored afterwards: the user's model is never modified by the analysis.
+    Data-dependent control flow (``if x.sum() > 0``) cannot run on fake tensors; then we run the
+    real forward under ``no_grad``. Buffers and train/eval flags are restored afterwards: the
+    user's model is never modified by the analysis.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    try:
+        # Entered inside _run_parts, after the buffers are saved as real tensors.
+        _run_parts(target, parts, FakeTensorMode(allow_non_fake_inputs=True))
+        return None
+    except Exception:  # noqa: BLE001 - fall back to real compute
+        for part in parts:
+            part.shapes_known = False
+    try:
+        with torch.no_grad():
+            _run_parts(target, parts, contextlib.nullcontext())
+        return None
+    except Exception as exc:  # noqa: BLE001 - the user's forward failed; analysis goes on
+        for part in parts:
+            part.shapes_known = False
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _run_parts(target: LoadedTarget, parts: list[GraphPart], mode: Any) -> None:
     inputs = target.inputs
     assert inputs is not None
     model = target.model
     roots = {part.qualname: part for part in parts}
     seen: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
     handles = []
-    for name, module in model.named_modules():
-        if name in roots and name not in seen:
-            def hook(mod: nn.Module, args: Any, kwargs: Any, _name: str = name) -> None:
-                seen.setdefault(_name, (args, kwargs))
-            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     try:
-        with _preserved(model), _quiet(), FakeTensorMode(allow_non_fake_inputs=True):
-            if set(roots) == {""}:
-                seen[""] = (inputs.args, inputs.kwargs)  # one whole graph: no hook pass needed
-            else:
+        if set(roots) == {""}:
+            seen[""] = (inputs.args, inputs.kwargs)  # one whole graph: no hook pass needed
+        else:
+            for name, module in model.named_modules():
+                if name in roots:
+                    def hook(mod: nn.Module, args: Any, kwargs: Any, _name: str = name) -> None:
+                        seen.setdefault(_name, (args, kwargs))
+                    handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        with _preserved(model), _quiet(), mode:
+            if set(roots) != {""}:
                 model(*inputs.args, **inputs.kwargs)
+            for h in handles:
+                h.remove()
+            handles.clear()
             for name, part in roots.items():
                 if name in seen:
                     args, kwargs = seen[name]
                     _ShapeInterpreter(part.gm).run(*_placeholders(part.gm, args, kwargs))
                     part.shapes_known = True
-    except Exception as exc:  # noqa: BLE001 - the user's forward failed; analysis goes on
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip(": ")
     finally:
         for h in handles:
             h.remove()
-    return None
 
 
 def _placeholders(gm: fx.GraphModule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:

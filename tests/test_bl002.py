@@ -1,0 +1,272 @@
+"""BL002 verdicts, each checked by training the same model a few SGD steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from biaslint.engine import lint_loaded
+from biaslint.load import load_target
+from biaslint.settings import Settings, TargetConfig
+
+
+@pytest.fixture
+def lint_model(write_target):
+    """Lint a source's build() with BL002 only; return (findings by module, the linted model)."""
+
+    def run(source: str):
+        target = write_target(source)
+        torch.manual_seed(0)
+        loaded = load_target(target)
+        result = lint_loaded(loaded, TargetConfig(target), Settings(select=("BL002",)))
+        return {f.module: f for f in result.findings}, loaded.model
+
+    return run
+
+
+def train(model: nn.Module, in_features: int, steps: int = 25, lr: float = 0.1,
+          out_features: int | None = None, record_first_grads: bool = False):
+    """A few SGD steps on a random regression task; returns the first step's grads if asked."""
+    torch.manual_seed(1)
+    x = torch.randn(32, in_features)
+    with torch.no_grad():
+        out = model(x)
+    y = torch.randn_like(out)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    first: dict[str, torch.Tensor] = {}
+    for step in range(steps):
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        if step == 0 and record_first_grads:
+            first = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        opt.step()
+    return first
+
+
+def rows_identical(weight: torch.Tensor) -> bool:
+    rows = weight.detach().reshape(weight.shape[0], -1)
+    return bool(torch.allclose(rows, rows[:1].expand_as(rows), atol=1e-7))
+
+
+TANH_BOTH_ZERO = """
+import torch.nn as nn
+def build():
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4))
+    for hidden in (model[0], model[2]):
+        nn.init.zeros_(hidden.weight)
+        nn.init.zeros_(hidden.bias)
+    return model
+"""
+
+
+def test_two_zero_layers_clone_and_stall(lint_model):
+    findings, model = lint_model(TANH_BOTH_ZERO)
+    assert findings["0"].severity.name == "ERROR" and findings["0"].data["verdict"] == "clones"
+    assert findings["2"].severity.name == "WARNING" and findings["2"].data["verdict"] == "stall"
+    assert "4" not in findings  # the random head
+    first = train(model, 8, record_first_grads=True)
+    # stall: the layer before the zero layer gets exactly no gradient at the first step
+    assert torch.count_nonzero(first["0.weight"]) == 0
+    # clones: the first layer's units are still identical after training
+    assert rows_identical(model[0].weight) and rows_identical(model[0].bias[:, None])
+
+
+SIGMOID_CLONES = """
+import torch.nn as nn
+def build():
+    model = nn.Sequential(nn.Linear(8, 16), nn.Sigmoid(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4))
+    nn.init.zeros_(model[0].weight)
+    nn.init.zeros_(model[0].bias)
+    nn.init.constant_(model[2].weight, 0.1)
+    return model
+"""
+
+
+def test_constant_consumer_keeps_units_clones_but_they_learn(lint_model):
+    findings, model = lint_model(SIGMOID_CLONES)
+    assert findings["0"].data["verdict"] == "clones"
+    # layer 2 is constant but its consumer is random: it breaks symmetry, so no finding
+    assert "2" not in findings
+    train(model, 8, steps=40)
+    assert model[0].weight.abs().max() > 0  # it did learn...
+    assert rows_identical(model[0].weight)  # ...but all its units learned the same thing
+    assert not rows_identical(model[2].weight)  # layer 2's units became different
+
+
+RELU_DEAD = """
+import torch.nn as nn
+def build():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    nn.init.zeros_(model[0].weight)
+    nn.init.zeros_(model[0].bias)
+    return model
+"""
+
+
+def test_zero_layer_before_relu_is_dead(lint_model):
+    findings, model = lint_model(RELU_DEAD)
+    finding = findings["0"]
+    assert finding.severity.name == "ERROR" and finding.data["dead_units"] == 16
+    train(model, 8)
+    assert model[0].weight.abs().max() == 0 and model[0].bias.abs().max() == 0
+
+
+RELU_PARTLY_DEAD = """
+import torch, torch.nn as nn
+def build():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 16, 4))
+    model[0].weight.data.zero_()  # bias keeps PyTorch's random default
+    return model
+"""
+
+
+def test_zero_conv_with_random_bias_has_some_dead_channels(lint_model):
+    findings, model = lint_model(RELU_PARTLY_DEAD)
+    finding = findings["0"]
+    bias = model[0].bias.detach().clone()
+    dead = bias <= 0
+    assert finding.severity.name == "WARNING"
+    assert finding.data["dead_units"] == int(dead.sum()) and 0 < int(dead.sum()) < 16
+    torch.manual_seed(1)
+    x = torch.randn(8, 3, 4, 4)
+    y = torch.randn(8, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(20):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+    w = model[0].weight.detach().flatten(1)
+    assert w[dead].abs().max() == 0  # the dead channels never moved
+    assert w[~dead].abs().max() > 0  # the live ones did
+
+
+DELIBERATE = {
+    "residual": """
+import torch.nn as nn
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 8)
+        self.fc2 = nn.Linear(8, 8)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+    def forward(self, x):
+        return x + self.fc2(self.fc1(x).relu())
+def build():
+    return nn.Sequential(nn.Linear(8, 8), Block(), Block(), nn.Linear(8, 4))
+""",
+    "lora": """
+import torch.nn as nn
+class LoRALinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.base = nn.Linear(8, 8)
+        self.lora_A = nn.Linear(8, 2, bias=False)
+        self.lora_B = nn.Linear(2, 8, bias=False)
+        nn.init.zeros_(self.lora_B.weight)
+    def forward(self, x):
+        return self.base(x) + self.lora_B(self.lora_A(x)) * 0.5
+def build():
+    return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), LoRALinear(), nn.ReLU(), nn.Linear(8, 4))
+""",
+    "adaln": """
+import torch, torch.nn as nn
+class DiTBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(8, elementwise_affine=False)
+        self.mlp = nn.Linear(8, 8)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(8, 24))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+    def forward(self, x):
+        shift, scale, gate = self.ada(x).chunk(3, dim=1)
+        h = self.norm(x) * (1 + scale) + shift
+        return x + gate * self.mlp(h)
+def build():
+    return nn.Sequential(nn.Linear(8, 8), DiTBlock(), nn.Linear(8, 4))
+""",
+    "head": """
+import torch.nn as nn
+def build():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    nn.init.zeros_(model[2].weight)
+    nn.init.zeros_(model[2].bias)
+    return model
+""",
+}
+
+
+@pytest.mark.parametrize("case", sorted(DELIBERATE))
+def test_deliberate_zero_init_is_quiet_and_does_learn(lint_model, case):
+    findings, model = lint_model(DELIBERATE[case])
+    assert findings == {}
+    zeros = [(n, p) for n, p in model.named_parameters() if n.endswith("weight") and p.dim() == 2
+             and p.abs().max() == 0]
+    assert zeros, "the case must contain a zero weight"
+    train(model, 8, steps=30)
+    for name, p in zeros:
+        assert p.abs().max() > 0, name  # it learned
+        assert not rows_identical(p), name  # and its units became different
+
+
+def test_constant_first_layer_with_random_consumer_is_quiet_and_breaks_symmetry(lint_model):
+    findings, model = lint_model("""
+import torch.nn as nn
+def build():
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+    nn.init.constant_(model[0].weight, 0.05)
+    return model
+""")
+    assert findings == {}
+    train(model, 8)
+    assert not rows_identical(model[0].weight)
+
+
+def test_constant_embedding_before_constant_layer_clones(lint_model):
+    findings, model = lint_model("""
+import torch.nn as nn
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        nn.init.constant_(self.emb.weight, 0.3)
+        self.proj = nn.Linear(6, 6, bias=False)
+        nn.init.constant_(self.proj.weight, 0.2)
+        self.head = nn.Linear(6, 3)
+    def forward(self, x):
+        return self.head(self.proj(self.emb(x)).tanh())
+def build():
+    return M()
+""")
+    assert findings["emb"].data["verdict"] == "clones"
+    torch.manual_seed(0)
+    ids = torch.randint(0, 10, (16, 5))
+    y = torch.randn(16, 5, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(20):
+        opt.zero_grad()
+        ((model(ids) - y) ** 2).mean().backward()
+        opt.step()
+    emb = model.emb.weight.detach()
+    # units of an embedding are its feature columns: they stay identical
+    assert torch.allclose(emb, emb[:, :1].expand_as(emb), atol=1e-6)
+    assert not torch.allclose(emb[0], emb[1])  # while the rows (tokens) did learn
+
+
+def test_normalization_weights_and_zero_init_residual_are_quiet():
+    import torchvision
+
+    from biaslint.capture import capture
+    from biaslint.analysis import AnalysedModel
+    from biaslint.load import LoadedTarget
+    from biaslint.rules import RuleContext
+    from biaslint.rules.bl002_zero_constant_weight import ZeroConstantWeight
+
+    model = torchvision.models.resnet18(zero_init_residual=True)
+    loaded = LoadedTarget("resnet18", model, None, {}, {})
+    analysed = AnalysedModel(capture(loaded))
+    assert list(ZeroConstantWeight().check(analysed, RuleContext())) == []
