@@ -62,11 +62,23 @@ def _trace(module: nn.Module, opaque: set[str]) -> fx.GraphModule:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
+    """Silence warnings and torch's own error logs while we trace and probe the user's model:
+    a failure there is expected, handled, and reported once in our notes."""
+    import logging
     import warnings
 
+    loggers = [logging.getLogger(n) for n in ("torch._subclasses.fake_tensor", "torch.fx",
+                                               "torch._dynamo", "torch.utils._sympy")]
+    levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        yield
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 def _is_default_leaf(module: nn.Module) -> bool:

@@ -37,10 +37,10 @@ def parse_target(text: str) -> TargetSpec:
 
 def parse_shape(text: str) -> tuple[int, ...]:
     """``2,3,224,224`` (or ``2x3x224x224``) to a tuple of positive ints."""
-    parts = [p for p in text.replace("x", ",").replace(" ", "").split(",") if p != ""]
+    parts = text.replace("x", ",").replace(" ", "").split(",")
     try:
         dims = tuple(int(p) for p in parts)
-    except ValueError:
+    except ValueError:  # also an empty part: "2,,3" or ""
         dims = ()
     if not dims or any(d <= 0 for d in dims):
         raise InputShapeError(

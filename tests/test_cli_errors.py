@@ -1,0 +1,82 @@
+"""Every user mistake exits 2 with one clear line and no traceback (unless --debug)."""
+
+from __future__ import annotations
+
+import pytest
+
+GOOD = "import torch.nn as nn\ndef build():\n    return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))\n"
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.output
+    return lines[0]
+
+
+def test_module_not_found(cli, write_target):
+    write_target(GOOD)  # makes a temp dir the cwd
+    line = _one_line_error(cli("no_such_module_xyz:build"))
+    assert "no module named 'no_such_module_xyz'" in line
+
+
+def test_missing_dependency_of_the_user_module_names_it(cli, write_target):
+    target = write_target("import not_installed_dep_xyz\n")
+    line = _one_line_error(cli(target))
+    assert "not_installed_dep_xyz" in line and ":1" in line
+
+
+def test_attribute_not_found(cli, write_target):
+    target = write_target(GOOD, attr="nope")
+    line = _one_line_error(cli(target))
+    assert "no attribute 'nope'" in line
+
+
+def test_target_raises_shows_the_users_exception_and_line(cli, write_target):
+    target = write_target("def build():\n    x = 1\n    raise ValueError('bad width')\n",
+                          stem="raiser")
+    line = _one_line_error(cli(target))
+    assert "ValueError: bad width" in line and "raiser.py:3" in line
+
+
+def test_target_returns_something_that_is_not_a_module(cli, write_target):
+    target = write_target("def build():\n    return 42\n")
+    line = _one_line_error(cli(target))
+    assert "int" in line and "nn.Module" in line
+
+
+def test_target_without_attr(cli, write_target):
+    write_target(GOOD, stem="plain")
+    line = _one_line_error(cli("plain.py"))
+    assert "no ':attr'" in line
+
+
+def test_missing_file(cli, write_target):
+    write_target(GOOD)
+    line = _one_line_error(cli("does/not/exist.py:build"))
+    assert "no file" in line
+
+
+@pytest.mark.parametrize("shape", ["2,x", "0,3", "", "-1"])
+def test_malformed_input_shape(cli, write_target, shape):
+    target = write_target(GOOD)
+    line = _one_line_error(cli(target, "--input-shape", shape))
+    assert "--input-shape" in line
+
+
+def test_debug_shows_the_traceback(write_target):
+    import subprocess
+    import sys
+
+    target = write_target("def build():\n    raise ValueError('boom')\n")
+    proc = subprocess.run([sys.executable, "-m", "biaslint", target, "--debug"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_forward_failing_on_inputs_is_a_note_not_exit_2(cli, write_target):
+    target = write_target(GOOD)
+    result = cli(target, "--input-shape", "2,5")  # Linear(4, ...) cannot take 5 features
+    assert result.exit_code == 0, result.output
+    assert "forward on the example inputs failed" in result.output
