@@ -8,6 +8,8 @@ from ..findings import TargetResult
 
 Reporter = Callable[[Sequence[TargetResult]], str]
 
+FORMATS = ("text", "json", "github", "sarif")
+
 
 def get_reporter(fmt: str) -> Reporter:
     if fmt == "json":
@@ -16,7 +18,10 @@ def get_reporter(fmt: str) -> Reporter:
     if fmt == "text":
         from .text import render_plain
         return render_plain
+    if fmt == "github":
+        from .github import render as render_github
+        return render_github
+    if fmt == "sarif":
+        from .sarif import render as render_sarif
+        return render_sarif
     raise KeyError(fmt)
-
-
-FORMATS = ("text", "json")

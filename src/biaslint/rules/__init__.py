@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from .base import Option, Rule, RuleContext
 from .bl002_zero_constant_weight import ZeroConstantWeight
+from .bl100_unused_suppression import UnusedSuppression
 
 REGISTRY: tuple[type[Rule], ...] = (
     ZeroConstantWeight,
+    UnusedSuppression,
 )
 
 
