@@ -1,0 +1,321 @@
+"""BL005: a classifier head whose starting predictions contradict the known class balance."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from ..errors import PriorsError
+from ..findings import Finding, Fix, Severity
+from .base import Option, Rule, RuleContext
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..analysis import AnalysedModel, Layer, Use
+
+
+@dataclass(frozen=True)
+class Head:
+    """A layer whose output reaches the model output, and how it is read."""
+
+    layer: "Layer"
+    outputs: int  # number of classes (out_features / out_channels)
+    squash: str | None  # "softmax", "log_softmax", "sigmoid" applied in the model, or None
+
+
+class ClassPriorBias(Rule):
+    code = "BL005"
+    name = "classifier-bias-ignores-priors"
+    severity = Severity.WARNING
+    summary = "Classifier bias far from the log class priors, so the first steps only fix the bias"
+    what_it_does = """\
+Runs only when class priors are given (`--class-priors 0.9,0.09,0.01`, counts or `@file`). Finds
+the classifier head: the layer whose output reaches the model's output through shape-only ops and
+an optional softmax / log_softmax / sigmoid, with one output per class. Then it measures the
+*excess initial loss*: the cross-entropy between the priors and the head's starting predictions
+minus the entropy of the priors (the loss of predicting the priors exactly), in nats.
+
+* softmax head (K > 1 outputs): predictions `softmax(bias)`; the ideal bias is `log(prior)` up
+  to a constant.
+* sigmoid head (K = 1 with two priors `negative,positive`, or `--head sigmoid` with K per-label
+  positive rates in [0, 1]): predictions `sigmoid(bias)`; the ideal bias is `log(p / (1 - p))`,
+  -4.6 for p = 0.01 (Lin et al., 2017). The excess is averaged over labels, like
+  `BCEWithLogitsLoss`' default mean.
+
+With example inputs (`--input-shape`) it also measures the excess of the actual initial logits on
+those inputs (the weights' contribution included). A finding is a warning when either excess is
+above `max_excess_nats` (0.1). Priors whose length matches no head are an error (exit 2).
+"""
+    why_bad = """\
+Before it has learned anything, a classifier can at best predict the class frequencies. A zero
+or random bias predicts uniform classes instead, and the first hundreds of steps are spent
+learning the priors through the bias; with rare classes the large loss from the frequent class
+also swamps the signal (Lin et al., 2017, set the bias so the rare class starts at p = 0.01 for
+exactly this reason; Karpathy's "Recipe for Training Neural Networks" calls it "init well"). The
+excess in nats is exactly the part of the initial loss that the right bias removes.
+"""
+    fix_text = """\
+Call `biaslint.init.prior_bias_(head, priors)` after building the model (`head="sigmoid"` for a
+sigmoid head). When only the actual logits are off, the head's weights are too large: scale them
+down to the std the message gives.
+"""
+    references = (
+        "Lin et al., 2017, Focal Loss for Dense Object Detection, section 3.3 (prior init), "
+        "https://arxiv.org/abs/1708.02002",
+        "Karpathy, 2019, A Recipe for Training Neural Networks ('init well'), "
+        "https://karpathy.github.io/2019/04/25/recipe/",
+    )
+    options = (
+        # 0.1 nats is ~2% of log(100): small next to the loss changes of the first steps, but
+        # a head 3x off a 0.9/0.1 prior already costs 0.37 nats, well above it.
+        Option("max_excess_nats", 0.1, "Warn when the excess initial loss is above this (nats)."),
+    )
+    example_target = {"class_priors": (0.9, 0.09, 0.01)}
+    bad_example = '''\
+import torch.nn as nn
+
+
+def build():
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 3))
+'''
+    good_example = '''\
+import torch.nn as nn
+
+from biaslint.init import prior_bias_
+
+
+def build():
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 3))
+    prior_bias_(model[2], (0.9, 0.09, 0.01))
+    return model
+'''
+
+    def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
+        priors = context.class_priors
+        if priors is None:
+            return
+        limit = float(context.option(self, "max_excess_nats"))
+        heads = find_heads(model)
+        matched = [(h, kind) for h in heads
+                   if (kind := _head_kind(h, context.head)) and _fits(h, kind, priors)]
+        if heads and not matched:
+            sizes = ", ".join(f"{h.layer.name or '<root>'} ({h.outputs})" for h in heads[:4])
+            raise PriorsError(
+                f"--class-priors has {len(priors)} values but no classifier head matches: the "
+                f"model's output layers have {sizes} outputs (a one-output sigmoid head takes "
+                "two priors: negative,positive)")
+        logits = _actual_logits(model, [h for h, _ in matched]) if model.inputs_known else {}
+        for head, kind in matched:
+            finding = self._judge(head, kind, priors, limit, logits.get(head.layer.name))
+            if finding is not None:
+                yield finding
+
+    def _judge(self, head: Head, kind: str, priors: Sequence[float], limit: float,
+               logits: "torch.Tensor | None") -> Finding | None:
+        import torch
+
+        from ..analysis import python_path
+        from ..init import prior_logits
+
+        layer = head.layer
+        target = _targets(kind, priors, head.outputs)
+        bias = layer.param("bias")
+        current = (bias.detach().double().reshape(-1) if bias is not None
+                   else torch.zeros(head.outputs, dtype=torch.float64))
+        from_bias = excess_loss(current.unsqueeze(0), target, kind)
+        from_logits = excess_loss(logits, target, kind) if logits is not None else None
+        if from_bias <= limit and (from_logits is None or from_logits <= limit):
+            return None
+        ideal = prior_logits(_prior_values(kind, priors, head.outputs), kind, head.outputs)
+        path = python_path(layer.name)
+        head_arg = "" if kind == "softmax" else ", head='sigmoid'"
+        call = layer.init_of("bias")
+        set_by = (f" (set by {call.describe()} at {call.location.file}:{call.location.line})"
+                  if call is not None and call.by_user and call.location is not None else "")
+        data: dict[str, Any] = {"head": kind, "excess_from_bias": from_bias,
+                                "excess_from_logits": from_logits, "outputs": head.outputs}
+        if from_bias > limit:
+            what = "has no bias" if bias is None else f"bias{set_by}"
+            actual = ("" if from_logits is None
+                      else f"; on the example inputs the actual initial logits give {from_logits:.3g}")
+            message = (f"{kind} classifier {what} gives an excess initial loss of "
+                       f"{from_bias:.3g} nats over the prior entropy (limit {limit:g}){actual}; "
+                       f"the ideal bias is {_abbrev(ideal)}")
+            if bias is None:
+                fix = Fix(title="Build the head with bias=True, then set it to the log priors",
+                          code=f"biaslint.init.prior_bias_({path}, priors{head_arg})")
+            else:
+                fix = Fix(title="Set the bias to the log class priors",
+                          code=f"biaslint.init.prior_bias_({path}, {_priors_literal(priors)}"
+                               f"{head_arg})")
+            return self.finding(layer, message, parameter="bias", fix=fix, data=data)
+        # The bias is fine; the spread of the logits the weights produce is what costs.
+        assert logits is not None and from_logits is not None
+        weight = layer.param("weight")
+        spread = float(logits.double().std())
+        data["logit_std"] = spread
+        # For small logits z with spread s, E[logsumexp] grows by about s**2 / 2 (second-order
+        # expansion), so s = sqrt(limit) keeps the excess near limit / 2.
+        scale = math.sqrt(limit) / spread if spread > 0 else 1.0
+        weight_std = float(weight.detach().std()) * scale if weight is not None else 0.0
+        message = (f"{kind} classifier: the bias matches the priors but the actual initial logits "
+                   f"on the example inputs (std {spread:.3g}) give an excess initial loss of "
+                   f"{from_logits:.3g} nats (limit {limit:g}); the head's weights are too large")
+        fix = Fix(title="Scale the head's weights down",
+                  code=f"nn.init.normal_({path}.weight, std={weight_std:.3g})")
+        return self.finding(layer, message, parameter="weight", fix=fix, data=data)
+
+
+# -- the quantities --------------------------------------------------------------------------
+
+def excess_loss(logits: "torch.Tensor", target: "torch.Tensor", kind: str) -> float:
+    """Mean cross-entropy(prior, prediction) minus entropy(prior), in nats, over rows of logits.
+
+    ``logits`` is (N, K); ``target`` is the K prior probabilities (softmax) or the K positive
+    rates (sigmoid, averaged over labels).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    z = logits.double().reshape(-1, logits.shape[-1])
+    p = target.double()
+    if kind == "softmax":
+        logq = F.log_softmax(z, dim=-1)
+        mask = p > 0
+        cross = -(p[mask] * logq[:, mask]).sum(dim=-1).mean()
+        entropy = -(p[mask] * p[mask].log()).sum()
+        return max(0.0, float(cross - entropy))
+    rates = p.clamp(0.0, 1.0)
+    cross = -(rates * F.logsigmoid(z) + (1 - rates) * F.logsigmoid(-z)).mean()
+    entropy = -(torch.xlogy(rates, rates) + torch.xlogy(1 - rates, 1 - rates)).mean()
+    return max(0.0, float(cross - entropy))
+
+
+def _prior_values(kind: str, priors: Sequence[float], outputs: int) -> Sequence[float]:
+    if kind == "sigmoid" and not (outputs == 1 and len(priors) == 2):
+        return getattr(priors, "raw", priors)  # per-label rates, as the user gave them
+    return priors
+
+
+def _targets(kind: str, priors: Sequence[float], outputs: int) -> "torch.Tensor":
+    import torch
+
+    if kind == "sigmoid":
+        if outputs == 1 and len(priors) == 2:
+            return torch.tensor([priors[1] / (priors[0] + priors[1])], dtype=torch.float64)
+        return torch.tensor(list(_prior_values(kind, priors, outputs)), dtype=torch.float64)
+    return torch.tensor(list(priors), dtype=torch.float64)
+
+
+def _fits(head: Head, kind: str, priors: Sequence[float]) -> bool:
+    if kind == "sigmoid" and head.outputs == 1:
+        return len(priors) == 2
+    if kind == "sigmoid":
+        raw = getattr(priors, "raw", priors)
+        if len(raw) == head.outputs and any(v > 1 for v in raw):
+            raise PriorsError(f"--class-priors: a multi-label sigmoid head ({head.layer.name}, "
+                              f"{head.outputs} outputs) needs per-label positive rates in [0, 1], "
+                              "not counts")
+        return len(raw) == head.outputs
+    return len(priors) == head.outputs
+
+
+def _head_kind(head: Head, requested: str | None) -> str | None:
+    if requested in ("softmax", "sigmoid"):
+        return requested
+    if head.squash == "sigmoid":
+        return "sigmoid"
+    if head.squash in ("softmax", "log_softmax"):
+        return "softmax"
+    return "softmax" if head.outputs > 1 else "sigmoid"
+
+
+def _abbrev(values: "torch.Tensor", shown: int = 4) -> str:
+    items = [f"{float(v):.2f}" for v in values[:shown]]
+    more = f", ... ({len(values)} values)" if len(values) > shown else ""
+    return "[" + ", ".join(items) + more + "]"
+
+
+def _priors_literal(priors: Sequence[float]) -> str:
+    values = list(getattr(priors, "raw", priors))
+    if len(values) > 6:
+        return "priors"
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ("," if len(values) == 1 else "") + ")"
+
+
+# -- finding the head ----------------------------------------------------------------------------
+
+def find_heads(model: "AnalysedModel") -> list[Head]:
+    """Layers (Linear, ConvNd, Bilinear) whose output reaches the root graph's output through
+    shape-only ops and at most one softmax / log_softmax / sigmoid."""
+    import torch.nn as nn
+
+    heads: list[Head] = []
+    for layer in model.layers.values():
+        module = layer.module
+        if isinstance(module, (nn.Linear, nn.Bilinear)):
+            outputs = module.out_features
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            outputs = module.out_channels
+        else:
+            continue
+        for use in model.calls_of(layer.name):
+            if use.part.qualname != "":
+                continue  # the output of a sub-graph is not the model's output
+            squash = _reaches_output(model, use)
+            if squash is not False:
+                heads.append(Head(layer, outputs, squash or None))
+                break
+    return heads
+
+
+def _reaches_output(model: "AnalysedModel", use: "Use") -> str | bool | None:
+    """None when the value reaches the output directly, the squash name when through one, False
+    when it does not reach the output."""
+    from ..ops import activation_kind, softmax_kind
+
+    for consumer in model.consumers_of(use):
+        if consumer.node.op == "output":
+            return None
+        squash = softmax_kind(consumer) or (
+            "sigmoid" if activation_kind(consumer) == "sigmoid" else None)
+        if squash and any(c.node.op == "output" for c in model.consumers_of(consumer)):
+            return squash
+    return False
+
+
+def _actual_logits(model: "AnalysedModel", heads: list[Head]) -> dict[str, "torch.Tensor"]:
+    """Run the model once on its example inputs and keep each head's output, classes last.
+
+    Buffers (BatchNorm running stats) are restored afterwards: linting never changes the model.
+    A forward that fails leaves the logits unknown (the bias-only measure still applies).
+    """
+    import torch
+
+    inputs = model.target.inputs
+    if inputs is None or not heads:
+        return {}
+    seen: dict[str, torch.Tensor] = {}
+    hooks = []
+    for head in heads:
+        def hook(_m: Any, _a: Any, out: Any, name: str = head.layer.name) -> None:
+            if isinstance(out, torch.Tensor) and name not in seen:
+                seen[name] = out.detach().movedim(1, -1) if out.dim() > 2 else out.detach()
+        hooks.append(head.layer.module.register_forward_hook(hook))
+    saved = {n: b.detach().clone() for n, b in model.model.named_buffers()}
+    try:
+        with torch.no_grad():
+            model.model(*inputs.args, **inputs.kwargs)
+    except Exception:  # noqa: BLE001 - the user's forward failing is reported by capture
+        return {}
+    finally:
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            for n, b in model.model.named_buffers():
+                if n in saved and b.shape == saved[n].shape:
+                    b.copy_(saved[n])
+    return {name: t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t.reshape(1, -1)
+            for name, t in seen.items()}
