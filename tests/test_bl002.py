@@ -189,6 +189,28 @@ class DiTBlock(nn.Module):
 def build():
     return nn.Sequential(nn.Linear(8, 8), DiTBlock(), nn.Linear(8, 4))
 """,
+    "residual_bn": """
+import torch.nn as nn
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        nn.init.zeros_(self.conv2.weight)
+    def forward(self, x):
+        return x + self.bn(self.conv2(self.conv1(x).relu()))
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(8, 16)
+        self.block = Block()
+        self.head = nn.Linear(16, 4)
+    def forward(self, x):
+        return self.head(self.block(self.stem(x).view(-1, 4, 2, 2)).flatten(1))
+def build():
+    return Net()
+""",
     "head": """
 import torch.nn as nn
 def build():
@@ -204,7 +226,7 @@ def build():
 def test_deliberate_zero_init_is_quiet_and_does_learn(lint_model, case):
     findings, model = lint_model(DELIBERATE[case])
     assert findings == {}
-    zeros = [(n, p) for n, p in model.named_parameters() if n.endswith("weight") and p.dim() == 2
+    zeros = [(n, p) for n, p in model.named_parameters() if n.endswith("weight") and p.dim() >= 2
              and p.abs().max() == 0]
     assert zeros, "the case must contain a zero weight"
     train(model, 8, steps=30)
@@ -270,3 +292,159 @@ def test_normalization_weights_and_zero_init_residual_are_quiet():
     loaded = LoadedTarget("resnet18", model, None, {}, {})
     analysed = AnalysedModel(capture(loaded))
     assert list(ZeroConstantWeight().check(analysed, RuleContext())) == []
+
+
+# -- symmetry that looks unbreakable but is not: no "clones" claim ------------------------------
+
+SYMMETRY_BREAKERS = {
+    "split": """
+import torch, torch.nn as nn
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Linear(8, 16)
+        nn.init.zeros_(self.first.weight); nn.init.zeros_(self.first.bias)
+        self.a = nn.Linear(8, 4); nn.init.constant_(self.a.weight, 0.1)
+        self.b = nn.Linear(8, 4); nn.init.constant_(self.b.weight, 0.1)
+    def forward(self, x):
+        left, right = torch.sigmoid(self.first(x)).chunk(2, dim=1)
+        return self.a(left) * 2 - self.b(right)
+def build():
+    return M()
+""",
+    "heads": """
+import torch, torch.nn as nn
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Linear(8, 16)
+        nn.init.zeros_(self.first.weight); nn.init.zeros_(self.first.bias)
+        self.per_head = nn.Linear(4, 4); nn.init.constant_(self.per_head.weight, 0.1)
+        self.out = nn.Linear(16, 4)
+    def forward(self, x):
+        h = torch.sigmoid(self.first(x)).view(-1, 4, 4)
+        return self.out(self.per_head(h).flatten(1))
+def build():
+    return M()
+""",
+    "dropout": """
+import torch.nn as nn
+def build():
+    model = nn.Sequential(nn.Linear(8, 16), nn.Sigmoid(), nn.Dropout(0.5), nn.Linear(16, 4))
+    nn.init.zeros_(model[0].weight); nn.init.zeros_(model[0].bias)
+    nn.init.constant_(model[3].weight, 0.1)
+    return model
+""",
+}
+
+
+@pytest.mark.parametrize("case", sorted(SYMMETRY_BREAKERS))
+def test_no_clone_claim_when_consumers_treat_units_differently(lint_model, case):
+    findings, model = lint_model(SYMMETRY_BREAKERS[case])
+    assert all(f.data.get("verdict") != "clones" for f in findings.values()), findings
+    first = model.get_submodule("first" if case != "dropout" else "0")
+    train(model, 8, steps=30)
+    assert not rows_identical(first.weight)
+
+
+def test_grouped_conv_consumer_breaks_symmetry(lint_model):
+    findings, model = lint_model("""
+import torch.nn as nn
+def build():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Sigmoid(),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.Flatten(), nn.Linear(8 * 16, 4))
+    nn.init.zeros_(model[0].weight); nn.init.zeros_(model[0].bias)
+    nn.init.constant_(model[2].weight, 0.1)
+    return model
+""")
+    assert all(f.data.get("verdict") != "clones" for f in findings.values())
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 4, 4), torch.randn(8, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    for _ in range(30):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+    assert not rows_identical(model[0].weight)
+
+
+def test_conv_clones_through_flatten_into_constant_linear(lint_model):
+    findings, model = lint_model("""
+import torch.nn as nn
+def build():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Sigmoid(), nn.Flatten(),
+                          nn.Linear(8 * 16, 4))
+    nn.init.zeros_(model[0].weight); nn.init.zeros_(model[0].bias)
+    nn.init.constant_(model[3].weight, 0.1)
+    return model
+""")
+    assert findings["0"].data["verdict"] == "clones"
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 4, 4), torch.randn(8, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    for _ in range(30):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+    assert model[0].weight.abs().max() > 0 and rows_identical(model[0].weight)
+
+
+# -- RNN and attention weights: only the stall verdict applies ----------------------------------
+
+def test_zero_lstm_input_weight_starves_the_layer_before(lint_model):
+    findings, model = lint_model("""
+import torch, torch.nn as nn
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 8)
+        self.lstm = nn.LSTM(8, 8, batch_first=True)
+        nn.init.zeros_(self.lstm.weight_ih_l0)
+        self.head = nn.Linear(8, 4)
+    def forward(self, x):
+        out, _ = self.lstm(self.embed(x).unsqueeze(1))
+        return self.head(out[:, -1])
+def build():
+    return M()
+""")
+    assert findings["lstm"].data["verdict"] == "stall" and findings["lstm"].data["starved"] == ["embed"]
+    first = train(model, 8, steps=3, record_first_grads=True)
+    assert torch.count_nonzero(first["embed.weight"]) == 0
+    assert first["lstm.weight_ih_l0"].abs().max() > 0  # the zero weight itself does learn
+
+
+ATTENTION = """
+import torch, torch.nn as nn
+class M(nn.Module):
+    def __init__(self, residual):
+        super().__init__()
+        self.residual = residual
+        self.embed = nn.Linear(8, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        nn.init.zeros_(self.attn.{param})
+        self.head = nn.Linear(8, 4)
+    def forward(self, x):
+        h = self.embed(x).unsqueeze(1).expand(-1, 3, -1)
+        a, _ = self.attn(h, h, h)
+        if_residual = h + a if self.residual else a
+        return self.head(if_residual.mean(1))
+def build():
+    return M({residual})
+"""
+
+
+@pytest.mark.parametrize("param,module", [("in_proj_weight", "attn"),
+                                          ("out_proj.weight", "attn.out_proj")])
+def test_zero_attention_projection_stalls_without_residual(lint_model, param, module):
+    findings, model = lint_model(ATTENTION.format(param=param, residual=False))
+    assert findings[module].data["verdict"] == "stall"
+    first = train(model, 8, steps=2, record_first_grads=True)
+    assert torch.count_nonzero(first["embed.weight"]) == 0
+
+
+@pytest.mark.parametrize("param", ["in_proj_weight", "out_proj.weight"])
+def test_zero_attention_projection_in_a_residual_is_quiet(lint_model, param):
+    findings, model = lint_model(ATTENTION.format(param=param, residual=True))
+    assert findings == {}
+    first = train(model, 8, steps=2, record_first_grads=True)
+    assert first["embed.weight"].abs().max() > 0  # the skip carries gradient to earlier layers

@@ -114,22 +114,22 @@ def build():
     # -- the verdict -----------------------------------------------------------------------------
     def _judge(self, model: "AnalysedModel", layer: "Layer", pname: str,
                units_dim: int) -> Finding | None:
-        import torch
-
         stats = layer.stats(pname)
         assert stats is not None
-        outputs = _output_uses(model, layer)
+        calls, outputs = _calls_and_outputs(model, layer)
         if not outputs:
             return None  # not inside any traced graph: we cannot see what consumes it
         weight = layer.param(pname)
         assert weight is not None
         units = int(weight.shape[units_dim]) if weight.dim() > units_dim else 1
-        bias = _bias_of(layer.module, pname)
+        plain = _is_plain_layer(layer.module)
+        bias = _bias_of(layer.module) if plain else None
         value = "all zero" if stats.all_zero else f"all {stats.max:g}"
         where = _init_phrase(layer, pname)
 
-        # 1. Zero weight straight into a ReLU: units with bias <= 0 output 0 and pass back 0.
-        if stats.all_zero and all(_feeds_only_relu(model, out) for out in outputs):
+        # 1. Zero weight straight into a ReLU: the output is the bias; where it is <= 0 the ReLU
+        #    outputs 0 and passes back 0, so neither weight nor bias ever moves.
+        if plain and stats.all_zero and all(_feeds_only_relu(model, out) for out in outputs):
             dead = units if bias is None else int((bias.detach() <= 0).sum())
             if dead:
                 severity = Severity.ERROR if dead == units else Severity.WARNING
@@ -141,33 +141,38 @@ def build():
                     f"{pname} is all zero{where} and the layer {bias_text} in front of a ReLU: "
                     f"{dead} of {units} units output 0 with zero gradient, dead for good",
                     parameter=pname, severity=severity, fix=_fix(layer, pname, "relu"),
-                    location=layer.site,
                     data={"verdict": "dead", "dead_units": dead, "units": units},
                 )
 
         endpoints = [e for out in outputs for e in _walk(model, out)]
-        if not endpoints or any(e.kind != "layer" for e in endpoints):
-            return None  # summed, gating, model output or something we do not know: deliberate
+        if not endpoints or any(e.kind in ("output", "combine") for e in endpoints):
+            return None  # summed, gating or the model output: the deliberate zero-init patterns
         activation = _first_activation(model, outputs)
 
-        # 2. Identical units whose consumers weigh them equally: identical gradients forever.
-        identical = units > 1 and (bias is None or _constant(bias))
-        if identical and all(_constant_weight(e.module) for e in endpoints):
-            consumer = ", ".join(sorted({f"{model.module_name(e.use)} ({type(e.module).__name__})"
-                                         for e in endpoints}))
-            return self.finding(
-                layer,
-                f"{pname} is {value}{where}: all {units} units compute the same value, and "
-                f"the next layer {consumer} is constant too, so they get the same gradient and stay identical "
-                "for good",
-                parameter=pname, severity=Severity.ERROR, fix=_fix(layer, pname, activation),
-                location=layer.site,
-                data={"verdict": "clones", "units": units, "consumers": consumer},
-            )
+        # 2. Identical units whose every consumer weighs them equally get identical gradients,
+        #    and the consumer's columns get identical updates: symmetric for good.
+        identical = plain and units > 1 and (bias is None or _constant(bias)) and all(
+            e.kind == "layer" for e in endpoints)
+        if identical:
+            consumers = [_symmetric_consumer(model, out, layer.module) for out in outputs]
+            if all(c is not None for c in consumers):
+                names = sorted({c for group in consumers if group for c in group})
+                if names:
+                    return self.finding(
+                        layer,
+                        f"{pname} is {value}{where}: all {units} units compute the same value, "
+                        f"and the next layer {', '.join(names)} weighs them equally, so they get "
+                        "the same gradient and stay identical for good",
+                        parameter=pname, severity=Severity.ERROR,
+                        fix=_fix(layer, pname, activation),
+                        data={"verdict": "clones", "units": units, "consumers": names},
+                    )
 
-        # 3. A zero hidden layer blocks the gradient of everything that feeds only it.
-        if stats.all_zero and _is_input_weight(pname):
-            starved = sorted({name for out in outputs for name in _starved_upstream(model, out)})
+        # 3. A zero weight passes back no gradient: layers that reach the loss only through it
+        #    do not learn until it has moved.
+        if stats.all_zero and any(e.kind == "layer" for e in endpoints) and all(
+                e.kind != "unknown" or e.module is None for e in endpoints):
+            starved = sorted({name for call in calls for name in _starved_upstream(model, call)})
             if starved:
                 shown = ", ".join(starved[:3]) + (f" and {len(starved) - 3} more"
                                                   if len(starved) > 3 else "")
@@ -176,7 +181,7 @@ def build():
                     f"{pname} is all zero{where}: the layers before it ({shown}) get no gradient "
                     "until it has moved, so training stalls",
                     parameter=pname, severity=Severity.WARNING,
-                    fix=_fix(layer, pname, activation), location=layer.site,
+                    fix=_fix(layer, pname, activation),
                     data={"verdict": "stall", "starved": starved},
                 )
         return None
@@ -204,15 +209,14 @@ def _weights_to_check(module: "nn.Module") -> Iterator[tuple[str, int]]:
                 yield pname, 0
 
 
-def _is_input_weight(pname: str) -> bool:
-    return pname == "weight" or pname.startswith("weight_ih") or pname.endswith("proj_weight")
-
-
-def _bias_of(module: "nn.Module", pname: str):  # type: ignore[no-untyped-def]
+def _is_plain_layer(module: "nn.Module") -> bool:
+    """Layers whose output unit j is w_j . x + b_j (so a zero weight outputs exactly the bias)."""
     import torch.nn as nn
 
-    if isinstance(module, (nn.RNNBase, nn.MultiheadAttention)):
-        return None if pname != "weight" else getattr(module, "bias", None)
+    return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear, nn.Embedding))
+
+
+def _bias_of(module: "nn.Module"):  # type: ignore[no-untyped-def]
     bias = getattr(module, "bias", None)
     return bias if bias is not None and hasattr(bias, "shape") else None
 
@@ -227,25 +231,41 @@ def _constant_weight(module: "nn.Module | None") -> bool:
     return weight is not None and hasattr(weight, "detach") and _constant(weight)
 
 
-def _output_uses(model: "AnalysedModel", layer: "Layer") -> list["Use"]:
-    """The nodes that carry the layer's output. A MultiheadAttention output projection's output
-    is item 0 of its parent's call."""
+def _calls_and_outputs(model: "AnalysedModel", layer: "Layer") -> tuple[list["Use"], list["Use"]]:
+    """The call nodes that run the layer, and the nodes that carry its output.
+
+    RNNs and MultiheadAttention return tuples: their output is item 0. A MultiheadAttention's
+    ``out_proj`` runs inside its parent's call, so its output is the parent's item 0.
+    """
     import operator
 
     import torch.nn as nn
 
     calls = model.calls_of(layer.name)
-    if calls:
-        if isinstance(layer.module, (nn.MultiheadAttention, nn.RNNBase)):
-            return [u for call in calls for u in model.users(call)
-                    if u.node.target is operator.getitem and u.node.args[1] == 0]
-        return calls
-    return []
+    module = layer.module
+    if not calls and "." in layer.name and layer.name.endswith("out_proj"):
+        parent_name = layer.name.rsplit(".", 1)[0]
+        parent = model.model.get_submodule(parent_name)
+        if isinstance(parent, nn.MultiheadAttention):
+            calls, module = model.calls_of(parent_name), parent
+    if isinstance(module, (nn.MultiheadAttention, nn.RNNBase)):
+        outputs = [u for call in calls for u in model.users(call)
+                   if u.node.target is operator.getitem and u.node.args[1] == 0]
+        return calls, outputs
+    return calls, calls
 
 
 def _walk(model: "AnalysedModel", start: "Use") -> list[_Endpoint]:
-    """Follow the output through activations, splits and scalar arithmetic to what consumes it."""
-    from ..ops import activation_kind, binary_kind, is_split, softmax_kind
+    """Follow the output to what finally consumes it: another weight layer, a sum or product with
+    another tensor (residual, LoRA, gate), or the model output.
+
+    Parameter-free ops, normalizations and pooling are walked through, so a residual branch whose
+    zero conv is followed by BatchNorm and then the skip sum is still seen as summed.
+    """
+    import torch
+    import torch.nn as nn
+
+    from ..ops import binary_kind
 
     endpoints: list[_Endpoint] = []
     stack = model.consumers_of(start)
@@ -255,7 +275,8 @@ def _walk(model: "AnalysedModel", start: "Use") -> list[_Endpoint]:
         if use.node in seen:
             continue
         seen.add(use.node)
-        if use.node.op == "output":
+        node = use.node
+        if node.op == "output":
             endpoints.append(_Endpoint("output", use))
             continue
         binary = binary_kind(use)
@@ -265,16 +286,36 @@ def _walk(model: "AnalysedModel", start: "Use") -> list[_Endpoint]:
             else:
                 stack.extend(model.consumers_of(use))
             continue
-        if activation_kind(use) or softmax_kind(use) or is_split(use):
-            stack.extend(model.consumers_of(use))
-            continue
         module = model.module_of(use)
-        if module is not None and model.module_name(use) in model.layers \
-                and any(True for _ in _weights_to_check(module)):
-            endpoints.append(_Endpoint("layer", use, module))
+        if module is not None:
+            if model.module_name(use) in model.layers and any(
+                    True for _ in _weights_to_check(module)):
+                endpoints.append(_Endpoint("layer", use, module))
+            elif _passes_through(module):
+                stack.extend(model.consumers_of(use))
+            else:
+                endpoints.append(_Endpoint("unknown", use, module))
             continue
-        endpoints.append(_Endpoint("unknown", use))
+        tensor_args = [a for a in node.all_input_nodes if a.op != "get_attr"]
+        joins = node.target in (torch.cat, torch.stack, torch.concat)
+        if len(tensor_args) > 1 and not joins:
+            endpoints.append(_Endpoint("combine", use))  # matmul, einsum, where, ... with another
+            continue
+        stack.extend(model.consumers_of(use))
     return endpoints
+
+
+def _passes_through(module: "nn.Module") -> bool:
+    """Built-in modules that transform values without weights of their own to check: norms,
+    pooling, activations, padding, upsampling."""
+    import torch.nn as nn
+
+    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
+             getattr(nn, "RMSNorm", nn.LayerNorm), nn.LocalResponseNorm)
+    if isinstance(module, norms):
+        return True
+    builtin = type(module).__module__.startswith("torch.nn.modules")
+    return builtin and not any(True for _ in module.parameters())
 
 
 def _feeds_only_relu(model: "AnalysedModel", out: "Use") -> bool:
@@ -295,13 +336,65 @@ def _first_activation(model: "AnalysedModel", outputs: list["Use"]) -> str | Non
     return None
 
 
-def _starved_upstream(model: "AnalysedModel", out: "Use") -> Iterator[str]:
+def _symmetric_consumer(model: "AnalysedModel", out: "Use",
+                        producer: "nn.Module") -> list[str] | None:
+    """Names of the layers that consume ``out`` if each sums over *all* of its units with one
+    shared weight (a fully constant, ungrouped Linear or conv), reached only through elementwise
+    activations (and a flatten that folds conv channels into the features). Else None.
+
+    Anything that routes units differently (a split, a reshape into heads, a grouped conv,
+    dropout's random masks) gives them different gradients, so symmetry would break.
+    """
+    import torch.nn as nn
+
+    from ..ops import activation_kind
+
+    names: list[str] = []
+    conv_out = isinstance(producer, nn.modules.conv._ConvNd)
+    stack = list(model.users(out))
+    while stack:
+        use = stack.pop()
+        module = model.module_of(use)
+        if activation_kind(use) or isinstance(module, nn.Identity) or (
+                isinstance(module, nn.modules.dropout._DropoutNd) and module.p == 0):
+            stack.extend(model.users(use))
+            continue
+        if conv_out and _flattens_from_channels(use, module):
+            conv_out = False
+            stack.extend(model.users(use))
+            continue
+        if module is None or not _constant_weight(module) or getattr(module, "groups", 1) != 1:
+            return None
+        if isinstance(module, nn.Linear) and conv_out:
+            return None  # a Linear over a conv output's last axis does not see the channels
+        if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            return None
+        names.append(f"{model.module_name(use)} ({type(module).__name__})")
+    return names or None
+
+
+def _flattens_from_channels(use: "Use", module: "nn.Module | None") -> bool:
+    import torch
+    import torch.nn as nn
+
+    node = use.node
+    if isinstance(module, nn.Flatten):
+        return module.start_dim == 1 and module.end_dim == -1
+    if node.op == "call_function" and node.target is torch.flatten or (
+            node.op == "call_method" and node.target == "flatten"):
+        start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
+        end = node.kwargs.get("end_dim", node.args[2] if len(node.args) > 2 else -1)
+        return start == 1 and end == -1
+    return False
+
+
+def _starved_upstream(model: "AnalysedModel", call: "Use") -> Iterator[str]:
     """Parametrized layers whose only route to the loss runs through this call.
 
     Walk back from the call's inputs while every value on the way has exactly one user; a value
     used elsewhere too (a residual skip, a second head) still gets gradient, so we stop there.
     """
-    stack = [p for p in model.producers(out) if p.node.op != "get_attr"]
+    stack = [p for p in model.producers(call) if p.node.op != "get_attr"]
     seen = set()
     while stack:
         use = stack.pop()
