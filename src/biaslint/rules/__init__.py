@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from .base import Option, Rule, RuleContext
+from .bl001_redundant_bias import RedundantBias
 from .bl002_zero_constant_weight import ZeroConstantWeight
 from .bl004_lstm_forget_bias import LstmForgetGateBias
 from .bl005_class_prior_bias import ClassPriorBias
 from .bl100_unused_suppression import UnusedSuppression
 
 REGISTRY: tuple[type[Rule], ...] = (
+    RedundantBias,
     ZeroConstantWeight,
     LstmForgetGateBias,
     ClassPriorBias,

@@ -1,0 +1,403 @@
+"""Forward propagation of a bias perturbation through an fx graph (the analysis behind BL001).
+
+Perturb a layer's bias by ``d`` and follow the change ``delta`` it makes to every node downstream.
+While only linear, data-independent ops are applied, ``delta`` stays a fixed tensor that does not
+depend on the input, and all we need to know about it is *along which axes it may vary*
+(``Offset.varying``): a per-channel bias on a conv output (N, C, H, W) starts as ``{1}``.
+
+* Kept: sums with other tensors, scaling by a tensor that does not depend on the bias (which adds
+  the axes along which that tensor varies), linear layers and convs (which add their channel axis,
+  and the spatial axes when zero padding makes the border differ), pooling, interpolation, views.
+* Cancelled: a normalization that subtracts a mean over axes along none of which ``delta``
+  varies removes it exactly (``x + c - mean(x + c) = x - mean(x)``); so does a softmax over such
+  an axis (``softmax(s + c) = softmax(s)``). The node's output then does not depend on the bias.
+* Live: a nonlinearity, a product of two bias-dependent tensors, an op we do not know, or a graph
+  output. Anything unknown is live: a wrong "redundant" verdict would tell the user to delete a
+  parameter that matters.
+
+The bias is redundant when no live end is reached. Axes are positive and every offset knows its
+tensor's rank; shapes recorded by capture (``node.meta["biaslint_shape"]``) are used when known.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .analysis import SHAPE_FUNCTIONS, SHAPE_METHODS, AnalysedModel, Use
+from .capture import GraphPart, TensorInfo
+from .ops import activation_kind, softmax_kind
+
+
+@dataclass(frozen=True)
+class Offset:
+    """The change a bias perturbation makes to one tensor: rank and the axes it may vary along."""
+
+    ndim: int
+    varying: frozenset[int]
+
+    def with_axes(self, axes: Iterable[int]) -> "Offset":
+        return Offset(self.ndim, self.varying | frozenset(axes))
+
+
+@dataclass(frozen=True)
+class Items:
+    """A tuple value (split, chunk, max with indices): the offset of each item, None = unchanged.
+
+    ``default`` serves items whose count is unknown at analysis time."""
+
+    items: tuple[Offset | None, ...] = ()
+    default: Offset | None = None
+
+    def get(self, index: int) -> Offset | None:
+        if 0 <= index < len(self.items) or -len(self.items) <= index < 0:
+            return self.items[index]
+        return self.default
+
+
+State = Offset | Items
+
+
+class Live(Exception):
+    """The perturbation reaches something observable, or something we cannot follow."""
+
+
+@dataclass
+class Verdict:
+    redundant: bool
+    cancelled_by: list[str] = field(default_factory=list)
+    reason: str = ""  # why it is live (debugging, and the partial note)
+
+
+def all_axes(ndim: int) -> frozenset[int]:
+    return frozenset(range(ndim))
+
+
+def shape_of(node: Any) -> tuple[int, ...] | None:
+    if not isinstance(node, fx.Node):
+        return None
+    info = node.meta.get("biaslint_shape")
+    return info.shape if isinstance(info, TensorInfo) else None
+
+
+def describe(part: GraphPart, node: fx.Node) -> str:
+    if node.op == "call_module":
+        module = part.gm.get_submodule(str(node.target))
+        return f"{type(module).__name__} '{part.full_name(str(node.target))}'"
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "op")
+    where = f" in '{part.qualname}'" if part.qualname else ""
+    return f"{name}(){where}"
+
+
+class Propagation:
+    """One forward pass over one graph part from the given source nodes."""
+
+    def __init__(self, model: AnalysedModel, part: GraphPart, sources: dict[fx.Node, State]) -> None:
+        self.model = model
+        self.part = part
+        self.sources = sources
+        self.state: dict[fx.Node, State] = {}
+        self.cancelled: list[str] = []
+
+    def run(self) -> Verdict:
+        try:
+            for node in self.part.gm.graph.nodes:
+                self._visit(node)
+        except Live as live:
+            return Verdict(False, self.cancelled, str(live))
+        return Verdict(True, sorted(set(self.cancelled), key=self.cancelled.index))
+
+    def _visit(self, node: fx.Node) -> None:
+        inputs = [n for n in node.all_input_nodes if n in self.state]
+        result: State | None = None
+        if inputs:
+            if node.op == "output":
+                raise Live("reaches a graph output")
+            for n in inputs:
+                self._check_mutation(n, node)
+            from .offset_ops import transfer  # the per-op rules live next door
+
+            result = transfer(self, node)
+        source = self.sources.get(node)
+        if source is not None:
+            result = source if result is None else join(result, source)
+        if result is not None:
+            shape = shape_of(node)
+            if isinstance(result, Offset) and shape is not None and len(shape) != result.ndim:
+                raise Live(f"rank mismatch at {describe(self.part, node)}")
+            self.state[node] = result
+
+    def _check_mutation(self, value: fx.Node, user: fx.Node) -> None:
+        """An in-place op changes what the value's other users see; follow it only when it is the
+        value's sole user and the value is not a view of something else."""
+        if not _is_inplace(self.part, user):
+            return
+        if len(value.users) > 1 or _is_view(value) or user.target not in _SAFE_INPLACE:
+            raise Live(f"in-place {describe(self.part, user)} on a bias-dependent value")
+
+    # -- helpers the op rules use ------------------------------------------------------------------
+    def of(self, arg: Any) -> State | None:
+        return self.state.get(arg) if isinstance(arg, fx.Node) else None
+
+    def tensor(self, arg: Any, node: fx.Node) -> Offset | None:
+        state = self.of(arg)
+        if isinstance(state, Items):
+            raise Live(f"tuple used as a tensor at {describe(self.part, node)}")
+        return state
+
+    def cancel(self, node: fx.Node, why: str = "") -> None:
+        self.cancelled.append(describe(self.part, node) + (f" {why}" if why else ""))
+
+    def other_shape(self, arg: Any) -> tuple[int, ...] | None:
+        """Shape of a bias-independent operand: recorded shape, or the parameter's own."""
+        if isinstance(arg, fx.Node):
+            shape = shape_of(arg)
+            if shape is not None:
+                return shape
+            if ("biaslint_shape" in arg.meta and arg.meta["biaslint_shape"] is None) \
+                    or _is_scalar_expr(arg):
+                return ()  # recorded as no tensor, or computed from sizes: a Python number
+            if arg.op == "get_attr":
+                value = _get_attr(self.part.gm, str(arg.target))
+                if isinstance(value, torch.Tensor):
+                    return tuple(value.shape)
+            return None
+        if isinstance(arg, torch.Tensor):
+            return tuple(arg.shape)
+        return ()  # a Python number broadcasts as a 0-d tensor
+
+
+def _is_scalar_expr(node: fx.Node, depth: int = 0) -> bool:
+    """``x.size(-1) ** 0.5`` and the like: numbers computed from sizes, never from values."""
+    if depth > 8:
+        return False
+    if node.op == "call_method" and node.target in ("size", "dim", "numel"):
+        return True
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in ("shape", "ndim")
+    if node.op == "call_function" and node.target in _SCALAR_OPS:
+        return all(_is_scalar_expr(a, depth + 1) for a in node.all_input_nodes)
+    return False
+
+
+_SCALAR_OPS = frozenset({operator.getitem, operator.add, operator.sub, operator.mul,
+                         operator.truediv, operator.floordiv, operator.pow, operator.neg,
+                         math.sqrt, int, float})
+_SAFE_INPLACE = frozenset({operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                           "add_", "sub_", "mul_", "div_"})
+
+
+def _get_attr(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _is_inplace(part: GraphPart, node: fx.Node) -> bool:
+    if node.op == "call_function":
+        if node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv):
+            return True
+        return bool(node.kwargs.get("inplace", False)) or str(
+            getattr(node.target, "__name__", "")).endswith("_")
+    if node.op == "call_method":
+        return str(node.target).endswith("_") and not str(node.target).startswith("__")
+    if node.op == "call_module":
+        module = part.gm.get_submodule(str(node.target))
+        return bool(getattr(module, "inplace", False))
+    return False
+
+
+def _is_view(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in SHAPE_FUNCTIONS or node.target is operator.getitem
+    if node.op == "call_method":
+        return node.target in SHAPE_METHODS
+    return False
+
+
+def join(a: State, b: State) -> State:
+    """The offset of a sum of two perturbations."""
+    if isinstance(a, Offset) and isinstance(b, Offset):
+        if a.ndim != b.ndim:
+            raise Live("rank mismatch joining offsets")
+        return Offset(a.ndim, a.varying | b.varying)
+    raise Live("tuple offsets joined")
+
+
+def broadcast(offsets: Sequence[tuple[Offset | None, tuple[int, ...] | None]], ndim: int) -> Offset:
+    """Offsets of broadcast operands, aligned right into a result of rank ``ndim``; operands with
+    no offset but a shape contribute nothing (a sum) — callers add their varying axes (products).
+    """
+    varying: set[int] = set()
+    for offset, _shape in offsets:
+        if offset is None:
+            continue
+        shift = ndim - offset.ndim
+        if shift < 0:
+            raise Live("operand of higher rank than the result")
+        varying |= {a + shift for a in offset.varying}
+    return Offset(ndim, frozenset(varying))
+
+
+def varying_axes_of(shape: tuple[int, ...] | None, ndim: int) -> frozenset[int]:
+    """Axes of a rank-``ndim`` result along which a bias-independent operand may vary: every axis
+    where it has more than one element (all of them if its shape is unknown)."""
+    if shape is None:
+        return all_axes(ndim)
+    shift = ndim - len(shape)
+    return frozenset(i + shift for i, s in enumerate(shape) if s != 1 and i + shift >= 0)
+
+
+def reshape_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
+    """Pair the axes of ``a`` and ``b`` (same element count) into minimal blocks of equal size."""
+    if math.prod(a) != math.prod(b) or 0 in a or 0 in b:
+        return None
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        gi, gj = [i], [j]
+        pa, pb = a[i], b[j]
+        i += 1
+        j += 1
+        while pa != pb:
+            if pa < pb:
+                gi.append(i)
+                pa *= a[i]
+                i += 1
+            else:
+                gj.append(j)
+                pb *= b[j]
+                j += 1
+        groups.append((gi, gj))
+    rest_a, rest_b = list(range(i, len(a))), list(range(j, len(b)))  # trailing size-1 axes
+    if groups:
+        groups[-1][0].extend(rest_a)
+        groups[-1][1].extend(rest_b)
+    elif rest_a or rest_b:
+        groups.append((rest_a, rest_b))
+    return groups
+
+
+def reshape_offset(offset: Offset, a: tuple[int, ...], b: tuple[int, ...]) -> Offset:
+    groups = reshape_groups(a, b)
+    if groups is None:
+        raise Live("reshape with unknown grouping")
+    varying: set[int] = set()
+    for gi, gj in groups:
+        if any(ax in offset.varying and a[ax] != 1 for ax in gi):
+            varying.update(gj)
+    return Offset(len(b), frozenset(varying))
+
+
+# -- the public entry point --------------------------------------------------------------------------
+
+def propagate(model: AnalysedModel, part: GraphPart, sources: dict[fx.Node, State]) -> Verdict:
+    return Propagation(model, part, sources).run()
+
+
+def layer_sources(model: AnalysedModel, name: str, channel_varies: bool = True
+                  ) -> dict[int, tuple[GraphPart, dict[fx.Node, State]]] | None:
+    """Where a layer's bias enters each graph, and its offset there. None when the layer is not
+    in any traced graph or its output axes cannot be worked out.
+
+    ``channel_varies=False`` starts from the same constant on every channel (the part of the
+    bias a partial normalization removes).
+    """
+    module = model.layers[name].module if name in model.layers else None
+    if module is None:
+        return None
+    per_part: dict[int, tuple[GraphPart, dict[fx.Node, State]]] = {}
+
+    def add(use: Use, offset: Offset) -> None:
+        entry = per_part.setdefault(id(use.part), (use.part, {}))
+        entry[1][use.node] = offset
+
+    calls = model.calls_of(name)
+    if not calls:
+        for use in _attention_output_sources(model, name, module, channel_varies):
+            entry = per_part.setdefault(id(use[0].part), (use[0].part, {}))
+            entry[1][use[0].node] = use[1]
+    for use in calls:
+        offset = _layer_output_offset(module, use, channel_varies)
+        if offset is None:
+            return None
+        add(use, offset)
+    # A bias read directly (F.linear(x, self.weight, self.bias), torch.addmm(self.bias, ...)).
+    bias_name = f"{name}.bias" if name else "bias"
+    for part in model.capture.parts:
+        for node in part.gm.graph.nodes:
+            if node.op == "get_attr" and part.full_name(str(node.target)) == bias_name:
+                bias = getattr(module, "bias", None)
+                if not isinstance(bias, torch.Tensor) or bias.dim() != 1:
+                    return None
+                add(Use(part, node), Offset(1, frozenset({0}) if channel_varies else frozenset()))
+    if not per_part:
+        return None
+    return per_part
+
+
+def _attention_output_sources(model: AnalysedModel, name: str, module: nn.Module,
+                              channel_varies: bool) -> list[tuple[Use, Any]]:
+    """``nn.MultiheadAttention`` is a leaf: its ``out_proj`` runs inside it, and its bias lands
+    on item 0 of the attention call's output (item 1, the weights, does not see it)."""
+    if "." not in name:
+        return []
+    parent_name = name.rsplit(".", 1)[0]
+    parent = model.model.get_submodule(parent_name)
+    if not isinstance(parent, nn.MultiheadAttention) or parent.out_proj is not module:
+        return []
+    result: list[tuple[Use, Any]] = []
+    for use in model.calls_of(parent_name):
+        info = use.node.meta.get("biaslint_shape")
+        first = info[0] if isinstance(info, (tuple, list)) and info else None
+        if not isinstance(first, TensorInfo):
+            return []
+        ndim = len(first.shape)
+        offset = Offset(ndim, frozenset({ndim - 1}) if channel_varies else frozenset())
+        result.append((use, Items(items=(offset, None))))
+    return result
+
+
+def analyse_bias(model: AnalysedModel, name: str, channel_varies: bool = True) -> Verdict | None:
+    """Is the bias of layer ``name`` cancelled on every path, in every graph it is used in?
+    None when the layer's uses cannot be found or its output axes are unknown."""
+    sources = layer_sources(model, name, channel_varies)
+    if sources is None:
+        return None
+    cancelled: list[str] = []
+    for part, part_sources in sources.values():
+        verdict = propagate(model, part, part_sources)
+        if not verdict.redundant:
+            return verdict
+        cancelled.extend(c for c in verdict.cancelled_by if c not in cancelled)
+    return Verdict(True, cancelled)
+
+
+def _layer_output_offset(module: nn.Module, use: Use, channel_varies: bool) -> Offset | None:
+    shape = use.shape()
+    if isinstance(module, (nn.Linear, nn.Bilinear)):
+        if shape is None:
+            return None  # rank unknown: a Linear takes any number of leading axes
+        ndim = len(shape)
+        axis = ndim - 1
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        spatial = len(module.kernel_size)
+        if shape is not None:
+            ndim = len(shape)
+        elif spatial >= 2:
+            # Batched input assumed: BatchNorm2d/3d after it only accept the batched rank anyway.
+            ndim = spatial + 2
+        else:
+            return None
+        axis = ndim - spatial - 1
+    else:
+        return None
+    return Offset(ndim, frozenset({axis}) if channel_varies else frozenset())
