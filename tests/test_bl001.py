@@ -1,0 +1,383 @@
+"""BL001 semantics, one case per bullet of the rule, each verdict measured by the oracle.
+
+Every test builds a model from source (as a user would), lints it, and compares BL001's verdict
+for each biased layer with what perturbing that bias numerically does (``tests/oracle.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from biaslint.engine import lint_loaded
+from biaslint.findings import Severity
+from biaslint.load import load_target
+from biaslint.settings import Settings, TargetConfig
+from oracle import Oracle, biased_layers, split_inputs
+
+
+@pytest.fixture
+def judge(write_target):
+    """Lint ``source`` with BL001; return (findings by module, oracle over the built model)."""
+
+    def run(source: str, report_partial: bool = False, **config):
+        target = write_target(source)
+        torch.manual_seed(0)
+        loaded = load_target(target, **config)
+        settings = Settings(select=("BL001",), debug=True)
+        if report_partial:
+            settings = replace(settings, rule_options={"BL001": {"report-partial": True}})
+        result = lint_loaded(loaded, TargetConfig(target), settings)
+        assert not [n for n in result.notes if "crashed" in n], result.notes
+        findings = {f.module: f for f in result.findings}
+        oracle = Oracle(loaded.model, *split_inputs(loaded.inputs))
+        return findings, oracle
+
+    return run
+
+
+def warned(findings, name: str) -> bool:
+    f = findings.get(name)
+    return f is not None and f.severity is Severity.WARNING
+
+
+def assert_agrees(findings, oracle, expected: dict[str, str]) -> None:
+    """Each named layer: the oracle's measured verdict is the expected one, and BL001 warns iff
+    the bias is redundant. Every other biased layer must agree with the oracle too."""
+    for name in biased_layers(oracle.model):
+        truth = oracle.verdict(name)
+        if name in expected:
+            assert truth == expected[name], f"oracle says {name} is {truth}"
+        assert warned(findings, name) == (truth == "redundant"), (name, truth, findings.get(name))
+
+
+HEADER = """
+import math
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+"""
+
+
+def model_source(body: str, inputs: str = "torch.randn(4, 3, 8, 8)") -> str:
+    return HEADER + body + f"\n\ndef build():\n    return Net(), {inputs}\n"
+
+
+# -- cancelled by ------------------------------------------------------------------------------------
+
+def test_conv_then_batchnorm_is_flagged_with_count_and_fix(judge):
+    findings, oracle = judge(model_source("""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, 2)
+    def forward(self, x):
+        return self.head(self.bn(self.conv(x)).relu().mean((2, 3)))
+"""))
+    assert_agrees(findings, oracle, {"conv": "redundant", "head": "live"})
+    finding = findings["conv"]
+    assert "BatchNorm2d 'bn'" in finding.message and "16 parameters" in finding.message
+    assert finding.fix is not None and finding.fix.safe
+    assert finding.fix.code == "nn.Conv2d(3, 16, 3, padding=1, bias=False)"
+    assert finding.location is not None and finding.location.line == 10
+
+
+@pytest.mark.parametrize("norm,expected", [
+    ("nn.BatchNorm2d(8)", "redundant"),
+    ("nn.InstanceNorm2d(8)", "redundant"),
+    ("nn.GroupNorm(8, 8)", "redundant"),  # one channel per group
+    ("nn.GroupNorm(2, 8)", "partial"),  # several channels per group: only their mean goes
+    ("nn.GroupNorm(1, 8)", "partial"),
+    ("nn.LayerNorm([8, 6, 6])", "partial"),  # normalizes over channels too
+    ("nn.LayerNorm(6)", "redundant"),  # over the width only: the bias is constant there
+])
+def test_normalization_kinds(judge, norm, expected):
+    findings, oracle = judge(model_source(f"""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.norm = {norm}
+    def forward(self, x):
+        return self.norm(self.conv(x))
+"""))
+    assert_agrees(findings, oracle, {"conv": expected})
+
+
+def test_functional_norms(judge):
+    findings, oracle = judge(model_source("""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv1d(3, 8, 1)
+        self.c = nn.Conv2d(3, 8, 1)
+        self.d = nn.Linear(8, 8)
+    def forward(self, x):
+        ya = F.batch_norm(self.a(x), None, None, training=True)
+        yb = F.layer_norm(self.b(x.flatten(2)), (64,))  # (N, C, L) normalized over L
+        yc = F.group_norm(self.c(x), 8)
+        yd = F.layer_norm(self.d(x.mean((2, 3)).repeat(1, 3)[:, :8]), (8,))  # partial
+        return ya, yb, yc, yd
+"""))
+    assert_agrees(findings, oracle, {"a": "redundant", "b": "redundant", "c": "redundant",
+                                     "d": "partial"})
+
+
+def test_rmsnorm_subtracts_no_mean(judge):
+    findings, oracle = judge(model_source("""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 8)
+        self.norm = nn.RMSNorm(8)
+    def forward(self, x):
+        return self.norm(self.fc(x))
+""", inputs="torch.randn(4, 5, 3)"))
+    assert_agrees(findings, oracle, {"fc": "live"})
+
+
+def test_model_put_in_eval_mode_is_judged_in_train_mode(judge):
+    findings, oracle = judge(HEADER + """
+def build():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+    model.eval()
+    return model, torch.randn(4, 3, 8, 8)
+""")
+    assert_agrees(findings, oracle, {"0": "redundant"})
+
+
+# -- kept by -----------------------------------------------------------------------------------------
+
+def test_kept_through_residual_pooling_interpolation_and_views(judge):
+    findings, oracle = judge(model_source("""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.res = nn.Conv2d(8, 8, 1)
+        self.pool = nn.Conv2d(3, 8, 3, padding=1, padding_mode="replicate")
+        self.up = nn.Conv2d(3, 8, 1)
+        self.flat = nn.Conv2d(3, 4, 1)
+        self.cat = nn.Conv2d(3, 5, 1)
+        self.bn8 = nn.BatchNorm2d(8)
+        self.bn13 = nn.BatchNorm2d(13)
+        self.bn_flat = nn.BatchNorm1d(4 * 64)
+        self.stem = nn.Conv2d(3, 8, 1, bias=False)
+    def forward(self, x):
+        s = self.stem(x)
+        a = self.bn8(s + 0.5 * self.res(s))
+        b = self.bn8(F.max_pool2d(self.pool(x), 2) / 3.0)
+        c = self.bn8(F.interpolate(F.adaptive_avg_pool2d(self.up(x), 4), scale_factor=2.0,
+                                   mode="bilinear"))
+        d = self.bn_flat(self.flat(x).permute(0, 2, 3, 1).reshape(4, -1))
+        e = self.bn13(torch.cat([self.cat(x), s], dim=1))
+        return a, b, c, d, e
+"""))
+    assert_agrees(findings, oracle, {"res": "redundant", "pool": "redundant", "up": "redundant",
+                                     "flat": "redundant", "cat": "redundant"})
+
+
+def test_kept_by_1x1_and_unpadded_convs_and_linear_layers(judge):
+    findings, oracle = judge(model_source("""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Conv2d(3, 8, 3, padding=1)
+        self.pointwise = nn.Conv2d(8, 8, 1, bias=False)
+        self.valid = nn.Conv2d(8, 8, 3, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 16, bias=False)
+        self.bn1d = nn.BatchNorm1d(16)
+    def forward(self, x):
+        y = self.bn(self.valid(self.pointwise(self.first(x))))
+        return self.bn1d(self.fc2(self.fc1(y.mean((2, 3)))))
+"""))
+    assert_agrees(findings, oracle, {"first": "redundant", "fc1": "redundant"})
+
+
+def test_dropout_p0_keeps_and_p_positive_breaks(judge):
+    findings, oracle = judge(model_source("""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.keep = nn.Conv2d(3, 8, 1)
+        self.drop = nn.Conv2d(3, 8, 1)
+        self.bn = nn.BatchNorm2d(8)
+        self.d0 = nn.Dropout(0.0)
+        self.d1 = nn.Dropout(0.3)
+    def forward(self, x):
+        return self.bn(self.d0(self.keep(x))), self.bn(self.d1(self.drop(x)))
+"""))
+    assert_agrees(findings, oracle, {"keep": "redundant", "drop": "live"})
+
+
+# -- broken by ---------------------------------------------------------------------------------------
+
+def test_broken_by_nonlinearity_gate_zero_padding_and_unknown_ops(judge):
+    findings, oracle = judge(model_source("""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.act = nn.Conv2d(3, 8, 1)
+        self.gated = nn.Conv2d(3, 8, 1)
+        self.se = nn.Conv2d(3, 8, 1, bias=False)
+        self.padded = nn.Conv2d(3, 8, 1)
+        self.pad_conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.odd = nn.Conv2d(3, 8, 1)
+        self.scaled = nn.Conv2d(3, 8, 1)
+        self.gamma = nn.Parameter(torch.rand(8, 1, 1) + 0.5)
+        self.bn = nn.BatchNorm2d(8)
+    def forward(self, x):
+        gate = torch.sigmoid(self.se(x).mean((2, 3), keepdim=True))  # varies per sample
+        return (self.bn(F.gelu(self.act(x))),
+                self.bn(self.gated(x) * gate),
+                self.bn(self.pad_conv(self.padded(x))),
+                self.bn(torch.exp(self.odd(x))),
+                self.bn(self.scaled(x) * self.gamma))  # per-channel scale: kept
+"""))
+    assert_agrees(findings, oracle, {"act": "live", "gated": "live", "padded": "live",
+                                     "odd": "live", "scaled": "redundant"})
+
+
+def test_extra_consumers_keep_the_bias_alive(judge):
+    findings, oracle = judge(model_source("""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.returned = nn.Conv2d(3, 8, 1)
+        self.aux = nn.Conv2d(3, 8, 1)
+        self.aux_head = nn.Linear(8, 2)
+        self.only = nn.Conv2d(3, 8, 1)
+        self.bn = nn.BatchNorm2d(8)
+    def forward(self, x):
+        r = self.returned(x)
+        a = self.aux(x)
+        return (self.bn(r), r, self.bn(a), self.aux_head(a.mean((2, 3))),
+                self.bn(self.only(x)))
+"""))
+    assert_agrees(findings, oracle, {"returned": "live", "aux": "live", "only": "redundant"})
+
+
+def test_partial_is_not_warned_but_noted_on_request(judge):
+    source = model_source("""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 16)
+        self.norm = nn.LayerNorm(16)
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.cnorm = nn.LayerNorm(8)
+    def forward(self, x):
+        y = self.norm(self.fc(x.mean((2, 3))))
+        z = self.cnorm(self.conv(x).permute(0, 2, 3, 1))  # channels-last LayerNorm (ConvNeXt)
+        return y, z
+""")
+    findings, oracle = judge(source)
+    assert_agrees(findings, oracle, {"fc": "partial", "conv": "partial"})
+    assert findings == {}
+    noted, _ = judge(source, report_partial=True)
+    assert {name: f.severity for name, f in noted.items()} == {"fc": Severity.INFO,
+                                                              "conv": Severity.INFO}
+
+
+# -- attention ---------------------------------------------------------------------------------------
+
+ATTENTION = """
+class Net(nn.Module):
+    def __init__(self, rope=False, sdpa=False):
+        super().__init__()
+        self.q_proj = nn.Linear(16, 16)
+        self.k_proj = nn.Linear(16, 16)
+        self.v_proj = nn.Linear(16, 16)
+        self.heads, self.rope, self.sdpa = 4, rope, sdpa
+        pos = torch.arange(6.0)[:, None] * torch.arange(1.0, 3.0)[None, :]
+        self.register_buffer("cos", torch.cat([pos.cos(), pos.cos()], -1))
+        self.register_buffer("sin", torch.cat([pos.sin(), pos.sin()], -1))
+
+    def split(self, t):
+        b, n, _ = t.shape
+        return t.view(b, n, self.heads, 4).transpose(1, 2)
+
+    def rotate(self, t):
+        half = t.shape[-1] // 2
+        rotated = torch.cat([-t[..., half:], t[..., :half]], dim=-1)
+        return t * self.cos + rotated * self.sin
+
+    def forward(self, x):
+        q, k, v = self.split(self.q_proj(x)), self.split(self.k_proj(x)), self.split(self.v_proj(x))
+        if self.rope:
+            q, k = self.rotate(q), self.rotate(k)
+        if self.sdpa:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(4)
+            out = scores.softmax(dim=-1) @ v
+        return out.transpose(1, 2).reshape(x.shape)
+"""
+
+
+@pytest.mark.parametrize("options,key", [("", "redundant"), ("sdpa=True", "redundant"),
+                                         ("rope=True", "live")])
+def test_attention_key_bias(judge, options, key):
+    findings, oracle = judge(HEADER + ATTENTION + f"""
+def build():
+    return Net({options}), torch.randn(3, 6, 16)
+""")
+    assert_agrees(findings, oracle, {"k_proj": key, "q_proj": "live", "v_proj": "live"})
+    if key == "redundant":
+        assert "softmax" in findings["k_proj"].message or "scaled_dot" in findings["k_proj"].message
+
+
+@pytest.mark.parametrize("extra,expected", [("", "redundant"), (", add_bias_kv=True", "live"),
+                                            (", add_zero_attn=True", "live")])
+def test_multihead_attention_key_slice_is_info(judge, extra, expected):
+    findings, oracle = judge(HEADER + f"""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True{extra})
+        self.norm = nn.LayerNorm(16)
+    def forward(self, x):
+        y, _ = self.attn(x, x, x)
+        return self.norm(x + y)
+
+
+def build():
+    return Net(), torch.randn(3, 6, 16)
+""")
+    truth = oracle.verdict("attn", "in_proj_bias", index=slice(16, 32))
+    assert truth == expected
+    finding = findings.get("attn")
+    if expected == "redundant":
+        assert finding is not None and finding.severity is Severity.INFO
+        assert "in_proj_bias[16:32]" in finding.message
+    else:
+        assert finding is None
+    # The out projection's bias rides the residual stream into a LayerNorm over the features
+    # it varies along: only its mean is removed, so it is not flagged.
+    assert oracle.verdict("attn.out_proj") == "partial" and "attn.out_proj" not in findings
+
+
+# -- fixes and locations -----------------------------------------------------------------------------
+
+def test_fix_rewrites_the_constructor_call(judge):
+    findings, _ = judge(HEADER + """
+def build():
+    model = nn.Sequential(
+        nn.Linear(4, 8, True),
+        nn.BatchNorm1d(8),
+        nn.Unflatten(1, (8, 1)),
+        nn.Conv1d(8, 8, 1,
+                  bias=True),
+        nn.BatchNorm1d(8),
+    )
+    return model, torch.randn(4, 4)
+""")
+    assert findings["0"].fix.code == "nn.Linear(4, 8, False)"
+    assert findings["0"].location.line == 9
+    assert findings["3"].fix.code.replace(" ", "").replace("\n", "") == "nn.Conv1d(8,8,1,bias=False)"
