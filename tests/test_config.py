@@ -256,3 +256,32 @@ def test_class_priors_file_is_relative_to_the_config(cli, tmp_path, monkeypatch)
     assert plan.configs[0].class_priors == pytest.approx((0.9, 0.1))
     assert _plan(CheckOptions(class_priors="1,3")).configs[0].class_priors == \
         pytest.approx((0.25, 0.75))
+
+
+def test_option_names_accept_kebab_and_snake_case(tmp_path):
+    from biaslint.rules import all_rules
+
+    named = [(r, o) for r in all_rules() for o in r.options
+             if ("_" in o.name or "-" in o.name) and not isinstance(o.default, (list, tuple))]
+    if not named:
+        pytest.skip("no multi-word rule option registered yet")
+    rule, option = named[0]
+    other = option.name.replace("_", "-") if "_" in option.name else option.name.replace("-", "_")
+    path = write_pyproject(tmp_path, f"[tool.biaslint.rules.{rule.code}]\n"
+                                     f"{other} = {_toml(option.default)}\n")
+    assert load_config(str(path)).rule_options[rule.code] == {option.name: option.default}
+
+
+def test_rule_option_from_pyproject_reaches_the_rule(cli, tmp_path, monkeypatch):
+    from biaslint.rules import rule_by_code
+
+    rule = rule_by_code("BL004")
+    if rule is None or not any(o.name == "min_forget_bias" for o in rule.options):
+        pytest.skip("BL004 with min_forget_bias is not registered")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lstm_opt.py").write_text(rule.bad_example)
+    assert cli("lstm_opt.py:build", "--select", "BL004").exit_code == 1
+    # A threshold below any possible forget bias: the rule must stay quiet.
+    write_pyproject(tmp_path, "[tool.biaslint.rules.BL004]\nmin-forget-bias = -1000\n")
+    result = cli("lstm_opt.py:build", "--select", "BL004")
+    assert result.exit_code == 0 and "BL004" not in result.output, result.output

@@ -202,10 +202,15 @@ class _Reader:
             if not known and options:
                 raise self.error(f"{where}.{next(iter(options))}",
                                  f"unknown option: {rule.code} has no options")
+            # TOML style is kebab-case, Python style snake_case: accept either spelling.
+            options = {_spelling(key, known): value for key, value in options.items()}
             self.check_keys(options, tuple(known), where)
+            values = {}
             for name, value in options.items():
-                _check_option_type(self, f"{where}.{name}", known[name].default, value)
-            result[rule.code] = dict(options)
+                default = known[name].default
+                _check_option_type(self, f"{where}.{name}", default, value)
+                values[name] = tuple(value) if isinstance(default, tuple) else value
+            result[rule.code] = values
         return result
 
     def target(self, entry: Any, where: str) -> ConfiguredTarget:
@@ -266,6 +271,13 @@ class _Reader:
 
 
 _KIND_NAMES = {list: "a list", dict: "a table", str: "a string"}
+
+
+def _spelling(key: str, known: Mapping[str, Any]) -> str:
+    for candidate in (key, key.replace("-", "_"), key.replace("_", "-")):
+        if candidate in known:
+            return candidate
+    return key
 
 
 def _int_list(value: Any) -> bool:
