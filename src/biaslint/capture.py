@@ -85,13 +85,44 @@ def _is_default_leaf(module: nn.Module) -> bool:
     return fx.Tracer().is_leaf_module(module, "")
 
 
-def _capture_module(module: nn.Module, name: str, parts: list[GraphPart], opaque: list[str]) -> None:
+class _Inputs:
+    """What each module was called with (and returned) in one forward pass on the example."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self.outputs: dict[str, Any] = {}
+        self.fake_mode: Any = None
+
+    def of(self, name: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        return self.calls.get(name)
+
+
+def _trace_part(module: nn.Module, name: str, leaves: set[str], recorded: _Inputs) -> GraphPart:
+    """Trace with concrete values when this module's inputs are known, plainly otherwise."""
+    call = recorded.of(name)
+    if call is not None and recorded.fake_mode is not None:
+        from .concrete import trace_with_values
+
+        outputs = {k[len(name) + 1:] if name else k: v for k, v in recorded.outputs.items()
+                   if not name or k.startswith(name + ".")}
+        try:
+            gm = trace_with_values(module, call[0], call[1], leaves, recorded.fake_mode,
+                                   outputs)
+            return GraphPart(name, module, gm, shapes_known=True)
+        except Exception:  # noqa: BLE001 - try the plain tracer, which asks for less
+            pass
+    return GraphPart(name, module, _trace(module, leaves))
+
+
+def _capture_module(module: nn.Module, name: str, parts: list[GraphPart], opaque: list[str],
+                    recorded: _Inputs, known_untraceable: bool = False) -> None:
     """Trace ``module`` whole if possible; otherwise trace what can be traced below it."""
-    try:
-        parts.append(GraphPart(name, module, _trace(module, set())))
-        return
-    except Exception:  # noqa: BLE001 - any tracing failure means: go finer
-        pass
+    if not known_untraceable:
+        try:
+            parts.append(_trace_part(module, name, set(), recorded))
+            return
+        except Exception:  # noqa: BLE001 - any tracing failure means: go finer
+            pass
     untraceable: set[str] = set()
     below: list[GraphPart] = []  # graphs of the children that do not trace whole
     traced_whole: list[GraphPart] = []
@@ -100,7 +131,7 @@ def _capture_module(module: nn.Module, name: str, parts: list[GraphPart], opaque
             continue
         full = f"{name}.{child_name}" if name else child_name
         sub: list[GraphPart] = []
-        _capture_module(child, full, sub, opaque)
+        _capture_module(child, full, sub, opaque, recorded)
         if len(sub) == 1 and sub[0].qualname == full:
             traced_whole.extend(sub)  # inlined in this module's graph if that traces
         else:
@@ -108,7 +139,7 @@ def _capture_module(module: nn.Module, name: str, parts: list[GraphPart], opaque
             below.extend(sub)
     if untraceable:
         try:
-            parts.append(GraphPart(name, module, _trace(module, untraceable)))
+            parts.append(_trace_part(module, name, untraceable, recorded))
             parts.extend(below)
             return
         except Exception:  # noqa: BLE001
@@ -119,11 +150,80 @@ def _capture_module(module: nn.Module, name: str, parts: list[GraphPart], opaque
     parts.extend(below)
 
 
+def _record_inputs(model: nn.Module, inputs: ExampleInputs, fake_mode: Any) -> tuple[_Inputs, str | None]:
+    """Run the model once and note each module's first call (arguments and result).
+
+    Fake tensors first (no compute). When the forward needs real values (data-dependent
+    shapes, e.g. detection's NMS), fall back to one real forward without autograd, so the
+    modules after that point still get their inputs.
+    """
+    recorded = _Inputs()
+    error: str | None = None
+    for mode in ("fake", "real"):
+        recorded = _Inputs()
+        handles = []
+        for qualname, module in model.named_modules():
+            def pre(mod: nn.Module, args: Any, kwargs: Any, _name: str = qualname) -> None:
+                recorded.calls.setdefault(_name, (args, kwargs))
+
+            def post(mod: nn.Module, args: Any, kwargs: Any, out: Any, _name: str = qualname) -> None:
+                recorded.outputs.setdefault(_name, out)
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(module.register_forward_hook(post, with_kwargs=True))
+        try:
+            from .concrete import quiet_fake_log
+
+            with _quiet(), quiet_fake_log():
+                if mode == "fake":
+                    with fake_mode:
+                        model(*inputs.args, **inputs.kwargs)
+                else:
+                    with torch.no_grad():
+                        model(*inputs.args, **inputs.kwargs)
+            recorded.fake_mode = fake_mode
+            return recorded, None
+        except Exception as exc:  # noqa: BLE001 - the user's forward failed
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if mode == "real":
+                recorded.fake_mode = fake_mode  # keep what was recorded before the failure
+        finally:
+            for h in handles:
+                h.remove()
+    return recorded, error
+
+
 def capture(target: LoadedTarget) -> Capture:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model = target.model
     parts: list[GraphPart] = []
     opaque: list[str] = []
-    _capture_module(target.model, "", parts, opaque)
     notes: list[str] = []
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    recorded = _Inputs()
+    with _preserved(model):
+        if target.inputs is not None:
+            recorded.calls[""] = (target.inputs.args, target.inputs.kwargs)
+            recorded.fake_mode = fake_mode
+        try:
+            parts.append(_trace_part(model, "", set(), recorded))
+        except Exception:  # noqa: BLE001 - the whole model does not trace: go per submodule
+            if target.inputs is not None:
+                recorded, error = _record_inputs(model, target.inputs, fake_mode)
+                if error:
+                    notes.append(f"forward on the example inputs failed ({error}); "
+                                 "shapes known only up to that point")
+            _capture_module(model, "", parts, opaque, recorded, known_untraceable=True)
+        root_error = next((p.gm.meta.get("biaslint_value_error") for p in parts
+                           if p.qualname == "" and p.gm.meta.get("biaslint_value_error")), None)
+        if root_error and not any(n.startswith("forward on the example") for n in notes):
+            notes.append(f"forward on the example inputs failed ({root_error}); "
+                         "shapes known only up to that point")
+        if target.inputs is not None and any(p.qualname == "" and not p.shapes_known
+                                             for p in parts):
+            error = _propagate_shapes(target, [p for p in parts if p.qualname == ""])
+            if error:
+                notes.append(f"shape propagation failed ({error}); some shapes unknown")
     if opaque:
         shown = ", ".join(o or "<root>" for o in opaque[:5])
         more = f" and {len(opaque) - 5} more" if len(opaque) > 5 else ""
@@ -131,12 +231,8 @@ def capture(target: LoadedTarget) -> Capture:
     if target.inputs is None:
         notes.append("no example inputs: shapes unknown (give --input-shape or return "
                      "(model, inputs) from the target)")
-    else:
-        error = _propagate_shapes(target, parts)
-        if error:
-            notes.append(f"forward on the example inputs failed ({error}); analysed without shapes")
     return Capture(target=target, parts=parts, opaque=opaque,
-                   coverage=_coverage(target.model, parts, opaque), notes=notes)
+                   coverage=_coverage(model, parts, opaque), notes=notes)
 
 
 def _coverage(model: nn.Module, parts: list[GraphPart], opaque: list[str]) -> Coverage:
@@ -273,8 +369,8 @@ class _ShapeInterpreter(fx.Interpreter):
 def _info(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return TensorInfo(tuple(int(s) for s in value.shape), value.dtype)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_info(v) for v in value)
+    if isinstance(value, (tuple, list)):  # namedtuples included: keep only the structure
+        return tuple(_info(v) for v in value)
     return None
 
 
