@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import Option, Rule, RuleContext
 from .bl001_redundant_bias import RedundantBias
 from .bl002_zero_constant_weight import ZeroConstantWeight
+from .bl003_fan_in_blind_init import FanInBlindInit
 from .bl004_lstm_forget_bias import LstmForgetGateBias
 from .bl005_class_prior_bias import ClassPriorBias
 from .bl100_unused_suppression import UnusedSuppression
@@ -12,6 +13,7 @@ from .bl100_unused_suppression import UnusedSuppression
 REGISTRY: tuple[type[Rule], ...] = (
     RedundantBias,
     ZeroConstantWeight,
+    FanInBlindInit,
     LstmForgetGateBias,
     ClassPriorBias,
     UnusedSuppression,
