@@ -123,6 +123,12 @@ class Oracle:
                                      if diff.numel() else 0.0) / max(scale, 1.0))
         return worst
 
+    def dead(self, layer: str) -> bool:
+        """No parameter of the layer moves any output: its output is never used."""
+        module = self.model.get_submodule(layer)
+        return all(self.moves(layer, name) <= RELATIVE_TOLERANCE
+                   for name, _ in module.named_parameters(recurse=False))
+
     def verdict(self, layer: str, param: str = "bias", index: slice | None = None) -> str:
         if self.moves(layer, param, index=index) <= RELATIVE_TOLERANCE:
             return "redundant"

@@ -50,6 +50,13 @@ def _only_first(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) ->
     return first
 
 
+def is_size_query(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in ("size", "dim", "numel")
+    return node.op == "call_function" and node.target is getattr and len(node.args) > 1 \
+        and node.args[1] in ("shape", "dtype", "device", "ndim")
+
+
 def transfer(prop: Propagation, node: fx.Node) -> State | None:
     use = Use(prop.part, node)
     if activation_kind(use):

@@ -62,7 +62,15 @@ class Items:
         return self.default
 
 
-State = Offset | Items
+@dataclass(frozen=True)
+class Tainted:
+    """Depends on the bias in a way the analysis does not follow (a nonlinearity, an unknown
+    op, a normalization that removes only the bias's mean)."""
+
+    reason: str
+
+
+State = Offset | Items | Tainted
 
 
 class Live(Exception):
@@ -118,20 +126,31 @@ class Propagation:
         inputs = [n for n in node.all_input_nodes if n in self.state]
         result: State | None = None
         if inputs:
+            tainted = [self.state[n] for n in inputs if isinstance(self.state[n], Tainted)]
             if node.op == "output":
-                raise Live("reaches a graph output")
+                raise Live(tainted[0].reason if tainted else "reaches a graph output")  # type: ignore[union-attr]
             for n in inputs:
                 self._check_mutation(n, node)
-            from .offset_ops import transfer  # the per-op rules live next door
+            from .offset_ops import is_size_query, transfer  # the per-op rules live next door
 
-            result = transfer(self, node)
+            if is_size_query(node):
+                result = None  # sizes do not depend on values
+            elif tainted:
+                result = tainted[0]
+            else:
+                try:
+                    result = transfer(self, node)
+                except Live as live:
+                    # Not followed further; observable only if it reaches an output (a value
+                    # nobody uses is not), so mark it and keep going.
+                    result = Tainted(str(live))
         source = self.sources.get(node)
         if source is not None:
             result = source if result is None else join(result, source)
         if result is not None:
             shape = shape_of(node)
             if isinstance(result, Offset) and shape is not None and len(shape) != result.ndim:
-                raise Live(f"rank mismatch at {describe(self.part, node)}")
+                result = Tainted(f"rank mismatch at {describe(self.part, node)}")
             self.state[node] = result
 
     def _check_mutation(self, value: fx.Node, user: fx.Node) -> None:
@@ -148,6 +167,8 @@ class Propagation:
 
     def tensor(self, arg: Any, node: fx.Node) -> Offset | None:
         state = self.of(arg)
+        if isinstance(state, Tainted):
+            raise Live(state.reason)
         if isinstance(state, Items):
             raise Live(f"tuple used as a tensor at {describe(self.part, node)}")
         return state
@@ -225,6 +246,10 @@ def _is_view(node: fx.Node) -> bool:
 
 def join(a: State, b: State) -> State:
     """The offset of a sum of two perturbations."""
+    if isinstance(a, Tainted):
+        return a
+    if isinstance(b, Tainted):
+        return b
     if isinstance(a, Offset) and isinstance(b, Offset):
         if a.ndim != b.ndim:
             raise Live("rank mismatch joining offsets")

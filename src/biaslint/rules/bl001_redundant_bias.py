@@ -133,7 +133,9 @@ def build():
             if verdict is None:
                 continue
             count = int(module.bias.numel())  # type: ignore[union-attr]
-            if verdict.redundant:
+            if verdict.redundant and verdict.cancelled_by:
+                # (Redundant with nothing cancelling it means the output is never used: a dead
+                # layer, not a bias problem.)
                 by = _join(verdict.cancelled_by)
                 yield self.finding(
                     layer,
