@@ -235,7 +235,11 @@ def _init_phrase(layer: "Layer", pname: str = "weight") -> str:
     if call is None or not call.by_user:
         return ""
     where = f" at {call.location.file}:{call.location.line}" if call.location else ""
-    return f"; {pname} was set by {call.describe()}{where}"
+    positional = [a for a in call.args.split(",") if a.strip() and "=" not in a]
+    default_std = (call.name.endswith("normal_") and call.name != "Tensor.log_normal_"
+                   and "std" not in call.args and len(positional) < 2)
+    std = " with std 1 (its default)" if default_std else ""
+    return f"; {pname} was set by {call.describe()}{std}{where}"
 
 
 def _python_path(name: str) -> str:
