@@ -92,6 +92,7 @@ class _Inputs:
         self.calls: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self.outputs: dict[str, Any] = {}
         self.fake_mode: Any = None
+        self.names: dict[int, str] = {}  # module object -> its name in named_modules()
 
     def of(self, name: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         return self.calls.get(name)
@@ -108,10 +109,50 @@ def _trace_part(module: nn.Module, name: str, leaves: set[str], recorded: _Input
         try:
             gm = trace_with_values(module, call[0], call[1], leaves, recorded.fake_mode,
                                    outputs)
-            return GraphPart(name, module, gm, shapes_known=True)
+            return _canonical(GraphPart(name, module, gm, shapes_known=True), recorded.names)
         except Exception:  # noqa: BLE001 - try the plain tracer, which asks for less
             pass
-    return GraphPart(name, module, _trace(module, leaves))
+    return _canonical(GraphPart(name, module, _trace(module, leaves)), recorded.names)
+
+
+def _canonical(part: GraphPart, names: dict[int, str]) -> GraphPart:
+    """Name each called module as ``named_modules()`` does.
+
+    A module registered twice (T5's ``shared`` embedding is also ``encoder.embed_tokens``) is
+    called under whichever name the forward used; rules look layers up by their one
+    ``named_modules()`` name, so graph targets must use it too.
+    """
+    prefix = f"{part.qualname}." if part.qualname else ""
+    for node in part.gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        try:
+            module = part.gm.get_submodule(node.target)
+        except AttributeError:
+            continue
+        full = names.get(id(module))
+        if full is None or full == prefix + node.target or not full.startswith(prefix):
+            continue
+        relative = full[len(prefix):]
+        try:
+            part.gm.get_submodule(relative)
+        except AttributeError:
+            _add_submodule(part.gm, relative, module)
+        node.target = relative
+    part.gm.recompile()
+    return part
+
+
+def _add_submodule(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
+    owner: nn.Module = gm
+    *parents, leaf = path.split(".")
+    for atom in parents:
+        child = getattr(owner, atom, None)
+        if not isinstance(child, nn.Module):
+            child = nn.Module()
+            owner.add_module(atom, child)
+        owner = child
+    owner.add_module(leaf, module)
 
 
 def _capture_module(module: nn.Module, name: str, parts: list[GraphPart], opaque: list[str],
@@ -201,6 +242,7 @@ def capture(target: LoadedTarget) -> Capture:
     notes: list[str] = []
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     recorded = _Inputs()
+    recorded.names = {id(m): n for n, m in model.named_modules()}
     with _preserved(model):
         if target.inputs is not None:
             recorded.calls[""] = (target.inputs.args, target.inputs.kwargs)
@@ -209,7 +251,9 @@ def capture(target: LoadedTarget) -> Capture:
             parts.append(_trace_part(model, "", set(), recorded))
         except Exception:  # noqa: BLE001 - the whole model does not trace: go per submodule
             if target.inputs is not None:
+                names = recorded.names
                 recorded, error = _record_inputs(model, target.inputs, fake_mode)
+                recorded.names = names
                 if error:
                     notes.append(f"forward on the example inputs failed ({error}); "
                                  "shapes known only up to that point")

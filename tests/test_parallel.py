@@ -1,0 +1,93 @@
+"""lint_many: targets linted in isolated processes; a crash or a hang costs only its target."""
+
+from __future__ import annotations
+
+import time
+
+from biaslint.engine import lint
+from biaslint.parallel import lint_many
+from biaslint.settings import Settings, TargetConfig
+
+MODELS = """
+import os
+import time
+
+import torch.nn as nn
+
+
+def good():
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def zero_weight():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    nn.init.zeros_(model[0].weight)
+    return model
+
+
+def exits():
+    os._exit(3)
+
+
+def segfaults():
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def hangs():
+    time.sleep(120)
+
+
+def raises():
+    raise ValueError("broken build")
+"""
+
+
+def _targets(write_target, *attrs: str) -> list[TargetConfig]:
+    path = write_target(MODELS, attr="good").split(":")[0]
+    return [TargetConfig(target=f"{path}:{a}") for a in attrs]
+
+
+def test_results_match_in_process_lint_and_keep_order(write_target):
+    configs = _targets(write_target, "zero_weight", "good")
+    settings = Settings(select=("BL002",))
+    results = lint_many(configs, settings, jobs=2)
+    assert [r.target for r in results] == [c.target for c in configs]
+    for config, result in zip(configs, results):
+        expected = lint(config, settings)
+        assert result.error is None
+        assert result.findings == expected.findings
+        assert result.coverage == expected.coverage
+    assert any(f.code == "BL002" for f in results[0].findings)
+    assert results[1].findings == ()
+
+
+def test_settings_reach_the_worker(write_target):
+    configs = _targets(write_target, "zero_weight")
+    ignored = lint_many(configs, Settings(ignore=("BL002",)), jobs=1)
+    assert ignored[0].error is None
+    assert not any(f.code == "BL002" for f in ignored[0].findings)
+
+
+def test_crashing_targets_are_errors_and_the_others_still_run(write_target):
+    configs = _targets(write_target, "exits", "good", "segfaults", "raises", "missing", "good")
+    results = lint_many(configs, Settings(), jobs=2)
+    by_attr = {c.target.rsplit(":", 1)[1]: r for c, r in zip(configs, results)}
+    assert "exited with code 3" in (by_attr["exits"].error or "")
+    assert "SIGSEGV" in (results[2].error or "")
+    assert "broken build" in (by_attr["raises"].error or "")
+    assert "no attribute 'missing'" in (by_attr["missing"].error or "")
+    for index in (1, 5):
+        assert results[index].error is None and results[index].coverage is not None
+        assert results[index].coverage.ratio == 1.0
+
+
+def test_a_hanging_target_times_out_without_blocking_the_rest(write_target):
+    configs = _targets(write_target, "hangs", "good")
+    start = time.monotonic()
+    results = lint_many(configs, Settings(), jobs=2, timeout=8)
+    elapsed = time.monotonic() - start
+    assert "timed out after 8 s" in (results[0].error or "")
+    assert results[1].error is None
+    assert elapsed < 60  # the hang sleeps 120 s: it was killed, not waited for
