@@ -250,19 +250,45 @@ def test_progress_on_a_real_terminal(write_target, tmp_path):
                             stdin=terminal, stdout=terminal, stderr=terminal, env=env,
                             cwd=tmp_path)
     os.close(terminal)
+    import select
+    import time
+
     chunks = []
-    while True:
-        try:
-            data = os.read(controller, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(timeout=120)
-    os.close(controller)
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 5)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(controller, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        os.close(controller)
     import re
 
     output = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace"))
     assert "1/2" in output or "0/2" in output, output  # the progress bar's M/N column
     assert f"{second}: 1 error, 1 warning" in output
+
+
+def test_sarif_fingerprints_of_module_less_findings_differ_by_file():
+    def meta(file: str, codes: list[str]) -> Finding:
+        return finding(code="BL100", name="unused-suppression", module="", module_type="comment",
+                       location=Location(file, 3, 1), fix=None, parameter="",
+                       data={"codes": codes})
+
+    results = sarif_log([TargetResult("t", findings=(
+        meta("a.py", ["BL002"]), meta("b.py", ["BL002"]), meta("a.py", ["BL001"])))])
+    prints = {r["partialFingerprints"]["biaslintFingerprint/v1"]
+              for r in results["runs"][0]["results"]}
+    assert len(prints) == 3

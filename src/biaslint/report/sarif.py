@@ -104,5 +104,10 @@ def _uri(path: str) -> str:
 
 
 def _fingerprint(target: str, finding: Finding) -> str:
-    key = "\0".join((target, finding.code, finding.module, finding.parameter))
+    parts = [target, finding.code, finding.module, finding.parameter]
+    if not finding.module and finding.location is not None:
+        # Module-less findings (BL100 on a comment) would all share one fingerprint, and code
+        # scanning would merge them: add the file and what the comment names, still no line.
+        parts += [finding.location.file, ",".join(finding.data.get("codes", ()))]
+    key = "\0".join(parts)
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
