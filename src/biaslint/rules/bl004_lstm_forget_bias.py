@@ -10,7 +10,7 @@ from .base import Option, Rule, RuleContext
 if TYPE_CHECKING:
     import torch.nn as nn
 
-    from ..analysis import AnalysedModel
+    from ..analysis import AnalysedModel, Layer
 
 
 class LstmForgetGateBias(Rule):
@@ -95,10 +95,11 @@ def build():
             shown = ", ".join(f"{where} {m:.3g}" for where, m in list(low.items())[:6])
             more = f" and {len(low) - 6} more" if len(low) > 6 else ""
             worst = min(low.values())
+            set_by = _init_phrase(layer)
             yield self.finding(
                 layer,
                 f"forget-gate bias (bias_ih[H:2H] + bias_hh[H:2H]) has mean {shown}{more} "
-                f"(below {threshold:g}): the forget gate starts near sigmoid({worst:.2g}) = "
+                f"(below {threshold:g}){set_by}: the forget gate starts near sigmoid({worst:.2g}) = "
                 f"{_sigmoid(worst):.2f}, keeping only {_sigmoid(worst) ** 10:.1e} of the cell "
                 "state after 10 steps; 1.0 is recommended (Jozefowicz et al., 2015)",
                 fix=fix,
@@ -129,6 +130,16 @@ def forget_biases(module: "nn.Module") -> dict[str, float]:
         forget = ih.detach()[hidden:2 * hidden].double() + hh.detach()[hidden:2 * hidden].double()
         result[where] = float(forget.mean())
     return result
+
+
+def _init_phrase(layer: "Layer") -> str:
+    """Where the user's code last wrote a bias of this LSTM, if it did."""
+    for pname in layer.parameters():
+        call = layer.init_of(pname) if pname.startswith("bias") else None
+        if call is not None and call.by_user and call.location is not None:
+            return (f" (a bias was set by {call.describe()} at {call.location.file}:"
+                    f"{call.location.line})")
+    return ""
 
 
 def _sigmoid(x: float) -> float:

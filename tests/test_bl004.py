@@ -1,0 +1,135 @@
+"""BL004 LSTM forget-gate bias: every layer and direction, numbers checked against the params."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from biaslint.findings import Severity
+from biaslint.load import load_target
+from biaslint.rules.bl004_lstm_forget_bias import LstmForgetGateBias, forget_biases
+from biaslint.settings import Settings
+
+
+def test_bad_example_names_every_layer_and_direction(lint_source):
+    result = lint_source(LstmForgetGateBias.bad_example, select=("BL004",))
+    assert len(result.findings) == 1
+    finding = result.findings[0]
+    assert finding.severity == Severity.WARNING
+    for where in ("layer 0", "layer 0 reverse", "layer 1", "layer 1 reverse"):
+        assert where in finding.data["forget_bias_means"]
+    assert "layer 1 reverse" in finding.message
+    assert finding.fix.code == "biaslint.init.forget_gate_bias_(model, 1.0)"
+    assert finding.location is not None and finding.location.line == 5  # construction site
+
+
+def test_good_example_is_quiet(lint_source):
+    assert lint_source(LstmForgetGateBias.good_example, select=("BL004",)).findings == ()
+
+
+def test_reported_means_are_the_parameters(write_target):
+    """The numbers in the message are bias_ih[H:2H] + bias_hh[H:2H], averaged."""
+    from biaslint.engine import lint_loaded
+    from biaslint.settings import TargetConfig
+
+    source = '''
+import torch.nn as nn
+
+def build():
+    return nn.LSTM(8, 16, num_layers=2, proj_size=4)
+'''
+    target = write_target(source)
+    loaded = load_target(target)
+    result = lint_loaded(loaded, TargetConfig(target=target), Settings(select=("BL004",)))
+    lstm = loaded.model
+    means = result.findings[0].data["forget_bias_means"]
+    for k in range(2):
+        ih, hh = getattr(lstm, f"bias_ih_l{k}"), getattr(lstm, f"bias_hh_l{k}")
+        expected = float((ih[16:32] + hh[16:32]).detach().mean())
+        assert means[f"layer {k}"] == pytest.approx(expected, abs=1e-6)
+        assert f"{expected:.3g}" in result.findings[0].message
+
+
+def test_message_claim_about_memory_is_measured():
+    """'keeps only sigmoid(b)**10 of the cell state after 10 steps': with zero input and hidden
+    weights the cell state decays by exactly sigmoid(forget bias) per step."""
+    cell = torch.nn.LSTMCell(4, 8)
+    with torch.no_grad():
+        for p in (cell.weight_ih, cell.weight_hh):
+            p.zero_()
+        cell.bias_ih.zero_()
+        cell.bias_hh.zero_()
+        cell.bias_ih[0:8] = -20.0  # input gate shut, so only the forget gate acts on c
+    h, c = torch.zeros(1, 8), torch.ones(1, 8)
+    with torch.no_grad():
+        for _ in range(10):
+            h, c = cell(torch.zeros(1, 4), (h, c))
+    assert float(c.mean()) == pytest.approx(0.5 ** 10, rel=1e-3)
+
+
+@pytest.mark.parametrize("ctor", ["nn.LSTMCell(8, 16)", "nn.LSTM(8, 16, proj_size=4)"])
+def test_cells_and_projections_are_flagged(lint_source, ctor):
+    source = f"import torch.nn as nn\n\ndef build():\n    return nn.Sequential({ctor})\n"
+    result = lint_source(source, select=("BL004",))
+    assert len(result.findings) == 1
+
+
+def test_bias_free_lstm_is_flagged(lint_source):
+    source = "import torch.nn as nn\n\ndef build():\n    return nn.LSTM(8, 16, bias=False)\n"
+    result = lint_source(source, select=("BL004",))
+    assert len(result.findings) == 1
+    assert "bias=False" in result.findings[0].message
+    assert result.findings[0].data == {"bias": False}
+
+
+def test_gru_is_quiet(lint_source):
+    source = "import torch.nn as nn\n\ndef build():\n    return nn.GRU(8, 16, num_layers=2)\n"
+    assert lint_source(source, select=("BL004",)).findings == ()
+
+
+def test_only_low_layers_are_named_and_user_init_is_quoted(lint_source):
+    source = '''
+import torch.nn as nn
+from biaslint.init import forget_gate_bias_
+
+def build():
+    lstm = nn.LSTM(8, 16, num_layers=2)
+    forget_gate_bias_(lstm, 1.0)
+    nn.init.zeros_(lstm.bias_ih_l1)
+    return lstm
+'''
+    result = lint_source(source, select=("BL004",))
+    assert len(result.findings) == 1
+    means = result.findings[0].data["forget_bias_means"]
+    assert means["layer 0"] == pytest.approx(1.0)
+    assert "layer 1 " in result.findings[0].message and "layer 0 " not in result.findings[0].message
+    assert "nn.init.zeros_" in result.findings[0].message
+
+
+def test_threshold_option(lint_source):
+    source = '''
+import torch.nn as nn
+from biaslint.init import forget_gate_bias_
+
+def build():
+    return forget_gate_bias_(nn.LSTM(8, 16), 0.7)
+'''
+    assert lint_source(source, select=("BL004",)).findings == ()
+    strict = Settings(rule_options={"BL004": {"min_forget_bias": 0.9}})
+    assert len(lint_source(source, select=("BL004",), settings=strict).findings) == 1
+
+
+def test_applying_the_fix_line_silences_it(lint_source):
+    finding = lint_source(LstmForgetGateBias.bad_example, select=("BL004",)).findings[0]
+    fixed = LstmForgetGateBias.bad_example.replace(
+        "    return nn.LSTM(input_size=32, hidden_size=64, num_layers=2, bidirectional=True)",
+        "    model = nn.LSTM(input_size=32, hidden_size=64, num_layers=2, bidirectional=True)\n"
+        "    import biaslint.init\n"
+        f"    {finding.fix.code}\n    return model")
+    assert lint_source(fixed, select=("BL004",)).findings == ()
+
+
+def test_forget_biases_direction_keys():
+    lstm = torch.nn.LSTM(4, 8, num_layers=3, bidirectional=True)
+    assert list(forget_biases(lstm)) == ["layer 0", "layer 0 reverse", "layer 1",
+                                          "layer 1 reverse", "layer 2", "layer 2 reverse"]
