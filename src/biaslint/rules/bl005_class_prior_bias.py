@@ -261,6 +261,9 @@ def find_heads(model: "AnalysedModel") -> list[Head]:
             outputs = module.out_channels
         else:
             continue
+        if layer.name == "":
+            heads.append(Head(layer, outputs, None))  # the model is the head itself
+            continue
         for use in model.calls_of(layer.name):
             if use.part.qualname != "":
                 continue  # the output of a sub-graph is not the model's output
