@@ -14,7 +14,7 @@ from biaslint.report.github import escape_data, escape_property
 from biaslint.report.github import render as render_github
 from biaslint.report.sarif import sarif_log
 
-SCHEMA = json.loads((Path(__file__).parent / "fixtures" / "sarif-schema-2.1.0.json").read_text())
+SCHEMA = json.loads((Path(__file__).parent / "fixtures" / "sarif-2.1.0-biaslint.schema.json").read_text())
 
 # model[0]: BL002 error; model[2]: BL002 warning (verdicts checked by training in test_bl002.py).
 BAD = """\
