@@ -309,7 +309,7 @@ def _actual_logits(model: "AnalysedModel", heads: list[Head]) -> dict[str, "torc
         hooks.append(head.layer.module.register_forward_hook(hook))
     saved = {n: b.detach().clone() for n, b in model.model.named_buffers()}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leave the user's RNG alone
             model.model(*inputs.args, **inputs.kwargs)
     except Exception:  # noqa: BLE001 - the user's forward failing is reported by capture
         return {}
