@@ -336,3 +336,49 @@ def build():
     assert len(chains) == 1
     out, _ = measure(model, ["0", "2", "4"], torch.randn(1024, width))
     assert chains[0].data["growth"] == pytest.approx(out, rel=0.3)
+
+
+def test_huge_weights_do_not_overflow_the_prediction(lint_model):
+    source = '''
+import torch.nn as nn
+
+def build():
+    layers = []
+    for _ in range(12):
+        layers += [nn.Linear(256, 256), nn.ReLU()]
+    model = nn.Sequential(*layers)
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, std=1e6)
+    return model
+'''
+    _, findings = lint_model(source)
+    errors = [f for f in findings if f.severity == Severity.ERROR]
+    assert len(errors) == 1 and math.isfinite(errors[0].data["growth"])
+
+
+def test_conv_transpose_and_scalar_scaling_in_a_chain(lint_model):
+    source = '''
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up1 = nn.ConvTranspose2d(128, 128, 4, stride=2, padding=1)
+        self.up2 = nn.ConvTranspose2d(128, 128, 4, stride=2, padding=1)
+        for layer in (self.up1, self.up2):
+            nn.init.normal_(layer.weight, std=1.0)
+
+    def forward(self, x):
+        return self.up2(nn.functional.leaky_relu(self.up1(x), 0.2) * 0.5)
+
+def build():
+    return Net()
+'''
+    model, findings = lint_model(source)
+    errors = [f for f in findings if f.severity == Severity.ERROR]
+    assert len(errors) == 1
+    out, _ = measure(model, ["up1", "up2"], torch.randn(2, 128, 8, 8))
+    assert out > 100
+    assert errors[0].data["growth"] == pytest.approx(out, rel=0.5)
+    assert "nn.init.normal_" in errors[0].fix.code and "std=" in errors[0].fix.code

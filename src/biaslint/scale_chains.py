@@ -175,9 +175,9 @@ class ScaleModel:
                     call.pred = by_node[source]
                     m = call.pred.m_out
                 for transfer in reversed(transfers):
-                    m = transfer(m)
+                    m = _finite(transfer(m))
                 call.m_in = m
-                call.m_out = call.gain ** 2 * m + call.bias_sq
+                call.m_out = _finite(call.gain ** 2 * m + call.bias_sq)
                 by_node[node] = call
                 result.append(call)
             for call in by_node.values():
@@ -300,6 +300,13 @@ class ScaleModel:
 _STANDARD_FORWARDS = {cls.forward for cls in (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
     nn.ConvTranspose3d, nn.LazyLinear)}
+
+
+def _finite(m: float) -> float:
+    """Keep predictions in float range: 1e300 is as exploded as infinity, and stays comparable."""
+    if m != m:  # NaN
+        return 1e300
+    return min(max(m, 0.0), 1e300)
 
 
 def is_weight_layer(module: nn.Module) -> bool:
