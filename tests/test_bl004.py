@@ -133,3 +133,73 @@ def test_forget_biases_direction_keys():
     lstm = torch.nn.LSTM(4, 8, num_layers=3, bidirectional=True)
     assert list(forget_biases(lstm)) == ["layer 0", "layer 0 reverse", "layer 1",
                                           "layer 1 reverse", "layer 2", "layer 2 reverse"]
+
+
+HAND_WRITTEN = '''
+import torch
+import torch.nn as nn
+
+class Cell(nn.Module):
+    def __init__(self, n_in, hidden):
+        super().__init__()
+        self.x2g = nn.Linear(n_in, 4 * hidden)
+        self.h2g = nn.Linear(hidden, 4 * hidden)
+
+    def forward(self, x, h, c):
+        i, f, g, o = (self.x2g(x) + self.h2g(h)).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+def build():
+    cell = Cell(8, 16)
+    {extra}
+    return cell
+'''
+
+
+def test_hand_written_cell_is_found_and_the_gate_measured(write_target):
+    from biaslint.engine import lint_loaded
+    from biaslint.settings import TargetConfig
+
+    target = write_target(HAND_WRITTEN.format(extra=""))
+    loaded = load_target(target)
+    result = lint_loaded(loaded, TargetConfig(target=target), Settings(select=("BL004",)))
+    assert len(result.findings) == 1
+    finding = result.findings[0]
+    assert finding.data["rows"] == "16:32" and finding.data["layers"] == ["h2g", "x2g"]
+    cell = loaded.model
+    bias = (cell.x2g.bias + cell.h2g.bias)[16:32].detach()
+    assert finding.data["forget_bias_mean"] == pytest.approx(float(bias.mean()), abs=1e-6)
+    # Applying the fix line to both Linears' rows moves the measured gate to ~sigmoid(1).
+    with torch.no_grad():
+        cell.x2g.bias[16:32] = 1.0
+        cell.h2g.bias[16:32] = 0.0
+        x, h = torch.randn(512, 8), torch.zeros(512, 16)
+        f = torch.sigmoid((cell.x2g(x) + cell.h2g(h))[:, 16:32])
+    assert float(f.mean()) == pytest.approx(0.73, abs=0.06)
+
+
+def test_hand_written_cell_with_forget_bias_is_quiet(lint_source):
+    extra = "nn.init.constant_(cell.x2g.bias[16:32], 1.0); nn.init.zeros_(cell.h2g.bias)"
+    result = lint_source(HAND_WRITTEN.format(extra=extra), select=("BL004",))
+    assert result.findings == ()
+
+
+def test_gru_like_sigmoid_products_are_not_lstm_cells(lint_source):
+    source = '''
+import torch
+import torch.nn as nn
+
+class Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gates = nn.Linear(8, 16)
+
+    def forward(self, x):
+        a, b = self.gates(x).chunk(2, dim=-1)
+        return torch.sigmoid(a) * torch.tanh(b)
+
+def build():
+    return Gated()
+'''
+    assert lint_source(source, select=("BL004",)).findings == ()

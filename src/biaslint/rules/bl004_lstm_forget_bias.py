@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 from ..findings import Finding, Fix, Severity
@@ -25,6 +26,11 @@ with hidden size `H` the forget gate sees `bias_ih[H:2H] + bias_hh[H:2H]`. The r
 effective forget bias below `min_forget_bias` (0.5), naming the layers and directions, and flags
 LSTMs built with `bias=False`, which cannot have a forget bias at all. `nn.GRU` has no forget gate
 and is not checked.
+
+It also finds LSTM cells written by hand in the traced graph, `c = f * c_prev + i * g` with
+`f = sigmoid(chunk k of Linear(x) [+ Linear(h)])`: the forget gate is the sigmoid whose product
+with the cell state is added to a sigmoid-times-tanh product, and its bias is the sum of rows
+`k*H:(k+1)*H` of the Linears' biases.
 """
     why_bad = """\
 With PyTorch's default init the forget bias is close to 0, so the forget gate starts at
@@ -105,6 +111,133 @@ def build():
                 fix=fix,
                 data={"forget_bias_means": means, "threshold": threshold},
             )
+        yield from self._hand_written(model, threshold)
+
+    def _hand_written(self, model: "AnalysedModel", threshold: float) -> Iterable[Finding]:
+        from ..analysis import python_path
+
+        for gate in hand_written_gates(model):
+            mean = gate.bias_mean(model)
+            if mean is None or mean >= threshold:
+                continue
+            layer = model.layers[gate.layers[0]]
+            module = layer.module
+            size = module.out_features // gate.chunks
+            rows = f"{gate.chunk * size}:{(gate.chunk + 1) * size}"
+            names = " + ".join(python_path(n) for n in gate.layers)
+            has_bias = getattr(module, "bias", None) is not None
+            code = (f"nn.init.constant_({python_path(layer.name)}.bias[{rows}], 1.0)"
+                    if has_bias else "")
+            yield self.finding(
+                layer,
+                f"hand-written LSTM cell: the forget gate is sigmoid(chunk {gate.chunk} of "
+                f"{gate.chunks}) of {names}, whose bias rows {rows} have mean {mean:.3g} (below "
+                f"{threshold:g}): the gate starts near sigmoid({mean:.2g}) = {_sigmoid(mean):.2f}, "
+                f"keeping only {_sigmoid(mean) ** 10:.1e} of the cell state after 10 steps; 1.0 "
+                "is recommended (Jozefowicz et al., 2015)",
+                parameter="bias",
+                fix=Fix(title="Set the forget-gate rows of the bias to 1", code=code)
+                if has_bias else Fix(title="Give the gate Linear a bias and set its forget rows "
+                                           "to 1"),
+                data={"forget_bias_mean": mean, "rows": rows, "layers": list(gate.layers)},
+            )
+
+
+@dataclass(frozen=True)
+class HandWrittenGate:
+    """A forget gate found in the graph: sigmoid(chunk k of some Linear outputs) * cell state."""
+
+    layers: tuple[str, ...]  # the Linear layers whose outputs are summed into the gates
+    chunk: int
+    chunks: int
+
+    def bias_mean(self, model: "AnalysedModel") -> float | None:
+        total = 0.0
+        for name in self.layers:
+            module = model.layers[name].module
+            bias = getattr(module, "bias", None)
+            if bias is None:
+                continue
+            size = module.out_features // self.chunks
+            total += float(bias.detach()[self.chunk * size:(self.chunk + 1) * size].double()
+                           .mean())
+        return total
+
+
+def hand_written_gates(model: "AnalysedModel") -> list[HandWrittenGate]:
+    """Forget gates of LSTM cells written by hand: ``c = f * c_prev + i * g`` where ``f`` is
+    ``sigmoid`` of chunk k of ``Linear(x)`` (or of a sum of Linears). The gate is the sigmoid
+    whose product is added to a product of a sigmoid and a tanh (the input-gate term)."""
+    import torch.nn as nn
+
+    from ..analysis import Use
+    from ..ops import activation_kind, binary_kind
+
+    found: dict[tuple[tuple[str, ...], int, int], HandWrittenGate] = {}
+    for part in model.capture.parts:
+        for node in part.gm.graph.nodes:
+            use = Use(part, node)
+            binary = binary_kind(use)
+            if binary is None or binary != ("add", True):
+                continue
+            terms = [Use(part, n) for n in node.all_input_nodes]
+            if len(terms) != 2 or not all(binary_kind(t) == ("mul", True) for t in terms):
+                continue
+            kinds = [[activation_kind(Use(part, n)) for n in t.node.all_input_nodes]
+                     for t in terms]
+            for forget, other in ((0, 1), (1, 0)):
+                if sorted(k or "" for k in kinds[other]) != ["sigmoid", "tanh"]:
+                    continue
+                for operand in terms[forget].node.all_input_nodes:
+                    if activation_kind(Use(part, operand)) != "sigmoid":
+                        continue
+                    gate = _gate_source(model, Use(part, operand))
+                    if gate is not None and all(
+                            isinstance(model.layers[n].module, nn.Linear) for n in gate[0]):
+                        found[gate] = HandWrittenGate(*gate)
+    return list(found.values())
+
+
+def _gate_source(model: "AnalysedModel", sigmoid: "Use") -> tuple[tuple[str, ...], int, int] | None:
+    """(Linear names, chunk index, number of chunks) when the sigmoid reads
+    ``chunk(Linear(x) [+ Linear(h)], n)[k]``; None for anything else."""
+    import operator
+
+    import torch
+
+    from ..analysis import Use
+    from ..ops import binary_kind
+
+    inputs = sigmoid.node.all_input_nodes
+    if len(inputs) != 1 or inputs[0].target is not operator.getitem:
+        return None
+    item = inputs[0]
+    index = item.args[1] if len(item.args) > 1 else None
+    chunked = item.args[0]
+    if not isinstance(index, int) or not hasattr(chunked, "op"):
+        return None
+    if chunked.op == "call_function" and chunked.target is torch.chunk:
+        args = list(chunked.args) + [chunked.kwargs.get("chunks"), chunked.kwargs.get("dim", 0)]
+    elif chunked.op == "call_method" and chunked.target == "chunk":
+        args = list(chunked.args) + [chunked.kwargs.get("chunks"), chunked.kwargs.get("dim", 0)]
+    else:
+        return None
+    source, chunks = args[0], args[1]
+    dim = chunked.args[2] if len(chunked.args) > 2 else chunked.kwargs.get("dim", 0)
+    if not isinstance(chunks, int) or dim not in (-1, 1):
+        return None
+    stack, names = [Use(sigmoid.part, source)], []
+    while stack:
+        use = stack.pop()
+        if use.node.op == "call_module" and model.module_name(use) in model.layers:
+            names.append(model.module_name(use))
+        elif binary_kind(use) == ("add", True):
+            stack.extend(Use(use.part, n) for n in use.node.all_input_nodes)
+        else:
+            return None
+    if not names:
+        return None
+    return tuple(sorted(set(names))), index % chunks, chunks
 
 
 def forget_biases(module: "nn.Module") -> dict[str, float]:
