@@ -120,7 +120,8 @@ def run_one(job: Job) -> dict[str, Any]:
         "notes": " | ".join(notes)[:400], "error": "",
         "finding_details": [
             {"code": f.code, "module": f.module, "module_type": f.module_type,
-             "parameter": f.parameter, "message": f.message, "severity": str(f.severity)}
+             "parameter": f.parameter, "message": f.message, "severity": str(f.severity),
+             "data": repr(f.data)[:300]}
             for f in result.findings],
     }
 
@@ -237,7 +238,7 @@ def findings_report(rows: list[dict[str, Any]]) -> str:
             message = f["message"].replace("|", "\\|").replace("\n", " ")
             lines.append(f"- **{f['code']}** `{r['family']}:{r['model']}` `{f['module']}` "
                          f"({f['module_type']}{'.' + f['parameter'] if f['parameter'] else ''}): "
-                         f"{message}")
+                         f"{message} data={f.get('data', '')}")
     if len(lines) == 2:
         lines.append("(no findings)")
     return "\n".join(lines) + "\n"

@@ -225,12 +225,23 @@ def _record_inputs(model: nn.Module, inputs: ExampleInputs, fake_mode: Any) -> t
             return recorded, None
         except Exception as exc:  # noqa: BLE001 - the user's forward failed
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            if mode == "real":
-                recorded.fake_mode = fake_mode  # keep what was recorded before the failure
+            if mode == "real" or not _needs_real_values(exc):
+                # Keep what was recorded before the failure. A forward that fails on fake
+                # tensors for another reason (wrong input shape) would fail for real too.
+                recorded.fake_mode = fake_mode
+                return recorded, error
         finally:
             for h in handles:
                 h.remove()
     return recorded, error
+
+
+def _needs_real_values(exc: BaseException) -> bool:
+    """Fake tensors cannot run ops whose output shape depends on data (nonzero, NMS)."""
+    from torch._subclasses.fake_tensor import (DataDependentOutputException,
+                                               DynamicOutputShapeException)
+
+    return isinstance(exc, (DynamicOutputShapeException, DataDependentOutputException))
 
 
 def capture(target: LoadedTarget) -> Capture:
