@@ -20,6 +20,12 @@ from biaslint.rules.bl003_fan_in_blind_init import FanInBlindInit
 from biaslint.settings import Settings, TargetConfig
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Random init and random inputs, but the same ones on every run."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def lint_model(write_target):
     """Build the target once; return (model, findings) so the test measures the linted model."""

@@ -11,6 +11,12 @@ from biaslint.rules.bl004_lstm_forget_bias import LstmForgetGateBias, forget_bia
 from biaslint.settings import Settings
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Random init and random inputs, but the same ones on every run."""
+    torch.manual_seed(0)
+
+
 def test_bad_example_names_every_layer_and_direction(lint_source):
     result = lint_source(LstmForgetGateBias.bad_example, select=("BL004",))
     assert len(result.findings) == 1

@@ -18,6 +18,12 @@ from biaslint.settings import Settings, TargetConfig
 PRIORS = (0.9, 0.09, 0.01)
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Random init and random inputs, but the same ones on every run."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def lint_model(write_target):
     def run(source: str, settings: Settings | None = None, **config):
@@ -82,8 +88,9 @@ def build():
     torch.manual_seed(1)
     with torch.no_grad():
         logits = model(torch.randn(4096, 20))
+    # Fresh inputs and sampled labels: agreement within sampling error.
     assert measured_excess(logits, PRIORS) == pytest.approx(finding.data["excess_from_logits"],
-                                                            abs=0.05)
+                                                            rel=0.1)
     # The fix's std brings the measured excess under the limit.
     std = float(finding.fix.code.split("std=")[1].rstrip(")"))
     torch.nn.init.normal_(model[2].weight, std=std)
