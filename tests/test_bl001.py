@@ -381,3 +381,39 @@ def build():
     assert findings["0"].fix.code == "nn.Linear(4, 8, False)"
     assert findings["0"].location.line == 9
     assert findings["3"].fix.code.replace(" ", "").replace("\n", "") == "nn.Conv1d(8,8,1,bias=False)"
+
+
+FUSED = """
+class Net(nn.Module):
+    def __init__(self, style):
+        super().__init__()
+        self.qkv = nn.Linear(16, 48)
+        self.style = style
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        if self.style == "split":  # GPT-2: split the last axis, then heads
+            q, k, v = self.qkv(x).split(16, dim=2)
+            q, k, v = (t.view(b, n, 4, 4).transpose(1, 2) for t in (q, k, v))
+            weights = torch.matmul(q, k.transpose(-1, -2)) / 2.0
+            out = weights.softmax(-1) @ v
+        else:  # timm: (B, N, 3, H, D) -> (3, B, H, N, D), unbind, fused attention
+            qkv = self.qkv(x).reshape(b, n, 3, 4, 4).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+            out = F.scaled_dot_product_attention(q, k, v)
+        return out.transpose(1, 2).reshape(b, n, 16)
+"""
+
+
+@pytest.mark.parametrize("style", ["split", "unbind"])
+def test_fused_qkv_key_slice_is_info(judge, style):
+    findings, oracle = judge(HEADER + FUSED + f"""
+def build():
+    return Net({style!r}), torch.randn(3, 6, 16)
+""")
+    assert oracle.verdict("qkv") == "live"
+    assert oracle.verdict("qkv", index=slice(16, 32)) == "redundant"
+    assert oracle.verdict("qkv", index=slice(0, 16)) == "live"
+    finding = findings["qkv"]
+    assert finding.severity is Severity.INFO and finding.data["slice"] == [16, 32]
+    assert "key slice bias[16:32]" in finding.message

@@ -119,8 +119,8 @@ def _layer_norm(prop: Propagation, node: fx.Node, x: Offset, normalized: Any) ->
     else:
         raise Live("layer norm over an unknown shape")
     reduced = set(range(x.ndim - count, x.ndim))
-    return _cancel_over(prop, node, x, reduced,
-                        f"(it subtracts the mean over the last {count} axes)")
+    axes = "last axis" if count == 1 else f"last {count} axes"
+    return _cancel_over(prop, node, x, reduced, f"(it subtracts the mean over the {axes})")
 
 
 def _instance_norm(prop: Propagation, node: fx.Node, x: Offset, spatial: int) -> None:
@@ -263,7 +263,10 @@ def _flatten(x: Offset, start: int = 0, end: int = -1) -> Offset:
     varying = {a for a in x.varying if a < s} | {a - (e - s) for a in x.varying if a > e}
     if x.varying & set(range(s, e + 1)):
         varying.add(s)
-    return Offset(x.ndim - (e - s), frozenset(varying))
+    mapping = {a: a for a in range(s)} | {a: a - (e - s) for a in range(e + 1, x.ndim)}
+    if s == e:
+        mapping[s] = s
+    return x.moved(x.ndim - (e - s), varying, mapping)
 
 
 def _reshape_meta(source: Any, node: fx.Node, x: Offset) -> Offset:
@@ -277,7 +280,8 @@ def _permute_axes(x: Offset, dims: list[Any]) -> Offset:
     order = [_axis(d, x.ndim) for d in dims]
     if sorted(order) != list(range(x.ndim)):
         raise Live("permutation of unknown axes")
-    return Offset(x.ndim, frozenset(k for k, src in enumerate(order) if src in x.varying))
+    return x.moved(x.ndim, (k for k, src in enumerate(order) if src in x.varying),
+                   {src: k for k, src in enumerate(order)})
 
 
 def _swap(x: Offset, a: Any, b: Any) -> Offset:
@@ -336,7 +340,8 @@ def _flatten_call(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) 
 def _unsqueeze(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     x = _only_first(prop, node, args[:1], {})
     d = _axis(_arg(args, kwargs, 1, "dim"), x.ndim + 1)
-    return Offset(x.ndim + 1, frozenset(a + 1 if a >= d else a for a in x.varying))
+    mapping = {a: a + 1 if a >= d else a for a in range(x.ndim)}
+    return x.moved(x.ndim + 1, (mapping[a] for a in x.varying), mapping)
 
 
 def _squeeze(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
@@ -348,7 +353,8 @@ def _squeeze(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Of
     dims = [dim] if isinstance(dim, int) else list(dim) if dim is not None else list(range(x.ndim))
     gone = {a for a in (_axis(d, x.ndim) for d in dims) if shape[a] == 1}
     keep = [a for a in range(x.ndim) if a not in gone]
-    return Offset(len(keep), frozenset(k for k, a in enumerate(keep) if a in x.varying))
+    return x.moved(len(keep), (k for k, a in enumerate(keep) if a in x.varying),
+                   {a: k for k, a in enumerate(keep)})
 
 
 def _expand(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
@@ -400,35 +406,76 @@ def _getitem(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> St
     assert isinstance(state, Offset)
     if prop.of(index) is not None:
         raise Live("index depends on the bias")
-    return _index(state, index if isinstance(index, tuple) else (index,))
+    return _index(state, index if isinstance(index, tuple) else (index,), shape_of(args[0]))
 
 
-def _index(x: Offset, index: tuple[Any, ...]) -> Offset:
+def _index(x: Offset, index: tuple[Any, ...], shape: tuple[int, ...] | None) -> Offset | None:
+    """Basic indexing: slices keep an axis, ints drop it, None adds one. Returns None when the
+    index selects only positions outside the offset's support."""
     consumed = sum(1 for i in index if i is not None and i is not Ellipsis)
-    axis, out, varying = 0, 0, set()
+    axis, out, varying, mapping = 0, 0, set(), {}
+    support = x.support
     for item in index:
         if item is Ellipsis:
             for _ in range(x.ndim - consumed):
                 if axis in x.varying:
                     varying.add(out)
+                mapping[axis] = out
                 axis, out = axis + 1, out + 1
         elif item is None:
             out += 1
         elif isinstance(item, slice):
             if axis in x.varying:
                 varying.add(out)
+            if support is not None and support[0] == axis:
+                clipped = _slice_support(support, item, shape[axis] if shape else None)
+                if clipped == "empty":
+                    return None
+                support = None if clipped is None else (axis, *clipped)
+            mapping[axis] = out
             axis, out = axis + 1, out + 1
         elif isinstance(item, int) and not isinstance(item, bool):
+            if support is not None and support[0] == axis:
+                size = shape[axis] if shape else None
+                position = item + size if item < 0 and size is not None else item
+                if position < 0:
+                    support = None
+                elif not support[1] <= position < support[2]:
+                    return None  # a position the perturbation never touches
+                else:
+                    support = None
             axis += 1
         else:
             raise Live("advanced indexing")
     while axis < x.ndim:
         if axis in x.varying:
             varying.add(out)
+        mapping[axis] = out
         axis, out = axis + 1, out + 1
     if axis > x.ndim:
         raise Live("too many indices")
-    return Offset(out, frozenset(varying))
+    moved = Offset(x.ndim, x.varying, support).moved(out, varying, mapping)
+    return moved
+
+
+def _slice_support(support: tuple[int, int, int], item: slice, size: int | None
+                   ) -> tuple[int, int] | str | None:
+    """The support [start, stop) seen through ``item``; "empty" when they do not overlap; None
+    when it cannot be worked out (then the whole axis counts)."""
+    start, stop, step = item.start, item.stop, item.step
+    if step not in (None, 1) or not all(v is None or isinstance(v, int) for v in (start, stop)):
+        return None
+    if (start is not None and start < 0) or (stop is not None and stop < 0):
+        if size is None:
+            return None
+        start = start + size if start is not None and start < 0 else start
+        stop = stop + size if stop is not None and stop < 0 else stop
+    lo = max(support[1], start or 0)
+    hi = support[2] if stop is None else min(support[2], stop)
+    if lo >= hi:
+        return "empty"
+    offset = start or 0
+    return (lo - offset, hi - offset)
 
 
 # -- arithmetic ---------------------------------------------------------------------------------------
@@ -585,9 +632,17 @@ def _cat(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset
     carrying = [o for o in offsets if o is not None]
     ndim = carrying[0].ndim
     axis = _axis(_arg(args, kwargs, 1, "dim", 0), ndim)
+    # Operands with nothing along the axis (an empty cache) add nothing.
+    present = [t for t, o in zip(tensors, offsets)
+               if o is not None or not _empty_along(prop.other_shape(t), axis, ndim)]
     result = broadcast([(o, None) for o in carrying], ndim)
     # The offset sits in some slices of the cat axis and not in others.
-    return result if len(tensors) == 1 else result.with_axes({axis})
+    return result if len(present) == 1 else result.with_axes({axis})
+
+
+def _empty_along(shape: tuple[int, ...] | None, axis: int, ndim: int) -> bool:
+    """Nothing along the cat axis (cat also skips legacy empty 1-d tensors)."""
+    return shape is not None and (0 in shape) and (len(shape) != ndim or shape[axis] == 0)
 
 
 def _stack(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
@@ -605,15 +660,61 @@ def _stack(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offs
 
 def _split(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Items:
     x = _only_first(prop, node, args[:1], {})
-    _axis(_arg(args, kwargs, 2, "dim", 0), x.ndim)
-    return Items(default=x)  # every piece has the same axes as the whole
+    axis = _axis(_arg(args, kwargs, 2, "dim", 0), x.ndim)
+    whole = Offset(x.ndim, x.varying)
+    if x.support is None or x.support[0] != axis:
+        return Items(default=x)  # every piece has the same axes as the whole
+    bounds = _piece_bounds(node, args, kwargs, shape_of(args[0]), axis)
+    if bounds is None:
+        return Items(default=whole)
+    items: list[Offset | None] = []
+    for start, stop in bounds:
+        lo, hi = max(start, x.support[1]), min(stop, x.support[2])
+        if lo >= hi:
+            items.append(None)  # a piece the perturbation never touches
+        elif lo == start and hi == stop:
+            items.append(whole)
+        else:
+            items.append(Offset(x.ndim, x.varying, (axis, lo - start, hi - start)))
+    return Items(items=tuple(items))
+
+
+def _piece_bounds(node: fx.Node, args: Args, kwargs: Kwargs, shape: tuple[int, ...] | None,
+                  axis: int) -> list[tuple[int, int]] | None:
+    if shape is None:
+        return None
+    size = shape[axis]
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    how = _arg(args, kwargs, 1, "chunks" if name == "chunk" else "split_size_or_sections")
+    if name == "split" and how is None:
+        how = kwargs.get("split_size")
+    if name == "chunk" and isinstance(how, int) and how > 0:
+        step = -(-size // how)
+        sizes = [step] * (size // step) + ([size % step] if size % step else [])
+    elif name == "split" and isinstance(how, int) and how > 0:
+        sizes = [how] * (size // how) + ([size % how] if size % how else [])
+    elif name == "split" and isinstance(how, (list, tuple)) and all(isinstance(v, int) for v in how):
+        sizes = list(how)
+    else:
+        return None
+    bounds, start = [], 0
+    for piece in sizes:
+        bounds.append((start, start + piece))
+        start += piece
+    return bounds
 
 
 def _unbind(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Items:
     x = _only_first(prop, node, args[:1], {})
     axis = _axis(_arg(args, kwargs, 1, "dim", 0), x.ndim)
     varying = {a - 1 if a > axis else a for a in x.varying if a != axis}
-    return Items(default=Offset(x.ndim - 1, frozenset(varying)))
+    mapping = {a: a - 1 if a > axis else a for a in range(x.ndim) if a != axis}
+    item = x.moved(x.ndim - 1, varying, mapping)
+    if x.support is None or x.support[0] != axis:
+        return Items(default=item)
+    plain = Offset(x.ndim - 1, frozenset(varying))
+    return Items(items=tuple(plain if x.support[1] <= i < x.support[2] else None
+                             for i in range(x.support[2])), default=None)
 
 
 def _reduce(keep_max: bool) -> Rule:

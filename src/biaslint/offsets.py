@@ -42,9 +42,20 @@ class Offset:
 
     ndim: int
     varying: frozenset[int]
+    # (axis, start, stop): the offset is zero outside [start, stop) along axis. Set when one slice
+    # of a fused bias (the key part of a q/k/v projection) is followed; ops that mix positions
+    # along the axis drop it, which only makes the analysis more conservative.
+    support: tuple[int, int, int] | None = None
 
     def with_axes(self, axes: Iterable[int]) -> "Offset":
         return Offset(self.ndim, self.varying | frozenset(axes))
+
+    def moved(self, ndim: int, varying: Iterable[int], axis_map: dict[int, int]) -> "Offset":
+        """A new offset whose support axis (if any) went where ``axis_map`` says."""
+        support = None
+        if self.support is not None and self.support[0] in axis_map:
+            support = (axis_map[self.support[0]], *self.support[1:])
+        return Offset(ndim, frozenset(varying), support)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -100,8 +111,10 @@ def describe(part: GraphPart, node: fx.Node) -> str:
         module = part.gm.get_submodule(str(node.target))
         return f"{type(module).__name__} '{part.full_name(str(node.target))}'"
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "op")
-    where = f" in '{part.qualname}'" if part.qualname else ""
-    return f"{name}(){where}"
+    stack = node.meta.get("nn_module_stack")  # recorded by fx: the module whose forward ran it
+    inner = str(list(stack.keys())[-1]) if stack else ""
+    owner = part.full_name(inner) if inner else part.qualname
+    return f"{name}() in '{owner}'" if owner else f"{name}()"
 
 
 class Propagation:
@@ -179,16 +192,15 @@ class Propagation:
     def other_shape(self, arg: Any) -> tuple[int, ...] | None:
         """Shape of a bias-independent operand: recorded shape, or the parameter's own."""
         if isinstance(arg, fx.Node):
+            if arg.op == "get_attr":
+                value = _get_attr(self.part.gm, str(arg.target))
+                return tuple(value.shape) if isinstance(value, torch.Tensor) else None
             shape = shape_of(arg)
             if shape is not None:
                 return shape
-            if ("biaslint_shape" in arg.meta and arg.meta["biaslint_shape"] is None) \
-                    or _is_scalar_expr(arg):
-                return ()  # recorded as no tensor, or computed from sizes: a Python number
-            if arg.op == "get_attr":
-                value = _get_attr(self.part.gm, str(arg.target))
-                if isinstance(value, torch.Tensor):
-                    return tuple(value.shape)
+            if _is_scalar_expr(arg) or (self.part.shapes_known and arg.op != "placeholder"
+                                        and arg.meta.get("biaslint_shape", ...) is None):
+                return ()  # computed from sizes, or recorded as not a tensor: a Python number
             return None
         if isinstance(arg, torch.Tensor):
             return tuple(arg.shape)
@@ -262,13 +274,15 @@ def broadcast(offsets: Sequence[tuple[Offset | None, tuple[int, ...] | None]], n
     no offset but a shape contribute nothing (a sum) — callers add their varying axes (products).
     """
     varying: set[int] = set()
-    for offset, _shape in offsets:
-        if offset is None:
-            continue
+    carrying = [o for o, _ in offsets if o is not None]
+    for offset in carrying:
         shift = ndim - offset.ndim
         if shift < 0:
             raise Live("operand of higher rank than the result")
         varying |= {a + shift for a in offset.varying}
+    if len(carrying) == 1:
+        shift = ndim - carrying[0].ndim
+        return carrying[0].moved(ndim, varying, {a: a + shift for a in range(carrying[0].ndim)})
     return Offset(ndim, frozenset(varying))
 
 
@@ -316,10 +330,27 @@ def reshape_offset(offset: Offset, a: tuple[int, ...], b: tuple[int, ...]) -> Of
     if groups is None:
         raise Live("reshape with unknown grouping")
     varying: set[int] = set()
+    support = None
     for gi, gj in groups:
         if any(ax in offset.varying and a[ax] != 1 for ax in gi):
             varying.update(gj)
-    return Offset(len(b), frozenset(varying))
+        if offset.support is not None and offset.support[0] in gi:
+            support = _reshaped_support(offset.support, [ax for ax in gi if a[ax] != 1],
+                                        [ax for ax in gj if b[ax] != 1], b)
+    return Offset(len(b), frozenset(varying), support)
+
+
+def _reshaped_support(support: tuple[int, int, int], gi: list[int], gj: list[int],
+                      b: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """A slice [start, stop) of one axis split into (k, rest...): still a slice of the first new
+    axis when it covers whole blocks of ``rest``."""
+    axis, start, stop = support
+    if gi != [axis] or not gj:
+        return None
+    inner = math.prod(b[ax] for ax in gj[1:])
+    if start % inner or stop % inner:
+        return None
+    return (gj[0], start // inner, stop // inner)
 
 
 # -- the public entry point --------------------------------------------------------------------------
@@ -328,13 +359,14 @@ def propagate(model: AnalysedModel, part: GraphPart, sources: dict[fx.Node, Stat
     return Propagation(model, part, sources).run()
 
 
-def layer_sources(model: AnalysedModel, name: str, channel_varies: bool = True
+def layer_sources(model: AnalysedModel, name: str, channel_varies: bool = True,
+                  span: tuple[int, int] | None = None
                   ) -> dict[int, tuple[GraphPart, dict[fx.Node, State]]] | None:
     """Where a layer's bias enters each graph, and its offset there. None when the layer is not
     in any traced graph or its output axes cannot be worked out.
 
     ``channel_varies=False`` starts from the same constant on every channel (the part of the
-    bias a partial normalization removes).
+    bias a partial normalization removes); ``span`` perturbs only the channels [start, stop).
     """
     module = model.layers[name].module if name in model.layers else None
     if module is None:
@@ -354,7 +386,7 @@ def layer_sources(model: AnalysedModel, name: str, channel_varies: bool = True
         offset = _layer_output_offset(module, use, channel_varies)
         if offset is None:
             return None
-        add(use, offset)
+        add(use, _restricted(offset, span))
     # A bias read directly (F.linear(x, self.weight, self.bias), torch.addmm(self.bias, ...)).
     bias_name = f"{name}.bias" if name else "bias"
     for part in model.capture.parts:
@@ -363,7 +395,8 @@ def layer_sources(model: AnalysedModel, name: str, channel_varies: bool = True
                 bias = getattr(module, "bias", None)
                 if not isinstance(bias, torch.Tensor) or bias.dim() != 1:
                     return None
-                add(Use(part, node), Offset(1, frozenset({0}) if channel_varies else frozenset()))
+                add(Use(part, node), _restricted(
+                    Offset(1, frozenset({0}) if channel_varies else frozenset()), span, axis=0))
     if not per_part:
         return None
     return per_part
@@ -391,10 +424,11 @@ def _attention_output_sources(model: AnalysedModel, name: str, module: nn.Module
     return result
 
 
-def analyse_bias(model: AnalysedModel, name: str, channel_varies: bool = True) -> Verdict | None:
-    """Is the bias of layer ``name`` cancelled on every path, in every graph it is used in?
-    None when the layer's uses cannot be found or its output axes are unknown."""
-    sources = layer_sources(model, name, channel_varies)
+def analyse_bias(model: AnalysedModel, name: str, channel_varies: bool = True,
+                 span: tuple[int, int] | None = None) -> Verdict | None:
+    """Is the bias of layer ``name`` (or its channels ``span``) cancelled on every path, in every
+    graph it is used in? None when the layer's uses or output axes cannot be worked out."""
+    sources = layer_sources(model, name, channel_varies, span)
     if sources is None:
         return None
     cancelled: list[str] = []
@@ -404,6 +438,14 @@ def analyse_bias(model: AnalysedModel, name: str, channel_varies: bool = True) -
             return verdict
         cancelled.extend(c for c in verdict.cancelled_by if c not in cancelled)
     return Verdict(True, cancelled)
+
+
+def _restricted(offset: Offset, span: tuple[int, int] | None, axis: int | None = None) -> Offset:
+    if span is None:
+        return offset
+    if axis is None:
+        axis = min(offset.varying) if offset.varying else offset.ndim - 1  # the channel axis
+    return Offset(offset.ndim, offset.varying, (axis, span[0], span[1]))
 
 
 def _layer_output_offset(module: nn.Module, use: Use, channel_varies: bool) -> Offset | None:

@@ -134,8 +134,6 @@ def build():
                 continue
             count = int(module.bias.numel())  # type: ignore[union-attr]
             if verdict.redundant and verdict.cancelled_by:
-                # (Redundant with nothing cancelling it means the output is never used: a dead
-                # layer, not a bias problem.)
                 by = _join(verdict.cancelled_by)
                 yield self.finding(
                     layer,
@@ -145,9 +143,15 @@ def build():
                     data={"verdict": "redundant", "cancelled_by": verdict.cancelled_by,
                           "parameters": count},
                 )
+                continue
+            if verdict.redundant:
+                continue  # nothing cancels it: the output is never used (a dead layer)
+            fused = self._fused_slice(model, layer, count)
+            if fused is not None:
+                yield fused
             elif report_partial:
                 constant = analyse_bias(model, layer.name, channel_varies=False)
-                if constant is not None and constant.redundant:
+                if constant is not None and constant.redundant and constant.cancelled_by:
                     yield self.finding(
                         layer,
                         f"only the mean of the bias of {layer.type_name} '{layer.name}' is "
@@ -156,6 +160,32 @@ def build():
                         parameter="bias", severity=Severity.INFO,
                         data={"verdict": "partial", "cancelled_by": constant.cancelled_by},
                     )
+
+    def _fused_slice(self, model: "AnalysedModel", layer: "Layer", count: int) -> Finding | None:
+        """A fused projection (query/key/value in one Linear, GPT-2's ``c_attn``): follow each
+        third of the bias on its own. A slice that the attention softmax (or a norm) cancels is
+        dead weight too, but no constructor flag removes only that slice: info."""
+        from ..offsets import analyse_bias
+
+        if count < 3 or count % 3:
+            return None
+        third = count // 3
+        for start in range(0, count, third):
+            verdict = analyse_bias(model, layer.name, span=(start, start + third))
+            if verdict is None or not verdict.redundant or not verdict.cancelled_by:
+                continue
+            attention = any("softmax" in c or "attention" in c for c in verdict.cancelled_by)
+            what = "key slice" if attention else "slice"
+            return self.finding(
+                layer,
+                f"{what} bias[{start}:{start + third}] of {layer.type_name} '{layer.name}' is "
+                f"cancelled by {_join(verdict.cancelled_by)}: {third} parameters never train "
+                "(no constructor flag removes only this slice)",
+                parameter="bias", severity=Severity.INFO,
+                data={"verdict": "redundant-slice", "slice": [start, start + third],
+                      "cancelled_by": verdict.cancelled_by, "parameters": third},
+            )
+        return None
 
     def _attention_key_slice(self, model: "AnalysedModel", layer: "Layer") -> Finding | None:
         """``nn.MultiheadAttention`` adds ``in_proj_bias[E:2E]`` to every key, shifting each
