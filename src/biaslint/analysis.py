@@ -70,6 +70,7 @@ class Layer:
     site: Location | None
     inits: dict[str, InitCall]
     _stats: dict[str, ParamStats] = field(default_factory=dict)
+    _extremes: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def type_name(self) -> str:
@@ -82,19 +83,40 @@ class Layer:
         value = getattr(self.module, pname, None)
         return value if isinstance(value, torch.Tensor) else None
 
-    def stats(self, pname: str) -> ParamStats | None:
-        if pname not in self._stats:
+    def extremes(self, pname: str) -> tuple[float, float] | None:
+        """(min, max) of a parameter in one pass: all a constant check needs."""
+        if pname not in self._extremes:
             tensor = self.param(pname)
             if tensor is None or tensor.numel() == 0 or tensor.device.type == "meta":
                 return None
+            low, high = torch.aminmax(tensor.detach())
+            self._extremes[pname] = (float(low), float(high))
+        return self._extremes[pname]
+
+    def is_constant(self, pname: str) -> bool:
+        """Every entry holds the same value (zero included)."""
+        ext = self.extremes(pname)
+        return ext is not None and ext[0] == ext[1]
+
+    def stats(self, pname: str) -> ParamStats | None:
+        if pname not in self._stats:
+            extremes = self.extremes(pname)
+            tensor = self.param(pname)
+            if extremes is None or tensor is None:
+                return None
             data = tensor.detach().float()
             fan_in, fan_out = fan_in_out(self.module, pname, data)
+            if data.numel() > 1:
+                var, mean = torch.var_mean(data)
+                std = float(var.sqrt())
+            else:
+                mean, std = data.reshape(()), 0.0
             self._stats[pname] = ParamStats(
                 numel=data.numel(),
-                mean=float(data.mean()),
-                std=float(data.std()) if data.numel() > 1 else 0.0,
-                min=float(data.min()),
-                max=float(data.max()),
+                mean=float(mean),
+                std=std,
+                min=extremes[0],
+                max=extremes[1],
                 fan_in=fan_in,
                 fan_out=fan_out,
             )

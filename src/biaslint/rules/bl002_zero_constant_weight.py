@@ -104,9 +104,8 @@ def build():
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
         for layer in model.layers.values():
             for pname, units_dim in _weights_to_check(layer.module):
-                stats = layer.stats(pname)
-                if stats is None or not stats.all_equal:
-                    continue
+                if not layer.is_constant(pname):
+                    continue  # one min/max pass; full statistics only for constant weights
                 finding = self._judge(model, layer, pname, units_dim)
                 if finding is not None:
                     yield finding
