@@ -518,7 +518,8 @@ def _mul(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset
         or str(node.target) in ("div", "div_", "true_divide")
     carrying = [i for i, a in enumerate(operands) if prop.of(a) is not None]
     if len(carrying) != 1 or (divide and carrying != [0]):
-        raise Live(f"product of bias-dependent values at {describe(prop.part, node)}")
+        raise Live(f"product of bias-dependent values at {describe(prop.part, node)}",
+                   crossed=True)
     if divide and kwargs.get("rounding_mode") is not None:
         raise Live("rounded division")
     ndim = _rank(prop, node, operands)
@@ -533,7 +534,8 @@ def _matmul_rule(prop: Propagation, node: fx.Node, a: Any, b: Any) -> Offset:
     the output columns wherever B has more than one column, and along batch axes of either."""
     sa, sb = prop.tensor(a, node), prop.tensor(b, node)
     if (sa is None) == (sb is None):
-        raise Live(f"product of bias-dependent values at {describe(prop.part, node)}")
+        raise Live(f"product of bias-dependent values at {describe(prop.part, node)}",
+                   crossed=True)
     carrier, other_arg = (sa, b) if sa is not None else (sb, a)
     assert carrier is not None
     other = prop.other_shape(other_arg)
@@ -754,7 +756,8 @@ def _sdpa(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
     rest = [a for a in list(args[3:]) + [val for name, val in kwargs.items()
                                          if name not in ("query", "key", "value")]]
     if prop.of(q) is not None or prop.of(v) is not None or any(prop.of(a) is not None for a in rest):
-        raise Live("query, value or mask depend on the bias")
+        carrying = sum(prop.of(a) is not None for a in (q, k, v))
+        raise Live("query, value or mask depend on the bias", crossed=carrying >= 2)
     key = prop.tensor(k, node)
     assert key is not None
     if key.ndim < 2:

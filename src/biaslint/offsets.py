@@ -85,7 +85,13 @@ State = Offset | Items | Tainted
 
 
 class Live(Exception):
-    """The perturbation reaches something observable, or something we cannot follow."""
+    """The perturbation reaches something observable, or something we cannot follow.
+
+    ``crossed``: two bias-dependent values met in a product (q @ k^T of one fused projection)."""
+
+    def __init__(self, reason: str, crossed: bool = False) -> None:
+        super().__init__(reason)
+        self.crossed = crossed
 
 
 @dataclass
@@ -93,6 +99,7 @@ class Verdict:
     redundant: bool
     cancelled_by: list[str] = field(default_factory=list)
     reason: str = ""  # why it is live (debugging, and the partial note)
+    crossed: bool = False  # the bias met itself in a product: following slices may help
 
 
 def all_axes(ndim: int) -> frozenset[int]:
@@ -126,13 +133,23 @@ class Propagation:
         self.sources = sources
         self.state: dict[fx.Node, State] = {}
         self.cancelled: list[str] = []
+        self.crossed = False
 
     def run(self) -> Verdict:
+        order = _node_order(self.part)
+        # Only nodes after a source can change, and once every value that carries the offset
+        # has had all its users visited nothing further can: visit just that window.
+        horizon = max((order[n] for n in self.sources), default=-1)
+        first = min((order[n] for n in self.sources), default=0)
         try:
-            for node in self.part.gm.graph.nodes:
+            for node in list(self.part.gm.graph.nodes)[first:]:
+                if order[node] > horizon:
+                    break
                 self._visit(node)
+                if node in self.state:
+                    horizon = max(horizon, *(order[u] for u in node.users), order[node])
         except Live as live:
-            return Verdict(False, self.cancelled, str(live))
+            return Verdict(False, self.cancelled, str(live), self.crossed or live.crossed)
         return Verdict(True, sorted(set(self.cancelled), key=self.cancelled.index))
 
     def _visit(self, node: fx.Node) -> None:
@@ -156,6 +173,7 @@ class Propagation:
                 except Live as live:
                     # Not followed further; observable only if it reaches an output (a value
                     # nobody uses is not), so mark it and keep going.
+                    self.crossed = self.crossed or live.crossed
                     result = Tainted(str(live))
         source = self.sources.get(node)
         if source is not None:
@@ -205,6 +223,21 @@ class Propagation:
         if isinstance(arg, torch.Tensor):
             return tuple(arg.shape)
         return ()  # a Python number broadcasts as a 0-d tensor
+
+
+_ORDERS: dict[int, tuple[fx.Graph, dict[fx.Node, int]]] = {}
+
+
+def _node_order(part: GraphPart) -> dict[fx.Node, int]:
+    """Position of each node in its graph (cached per graph; graphs are not edited after capture)."""
+    graph = part.gm.graph
+    cached = _ORDERS.get(id(graph))
+    if cached is None or cached[0] is not graph:
+        cached = (graph, {n: i for i, n in enumerate(graph.nodes)})
+        if len(_ORDERS) > 64:
+            _ORDERS.clear()
+        _ORDERS[id(graph)] = cached
+    return cached[1]
 
 
 def _is_scalar_expr(node: fx.Node, depth: int = 0) -> bool:

@@ -146,7 +146,7 @@ def build():
                 continue
             if verdict.redundant:
                 continue  # nothing cancels it: the output is never used (a dead layer)
-            fused = self._fused_slice(model, layer, count)
+            fused = self._fused_slice(model, layer, count) if verdict.crossed else None
             if fused is not None:
                 yield fused
             elif report_partial:
