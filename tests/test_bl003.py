@@ -389,3 +389,44 @@ def build():
     assert out > 100
     assert errors[0].data["growth"] == pytest.approx(out, rel=0.5)
     assert "nn.init.normal_" in errors[0].fix.code and "std=" in errors[0].fix.code
+
+
+def test_explosion_is_followed_through_max_pooling(lint_model):
+    source = '''
+import torch.nn as nn
+
+def build():
+    model = nn.Sequential(
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1),
+    )
+    for i in (0, 3, 6):
+        nn.init.normal_(model[i].weight, std=1.0)
+    return model
+'''
+    model, findings = lint_model(source)
+    errors = [f for f in findings if f.severity == Severity.ERROR]
+    assert len(errors) == 1 and errors[0].data["chain"] == ["0", "3", "6"]
+    assert "lower bound" in errors[0].message
+    out, _ = measure(model, ["0", "3", "6"], torch.randn(8, 16, 32, 32))
+    assert out > 100 and out >= errors[0].data["growth"] * 0.9  # the prediction is a lower bound
+
+
+def test_small_weights_before_max_pooling_are_not_called_vanishing(lint_model):
+    source = '''
+import torch.nn as nn
+
+def build():
+    model = nn.Sequential(
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1),
+    )
+    for i in (0, 3, 6):
+        nn.init.normal_(model[i].weight, std=0.02)
+        nn.init.zeros_(model[i].bias)
+    return model
+'''
+    _, findings = lint_model(source)
+    assert findings == []  # the pooled prediction is a lower bound: no vanishing claim from it

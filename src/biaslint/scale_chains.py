@@ -87,6 +87,12 @@ class LayerCall:
     pred: "LayerCall | None" = None
     m_in: float = 1.0
     m_out: float = 1.0
+    # The same prediction continued through max pooling of non-negative activations, which can
+    # only raise the scale: a lower bound on growth, used for explosion only.
+    pred_up: "LayerCall | None" = None
+    m_in_up: float = 1.0
+    m_out_up: float = 1.0
+    feeds_up: bool = False
 
     @property
     def gain(self) -> float:
@@ -104,6 +110,7 @@ class LayerCall:
 @dataclass
 class Chain:
     calls: list[LayerCall] = field(default_factory=list)
+    through_pooling: bool = False  # continued through max pooling: growth is a lower bound
 
     @property
     def end(self) -> LayerCall:
@@ -116,12 +123,12 @@ class Chain:
     @property
     def growth(self) -> float:
         """Predicted scale (rms) of the chain's output relative to its unit-scale input."""
-        return math.sqrt(self.end.m_out)
+        return math.sqrt(self.end.m_out_up if self.through_pooling else self.end.m_out)
 
     @property
     def hidden_growth(self) -> float:
         """Predicted scale of the activations entering the chain's last layer."""
-        return math.sqrt(self.end.m_in)
+        return math.sqrt(self.end.m_in_up if self.through_pooling else self.end.m_in)
 
 
 class ScaleModel:
@@ -145,6 +152,22 @@ class ScaleModel:
                 calls.append(current)
                 current = current.pred
             yield Chain(list(reversed(calls)))
+
+    def pooled_chains(self) -> Iterator[Chain]:
+        """Chains continued through max pooling of non-negative activations (explosion only);
+        only those that cross at least one pooling."""
+        for call in self.layer_calls():
+            if call.feeds_up:
+                continue
+            calls = []
+            current: LayerCall | None = call
+            crossed = False
+            while current is not None and len(calls) < 10_000:
+                calls.append(current)
+                crossed = crossed or (current.pred_up is not None and current.pred is None)
+                current = current.pred_up
+            if crossed:
+                yield Chain(list(reversed(calls)), through_pooling=True)
 
     def recurrent_gains(self) -> Iterator[tuple[Layer, str, float]]:
         for layer in self.model.layers_of_type(nn.RNNBase, nn.RNNCellBase):
@@ -178,11 +201,22 @@ class ScaleModel:
                     m = _finite(transfer(m))
                 call.m_in = m
                 call.m_out = _finite(call.gain ** 2 * m + call.bias_sq)
+                transfers, source = self._walk_back(use, through_max_pool=True)
+                m = 1.0
+                if source is not None and source in by_node:
+                    call.pred_up = by_node[source]
+                    m = call.pred_up.m_out_up
+                for transfer in reversed(transfers):
+                    m = _finite(transfer(m))
+                call.m_in_up = m
+                call.m_out_up = _finite(call.gain ** 2 * m + call.bias_sq)
                 by_node[node] = call
                 result.append(call)
             for call in by_node.values():
                 if call.pred is not None:
                     call.pred.feeds_chain = True
+                if call.pred_up is not None:
+                    call.pred_up.feeds_up = True
         return result
 
     def _layer_call(self, use: Use) -> LayerCall | None:
@@ -201,9 +235,12 @@ class ScaleModel:
         return LayerCall(layer=layer, use=use, rms=rms, fan_in=fan_in, activation=activation,
                          slope=slope, bias_sq=bias_sq, end_kind=end_kind)
 
-    def _walk_back(self, use: Use) -> tuple[list[Callable[[float], float]], fx.Node | None]:
+    def _walk_back(self, use: Use, through_max_pool: bool = False
+                   ) -> tuple[list[Callable[[float], float]], fx.Node | None]:
         """Transfers between the layer's input and the previous weight layer (in backward order)
-        and that layer's node; None when the chain starts here."""
+        and that layer's node; None when the chain starts here. With ``through_max_pool``, a max
+        pooling of a non-negative activation passes as factor 1: the max of non-negative values is
+        at least their root mean square, so the growth predicted through it is a lower bound."""
         transfers: list[Callable[[float], float]] = []
         inputs = [n for n in use.node.all_input_nodes if n.op != "get_attr"]
         if len(inputs) != 1:
@@ -214,6 +251,10 @@ class ScaleModel:
                 return transfers, current.node
             transfer = self._transfer(current)
             data = [n for n in current.node.all_input_nodes if n.op != "get_attr"]
+            if transfer is None and through_max_pool and len(data) == 1 \
+                    and _is_max_pool(current) \
+                    and activation_kind(Use(current.part, data[0])) in _NON_NEGATIVE:
+                transfer = _identity
             if transfer is None or len(data) != 1:
                 return transfers, None
             transfers.append(transfer)
@@ -336,6 +377,26 @@ def _weight_summary(layer: Layer) -> tuple[float, int] | None:
         _SUMMARIES.clear()
     _SUMMARIES[id(weight)] = (weight, result)
     return result
+
+
+_NON_NEGATIVE = frozenset({"relu", "sigmoid", "softplus"})
+
+
+def _identity(m: float) -> float:
+    return m
+
+
+def _is_max_pool(use: Use) -> bool:
+    node = use.node
+    if node.op == "call_module":
+        module = use.part.gm.get_submodule(node.target)
+        return isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+                                   nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                                   nn.AdaptiveMaxPool3d))
+    if node.op == "call_function":
+        return node.target in (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
+                               F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+    return False
 
 
 def _finite(m: float) -> float:

@@ -37,7 +37,9 @@ GELU, SiLU, ELU and Mish are treated like ReLU.
   test: a small read-out is often deliberate (a classifier head, the last layer of a residual
   branch, GPT-2's 1/sqrt(2 n_layer) scaling). A chain whose output is normalized right away
   (BatchNorm, LayerNorm, GroupNorm...) only changes how fast its layers learn: **info**, and only
-  when it explodes.
+  when it explodes. For explosion only, a chain also continues through max pooling of
+  non-negative activations (after ReLU): the max of non-negative values is at least their root
+  mean square, so the growth predicted through the pooling is a lower bound.
 * **Single layers** (warning): a layer whose gain is more than `max_gain_ratio` (10) times the
   target multiplies the scale by that much on its own (saturating a tanh, blowing up logits).
   A single layer that is too *small* is not flagged alone: a rescaling by one layer is absorbed
@@ -131,7 +133,7 @@ def build():
         scales = ScaleModel(model)
         reported: set[str] = set()
         findings: list[Finding] = []
-        for chain in scales.chains():
+        for chain in list(scales.chains()) + list(scales.pooled_chains()):
             finding = self._judge_chain(chain, min_growth, max_growth)
             if finding is not None and finding.module not in reported:
                 reported.add(finding.module)
@@ -157,7 +159,8 @@ def build():
         # own output scale is a read-out scale (a small classifier head, the last layer of a
         # residual branch, GPT-2's 1/sqrt(2 n_layer)) that is often small on purpose.
         judged = chain.hidden_growth
-        vanishes = judged < low and len(chain.calls) > 1
+        # Through pooling the prediction is only a lower bound: good for explosion claims only.
+        vanishes = judged < low and len(chain.calls) > 1 and not chain.through_pooling
         if chain.end_kind == "norm":
             if not explodes:
                 return None
@@ -177,6 +180,8 @@ def build():
             culprit = next(c for c in members if c.ratio <= worst * 2)
         growth = chain.growth if explodes else judged
         names = " -> ".join(_python_path(c.layer.name) for c in chain.calls)
+        if chain.through_pooling and not explodes:
+            return None
         gains = ", ".join(f"{c.gain:.3g}" for c in chain.calls)
         direction = "grows" if explodes else "shrinks"
         where = ({"norm": "before the normalization that follows it",
@@ -185,6 +190,9 @@ def build():
                  else f"entering its last layer {_python_path(chain.end.layer.name)}")
         tail = (" The output is normalized right away, so this only slows learning of these "
                 "layers." if chain.end_kind == "norm" else "")
+        if chain.through_pooling:
+            tail += (" The chain crosses max pooling of non-negative activations, which can only "
+                     "raise the scale: the growth is a lower bound.")
         message = (
             f"activation scale {direction} ~{_times(growth)} {where} over {len(chain.calls)} "
             f"layer(s) with no normalization between ({names}; predicted from unit-scale input): "
