@@ -135,6 +135,12 @@ class ScaleModel:
     def __init__(self, model: AnalysedModel) -> None:
         self.model = model
         self._calls: list[LayerCall] | None = None
+        self._summaries: dict[str, tuple[float, int] | None] = {}
+
+    def _summary(self, layer: Layer) -> tuple[float, int] | None:
+        if layer.name not in self._summaries:
+            self._summaries[layer.name] = _weight_summary(layer)
+        return self._summaries[layer.name]
 
     # -- public ---------------------------------------------------------------------------------
     def layer_calls(self) -> list[LayerCall]:
@@ -224,7 +230,7 @@ class ScaleModel:
         layer = self.model.layers.get(name)
         if layer is None or not is_weight_layer(layer.module):
             return None
-        summary = _weight_summary(layer)
+        summary = self._summary(layer)
         if summary is None:
             return None  # constant weights are BL002's business
         rms, fan_in = summary
@@ -265,7 +271,7 @@ class ScaleModel:
         layer = self.model.layers.get(self.model.module_name(use))
         if layer is None or not is_weight_layer(layer.module):
             return False
-        return _weight_summary(layer) is not None
+        return self._summary(layer) is not None
 
     def _look_forward(self, use: Use) -> tuple[str | None, float, str, bool]:
         """(activation kind applied to the output, its slope, end kind, feeds another layer)."""
@@ -342,7 +348,6 @@ _STANDARD_FORWARDS = {cls.forward for cls in (
 
 
 _SAMPLE = 1 << 14
-_SUMMARIES: "dict[int, tuple[Any, tuple[float, int] | None]]" = {}
 
 
 def _weight_summary(layer: Layer) -> tuple[float, int] | None:
@@ -358,9 +363,6 @@ def _weight_summary(layer: Layer) -> tuple[float, int] | None:
     weight = layer.param("weight")
     if weight is None or weight.numel() == 0 or weight.device.type == "meta":
         return None
-    cached = _SUMMARIES.get(id(weight))
-    if cached is not None and cached[0] is weight:
-        return cached[1]
     with torch.no_grad():
         flat = weight.detach().reshape(-1)
         step = max(1, flat.numel() // _SAMPLE)
@@ -373,9 +375,6 @@ def _weight_summary(layer: Layer) -> tuple[float, int] | None:
         fan_in, _ = fan_in_out(layer.module, "weight", weight)
         result = None if constant or fan_in <= 0 else (float(sample.pow(2).mean().sqrt()),
                                                         int(fan_in))
-    if len(_SUMMARIES) > 10_000:
-        _SUMMARIES.clear()
-    _SUMMARIES[id(weight)] = (weight, result)
     return result
 
 
