@@ -204,3 +204,11 @@ def test_cli_priors_from_file(cli, write_target, tmp_path):
     result = cli(target, "--select", "BL005", "--class-priors", f"@{path}")
     assert result.exit_code == 1
     assert "BL005" in result.stdout
+
+
+def test_one_output_sigmoid_head_accepts_a_single_positive_rate(lint_model):
+    from biaslint.priors import parse_priors
+
+    source = "import torch.nn as nn\n\ndef build():\n    return nn.Sequential(nn.Linear(8, 1))\n"
+    _, result = lint_model(source, class_priors=parse_priors("0.01"), head="sigmoid")
+    assert len(result.findings) == 1 and "[-4.60]" in result.findings[0].message

@@ -38,8 +38,8 @@ minus the entropy of the priors (the loss of predicting the priors exactly), in 
 
 * softmax head (K > 1 outputs): predictions `softmax(bias)`; the ideal bias is `log(prior)` up
   to a constant.
-* sigmoid head (K = 1 with two priors `negative,positive`, or `--head sigmoid` with K per-label
-  positive rates in [0, 1]): predictions `sigmoid(bias)`; the ideal bias is `log(p / (1 - p))`,
+* sigmoid head (K = 1 with two priors `negative,positive` or one positive rate, or
+  `--head sigmoid` with K per-label positive rates in [0, 1]): predictions `sigmoid(bias)`; the ideal bias is `log(p / (1 - p))`,
   -4.6 for p = 0.01 (Lin et al., 2017). The excess is averaged over labels, like
   `BCEWithLogitsLoss`' default mean.
 
@@ -102,11 +102,13 @@ def build():
         matched = [(h, kind) for h in heads
                    if (kind := _head_kind(h, context.head)) and _fits(h, kind, priors)]
         if heads and not matched:
-            sizes = ", ".join(f"{h.layer.name or '<root>'} ({h.outputs})" for h in heads[:4])
+            from ..analysis import python_path
+
+            sizes = ", ".join(f"{python_path(h.layer.name)}: {h.outputs}" for h in heads[:4])
             raise PriorsError(
-                f"--class-priors has {len(priors)} values but no classifier head matches: the "
-                f"model's output layers have {sizes} outputs (a one-output sigmoid head takes "
-                "two priors: negative,positive)")
+                f"--class-priors has {len(priors)} values but no classifier head matches "
+                f"(output layers and their outputs: {sizes}); give one prior per output (a "
+                "one-output sigmoid head takes negative,positive or one positive rate)")
         logits = _actual_logits(model, [h for h, _ in matched]) if model.inputs_known else {}
         for head, kind in matched:
             finding = self._judge(head, kind, priors, limit, logits.get(head.layer.name))
@@ -206,7 +208,8 @@ def _targets(kind: str, priors: Sequence[float], outputs: int) -> "torch.Tensor"
 
 def _fits(head: Head, kind: str, priors: Sequence[float]) -> bool:
     if kind == "sigmoid" and head.outputs == 1:
-        return len(priors) == 2
+        raw = getattr(priors, "raw", priors)
+        return len(priors) == 2 or (len(raw) == 1 and 0 <= raw[0] <= 1)
     if kind == "sigmoid":
         raw = getattr(priors, "raw", priors)
         if len(raw) == head.outputs and any(v > 1 for v in raw):
