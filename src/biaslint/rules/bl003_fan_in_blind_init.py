@@ -131,13 +131,14 @@ def build():
         from ..scale_chains import ScaleModel
 
         scales = ScaleModel(model)
-        reported: set[str] = set()
-        findings: list[Finding] = []
+        worst: dict[str, Finding] = {}  # one chain finding per culprit layer: the most severe
         for chain in list(scales.chains()) + list(scales.pooled_chains()):
             finding = self._judge_chain(chain, min_growth, max_growth)
-            if finding is not None and finding.module not in reported:
-                reported.add(finding.module)
-                findings.append(finding)
+            if finding is not None and (finding.module not in worst
+                                        or finding.severity > worst[finding.module].severity):
+                worst[finding.module] = finding
+        findings: list[Finding] = list(worst.values())
+        reported: set[str] = set(worst)
         for call in scales.layer_calls():
             if call.layer.name in reported:
                 continue
