@@ -1,6 +1,6 @@
 """The pre-commit hook, driven by the real ``pre-commit`` tool on a throwaway git repository.
 
-The hook configuration is taken verbatim from docs/usage.md (the ``repo: local`` /
+The hook configuration is taken verbatim from README.md (the ``repo: local`` /
 ``language: system`` form), so the documented setup is what gets tested, with the
 ``files:`` filter that ``.pre-commit-hooks.yaml`` declares. Offline: ``language: system`` installs
 nothing; biaslint comes from this test's own environment, put first on PATH.
@@ -49,7 +49,7 @@ def manifest() -> list[dict]:
 
 
 def documented_local_config() -> dict:
-    text = (ROOT / "docs" / "usage.md").read_text()
+    text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
     [local] = [b for b in blocks if "repo: local" in b]
     return yaml.safe_load(local)
