@@ -73,8 +73,8 @@ class Oracle:
     """Holds one float64 training-mode copy of a model (degenerate parameters re-drawn) and
     answers, per bias, whether perturbing it moves the outputs."""
 
-    def __init__(self, model: nn.Module, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
-                 seed: int = 0) -> None:
+    def __init__(self, model: nn.Module, args: tuple[Any, ...] = (),
+                 kwargs: dict[str, Any] | None = None, seed: int = 0) -> None:
         self.model = copy.deepcopy(model).double()
         self.redrawn = redraw_degenerate(self.model, seed)
         self.model.train()

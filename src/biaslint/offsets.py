@@ -127,7 +127,8 @@ def describe(part: GraphPart, node: fx.Node) -> str:
 class Propagation:
     """One forward pass over one graph part from the given source nodes."""
 
-    def __init__(self, model: AnalysedModel, part: GraphPart, sources: dict[fx.Node, State]) -> None:
+    def __init__(self, model: AnalysedModel, part: GraphPart,
+                 sources: dict[fx.Node, State]) -> None:
         self.model = model
         self.part = part
         self.sources = sources
@@ -156,9 +157,11 @@ class Propagation:
         inputs = [n for n in node.all_input_nodes if n in self.state]
         result: State | None = None
         if inputs:
-            tainted = [self.state[n] for n in inputs if isinstance(self.state[n], Tainted)]
+            states = [self.state[n] for n in inputs]
+            tainted = [state for state in states if isinstance(state, Tainted)]
             if node.op == "output":
-                raise Live(tainted[0].reason if tainted else "reaches a graph output")  # type: ignore[union-attr]
+                reason = tainted[0].reason if tainted else "reaches a graph output"
+                raise Live(reason)
             for n in inputs:
                 self._check_mutation(n, node)
             from .offset_ops import is_size_query, transfer  # the per-op rules live next door
@@ -229,7 +232,7 @@ _ORDERS: dict[int, tuple[fx.Graph, dict[fx.Node, int]]] = {}
 
 
 def _node_order(part: GraphPart) -> dict[fx.Node, int]:
-    """Position of each node in its graph (cached per graph; graphs are not edited after capture)."""
+    """Position of each node in its graph (cached: graphs are not edited after capture)."""
     graph = part.gm.graph
     cached = _ORDERS.get(id(graph))
     if cached is None or cached[0] is not graph:
@@ -328,7 +331,8 @@ def varying_axes_of(shape: tuple[int, ...] | None, ndim: int) -> frozenset[int]:
     return frozenset(i + shift for i, s in enumerate(shape) if s != 1 and i + shift >= 0)
 
 
-def reshape_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
+def reshape_groups(a: tuple[int, ...], b: tuple[int, ...]
+                   ) -> list[tuple[list[int], list[int]]] | None:
     """Pair the axes of ``a`` and ``b`` (same element count) into minimal blocks of equal size."""
     if math.prod(a) != math.prod(b) or 0 in a or 0 in b:
         return None
@@ -386,7 +390,7 @@ def _reshaped_support(support: tuple[int, int, int], gi: list[int], gj: list[int
     return (gj[0], start // inner, stop // inner)
 
 
-# -- the public entry point --------------------------------------------------------------------------
+# -- the public entry point ----------------------------------------------------------------
 
 def propagate(model: AnalysedModel, part: GraphPart, sources: dict[fx.Node, State]) -> Verdict:
     return Propagation(model, part, sources).run()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..findings import Finding, Fix, Location, Severity
 from .base import Option, Rule, RuleContext
@@ -36,9 +36,12 @@ not through module order, tracking along which axes the bias's contribution is c
   attention the key projection's bias shifts every score of a query by the same `q . b_k`.
 
 A bias whose output also reaches anything un-normalized (a second consumer, a returned feature
-map) is live and not reported. `RMSNorm` subtracts no mean and cancels nothing. The fused
-query/key/value bias of `nn.MultiheadAttention` gets an **info** finding naming its key slice,
-since no constructor flag removes only that slice.
+map) is live and not reported. `RMSNorm` subtracts no mean and cancels nothing. A fused
+query/key/value bias (`nn.MultiheadAttention.in_proj_bias`, GPT-2's `c_attn`, timm's `qkv`)
+gets an **info** finding naming its key slice, since no constructor flag removes only that
+slice. The model is judged as it trains (`BatchNorm` in training mode). Without example inputs
+only convolutions' outputs have a known rank, so `Linear` layers are judged only when input
+shapes are given.
 """
     why_bad = """\
 A normalization that subtracts a mean removes any offset that is the same across the axes it
@@ -280,9 +283,9 @@ def rewrite_with_bias_false(site: Location, class_name: str) -> tuple[str, bool]
         return None
     base = _offset(source, call.lineno, call.col_offset)
 
-    def span(node: ast.AST) -> tuple[int, int]:
-        return (_offset(source, node.lineno, node.col_offset) - base,  # type: ignore[attr-defined]
-                _offset(source, node.end_lineno, node.end_col_offset) - base)  # type: ignore[attr-defined]
+    def span(node: Any) -> tuple[int, int]:
+        return (_offset(source, node.lineno, node.col_offset) - base,
+                _offset(source, node.end_lineno, node.end_col_offset) - base)
 
     for kw in call.keywords:
         if kw.arg == "bias":
