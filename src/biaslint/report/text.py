@@ -69,10 +69,11 @@ def _print_summary(result: TargetResult, console: Console) -> None:
     coverage = ""
     if cov is not None:
         coverage = f"; coverage {cov.ratio:.0%} ({cov.traced}/{cov.total} layers traced)"
-    console.print(f"[bold]{escape(result.target)}[/]: {found}{escape(coverage)}", highlight=False)
+    console.print(f"[bold]{escape(result.target)}[/]: {found}{escape(coverage)}", highlight=False,
+                  soft_wrap=True)
     if cov is not None and cov.untraced:
         shown = ", ".join(cov.untraced[:6]) + (f" and {len(cov.untraced) - 6} more"
                                               if len(cov.untraced) > 6 else "")
-        console.print(f"  not traced: {escape(shown)}", style="dim", highlight=False)
+        console.print(f"  not traced: {escape(shown)}", style="dim", highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"  note: {escape(note)}", style="dim", soft_wrap=True, highlight=False)
