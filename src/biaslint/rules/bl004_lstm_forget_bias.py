@@ -98,13 +98,13 @@ def build():
             low = {where: m for where, m in means.items() if m < threshold}
             if not low:
                 continue
-            shown = ", ".join(f"{where} {m:.3g}" for where, m in list(low.items())[:6])
+            shown = ", ".join(f"{m:.3g} in {where}" for where, m in list(low.items())[:6])
             more = f" and {len(low) - 6} more" if len(low) > 6 else ""
             worst = min(low.values())
             set_by = _init_phrase(layer)
             yield self.finding(
                 layer,
-                f"forget-gate bias (bias_ih[H:2H] + bias_hh[H:2H]) has mean {shown}{more} "
+                f"mean forget-gate bias (bias_ih[H:2H] + bias_hh[H:2H]) is {shown}{more} "
                 f"(below {threshold:g}){set_by}: the forget gate starts near sigmoid({worst:.2g}) = "
                 f"{_sigmoid(worst):.2f}, keeping only {_sigmoid(worst) ** 10:.1e} of the cell "
                 "state after 10 steps; 1.0 is recommended (Jozefowicz et al., 2015)",
