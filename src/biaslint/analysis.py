@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.fx as fx
@@ -184,6 +184,7 @@ class AnalysedModel:
         self.model: nn.Module = capture.target.model
         self.name = capture.target.name
         self.inputs_known = capture.target.inputs is not None
+        self._real_outputs: dict[str, torch.Tensor | None] = {}
 
     # -- layers --------------------------------------------------------------------------------
     @cached_property
@@ -208,6 +209,40 @@ class AnalysedModel:
         for layer in self.layers.values():
             if isinstance(layer.module, types):
                 yield layer
+
+    def real_outputs(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """What these modules output on the example inputs, from one real ``no_grad`` forward.
+
+        For the few facts that need values, not shapes (a head's actual initial logits). The
+        user's RNG and buffers (BatchNorm running stats) are restored: linting never changes the
+        model. Empty when no inputs are known or the forward fails (capture reports that).
+        """
+        inputs = self.target.inputs
+        wanted = [n for n in names if n not in self._real_outputs]
+        if inputs is not None and wanted:
+            seen: dict[str, torch.Tensor] = {}
+            hooks = []
+            for name in wanted:
+                def hook(_m: Any, _a: Any, out: Any, _name: str = name) -> None:
+                    if isinstance(out, torch.Tensor) and _name not in seen:
+                        seen[_name] = out.detach()
+                hooks.append(self.model.get_submodule(name).register_forward_hook(hook))
+            saved = {n: b.detach().clone() for n, b in self.model.named_buffers()}
+            try:
+                with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                    self.model(*inputs.args, **inputs.kwargs)
+            except Exception:  # noqa: BLE001 - the user's forward failing is reported by capture
+                seen = {}
+            finally:
+                for h in hooks:
+                    h.remove()
+                with torch.no_grad():
+                    for n, b in self.model.named_buffers():
+                        if n in saved and b.shape == saved[n].shape:
+                            b.copy_(saved[n])
+            for name in wanted:
+                self._real_outputs[name] = seen.get(name)
+        return {n: t for n in names if (t := self._real_outputs.get(n)) is not None}
 
     def site_of_module(self, name: str) -> Location | None:
         return self.target.module_sites.get(name)

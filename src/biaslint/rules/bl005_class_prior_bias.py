@@ -288,35 +288,10 @@ def _reaches_output(model: "AnalysedModel", use: "Use") -> str | bool | None:
 
 
 def _actual_logits(model: "AnalysedModel", heads: list[Head]) -> dict[str, "torch.Tensor"]:
-    """Run the model once on its example inputs and keep each head's output, classes last.
-
-    Buffers (BatchNorm running stats) are restored afterwards: linting never changes the model.
-    A forward that fails leaves the logits unknown (the bias-only measure still applies).
-    """
-    import torch
-
-    inputs = model.target.inputs
-    if inputs is None or not heads:
-        return {}
-    seen: dict[str, torch.Tensor] = {}
-    hooks = []
-    for head in heads:
-        def hook(_m: Any, _a: Any, out: Any, name: str = head.layer.name) -> None:
-            if isinstance(out, torch.Tensor) and name not in seen:
-                seen[name] = out.detach().movedim(1, -1) if out.dim() > 2 else out.detach()
-        hooks.append(head.layer.module.register_forward_hook(hook))
-    saved = {n: b.detach().clone() for n, b in model.model.named_buffers()}
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leave the user's RNG alone
-            model.model(*inputs.args, **inputs.kwargs)
-    except Exception:  # noqa: BLE001 - the user's forward failing is reported by capture
-        return {}
-    finally:
-        for h in hooks:
-            h.remove()
-        with torch.no_grad():
-            for n, b in model.model.named_buffers():
-                if n in saved and b.shape == saved[n].shape:
-                    b.copy_(saved[n])
-    return {name: t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t.reshape(1, -1)
-            for name, t in seen.items()}
+    """Each head's actual initial output on the example inputs, flattened to (rows, classes)."""
+    outputs = model.real_outputs([head.layer.name for head in heads])
+    logits = {}
+    for name, out in outputs.items():
+        out = out.movedim(1, -1) if out.dim() > 2 else out  # classes last
+        logits[name] = out.reshape(-1, out.shape[-1]) if out.dim() > 1 else out.reshape(1, -1)
+    return logits
