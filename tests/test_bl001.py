@@ -484,3 +484,21 @@ def test_timm_models(name, warnings, infos):
     found = _check_real_model(model, (torch.randn(2, *size),))
     assert sum(f.severity is Severity.WARNING for f in found) == warnings
     assert sum(f.severity is Severity.INFO for f in found) == infos
+
+
+def test_fix_is_unsafe_when_the_same_line_builds_live_layers(judge):
+    """torchvision's VGG builds every conv on one line; with BN only after some of them, the
+    rewritten line would also remove biases that matter."""
+    findings, oracle = judge(HEADER + """
+def block(cin, cout, norm):
+    conv = nn.Conv2d(cin, cout, 3, padding=1)
+    return [conv, nn.BatchNorm2d(cout), nn.ReLU()] if norm else [conv, nn.ReLU()]
+
+
+def build():
+    layers = block(3, 8, True) + block(8, 8, False) + block(8, 8, True)
+    return nn.Sequential(*layers), torch.randn(4, 3, 8, 8)
+""")
+    assert_agrees(findings, oracle, {"0": "redundant", "3": "live", "5": "redundant"})
+    assert all(not findings[name].fix.safe for name in ("0", "5"))
+    assert "also builds 1 layer(s)" in findings["0"].fix.title

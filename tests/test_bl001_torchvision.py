@@ -107,10 +107,22 @@ def sweep():
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from concurrent.futures.process import BrokenProcessPool
+
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")
+    rows = {}
     with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
-        rows = dict(zip(MODELS, pool.map(lint_and_check, MODELS)))
+        futures = {name: pool.submit(lint_and_check, name) for name in MODELS}
+        for name, future in futures.items():
+            try:
+                rows[name] = future.result()
+            except BrokenProcessPool:
+                pass  # a worker was killed (out of memory on a shared machine): redo below
+    for name in MODELS:
+        if name not in rows:
+            rows[name] = lint_and_check(name)
+    rows = {name: rows[name] for name in MODELS}
     _write_table(rows, time.perf_counter() - started)
     return rows
 

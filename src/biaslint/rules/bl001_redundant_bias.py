@@ -123,6 +123,14 @@ def build():
         from ..offsets import analyse_bias
 
         report_partial = bool(context.option(self, "report-partial"))
+        verdicts = {layer.name: analyse_bias(model, layer.name)
+                    for layer in model.layers.values() if _has_checkable_bias(layer.module)}
+        # Layers built by the same source line (a loop, a helper): a fix there changes them all.
+        by_site: dict[tuple[str, int, int], list[str]] = {}
+        for name in verdicts:
+            site = model.layers[name].site
+            if site is not None:
+                by_site.setdefault((site.file, site.line, site.col), []).append(name)
         for layer in model.layers.values():
             module = layer.module
             if isinstance(module, nn.MultiheadAttention):
@@ -130,19 +138,21 @@ def build():
                 if finding is not None:
                     yield finding
                 continue
-            if not _has_checkable_bias(module):
-                continue
-            verdict = analyse_bias(model, layer.name)
+            verdict = verdicts.get(layer.name)
             if verdict is None:
                 continue
             count = int(module.bias.numel())  # type: ignore[union-attr]
             if verdict.redundant and verdict.cancelled_by:
+                site = layer.site
+                siblings = by_site.get((site.file, site.line, site.col), []) if site else []
+                live_siblings = sum(1 for other in siblings
+                                    if not (verdicts[other] and verdicts[other].redundant))
                 by = _join(verdict.cancelled_by)
                 yield self.finding(
                     layer,
                     f"bias of {layer.type_name} '{layer.name}' is cancelled by {by}: its "
                     f"{count} parameters never change the output and never train",
-                    parameter="bias", fix=_bias_false_fix(layer),
+                    parameter="bias", fix=_bias_false_fix(layer, live_siblings),
                     data={"verdict": "redundant", "cancelled_by": verdict.cancelled_by,
                           "parameters": count},
                 )
@@ -220,7 +230,9 @@ def _has_checkable_bias(module: "nn.Module") -> bool:
     import torch.nn as nn
 
     bias = getattr(module, "bias", None)
-    if not isinstance(bias, torch.Tensor) or bias.dim() != 1:
+    if not isinstance(bias, torch.Tensor) or isinstance(bias, nn.parameter.UninitializedParameter):
+        return False
+    if bias.dim() != 1:
         return False
     if isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
                            nn.RNNBase, nn.RNNCellBase, nn.MultiheadAttention, nn.Embedding,
@@ -243,7 +255,9 @@ _BIAS_POSITION = {"Linear": 2, "Bilinear": 3, "Conv1d": 7, "Conv2d": 7, "Conv3d"
                   "ConvTranspose1d": 7, "ConvTranspose2d": 7, "ConvTranspose3d": 7}
 
 
-def _bias_false_fix(layer: "Layer") -> Fix:
+def _bias_false_fix(layer: "Layer", live_siblings: int = 0) -> Fix:
+    """The constructor call with ``bias=False``. Safe (the model computes the same function) for
+    torch's own layers, unless the same line also builds layers whose bias matters."""
     from ..analysis import python_path
 
     is_torch = type(layer.module).__module__.startswith("torch.nn")
@@ -253,9 +267,12 @@ def _bias_false_fix(layer: "Layer") -> Fix:
     if rewritten is None:
         return Fix(title=f"Construct {python_path(layer.name)} with bias=False{where}",
                    safe=False)
-    code, replaced_keyword = rewritten
-    return Fix(title=f"Construct the layer with bias=False{where}", code=code,
-               safe=is_torch or replaced_keyword)
+    code, _ = rewritten
+    if live_siblings:
+        return Fix(title=f"Construct the layer with bias=False{where}, only where a "
+                   f"normalization follows (this line also builds {live_siblings} layer(s) "
+                   "whose bias matters)", code=code, safe=False)
+    return Fix(title=f"Construct the layer with bias=False{where}", code=code, safe=is_torch)
 
 
 def rewrite_with_bias_false(site: Location, class_name: str) -> tuple[str, bool] | None:
