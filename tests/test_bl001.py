@@ -22,7 +22,7 @@ from oracle import Oracle, biased_layers, split_inputs
 def judge(write_target):
     """Lint ``source`` with BL001; return (findings by module, oracle over the built model)."""
 
-    def run(source: str, report_partial: bool = False, **config):
+    def run(source: str, report_partial: bool = False, oracle_inputs=None, **config):
         target = write_target(source)
         torch.manual_seed(0)
         loaded = load_target(target, **config)
@@ -32,7 +32,8 @@ def judge(write_target):
         result = lint_loaded(loaded, TargetConfig(target), settings)
         assert not [n for n in result.notes if "crashed" in n], result.notes
         findings = {f.module: f for f in result.findings}
-        oracle = Oracle(loaded.model, *split_inputs(loaded.inputs))
+        inputs = loaded.inputs if loaded.inputs is not None else oracle_inputs
+        oracle = Oracle(loaded.model, *split_inputs(inputs))
         return findings, oracle
 
     return run
@@ -502,3 +503,35 @@ def build():
     assert_agrees(findings, oracle, {"0": "redundant", "3": "live", "5": "redundant"})
     assert all(not findings[name].fix.safe for name in ("0", "5"))
     assert "also builds 1 layer(s)" in findings["0"].fix.title
+
+
+def test_transposed_convs(judge):
+    """A transposed conv's own bias is uniform over its output; as a consumer of an offset it
+    spreads a constant unevenly unless it is 1x1 with stride 1."""
+    findings, oracle = judge(model_source("""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(3, 8, 2, stride=2)
+        self.before_up = nn.Conv2d(3, 8, 1)
+        self.up2 = nn.ConvTranspose2d(8, 8, 3, stride=2, bias=False)
+        self.before_pw = nn.Conv2d(3, 8, 1)
+        self.pw = nn.ConvTranspose2d(8, 8, 1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+    def forward(self, x):
+        return (self.bn(self.up(x)), self.bn(self.up2(self.before_up(x))),
+                self.bn(self.pw(self.before_pw(x))))
+"""))
+    assert_agrees(findings, oracle, {"up": "redundant", "before_up": "live",
+                                     "before_pw": "redundant"})
+
+
+def test_without_example_inputs_convs_are_still_judged(judge):
+    findings, oracle = judge(HEADER + """
+def build():
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(),
+                         nn.Linear(8 * 36, 4), nn.BatchNorm1d(4))
+""", oracle_inputs=torch.randn(4, 3, 8, 8))
+    assert warned(findings, "0")
+    assert "3" not in findings  # a Linear's output rank is unknown without shapes: no verdict
+    assert oracle.verdict("0") == "redundant" and oracle.verdict("3") == "redundant"
