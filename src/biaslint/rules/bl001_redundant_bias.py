@@ -57,9 +57,13 @@ reported (set `report-partial` for an info note).
 """
     fix_text = """\
 Construct the layer with `bias=False`; the normalization's own shift (`beta`) already provides
-the learnable offset. The fix is marked safe: in training mode the model computes the same
-function, and in eval mode the running mean tracked the bias anyway. Checkpoints saved with the
-bias need `strict=False` (or dropping the key) when loaded into the fixed model.
+the learnable offset. The fix shows the recorded constructor call rewritten with `bias=False`.
+It is marked safe for torch's own layers: in training mode the model computes the same
+function, and in eval mode the running mean tracked the bias anyway. It is marked unsafe when
+the same source line also builds layers whose bias matters (a loop or helper that adds the
+normalization only sometimes, as torchvision's VGG does): pass `bias=False` only where the
+normalization follows. Checkpoints saved with the bias need `strict=False` (or dropping the
+key) when loaded into the fixed model.
 """
     references = (
         "Ioffe and Szegedy, 2015, Batch Normalization, section 3.2, "
