@@ -12,14 +12,17 @@ MODELS = """
 import os
 import time
 
+import torch
 import torch.nn as nn
 
 
 def good():
+    torch.manual_seed(0)  # the same model in the worker and in-process
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
 
 
 def zero_weight():
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     nn.init.zeros_(model[0].weight)
     return model

@@ -301,11 +301,22 @@ def _coverage(model: nn.Module, parts: list[GraphPart], opaque: list[str]) -> Co
                 seen_params.add(part.full_name(node.target))
     opaque_set = set(opaque)
     layers = [n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    # Tied parameters (RoBERTa's lm_head.bias is lm_head.decoder.bias): a layer whose every
+    # parameter is used inside a graph through another module is inside the graph too.
+    used: set[int] = set()
+    for name in seen_modules:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if name not in opaque_set and _is_default_leaf(module):
+            used.update(id(p) for p in module.parameters())
     traced, untraced = 0, []
     for name in layers:
+        own = list(model.get_submodule(name).named_parameters(recurse=False))
         inside = _inside(name, seen_modules, opaque_set) or any(
-            (f"{name}.{p}" if name else p) in seen_params
-            for p, _ in model.get_submodule(name).named_parameters(recurse=False))
+            (f"{name}.{p}" if name else p) in seen_params for p, _ in own) or all(
+            id(t) in used for _, t in own)
         if inside:
             traced += 1
         else:

@@ -116,6 +116,14 @@ class ValueProxy(fx.Proxy):
         return fx.proxy.Attribute(self, name)
 
 
+def _installed(tracer: fx.Tracer, module: nn.Module) -> bool:
+    try:
+        tracer.path_of_module(module)
+        return True
+    except NameError:
+        return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
 class ConcreteTracer(fx.Tracer):
     """Trace ``root`` with ``inputs`` (args, kwargs) known; ``leaves`` are kept as call_module."""
 
@@ -142,6 +150,10 @@ class ConcreteTracer(fx.Tracer):
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
         if self._evaluating:  # a leaf running on fake tensors calls its children: just run
+            return forward(*args, **kwargs)
+        if not _installed(self, m):
+            # A stateless module kept outside the tree (transformers' shared activation
+            # objects): nothing to name, so trace through its forward instead of failing.
             return forward(*args, **kwargs)
         self._forwards.append(forward)
         try:
