@@ -137,13 +137,13 @@ class Propagation:
         self.crossed = False
 
     def run(self) -> Verdict:
-        order = _node_order(self.part)
+        order, nodes = _node_order(self.part)
         # Only nodes after a source can change, and once every value that carries the offset
         # has had all its users visited nothing further can: visit just that window.
         horizon = max((order[n] for n in self.sources), default=-1)
         first = min((order[n] for n in self.sources), default=0)
         try:
-            for node in list(self.part.gm.graph.nodes)[first:]:
+            for node in nodes[first:]:
                 if order[node] > horizon:
                     break
                 self._visit(node)
@@ -228,19 +228,21 @@ class Propagation:
         return ()  # a Python number broadcasts as a 0-d tensor
 
 
-_ORDERS: dict[int, tuple[fx.Graph, dict[fx.Node, int]]] = {}
+_ORDERS: dict[int, tuple[fx.Graph, dict[fx.Node, int], list[fx.Node]]] = {}
 
 
-def _node_order(part: GraphPart) -> dict[fx.Node, int]:
-    """Position of each node in its graph (cached: graphs are not edited after capture)."""
+def _node_order(part: GraphPart) -> tuple[dict[fx.Node, int], list[fx.Node]]:
+    """Position of each node in its graph, and the nodes in order (cached: graphs are not edited
+    after capture)."""
     graph = part.gm.graph
     cached = _ORDERS.get(id(graph))
     if cached is None or cached[0] is not graph:
-        cached = (graph, {n: i for i, n in enumerate(graph.nodes)})
+        nodes = list(graph.nodes)
+        cached = (graph, {n: i for i, n in enumerate(nodes)}, nodes)
         if len(_ORDERS) > 64:
             _ORDERS.clear()
         _ORDERS[id(graph)] = cached
-    return cached[1]
+    return cached[1], cached[2]
 
 
 def _is_scalar_expr(node: fx.Node, depth: int = 0) -> bool:
