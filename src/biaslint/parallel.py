@@ -28,7 +28,7 @@ from .findings import TargetResult
 from .settings import Settings, TargetConfig
 
 # Modules the forkserver imports once so that every forked child starts with them loaded.
-_PRELOAD = ["torch", "biaslint.engine", "biaslint.capture", "biaslint.analysis"]
+_PRELOAD = ["torch", "biaslint.engine", "biaslint.capture", "biaslint.concrete", "biaslint.analysis"]
 # After SIGTERM, how long a child gets to exit before SIGKILL (seconds). Long enough for an
 # ordinary Python process to unwind, short enough that a hung target does not stall the run.
 _TERM_GRACE = 2.0
