@@ -119,7 +119,7 @@ def _ids(n: int = 16, vocab: int = 512) -> Any:
 def _hf(config_name: str, model_name: str, config: dict[str, Any],
         inputs: Callable[[], dict[str, Any]]) -> Builder:
     def build() -> tuple[Any, Any]:
-        import transformers
+        import transformers  # noqa: F401
 
         cfg = getattr(transformers, config_name)(**config)
         model = getattr(transformers, model_name).from_config(cfg) \
@@ -264,7 +264,7 @@ def import_library(family: str) -> None:
     elif family == "timm":
         import timm  # noqa: F401
     elif family == "hf":
-        import transformers
+        import transformers  # noqa: F401
 
         transformers.logging.set_verbosity_error()
 

@@ -94,3 +94,36 @@ def test_a_hanging_target_times_out_without_blocking_the_rest(write_target):
     assert "timed out after 8 s" in (results[0].error or "")
     assert results[1].error is None
     assert elapsed < 60  # the hang sleeps 120 s: it was killed, not waited for
+
+
+def test_cli_jobs_and_timeout_report_each_target(write_target):
+    """`biaslint -j 2 --timeout S`: findings from the good targets, an error line for the hang,
+    exit 2 because one target could not be linted."""
+    import subprocess
+    import sys
+
+    path = write_target(MODELS, attr="good").split(":")[0]
+    proc = subprocess.run(
+        [sys.executable, "-m", "biaslint", f"{path}:zero_weight", f"{path}:hangs", f"{path}:good",
+         "-j", "2", "--timeout", "8", "--select", "BL002", "--format", "json"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "timed out after 8 s" in proc.stderr
+    assert proc.stderr.count("biaslint: error:") == 1
+    import json
+
+    report = json.loads(proc.stdout)
+    codes = json.dumps(report)
+    assert "BL002" in codes
+
+
+def test_cli_timeout_alone_isolates_and_exit_codes_follow_findings(write_target):
+    import subprocess
+    import sys
+
+    path = write_target(MODELS, attr="good").split(":")[0]
+    run = [sys.executable, "-m", "biaslint", "--timeout", "60", "--select", "BL002", "-q"]
+    bad = subprocess.run(run + [f"{path}:zero_weight"], capture_output=True, text=True, timeout=120)
+    good = subprocess.run(run + [f"{path}:good"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "BL002" in bad.stdout, bad.stderr
+    assert good.returncode == 0 and good.stdout == "", good.stderr

@@ -68,8 +68,6 @@ def test_manifest_is_valid_for_pre_commit():
 
 
 def test_documented_local_hook_matches_the_manifest():
-    from pre_commit.clientlib import load_config
-
     config = documented_local_config()
     [hook] = config["repos"][0]["hooks"]
     [published] = manifest()

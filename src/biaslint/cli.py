@@ -80,6 +80,8 @@ class CheckOptions:
     write_baseline: str | None = None
     quiet: bool = False
     debug: bool = False
+    jobs: int = 1
+    timeout: float | None = None
 
 
 @main.command("check")
@@ -109,14 +111,22 @@ class CheckOptions:
               help="Record the current findings in this file (and exit 0 unless an error).")
 @click.option("-q", "--quiet", is_flag=True,
               help="No summary, notes or progress: only the findings (text) or the report.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Lint this many targets at once, each in its own process.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="SECONDS",
+              help="Give up on a target after this long (each target then runs in its own "
+                   "process, so a crash or hang costs only that target).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str, ...],
           select: tuple[str, ...], ignore: tuple[str, ...], fail_on: str | None, fmt: str | None,
           output: str | None, class_priors: str | None, head: str | None, baseline: str | None,
-          write_baseline: str | None, quiet: bool, debug: bool) -> None:
+          write_baseline: str | None, quiet: bool, jobs: int, timeout: float | None,
+          debug: bool) -> None:
     """Lint the models that TARGETS build (or the targets configured in pyproject.toml)."""
     options = CheckOptions(targets, config, input_shapes, select, ignore, fail_on, fmt, output,
-                           class_priors, head, baseline, write_baseline, quiet, debug)
+                           class_priors, head, baseline, write_baseline, quiet, debug, jobs,
+                           timeout)
     try:
         code = _run_check(options)
     except BiaslintError as exc:
@@ -147,7 +157,10 @@ def _run_check(options: CheckOptions) -> int:
     plan = _plan(options)
     # Report from there too: locations are relative to it and the text report reads the source.
     with _working_directory(plan.workdir):
-        results = _lint_all(plan.configs, plan.settings, quiet=options.quiet)
+        if (options.jobs > 1 or options.timeout is not None) and not options.debug:
+            results = _lint_isolated(plan.configs, plan.settings, options.jobs, options.timeout)
+        else:
+            results = _lint_all(plan.configs, plan.settings, quiet=options.quiet)
         return _finish(results, plan, output, baseline, write_to, options.quiet)
 
 
@@ -239,6 +252,19 @@ def _lint_all(configs: Sequence[Any], settings: Any, quiet: bool = False) -> lis
                 err.print(f"biaslint: error: {message}", soft_wrap=True, markup=False)
                 results.append(TargetResult(target=config.target, error=message))
             progress.done()
+    return results
+
+
+def _lint_isolated(configs: Sequence[Any], settings: Any, jobs: int,
+                   timeout: float | None) -> list[Any]:
+    """Lint each target in its own process; errors (load, crash, timeout) go to stderr."""
+    from .parallel import lint_many
+
+    results = lint_many(configs, settings, jobs=jobs, timeout=timeout)
+    for result in results:
+        if result.error:
+            where = "" if result.target in result.error else f"{result.target}: "
+            click.echo(f"biaslint: error: {where}{result.error}", err=True)
     return results
 
 

@@ -9,7 +9,6 @@ from typing import Any, Callable
 
 import torch
 import torch.fx as fx
-import torch.nn as nn
 
 from .offsets import (
     Items, Live, Offset, Propagation, State, broadcast, describe, reshape_offset, shape_of,

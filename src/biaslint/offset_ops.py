@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .analysis import Use

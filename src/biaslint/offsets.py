@@ -29,11 +29,9 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .analysis import SHAPE_FUNCTIONS, SHAPE_METHODS, AnalysedModel, Use
 from .capture import GraphPart, TensorInfo
-from .ops import activation_kind, softmax_kind
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from .base import Option, Rule, RuleContext
 if TYPE_CHECKING:
     import torch.nn as nn
 
-    from ..analysis import AnalysedModel, Layer
+    from ..analysis import AnalysedModel, Layer, Use
 
 
 class LstmForgetGateBias(Rule):
