@@ -32,3 +32,21 @@ def test_the_clean_example_is_clean():
     result = lint(TargetConfig("examples/clean.py:build", class_priors=PRIORS))
     assert result.findings == (), [f.message for f in result.findings]
     assert result.coverage is not None and result.coverage.ratio == 1.0
+
+
+def test_the_readme_tour_shows_what_the_tool_prints():
+    """The tour's findings (location and code of each) are the ones the command really gives."""
+    import re
+
+    from biaslint.cli import main
+    from click.testing import CliRunner
+
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    tour = readme.split("## A one-minute tour", 1)[1].split("```console", 1)[1].split("```", 1)[0]
+    command, shown = tour.strip().split("\n", 1)
+    args = command.removeprefix("$ biaslint ").split()
+    result = CliRunner().invoke(main, args)
+    finding = re.compile(r"^(\S+:\d+:\d+): (BL\d{3}) \[(\w+)\]", re.M)
+    assert result.exit_code == 1
+    assert finding.findall(shown) == finding.findall(result.stdout)
+    assert shown.strip().splitlines()[-1] == result.stdout.strip().splitlines()[-1]
