@@ -23,11 +23,42 @@ def _cancel_over(prop: Propagation, node: fx.Node, x: Offset, reduced: set[int],
     return None
 
 
+# A fill value at or below this is a "minus infinity" mask: exp(fill - max) is exactly 0 in
+# float16/32/64 for any finite scores smaller than 1e8 in size, so masked entries weigh nothing
+# before and after the bias moves the others. (-1e4, seen in old code, is not far enough: kept
+# quiet.)
+_MASK_FILL_LIMIT = -1e9
+
+
 def _softmax(prop: Propagation, node: fx.Node, x: Offset, dim: Any) -> None:
     if dim is None:  # torch's legacy implicit dim (_get_softmax_dim)
         dim = 0 if x.ndim in (0, 1, 3) else 1
     axis = _axis(dim, x.ndim)
+    if axis in x.varying and _masked_constant(prop, node, x.ndim, axis):
+        return _cancel_over(prop, node, Offset(x.ndim, x.varying - {axis}), {axis},
+                            f"(softmax over axis {axis}; masked entries are -inf)")
     return _cancel_over(prop, node, x, {axis}, f"(softmax over axis {axis})")
+
+
+def _masked_constant(prop: Propagation, node: fx.Node, ndim: int, axis: int) -> bool:
+    """The softmax reads ``s.masked_fill(mask, -inf)`` (a causal or padding mask) where the offset
+    of ``s`` is constant along the softmax axis. The fill replaces some entries, so the offset
+    now varies along the axis, but only between "shifted by c" and "-inf", which the softmax
+    maps to the same weights: exp(-inf) = 0 either way, and the rest share the shift."""
+    source = node.args[0] if node.args else node.kwargs.get("input")
+    if not isinstance(source, fx.Node) or not (
+            (source.op == "call_method" and source.target == "masked_fill")
+            or (source.op == "call_function" and source.target is torch.masked_fill)):
+        return False
+    args, kwargs = list(source.args), dict(source.kwargs)
+    value = _arg(args, kwargs, 2, "value")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not value <= _MASK_FILL_LIMIT:
+        return False
+    if prop.of(_arg(args, kwargs, 1, "mask")) is not None:
+        return False
+    before = prop.of(args[0] if args else kwargs.get("input"))
+    return isinstance(before, Offset) and before.ndim == ndim and axis not in before.varying
 
 
 def _batch_norm(prop: Propagation, node: fx.Node, x: Offset) -> None:
