@@ -14,8 +14,10 @@ constant or tiny parameter is re-drawn first, because a zero-initialized head, a
 from __future__ import annotations
 
 import copy
+import random
 from typing import Any, Iterator
 
+import numpy
 import torch
 import torch.nn as nn
 
@@ -90,7 +92,11 @@ class Oracle:
 
     def _run(self) -> list[torch.Tensor]:
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}
-        torch.manual_seed(self.seed)  # identical dropout masks in every run
+        # Identical random masks in every run: dropout draws from torch; some models draw from
+        # numpy or random (wav2vec2's SpecAugment time masks).
+        torch.manual_seed(self.seed)
+        random.seed(self.seed)
+        numpy.random.seed(self.seed)
         try:
             with torch.no_grad():
                 out = self.model(*self.args, **self.kwargs)

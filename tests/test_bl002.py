@@ -389,6 +389,81 @@ def build():
     assert model[0].weight.abs().max() > 0 and rows_identical(model[0].weight)
 
 
+def _train_images(model: nn.Module, steps: int = 30, lr: float = 0.2) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 6, 6)
+    with torch.no_grad():
+        y = torch.randn_like(model(x))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("pool", ["nn.AdaptiveAvgPool2d(1), nn.Flatten()",
+                                  "nn.MaxPool2d(2), nn.Flatten()",
+                                  "Mean()"])
+def test_conv_clones_through_pooling_into_constant_head(lint_model, pool):
+    findings, model = lint_model(f"""
+import torch.nn as nn
+class Mean(nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3))
+def build():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), {pool},
+                          nn.LazyLinear(4) if False else nn.Linear(16 * (9 if 'Max' in '{pool}' else 1), 4))
+    nn.init.constant_(model[2].weight, 0.1); nn.init.zeros_(model[2].bias)
+    nn.init.constant_(model[-1].weight, 0.1)
+    return model
+""")
+    assert findings["2"].severity.name == "ERROR" and findings["2"].data["verdict"] == "clones"
+    _train_images(model)
+    assert model[2].weight.detach().ne(0.1).any() and rows_identical(model[2].weight)
+
+
+@pytest.mark.parametrize("norm,beta,verdict", [
+    ("nn.BatchNorm2d(8)", "zeros", "dead"),                # beta = 0: ReLU(0) passes back 0
+    ("nn.GroupNorm(2, 8)", "zeros", "dead"),
+    ("nn.InstanceNorm2d(8, affine=True)", "zeros", "dead"),
+    ("nn.BatchNorm2d(8)", "half", "dead"),                 # channels 0-3 dead, 4-7 learn
+    ("nn.GroupNorm(2, 8)", "half", "dead"),                # group 0 (channels 0-3) dead
+    ("nn.GroupNorm(2, 8)", "alternate", "stall"),          # a live unit in each group feeds all
+    ("nn.BatchNorm2d(8)", "positive", "stall"),            # beta > 0: 1/sqrt(eps) gradient
+])
+def test_zero_conv_then_norm_then_relu(lint_model, norm, beta, verdict):
+    findings, model = lint_model(f"""
+import torch
+import torch.nn as nn
+def build():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, bias=False), {norm}, nn.ReLU(),
+                          nn.Conv2d(8, 4, 3, padding=1))
+    nn.init.zeros_(model[2].weight)
+    if "{beta}" == "half":
+        with torch.no_grad():
+            model[3].bias.copy_(torch.tensor([0.0] * 4 + [0.5] * 4))
+    elif "{beta}" == "alternate":
+        with torch.no_grad():
+            model[3].bias.copy_(torch.tensor([0.0, 0.5] * 4))
+    elif "{beta}" == "positive":
+        nn.init.constant_(model[3].bias, 0.5)
+    return model
+""")
+    found = findings.get("2")
+    assert (found.data["verdict"] if found else None) == verdict
+    before = model[2].weight.detach().clone()
+    _train_images(model)
+    moved = (model[2].weight.detach() - before).flatten(1).abs().amax(1)
+    if verdict == "dead":
+        dead = found.data["dead_units"]
+        assert found.severity.name == ("ERROR" if dead == 8 else "WARNING")
+        assert moved[:dead].max() == 0 and (dead == 8 or moved[dead:].min() > 0)
+    else:
+        assert moved.min() > 0  # every unit learns
+
+
 # -- RNN and attention weights: only the stall verdict applies ----------------------------------
 
 def test_zero_lstm_input_weight_starves_the_layer_before(lint_model):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
+    import torch
     import torch.nn as nn
 
     from .analysis import AnalysedModel, Layer, Use
@@ -148,6 +149,49 @@ def feeds_only_relu(model: "AnalysedModel", out: "Use") -> bool:
     return bool(consumers) and all(activation_kind(c) in DEAD_BELOW_ZERO for c in consumers)
 
 
+def norms_into_relu(model: "AnalysedModel", out: "Use") -> list[tuple[str, "torch.Tensor"]] | None:
+    """When every consumer of ``out`` is a normalization whose output feeds only ReLU-family
+    activations: per norm, its name and which of its channels are dead for good if its input is
+    exactly zero (a boolean mask). Else None.
+
+    An all-zero input has mean 0 and variance 0, so any of these norms outputs exactly its bias
+    (beta, or 0 without one); where beta <= 0 the ReLU outputs 0 and passes back 0, so beta,
+    gamma (its gradient is g * x_hat = 0) and everything before get no gradient, for good.
+    BatchNorm and InstanceNorm treat each channel on its own, so each channel with beta <= 0 is
+    dead. LayerNorm and GroupNorm share a mean over a group: one live unit in the group passes
+    gradient back to all of them, so only a group that is dead as a whole counts.
+    """
+    import torch
+    import torch.nn as nn
+
+    per_channel = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+    found: list[tuple[str, torch.Tensor]] = []
+    for use in model.consumers_of(out):
+        module = model.module_of(use)
+        if not isinstance(module, per_channel + (nn.LayerNorm, nn.GroupNorm)) or \
+                not feeds_only_relu(model, use):
+            return None
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.training and (
+                module.running_mean is None or bool(module.running_mean.any())):
+            return None  # eval mode with a non-zero running mean: not exactly beta
+        beta = getattr(module, "bias", None)
+        name = model.module_name(use)
+        if isinstance(module, nn.LayerNorm):
+            if beta is not None and not bool((beta.detach() <= 0).all()):
+                return None
+            found.append((name, torch.ones(0, dtype=torch.bool)))  # empty: every unit
+            continue
+        channels = module.num_channels if isinstance(module, nn.GroupNorm) else \
+            module.num_features
+        below = torch.ones(channels, dtype=torch.bool) if beta is None else \
+            (beta.detach() <= 0).reshape(-1).cpu()
+        if isinstance(module, nn.GroupNorm):
+            groups = below.reshape(module.num_groups, -1)
+            below = groups.all(dim=1, keepdim=True).expand_as(groups).reshape(-1)
+        found.append((name, below))
+    return found or None
+
+
 def first_activation(model: "AnalysedModel", outputs: list["Use"]) -> str | None:
     from .ops import activation_kind
 
@@ -186,6 +230,13 @@ def symmetric_consumer(model: "AnalysedModel", out: "Use",
             conv_out = False
             stack.extend(model.users(use))
             continue
+        if conv_out and _pools_each_channel(use, module):
+            stack.extend(model.users(use))  # the same window on every channel: clones stay so
+            continue
+        if conv_out and _averages_out_space(use, len(getattr(producer, "kernel_size", ())) + 2):
+            conv_out = False  # (N, C): the channels are now the features
+            stack.extend(model.users(use))
+            continue
         if module is None or not constant_weight(module) or getattr(module, "groups", 1) != 1:
             return None
         if isinstance(module, nn.Linear) and conv_out:
@@ -194,6 +245,48 @@ def symmetric_consumer(model: "AnalysedModel", out: "Use",
             return None
         names.append(f"{model.module_name(use)} ({type(module).__name__})")
     return names or None
+
+
+def _pools_each_channel(use: "Use", module: "nn.Module | None") -> bool:
+    """Pooling that runs the same window over every channel, so identical channels give
+    identical outputs and (ties broken alike) identical gradients."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    pools = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+             nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+             nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+    if module is not None:
+        return isinstance(module, pools) and not getattr(module, "return_indices", False)
+    functions = (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
+                 F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+                 F.adaptive_avg_pool3d)
+    return use.node.op == "call_function" and use.node.target in functions and not \
+        use.node.kwargs.get("return_indices", False)
+
+
+def _averages_out_space(use: "Use", conv_rank: int) -> bool:
+    """``x.mean((2, 3))`` / ``torch.mean(x, dim=[-2, -1])`` on an (N, C, *spatial) conv output:
+    every axis after the channels reduced, without keepdim."""
+    import torch
+
+    from .offsets import shape_of
+
+    node = use.node
+    if not ((node.op == "call_method" and node.target in ("mean", "amax", "sum"))
+            or (node.op == "call_function" and node.target in (torch.mean, torch.amax,
+                                                               torch.sum))):
+        return False
+    shape = shape_of(node.args[0]) if node.args else None
+    rank = len(shape) if shape is not None else conv_rank  # batched (N, C, *spatial)
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+    if rank < 3 or keepdim or dim is None:
+        return False
+    dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, (list, tuple)) else None
+    if dims is None or not all(isinstance(d, int) for d in dims):
+        return False
+    return sorted(d % rank for d in dims) == list(range(2, rank))
 
 
 def _flattens_from_channels(use: "Use", module: "nn.Module | None") -> bool:

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Iterable
 
 from ..findings import Finding, Fix, Severity
 from ..unit_symmetry import (
-    calls_and_outputs, constant, feeds_only_relu, first_activation, starved_upstream,
+    calls_and_outputs, constant, feeds_only_relu, first_activation, norms_into_relu,
+    starved_upstream,
     symmetric_consumer, walk, weights_to_check,
 )
 from .base import Rule, RuleContext
@@ -31,7 +32,12 @@ input weights and `MultiheadAttention` output projections whose every entry hold
   is constant too, so the units also receive the same gradient and stay clones for good; or the
   weight is zero and every unit's bias is <= 0 in front of a ReLU, so the output and its gradient
   are zero for good (dead units). When only some units have a bias <= 0, those units are dead and
-  the finding is a warning.
+  the finding is a warning. The same holds through a normalization: a zero weight with no (or a
+  zero) bias outputs exactly 0, BatchNorm, InstanceNorm, GroupNorm or LayerNorm of 0 is exactly
+  their bias (beta), and a ReLU after a beta <= 0 is dead. (A GroupNorm or LayerNorm group with
+  one live unit passes gradient back to all of them, so only whole dead groups count.) The
+  consumer that keeps clones clones may be reached through activations, pooling, a mean over
+  the spatial axes or a flatten.
 * **warning** when learning only stalls: a zero hidden layer whose input comes only from earlier
   layers: those layers get no gradient until the zero weight has moved.
 * **no finding** for the deliberate zero-init patterns: the output is summed with another path
@@ -137,6 +143,28 @@ def build():
                     data={"verdict": "dead", "dead_units": dead, "units": units},
                 )
 
+        # 1b. A zero layer with no (or a zero) bias outputs exactly 0; a normalization of 0
+        #     outputs exactly its beta, and a ReLU after a beta <= 0 outputs and passes back 0.
+        if plain and stats.all_zero and (bias is None or not bool(bias.detach().any())):
+            norms = [n for out in outputs for n in (norms_into_relu(model, out) or [None])]
+            if norms and all(n is not None for n in norms):
+                dead = _dead_everywhere([n[1] for n in norms if n is not None], units)
+                names = ", ".join(sorted({n[0] for n in norms if n is not None}))
+                if dead:
+                    return self.finding(
+                        layer,
+                        f"{pname} is all zero{where} and the layer has "
+                        f"{'no bias' if bias is None else 'a zero bias'}: it outputs exactly 0, "
+                        f"so the normalization {names} outputs exactly its bias, which is <= 0 "
+                        f"in front of a ReLU for {dead} of {units} units: they output 0 with "
+                        "zero gradient, dead for good",
+                        parameter=pname,
+                        severity=Severity.ERROR if dead == units else Severity.WARNING,
+                        fix=_fix(layer, pname, "relu"),
+                        data={"verdict": "dead", "dead_units": dead, "units": units,
+                              "through": names},
+                    )
+
         endpoints = [e for out in outputs for e in walk(model, out)]
         if not endpoints or any(e.kind in ("output", "combine") for e in endpoints):
             return None  # summed, gating or the model output: the deliberate zero-init patterns
@@ -181,6 +209,21 @@ def build():
 
 
 # -- which weights, and the graph around them ------------------------------------------------------
+
+def _dead_everywhere(masks: list, units: int) -> int:  # type: ignore[type-arg]
+    """Units dead on every path (an empty mask: all units; a mask of another length than the
+    layer's units: we cannot tell which, so none)."""
+    import torch
+
+    dead = torch.ones(units, dtype=torch.bool)
+    for mask in masks:
+        if mask.numel() == 0:
+            continue
+        if mask.numel() != units:
+            return 0
+        dead &= mask
+    return int(dead.sum())
+
 
 def _is_plain_layer(module: "nn.Module") -> bool:
     """Layers whose output unit j is w_j . x + b_j (so a zero weight outputs exactly the bias)."""
