@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -63,6 +64,42 @@ def test_shapes_are_propagated_into_every_part_without_touching_the_model():
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN stats untouched
     assert model.training
+
+
+class _Caching(nn.Module):
+    """A forward that caches on the module (like RAFT's correlation pyramid or a KV cache) and
+    registers a buffer lazily."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.cache = None
+
+    def forward(self, x):
+        self.cache = [x * 2, x.mean()]
+        self.seen_shape = x.shape
+        if not hasattr(self, "lazy"):
+            self.register_buffer("lazy", torch.zeros(1))
+        return self.lin(x)
+
+
+class _Dynamic(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x  # value-dependent: the whole model does not trace
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_forward_side_effects_on_the_model_are_undone(dynamic):
+    import copy
+    import torch.fx as fx
+
+    inner = _Caching()
+    model = nn.Sequential(inner, _Dynamic()) if dynamic else nn.Sequential(inner)
+    capture(_loaded(model, ExampleInputs(args=(torch.randn(2, 8),))))
+    assert inner.cache is None and not hasattr(inner, "seen_shape") and "lazy" not in inner._buffers
+    leftovers = [v for m in model.modules() for v in vars(m).values() if isinstance(v, fx.Proxy)]
+    assert not leftovers
+    copy.deepcopy(model)(torch.randn(2, 8))  # still a working, copyable model
 
 
 class Outer_like(nn.Module):  # noqa: N801 - a second dynamic model to force the hook path

@@ -442,15 +442,28 @@ def _info(value: Any) -> Any:
 
 @contextlib.contextmanager
 def _preserved(model: nn.Module) -> Iterator[None]:
+    """Leave the user's model as it was: a forward may cache tensors on its modules (RAFT's
+    correlation pyramid, KV caches, lazily built masks), and tracing would leave proxies or fake
+    tensors there; BatchNorm updates its running statistics in place."""
     saved = {name: buf.detach().clone() for name, buf in model.named_buffers()}
-    modes = {name: m.training for name, m in model.named_modules()}
+    attributes = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules))
+                  for m in model.modules()]
     try:
         yield
     finally:
+        for module, state, params, buffers, children in attributes:
+            for key in [k for k in vars(module) if k not in state]:
+                del module.__dict__[key]
+            for key, value in state.items():
+                if module.__dict__.get(key) is not value:
+                    module.__dict__[key] = value
+            for current, before in ((module._parameters, params), (module._buffers, buffers),
+                                    (module._modules, children)):
+                if current.keys() != before.keys() or any(
+                        current[k] is not v for k, v in before.items()):
+                    current.clear()
+                    current.update(before)
         with torch.no_grad():
             for name, buf in model.named_buffers():
                 if name in saved and buf.shape == saved[name].shape:
                     buf.copy_(saved[name])
-        for name, m in model.named_modules():
-            if name in modes:
-                m.train(modes[name])
