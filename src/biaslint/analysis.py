@@ -214,8 +214,8 @@ class AnalysedModel:
         """What these modules output on the example inputs, from one real ``no_grad`` forward.
 
         For the few facts that need values, not shapes (a head's actual initial logits). The
-        user's RNG and buffers (BatchNorm running stats) are restored: linting never changes the
-        model. Empty when no inputs are known or the forward fails (capture reports that).
+        user's RNG and whatever the forward does to the model (BatchNorm running stats, cached
+        attributes) are undone: linting never changes the model. Empty when no inputs are known or the forward fails (capture reports that).
         """
         inputs = self.target.inputs
         wanted = [n for n in names if n not in self._real_outputs]
@@ -227,19 +227,16 @@ class AnalysedModel:
                     if isinstance(out, torch.Tensor) and _name not in seen:
                         seen[_name] = out.detach()
                 hooks.append(self.model.get_submodule(name).register_forward_hook(hook))
-            saved = {n: b.detach().clone() for n, b in self.model.named_buffers()}
+            from .preserve import preserved
+
             try:
-                with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                with preserved(self.model), torch.no_grad(), torch.random.fork_rng(devices=[]):
                     self.model(*inputs.args, **inputs.kwargs)
             except Exception:  # noqa: BLE001 - the user's forward failing is reported by capture
                 seen = {}
             finally:
                 for h in hooks:
                     h.remove()
-                with torch.no_grad():
-                    for n, b in self.model.named_buffers():
-                        if n in saved and b.shape == saved[n].shape:
-                            b.copy_(saved[n])
             for name in wanted:
                 self._real_outputs[name] = seen.get(name)
         return {n: t for n in names if (t := self._real_outputs.get(n)) is not None}

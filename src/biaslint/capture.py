@@ -17,6 +17,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .findings import Coverage
+from .preserve import preserved
 from .load import ExampleInputs, LoadedTarget
 
 
@@ -254,7 +255,7 @@ def capture(target: LoadedTarget) -> Capture:
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     recorded = _Inputs()
     recorded.names = {id(m): n for n, m in model.named_modules()}
-    with _preserved(model):
+    with preserved(model):
         if target.inputs is not None:
             recorded.calls[""] = (target.inputs.args, target.inputs.kwargs)
             recorded.fake_mode = fake_mode
@@ -388,7 +389,7 @@ def _run_parts(target: LoadedTarget, parts: list[GraphPart], mode: Any) -> None:
                     def hook(mod: nn.Module, args: Any, kwargs: Any, _name: str = name) -> None:
                         seen.setdefault(_name, (args, kwargs))
                     handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-        with _preserved(model), _quiet(), mode:
+        with preserved(model), _quiet(), mode:
             if set(roots) != {""}:
                 model(*inputs.args, **inputs.kwargs)
             for h in handles:
@@ -440,30 +441,3 @@ def _info(value: Any) -> Any:
     return None
 
 
-@contextlib.contextmanager
-def _preserved(model: nn.Module) -> Iterator[None]:
-    """Leave the user's model as it was: a forward may cache tensors on its modules (RAFT's
-    correlation pyramid, KV caches, lazily built masks), and tracing would leave proxies or fake
-    tensors there; BatchNorm updates its running statistics in place."""
-    saved = {name: buf.detach().clone() for name, buf in model.named_buffers()}
-    attributes = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules))
-                  for m in model.modules()]
-    try:
-        yield
-    finally:
-        for module, state, params, buffers, children in attributes:
-            for key in [k for k in vars(module) if k not in state]:
-                del module.__dict__[key]
-            for key, value in state.items():
-                if module.__dict__.get(key) is not value:
-                    module.__dict__[key] = value
-            for current, before in ((module._parameters, params), (module._buffers, buffers),
-                                    (module._modules, children)):
-                if current.keys() != before.keys() or any(
-                        current[k] is not v for k, v in before.items()):
-                    current.clear()
-                    current.update(before)
-        with torch.no_grad():
-            for name, buf in model.named_buffers():
-                if name in saved and buf.shape == saved[name].shape:
-                    buf.copy_(saved[name])
