@@ -46,6 +46,14 @@ def test_target_returns_something_that_is_not_a_module(cli, write_target):
     assert "int" in line and "nn.Module" in line
 
 
+def test_target_returns_a_torchscript_module(cli, write_target):
+    target = write_target("import warnings\nimport torch\nimport torch.nn as nn\n"
+                          "def build():\n    warnings.simplefilter('ignore')\n"
+                          "    return torch.jit.script(nn.Sequential(nn.Linear(4, 4)))\n")
+    line = _one_line_error(cli(target))
+    assert "TorchScript" in line and "before torch.jit.script" in line
+
+
 def test_target_without_attr(cli, write_target):
     write_target(GOOD, stem="plain")
     line = _one_line_error(cli("plain.py"))

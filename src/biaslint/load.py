@@ -43,6 +43,10 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = ()) -> Lo
     with recording() as record:
         obj = _resolve(spec)
         model, inputs = _build(spec, obj)
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TargetError(
+            f"{spec.text} gave a TorchScript module ({type(model).__name__}): biaslint traces "
+            "the Python nn.Module, so return the model before torch.jit.script/trace")
     if input_shapes:
         inputs = ExampleInputs(args=tuple(torch.randn(*s) for s in input_shapes))
     return LoadedTarget(

@@ -20,8 +20,10 @@ def preserved(model: nn.Module) -> Iterator[None]:
     """Restore every module's attributes, parameter/buffer/child registrations and buffer values
     on exit, whatever happened inside."""
     saved = {name: buf.detach().clone() for name, buf in model.named_buffers()}
+    # TorchScript modules keep their state in C++ (their registries are read-only wrappers):
+    # their buffers are restored below like any other, the rest is left alone.
     attributes = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules))
-                  for m in model.modules()]
+                  for m in model.modules() if not isinstance(m, torch.jit.ScriptModule)]
     try:
         yield
     finally:
