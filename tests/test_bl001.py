@@ -286,6 +286,47 @@ class Net(nn.Module):
                                                               "conv": Severity.INFO}
 
 
+HAND_WRITTEN = """
+class Norm(nn.Module):
+    def __init__(self, dims, keepdim=True):
+        super().__init__()
+        self.dims, self.keepdim = dims, keepdim
+
+    def forward(self, x):
+        u = x.mean(self.dims, keepdim=self.keepdim)
+        centred = x - u
+        var = (centred ** 2).mean(self.dims, keepdim=self.keepdim)
+        return centred / torch.sqrt(var + 1e-5)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.norm = Norm(DIMS, KEEP)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.norm(self.conv(x))))
+"""
+
+
+@pytest.mark.parametrize("dims,keepdim,expected", [
+    ("(0, 2, 3)", True, "redundant"),   # a hand-written batch norm
+    ("(2, 3)", True, "redundant"),      # a hand-written instance norm
+    ("0", False, "redundant"),          # leading axis, no keepdim: broadcasts back correctly
+    ("1", True, "partial"),             # a channels-first layer norm: removes only the mean
+    ("None", False, "partial"),         # the mean of everything
+])
+def test_hand_written_centring_cancels_like_a_norm(judge, dims, keepdim, expected):
+    source = HAND_WRITTEN.replace("DIMS", dims).replace("KEEP", str(keepdim))
+    findings, oracle = judge(HEADER + source + """
+def build():
+    return Net(), torch.randn(4, 3, 8, 8)
+""")
+    assert_agrees(findings, oracle, {"conv": expected, "head": "live"})
+
+
 # -- attention ----------------------------------------------------------------
 
 ATTENTION = """

@@ -77,13 +77,56 @@ def _rank(prop: Propagation, node: fx.Node, operands: list[Any]) -> int:
     return max(ranks)
 
 
-def _add(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+_SUBTRACTIONS = {operator.sub, operator.isub, torch.sub, torch.subtract, "sub", "sub_"}
+
+
+def _add(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset | None:
     operands = [args[0] if args else kwargs.get("input"), _arg(args, kwargs, 1, "other")]
     if prop.of(kwargs.get("alpha")) is not None:
         raise Live("alpha depends on the bias")
+    if node.target in _SUBTRACTIONS and kwargs.get("alpha", 1) == 1:
+        centred = _own_mean_removed(prop, node, operands[0], operands[1])
+        if centred is not None:
+            prop.cancel(node, centred)
+            return None
     ndim = _rank(prop, node, operands)
     offsets = [prop.tensor(a, node) for a in operands]
     return broadcast([(o, None) for o in offsets], ndim)
+
+
+def _own_mean_removed(prop: Propagation, node: fx.Node, x_arg: Any, m_arg: Any) -> str | None:
+    """``x - x.mean(dims, keepdim=True)`` (a hand-written norm's centring): an offset constant
+    along ``dims`` is in the mean too, so the difference does not move. Returns why, or None."""
+    if not isinstance(x_arg, fx.Node) or not isinstance(m_arg, fx.Node):
+        return None
+    is_mean = (m_arg.op == "call_method" and m_arg.target == "mean") or (
+        m_arg.op == "call_function" and m_arg.target is torch.mean)
+    if not is_mean or not m_arg.args or m_arg.args[0] is not x_arg:
+        return None
+    if m_arg.kwargs.get("dtype") is not None:
+        return None
+    x = prop.of(x_arg)
+    if not isinstance(x, Offset):
+        return None
+    m_args, m_kwargs = list(m_arg.args), dict(m_arg.kwargs)
+    dim = _arg(m_args, m_kwargs, 1, "dim")
+    keepdim = bool(_arg(m_args, m_kwargs, 2, "keepdim", False))
+    if dim is None:
+        reduced = set(range(x.ndim))  # the mean of everything: a scalar, broadcast back
+    elif isinstance(dim, (int, tuple, list)):
+        dims = [dim] if isinstance(dim, int) else list(dim)
+        if not all(isinstance(d, int) for d in dims):
+            return None
+        reduced = {_axis(d, x.ndim) for d in dims}
+        # Without keepdim the mean broadcasts back from the right: right only when the reduced
+        # axes are the leading ones (y - y.mean(0) on (N, C)).
+        if not keepdim and reduced != set(range(len(reduced))):
+            return None
+    else:
+        return None
+    if x.varying & reduced:
+        return None
+    return f"(it subtracts the mean over axes {sorted(reduced)})"
 
 
 def _neg(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:

@@ -32,8 +32,11 @@ not through module order, tracking along which axes the bias's contribution is c
   with p > 0 and anything it does not know;
 * **cancelled by** `BatchNorm` (training mode), `InstanceNorm`, `GroupNorm` with one channel
   per group, `LayerNorm`/`F.layer_norm` when the contribution is constant over every
-  normalized axis, and a softmax over an axis along which it is constant: in dot-product
-  attention the key projection's bias shifts every score of a query by the same `q . b_k`.
+  normalized axis, a hand-written centring `x - x.mean(dims, keepdim=True)` over axes along
+  which it is constant, and a softmax over an axis along which it is constant: in dot-product
+  attention the key projection's bias shifts every score of a query by the same `q . b_k`,
+  also after a causal mask filled with `-inf` (or any fill <= -1e9, such as
+  `torch.finfo(dtype).min`), since masked scores weigh nothing either way.
 
 A bias whose output also reaches anything un-normalized (a second consumer, a returned feature
 map) is live and not reported. `RMSNorm` subtracts no mean and cancels nothing. A fused
