@@ -265,8 +265,10 @@ def test_no_progress_output_when_not_a_tty(cli, write_target):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="needs a pseudo-terminal")
-def test_progress_on_a_real_terminal(write_target, tmp_path):
-    """Two targets on a pseudo-terminal (CI unset): the live display draws, then the report."""
+@pytest.mark.parametrize("extra", [(), ("-j", "2")])
+def test_progress_on_a_real_terminal(write_target, tmp_path, extra):
+    """Two targets on a pseudo-terminal (CI unset): the live display draws, then the report;
+    with -j as with one process at a time."""
     import pty
     import subprocess
     import sys
@@ -275,7 +277,7 @@ def test_progress_on_a_real_terminal(write_target, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "BUILD_NUMBER")}
     env.update(TERM="xterm", COLUMNS="120")
     controller, terminal = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "biaslint", first, second],
+    proc = subprocess.Popen([sys.executable, "-m", "biaslint", first, second, *extra],
                             stdin=terminal, stdout=terminal, stderr=terminal, env=env,
                             cwd=tmp_path)
     os.close(terminal)
@@ -307,6 +309,8 @@ def test_progress_on_a_real_terminal(write_target, tmp_path):
 
     output = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace"))
     assert "1/2" in output or "0/2" in output, output  # the progress bar's M/N column
+    if extra:
+        assert "2 at a time" in output, output
     assert f"{second}: 1 error, 1 warning" in output
 
 

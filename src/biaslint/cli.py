@@ -158,7 +158,8 @@ def _run_check(options: CheckOptions) -> int:
     # Report from there too: locations are relative to it and the text report reads the source.
     with _working_directory(plan.workdir):
         if (options.jobs > 1 or options.timeout is not None) and not options.debug:
-            results = _lint_isolated(plan.configs, plan.settings, options.jobs, options.timeout)
+            results = _lint_isolated(plan.configs, plan.settings, options.jobs, options.timeout,
+                                     quiet=options.quiet)
         else:
             results = _lint_all(plan.configs, plan.settings, quiet=options.quiet)
         return _finish(results, plan, output, baseline, write_to, options.quiet)
@@ -256,11 +257,22 @@ def _lint_all(configs: Sequence[Any], settings: Any, quiet: bool = False) -> lis
 
 
 def _lint_isolated(configs: Sequence[Any], settings: Any, jobs: int,
-                   timeout: float | None) -> list[Any]:
+                   timeout: float | None, quiet: bool = False) -> list[Any]:
     """Lint each target in its own process; errors (load, crash, timeout) go to stderr."""
-    from .parallel import lint_many
+    from rich.console import Console
 
-    results = lint_many(configs, settings, jobs=jobs, timeout=timeout)
+    from .parallel import lint_many
+    from .report.progress import target_progress
+
+    err = Console(stderr=True, highlight=False)
+    with target_progress(err, len(configs), enabled=False if quiet else None) as progress:
+        stage = progress.start(f"{min(jobs, len(configs))} at a time")
+
+        def done(index: int) -> None:
+            stage(f"({configs[index].target} finished)")
+            progress.done()
+
+        results = lint_many(configs, settings, jobs=jobs, timeout=timeout, on_done=done)
     for result in results:
         if result.error:
             where = "" if result.target in result.error else f"{result.target}: "
