@@ -252,6 +252,45 @@ def build():
     assert out == pytest.approx(gain, rel=0.1)  # the layer alone multiplies the scale by ~22
 
 
+BILINEAR = '''
+import torch
+import torch.nn as nn
+
+class Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bil = nn.Bilinear(IN1, IN2, 32)
+        INIT
+
+    def forward(self, a, b):
+        return self.bil(a, b)
+
+def build():
+    return Pair(), (torch.randn(512, IN1), torch.randn(512, IN2))
+'''
+
+
+@pytest.mark.parametrize("in1,in2,init,flagged", [
+    (16, 16, "nn.init.normal_(self.bil.weight, 0.0, 1.0)", True),
+    (64, 8, "nn.init.normal_(self.bil.weight, 0.0, 0.5)", True),
+    (16, 16, "nn.init.normal_(self.bil.weight, 0.0, 1.0 / 16)", False),   # fan-in scaled
+    (16, 1024, "pass", False),  # PyTorch's default (scaled by in1 only): quiet by design
+])
+def test_bilinear_gain_is_measured_on_unit_inputs(lint_model, in1, in2, init, flagged):
+    source = BILINEAR.replace("IN1", str(in1)).replace("IN2", str(in2)).replace("INIT", init)
+    model, findings = lint_model(source)
+    assert bool(findings) == flagged, [f.message for f in findings]
+    with torch.no_grad():
+        a, b = torch.randn(4096, in1), torch.randn(4096, in2)
+        bias = model.bil.bias
+        measured = rms(model.bil(a, b) - bias)
+    if flagged:
+        assert findings[0].data["gain"] == pytest.approx(measured, rel=0.1)
+        assert findings[0].data["ratio"] > 10
+    elif init != "pass":
+        assert measured < 10  # in range: no claim to check
+
+
 def test_exploding_chain_into_batchnorm_is_info_only(lint_model):
     source = '''
 import torch.nn as nn

@@ -186,6 +186,25 @@ class ScaleModel:
                 rms = math.sqrt(stats.std ** 2 + stats.mean ** 2)
                 yield layer, pname, rms * math.sqrt(stats.fan_in)
 
+    def bilinear_gains(self) -> Iterator[tuple[Layer, float, float, str | None]]:
+        """(layer, gain, target gain, activation) per ``nn.Bilinear``: y_k = x1^T W_k x2 sums
+        in1 * in2 products, so unit-scale inputs come out at rms(W) * sqrt(in1 * in2). Only
+        judged on its own: its output scale is a product of two input scales, not a chain link.
+        """
+        for layer in self.model.layers_of_type(nn.Bilinear):
+            stats = layer.stats("weight")
+            calls = self.model.calls_of(layer.name)
+            init = layer.init_of("weight")
+            # PyTorch's own Bilinear init scales by in1 only; the defaults stay quiet, as for
+            # every other rule: only a weight the user's code drew is judged.
+            if stats is None or stats.all_equal or not calls or init is None or not init.by_user:
+                continue
+            activation, slope, _, _ = self._look_forward(calls[0])
+            rms = math.sqrt(stats.std ** 2 + stats.mean ** 2)
+            fan_in = int(layer.module.in1_features) * int(layer.module.in2_features)
+            yield layer, rms * math.sqrt(fan_in), variance_gain_target(activation, slope), \
+                activation
+
     # -- the forward prediction ------------------------------------------------------------------
     def _compute(self) -> list[LayerCall]:
         result: list[LayerCall] = []

@@ -19,7 +19,8 @@ class FanInBlindInit(Rule):
     severity = Severity.WARNING
     summary = "Weights drawn at a scale that ignores fan-in, so activations explode or vanish"
     what_it_does = """\
-For every weight with a fan-in (`Linear`, `ConvNd`, `ConvTransposeNd`, RNN weights) it computes
+For every weight with a fan-in (`Linear`, `ConvNd`, `ConvTransposeNd`, RNN weights, `Bilinear`
+on its own) it computes
 the layer's gain `g = rms(W) * sqrt(fan_in)`: the factor by which the layer multiplies the
 scale (root mean square) of its input. It compares `g` with the gain that keeps the scale through
 whatever consumes the output (`nn.init.calculate_gain`): sqrt(2) before ReLU (He et al., 2015),
@@ -151,6 +152,10 @@ def build():
                 continue
             reported.add(layer.name)
             findings.append(self._recurrent(layer, pname, gain, ratio_limit))
+        for layer, gain, target, activation in scales.bilinear_gains():
+            if layer.name not in reported and gain > ratio_limit * target:
+                reported.add(layer.name)
+                findings.append(self._bilinear(layer, gain, target, activation))
         yield from findings
 
     # -- verdicts ------------------------------------------------------------------------------
@@ -236,6 +241,24 @@ def build():
                   code=f"nn.init.kaiming_normal_({python_path(layer.name)}.{pname}, "
                        f"nonlinearity='linear')  # std {std:.3g}")
         return self.finding(layer, message, parameter=pname, fix=fix, data={"gain": gain})
+
+
+    def _bilinear(self, layer: "Layer", gain: float, target: float,
+                  activation: str | None) -> Finding:
+        from ..analysis import python_path
+
+        module = layer.module
+        fan_in = int(module.in1_features) * int(module.in2_features)
+        message = (
+            f"weight gain rms(W)*sqrt(in1*in2) = {gain:.3g} (fan_in {module.in1_features} x "
+            f"{module.in2_features}) is {gain / target:.3g}x the {target:.3g} that keeps the "
+            f"scale through {activation or 'identity'}: from unit-scale inputs the layer alone "
+            f"outputs ~{_times(gain)} the scale{_init_phrase(layer)}.")
+        std = target / math.sqrt(fan_in)
+        fix = Fix(title="Scale the bilinear weight by its fan-in (in1 * in2)",
+                  code=f"nn.init.normal_({python_path(layer.name)}.weight, 0.0, {std:.3g})")
+        return self.finding(layer, message, parameter="weight",
+                            data={"gain": gain, "ratio": gain / target}, fix=fix)
 
 
 def _times(value: float) -> str:
