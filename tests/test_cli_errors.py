@@ -80,7 +80,22 @@ def test_debug_shows_the_traceback(write_target):
     target = write_target("def build():\n    raise ValueError('boom')\n")
     proc = subprocess.run([sys.executable, "-m", "biaslint", target, "--debug"],
                           capture_output=True, text=True)
-    assert proc.returncode != 0 and "Traceback" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" in proc.stderr  # still 2, never 1 (findings)
+    assert "ValueError: boom" in proc.stderr
+
+
+def test_a_load_error_is_one_line_and_the_summary_does_not_repeat_it(cli, write_target):
+    result = cli("nowhere.py:build")
+    line = _one_line_error(result)
+    assert "no file" in line
+    assert "no file" not in result.stdout and "nowhere.py:build: not linted" in result.stdout
+
+
+def test_target_names_are_printed_verbatim(cli, write_target):
+    """rich would turn ':boom:' into an emoji and '[red]' into markup."""
+    path = write_target("def boom():\n    raise ValueError('x')\n", attr="boom").split(":")[0]
+    result = cli(f"{path}:boom")
+    assert f"{path}:boom" in result.stderr and f"{path}:boom: not linted" in result.stdout
 
 
 def test_forward_failing_on_inputs_is_a_note_not_exit_2(cli, write_target):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -131,8 +132,14 @@ def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str,
         code = _run_check(options)
     except BiaslintError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         click.echo(f"biaslint: error: {exc}", err=True)
+        code = EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: still exit 2, not Python's 1
+        if debug:
+            traceback.print_exc()
+        click.echo(f"biaslint: error: internal error: {type(exc).__name__}: {exc}"
+                   f"{'' if debug else ' (run with --debug for the traceback)'}", err=True)
         code = EXIT_ERROR
     sys.exit(code)
 
@@ -234,7 +241,7 @@ def _lint_all(configs: Sequence[Any], settings: Any, quiet: bool = False) -> lis
     from .report.progress import target_progress
 
     results: list[TargetResult] = []
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, emoji=False)
     with target_progress(err, len(configs), enabled=False if quiet else None) as progress:
         for config in configs:
             on_stage = progress.start(config.target)
@@ -264,7 +271,7 @@ def _lint_isolated(configs: Sequence[Any], settings: Any, jobs: int,
     from .parallel import lint_many
     from .report.progress import target_progress
 
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, emoji=False)
     with target_progress(err, len(configs), enabled=False if quiet else None) as progress:
         stage = progress.start(f"{min(jobs, len(configs))} at a time")
 
@@ -287,15 +294,16 @@ def _finish(results: list[Any], plan: _Plan, output: str | None, baseline: str |
     from .report import get_reporter
     from .report.text import print_results
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, emoji=False)
     failed_load = any(r.error for r in results)
     if write_to:
         from .baseline import write_baseline
 
         count = write_baseline(write_to, results)
-        print_results(results, console, show_findings=False)
-        console.print(f"baseline with {count} finding{'s' if count != 1 else ''} written to "
-                      f"{_shown(write_to)}", highlight=False, markup=False)
+        if not quiet:
+            print_results(results, console, show_findings=False, errors_shown=True)
+            console.print(f"baseline with {count} finding{'s' if count != 1 else ''} written "
+                          f"to {_shown(write_to)}", highlight=False, markup=False)
         return EXIT_ERROR if failed_load else EXIT_CLEAN
     if baseline:
         from .baseline import apply_baseline, read_baseline
@@ -307,13 +315,13 @@ def _finish(results: list[Any], plan: _Plan, output: str | None, baseline: str |
         with open(output, "w", encoding="utf-8") as handle:
             handle.write(text if text.endswith("\n") else text + "\n")
         if not quiet:
-            print_results(results, console, show_findings=False)
+            print_results(results, console, show_findings=False, errors_shown=True)
             console.print(f"report written to {_shown(output)}", highlight=False, markup=False)
     elif plan.fmt == "text":
         if quiet:
             _print_findings_only(results, console)
         else:
-            print_results(results, console)
+            print_results(results, console, errors_shown=True)
     else:
         text = get_reporter(plan.fmt)(results)
         click.echo(text if text.endswith("\n") or not text else text + "\n", nl=False)
@@ -352,7 +360,7 @@ def rules_command() -> None:
         table.add_column(column)
     for rule in all_rules():
         table.add_row(rule.code, rule.name, str(rule.severity), rule.summary)
-    Console(highlight=False).print(table)
+    Console(highlight=False, emoji=False).print(table)
 
 
 @main.command("rule")

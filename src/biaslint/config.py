@@ -94,14 +94,22 @@ def load_config(explicit: str | None = None, start: Path | None = None) -> FileC
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{_shown(path)}: not valid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read it: {exc}") from None
+        raise ConfigError(f"{_shown(path)}: cannot read it: {exc}") from None
     tool = data.get("tool", {})
     table = tool.get("biaslint", {}) if isinstance(tool, dict) else {}
     if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [tool.biaslint] must be a table")
+        raise ConfigError(f"{_shown(path)}: [tool.biaslint] must be a table")
     return parse_table(table, path)
+
+
+def _shown(path: Path) -> str:
+    """The file as the user would type it: relative to the current directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def parse_table(table: Mapping[str, Any], path: Path) -> FileConfig:
@@ -131,7 +139,7 @@ class _Reader:
         self.path = path
 
     def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.path}: {key}: {problem}")
+        return ConfigError(f"{_shown(self.path)}: {key}: {problem}")
 
     def check_keys(self, table: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
         for key in table:

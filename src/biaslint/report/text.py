@@ -16,15 +16,18 @@ _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO:
 
 
 def print_results(results: Sequence[TargetResult], console: Console,
-                  show_findings: bool = True) -> None:
+                  show_findings: bool = True, errors_shown: bool = False) -> None:
+    """``errors_shown``: each target's error already went to stderr as its one line, so the
+    summary only says the target was not linted."""
     for result in results:
         for finding in result.findings if show_findings else ():
             _print_finding(finding, console)
-        _print_summary(result, console)
+        _print_summary(result, console, errors_shown)
 
 
 def render_plain(results: Sequence[TargetResult]) -> str:
-    console = Console(width=100, no_color=True, force_terminal=False, highlight=False)
+    console = Console(width=100, no_color=True, force_terminal=False, highlight=False,
+                      emoji=False)
     with console.capture() as capture:
         print_results(results, console)
     return capture.get()
@@ -56,10 +59,14 @@ def _print_finding(finding: Finding, console: Console) -> None:
         console.print(fix, soft_wrap=True, highlight=False)
 
 
-def _print_summary(result: TargetResult, console: Console) -> None:
+def _print_summary(result: TargetResult, console: Console, errors_shown: bool = False) -> None:
     if result.error:
-        console.print(f"[bold red]{escape(result.target)}: error:[/] {escape(result.error)}",
-                      soft_wrap=True, highlight=False)
+        if errors_shown:
+            console.print(f"[bold red]{escape(result.target)}: not linted[/] (error above)",
+                          soft_wrap=True, highlight=False)
+        else:
+            console.print(f"[bold red]{escape(result.target)}: error:[/] {escape(result.error)}",
+                          soft_wrap=True, highlight=False)
         return
     counts = {s: sum(1 for f in result.findings if f.severity is s) for s in Severity}
     parts = [f"{counts[s]} {s}" + ("s" if counts[s] != 1 else "")
