@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
 # The variables CI services set (GitHub Actions, GitLab, CircleCI, Travis, Buildkite, Azure...):
@@ -41,8 +42,8 @@ class TargetProgress:
         if self._progress is None or self._task is None:
             return lambda name: None
         progress, task = self._progress, self._task
-        progress.update(task, target=target, stage="build")
-        return lambda name: progress.update(task, stage=name)
+        progress.update(task, target=escape(target), stage="build")
+        return lambda name: progress.update(task, stage=escape(name))
 
     def done(self) -> None:
         if self._progress is not None and self._task is not None:
