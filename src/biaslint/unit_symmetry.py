@@ -149,7 +149,8 @@ def feeds_only_relu(model: "AnalysedModel", out: "Use") -> bool:
     return bool(consumers) and all(activation_kind(c) in DEAD_BELOW_ZERO for c in consumers)
 
 
-def norms_into_relu(model: "AnalysedModel", out: "Use") -> list[tuple[str, "torch.Tensor"]] | None:
+def norms_into_relu(model: "AnalysedModel", out: "Use", producer: "nn.Module | None" = None
+                    ) -> list[tuple[str, "torch.Tensor"]] | None:
     """When every consumer of ``out`` is a normalization whose output feeds only ReLU-family
     activations: per norm, its name and which of its channels are dead for good if its input is
     exactly zero (a boolean mask). Else None.
@@ -188,8 +189,26 @@ def norms_into_relu(model: "AnalysedModel", out: "Use") -> list[tuple[str, "torc
         if isinstance(module, nn.GroupNorm):
             groups = below.reshape(module.num_groups, -1)
             below = groups.all(dim=1, keepdim=True).expand_as(groups).reshape(-1)
+        if not bool(below.all()) and not _channels_are_units(use, out, producer):
+            return None  # which units a channel's beta kills depends on the layout: unknown
         found.append((name, below))
     return found or None
+
+
+def _channels_are_units(norm: "Use", out: "Use", producer: "nn.Module | None") -> bool:
+    """The norm reads the layer's output directly, on the axis that holds the layer's units (axis
+    1): a conv's channels, or a Linear's features when its output is (N, features). A Linear on
+    (N, L, F) puts its units last, where BatchNorm1d sees tokens."""
+    import torch.nn as nn
+
+    from .offsets import shape_of
+
+    if not norm.node.args or norm.node.args[0] is not out.node:
+        return False
+    if isinstance(producer, nn.modules.conv._ConvNd):
+        return True
+    shape = shape_of(out.node)
+    return shape is not None and len(shape) == 2
 
 
 def first_activation(model: "AnalysedModel", outputs: list["Use"]) -> str | None:
@@ -203,8 +222,42 @@ def first_activation(model: "AnalysedModel", outputs: list["Use"]) -> str | None
     return None
 
 
-def symmetric_consumer(model: "AnalysedModel", out: "Use",
-                        producer: "nn.Module") -> list[str] | None:
+def shared_modules(model: "AnalysedModel") -> set[str]:
+    """Layers holding a parameter that another module holds too (tied weights): whatever the
+    graph shows for one of them, the parameter also learns through the other."""
+    owners: dict[int, set[str]] = {}
+    for name, module in model.model.named_modules(remove_duplicate=False):
+        for param in module.parameters(recurse=False):
+            owners.setdefault(id(param), set()).add(name)
+    return {name for names in owners.values() if len(names) > 1 for name in names}
+
+
+def blocks_every_input(layer: "Layer", pname: str) -> bool:
+    """Whether this zero weight alone cuts every gradient route from the layer's output back to
+    its inputs. Plain layers: yes. An RNN's first-layer input weights: only when every direction's
+    are zero (the reverse direction reads the same input); deeper layers' weights only starve
+    the RNN's own layers below. MultiheadAttention: the packed in-projection or the output
+    projection do; one of separate q/k/v projections does not (the other two still pass
+    gradient, to the same input in self-attention)."""
+    import torch.nn as nn
+
+    module = layer.module
+    if isinstance(module, nn.RNNBase):
+        if not pname.startswith("weight_ih_l0"):
+            return False
+        names = [n for n, _ in module.named_parameters() if n.startswith("weight_ih_l0")]
+        return all(layer.is_constant(n) and bool((layer.param(n) == 0).all()) for n in names)
+    if isinstance(module, nn.MultiheadAttention):
+        if pname in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            return all(getattr(module, n, None) is not None and layer.is_constant(n)
+                       and bool((getattr(module, n) == 0).all())
+                       for n in ("q_proj_weight", "k_proj_weight", "v_proj_weight"))
+        return True
+    return True
+
+
+def symmetric_consumer(model: "AnalysedModel", out: "Use", producer: "nn.Module",
+                       shared: set[str] = frozenset()) -> list[str] | None:  # type: ignore[assignment]
     """Names of the layers that consume ``out`` if each sums over *all* of its units with one
     shared weight (a fully constant, ungrouped Linear or conv), reached only through elementwise
     activations (and a flatten that folds conv channels into the features). Else None.
@@ -239,11 +292,14 @@ def symmetric_consumer(model: "AnalysedModel", out: "Use",
             continue
         if module is None or not constant_weight(module) or getattr(module, "groups", 1) != 1:
             return None
+        name = model.module_name(use)
+        if name in shared or len(model.calls_of(name)) != 1:
+            return None  # a reused or tied consumer also learns from its other calls
         if isinstance(module, nn.Linear) and conv_out:
             return None  # a Linear over a conv output's last axis does not see the channels
         if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
             return None
-        names.append(f"{model.module_name(use)} ({type(module).__name__})")
+        names.append(f"{name} ({type(module).__name__})")
     return names or None
 
 

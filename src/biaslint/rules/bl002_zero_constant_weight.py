@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Iterable
 
 from ..findings import Finding, Fix, Severity
 from ..unit_symmetry import (
-    calls_and_outputs, constant, feeds_only_relu, first_activation, norms_into_relu,
-    starved_upstream,
+    blocks_every_input, calls_and_outputs, constant, feeds_only_relu, first_activation,
+    norms_into_relu, shared_modules, starved_upstream,
     symmetric_consumer, walk, weights_to_check,
 )
 from .base import Rule, RuleContext
@@ -102,17 +102,22 @@ def build():
 '''
 
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
+        shared: set[str] | None = None
         for layer in model.layers.values():
             for pname, units_dim in weights_to_check(layer.module):
                 if not layer.is_constant(pname):
                     continue  # one min/max pass; full statistics only for constant weights
-                finding = self._judge(model, layer, pname, units_dim)
+                if shared is None:
+                    shared = shared_modules(model)
+                if layer.name in shared:
+                    continue  # a tied weight also learns through the other module's calls
+                finding = self._judge(model, layer, pname, units_dim, shared)
                 if finding is not None:
                     yield finding
 
     # -- the verdict -----------------------------------------------------------------------------
     def _judge(self, model: "AnalysedModel", layer: "Layer", pname: str,
-               units_dim: int) -> Finding | None:
+               units_dim: int, shared: set[str]) -> Finding | None:
         stats = layer.stats(pname)
         assert stats is not None
         calls, outputs = calls_and_outputs(model, layer)
@@ -146,7 +151,8 @@ def build():
         # 1b. A zero layer with no (or a zero) bias outputs exactly 0; a normalization of 0
         #     outputs exactly its beta, and a ReLU after a beta <= 0 outputs and passes back 0.
         if plain and stats.all_zero and (bias is None or not bool(bias.detach().any())):
-            norms = [n for out in outputs for n in (norms_into_relu(model, out) or [None])]
+            norms = [n for out in outputs
+                     for n in (norms_into_relu(model, out, layer.module) or [None])]
             if norms and all(n is not None for n in norms):
                 dead = _dead_everywhere([n[1] for n in norms if n is not None], units)
                 names = ", ".join(sorted({n[0] for n in norms if n is not None}))
@@ -172,10 +178,12 @@ def build():
 
         # 2. Identical units whose every consumer weighs them equally get identical gradients,
         #    and the consumer's columns get identical updates: symmetric for good.
+        # A grouped conv's units read different input channels: they differ from the start.
         identical = plain and units > 1 and (bias is None or constant(bias)) and all(
-            e.kind == "layer" for e in endpoints)
+            e.kind == "layer" for e in endpoints) and getattr(layer.module, "groups", 1) == 1 \
+            and len(calls) == 1
         if identical:
-            consumers = [symmetric_consumer(model, out, layer.module) for out in outputs]
+            consumers = [symmetric_consumer(model, out, layer.module, shared) for out in outputs]
             if all(c is not None for c in consumers):
                 names = sorted({c for group in consumers if group for c in group})
                 if names:
@@ -192,8 +200,11 @@ def build():
         # 3. A zero weight passes back no gradient: layers that reach the loss only through it
         #    do not learn until it has moved.
         if stats.all_zero and any(e.kind == "layer" for e in endpoints) and all(
-                e.kind != "unknown" or e.module is None for e in endpoints):
-            starved = sorted({name for call in calls for name in starved_upstream(model, call)})
+                e.kind != "unknown" or e.module is None for e in endpoints) \
+                and blocks_every_input(layer, pname):
+            starved = sorted({name for call in calls for name in starved_upstream(model, call)
+                              if name != layer.name and name not in shared
+                              and len(model.calls_of(name)) == 1})
             if starved:
                 shown = ", ".join(starved[:3]) + (f" and {len(starved) - 3} more"
                                                   if len(starved) > 3 else "")
