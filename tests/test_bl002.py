@@ -523,3 +523,181 @@ def test_zero_attention_projection_in_a_residual_is_quiet(lint_model, param):
     assert findings == {}
     first = train(model, 8, steps=2, record_first_grads=True)
     assert first["embed.weight"].abs().max() > 0  # the skip carries gradient to earlier layers
+
+
+# -- regressions found by fuzzing random models against training ----------------------------------
+
+def _check_claims(model: nn.Module, x: torch.Tensor, findings: dict) -> None:
+    """Train 30 SGD steps; every claim the findings make must hold."""
+    import copy
+
+    before = copy.deepcopy(model)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        y = torch.randn_like(model(x))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    first: dict[str, torch.Tensor] = {}
+    for step in range(30):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        if step == 0:
+            first = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        opt.step()
+    for name, finding in findings.items():
+        weight = dict(model.named_parameters())[f"{name}.{finding.parameter}"].detach()
+        start = dict(before.named_parameters())[f"{name}.{finding.parameter}"].detach()
+        verdict = finding.data["verdict"]
+        if verdict == "clones":
+            assert rows_identical(weight), (name, finding.message)
+        elif verdict == "dead":
+            still = (weight - start).flatten(1).abs().amax(1) == 0
+            assert int(still.sum()) >= finding.data["dead_units"], (name, finding.message)
+        elif verdict == "stall":
+            for layer in finding.data["starved"]:
+                grads = [g for n, g in first.items() if n.rsplit(".", 1)[0] == layer]
+                assert grads and all(torch.count_nonzero(g) == 0 for g in grads), (layer, name)
+
+
+FUZZ_CASES = {
+    # The zero layer is called twice: only fc_in, before its first call, is starved.
+    "reused_zero_layer": ("""
+import torch, torch.nn as nn
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc_in, self.fc, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 1)
+    def forward(self, x):
+        h = self.fc(torch.tanh(self.fc_in(x)))
+        return self.head(torch.tanh(self.fc(torch.tanh(h))))
+def build():
+    m = M(); nn.init.zeros_(m.fc.weight); return m, torch.randn(16, 8)
+""", {"fc": ("stall", ["fc_in"])}),
+    # A layer upstream is also called on a path that avoids the zero layer: not starved.
+    "reused_upstream": ("""
+import torch, torch.nn as nn
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc, self.z, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(16, 1)
+    def forward(self, x):
+        a = self.z(torch.tanh(self.enc(x)))
+        b = torch.tanh(self.enc(x.flip(1)))
+        return self.head(torch.cat([torch.tanh(a), b], 1))
+def build():
+    m = M(); nn.init.zeros_(m.z.weight); return m, torch.randn(16, 8)
+""", {}),
+    # The consumer is reused: its second call weighs the units differently.
+    "reused_consumer": ("""
+import torch, torch.nn as nn, torch.nn.functional as F
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc_in, self.fc, self.head = nn.Linear(12, 12), nn.Linear(12, 12), nn.Linear(12, 4)
+    def forward(self, x):
+        h = self.fc(torch.tanh(self.fc_in(x)))
+        return self.head(torch.tanh(self.fc(F.leaky_relu(h))))
+def build():
+    m = M()
+    nn.init.zeros_(m.fc_in.weight); nn.init.zeros_(m.fc_in.bias)
+    nn.init.constant_(m.fc.weight, 0.1); nn.init.zeros_(m.fc.bias)
+    return m, torch.randn(16, 12)
+""", {}),
+    # Tied weights learn through the other module too.
+    "tied_dead": ("""
+import torch, torch.nn as nn
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 1)
+    def forward(self, x):
+        return self.head(torch.relu(self.a(x)) + torch.tanh(self.b(x)))
+def build():
+    m = M(); m.b.weight = m.a.weight
+    nn.init.zeros_(m.a.weight); nn.init.constant_(m.a.bias, -0.1)
+    return m, torch.randn(16, 8)
+""", {}),
+    "tied_consumer": ("""
+import torch, torch.nn as nn
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pre, self.a, self.b, self.head = (nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8),
+                                               nn.Linear(8, 1))
+    def forward(self, x):
+        return self.head(torch.tanh(self.a(torch.tanh(self.pre(x)))) + torch.tanh(self.b(x)))
+def build():
+    m = M(); m.b.weight = m.a.weight
+    nn.init.constant_(m.pre.weight, 0.1); nn.init.zeros_(m.pre.bias)
+    nn.init.constant_(m.a.weight, 0.1)
+    return m, torch.randn(16, 8)
+""", {}),
+    # Each group of a grouped conv reads different input channels.
+    "grouped_producer": ("""
+import torch, torch.nn as nn
+def build():
+    m = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, groups=3), nn.GELU(), nn.Conv2d(6, 1, 1))
+    nn.init.zeros_(m[0].weight); nn.init.constant_(m[0].bias, 0.1); nn.init.zeros_(m[2].weight)
+    return m, torch.randn(16, 3, 8, 8)
+""", {}),
+    # The reverse direction still reads the input.
+    "bidirectional_rnn": ("""
+import torch, torch.nn as nn
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Linear(8, 8)
+        self.rnn = nn.GRU(8, 4, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(8, 1)
+    def forward(self, x):
+        y, _ = self.rnn(torch.tanh(self.pre(x)))
+        return self.head(y.mean(1))
+def build():
+    m = M(); nn.init.zeros_(m.rnn.weight_ih_l0); return m, torch.randn(16, 5, 8)
+""", {}),
+    # Only the query projection is zero: keys and values still pass gradient.
+    "mha_query_projection": ("""
+import torch, torch.nn as nn
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fq, self.fkv = nn.Linear(8, 8), nn.Linear(8, 3)
+        self.attn = nn.MultiheadAttention(8, 2, kdim=3, vdim=3, batch_first=True)
+        self.head = nn.Linear(8, 1)
+    def forward(self, x):
+        kv = torch.tanh(self.fkv(x))
+        y, _ = self.attn(torch.tanh(self.fq(x)), kv, kv)
+        return self.head(y.mean(1))
+def build():
+    m = M(); nn.init.zeros_(m.attn.q_proj_weight); return m, torch.randn(16, 5, 8)
+""", {}),
+    # BatchNorm1d on (N, L, F) normalizes tokens, not the Linear's features.
+    "token_batchnorm": ("""
+import torch, torch.nn as nn
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)
+    def forward(self, x):
+        return self.fc2(torch.relu(self.norm(self.fc1(x)))).mean(1)
+def build():
+    m = M(); nn.init.zeros_(m.fc1.weight); nn.init.zeros_(m.fc1.bias)
+    with torch.no_grad():
+        m.norm.bias.copy_(torch.linspace(-0.2, 0.2, 8))
+    return m, torch.randn(16, 8, 8)
+""", {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FUZZ_CASES))
+def test_no_false_claims_through_reuse_ties_groups_and_layouts(lint_model, case):
+    source, expected = FUZZ_CASES[case]
+    findings, model = lint_model(source)
+    got = {name: (f.data["verdict"], f.data.get("starved")) for name, f in findings.items()}
+    assert got == {name: (v, s) for name, (v, s) in expected.items()}, got
+    torch.manual_seed(1)
+    built = model
+    x_shape = {"reused_zero_layer": (16, 8), "reused_upstream": (16, 8),
+               "reused_consumer": (16, 12), "tied_dead": (16, 8), "tied_consumer": (16, 8),
+               "grouped_producer": (16, 3, 8, 8), "bidirectional_rnn": (16, 5, 8),
+               "mha_query_projection": (16, 5, 8), "token_batchnorm": (16, 8, 8)}[case]
+    _check_claims(built, torch.randn(*x_shape), findings)
