@@ -107,8 +107,25 @@ def _spatial_count(module: nn.Module) -> int:
     raise Live(f"unknown dimensionality of {type(module).__name__}")
 
 
+def _unsliced(x: Offset) -> Offset:
+    """Pooling, interpolation, padding and convs mix or shift positions along their axes, so a
+    slice of a fused bias (``support``) no longer marks where the offset is: forget it (the
+    offset may then be anywhere along that axis, which is only more conservative)."""
+    return x if x.support is None else Offset(x.ndim, x.varying)
+
+
 def _module(prop: Propagation, node: fx.Node, module: nn.Module, args: Args,
             kwargs: Kwargs) -> State | None:
+    result = _module_offset(prop, node, module, args, kwargs)
+    mixing = (nn.modules.pooling.__name__, nn.modules.padding.__name__,
+              nn.modules.upsampling.__name__, nn.modules.conv.__name__)
+    if isinstance(result, Offset) and type(module).__module__ in mixing:
+        return _unsliced(result)
+    return result
+
+
+def _module_offset(prop: Propagation, node: fx.Node, module: nn.Module, args: Args,
+                   kwargs: Kwargs) -> State | None:
     if isinstance(module, nn.modules.conv._ConvNd):
         x = _only_first(prop, node, args, kwargs)
         padding = module.padding
@@ -167,6 +184,7 @@ def _conv(x: Offset, n: int, kernel: Any, stride: Any, padding: Any, dilation: A
           padding_mode: str, transposed: bool, output_padding: Any) -> Offset:
     """A conv maps a per-channel constant to a per-channel constant, except at a zero-padded
     border (the padding carries no offset) or where a transposed conv's taps overlap unevenly."""
+    x = _unsliced(x)
     spatial = set(range(x.ndim - n, x.ndim))
     channel = x.ndim - n - 1
     kernel = _tuple(kernel, n)
@@ -267,7 +285,7 @@ def _fn_norm(kind: str) -> Rule:
 
 def _pool_function(n: int, kind: str) -> Rule:
     def rule(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> State:
-        x = _only_first(prop, node, args[:1], {})
+        x = _unsliced(_only_first(prop, node, args[:1], {}))
         if kind == "max":
             if _arg(args, kwargs, 6, "return_indices", False):
                 raise Live("max pool returning indices")
@@ -285,7 +303,7 @@ def _pool_function(n: int, kind: str) -> Rule:
 
 
 def _pad_function(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    x = _only_first(prop, node, args[:1], {})
+    x = _unsliced(_only_first(prop, node, args[:1], {}))
     return _pad(x, _arg(args, kwargs, 1, "pad"), _arg(args, kwargs, 2, "mode", "constant"))
 
 

@@ -111,8 +111,8 @@ def _own_mean_removed(prop: Propagation, node: fx.Node, x_arg: Any, m_arg: Any) 
     m_args, m_kwargs = list(m_arg.args), dict(m_arg.kwargs)
     dim = _arg(m_args, m_kwargs, 1, "dim")
     keepdim = bool(_arg(m_args, m_kwargs, 2, "keepdim", False))
-    if dim is None:
-        reduced = set(range(x.ndim))  # the mean of everything: a scalar, broadcast back
+    if dim is None or (isinstance(dim, (tuple, list)) and not dim):
+        reduced = set(range(x.ndim))  # the mean of everything (dim=() too): broadcast back
     elif isinstance(dim, (int, tuple, list)):
         dims = [dim] if isinstance(dim, int) else list(dim)
         if not all(isinstance(d, int) for d in dims):
@@ -253,10 +253,14 @@ def _conv_function(n: int, transposed: bool) -> Rule:
 def _reduce(keep_max: bool) -> Rule:
     """mean/sum (linear) and amax/max (exact only over axes where the offset is constant)."""
     def rule(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> State:
-        x = _only_first(prop, node, args[:1], {})
         dim = _arg(args, kwargs, 1, "dim")
+        if isinstance(dim, fx.Node) or "other" in kwargs:
+            raise Live("elementwise max/min of two tensors")  # torch.max(a, b): not a reduction
+        x = _only_first(prop, node, args[:1], {})
         keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
-        dims = list(range(x.ndim)) if dim is None else [dim] if isinstance(dim, int) else list(dim)
+        # dim=None and dim=() both reduce over every axis.
+        dims = list(range(x.ndim)) if dim is None or (isinstance(dim, (tuple, list)) and not dim) \
+            else [dim] if isinstance(dim, int) else list(dim)
         reduced = {_axis(d, x.ndim) for d in dims}
         if keep_max and x.varying & reduced:
             raise Live("max over axes along which the bias varies")

@@ -154,6 +154,13 @@ class Propagation:
     def _visit(self, node: fx.Node) -> None:
         inputs = [n for n in node.all_input_nodes if n in self.state]
         result: State | None = None
+        if inputs and node.op in ("call_function", "call_method") and self._in_eval_mode(node):
+            # Code traced inside a module handed over in eval mode: `self.training` arguments
+            # (F.dropout(x, p, self.training)) took their eval values, which is not how the
+            # model trains. Do not follow. (Built-in layers such as BatchNorm are judged as
+            # they train, whatever their flag.)
+            result = Tainted(f"{describe(self.part, node)} was traced in eval mode")
+            inputs = []
         if inputs:
             states = [self.state[n] for n in inputs]
             tainted = [state for state in states if isinstance(state, Tainted)]
@@ -185,11 +192,29 @@ class Propagation:
                 result = Tainted(f"rank mismatch at {describe(self.part, node)}")
             self.state[node] = result
 
+    def _in_eval_mode(self, node: fx.Node) -> bool:
+        root = self.part.module
+        if not root.training:
+            return True
+        for path in (node.meta.get("nn_module_stack") or {}):
+            try:
+                if not root.get_submodule(str(path)).training:
+                    return True
+            except AttributeError:
+                continue
+        return False
+
     def _check_mutation(self, value: fx.Node, user: fx.Node) -> None:
         """An in-place op changes what the value's other users see; follow it only when it is the
-        value's sole user and the value is not a view of something else."""
+        value's sole user and the value is not a view of something else. A bias-dependent value
+        written into another tensor (``z.add_(y)``, ``torch.add(a, y, out=buf)``) reaches that
+        tensor's other users, which the graph does not link: live."""
+        if "out" in user.kwargs:
+            raise Live(f"{describe(self.part, user)} writes into an out= tensor")
         if not _is_inplace(self.part, user):
             return
+        if not user.args or user.args[0] is not value:
+            raise Live(f"in-place {describe(self.part, user)} writes the bias into another tensor")
         if len(value.users) > 1 or _is_view(value) or user.target not in _SAFE_INPLACE:
             raise Live(f"in-place {describe(self.part, user)} on a bias-dependent value")
 

@@ -39,7 +39,10 @@ not through module order, tracking along which axes the bias's contribution is c
   `torch.finfo(dtype).min`), since masked scores weigh nothing either way.
 
 A bias whose output also reaches anything un-normalized (a second consumer, a returned feature
-map) is live and not reported. `RMSNorm` subtracts no mean and cancels nothing. A fused
+map, a tensor it is written into with `out=` or an in-place op) is live and not reported, and so
+is a bias that also acts elsewhere (tied to another layer, aliased as another attribute, or read
+directly by the forward). Code that a module handed over in eval mode runs (where
+`self.training` was False while tracing) is not followed. `RMSNorm` subtracts no mean and cancels nothing. A fused
 query/key/value bias (`nn.MultiheadAttention.in_proj_bias`, GPT-2's `c_attn`, timm's `qkv`)
 gets an **info** finding naming its key slice, since no constructor flag removes only that
 slice. The model is judged as it trains (`BatchNorm` in training mode). Without example inputs
@@ -138,8 +141,11 @@ def build():
             site = model.layers[name].site
             if site is not None:
                 by_site.setdefault((site.file, site.line, site.col), []).append(name)
+        read_elsewhere = _biases_read_elsewhere(model)
         for layer in model.layers.values():
             module = layer.module
+            if layer.name in read_elsewhere:
+                continue  # tied, aliased or read directly: it also acts outside this layer
             if isinstance(module, nn.MultiheadAttention):
                 finding = self._attention_key_slice(model, layer)
                 if finding is not None:
@@ -345,3 +351,30 @@ def _offset(source: str, line: int | None, col: int | None) -> int:
     prefix = sum(len(text) for text in lines[:line - 1])
     text = lines[line - 1] if line - 1 < len(lines) else ""
     return prefix + len(text.encode("utf-8")[:col or 0].decode("utf-8", errors="ignore"))
+
+
+def _biases_read_elsewhere(model: "AnalysedModel") -> set[str]:
+    """Layers whose bias also acts outside the layer's own calls: the same tensor registered
+    under another name (tied to another layer, aliased as another attribute), or read directly by
+    the graph (``get_attr``), e.g. ``mha.in_proj_bias[6:12]`` added to an output."""
+    names: dict[int, list[str]] = {}
+    for qualified, param in model.model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(qualified)
+    result: set[str] = set()
+    for qualified_names in names.values():
+        if len(qualified_names) > 1:
+            result.update(q.rsplit(".", 1)[0] if "." in q else "" for q in qualified_names)
+    for part in model.capture.parts:
+        for node in part.gm.graph.nodes:
+            if node.op != "get_attr":
+                continue
+            full = part.full_name(str(node.target))
+            owner = full.rsplit(".", 1)[0] if "." in full else ""
+            # A custom layer's own forward reads its bias this way (GPT-2's Conv1D): that is the
+            # layer's own use. A read from anywhere else is not.
+            for user in node.users:
+                stack = user.meta.get("nn_module_stack") or {}
+                if owner not in {part.full_name(str(path)) for path in stack}:
+                    result.add(owner)
+                    break
+    return result
