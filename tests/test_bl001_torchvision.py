@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import gc
 import os
+import tempfile
 import re
 import time
 from pathlib import Path
@@ -33,8 +34,9 @@ MODELS = torchvision.models.list_models(module=torchvision.models)
 # Families with no redundant bias: convs without bias before BN, or norms over the features.
 NO_WARNING_FAMILIES = ("resnet", "resnext", "wide_resnet", "convnext", "swin", "vit_",
                        "efficientnet", "mobilenet", "regnet")
-# The lead's note: per-model table (outside the repository).
-TABLE = Path(os.environ.get("BL001_SWEEP_TABLE", "/tmp/bl001_sweep.md"))
+# A per-model table of the sweep, written outside the repository (the system's temp folder).
+TABLE = Path(os.environ.get("BL001_SWEEP_TABLE",
+                            os.path.join(tempfile.gettempdir(), "bl001_sweep.md")))
 ORACLE_INPUT = (2, 3, 32, 32)
 
 
