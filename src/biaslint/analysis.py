@@ -215,7 +215,8 @@ class AnalysedModel:
 
         For the few facts that need values, not shapes (a head's actual initial logits). The
         user's RNG and whatever the forward does to the model (BatchNorm running stats, cached
-        attributes) are undone: linting never changes the model. Empty when no inputs are known or the forward fails (capture reports that).
+        attributes) are undone: linting never changes the model. Empty when no inputs are known
+        or the forward fails (capture reports that).
         """
         inputs = self.target.inputs
         wanted = [n for n in names if n not in self._real_outputs]
@@ -253,6 +254,28 @@ class AnalysedModel:
                 if node.op == "call_module":
                     calls.setdefault(part.full_name(node.target), []).append(Use(part, node))
         return calls
+
+    @cached_property
+    def _parameter_names(self) -> dict[int, list[str]]:
+        """Every qualified name each parameter tensor is registered under (several when tied
+        to another module or aliased as another attribute)."""
+        names: dict[int, list[str]] = {}
+        for qualified, param in self.model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(param), []).append(qualified)
+        return names
+
+    def is_shared(self, name: str, pname: str | None = None) -> bool:
+        """Whether parameter ``pname`` of module ``name`` (any of its parameters when None) is
+        also registered elsewhere, so it also learns and acts through another module."""
+        module = self.model.get_submodule(name)
+        params = [p for n, p in module.named_parameters(recurse=False)
+                  if pname is None or n == pname]
+        return any(len(self._parameter_names.get(id(p), ())) > 1 for p in params)
+
+    @cached_property
+    def all_training(self) -> bool:
+        """Every module is in training mode (the usual case: nothing was traced in eval mode)."""
+        return all(m.training for m in self.model.modules())
 
     def calls_of(self, name: str) -> list[Use]:
         """Every call_module node that runs the module ``name`` (several when it is reused)."""

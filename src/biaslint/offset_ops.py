@@ -111,22 +111,25 @@ def _own_mean_removed(prop: Propagation, node: fx.Node, x_arg: Any, m_arg: Any) 
     m_args, m_kwargs = list(m_arg.args), dict(m_arg.kwargs)
     dim = _arg(m_args, m_kwargs, 1, "dim")
     keepdim = bool(_arg(m_args, m_kwargs, 2, "keepdim", False))
-    if dim is None or (isinstance(dim, (tuple, list)) and not dim):
-        reduced = set(range(x.ndim))  # the mean of everything (dim=() too): broadcast back
-    elif isinstance(dim, (int, tuple, list)):
-        dims = [dim] if isinstance(dim, int) else list(dim)
-        if not all(isinstance(d, int) for d in dims):
-            return None
-        reduced = {_axis(d, x.ndim) for d in dims}
-        # Without keepdim the mean broadcasts back from the right: right only when the reduced
-        # axes are the leading ones (y - y.mean(0) on (N, C)).
-        if not keepdim and reduced != set(range(len(reduced))):
-            return None
-    else:
+    reduced = _reduced_axes(dim, x.ndim)
+    # Without keepdim a partial mean broadcasts back from the right: right only when the
+    # reduced axes are the leading ones (y - y.mean(0) on (N, C)).
+    if reduced is None or (not keepdim and reduced != set(range(len(reduced)))):
         return None
     if x.varying & reduced:
         return None
     return f"(it subtracts the mean over axes {sorted(reduced)})"
+
+
+def _reduced_axes(dim: Any, ndim: int) -> set[int] | None:
+    """The axes a reduction's ``dim`` argument names: every axis for None and for ``()`` (as
+    torch does), None when it is not made of plain ints."""
+    if dim is None or (isinstance(dim, (tuple, list)) and not dim):
+        return set(range(ndim))
+    dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, (tuple, list)) else []
+    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        return None
+    return {_axis(d, ndim) for d in dims}
 
 
 def _neg(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
@@ -258,10 +261,9 @@ def _reduce(keep_max: bool) -> Rule:
             raise Live("elementwise max/min of two tensors")  # torch.max(a, b): not a reduction
         x = _only_first(prop, node, args[:1], {})
         keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
-        # dim=None and dim=() both reduce over every axis.
-        dims = list(range(x.ndim)) if dim is None or (isinstance(dim, (tuple, list)) and not dim) \
-            else [dim] if isinstance(dim, int) else list(dim)
-        reduced = {_axis(d, x.ndim) for d in dims}
+        reduced = _reduced_axes(dim, x.ndim)
+        if reduced is None:
+            raise Live("reduction over axes not known at analysis time")
         if keep_max and x.varying & reduced:
             raise Live("max over axes along which the bias varies")
         if keepdim:

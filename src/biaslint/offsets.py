@@ -193,11 +193,7 @@ class Propagation:
             self.state[node] = result
 
     def _in_eval_mode(self, node: fx.Node) -> bool:
-        everything_trains = getattr(self.model, "_biaslint_all_training", None)
-        if everything_trains is None:  # once per model: the usual answer ends the check here
-            everything_trains = all(m.training for m in self.model.model.modules())
-            setattr(self.model, "_biaslint_all_training", everything_trains)
-        if everything_trains:
+        if self.model.all_training:  # the usual answer, computed once per model
             return False
         root = self.part.module
         if not root.training:

@@ -222,16 +222,6 @@ def first_activation(model: "AnalysedModel", outputs: list["Use"]) -> str | None
     return None
 
 
-def shared_modules(model: "AnalysedModel") -> set[str]:
-    """Layers holding a parameter that another module holds too (tied weights): whatever the
-    graph shows for one of them, the parameter also learns through the other."""
-    owners: dict[int, set[str]] = {}
-    for name, module in model.model.named_modules(remove_duplicate=False):
-        for param in module.parameters(recurse=False):
-            owners.setdefault(id(param), set()).add(name)
-    return {name for names in owners.values() if len(names) > 1 for name in names}
-
-
 def blocks_every_input(layer: "Layer", pname: str) -> bool:
     """Whether this zero weight alone cuts every gradient route from the layer's output back to
     its inputs. Plain layers: yes. An RNN's first-layer input weights: only when every direction's
@@ -241,23 +231,22 @@ def blocks_every_input(layer: "Layer", pname: str) -> bool:
     gradient, to the same input in self-attention)."""
     import torch.nn as nn
 
+    def all_zero(name: str) -> bool:
+        stats = layer.stats(name)
+        return stats is not None and stats.all_zero
+
     module = layer.module
     if isinstance(module, nn.RNNBase):
-        if not pname.startswith("weight_ih_l0"):
-            return False
-        names = [n for n, _ in module.named_parameters() if n.startswith("weight_ih_l0")]
-        return all(layer.is_constant(n) and bool((layer.param(n) == 0).all()) for n in names)
-    if isinstance(module, nn.MultiheadAttention):
-        if pname in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
-            return all(getattr(module, n, None) is not None and layer.is_constant(n)
-                       and bool((getattr(module, n) == 0).all())
-                       for n in ("q_proj_weight", "k_proj_weight", "v_proj_weight"))
-        return True
+        return pname.startswith("weight_ih_l0") and all(
+            all_zero(n) for n, _ in module.named_parameters() if n.startswith("weight_ih_l0"))
+    separate = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+    if isinstance(module, nn.MultiheadAttention) and pname in separate:
+        return all(all_zero(n) for n in separate)
     return True
 
 
-def symmetric_consumer(model: "AnalysedModel", out: "Use", producer: "nn.Module",
-                       shared: set[str] = frozenset()) -> list[str] | None:  # type: ignore[assignment]
+def symmetric_consumer(model: "AnalysedModel", out: "Use",
+                       producer: "nn.Module") -> list[str] | None:
     """Names of the layers that consume ``out`` if each sums over *all* of its units with one
     shared weight (a fully constant, ungrouped Linear or conv), reached only through elementwise
     activations (and a flatten that folds conv channels into the features). Else None.
@@ -293,7 +282,7 @@ def symmetric_consumer(model: "AnalysedModel", out: "Use", producer: "nn.Module"
         if module is None or not constant_weight(module) or getattr(module, "groups", 1) != 1:
             return None
         name = model.module_name(use)
-        if name in shared or len(model.calls_of(name)) != 1:
+        if model.is_shared(name) or len(model.calls_of(name)) != 1:
             return None  # a reused or tied consumer also learns from its other calls
         if isinstance(module, nn.Linear) and conv_out:
             return None  # a Linear over a conv output's last axis does not see the channels

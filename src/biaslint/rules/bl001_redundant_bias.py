@@ -42,7 +42,8 @@ A bias whose output also reaches anything un-normalized (a second consumer, a re
 map, a tensor it is written into with `out=` or an in-place op) is live and not reported, and so
 is a bias that also acts elsewhere (tied to another layer, aliased as another attribute, or read
 directly by the forward). Code that a module handed over in eval mode runs (where
-`self.training` was False while tracing) is not followed. `RMSNorm` subtracts no mean and cancels nothing. A fused
+`self.training` was False while tracing) is not followed. `RMSNorm` subtracts no mean and
+cancels nothing. A fused
 query/key/value bias (`nn.MultiheadAttention.in_proj_bias`, GPT-2's `c_attn`, timm's `qkv`)
 gets an **info** finding naming its key slice, since no constructor flag removes only that
 slice. The model is judged as it trains (`BatchNorm` in training mode). Without example inputs
@@ -357,13 +358,10 @@ def _biases_read_elsewhere(model: "AnalysedModel") -> set[str]:
     """Layers whose bias also acts outside the layer's own calls: the same tensor registered
     under another name (tied to another layer, aliased as another attribute), or read directly by
     the graph (``get_attr``), e.g. ``mha.in_proj_bias[6:12]`` added to an output."""
-    names: dict[int, list[str]] = {}
-    for qualified, param in model.model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), []).append(qualified)
-    result: set[str] = set()
-    for qualified_names in names.values():
-        if len(qualified_names) > 1:
-            result.update(q.rsplit(".", 1)[0] if "." in q else "" for q in qualified_names)
+    import torch.nn as nn
+
+    result = {layer.name for layer in model.layers.values() if model.is_shared(
+        layer.name, "in_proj_bias" if isinstance(layer.module, nn.MultiheadAttention) else "bias")}
     for part in model.capture.parts:
         for node in part.gm.graph.nodes:
             if node.op != "get_attr":

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Iterable
 from ..findings import Finding, Fix, Severity
 from ..unit_symmetry import (
     blocks_every_input, calls_and_outputs, constant, feeds_only_relu, first_activation,
-    norms_into_relu, shared_modules, starved_upstream,
+    norms_into_relu, starved_upstream,
     symmetric_consumer, walk, weights_to_check,
 )
 from .base import Rule, RuleContext
@@ -102,22 +102,19 @@ def build():
 '''
 
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
-        shared: set[str] | None = None
         for layer in model.layers.values():
             for pname, units_dim in weights_to_check(layer.module):
                 if not layer.is_constant(pname):
                     continue  # one min/max pass; full statistics only for constant weights
-                if shared is None:
-                    shared = shared_modules(model)
-                if layer.name in shared:
+                if model.is_shared(layer.name):
                     continue  # a tied weight also learns through the other module's calls
-                finding = self._judge(model, layer, pname, units_dim, shared)
+                finding = self._judge(model, layer, pname, units_dim)
                 if finding is not None:
                     yield finding
 
     # -- the verdict -----------------------------------------------------------------------------
     def _judge(self, model: "AnalysedModel", layer: "Layer", pname: str,
-               units_dim: int, shared: set[str]) -> Finding | None:
+               units_dim: int) -> Finding | None:
         stats = layer.stats(pname)
         assert stats is not None
         calls, outputs = calls_and_outputs(model, layer)
@@ -183,7 +180,7 @@ def build():
             e.kind == "layer" for e in endpoints) and getattr(layer.module, "groups", 1) == 1 \
             and len(calls) == 1
         if identical:
-            consumers = [symmetric_consumer(model, out, layer.module, shared) for out in outputs]
+            consumers = [symmetric_consumer(model, out, layer.module) for out in outputs]
             if all(c is not None for c in consumers):
                 names = sorted({c for group in consumers if group for c in group})
                 if names:
@@ -203,7 +200,7 @@ def build():
                 e.kind != "unknown" or e.module is None for e in endpoints) \
                 and blocks_every_input(layer, pname):
             starved = sorted({name for call in calls for name in starved_upstream(model, call)
-                              if name != layer.name and name not in shared
+                              if name != layer.name and not model.is_shared(name)
                               and len(model.calls_of(name)) == 1})
             if starved:
                 shown = ", ".join(starved[:3]) + (f" and {len(starved) - 3} more"

@@ -20,9 +20,8 @@ class FanInBlindInit(Rule):
     summary = "Weights drawn at a scale that ignores fan-in, so activations explode or vanish"
     what_it_does = """\
 For every weight with a fan-in (`Linear`, `ConvNd`, `ConvTransposeNd`, RNN weights, `Bilinear`
-on its own) it computes
-the layer's gain `g = rms(W) * sqrt(fan_in)`: the factor by which the layer multiplies the
-scale (root mean square) of its input. It compares `g` with the gain that keeps the scale through
+on its own) it computes the layer's gain `g = rms(W) * sqrt(fan_in)`: the factor by which the
+layer multiplies the scale (root mean square) of its input. It compares `g` with the gain that keeps the scale through
 whatever consumes the output (`nn.init.calculate_gain`): sqrt(2) before ReLU (He et al., 2015),
 5/3 before tanh, 1 before sigmoid, SELU (LeCun init, Klambauer et al., 2017) and identity;
 GELU, SiLU, ELU and Mish are treated like ReLU.
@@ -241,7 +240,6 @@ def build():
                   code=f"nn.init.kaiming_normal_({python_path(layer.name)}.{pname}, "
                        f"nonlinearity='linear')  # std {std:.3g}")
         return self.finding(layer, message, parameter=pname, fix=fix, data={"gain": gain})
-
 
     def _bilinear(self, layer: "Layer", gain: float, target: float,
                   activation: str | None) -> Finding:
