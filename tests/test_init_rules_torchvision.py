@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from biaslint.engine import lint_loaded
-from biaslint.load import ExampleInputs, LoadedTarget, _module_sites, _param_inits
+from biaslint.load import ExampleInputs, LoadedTarget
+from biaslint.load.build import _module_sites, _param_inits
 from biaslint.settings import Settings, TargetConfig
-from biaslint.sites import recording
+from biaslint.load.sites import recording
 
 RULES = ("BL003", "BL004", "BL005")
 MAX_PARAMS = 60_000_000

@@ -1,0 +1,3 @@
+from biaslint.cli import main
+
+main()

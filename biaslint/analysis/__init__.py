@@ -1,0 +1,18 @@
+"""Stage 3, analyse: the facts rules read about a captured model. Reads a ``Capture`` only.
+
+Output: ``AnalysedModel`` (layers, parameter statistics, graph walks), plus the op vocabulary
+(``biaslint.analysis.ops``) every rule classifies graph nodes with. Rules import from here and
+from nowhere below it.
+"""
+
+from biaslint.analysis.model import (
+    SHAPE_FUNCTIONS, SHAPE_METHODS, AnalysedModel, Layer, ParamStats, Use, fan_in_out,
+    is_shape_only,
+)
+from biaslint.capture import GraphPart, TensorInfo
+from biaslint.capture.shapes import recorded_info, shape_of
+
+__all__ = [
+    "SHAPE_FUNCTIONS", "SHAPE_METHODS", "AnalysedModel", "GraphPart", "Layer", "ParamStats",
+    "TensorInfo", "Use", "fan_in_out", "is_shape_only", "recorded_info", "shape_of",
+]

@@ -1,0 +1,347 @@
+"""Stage 3, analyse: facts about layers and graph nodes that rules read.
+
+Everything is computed lazily and once. Rules never trace or import user code; they ask an
+``AnalysedModel`` which layers exist, what their parameters look like, where they were written,
+and which graph nodes consume their outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Iterable, Iterator
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from biaslint.capture.trace import Capture, GraphPart
+from biaslint.capture.shapes import shape_of
+from biaslint.findings import InitCall, Location
+
+
+@dataclass(frozen=True)
+class ParamStats:
+    numel: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    fan_in: int
+    fan_out: int
+
+    @property
+    def all_equal(self) -> bool:
+        return self.min == self.max
+
+    @property
+    def all_zero(self) -> bool:
+        return self.min == 0.0 and self.max == 0.0
+
+
+def fan_in_out(module: nn.Module, pname: str, tensor: torch.Tensor) -> tuple[int, int]:
+    """Fan-in and fan-out as PyTorch's init computes them, with the module's own layout."""
+    if tensor.dim() < 2:
+        return (tensor.numel(), tensor.numel())
+    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
+        # weight_ih: (gates*H, input); each gate row sums over the input features.
+        return (tensor.shape[1], tensor.shape[0])
+    if isinstance(module, nn.Bilinear):
+        return (tensor.shape[1] * tensor.shape[2], tensor.shape[0])
+    receptive = 1
+    for s in tensor.shape[2:]:
+        receptive *= int(s)
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        # weight is (in, out/groups, *k): each output sums over in/groups channels times the
+        # kernel taps (divided by the stride per spatial axis, on average).
+        taps = receptive
+        for s in module.stride:
+            taps = max(1, taps // int(s))
+        return (tensor.shape[0] // module.groups * taps, tensor.shape[1] * receptive)
+    return (tensor.shape[1] * receptive, tensor.shape[0] * receptive)
+
+
+@dataclass
+class Layer:
+    """A module with parameters of its own, and what the build recorded about it."""
+
+    name: str
+    module: nn.Module
+    site: Location | None
+    inits: dict[str, InitCall]
+    _stats: dict[str, ParamStats] = field(default_factory=dict)
+    _extremes: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def type_name(self) -> str:
+        return type(self.module).__name__
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        return dict(self.module.named_parameters(recurse=False))
+
+    def param(self, pname: str) -> torch.Tensor | None:
+        value = getattr(self.module, pname, None)
+        return value if isinstance(value, torch.Tensor) else None
+
+    def extremes(self, pname: str) -> tuple[float, float] | None:
+        """(min, max) of a parameter in one pass: all a constant check needs."""
+        if pname not in self._extremes:
+            tensor = self.param(pname)
+            if tensor is None or tensor.numel() == 0 or tensor.device.type == "meta":
+                return None
+            low, high = torch.aminmax(tensor.detach())
+            self._extremes[pname] = (float(low), float(high))
+        return self._extremes[pname]
+
+    def is_constant(self, pname: str) -> bool:
+        """Every entry holds the same value (zero included)."""
+        ext = self.extremes(pname)
+        return ext is not None and ext[0] == ext[1]
+
+    def stats(self, pname: str) -> ParamStats | None:
+        if pname not in self._stats:
+            extremes = self.extremes(pname)
+            tensor = self.param(pname)
+            if extremes is None or tensor is None:
+                return None
+            data = tensor.detach().float()
+            fan_in, fan_out = fan_in_out(self.module, pname, data)
+            if data.numel() > 1:
+                var, mean = torch.var_mean(data)
+                std = float(var.sqrt())
+            else:
+                mean, std = data.reshape(()), 0.0
+            self._stats[pname] = ParamStats(
+                numel=data.numel(),
+                mean=float(mean),
+                std=std,
+                min=extremes[0],
+                max=extremes[1],
+                fan_in=fan_in,
+                fan_out=fan_out,
+            )
+        return self._stats[pname]
+
+    def init_of(self, pname: str) -> InitCall | None:
+        return self.inits.get(pname)
+
+    def site_of(self, pname: str | None = None) -> Location | None:
+        """Where to point a finding: the user's init call if there was one, else the layer."""
+        if pname:
+            call = self.inits.get(pname)
+            if call is not None and call.by_user and call.location is not None:
+                return call.location
+        return self.site
+
+
+@dataclass(frozen=True)
+class Use:
+    """A node in a graph, with the part (graph) it belongs to."""
+
+    part: GraphPart
+    node: fx.Node
+
+    def shape(self) -> tuple[int, ...] | None:
+        return shape_of(self.node)
+
+
+# Ops that move or view data without changing values (walked through to the real consumer).
+SHAPE_FUNCTIONS: frozenset[Any] = frozenset({
+    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
+    torch.swapaxes, torch.t, torch.movedim, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
+    F.alpha_dropout, torch.clone,
+})
+SHAPE_METHODS = frozenset({
+    "view", "reshape", "permute", "transpose", "flatten", "contiguous", "squeeze", "unsqueeze",
+    "view_as", "reshape_as", "expand", "expand_as", "swapaxes", "movedim", "t", "clone", "to",
+    "float", "type_as", "mT",
+})
+SHAPE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.AlphaDropout,
+)
+
+
+def is_shape_only(use: Use) -> bool:
+    node = use.node
+    if node.op == "call_function":
+        return node.target in SHAPE_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in SHAPE_METHODS
+    if node.op == "call_module":
+        module = use.part.gm.get_submodule(node.target)
+        return isinstance(module, SHAPE_MODULES)
+    return False
+
+
+class AnalysedModel:
+    """The facts rules read. Built from a ``Capture`` only."""
+
+    def __init__(self, capture: Capture) -> None:
+        self.capture = capture
+        self.target = capture.target
+        self.model: nn.Module = capture.target.model
+        self.name = capture.target.name
+        self.inputs_known = capture.target.inputs is not None
+        self._real_outputs: dict[str, torch.Tensor | None] = {}
+
+    # -- layers --------------------------------------------------------------------------------
+    @cached_property
+    def layers(self) -> dict[str, Layer]:
+        result: dict[str, Layer] = {}
+        sites = self.target.module_sites
+        inits = self.target.param_inits
+        for name, module in self.model.named_modules():
+            own = [p for p, _ in module.named_parameters(recurse=False)]
+            if not own:
+                continue
+            prefix = f"{name}." if name else ""
+            result[name] = Layer(
+                name=name,
+                module=module,
+                site=sites.get(name),
+                inits={p: inits[prefix + p] for p in own if prefix + p in inits},
+            )
+        return result
+
+    def layers_of_type(self, *types: type[nn.Module]) -> Iterator[Layer]:
+        for layer in self.layers.values():
+            if isinstance(layer.module, types):
+                yield layer
+
+    def real_outputs(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """What these modules output on the example inputs, from one real ``no_grad`` forward.
+
+        For the few facts that need values, not shapes (a head's actual initial logits). The
+        user's RNG and whatever the forward does to the model (BatchNorm running stats, cached
+        attributes) are undone: linting never changes the model. Empty when no inputs are known
+        or the forward fails (capture reports that).
+        """
+        inputs = self.target.inputs
+        wanted = [n for n in names if n not in self._real_outputs]
+        if inputs is not None and wanted:
+            seen: dict[str, torch.Tensor] = {}
+            hooks = []
+            for name in wanted:
+                def hook(_m: Any, _a: Any, out: Any, _name: str = name) -> None:
+                    if isinstance(out, torch.Tensor) and _name not in seen:
+                        seen[_name] = out.detach()
+                hooks.append(self.model.get_submodule(name).register_forward_hook(hook))
+            from biaslint.capture.preserve import preserved
+
+            try:
+                with preserved(self.model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+                    self.model(*inputs.args, **inputs.kwargs)
+            except Exception:  # noqa: BLE001 - the user's forward failing is reported by capture
+                seen = {}
+            finally:
+                for h in hooks:
+                    h.remove()
+            for name in wanted:
+                self._real_outputs[name] = seen.get(name)
+        return {n: t for n in names if (t := self._real_outputs.get(n)) is not None}
+
+    def site_of_module(self, name: str) -> Location | None:
+        return self.target.module_sites.get(name)
+
+    # -- graph -------------------------------------------------------------------------------
+    @cached_property
+    def _calls(self) -> dict[str, list[Use]]:
+        calls: dict[str, list[Use]] = {}
+        for part in self.capture.parts:
+            for node in part.gm.graph.nodes:
+                if node.op == "call_module":
+                    calls.setdefault(part.full_name(node.target), []).append(Use(part, node))
+        return calls
+
+    @cached_property
+    def _parameter_names(self) -> dict[int, list[str]]:
+        """Every qualified name each parameter tensor is registered under (several when tied
+        to another module or aliased as another attribute)."""
+        names: dict[int, list[str]] = {}
+        for qualified, param in self.model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(param), []).append(qualified)
+        return names
+
+    def is_shared(self, name: str, pname: str | None = None) -> bool:
+        """Whether parameter ``pname`` of module ``name`` (any of its parameters when None) is
+        also registered elsewhere, so it also learns and acts through another module."""
+        module = self.model.get_submodule(name)
+        params = [p for n, p in module.named_parameters(recurse=False)
+                  if pname is None or n == pname]
+        return any(len(self._parameter_names.get(id(p), ())) > 1 for p in params)
+
+    @cached_property
+    def all_training(self) -> bool:
+        """Every module is in training mode (the usual case: nothing was traced in eval mode)."""
+        return all(m.training for m in self.model.modules())
+
+    def calls_of(self, name: str) -> list[Use]:
+        """Every call_module node that runs the module ``name`` (several when it is reused)."""
+        return self._calls.get(name, [])
+
+    def module_of(self, use: Use) -> nn.Module | None:
+        if use.node.op != "call_module":
+            return None
+        return use.part.gm.get_submodule(use.node.target)
+
+    def module_name(self, use: Use) -> str:
+        return use.part.full_name(str(use.node.target))
+
+    def users(self, use: Use) -> list[Use]:
+        return [Use(use.part, u) for u in use.node.users]
+
+    def producers(self, use: Use) -> list[Use]:
+        return [Use(use.part, n) for n in use.node.all_input_nodes]
+
+    def is_graph_output(self, use: Use) -> bool:
+        """The node's value leaves its graph (model output, or input of whatever called an
+        opaque part)."""
+        return use.node.op == "output"
+
+    def consumers_of(self, use: Use) -> list[Use]:
+        """The ops that really consume ``use``'s value, walking through shape-only ops."""
+        result: list[Use] = []
+        stack = self.users(use)
+        seen: set[fx.Node] = set()
+        while stack:
+            current = stack.pop()
+            if current.node in seen:
+                continue
+            seen.add(current.node)
+            if is_shape_only(current) and not self._dropout_active(current):
+                stack.extend(self.users(current))
+            else:
+                result.append(current)
+        return result
+
+    def _dropout_active(self, use: Use) -> bool:
+        node = use.node
+        if node.op == "call_module":
+            module = self.module_of(use)
+            return isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0
+        if node.op == "call_function" and node.target in (
+                F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout):
+            p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
+            training = node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
+            return not (isinstance(p, (int, float)) and p == 0) and training is not False
+        return False
+
+    def upstream_layers(self, use: Use) -> Iterator[str]:
+        """Names of parametrized modules whose outputs flow into ``use`` (within its graph)."""
+        stack = self.producers(use)
+        seen: set[fx.Node] = set()
+        while stack:
+            current = stack.pop()
+            if current.node in seen:
+                continue
+            seen.add(current.node)
+            if current.node.op == "call_module":
+                name = self.module_name(current)
+                if name in self.layers or any(
+                        True for _ in (self.module_of(current) or nn.Module()).parameters()):
+                    yield name
+            elif current.node.op == "get_attr":
+                yield self.module_name(current)
+            stack.extend(self.producers(current))

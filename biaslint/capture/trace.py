@@ -1,0 +1,421 @@
+"""Stage 2, capture: trace the model with torch.fx, falling back per submodule.
+
+``symbolic_trace`` fails on data-dependent control flow. Rather than give up on the whole model we
+trace the children of a module that would not trace, recursively, and retrace the module with the
+untraceable children kept as opaque leaves. One dynamic ``forward`` then hides only itself.
+When example inputs are known, shapes are propagated with fake tensors (no real compute).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from biaslint.findings import Coverage
+from biaslint.capture.preserve import preserved
+from biaslint.capture.shapes import ShapeInterpreter
+from biaslint.load import ExampleInputs, LoadedTarget
+
+
+@dataclass
+class GraphPart:
+    """One traced graph: the module it traces (by qualified name) and the fx GraphModule."""
+
+    qualname: str
+    module: nn.Module
+    gm: fx.GraphModule
+    shapes_known: bool = False
+
+    def full_name(self, target: str) -> str:
+        """Qualified name in the whole model of a call_module / get_attr target of this graph."""
+        return f"{self.qualname}.{target}" if self.qualname else target
+
+
+@dataclass
+class Capture:
+    target: LoadedTarget
+    parts: list[GraphPart]
+    opaque: list[str]
+    coverage: Coverage
+    notes: list[str] = field(default_factory=list)
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, opaque: set[str]) -> None:
+        super().__init__()
+        self.opaque = opaque
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self.opaque or super().is_leaf_module(m, module_qualified_name)
+
+
+def _trace(module: nn.Module, opaque: set[str]) -> fx.GraphModule:
+    tracer = _Tracer(opaque)
+    with _quiet():
+        graph = tracer.trace(module)
+    name = module.__class__.__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence warnings and torch's own error logs while we trace and probe the user's model:
+    a failure there is expected, handled, and reported once in our notes."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(n) for n in ("torch._subclasses.fake_tensor", "torch.fx",
+                                               "torch._dynamo", "torch.utils._sympy")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _is_default_leaf(module: nn.Module) -> bool:
+    return fx.Tracer().is_leaf_module(module, "")
+
+
+class _Inputs:
+    """What each module was called with (and returned) in one forward pass on the example."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self.outputs: dict[str, Any] = {}
+        self.fake_mode: Any = None
+        self.names: dict[int, str] = {}  # module object -> its name in named_modules()
+
+    def of(self, name: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        return self.calls.get(name)
+
+
+def _trace_part(module: nn.Module, name: str, leaves: set[str], recorded: _Inputs) -> GraphPart:
+    """Trace with concrete values when this module's inputs are known, plainly otherwise."""
+    call = recorded.of(name)
+    if call is not None and recorded.fake_mode is not None:
+        from biaslint.capture.concrete import trace_with_values
+
+        outputs = {k[len(name) + 1:] if name else k: v for k, v in recorded.outputs.items()
+                   if not name or k.startswith(name + ".")}
+        try:
+            gm = trace_with_values(module, call[0], call[1], leaves, recorded.fake_mode,
+                                   outputs)
+            return _canonical(GraphPart(name, module, gm, shapes_known=True), recorded.names)
+        except Exception:  # noqa: BLE001 - try the plain tracer, which asks for less
+            pass
+    return _canonical(GraphPart(name, module, _trace(module, leaves)), recorded.names)
+
+
+def _canonical(part: GraphPart, names: dict[int, str]) -> GraphPart:
+    """Name each called module as ``named_modules()`` does.
+
+    A module registered twice (T5's ``shared`` embedding is also ``encoder.embed_tokens``) is
+    called under whichever name the forward used; rules look layers up by their one
+    ``named_modules()`` name, so graph targets must use it too.
+    """
+    prefix = f"{part.qualname}." if part.qualname else ""
+    for node in part.gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        try:
+            module = part.gm.get_submodule(node.target)
+        except AttributeError:
+            continue
+        full = names.get(id(module))
+        if full is None or full == prefix + node.target or not full.startswith(prefix):
+            continue
+        relative = full[len(prefix):]
+        try:
+            part.gm.get_submodule(relative)
+        except AttributeError:
+            _add_submodule(part.gm, relative, module)
+        node.target = relative
+    part.gm.recompile()
+    return part
+
+
+def _add_submodule(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
+    owner: nn.Module = gm
+    *parents, leaf = path.split(".")
+    for atom in parents:
+        child = getattr(owner, atom, None)
+        if not isinstance(child, nn.Module):
+            child = nn.Module()
+            owner.add_module(atom, child)
+        owner = child
+    owner.add_module(leaf, module)
+
+
+def _capture_module(module: nn.Module, name: str, parts: list[GraphPart], opaque: list[str],
+                    recorded: _Inputs, known_untraceable: bool = False) -> None:
+    """Trace ``module`` whole if possible; otherwise trace what can be traced below it."""
+    if not known_untraceable:
+        try:
+            parts.append(_trace_part(module, name, set(), recorded))
+            return
+        except Exception:  # noqa: BLE001 - any tracing failure means: go finer
+            pass
+    untraceable: set[str] = set()
+    below: list[GraphPart] = []  # graphs of the children that do not trace whole
+    traced_whole: list[GraphPart] = []
+    for child_name, child in module.named_children():
+        if _is_default_leaf(child):
+            continue
+        full = f"{name}.{child_name}" if name else child_name
+        sub: list[GraphPart] = []
+        _capture_module(child, full, sub, opaque, recorded)
+        if len(sub) == 1 and sub[0].qualname == full:
+            traced_whole.extend(sub)  # inlined in this module's graph if that traces
+        else:
+            untraceable.add(child_name)
+            below.extend(sub)
+    if untraceable:
+        try:
+            parts.append(_trace_part(module, name, untraceable, recorded))
+            parts.extend(below)
+            return
+        except Exception:  # noqa: BLE001
+            pass
+    # This module's own forward does not trace: keep it opaque, keep its children's graphs.
+    opaque.append(name)
+    parts.extend(traced_whole)
+    parts.extend(below)
+
+
+def _record_inputs(model: nn.Module, inputs: ExampleInputs, fake_mode: Any) -> tuple[_Inputs, str | None]:
+    """Run the model once and note each module's first call (arguments and result).
+
+    Fake tensors first (no compute). When the forward needs real values (data-dependent
+    shapes, e.g. detection's NMS), fall back to one real forward without autograd, so the
+    modules after that point still get their inputs.
+    """
+    recorded = _Inputs()
+    error: str | None = None
+    for mode in ("fake", "real"):
+        recorded = _Inputs()
+        handles = []
+        for qualname, module in model.named_modules():
+            def pre(mod: nn.Module, args: Any, kwargs: Any, _name: str = qualname) -> None:
+                recorded.calls.setdefault(_name, (args, kwargs))
+
+            def post(mod: nn.Module, args: Any, kwargs: Any, out: Any, _name: str = qualname) -> None:
+                recorded.outputs.setdefault(_name, out)
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(module.register_forward_hook(post, with_kwargs=True))
+        try:
+            from biaslint.capture.concrete import quiet_fake_log
+
+            with _quiet(), quiet_fake_log():
+                if mode == "fake":
+                    with fake_mode:
+                        model(*inputs.args, **inputs.kwargs)
+                else:
+                    with torch.no_grad():
+                        model(*inputs.args, **inputs.kwargs)
+            recorded.fake_mode = fake_mode
+            return recorded, None
+        except Exception as exc:  # noqa: BLE001 - the user's forward failed
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if mode == "real" or not _needs_real_values(exc):
+                # Keep what was recorded before the failure. A forward that fails on fake
+                # tensors for another reason (wrong input shape) would fail for real too.
+                recorded.fake_mode = fake_mode
+                return recorded, error
+        finally:
+            for h in handles:
+                h.remove()
+    return recorded, error
+
+
+def _needs_real_values(exc: BaseException) -> bool:
+    """Fake tensors cannot run ops whose output shape depends on data (nonzero, NMS)."""
+    from torch._subclasses.fake_tensor import (DataDependentOutputException,
+                                               DynamicOutputShapeException)
+
+    return isinstance(exc, (DynamicOutputShapeException, DataDependentOutputException))
+
+
+def capture(target: LoadedTarget) -> Capture:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model = target.model
+    parts: list[GraphPart] = []
+    opaque: list[str] = []
+    notes: list[str] = []
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    recorded = _Inputs()
+    recorded.names = {id(m): n for n, m in model.named_modules()}
+    with preserved(model):
+        if target.inputs is not None:
+            recorded.calls[""] = (target.inputs.args, target.inputs.kwargs)
+            recorded.fake_mode = fake_mode
+        try:
+            parts.append(_trace_part(model, "", set(), recorded))
+        except Exception:  # noqa: BLE001 - the whole model does not trace: go per submodule
+            if target.inputs is not None:
+                names = recorded.names
+                recorded, error = _record_inputs(model, target.inputs, fake_mode)
+                recorded.names = names
+                if error:
+                    notes.append(f"forward on the example inputs failed ({error}); "
+                                 "shapes known only up to that point")
+            _capture_module(model, "", parts, opaque, recorded, known_untraceable=True)
+        root_error = next((p.gm.meta.get("biaslint_value_error") for p in parts
+                           if p.qualname == "" and p.gm.meta.get("biaslint_value_error")), None)
+        if root_error and not any(n.startswith("forward on the example") for n in notes):
+            notes.append(f"forward on the example inputs failed ({root_error}); "
+                         "shapes known only up to that point")
+        if target.inputs is not None and any(p.qualname == "" and not p.shapes_known
+                                             for p in parts):
+            error = _propagate_shapes(target, [p for p in parts if p.qualname == ""])
+            if error:
+                notes.append(f"shape propagation failed ({error}); some shapes unknown")
+    if opaque:
+        shown = ", ".join(o or "<root>" for o in opaque[:5])
+        more = f" and {len(opaque) - 5} more" if len(opaque) > 5 else ""
+        notes.append(f"not traceable by torch.fx, analysed as opaque: {shown}{more}")
+    if target.inputs is None:
+        notes.append("no example inputs: shapes unknown (give --input-shape or return "
+                     "(model, inputs) from the target)")
+    return Capture(target=target, parts=parts, opaque=opaque,
+                   coverage=_coverage(model, parts, opaque), notes=notes)
+
+
+def _coverage(model: nn.Module, parts: list[GraphPart], opaque: list[str]) -> Coverage:
+    seen_modules: set[str] = set()
+    seen_params: set[str] = set()
+    for part in parts:
+        for node in part.gm.graph.nodes:
+            if node.op == "call_module":
+                seen_modules.add(part.full_name(node.target))
+            elif node.op == "get_attr":
+                seen_params.add(part.full_name(node.target))
+    opaque_set = set(opaque)
+    layers = [n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    # Tied parameters (RoBERTa's lm_head.bias is lm_head.decoder.bias): a layer whose every
+    # parameter is used inside a graph through another module is inside the graph too.
+    used: set[int] = set()
+    for name in seen_modules:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if name not in opaque_set and _is_default_leaf(module):
+            used.update(id(p) for p in module.parameters())
+    traced, untraced = 0, []
+    for name in layers:
+        own = list(model.get_submodule(name).named_parameters(recurse=False))
+        inside = _inside(name, seen_modules, opaque_set) or any(
+            (f"{name}.{p}" if name else p) in seen_params for p, _ in own) or all(
+            id(t) in used for _, t in own)
+        if inside:
+            traced += 1
+        else:
+            untraced.append(name)
+    return Coverage(total=len(layers), traced=traced, untraced=tuple(untraced),
+                    opaque=tuple(opaque))
+
+
+def _inside(name: str, called: set[str], opaque: set[str]) -> bool:
+    """Called as a node itself, or inside a standard leaf (e.g. MultiheadAttention.out_proj)."""
+    probe = name
+    while True:
+        if probe in called:
+            return probe not in opaque
+        if not probe:
+            return False
+        probe = probe.rsplit(".", 1)[0] if "." in probe else ""
+
+
+# --- shapes -------------------------------------------------------------------------------------
+
+def _propagate_shapes(target: LoadedTarget, parts: list[GraphPart]) -> str | None:
+    """Record the inputs each graph root sees in one forward pass, then interpret each graph.
+
+    Fake tensors carry shapes and dtypes without data, so a large model costs no real compute.
+    Data-dependent control flow (``if x.sum() > 0``) cannot run on fake tensors; then we run the
+    real forward under ``no_grad``. Buffers and train/eval flags are restored afterwards: the
+    user's model is never modified by the analysis.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    try:
+        # Entered inside _run_parts, after the buffers are saved as real tensors.
+        _run_parts(target, parts, FakeTensorMode(allow_non_fake_inputs=True))
+        return None
+    except Exception:  # noqa: BLE001 - fall back to real compute
+        for part in parts:
+            part.shapes_known = False
+    try:
+        with torch.no_grad():
+            _run_parts(target, parts, contextlib.nullcontext())
+        return None
+    except Exception as exc:  # noqa: BLE001 - the user's forward failed; analysis goes on
+        for part in parts:
+            part.shapes_known = False
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _run_parts(target: LoadedTarget, parts: list[GraphPart], mode: Any) -> None:
+    inputs = target.inputs
+    assert inputs is not None
+    model = target.model
+    roots = {part.qualname: part for part in parts}
+    seen: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+    handles = []
+    try:
+        if set(roots) == {""}:
+            seen[""] = (inputs.args, inputs.kwargs)  # one whole graph: no hook pass needed
+        else:
+            for name, module in model.named_modules():
+                if name in roots:
+                    def hook(mod: nn.Module, args: Any, kwargs: Any, _name: str = name) -> None:
+                        seen.setdefault(_name, (args, kwargs))
+                    handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        with preserved(model), _quiet(), mode:
+            if set(roots) != {""}:
+                model(*inputs.args, **inputs.kwargs)
+            for h in handles:
+                h.remove()
+            handles.clear()
+            for name, part in roots.items():
+                if name in seen:
+                    args, kwargs = seen[name]
+                    ShapeInterpreter(part.gm).run(*_placeholders(part.gm, args, kwargs))
+                    part.shapes_known = True
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _placeholders(gm: fx.GraphModule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    values: list[Any] = []
+    positional = list(args)
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        name = str(node.target).lstrip("*")
+        if str(node.target).startswith("*"):
+            values.extend(positional)
+            positional = []
+        elif positional:
+            values.append(positional.pop(0))
+        elif name in kwargs:
+            values.append(kwargs[name])
+        elif node.args:
+            values.append(node.args[0])
+        else:
+            values.append(None)
+    return values

@@ -1,0 +1,112 @@
+"""The pipeline: load -> capture -> analyse -> rules, one target at a time.
+
+This is the Python API: ``lint(TargetConfig("pkg.mod:build"))`` returns a ``TargetResult``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+import traceback
+from typing import Callable, Iterable
+
+from biaslint.errors import BiaslintError
+from biaslint.findings import Finding, TargetResult
+from biaslint.settings import Settings, TargetConfig
+
+
+# Called with the stage about to run ("build", "capture", "analysis", "rules"); the CLI's
+# progress display listens. Optional, so ``lint(config, settings)`` stays the whole API.
+StageCallback = Callable[[str], None]
+
+
+def lint(config: TargetConfig, settings: Settings = Settings(),
+         on_stage: StageCallback | None = None) -> TargetResult:
+    """Lint one target. User errors (bad target, failing build) raise ``BiaslintError``."""
+    from biaslint.load.build import load_target
+
+    timings: dict[str, float] = {}
+    if on_stage is not None:
+        on_stage("build")
+    start = time.perf_counter()
+    loaded = load_target(config.target, config.input_shapes)
+    timings["build"] = time.perf_counter() - start
+    return lint_loaded(loaded, config, settings, timings, on_stage=on_stage)
+
+
+def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignore[no-untyped-def]
+                timings: dict[str, float] | None = None,
+                on_stage: StageCallback | None = None) -> TargetResult:
+    """Capture, analyse and run the rules on an already built ``LoadedTarget``."""
+    from biaslint.analysis.model import AnalysedModel
+    from biaslint.capture.trace import capture
+    from biaslint.rules import RuleContext, selected
+
+    stage = on_stage or (lambda name: None)
+    timings = dict(timings or {})
+    stage("capture")
+    start = time.perf_counter()
+    captured = capture(loaded)
+    timings["capture"] = time.perf_counter() - start
+
+    stage("analysis")
+    start = time.perf_counter()
+    analysed = AnalysedModel(captured)
+    _ = analysed.layers  # the shared facts; rules add their own lazily
+    timings["analysis"] = time.perf_counter() - start
+
+    stage("rules")
+    start = time.perf_counter()
+    notes = list(loaded.notes) + list(captured.notes)
+    findings: list[Finding] = []
+    ran: list[str] = []
+    for rule_cls in selected(settings.select, settings.ignore):
+        rule = rule_cls()
+        context = RuleContext(options=settings.rule_options.get(rule.code, {}),
+                              class_priors=config.class_priors, head=config.head)
+        try:
+            findings.extend(rule.check(analysed, context))
+            ran.append(rule.code)
+        except BiaslintError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one crashing rule must not hide the others
+            detail = traceback.format_exc() if settings.debug else f"{type(exc).__name__}: {exc}"
+            notes.append(f"rule {rule.code} crashed and was skipped: {detail}")
+    timings["rules"] = time.perf_counter() - start
+    return TargetResult(
+        target=config.target,
+        findings=tuple(_post_process(findings, settings, loaded, ran)),
+        coverage=captured.coverage,
+        notes=tuple(notes),
+        timings=timings,
+    )
+
+
+def _post_process(findings: Iterable[Finding], settings: Settings, loaded,  # type: ignore[no-untyped-def]
+                  ran: list[str]) -> list[Finding]:
+    """Inline suppressions (and BL100), then per-module-ignores, then severity overrides.
+
+    Suppressions come first so a comment that also matches a per-module ignore still counts as
+    used: BL100 stays quiet about a comment that is merely redundant. A rule that crashed is not in ``ran``: its suppressions suppressed nothing because it found
+    nothing, and BL100 must not call them unused.
+    """
+    from biaslint.rules import REGISTRY
+    from biaslint.suppress import apply_suppressions, with_severity
+
+    init_sites = [c.location for c in loaded.param_inits.values()
+                  if c.by_user and c.location is not None]
+    kept = apply_suppressions(list(findings), loaded.module_sites, ran,
+                              [r.code for r in REGISTRY], extra_locations=init_sites)
+    kept = [f for f in kept if not _ignored_for_module(f, settings)]
+    kept = with_severity(kept, settings.severity_overrides)
+    kept.sort(key=lambda f: (f.location.file if f.location else "",
+                             f.location.line if f.location else 0, f.code, f.module))
+    return kept
+
+
+def _ignored_for_module(finding: Finding, settings: Settings) -> bool:
+    for pattern, codes in settings.per_module_ignores.items():
+        if fnmatch.fnmatchcase(finding.module, pattern) and any(
+                finding.code.startswith(c.upper()) for c in codes):
+            return True
+    return False

@@ -1,0 +1,46 @@
+"""How fixes and messages name the user's code: Python paths to layers, the tensor an init call
+wrote, and the phrase that says which init call set a parameter.
+
+Shared by every rule, so each one words these the same way. No torch import.
+"""
+
+from __future__ import annotations
+
+from biaslint.findings import InitCall
+
+
+def python_path(qualname: str, root: str = "model") -> str:
+    """``layer1.0.conv1`` -> ``model.layer1[0].conv1``: a qualified name as Python code."""
+    text = root
+    for part in qualname.split(".") if qualname else ():
+        text += f"[{part}]" if part.isdigit() else f".{part}"
+    return text
+
+
+def init_call_subject(call: InitCall | None) -> str | None:
+    """The tensor expression the user's init call wrote, read from its source.
+
+    ``nn.init.zeros_(self.fc.weight)`` -> ``self.fc.weight``; ``fc.weight.data.fill_(0)`` ->
+    ``fc.weight.data``. None when the source is unavailable or not a plain call.
+    """
+    import ast
+    import linecache
+
+    if call is None or not call.by_user or call.location is None:
+        return None
+    loc = call.location
+    lines = [linecache.getline(loc.file, n) for n in range(loc.line, (loc.end_line or loc.line) + 1)]
+    source = "".join(lines)
+    if not source.strip():
+        return None
+    try:
+        tree = ast.parse(source.strip())
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            if call.name.startswith("nn.init.") and node.args:
+                return ast.unparse(node.args[0])
+            if call.name.startswith("Tensor.") and isinstance(node.func, ast.Attribute):
+                return ast.unparse(node.func.value)
+    return None

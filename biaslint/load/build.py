@@ -1,0 +1,195 @@
+"""Stage 1, load: turn a target string into a built model, example inputs and build records."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from biaslint.errors import TargetError
+from biaslint.findings import InitCall, Location
+from biaslint.load.sites import BuildRecord, recording
+from biaslint.target import TargetSpec, parse_target
+
+
+@dataclass
+class ExampleInputs:
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedTarget:
+    """The built model and what the build revealed: where each layer and init was written."""
+
+    name: str
+    model: nn.Module
+    inputs: ExampleInputs | None
+    module_sites: dict[str, Location]  # qualified module name -> construction site
+    param_inits: dict[str, InitCall]  # qualified parameter name -> last init call
+    notes: list[str] = field(default_factory=list)
+
+
+def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = ()) -> LoadedTarget:
+    spec = parse_target(text)
+    with recording() as record:
+        obj = _resolve(spec)
+        model, inputs = _build(spec, obj)
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TargetError(
+            f"{spec.text} gave a TorchScript module ({type(model).__name__}): biaslint traces "
+            "the Python nn.Module, so return the model before torch.jit.script/trace")
+    if input_shapes:
+        inputs = ExampleInputs(args=tuple(torch.randn(*s) for s in input_shapes))
+    return LoadedTarget(
+        name=spec.text,
+        model=model,
+        inputs=inputs,
+        module_sites=_module_sites(model, record),
+        param_inits=_param_inits(model, record),
+    )
+
+
+def _resolve(spec: TargetSpec) -> Any:
+    module = _import(spec)
+    obj: Any = module
+    for part in spec.attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            where = getattr(module, "__file__", spec.module)
+            raise TargetError(
+                f"{spec.text}: {module.__name__} has no attribute {spec.attr!r} "
+                f"({_display(where)}); check the name after ':'"
+            ) from None
+    return obj
+
+
+def _import(spec: TargetSpec) -> Any:
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    if spec.is_path:
+        path = os.path.abspath(spec.module)
+        if not os.path.isfile(path):
+            raise TargetError(f"{spec.text}: no file {spec.module!r}; give a path to a .py file")
+        folder = os.path.dirname(path)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        name = "_biaslint_target_" + os.path.splitext(os.path.basename(path))[0]
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise TargetError(f"{spec.text}: cannot import {spec.module!r} as Python source")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001 - the user's import error, reported in one line
+            sys.modules.pop(name, None)
+            raise TargetError(f"{spec.text}: importing {spec.module} raised {_describe(exc)}") from exc
+        return module
+    try:
+        return importlib.import_module(spec.module)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (spec.module == missing or spec.module.startswith(missing + ".")):
+            raise TargetError(
+                f"{spec.text}: no module named {missing!r}; run biaslint from your project's "
+                "root (it is put on sys.path) or install the package"
+            ) from None
+        raise TargetError(f"{spec.text}: importing {spec.module} raised {_describe(exc)}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise TargetError(f"{spec.text}: importing {spec.module} raised {_describe(exc)}") from exc
+
+
+def _build(spec: TargetSpec, obj: Any) -> tuple[nn.Module, ExampleInputs | None]:
+    if isinstance(obj, nn.Module):
+        return obj, None
+    if isinstance(obj, tuple):
+        return _unpack(spec, obj)
+    if inspect.isclass(obj) and issubclass(obj, nn.Module) or callable(obj):
+        try:
+            built = obj()
+        except Exception as exc:  # noqa: BLE001
+            raise TargetError(f"{spec.text}: building the model raised {_describe(exc)}") from exc
+        if isinstance(built, nn.Module):
+            return built, None
+        if isinstance(built, tuple):
+            return _unpack(spec, built)
+        raise TargetError(
+            f"{spec.text} returned {type(built).__name__}, not an nn.Module: return the model, "
+            "or a (model, example_inputs) tuple"
+        )
+    raise TargetError(
+        f"{spec.text} is a {type(obj).__name__}: point at a function or class that builds an "
+        "nn.Module, or at a module instance"
+    )
+
+
+def _unpack(spec: TargetSpec, pair: tuple[Any, ...]) -> tuple[nn.Module, ExampleInputs]:
+    if len(pair) != 2 or not isinstance(pair[0], nn.Module):
+        raise TargetError(
+            f"{spec.text} gave a tuple that is not (model, example_inputs): return the model, "
+            "or a pair of the model and its example inputs"
+        )
+    raw = pair[1]
+    if isinstance(raw, torch.Tensor):
+        return pair[0], ExampleInputs(args=(raw,))
+    if isinstance(raw, dict) and all(isinstance(k, str) for k in raw):
+        return pair[0], ExampleInputs(kwargs=dict(raw))
+    if isinstance(raw, (tuple, list)):
+        return pair[0], ExampleInputs(args=tuple(raw))
+    raise TargetError(
+        f"{spec.text}: example inputs must be a tensor, a tuple of tensors or a dict of keyword "
+        f"tensors, not {type(raw).__name__}"
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    """``ValueError: message (at file.py:12)`` with the innermost frame outside torch."""
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = os.path.dirname(os.path.abspath(__file__))
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    for frame in reversed(frames):
+        path = os.path.abspath(frame.filename)
+        if not path.startswith(own) and not path.startswith(torch_dir) \
+                and "importlib" not in frame.filename:
+            return f"{text} (at {_display(frame.filename)}:{frame.lineno})"
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{text} (at {_display(exc.filename)}:{exc.lineno})"
+    return text
+
+
+def _display(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def _module_sites(model: nn.Module, record: BuildRecord) -> dict[str, Location]:
+    sites: dict[str, Location] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        site = record.site_of(module)
+        if site is not None:
+            sites.setdefault(name, site)
+    return sites
+
+
+def _param_inits(model: nn.Module, record: BuildRecord) -> dict[str, InitCall]:
+    inits: dict[str, InitCall] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        call = record.init_of(param)
+        if call is not None:
+            inits[name] = call
+    return inits

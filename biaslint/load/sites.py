@@ -1,0 +1,223 @@
+"""Record where the user's code built each module and last initialized each parameter.
+
+While the target builds we patch ``nn.Module.__init__``, the ``torch.nn.init`` functions and the
+in-place ``Tensor`` initializers, and note the first stack frame outside torch (and outside
+biaslint) for each call. Everything patched is restored in ``finally``, even when the build raises.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+from biaslint.findings import InitCall, Location
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+# Initializers in torch.nn.init that write a tensor in place.
+INIT_FUNCTIONS = (
+    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+    "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
+    "sparse_",
+)
+# In-place Tensor methods that (re)write every element of a tensor.
+TENSOR_METHODS = (
+    "normal_", "uniform_", "zero_", "fill_", "copy_", "constant_", "exponential_",
+    "log_normal_", "cauchy_", "geometric_", "random_", "bernoulli_", "set_",
+)
+
+
+def _is_library_frame(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return path.startswith(_TORCH_DIR) or path.startswith(_OWN_DIR) or filename.startswith("<frozen")
+
+
+def _location(frame: FrameType) -> Location:
+    info = inspect.getframeinfo(frame, context=0)
+    positions = getattr(info, "positions", None)
+    line = info.lineno
+    col = 0
+    end_line = line
+    if positions is not None and positions.lineno is not None:
+        line = positions.lineno
+        col = (positions.col_offset or 0) + 1
+        end_line = positions.end_lineno or line
+    return Location(file=_display_path(info.filename), line=line, col=col, end_line=end_line,
+                    function=info.function)
+
+
+def _display_path(filename: str) -> str:
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:  # other drive on Windows
+        return filename
+    return filename if rel.startswith("..") else rel
+
+
+def user_frame(skip_self: object | None = None) -> FrameType | None:
+    """The innermost frame outside torch and biaslint (and outside ``skip_self``'s own methods)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if not _is_library_frame(frame.f_code.co_filename):
+            if skip_self is None or frame.f_locals.get("self") is not skip_self:
+                return frame
+        frame = frame.f_back
+    return None
+
+
+@dataclass
+class _InitEvent:
+    storage: int
+    start: int
+    stop: int
+    call: InitCall
+
+
+@dataclass
+class BuildRecord:
+    """What the patched build saw: module construction sites and in-place init writes."""
+
+    module_sites: dict[int, tuple[nn.Module, Location]] = field(default_factory=dict)
+    init_events: list[_InitEvent] = field(default_factory=list)
+
+    def site_of(self, module: nn.Module) -> Location | None:
+        entry = self.module_sites.get(id(module))
+        return entry[1] if entry and entry[0] is module else None
+
+    def init_of(self, tensor: torch.Tensor) -> InitCall | None:
+        """The last recorded write that covered this tensor's memory."""
+        key = _memory_span(tensor)
+        if key is None:
+            return None
+        storage, start, stop = key
+        for event in reversed(self.init_events):
+            if event.storage == storage and event.start <= start and stop <= event.stop:
+                return event.call
+        return None
+
+
+def _memory_span(tensor: Any) -> tuple[int, int, int] | None:
+    if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+        return None
+    try:
+        storage = tensor.untyped_storage().data_ptr()
+    except Exception:  # noqa: BLE001 - sparse, fake or otherwise storage-less tensors
+        return None
+    size = tensor.element_size()
+    start = tensor.storage_offset() * size
+    extent = 1 + sum((s - 1) * st for s, st in zip(tensor.shape, tensor.stride()) if s > 0)
+    return storage, start, start + extent * size
+
+
+def _format_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    parts = [_short(a) for a in args[1:]]
+    parts += [f"{k}={_short(v)}" for k, v in kwargs.items()]
+    return ", ".join(parts)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"<tensor {tuple(value.shape)}>"
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _Recorder:
+    """Patches torch while a target builds; one at a time per process."""
+
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.record = BuildRecord()
+        self._depth = 0
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def _patch(self, owner: Any, name: str, replacement: Any) -> None:
+        self._saved.append((owner, name, owner.__dict__[name] if name in owner.__dict__
+                            else getattr(owner, name)))
+        setattr(owner, name, replacement)
+
+    def install(self) -> None:
+        record = self.record
+        original_init = nn.Module.__init__
+
+        def module_init(module: nn.Module, *args: Any, **kwargs: Any) -> None:
+            original_init(module, *args, **kwargs)
+            if id(module) not in record.module_sites:
+                frame = user_frame(skip_self=module)
+                if frame is not None:
+                    record.module_sites[id(module)] = (module, _location(frame))
+
+        self._patch(nn.Module, "__init__", module_init)
+        for name in INIT_FUNCTIONS:
+            if hasattr(nn.init, name):
+                self._patch(nn.init, name, self._wrap(getattr(nn.init, name), f"nn.init.{name}"))
+        for name in TENSOR_METHODS:
+            if hasattr(torch.Tensor, name):
+                self._patch(torch.Tensor, name,
+                            self._wrap(getattr(torch.Tensor, name), f"Tensor.{name}"))
+
+    def _wrap(self, fn: Callable[..., Any], label: str) -> Callable[..., Any]:
+        recorder = self
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if recorder._depth:
+                return fn(*args, **kwargs)
+            recorder._depth += 1
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                recorder._depth -= 1
+            try:
+                recorder._note(label, args, kwargs)
+            except Exception:  # noqa: BLE001 - provenance is best effort, never break a build
+                pass
+            return result
+
+        wrapper.__name__ = getattr(fn, "__name__", label)
+        wrapper.__doc__ = getattr(fn, "__doc__", None)
+        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+        return wrapper
+
+    def _note(self, label: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not args or not isinstance(args[0], torch.Tensor):
+            return
+        span = _memory_span(args[0])
+        if span is None:
+            return
+        caller = sys._getframe(2)
+        by_user = not _is_library_frame(caller.f_code.co_filename)
+        frame = caller if by_user else user_frame()
+        location = _location(frame) if frame is not None else None
+        call = InitCall(name=label, args=_format_args(args, kwargs), location=location,
+                        by_user=by_user)
+        self.record.init_events.append(_InitEvent(*span, call))
+
+    def restore(self) -> None:
+        for owner, name, value in reversed(self._saved):
+            setattr(owner, name, value)
+        self._saved.clear()
+
+
+@contextmanager
+def recording() -> Iterator[BuildRecord]:
+    """Record construction sites and init calls inside the block; always restore torch."""
+    with _Recorder._lock:
+        recorder = _Recorder()
+        recorder.install()
+        try:
+            yield recorder.record
+        finally:
+            recorder.restore()

@@ -1,0 +1,216 @@
+"""Lint several targets in parallel, each in its own process.
+
+Building a user's model runs arbitrary code: it can segfault, exhaust memory, call ``os._exit``
+or loop forever. One fresh process per target means such a target costs only its own result:
+the parent sees the process die (or kills it at the deadline) and reports an error for that
+target while the others carry on.
+
+Processes come from ``forkserver`` on Linux (the server imports torch once, so each target
+starts in well under a second instead of re-importing torch) and from ``spawn`` elsewhere.
+Never plain ``fork``: the parent may already hold threads (OpenMP, rich, pytest), and forking a
+threaded process can deadlock the child.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, fields
+from multiprocessing.connection import Connection, wait
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Sequence
+
+from biaslint.errors import BiaslintError
+from biaslint.findings import TargetResult
+from biaslint.settings import Settings, TargetConfig
+
+# Modules the forkserver imports once so that every forked child starts with them loaded.
+_PRELOAD = ["torch", "biaslint.engine", "biaslint.capture", "biaslint.capture.concrete",
+            "biaslint.analysis"]
+# After SIGTERM, how long a child gets to exit before SIGKILL (seconds). Long enough for an
+# ordinary Python process to unwind, short enough that a hung target does not stall the run.
+_TERM_GRACE = 2.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one isolated call produced: its value, or an error message and nothing."""
+
+    value: Any = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def _context() -> Any:
+    if sys.platform.startswith("linux"):
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _child(conn: Connection, fn: Callable[[Any], Any], payload: Any, cwd: str,
+           path: list[str], threads: int | None) -> None:
+    # The forkserver was started once, possibly from another working directory: take the
+    # caller's cwd and sys.path so relative targets (model.py:build) resolve as they would
+    # in-process.
+    try:
+        os.chdir(cwd)
+        sys.path[:] = path
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        message: tuple[str, Any] = ("ok", fn(payload))
+    except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
+        message = ("error", _describe(exc))
+    try:
+        conn.send(message)
+    except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable value
+        conn.send(("error", f"result could not be sent back: {type(exc).__name__}: {exc}"))
+    conn.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BiaslintError):
+        return str(exc)
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" (at {os.path.basename(last[0].filename)}:{last[0].lineno})" if last else ""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"internal error: {type(exc).__name__}: {text}{where}"
+
+
+@dataclass
+class _Running:
+    index: int
+    process: Any
+    conn: Connection
+    started: float
+
+
+def run_isolated(fn: Callable[[Any], Any], payloads: Sequence[Any], jobs: int = 1,
+                 timeout: float | None = None,
+                 on_done: Callable[[int, Outcome], None] | None = None,
+                 threads: int | None = None) -> list[Outcome]:
+    """Call ``fn(payload)`` for each payload, each in a fresh process, ``jobs`` at a time.
+
+    ``fn`` must be importable by name (a module-level function) and its result picklable.
+    A call that raises, kills its process, or runs past ``timeout`` seconds gives an
+    ``Outcome`` with ``error`` set. Results come back in the order of ``payloads``;
+    ``on_done(index, outcome)`` is called as each finishes (for progress output).
+    """
+    ctx = _context()
+    jobs = max(1, jobs)
+    outcomes: list[Outcome | None] = [None] * len(payloads)
+    queue = list(range(len(payloads)))
+    running: list[_Running] = []
+    cwd, path = os.getcwd(), list(sys.path)
+
+    def finish(item: _Running, outcome: Outcome) -> None:
+        running.remove(item)
+        item.conn.close()
+        item.process.join(_TERM_GRACE)
+        if item.process.is_alive():
+            item.process.kill()
+            item.process.join()
+        outcomes[item.index] = outcome
+        if on_done is not None:
+            on_done(item.index, outcome)
+
+    while queue or running:
+        while queue and len(running) < jobs:
+            index = queue.pop(0)
+            receiver, sender = ctx.Pipe(duplex=False)
+            process = ctx.Process(target=_child, daemon=True,
+                                  args=(sender, fn, payloads[index], cwd, path, threads))
+            process.start()
+            sender.close()  # only the child writes; EOF on receiver once it is gone
+            running.append(_Running(index, process, receiver, time.monotonic()))
+        now = time.monotonic()
+        wait_for = None
+        if timeout is not None:
+            wait_for = max(0.0, min(r.started + timeout for r in running) - now)
+        ready = wait([r.conn for r in running], timeout=wait_for)
+        now = time.monotonic()
+        for item in list(running):
+            elapsed = now - item.started
+            if item.conn in ready:
+                try:
+                    status, value = item.conn.recv()
+                except (EOFError, OSError):
+                    item.process.join(_TERM_GRACE)
+                    finish(item, Outcome(error=_death(item.process.exitcode), seconds=elapsed))
+                    continue
+                if status == "ok":
+                    finish(item, Outcome(value=value, seconds=elapsed))
+                else:
+                    finish(item, Outcome(error=value, seconds=elapsed))
+            elif timeout is not None and elapsed >= timeout:
+                item.process.terminate()
+                item.process.join(_TERM_GRACE)
+                finish(item, Outcome(error=f"timed out after {timeout:g} s", seconds=elapsed))
+    return [o if o is not None else Outcome(error="not run") for o in outcomes]
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"the process linting this target was killed by {name}{hint}"
+    return f"the process linting this target exited with code {exitcode} before reporting"
+
+
+def _plain(value: Any) -> Any:
+    """Settings hold read-only mapping proxies, which do not pickle: send plain dicts."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _settings_state(settings: Settings) -> dict[str, Any]:
+    return {f.name: _plain(getattr(settings, f.name)) for f in fields(settings)}
+
+
+def _settings_from(state: dict[str, Any]) -> Settings:
+    return Settings(**{k: MappingProxyType(v) if isinstance(v, dict) else v
+                       for k, v in state.items()})
+
+
+def _lint_one(job: tuple[TargetConfig, dict[str, Any]]) -> TargetResult:
+    from biaslint.engine import lint
+
+    config, state = job
+    return lint(config, _settings_from(state))
+
+
+def lint_many(configs: Sequence[TargetConfig], settings: Settings = Settings(), jobs: int = 1,
+              timeout: float | None = None,
+              on_done: Callable[[int], None] | None = None) -> list[TargetResult]:
+    """Lint each target in its own process, ``jobs`` at a time, in the order given.
+
+    A target that fails to load, crashes its process or runs past ``timeout`` seconds gives a
+    ``TargetResult`` with ``error`` set; the others are unaffected. ``on_done(index)`` is called
+    as each target finishes (for progress output).
+    """
+    cores = os.cpu_count() or 1
+    # Each process gets its share of the cores: N processes each running a full-width
+    # OpenMP pool would only fight over the same cores.
+    threads = max(1, cores // max(1, min(jobs, len(configs) or 1)))
+    outcomes = run_isolated(_lint_one, [(c, _settings_state(settings)) for c in configs], jobs=jobs,
+                            timeout=timeout, threads=threads,
+                            on_done=None if on_done is None else lambda i, _o: on_done(i))
+    results = []
+    for config, outcome in zip(configs, outcomes):
+        if outcome.error is not None:
+            results.append(TargetResult(target=config.target, error=outcome.error))
+        else:
+            results.append(outcome.value)
+    return results

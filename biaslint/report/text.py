@@ -1,0 +1,86 @@
+"""The human report: one block per finding (location, code, severity, message, source, fix) and a
+summary per target."""
+
+from __future__ import annotations
+
+import linecache
+from typing import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
+
+from biaslint.findings import Finding, Severity, TargetResult
+
+_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+
+
+def print_results(results: Sequence[TargetResult], console: Console,
+                  show_findings: bool = True, errors_shown: bool = False) -> None:
+    """``errors_shown``: each target's error already went to stderr as its one line, so the
+    summary only says the target was not linted."""
+    for result in results:
+        for finding in result.findings if show_findings else ():
+            _print_finding(finding, console)
+        _print_summary(result, console, errors_shown)
+
+
+def render_plain(results: Sequence[TargetResult]) -> str:
+    console = Console(width=100, no_color=True, force_terminal=False, highlight=False,
+                      emoji=False)
+    with console.capture() as capture:
+        print_results(results, console)
+    return capture.get()
+
+
+def _print_finding(finding: Finding, console: Console) -> None:
+    loc = finding.location
+    where = f"{loc.file}:{loc.line}:{loc.col}" if loc else "<unknown>"
+    head = Text()
+    head.append(where, style="bold")
+    head.append(": ")
+    head.append(finding.code, style=_STYLE[finding.severity])
+    head.append(f" [{finding.severity}] ", style=_STYLE[finding.severity])
+    head.append(finding.message)
+    label = finding.module or "<root>"
+    head.append(f"  ({label}: {finding.module_type})", style="dim")
+    console.print(head, soft_wrap=True, highlight=False)
+    if loc is not None:
+        source = linecache.getline(loc.file, loc.line).rstrip()
+        if source:
+            console.print(Text(f"    {loc.line:>4} | {source}", style="dim"), soft_wrap=True,
+                          highlight=False)
+    if finding.fix is not None:
+        fix = Text("    fix: ", style="green")
+        fix.append(finding.fix.title)
+        if finding.fix.code:
+            fix.append(": ")
+            fix.append(finding.fix.code, style="bold")
+        console.print(fix, soft_wrap=True, highlight=False)
+
+
+def _print_summary(result: TargetResult, console: Console, errors_shown: bool = False) -> None:
+    if result.error:
+        if errors_shown:
+            console.print(f"[bold red]{escape(result.target)}: not linted[/] (error above)",
+                          soft_wrap=True, highlight=False)
+        else:
+            console.print(f"[bold red]{escape(result.target)}: error:[/] {escape(result.error)}",
+                          soft_wrap=True, highlight=False)
+        return
+    counts = {s: sum(1 for f in result.findings if f.severity is s) for s in Severity}
+    parts = [f"{counts[s]} {s}" + ("s" if counts[s] != 1 else "")
+             for s in (Severity.ERROR, Severity.WARNING, Severity.INFO) if counts[s]]
+    found = ", ".join(parts) if parts else "no findings"
+    cov = result.coverage
+    coverage = ""
+    if cov is not None:
+        coverage = f"; coverage {cov.ratio:.0%} ({cov.traced}/{cov.total} layers traced)"
+    console.print(f"[bold]{escape(result.target)}[/]: {found}{escape(coverage)}", highlight=False,
+                  soft_wrap=True)
+    if cov is not None and cov.untraced:
+        shown = ", ".join(cov.untraced[:6]) + (f" and {len(cov.untraced) - 6} more"
+                                              if len(cov.untraced) > 6 else "")
+        console.print(f"  not traced: {escape(shown)}", style="dim", highlight=False, soft_wrap=True)
+    for note in result.notes:
+        console.print(f"  note: {escape(note)}", style="dim", soft_wrap=True, highlight=False)

@@ -1,0 +1,85 @@
+"""The rule API. A rule is one file: its code, name, docs, examples and ``check``.
+
+Rule modules must not import torch at module level: ``biaslint rules`` and ``biaslint rule CODE``
+read their metadata without paying for torch. Import it inside ``check``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping
+
+from biaslint.findings import Finding, Fix, Location, Severity
+
+if TYPE_CHECKING:
+    from biaslint.analysis import AnalysedModel, Layer
+
+
+@dataclass(frozen=True)
+class Option:
+    """A per-rule option, set under ``[tool.biaslint.rules.CODE]`` or its defaults."""
+
+    name: str
+    default: Any
+    help: str
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """What a rule may read besides the model: its options and target-level settings."""
+
+    options: Mapping[str, Any] = field(default_factory=dict)
+    class_priors: tuple[float, ...] | None = None
+    head: str | None = None  # "softmax" or "sigmoid" (BL005)
+
+    def option(self, rule: "Rule", name: str) -> Any:
+        for opt in rule.options:
+            if opt.name == name:
+                return self.options.get(name, opt.default)
+        raise KeyError(name)
+
+
+class Rule:
+    code: ClassVar[str]
+    name: ClassVar[str]  # kebab-case, names the problem
+    severity: ClassVar[Severity]
+    summary: ClassVar[str]
+    # Documentation in ruff's sections; Markdown.
+    what_it_does: ClassVar[str]
+    why_bad: ClassVar[str]
+    fix_text: ClassVar[str] = ""
+    references: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[tuple[Option, ...]] = ()
+    # Complete Python modules that define ``build()``; the tests lint both.
+    bad_example: ClassVar[str]
+    good_example: ClassVar[str]
+    # Extra TargetConfig fields the examples need, e.g. {"class_priors": (0.99, 0.01)} for BL005.
+    example_target: ClassVar[Mapping[str, Any]] = {}
+
+    def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
+        raise NotImplementedError
+
+    # Helpers so every rule builds findings the same way.
+    def finding(
+        self,
+        layer: "Layer",
+        message: str,
+        *,
+        parameter: str = "",
+        severity: Severity | None = None,
+        fix: Fix | None = None,
+        location: Location | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> Finding:
+        return Finding(
+            code=self.code,
+            name=self.name,
+            severity=severity or self.severity,
+            module=layer.name,
+            module_type=layer.type_name,
+            message=message,
+            location=location or layer.site,
+            fix=fix,
+            parameter=parameter,
+            data=data or {},
+        )

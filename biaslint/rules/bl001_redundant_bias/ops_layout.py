@@ -1,0 +1,372 @@
+"""Offset rules for ops that move data without mixing it: views, permutes, indexing, splits,
+concatenation (see ``offsets``). They track where each axis goes, and which slice of an axis a
+perturbation lives in when one slice of a fused bias is followed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+
+from biaslint.rules.bl001_redundant_bias.propagation import (
+    Items,
+    Live,
+    Offset,
+    Propagation,
+    State,
+    broadcast,
+    describe,
+    reshape_offset,
+    shape_of,
+)
+
+Args = list[Any]
+Kwargs = dict[str, Any]
+Rule = Callable[[Propagation, fx.Node, Args, Kwargs], "State | None"]
+
+
+def _arg(args: Args, kwargs: Kwargs, index: int, name: str, default: Any = None) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else default
+
+
+def _axis(dim: Any, ndim: int) -> int:
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        raise Live("axis not a constant")
+    axis = dim + ndim if dim < 0 else dim
+    if not 0 <= axis < max(ndim, 1):
+        raise Live("axis out of range")
+    return axis
+
+
+def _only_first(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    """The offset of the first operand; any other bias-dependent operand is not followed."""
+    first = prop.tensor(args[0] if args else None, node)
+    others = [a for a in list(args[1:]) + list(kwargs.values()) if prop.of(a) is not None]
+    if first is None or others:
+        raise Live(f"bias reaches a non-data argument of {describe(prop.part, node)}")
+    return first
+
+
+# -- shape ops ----------------------------------------------------------------
+
+def _flatten(x: Offset, start: int = 0, end: int = -1) -> Offset:
+    if x.ndim == 0:
+        return Offset(1, frozenset())
+    s, e = _axis(start, x.ndim), _axis(end, x.ndim)
+    varying = {a for a in x.varying if a < s} | {a - (e - s) for a in x.varying if a > e}
+    if x.varying & set(range(s, e + 1)):
+        varying.add(s)
+    mapping = {a: a for a in range(s)} | {a: a - (e - s) for a in range(e + 1, x.ndim)}
+    if s == e:
+        mapping[s] = s
+    return x.moved(x.ndim - (e - s), varying, mapping)
+
+
+def _reshape_meta(source: Any, node: fx.Node, x: Offset) -> Offset:
+    a, b = shape_of(source), shape_of(node)
+    if a is None or b is None:
+        raise Live("reshape without recorded shapes")
+    return reshape_offset(x, a, b)
+
+
+def _permute_axes(x: Offset, dims: list[Any]) -> Offset:
+    order = [_axis(d, x.ndim) for d in dims]
+    if sorted(order) != list(range(x.ndim)):
+        raise Live("permutation of unknown axes")
+    return x.moved(x.ndim, (k for k, src in enumerate(order) if src in x.varying),
+                   {src: k for k, src in enumerate(order)})
+
+
+def _swap(x: Offset, a: Any, b: Any) -> Offset:
+    order = list(range(x.ndim))
+    i, j = _axis(a, x.ndim), _axis(b, x.ndim)
+    order[i], order[j] = order[j], order[i]
+    return _permute_axes(x, order)
+
+
+def _dims(args: Args, kwargs: Kwargs, name: str = "dims") -> list[Any]:
+    if name in kwargs:
+        value = kwargs[name]
+    elif len(args) == 2 and isinstance(args[1], (tuple, list, torch.Size)):
+        value = args[1]
+    else:
+        value = args[1:]
+    return list(value)
+
+
+def _view(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    x = _only_first(prop, node, args[:1], {})
+    return _reshape_meta(args[0], node, x)
+
+
+def _permute(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    return _permute_axes(_only_first(prop, node, args[:1], {}), _dims(args, kwargs))
+
+
+def _transpose(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    x = _only_first(prop, node, args[:1], {})
+    return _swap(x, _arg(args, kwargs, 1, "dim0"), _arg(args, kwargs, 2, "dim1"))
+
+
+def _t(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    x = _only_first(prop, node, args[:1], {})
+    return x if x.ndim < 2 else _swap(x, 0, 1)
+
+
+def _movedim(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    x = _only_first(prop, node, args[:1], {})
+    src, dst = _arg(args, kwargs, 1, "source"), _arg(args, kwargs, 2, "destination")
+    src = [src] if isinstance(src, int) else list(src)
+    dst = [dst] if isinstance(dst, int) else list(dst)
+    src, dst = [_axis(s, x.ndim) for s in src], [_axis(d, x.ndim) for d in dst]
+    rest = iter(a for a in range(x.ndim) if a not in src)
+    placed = dict(zip(dst, src))
+    order = [placed[k] if k in placed else next(rest) for k in range(x.ndim)]
+    return _permute_axes(x, order)
+
+
+def _flatten_call(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    x = _only_first(prop, node, args[:1], {})
+    return _flatten(x, _arg(args, kwargs, 1, "start_dim", 0), _arg(args, kwargs, 2, "end_dim", -1))
+
+
+def _unsqueeze(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    x = _only_first(prop, node, args[:1], {})
+    d = _axis(_arg(args, kwargs, 1, "dim"), x.ndim + 1)
+    mapping = {a: a + 1 if a >= d else a for a in range(x.ndim)}
+    return x.moved(x.ndim + 1, (mapping[a] for a in x.varying), mapping)
+
+
+def _squeeze(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    x = _only_first(prop, node, args[:1], {})
+    shape = shape_of(args[0])
+    dim = _arg(args, kwargs, 1, "dim")
+    if shape is None:
+        raise Live("squeeze without a recorded shape")
+    dims = [dim] if isinstance(dim, int) else list(dim) if dim is not None else list(range(x.ndim))
+    gone = {a for a in (_axis(d, x.ndim) for d in dims) if shape[a] == 1}
+    keep = [a for a in range(x.ndim) if a not in gone]
+    return x.moved(len(keep), (k for k, a in enumerate(keep) if a in x.varying),
+                   {a: k for k, a in enumerate(keep)})
+
+
+def _expand(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    """expand/repeat/expand_as: copies; new leading axes and copied axes are constant."""
+    x = _only_first(prop, node, args[:1], {})
+    shape = shape_of(node)
+    if shape is None:
+        raise Live("expand without a recorded shape")
+    shift = len(shape) - x.ndim
+    return Offset(len(shape), frozenset(a + shift for a in x.varying))
+
+
+def _same(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    return _only_first(prop, node, args[:1], {})
+
+
+def _dropout(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    x = _only_first(prop, node, args[:1], {})
+    p = _arg(args, kwargs, 1, "p", 0.5)
+    training = _arg(args, kwargs, 2, "training", True)
+    if p == 0 or training is False:
+        return x
+    raise Live(f"dropout with p={p} at {describe(prop.part, node)}")
+
+
+def _size(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
+    return None  # sizes and ranks do not depend on values
+
+
+def _getattr(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> State | None:
+    name = args[1] if len(args) > 1 else None
+    if name in ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"):
+        return None
+    x = _only_first(prop, node, args[:1], {})
+    if name in ("data",):
+        return x
+    if name in ("T", "mT", "mH", "H"):
+        return x if x.ndim < 2 else _swap(x, -2, -1) if name in ("mT", "mH") else _permute_axes(
+            x, list(range(x.ndim))[::-1])
+    raise Live(f"attribute {name!r} of a bias-dependent value")
+
+
+def _getitem(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> State | None:
+    state, index = prop.of(args[0]), args[1]
+    if isinstance(state, Items):
+        if not isinstance(index, int):
+            raise Live("tuple indexed by a non-constant")
+        return state.get(index)
+    assert isinstance(state, Offset)
+    if prop.of(index) is not None:
+        raise Live("index depends on the bias")
+    return _index(state, index if isinstance(index, tuple) else (index,), shape_of(args[0]))
+
+
+def _index(x: Offset, index: tuple[Any, ...], shape: tuple[int, ...] | None) -> Offset | None:
+    """Basic indexing: slices keep an axis, ints drop it, None adds one. Returns None when the
+    index selects only positions outside the offset's support."""
+    consumed = sum(1 for i in index if i is not None and i is not Ellipsis)
+    axis, out, varying, mapping = 0, 0, set(), {}
+    support = x.support
+    for item in index:
+        if item is Ellipsis:
+            for _ in range(x.ndim - consumed):
+                if axis in x.varying:
+                    varying.add(out)
+                mapping[axis] = out
+                axis, out = axis + 1, out + 1
+        elif item is None:
+            out += 1
+        elif isinstance(item, slice):
+            if axis in x.varying:
+                varying.add(out)
+            if support is not None and support[0] == axis:
+                clipped = _slice_support(support, item, shape[axis] if shape else None)
+                if clipped == "empty":
+                    return None
+                support = None if clipped is None else (axis, *clipped)
+            mapping[axis] = out
+            axis, out = axis + 1, out + 1
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if support is not None and support[0] == axis:
+                size = shape[axis] if shape else None
+                position = item + size if item < 0 and size is not None else item
+                if position < 0:
+                    support = None
+                elif not support[1] <= position < support[2]:
+                    return None  # a position the perturbation never touches
+                else:
+                    support = None
+            axis += 1
+        else:
+            raise Live("advanced indexing")
+    while axis < x.ndim:
+        if axis in x.varying:
+            varying.add(out)
+        mapping[axis] = out
+        axis, out = axis + 1, out + 1
+    if axis > x.ndim:
+        raise Live("too many indices")
+    moved = Offset(x.ndim, x.varying, support).moved(out, varying, mapping)
+    return moved
+
+
+def _slice_support(support: tuple[int, int, int], item: slice, size: int | None
+                   ) -> tuple[int, int] | str | None:
+    """The support [start, stop) seen through ``item``; "empty" when they do not overlap; None
+    when it cannot be worked out (then the whole axis counts)."""
+    start, stop, step = item.start, item.stop, item.step
+    if step not in (None, 1) or not all(v is None or isinstance(v, int) for v in (start, stop)):
+        return None
+    if (start is not None and start < 0) or (stop is not None and stop < 0):
+        if size is None:
+            return None
+        start = start + size if start is not None and start < 0 else start
+        stop = stop + size if stop is not None and stop < 0 else stop
+    lo = max(support[1], start or 0)
+    hi = support[2] if stop is None else min(support[2], stop)
+    if lo >= hi:
+        return "empty"
+    offset = start or 0
+    return (lo - offset, hi - offset)
+
+
+
+def _cat(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    tensors = _arg(args, kwargs, 0, "tensors")
+    if not isinstance(tensors, (tuple, list)):
+        raise Live("cat of an unknown sequence")
+    offsets = [prop.tensor(t, node) for t in tensors]
+    carrying = [o for o in offsets if o is not None]
+    ndim = carrying[0].ndim
+    axis = _axis(_arg(args, kwargs, 1, "dim", 0), ndim)
+    # Operands with nothing along the axis (an empty cache) add nothing.
+    present = [t for t, o in zip(tensors, offsets)
+               if o is not None or not _empty_along(prop.other_shape(t), axis, ndim)]
+    result = broadcast([(o, None) for o in carrying], ndim)
+    # The offset sits in some slices of the cat axis and not in others.
+    return result if len(present) == 1 else result.with_axes({axis})
+
+
+def _empty_along(shape: tuple[int, ...] | None, axis: int, ndim: int) -> bool:
+    """Nothing along the cat axis (cat also skips legacy empty 1-d tensors)."""
+    return shape is not None and (0 in shape) and (len(shape) != ndim or shape[axis] == 0)
+
+
+def _stack(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    tensors = _arg(args, kwargs, 0, "tensors")
+    if not isinstance(tensors, (tuple, list)):
+        raise Live("stack of an unknown sequence")
+    carrying = [o for o in (prop.tensor(t, node) for t in tensors) if o is not None]
+    ndim = carrying[0].ndim + 1
+    axis = _axis(_arg(args, kwargs, 1, "dim", 0), ndim)
+    varying = {a + 1 if a >= axis else a for o in carrying for a in o.varying}
+    if len(tensors) > 1:
+        varying.add(axis)
+    return Offset(ndim, frozenset(varying))
+
+
+def _split(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Items:
+    x = _only_first(prop, node, args[:1], {})
+    axis = _axis(_arg(args, kwargs, 2, "dim", 0), x.ndim)
+    whole = Offset(x.ndim, x.varying)
+    if x.support is None or x.support[0] != axis:
+        return Items(default=x)  # every piece has the same axes as the whole
+    bounds = _piece_bounds(node, args, kwargs, shape_of(args[0]), axis)
+    if bounds is None:
+        return Items(default=whole)
+    items: list[Offset | None] = []
+    for start, stop in bounds:
+        lo, hi = max(start, x.support[1]), min(stop, x.support[2])
+        if lo >= hi:
+            items.append(None)  # a piece the perturbation never touches
+        elif lo == start and hi == stop:
+            items.append(whole)
+        else:
+            items.append(Offset(x.ndim, x.varying, (axis, lo - start, hi - start)))
+    return Items(items=tuple(items))
+
+
+def _piece_bounds(node: fx.Node, args: Args, kwargs: Kwargs, shape: tuple[int, ...] | None,
+                  axis: int) -> list[tuple[int, int]] | None:
+    if shape is None:
+        return None
+    size = shape[axis]
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    how = _arg(args, kwargs, 1, "chunks" if name == "chunk" else "split_size_or_sections")
+    if name == "split" and how is None:
+        how = kwargs.get("split_size")
+    if name == "chunk" and isinstance(how, int) and how > 0:
+        step = -(-size // how)
+        sizes = [step] * (size // step) + ([size % step] if size % step else [])
+    elif name == "split" and isinstance(how, int) and how > 0:
+        sizes = [how] * (size // how) + ([size % how] if size % how else [])
+    elif name == "split" and isinstance(how, (list, tuple)) \
+            and all(isinstance(v, int) for v in how):
+        sizes = list(how)
+    else:
+        return None
+    bounds, start = [], 0
+    for piece in sizes:
+        bounds.append((start, start + piece))
+        start += piece
+    return bounds
+
+
+def _unbind(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Items:
+    x = _only_first(prop, node, args[:1], {})
+    axis = _axis(_arg(args, kwargs, 1, "dim", 0), x.ndim)
+    varying = {a - 1 if a > axis else a for a in x.varying if a != axis}
+    mapping = {a: a - 1 if a > axis else a for a in range(x.ndim) if a != axis}
+    item = x.moved(x.ndim - 1, varying, mapping)
+    if x.support is None or x.support[0] != axis:
+        return Items(default=item)
+    plain = Offset(x.ndim - 1, frozenset(varying))
+    return Items(items=tuple(plain if x.support[1] <= i < x.support[2] else None
+                             for i in range(x.support[2])), default=None)
+
+

@@ -1,0 +1,527 @@
+"""Forward propagation of a bias perturbation through an fx graph (the analysis behind BL001).
+
+Perturb a layer's bias by ``d`` and follow the change ``delta`` it makes to every node downstream.
+While only linear, data-independent ops are applied, ``delta`` stays a fixed tensor that does not
+depend on the input, and all we need to know about it is *along which axes it may vary*
+(``Offset.varying``): a per-channel bias on a conv output (N, C, H, W) starts as ``{1}``.
+
+* Kept: sums with other tensors, scaling by a tensor that does not depend on the bias (which adds
+  the axes along which that tensor varies), linear layers and convs (which add their channel axis,
+  and the spatial axes when zero padding makes the border differ), pooling, interpolation, views.
+* Cancelled: a normalization that subtracts a mean over axes along none of which ``delta``
+  varies removes it exactly (``x + c - mean(x + c) = x - mean(x)``); so does a softmax over such
+  an axis (``softmax(s + c) = softmax(s)``). The node's output then does not depend on the bias.
+* Live: a nonlinearity, a product of two bias-dependent tensors, an op we do not know, or a graph
+  output. Anything unknown is live: a wrong "redundant" verdict would tell the user to delete a
+  parameter that matters.
+
+The bias is redundant when no live end is reached. Axes are positive and every offset knows its
+tensor's rank; shapes recorded by capture (``capture.shapes.shape_of``) are used when known.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from biaslint.analysis import SHAPE_FUNCTIONS, SHAPE_METHODS, AnalysedModel, Use
+from biaslint.analysis import GraphPart, TensorInfo, recorded_info, shape_of
+
+
+@dataclass(frozen=True)
+class Offset:
+    """The change a bias perturbation makes to one tensor: rank and the axes it may vary along."""
+
+    ndim: int
+    varying: frozenset[int]
+    # (axis, start, stop): the offset is zero outside [start, stop) along axis. Set when one slice
+    # of a fused bias (the key part of a q/k/v projection) is followed; ops that mix positions
+    # along the axis drop it, which only makes the analysis more conservative.
+    support: tuple[int, int, int] | None = None
+
+    def with_axes(self, axes: Iterable[int]) -> "Offset":
+        return Offset(self.ndim, self.varying | frozenset(axes))
+
+    def moved(self, ndim: int, varying: Iterable[int], axis_map: dict[int, int]) -> "Offset":
+        """A new offset whose support axis (if any) went where ``axis_map`` says."""
+        support = None
+        if self.support is not None and self.support[0] in axis_map:
+            support = (axis_map[self.support[0]], *self.support[1:])
+        return Offset(ndim, frozenset(varying), support)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Items:
+    """A tuple value (split, chunk, max with indices): the offset of each item, None = unchanged.
+
+    ``default`` serves items whose count is unknown at analysis time."""
+
+    items: tuple[Offset | None, ...] = ()
+    default: Offset | None = None
+
+    def get(self, index: int) -> Offset | None:
+        if 0 <= index < len(self.items) or -len(self.items) <= index < 0:
+            return self.items[index]
+        return self.default
+
+
+@dataclass(frozen=True)
+class Tainted:
+    """Depends on the bias in a way the analysis does not follow (a nonlinearity, an unknown
+    op, a normalization that removes only the bias's mean)."""
+
+    reason: str
+
+
+State = Offset | Items | Tainted
+
+
+class Live(Exception):
+    """The perturbation reaches something observable, or something we cannot follow.
+
+    ``crossed``: two bias-dependent values met in a product (q @ k^T of one fused projection)."""
+
+    def __init__(self, reason: str, crossed: bool = False) -> None:
+        super().__init__(reason)
+        self.crossed = crossed
+
+
+@dataclass
+class Verdict:
+    redundant: bool
+    cancelled_by: list[str] = field(default_factory=list)
+    reason: str = ""  # why it is live (debugging, and the partial note)
+    crossed: bool = False  # the bias met itself in a product: following slices may help
+
+
+def all_axes(ndim: int) -> frozenset[int]:
+    return frozenset(range(ndim))
+
+
+def describe(part: GraphPart, node: fx.Node) -> str:
+    if node.op == "call_module":
+        module = part.gm.get_submodule(str(node.target))
+        return f"{type(module).__name__} '{part.full_name(str(node.target))}'"
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "op")
+    stack = node.meta.get("nn_module_stack")  # recorded by fx: the module whose forward ran it
+    inner = str(list(stack.keys())[-1]) if stack else ""
+    owner = part.full_name(inner) if inner else part.qualname
+    return f"{name}() in '{owner}'" if owner else f"{name}()"
+
+
+class Propagation:
+    """One forward pass over one graph part from the given source nodes."""
+
+    def __init__(self, model: AnalysedModel, part: GraphPart,
+                 sources: dict[fx.Node, State]) -> None:
+        self.model = model
+        self.part = part
+        self.sources = sources
+        self.state: dict[fx.Node, State] = {}
+        self.cancelled: list[str] = []
+        self.crossed = False
+
+    def run(self) -> Verdict:
+        order, nodes = _node_order(self.part)
+        # Only nodes after a source can change, and once every value that carries the offset
+        # has had all its users visited nothing further can: visit just that window.
+        horizon = max((order[n] for n in self.sources), default=-1)
+        first = min((order[n] for n in self.sources), default=0)
+        try:
+            for node in nodes[first:]:
+                if order[node] > horizon:
+                    break
+                self._visit(node)
+                if node in self.state:
+                    horizon = max(horizon, *(order[u] for u in node.users), order[node])
+        except Live as live:
+            return Verdict(False, self.cancelled, str(live), self.crossed or live.crossed)
+        return Verdict(True, sorted(set(self.cancelled), key=self.cancelled.index))
+
+    def _visit(self, node: fx.Node) -> None:
+        inputs = [n for n in node.all_input_nodes if n in self.state]
+        result: State | None = None
+        if inputs and node.op in ("call_function", "call_method") and self._in_eval_mode(node):
+            # Code traced inside a module handed over in eval mode: `self.training` arguments
+            # (F.dropout(x, p, self.training)) took their eval values, which is not how the
+            # model trains. Do not follow. (Built-in layers such as BatchNorm are judged as
+            # they train, whatever their flag.)
+            result = Tainted(f"{describe(self.part, node)} was traced in eval mode")
+            inputs = []
+        if inputs:
+            states = [self.state[n] for n in inputs]
+            tainted = [state for state in states if isinstance(state, Tainted)]
+            if node.op == "output":
+                reason = tainted[0].reason if tainted else "reaches a graph output"
+                raise Live(reason)
+            for n in inputs:
+                self._check_mutation(n, node)
+            from biaslint.rules.bl001_redundant_bias.ops_arithmetic import is_size_query, transfer  # the per-op rules live next door
+
+            if is_size_query(node):
+                result = None  # sizes do not depend on values
+            elif tainted:
+                result = tainted[0]
+            else:
+                try:
+                    result = transfer(self, node)
+                except Live as live:
+                    # Not followed further; observable only if it reaches an output (a value
+                    # nobody uses is not), so mark it and keep going.
+                    self.crossed = self.crossed or live.crossed
+                    result = Tainted(str(live))
+        source = self.sources.get(node)
+        if source is not None:
+            result = source if result is None else join(result, source)
+        if result is not None:
+            shape = shape_of(node)
+            if isinstance(result, Offset) and shape is not None and len(shape) != result.ndim:
+                result = Tainted(f"rank mismatch at {describe(self.part, node)}")
+            self.state[node] = result
+
+    def _in_eval_mode(self, node: fx.Node) -> bool:
+        if self.model.all_training:  # the usual answer, computed once per model
+            return False
+        root = self.part.module
+        if not root.training:
+            return True
+        for path in (node.meta.get("nn_module_stack") or {}):
+            try:
+                if not root.get_submodule(str(path)).training:
+                    return True
+            except AttributeError:
+                continue
+        return False
+
+    def _check_mutation(self, value: fx.Node, user: fx.Node) -> None:
+        """An in-place op changes what the value's other users see; follow it only when it is the
+        value's sole user and the value is not a view of something else. A bias-dependent value
+        written into another tensor (``z.add_(y)``, ``torch.add(a, y, out=buf)``) reaches that
+        tensor's other users, which the graph does not link: live."""
+        if "out" in user.kwargs:
+            raise Live(f"{describe(self.part, user)} writes into an out= tensor")
+        if not _is_inplace(self.part, user):
+            return
+        if not user.args or user.args[0] is not value:
+            raise Live(f"in-place {describe(self.part, user)} writes the bias into another tensor")
+        if len(value.users) > 1 or _is_view(value) or user.target not in _SAFE_INPLACE:
+            raise Live(f"in-place {describe(self.part, user)} on a bias-dependent value")
+
+    # -- helpers the op rules use ------------------------------------------------------------------
+    def of(self, arg: Any) -> State | None:
+        return self.state.get(arg) if isinstance(arg, fx.Node) else None
+
+    def tensor(self, arg: Any, node: fx.Node) -> Offset | None:
+        state = self.of(arg)
+        if isinstance(state, Tainted):
+            raise Live(state.reason)
+        if isinstance(state, Items):
+            raise Live(f"tuple used as a tensor at {describe(self.part, node)}")
+        return state
+
+    def cancel(self, node: fx.Node, why: str = "") -> None:
+        self.cancelled.append(describe(self.part, node) + (f" {why}" if why else ""))
+
+    def other_shape(self, arg: Any) -> tuple[int, ...] | None:
+        """Shape of a bias-independent operand: recorded shape, or the parameter's own."""
+        if isinstance(arg, fx.Node):
+            if arg.op == "get_attr":
+                value = _get_attr(self.part.gm, str(arg.target))
+                return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+            shape = shape_of(arg)
+            if shape is not None:
+                return shape
+            if _is_scalar_expr(arg) or (self.part.shapes_known and arg.op != "placeholder"
+                                        and recorded_info(arg) is None):
+                return ()  # computed from sizes, or recorded as not a tensor: a Python number
+            return None
+        if isinstance(arg, torch.Tensor):
+            return tuple(arg.shape)
+        return ()  # a Python number broadcasts as a 0-d tensor
+
+
+_ORDERS: dict[int, tuple[fx.Graph, dict[fx.Node, int], list[fx.Node]]] = {}
+
+
+def _node_order(part: GraphPart) -> tuple[dict[fx.Node, int], list[fx.Node]]:
+    """Position of each node in its graph, and the nodes in order (cached: graphs are not edited
+    after capture)."""
+    graph = part.gm.graph
+    cached = _ORDERS.get(id(graph))
+    if cached is None or cached[0] is not graph:
+        nodes = list(graph.nodes)
+        cached = (graph, {n: i for i, n in enumerate(nodes)}, nodes)
+        if len(_ORDERS) > 64:
+            _ORDERS.clear()
+        _ORDERS[id(graph)] = cached
+    return cached[1], cached[2]
+
+
+def _is_scalar_expr(node: fx.Node, depth: int = 0) -> bool:
+    """``x.size(-1) ** 0.5`` and the like: numbers computed from sizes, never from values."""
+    if depth > 8:
+        return False
+    if node.op == "call_method" and node.target in ("size", "dim", "numel"):
+        return True
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in ("shape", "ndim")
+    if node.op == "call_function" and node.target in _SCALAR_OPS:
+        return all(_is_scalar_expr(a, depth + 1) for a in node.all_input_nodes)
+    return False
+
+
+_SCALAR_OPS = frozenset({operator.getitem, operator.add, operator.sub, operator.mul,
+                         operator.truediv, operator.floordiv, operator.pow, operator.neg,
+                         math.sqrt, int, float})
+_SAFE_INPLACE = frozenset({operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                           "add_", "sub_", "mul_", "div_"})
+
+
+def _get_attr(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _is_inplace(part: GraphPart, node: fx.Node) -> bool:
+    if node.op == "call_function":
+        if node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv):
+            return True
+        return bool(node.kwargs.get("inplace", False)) or str(
+            getattr(node.target, "__name__", "")).endswith("_")
+    if node.op == "call_method":
+        return str(node.target).endswith("_") and not str(node.target).startswith("__")
+    if node.op == "call_module":
+        module = part.gm.get_submodule(str(node.target))
+        return bool(getattr(module, "inplace", False))
+    return False
+
+
+def _is_view(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in SHAPE_FUNCTIONS or node.target is operator.getitem
+    if node.op == "call_method":
+        return node.target in SHAPE_METHODS
+    return False
+
+
+def join(a: State, b: State) -> State:
+    """The offset of a sum of two perturbations."""
+    if isinstance(a, Tainted):
+        return a
+    if isinstance(b, Tainted):
+        return b
+    if isinstance(a, Offset) and isinstance(b, Offset):
+        if a.ndim != b.ndim:
+            raise Live("rank mismatch joining offsets")
+        return Offset(a.ndim, a.varying | b.varying)
+    raise Live("tuple offsets joined")
+
+
+def broadcast(offsets: Sequence[tuple[Offset | None, tuple[int, ...] | None]], ndim: int) -> Offset:
+    """Offsets of broadcast operands, aligned right into a result of rank ``ndim``; operands with
+    no offset but a shape contribute nothing (a sum) — callers add their varying axes (products).
+    """
+    varying: set[int] = set()
+    carrying = [o for o, _ in offsets if o is not None]
+    for offset in carrying:
+        shift = ndim - offset.ndim
+        if shift < 0:
+            raise Live("operand of higher rank than the result")
+        varying |= {a + shift for a in offset.varying}
+    if len(carrying) == 1:
+        shift = ndim - carrying[0].ndim
+        return carrying[0].moved(ndim, varying, {a: a + shift for a in range(carrying[0].ndim)})
+    return Offset(ndim, frozenset(varying))
+
+
+def varying_axes_of(shape: tuple[int, ...] | None, ndim: int) -> frozenset[int]:
+    """Axes of a rank-``ndim`` result along which a bias-independent operand may vary: every axis
+    where it has more than one element (all of them if its shape is unknown)."""
+    if shape is None:
+        return all_axes(ndim)
+    shift = ndim - len(shape)
+    return frozenset(i + shift for i, s in enumerate(shape) if s != 1 and i + shift >= 0)
+
+
+def reshape_groups(a: tuple[int, ...], b: tuple[int, ...]
+                   ) -> list[tuple[list[int], list[int]]] | None:
+    """Pair the axes of ``a`` and ``b`` (same element count) into minimal blocks of equal size."""
+    if math.prod(a) != math.prod(b) or 0 in a or 0 in b:
+        return None
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        gi, gj = [i], [j]
+        pa, pb = a[i], b[j]
+        i += 1
+        j += 1
+        while pa != pb:
+            if pa < pb:
+                gi.append(i)
+                pa *= a[i]
+                i += 1
+            else:
+                gj.append(j)
+                pb *= b[j]
+                j += 1
+        groups.append((gi, gj))
+    rest_a, rest_b = list(range(i, len(a))), list(range(j, len(b)))  # trailing size-1 axes
+    if groups:
+        groups[-1][0].extend(rest_a)
+        groups[-1][1].extend(rest_b)
+    elif rest_a or rest_b:
+        groups.append((rest_a, rest_b))
+    return groups
+
+
+def reshape_offset(offset: Offset, a: tuple[int, ...], b: tuple[int, ...]) -> Offset:
+    groups = reshape_groups(a, b)
+    if groups is None:
+        raise Live("reshape with unknown grouping")
+    varying: set[int] = set()
+    support = None
+    for gi, gj in groups:
+        if any(ax in offset.varying and a[ax] != 1 for ax in gi):
+            varying.update(gj)
+        if offset.support is not None and offset.support[0] in gi:
+            support = _reshaped_support(offset.support, [ax for ax in gi if a[ax] != 1],
+                                        [ax for ax in gj if b[ax] != 1], b)
+    return Offset(len(b), frozenset(varying), support)
+
+
+def _reshaped_support(support: tuple[int, int, int], gi: list[int], gj: list[int],
+                      b: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """A slice [start, stop) of one axis split into (k, rest...): still a slice of the first new
+    axis when it covers whole blocks of ``rest``."""
+    axis, start, stop = support
+    if gi != [axis] or not gj:
+        return None
+    inner = math.prod(b[ax] for ax in gj[1:])
+    if start % inner or stop % inner:
+        return None
+    return (gj[0], start // inner, stop // inner)
+
+
+# -- the public entry point ----------------------------------------------------------------
+
+def propagate(model: AnalysedModel, part: GraphPart, sources: dict[fx.Node, State]) -> Verdict:
+    return Propagation(model, part, sources).run()
+
+
+def layer_sources(model: AnalysedModel, name: str, channel_varies: bool = True,
+                  span: tuple[int, int] | None = None
+                  ) -> dict[int, tuple[GraphPart, dict[fx.Node, State]]] | None:
+    """Where a layer's bias enters each graph, and its offset there. None when the layer is not
+    in any traced graph or its output axes cannot be worked out.
+
+    ``channel_varies=False`` starts from the same constant on every channel (the part of the
+    bias a partial normalization removes); ``span`` perturbs only the channels [start, stop).
+    """
+    module = model.layers[name].module if name in model.layers else None
+    if module is None:
+        return None
+    per_part: dict[int, tuple[GraphPart, dict[fx.Node, State]]] = {}
+
+    def add(use: Use, offset: Offset) -> None:
+        entry = per_part.setdefault(id(use.part), (use.part, {}))
+        entry[1][use.node] = offset
+
+    calls = model.calls_of(name)
+    if not calls:
+        for use in _attention_output_sources(model, name, module, channel_varies):
+            entry = per_part.setdefault(id(use[0].part), (use[0].part, {}))
+            entry[1][use[0].node] = use[1]
+    for use in calls:
+        offset = _layer_output_offset(module, use, channel_varies)
+        if offset is None:
+            return None
+        add(use, _restricted(offset, span))
+    # A bias read directly (F.linear(x, self.weight, self.bias), torch.addmm(self.bias, ...)).
+    bias_name = f"{name}.bias" if name else "bias"
+    for part in model.capture.parts:
+        for node in part.gm.graph.nodes:
+            if node.op == "get_attr" and part.full_name(str(node.target)) == bias_name:
+                bias = getattr(module, "bias", None)
+                if not isinstance(bias, torch.Tensor) or bias.dim() != 1:
+                    return None
+                add(Use(part, node), _restricted(
+                    Offset(1, frozenset({0}) if channel_varies else frozenset()), span, axis=0))
+    if not per_part:
+        return None
+    return per_part
+
+
+def _attention_output_sources(model: AnalysedModel, name: str, module: nn.Module,
+                              channel_varies: bool) -> list[tuple[Use, Any]]:
+    """``nn.MultiheadAttention`` is a leaf: its ``out_proj`` runs inside it, and its bias lands
+    on item 0 of the attention call's output (item 1, the weights, does not see it)."""
+    if "." not in name:
+        return []
+    parent_name = name.rsplit(".", 1)[0]
+    parent = model.model.get_submodule(parent_name)
+    if not isinstance(parent, nn.MultiheadAttention) or parent.out_proj is not module:
+        return []
+    result: list[tuple[Use, Any]] = []
+    for use in model.calls_of(parent_name):
+        info = recorded_info(use.node)
+        first = info[0] if isinstance(info, (tuple, list)) and info else None
+        if not isinstance(first, TensorInfo):
+            return []
+        ndim = len(first.shape)
+        offset = Offset(ndim, frozenset({ndim - 1}) if channel_varies else frozenset())
+        result.append((use, Items(items=(offset, None))))
+    return result
+
+
+def analyse_bias(model: AnalysedModel, name: str, channel_varies: bool = True,
+                 span: tuple[int, int] | None = None) -> Verdict | None:
+    """Is the bias of layer ``name`` (or its channels ``span``) cancelled on every path, in every
+    graph it is used in? None when the layer's uses or output axes cannot be worked out."""
+    sources = layer_sources(model, name, channel_varies, span)
+    if sources is None:
+        return None
+    cancelled: list[str] = []
+    for part, part_sources in sources.values():
+        verdict = propagate(model, part, part_sources)
+        if not verdict.redundant:
+            return verdict
+        cancelled.extend(c for c in verdict.cancelled_by if c not in cancelled)
+    return Verdict(True, cancelled)
+
+
+def _restricted(offset: Offset, span: tuple[int, int] | None, axis: int | None = None) -> Offset:
+    if span is None:
+        return offset
+    if axis is None:
+        axis = min(offset.varying) if offset.varying else offset.ndim - 1  # the channel axis
+    return Offset(offset.ndim, offset.varying, (axis, span[0], span[1]))
+
+
+def _layer_output_offset(module: nn.Module, use: Use, channel_varies: bool) -> Offset | None:
+    shape = use.shape()
+    if isinstance(module, (nn.Linear, nn.Bilinear)):
+        if shape is None:
+            return None  # rank unknown: a Linear takes any number of leading axes
+        ndim = len(shape)
+        axis = ndim - 1
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        spatial = len(module.kernel_size)
+        if shape is not None:
+            ndim = len(shape)
+        elif spatial >= 2:
+            # Batched input assumed: BatchNorm2d/3d after it only accept the batched rank anyway.
+            ndim = spatial + 2
+        else:
+            return None
+        axis = ndim - spatial - 1
+    else:
+        return None
+    return Offset(ndim, frozenset({axis}) if channel_varies else frozenset())

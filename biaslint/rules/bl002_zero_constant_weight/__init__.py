@@ -1,0 +1,278 @@
+"""BL002: weights initialized to zero or to one constant value."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+from biaslint.findings import Finding, Fix, Severity
+from biaslint.rules.bl002_zero_constant_weight.symmetry import (
+    blocks_every_input,
+    calls_and_outputs,
+    constant,
+    feeds_only_relu,
+    first_activation,
+    norms_into_relu,
+    starved_upstream,
+    symmetric_consumer,
+    walk,
+    weights_to_check,
+)
+from biaslint.rules.base import Rule, RuleContext
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from biaslint.analysis import AnalysedModel, Layer
+
+
+class ZeroConstantWeight(Rule):
+    code = "BL002"
+    name = "zero-constant-weight"
+    severity = Severity.ERROR
+    summary = "Weights initialized to zero or one constant, so units stay clones or stay dead"
+    what_it_does = """\
+Finds weight matrices of `Linear`, `ConvNd`, `ConvTransposeNd`, `Bilinear`, `Embedding`, RNN
+input weights and `MultiheadAttention` output projections whose every entry holds the same value
+(most often zero), and decides from the graph whether training can recover:
+
+* **error** when it cannot: every unit computes the same value and the layer that consumes them
+  is constant too, so the units also receive the same gradient and stay clones for good; or the
+  weight is zero and every unit's bias is <= 0 in front of a ReLU, so the output and its gradient
+  are zero for good (dead units). When only some units have a bias <= 0, those units are dead and
+  the finding is a warning. The same holds through a normalization: a zero weight with no (or a
+  zero) bias outputs exactly 0, BatchNorm, InstanceNorm, GroupNorm or LayerNorm of 0 is exactly
+  their bias (beta), and a ReLU after a beta <= 0 is dead. (A GroupNorm or LayerNorm group with
+  one live unit passes gradient back to all of them, so only whole dead groups count.) The
+  consumer that keeps clones clones may be reached through activations, pooling, a mean over
+  the spatial axes or a flatten.
+* **warning** when learning only stalls: a zero hidden layer whose input comes only from earlier
+  layers: those layers get no gradient until the zero weight has moved.
+* **no finding** for the deliberate zero-init patterns: the output is summed with another path
+  (the last layer of a residual branch, a LoRA up-projection), multiplies or modulates another
+  tensor (adaLN-Zero gates), or is the model's output (a classifier head); and for normalization
+  weights of any value.
+"""
+    why_bad = """\
+Gradient descent can only make two units different if something treats them differently. Units
+with identical weights and biases compute the same value; if whatever consumes them weighs them
+equally, their gradients are equal too, and every update keeps them equal. A 512-unit layer then
+has the capacity of one unit. A zero weight in front of a ReLU with a non-positive bias is worse:
+the ReLU outputs zero and passes back zero, so the layer never learns at all.
+"""
+    fix_text = """\
+Initialize the weight with a random, fan-in-scaled init: `nn.init.kaiming_normal_` (He et al.,
+2015) in front of ReLU-family activations, `nn.init.xavier_normal_` (Glorot and Bengio, 2010) in
+front of tanh or sigmoid, or simply keep PyTorch's default. Keep zero init only where the output
+is added to another path or is the model's output.
+"""
+    references = (
+        "He et al., 2015, Delving Deep into Rectifiers, https://arxiv.org/abs/1502.01852",
+        "Goyal et al., 2017, zero-init of the last BN gamma in each residual block, "
+        "https://arxiv.org/abs/1706.02677",
+        "Peebles and Xie, 2023, adaLN-Zero in DiT, https://arxiv.org/abs/2212.09748",
+        "Hu et al., 2021, LoRA, https://arxiv.org/abs/2106.09685",
+    )
+    bad_example = '''\
+import torch.nn as nn
+
+
+def build():
+    model = nn.Sequential(
+        nn.Linear(16, 64), nn.Tanh(),
+        nn.Linear(64, 64), nn.Tanh(),
+        nn.Linear(64, 10),
+    )
+    for hidden in (model[0], model[2]):
+        nn.init.zeros_(hidden.weight)  # every hidden unit starts, and stays, the same
+        nn.init.zeros_(hidden.bias)
+    return model
+'''
+    good_example = '''\
+import torch.nn as nn
+
+
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, width)
+        nn.init.zeros_(self.fc2.weight)  # last layer of a residual branch: deliberate
+
+    def forward(self, x):
+        return x + self.fc2(self.fc1(x).relu())
+
+
+def build():
+    head = nn.Linear(64, 10)
+    nn.init.zeros_(head.weight)  # classifier head: deliberate
+    return nn.Sequential(nn.Linear(16, 64), Block(64), head)
+'''
+
+    def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
+        for layer in model.layers.values():
+            for pname, units_dim in weights_to_check(layer.module):
+                if not layer.is_constant(pname):
+                    continue  # one min/max pass; full statistics only for constant weights
+                if model.is_shared(layer.name):
+                    continue  # a tied weight also learns through the other module's calls
+                finding = self._judge(model, layer, pname, units_dim)
+                if finding is not None:
+                    yield finding
+
+    # -- the verdict -----------------------------------------------------------------------------
+    def _judge(self, model: "AnalysedModel", layer: "Layer", pname: str,
+               units_dim: int) -> Finding | None:
+        stats = layer.stats(pname)
+        assert stats is not None
+        calls, outputs = calls_and_outputs(model, layer)
+        if not outputs:
+            return None  # not inside any traced graph: we cannot see what consumes it
+        weight = layer.param(pname)
+        assert weight is not None
+        units = int(weight.shape[units_dim]) if weight.dim() > units_dim else 1
+        plain = _is_plain_layer(layer.module)
+        bias = _bias_of(layer.module) if plain else None
+        value = "all zero" if stats.all_zero else f"all {stats.max:g}"
+        where = _init_phrase(layer, pname)
+
+        # 1. Zero weight straight into a ReLU: the output is the bias; where it is <= 0 the ReLU
+        #    outputs 0 and passes back 0, so neither weight nor bias ever moves.
+        if plain and stats.all_zero and all(feeds_only_relu(model, out) for out in outputs):
+            dead = units if bias is None else int((bias.detach() <= 0).sum())
+            if dead:
+                severity = Severity.ERROR if dead == units else Severity.WARNING
+                bias_text = "has no bias" if bias is None else (
+                    "has a bias <= 0 everywhere" if dead == units
+                    else f"has {dead} of {units} bias entries <= 0")
+                return self.finding(
+                    layer,
+                    f"{pname} is all zero{where} and the layer {bias_text} in front of a ReLU: "
+                    f"{dead} of {units} units output 0 with zero gradient, dead for good",
+                    parameter=pname, severity=severity, fix=_fix(layer, pname, "relu"),
+                    data={"verdict": "dead", "dead_units": dead, "units": units},
+                )
+
+        # 1b. A zero layer with no (or a zero) bias outputs exactly 0; a normalization of 0
+        #     outputs exactly its beta, and a ReLU after a beta <= 0 outputs and passes back 0.
+        if plain and stats.all_zero and (bias is None or not bool(bias.detach().any())):
+            norms = [n for out in outputs
+                     for n in (norms_into_relu(model, out, layer.module) or [None])]
+            if norms and all(n is not None for n in norms):
+                dead = _dead_everywhere([n[1] for n in norms if n is not None], units)
+                names = ", ".join(sorted({n[0] for n in norms if n is not None}))
+                if dead:
+                    return self.finding(
+                        layer,
+                        f"{pname} is all zero{where} and the layer has "
+                        f"{'no bias' if bias is None else 'a zero bias'}: it outputs exactly 0, "
+                        f"so the normalization {names} outputs exactly its bias, which is <= 0 "
+                        f"in front of a ReLU for {dead} of {units} units: they output 0 with "
+                        "zero gradient, dead for good",
+                        parameter=pname,
+                        severity=Severity.ERROR if dead == units else Severity.WARNING,
+                        fix=_fix(layer, pname, "relu"),
+                        data={"verdict": "dead", "dead_units": dead, "units": units,
+                              "through": names},
+                    )
+
+        endpoints = [e for out in outputs for e in walk(model, out)]
+        if not endpoints or any(e.kind in ("output", "combine") for e in endpoints):
+            return None  # summed, gating or the model output: the deliberate zero-init patterns
+        activation = first_activation(model, outputs)
+
+        # 2. Identical units whose every consumer weighs them equally get identical gradients,
+        #    and the consumer's columns get identical updates: symmetric for good.
+        # A grouped conv's units read different input channels: they differ from the start.
+        identical = plain and units > 1 and (bias is None or constant(bias)) and all(
+            e.kind == "layer" for e in endpoints) and getattr(layer.module, "groups", 1) == 1 \
+            and len(calls) == 1
+        if identical:
+            consumers = [symmetric_consumer(model, out, layer.module) for out in outputs]
+            if all(c is not None for c in consumers):
+                names = sorted({c for group in consumers if group for c in group})
+                if names:
+                    return self.finding(
+                        layer,
+                        f"{pname} is {value}{where}: all {units} units compute the same value, "
+                        f"and the next layer {', '.join(names)} weighs them equally, so they get "
+                        "the same gradient and stay identical for good",
+                        parameter=pname, severity=Severity.ERROR,
+                        fix=_fix(layer, pname, activation),
+                        data={"verdict": "clones", "units": units, "consumers": names},
+                    )
+
+        # 3. A zero weight passes back no gradient: layers that reach the loss only through it
+        #    do not learn until it has moved.
+        if stats.all_zero and any(e.kind == "layer" for e in endpoints) and all(
+                e.kind != "unknown" or e.module is None for e in endpoints) \
+                and blocks_every_input(layer, pname):
+            starved = sorted({name for call in calls for name in starved_upstream(model, call)
+                              if name != layer.name and not model.is_shared(name)
+                              and len(model.calls_of(name)) == 1})
+            if starved:
+                shown = ", ".join(starved[:3]) + (f" and {len(starved) - 3} more"
+                                                  if len(starved) > 3 else "")
+                return self.finding(
+                    layer,
+                    f"{pname} is all zero{where}: the layers before it ({shown}) get no gradient "
+                    "until it has moved, so training stalls",
+                    parameter=pname, severity=Severity.WARNING,
+                    fix=_fix(layer, pname, activation),
+                    data={"verdict": "stall", "starved": starved},
+                )
+        return None
+
+
+# -- which weights, and the graph around them ------------------------------------------------------
+
+def _dead_everywhere(masks: list, units: int) -> int:  # type: ignore[type-arg]
+    """Units dead on every path (an empty mask: all units; a mask of another length than the
+    layer's units: we cannot tell which, so none)."""
+    import torch
+
+    dead = torch.ones(units, dtype=torch.bool)
+    for mask in masks:
+        if mask.numel() == 0:
+            continue
+        if mask.numel() != units:
+            return 0
+        dead &= mask
+    return int(dead.sum())
+
+
+def _is_plain_layer(module: "nn.Module") -> bool:
+    """Layers whose output unit j is w_j . x + b_j (so a zero weight outputs exactly the bias)."""
+    import torch.nn as nn
+
+    return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear, nn.Embedding))
+
+
+def _bias_of(module: "nn.Module"):  # type: ignore[no-untyped-def]
+    bias = getattr(module, "bias", None)
+    return bias if bias is not None and hasattr(bias, "shape") else None
+
+
+def _init_phrase(layer: "Layer", pname: str) -> str:
+    call = layer.init_of(pname)
+    if call is None or not call.by_user:
+        return ""
+    where = f" at {call.location.file}:{call.location.line}" if call.location else ""
+    return f" (set by {call.describe()}{where})"
+
+
+def _fix(layer: "Layer", pname: str, activation: str | None) -> Fix:
+    from biaslint.fix.phrases import init_call_subject, python_path
+
+    call = layer.init_of(pname)
+    subject = init_call_subject(call) or f"{python_path(layer.name)}.{pname}"
+    if activation in ("tanh", "sigmoid"):
+        code = f"nn.init.xavier_normal_({subject}, gain=nn.init.calculate_gain('{activation}'))"
+    elif activation in ("relu", "gelu", "silu", "elu", "leaky_relu"):
+        code = f"nn.init.kaiming_normal_({subject}, nonlinearity='relu')"
+    else:
+        code = f"nn.init.xavier_normal_({subject})"
+    if call is not None and call.by_user and call.location is not None:
+        title = f"Replace the constant init at {call.location.file}:{call.location.line} with"
+    else:
+        title = "Initialize it with a random fan-in-scaled init instead"
+    return Fix(title=title, code=code, safe=False)

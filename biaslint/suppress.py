@@ -1,0 +1,213 @@
+"""Inline suppressions: ``# biaslint: ignore[BL001,BL002]`` or a bare ``# biaslint: ignore``.
+
+A comment suppresses a finding when it sits on a line of the call that constructed the finding's
+layer (the recorded construction site; every line of a multi-line call counts) or on a line of the
+finding's own location. That is where the text report points, so it is where users look.
+
+The meta-rule BL100 reports comments that suppress nothing, the way ruff's RUF100 reports unused
+``noqa``. A wrong "unused" report would push users to delete a comment that matters, so a comment
+is only judged when the verdict is certain for this model:
+
+* on a line that builds a layer of this model: unused when every code it names was run and
+  suppressed nothing here (a bare comment: when every rule ran);
+* on any other line of a function that built or initialized a layer of this model (the classic
+  slip: the comment on the ``nn.init.zeros_`` line): it can never suppress anything there.
+
+Comments elsewhere in a file may belong to another target, so they are left alone. A comment that
+names BL100 itself is never reported.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+import tokenize
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import Iterable, Mapping, Sequence
+
+from biaslint.findings import Finding, Location, Severity
+
+META_CODE = "BL100"
+META_NAME = "unused-suppression"
+
+# "# biaslint: ignore" or "# biaslint: ignore[BL001, BL002]", anywhere in a comment (so it can
+# follow another tool's pragma, e.g. "# noqa: E501  # biaslint: ignore[BL002]").
+_PATTERN = re.compile(r"#\s*biaslint\s*:\s*ignore\b(?:\s*\[([^\]]*)\])?", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Suppression:
+    file: str
+    line: int
+    col: int  # 1-based column of the '#'
+    codes: tuple[str, ...]  # () for a bare "ignore": every code
+
+    def covers(self, code: str) -> bool:
+        return not self.codes or code in self.codes
+
+
+@dataclass
+class _Usage:
+    used_codes: set[str] = field(default_factory=set)
+
+
+def comments_in(path: str) -> tuple[Suppression, ...]:
+    """The suppression comments of a Python source file (real comments, not strings)."""
+    return _comments_in(path)
+
+
+@lru_cache(maxsize=256)
+def _comments_in(path: str) -> tuple[Suppression, ...]:
+    source = _read(path)
+    if source is None or "biaslint" not in source:
+        return ()
+    found = []
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type != tokenize.COMMENT:
+                continue
+            match = _PATTERN.search(token.string)
+            if match is None:
+                continue
+            codes = tuple(c.strip().upper() for c in (match.group(1) or "").split(",")
+                          if c.strip())
+            found.append(Suppression(path, token.start[0], token.start[1] + 1, codes))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return ()
+    return tuple(found)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def clear_cache() -> None:
+    """Forget parsed files (the CLI lints each target once; tests rewrite files in place)."""
+    _comments_in.cache_clear()
+    _function_spans.cache_clear()
+
+
+def _span(location: Location | None) -> tuple[str, range] | None:
+    if location is None:
+        return None
+    return location.file, range(location.line, (location.end_line or location.line) + 1)
+
+
+def apply_suppressions(
+    findings: Sequence[Finding],
+    module_sites: Mapping[str, Location],
+    ran_codes: Iterable[str],
+    all_codes: Iterable[str],
+    extra_locations: Iterable[Location] = (),
+) -> list[Finding]:
+    """Drop suppressed findings; add a BL100 finding per unused comment when BL100 ran.
+
+    ``module_sites`` maps module qualnames to construction sites; ``ran_codes`` are the rules that
+    ran on this model; ``extra_locations`` are other places the build ran user code (init calls),
+    which widen the set of functions whose comments can be judged.
+    """
+    clear_cache()
+    ran = set(ran_codes)
+    usage: dict[Suppression, _Usage] = {}
+    kept: list[Finding] = []
+    for finding in findings:
+        comments = _comments_for(finding, module_sites)
+        hits = [c for c in comments if c.covers(finding.code)]
+        for comment in hits:
+            usage.setdefault(comment, _Usage()).used_codes.add(finding.code)
+        if not hits:
+            kept.append(finding)
+    if META_CODE in ran:
+        kept.extend(_unused(module_sites, usage, ran, set(all_codes), list(extra_locations)))
+    return kept
+
+
+def _comments_for(finding: Finding, module_sites: Mapping[str, Location]) -> list[Suppression]:
+    spans = [s for s in (_span(module_sites.get(finding.module)), _span(finding.location)) if s]
+    result = []
+    for file, lines in spans:
+        result.extend(c for c in comments_in(file) if c.line in lines and c not in result)
+    return result
+
+
+def _unused(module_sites: Mapping[str, Location], usage: Mapping[Suppression, _Usage],
+            ran: set[str], all_codes: set[str],
+            extra_locations: list[Location]) -> Iterable[Finding]:
+    site_lines: dict[str, set[int]] = {}
+    for site in module_sites.values():
+        file, lines = _span(site)  # type: ignore[misc]
+        site_lines.setdefault(file, set()).update(lines)
+    touched: dict[str, set[int]] = {f: set(lines) for f, lines in site_lines.items()}
+    for loc in extra_locations:
+        touched.setdefault(loc.file, set()).add(loc.line)
+    every_rule_ran = (all_codes - {META_CODE}) <= ran
+    for file in sorted(touched):
+        for comment in comments_in(file):
+            if META_CODE in comment.codes:
+                continue  # "ignore[BL002, BL100]": the user vouches for it
+            used = usage.get(comment, _Usage()).used_codes
+            unknown = [c for c in comment.codes if c not in all_codes]
+            if comment.line in site_lines.get(file, ()):
+                message = _judge_attached(comment, used, ran, every_rule_ran, unknown)
+            elif _in_building_function(file, comment.line, touched[file]):
+                message = ("suppression comment is not on a line that constructs a layer, so it "
+                           "suppresses nothing: put it on the line that builds the layer")
+            else:
+                continue
+            if message:
+                yield Finding(
+                    code=META_CODE, name=META_NAME, severity=Severity.WARNING, module="",
+                    module_type="comment", message=message,
+                    location=Location(file=file, line=comment.line, col=comment.col),
+                    data={"codes": list(comment.codes)},
+                )
+
+
+def _judge_attached(comment: Suppression, used: set[str], ran: set[str], every_rule_ran: bool,
+                    unknown: list[str]) -> str | None:
+    if unknown:
+        return (f"suppression names {', '.join(unknown)}, which "
+                f"{'is not a rule' if len(unknown) == 1 else 'are not rules'}: "
+                "biaslint rules lists the codes")
+    if not comment.codes:
+        if used or not every_rule_ran:
+            return None
+        return "bare suppression comment suppresses nothing on this line: remove it"
+    idle = [c for c in comment.codes if c in ran and c not in used]
+    if not idle:
+        return None  # used, or the unused codes did not run here: cannot tell
+    what = ", ".join(idle)
+    return (f"suppression of {what} suppresses nothing on this line: remove "
+            f"{'it' if len(idle) == len(comment.codes) else what + ' from the comment'}")
+
+
+@lru_cache(maxsize=256)
+def _function_spans(path: str) -> tuple[tuple[int, int], ...]:
+    source = _read(path)
+    if source is None:
+        return ()
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ()
+    return tuple((node.lineno, node.end_lineno or node.lineno) for node in ast.walk(tree)
+                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+
+def _in_building_function(file: str, line: int, touched_lines: set[int]) -> bool:
+    """Whether the innermost function around ``line`` also built or initialized a layer."""
+    around = [s for s in _function_spans(file) if s[0] <= line <= s[1]]
+    if not around:
+        return False
+    start, end = min(around, key=lambda s: s[1] - s[0])
+    return any(start <= t <= end for t in touched_lines)
+
+
+def with_severity(findings: Iterable[Finding], overrides: Mapping[str, Severity]) -> list[Finding]:
+    return [replace(f, severity=overrides[f.code]) if f.code in overrides else f for f in findings]
