@@ -11,8 +11,10 @@ from biaslint.analysis.model import (
 )
 from biaslint.capture import GraphPart, TensorInfo
 from biaslint.capture.shapes import recorded_info, shape_of
+from biaslint.vocabulary import argument, is_size_query
 
 __all__ = [
     "SHAPE_FUNCTIONS", "SHAPE_METHODS", "AnalysedModel", "GraphPart", "Layer", "ParamStats",
-    "TensorInfo", "Use", "fan_in_out", "is_shape_only", "recorded_info", "shape_of",
+    "TensorInfo", "Use", "argument", "fan_in_out", "is_shape_only", "is_size_query",
+    "recorded_info", "shape_of",
 ]

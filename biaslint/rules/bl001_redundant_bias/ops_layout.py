@@ -1,80 +1,31 @@
-"""Offset rules for ops that move data without mixing it: views, permutes, indexing, splits,
-concatenation (see ``offsets``). They track where each axis goes, and which slice of an axis a
-perturbation lives in when one slice of a fused bias is followed.
+"""Transfer functions for ops that move data without mixing it: views, permutes, indexing,
+splits, concatenation (registered in ``table``). They track where each axis goes, and which
+slice of an axis a perturbation lives in when one slice of a fused bias is followed.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import operator
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
 
-from biaslint.rules.bl001_redundant_bias.propagation import (
-    Items,
-    Live,
-    Offset,
-    Propagation,
-    State,
-    broadcast,
-    describe,
-    reshape_offset,
-    shape_of,
+from biaslint.analysis import argument, shape_of
+from biaslint.rules.bl001_redundant_bias.offsets import (
+    Args, Items, Kwargs, Live, Offset, State, axis_index, broadcast, describe, flatten_offset,
+    only_first, reshape_meta,
 )
+from biaslint.rules.bl001_redundant_bias.table import transfer, transfer_module
 
-Args = list[Any]
-Kwargs = dict[str, Any]
-Rule = Callable[[Propagation, fx.Node, Args, Kwargs], "State | None"]
-
-
-def _arg(args: Args, kwargs: Kwargs, index: int, name: str, default: Any = None) -> Any:
-    if name in kwargs:
-        return kwargs[name]
-    return args[index] if len(args) > index else default
-
-
-def _axis(dim: Any, ndim: int) -> int:
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        raise Live("axis not a constant")
-    axis = dim + ndim if dim < 0 else dim
-    if not 0 <= axis < max(ndim, 1):
-        raise Live("axis out of range")
-    return axis
-
-
-def _only_first(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    """The offset of the first operand; any other bias-dependent operand is not followed."""
-    first = prop.tensor(args[0] if args else None, node)
-    others = [a for a in list(args[1:]) + list(kwargs.values()) if prop.of(a) is not None]
-    if first is None or others:
-        raise Live(f"bias reaches a non-data argument of {describe(prop.part, node)}")
-    return first
-
-
-# -- shape ops ----------------------------------------------------------------
-
-def _flatten(x: Offset, start: int = 0, end: int = -1) -> Offset:
-    if x.ndim == 0:
-        return Offset(1, frozenset())
-    s, e = _axis(start, x.ndim), _axis(end, x.ndim)
-    varying = {a for a in x.varying if a < s} | {a - (e - s) for a in x.varying if a > e}
-    if x.varying & set(range(s, e + 1)):
-        varying.add(s)
-    mapping = {a: a for a in range(s)} | {a: a - (e - s) for a in range(e + 1, x.ndim)}
-    if s == e:
-        mapping[s] = s
-    return x.moved(x.ndim - (e - s), varying, mapping)
-
-
-def _reshape_meta(source: Any, node: fx.Node, x: Offset) -> Offset:
-    a, b = shape_of(source), shape_of(node)
-    if a is None or b is None:
-        raise Live("reshape without recorded shapes")
-    return reshape_offset(x, a, b)
+if TYPE_CHECKING:
+    from biaslint.rules.bl001_redundant_bias.propagation import Propagation
 
 
 def _permute_axes(x: Offset, dims: list[Any]) -> Offset:
-    order = [_axis(d, x.ndim) for d in dims]
+    order = [axis_index(d, x.ndim) for d in dims]
     if sorted(order) != list(range(x.ndim)):
         raise Live("permutation of unknown axes")
     return x.moved(x.ndim, (k for k, src in enumerate(order) if src in x.varying),
@@ -83,7 +34,7 @@ def _permute_axes(x: Offset, dims: list[Any]) -> Offset:
 
 def _swap(x: Offset, a: Any, b: Any) -> Offset:
     order = list(range(x.ndim))
-    i, j = _axis(a, x.ndim), _axis(b, x.ndim)
+    i, j = axis_index(a, x.ndim), axis_index(b, x.ndim)
     order[i], order[j] = order[j], order[i]
     return _permute_axes(x, order)
 
@@ -98,65 +49,74 @@ def _dims(args: Args, kwargs: Kwargs, name: str = "dims") -> list[Any]:
     return list(value)
 
 
+@transfer("view", "reshape", "view_as", "reshape_as", torch.reshape)
 def _view(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    x = _only_first(prop, node, args[:1], {})
-    return _reshape_meta(args[0], node, x)
+    x = only_first(prop, node, args[:1], {})
+    return reshape_meta(args[0], node, x)
 
 
+@transfer(torch.permute, "permute")
 def _permute(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    return _permute_axes(_only_first(prop, node, args[:1], {}), _dims(args, kwargs))
+    return _permute_axes(only_first(prop, node, args[:1], {}), _dims(args, kwargs))
 
 
+@transfer(torch.transpose, torch.swapaxes, "transpose", "swapaxes")
 def _transpose(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    x = _only_first(prop, node, args[:1], {})
-    return _swap(x, _arg(args, kwargs, 1, "dim0"), _arg(args, kwargs, 2, "dim1"))
+    x = only_first(prop, node, args[:1], {})
+    return _swap(x, argument(node, 1, "dim0"), argument(node, 2, "dim1"))
 
 
+@transfer(torch.t, "t")
 def _t(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    x = _only_first(prop, node, args[:1], {})
+    x = only_first(prop, node, args[:1], {})
     return x if x.ndim < 2 else _swap(x, 0, 1)
 
 
+@transfer(torch.movedim, "movedim")
 def _movedim(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    x = _only_first(prop, node, args[:1], {})
-    src, dst = _arg(args, kwargs, 1, "source"), _arg(args, kwargs, 2, "destination")
+    x = only_first(prop, node, args[:1], {})
+    src, dst = argument(node, 1, "source"), argument(node, 2, "destination")
     src = [src] if isinstance(src, int) else list(src)
     dst = [dst] if isinstance(dst, int) else list(dst)
-    src, dst = [_axis(s, x.ndim) for s in src], [_axis(d, x.ndim) for d in dst]
+    src, dst = [axis_index(s, x.ndim) for s in src], [axis_index(d, x.ndim) for d in dst]
     rest = iter(a for a in range(x.ndim) if a not in src)
     placed = dict(zip(dst, src))
     order = [placed[k] if k in placed else next(rest) for k in range(x.ndim)]
     return _permute_axes(x, order)
 
 
+@transfer(torch.flatten, "flatten")
 def _flatten_call(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    x = _only_first(prop, node, args[:1], {})
-    return _flatten(x, _arg(args, kwargs, 1, "start_dim", 0), _arg(args, kwargs, 2, "end_dim", -1))
+    x = only_first(prop, node, args[:1], {})
+    return flatten_offset(x, argument(node, 1, "start_dim", 0), argument(node, 2, "end_dim", -1))
 
 
+@transfer(torch.unsqueeze, "unsqueeze")
 def _unsqueeze(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    x = _only_first(prop, node, args[:1], {})
-    d = _axis(_arg(args, kwargs, 1, "dim"), x.ndim + 1)
+    x = only_first(prop, node, args[:1], {})
+    d = axis_index(argument(node, 1, "dim"), x.ndim + 1)
     mapping = {a: a + 1 if a >= d else a for a in range(x.ndim)}
     return x.moved(x.ndim + 1, (mapping[a] for a in x.varying), mapping)
 
 
+@transfer(torch.squeeze, "squeeze")
 def _squeeze(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    x = _only_first(prop, node, args[:1], {})
+    x = only_first(prop, node, args[:1], {})
     shape = shape_of(args[0])
-    dim = _arg(args, kwargs, 1, "dim")
+    dim = argument(node, 1, "dim")
     if shape is None:
         raise Live("squeeze without a recorded shape")
     dims = [dim] if isinstance(dim, int) else list(dim) if dim is not None else list(range(x.ndim))
-    gone = {a for a in (_axis(d, x.ndim) for d in dims) if shape[a] == 1}
+    gone = {a for a in (axis_index(d, x.ndim) for d in dims) if shape[a] == 1}
     keep = [a for a in range(x.ndim) if a not in gone]
     return x.moved(len(keep), (k for k, a in enumerate(keep) if a in x.varying),
                    {a: k for k, a in enumerate(keep)})
 
 
+@transfer("expand", "expand_as", "repeat")
 def _expand(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     """expand/repeat/expand_as: copies; new leading axes and copied axes are constant."""
-    x = _only_first(prop, node, args[:1], {})
+    x = only_first(prop, node, args[:1], {})
     shape = shape_of(node)
     if shape is None:
         raise Live("expand without a recorded shape")
@@ -164,28 +124,40 @@ def _expand(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Off
     return Offset(len(shape), frozenset(a + shift for a in x.varying))
 
 
+@transfer(
+    torch.clone,
+    torch.detach,
+    "contiguous",
+    "clone",
+    "to",
+    "float",
+    "double",
+    "half",
+    "bfloat16",
+    "type_as",
+    "detach",
+    "type",
+)
 def _same(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    return _only_first(prop, node, args[:1], {})
+    return only_first(prop, node, args[:1], {})
 
 
+@transfer(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d)
 def _dropout(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    x = _only_first(prop, node, args[:1], {})
-    p = _arg(args, kwargs, 1, "p", 0.5)
-    training = _arg(args, kwargs, 2, "training", True)
+    x = only_first(prop, node, args[:1], {})
+    p = argument(node, 1, "p", 0.5)
+    training = argument(node, 2, "training", True)
     if p == 0 or training is False:
         return x
     raise Live(f"dropout with p={p} at {describe(prop.part, node)}")
 
 
-def _size(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
-    return None  # sizes and ranks do not depend on values
-
-
+@transfer(getattr)
 def _getattr(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> State | None:
     name = args[1] if len(args) > 1 else None
     if name in ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"):
         return None
-    x = _only_first(prop, node, args[:1], {})
+    x = only_first(prop, node, args[:1], {})
     if name in ("data",):
         return x
     if name in ("T", "mT", "mH", "H"):
@@ -194,6 +166,7 @@ def _getattr(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> St
     raise Live(f"attribute {name!r} of a bias-dependent value")
 
 
+@transfer(operator.getitem)
 def _getitem(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> State | None:
     state, index = prop.of(args[0]), args[1]
     if isinstance(state, Items):
@@ -275,15 +248,15 @@ def _slice_support(support: tuple[int, int, int], item: slice, size: int | None
     return (lo - offset, hi - offset)
 
 
-
+@transfer(torch.cat, torch.concat, torch.concatenate)
 def _cat(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    tensors = _arg(args, kwargs, 0, "tensors")
+    tensors = argument(node, 0, "tensors")
     if not isinstance(tensors, (tuple, list)):
         raise Live("cat of an unknown sequence")
     offsets = [prop.tensor(t, node) for t in tensors]
     carrying = [o for o in offsets if o is not None]
     ndim = carrying[0].ndim
-    axis = _axis(_arg(args, kwargs, 1, "dim", 0), ndim)
+    axis = axis_index(argument(node, 1, "dim", 0), ndim)
     # Operands with nothing along the axis (an empty cache) add nothing.
     present = [t for t, o in zip(tensors, offsets)
                if o is not None or not _empty_along(prop.other_shape(t), axis, ndim)]
@@ -297,22 +270,24 @@ def _empty_along(shape: tuple[int, ...] | None, axis: int, ndim: int) -> bool:
     return shape is not None and (0 in shape) and (len(shape) != ndim or shape[axis] == 0)
 
 
+@transfer(torch.stack)
 def _stack(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    tensors = _arg(args, kwargs, 0, "tensors")
+    tensors = argument(node, 0, "tensors")
     if not isinstance(tensors, (tuple, list)):
         raise Live("stack of an unknown sequence")
     carrying = [o for o in (prop.tensor(t, node) for t in tensors) if o is not None]
     ndim = carrying[0].ndim + 1
-    axis = _axis(_arg(args, kwargs, 1, "dim", 0), ndim)
+    axis = axis_index(argument(node, 1, "dim", 0), ndim)
     varying = {a + 1 if a >= axis else a for o in carrying for a in o.varying}
     if len(tensors) > 1:
         varying.add(axis)
     return Offset(ndim, frozenset(varying))
 
 
+@transfer(torch.chunk, torch.split, torch.tensor_split, "chunk", "split", "tensor_split")
 def _split(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Items:
-    x = _only_first(prop, node, args[:1], {})
-    axis = _axis(_arg(args, kwargs, 2, "dim", 0), x.ndim)
+    x = only_first(prop, node, args[:1], {})
+    axis = axis_index(argument(node, 2, "dim", 0), x.ndim)
     whole = Offset(x.ndim, x.varying)
     if x.support is None or x.support[0] != axis:
         return Items(default=x)  # every piece has the same axes as the whole
@@ -337,7 +312,7 @@ def _piece_bounds(node: fx.Node, args: Args, kwargs: Kwargs, shape: tuple[int, .
         return None
     size = shape[axis]
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-    how = _arg(args, kwargs, 1, "chunks" if name == "chunk" else "split_size_or_sections")
+    how = argument(node, 1, "chunks" if name == "chunk" else "split_size_or_sections")
     if name == "split" and how is None:
         how = kwargs.get("split_size")
     if name == "chunk" and isinstance(how, int) and how > 0:
@@ -357,9 +332,10 @@ def _piece_bounds(node: fx.Node, args: Args, kwargs: Kwargs, shape: tuple[int, .
     return bounds
 
 
+@transfer(torch.unbind, "unbind")
 def _unbind(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Items:
-    x = _only_first(prop, node, args[:1], {})
-    axis = _axis(_arg(args, kwargs, 1, "dim", 0), x.ndim)
+    x = only_first(prop, node, args[:1], {})
+    axis = axis_index(argument(node, 1, "dim", 0), x.ndim)
     varying = {a - 1 if a > axis else a for a in x.varying if a != axis}
     mapping = {a: a - 1 if a > axis else a for a in range(x.ndim) if a != axis}
     item = x.moved(x.ndim - 1, varying, mapping)
@@ -370,3 +346,25 @@ def _unbind(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Ite
                              for i in range(x.support[2])), default=None)
 
 
+@transfer_module(nn.Identity)
+def _identity_module(prop: Propagation, node: fx.Node, module: nn.Identity, x: Offset) -> Offset:
+    return x
+
+
+@transfer_module(nn.Flatten)
+def _flatten_module(prop: Propagation, node: fx.Node, module: nn.Flatten, x: Offset) -> Offset:
+    return flatten_offset(x, module.start_dim, module.end_dim)
+
+
+@transfer_module(nn.Unflatten)
+def _unflatten_module(prop: Propagation, node: fx.Node, module: nn.Unflatten,
+                      x: Offset) -> Offset:
+    return reshape_meta(node.args[0], node, x)
+
+
+@transfer_module(nn.modules.dropout._DropoutNd)
+def _dropout_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
+    # Train mode: a mask that differs per element and per step.
+    if module.p == 0:  # type: ignore[attr-defined]
+        return x
+    raise Live(f"dropout with p={module.p} at {describe(prop.part, node)}")  # type: ignore[attr-defined]

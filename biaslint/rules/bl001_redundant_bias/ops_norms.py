@@ -1,37 +1,25 @@
-"""Offset rules for modules and for the ops that cancel an offset: normalizations, softmax and
-attention; and convs, pooling and padding, which keep it (see ``offsets``).
+"""Transfer functions for the ops that cancel an offset: normalizations, softmax and
+dot-product attention (registered in ``table``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
-from biaslint.rules.bl001_redundant_bias.propagation import (
-    Live,
-    Offset,
-    Propagation,
-    State,
-    all_axes,
-    describe,
-    shape_of,
+from biaslint.analysis import argument, shape_of
+from biaslint.rules.bl001_redundant_bias.offsets import (
+    Args, Kwargs, Live, Offset, axis_index, describe, only_first, spatial_count,
 )
-from biaslint.rules.bl001_redundant_bias.ops_layout import (
-    Args,
-    Kwargs,
-    Rule,
-    _arg,
-    _axis,
-    _flatten,
-    _only_first,
-    _reshape_meta,
-)
+from biaslint.rules.bl001_redundant_bias.table import transfer, transfer_module
 
+if TYPE_CHECKING:
+    from biaslint.rules.bl001_redundant_bias.propagation import Propagation
 
-# -- normalizations and softmax: where an offset is cancelled -------------------------------------
 
 def _cancel_over(prop: Propagation, node: fx.Node, x: Offset, reduced: set[int], what: str) -> None:
     if x.varying & reduced:
@@ -50,7 +38,7 @@ _MASK_FILL_LIMIT = -1e9
 def _softmax(prop: Propagation, node: fx.Node, x: Offset, dim: Any) -> None:
     if dim is None:  # torch's legacy implicit dim (_get_softmax_dim)
         dim = 0 if x.ndim in (0, 1, 3) else 1
-    axis = _axis(dim, x.ndim)
+    axis = axis_index(dim, x.ndim)
     if axis in x.varying and _masked_constant(prop, node, x.ndim, axis):
         return _cancel_over(prop, node, Offset(x.ndim, x.varying - {axis}), {axis},
                             f"(softmax over axis {axis}; masked entries are -inf)")
@@ -68,11 +56,11 @@ def _masked_constant(prop: Propagation, node: fx.Node, ndim: int, axis: int) -> 
             or (source.op == "call_function" and source.target is torch.masked_fill)):
         return False
     args, kwargs = list(source.args), dict(source.kwargs)
-    value = _arg(args, kwargs, 2, "value")
+    value = argument(source, 2, "value")
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not value <= _MASK_FILL_LIMIT:
         return False
-    if prop.of(_arg(args, kwargs, 1, "mask")) is not None:
+    if prop.of(argument(source, 1, "mask")) is not None:
         return False
     before = prop.of(args[0] if args else kwargs.get("input"))
     return isinstance(before, Offset) and before.ndim == ndim and axis not in before.varying
@@ -113,156 +101,12 @@ def _instance_norm(prop: Propagation, node: fx.Node, x: Offset, spatial: int) ->
     return _cancel_over(prop, node, x, reduced, "(it subtracts each channel's spatial mean)")
 
 
-# -- modules ----------------------------------------------------------------
-
-def _spatial_count(module: nn.Module) -> int:
-    """1, 2 or 3 from the class name (MaxPool2d, ZeroPad3d, InstanceNorm1d...)."""
-    for cls in type(module).__mro__:
-        for n in (1, 2, 3):
-            if cls.__name__.endswith(f"{n}d"):
-                return n
-    raise Live(f"unknown dimensionality of {type(module).__name__}")
-
-
-def _unsliced(x: Offset) -> Offset:
-    """Pooling, interpolation, padding and convs mix or shift positions along their axes, so a
-    slice of a fused bias (``support``) no longer marks where the offset is: forget it (the
-    offset may then be anywhere along that axis, which is only more conservative)."""
-    return x if x.support is None else Offset(x.ndim, x.varying)
-
-
-def _module(prop: Propagation, node: fx.Node, module: nn.Module, args: Args,
-            kwargs: Kwargs) -> State | None:
-    result = _module_offset(prop, node, module, args, kwargs)
-    mixing = (nn.modules.pooling.__name__, nn.modules.padding.__name__,
-              nn.modules.upsampling.__name__, nn.modules.conv.__name__)
-    if isinstance(result, Offset) and type(module).__module__ in mixing:
-        return _unsliced(result)
-    return result
-
-
-def _module_offset(prop: Propagation, node: fx.Node, module: nn.Module, args: Args,
-                   kwargs: Kwargs) -> State | None:
-    if isinstance(module, nn.modules.conv._ConvNd):
-        x = _only_first(prop, node, args, kwargs)
-        padding = module.padding
-        return _conv(x, len(module.kernel_size), module.kernel_size, module.stride, padding,
-                     module.dilation, module.padding_mode, module.transposed,
-                     getattr(module, "output_padding", 0))
-    x = _only_first(prop, node, args, kwargs)
-    if isinstance(module, nn.Linear):
-        return x.with_axes({x.ndim - 1})
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return _batch_norm(prop, node, x)
-    if isinstance(module, nn.modules.instancenorm._InstanceNorm):
-        return _instance_norm(prop, node, x, _spatial_count(module))
-    if isinstance(module, nn.GroupNorm):
-        return _group_norm(prop, node, x, module.num_groups, module.num_channels)
-    if isinstance(module, nn.LayerNorm):
-        return _layer_norm(prop, node, x, module.normalized_shape)
-    if isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
-        return _softmax(prop, node, x, module.dim)
-    if isinstance(module, nn.Identity):
-        return x
-    if isinstance(module, nn.Flatten):
-        return _flatten(x, module.start_dim, module.end_dim)
-    if isinstance(module, nn.Unflatten):
-        return _reshape_meta(args[0], node, x)
-    if isinstance(module, nn.modules.dropout._DropoutNd):
-        # Train mode: a mask that differs per element and per step.
-        if module.p == 0:
-            return x
-        raise Live(f"dropout with p={module.p} at {describe(prop.part, node)}")
-    if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
-        if module.return_indices:
-            raise Live("max pool returning indices")
-        return _max_over(x, _spatial_count(module))
-    if isinstance(module, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)):
-        if module.return_indices:
-            raise Live("max pool returning indices")
-        return _max_over(x, _spatial_count(module))
-    if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
-        return _avg_pool(x, _spatial_count(module), module.padding,
-                         module.count_include_pad, getattr(module, "divisor_override", None))
-    if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                           nn.Upsample)):
-        return x  # weighted averages whose weights sum to one: a constant stays that constant
-    if isinstance(module, (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d,
-                           nn.ConstantPad2d, nn.ConstantPad3d)):
-        return _pad(x, module.padding, "constant")
-    if isinstance(module, (nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
-                           nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d,
-                           nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)):
-        return x
-    raise Live(f"{describe(prop.part, node)} is not a known linear op")
-
-
-def _conv(x: Offset, n: int, kernel: Any, stride: Any, padding: Any, dilation: Any,
-          padding_mode: str, transposed: bool, output_padding: Any) -> Offset:
-    """A conv maps a per-channel constant to a per-channel constant, except at a zero-padded
-    border (the padding carries no offset) or where a transposed conv's taps overlap unevenly."""
-    x = _unsliced(x)
-    spatial = set(range(x.ndim - n, x.ndim))
-    channel = x.ndim - n - 1
-    kernel = _tuple(kernel, n)
-    if transposed:
-        keeps = all(k == 1 for k in kernel) and all(s == 1 for s in _tuple(stride, n)) \
-            and all(p == 0 for p in _tuple(padding, n)) \
-            and all(p == 0 for p in _tuple(output_padding, n))
-    else:
-        if padding == "valid":
-            pads: tuple[int, ...] = (0,) * n
-        elif padding == "same":
-            pads = tuple(d * (k - 1) for k, d in zip(kernel, _tuple(dilation, n)))
-        else:
-            pads = _tuple(padding, n)
-        keeps = padding_mode != "zeros" or all(p == 0 for p in pads)
-    if channel < 0:
-        raise Live("conv input of too low rank")
-    if keeps and not x.varying & spatial:
-        return x.with_axes({channel})
-    return x.with_axes({channel} | spatial)
-
-
-def _tuple(value: Any, n: int) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,) * n
-    if isinstance(value, (tuple, list)) and all(isinstance(v, int) for v in value):
-        return tuple(value) if len(value) == n else (tuple(value) * n)[:n]
-    raise Live("conv or pool argument not a constant")
-
-
-def _max_over(x: Offset, n: int) -> Offset:
-    """max(x + c) = max(x) + c when c is constant over the window; otherwise nonlinear."""
-    if x.varying & set(range(x.ndim - n, x.ndim)):
-        raise Live("max over axes along which the bias varies")
-    return x
-
-
-def _avg_pool(x: Offset, n: int, padding: Any, count_include_pad: bool, divisor: Any) -> Offset:
-    spatial = set(range(x.ndim - n, x.ndim))
-    padded = any(p != 0 for p in _tuple(padding, n))
-    if divisor is not None or (padded and count_include_pad):
-        return x.with_axes(spatial)  # border windows average in zeros or divide differently
-    return x
-
-
-def _pad(x: Offset, pad: Any, mode: str) -> Offset:
-    if mode != "constant":
-        return x  # reflect/replicate/circular copy values: a constant stays that constant
-    pads = list(pad) if isinstance(pad, (tuple, list)) else [pad]
-    if not all(isinstance(p, int) for p in pads):
-        return x.with_axes(all_axes(x.ndim))
-    axes = {x.ndim - 1 - i // 2 for i, p in enumerate(pads) if p != 0}
-    return x.with_axes(axes)
-
-
-
+@transfer(F.scaled_dot_product_attention)
 def _sdpa(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
     """softmax(q k^T / s + mask) v: a key offset constant over the key positions adds the same
     q . d to every score of a query, which the softmax removes (Namazifar et al., 2023)."""
-    q, k, v = (_arg(args, kwargs, 0, "query"), _arg(args, kwargs, 1, "key"),
-               _arg(args, kwargs, 2, "value"))
+    q, k, v = (argument(node, 0, "query"), argument(node, 1, "key"),
+               argument(node, 2, "value"))
     rest = [a for a in list(args[3:]) + [val for name, val in kwargs.items()
                                          if name not in ("query", "key", "value")]]
     if any(prop.of(a) is not None for a in [q, v, *rest]):
@@ -276,51 +120,75 @@ def _sdpa(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
                         "(softmax over the keys removes a bias shared by every key)")
 
 
-def _fn_norm(kind: str) -> Rule:
-    def rule(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
-        x = _only_first(prop, node, args[:1], {}) if all(
-            prop.of(a) is None for a in list(args[1:]) + list(kwargs.values())) else None
-        if x is None:
-            raise Live("normalization parameters depend on the bias")
-        if kind == "layer":
-            return _layer_norm(prop, node, x, _arg(args, kwargs, 1, "normalized_shape"))
-        if kind == "group":
-            shape = shape_of(args[0])
-            return _group_norm(prop, node, x, _arg(args, kwargs, 1, "num_groups"),
-                               shape[1] if shape is not None and len(shape) > 1 else None)
-        if kind == "instance":
-            if _arg(args, kwargs, 5, "use_input_stats", True) is False:
-                return x  # type: ignore[return-value]  # a per-channel affine map
-            return _instance_norm(prop, node, x, x.ndim - 2)
-        training = _arg(args, kwargs, 5, "training", False)
-        if training is False and prop.part.module.training:
-            # Written as eval-mode batch norm in a model that trains: a per-channel affine map.
-            return x  # type: ignore[return-value]
-        return _batch_norm(prop, node, x)
-    return rule
+def _norm_arguments_free(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    x = only_first(prop, node, args[:1], {}) if all(
+        prop.of(a) is None for a in list(args[1:]) + list(kwargs.values())) else None
+    if x is None:
+        raise Live("normalization parameters depend on the bias")
+    return x
 
 
-def _pool_function(n: int, kind: str) -> Rule:
-    def rule(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> State:
-        x = _unsliced(_only_first(prop, node, args[:1], {}))
-        if kind == "max":
-            if _arg(args, kwargs, 6, "return_indices", False):
-                raise Live("max pool returning indices")
-            return _max_over(x, n)
-        if kind == "adaptive_max":
-            if _arg(args, kwargs, 2, "return_indices", False):
-                raise Live("max pool returning indices")
-            return _max_over(x, n)
-        if kind == "avg":
-            return _avg_pool(x, n, _arg(args, kwargs, 3, "padding", 0),
-                             bool(_arg(args, kwargs, 5, "count_include_pad", True)),
-                             _arg(args, kwargs, 6, "divisor_override"))
-        return x  # adaptive average, interpolation
-    return rule
+@transfer(F.layer_norm)
+def _layer_norm_function(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
+    x = _norm_arguments_free(prop, node, args, kwargs)
+    return _layer_norm(prop, node, x, argument(node, 1, "normalized_shape"))
 
 
-def _pad_function(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    x = _unsliced(_only_first(prop, node, args[:1], {}))
-    return _pad(x, _arg(args, kwargs, 1, "pad"), _arg(args, kwargs, 2, "mode", "constant"))
+@transfer(F.group_norm)
+def _group_norm_function(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
+    x = _norm_arguments_free(prop, node, args, kwargs)
+    shape = shape_of(args[0])
+    return _group_norm(prop, node, x, argument(node, 1, "num_groups"),
+                       shape[1] if shape is not None and len(shape) > 1 else None)
 
 
+@transfer(F.instance_norm)
+def _instance_norm_function(prop: Propagation, node: fx.Node, args: Args,
+                            kwargs: Kwargs) -> Offset | None:
+    x = _norm_arguments_free(prop, node, args, kwargs)
+    if argument(node, 5, "use_input_stats", True) is False:
+        return x  # a per-channel affine map
+    return _instance_norm(prop, node, x, x.ndim - 2)
+
+
+@transfer(F.batch_norm)
+def _batch_norm_function(prop: Propagation, node: fx.Node, args: Args,
+                         kwargs: Kwargs) -> Offset | None:
+    x = _norm_arguments_free(prop, node, args, kwargs)
+    training = argument(node, 5, "training", False)
+    if training is False and prop.part.module.training:
+        # Written as eval-mode batch norm in a model that trains: a per-channel affine map.
+        return x
+    return _batch_norm(prop, node, x)
+
+
+@transfer(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, "softmax", "log_softmax")
+def _softmax_function(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
+    return _softmax(prop, node, only_first(prop, node, args[:1], {}), argument(node, 1, "dim"))
+
+
+# -- normalization and softmax modules --------------------------------------------------------
+
+@transfer_module(nn.modules.batchnorm._BatchNorm)
+def _batch_norm_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> None:
+    return _batch_norm(prop, node, x)
+
+
+@transfer_module(nn.modules.instancenorm._InstanceNorm)
+def _instance_norm_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> None:
+    return _instance_norm(prop, node, x, spatial_count(module))
+
+
+@transfer_module(nn.GroupNorm)
+def _group_norm_module(prop: Propagation, node: fx.Node, module: nn.GroupNorm, x: Offset) -> None:
+    return _group_norm(prop, node, x, module.num_groups, module.num_channels)
+
+
+@transfer_module(nn.LayerNorm)
+def _layer_norm_module(prop: Propagation, node: fx.Node, module: nn.LayerNorm, x: Offset) -> None:
+    return _layer_norm(prop, node, x, module.normalized_shape)
+
+
+@transfer_module(nn.Softmax, nn.LogSoftmax, nn.Softmin)
+def _softmax_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> None:
+    return _softmax(prop, node, x, module.dim)  # type: ignore[attr-defined]

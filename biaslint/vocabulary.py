@@ -1,0 +1,97 @@
+"""What torch ops and layers are, in the terms biaslint's stages care about.
+
+One table per question, so every stage and rule answers it the same way and a new layer type
+(say, a new norm) is added in one place: which modules normalize and how, which ops only move
+data, which are dropout, pools or size queries, and how to read a call's argument whether it was
+passed by position or by keyword. Torch knowledge only: nothing here knows about biaslint's own
+types, so capture (below analysis) and every rule (above it) can share it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def argument(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    """The call's argument ``name``, given by keyword or at position ``index``."""
+    if name in node.kwargs:
+        return node.kwargs[name]
+    return node.args[index] if len(node.args) > index else default
+
+
+# -- normalizations --------------------------------------------------------------------------
+# Subtract a mean (per channel, per group or per sample) and divide by a deviation.
+MEAN_NORM_MODULES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm,
+    nn.GroupNorm,
+)
+MEAN_NORM_FUNCTIONS: frozenset[Any] = frozenset({
+    F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm, torch.batch_norm,
+    torch.layer_norm, torch.group_norm, torch.instance_norm,
+})
+# Normalize each channel on its own (BatchNorm, InstanceNorm): a channel's statistics are its own.
+PER_CHANNEL_NORM_MODULES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+)
+# Every torch layer that rescales its input by statistics of the input (RMSNorm subtracts no
+# mean; LocalResponseNorm divides by a local energy).
+SCALE_NORM_MODULES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+# Return a tensor shaped like their input.
+SAME_SHAPE_NORM_MODULES: tuple[type[nn.Module], ...] = MEAN_NORM_MODULES + (nn.LocalResponseNorm,)
+
+# -- ops that move or view data without changing values -----------------------------------------
+DROPOUT_FUNCTIONS: frozenset[Any] = frozenset({
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+})
+SHAPE_FUNCTIONS: frozenset[Any] = frozenset({
+    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
+    torch.swapaxes, torch.t, torch.movedim, torch.clone,
+}) | DROPOUT_FUNCTIONS
+SHAPE_METHODS: frozenset[str] = frozenset({
+    "view", "reshape", "permute", "transpose", "flatten", "contiguous", "squeeze", "unsqueeze",
+    "view_as", "reshape_as", "expand", "expand_as", "swapaxes", "movedim", "t", "clone", "to",
+    "float", "type_as", "mT",
+})
+SHAPE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.AlphaDropout,
+)
+
+
+def dropout_active(node: fx.Node, module: nn.Module | None) -> bool:
+    """A dropout that zeroes entries while the model trains (p > 0, not forced off)."""
+    if node.op == "call_module":
+        return isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0
+    if node.op == "call_function" and node.target in DROPOUT_FUNCTIONS:
+        p = argument(node, 1, "p", 0.5)
+        training = argument(node, 2, "training", True)
+        return not (isinstance(p, (int, float)) and p == 0) and training is not False
+    return False
+
+
+# -- pools ----------------------------------------------------------------------------------
+POOL_MODULES: tuple[type[nn.Module], ...] = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)
+
+# -- queries that read sizes, never values -------------------------------------------------------
+SIZE_METHODS = frozenset({"size", "dim", "numel"})
+SIZE_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim"})
+
+
+def is_size_query(node: fx.Node) -> bool:
+    """``x.size()``, ``x.dim()``, ``x.numel()``, ``x.shape``, ``x.dtype``...: the result does not
+    depend on the tensor's values."""
+    if node.op == "call_method":
+        return node.target in SIZE_METHODS
+    return node.op == "call_function" and node.target is getattr and len(node.args) > 1 \
+        and node.args[1] in SIZE_ATTRIBUTES
