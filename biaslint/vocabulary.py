@@ -43,6 +43,9 @@ PER_CHANNEL_NORM_MODULES: tuple[type[nn.Module], ...] = (
 SCALE_NORM_MODULES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
 ) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+SCALE_NORM_FUNCTIONS: frozenset[Any] = frozenset({
+    F.layer_norm, F.batch_norm, F.group_norm, F.instance_norm, F.normalize, F.local_response_norm,
+} | ({F.rms_norm} if hasattr(F, "rms_norm") else set()))
 # Return a tensor shaped like their input.
 SAME_SHAPE_NORM_MODULES: tuple[type[nn.Module], ...] = MEAN_NORM_MODULES + (nn.LocalResponseNorm,)
 

@@ -14,11 +14,11 @@ from typing import Any, Iterable, Iterator
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
 from biaslint.capture.trace import Capture, GraphPart
 from biaslint.capture.shapes import shape_of
 from biaslint.findings import InitCall, Location
+from biaslint.vocabulary import SHAPE_FUNCTIONS, SHAPE_METHODS, SHAPE_MODULES, dropout_active
 
 
 @dataclass(frozen=True)
@@ -146,23 +146,8 @@ class Use:
         return shape_of(self.node)
 
 
-# Ops that move or view data without changing values (walked through to the real consumer).
-SHAPE_FUNCTIONS: frozenset[Any] = frozenset({
-    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
-    torch.swapaxes, torch.t, torch.movedim, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
-    F.alpha_dropout, torch.clone,
-})
-SHAPE_METHODS = frozenset({
-    "view", "reshape", "permute", "transpose", "flatten", "contiguous", "squeeze", "unsqueeze",
-    "view_as", "reshape_as", "expand", "expand_as", "swapaxes", "movedim", "t", "clone", "to",
-    "float", "type_as", "mT",
-})
-SHAPE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-    nn.AlphaDropout,
-)
-
-
+# Ops that move or view data without changing values are walked through to the real consumer
+# (the tables are ``biaslint.vocabulary``'s).
 def is_shape_only(use: Use) -> bool:
     node = use.node
     if node.op == "call_function":
@@ -185,6 +170,7 @@ class AnalysedModel:
         self.name = capture.target.name
         self.inputs_known = capture.target.inputs is not None
         self._real_outputs: dict[str, torch.Tensor | None] = {}
+        self._orders: dict[int, tuple[fx.Graph, dict[fx.Node, int], list[fx.Node]]] = {}
 
     # -- layers --------------------------------------------------------------------------------
     @cached_property
@@ -242,9 +228,6 @@ class AnalysedModel:
                 self._real_outputs[name] = seen.get(name)
         return {n: t for n in names if (t := self._real_outputs.get(n)) is not None}
 
-    def site_of_module(self, name: str) -> Location | None:
-        return self.target.module_sites.get(name)
-
     # -- graph -------------------------------------------------------------------------------
     @cached_property
     def _calls(self) -> dict[str, list[Use]]:
@@ -277,6 +260,37 @@ class AnalysedModel:
         """Every module is in training mode (the usual case: nothing was traced in eval mode)."""
         return all(m.training for m in self.model.modules())
 
+    def submodule(self, name: str) -> nn.Module:
+        """The model's module of that qualified name (``""`` for the root)."""
+        return self.model.get_submodule(name)
+
+    @property
+    def graphs(self) -> tuple[GraphPart, ...]:
+        """The captured graphs (a whole model traces as one; see ``Capture``)."""
+        return tuple(self.capture.parts)
+
+    def graph_nodes(self) -> Iterator[Use]:
+        """Every node of every captured graph, each graph in its topological order."""
+        for part in self.capture.parts:
+            for node in part.gm.graph.nodes:
+                yield Use(part, node)
+
+    def node_order(self, part: GraphPart) -> tuple[dict[fx.Node, int], list[fx.Node]]:
+        """Position of each node in its graph, and the nodes in order (graphs are not edited
+        after capture, so this is computed once per graph)."""
+        cached = self._orders.get(id(part.gm.graph))
+        if cached is None or cached[0] is not part.gm.graph:
+            nodes = list(part.gm.graph.nodes)
+            cached = (part.gm.graph, {n: i for i, n in enumerate(nodes)}, nodes)
+            self._orders[id(part.gm.graph)] = cached
+        return cached[1], cached[2]
+
+    def reads_of(self, qualified: str) -> list[Use]:
+        """The ``get_attr`` nodes that read the parameter or buffer ``qualified`` directly
+        (``F.linear(x, self.weight, self.bias)``), in every graph."""
+        return [use for use in self.graph_nodes() if use.node.op == "get_attr"
+                and use.part.full_name(str(use.node.target)) == qualified]
+
     def calls_of(self, name: str) -> list[Use]:
         """Every call_module node that runs the module ``name`` (several when it is reused)."""
         return self._calls.get(name, [])
@@ -295,11 +309,6 @@ class AnalysedModel:
     def producers(self, use: Use) -> list[Use]:
         return [Use(use.part, n) for n in use.node.all_input_nodes]
 
-    def is_graph_output(self, use: Use) -> bool:
-        """The node's value leaves its graph (model output, or input of whatever called an
-        opaque part)."""
-        return use.node.op == "output"
-
     def consumers_of(self, use: Use) -> list[Use]:
         """The ops that really consume ``use``'s value, walking through shape-only ops."""
         result: list[Use] = []
@@ -317,31 +326,4 @@ class AnalysedModel:
         return result
 
     def _dropout_active(self, use: Use) -> bool:
-        node = use.node
-        if node.op == "call_module":
-            module = self.module_of(use)
-            return isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0
-        if node.op == "call_function" and node.target in (
-                F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout):
-            p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
-            training = node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
-            return not (isinstance(p, (int, float)) and p == 0) and training is not False
-        return False
-
-    def upstream_layers(self, use: Use) -> Iterator[str]:
-        """Names of parametrized modules whose outputs flow into ``use`` (within its graph)."""
-        stack = self.producers(use)
-        seen: set[fx.Node] = set()
-        while stack:
-            current = stack.pop()
-            if current.node in seen:
-                continue
-            seen.add(current.node)
-            if current.node.op == "call_module":
-                name = self.module_name(current)
-                if name in self.layers or any(
-                        True for _ in (self.module_of(current) or nn.Module()).parameters()):
-                    yield name
-            elif current.node.op == "get_attr":
-                yield self.module_name(current)
-            stack.extend(self.producers(current))
+        return dropout_active(use.node, self.module_of(use))

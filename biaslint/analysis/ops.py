@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from biaslint.analysis.model import Use
+from biaslint.vocabulary import argument
 
 # Elementwise activations by kind. Kinds match the gains in ``nn.init.calculate_gain``.
 _ACT_MODULES: dict[type[nn.Module], str] = {
@@ -50,8 +51,6 @@ _BINARY = {
 }
 _BINARY_METHODS = {"add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "mul": "mul",
                    "mul_": "mul", "div": "div", "div_": "div"}
-_SPLIT_FUNCTIONS = {torch.chunk, torch.split, torch.unbind, torch.tensor_split}
-_SPLIT_METHODS = {"chunk", "split", "unbind", "tensor_split"}
 
 
 def activation_kind(use: Use) -> str | None:
@@ -78,8 +77,8 @@ def activation_kind(use: Use) -> str | None:
 
 
 def _clamps_at_zero(node: fx.Node) -> bool:
-    low = node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None)
-    high = node.kwargs.get("max", node.args[2] if len(node.args) > 2 else None)
+    low = argument(node, 1, "min")
+    high = argument(node, 2, "max")
     return isinstance(low, (int, float)) and low == 0 and high is None
 
 
@@ -111,12 +110,3 @@ def binary_kind(use: Use) -> tuple[str, bool] | None:
     operands = list(node.args[:2]) + [v for k, v in node.kwargs.items() if k in ("other", "input")]
     tensors = sum(isinstance(a, fx.Node) for a in operands)
     return kind, tensors >= 2
-
-
-def is_split(use: Use) -> bool:
-    node = use.node
-    if node.op == "call_function":
-        return node.target in _SPLIT_FUNCTIONS or node.target is operator.getitem
-    if node.op == "call_method":
-        return node.target in _SPLIT_METHODS
-    return False

@@ -24,24 +24,18 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.fx.node import map_aggregate
 
 from biaslint.capture.shapes import record
+from biaslint.vocabulary import MEAN_NORM_FUNCTIONS, SAME_SHAPE_NORM_MODULES
 
 UNKNOWN: Any = object()  # the proxy's value could not be computed
 
 # Normalizations return a tensor shaped like their input. Fake tensors run batch norm through
 # its Python decomposition (tens of ops, ~70 ms a call measured on resnet18), which made
 # normalization most of the capture time; the output shape is all we need from them.
-SAME_SHAPE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm,
-    nn.GroupNorm, nn.LocalResponseNorm,
-)
-SAME_SHAPE_FUNCTIONS: frozenset[Any] = frozenset({
-    F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm, torch.batch_norm,
-    torch.layer_norm, torch.group_norm, torch.instance_norm,
-})
+SAME_SHAPE_MODULES = SAME_SHAPE_NORM_MODULES
+SAME_SHAPE_FUNCTIONS = MEAN_NORM_FUNCTIONS
 
 
 class _Unknown(Exception):

@@ -44,3 +44,15 @@ def init_call_subject(call: InitCall | None) -> str | None:
             if call.name.startswith("Tensor.") and isinstance(node.func, ast.Attribute):
                 return ast.unparse(node.func.value)
     return None
+
+
+def user_call(call: InitCall | None) -> InitCall | None:
+    """The init call when the user's code made it; None for torch's default init or none."""
+    return call if call is not None and call.by_user else None
+
+
+def set_by(call: InitCall, detail: str = "") -> str:
+    """What set a parameter and where, as messages quote it: ``nn.init.zeros_ at model.py:12``
+    (``detail`` goes between the call and the place)."""
+    where = f" at {call.location.file}:{call.location.line}" if call.location else ""
+    return f"{call.describe()}{detail}{where}"

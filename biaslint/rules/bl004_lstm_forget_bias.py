@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 from biaslint.findings import Finding, Fix, Severity
+from biaslint.fix.phrases import python_path, set_by, user_call
 from biaslint.rules.base import Option, Rule, RuleContext
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def build():
         for layer in model.layers_of_type(nn.LSTM, nn.LSTMCell):
             module = layer.module
             fix = Fix(title="Set the forget-gate bias to 1 after building the LSTM",
-                      code=f"biaslint.init.forget_gate_bias_({_python_path(layer.name)}, 1.0)",
+                      code=f"biaslint.init.forget_gate_bias_({python_path(layer.name)}, 1.0)",
                       safe=False)
             if not module.bias:
                 yield self.finding(
@@ -114,8 +115,6 @@ def build():
         yield from self._hand_written(model, threshold)
 
     def _hand_written(self, model: "AnalysedModel", threshold: float) -> Iterable[Finding]:
-        from biaslint.fix.phrases import python_path
-
         for gate in hand_written_gates(model):
             mean = gate.bias_mean(model)
             if mean is None or mean >= threshold:
@@ -174,27 +173,26 @@ def hand_written_gates(model: "AnalysedModel") -> list[HandWrittenGate]:
     from biaslint.analysis.ops import activation_kind, binary_kind
 
     found: dict[tuple[tuple[str, ...], int, int], HandWrittenGate] = {}
-    for part in model.capture.parts:
-        for node in part.gm.graph.nodes:
-            use = Use(part, node)
-            binary = binary_kind(use)
-            if binary is None or binary != ("add", True):
+    for use in model.graph_nodes():
+        part, node = use.part, use.node
+        binary = binary_kind(use)
+        if binary is None or binary != ("add", True):
+            continue
+        terms = [Use(part, n) for n in node.all_input_nodes]
+        if len(terms) != 2 or not all(binary_kind(t) == ("mul", True) for t in terms):
+            continue
+        kinds = [[activation_kind(Use(part, n)) for n in t.node.all_input_nodes]
+                 for t in terms]
+        for forget, other in ((0, 1), (1, 0)):
+            if sorted(k or "" for k in kinds[other]) != ["sigmoid", "tanh"]:
                 continue
-            terms = [Use(part, n) for n in node.all_input_nodes]
-            if len(terms) != 2 or not all(binary_kind(t) == ("mul", True) for t in terms):
-                continue
-            kinds = [[activation_kind(Use(part, n)) for n in t.node.all_input_nodes]
-                     for t in terms]
-            for forget, other in ((0, 1), (1, 0)):
-                if sorted(k or "" for k in kinds[other]) != ["sigmoid", "tanh"]:
+            for operand in terms[forget].node.all_input_nodes:
+                if activation_kind(Use(part, operand)) != "sigmoid":
                     continue
-                for operand in terms[forget].node.all_input_nodes:
-                    if activation_kind(Use(part, operand)) != "sigmoid":
-                        continue
-                    gate = _gate_source(model, Use(part, operand))
-                    if gate is not None and all(
-                            isinstance(model.layers[n].module, nn.Linear) for n in gate[0]):
-                        found[gate] = HandWrittenGate(*gate)
+                gate = _gate_source(model, Use(part, operand))
+                if gate is not None and all(
+                        isinstance(model.layers[n].module, nn.Linear) for n in gate[0]):
+                    found[gate] = HandWrittenGate(*gate)
     return list(found.values())
 
 
@@ -268,10 +266,9 @@ def forget_biases(module: "nn.Module") -> dict[str, float]:
 def _init_phrase(layer: "Layer") -> str:
     """Where the user's code last wrote a bias of this LSTM, if it did."""
     for pname in layer.parameters():
-        call = layer.init_of(pname) if pname.startswith("bias") else None
-        if call is not None and call.by_user and call.location is not None:
-            return (f" (a bias was set by {call.describe()} at {call.location.file}:"
-                    f"{call.location.line})")
+        call = user_call(layer.init_of(pname)) if pname.startswith("bias") else None
+        if call is not None and call.location is not None:
+            return f" (a bias was set by {set_by(call)})"
     return ""
 
 
@@ -279,9 +276,3 @@ def _sigmoid(x: float) -> float:
     import math
 
     return 1.0 / (1.0 + math.exp(-x))
-
-
-def _python_path(name: str) -> str:
-    from biaslint.fix.phrases import python_path
-
-    return python_path(name)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from biaslint.errors import PriorsError
 from biaslint.findings import Finding, Fix, Severity
+from biaslint.fix.phrases import python_path, set_by
 from biaslint.rules.base import Option, Rule, RuleContext
 
 if TYPE_CHECKING:
@@ -102,8 +103,6 @@ def build():
         matched = [(h, kind) for h in heads
                    if (kind := _head_kind(h, context.head)) and _fits(h, kind, priors)]
         if heads and not matched:
-            from biaslint.fix.phrases import python_path
-
             sizes = ", ".join(f"{python_path(h.layer.name)}: {h.outputs}" for h in heads[:4])
             raise PriorsError(
                 f"--class-priors has {len(priors)} values but no classifier head matches "
@@ -119,7 +118,6 @@ def build():
                logits: "torch.Tensor | None") -> Finding | None:
         import torch
 
-        from biaslint.fix.phrases import python_path
         from biaslint.init import prior_logits
 
         layer = head.layer
@@ -143,12 +141,12 @@ def build():
         path = python_path(layer.name)
         head_arg = "" if kind == "softmax" else ", head='sigmoid'"
         call = layer.init_of("bias")
-        set_by = (f" (set by {call.describe()} at {call.location.file}:{call.location.line})"
-                  if call is not None and call.by_user and call.location is not None else "")
+        set_by_user = (f" (set by {set_by(call)})" if call is not None and call.by_user
+                       and call.location is not None else "")
         data: dict[str, Any] = {"head": kind, "excess_from_bias": from_bias,
                                 "excess_from_logits": from_logits,
                                 "excess_fixable_on_logits": fixable, "outputs": head.outputs}
-        what = "has no bias" if bias is None else f"bias{set_by}"
+        what = "has no bias" if bias is None else f"bias{set_by_user}"
         actual = ("" if from_logits is None or fixable is None else
                   f"; on the example inputs the actual initial logits give {from_logits:.3g}, "
                   f"of which the ideal bias removes {fixable:.3g}")

@@ -64,7 +64,7 @@ class Propagation:
         self.crossed = False
 
     def run(self) -> Verdict:
-        order, nodes = _node_order(self.part)
+        order, nodes = self.model.node_order(self.part)
         # Only nodes after a source can change, and once every value that carries the offset
         # has had all its users visited nothing further can: visit just that window.
         horizon = max((order[n] for n in self.sources), default=-1)
@@ -175,23 +175,6 @@ class Propagation:
         return ()  # a Python number broadcasts as a 0-d tensor
 
 
-_ORDERS: dict[int, tuple[fx.Graph, dict[fx.Node, int], list[fx.Node]]] = {}
-
-
-def _node_order(part: GraphPart) -> tuple[dict[fx.Node, int], list[fx.Node]]:
-    """Position of each node in its graph, and the nodes in order (cached: graphs are not edited
-    after capture)."""
-    graph = part.gm.graph
-    cached = _ORDERS.get(id(graph))
-    if cached is None or cached[0] is not graph:
-        nodes = list(graph.nodes)
-        cached = (graph, {n: i for i, n in enumerate(nodes)}, nodes)
-        if len(_ORDERS) > 64:
-            _ORDERS.clear()
-        _ORDERS[id(graph)] = cached
-    return cached[1], cached[2]
-
-
 def _is_scalar_expr(node: fx.Node, depth: int = 0) -> bool:
     """``x.size(-1) ** 0.5`` and the like: numbers computed from sizes, never from values."""
     if depth > 8:
@@ -279,14 +262,12 @@ def layer_sources(model: AnalysedModel, name: str, channel_varies: bool = True,
         add(use, _restricted(offset, span))
     # A bias read directly (F.linear(x, self.weight, self.bias), torch.addmm(self.bias, ...)).
     bias_name = f"{name}.bias" if name else "bias"
-    for part in model.capture.parts:
-        for node in part.gm.graph.nodes:
-            if node.op == "get_attr" and part.full_name(str(node.target)) == bias_name:
-                bias = getattr(module, "bias", None)
-                if not isinstance(bias, torch.Tensor) or bias.dim() != 1:
-                    return None
-                add(Use(part, node), _restricted(
-                    Offset(1, frozenset({0}) if channel_varies else frozenset()), span, axis=0))
+    for read in model.reads_of(bias_name):
+        bias = getattr(module, "bias", None)
+        if not isinstance(bias, torch.Tensor) or bias.dim() != 1:
+            return None
+        add(read, _restricted(
+            Offset(1, frozenset({0}) if channel_varies else frozenset()), span, axis=0))
     if not per_part:
         return None
     return per_part
@@ -299,7 +280,7 @@ def _attention_output_sources(model: AnalysedModel, name: str, module: nn.Module
     if "." not in name:
         return []
     parent_name = name.rsplit(".", 1)[0]
-    parent = model.model.get_submodule(parent_name)
+    parent = model.submodule(parent_name)
     if not isinstance(parent, nn.MultiheadAttention) or parent.out_proj is not module:
         return []
     result: list[tuple[Use, Any]] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable
 
 from biaslint.findings import Finding, Fix, Severity
+from biaslint.fix.phrases import init_call_subject, python_path, set_by, user_call
 from biaslint.rules.bl002_zero_constant_weight.symmetry import (
     blocks_every_input,
     calls_and_outputs,
@@ -253,16 +254,11 @@ def _bias_of(module: "nn.Module"):  # type: ignore[no-untyped-def]
 
 
 def _init_phrase(layer: "Layer", pname: str) -> str:
-    call = layer.init_of(pname)
-    if call is None or not call.by_user:
-        return ""
-    where = f" at {call.location.file}:{call.location.line}" if call.location else ""
-    return f" (set by {call.describe()}{where})"
+    call = user_call(layer.init_of(pname))
+    return "" if call is None else f" (set by {set_by(call)})"
 
 
 def _fix(layer: "Layer", pname: str, activation: str | None) -> Fix:
-    from biaslint.fix.phrases import init_call_subject, python_path
-
     call = layer.init_of(pname)
     subject = init_call_subject(call) or f"{python_path(layer.name)}.{pname}"
     if activation in ("tanh", "sigmoid"):

@@ -70,7 +70,7 @@ def calls_and_outputs(model: "AnalysedModel", layer: "Layer") -> tuple[list["Use
     module = layer.module
     if not calls and "." in layer.name and layer.name.endswith("out_proj"):
         parent_name = layer.name.rsplit(".", 1)[0]
-        parent = model.model.get_submodule(parent_name)
+        parent = model.submodule(parent_name)
         if isinstance(parent, nn.MultiheadAttention):
             calls, module = model.calls_of(parent_name), parent
     if isinstance(module, (nn.MultiheadAttention, nn.RNNBase)):
@@ -132,11 +132,10 @@ def walk(model: "AnalysedModel", start: "Use") -> list[Endpoint]:
 def _passes_through(module: "nn.Module") -> bool:
     """Built-in modules that transform values without weights of their own to check: norms,
     pooling, activations, padding, upsampling."""
-    import torch.nn as nn
 
-    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
-             getattr(nn, "RMSNorm", nn.LayerNorm), nn.LocalResponseNorm)
-    if isinstance(module, norms):
+    from biaslint.analysis import SCALE_NORM_MODULES
+
+    if isinstance(module, SCALE_NORM_MODULES):
         return True
     builtin = type(module).__module__.startswith("torch.nn.modules")
     return builtin and not any(True for _ in module.parameters())
@@ -165,7 +164,7 @@ def norms_into_relu(model: "AnalysedModel", out: "Use", producer: "nn.Module | N
     import torch
     import torch.nn as nn
 
-    per_channel = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+    from biaslint.analysis import PER_CHANNEL_NORM_MODULES as per_channel
     found: list[tuple[str, torch.Tensor]] = []
     for use in model.consumers_of(out):
         module = model.module_of(use)
@@ -295,14 +294,12 @@ def symmetric_consumer(model: "AnalysedModel", out: "Use",
 def _pools_each_channel(use: "Use", module: "nn.Module | None") -> bool:
     """Pooling that runs the same window over every channel, so identical channels give
     identical outputs and (ties broken alike) identical gradients."""
-    import torch.nn as nn
     import torch.nn.functional as F
 
-    pools = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-             nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-             nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+    from biaslint.analysis import POOL_MODULES
+
     if module is not None:
-        return isinstance(module, pools) and not getattr(module, "return_indices", False)
+        return isinstance(module, POOL_MODULES) and not getattr(module, "return_indices", False)
     functions = (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
                  F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                  F.adaptive_avg_pool3d)
@@ -315,7 +312,7 @@ def _averages_out_space(use: "Use", conv_rank: int) -> bool:
     every axis after the channels reduced, without keepdim."""
     import torch
 
-    from biaslint.analysis import shape_of
+    from biaslint.analysis import argument, shape_of
 
     node = use.node
     if not ((node.op == "call_method" and node.target in ("mean", "amax", "sum"))
@@ -324,8 +321,8 @@ def _averages_out_space(use: "Use", conv_rank: int) -> bool:
         return False
     shape = shape_of(node.args[0]) if node.args else None
     rank = len(shape) if shape is not None else conv_rank  # batched (N, C, *spatial)
-    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-    keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+    dim = argument(node, 1, "dim")
+    keepdim = argument(node, 2, "keepdim", False)
     if rank < 3 or keepdim or dim is None:
         return False
     dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, (list, tuple)) else None
@@ -338,13 +335,15 @@ def _flattens_from_channels(use: "Use", module: "nn.Module | None") -> bool:
     import torch
     import torch.nn as nn
 
+    from biaslint.analysis import argument
+
     node = use.node
     if isinstance(module, nn.Flatten):
         return module.start_dim == 1 and module.end_dim == -1
     if node.op == "call_function" and node.target is torch.flatten or (
             node.op == "call_method" and node.target == "flatten"):
-        start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
-        end = node.kwargs.get("end_dim", node.args[2] if len(node.args) > 2 else -1)
+        start = argument(node, 1, "start_dim", 0)
+        end = argument(node, 2, "end_dim", -1)
         return start == 1 and end == -1
     return False
 

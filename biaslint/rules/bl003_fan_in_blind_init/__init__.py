@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING, Iterable
 
 from biaslint.findings import Finding, Fix, Severity
+from biaslint.fix.phrases import init_call_subject, python_path, set_by, user_call
 from biaslint.rules.base import Option, Rule, RuleContext
 
 if TYPE_CHECKING:
@@ -184,7 +185,7 @@ def build():
             worst = min(c.ratio for c in members)
             culprit = next(c for c in members if c.ratio <= worst * 2)
         growth = chain.growth if explodes else judged
-        names = " -> ".join(_python_path(c.layer.name) for c in chain.calls)
+        names = " -> ".join(python_path(c.layer.name) for c in chain.calls)
         if chain.through_pooling and not explodes:
             return None
         gains = ", ".join(f"{c.gain:.3g}" for c in chain.calls)
@@ -192,7 +193,7 @@ def build():
         where = ({"norm": "before the normalization that follows it",
                   "output": "at the model output", "residual": "before the residual sum",
                   }.get(chain.end_kind, "at its end") if explodes
-                 else f"entering its last layer {_python_path(chain.end.layer.name)}")
+                 else f"entering its last layer {python_path(chain.end.layer.name)}")
         tail = (" The output is normalized right away, so this only slows learning of these "
                 "layers." if chain.end_kind == "norm" else "")
         if chain.through_pooling:
@@ -226,8 +227,6 @@ def build():
                             fix=_fix(call), data={"gain": call.gain, "ratio": call.ratio})
 
     def _recurrent(self, layer: "Layer", pname: str, gain: float, limit: float) -> Finding:
-        from biaslint.fix.phrases import python_path
-
         stats = layer.stats(pname)
         assert stats is not None
         message = (
@@ -243,8 +242,6 @@ def build():
 
     def _bilinear(self, layer: "Layer", gain: float, target: float,
                   activation: str | None) -> Finding:
-        from biaslint.fix.phrases import python_path
-
         module = layer.module
         fan_in = int(module.in1_features) * int(module.in2_features)
         message = (
@@ -266,21 +263,14 @@ def _times(value: float) -> str:
 
 
 def _init_phrase(layer: "Layer", pname: str = "weight") -> str:
-    call = layer.init_of(pname)
-    if call is None or not call.by_user:
+    call = user_call(layer.init_of(pname))
+    if call is None:
         return ""
-    where = f" at {call.location.file}:{call.location.line}" if call.location else ""
     positional = [a for a in call.args.split(",") if a.strip() and "=" not in a]
     default_std = (call.name.endswith("normal_") and call.name != "Tensor.log_normal_"
                    and "std" not in call.args and len(positional) < 2)
     std = " with std 1 (its default)" if default_std else ""
-    return f"; {pname} was set by {call.describe()}{std}{where}"
-
-
-def _python_path(name: str) -> str:
-    from biaslint.fix.phrases import python_path
-
-    return python_path(name)
+    return f"; {pname} was set by {set_by(call, std)}"
 
 
 _NONLINEARITY = {"relu": "relu", "gelu": "relu", "silu": "relu", "elu": "relu", "softplus": "relu",
@@ -291,10 +281,8 @@ _NONLINEARITY = {"relu": "relu", "gelu": "relu", "silu": "relu", "elu": "relu", 
 def _fix(call: "LayerCall") -> Fix:
     import torch.nn as nn
 
-    from biaslint.fix.phrases import init_call_subject
-
     layer = call.layer
-    subject = init_call_subject(layer.init_of("weight")) or f"{_python_path(layer.name)}.weight"
+    subject = init_call_subject(layer.init_of("weight")) or f"{python_path(layer.name)}.weight"
     target_std = call.target / math.sqrt(call.fan_in)
     if isinstance(layer.module, nn.modules.conv._ConvTransposeNd):
         # torch's fan-in formula reads a transposed conv's weight as if it were a conv's, so

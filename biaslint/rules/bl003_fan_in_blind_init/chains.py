@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from biaslint.analysis import AnalysedModel, Layer, Use, is_shape_only
 from biaslint.analysis.ops import activation_kind, binary_kind
+from biaslint.analysis import SCALE_NORM_FUNCTIONS, SCALE_NORM_MODULES, argument
 
 # Variance-preserving gains by activation kind: nn.init.calculate_gain, except SELU where the
 # self-normalizing analysis (Klambauer et al., 2017) wants LeCun init (gain 1), and the smooth
@@ -37,10 +38,6 @@ _TARGET_GAIN = {"relu": math.sqrt(2.0), "gelu": math.sqrt(2.0), "silu": math.sqr
                 "elu": math.sqrt(2.0), "softplus": math.sqrt(2.0), "tanh": 5.0 / 3.0,
                 "sigmoid": 1.0, "selu": 1.0, "logsigmoid": 1.0, "linear": 1.0}
 
-_NORM_FUNCTIONS = {F.layer_norm, F.batch_norm, F.group_norm, F.instance_norm, F.normalize,
-                   F.local_response_norm}
-if hasattr(F, "rms_norm"):
-    _NORM_FUNCTIONS.add(F.rms_norm)
 
 _FALLBACK_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu, "leaky_relu": F.leaky_relu, "elu": F.elu, "selu": F.selu, "gelu": F.gelu,
@@ -208,7 +205,7 @@ class ScaleModel:
     # -- the forward prediction ------------------------------------------------------------------
     def _compute(self) -> list[LayerCall]:
         result: list[LayerCall] = []
-        for part in self.model.capture.parts:
+        for part in self.model.graphs:
             by_node: dict[fx.Node, LayerCall] = {}
             for node in part.gm.graph.nodes:  # topological order
                 if node.op != "call_module":
@@ -436,15 +433,11 @@ def is_weight_layer(module: nn.Module) -> bool:
 def _is_norm(use: Use) -> bool:
     node = use.node
     if node.op == "call_function":
-        return node.target in _NORM_FUNCTIONS
+        return node.target in SCALE_NORM_FUNCTIONS
     if node.op == "call_module":
         module = use.part.gm.get_submodule(node.target)
-        norm_types: tuple[type[nn.Module], ...] = (
-            nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
-        if hasattr(nn, "RMSNorm"):
-            norm_types += (nn.RMSNorm,)
         # Libraries define their own norms (timm LayerNorm2d, HF T5LayerNorm, LlamaRMSNorm...).
-        return isinstance(module, norm_types) or "Norm" in type(module).__name__
+        return isinstance(module, SCALE_NORM_MODULES) or "Norm" in type(module).__name__
     return False
 
 
@@ -452,7 +445,7 @@ def _slope(use: Use) -> float:
     node = use.node
     if node.op == "call_module":
         return float(getattr(use.part.gm.get_submodule(node.target), "negative_slope", 0.01))
-    value = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
+    value = argument(node, 1, "negative_slope", 0.01)
     return float(value) if isinstance(value, (int, float)) else 0.01
 
 
