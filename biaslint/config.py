@@ -17,13 +17,14 @@ from typing import Any, Mapping
 
 from biaslint.errors import ConfigError
 from biaslint.findings import Severity
+from biaslint.report import FORMATS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-FORMATS = ("text", "json", "github", "sarif")
+
 HEADS = ("softmax", "sigmoid")
 
 _TOP_KEYS = ("targets", "select", "ignore", "fail-on", "format", "per-module-ignores", "severity",

@@ -230,31 +230,31 @@ def test_format_from_config(cli, tmp_path, monkeypatch):
 
 
 def test_target_table_applies_to_the_same_target_on_the_command_line(tmp_path, monkeypatch):
-    from biaslint.cli import CheckOptions, _plan
+    from biaslint.run import CheckOptions, plan
 
     monkeypatch.chdir(tmp_path)
     write_pyproject(tmp_path, 'targets = [{target = "shape.py:build", input-shape = "2,5", '
                               'head = "sigmoid"}]\n')
-    [config] = _plan(CheckOptions(targets=("shape.py:build",))).configs
+    [config] = plan(CheckOptions(targets=("shape.py:build",))).configs
     assert config.input_shapes == ((2, 5),) and config.head == "sigmoid"
-    [config] = _plan(CheckOptions(targets=("shape.py:build",), input_shapes=("2,4",),
+    [config] = plan(CheckOptions(targets=("shape.py:build",), input_shapes=("2,4",),
                                   head="softmax")).configs
     assert config.input_shapes == ((2, 4),) and config.head == "softmax"  # the CLI wins
-    [config] = _plan(CheckOptions(targets=("other.py:build",))).configs
+    [config] = plan(CheckOptions(targets=("other.py:build",))).configs
     assert config.input_shapes == () and config.head is None
 
 
 def test_class_priors_file_is_relative_to_the_config(cli, tmp_path, monkeypatch):
-    from biaslint.cli import CheckOptions, _plan
+    from biaslint.run import CheckOptions, plan
 
     (tmp_path / "priors.json").write_text("[90, 10]")
     write_pyproject(tmp_path, 'targets = [{target = "x.py:build", class-priors = "@priors.json"}]\n')
     sub = tmp_path / "sub"
     sub.mkdir()
     monkeypatch.chdir(sub)
-    plan = _plan(CheckOptions())
-    assert plan.configs[0].class_priors == pytest.approx((0.9, 0.1))
-    assert _plan(CheckOptions(class_priors="1,3")).configs[0].class_priors == \
+    planned = plan(CheckOptions())
+    assert planned.configs[0].class_priors == pytest.approx((0.9, 0.1))
+    assert plan(CheckOptions(class_priors="1,3")).configs[0].class_priors == \
         pytest.approx((0.25, 0.75))
 
 

@@ -1,27 +1,31 @@
-"""Stage 5, report: reporters turn results into text. They format; they never compute."""
+"""Stage 5, report: reporters turn results into text. They format; they never compute.
+
+One table: each output format's name and the function that renders it (imported when used, so
+the CLI's cheap commands stay cheap). ``findings`` is ``-q``'s one line per finding.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Sequence
 
 from biaslint.findings import TargetResult
 
 Reporter = Callable[[Sequence[TargetResult]], str]
 
-FORMATS = ("text", "json", "github", "sarif")
+# format -> (module, function)
+_REPORTERS: dict[str, tuple[str, str]] = {
+    "text": ("biaslint.report.text", "render_plain"),
+    "json": ("biaslint.report.json", "render"),
+    "github": ("biaslint.report.github", "render"),
+    "sarif": ("biaslint.report.sarif", "render"),
+    "findings": ("biaslint.report.text", "render_findings_only"),
+}
+# What --format and the config's ``format`` accept.
+FORMATS: tuple[str, ...] = ("text", "json", "github", "sarif")
 
 
 def get_reporter(fmt: str) -> Reporter:
-    if fmt == "json":
-        from biaslint.report.json import render
-        return render
-    if fmt == "text":
-        from biaslint.report.text import render_plain
-        return render_plain
-    if fmt == "github":
-        from biaslint.report.github import render as render_github
-        return render_github
-    if fmt == "sarif":
-        from biaslint.report.sarif import render as render_sarif
-        return render_sarif
-    raise KeyError(fmt)
+    module, name = _REPORTERS[fmt]
+    reporter: Reporter = getattr(importlib.import_module(module), name)
+    return reporter

@@ -84,3 +84,14 @@ def _print_summary(result: TargetResult, console: Console, errors_shown: bool = 
         console.print(f"  not traced: {escape(shown)}", style="dim", highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"  note: {escape(note)}", style="dim", soft_wrap=True, highlight=False)
+
+
+def render_findings_only(results: Sequence[TargetResult]) -> str:
+    """One line per finding and nothing else (``-q``; errors already went to stderr)."""
+    lines = []
+    for result in results:
+        for finding in result.findings:
+            loc = finding.location
+            where = f"{loc.file}:{loc.line}:{loc.col}" if loc else "<unknown>"
+            lines.append(f"{where}: {finding.code} [{finding.severity}] {finding.message}\n")
+    return "".join(lines)

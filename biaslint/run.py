@@ -1,0 +1,253 @@
+"""The run behind ``biaslint check``: merge the command line with ``[tool.biaslint]`` into a
+plan, lint every target (in process, or each in its own process), apply the baseline, and hand
+the results to the reporters. The CLI turns the outcome into an exit code.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import click
+
+from biaslint.errors import BiaslintError, ConfigError
+from biaslint.findings import Severity
+
+NO_TARGET = ("no target given and none configured: run biaslint MODULE:ATTR (e.g. biaslint "
+             "mymodel:build), or list them in pyproject.toml under [tool.biaslint] as "
+             "targets = [\"mymodel:build\"]")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the run found, for the exit code: a target could not be linted, and the worst
+    severity among the findings that count (none when a baseline is written)."""
+
+    failed: bool
+    worst: Severity | None
+    fail_on: Severity
+
+
+def split_codes(values: Sequence[str], option: str) -> tuple[str, ...]:
+    from biaslint.config import known_prefix
+
+    codes = tuple(c.strip().upper() for v in values for c in v.split(",") if c.strip())
+    for code in codes:
+        if not known_prefix(code):
+            raise ConfigError(f"{option} {code}: matches no rule (biaslint rules lists them)")
+    return codes
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """What was given on the command line; ``None`` / empty means "not given"."""
+
+    targets: tuple[str, ...] = ()
+    config: str | None = None
+    input_shapes: tuple[str, ...] = ()
+    select: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    fail_on: str | None = None
+    fmt: str | None = None
+    output: str | None = None
+    class_priors: str | None = None
+    head: str | None = None
+    baseline: str | None = None
+    write_baseline: str | None = None
+    quiet: bool = False
+    debug: bool = False
+    jobs: int = 1
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The merged run: targets to lint, settings, and where the report goes."""
+
+    configs: tuple[Any, ...]
+    settings: Any
+    fmt: str
+    workdir: str | None  # lint from the config's folder when the targets came from it
+
+
+def run_check(options: CheckOptions) -> Outcome:
+    if options.baseline and options.write_baseline:
+        raise ConfigError("--baseline and --write-baseline do not go together: write the "
+                          "baseline first, then check against it")
+    # Resolve the user's paths before a possible chdir to the config's folder.
+    output, baseline, write_to = (os.path.abspath(p) if p else None for p in
+                                  (options.output, options.baseline, options.write_baseline))
+    plan_ = plan(options)
+    # Report from there too: locations are relative to it and the text report reads the source.
+    with _working_directory(plan_.workdir):
+        if (options.jobs > 1 or options.timeout is not None) and not options.debug:
+            results = _lint_isolated(plan_.configs, plan_.settings, options.jobs, options.timeout,
+                                     quiet=options.quiet)
+        else:
+            results = _lint_all(plan_.configs, plan_.settings, quiet=options.quiet)
+        return _finish(results, plan_, output, baseline, write_to, options.quiet)
+
+
+def plan(options: CheckOptions) -> Plan:
+    from biaslint.config import load_config
+    from biaslint.settings import Settings, TargetConfig
+    from biaslint.target import parse_shape, parse_target
+
+    file = load_config(options.config)
+    select = split_codes(options.select, "--select") if options.select else file.select or ()
+    ignore = split_codes(options.ignore, "--ignore") if options.ignore else file.ignore or ()
+    fail_on = Severity.parse(options.fail_on) if options.fail_on else \
+        file.fail_on or Severity.WARNING
+    settings = Settings(select=select, ignore=ignore, fail_on=fail_on,
+                        severity_overrides=file.severity, rule_options=file.rule_options,
+                        per_module_ignores=file.per_module_ignores, debug=options.debug)
+
+    shapes = tuple(parse_shape(s) for s in options.input_shapes)
+    priors = _priors(options.class_priors) if options.class_priors is not None else None
+    configured = {t.target: t for t in file.targets}
+    if options.targets:
+        entries = [configured.get(t) for t in options.targets]
+        names = list(options.targets)
+        workdir = None
+    elif file.targets:
+        entries = list(file.targets)
+        names = [t.target for t in file.targets]
+        workdir = str(file.root)
+    else:
+        raise ConfigError(NO_TARGET)
+    configs = []
+    for name, entry in zip(names, entries):
+        parse_target(name)
+        # The command line wins over the target's table, which wins over the defaults.
+        configs.append(TargetConfig(
+            target=name,
+            input_shapes=shapes or (entry.input_shapes if entry else ()),
+            class_priors=priors if priors is not None else (
+                _priors(entry.class_priors) if entry and entry.class_priors else None),
+            head=options.head or (entry.head if entry else None),
+        ))
+    return Plan(tuple(configs), settings, options.fmt or file.format or "text", workdir)
+
+
+def _priors(text: str) -> tuple[float, ...]:
+    from biaslint.priors import parse_priors
+
+    return parse_priors(text)
+
+
+@contextmanager
+def _working_directory(path: str | None) -> Iterator[None]:
+    if path is None or os.path.abspath(path) == os.getcwd():
+        yield
+        return
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def _lint_all(configs: Sequence[Any], settings: Any, quiet: bool = False) -> list[Any]:
+    """Lint each target in turn; a target that fails to load becomes an error result."""
+    from rich.console import Console
+
+    from biaslint.engine import lint
+    from biaslint.findings import TargetResult
+    from biaslint.report.progress import target_progress
+
+    results: list[TargetResult] = []
+    err = Console(stderr=True, highlight=False, emoji=False)
+    with target_progress(err, len(configs), enabled=False if quiet else None) as progress:
+        for config in configs:
+            on_stage = progress.start(config.target)
+            try:
+                results.append(lint(config, settings, on_stage=on_stage))
+            except BiaslintError as exc:
+                if settings.debug:
+                    raise
+                err.print(f"biaslint: error: {exc}", soft_wrap=True, markup=False)
+                results.append(TargetResult(target=config.target, error=str(exc)))
+            except Exception as exc:  # noqa: BLE001 - a bug of ours: say so, keep linting the rest
+                if settings.debug:
+                    raise
+                message = (f"internal error while linting {config.target}: "
+                           f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
+                err.print(f"biaslint: error: {message}", soft_wrap=True, markup=False)
+                results.append(TargetResult(target=config.target, error=message))
+            progress.done()
+    return results
+
+
+def _lint_isolated(configs: Sequence[Any], settings: Any, jobs: int,
+                   timeout: float | None, quiet: bool = False) -> list[Any]:
+    """Lint each target in its own process; errors (load, crash, timeout) go to stderr."""
+    from rich.console import Console
+
+    from biaslint.parallel import lint_many
+    from biaslint.report.progress import target_progress
+
+    err = Console(stderr=True, highlight=False, emoji=False)
+    with target_progress(err, len(configs), enabled=False if quiet else None) as progress:
+        stage = progress.start(f"{min(jobs, len(configs))} at a time")
+
+        def done(index: int) -> None:
+            stage(f"({configs[index].target} finished)")
+            progress.done()
+
+        results = lint_many(configs, settings, jobs=jobs, timeout=timeout, on_done=done)
+    for result in results:
+        if result.error:
+            where = "" if result.target in result.error else f"{result.target}: "
+            click.echo(f"biaslint: error: {where}{result.error}", err=True)
+    return results
+
+
+def _finish(results: list[Any], plan: Plan, output: str | None, baseline: str | None,
+            write_to: str | None, quiet: bool) -> Outcome:
+    from rich.console import Console
+
+    from biaslint.report import get_reporter
+    from biaslint.report.text import print_results
+
+    console = Console(highlight=False, emoji=False)
+    failed_load = any(r.error for r in results)
+    if write_to:
+        from biaslint.baseline import write_baseline
+
+        count = write_baseline(write_to, results)
+        if not quiet:
+            print_results(results, console, show_findings=False, errors_shown=True)
+            console.print(f"baseline with {count} finding{'s' if count != 1 else ''} written "
+                          f"to {_shown(write_to)}", highlight=False, markup=False)
+        return Outcome(failed_load, None, plan.settings.fail_on)
+    if baseline:
+        from biaslint.baseline import apply_baseline, read_baseline
+
+        results = list(apply_baseline(results, read_baseline(baseline)).results)
+
+    if output:
+        text = get_reporter(plan.fmt)(results)
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text if text.endswith("\n") else text + "\n")
+        if not quiet:
+            print_results(results, console, show_findings=False, errors_shown=True)
+            console.print(f"report written to {_shown(output)}", highlight=False, markup=False)
+    elif plan.fmt == "text":
+        if quiet:
+            click.echo(get_reporter("findings")(results), nl=False)
+        else:
+            print_results(results, console, errors_shown=True)
+    else:
+        text = get_reporter(plan.fmt)(results)
+        click.echo(text if text.endswith("\n") or not text else text + "\n", nl=False)
+
+    worst = max((f.severity for r in results for f in r.findings), default=None)
+    return Outcome(failed_load, worst, plan.settings.fail_on)
+
+
+def _shown(path: str) -> str:
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
