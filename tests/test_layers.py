@@ -1,0 +1,216 @@
+"""The pipeline's shape, enforced: imports flow down the stages, with no cycles and no private
+names crossing modules.
+
+A small ``ast`` scan rather than import-linter: besides layers and cycles we also forbid
+cross-module ``_private`` imports, which import-linter does not check, and the scan is forty
+lines with no new dependency. Every import counts, lazy ones inside functions included; imports
+under ``if TYPE_CHECKING:`` do not (they never run).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pathlib
+from dataclasses import dataclass, field
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "biaslint"
+
+# Highest first. A module may import from its own layer and from any layer below it.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("cli", ("biaslint.cli", "biaslint.__main__")),
+    ("run", ("biaslint.run",)),
+    ("parallel", ("biaslint.parallel",)),
+    ("engine", ("biaslint.engine",)),
+    ("report", ("biaslint.report", "biaslint.docs", "biaslint.config", "biaslint.baseline",
+                "biaslint.suppress")),
+    ("rules", ("biaslint.rules",)),
+    ("fix", ("biaslint.fix",)),
+    ("analysis", ("biaslint.analysis",)),
+    ("capture", ("biaslint.capture",)),
+    ("load", ("biaslint.load",)),
+    ("core", ("biaslint.vocabulary", "biaslint.init", "biaslint.priors", "biaslint.target",
+              "biaslint.settings", "biaslint.findings", "biaslint.errors", "biaslint")),
+]
+# Each stage reads only the previous stage's output: rules see the model through
+# ``biaslint.analysis`` alone, reporters only format what the engine produced.
+SKIPPED: dict[str, tuple[str, ...]] = {
+    "rules": ("capture", "load"),
+    "fix": ("analysis", "capture", "load"),
+    "report": ("analysis", "capture", "load"),
+}
+
+
+@dataclass
+class ImportGraph:
+    edges: dict[str, set[str]] = field(default_factory=dict)
+    private: list[str] = field(default_factory=list)  # "importer: module._name"
+
+
+def _module_name(path: pathlib.Path, root: pathlib.Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_lines(tree: ast.Module) -> set[int]:
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
+
+
+def scan(root: pathlib.Path) -> ImportGraph:
+    """The import graph among the modules of the package at ``root``. ``from a.b import c``
+    points at ``a.b.c`` when that is a module, else at ``a.b`` (as grimp does)."""
+    package = root.name
+    files = {_module_name(f, root): f for f in root.rglob("*.py")}
+    graph = ImportGraph({name: set() for name in files})
+    for name, path in files.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        skip = _type_checking_lines(tree)
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(tree):
+            if getattr(node, "lineno", None) in skip:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [(a.name, None) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = name.split(".") if is_package else name.split(".")[:-1]
+                    parts = parts[:len(parts) - (node.level - 1)]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                targets = [(base, a.name) for a in node.names]
+            else:
+                continue
+            for module, imported in targets:
+                if module != package and not module.startswith(package + "."):
+                    continue
+                full = f"{module}.{imported}" if imported else module
+                target = full if full in files else module
+                if target != name:
+                    graph.edges[name].add(target)
+                if imported and imported.startswith("_") and not imported.startswith("__") \
+                        and target == module and module != name:
+                    graph.private.append(f"{name}: {module}.{imported}")
+    return graph
+
+
+def cycles(graph: ImportGraph) -> list[list[str]]:
+    """Every strongly connected component with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph.edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def layer_of(module: str) -> int:
+    best: tuple[int, int] | None = None  # (prefix length, layer index)
+    for position, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                if best is None or len(prefix) > best[0]:
+                    best = (len(prefix), position)
+    if best is None:
+        raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+    return best[1]
+
+
+def layer_violations(graph: ImportGraph) -> list[str]:
+    names = [layer for layer, _ in LAYERS]
+    problems = []
+    for importer, targets in sorted(graph.edges.items()):
+        here = layer_of(importer)
+        for target in sorted(targets):
+            there = layer_of(target)
+            if there < here:
+                problems.append(f"{importer} ({names[here]}) imports {target} ({names[there]}), "
+                                "a higher stage")
+            elif names[there] in SKIPPED.get(names[here], ()):
+                problems.append(f"{importer} ({names[here]}) reaches past its input into "
+                                f"{target} ({names[there]})")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def graph() -> ImportGraph:
+    return scan(PACKAGE)
+
+
+def test_no_import_cycles(graph):
+    assert cycles(graph) == []
+
+
+def test_no_private_names_cross_modules(graph):
+    assert graph.private == []
+
+
+def test_imports_go_down_the_stages(graph):
+    assert layer_violations(graph) == []
+
+
+def test_the_stage_packages_are_at_the_top_level():
+    assert not (PACKAGE.parent / "src").exists()
+    for stage in ("load", "capture", "analysis", "rules", "fix", "report"):
+        assert (PACKAGE / stage / "__init__.py").is_file(), stage
+
+
+def test_every_module_the_forkserver_preloads_imports():
+    from biaslint.parallel import _PRELOAD
+
+    for name in _PRELOAD:
+        importlib.import_module(name)
+
+
+def test_the_scan_sees_cycles_private_and_upward_imports(tmp_path):
+    """The checks above can fail: a package with each fault is caught."""
+    root = tmp_path / "biaslint"
+    (root / "rules").mkdir(parents=True)
+    (root / "capture").mkdir()
+    (root / "__init__.py").write_text("")
+    (root / "rules" / "__init__.py").write_text("")
+    (root / "capture" / "__init__.py").write_text("")
+    (root / "rules" / "a.py").write_text("from biaslint.rules.b import thing\n")
+    (root / "rules" / "b.py").write_text(
+        "def thing():\n    from biaslint.rules import a\n    from biaslint.capture.c import _secret\n")
+    (root / "capture" / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from biaslint.rules.a import x\n"
+        "from biaslint.rules import b\n_secret = 1\n")
+    fake = scan(root)
+    assert any({"biaslint.rules.a", "biaslint.rules.b"} <= set(c) for c in cycles(fake))
+    assert fake.private == ["biaslint.rules.b: biaslint.capture.c._secret"]
+    problems = layer_violations(fake)
+    assert any("biaslint.capture.c (capture) imports biaslint.rules.b" in p for p in problems)
+    assert any("biaslint.rules.b (rules) reaches past its input" in p for p in problems)
+    assert "biaslint.rules.a" not in fake.edges["biaslint.capture.c"]  # TYPE_CHECKING only
