@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from biaslint.analysis import argument, shape_of
 from biaslint.rules.bl001_redundant_bias.offsets import (
-    Args, Items, Kwargs, Live, Offset, State, axis_index, broadcast, describe, flatten_offset,
-    only_first, reshape_meta,
+    Args, Items, Kwargs, Live, Offset, State, all_axes, axis_index, broadcast, describe,
+    flatten_offset, only_first, reshape_meta,
 )
 from biaslint.rules.bl001_redundant_bias.table import transfer, transfer_module
 
@@ -246,6 +246,18 @@ def _slice_support(support: tuple[int, int, int], item: slice, size: int | None
         return "empty"
     offset = start or 0
     return (lo - offset, hi - offset)
+
+
+@transfer(torch.roll, "roll")
+def _roll(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    """roll(x, shifts, dims) moves entries along ``dims`` and wraps them around: an offset that
+    is constant along an axis stays constant there. Without ``dims`` the tensor is rolled as
+    if flat, which mixes every axis. Either way a followed slice no longer marks where the
+    offset is (``Offset`` without support)."""
+    x = only_first(prop, node, args[:1], {})
+    if argument(node, 2, "dims") is None and x.varying:
+        return Offset(x.ndim, all_axes(x.ndim))
+    return Offset(x.ndim, x.varying)
 
 
 @transfer(torch.cat, torch.concat, torch.concatenate)
