@@ -34,8 +34,7 @@ UNKNOWN: Any = object()  # the proxy's value could not be computed
 # Normalizations return a tensor shaped like their input. Fake tensors run batch norm through
 # its Python decomposition (tens of ops, ~70 ms a call measured on resnet18), which made
 # normalization most of the capture time; the output shape is all we need from them.
-SAME_SHAPE_MODULES = SAME_SHAPE_NORM_MODULES
-SAME_SHAPE_FUNCTIONS = MEAN_NORM_FUNCTIONS
+# (``vocabulary.SAME_SHAPE_NORM_MODULES`` and ``MEAN_NORM_FUNCTIONS``.)
 
 
 class _Unknown(Exception):
@@ -190,14 +189,14 @@ class ConcreteTracer(fx.Tracer):
         try:
             with self.fake_mode:
                 if kind == "call_function":
-                    if target in SAME_SHAPE_FUNCTIONS and isinstance(args[0], torch.Tensor):
+                    if target in MEAN_NORM_FUNCTIONS and isinstance(args[0], torch.Tensor):
                         return torch.empty_like(args[0])
                     return target(*args, **kwargs)
                 if kind == "call_method":
                     return getattr(args[0], target)(*args[1:], **kwargs)
                 if kind == "call_module":
                     module = self.root.get_submodule(target)
-                    if isinstance(module, SAME_SHAPE_MODULES) and args \
+                    if isinstance(module, SAME_SHAPE_NORM_MODULES) and args \
                             and isinstance(args[0], torch.Tensor):
                         return torch.empty_like(args[0])
                     if self._forwards:
