@@ -102,12 +102,14 @@ class Finding:
 
 @dataclass(frozen=True)
 class Coverage:
-    """How many parametrized layers ended up inside a traced graph."""
+    """Of the parametrized layers the forward calls, how many ended up inside a graph."""
 
     total: int
     traced: int
     untraced: tuple[str, ...] = ()
     opaque: tuple[str, ...] = ()  # modules kept as opaque leaves because they would not trace
+    # Layers the forward did not call on the example inputs: not counted in total.
+    not_called: tuple[str, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -115,7 +117,8 @@ class Coverage:
 
     def as_dict(self) -> dict[str, Any]:
         return {"total": self.total, "traced": self.traced, "ratio": round(self.ratio, 4),
-                "untraced": list(self.untraced), "opaque": list(self.opaque)}
+                "untraced": list(self.untraced), "opaque": list(self.opaque),
+                "not_called": list(self.not_called)}
 
 
 @dataclass(frozen=True)

@@ -57,3 +57,33 @@ def cli():
         return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
     return run
+
+
+@pytest.fixture
+def judge(write_target):
+    """Lint ``source`` with BL001; return (findings by module, oracle over the built model)."""
+
+    from dataclasses import replace
+
+    import torch
+    from oracle import Oracle, split_inputs
+
+    from biaslint.engine import lint_loaded
+    from biaslint.load import load_target
+    from biaslint.settings import Settings, TargetConfig
+
+    def run(source: str, report_partial: bool = False, oracle_inputs=None, **config):
+        target = write_target(source)
+        torch.manual_seed(0)
+        loaded = load_target(target, **config)
+        settings = Settings(select=("BL001",), debug=True)
+        if report_partial:
+            settings = replace(settings, rule_options={"BL001": {"report-partial": True}})
+        result = lint_loaded(loaded, TargetConfig(target), settings)
+        assert not [n for n in result.notes if "crashed" in n], result.notes
+        findings = {f.module: f for f in result.findings}
+        inputs = loaded.inputs if loaded.inputs is not None else oracle_inputs
+        oracle = Oracle(loaded.model, *split_inputs(inputs))
+        return findings, oracle
+
+    return run

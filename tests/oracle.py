@@ -21,6 +21,8 @@ import numpy
 import torch
 import torch.nn as nn
 
+from biaslint.findings import Severity
+
 # Relative change of the outputs below which they "did not move". float64 rounding in a deep
 # network stays around 1e-13 relative; a live bias of unit size moves outputs by far more than
 # 1e-8 at generic parameter values (the tests perturb by a standard normal vector).
@@ -174,3 +176,18 @@ def biased_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules()
             if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
             and isinstance(getattr(m, "bias", None), torch.Tensor)]
+
+
+def warned(findings, name: str) -> bool:
+    f = findings.get(name)
+    return f is not None and f.severity is Severity.WARNING
+
+
+def assert_agrees(findings, oracle, expected: dict[str, str]) -> None:
+    """Each named layer: the oracle's measured verdict is the expected one, and BL001 warns iff
+    the bias is redundant. Every other biased layer must agree with the oracle too."""
+    for name in biased_layers(oracle.model):
+        truth = oracle.verdict(name)
+        if name in expected:
+            assert truth == expected[name], f"oracle says {name} is {truth}"
+        assert warned(findings, name) == (truth == "redundant"), (name, truth, findings.get(name))

@@ -6,53 +6,13 @@ for each biased layer with what perturbing that bias numerically does (``tests/o
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
+from oracle import Oracle, assert_agrees, warned
 
 from biaslint.engine import lint_loaded
 from biaslint.findings import Severity
-from biaslint.load import load_target
 from biaslint.settings import Settings, TargetConfig
-from oracle import Oracle, biased_layers, split_inputs
-
-
-@pytest.fixture
-def judge(write_target):
-    """Lint ``source`` with BL001; return (findings by module, oracle over the built model)."""
-
-    def run(source: str, report_partial: bool = False, oracle_inputs=None, **config):
-        target = write_target(source)
-        torch.manual_seed(0)
-        loaded = load_target(target, **config)
-        settings = Settings(select=("BL001",), debug=True)
-        if report_partial:
-            settings = replace(settings, rule_options={"BL001": {"report-partial": True}})
-        result = lint_loaded(loaded, TargetConfig(target), settings)
-        assert not [n for n in result.notes if "crashed" in n], result.notes
-        findings = {f.module: f for f in result.findings}
-        inputs = loaded.inputs if loaded.inputs is not None else oracle_inputs
-        oracle = Oracle(loaded.model, *split_inputs(inputs))
-        return findings, oracle
-
-    return run
-
-
-def warned(findings, name: str) -> bool:
-    f = findings.get(name)
-    return f is not None and f.severity is Severity.WARNING
-
-
-def assert_agrees(findings, oracle, expected: dict[str, str]) -> None:
-    """Each named layer: the oracle's measured verdict is the expected one, and BL001 warns iff
-    the bias is redundant. Every other biased layer must agree with the oracle too."""
-    for name in biased_layers(oracle.model):
-        truth = oracle.verdict(name)
-        if name in expected:
-            assert truth == expected[name], f"oracle says {name} is {truth}"
-        assert warned(findings, name) == (truth == "redundant"), (name, truth, findings.get(name))
-
 
 HEADER = """
 import math

@@ -247,6 +247,53 @@ def _needs_real_values(exc: BaseException) -> bool:
 
 
 def capture(target: LoadedTarget) -> Capture:
+    """The model's graph. With example inputs, recorded from its own forward on fake tensors
+    (``record``), on real ones without autograd when fake ones cannot take it; when the forward
+    fails on the inputs, or there are none, from symbolic tracing per submodule (below)."""
+    if target.inputs is not None:
+        recorded = _record(target)
+        if isinstance(recorded, Capture):
+            return recorded
+        note = f"forward on the example inputs failed ({recorded}); analysed by symbolic " \
+               "tracing instead, shapes known only up to that point"
+        result = _capture_symbolic(target)
+        result.notes[:] = [note] + [n for n in result.notes
+                                    if not n.startswith("forward on the example inputs failed")]
+        return result
+    return _capture_symbolic(target)
+
+
+def _record(target: LoadedTarget) -> Capture | str:
+    """Record the forward on fake tensors, then on real ones; the failure text if neither."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from biaslint.capture.concrete import quiet_fake_log
+    from biaslint.capture.record import ForwardFailed, record_forward
+
+    model = target.model
+    inputs = target.inputs
+    assert inputs is not None
+    notes: list[str] = []
+    failure: ForwardFailed | None = None
+    for fake in (True, False):
+        mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
+        try:
+            with preserved(model), _quiet(), quiet_fake_log(), torch.random.fork_rng(devices=[]):
+                recording = record_forward(model, inputs.args, inputs.kwargs, mode)
+        except ForwardFailed as exc:
+            failure = exc
+            continue
+        if not fake and failure is not None:
+            notes.append(f"the forward cannot run on fake tensors ({failure.describe()}); "
+                         "recorded from a real forward without autograd")
+        part = GraphPart("", model, recording.gm, shapes_known=True)
+        return Capture(target=target, parts=[part], opaque=[],
+                       coverage=_coverage(model, [part], [], recording.called), notes=notes)
+    assert failure is not None
+    return failure.describe()
+
+
+def _capture_symbolic(target: LoadedTarget) -> Capture:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     model = target.model
@@ -286,13 +333,17 @@ def capture(target: LoadedTarget) -> Capture:
         more = f" and {len(opaque) - 5} more" if len(opaque) > 5 else ""
         notes.append(f"not traceable by torch.fx, analysed as opaque: {shown}{more}")
     if target.inputs is None:
-        notes.append("no example inputs: shapes unknown (give --input-shape or return "
+        notes.append("no example inputs: the graph comes from symbolic tracing, shapes are "
+                     "unknown and every layer counts as called (give --input-shape or return "
                      "(model, inputs) from the target)")
     return Capture(target=target, parts=parts, opaque=opaque,
                    coverage=_coverage(model, parts, opaque), notes=notes)
 
 
-def _coverage(model: nn.Module, parts: list[GraphPart], opaque: list[str]) -> Coverage:
+def _coverage(model: nn.Module, parts: list[GraphPart], opaque: list[str],
+              called: set[str] | None = None) -> Coverage:
+    """Of the parametrized layers the forward called (all of them when the calls are not
+    known), how many are inside a graph; the others are listed as not called."""
     seen_modules: set[str] = set()
     seen_params: set[str] = set()
     for part in parts:
@@ -313,6 +364,15 @@ def _coverage(model: nn.Module, parts: list[GraphPart], opaque: list[str]) -> Co
             continue
         if name not in opaque_set and _is_default_leaf(module):
             used.update(id(p) for p in module.parameters())
+    if called is not None:
+        called_leaves = {n for n in called if _is_default_leaf(model.get_submodule(n))}
+        reached = [n for n in layers if n in called or _under(n, called_leaves) or any(
+            (f"{n}.{p}" if n else p) in seen_params
+            for p, _ in model.get_submodule(n).named_parameters(recurse=False))]
+        not_called = tuple(n for n in layers if n not in set(reached))
+        layers = reached
+    else:
+        not_called = ()
     traced, untraced = 0, []
     for name in layers:
         own = list(model.get_submodule(name).named_parameters(recurse=False))
@@ -324,7 +384,16 @@ def _coverage(model: nn.Module, parts: list[GraphPart], opaque: list[str]) -> Co
         else:
             untraced.append(name)
     return Coverage(total=len(layers), traced=traced, untraced=tuple(untraced),
-                    opaque=tuple(opaque))
+                    opaque=tuple(opaque), not_called=not_called)
+
+
+def _under(name: str, ancestors: set[str]) -> bool:
+    """Inside a called built-in layer (MultiheadAttention's out_proj, read by its parent)."""
+    while "." in name:
+        name = name.rsplit(".", 1)[0]
+        if name in ancestors:
+            return True
+    return "" in ancestors and name != ""
 
 
 def _inside(name: str, called: set[str], opaque: set[str]) -> bool:

@@ -7,6 +7,7 @@ biaslint) for each call. Everything patched is restored in ``finally``, even whe
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import sys
@@ -130,8 +131,15 @@ def _short(value: Any) -> str:
         return f"<tensor {tuple(value.shape)}>"
     if isinstance(value, float):
         return f"{value:g}"
+    if not isinstance(value, (bool, int, str, type(None), torch.dtype, torch.device, tuple)):
+        # Never ``repr`` a storage or a user object: printing a storage builds a tensor and
+        # calls ``set_`` on it, which is what is being recorded (the deepcopy hang).
+        return f"<{type(value).__name__}>"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+_ABSENT = object()  # the patched class had no attribute of its own by that name
 
 
 class _Recorder:
@@ -145,8 +153,7 @@ class _Recorder:
         self._saved: list[tuple[Any, str, Any]] = []
 
     def _patch(self, owner: Any, name: str, replacement: Any) -> None:
-        self._saved.append((owner, name, owner.__dict__[name] if name in owner.__dict__
-                            else getattr(owner, name)))
+        self._saved.append((owner, name, owner.__dict__.get(name, _ABSENT)))
         setattr(owner, name, replacement)
 
     def install(self) -> None:
@@ -168,6 +175,49 @@ class _Recorder:
             if hasattr(torch.Tensor, name):
                 self._patch(torch.Tensor, name,
                             self._wrap(getattr(torch.Tensor, name), f"Tensor.{name}"))
+        for owner in (torch.Tensor, nn.Parameter):
+            self._patch(owner, "__deepcopy__", self._copying(owner.__deepcopy__))
+        self._patch(nn.Module, "__deepcopy__", self._module_copying())
+
+    def _module_copying(self) -> Callable[..., Any]:
+        """A module copied with ``copy.deepcopy`` (a common way to stack blocks) is never
+        constructed: its site is its source's. The copy itself is the default deepcopy."""
+        record = self.record
+
+        def deepcopy(module: nn.Module, memo: dict[int, Any]) -> Any:
+            result = copy._reconstruct(module, memo, *module.__reduce_ex__(4))  # type: ignore[attr-defined]
+            entry = record.module_sites.get(id(module))
+            if entry is not None and entry[0] is module and id(result) not in record.module_sites:
+                record.module_sites[id(result)] = (result, entry[1])
+            return result
+
+        return deepcopy
+
+    def _copying(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``copy.deepcopy`` of a module copies each tensor (``clone``, or ``set_`` with a copied
+        storage): not an init call, and the copy was initialized as its source was."""
+        recorder = self
+
+        def deepcopy(tensor: torch.Tensor, memo: dict[int, Any]) -> Any:
+            recorder._depth += 1
+            try:
+                result = fn(tensor, memo)
+            finally:
+                recorder._depth -= 1
+            try:
+                recorder._inherit(tensor, result)
+            except Exception:  # noqa: BLE001 - provenance is best effort, never break a build
+                pass
+            return result
+
+        deepcopy.__wrapped__ = fn  # type: ignore[attr-defined]
+        return deepcopy
+
+    def _inherit(self, source: torch.Tensor, copy: Any) -> None:
+        call = self.record.init_of(source)
+        span = _memory_span(copy)
+        if call is not None and span is not None:
+            self.record.init_events.append(_InitEvent(*span, call))
 
     def _wrap(self, fn: Callable[..., Any], label: str) -> Callable[..., Any]:
         recorder = self
@@ -178,12 +228,12 @@ class _Recorder:
             recorder._depth += 1
             try:
                 result = fn(*args, **kwargs)
+                try:  # still at depth 1: nothing the note does is recorded in turn
+                    recorder._note(label, args, kwargs)
+                except Exception:  # noqa: BLE001 - provenance is best effort, never break a build
+                    pass
             finally:
                 recorder._depth -= 1
-            try:
-                recorder._note(label, args, kwargs)
-            except Exception:  # noqa: BLE001 - provenance is best effort, never break a build
-                pass
             return result
 
         wrapper.__name__ = getattr(fn, "__name__", label)
@@ -207,7 +257,10 @@ class _Recorder:
 
     def restore(self) -> None:
         for owner, name, value in reversed(self._saved):
-            setattr(owner, name, value)
+            if value is _ABSENT:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
         self._saved.clear()
 
 

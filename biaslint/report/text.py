@@ -76,12 +76,20 @@ def _print_summary(result: TargetResult, console: Console, errors_shown: bool = 
     coverage = ""
     if cov is not None:
         coverage = f"; coverage {cov.ratio:.0%} ({cov.traced}/{cov.total} layers traced)"
+        if cov.not_called:
+            coverage = (f"; coverage {cov.ratio:.0%} ({cov.traced}/{cov.total} called layers "
+                        f"traced, {len(cov.not_called)} not called)")
     console.print(f"[bold]{escape(result.target)}[/]: {found}{escape(coverage)}", highlight=False,
                   soft_wrap=True)
     if cov is not None and cov.untraced:
         shown = ", ".join(cov.untraced[:6]) + (f" and {len(cov.untraced) - 6} more"
                                               if len(cov.untraced) > 6 else "")
         console.print(f"  not traced: {escape(shown)}", style="dim", highlight=False, soft_wrap=True)
+    if cov is not None and cov.not_called:
+        shown = ", ".join(cov.not_called[:6]) + (f" and {len(cov.not_called) - 6} more"
+                                                if len(cov.not_called) > 6 else "")
+        console.print(f"  not called by the forward on these inputs, so outside the graph: {escape(shown)}",
+                      style="dim", highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"  note: {escape(note)}", style="dim", soft_wrap=True, highlight=False)
 

@@ -1,0 +1,530 @@
+"""Record the graph while the model's own ``forward`` runs, on fake tensors.
+
+Symbolic tracing runs user code on ``Proxy`` objects, and library code notices:
+``torch.is_tensor(proxy)`` is False, einops does not know the type, ``nn.Parameter`` checks
+fail, ``len()`` of a proxy raises. Here the forward runs exactly as in a real run, on real
+tensor objects (fake ones: shapes, dtypes and devices without data or compute), and a
+``TorchFunctionMode`` writes down each torch-level call it makes into an fx ``Graph``.
+
+The graph has the form the rules are written for, the one ``torch.fx`` tracing gives:
+
+* a call of a built-in layer (a ``torch.nn`` module, as fx's default leaves) is one
+  ``call_module`` node named as in ``named_modules()``; nothing inside it is recorded;
+* the forward of any other module runs and its torch calls are recorded, each node carrying
+  the ``nn_module_stack`` of the modules it ran in;
+* a parameter or buffer read outside a built-in layer is a ``get_attr`` node;
+* Python operators are ``operator.add``... nodes, other tensor methods ``call_method`` nodes,
+  torch functions (``torch.cat``, ``F.relu``...) ``call_function`` nodes;
+* anything computed from sizes (``x.shape[-1] ** 0.5``) is a constant: the graph is the one the
+  example inputs take, Python control flow included.
+
+An in-place op (``x += y``, ``x.relu_()``, ``x[i] = v``) makes later reads of that tensor read
+the op's node, so a value written into a tensor is linked to the tensor's later users.
+
+When a forward cannot run on fake tensors (``.item()`` in an ``if``, data-dependent output
+shapes, an op without a fake kernel), the caller runs it again on real tensors without
+autograd: the recording works the same on either.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import inspect
+import operator
+import weakref
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+from biaslint.capture.shapes import record
+from biaslint.vocabulary import MEAN_NORM_FUNCTIONS, SAME_SHAPE_NORM_MODULES
+
+# Tensor methods that are Python operators: recorded as fx records the operator
+# (``x + y`` reaches the mode as ``Tensor.add``; fx writes ``operator.add``).
+_OPERATORS: dict[str, Callable[..., Any]] = {
+    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
+    "__truediv__": operator.truediv, "__floordiv__": operator.floordiv,
+    "__mod__": operator.mod, "remainder": operator.mod, "pow": operator.pow,
+    "__pow__": operator.pow, "matmul": operator.matmul, "__matmul__": operator.matmul,
+    "__getitem__": operator.getitem, "__setitem__": operator.setitem,
+    "__and__": operator.and_, "__or__": operator.or_, "__xor__": operator.xor,
+    "__lshift__": operator.lshift, "__rshift__": operator.rshift,
+    "__eq__": operator.eq, "__ne__": operator.ne, "__lt__": operator.lt,
+    "__le__": operator.le, "__gt__": operator.gt, "__ge__": operator.ge,
+    "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le,
+    "gt": operator.gt, "ge": operator.ge,
+}
+_UNARY_OPERATORS: dict[str, Callable[..., Any]] = {
+    "neg": operator.neg, "__neg__": operator.neg, "__pos__": operator.pos,
+    "__invert__": operator.invert, "bitwise_not": operator.invert, "abs": operator.abs,
+    "__abs__": operator.abs,
+}
+# ``1 - x`` reaches the mode as ``Tensor.__rsub__(x, 1)``: the operator with operands swapped.
+_REFLECTED: dict[str, Callable[..., Any]] = {
+    "__radd__": operator.add, "__rsub__": operator.sub, "__rmul__": operator.mul,
+    "__rdiv__": operator.truediv, "__rtruediv__": operator.truediv,
+    "__rfloordiv__": operator.floordiv, "__rmod__": operator.mod, "__rpow__": operator.pow,
+    "__rmatmul__": operator.matmul, "__rand__": operator.and_, "__ror__": operator.or_,
+    "__rxor__": operator.xor, "__rlshift__": operator.lshift, "__rrshift__": operator.rshift,
+}
+_TENSOR_CLASSES = (torch.Tensor, torch._C.TensorBase)
+_PLAIN = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis), slice, range,
+          torch.dtype, torch.device, torch.layout, torch.memory_format)
+
+
+class ForwardFailed(Exception):
+    """The model's forward raised while recording; ``where`` is the innermost module it was in."""
+
+    def __init__(self, error: BaseException, where: str | None, cls: str | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.where = where
+        self.cls = cls
+
+    def describe(self) -> str:
+        text = str(self.error).strip().splitlines()
+        message = f"{type(self.error).__name__}: {text[0]}" if text else type(self.error).__name__
+        if self.where is None:
+            return message
+        place = f"'{self.where}'" if self.where else "the model's own forward"
+        return f"{message} (in {place}, {self.cls})"
+
+
+@dataclass
+class Recording:
+    gm: fx.GraphModule
+    called: set[str]  # qualified names of every module the forward called
+
+
+def is_default_leaf(module: nn.Module) -> bool:
+    """fx's default leaves: the modules of torch.nn (not containers). One node each."""
+    return fx.Tracer().is_leaf_module(module, "")
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, model: nn.Module, fake: bool, leaves: set[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.fake = fake
+        self.leaves = leaves
+        self.graph = fx.Graph()
+        self.names = {id(m): n for n, m in model.named_modules()}
+        self.tensors = {id(t): n for n, t in _named_tensors(model)}
+        self.attr_nodes: dict[str, fx.Node] = {}
+        self.attrs: dict[str, Any] = {}  # get_attr target -> value, for the GraphModule
+        self.nodes: dict[int, fx.Node] = {}  # id(tensor) -> the node whose value it holds
+        self.pending: dict[int, tuple[fx.Node, int]] = {}  # tuple items not yet read
+        self.stack: list[str] = []  # module paths whose forward is running
+        self.suspended = 0  # inside a built-in layer: record nothing
+        self.called: set[str] = set()
+        # Where each exception started: the innermost module it left (a library may catch
+        # one and go on, so only the exception that ends the forward is reported).
+        self.raised: dict[int, tuple[BaseException, str, str]] = {}
+        self._constants = 0
+
+    # -- values to graph arguments ------------------------------------------------------------
+    def _bind(self, tensor: torch.Tensor, node: fx.Node) -> None:
+        key = id(tensor)
+        self.pending.pop(key, None)
+        if key not in self.nodes:
+            weakref.finalize(tensor, self._forget, key)
+        self.nodes[key] = node
+
+    def _forget(self, key: int) -> None:
+        self.nodes.pop(key, None)
+        self.pending.pop(key, None)
+
+    def _bind_result(self, value: Any, node: fx.Node) -> None:
+        """Bind a result: a tensor to the node, each item of a tuple to a getitem of it (made
+        only when the item is read, as fx makes getitem nodes only for used items)."""
+        if isinstance(value, torch.Tensor):
+            self._bind(value, node)
+        elif isinstance(value, (tuple, list)):
+            for index, item in enumerate(value):
+                if isinstance(item, torch.Tensor):
+                    key = id(item)
+                    if key not in self.nodes:
+                        weakref.finalize(item, self._forget, key)
+                        self.nodes[key] = None  # type: ignore[assignment]
+                    self.pending[key] = (node, index)
+                elif isinstance(item, (tuple, list)) and _has_tensor(item):
+                    with self._here(self._stack_meta()):
+                        inner = self.graph.call_function(operator.getitem, (node, index))
+                    record(inner, item)
+                    self._bind_result(item, inner)
+
+    def _node_of(self, tensor: torch.Tensor) -> fx.Node:
+        key = id(tensor)
+        if key in self.pending:
+            parent, index = self.pending.pop(key)
+            with self._here(parent.meta.get("nn_module_stack")):
+                node = self.graph.call_function(operator.getitem, (parent, index))
+            record(node, tensor)
+            self.nodes[key] = node
+            return node
+        node = self.nodes.get(key)
+        if node is not None:
+            return node
+        name = self.tensors.get(key)
+        if name is None:  # a tensor made outside the recorded calls: a constant
+            name = f"_tensor_constant{self._constants}"
+            self._constants += 1
+            self.tensors[key] = name
+        return self._get_attr(name, tensor)
+
+    def _get_attr(self, name: str, value: Any) -> fx.Node:
+        node = self.attr_nodes.get(name)
+        if node is None:
+            with self._here(None):
+                node = self.graph.get_attr(name)
+            self.attr_nodes[name] = node
+            self.attrs[name] = value
+            record(node, value)
+        return node
+
+    def _arg(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return self._node_of(value)
+        if isinstance(value, torch.Size):
+            return tuple(int(s) for s in value)
+        if isinstance(value, _PLAIN):
+            return value
+        if isinstance(value, (tuple, list)):
+            items = [self._arg(v) for v in value]
+            return type(value)(items) if type(value) in (tuple, list) else tuple(items)
+        if isinstance(value, dict):
+            return {k: self._arg(v) for k, v in value.items()}
+        if isinstance(value, torch.SymInt | torch.SymFloat | torch.SymBool):
+            return value
+        # Any other object (a generator, a config...): a constant attribute of the graph.
+        name = f"_constant{self._constants}"
+        self._constants += 1
+        return self._get_attr(name, value)
+
+    # -- recording ------------------------------------------------------------------------------
+    def _stack_meta(self) -> dict[str, tuple[str, type]] | None:
+        if not self.stack:
+            return None
+        return {path: (path, type(self.model.get_submodule(path))) for path in self.stack}
+
+    @contextlib.contextmanager
+    def _here(self, stack: Any) -> Iterator[None]:
+        before = len(self.graph.nodes)
+        yield
+        if stack:
+            node = list(self.graph.nodes)[-1] if len(self.graph.nodes) > before else None
+            if node is not None:
+                node.meta["nn_module_stack"] = dict(stack)
+
+    def _emit(self, op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+              value: Any, stack: Any = None) -> fx.Node:
+        node = self.graph.create_node(op, target, self._arg(tuple(args)), self._arg(dict(kwargs)))
+        meta = stack if stack is not None else self._stack_meta()
+        if meta:
+            node.meta["nn_module_stack"] = dict(meta)
+        record(node, value)
+        return node
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if self.suspended:
+            return func(*args, **kwargs)
+        if self.fake and func in MEAN_NORM_FUNCTIONS and args and \
+                isinstance(args[0], torch.Tensor):
+            # The output is shaped like the input; fake tensors would run batch norm's
+            # Python decomposition (tens of ops a call) for no information.
+            value: Any = torch.empty_like(args[0])
+        else:
+            value = func(*args, **kwargs)
+        call = _classify(func, args, kwargs, value)
+        if call is None:
+            return value
+        op, target, args, kwargs = call
+        written = args[0] if target is operator.setitem else None
+        node = self._emit(op, target, args, kwargs, written if written is not None else value)
+        if written is not None:  # x[i] = v: later reads of x read the write
+            self._written(written, node)
+            return value
+        self._bind_result(value, node)
+        if isinstance(value, torch.Tensor) and args and value is args[0]:
+            self._written(value, node)  # in place (x.add_(y), relu_): the same, through views
+        return value
+
+    def _written(self, tensor: torch.Tensor, node: fx.Node) -> None:
+        """``tensor`` was changed in place by ``node``: later reads of it read ``node``, and a
+        tensor it is a view of reads a node that depends on the write (an op no rule knows,
+        so whatever flowed into the write is followed no further than that)."""
+        self._bind(tensor, node)
+        base = tensor._base
+        if isinstance(base, torch.Tensor) and (id(base) in self.nodes or id(base) in self.pending):
+            with self._here(node.meta.get("nn_module_stack")):
+                changed = self.graph.call_function(written_through_view,
+                                                   (self._node_of(base), node))
+            record(changed, base)
+            self._bind(base, changed)
+
+    def module_call(self, module: nn.Module, call: Callable[..., Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+        name = self.names.get(id(module))
+        if name is None or self.suspended:
+            # Not in the model's tree (an activation object made on the fly): its torch calls
+            # are recorded where they run. Inside a built-in layer: nothing is recorded.
+            if name is not None:
+                self.called.add(name)
+            return call(module, *args, **kwargs)
+        self.called.add(name)
+        if name and (name in self.leaves or is_default_leaf(module)):
+            return self._leaf(module, name, call, args, kwargs)
+        if name:
+            self.stack.append(name)
+        try:
+            return call(module, *args, **kwargs)
+        except BaseException as exc:
+            self._raised(exc, name, module)
+            raise
+        finally:
+            if name:
+                self.stack.pop()
+
+    def _raised(self, exc: BaseException, name: str, module: nn.Module) -> None:
+        if id(exc) not in self.raised:
+            self.raised[id(exc)] = (exc, name, type(module).__name__)
+
+    def failure(self, exc: BaseException) -> ForwardFailed:
+        entry = self.raised.get(id(exc))
+        if entry is None or entry[0] is not exc:
+            return ForwardFailed(exc, None, None)
+        return ForwardFailed(exc, entry[1], entry[2])
+
+    def _leaf(self, module: nn.Module, name: str, call: Callable[..., Any],
+              args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.suspended += 1
+        try:
+            if self.fake and isinstance(module, SAME_SHAPE_NORM_MODULES) and args and \
+                    isinstance(args[0], torch.Tensor) and not kwargs and not _hooked(module):
+                value = torch.empty_like(args[0])
+            else:
+                value = call(module, *args, **kwargs)
+        except BaseException as exc:
+            self._raised(exc, name, module)
+            raise
+        finally:
+            self.suspended -= 1
+        stack = dict(self._stack_meta() or {})
+        stack[name] = (name, type(module))
+        node = self._emit("call_module", name, args, kwargs, value, stack)
+        self._bind_result(value, node)
+        return value
+
+    # -- inputs and outputs ---------------------------------------------------------------------
+    def placeholders(self, labels: list[str], args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> None:
+        taken: set[str] = set()
+        for label, value in [*zip(labels, args), *kwargs.items()]:
+            for path, tensor in _tensors_in(value, label):
+                name = path if path.isidentifier() else "arg"
+                while name in taken:
+                    name += "_"
+                taken.add(name)
+                with self._here(None):
+                    node = self.graph.placeholder(name)
+                record(node, tensor)
+                self._bind(tensor, node)
+
+    def output(self, value: Any) -> None:
+        self.graph.output(self._arg(_outputs(value)))
+
+
+def written_through_view(base: torch.Tensor, write: Any) -> torch.Tensor:
+    """Graph marker: ``base`` after an in-place write into a view of it (never run)."""
+    return base
+
+
+def _classify(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+              value: Any) -> tuple[str, Any, tuple[Any, ...], dict[str, Any]] | None:
+    """The fx node (op, target, args, kwargs) a torch call becomes, or None for a call whose
+    result is not a tensor (sizes, dtypes, ``item()``): those are constants in the graph."""
+    name = getattr(func, "__name__", "")
+    if name == "__get__" and isinstance(getattr(func, "__self__", None),
+                                         type(torch.Tensor.T)):  # a property: x.T, x.data
+        if not _has_tensor(value) or not args:
+            return None
+        return "call_function", builtins.getattr, (args[0], func.__self__.__name__), {}
+    owner = getattr(func, "__objclass__", None)
+    if owner is None:
+        qualname = getattr(func, "__qualname__", "")
+        owner = torch.Tensor if qualname.startswith(("Tensor.", "TensorBase.")) else None
+    is_method = owner in _TENSOR_CLASSES and args and isinstance(args[0], torch.Tensor)
+    if name == "__setitem__" and is_method:
+        return "call_function", operator.setitem, tuple(args), dict(kwargs)
+    if not _has_tensor(value):
+        return None
+    if not is_method:
+        return "call_function", func, tuple(args), dict(kwargs)
+    if name in _REFLECTED and len(args) == 2 and not kwargs:
+        return "call_function", _REFLECTED[name], (args[1], args[0]), {}
+    if name in _OPERATORS and len(args) == 2 and not kwargs:
+        return "call_function", _OPERATORS[name], tuple(args), {}
+    if name in _UNARY_OPERATORS and len(args) == 1 and not kwargs:
+        return "call_function", _UNARY_OPERATORS[name], tuple(args), {}
+    return "call_method", name, tuple(args), dict(kwargs)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Hooks may change what a layer returns: then it runs, even where a shortcut would do."""
+    from torch.nn.modules import module as module_globals
+
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or module_globals._global_forward_hooks
+                or module_globals._global_forward_pre_hooks)
+
+
+def _has_tensor(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if depth < 3 and isinstance(value, (tuple, list)):
+        return any(_has_tensor(v, depth + 1) for v in value)
+    return False
+
+
+def _named_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    yield from model.named_parameters()
+    yield from model.named_buffers()
+    for name, module in model.named_modules():  # plain tensor attributes (not registered)
+        for attr, value in vars(module).items():
+            if isinstance(value, torch.Tensor) and not attr.startswith("_"):
+                yield (f"{name}.{attr}" if name else attr), value
+
+
+def _tensors_in(value: Any, path: str, depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif depth > 4:
+        return
+    elif isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            yield from _tensors_in(item, f"{path}_{i}", depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _tensors_in(item, f"{path}_{key}", depth + 1)
+    elif hasattr(value, "__dict__") and not isinstance(value, (type, nn.Module)):
+        for key, item in vars(value).items():
+            yield from _tensors_in(item, f"{path}_{key}", depth + 1)
+
+
+def _outputs(value: Any, depth: int = 0) -> Any:
+    """The model's return value as fx can hold it: tensors, numbers, and containers of them;
+    dataclass-like outputs become dicts of their fields, anything else None."""
+    if isinstance(value, torch.Tensor) or isinstance(value, _PLAIN):
+        return value
+    if depth > 6:
+        return None
+    if isinstance(value, dict):
+        return {k: _outputs(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        items = [_outputs(v, depth + 1) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _outputs(getattr(value, f.name, None), depth + 1) for f in fields(value)}
+    attrs = getattr(value, "__dict__", None)
+    if isinstance(attrs, dict) and not isinstance(value, (type, nn.Module)):
+        return {k: _outputs(v, depth + 1) for k, v in attrs.items()
+                if not k.startswith("_") and _has_tensor_deep(v)}
+    return None
+
+
+def _has_tensor_deep(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if depth > 4:
+        return False
+    if isinstance(value, (tuple, list)):
+        return any(_has_tensor_deep(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return any(_has_tensor_deep(v, depth + 1) for v in value.values())
+    return False
+
+
+_ACTIVE: list[_Recorder] = []
+
+
+@contextlib.contextmanager
+def _module_calls(recorder: _Recorder) -> Iterator[None]:
+    """Route every ``nn.Module.__call__`` through the recorder while it records (as fx's
+    tracer patches ``nn.Module.__call__``), so layers stay one node each."""
+    original = nn.Module.__call__
+
+    def call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if not _ACTIVE:
+            return original(self, *args, **kwargs)
+        return _ACTIVE[-1].module_call(self, original, args, kwargs)
+
+    _ACTIVE.append(recorder)
+    nn.Module.__call__ = call  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.__call__ = original  # type: ignore[method-assign]
+        _ACTIVE.pop()
+
+
+def _labels(model: nn.Module, count: int) -> list[str]:
+    try:
+        params = list(inspect.signature(inspect.unwrap(model.forward)).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return (names + [f"input_{i}" for i in range(len(names), count)])[:count]
+
+
+def _fake_inputs(value: Any, fake_mode: Any, depth: int = 0) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fake_mode.from_tensor(value)
+    if depth > 4:
+        return value
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_fake_inputs(v, fake_mode, depth + 1) for v in value)
+    if isinstance(value, list):
+        return [_fake_inputs(v, fake_mode, depth + 1) for v in value]
+    if type(value) is dict:
+        return {k: _fake_inputs(v, fake_mode, depth + 1) for k, v in value.items()}
+    return value
+
+
+def record_forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   fake_mode: Any | None, leaves: set[str] | None = None) -> Recording:
+    """Run ``model(*args, **kwargs)`` and record its graph. With ``fake_mode``, the inputs are
+    made fake and the forward runs under it; without, it runs on the real inputs under
+    ``no_grad``. Raises ``ForwardFailed`` when the forward raises."""
+    recorder = _Recorder(model, fake=fake_mode is not None, leaves=leaves or set())
+    if fake_mode is not None:
+        with fake_mode:
+            args = _fake_inputs(tuple(args), fake_mode)
+            kwargs = _fake_inputs(dict(kwargs), fake_mode)
+    recorder.placeholders(_labels(model, len(args)), tuple(args), dict(kwargs))
+    context = fake_mode if fake_mode is not None else torch.no_grad()
+    try:
+        with context, _module_calls(recorder), recorder:
+            result = model(*args, **kwargs)
+            recorder.output(result)
+    except Exception as exc:  # noqa: BLE001 - the user's forward failed: say where
+        raise recorder.failure(exc) from exc
+    root: dict[str, Any] = dict(recorder.attrs)
+    for node in recorder.graph.nodes:
+        if node.op == "call_module":
+            root[str(node.target)] = model.get_submodule(str(node.target))
+    gm = _RecordedGraphModule(root, recorder.graph, type(model).__name__)
+    return Recording(gm, recorder.called)
+
+
+class _RecordedGraphModule(fx.GraphModule):
+    """A GraphModule that is read, never run: generating its Python code (which a recorded
+    graph's constants may not allow, and which costs time on large graphs) is skipped."""
+
+    def recompile(self) -> Any:  # type: ignore[override]
+        return None
