@@ -56,6 +56,15 @@ QUICK = {
     "timm": ["resnet18", "vit_tiny_patch16_224", "convnext_atto", "efficientnet_b0",
              "swin_tiny_patch4_window7_224", "mobilevit_xxs", "levit_128s", "nfnet_l0"],
     "hf": ["bert", "gpt2", "llama", "t5", "vit", "whisper", "clip", "wav2vec2"],
+    "diffusers": ["diffusers_unet2d_condition", "diffusers_autoencoder_kl", "diffusers_dit"],
+    "smp": ["smp_unet", "smp_deeplabv3plus", "smp_segformer"],
+    "monai": ["monai_unet", "monai_swin_unetr", "monai_dynunet"],
+    "peft": ["peft_lora_llama", "peft_dora_llama", "peft_ia3_gpt2"],
+    "x-transformers": ["x_transformers_decoder", "x_transformers_vit",
+                       "x_transformers_encoder_decoder"],
+    "vit-pytorch": ["vit_pytorch_vit", "vit_pytorch_levit", "vit_pytorch_cct"],
+    "pyg": ["pyg_gcn", "pyg_gat", "pyg_pna"],
+    "ddpm": ["ddpm_unet", "ddpm_karras_unet"],
 }
 
 
@@ -176,6 +185,23 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}){mem}, Python {platform.python_version()}"
 
 
+def _library_versions(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Versions of the external libraries whose families this sweep ran."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from zoo_external import DISTRIBUTIONS
+
+    ran = {r["family"] for r in rows}
+    found = []
+    for family, distribution in DISTRIBUTIONS.items():
+        if family in ran:
+            try:
+                found.append((distribution, version(distribution)))
+            except PackageNotFoundError:
+                pass
+    return found
+
+
 def summary(rows: list[dict[str, Any]], command: str, wall_s: float, jobs: int) -> str:
     import timm
     import torch
@@ -188,7 +214,8 @@ def summary(rows: list[dict[str, Any]], command: str, wall_s: float, jobs: int) 
         f"- date: {now}",
         f"- machine: {machine()}",
         f"- versions: torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"timm {timm.__version__}, transformers {transformers.__version__}",
+        f"timm {timm.__version__}, transformers {transformers.__version__}"
+        + "".join(f", {name} {version}" for name, version in _library_versions(rows)),
         f"- command: `{command}` ({jobs} worker process(es); wall time {wall_s / 60:.1f} min)",
         "",
         "## Per family", "",

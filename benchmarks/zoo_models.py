@@ -1,7 +1,9 @@
 """The zoo's models: each a builder returning ``(model, example_inputs)``, random init, offline.
 
 Families are exposed as attribute namespaces so every model is also a biaslint target:
-``biaslint benchmarks/zoo_models.py:TV.resnet18`` or ``...:HF.llama``.
+``biaslint benchmarks/zoo_models.py:TV.resnet18`` or ``...:HF.llama``. Models from other
+libraries (diffusers, smp, MONAI, PEFT, ...) live in ``zoo_external.py`` and share one namespace:
+``...:EXT.smp_unet``.
 
 Input choices: batch 2, because BatchNorm after global pooling rejects a batch of one in
 training mode; image sizes from each model's own config (timm ``pretrained_cfg``), 224 otherwise.
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
+
+import zoo_external  # a sibling file: biaslint and the zoo scripts put this folder on sys.path
 
 Builder = Callable[[], tuple[Any, Any]]
 
@@ -245,6 +249,11 @@ def _hf_builder(name: str) -> Builder:
     return _HF_CACHE[name]
 
 
+def _ext_family(family: str) -> Family:
+    return Family("EXT", lambda: zoo_external.names(family),
+                  lambda name: zoo_external.builder(family, name))
+
+
 FAMILIES: dict[str, Family] = {
     "tv-classification": _tv_family("classification", ""),
     "tv-detection": _tv_family("detection", "detection"),
@@ -254,6 +263,8 @@ FAMILIES: dict[str, Family] = {
     "tv-quantization": _tv_family("quantization", "quantization"),
     "timm": Family("TIMM", lambda: list(TIMM_MODELS), _timm_builder),
     "hf": Family("HF", lambda: list(_hf_models()), _hf_builder),
+    # one family per external library, all under the EXT namespace (zoo_external.py)
+    **{family: _ext_family(family) for family in zoo_external.MODELS},
 }
 
 
@@ -267,6 +278,8 @@ def import_library(family: str) -> None:
         import transformers  # noqa: F401
 
         transformers.logging.set_verbosity_error()
+    elif family in zoo_external.LIBRARIES:
+        zoo_external.import_library(family)
 
 
 def builder_of(family: str, name: str) -> Builder:
@@ -291,3 +304,4 @@ class _Namespace:
 TV = _Namespace({k: k for k in FAMILIES if k.startswith("tv-")})
 TIMM = _Namespace({"timm": "timm"})
 HF = _Namespace({"hf": "hf"})
+EXT = _Namespace({family: family for family in zoo_external.MODELS})

@@ -103,7 +103,10 @@ class Recording:
 
 def is_default_leaf(module: nn.Module) -> bool:
     """fx's default leaves: the modules of torch.nn (not containers). One node each."""
-    return fx.Tracer().is_leaf_module(module, "")
+    return _TRACER.is_leaf_module(module, "")
+
+
+_TRACER = fx.Tracer()  # made once: a Tracer's constructor is not free (566 calls on a CNN)
 
 
 class _Recorder(TorchFunctionMode):
@@ -114,11 +117,13 @@ class _Recorder(TorchFunctionMode):
         self.leaves = leaves
         self.graph = fx.Graph()
         self.names = {id(m): n for n, m in model.named_modules()}
+        self.types = {n: type(m) for n, m in model.named_modules()}
         self.tensors = {id(t): n for n, t in _named_tensors(model)}
         self.attr_nodes: dict[str, fx.Node] = {}
         self.attrs: dict[str, Any] = {}  # get_attr target -> value, for the GraphModule
         self.nodes: dict[int, fx.Node] = {}  # id(tensor) -> the node whose value it holds
-        self.pending: dict[int, tuple[fx.Node, int]] = {}  # tuple items not yet read
+        self.pending: dict[int, tuple[fx.Node, tuple[int, ...]]] = {}  # items not yet read
+        self.items: dict[tuple[fx.Node, tuple[int, ...]], fx.Node] = {}
         self.stack: list[str] = []  # module paths whose forward is running
         self.suspended = 0  # inside a built-in layer: record nothing
         self.called: set[str] = set()
@@ -139,31 +144,40 @@ class _Recorder(TorchFunctionMode):
         self.nodes.pop(key, None)
         self.pending.pop(key, None)
 
-    def _bind_result(self, value: Any, node: fx.Node) -> None:
-        """Bind a result: a tensor to the node, each item of a tuple to a getitem of it (made
-        only when the item is read, as fx makes getitem nodes only for used items)."""
-        if isinstance(value, torch.Tensor):
+    def _bind_result(self, value: Any, node: fx.Node, path: tuple[int, ...] = ()) -> None:
+        """Bind a result: a tensor to the node, each item of a (nested) tuple to getitems of it,
+        made only when the item is read, as fx makes getitem nodes only for used items."""
+        if isinstance(value, torch.Tensor) and not path:
             self._bind(value, node)
-        elif isinstance(value, (tuple, list)):
+            return
+        if isinstance(value, torch.Tensor):
+            key = id(value)
+            if key not in self.nodes:
+                weakref.finalize(value, self._forget, key)
+                self.nodes[key] = None  # type: ignore[assignment]
+            self.pending[key] = (node, path)
+        elif isinstance(value, (tuple, list)) and len(path) < 3:
             for index, item in enumerate(value):
-                if isinstance(item, torch.Tensor):
-                    key = id(item)
-                    if key not in self.nodes:
-                        weakref.finalize(item, self._forget, key)
-                        self.nodes[key] = None  # type: ignore[assignment]
-                    self.pending[key] = (node, index)
-                elif isinstance(item, (tuple, list)) and _has_tensor(item):
-                    with self._here(self._stack_meta()):
-                        inner = self.graph.call_function(operator.getitem, (node, index))
-                    record(inner, item)
-                    self._bind_result(item, inner)
+                self._bind_result(item, node, (*path, index))
+
+    def _item(self, parent: fx.Node, path: tuple[int, ...]) -> fx.Node:
+        """The getitem chain ``parent[path[0]][path[1]]...``, each link made once."""
+        node = parent
+        for depth in range(1, len(path) + 1):
+            key = (parent, path[:depth])
+            link = self.items.get(key)
+            if link is None:
+                link = self._node("call_function", operator.getitem, (node, path[depth - 1]),
+                                  parent.meta.get("nn_module_stack"))
+                self.items[key] = link
+            node = link
+        return node
 
     def _node_of(self, tensor: torch.Tensor) -> fx.Node:
         key = id(tensor)
         if key in self.pending:
-            parent, index = self.pending.pop(key)
-            with self._here(parent.meta.get("nn_module_stack")):
-                node = self.graph.call_function(operator.getitem, (parent, index))
+            parent, path = self.pending.pop(key)
+            node = self._item(parent, path)
             record(node, tensor)
             self.nodes[key] = node
             return node
@@ -180,8 +194,7 @@ class _Recorder(TorchFunctionMode):
     def _get_attr(self, name: str, value: Any) -> fx.Node:
         node = self.attr_nodes.get(name)
         if node is None:
-            with self._here(None):
-                node = self.graph.get_attr(name)
+            node = self._node("get_attr", name)
             self.attr_nodes[name] = node
             self.attrs[name] = value
             record(node, value)
@@ -210,16 +223,14 @@ class _Recorder(TorchFunctionMode):
     def _stack_meta(self) -> dict[str, tuple[str, type]] | None:
         if not self.stack:
             return None
-        return {path: (path, type(self.model.get_submodule(path))) for path in self.stack}
+        return {path: (path, self.types[path]) for path in self.stack}
 
-    @contextlib.contextmanager
-    def _here(self, stack: Any) -> Iterator[None]:
-        before = len(self.graph.nodes)
-        yield
+    def _node(self, op: str, target: Any, args: tuple[Any, ...] = (), stack: Any = None,
+              kwargs: dict[str, Any] | None = None) -> fx.Node:
+        node = self.graph.create_node(op, target, args, kwargs or {})
         if stack:
-            node = list(self.graph.nodes)[-1] if len(self.graph.nodes) > before else None
-            if node is not None:
-                node.meta["nn_module_stack"] = dict(stack)
+            node.meta["nn_module_stack"] = dict(stack)
+        return node
 
     def _emit(self, op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
               value: Any, stack: Any = None) -> fx.Node:
@@ -262,9 +273,8 @@ class _Recorder(TorchFunctionMode):
         self._bind(tensor, node)
         base = tensor._base
         if isinstance(base, torch.Tensor) and (id(base) in self.nodes or id(base) in self.pending):
-            with self._here(node.meta.get("nn_module_stack")):
-                changed = self.graph.call_function(written_through_view,
-                                                   (self._node_of(base), node))
+            changed = self._node("call_function", written_through_view,
+                                 (self._node_of(base), node), node.meta.get("nn_module_stack"))
             record(changed, base)
             self._bind(base, changed)
 
@@ -331,8 +341,7 @@ class _Recorder(TorchFunctionMode):
                 while name in taken:
                     name += "_"
                 taken.add(name)
-                with self._here(None):
-                    node = self.graph.placeholder(name)
+                node = self._node("placeholder", name)
                 record(node, tensor)
                 self._bind(tensor, node)
 

@@ -84,7 +84,9 @@ def _quiet() -> Iterator[None]:
 
 
 def _is_default_leaf(module: nn.Module) -> bool:
-    return fx.Tracer().is_leaf_module(module, "")
+    from biaslint.capture.record import is_default_leaf
+
+    return is_default_leaf(module)
 
 
 class _Inputs:
@@ -345,13 +347,15 @@ def _coverage(model: nn.Module, parts: list[GraphPart], opaque: list[str],
     """Of the parametrized layers the forward called (all of them when the calls are not
     known), how many are inside a graph; the others are listed as not called."""
     seen_modules: set[str] = set()
-    seen_params: set[str] = set()
+    read: set[int] = set()  # tensors a graph reads directly (get_attr), by identity
     for part in parts:
         for node in part.gm.graph.nodes:
             if node.op == "call_module":
                 seen_modules.add(part.full_name(node.target))
             elif node.op == "get_attr":
-                seen_params.add(part.full_name(node.target))
+                value = _attribute(part.gm, str(node.target))
+                if isinstance(value, torch.Tensor):
+                    read.add(id(value))
     opaque_set = set(opaque)
     layers = [n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
     # Tied parameters (RoBERTa's lm_head.bias is lm_head.decoder.bias): a layer whose every
@@ -367,9 +371,9 @@ def _coverage(model: nn.Module, parts: list[GraphPart], opaque: list[str],
     if called is not None:
         called_leaves = {n for n in called if _is_default_leaf(model.get_submodule(n))}
         reached = [n for n in layers if n in called or _under(n, called_leaves) or any(
-            (f"{n}.{p}" if n else p) in seen_params
-            for p, _ in model.get_submodule(n).named_parameters(recurse=False))]
-        not_called = tuple(n for n in layers if n not in set(reached))
+            id(t) in read for t in model.get_submodule(n).parameters(recurse=False))]
+        kept = set(reached)
+        not_called = tuple(n for n in layers if n not in kept)
         layers = reached
     else:
         not_called = ()
@@ -377,14 +381,20 @@ def _coverage(model: nn.Module, parts: list[GraphPart], opaque: list[str],
     for name in layers:
         own = list(model.get_submodule(name).named_parameters(recurse=False))
         inside = _inside(name, seen_modules, opaque_set) or any(
-            (f"{name}.{p}" if name else p) in seen_params for p, _ in own) or all(
-            id(t) in used for _, t in own)
+            id(t) in read for _, t in own) or all(id(t) in used for _, t in own)
         if inside:
             traced += 1
         else:
             untraced.append(name)
     return Coverage(total=len(layers), traced=traced, untraced=tuple(untraced),
                     opaque=tuple(opaque), not_called=not_called)
+
+
+def _attribute(gm: fx.GraphModule, target: str) -> object:
+    value: object = gm
+    for atom in target.split("."):
+        value = getattr(value, atom, None)
+    return value
 
 
 def _under(name: str, ancestors: set[str]) -> bool:
