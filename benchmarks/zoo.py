@@ -9,7 +9,9 @@ API in its own process (``biaslint.parallel.run_isolated``), and measured:
 - ``capture_s``, ``analysis_s``, ``rules_s``: biaslint's stages, from ``TargetResult.timings``;
 - ``own_s`` = record + capture + analysis + rules: biaslint's cost over building the model;
 - ``peak_rss_mb``: the worker process's peak resident memory (it includes ``import torch``);
-- coverage: parametrized layers inside a traced graph; findings per rule; any error.
+- coverage: of the parametrized layers the forward calls (``layers``), the share inside a
+  graph; ``not_called`` counts the layers it never calls on the example inputs; findings per
+  rule; any error.
 
 Usage::
 
@@ -123,6 +125,7 @@ def run_one(job: Job) -> dict[str, Any]:
         "analysis_s": t["analysis"], "rules_s": t["rules"], "own_s": own_s,
         "own_over_build": own_s / build_s if build_s > 0 else float("inf"),
         "peak_rss_mb": _rss_mb(), "layers": cov.total, "traced": cov.traced,
+        "not_called": len(cov.not_called),
         "coverage": cov.ratio, "untraced": " ".join(cov.untraced[:8]),
         "opaque": " ".join(o or "<root>" for o in cov.opaque[:8]),
         "findings": ";".join(f"{k}:{v}" for k, v in sorted(per_rule.items())),
@@ -137,7 +140,7 @@ def run_one(job: Job) -> dict[str, Any]:
 
 COLUMNS = ["family", "model", "params_m", "build_s", "record_s", "capture_s", "analysis_s",
            "rules_s", "own_s", "own_over_build", "peak_rss_mb", "layers", "traced", "coverage",
-           "findings", "untraced", "opaque", "notes", "error"]
+           "not_called", "findings", "untraced", "opaque", "notes", "error"]
 
 
 def select_jobs(families: list[str], match: str | None, quick: bool) -> list[Job]:

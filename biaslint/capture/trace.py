@@ -1,4 +1,8 @@
-"""Stage 2, capture: trace the model with torch.fx, falling back per submodule.
+"""Stage 2, capture: choose how the graph is obtained, and measure coverage.
+
+With example inputs, the forward is recorded as it runs (``record``): on fake tensors, or on
+real ones without autograd when fake ones cannot take it. Without inputs, or when the forward
+fails on them, the model is traced symbolically, as below.
 
 ``symbolic_trace`` fails on data-dependent control flow. Rather than give up on the whole model we
 trace the children of a module that would not trace, recursively, and retrace the module with the
