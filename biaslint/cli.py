@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from biaslint.run import Outcome
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a SIGINT
 
 
 class _DefaultToCheck(click.Group):
@@ -88,13 +89,18 @@ def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str,
           write_baseline: str | None, quiet: bool, jobs: int, timeout: float | None,
           debug: bool) -> None:
     """Lint the models that TARGETS build (or the targets configured in pyproject.toml)."""
+    from biaslint.load.guard import interrupts
     from biaslint.run import CheckOptions, run_check
 
     options = CheckOptions(targets, config, input_shapes, select, ignore, fail_on, fmt, output,
                            class_priors, head, baseline, write_baseline, quiet, debug, jobs,
                            timeout)
     try:
-        code = _exit_code(run_check(options))
+        with interrupts():
+            code = _exit_code(run_check(options))
+    except KeyboardInterrupt:
+        click.echo("biaslint: interrupted (Ctrl-C): nothing was reported", err=True)
+        code = EXIT_INTERRUPTED
     except BiaslintError as exc:
         if debug:
             traceback.print_exc()

@@ -10,7 +10,7 @@ import time
 import traceback
 from typing import Callable, Iterable
 
-from biaslint.errors import BiaslintError
+from biaslint.errors import BiaslintError, TargetError
 from biaslint.findings import Finding, TargetResult
 from biaslint.settings import Settings, TargetConfig
 
@@ -24,14 +24,16 @@ def lint(config: TargetConfig, settings: Settings = Settings(),
          on_stage: StageCallback | None = None) -> TargetResult:
     """Lint one target. User errors (bad target, failing build) raise ``BiaslintError``."""
     from biaslint.load.build import load_target
+    from biaslint.load.guard import preserved_state
 
     timings: dict[str, float] = {}
     if on_stage is not None:
         on_stage("build")
-    start = time.perf_counter()
-    loaded = load_target(config.target, config.input_shapes)
-    timings["build"] = time.perf_counter() - start
-    return lint_loaded(loaded, config, settings, timings, on_stage=on_stage)
+    with preserved_state():  # the build runs under a fixed seed; nothing it changes leaks
+        start = time.perf_counter()
+        loaded = load_target(config.target, config.input_shapes)
+        timings["build"] = time.perf_counter() - start
+        return lint_loaded(loaded, config, settings, timings, on_stage=on_stage)
 
 
 def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignore[no-untyped-def]
@@ -42,12 +44,22 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
     from biaslint.capture.trace import capture
     from biaslint.rules import RuleContext, selected
 
+    from biaslint.load.guard import preserved_state, user_code
+
     stage = on_stage or (lambda name: None)
     timings = dict(timings or {})
     stage("capture")
     start = time.perf_counter()
-    captured = capture(loaded)
+    with preserved_state(seed=None), user_code(config.target, "the forward"):
+        captured = capture(loaded)
     timings["capture"] = time.perf_counter() - start
+    if captured.forward_error is not None:
+        # A gate must not pass a model it could not run: inputs the forward rejects are the
+        # user's to fix, like a build that raises.
+        raise TargetError(
+            f"{config.target}: the forward failed on the example inputs: "
+            f"{captured.forward_error}; give inputs it accepts (--input-shape, one per "
+            "positional input, or return (model, example_inputs) from the build)")
 
     stage("analysis")
     start = time.perf_counter()

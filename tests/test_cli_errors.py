@@ -98,8 +98,11 @@ def test_target_names_are_printed_verbatim(cli, write_target):
     assert f"{path}:boom" in result.stderr and f"{path}:boom: not linted" in result.stdout
 
 
-def test_forward_failing_on_inputs_is_a_note_not_exit_2(cli, write_target):
+def test_forward_failing_on_inputs_is_exit_2_with_one_line(cli, write_target):
+    # A gate must not say "clean" about a model it could not run.
     target = write_target(GOOD)
     result = cli(target, "--input-shape", "2,5")  # Linear(4, ...) cannot take 5 features
-    assert result.exit_code == 0, result.output
-    assert "forward on the example inputs failed" in result.output
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("biaslint: error")]
+    assert len(lines) == 1 and "the forward failed on the example inputs" in lines[0]
+    assert "mat1 and mat2" in lines[0] and "--input-shape" in lines[0]

@@ -47,6 +47,9 @@ class Capture:
     opaque: list[str]
     coverage: Coverage
     notes: list[str] = field(default_factory=list)
+    # The forward raised on the example inputs (the error, and the module it came from): the
+    # graph then comes from symbolic tracing, and no value of a run is known.
+    forward_error: str | None = None
 
 
 class _Tracer(fx.Tracer):
@@ -265,6 +268,7 @@ def capture(target: LoadedTarget) -> Capture:
         result = _capture_symbolic(target)
         result.notes[:] = [note] + [n for n in result.notes
                                     if not n.startswith("forward on the example inputs failed")]
+        result.forward_error = recorded
         return result
     return _capture_symbolic(target)
 

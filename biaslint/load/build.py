@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from biaslint.errors import TargetError
 from biaslint.findings import InitCall, Location
+from biaslint.load.guard import user_code
 from biaslint.load.sites import BuildRecord, recording
 from biaslint.target import TargetSpec, parse_target
 
@@ -41,8 +42,10 @@ class LoadedTarget:
 def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = ()) -> LoadedTarget:
     spec = parse_target(text)
     with recording() as record:
-        obj = _resolve(spec)
-        model, inputs = _build(spec, obj)
+        with user_code(spec.text, f"importing {spec.module}"):
+            obj = _resolve(spec)
+        with user_code(spec.text, "building the model"):
+            model, inputs = _build(spec, obj)
     if isinstance(model, torch.jit.ScriptModule):
         raise TargetError(
             f"{spec.text} gave a TorchScript module ({type(model).__name__}): biaslint traces "

@@ -1,0 +1,107 @@
+"""Run the user's code (import, build, forward) so it cannot end, hijack or corrupt the run.
+
+* ``sys.exit()`` or ``raise KeyboardInterrupt`` in user code is an error of that target, not
+  the end of biaslint: the other targets are still linted and reported. A real Ctrl-C still
+  stops the run: ``interrupts()`` notes the SIGINT before Python raises, so the two differ.
+* What user code prints goes to stderr: stdout carries only biaslint's report, so the json and
+  sarif formats stay valid documents.
+* ``preserved_state()``: default dtype, grad mode, RNG states (torch, numpy, random),
+  deterministic-algorithms flags and the thread count are restored after each target, and the
+  build runs under a fixed seed, so the same model gives the same numbers every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import sys
+import threading
+from typing import Any, Iterator
+
+import torch
+
+from biaslint.errors import TargetError
+
+# The seed every build runs under (torch, random, numpy when imported).
+SEED = 0
+
+_SIGINT_SEEN = False
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    global _SIGINT_SEEN
+    _SIGINT_SEEN = True
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts() -> Iterator[None]:
+    """Within the block, a KeyboardInterrupt that came from the keyboard can be told apart from
+    one user code raised (see ``user_code``). Main thread only; a no-op elsewhere."""
+    global _SIGINT_SEEN
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _SIGINT_SEEN = False
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def real_interrupt() -> bool:
+    return _SIGINT_SEEN
+
+
+@contextlib.contextmanager
+def user_code(target: str, what: str) -> Iterator[None]:
+    """Run user code for ``target`` (``what``: "importing x", "building the model", ...)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            yield
+        except SystemExit as exc:
+            raise TargetError(f"{target}: {what} called sys.exit({exc.code!r}); a build must "
+                              "return the model, not exit") from None
+        except KeyboardInterrupt:
+            if _SIGINT_SEEN:
+                raise
+            raise TargetError(f"{target}: {what} raised KeyboardInterrupt") from None
+
+
+@contextlib.contextmanager
+def preserved_state(seed: int | None = SEED) -> Iterator[None]:
+    """Save the process-wide torch/numpy/random state, seed everything (unless ``seed`` is
+    None), restore on exit."""
+    numpy = sys.modules.get("numpy")
+    saved = {
+        "dtype": torch.get_default_dtype(),
+        "grad": torch.is_grad_enabled(),
+        "torch_rng": torch.get_rng_state(),
+        "random": random.getstate(),
+        "numpy": numpy.random.get_state() if numpy is not None else None,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "threads": torch.get_num_threads(),
+        "cudnn": (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark),
+    }
+    if seed is not None:
+        torch.manual_seed(seed)
+        random.seed(seed)
+        if numpy is not None:
+            numpy.random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved["dtype"])
+        torch.set_grad_enabled(saved["grad"])
+        torch.set_rng_state(saved["torch_rng"])
+        random.setstate(saved["random"])
+        numpy_now = sys.modules.get("numpy")
+        if numpy_now is not None and saved["numpy"] is not None:
+            numpy_now.random.set_state(saved["numpy"])
+        torch.use_deterministic_algorithms(saved["deterministic"], warn_only=saved["warn_only"])
+        if torch.get_num_threads() != saved["threads"]:
+            torch.set_num_threads(saved["threads"])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved["cudnn"]

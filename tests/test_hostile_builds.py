@@ -1,0 +1,162 @@
+"""User code cannot end, hijack or corrupt a run: exits, interrupts, prints and global state
+changes in a build or a forward (through the real CLI, and the Python API where it applies)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+GOOD = """
+import torch
+import torch.nn as nn
+
+def build():
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)), torch.randn(2, 3, 8, 8)
+"""
+
+HOSTILE = {
+    "exit0": "import sys\n\ndef build():\n    sys.exit(0)\n",
+    "exit3": "import sys\n\ndef build():\n    sys.exit(3)\n",
+    "interrupt": "def build():\n    raise KeyboardInterrupt\n",
+    "exit_at_import": "import sys\nsys.exit(0)\n\ndef build():\n    pass\n",
+    "exit_in_forward": textwrap.dedent("""
+        import sys
+        import torch
+        import torch.nn as nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(4, 4)
+
+            def forward(self, x):
+                sys.exit(0)
+
+        def build():
+            return Net(), torch.randn(2, 4)
+        """),
+}
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "biaslint", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_an_exit_or_interrupt_in_user_code_is_that_targets_error(tmp_path: Path, kind: str):
+    (tmp_path / "good.py").write_text(textwrap.dedent(GOOD))
+    (tmp_path / "bad.py").write_text(HOSTILE[kind])
+    proc = _cli(tmp_path, "good.py:build", "bad.py:build", "--format", "json")
+    assert proc.returncode == 2, proc.stderr
+    report = json.loads(proc.stdout)  # still a valid document, with both targets in it
+    by_target = {r["target"]: r for r in report["results"]}
+    assert by_target["bad.py:build"]["error"]
+    assert [f["module"] for f in by_target["good.py:build"]["findings"]] == ["0"]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("biaslint: error")]
+    assert len(errors) == 1 and "bad.py:build" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "Aborted" not in proc.stderr
+
+
+PRINTS = """
+import torch
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        print("building", flush=True)
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        print("forward on", tuple(x.shape))
+        return self.bn(self.conv(x))
+
+print("imported")
+
+def build():
+    return Net(), torch.randn(2, 3, 8, 8)
+"""
+
+
+@pytest.mark.parametrize("fmt", ["json", "sarif"])
+@pytest.mark.parametrize("isolated", [False, True])
+def test_model_prints_never_reach_the_machine_format_on_stdout(tmp_path, fmt, isolated):
+    (tmp_path / "chatty.py").write_text(textwrap.dedent(PRINTS))
+    extra = ["--timeout", "120"] if isolated else []
+    proc = _cli(tmp_path, "chatty.py:build", "--format", fmt, *extra)
+    assert proc.returncode == 1, proc.stderr
+    document = json.loads(proc.stdout)
+    assert document
+    assert "imported" in proc.stderr and "building" in proc.stderr
+
+
+STATEFUL = """
+import random
+import torch
+import torch.nn as nn
+
+def build():
+    torch.set_default_dtype(torch.float64)
+    torch.set_grad_enabled(False)
+    torch.manual_seed(1234)
+    random.seed(99)
+    lin = nn.Linear(256, 256)
+    nn.init.normal_(lin.weight)
+    return nn.Sequential(lin), torch.randn(2, 256)
+"""
+
+RANDOM = """
+import torch
+import torch.nn as nn
+
+def build():
+    lin = nn.Linear(256, 256)
+    lin.weight.data.normal_(0, 1)  # unseeded: drawn from whatever the global RNG holds
+    return nn.Sequential(lin), torch.randn(2, 256)
+"""
+
+
+def test_state_a_build_changes_does_not_leak_into_the_next_target(tmp_path):
+    (tmp_path / "stateful.py").write_text(textwrap.dedent(STATEFUL))
+    (tmp_path / "good.py").write_text(textwrap.dedent(GOOD))
+    alone = _cli(tmp_path, "good.py:build", "--format", "json")
+    after = _cli(tmp_path, "stateful.py:build", "good.py:build", "--format", "json")
+    good = [r for r in json.loads(after.stdout)["results"] if r["target"] == "good.py:build"]
+    assert good[0]["findings"] == json.loads(alone.stdout)["results"][0]["findings"]
+    assert good[0]["error"] is None
+
+
+def test_the_python_api_restores_global_state(tmp_path, monkeypatch):
+    import random
+
+    from biaslint.engine import lint
+    from biaslint.settings import Settings, TargetConfig
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stateful_api.py").write_text(textwrap.dedent(STATEFUL))
+    torch.manual_seed(7)
+    random.seed(7)
+    before = (torch.get_default_dtype(), torch.is_grad_enabled(), torch.get_rng_state(),
+              random.getstate())
+    lint(TargetConfig("stateful_api.py:build"), Settings())
+    after = (torch.get_default_dtype(), torch.is_grad_enabled(), torch.get_rng_state(),
+             random.getstate())
+    assert before[:2] == after[:2]
+    assert torch.equal(before[2], after[2]) and before[3] == after[3]
+
+
+def test_the_same_model_gives_the_same_numbers_every_run(tmp_path):
+    (tmp_path / "unseeded.py").write_text(textwrap.dedent(RANDOM))
+    first = _cli(tmp_path, "unseeded.py:build", "--format", "json", "--select", "BL003")
+    second = _cli(tmp_path, "unseeded.py:build", "--format", "json", "--select", "BL003")
+    one = json.loads(first.stdout)["results"][0]["findings"]
+    two = json.loads(second.stdout)["results"][0]["findings"]
+    assert one and one == two  # messages quote measured gains: identical to the digit
