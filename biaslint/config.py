@@ -74,9 +74,18 @@ def find_pyproject(start: Path | None = None) -> Path | None:
 
 def _has_table(path: Path) -> bool:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return False  # not ours to judge unless it is the one we use; --config reports errors
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        if "tool.biaslint" in text:
+            # Our table is in a file no parser can read: skipping it would drop the user's
+            # ignore/fail-on/severity settings without a word.
+            raise ConfigError(f"{_shown(path)}: not valid TOML: {exc}; fix the file "
+                              "(biaslint reads its [tool.biaslint] table)") from None
+        return False  # not ours to judge: the file holds no biaslint settings
     tool = data.get("tool")
     return isinstance(tool, dict) and "biaslint" in tool
 

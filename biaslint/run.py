@@ -79,6 +79,13 @@ def run_check(options: CheckOptions) -> Outcome:
     # Resolve the user's paths before a possible chdir to the config's folder.
     output, baseline, write_to = (os.path.abspath(p) if p else None for p in
                                   (options.output, options.baseline, options.write_baseline))
+    for flag, path in (("--output", output), ("--write-baseline", write_to)):
+        # Checked before the work: a lint that ends in "cannot write" wasted all of it.
+        if path and not os.path.isdir(os.path.dirname(path)):
+            raise ConfigError(f"{flag} {_shown(path)}: the folder {_shown(os.path.dirname(path))}"
+                              " does not exist; create it or write somewhere else")
+        if path and os.path.isdir(path):
+            raise ConfigError(f"{flag} {_shown(path)} is a folder; give a file name")
     plan_ = plan(options)
     # Report from there too: locations are relative to it and the text report reads the source.
     with _working_directory(plan_.workdir):

@@ -106,3 +106,33 @@ def test_forward_failing_on_inputs_is_exit_2_with_one_line(cli, write_target):
     lines = [line for line in result.stderr.splitlines() if line.startswith("biaslint: error")]
     assert len(lines) == 1 and "the forward failed on the example inputs" in lines[0]
     assert "mat1 and mat2" in lines[0] and "--input-shape" in lines[0]
+
+
+def test_output_into_a_missing_folder_is_refused_before_linting(cli, write_target):
+    target = write_target(GOOD)
+    line = _one_line_error(cli(target, "--format", "json", "--output", "out/report.json"))
+    assert "--output" in line and "does not exist" in line
+
+
+def test_a_pyproject_with_our_table_that_is_not_toml_is_an_error(cli, write_target, tmp_path):
+    target = write_target(GOOD)
+    (tmp_path / "pyproject.toml").write_text('[tool.biaslint]\nfail-on = "warning\n')
+    line = _one_line_error(cli(target))
+    assert "pyproject.toml: not valid TOML" in line and "line 2" in line
+
+
+def test_a_broken_pyproject_without_our_table_is_not_ours(cli, write_target, tmp_path):
+    target = write_target(GOOD)
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x\n')
+    assert cli(target).exit_code == 0
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("import torch.nn as nn\ndef build():\n    return nn.Module()\n", "no parameters"),
+    ("import torch.nn as nn\nclass Net(nn.Module):\n    def __init__(self):\n"
+     "        super().__init__()\n        self.lin = nn.Linear(2, 2)\n"
+     "def build():\n    return Net()\n", "without a forward"),
+])
+def test_a_model_with_nothing_to_lint_is_exit_2(cli, write_target, source, expected):
+    line = _one_line_error(cli(write_target(source)))
+    assert expected in line

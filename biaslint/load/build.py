@@ -50,6 +50,12 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = ()) -> Lo
         raise TargetError(
             f"{spec.text} gave a TorchScript module ({type(model).__name__}): biaslint traces "
             "the Python nn.Module, so return the model before torch.jit.script/trace")
+    if not any(True for _ in model.parameters()):
+        raise TargetError(f"{spec.text} builds a {type(model).__name__} with no parameters: "
+                          "nothing to lint; point at the function that builds the model")
+    if getattr(type(model).forward, "__name__", "") == "_forward_unimplemented":
+        raise TargetError(f"{spec.text} builds a {type(model).__name__} without a forward: "
+                          "define forward(), or point at the module that has one")
     if input_shapes:
         inputs = ExampleInputs(args=tuple(torch.randn(*s) for s in input_shapes))
     return LoadedTarget(
