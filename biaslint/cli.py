@@ -82,19 +82,22 @@ def main() -> None:
               metavar="SECONDS",
               help="Give up on a target after this long (each target then runs in its own "
                    "process, so a crash or hang costs only that target).")
+@click.option("--allow-incomplete", is_flag=True,
+              help="Exit 0/1 by the findings even when part of a model could not be judged "
+                   "(by default that is exit 2: a gate must not pass what it did not check).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str, ...],
           select: tuple[str, ...], ignore: tuple[str, ...], fail_on: str | None, fmt: str | None,
           output: str | None, class_priors: str | None, head: str | None, baseline: str | None,
           write_baseline: str | None, quiet: bool, jobs: int, timeout: float | None,
-          debug: bool) -> None:
+          allow_incomplete: bool, debug: bool) -> None:
     """Lint the models that TARGETS build (or the targets configured in pyproject.toml)."""
     from biaslint.load.guard import interrupts
     from biaslint.run import CheckOptions, run_check
 
     options = CheckOptions(targets, config, input_shapes, select, ignore, fail_on, fmt, output,
                            class_priors, head, baseline, write_baseline, quiet, debug, jobs,
-                           timeout)
+                           timeout, allow_incomplete)
     try:
         with interrupts():
             code = _exit_code(run_check(options))
@@ -116,7 +119,7 @@ def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str,
 
 
 def _exit_code(outcome: "Outcome") -> int:
-    if outcome.failed:
+    if outcome.failed or outcome.incomplete:
         return EXIT_ERROR
     worst = outcome.worst
     return EXIT_FINDINGS if worst is not None and worst >= outcome.fail_on else EXIT_CLEAN

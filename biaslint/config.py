@@ -28,7 +28,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 HEADS = ("softmax", "sigmoid")
 
 _TOP_KEYS = ("targets", "select", "ignore", "fail-on", "format", "per-module-ignores", "severity",
-             "rules")
+             "rules", "allow-incomplete")
 _TARGET_KEYS = ("target", "input-shape", "class-priors", "head")
 
 
@@ -55,6 +55,7 @@ class FileConfig:
     per_module_ignores: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     severity: Mapping[str, Severity] = field(default_factory=dict)
     rule_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    allow_incomplete: bool | None = None
 
     @property
     def root(self) -> Path | None:
@@ -139,6 +140,8 @@ def parse_table(table: Mapping[str, Any], path: Path) -> FileConfig:
         per_module_ignores=reader.per_module_ignores(table),
         severity=reader.severity_table(table),
         rule_options=reader.rule_options(table),
+        allow_incomplete=(reader.typed(table, "allow-incomplete", bool, False)
+                          if "allow-incomplete" in table else None),
     )
 
 
@@ -288,7 +291,7 @@ class _Reader:
                               f"\"@priors.json\"), not {_describe(value)}")
 
 
-_KIND_NAMES = {list: "a list", dict: "a table", str: "a string"}
+_KIND_NAMES = {list: "a list", dict: "a table", str: "a string", bool: "true or false"}
 
 
 def _spelling(key: str, known: Mapping[str, Any]) -> str:

@@ -70,6 +70,16 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
     stage("rules")
     start = time.perf_counter()
     notes = list(loaded.notes) + list(captured.notes)
+    incomplete: list[str] = []
+    non_finite = [f"{name}.{p}" if name else p for name, layer in analysed.layers.items()
+                  for p in layer.non_finite()]
+    if non_finite:
+        incomplete.append(f"parameters holding NaN or Inf (value rules cannot read them): "
+                          f"{_listed(non_finite)}")
+    cov = captured.coverage
+    if cov.untraced:
+        incomplete.append(f"{len(cov.untraced)} called layer(s) outside any graph (graph rules "
+                          f"cannot see them): {_listed(list(cov.untraced))}")
     findings: list[Finding] = []
     ran: list[str] = []
     for rule_cls in selected(settings.select, settings.ignore):
@@ -84,14 +94,22 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
         except Exception as exc:  # noqa: BLE001 - one crashing rule must not hide the others
             detail = traceback.format_exc() if settings.debug else f"{type(exc).__name__}: {exc}"
             notes.append(f"rule {rule.code} crashed and was skipped: {detail}")
+            incomplete.append(f"rule {rule.code} crashed (an internal error, please report it): "
+                              f"{type(exc).__name__}: {exc}")
     timings["rules"] = time.perf_counter() - start
     return TargetResult(
         target=config.target,
         findings=tuple(_post_process(findings, settings, loaded, ran)),
         coverage=captured.coverage,
         notes=tuple(notes),
+        incomplete=tuple(incomplete),
         timings=timings,
     )
+
+
+def _listed(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(n or "<root>" for n in names[:limit]) + more
 
 
 def _post_process(findings: Iterable[Finding], settings: Settings, loaded,  # type: ignore[no-untyped-def]

@@ -130,6 +130,10 @@ class TargetResult:
     coverage: Coverage | None = None
     notes: tuple[str, ...] = ()
     error: str | None = None
+    # What the selected rules could not judge, each with its reason (a rule that crashed,
+    # called layers outside any graph, parameters holding NaN/Inf). Non-empty: the exit code is
+    # 2 unless incomplete analysis is allowed.
+    incomplete: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -138,5 +142,6 @@ class TargetResult:
             "findings": [f.as_dict() for f in self.findings],
             "coverage": self.coverage.as_dict() if self.coverage else None,
             "notes": list(self.notes),
+            "incomplete": list(self.incomplete),
             "error": self.error,
         }

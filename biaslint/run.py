@@ -28,6 +28,8 @@ class Outcome:
     failed: bool
     worst: Severity | None
     fail_on: Severity
+    # Some selected rule did not judge part of a target, and that was not allowed.
+    incomplete: bool = False
 
 
 def split_codes(values: Sequence[str], option: str) -> tuple[str, ...]:
@@ -60,6 +62,7 @@ class CheckOptions:
     debug: bool = False
     jobs: int = 1
     timeout: float | None = None
+    allow_incomplete: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,9 +110,11 @@ def plan(options: CheckOptions) -> Plan:
     ignore = split_codes(options.ignore, "--ignore") if options.ignore else file.ignore or ()
     fail_on = Severity.parse(options.fail_on) if options.fail_on else \
         file.fail_on or Severity.WARNING
+    allow_incomplete = options.allow_incomplete or bool(file.allow_incomplete)
     settings = Settings(select=select, ignore=ignore, fail_on=fail_on,
                         severity_overrides=file.severity, rule_options=file.rule_options,
-                        per_module_ignores=file.per_module_ignores, debug=options.debug)
+                        per_module_ignores=file.per_module_ignores, debug=options.debug,
+                        allow_incomplete=allow_incomplete)
 
     shapes = tuple(parse_shape(s) for s in options.input_shapes)
     priors = _priors(options.class_priors) if options.class_priors is not None else None
@@ -252,7 +257,13 @@ def _finish(results: list[Any], plan: Plan, output: str | None, baseline: str | 
         click.echo(text if text.endswith("\n") or not text else text + "\n", nl=False)
 
     worst = max((f.severity for r in results for f in r.findings), default=None)
-    return Outcome(failed_load, worst, plan.settings.fail_on)
+    incomplete = any(r.incomplete for r in results) and not plan.settings.allow_incomplete
+    if incomplete:
+        partial = [r for r in results if r.incomplete]
+        click.echo(f"biaslint: error: analysis incomplete for {len(partial)} target(s) "
+                   f"({partial[0].target}: {partial[0].incomplete[0]}); pass --allow-incomplete "
+                   "(or allow-incomplete = true) to accept that", err=True)
+    return Outcome(failed_load, worst, plan.settings.fail_on, incomplete)
 
 
 def _shown(path: str) -> str:

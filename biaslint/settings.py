@@ -32,3 +32,5 @@ class Settings:
     rule_options: Mapping[str, Mapping[str, Any]] = field(default_factory=_frozen)
     per_module_ignores: Mapping[str, tuple[str, ...]] = field(default_factory=_frozen)
     debug: bool = False
+    # Exit 0/1 even when part of a model went unjudged (``TargetResult.incomplete``).
+    allow_incomplete: bool = False

@@ -136,3 +136,65 @@ def test_a_broken_pyproject_without_our_table_is_not_ours(cli, write_target, tmp
 def test_a_model_with_nothing_to_lint_is_exit_2(cli, write_target, source, expected):
     line = _one_line_error(cli(write_target(source)))
     assert expected in line
+
+
+NAN = """
+import torch
+import torch.nn as nn
+
+def build():
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+    with torch.no_grad():
+        model[0].weight[3, 3] = float("nan")
+        model[2].weight[0, 0] = float("inf")
+    return model, torch.randn(2, 64)
+"""
+
+DYNAMIC_NO_INPUTS = """
+import torch.nn as nn
+
+class Dynamic(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # symbolic tracing cannot follow this, and there are no inputs
+            return self.a(x)
+        return x
+
+def build():
+    return Dynamic()
+"""
+
+
+@pytest.mark.parametrize(("source", "reason"), [
+    (NAN, "NaN or Inf (value rules cannot read them): 0.weight, 2.weight"),
+    (DYNAMIC_NO_INPUTS, "outside any graph"),
+])
+def test_a_part_no_rule_could_judge_is_exit_2_unless_allowed(cli, write_target, tmp_path,
+                                                              source, reason):
+    import json
+
+    target = write_target(source)
+    result = cli(target, "--format", "json")
+    assert result.exit_code == 2
+    [entry] = json.loads(result.stdout)["results"]
+    assert any(reason in part for part in entry["incomplete"]), entry["incomplete"]
+    assert "analysis incomplete" in result.stderr and "--allow-incomplete" in result.stderr
+    assert "not judged:" in cli(target).stdout
+    assert cli(target, "--allow-incomplete").exit_code == 0
+    (tmp_path / "pyproject.toml").write_text("[tool.biaslint]\nallow-incomplete = true\n")
+    assert cli(target).exit_code == 0
+
+
+def test_a_rule_that_crashes_is_exit_2(cli, write_target, monkeypatch):
+    from biaslint.rules import rule_by_code
+
+    def boom(self, model, context):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(type(rule_by_code("BL002")()), "check", boom)
+    result = cli(write_target(GOOD))
+    assert result.exit_code == 2
+    assert "rule BL002 crashed" in result.stdout and "simulated bug" in result.stderr

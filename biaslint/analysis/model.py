@@ -7,6 +7,8 @@ and which graph nodes consume their outputs.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterable, Iterator
@@ -91,8 +93,20 @@ class Layer:
             if tensor is None or tensor.numel() == 0 or tensor.device.type == "meta":
                 return None
             low, high = torch.aminmax(tensor.detach())
+            if not (math.isfinite(float(low)) and math.isfinite(float(high))):
+                return None  # NaN or Inf: no value rule can read it (``non_finite`` says so)
             self._extremes[pname] = (float(low), float(high))
         return self._extremes[pname]
+
+    def non_finite(self) -> list[str]:
+        """This layer's own parameters that hold NaN or Inf (not judged by value rules)."""
+        bad = []
+        for pname, tensor in self.parameters().items():
+            if tensor.numel() and tensor.device.type != "meta" and tensor.is_floating_point():
+                low, high = torch.aminmax(tensor.detach())
+                if not (math.isfinite(float(low)) and math.isfinite(float(high))):
+                    bad.append(pname)
+        return bad
 
     def is_constant(self, pname: str) -> bool:
         """Every entry holds the same value (zero included)."""

@@ -307,6 +307,13 @@ def _capture_symbolic(target: LoadedTarget) -> Capture:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     model = target.model
+    if _is_default_leaf(model):
+        # The model is one built-in layer (an nn.LSTM returned as is): there is no graph around
+        # it to see, and its own parameters are all the rules read.
+        layers = sum(1 for m in model.modules() if any(True for _ in m.parameters(recurse=False)))
+        notes = [] if target.inputs is not None else [_NO_INPUTS]
+        return Capture(target=target, parts=[], opaque=[],
+                       coverage=Coverage(total=layers, traced=layers), notes=notes)
     parts: list[GraphPart] = []
     opaque: list[str] = []
     notes: list[str] = []
@@ -343,11 +350,14 @@ def _capture_symbolic(target: LoadedTarget) -> Capture:
         more = f" and {len(opaque) - 5} more" if len(opaque) > 5 else ""
         notes.append(f"not traceable by torch.fx, analysed as opaque: {shown}{more}")
     if target.inputs is None:
-        notes.append("no example inputs: the graph comes from symbolic tracing, shapes are "
-                     "unknown and every layer counts as called (give --input-shape or return "
-                     "(model, inputs) from the target)")
+        notes.append(_NO_INPUTS)
     return Capture(target=target, parts=parts, opaque=opaque,
                    coverage=_coverage(model, parts, opaque), notes=notes)
+
+
+_NO_INPUTS = ("no example inputs: the graph comes from symbolic tracing, shapes are unknown and "
+              "every layer counts as called (give --input-shape or return (model, inputs) "
+              "from the target)")
 
 
 def _coverage(model: nn.Module, parts: list[GraphPart], opaque: list[str],

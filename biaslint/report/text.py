@@ -90,6 +90,9 @@ def _print_summary(result: TargetResult, console: Console, errors_shown: bool = 
                                                 if len(cov.not_called) > 6 else "")
         console.print(f"  not called by the forward on these inputs, so outside the graph: {escape(shown)}",
                       style="dim", highlight=False, soft_wrap=True)
+    for part in result.incomplete:
+        console.print(f"  not judged: {escape(part)}", style="bold yellow", soft_wrap=True,
+                      highlight=False)
     for note in result.notes:
         console.print(f"  note: {escape(note)}", style="dim", soft_wrap=True, highlight=False)
 

@@ -377,7 +377,8 @@ def _weight_summary(layer: Layer) -> tuple[float, int] | None:
     from biaslint.analysis import fan_in_out
 
     weight = layer.param("weight")
-    if weight is None or weight.numel() == 0 or weight.device.type == "meta":
+    if weight is None or weight.numel() == 0 or weight.device.type == "meta" \
+            or layer.extremes("weight") is None:  # NaN or Inf: no gain can be measured
         return None
     with torch.no_grad():
         flat = weight.detach().reshape(-1)
