@@ -97,6 +97,11 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
             incomplete.append(f"rule {rule.code} crashed (an internal error, please report it): "
                               f"{type(exc).__name__}: {exc}")
     timings["rules"] = time.perf_counter() - start
+    findings, frozen = _unfrozen(findings, loaded.model)
+    if frozen:
+        notes.append(f"{len(frozen)} finding(s) on frozen parameters (requires_grad=False) not "
+                     f"reported: a layer nobody trains has no training to lose "
+                     f"({_listed(frozen)})")
     return TargetResult(
         target=config.target,
         findings=tuple(_post_process(findings, settings, loaded, ran)),
@@ -105,6 +110,27 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
         incomplete=tuple(incomplete),
         timings=timings,
     )
+
+
+def _unfrozen(findings: list[Finding], model) -> tuple[list[Finding], list[str]]:  # type: ignore[no-untyped-def]
+    """Drop findings about a parameter nobody trains (a frozen backbone): each claims something
+    about training (never trains, stays symmetric, grows) that does not apply to it."""
+    import torch
+
+    kept: list[Finding] = []
+    frozen: list[str] = []
+    for finding in findings:
+        tensor = None
+        if finding.parameter:
+            try:
+                tensor = getattr(model.get_submodule(finding.module), finding.parameter, None)
+            except AttributeError:
+                tensor = None
+        if isinstance(tensor, torch.Tensor) and not tensor.requires_grad:
+            frozen.append(f"{finding.code} {finding.module}.{finding.parameter}")
+        else:
+            kept.append(finding)
+    return kept, frozen
 
 
 def _listed(names: list[str], limit: int = 5) -> str:

@@ -48,8 +48,28 @@ def _context() -> Any:
     if sys.platform.startswith("linux"):
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(_PRELOAD)
+        _start_forkserver_away_from_user_files()
         return ctx
     return mp.get_context("spawn")
+
+
+def _start_forkserver_away_from_user_files() -> None:
+    """The forkserver is a ``python -c`` process: its first sys.path entry is the folder it
+    starts in. Started in the user's project, a ``types.py`` or ``cuda.py`` there would be
+    imported in place of the real module while torch loads. Start it in an empty folder."""
+    import atexit
+    import multiprocessing.forkserver as forkserver
+    import shutil
+    import tempfile
+
+    here = os.getcwd()
+    empty = tempfile.mkdtemp(prefix="biaslint-")  # the server's cwd for its lifetime
+    atexit.register(shutil.rmtree, empty, ignore_errors=True)
+    try:
+        os.chdir(empty)
+        forkserver.ensure_running()
+    finally:
+        os.chdir(here)
 
 
 def _child(conn: Connection, fn: Callable[[Any], Any], payload: Any, cwd: str,
@@ -59,7 +79,9 @@ def _child(conn: Connection, fn: Callable[[Any], Any], payload: Any, cwd: str,
     # in-process.
     try:
         os.chdir(cwd)
-        sys.path[:] = path
+        # The caller's path, with its working directory last: the user's project stays
+        # importable for targets, but cannot stand in for stdlib or torch modules.
+        sys.path[:] = [p for p in path if p not in ("", cwd)] + [cwd]
         if threads:
             import torch
 

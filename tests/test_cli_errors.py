@@ -198,3 +198,24 @@ def test_a_rule_that_crashes_is_exit_2(cli, write_target, monkeypatch):
     result = cli(write_target(GOOD))
     assert result.exit_code == 2
     assert "rule BL002 crashed" in result.stdout and "simulated bug" in result.stderr
+
+
+FROZEN = """
+import torch
+import torch.nn as nn
+
+def build():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8))
+    model[0].requires_grad_(False)  # a frozen stem: fine-tuning trains the rest
+    return model, torch.randn(2, 3, 16, 16)
+"""
+
+
+def test_frozen_parameters_get_no_training_claims(cli, write_target):
+    import json
+
+    result = cli(write_target(FROZEN), "--format", "json")
+    [entry] = json.loads(result.stdout)["results"]
+    assert [f["module"] for f in entry["findings"]] == ["3"]  # the trained conv only
+    assert any("frozen parameters" in n and "BL001 0.bias" in n for n in entry["notes"])

@@ -160,3 +160,19 @@ def test_the_same_model_gives_the_same_numbers_every_run(tmp_path):
     one = json.loads(first.stdout)["results"][0]["findings"]
     two = json.loads(second.stdout)["results"][0]["findings"]
     assert one and one == two  # messages quote measured gains: identical to the digit
+
+
+def test_user_files_named_like_stdlib_or_torch_modules_do_not_break_workers(tmp_path):
+    # A project with its own types.py / cuda.py: worker processes must import the real ones.
+    script = Path(sys.executable).parent / "biaslint"
+    if not script.exists():
+        pytest.skip("the biaslint console script is not installed next to this Python")
+    (tmp_path / "types.py").write_text("raise RuntimeError('the user types.py was imported')\n")
+    (tmp_path / "cuda.py").write_text("raise RuntimeError('the user cuda.py was imported')\n")
+    (tmp_path / "good.py").write_text(textwrap.dedent(GOOD))
+    proc = subprocess.run([str(script), "good.py:build", "-j", "2", "--format", "json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "internal error" not in proc.stderr and "was imported" not in proc.stderr
+    [entry] = json.loads(proc.stdout)["results"]
+    assert [f["module"] for f in entry["findings"]] == ["0"]
