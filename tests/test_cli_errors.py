@@ -219,3 +219,12 @@ def test_frozen_parameters_get_no_training_claims(cli, write_target):
     [entry] = json.loads(result.stdout)["results"]
     assert [f["module"] for f in entry["findings"]] == ["3"]  # the trained conv only
     assert any("frozen parameters" in n and "BL001 0.bias" in n for n in entry["notes"])
+
+
+def test_too_few_input_shapes_is_exit_2_naming_the_missing_input(cli, write_target):
+    source = ("import torch\nimport torch.nn as nn\n\nclass Two(nn.Module):\n"
+              "    def __init__(self):\n        super().__init__()\n"
+              "        self.a = nn.Linear(4, 4)\n\n    def forward(self, x, y):\n"
+              "        return self.a(x) + y\n\ndef build():\n    return Two()\n")
+    line = _one_line_error(cli(write_target(source), "--input-shape", "2,4"))
+    assert "the forward failed on the example inputs" in line and "'y'" in line
