@@ -56,7 +56,8 @@ def main() -> None:
                    "that has one].")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="D,D,...",
               help="Shape of a random example input, once per positional input "
-                   "(e.g. --input-shape 2,3,224,224), when the target gives none.")
+                   "(e.g. --input-shape 2,3,224,224), when the target gives none; "
+                   "2,16:int (or 2,16:int<512) for integer ids such as tokens.")
 @click.option("--select", multiple=True, metavar="CODES",
               help="Only these rule codes or prefixes (comma-separated).")
 @click.option("--ignore", multiple=True, metavar="CODES", help="Skip these rule codes or prefixes.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass
 
 from biaslint.errors import InputShapeError, TargetError
@@ -35,8 +37,36 @@ def parse_target(text: str) -> TargetSpec:
     return TargetSpec(text=text, module=module, attr=attr)
 
 
+class IntShape(tuple):  # type: ignore[type-arg]
+    """The shape of an integer input (token ids), drawn uniformly from ``[0, high)``; ``high``
+    None means: the smallest vocabulary among the model's embeddings."""
+
+    high: int | None
+
+    def __new__(cls, dims: tuple[int, ...], high: int | None = None) -> "IntShape":
+        shape = super().__new__(cls, dims)
+        shape.high = high
+        return shape
+
+    def __reduce__(self) -> Any:  # worker processes receive it whole
+        return (IntShape, (tuple(self), self.high))
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
-    """``2,3,224,224`` (or ``2x3x224x224``) to a tuple of positive ints."""
+    """``2,3,224,224`` (or ``2x3x224x224``) to a tuple of positive ints; ``2,16:int`` (or
+    ``2,16:int<512``) to an ``IntShape``: integer inputs such as token ids."""
+    text, _, kind = text.partition(":")
+    high: int | None = None
+    if kind:
+        name, _, bound = kind.replace(" ", "").partition("<")
+        try:
+            high = int(bound) if bound else None
+        except ValueError:
+            name = "?"
+        if name != "int" or (high is not None and high <= 0):
+            raise InputShapeError(
+                f"--input-shape {text}:{kind}: after ':' give 'int' (ids below the smallest "
+                "embedding's vocabulary) or 'int<N' (ids in [0, N)), e.g. 2,16:int<512")
     parts = text.replace("x", ",").replace(" ", "").split(",")
     try:
         dims = tuple(int(p) for p in parts)
@@ -45,6 +75,6 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not dims or any(d <= 0 for d in dims):
         raise InputShapeError(
             f"--input-shape {text!r} is not a shape: give positive integers separated by "
-            "commas, e.g. --input-shape 2,3,224,224"
+            "commas, e.g. --input-shape 2,3,224,224 (2,16:int for token ids)"
         )
-    return dims
+    return IntShape(dims, high) if kind else dims

@@ -228,3 +228,43 @@ def test_too_few_input_shapes_is_exit_2_naming_the_missing_input(cli, write_targ
               "        return self.a(x) + y\n\ndef build():\n    return Two()\n")
     line = _one_line_error(cli(write_target(source), "--input-shape", "2,4"))
     assert "the forward failed on the example inputs" in line and "'y'" in line
+
+
+TOKENS = """
+import torch.nn as nn
+
+class Tok(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(100, 16)
+        self.q = nn.Linear(16, 16)
+        self.k = nn.Linear(16, 16)
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        return (self.q(h) @ self.k(h).transpose(1, 2)).softmax(-1)
+
+def build():
+    return Tok()
+"""
+
+
+@pytest.mark.parametrize("shape", ["2,8:int", "2,8:int<50"])
+@pytest.mark.parametrize("isolated", [False, True])
+def test_integer_inputs_from_the_command_line(cli, write_target, shape, isolated):
+    extra = ("--timeout", "120") if isolated else ()
+    result = cli(write_target(TOKENS), "--input-shape", shape, "-q", *extra)
+    assert result.exit_code == 1, result.output + result.stderr
+    assert "bias of Linear 'k'" in result.stdout  # the key bias before the softmax over keys
+
+
+def test_integer_inputs_from_the_config(cli, write_target, tmp_path):
+    target = write_target(TOKENS)
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.biaslint]\ntargets = [{{target = "{target}", input-shape = "2,8:int<50"}}]\n')
+    assert cli().exit_code == 1
+
+
+def test_a_bad_integer_input_spec_is_one_line(cli, write_target):
+    line = _one_line_error(cli(write_target(TOKENS), "--input-shape", "2,8:float"))
+    assert "int<N" in line

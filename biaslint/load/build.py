@@ -18,7 +18,7 @@ from biaslint.errors import TargetError
 from biaslint.findings import InitCall, Location
 from biaslint.load.guard import user_code
 from biaslint.load.sites import BuildRecord, recording
-from biaslint.target import TargetSpec, parse_target
+from biaslint.target import IntShape, TargetSpec, parse_target
 
 
 @dataclass
@@ -57,7 +57,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = ()) -> Lo
         raise TargetError(f"{spec.text} builds a {type(model).__name__} without a forward: "
                           "define forward(), or point at the module that has one")
     if input_shapes:
-        inputs = ExampleInputs(args=tuple(torch.randn(*s) for s in input_shapes))
+        inputs = ExampleInputs(args=tuple(_example(model, s) for s in input_shapes))
     return LoadedTarget(
         name=spec.text,
         model=model,
@@ -65,6 +65,17 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = ()) -> Lo
         module_sites=_module_sites(model, record),
         param_inits=_param_inits(model, record),
     )
+
+
+def _example(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
+    """A float tensor of that shape, or integer ids for an ``IntShape`` (``2,16:int``)."""
+    if not isinstance(shape, IntShape):
+        return torch.randn(*shape)
+    high = shape.high
+    if high is None:
+        vocab = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]
+        high = min(vocab) if vocab else 2
+    return torch.randint(0, high, tuple(shape))
 
 
 def _resolve(spec: TargetSpec) -> Any:
