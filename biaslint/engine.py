@@ -51,7 +51,7 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
     stage("capture")
     start = time.perf_counter()
     with preserved_state(seed=None), user_code(config.target, "the forward"):
-        captured = capture(loaded)
+        captured = capture(loaded, fallback=False)
     timings["capture"] = time.perf_counter() - start
     if captured.forward_error is not None:
         # A gate must not pass a model it could not run: inputs the forward rejects are the

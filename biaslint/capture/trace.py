@@ -255,14 +255,18 @@ def _needs_real_values(exc: BaseException) -> bool:
     return isinstance(exc, (DynamicOutputShapeException, DataDependentOutputException))
 
 
-def capture(target: LoadedTarget) -> Capture:
+def capture(target: LoadedTarget, fallback: bool = True) -> Capture:
     """The model's graph. With example inputs, recorded from its own forward on fake tensors
     (``record``), on real ones without autograd when fake ones cannot take it; when the forward
-    fails on the inputs, or there are none, from symbolic tracing per submodule (below)."""
+    fails on the inputs (unless ``fallback`` is False: then only ``forward_error`` is set), or
+    there are none, from symbolic tracing per submodule (below)."""
     if target.inputs is not None:
         recorded = _record(target)
         if isinstance(recorded, Capture):
             return recorded
+        if not fallback:  # the caller stops at the error: no graph is worth tracing for it
+            return Capture(target=target, parts=[], opaque=[], coverage=Coverage(0, 0),
+                           forward_error=recorded)
         note = f"forward on the example inputs failed ({recorded}); analysed by symbolic " \
                "tracing instead, shapes known only up to that point"
         result = _capture_symbolic(target)
