@@ -155,6 +155,10 @@ def _unused(module_sites: Mapping[str, Location], usage: Mapping[Suppression, _U
             unknown = [c for c in comment.codes if c not in all_codes]
             if comment.line in site_lines.get(file, ()):
                 message = _judge_attached(comment, used, ran, every_rule_ran, unknown)
+            elif _may_construct(file, comment.line):
+                # A class is called on that line: a layer this target did not build (another
+                # branch, another target's configuration). Nothing to say about it here.
+                continue
             elif _in_building_function(file, comment.line, touched[file]):
                 message = ("suppression comment is not on a line that constructs a layer, so it "
                            "suppresses nothing: put it on the line that builds the layer")
@@ -167,6 +171,15 @@ def _unused(module_sites: Mapping[str, Location], usage: Mapping[Suppression, _U
                     location=Location(file=file, line=comment.line, col=comment.col),
                     data={"codes": list(comment.codes)},
                 )
+
+
+def _may_construct(file: str, line: int) -> bool:
+    """Does the code on ``line`` call something with a class-like name (``nn.Linear(...)``)?"""
+    import linecache
+    import re
+
+    code = linecache.getline(file, line).split("#", 1)[0]
+    return re.search(r"\b[A-Z]\w*\s*\(", code) is not None
 
 
 def _judge_attached(comment: Suppression, used: set[str], ran: set[str], every_rule_ran: bool,

@@ -701,3 +701,25 @@ def test_no_false_claims_through_reuse_ties_groups_and_layouts(lint_model, case)
                "grouped_producer": (16, 3, 8, 8), "bidirectional_rnn": (16, 5, 8),
                "mha_query_projection": (16, 5, 8), "token_batchnorm": (16, 8, 8)}[case]
     _check_claims(built, torch.randn(*x_shape), findings)
+
+
+def test_fix_quotes_the_init_call_that_shares_the_constructors_line(lint_source):
+    result = lint_source("""
+        import torch
+        import torch.nn as nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.hid = nn.Linear(8, 8); nn.init.zeros_(self.hid.weight)
+                self.out = nn.Linear(8, 2)
+
+            def forward(self, x):
+                return self.out(torch.relu(self.hid(x)))
+
+        def build():
+            return Net(), torch.randn(4, 8)
+        """, select=("BL002",))
+    [finding] = [f for f in result.findings if f.module == "hid"]
+    assert finding.fix is not None and "self.hid.weight" in finding.fix.code
+    assert "(8," not in finding.fix.code  # not the constructor's first argument

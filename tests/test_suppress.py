@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from biaslint.rules import REGISTRY
+from biaslint.settings import Settings
 from biaslint.suppress import comments_in
 
 # A registered rule other than BL002 and BL100, which finds nothing in these models.
@@ -183,3 +184,22 @@ def test_cli_suppression_changes_the_exit_code(cli, write_target):
     result = cli(quiet)
     assert result.exit_code == 0, result.output
     assert "no findings" in result.output
+
+
+def test_no_bl100_on_a_layer_line_this_target_did_not_run(lint_source):
+    result = lint_source("""
+        import torch
+        import torch.nn as nn
+
+        def build(wide=False):
+            if wide:
+                layer = nn.Linear(8, 64)  # biaslint: ignore[BL002]
+            else:
+                layer = nn.Linear(8, 8)
+            nn.init.zeros_(layer.weight)  # biaslint: ignore[BL002]
+            return nn.Sequential(layer, nn.ReLU(), nn.Linear(layer.out_features, 2))
+        """, settings=Settings(ignore=("BL002",)))
+    lines = sorted(f.location.line for f in result.findings if f.code == "BL100")
+    # The comment on the init line is misplaced (said); the one on the branch not taken
+    # is on a line that builds a layer when that branch runs (not said).
+    assert lines == [10]

@@ -37,12 +37,26 @@ def init_call_subject(call: InitCall | None) -> str | None:
         tree = ast.parse(source.strip())
     except SyntaxError:
         return None
+    # The init call itself, by its function's name: the line may also construct the layer
+    # (``self.fc = nn.Linear(8, 8); nn.init.zeros_(self.fc.weight)``).
+    short = call.name.rsplit(".", 1)[-1]
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            if call.name.startswith("nn.init.") and node.args:
-                return ast.unparse(node.args[0])
-            if call.name.startswith("Tensor.") and isinstance(node.func, ast.Attribute):
-                return ast.unparse(node.func.value)
+        if not isinstance(node, ast.Call) or _called_name(node.func) != short:
+            continue
+        if call.name.startswith("nn.init.") and node.args:
+            return ast.unparse(node.args[0])
+        if call.name.startswith("Tensor.") and isinstance(node.func, ast.Attribute):
+            return ast.unparse(node.func.value)
+    return None
+
+
+def _called_name(func: object) -> str | None:
+    import ast
+
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    if isinstance(func, ast.Name):
+        return func.id
     return None
 
 
