@@ -237,19 +237,19 @@ class ConcreteTracer(fx.Tracer):
         return super().keys(obj)
 
 
-def _has_tensor(value: Any, depth: int = 0) -> bool:
+def carries_tensor(value: Any, depth: int = 0) -> bool:
     """Does this argument carry tensors (then it becomes a graph input) or is it a constant?"""
     if isinstance(value, torch.Tensor):
         return True
     if depth > 3:
         return False
     if isinstance(value, (tuple, list)):
-        return any(_has_tensor(v, depth + 1) for v in value)
+        return any(carries_tensor(v, depth + 1) for v in value)
     if isinstance(value, dict):
-        return any(_has_tensor(v, depth + 1) for v in value.values())
+        return any(carries_tensor(v, depth + 1) for v in value.values())
     attrs = getattr(value, "__dict__", None)
     if isinstance(attrs, dict) and not isinstance(value, (type, nn.Module)):
-        return any(_has_tensor(v, depth + 1) for v in attrs.values())
+        return any(carries_tensor(v, depth + 1) for v in attrs.values())
     return False
 
 
@@ -274,7 +274,7 @@ class _RootCall(ConcreteTracer):
         taken: set[str] = set()
 
         def placeholder(label: str, value: Any) -> Any:
-            if not _has_tensor(value):
+            if not carries_tensor(value):
                 return value
             name = label if label.isidentifier() else "arg"
             while name in taken:
@@ -284,7 +284,7 @@ class _RootCall(ConcreteTracer):
             self.values[name] = value
             return self.create_proxy("placeholder", name, (), {})
 
-        labels = _positional_names(root_fn, len(self.call_args))
+        labels = positional_names(root_fn, len(self.call_args))
         args = [placeholder(label, v) for label, v in zip(labels, self.call_args)]
         kwargs = {k: placeholder(k, v) for k, v in self.call_kwargs.items()}
 
@@ -309,7 +309,7 @@ def _representable(value: Any) -> Any:
 _SCALARS = (bool, int, float, str, torch.dtype, torch.device, slice)
 
 
-def _positional_names(fn: Callable[..., Any], count: int) -> list[str]:
+def positional_names(fn: Callable[..., Any], count: int) -> list[str]:
     try:
         params = list(inspect.signature(inspect.unwrap(fn)).parameters.values())[1:]
     except (TypeError, ValueError):

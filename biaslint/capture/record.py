@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import inspect
 import operator
 import weakref
 from dataclasses import dataclass, fields, is_dataclass
@@ -41,6 +40,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
+from biaslint.capture.concrete import carries_tensor, positional_names
 from biaslint.capture.shapes import record
 from biaslint.vocabulary import MEAN_NORM_FUNCTIONS, SAME_SHAPE_NORM_MODULES
 
@@ -443,20 +443,8 @@ def _outputs(value: Any, depth: int = 0) -> Any:
     attrs = getattr(value, "__dict__", None)
     if isinstance(attrs, dict) and not isinstance(value, (type, nn.Module)):
         return {k: _outputs(v, depth + 1) for k, v in attrs.items()
-                if not k.startswith("_") and _has_tensor_deep(v)}
+                if not k.startswith("_") and carries_tensor(v)}
     return None
-
-
-def _has_tensor_deep(value: Any, depth: int = 0) -> bool:
-    if isinstance(value, torch.Tensor):
-        return True
-    if depth > 4:
-        return False
-    if isinstance(value, (tuple, list)):
-        return any(_has_tensor_deep(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return any(_has_tensor_deep(v, depth + 1) for v in value.values())
-    return False
 
 
 _ACTIVE: list[_Recorder] = []
@@ -480,15 +468,6 @@ def _module_calls(recorder: _Recorder) -> Iterator[None]:
     finally:
         nn.Module.__call__ = original  # type: ignore[method-assign]
         _ACTIVE.pop()
-
-
-def _labels(model: nn.Module, count: int) -> list[str]:
-    try:
-        params = list(inspect.signature(inspect.unwrap(model.forward)).parameters.values())
-    except (TypeError, ValueError):
-        params = []
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return (names + [f"input_{i}" for i in range(len(names), count)])[:count]
 
 
 def _fake_inputs(value: Any, fake_mode: Any, depth: int = 0) -> Any:
@@ -515,7 +494,8 @@ def record_forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
         with fake_mode:
             args = _fake_inputs(tuple(args), fake_mode)
             kwargs = _fake_inputs(dict(kwargs), fake_mode)
-    recorder.placeholders(_labels(model, len(args)), tuple(args), dict(kwargs))
+    recorder.placeholders(positional_names(type(model).forward, len(args)), tuple(args),
+                          dict(kwargs))
     context = fake_mode if fake_mode is not None else torch.no_grad()
     try:
         with context, _module_calls(recorder), recorder:
