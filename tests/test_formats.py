@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import jsonschema
@@ -325,3 +326,36 @@ def test_sarif_fingerprints_of_module_less_findings_differ_by_file():
     prints = {r["partialFingerprints"]["biaslintFingerprint/v1"]
               for r in results["runs"][0]["results"]}
     assert len(prints) == 3
+
+
+def test_text_wraps_at_the_terminal_width_and_never_breaks_fix_code():
+    from rich.console import Console
+
+    from biaslint.findings import Finding, Fix, Location, Severity, TargetResult
+    from biaslint.report.text import print_results
+
+    code = "nn.Conv2d(in_channels=64, out_channels=128, kernel_size=3, padding=1, bias=False)"
+    finding = Finding(code="BL001", name="redundant-bias", severity=Severity.WARNING,
+                      module="features.0", module_type="Conv2d",
+                      message="bias of Conv2d 'features.0' is cancelled by BatchNorm2d "
+                              "'features.1' (it subtracts the per-channel batch mean): its 128 "
+                              "parameters never change the output and never train",
+                      location=Location(file="model.py", line=3, col=5),
+                      fix=Fix(title="Construct the layer with bias=False at model.py:3",
+                              code=code, safe=True))
+    result = TargetResult(target="model.py:build", findings=(finding,))
+
+    def render(terminal: bool) -> list[str]:
+        console = Console(width=80, force_terminal=terminal, no_color=True, highlight=False)
+        with console.capture() as capture:
+            print_results([result], console)
+        return [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in capture.get().splitlines()]
+
+    wrapped = render(True)
+    assert all(len(line) <= 80 for line in wrapped if code not in line)
+    assert any(line.strip() == code for line in wrapped)  # whole, on a line of its own
+    continuation = wrapped[1]
+    assert continuation.startswith("    ") and not continuation.startswith("     |")
+    plain = render(False)  # a file or a pipe: one line per item
+    assert plain[0].startswith("model.py:3:5: BL001 [warning] bias of Conv2d")
+    assert "(features.0: Conv2d)" in plain[0] and any(code in line for line in plain)

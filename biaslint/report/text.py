@@ -36,27 +36,48 @@ def render_plain(results: Sequence[TargetResult]) -> str:
 def _print_finding(finding: Finding, console: Console) -> None:
     loc = finding.location
     where = f"{loc.file}:{loc.line}:{loc.col}" if loc else "<unknown>"
-    head = Text()
-    head.append(where, style="bold")
-    head.append(": ")
-    head.append(finding.code, style=_STYLE[finding.severity])
-    head.append(f" [{finding.severity}] ", style=_STYLE[finding.severity])
-    head.append(finding.message)
     label = finding.module or "<root>"
-    head.append(f"  ({label}: {finding.module_type})", style="dim")
-    console.print(head, soft_wrap=True, highlight=False)
+    prefix = f"{where}: {finding.code} [{finding.severity}] "
+    message = f"{finding.message}  ({label}: {finding.module_type})"
+    style = _STYLE[finding.severity]
+    wrap = console.is_terminal  # files and pipes get one line per item, for grep and diff
+    for index, line in enumerate(_lines(prefix + message, console.width, 4, wrap)):
+        text = Text(line)
+        if index == 0:
+            text.stylize("bold", 0, len(where))
+            text.stylize(style, len(where) + 2, len(prefix) - 1)
+        console.print(text, soft_wrap=True, highlight=False)
     if loc is not None:
         source = linecache.getline(loc.file, loc.line).rstrip()
         if source:
             console.print(Text(f"    {loc.line:>4} | {source}", style="dim"), soft_wrap=True,
                           highlight=False)
     if finding.fix is not None:
+        title = f"    fix: {finding.fix.title}" + (":" if finding.fix.code else "")
+        code = finding.fix.code
+        if wrap and code and len(title) + 1 + len(code) > console.width:
+            # Code is never broken: on a narrow terminal it gets a line of its own.
+            for line in _lines(title, console.width, 9, True):
+                console.print(Text(line, style="green"), soft_wrap=True, highlight=False)
+            console.print(Text(f"        {code}", style="bold"), soft_wrap=True, highlight=False)
+            return
         fix = Text("    fix: ", style="green")
         fix.append(finding.fix.title)
-        if finding.fix.code:
+        if code:
             fix.append(": ")
-            fix.append(finding.fix.code, style="bold")
+            fix.append(code, style="bold")
         console.print(fix, soft_wrap=True, highlight=False)
+
+
+def _lines(text: str, width: int, indent: int, wrap: bool) -> list[str]:
+    """``text`` wrapped at ``width`` with a hanging indent, words never broken; one line when
+    not wrapping."""
+    if not wrap or len(text) <= width:
+        return [text]
+    import textwrap
+
+    return textwrap.wrap(text, width=max(width, 40), subsequent_indent=" " * indent,
+                         break_long_words=False, break_on_hyphens=False) or [text]
 
 
 def _print_summary(result: TargetResult, console: Console, errors_shown: bool = False) -> None:
