@@ -119,4 +119,6 @@ def test_every_bl001_claim_on_the_external_zoo_is_true(sweep):
             if truth not in expected:
                 wrong.append((f"{family}:{name}", module, verdict, truth))
     assert not wrong, wrong
-    assert any(row["checks"] for row in sweep.values())  # the sweep did check something
+    # Recall guard: 137 true BL001 findings when capture first reached every layer of this zoo
+    # (benchmarks/RESULTS.md). Fewer means a layer went unseen again, or a rule lost a case.
+    assert sum(len(row["checks"]) for row in sweep.values()) >= 137
