@@ -120,5 +120,7 @@ def test_every_bl001_claim_on_the_external_zoo_is_true(sweep):
                 wrong.append((f"{family}:{name}", module, verdict, truth))
     assert not wrong, wrong
     # Recall guard: 137 true BL001 findings when capture first reached every layer of this zoo
-    # (benchmarks/RESULTS.md). Fewer means a layer went unseen again, or a rule lost a case.
-    assert sum(len(row["checks"]) for row in sweep.values()) >= 137
+    # (benchmarks/RESULTS.md), less the 4 on PEFT base layers, which PEFT freezes (findings on
+    # frozen parameters are not reported). Fewer means a layer went unseen again, or a rule
+    # lost a case.
+    assert sum(len(row["checks"]) for row in sweep.values()) >= 133
