@@ -237,19 +237,20 @@ class ConcreteTracer(fx.Tracer):
         return super().keys(obj)
 
 
-def carries_tensor(value: Any, depth: int = 0) -> bool:
-    """Does this argument carry tensors (then it becomes a graph input) or is it a constant?"""
+def carries_tensor(value: Any, depth: int = 0, objects: bool = True) -> bool:
+    """Does this argument carry tensors (then it becomes a graph input) or is it a constant?
+    ``objects=False`` looks inside tuples, lists and dicts only, not into objects' attributes."""
     if isinstance(value, torch.Tensor):
         return True
     if depth > 3:
         return False
     if isinstance(value, (tuple, list)):
-        return any(carries_tensor(v, depth + 1) for v in value)
+        return any(carries_tensor(v, depth + 1, objects) for v in value)
     if isinstance(value, dict):
-        return any(carries_tensor(v, depth + 1) for v in value.values())
-    attrs = getattr(value, "__dict__", None)
+        return any(carries_tensor(v, depth + 1, objects) for v in value.values())
+    attrs = getattr(value, "__dict__", None) if objects else None
     if isinstance(attrs, dict) and not isinstance(value, (type, nn.Module)):
-        return any(carries_tensor(v, depth + 1) for v in attrs.values())
+        return any(carries_tensor(v, depth + 1, objects) for v in attrs.values())
     return False
 
 

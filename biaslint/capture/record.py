@@ -40,7 +40,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from biaslint.capture.concrete import positional_names
+from biaslint.capture.concrete import carries_tensor, positional_names
 from biaslint.capture.shapes import record
 from biaslint.vocabulary import MEAN_NORM_FUNCTIONS, SAME_SHAPE_NORM_MODULES
 
@@ -443,23 +443,11 @@ def _outputs(value: Any, depth: int = 0) -> Any:
     attrs = getattr(value, "__dict__", None)
     if isinstance(attrs, dict) and not isinstance(value, (type, nn.Module)):
         return {k: _outputs(v, depth + 1) for k, v in attrs.items()
-                if not k.startswith("_") and _holds_tensor(v)}
+                # Not into objects: a KV-cache object a model returns keeps the keys it was fed,
+                # and reading those as outputs would make every key bias look live (each
+                # cached key only ever meets a softmax again).
+                if not k.startswith("_") and carries_tensor(v, objects=False)}
     return None
-
-
-def _holds_tensor(value: Any, depth: int = 0) -> bool:
-    """A tensor inside containers only. Unlike ``carries_tensor`` it does not look into objects:
-    a KV-cache object a model returns keeps the keys it was fed, and treating those as outputs
-    would make every key bias look live (each cached key only ever meets a softmax again)."""
-    if isinstance(value, torch.Tensor):
-        return True
-    if depth > 4:
-        return False
-    if isinstance(value, (tuple, list)):
-        return any(_holds_tensor(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return any(_holds_tensor(v, depth + 1) for v in value.values())
-    return False
 
 
 _ACTIVE: list[_Recorder] = []
