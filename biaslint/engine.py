@@ -11,7 +11,7 @@ import traceback
 from typing import Callable, Iterable
 
 from biaslint.errors import BiaslintError, TargetError
-from biaslint.findings import Finding, TargetResult
+from biaslint.findings import Finding, RuleScope, TargetResult
 from biaslint.settings import Settings, TargetConfig
 
 
@@ -70,22 +70,16 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
     stage("rules")
     start = time.perf_counter()
     notes = list(loaded.notes) + list(captured.notes)
+    blocked = _blocked(analysed, captured.coverage)
     incomplete: list[str] = []
-    non_finite = [f"{name}.{p}" if name else p for name, layer in analysed.layers.items()
-                  for p in layer.non_finite()]
-    if non_finite:
-        incomplete.append(f"parameters holding NaN or Inf (value rules cannot read them): "
-                          f"{_listed(non_finite)}")
-    cov = captured.coverage
-    if cov.untraced:
-        incomplete.append(f"{len(cov.untraced)} called layer(s) outside any graph (graph rules "
-                          f"cannot see them): {_listed(list(cov.untraced))}")
     findings: list[Finding] = []
     ran: list[str] = []
+    scopes: list[RuleScope] = []
     for rule_cls in selected(settings.select, settings.ignore):
         rule = rule_cls()
         context = RuleContext(options=settings.rule_options.get(rule.code, {}),
                               class_priors=config.class_priors, head=config.head)
+        crashed = None
         try:
             findings.extend(rule.check(analysed, context))
             ran.append(rule.code)
@@ -94,8 +88,13 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
         except Exception as exc:  # noqa: BLE001 - one crashing rule must not hide the others
             detail = traceback.format_exc() if settings.debug else f"{type(exc).__name__}: {exc}"
             notes.append(f"rule {rule.code} crashed and was skipped: {detail}")
+            crashed = f"{type(exc).__name__}: {exc}"
             incomplete.append(f"rule {rule.code} crashed (an internal error, please report it): "
-                              f"{type(exc).__name__}: {exc}")
+                              f"{crashed}")
+        if rule.reads:
+            scopes.append(_judged(rule, analysed, context, blocked, crashed))
+    unjudged = {(layer, reason) for scope in scopes for layer, reason in scope.unjudged}
+    incomplete[:0] = _causes(analysed, unjudged)
     timings["rules"] = time.perf_counter() - start
     findings, frozen = _unfrozen(findings, loaded.model)
     if frozen:
@@ -108,8 +107,83 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
         coverage=captured.coverage,
         notes=tuple(notes),
         incomplete=tuple(incomplete),
+        rules=tuple(scopes),
         timings=timings,
     )
+
+
+# Why a layer's graph or values could not be read, by what the rules read.
+OUTSIDE_GRAPH = "outside any graph (graph rules cannot see it)"
+NON_FINITE = "holds NaN or Inf (value rules cannot read it)"
+ON_META = "on the meta device: values unknown (value rules cannot read them)"
+
+
+def _blocked(analysed, coverage) -> dict[str, dict[str, str]]:  # type: ignore[no-untyped-def]
+    """Per layer, what a rule cannot read there and why: {"graph": reason, "values": reason}."""
+    blocked: dict[str, dict[str, str]] = {}
+    for name in coverage.untraced:
+        blocked.setdefault(name, {})["graph"] = OUTSIDE_GRAPH
+    for name, layer in analysed.layers.items():
+        if layer.non_finite():
+            blocked.setdefault(name, {})["values"] = NON_FINITE
+        elif any(p.device.type == "meta" for p in layer.parameters().values()):
+            blocked.setdefault(name, {})["values"] = ON_META
+    return blocked
+
+
+def _causes(analysed, unjudged: set[tuple[str, str]]) -> list[str]:  # type: ignore[no-untyped-def]
+    """One line per cause that left a selected rule's layer unjudged, naming the layers or
+    parameters: what ``not judged`` prints."""
+    order = {name: i for i, name in enumerate(analysed.layers)}
+
+    def layers(reason: str) -> list[str]:
+        return sorted({layer for layer, why in unjudged if why == reason},
+                      key=lambda name: order.get(name, -1))
+
+    lines: list[str] = []
+    non_finite = [f"{name}.{p}" if name else p for name in layers(NON_FINITE)
+                  for p in analysed.layers[name].non_finite()]
+    if non_finite:
+        lines.append(f"parameters holding NaN or Inf (value rules cannot read them): "
+                     f"{_listed(non_finite)}")
+    on_meta = layers(ON_META)
+    if on_meta:
+        lines.append(f"{len(on_meta)} layer(s) on the meta device, whose values are unknown "
+                     f"(value rules cannot read them; build the model on the CPU): "
+                     f"{_listed(on_meta)}")
+    outside = layers(OUTSIDE_GRAPH)
+    if outside:
+        lines.append(f"{len(outside)} called layer(s) outside any graph (graph rules cannot see "
+                     f"them): {_listed(outside)}")
+    return lines
+
+
+def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type: ignore[no-untyped-def]
+            crashed: str | None) -> RuleScope:
+    """What ``rule`` judged: every layer of its scope whose graph and values it could read.
+    Layers the forward never called are outside every graph rule's scope (the coverage lists
+    them): this target does not run them, so no finding about its training applies."""
+    try:
+        layers = rule.scope(analysed, context)
+    except Exception as exc:  # noqa: BLE001 - a scope that fails counts the rule as crashed
+        return RuleScope(rule.code, 0, (("<all>", f"the rule's scope failed: "
+                                          f"{type(exc).__name__}: {exc}"),))
+    not_called = set(analysed.capture.coverage.not_called) if "graph" in rule.reads else set()
+    judged = 0
+    unjudged: list[tuple[str, str]] = []
+    for layer in layers:
+        if layer.name in not_called:
+            continue
+        if crashed is not None:
+            unjudged.append((layer.name, f"the rule crashed ({crashed})"))
+            continue
+        reasons = [reason for need, reason in blocked.get(layer.name, {}).items()
+                   if need in rule.reads]
+        if reasons:
+            unjudged.append((layer.name, reasons[0]))
+        else:
+            judged += 1
+    return RuleScope(rule.code, judged, tuple(unjudged))
 
 
 def _unfrozen(findings: list[Finding], model) -> tuple[list[Finding], list[str]]:  # type: ignore[no-untyped-def]

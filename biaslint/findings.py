@@ -122,6 +122,25 @@ class Coverage:
 
 
 @dataclass(frozen=True)
+class RuleScope:
+    """What one rule judged on one target: how many of the layers it applies to, and each layer
+    it could not judge with the reason (outside any graph, values it cannot read, it crashed)."""
+
+    code: str
+    judged: int = 0
+    unjudged: tuple[tuple[str, str], ...] = ()  # (layer, reason)
+
+    @property
+    def total(self) -> int:
+        return self.judged + len(self.unjudged)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"judged": self.judged, "total": self.total,
+                "unjudged": [{"layer": layer, "reason": reason}
+                             for layer, reason in self.unjudged]}
+
+
+@dataclass(frozen=True)
 class TargetResult:
     """Everything the reporters need for one target, and nothing they must compute."""
 
@@ -134,6 +153,8 @@ class TargetResult:
     # called layers outside any graph, parameters holding NaN/Inf). Non-empty: the exit code is
     # 2 unless incomplete analysis is allowed.
     incomplete: tuple[str, ...] = ()
+    # Per selected rule (BL100 aside): the layers it judged and those it could not.
+    rules: tuple[RuleScope, ...] = ()
     timings: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -143,5 +164,6 @@ class TargetResult:
             "coverage": self.coverage.as_dict() if self.coverage else None,
             "notes": list(self.notes),
             "incomplete": list(self.incomplete),
+            "rules": {scope.code: scope.as_dict() for scope in self.rules},
             "error": self.error,
         }

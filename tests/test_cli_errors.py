@@ -268,3 +268,54 @@ def test_integer_inputs_from_the_config(cli, write_target, tmp_path):
 def test_a_bad_integer_input_spec_is_one_line(cli, write_target):
     line = _one_line_error(cli(write_target(TOKENS), "--input-shape", "2,8:float"))
     assert "int<N" in line
+
+
+META = """
+import torch
+import torch.nn as nn
+
+def build():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.LSTM(16, 4))
+    return model
+"""
+
+
+def test_each_rule_records_what_it_judged(cli, write_target):
+    import json
+
+    result = cli(write_target(GOOD), "--format", "json")
+    assert result.exit_code == 0
+    [entry] = json.loads(result.stdout)["results"]
+    rules = entry["rules"]
+    assert set(rules) == {"BL001", "BL002", "BL003", "BL004", "BL005"}  # BL100 judges comments
+    for code, scope in rules.items():
+        assert scope["unjudged"] == [] and scope["judged"] == scope["total"], code
+    assert rules["BL001"]["judged"] >= 1 and rules["BL004"]["total"] == 0
+
+
+def test_a_model_on_the_meta_device_is_not_judged_by_the_value_rules(cli, write_target):
+    import json
+
+    target = write_target(META)
+    result = cli(target, "--format", "json")
+    assert result.exit_code == 2
+    [entry] = json.loads(result.stdout)["results"]
+    rules = entry["rules"]
+    assert rules["BL001"] == {"judged": 1, "total": 1, "unjudged": []}  # the graph is enough
+    for code, layers in (("BL002", {"0", "3"}), ("BL004", {"3"})):
+        assert rules[code]["judged"] == 0
+        assert {u["layer"] for u in rules[code]["unjudged"]} == layers
+        assert all("meta device" in u["reason"] for u in rules[code]["unjudged"])
+    assert not any("crashed" in part for part in entry["incomplete"])  # not an internal error
+    text = cli(target).stdout
+    assert "judged only: BL002 0 of 2 layers" in text and "meta device" in text
+    sarif = json.loads(cli(target, "--format", "sarif").stdout)
+    notes = sarif["runs"][0]["invocations"][0]["toolExecutionNotifications"]
+    assert {n["associatedRule"]["id"] for n in notes} == {"BL002", "BL003", "BL004"}
+
+
+def test_a_value_problem_does_not_block_a_rule_that_reads_only_the_graph(cli, write_target):
+    target = write_target(NAN)
+    assert cli(target, "--select", "BL001").exit_code == 0
+    assert cli(target).exit_code == 2

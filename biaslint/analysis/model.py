@@ -108,6 +108,12 @@ class Layer:
                     bad.append(pname)
         return bad
 
+    def readable(self) -> bool:
+        """Every own parameter holds values a rule can read: none on the meta device, none NaN
+        or Inf. The engine reports the others as not judged by the value rules."""
+        return not self.non_finite() and not any(
+            p.device.type == "meta" for p in self.parameters().values())
+
     def is_constant(self, pname: str) -> bool:
         """Every entry holds the same value (zero included)."""
         ext = self.extremes(pname)

@@ -58,7 +58,19 @@ def sarif_log(results: Sequence[TargetResult]) -> dict[str, Any]:
             "executionSuccessful": not errors,
             "toolExecutionNotifications": [
                 {"level": "error", "message": {"text": f"{r.target}: {r.error}"}} for r in errors
+            ] + [
+                # What a rule could not judge: a pass that did not look is not a pass.
+                {"level": "warning", "associatedRule": {"id": scope.code},
+                 "message": {"text": f"{r.target}: {scope.code} judged {scope.judged} of "
+                             f"{scope.total} layers; not judged: "
+                             + "; ".join(f"{layer or '<root>'} ({reason})"
+                                         for layer, reason in scope.unjudged[:20])}}
+                for r in results for scope in r.rules if scope.unjudged
             ],
+            "properties": {"targets": {r.target: {
+                "incomplete": list(r.incomplete),
+                "rules": {scope.code: scope.as_dict() for scope in r.rules}}
+                for r in results}},
         }],
         "results": [_result(r.target, f, index) for r in results for f in r.findings],
         "columnKind": "unicodeCodePoints",

@@ -111,6 +111,12 @@ def _print_summary(result: TargetResult, console: Console, errors_shown: bool = 
                                                 if len(cov.not_called) > 6 else "")
         console.print(f"  not called by the forward on these inputs, so outside the graph: {escape(shown)}",
                       style="dim", highlight=False, soft_wrap=True)
+    partial = [scope for scope in result.rules if scope.unjudged]
+    if partial:
+        judged = ", ".join(f"{scope.code} {scope.judged} of {scope.total} layers"
+                           for scope in partial)
+        console.print(f"  judged only: {escape(judged)}; why the rest was not:",
+                      style="bold yellow", soft_wrap=True, highlight=False)
     for part in result.incomplete:
         console.print(f"  not judged: {escape(part)}", style="bold yellow", soft_wrap=True,
                       highlight=False)

@@ -56,6 +56,15 @@ class Rule:
     # Extra TargetConfig fields the examples need, e.g. {"class_priors": (0.99, 0.01)} for BL005.
     example_target: ClassVar[Mapping[str, Any]] = {}
 
+    # What the rule reads to judge a layer: "graph" (the captured forward) and "values" (the
+    # parameter values at init). The engine records a layer in ``scope`` whose graph or values
+    # it could not read as not judged, with the reason, and never as clean.
+    reads: ClassVar[frozenset[str]] = frozenset()
+
+    def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
+        """The layers this rule applies to (the ones it must judge for a pass to be true)."""
+        return []
+
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
         raise NotImplementedError
 

@@ -75,11 +75,20 @@ def build():
     return forget_gate_bias_(lstm, 1.0)
 '''
 
+    reads = frozenset({"values"})
+
+    def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
+        import torch.nn as nn
+
+        return list(model.layers_of_type(nn.LSTM, nn.LSTMCell))
+
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
         import torch.nn as nn
 
         threshold = float(context.option(self, "min_forget_bias"))
         for layer in model.layers_of_type(nn.LSTM, nn.LSTMCell):
+            if not layer.readable():
+                continue  # reported as not judged by the engine
             module = layer.module
             fix = Fix(title="Set the forget-gate bias to 1 after building the LSTM",
                       code=f"biaslint.init.forget_gate_bias_({python_path(layer.name)}, 1.0)",

@@ -94,6 +94,15 @@ def build():
     return model
 '''
 
+    reads = frozenset({"graph", "values"})
+
+    def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
+        # Without class priors there is nothing to compare a head with: the rule applies to no
+        # layer (it is configured off, not unjudged).
+        if context.class_priors is None:
+            return []
+        return [head.layer for head in find_heads(model)]
+
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
         priors = context.class_priors
         if priors is None:
@@ -108,6 +117,7 @@ def build():
                 f"--class-priors has {len(priors)} values but no classifier head matches "
                 f"(output layers and their outputs: {sizes}); give one prior per output (a "
                 "one-output sigmoid head takes negative,positive or one positive rate)")
+        matched = [(h, kind) for h, kind in matched if h.layer.readable()]  # others: not judged
         logits = _actual_logits(model, [h for h, _ in matched]) if model.inputs_known else {}
         for head, kind in matched:
             finding = self._judge(head, kind, priors, limit, logits.get(head.layer.name))

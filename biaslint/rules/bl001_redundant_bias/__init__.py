@@ -126,6 +126,18 @@ def build():
     return model, torch.randn(2, 3, 32, 32)
 '''
 
+    reads = frozenset({"graph"})
+
+    def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
+        import torch.nn as nn
+
+        from biaslint.rules.bl001_redundant_bias.check import has_checkable_bias
+
+        return [layer for layer in model.layers.values()
+                if has_checkable_bias(layer.module)
+                or (isinstance(layer.module, nn.MultiheadAttention)
+                    and getattr(layer.module, "in_proj_bias", None) is not None)]
+
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
         from biaslint.rules.bl001_redundant_bias.check import check
 

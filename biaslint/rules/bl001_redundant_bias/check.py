@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> Iterable[Finding]:
     report_partial = bool(context.option(rule, "report-partial"))
     verdicts = {layer.name: analyse_bias(model, layer.name)
-                for layer in model.layers.values() if _has_checkable_bias(layer.module)}
+                for layer in model.layers.values() if has_checkable_bias(layer.module)}
     # Layers built by the same source line (a loop, a helper): a fix there changes them all.
     by_site: dict[tuple[str, int, int], list[str]] = {}
     for name in verdicts:
@@ -122,7 +122,7 @@ def _attention_key_slice(rule: "RedundantBias", model: AnalysedModel, layer: Lay
     )
 
 
-def _has_checkable_bias(module: "nn.Module") -> bool:
+def has_checkable_bias(module: "nn.Module") -> bool:
     """A layer whose 1-d ``bias`` is a plain additive offset on its output. Normalizations'
     shifts and RNN biases are not (they sit after a normalization or inside gates)."""
     bias = getattr(module, "bias", None)

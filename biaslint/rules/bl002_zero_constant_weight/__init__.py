@@ -109,6 +109,12 @@ def build():
     return nn.Sequential(nn.Linear(16, 64), Block(64), head)
 '''
 
+    reads = frozenset({"graph", "values"})
+
+    def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
+        return [layer for layer in model.layers.values()
+                if any(True for _ in weights_to_check(layer.module))]
+
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
         for layer in model.layers.values():
             for pname, units_dim in weights_to_check(layer.module):

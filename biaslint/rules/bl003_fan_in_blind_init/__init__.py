@@ -125,6 +125,13 @@ def build():
     return model
 '''
 
+    reads = frozenset({"graph", "values"})
+
+    def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
+        # Every layer with a weight matrix or kernel: the scale chains run through them.
+        return [layer for layer in model.layers.values()
+                if any(p.dim() >= 2 for p in layer.parameters().values())]
+
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
         max_growth = float(context.option(self, "max_growth"))
         min_growth = float(context.option(self, "min_growth"))
