@@ -81,7 +81,9 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
                               class_priors=config.class_priors, head=config.head)
         crashed = None
         try:
-            findings.extend(rule.check(analysed, context))
+            # Some rules run the forward again for real values (a head's logits).
+            with user_code(config.target, "the forward"):
+                findings.extend(rule.check(analysed, context))
             ran.append(rule.code)
         except BiaslintError:
             raise

@@ -215,24 +215,25 @@ def _lint_one(job: tuple[TargetConfig, dict[str, Any]]) -> TargetResult:
 
 def lint_many(configs: Sequence[TargetConfig], settings: Settings = Settings(), jobs: int = 1,
               timeout: float | None = None,
-              on_done: Callable[[int], None] | None = None) -> list[TargetResult]:
+              on_done: Callable[[int, TargetResult], None] | None = None
+              ) -> list[TargetResult]:
     """Lint each target in its own process, ``jobs`` at a time, in the order given.
 
     A target that fails to load, crashes its process or runs past ``timeout`` seconds gives a
-    ``TargetResult`` with ``error`` set; the others are unaffected. ``on_done(index)`` is called
-    as each target finishes (for progress output).
+    ``TargetResult`` with ``error`` set; the others are unaffected. ``on_done(index, result)`` is
+    called as each target finishes (progress output, reports printed as they come).
     """
+    def result_of(config: TargetConfig, outcome: Outcome) -> TargetResult:
+        if outcome.error is not None:
+            return TargetResult(target=config.target, error=outcome.error)
+        return outcome.value
+
     cores = os.cpu_count() or 1
     # Each process gets its share of the cores: N processes each running a full-width
     # OpenMP pool would only fight over the same cores.
     threads = max(1, cores // max(1, min(jobs, len(configs) or 1)))
     outcomes = run_isolated(_lint_one, [(c, _settings_state(settings)) for c in configs], jobs=jobs,
                             timeout=timeout, threads=threads,
-                            on_done=None if on_done is None else lambda i, _o: on_done(i))
-    results = []
-    for config, outcome in zip(configs, outcomes):
-        if outcome.error is not None:
-            results.append(TargetResult(target=config.target, error=outcome.error))
-        else:
-            results.append(outcome.value)
-    return results
+                            on_done=None if on_done is None
+                            else lambda i, o: on_done(i, result_of(configs[i], o)))
+    return [result_of(config, outcome) for config, outcome in zip(configs, outcomes)]

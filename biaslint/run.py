@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 
@@ -90,14 +90,72 @@ def run_check(options: CheckOptions) -> Outcome:
         if path and os.path.isdir(path):
             raise ConfigError(f"{flag} {_shown(path)} is a folder; give a file name")
     plan_ = plan(options)
+    known = None
+    if baseline:
+        from biaslint.baseline import read_baseline
+
+        known = read_baseline(baseline)  # a bad baseline file is refused before the work
+    # The text report goes out target by target as each is done; machine formats, files and
+    # baselines are one document written at the end.
+    stream = _Stream(len(plan_.configs), known) \
+        if plan_.fmt == "text" and not (output or write_to or options.quiet) else None
     # Report from there too: locations are relative to it and the text report reads the source.
     with _working_directory(plan_.workdir):
         if (options.jobs > 1 or options.timeout is not None) and not options.debug:
             results = _lint_isolated(plan_.configs, plan_.settings, options.jobs, options.timeout,
-                                     quiet=options.quiet)
+                                     quiet=options.quiet, on_result=stream)
         else:
-            results = _lint_all(plan_.configs, plan_.settings, quiet=options.quiet)
-        return _finish(results, plan_, output, baseline, write_to, options.quiet)
+            results = _lint_all(plan_.configs, plan_.settings, quiet=options.quiet,
+                                on_result=stream)
+        if stream is not None:
+            stream.flush()
+            results = stream.results(results)
+        return _finish(results, plan_, output, known, write_to, options.quiet,
+                       printed=stream is not None)
+
+
+class _Stream:
+    """Prints each target's text report as soon as it is done: in the order the targets finish
+    at a terminal, in the order they were given otherwise (a log or a file diffs the same every
+    run), each as soon as it and every target before it are done."""
+
+    def __init__(self, count: int, known: Any = None) -> None:
+        from rich.console import Console
+
+        self.console = Console(highlight=False, emoji=False)
+        self.known = known
+        self.ready: dict[int, Any] = {}
+        self.shown: dict[int, Any] = {}
+        self.next = 0
+        self.count = count
+
+    def __call__(self, index: int, result: Any) -> None:
+        if self.known is not None:
+            from biaslint.baseline import apply_baseline
+
+            [result] = apply_baseline([result], self.known).results
+        self.ready[index] = result
+        if self.console.is_terminal:
+            self._show(index)
+        while self.next in self.ready:
+            if self.next not in self.shown:
+                self._show(self.next)
+            self.next += 1
+
+    def _show(self, index: int) -> None:
+        from biaslint.report.text import print_results
+
+        self.shown[index] = self.ready[index]
+        print_results([self.ready[index]], self.console, errors_shown=True)
+
+    def flush(self) -> None:
+        for index in sorted(self.ready):
+            if index not in self.shown:
+                self._show(index)
+
+    def results(self, fallback: list[Any]) -> list[Any]:
+        """The results as reported (baseline applied), in the order of the targets."""
+        return [self.shown.get(i, r) for i, r in enumerate(fallback)]
 
 
 def plan(options: CheckOptions) -> Plan:
@@ -162,7 +220,8 @@ def _working_directory(path: str | None) -> Iterator[None]:
         os.chdir(before)
 
 
-def _lint_all(configs: Sequence[Any], settings: Any, quiet: bool = False) -> list[Any]:
+def _lint_all(configs: Sequence[Any], settings: Any, quiet: bool = False,
+              on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
     """Lint each target in turn; a target that fails to load becomes an error result."""
     from rich.console import Console
 
@@ -173,7 +232,7 @@ def _lint_all(configs: Sequence[Any], settings: Any, quiet: bool = False) -> lis
     results: list[TargetResult] = []
     err = Console(stderr=True, highlight=False, emoji=False)
     with target_progress(err, len(configs), enabled=False if quiet else None) as progress:
-        for config in configs:
+        for index, config in enumerate(configs):
             on_stage = progress.start(config.target)
             try:
                 results.append(lint(config, settings, on_stage=on_stage))
@@ -190,11 +249,14 @@ def _lint_all(configs: Sequence[Any], settings: Any, quiet: bool = False) -> lis
                 err.print(f"biaslint: error: {message}", soft_wrap=True, markup=False)
                 results.append(TargetResult(target=config.target, error=message))
             progress.done()
+            if on_result is not None:
+                on_result(index, results[-1])
     return results
 
 
 def _lint_isolated(configs: Sequence[Any], settings: Any, jobs: int,
-                   timeout: float | None, quiet: bool = False) -> list[Any]:
+                   timeout: float | None, quiet: bool = False,
+                   on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
     """Lint each target in its own process; errors (load, crash, timeout) go to stderr."""
     from rich.console import Console
 
@@ -205,20 +267,22 @@ def _lint_isolated(configs: Sequence[Any], settings: Any, jobs: int,
     with target_progress(err, len(configs), enabled=False if quiet else None) as progress:
         stage = progress.start(f"{min(jobs, len(configs))} at a time")
 
-        def done(index: int) -> None:
+        def done(index: int, result: Any) -> None:
             stage(f"({configs[index].target} finished)")
             progress.done()
+            if result.error:
+                where = "" if result.target in result.error else f"{result.target}: "
+                click.echo(f"biaslint: error: {where}{result.error}", err=True)
+            if on_result is not None:
+                on_result(index, result)
 
-        results = lint_many(configs, settings, jobs=jobs, timeout=timeout, on_done=done)
-    for result in results:
-        if result.error:
-            where = "" if result.target in result.error else f"{result.target}: "
-            click.echo(f"biaslint: error: {where}{result.error}", err=True)
-    return results
+        return lint_many(configs, settings, jobs=jobs, timeout=timeout, on_done=done)
 
 
-def _finish(results: list[Any], plan: Plan, output: str | None, baseline: str | None,
-            write_to: str | None, quiet: bool) -> Outcome:
+def _finish(results: list[Any], plan: Plan, output: str | None, baseline: Any,
+            write_to: str | None, quiet: bool, printed: bool = False) -> Outcome:
+    """Write the report (unless ``printed``: the text report already went out target by
+    target, baseline applied) and decide the outcome. ``baseline``: the fingerprints read."""
     from rich.console import Console
 
     from biaslint.report import get_reporter
@@ -235,10 +299,10 @@ def _finish(results: list[Any], plan: Plan, output: str | None, baseline: str | 
             console.print(f"baseline with {count} finding{'s' if count != 1 else ''} written "
                           f"to {_shown(write_to)}", highlight=False, markup=False)
         return Outcome(failed_load, None, plan.settings.fail_on)
-    if baseline:
-        from biaslint.baseline import apply_baseline, read_baseline
+    if baseline is not None and not printed:
+        from biaslint.baseline import apply_baseline
 
-        results = list(apply_baseline(results, read_baseline(baseline)).results)
+        results = list(apply_baseline(results, baseline).results)
 
     if output:
         text = get_reporter(plan.fmt)(results)
@@ -247,6 +311,8 @@ def _finish(results: list[Any], plan: Plan, output: str | None, baseline: str | 
         if not quiet:
             print_results(results, console, show_findings=False, errors_shown=True)
             console.print(f"report written to {_shown(output)}", highlight=False, markup=False)
+    elif printed:
+        pass
     elif plan.fmt == "text":
         if quiet:
             click.echo(get_reporter("findings")(results), nl=False)

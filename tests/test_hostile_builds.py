@@ -24,6 +24,24 @@ HOSTILE = {
     "exit0": "import sys\n\ndef build():\n    sys.exit(0)\n",
     "exit3": "import sys\n\ndef build():\n    sys.exit(3)\n",
     "interrupt": "def build():\n    raise KeyboardInterrupt\n",
+    "hard_exit": "import os\n\ndef build():\n    os._exit(5)\n",
+    "hard_exit_at_import": "import os\nos._exit(0)\n\ndef build():\n    pass\n",
+    "hard_exit_in_forward": textwrap.dedent("""
+        import os
+        import torch
+        import torch.nn as nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(4, 4)
+
+            def forward(self, x):
+                os._exit(0)
+
+        def build():
+            return Net(), torch.randn(2, 4)
+        """),
     "exit_at_import": "import sys\nsys.exit(0)\n\ndef build():\n    pass\n",
     "exit_in_forward": textwrap.dedent("""
         import sys
@@ -176,3 +194,69 @@ def test_user_files_named_like_stdlib_or_torch_modules_do_not_break_workers(tmp_
     assert "internal error" not in proc.stderr and "was imported" not in proc.stderr
     [entry] = json.loads(proc.stdout)["results"]
     assert [f["module"] for f in entry["findings"]] == ["0"]
+
+
+@pytest.mark.parametrize("kind", ["hard_exit", "exit3", "hard_exit_in_forward"])
+def test_the_python_api_turns_an_exit_into_a_target_error(tmp_path, monkeypatch, kind):
+    import os
+
+    from biaslint.engine import lint
+    from biaslint.errors import TargetError
+    from biaslint.settings import Settings, TargetConfig
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / f"api_{kind}.py").write_text(HOSTILE[kind])
+    real_exit = os._exit
+    with pytest.raises(TargetError, match="exit"):
+        lint(TargetConfig(f"api_{kind}.py:build"), Settings())
+    assert os._exit is real_exit  # restored
+
+
+STREAM_FIRST = """
+import time
+import torch
+import torch.nn as nn
+
+def build():
+    time.sleep({sleep})
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)), torch.randn(2, 3, 8, 8)
+"""
+
+STREAM_SECOND = """
+import os
+import torch.nn as nn
+
+def build():
+    # The report of the first target is on stdout (a file) before this build starts.
+    with open(os.environ["REPORT"]) as handle:
+        report = handle.read()
+    if "first.py:build" not in report:
+        raise RuntimeError("the first target's report was not written yet: " + repr(report))
+    return nn.Sequential(nn.Linear(4, 4))
+"""
+
+
+def test_each_targets_text_report_is_printed_as_soon_as_it_is_done(tmp_path):
+    import os
+
+    (tmp_path / "first.py").write_text(STREAM_FIRST.format(sleep=0))
+    (tmp_path / "second.py").write_text(STREAM_SECOND)
+    report = tmp_path / "report.txt"
+    with open(report, "w") as handle:
+        proc = subprocess.run([sys.executable, "-m", "biaslint", "first.py:build",
+                               "second.py:build"], cwd=tmp_path, stdout=handle,
+                              stderr=subprocess.PIPE, text=True, timeout=300,
+                              env={**os.environ, "REPORT": str(report)})
+    text = report.read_text()
+    assert proc.returncode == 1, proc.stderr  # the first target's BL001 finding
+    assert "second.py:build: no findings" in text, (text, proc.stderr)
+
+
+def test_with_jobs_a_pipe_gets_the_reports_in_the_order_of_the_targets(tmp_path):
+    (tmp_path / "slow.py").write_text(STREAM_FIRST.format(sleep=4))
+    (tmp_path / "fast.py").write_text(GOOD)
+    proc = _cli(tmp_path, "slow.py:build", "fast.py:build", "-j", "2")
+    assert proc.returncode == 1, proc.stderr
+    summaries = [line for line in proc.stdout.splitlines() if line.startswith(("slow.py", "fast.py"))
+                 and ": 1 warning" in line]
+    assert [s.split(":")[0] for s in summaries] == ["slow.py", "fast.py"], proc.stdout

@@ -3,6 +3,10 @@
 * ``sys.exit()`` or ``raise KeyboardInterrupt`` in user code is an error of that target, not
   the end of biaslint: the other targets are still linted and reported. A real Ctrl-C still
   stops the run: ``interrupts()`` notes the SIGINT before Python raises, so the two differ.
+* ``os._exit()`` in user code would end the process with no report: while user code runs it is
+  replaced by a function that raises, so it is that target's error too. What no Python code can
+  intercept (a segfault, a signal, ``exit()`` from C) ends only the worker process with ``-j`` or
+  ``--timeout``; in-process it ends the run, so the exit code is never 0.
 * What user code prints goes to stderr: stdout carries only biaslint's report, so the json and
   sarif formats stay valid documents.
 * ``preserved_state()``: default dtype, grad mode, RNG states (torch, numpy, random),
@@ -13,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import sys
@@ -55,12 +60,40 @@ def real_interrupt() -> bool:
     return _SIGINT_SEEN
 
 
+class _HardExit(BaseException):
+    """``os._exit(code)`` called by user code (a BaseException, as SystemExit is)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _hard_exit(code: int) -> None:
+    raise _HardExit(code)
+
+
+@contextlib.contextmanager
+def _no_hard_exit() -> Iterator[None]:
+    real = os._exit
+    if real is _hard_exit:  # nested: the outer block restores it
+        yield
+        return
+    os._exit = _hard_exit
+    try:
+        yield
+    finally:
+        os._exit = real
+
+
 @contextlib.contextmanager
 def user_code(target: str, what: str) -> Iterator[None]:
     """Run user code for ``target`` (``what``: "importing x", "building the model", ...)."""
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), _no_hard_exit():
         try:
             yield
+        except _HardExit as exc:
+            raise TargetError(f"{target}: {what} called os._exit({exc.code!r}); a build must "
+                              "return the model, not exit") from None
         except SystemExit as exc:
             raise TargetError(f"{target}: {what} called sys.exit({exc.code!r}); a build must "
                               "return the model, not exit") from None
