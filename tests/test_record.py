@@ -340,3 +340,33 @@ def test_a_write_into_a_view_reaches_the_base_tensor():
     result = lint_loaded(_loaded(Net(), inputs), TargetConfig("test"), Settings(select=("BL001",)))
     assert bias_verdict(Net(), inputs, "conv") == "live"
     assert not result.findings
+
+
+# -- forward hooks run during capture, and what they compute is in the graph ---------------------
+
+@pytest.mark.parametrize(("hook", "expected"), [
+    ("lambda mod, inp, out: out ** 2", "live"),  # the hook makes the bias matter
+    ("lambda mod, inp, out: None", "redundant"),  # an observer changes nothing
+    ("lambda mod, inp, out: out * 3.0", "redundant"),  # a linear rescale: still cancelled
+])
+def test_a_forward_hook_on_a_builtin_layer_is_part_of_the_graph(judge, hook, expected):
+    findings, oracle = judge(HEADER + f"""
+def build():
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16))
+    model[0].register_forward_hook({hook})
+    return model, torch.randn(4, 8)
+""")
+    assert_agrees(findings, oracle, {"0": expected})
+
+
+def test_a_global_forward_hook_leaves_the_layers_unclaimed(judge):
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda mod, inp, out: out ** 2 if isinstance(mod, nn.Linear) else None)
+    try:
+        findings, oracle = judge(HEADER + """
+def build():
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16)), torch.randn(4, 8)
+""")
+        assert_agrees(findings, oracle, {"0": "live"})
+    finally:
+        handle.remove()

@@ -313,6 +313,12 @@ class _Recorder(TorchFunctionMode):
 
     def _leaf(self, module: nn.Module, name: str, call: Callable[..., Any],
               args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # A forward hook may change what the layer returns (``out ** 2``): the layer is one
+        # node and its hooks run after it while recording, so what they compute is in the graph.
+        hooks = dict(module._forward_hooks)
+        if hooks:
+            saved_hooks = module._forward_hooks
+            module._forward_hooks = type(saved_hooks)()
         self.suspended += 1
         try:
             if self.fake and isinstance(module, SAME_SHAPE_NORM_MODULES) and args and \
@@ -325,10 +331,25 @@ class _Recorder(TorchFunctionMode):
             raise
         finally:
             self.suspended -= 1
+            if hooks:
+                module._forward_hooks = saved_hooks
         stack = dict(self._stack_meta() or {})
         stack[name] = (name, type(module))
         node = self._emit("call_module", name, args, kwargs, value, stack)
         self._bind_result(value, node)
+        if _global_forward_hooks():
+            # Hooks on every module ran inside the call: what they did to the output is unknown
+            # here, so the output is marked with an op no rule knows.
+            changed = self._node("call_function", changed_by_hooks, (node,), stack)
+            record(changed, value)
+            self._bind_result(value, changed)
+        for key, hook in hooks.items():
+            if module._forward_hooks_with_kwargs.get(key, False):
+                result = hook(module, args, kwargs, value)
+            else:
+                result = hook(module, args, value)
+            if result is not None:
+                value = result
         return value
 
     # -- inputs and outputs ---------------------------------------------------------------------
@@ -382,6 +403,17 @@ def _classify(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
     if name in _UNARY_OPERATORS and len(args) == 1 and not kwargs:
         return "call_function", _UNARY_OPERATORS[name], tuple(args), {}
     return "call_method", name, tuple(args), dict(kwargs)
+
+
+def changed_by_hooks(value: Any) -> Any:
+    """Graph marker: a layer's output after global forward hooks ran on it (never run)."""
+    return value
+
+
+def _global_forward_hooks() -> bool:
+    from torch.nn.modules import module as module_globals
+
+    return bool(module_globals._global_forward_hooks)
 
 
 def _hooked(module: nn.Module) -> bool:
