@@ -56,6 +56,52 @@ def constant_weight(module: "nn.Module | None") -> bool:
     return weight is not None and hasattr(weight, "detach") and constant(weight)
 
 
+def weighs_inputs_equally(module: "nn.Module | None") -> bool:
+    """Every input channel of the layer gets the same weights (``W[:, i]`` the same for all
+    ``i``; a constant weight is the common case): the gradient it passes back is the same for
+    every input unit, however its output rows differ."""
+    import torch.nn as nn
+
+    weight = getattr(module, "weight", None)
+    if weight is None or not hasattr(weight, "detach") or weight.dim() < 2:
+        return False
+    data = weight.detach()
+    axis = 0 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 1
+    if data.shape[axis] < 2:
+        return True
+    first = data.narrow(axis, 0, 1)
+    return bool((data - first).abs().max() == 0)
+
+
+def unit_rows(weight: "torch.Tensor", units_dim: int) -> str | None:
+    """How the units' weight vectors relate: "identical" (every unit has the same weights; a
+    constant weight is one case), "parallel" (the same direction, scaled differently per unit),
+    or None (they differ in direction). Exact up to float rounding."""
+    import torch
+
+    data = weight.detach()
+    if data.dim() < 2 or data.shape[units_dim] < 2 or not data.is_floating_point():
+        return None
+    # A cheap necessary condition first: random weights fail on the first two rows.
+    cheap = data.narrow(units_dim, 0, 2).movedim(units_dim, 0).reshape(2, -1).double()
+    norms = cheap.norm(dim=1)
+    if float(norms.min()) > 0:
+        cosine = float((cheap[0] @ cheap[1]) / (norms[0] * norms[1]))
+        if abs(cosine) < 1 - 1e-9:
+            return None
+    rows = data.movedim(units_dim, 0).reshape(data.shape[units_dim], -1).double()
+    scale = float(rows.abs().max())
+    if scale == 0:
+        return "identical"
+    tolerance = 1e-6 * scale
+    if float((rows - rows[:1]).abs().max()) <= tolerance:
+        return "identical"
+    reference = rows[int(torch.argmax(rows.norm(dim=1)))]
+    factors = rows @ reference / (reference @ reference)
+    residual = rows - factors[:, None] * reference[None, :]
+    return "parallel" if float(residual.abs().max()) <= tolerance else None
+
+
 def calls_and_outputs(model: "AnalysedModel", layer: "Layer") -> tuple[list["Use"], list["Use"]]:
     """The call nodes that run the layer, and the nodes that carry its output.
 
@@ -246,8 +292,9 @@ def blocks_every_input(layer: "Layer", pname: str) -> bool:
 
 def symmetric_consumer(model: "AnalysedModel", out: "Use",
                        producer: "nn.Module") -> list[str] | None:
-    """Names of the layers that consume ``out`` if each sums over *all* of its units with one
-    shared weight (a fully constant, ungrouped Linear or conv), reached only through elementwise
+    """Names of the layers that consume ``out`` if each weighs *all* of its units alike (every
+    input channel with the same weights: a constant, ungrouped Linear or conv), reached only
+    through elementwise
     activations (and a flatten that folds conv channels into the features). Else None.
 
     Anything that routes units differently (a split, a reshape into heads, a grouped conv,
@@ -278,7 +325,8 @@ def symmetric_consumer(model: "AnalysedModel", out: "Use",
             conv_out = False  # (N, C): the channels are now the features
             stack.extend(model.users(use))
             continue
-        if module is None or not constant_weight(module) or getattr(module, "groups", 1) != 1:
+        if module is None or not weighs_inputs_equally(module) or \
+                getattr(module, "groups", 1) != 1:
             return None
         name = model.module_name(use)
         if model.is_shared(name) or len(model.calls_of(name)) != 1:
