@@ -2,7 +2,8 @@
 
 Hypothesis composes programs from the ops BL001 reasons about (convs with and without zero
 padding, linears, every norm kind, pooling, interpolation, residual adds, concatenation,
-reshapes and permutes, nonlinearities, gates, dropout, softmax, extra outputs). For every biased
+reshapes and permutes, nonlinearities, gates, dropout, softmax, einsum channel mixing and einsum
+attention whose keys come from another value, extra outputs). For every biased
 layer: BL001 warns iff perturbing the bias leaves every output unchanged, and (with
 ``report-partial``) notes it at info level iff only a constant perturbation leaves them unchanged.
 """
@@ -87,10 +88,22 @@ class Program(nn.Module):
                 v = a.reshape(n, c, h * w).reshape(n, c, h, w)
             elif op == "flatten":
                 v = a.flatten(1)
+            elif op == "einsum_mix":  # channels mixed by a matrix, written as einsum
+                v = torch.einsum("nchw,dc->ndhw", a, mod.weight)
+            elif op == "einsum_attn":  # attention over the last axis, keys from another value
+                k = vals[step.inputs[1]]
+                attn = torch.einsum("nchw,nchv->nhwv", a, k).softmax(-1)
+                v = torch.einsum("nhwv,nchv->nchw", attn, a)
             else:
                 raise AssertionError(op)
             vals.append(v)
         return tuple(vals[i] for i in self.outputs)
+
+
+class _Mix(nn.Module):
+    def __init__(self, channels: int, out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out, channels))
 
 
 class _Scale(nn.Module):
@@ -151,7 +164,7 @@ def programs(draw):
             "conv", "conv", "conv", "conv", "bn", "bn", "bn", "inorm", "gn", "gn", "ln_cl",
             "ln_cl", "ln_w", "relu", "tanh", "maxpool", "avgpool_pad", "adaptive", "interp",
             "add", "add", "cat", "scale", "gate", "chscale", "dropout", "softmax_w", "reshape",
-            "linear_cl", "linear_cl", "flatten",
+            "linear_cl", "linear_cl", "flatten", "einsum_mix", "einsum_attn",
         ]))
         new = shape
         if op == "conv":
@@ -210,6 +223,13 @@ def programs(draw):
             out = draw(st.sampled_from([2, 3, 4]))
             steps.append(Step(op, (i,), add_mod(nn.Linear(c, out, bias=draw(biased)))))
             new = (BATCH, out, h, w)
+        elif op == "einsum_mix":
+            out = draw(st.sampled_from([2, 3]))
+            steps.append(Step(op, (i,), add_mod(_Mix(c, out))))
+            new = (BATCH, out, h, w)
+        elif op == "einsum_attn" and w >= 2:
+            fits = [j for j, s in enumerate(shapes) if s == shape]
+            steps.append(Step(op, (i, draw(st.sampled_from(fits)))))
         elif op == "flatten" and c * h * w <= 48:
             steps.append(Step(op, (i,)))
             new = (BATCH, c * h * w)

@@ -243,3 +243,74 @@ def _masked_fill(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -
     if x is None or prop.of(mask) is not None or prop.of(value) is not None:
         raise Live("mask or fill value depends on the bias")
     return x.with_axes(varying_axes_of(prop.other_shape(mask), x.ndim))
+
+
+# -- einsum: any subscripts ------------------------------------------------------------------------
+
+def einsum_subscripts(equation: str, ranks: list[int]) -> tuple[list[str], str] | None:
+    """Each operand's labels and the output's, one character per axis, ``...`` expanded into
+    broadcast labels aligned right (as einsum broadcasts them); None when it does not parse."""
+    equation = equation.replace(" ", "")
+    inputs, arrow, output = equation.partition("->")
+    parts = inputs.split(",")
+    if len(parts) != len(ranks):
+        return None
+    ellipsis_rank = 0
+    for part, rank in zip(parts, ranks):
+        named = len(part.replace("...", ""))
+        if "..." in part:
+            ellipsis_rank = max(ellipsis_rank, rank - named)
+        elif named != rank:
+            return None
+    broadcast_labels = [chr(0x2460 + i) for i in range(ellipsis_rank)]  # never a letter
+    labels = []
+    for part, rank in zip(parts, ranks):
+        if "..." in part:
+            count = rank - len(part.replace("...", ""))
+            part = part.replace("...", "".join(broadcast_labels[ellipsis_rank - count:]))
+        labels.append(part)
+    if arrow:
+        result = output.replace("...", "".join(broadcast_labels))
+    else:  # implicit form: broadcast axes, then the labels that appear once, sorted
+        letters = "".join(labels)
+        result = "".join(broadcast_labels) + "".join(
+            sorted(c for c in set(letters) if letters.count(c) == 1 and c not in broadcast_labels))
+    if any(not c.isalpha() and c not in broadcast_labels for c in "".join(labels) + result):
+        return None
+    return labels, result
+
+
+@transfer(torch.einsum, "einsum")
+def _einsum(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    """einsum is linear in each operand. With one bias-dependent operand D, the result is
+    einsum(..., D, ...): it varies along an output label where D varies along it, or where any
+    other operand has more than one element along it; labels summed over drop out. Two
+    bias-dependent operands (q and k of one fused projection) are a product, as for matmul."""
+    equation = args[0] if args else kwargs.get("equation")
+    operands = list(args[1:])
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = list(operands[0])
+    if not isinstance(equation, str):
+        raise Live("einsum without a constant equation")
+    carriers = [i for i, a in enumerate(operands) if prop.of(a) is not None]
+    if len(carriers) != 1:
+        raise Live(f"product of bias-dependent values at {describe(prop.part, node)}",
+                   crossed=len(carriers) > 1)
+    carrier = prop.tensor(operands[carriers[0]], node)
+    assert carrier is not None
+    shapes: list[tuple[int, ...] | None] = []
+    for i, a in enumerate(operands):
+        shapes.append(None if i == carriers[0] else prop.other_shape(a))
+    ranks = [carrier.ndim if i == carriers[0] else (len(s) if s is not None else -1)
+             for i, s in enumerate(shapes)]
+    if -1 in ranks:
+        raise Live("einsum operand of unknown shape")
+    parsed = einsum_subscripts(equation, ranks)
+    if parsed is None:
+        raise Live(f"einsum equation {equation!r} not understood")
+    labels, output = parsed
+    varying: set[str] = {labels[carriers[0]][ax] for ax in carrier.varying}
+    for i, shape in enumerate(shapes):
+        if shape is not None:
+            varying |= {label for label, size in zip(labels[i], shape) if size != 1}
+    return Offset(len(output), frozenset(ax for ax, label in enumerate(output) if label in varying))

@@ -1,0 +1,113 @@
+"""BL001 misses closed as general semantics: each case is built the way the oracle judges it
+(perturb the bias, watch whether any output moves), and BL001 must claim exactly the biases
+and key slices the oracle measures as redundant."""
+
+from __future__ import annotations
+
+import pytest
+
+from oracle import assert_agrees
+
+HEADER = """
+import math
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+"""
+
+
+def _slice_agrees(findings, oracle, layer: str, start: int, stop: int, param: str = "bias"):
+    truth = oracle.verdict(layer, param, index=slice(start, stop))
+    claim = findings.get(layer)
+    claimed = claim is not None and claim.data.get("verdict") == "redundant-slice" and \
+        tuple(claim.data["slice"]) == (start, stop)
+    assert truth == "redundant" and claimed, (truth, claim)
+
+
+@pytest.mark.parametrize(("layout", "scores", "axis", "apply", "expected"), [
+    ("bnhd", "bqhd,bkhd->bhqk", -1, "bhqk,bkhd->bqhd", "redundant"),  # heads kept apart
+    ("bhnd", "bhqd,bhkd->bhqk", -1, "bhqk,bhkd->bhqd", "redundant"),
+    ("bhnd", "...qd,...kd->...qk", -1, "...qk,...kd->...qd", "redundant"),  # an ellipsis
+    ("bnhd", "bqhd,bkhd->bqkh", 2, "bqkh,bkhd->bqhd", "redundant"),  # keys not last
+    ("bhnd", "bhqd,bhkd->bhqk", -2, "bhqk,bhkd->bhqd", "live"),  # softmax over the queries
+])
+def test_attention_written_with_einsum(judge, layout, scores, axis, apply, expected):
+    findings, oracle = judge(HEADER + f"""
+class Attention(nn.Module):
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.heads = heads
+
+    def split(self, t):
+        b, n, d = t.shape
+        t = t.view(b, n, self.heads, d // self.heads)
+        return t if "{layout}" == "bnhd" else t.transpose(1, 2)
+
+    def forward(self, x):
+        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        attn = (torch.einsum("{scores}", q, k) / math.sqrt(q.shape[-1])).softmax(dim={axis})
+        return torch.einsum("{apply}", attn, v)
+
+def build():
+    return Attention(), torch.randn(2, 6, 16)
+""")
+    assert_agrees(findings, oracle, {"k": expected})
+
+
+def test_fused_projection_split_with_einops_and_einsum(judge):
+    pytest.importorskip("einops")
+    findings, oracle = judge(HEADER + """
+from einops import rearrange
+
+class Attention(nn.Module):
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.qkv, self.heads = nn.Linear(dim, 3 * dim), heads
+
+    def forward(self, x):
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        attn = torch.einsum("bhid,bhjd->bhij", q, k).softmax(dim=-1)
+        return rearrange(torch.einsum("bhij,bhjd->bhid", attn, v), "b h n d -> b n (h d)")
+
+def build():
+    return Attention(), torch.randn(2, 6, 16)
+""")
+    _slice_agrees(findings, oracle, "qkv", 16, 32)
+
+
+def test_einsum_channel_mixing_before_a_norm(judge):
+    # A 1x1 "conv" written as einsum over a parameter: still linear, BatchNorm still cancels.
+    findings, oracle = judge(HEADER + """
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.mix = nn.Parameter(torch.randn(4, 8))
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(torch.einsum("nchw,dc->ndhw", self.conv(x), self.mix))
+
+def build():
+    return Net(), torch.randn(2, 3, 8, 8)
+""")
+    assert_agrees(findings, oracle, {"conv": "redundant"})
+
+
+def test_einsum_of_two_bias_dependent_values_is_not_followed(judge):
+    findings, oracle = judge(HEADER + """
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.norm(torch.einsum("bi,bi->bi", y, y))
+
+def build():
+    return Net(), torch.randn(4, 8)
+""")
+    assert_agrees(findings, oracle, {"a": "live"})
