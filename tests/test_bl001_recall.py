@@ -111,3 +111,27 @@ def build():
     return Net(), torch.randn(4, 8)
 """)
     assert_agrees(findings, oracle, {"a": "live"})
+
+
+@pytest.mark.parametrize("form", ["method", "function"])
+def test_scores_from_baddbmm_with_a_position_bias(judge, form):
+    # BLOOM: ALiBi + q @ k^T in one baddbmm, then the softmax over the keys.
+    call = ("alibi.baddbmm(q, k.transpose(1, 2), beta=1.0, alpha=0.25)" if form == "method"
+            else "torch.baddbmm(alibi, q, k.transpose(1, 2), beta=1.0, alpha=0.25)")
+    findings, oracle = judge(HEADER + f"""
+class Attention(nn.Module):
+    def __init__(self, dim=16):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.slopes = nn.Parameter(torch.randn(6, 6))
+
+    def forward(self, x):
+        q, k = self.q(x), self.k(x)
+        alibi = self.slopes.expand(x.shape[0], 6, 6)
+        scores = {call}
+        return scores.softmax(-1) @ self.v(x)
+
+def build():
+    return Attention(), torch.randn(2, 6, 16)
+""")
+    assert_agrees(findings, oracle, {"k": "redundant", "q": "live"})

@@ -163,16 +163,20 @@ def _matmul(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Off
     return _matmul_rule(prop, node, argument(node, 0, "input"), argument(node, 1, "other"))
 
 
-@transfer(torch.addmm)
+@transfer(torch.addmm, "addmm", torch.baddbmm, "baddbmm")
 def _addmm(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    base, m1, m2 = (argument(node, 0, "input"), argument(node, 1, "mat1"),
-                    argument(node, 2, "mat2"))
+    """beta * input + alpha * (m1 @ m2): linear in each of the three (batched for baddbmm, as
+    BLOOM adds ALiBi to its attention scores)."""
+    batched = node.target in (torch.baddbmm, "baddbmm")
+    base, m1, m2 = (argument(node, 0, "input"),
+                    argument(node, 1, "batch1" if batched else "mat1"),
+                    argument(node, 2, "batch2" if batched else "mat2"))
     parts: list[Offset] = []
     if prop.of(m1) is not None or prop.of(m2) is not None:
         parts.append(_matmul_rule(prop, node, m1, m2))
     offset = prop.tensor(base, node)
     if offset is not None:
-        parts.append(broadcast([(offset, None)], 2))
+        parts.append(broadcast([(offset, None)], 3 if batched else 2))
     result = parts[0]
     for p in parts[1:]:
         result = join(result, p)  # type: ignore[assignment]
