@@ -86,19 +86,29 @@ def main() -> None:
 @click.option("--allow-incomplete", is_flag=True,
               help="Exit 0/1 by the findings even when part of a model could not be judged "
                    "(by default that is exit 2: a gate must not pass what it did not check).")
+@click.option("--fix", is_flag=True,
+              help="Apply the safe fixes to your files (bias=False where a norm cancels the "
+                   "bias), then lint again and report what remains.")
+@click.option("--unsafe-fixes", is_flag=True,
+              help="With --fix or --diff: also apply fixes that change initial values (init "
+                   "calls, forget-gate and prior biases).")
+@click.option("--diff", is_flag=True,
+              help="Print the diff --fix would write and write nothing; exit 1 if there is "
+                   "something to change.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str, ...],
           select: tuple[str, ...], ignore: tuple[str, ...], fail_on: str | None, fmt: str | None,
           output: str | None, class_priors: str | None, head: str | None, baseline: str | None,
           write_baseline: str | None, quiet: bool, jobs: int, timeout: float | None,
-          allow_incomplete: bool, debug: bool) -> None:
+          allow_incomplete: bool, fix: bool, unsafe_fixes: bool, diff: bool,
+          debug: bool) -> None:
     """Lint the models that TARGETS build (or the targets configured in pyproject.toml)."""
     from biaslint.load.guard import interrupts
     from biaslint.run import CheckOptions, run_check
 
     options = CheckOptions(targets, config, input_shapes, select, ignore, fail_on, fmt, output,
                            class_priors, head, baseline, write_baseline, quiet, debug, jobs,
-                           timeout, allow_incomplete)
+                           timeout, allow_incomplete, fix, unsafe_fixes, diff)
     try:
         with interrupts():
             code = _exit_code(run_check(options))

@@ -222,6 +222,7 @@ def _post_process(findings: Iterable[Finding], settings: Settings, loaded,  # ty
     used: BL100 stays quiet about a comment that is merely redundant. A rule that crashed is not in ``ran``: its suppressions suppressed nothing because it found
     nothing, and BL100 must not call them unused.
     """
+    from biaslint.fix.plan import with_edits
     from biaslint.rules import REGISTRY
     from biaslint.suppress import apply_suppressions, with_severity
 
@@ -231,6 +232,7 @@ def _post_process(findings: Iterable[Finding], settings: Settings, loaded,  # ty
                               [r.code for r in REGISTRY], extra_locations=init_sites)
     kept = [f for f in kept if not _ignored_for_module(f, settings)]
     kept = with_severity(kept, settings.severity_overrides)
+    kept = with_edits(kept, loaded.module_sites, loaded.param_inits)
     kept.sort(key=lambda f: (f.location.file if f.location else "",
                              f.location.line if f.location else 0, f.code, f.module))
     return kept

@@ -59,12 +59,44 @@ class InitCall:
 
 
 @dataclass(frozen=True)
+class Edit:
+    """One replacement in a source file (as ruff's ``Edit``): the characters [start, end) of the
+    file's text become ``content``; an insertion has start == end. ``digest`` is the SHA-256 of
+    the text it was computed against, so a file changed since the build is never edited."""
+
+    file: str
+    start: int
+    end: int
+    content: str
+    line: int  # 1-based line and column of start and end, for editors and SARIF
+    col: int
+    end_line: int
+    end_col: int
+    digest: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "start": {"line": self.line, "col": self.col},
+                "end": {"line": self.end_line, "col": self.end_col}, "content": self.content}
+
+
+@dataclass(frozen=True)
 class Fix:
-    """How to mend a finding. ``title`` is imperative; ``code`` is a line to write instead, if any."""
+    """How to mend a finding. ``title`` is imperative; ``code`` is a line to write instead, if any.
+
+    ``edits`` apply it to the user's files (``--fix`` when ``safe``, ``--unsafe-fixes`` for the
+    rest); ``manual`` says why a fix has no edits (the summary of ``--fix`` quotes it)."""
 
     title: str
     code: str = ""
     safe: bool = False
+    edits: tuple[Edit, ...] = ()
+    manual: str = ""
+
+    @property
+    def applicability(self) -> str:
+        if not self.edits:
+            return "manual"
+        return "safe" if self.safe else "unsafe"
 
 
 @dataclass(frozen=True)
@@ -94,7 +126,10 @@ class Finding:
             "line": loc.line if loc else None,
             "col": loc.col if loc else None,
             "end_line": (loc.end_line or loc.line) if loc else None,
-            "fix": {"title": self.fix.title, "code": self.fix.code, "safe": self.fix.safe}
+            "fix": {"title": self.fix.title, "code": self.fix.code, "safe": self.fix.safe,
+                    "applicability": self.fix.applicability,
+                    "edits": [e.as_dict() for e in self.fix.edits],
+                    **({"manual": self.fix.manual} if self.fix.manual else {})}
             if self.fix else None,
             "data": self.data,
         }

@@ -59,6 +59,10 @@ class Priors(tuple):  # type: ignore[type-arg]
         self.raw = tuple(float(v) for v in raw)
         return self
 
+    def __reduce__(self) -> tuple[type, tuple[tuple[float, ...], tuple[float, ...]]]:
+        # Sent to worker processes (-j, --timeout): both the values and the raw rates.
+        return (type(self), (tuple(self), self.raw))
+
 
 def normalize(values: Sequence[float], source: str = "class priors") -> tuple[float, ...]:
     """Check counts/probabilities and scale them to sum to 1 (a ``Priors`` tuple)."""

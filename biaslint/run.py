@@ -63,6 +63,9 @@ class CheckOptions:
     jobs: int = 1
     timeout: float | None = None
     allow_incomplete: bool = False
+    fix: bool = False
+    unsafe_fixes: bool = False
+    diff: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class Plan:
     settings: Any
     fmt: str
     workdir: str | None  # lint from the config's folder when the targets came from it
+    config_file: str | None = None  # the pyproject.toml read, if any
 
 
 def run_check(options: CheckOptions) -> Outcome:
@@ -97,8 +101,14 @@ def run_check(options: CheckOptions) -> Outcome:
         known = read_baseline(baseline)  # a bad baseline file is refused before the work
     # The text report goes out target by target as each is done; machine formats, files and
     # baselines are one document written at the end.
+    fixing = options.fix or options.diff
+    if options.unsafe_fixes and not fixing:
+        raise ConfigError("--unsafe-fixes goes with --fix or --diff")
+    if fixing and (write_to or baseline):
+        raise ConfigError("--fix and --diff do not go with baselines: fix first, then write "
+                          "or check the baseline")
     stream = _Stream(len(plan_.configs), known) \
-        if plan_.fmt == "text" and not (output or write_to or options.quiet) else None
+        if plan_.fmt == "text" and not (output or write_to or options.quiet or fixing) else None
     # Report from there too: locations are relative to it and the text report reads the source.
     with _working_directory(plan_.workdir):
         if (options.jobs > 1 or options.timeout is not None) and not options.debug:
@@ -110,8 +120,36 @@ def run_check(options: CheckOptions) -> Outcome:
         if stream is not None:
             stream.flush()
             results = stream.results(results)
+        if fixing:
+            return _fix(results, plan_, options, output)
         return _finish(results, plan_, output, known, write_to, options.quiet,
                        printed=stream is not None)
+
+
+def _fix(results: list[Any], plan_: Plan, options: CheckOptions, output: str | None) -> Outcome:
+    """``--diff``: show what ``--fix`` would write, exit 1 if anything. ``--fix``: write it,
+    lint again in fresh processes (the edited modules are imported anew) and report that."""
+    import linecache
+
+    from biaslint.fix.apply import plan_fixes, project_root, summary
+
+    changes = plan_fixes(results, options.unsafe_fixes, project_root(plan_.config_file))
+    failed = any(r.error for r in results)
+    if options.diff:
+        click.echo(changes.diff(), nl=False)
+        remaining = [f for r in results for f in r.findings
+                     if not any(f is a for a in changes.applied)]
+        click.echo(summary(changes, remaining, wrote=False), err=True)
+        return Outcome(failed, Severity.ERROR if changes.texts else None, Severity.INFO)
+    if changes.texts:
+        changes.write()
+        linecache.checkcache()
+        results = _lint_isolated(plan_.configs, plan_.settings, max(1, options.jobs),
+                                 options.timeout, quiet=True)
+    outcome = _finish(results, plan_, output, None, None, options.quiet)
+    remaining = [f for r in results for f in r.findings]
+    click.echo(summary(changes, remaining, wrote=True), err=True)
+    return outcome
 
 
 class _Stream:
@@ -198,7 +236,8 @@ def plan(options: CheckOptions) -> Plan:
                 _priors(entry.class_priors) if entry and entry.class_priors else None),
             head=options.head or (entry.head if entry else None),
         ))
-    return Plan(tuple(configs), settings, options.fmt or file.format or "text", workdir)
+    return Plan(tuple(configs), settings, options.fmt or file.format or "text", workdir,
+                str(file.path) if file.path else None)
 
 
 def _priors(text: str) -> tuple[float, ...]:

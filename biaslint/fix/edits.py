@@ -7,31 +7,77 @@ decides whether the fix is safe.
 from __future__ import annotations
 
 import ast
+import hashlib
 import linecache
 from typing import Any
 
-from biaslint.findings import Location
+from biaslint.findings import Edit, Location
 
 # Position of ``bias`` among the positional parameters of each torch constructor.
 _BIAS_POSITION = {"Linear": 2, "Bilinear": 3, "Conv1d": 7, "Conv2d": 7, "Conv3d": 7,
                   "ConvTranspose1d": 7, "ConvTranspose2d": 7, "ConvTranspose3d": 7}
 
 
+def parsed(file: str) -> tuple[str, ast.Module] | None:
+    """The file's text as the build read it (``linecache``) and its syntax tree."""
+    source = "".join(linecache.getlines(file))
+    if not source:
+        return None
+    try:
+        return source, ast.parse(source)
+    except SyntaxError:
+        return None
+
+
+def call_at(tree: ast.Module, site: Location, name: str) -> ast.Call | None:
+    """The call recorded at ``site``: the one starting at its column, else the one on its line
+    whose callee is named ``name``."""
+    candidates = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and n.lineno == site.line]
+    exact = [n for n in candidates if n.col_offset == site.col - 1]
+    named = [n for n in candidates if _callee(n).split(".")[-1] == name]
+    return (exact or named or [None])[0]
+
+
+def span_of(source: str, node: ast.AST) -> tuple[int, int]:
+    """Character offsets [start, end) of a node in ``source``."""
+    return (_offset(source, node.lineno, node.col_offset),  # type: ignore[attr-defined]
+            _offset(source, node.end_lineno, node.end_col_offset))  # type: ignore[attr-defined]
+
+
+def edit(file: str, source: str, start: int, end: int, content: str) -> Edit:
+    """An ``Edit`` of ``source`` (the text of ``file``), with its line/column positions."""
+    def position(offset: int) -> tuple[int, int]:
+        before = source[:offset]
+        line = before.count("\n") + 1
+        return line, offset - (before.rfind("\n") + 1) + 1
+
+    (line, col), (end_line, end_col) = position(start), position(end)
+    return Edit(file, start, end, content, line, col, end_line, end_col, digest(source))
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def enclosing_statement(tree: ast.Module, node: ast.AST) -> ast.stmt | None:
+    """The innermost statement that contains ``node`` (``ast.walk`` visits outer ones first)."""
+    best: ast.stmt | None = None
+    for stmt in ast.walk(tree):
+        if isinstance(stmt, ast.stmt) and any(child is node for child in ast.walk(stmt)):
+            if best is None or any(child is stmt for child in ast.walk(best)):
+                best = stmt
+    return best
+
+
 def with_bias_false(site: Location, class_name: str) -> tuple[str, bool] | None:
     """The constructor call at ``site`` with ``bias=False`` (replacing any bias argument).
     Returns (code, whether an existing bias argument was replaced), None when the call cannot be
     found in the source."""
-    source = "".join(linecache.getlines(site.file))
-    if not source:
+    found = parsed(site.file)
+    if found is None:
         return None
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return None
-    candidates = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and n.lineno == site.line]
-    exact = [n for n in candidates if n.col_offset == site.col - 1]
-    named = [n for n in candidates if _callee(n).split(".")[-1] == class_name]
-    call = (exact or named or [None])[0]
+    source, tree = found
+    call = call_at(tree, site, class_name)
     if call is None:
         return None
     segment = ast.get_source_segment(source, call)

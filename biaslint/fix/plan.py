@@ -1,0 +1,310 @@
+"""Turn each finding's fix into edits of the user's source, where the edit is unambiguous.
+
+Runs after the rules, on their findings and what the build recorded (construction sites, the
+init call that last wrote each parameter). Three kinds of edit:
+
+* BL001: the constructor call at the construction site, rewritten with ``bias=False``;
+* BL002/BL003: the user's init call replaced by the suggested fan-in-scaled one, keeping the
+  tensor expression the user wrote (``hidden.weight`` inside their loop);
+* BL004/BL005: a ``biaslint.init`` call inserted after the statement that builds the layer (with
+  ``import biaslint.init``), naming the layer as that statement's assignment target does.
+
+Where an edit would be a guess (the same init line also writes parameters with no finding, the
+layer is not assigned to a name, the bias is set later by another call), the fix keeps no edits
+and ``Fix.manual`` says why. No torch import.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import replace
+from typing import Any, Iterable
+
+from biaslint.findings import Edit, Finding, InitCall
+from biaslint.fix.edits import (
+    call_at, edit, enclosing_statement, parsed, span_of, with_bias_false,
+)
+
+
+def with_edits(findings: Iterable[Finding], module_sites: dict[str, Any],
+               param_inits: dict[str, InitCall]) -> list[Finding]:
+    findings = list(findings)
+    wanted = _init_replacements(findings, param_inits)
+    result = []
+    for finding in findings:
+        fix = finding.fix
+        if fix is None or not fix.code:
+            result.append(finding)
+            continue
+        try:
+            edits, manual = _edits_for(finding, param_inits, wanted)
+        except Exception as exc:  # noqa: BLE001 - an edit we cannot compute stays a suggestion
+            edits, manual = (), f"no edit computed ({type(exc).__name__})"
+        result.append(replace(finding, fix=replace(fix, edits=tuple(edits), manual=manual)))
+    return result
+
+
+def _edits_for(finding: Finding, param_inits: dict[str, InitCall],
+               wanted: dict[tuple[str, int], tuple[set[str], set[str]]]
+               ) -> tuple[list[Edit], str]:
+    fix = finding.fix
+    assert fix is not None
+    if finding.code == "BL001":
+        return _bias_false(finding)
+    if fix.code.startswith("nn.init."):
+        return _replace_init(finding, param_inits, wanted)
+    if fix.code.startswith("biaslint.init."):
+        return _insert_after_construction(finding, param_inits)
+    return [], "no automatic edit for this fix"
+
+
+def _bias_false(finding: Finding) -> tuple[list[Edit], str]:
+    site = finding.location
+    if site is None:
+        return [], "the construction site is unknown"
+    found = parsed(site.file)
+    rewritten = with_bias_false(site, finding.module_type)
+    if found is None or rewritten is None:
+        return [], "the constructor call was not found in the source"
+    source, tree = found
+    call = call_at(tree, site, finding.module_type)
+    assert call is not None
+    start, end = span_of(source, call)
+    return [edit(site.file, source, start, end, rewritten[0])], ""
+
+
+# -- BL002 / BL003: the user's init call ---------------------------------------------------------
+
+def _init_key(call: InitCall) -> tuple[str, int] | None:
+    return (call.location.file, call.location.line) if call.by_user and call.location else None
+
+
+def _init_replacements(findings: list[Finding], param_inits: dict[str, InitCall]
+                       ) -> dict[tuple[str, int], tuple[set[str], set[str]]]:
+    """Per init-call line: the replacement codes the findings on its parameters ask for, and
+    those parameters."""
+    wanted: dict[tuple[str, int], tuple[set[str], set[str]]] = {}
+    for finding in findings:
+        if finding.fix is None or not finding.fix.code.startswith("nn.init."):
+            continue
+        call = param_inits.get(_param_name(finding))
+        key = _init_key(call) if call is not None else None
+        if key is not None:
+            codes, names = wanted.setdefault(key, (set(), set()))
+            codes.add(finding.fix.code)
+            names.add(_param_name(finding))
+            # A BL003 chain finding is about every layer of the chain written by this call
+            # (a loop that draws them all with normal_(0, 1)).
+            for layer in finding.data.get("chain", ()) if finding.code == "BL003" else ():
+                name = f"{layer}.{finding.parameter}" if layer else finding.parameter
+                if _init_key(param_inits[name]) == key if name in param_inits else False:
+                    names.add(name)
+    return wanted
+
+
+def _param_name(finding: Finding) -> str:
+    return f"{finding.module}.{finding.parameter}" if finding.module else finding.parameter
+
+
+def _replace_init(finding: Finding, param_inits: dict[str, InitCall],
+                  wanted: dict[tuple[str, int], tuple[set[str], set[str]]]
+               ) -> tuple[list[Edit], str]:
+    fix = finding.fix
+    assert fix is not None
+    call = param_inits.get(_param_name(finding))
+    key = _init_key(call) if call is not None else None
+    if call is None or key is None or call.location is None:
+        return [], "the value comes from PyTorch's default init: write an init call"
+    # The same line (a loop over layers) also writes other parameters: the edit changes them
+    # too, so every one of them must have a finding asking for the same replacement.
+    codes, flagged = wanted.get(key, (set(), set()))
+    others = {name for name, other in param_inits.items() if _init_key(other) == key}
+    if len(codes) != 1 or not others <= flagged:
+        return [], (f"the init call at {key[0]}:{key[1]} also initializes parameters that "
+                    "need another init or none: edit it by hand")
+    found = parsed(call.location.file)
+    if found is None:
+        return [], "the init call's source was not found"
+    source, tree = found
+    node = _init_call_node(tree, call)
+    if node is None:
+        return [], "the init call was not found in the source"
+    code = _spelled_for(_without_comment(fix.code), tree)
+    if code is None:
+        return [], "the file does not import torch.nn as nn (or torch): edit it by hand"
+    start, end = span_of(source, node)
+    return [edit(call.location.file, source, start, end, code)], ""
+
+
+def _without_comment(code: str) -> str:
+    """The fix's code without its trailing explanation (``  # std 0.088``): the call may not
+    end its line."""
+    try:
+        ast.parse(code, mode="eval")
+        return code
+    except SyntaxError:
+        pass
+    head = code.split("  #", 1)[0].rstrip()
+    return head
+
+
+def _init_call_node(tree: ast.Module, call: InitCall) -> ast.Call | None:
+    """The init call on its recorded line, by the function's name (the line may also construct
+    the layer)."""
+    assert call.location is not None
+    short = call.name.rsplit(".", 1)[-1]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.lineno <= call.location.line <= \
+                (node.end_lineno or node.lineno):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else \
+                func.id if isinstance(func, ast.Name) else None
+            if name == short:
+                return node
+    return None
+
+
+def _spelled_for(code: str, tree: ast.Module) -> str | None:
+    """``nn.init...`` as the file can call it: as is where ``nn`` is torch.nn, through ``torch``
+    where only torch is imported."""
+    names = _imported_names(tree)
+    if names.get("nn") == "torch.nn":
+        return code
+    if names.get("torch") == "torch":
+        return "torch." + code
+    return None
+
+
+def _imported_names(tree: ast.Module) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    names[alias.asname] = alias.name
+                else:
+                    names[alias.name.split(".")[0]] = alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return names
+
+
+# -- BL004 / BL005: a biaslint.init call after the construction -------------------------------------
+
+def _insert_after_construction(finding: Finding, param_inits: dict[str, InitCall]
+                               ) -> tuple[list[Edit], str]:
+    fix = finding.fix
+    assert fix is not None
+    site = finding.location
+    if site is None:
+        return [], "the construction site is unknown"
+    prefix = f"{finding.module}." if finding.module else ""
+    later = [c for name, c in param_inits.items()
+             if name.startswith(prefix) and "bias" in name.rsplit(".", 1)[-1] and c.by_user]
+    if later:
+        replaced = _replace_bias_init(finding, later[0], param_inits)
+        if replaced is not None:
+            return replaced, ""
+        where = f" at {later[0].location.file}:{later[0].location.line}" if later[0].location \
+            else ""
+        return [], f"its bias is set later by {later[0].name}{where}: change that call"
+    found = parsed(site.file)
+    if found is None:
+        return [], "the construction's source was not found"
+    source, tree = found
+    call = call_at(tree, site, finding.module_type)
+    statement = enclosing_statement(tree, call) if call is not None else None
+    single = isinstance(statement, ast.AnnAssign) or (
+        isinstance(statement, ast.Assign) and len(statement.targets) == 1)
+    if not (single and statement.value is call):  # type: ignore[union-attr]
+        return [], ("the layer is not assigned to a name where it is built (inside a "
+                    "Sequential, say): add the line by hand")
+    assert isinstance(statement, (ast.Assign, ast.AnnAssign))
+    target = statement.targets[0] if isinstance(statement, ast.Assign) else statement.target
+    try:
+        parsed_fix = ast.parse(fix.code, mode="eval").body
+    except SyntaxError:
+        return [], "the fix is not a call"
+    if not isinstance(parsed_fix, ast.Call) or not parsed_fix.args or any(
+            isinstance(a, ast.Name) for a in parsed_fix.args[1:]):
+        return [], "the fix needs values only the user has (the priors as a name)"
+    parsed_fix.args[0] = target
+    code = ast.unparse(parsed_fix)
+    line_start = source.rfind("\n", 0, _line_offset(source, statement.lineno)) + 1
+    indent = source[line_start:line_start + statement.col_offset]
+    end = _line_offset(source, (statement.end_lineno or statement.lineno) + 1)
+    edits = [edit(site.file, source, end, end, f"{indent}{code}\n")]
+    if not _imports_module(tree):
+        where = _import_position(source, tree)
+        edits.append(edit(site.file, source, where, where, "import biaslint.init\n"))
+    return edits, ""
+
+
+def _replace_bias_init(finding: Finding, call: InitCall,
+                       param_inits: dict[str, InitCall]) -> list[Edit] | None:
+    """The user's own init call of this bias (``nn.init.zeros_(self.head.bias)``), when it
+    writes that bias alone, replaced by the fix's call on the layer (``self.head``)."""
+    fix = finding.fix
+    key = _init_key(call)
+    if fix is None or key is None or call.location is None or not call.name.startswith("nn.init"):
+        return None
+    if [name for name, other in param_inits.items() if _init_key(other) == key] != \
+            [_param_name(finding)]:
+        return None
+    found = parsed(call.location.file)
+    if found is None:
+        return None
+    source, tree = found
+    node = _init_call_node(tree, call)
+    statement = enclosing_statement(tree, node) if node is not None else None
+    if node is None or not isinstance(statement, ast.Expr) or statement.value is not node or \
+            not node.args or not isinstance(node.args[0], ast.Attribute) or \
+            node.args[0].attr != finding.parameter:
+        return None
+    try:
+        call_fix = ast.parse(fix.code, mode="eval").body
+    except SyntaxError:
+        return None
+    if not isinstance(call_fix, ast.Call) or not call_fix.args or any(
+            isinstance(a, ast.Name) for a in call_fix.args[1:]):
+        return None
+    call_fix.args[0] = node.args[0].value
+    start, end = span_of(source, node)
+    edits = [edit(call.location.file, source, start, end, ast.unparse(call_fix))]
+    if not _imports_module(tree):
+        where = _import_position(source, tree)
+        edits.append(edit(call.location.file, source, where, where, "import biaslint.init\n"))
+    return edits
+
+
+def _imports_module(tree: ast.Module) -> bool:
+    return any(isinstance(node, ast.Import) and any(a.name == "biaslint.init" and not a.asname
+                                                    for a in node.names)
+               for node in tree.body)
+
+
+def _line_offset(source: str, line: int) -> int:
+    """Offset of the start of 1-based ``line`` (the end of the text past the last line)."""
+    lines = source.splitlines(keepends=True)
+    return sum(len(text) for text in lines[:line - 1])
+
+
+def _import_position(source: str, tree: ast.Module) -> int:
+    """After the last top-level import (the module docstring and ``__future__`` imports stay
+    first); the top of the file when there is none."""
+    last = None
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            last = node
+        elif last is not None:
+            break
+    if last is None:
+        first = tree.body[0] if tree.body else None
+        docstring = isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None),
+                                                                ast.Constant)
+        return _line_offset(source, (first.end_lineno or 1) + 1) if docstring and first else 0
+    return _line_offset(source, (last.end_lineno or last.lineno) + 1)
+
+
+__all__ = ["with_edits"]
