@@ -139,13 +139,16 @@ def _replace_init(finding: Finding, param_inits: dict[str, InitCall],
 def _without_comment(code: str) -> str:
     """The fix's code without its trailing explanation (``  # std 0.088``): the call may not
     end its line."""
+    import io
+    import tokenize
+
     try:
-        ast.parse(code, mode="eval")
-        return code
-    except SyntaxError:
+        for token in tokenize.generate_tokens(io.StringIO(code).readline):
+            if token.type == tokenize.COMMENT:
+                return code[:token.start[1]].rstrip()
+    except (tokenize.TokenError, SyntaxError):
         pass
-    head = code.split("  #", 1)[0].rstrip()
-    return head
+    return code
 
 
 def _init_call_node(tree: ast.Module, call: InitCall) -> ast.Call | None:

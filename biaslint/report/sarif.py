@@ -105,6 +105,20 @@ def _result(target: str, finding: Finding, index: dict[str, int]) -> dict[str, A
         location["physicalLocation"] = {"artifactLocation": {"uri": _uri(loc.file)},
                                         "region": region}
     result["locations"] = [location]
+    fix = finding.fix
+    if fix is not None and fix.edits:
+        # SARIF fixes: one artifactChange per file, regions as 1-based line/column.
+        changes: dict[str, list[dict[str, Any]]] = {}
+        for e in fix.edits:
+            changes.setdefault(e.file, []).append({
+                "deletedRegion": {"startLine": e.line, "startColumn": e.col,
+                                  "endLine": e.end_line, "endColumn": e.end_col},
+                "insertedContent": {"text": e.content}})
+        result["fixes"] = [{
+            "description": {"text": fix.title},
+            "artifactChanges": [{"artifactLocation": {"uri": _uri(path)}, "replacements": r}
+                                for path, r in changes.items()]}]
+        result["properties"]["fixApplicability"] = fix.applicability
     return result
 
 

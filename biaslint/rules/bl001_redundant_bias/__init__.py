@@ -68,7 +68,10 @@ function, and in eval mode the running mean tracked the bias anyway. It is marke
 the same source line also builds layers whose bias matters (a loop or helper that adds the
 normalization only sometimes, as torchvision's VGG does): pass `bias=False` only where the
 normalization follows. Checkpoints saved with the bias need `strict=False` (or dropping the
-key) when loaded into the fixed model.
+key) when loaded into the fixed model; and a BatchNorm whose running mean was tracked with the
+bias in place (a trained checkpoint) gives other eval-mode outputs without it until the running
+statistics are re-estimated, so the fix is safe for the model as built, not for a checkpoint.
+`biaslint --fix` applies the safe ones; `--unsafe-fixes` also the others.
 """
     references = (
         "Ioffe and Szegedy, 2015, Batch Normalization, section 3.2, "
