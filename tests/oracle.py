@@ -76,6 +76,22 @@ def redraw_degenerate(model: nn.Module, seed: int = 0) -> list[str]:
     return redrawn
 
 
+def restore_buffers(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Put back the buffers a forward changed. One the forward replaced by another shape
+    (ConViT recomputes ``rel_indices`` for the sequence length) is put back as it was, not
+    broadcast into the new tensor; one the forward registered anew (x-transformers' ALiBi) is
+    left, as the next forward would register it again."""
+    with torch.no_grad():
+        for name, value in saved.items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = model.get_submodule(owner_name) if owner_name else model
+            current = owner._buffers.get(leaf)
+            if isinstance(current, torch.Tensor) and current.shape == value.shape:
+                current.copy_(value)
+            else:
+                owner._buffers[leaf] = value.clone()
+
+
 class Oracle:
     """Holds one float64 training-mode copy of a model (degenerate parameters re-drawn) and
     answers, per bias, whether perturbing it moves the outputs."""
@@ -91,6 +107,12 @@ class Oracle:
         self.kwargs = _as_double(dict(kwargs or {}), dtype)
         self.seed = seed
         self.baseline = self._run()
+        # The oracle's own check: with nothing perturbed, a second run must not move. A forward
+        # that changes state it does not restore would make every bias look live.
+        drift = self._distance(self._run())
+        if drift > self.tolerance:
+            raise AssertionError(f"the oracle is not repeatable on this model: a second run "
+                                 f"moved the outputs by {drift:.2g}")
 
     def _run(self) -> list[torch.Tensor]:
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}
@@ -103,9 +125,7 @@ class Oracle:
             with torch.no_grad():
                 out = self.model(*self.args, **self.kwargs)
         finally:
-            with torch.no_grad():
-                for n, b in self.model.named_buffers():
-                    b.copy_(buffers[n])
+            restore_buffers(self.model, buffers)
         return [t.detach().clone() for t in _tensors(out)]
 
     def moves(self, layer: str, param: str = "bias", delta: torch.Tensor | None = None,
@@ -127,6 +147,10 @@ class Oracle:
         finally:
             with torch.no_grad():
                 tensor.copy_(saved)
+        return self._distance(outputs)
+
+    def _distance(self, outputs: list[torch.Tensor]) -> float:
+        """Largest change of any output against the baseline, relative to its scale."""
         worst = 0.0
         for before, after in zip(self.baseline, outputs):
             both_nan = torch.isnan(before) & torch.isnan(after)

@@ -135,3 +135,26 @@ def build():
     return Attention(), torch.randn(2, 6, 16)
 """)
     assert_agrees(findings, oracle, {"k": "redundant", "q": "live"})
+
+
+def test_the_oracle_restores_a_buffer_the_forward_replaced(judge):
+    # ConViT recomputes its relative indices for the sequence length and assigns a new buffer;
+    # restoring it by broadcasting the old one into the new made every bias look live.
+    findings, oracle = judge(HEADER + """
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Linear(3, 2)
+        self.register_buffer("rel", torch.zeros(1, 1, 3))
+
+    def forward(self, x):
+        n = x.shape[1]
+        if self.rel.shape[1] != n:
+            self.rel = torch.linspace(-1, 1, n * 3, dtype=x.dtype).view(1, n, 3).cos()
+        scores = self.pos(self.rel.expand(x.shape[0], -1, -1)).softmax(dim=1)
+        return scores.transpose(1, 2) @ x
+
+def build():
+    return Net(), torch.randn(2, 5, 4)
+""")
+    assert_agrees(findings, oracle, {"pos": "redundant"})
