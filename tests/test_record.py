@@ -370,3 +370,37 @@ def build():
         assert_agrees(findings, oracle, {"0": "live"})
     finally:
         handle.remove()
+
+
+def test_linting_leaves_hooks_a_forward_installs_on_first_use_behind_it(write_target):
+    # transformers' output capturing installs hooks on the first forward and marks the model;
+    # removing the mark but not the hooks made the next forward install them twice.
+    from biaslint.engine import lint_loaded
+    from biaslint.load import load_target
+    from biaslint.settings import Settings, TargetConfig
+
+    target = write_target(HEADER + """
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(4, 4)
+        self.seen = []
+
+    def forward(self, x):
+        if not getattr(self, "_hooked", False):
+            self.inner.register_forward_hook(lambda m, i, o: self.seen.append(o))
+            self._hooked = True
+        self.seen.clear()
+        self.inner(x)
+        if len(self.seen) != 1:
+            raise RuntimeError(f"hook installed {len(self.seen)} times")
+        return self.seen[0]
+
+def build():
+    return Net(), torch.randn(2, 4)
+""")
+    loaded = load_target(target)
+    hooks_before = dict(loaded.model.inner._forward_hooks)
+    lint_loaded(loaded, TargetConfig(target), Settings())
+    assert dict(loaded.model.inner._forward_hooks) == hooks_before
+    loaded.model(torch.randn(2, 4))  # installs its hook once, as on a model never linted

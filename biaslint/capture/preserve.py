@@ -8,11 +8,16 @@ running statistics in place. Linting must leave the model exactly as it was buil
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from typing import Iterator
 
 import torch
 import torch.nn as nn
+
+
+# Restored below as registrations, with their own rules.
+_REGISTRIES = {"_parameters", "_buffers", "_modules"}
 
 
 @contextlib.contextmanager
@@ -24,9 +29,20 @@ def preserved(model: nn.Module) -> Iterator[None]:
     # their buffers are restored below like any other, the rest is left alone.
     attributes = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules))
                   for m in model.modules() if not isinstance(m, torch.jit.ScriptModule)]
+    # The contents of every dict a module holds (hook registries above all): a forward that
+    # installs hooks on first use (transformers' output capturing) and marks the model as
+    # hooked must not leave the hooks behind with the mark removed, or the next forward
+    # installs them twice.
+    contents = [(d, dict(d)) for m, state, *_ in attributes for key, d in state.items()
+                if type(d) in (dict, collections.OrderedDict) and key not in _REGISTRIES]
     try:
         yield
     finally:
+        for container, before_items in contents:
+            if container.keys() != before_items.keys() or any(
+                    container[k] is not v for k, v in before_items.items()):
+                container.clear()
+                container.update(before_items)
         for module, state, params, buffers, children in attributes:
             for key in [k for k in vars(module) if k not in state]:
                 del module.__dict__[key]
