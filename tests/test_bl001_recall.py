@@ -158,3 +158,121 @@ def build():
     return Net(), torch.randn(2, 5, 4)
 """)
     assert_agrees(findings, oracle, {"pos": "redundant"})
+
+
+# -- the other miss classes the issue named, each as the oracle judges it --------------------------
+
+ATTENTION_VARIANTS = {
+    # a Linear over the heads axis of the scores before the softmax (CaiT's talking heads,
+    # with its own bias: constant along the keys too)
+    "talking_heads": ("""
+class Attention(nn.Module):
+    def __init__(self, dim=16, heads=4):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.mix = nn.Linear(heads, heads)
+        self.heads = heads
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = (t.view(b, n, self.heads, -1).transpose(1, 2)
+                   for t in (self.q(x), self.k(x), self.v(x)))
+        scores = self.mix((q @ k.transpose(-1, -2)).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
+""", {"k": "redundant", "mix": "redundant", "q": "live"}),
+    # scores plus a projection of positions (relative position bias from a Linear)
+    "positions": ("""
+class Attention(nn.Module):
+    def __init__(self, dim=16, n=6):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.pos = nn.Linear(dim, dim)
+        self.table = nn.Parameter(torch.randn(n, dim))
+
+    def forward(self, x):
+        q = self.q(x)
+        scores = q @ self.k(x).transpose(-1, -2) + q @ self.pos(self.table).transpose(-1, -2)
+        return scores.softmax(-1) @ self.v(x)
+""", {"k": "redundant", "pos": "redundant", "q": "live"}),
+    # queries from another tensor than the keys (cross-attention)
+    "cross": ("""
+class Attention(nn.Module):
+    def __init__(self, dim=16):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x, context):
+        scores = self.q(x) @ self.k(context).transpose(-1, -2)
+        return scores.softmax(-1) @ self.v(context)
+""", {"k": "redundant", "q": "live", "v": "live"}),
+    # a token-mixing Linear over the other axis, transposed back, a residual, then LayerNorm
+    "token_mixing": ("""
+class Attention(nn.Module):
+    def __init__(self, tokens=6, dim=16):
+        super().__init__()
+        self.tokens = nn.Linear(tokens, tokens)
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        y = x + self.tokens(x.transpose(1, 2)).transpose(1, 2)
+        return self.out(self.norm(y))
+""", {"tokens": "redundant", "out": "live"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTION_VARIANTS))
+def test_attention_and_mixing_variants(judge, name):
+    body, expected = ATTENTION_VARIANTS[name]
+    inputs = "torch.randn(2, 6, 16), torch.randn(2, 5, 16)" if name == "cross" \
+        else "torch.randn(2, 6, 16)"
+    findings, oracle = judge(HEADER + body + f"""
+
+def build():
+    return Attention(), ({inputs})
+""")
+    assert_agrees(findings, oracle, expected)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+def test_fused_key_slice_behind_an_adapter(judge, kind):
+    # A LoRA-style wrapper (trainable here) around a fused q/k/v projection, as a Linear or as
+    # GPT-2's Conv1D (addmm over a transposed weight).
+    findings, oracle = judge(HEADER + f"""
+class Conv1D(nn.Module):
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.02)
+        self.bias = nn.Parameter(torch.randn(nf))
+
+    def forward(self, x):
+        out = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+        return out.view(x.shape[:-1] + (self.bias.shape[0],))
+
+
+class Adapter(nn.Module):
+    def __init__(self, base, rank=2):
+        super().__init__()
+        self.base_layer = base
+        self.A = nn.Linear(16, rank, bias=False)
+        self.B = nn.Linear(rank, 48, bias=False)
+
+    def forward(self, x):
+        return self.base_layer(x) + self.B(self.A(x))
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        base = nn.Linear(16, 48) if "{kind}" == "linear" else Conv1D(48, 16)
+        self.c_attn = Adapter(base)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = (t.view(b, n, 2, -1).transpose(1, 2) for t in self.c_attn(x).split(d, dim=-1))
+        return ((q @ k.transpose(-1, -2)).softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
+
+def build():
+    return Attention(), torch.randn(2, 6, 16)
+""")
+    _slice_agrees(findings, oracle, "c_attn.base_layer", 16, 32)
