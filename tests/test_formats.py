@@ -359,3 +359,21 @@ def test_text_wraps_at_the_terminal_width_and_never_breaks_fix_code():
     plain = render(False)  # a file or a pipe: one line per item
     assert plain[0].startswith("model.py:3:5: BL001 [warning] bias of Conv2d")
     assert "(features.0: Conv2d)" in plain[0] and any(code in line for line in plain)
+
+
+def test_sarif_with_fixes_and_unjudged_layers_validates():
+    from biaslint.findings import Edit, RuleScope
+
+    edit = Edit("pkg/model.py", 10, 20, "nn.init.xavier_normal_(w)", 12, 5, 12, 15, "0" * 64)
+    fixed = finding(fix=Fix("Use", "nn.init.xavier_normal_(w)", edits=(edit,)))
+    result = TargetResult("t.py:build", findings=(fixed,),
+                          rules=(RuleScope("BL002", 1, (("fc", "on the meta device"),)),))
+    log = sarif_log([result])
+    validate(log)
+    [sarif_result] = log["runs"][0]["results"]
+    [replacement] = sarif_result["fixes"][0]["artifactChanges"][0]["replacements"]
+    assert replacement["deletedRegion"] == {"startLine": 12, "startColumn": 5, "endLine": 12,
+                                            "endColumn": 15}
+    [note] = log["runs"][0]["invocations"][0]["toolExecutionNotifications"]
+    assert note["associatedRule"] == {"id": "BL002"} and "fc (on the meta device)" in \
+        note["message"]["text"]
