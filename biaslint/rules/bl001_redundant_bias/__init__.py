@@ -8,7 +8,7 @@ from biaslint.findings import Finding, Severity
 from biaslint.rules.base import Option, Rule, RuleContext
 
 if TYPE_CHECKING:
-    from biaslint.analysis import AnalysedModel
+    from biaslint.analysis import AnalysedModel, Layer
 
 
 class RedundantBias(Rule):
