@@ -91,6 +91,21 @@ SIZE_METHODS = frozenset({"size", "dim", "numel"})
 SIZE_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim"})
 
 
+# Tensors made "like" another one: their values depend on its shape, dtype and device only
+# (timm's DropPath draws its mask into ``x.new_empty(shape)``).
+LIKE_METHODS = frozenset({"new_empty", "new_zeros", "new_ones", "new_full"})
+LIKE_FUNCTIONS = frozenset({torch.empty_like, torch.zeros_like, torch.ones_like, torch.full_like,
+                            torch.rand_like, torch.randn_like, torch.randint_like})
+
+
+def is_made_like(node: fx.Node) -> bool:
+    """``x.new_empty(shape)``, ``torch.zeros_like(x)``...: the result does not depend on the
+    values of ``x`` (only on its shape, dtype and device)."""
+    if node.op == "call_method":
+        return node.target in LIKE_METHODS
+    return node.op == "call_function" and node.target in LIKE_FUNCTIONS
+
+
 def is_size_query(node: fx.Node) -> bool:
     """``x.size()``, ``x.dim()``, ``x.numel()``, ``x.shape``, ``x.dtype``...: the result does not
     depend on the tensor's values."""

@@ -276,3 +276,35 @@ def build():
     return Attention(), torch.randn(2, 6, 16)
 """)
     _slice_agrees(findings, oracle, "c_attn.base_layer", 16, 32)
+
+
+DROP_PATH = """
+def drop_path(x, p=0.5):
+    # timm's DropPath: a per-sample mask drawn into x.new_empty(...), in place.
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - p)
+    return x * mask.div_(1 - p)
+"""
+
+
+@pytest.mark.parametrize(("norm", "expected"), [
+    ("nn.LayerNorm(8)", "partial"),  # a per-sample scale keeps the shift constant per row
+    ("nn.BatchNorm1d(8)", "live"),  # but not constant over the batch: BatchNorm keeps it
+])
+def test_a_stochastic_depth_mask_made_like_the_input(judge, norm, expected):
+    findings, oracle = judge(HEADER + DROP_PATH + f"""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.norm = {norm}
+
+    def forward(self, x):
+        return self.norm(x + drop_path(self.fc(x)))
+
+def build():
+    return Net(), torch.randn(6, 8)
+""", report_partial=True)
+    assert oracle.verdict("fc") == expected
+    claim = findings.get("fc")
+    assert (claim.data.get("verdict") if claim else None) == (
+        "partial" if expected == "partial" else None), claim

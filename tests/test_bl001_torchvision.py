@@ -83,11 +83,18 @@ def lint_and_check(name: str) -> dict:
         for f in warnings:
             checks[f.module] = oracle.verdict(f.module)
         del oracle
+    slice_oracle = None
     for f in infos:
         start, stop = f.data["slice"]
-        mha = loaded.model.get_submodule(f.module)
-        checks[f"{f.module}.in_proj_bias[{start}:{stop}]"] = (
-            "redundant" if mha_key_slice_moves(mha, start, stop) <= 1e-8 else "live")
+        module = loaded.model.get_submodule(f.module)
+        if isinstance(module, nn.MultiheadAttention):
+            checks[f"{f.module}.in_proj_bias[{start}:{stop}]"] = (
+                "redundant" if mha_key_slice_moves(module, start, stop) <= 1e-8 else "live")
+        else:  # a fused q/k/v Linear whose key third the softmax cancels (MaxViT's einsum)
+            if slice_oracle is None:
+                slice_oracle = Oracle(loaded.model, (torch.randn(2, 3, size, size),))
+            checks[f"{f.module}.bias[{start}:{stop}]"] = slice_oracle.verdict(
+                f.module, index=slice(start, stop))
     row = {
         "params": sum(p.numel() for p in loaded.model.parameters()),
         "biased": len(biased_layers(loaded.model)),
@@ -148,7 +155,7 @@ def _write_table(rows, total: float) -> None:
         kinds = sorted({re.sub(r" '.*?'", "", c.split(" (")[0])
                         for f in row["warnings"] for c in f.data.get("cancelled_by", [])})
         if row["infos"]:
-            kinds.append("softmax over keys (MHA key slice)")
+            kinds.append("softmax over keys (key slice)")
         lines.append(f"| {name} | {row['params'] / 1e6:.1f} | {row['biased']} | "
                      f"{len(row['warnings'])} | {len(row['infos'])} | {agree} | "
                      f"{', '.join(kinds) or '-'} |")

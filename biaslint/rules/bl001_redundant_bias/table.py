@@ -33,6 +33,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from biaslint.analysis import Use, is_size_query
+from biaslint.vocabulary import is_made_like
 from biaslint.analysis.ops import activation_kind
 from biaslint.rules.bl001_redundant_bias.offsets import (
     Args, Kwargs, Live, Offset, State, Tainted, describe, only_first,
@@ -87,6 +88,9 @@ def step(prop: "Propagation", node: fx.Node, operands: list[State]) -> State | N
     """The offset of ``node``'s output, given the states of its bias-dependent operands."""
     if is_size_query(node):
         return None
+    if is_made_like(node) and not any(prop.of(a) is not None
+                                      for a in list(node.args[1:]) + list(node.kwargs.values())):
+        return None  # x.new_empty(shape), zeros_like(x): only x's shape and dtype matter
     tainted = [state for state in operands if isinstance(state, Tainted)]
     if tainted:
         return tainted[0]
