@@ -225,15 +225,9 @@ def _insert_after_construction(finding: Finding, param_inits: dict[str, InitCall
                     "Sequential, say): add the line by hand")
     assert isinstance(statement, (ast.Assign, ast.AnnAssign))
     target = statement.targets[0] if isinstance(statement, ast.Assign) else statement.target
-    try:
-        parsed_fix = ast.parse(fix.code, mode="eval").body
-    except SyntaxError:
-        return [], "the fix is not a call"
-    if not isinstance(parsed_fix, ast.Call) or not parsed_fix.args or any(
-            isinstance(a, ast.Name) for a in parsed_fix.args[1:]):
+    code = _called_on(fix.code, target)
+    if code is None:
         return [], "the fix needs values only the user has (the priors as a name)"
-    parsed_fix.args[0] = target
-    code = ast.unparse(parsed_fix)
     line_start = source.rfind("\n", 0, _line_offset(source, statement.lineno)) + 1
     indent = source[line_start:line_start + statement.col_offset]
     end = _line_offset(source, (statement.end_lineno or statement.lineno) + 1)
@@ -265,20 +259,30 @@ def _replace_bias_init(finding: Finding, call: InitCall,
             not node.args or not isinstance(node.args[0], ast.Attribute) or \
             node.args[0].attr != finding.parameter:
         return None
-    try:
-        call_fix = ast.parse(fix.code, mode="eval").body
-    except SyntaxError:
+    code = _called_on(fix.code, node.args[0].value)
+    if code is None:
         return None
-    if not isinstance(call_fix, ast.Call) or not call_fix.args or any(
-            isinstance(a, ast.Name) for a in call_fix.args[1:]):
-        return None
-    call_fix.args[0] = node.args[0].value
     start, end = span_of(source, node)
-    edits = [edit(call.location.file, source, start, end, ast.unparse(call_fix))]
+    edits = [edit(call.location.file, source, start, end, code)]
     if not _imports_module(tree):
         where = _import_position(source, tree)
         edits.append(edit(call.location.file, source, where, where, "import biaslint.init\n"))
     return edits
+
+
+def _called_on(fix_code: str, layer: ast.expr) -> str | None:
+    """The fix's ``biaslint.init`` call with its first argument (the model path the message
+    uses, ``model.head``) replaced by the user's expression for the layer (``self.head``).
+    None when the other arguments name values only the user has (``priors``)."""
+    try:
+        call = ast.parse(fix_code, mode="eval").body
+    except SyntaxError:
+        return None
+    if not isinstance(call, ast.Call) or not call.args or any(
+            isinstance(a, ast.Name) for a in call.args[1:]):
+        return None
+    call.args[0] = layer
+    return ast.unparse(call)
 
 
 def _imports_module(tree: ast.Module) -> bool:
