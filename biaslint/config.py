@@ -29,7 +29,8 @@ HEADS = ("softmax", "sigmoid")
 
 _TOP_KEYS = ("targets", "select", "ignore", "fail-on", "format", "per-module-ignores", "severity",
              "rules", "allow-incomplete")
-_TARGET_KEYS = ("target", "input-shape", "class-priors", "head")
+_TARGET_KEYS = ("target", "input-shape", "class-priors", "head", "device")
+DEVICES = ("cpu", "meta")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class ConfiguredTarget:
     input_shapes: tuple[tuple[int, ...], ...] = ()
     class_priors: str | None = None  # the --class-priors syntax: "0.9,0.1" or "@file"
     head: str | None = None
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -243,11 +245,13 @@ class _Reader:
         if "target" not in entry:
             raise self.error(f"{where}.target", "missing: every target table needs one")
         head = entry.get("head")
+        device = entry.get("device")
         return ConfiguredTarget(
             target=self.string(entry["target"], f"{where}.target"),
             input_shapes=self.shapes(entry.get("input-shape"), f"{where}.input-shape"),
             class_priors=self.priors(entry.get("class-priors"), f"{where}.class-priors"),
             head=None if head is None else self.choice(head, HEADS, f"{where}.head"),
+            device=None if device is None else self.choice(device, DEVICES, f"{where}.device"),
         )
 
     def shapes(self, value: Any, key: str) -> tuple[tuple[int, ...], ...]:

@@ -31,7 +31,8 @@ def lint(config: TargetConfig, settings: Settings = Settings(),
         on_stage("build")
     with preserved_state():  # the build runs under a fixed seed; nothing it changes leaks
         start = time.perf_counter()
-        loaded = load_target(config.target, config.input_shapes)
+        loaded = load_target(config.target, config.input_shapes,
+                             device=getattr(config, "device", None))
         timings["build"] = time.perf_counter() - start
         return lint_loaded(loaded, config, settings, timings, on_stage=on_stage)
 
@@ -117,7 +118,7 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
 # Why a layer's graph or values could not be read, by what the rules read.
 OUTSIDE_GRAPH = "outside any graph (graph rules cannot see it)"
 NON_FINITE = "holds NaN or Inf (value rules cannot read it)"
-ON_META = "on the meta device: values unknown (value rules cannot read them)"
+ON_META = "on the meta device, with an init law biaslint could not record (value rules cannot read it)"
 
 
 def _blocked(analysed, coverage) -> dict[str, dict[str, str]]:  # type: ignore[no-untyped-def]
@@ -126,9 +127,10 @@ def _blocked(analysed, coverage) -> dict[str, dict[str, str]]:  # type: ignore[n
     for name in coverage.untraced:
         blocked.setdefault(name, {})["graph"] = OUTSIDE_GRAPH
     for name, layer in analysed.layers.items():
+        unreadable = layer.unreadable()
         if layer.non_finite():
             blocked.setdefault(name, {})["values"] = NON_FINITE
-        elif any(p.device.type == "meta" for p in layer.parameters().values()):
+        elif unreadable:
             blocked.setdefault(name, {})["values"] = ON_META
     return blocked
 
@@ -148,11 +150,12 @@ def _causes(analysed, unjudged: set[tuple[str, str]]) -> list[str]:  # type: ign
     if non_finite:
         lines.append(f"parameters holding NaN or Inf (value rules cannot read them): "
                      f"{_listed(non_finite)}")
-    on_meta = layers(ON_META)
+    on_meta = [f"{name}.{p} ({why})" if name else f"{p} ({why})" for name in layers(ON_META)
+               for p, why in analysed.layers[name].unreadable().items()]
     if on_meta:
-        lines.append(f"{len(on_meta)} layer(s) on the meta device, whose values are unknown "
-                     f"(value rules cannot read them; build the model on the CPU): "
-                     f"{_listed(on_meta)}")
+        lines.append(f"{len(on_meta)} parameter(s) on the meta device whose init biaslint could "
+                     f"not follow (value rules cannot read them; build on the CPU to judge "
+                     f"them): {_listed(on_meta)}")
     outside = layers(OUTSIDE_GRAPH)
     if outside:
         lines.append(f"{len(outside)} called layer(s) outside any graph (graph rules cannot see "

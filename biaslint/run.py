@@ -66,6 +66,7 @@ class CheckOptions:
     fix: bool = False
     unsafe_fixes: bool = False
     diff: bool = False
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,7 @@ def plan(options: CheckOptions) -> Plan:
             class_priors=priors if priors is not None else (
                 _priors(entry.class_priors) if entry and entry.class_priors else None),
             head=options.head or (entry.head if entry else None),
+            device=options.device or (entry.device if entry else None),
         ))
     return Plan(tuple(configs), settings, options.fmt or file.format or "text", workdir,
                 str(file.path) if file.path else None)

@@ -21,6 +21,7 @@ class TargetConfig:
     input_shapes: tuple[tuple[int, ...], ...] = ()
     class_priors: tuple[float, ...] | None = None
     head: str | None = None
+    device: str | None = None  # "meta": build on the meta device (init read from its laws)
 
 
 @dataclass(frozen=True)

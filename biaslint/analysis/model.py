@@ -7,8 +7,6 @@ and which graph nodes consume their outputs.
 
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterable, Iterator
@@ -17,7 +15,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from biaslint.analysis.values import ParamValue, value_of
 from biaslint.capture.trace import Capture, GraphPart
+from biaslint.laws import Piece
 from biaslint.capture.shapes import shape_of
 from biaslint.findings import InitCall, Location
 from biaslint.vocabulary import SHAPE_FUNCTIONS, SHAPE_METHODS, SHAPE_MODULES, dropout_active
@@ -72,8 +72,10 @@ class Layer:
     module: nn.Module
     site: Location | None
     inits: dict[str, InitCall]
+    laws: dict[str, list[Piece] | None] = field(default_factory=dict)
+    laws_recorded: bool = False
     _stats: dict[str, ParamStats] = field(default_factory=dict)
-    _extremes: dict[str, tuple[float, float]] = field(default_factory=dict)
+    _values: dict[str, ParamValue] = field(default_factory=dict)
 
     @property
     def type_name(self) -> str:
@@ -83,64 +85,71 @@ class Layer:
         return dict(self.module.named_parameters(recurse=False))
 
     def param(self, pname: str) -> torch.Tensor | None:
+        """The parameter tensor, for its shape and layout; its values are read through
+        ``value`` (the layers test enforces it)."""
         value = getattr(self.module, pname, None)
         return value if isinstance(value, torch.Tensor) else None
 
-    def extremes(self, pname: str) -> tuple[float, float] | None:
-        """(min, max) of a parameter in one pass: all a constant check needs."""
-        if pname not in self._extremes:
+    def value(self, pname: str) -> ParamValue | None:
+        """What the parameter holds: measured on a real tensor, from its init laws on meta."""
+        if pname not in self._values:
             tensor = self.param(pname)
-            if tensor is None or tensor.numel() == 0 or tensor.device.type == "meta":
+            if tensor is None:
                 return None
-            low, high = torch.aminmax(tensor.detach())
-            if not (math.isfinite(float(low)) and math.isfinite(float(high))):
-                return None  # NaN or Inf: no value rule can read it (``non_finite`` says so)
-            self._extremes[pname] = (float(low), float(high))
-        return self._extremes[pname]
+            self._values[pname] = value_of(tensor, self.laws.get(pname), self.laws_recorded)
+        return self._values[pname]
+
+    def extremes(self, pname: str) -> tuple[float, float] | None:
+        """(min, max) of a parameter (the support, for drawn values), or None when unknown."""
+        value = self.value(pname)
+        if value is None or value.numel == 0 or not value.known:
+            return None
+        constant = value.constant()
+        if constant is not None:
+            return (constant, constant)
+        _, _, low, high = value.moments()
+        return (float(low), float(high))
+
+    def unreadable(self) -> dict[str, str]:
+        """This layer's own parameters whose values no rule can read, with why (NaN or Inf; an
+        init law that is unknown on the meta device)."""
+        bad = {}
+        for pname in self.parameters():
+            value = self.value(pname)
+            if value is not None and value.numel and not value.known:
+                bad[pname] = value.why
+        return bad
 
     def non_finite(self) -> list[str]:
         """This layer's own parameters that hold NaN or Inf (not judged by value rules)."""
-        bad = []
-        for pname, tensor in self.parameters().items():
-            if tensor.numel() and tensor.device.type != "meta" and tensor.is_floating_point():
-                low, high = torch.aminmax(tensor.detach())
-                if not (math.isfinite(float(low)) and math.isfinite(float(high))):
-                    bad.append(pname)
-        return bad
+        return [p for p, why in self.unreadable().items() if why == "holds NaN or Inf"]
 
     def readable(self) -> bool:
-        """Every own parameter holds values a rule can read: none on the meta device, none NaN
-        or Inf. The engine reports the others as not judged by the value rules."""
-        return not self.non_finite() and not any(
-            p.device.type == "meta" for p in self.parameters().values())
+        """Every own parameter holds values a rule can read (see ``unreadable``). The engine
+        reports the others as not judged by the value rules."""
+        return not self.unreadable()
 
     def is_constant(self, pname: str) -> bool:
         """Every entry holds the same value (zero included)."""
-        ext = self.extremes(pname)
-        return ext is not None and ext[0] == ext[1]
+        value = self.value(pname)
+        return value is not None and value.known and value.numel > 0 and \
+            value.constant() is not None
 
     def stats(self, pname: str) -> ParamStats | None:
         if pname not in self._stats:
-            extremes = self.extremes(pname)
+            value = self.value(pname)
             tensor = self.param(pname)
-            if extremes is None or tensor is None:
+            if value is None or tensor is None or not value.known or not value.numel:
                 return None
-            data = tensor.detach().float()
-            fan_in, fan_out = fan_in_out(self.module, pname, data)
-            if data.numel() > 1:
-                var, mean = torch.var_mean(data)
-                std = float(var.sqrt())
+            fan_in, fan_out = fan_in_out(self.module, pname, tensor)
+            constant = value.constant()
+            if constant is not None:
+                mean, std, low, high = constant, 0.0, constant, constant
             else:
-                mean, std = data.reshape(()), 0.0
-            self._stats[pname] = ParamStats(
-                numel=data.numel(),
-                mean=float(mean),
-                std=std,
-                min=extremes[0],
-                max=extremes[1],
-                fan_in=fan_in,
-                fan_out=fan_out,
-            )
+                mean, std, low, high = value.moments()
+            self._stats[pname] = ParamStats(numel=value.numel, mean=float(mean), std=float(std),
+                                            min=float(low), max=float(high), fan_in=fan_in,
+                                            fan_out=fan_out)
         return self._stats[pname]
 
     def init_of(self, pname: str) -> InitCall | None:
@@ -198,6 +207,7 @@ class AnalysedModel:
         result: dict[str, Layer] = {}
         sites = self.target.module_sites
         inits = self.target.param_inits
+        laws = getattr(self.target, "param_laws", None)
         for name, module in self.model.named_modules():
             own = [p for p, _ in module.named_parameters(recurse=False)]
             if not own:
@@ -208,6 +218,8 @@ class AnalysedModel:
                 module=module,
                 site=sites.get(name),
                 inits={p: inits[prefix + p] for p in own if prefix + p in inits},
+                laws={p: laws.get(prefix + p) for p in own} if laws is not None else {},
+                laws_recorded=laws is not None,
             )
         return result
 
@@ -225,6 +237,8 @@ class AnalysedModel:
         or the forward fails (capture reports that).
         """
         inputs = self.target.inputs
+        if any(p.device.type == "meta" for p in self.model.parameters()):
+            return {}  # a meta model's outputs have no values
         wanted = [n for n in names if n not in self._real_outputs]
         if inputs is not None and wanted:
             seen: dict[str, torch.Tensor] = {}
@@ -266,6 +280,17 @@ class AnalysedModel:
         for qualified, param in self.model.named_parameters(remove_duplicate=False):
             names.setdefault(id(param), []).append(qualified)
         return names
+
+    def value_of(self, module: nn.Module | None, pname: str) -> ParamValue | None:
+        """The value of ``module``'s own parameter ``pname`` (any module of the model)."""
+        if module is None:
+            return None
+        layer = self._layers_by_module.get(id(module))
+        return layer.value(pname) if layer is not None else None
+
+    @cached_property
+    def _layers_by_module(self) -> dict[int, Layer]:
+        return {id(layer.module): layer for layer in self.layers.values()}
 
     def is_shared(self, name: str, pname: str | None = None) -> bool:
         """Whether parameter ``pname`` of module ``name`` (any of its parameters when None) is

@@ -17,6 +17,7 @@ import torch.nn as nn
 from biaslint.errors import TargetError
 from biaslint.findings import InitCall, Location
 from biaslint.load.guard import user_code
+from biaslint.laws import Piece
 from biaslint.load.sites import BuildRecord, recording
 from biaslint.target import IntShape, TargetSpec, parse_target
 
@@ -37,15 +38,31 @@ class LoadedTarget:
     module_sites: dict[str, Location]  # qualified module name -> construction site
     param_inits: dict[str, InitCall]  # qualified parameter name -> last init call
     notes: list[str] = field(default_factory=list)
+    # Meta-device models: each parameter's init laws (``biaslint.laws``), by qualified name;
+    # None for a model with real values (they are measured instead).
+    param_laws: dict[str, list[Piece] | None] | None = None
 
 
-def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = ()) -> LoadedTarget:
+def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
+                device: str | None = None) -> LoadedTarget:
     spec = parse_target(text)
-    with recording() as record:
+    meta = device == "meta"
+    notes: list[str] = []
+    with recording(laws=meta) as record, _device(meta):
         with user_code(spec.text, f"importing {spec.module}"):
             obj = _resolve(spec)
         with user_code(spec.text, "building the model"):
             model, inputs = _build(spec, obj)
+    if not meta and isinstance(model, nn.Module) and _on_meta(model):
+        if isinstance(obj, nn.Module):
+            notes.append("the model is on the meta device and is a module instance, so its init "
+                         "calls were not recorded: its values are unknown; point at the "
+                         "function that builds it and pass --device meta")
+        else:  # built on meta by the user's own code: build again, recording the init laws
+            with recording(laws=True) as record:
+                with user_code(spec.text, "building the model"):
+                    model, inputs = _build(spec, obj)
+            meta = True
     if isinstance(model, torch.jit.ScriptModule):
         raise TargetError(
             f"{spec.text} gave a TorchScript module ({type(model).__name__}): biaslint traces "
@@ -58,13 +75,108 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = ()) -> Lo
                           "define forward(), or point at the module that has one")
     if input_shapes:
         inputs = ExampleInputs(args=tuple(_example(model, s) for s in input_shapes))
+    laws = None
+    if meta and record.laws is not None:
+        with recording(laws=True, book=record.laws) as deferred:
+            with user_code(spec.text, "running the model's deferred init"):
+                notes.extend(_run_deferred_init(model, record))
+        record.init_events.extend(deferred.init_events)
+        laws = {name: record.laws.pieces(param)
+                for name, param in model.named_parameters(remove_duplicate=False)}
+        if inputs is not None:
+            inputs = _to_meta(inputs)
+        notes.insert(0, "built on the meta device: values are read from the recorded init "
+                        "calls (their laws), not measured")
     return LoadedTarget(
         name=spec.text,
         model=model,
         inputs=inputs,
         module_sites=_module_sites(model, record),
         param_inits=_param_inits(model, record),
+        notes=notes,
+        param_laws=laws,
     )
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return any(p.device.type == "meta" for p in model.parameters())
+
+
+class _device:
+    """``torch.device("meta")`` around the import and build when asked for; else nothing."""
+
+    def __init__(self, meta: bool) -> None:
+        self._context = torch.device("meta") if meta else None
+
+    def __enter__(self) -> None:
+        if self._context is not None:
+            self._context.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._context is not None:
+            self._context.__exit__(*exc)
+
+
+def _to_meta(inputs: ExampleInputs) -> ExampleInputs:
+    """Example inputs on the meta device (integer ids stay integer: only the device moves)."""
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to("meta")
+        if isinstance(value, (list, tuple)):
+            return type(value)(move(v) for v in value)
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        return value
+
+    return ExampleInputs(args=tuple(move(a) for a in inputs.args),
+                         kwargs={k: move(v) for k, v in inputs.kwargs.items()})
+
+
+def _run_deferred_init(model: nn.Module, record: BuildRecord) -> list[str]:
+    """Run the init a library skips on the meta device, under recording, and say which.
+
+    transformers skips ``initialize_weights()`` when the model is built on meta (it expects
+    weights to be loaded): what the model would start from when trained from scratch is what
+    that call draws. Then any parameter still never written (``torch.empty`` under
+    ``skip_init``, ``to_empty``) whose module has ``reset_parameters()`` gets it, as the
+    ``device="meta"`` + ``to_empty`` + ``reset_parameters`` recipe does."""
+    assert record.laws is not None
+    notes: list[str] = []
+    hf = [m for m in model.modules() if callable(getattr(m, "initialize_weights", None))
+          and callable(getattr(m, "_init_weights", None))
+          and any(c.__name__ == "PreTrainedModel" for c in type(m).__mro__)]
+    if hf:
+        top = hf[0]
+        with torch.no_grad():
+            top.initialize_weights()
+            tie = getattr(top, "tie_weights", None)
+            if callable(tie):
+                try:
+                    tie()
+                except TypeError:
+                    pass
+        notes.append(f"ran {type(top).__name__}.initialize_weights() (transformers skips it on "
+                     "the meta device) to record the init the model starts from")
+    reset = []
+    for name, module in model.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        if not own or not callable(getattr(module, "reset_parameters", None)):
+            continue
+        if any(_never_written(record, p) for _, p in own):
+            with torch.no_grad():
+                module.reset_parameters()
+            reset.append(name or type(module).__name__)
+    if reset:
+        shown = ", ".join(reset[:5]) + (f" and {len(reset) - 5} more" if len(reset) > 5 else "")
+        notes.append(f"ran reset_parameters() of {len(reset)} module(s) whose parameters were "
+                     f"never initialized on the meta device: {shown}")
+    return notes
+
+
+def _never_written(record: BuildRecord, param: torch.Tensor) -> bool:
+    assert record.laws is not None
+    pieces = record.laws.pieces(param)
+    return pieces is not None and any(p.law.kind == "uninitialized" for p in pieces)
 
 
 def _example(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from biaslint.findings import InitCall, Location
+from biaslint.load.laws import LawBook, LawMode, init_function_law
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -78,7 +79,7 @@ def user_frame(skip_self: object | None = None) -> FrameType | None:
 
 @dataclass
 class _InitEvent:
-    storage: int
+    storage: Any
     start: int
     stop: int
     call: InitCall
@@ -90,6 +91,7 @@ class BuildRecord:
 
     module_sites: dict[int, tuple[nn.Module, Location]] = field(default_factory=dict)
     init_events: list[_InitEvent] = field(default_factory=list)
+    laws: LawBook | None = None  # the init laws of meta tensors (``recording(laws=True)``)
 
     def site_of(self, module: nn.Module) -> Location | None:
         entry = self.module_sites.get(id(module))
@@ -107,11 +109,14 @@ class BuildRecord:
         return None
 
 
-def _memory_span(tensor: Any) -> tuple[int, int, int] | None:
-    if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+def _memory_span(tensor: Any) -> tuple[Any, int, int] | None:
+    if not isinstance(tensor, torch.Tensor):
         return None
     try:
-        storage = tensor.untyped_storage().data_ptr()
+        storage: Any = tensor.untyped_storage()
+        # A meta tensor has no memory: its storage object stands for it.
+        storage = ("meta", storage._cdata) if tensor.device.type == "meta" \
+            else storage.data_ptr()
     except Exception:  # noqa: BLE001 - sparse, fake or otherwise storage-less tensors
         return None
     size = tensor.element_size()
@@ -142,15 +147,39 @@ def _short(value: Any) -> str:
 _ABSENT = object()  # the patched class had no attribute of its own by that name
 
 
+def _paint_init(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Paint the law an ``nn.init`` function draws from onto its tensor (the current
+    recording's, so a wrapper bound by an earlier import still paints the right book)."""
+    mode = _Recorder.current_mode
+    tensor = args[0] if args else kwargs.get("tensor")
+    if mode is None or not isinstance(tensor, torch.Tensor) or not mode._tracked(tensor):
+        return
+    rest = {k: v for k, v in kwargs.items() if k != "tensor"}
+    try:
+        with torch.device("cpu"):
+            law = init_function_law(name, tensor, tuple(args[1:]), rest)
+    except Exception:  # noqa: BLE001 - a law we cannot derive is unknown
+        from biaslint.laws import Law
+
+        law = Law.unknown(f"nn.init.{name}")
+    mode.book.paint(tensor, law)
+
+
 class _Recorder:
     """Patches torch while a target builds; one at a time per process."""
 
     _lock = threading.Lock()
+    current_mode: LawMode | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, laws: bool = False, track_real: bool = False,
+                 book: LawBook | None = None) -> None:
         self.record = BuildRecord()
         self._depth = 0
         self._saved: list[tuple[Any, str, Any]] = []
+        self.mode: LawMode | None = None
+        if laws:
+            self.record.laws = book if book is not None else LawBook()
+            self.mode = LawMode(self.record.laws, track_real=track_real)
 
     def _patch(self, owner: Any, name: str, replacement: Any) -> None:
         self._saved.append((owner, name, owner.__dict__.get(name, _ABSENT)))
@@ -206,6 +235,9 @@ class _Recorder:
                 recorder._depth -= 1
             try:
                 recorder._inherit(tensor, result)
+                mode = _Recorder.current_mode
+                if mode is not None and mode._tracked(result):
+                    mode.book.copy_region(tensor, result)
             except Exception:  # noqa: BLE001 - provenance is best effort, never break a build
                 pass
             return result
@@ -221,6 +253,7 @@ class _Recorder:
 
     def _wrap(self, fn: Callable[..., Any], label: str) -> Callable[..., Any]:
         recorder = self
+        init_name = label[len("nn.init."):] if label.startswith("nn.init.") else None
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if recorder._depth:
@@ -228,6 +261,8 @@ class _Recorder:
             recorder._depth += 1
             try:
                 result = fn(*args, **kwargs)
+                if init_name is not None:  # several of these are no-ops on meta tensors
+                    _paint_init(init_name, args, kwargs)
                 try:  # still at depth 1: nothing the note does is recorded in turn
                     recorder._note(label, args, kwargs)
                 except Exception:  # noqa: BLE001 - provenance is best effort, never break a build
@@ -265,12 +300,22 @@ class _Recorder:
 
 
 @contextmanager
-def recording() -> Iterator[BuildRecord]:
-    """Record construction sites and init calls inside the block; always restore torch."""
+def recording(laws: bool = False, track_real: bool = False,
+              book: LawBook | None = None) -> Iterator[BuildRecord]:
+    """Record construction sites and init calls inside the block; always restore torch.
+
+    With ``laws``, also the init law of every meta tensor written (of every tensor with
+    ``track_real``): ``BuildRecord.laws``."""
     with _Recorder._lock:
-        recorder = _Recorder()
+        recorder = _Recorder(laws=laws, track_real=track_real, book=book)
         recorder.install()
+        _Recorder.current_mode = recorder.mode
         try:
-            yield recorder.record
+            if recorder.mode is not None:
+                with recorder.mode:
+                    yield recorder.record
+            else:
+                yield recorder.record
         finally:
+            _Recorder.current_mode = None
             recorder.restore()

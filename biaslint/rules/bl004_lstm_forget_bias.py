@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from biaslint.findings import Finding, Fix, Severity
 from biaslint.fix.phrases import python_path, set_by, user_call
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
     from biaslint.analysis import AnalysedModel, Layer, Use
+    from biaslint.analysis.values import ParamValue
 
 
 class LstmForgetGateBias(Rule):
@@ -104,7 +105,7 @@ def build():
                     data={"bias": False},
                 )
                 continue
-            means = forget_biases(module)
+            means = forget_biases(module, layer.value)
             low = {where: m for where, m in means.items() if m < threshold}
             if not low:
                 continue
@@ -162,13 +163,14 @@ class HandWrittenGate:
     def bias_mean(self, model: "AnalysedModel") -> float | None:
         total = 0.0
         for name in self.layers:
-            module = model.layers[name].module
-            bias = getattr(module, "bias", None)
-            if bias is None:
+            layer = model.layers[name]
+            value = layer.value("bias")
+            if value is None:
                 continue
-            size = module.out_features // self.chunks
-            total += float(bias.detach()[self.chunk * size:(self.chunk + 1) * size].double()
-                           .mean())
+            if not value.known:
+                return None
+            size = layer.module.out_features // self.chunks
+            total += value.mean_of(self.chunk * size, (self.chunk + 1) * size)
         return total
 
 
@@ -247,10 +249,19 @@ def _gate_source(model: "AnalysedModel", sigmoid: "Use") -> tuple[tuple[str, ...
     return tuple(sorted(set(names))), index % chunks, chunks
 
 
-def forget_biases(module: "nn.Module") -> dict[str, float]:
+def forget_biases(module: "nn.Module", value: "Callable[[str], ParamValue | None] | None" = None
+                  ) -> dict[str, float]:
     """Mean effective forget-gate bias per layer and direction, keyed ``layer 0`` /
-    ``layer 0 reverse`` (``cell`` for an LSTMCell)."""
+    ``layer 0 reverse`` (``cell`` for an LSTMCell). ``value`` reads a parameter by name (the
+    layer's ``Layer.value``: measured, or from the init laws on meta); by default the module's
+    own tensors are measured."""
     import torch.nn as nn
+
+    from biaslint.analysis.values import MeasuredValue
+
+    if value is None:
+        def value(pname: str) -> "ParamValue | None":
+            return MeasuredValue(getattr(module, pname))
 
     hidden = module.hidden_size  # type: ignore[union-attr]
     result: dict[str, float] = {}
@@ -265,10 +276,9 @@ def forget_biases(module: "nn.Module") -> dict[str, float]:
                 where = f"layer {k}" + (" reverse" if d else "")
                 pairs.append((where, f"bias_ih_l{k}{suffix}", f"bias_hh_l{k}{suffix}"))
     for where, ih_name, hh_name in pairs:
-        ih = getattr(module, ih_name)
-        hh = getattr(module, hh_name)
-        forget = ih.detach()[hidden:2 * hidden].double() + hh.detach()[hidden:2 * hidden].double()
-        result[where] = float(forget.mean())
+        ih, hh = value(ih_name), value(hh_name)
+        assert ih is not None and hh is not None
+        result[where] = ih.mean_of(hidden, 2 * hidden) + hh.mean_of(hidden, 2 * hidden)
     return result
 
 

@@ -132,8 +132,11 @@ def build():
 
         layer = head.layer
         target = _targets(kind, priors, head.outputs)
-        bias = layer.param("bias")
-        current = (bias.detach().double().reshape(-1) if bias is not None
+        bias = layer.value("bias")
+        expected = bias.expected() if bias is not None else None
+        if bias is not None and expected is None:
+            return None
+        current = (expected.reshape(-1) if expected is not None
                    else torch.zeros(head.outputs, dtype=torch.float64))
         from_bias = excess_loss(current.unsqueeze(0), target, kind)
         ideal = prior_logits(_prior_values(kind, priors, head.outputs), kind, head.outputs)

@@ -6,16 +6,15 @@ from typing import TYPE_CHECKING, Iterable
 
 from biaslint.findings import Finding, Fix, Severity
 from biaslint.fix.phrases import init_call_subject, python_path, set_by, user_call
+from biaslint.analysis.values import UNKNOWN
 from biaslint.rules.bl002_zero_constant_weight.symmetry import (
     blocks_every_input,
     calls_and_outputs,
-    constant,
     feeds_only_relu,
     first_activation,
     norms_into_relu,
     starved_upstream,
     symmetric_consumer,
-    unit_rows,
     walk,
     weights_to_check,
 )
@@ -128,13 +127,14 @@ def build():
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
         for layer in model.layers.values():
             for pname, units_dim in weights_to_check(layer.module):
+                value = layer.value(pname)
+                if value is None or not value.known:
+                    continue  # NaN, Inf or an unknown init law: the engine reports it unjudged
                 if layer.is_constant(pname):  # one min/max pass
                     rows: str | None = "constant"
                 else:  # units with the same (or parallel) weight rows: a cheap test first
-                    weight = layer.param(pname)
-                    rows = unit_rows(weight, units_dim) if weight is not None and \
-                        layer.extremes(pname) is not None else None
-                if rows is None:
+                    rows = value.rows(units_dim)
+                if rows is None or rows == UNKNOWN:
                     continue
                 if model.is_shared(layer.name):
                     continue  # a tied weight also learns through the other module's calls
@@ -157,6 +157,9 @@ def build():
         units = int(weight.shape[units_dim]) if weight.dim() > units_dim else 1
         plain = _is_plain_layer(layer.module)
         bias = _bias_of(layer.module) if plain else None
+        bias_value = layer.value("bias") if bias is not None else None
+        if bias is not None and (bias_value is None or not bias_value.known):
+            return None  # the bias decides the verdict, and it cannot be read
         value = ("all zero" if stats.all_zero else f"all {stats.max:g}") if rows == "constant" \
             else ("the same row for every unit" if rows == "identical"
                   else "one row scaled differently per unit")
@@ -165,7 +168,7 @@ def build():
         # 1. Zero weight straight into a ReLU: the output is the bias; where it is <= 0 the ReLU
         #    outputs 0 and passes back 0, so neither weight nor bias ever moves.
         if plain and stats.all_zero and all(feeds_only_relu(model, out) for out in outputs):
-            dead = units if bias is None else int((bias.detach() <= 0).sum())
+            dead = units if bias_value is None else int(round(bias_value.count_at_most(0.0)))
             if dead:
                 severity = Severity.ERROR if dead == units else Severity.WARNING
                 bias_text = "has no bias" if bias is None else (
@@ -181,7 +184,7 @@ def build():
 
         # 1b. A zero layer with no (or a zero) bias outputs exactly 0; a normalization of 0
         #     outputs exactly its beta, and a ReLU after a beta <= 0 outputs and passes back 0.
-        if plain and stats.all_zero and (bias is None or not bool(bias.detach().any())):
+        if plain and stats.all_zero and (bias_value is None or bias_value.constant() == 0):
             norms = [n for out in outputs
                      for n in (norms_into_relu(model, out, layer.module) or [None])]
             if norms and all(n is not None for n in norms):
@@ -221,7 +224,7 @@ def build():
             consumers = [symmetric_consumer(model, out, layer.module) for out in outputs]
             if all(c is not None for c in consumers):
                 names = sorted({c for group in consumers if group for c in group})
-                same_bias = bias is None or constant(bias)
+                same_bias = bias_value is None or bias_value.constant() is not None
                 if names and rows != "parallel" and same_bias:
                     return self.finding(
                         layer,

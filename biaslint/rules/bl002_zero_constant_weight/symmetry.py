@@ -46,60 +46,20 @@ def weights_to_check(module: "nn.Module") -> Iterator[tuple[str, int]]:
                 yield pname, 0
 
 
-def constant(tensor) -> bool:  # type: ignore[no-untyped-def]
-    data = tensor.detach()
-    return bool(data.numel() == 0 or data.min() == data.max())
-
-
-def constant_weight(module: "nn.Module | None") -> bool:
-    weight = getattr(module, "weight", None)
-    return weight is not None and hasattr(weight, "detach") and constant(weight)
-
-
-def weighs_inputs_equally(module: "nn.Module | None") -> bool:
+def weighs_inputs_equally(model: "AnalysedModel", module: "nn.Module | None") -> bool:
     """Every input channel of the layer gets the same weights (``W[:, i]`` the same for all
     ``i``; a constant weight is the common case): the gradient it passes back is the same for
-    every input unit, however its output rows differ."""
+    every input unit, however its output rows differ. False when that cannot be read."""
     import torch.nn as nn
 
     weight = getattr(module, "weight", None)
-    if weight is None or not hasattr(weight, "detach") or weight.dim() < 2:
+    if weight is None or not hasattr(weight, "dim") or weight.dim() < 2:
         return False
-    data = weight.detach()
+    value = model.value_of(module, "weight")
+    if value is None or not value.known:
+        return False
     axis = 0 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 1
-    if data.shape[axis] < 2:
-        return True
-    first = data.narrow(axis, 0, 1)
-    return bool((data - first).abs().max() == 0)
-
-
-def unit_rows(weight: "torch.Tensor", units_dim: int) -> str | None:
-    """How the units' weight vectors relate: "identical" (every unit has the same weights; a
-    constant weight is one case), "parallel" (the same direction, scaled differently per unit),
-    or None (they differ in direction). Exact up to float rounding."""
-    import torch
-
-    data = weight.detach()
-    if data.dim() < 2 or data.shape[units_dim] < 2 or not data.is_floating_point():
-        return None
-    # A cheap necessary condition first: random weights fail on the first two rows.
-    cheap = data.narrow(units_dim, 0, 2).movedim(units_dim, 0).reshape(2, -1).double()
-    norms = cheap.norm(dim=1)
-    if float(norms.min()) > 0:
-        cosine = float((cheap[0] @ cheap[1]) / (norms[0] * norms[1]))
-        if abs(cosine) < 1 - 1e-9:
-            return None
-    rows = data.movedim(units_dim, 0).reshape(data.shape[units_dim], -1).double()
-    scale = float(rows.abs().max())
-    if scale == 0:
-        return "identical"
-    tolerance = 1e-6 * scale
-    if float((rows - rows[:1]).abs().max()) <= tolerance:
-        return "identical"
-    reference = rows[int(torch.argmax(rows.norm(dim=1)))]
-    factors = rows @ reference / (reference @ reference)
-    residual = rows - factors[:, None] * reference[None, :]
-    return "parallel" if float(residual.abs().max()) <= tolerance else None
+    return value.equal_along(axis) is True
 
 
 def calls_and_outputs(model: "AnalysedModel", layer: "Layer") -> tuple[list["Use"], list["Use"]]:
@@ -221,16 +181,22 @@ def norms_into_relu(model: "AnalysedModel", out: "Use", producer: "nn.Module | N
                 module.running_mean is None or bool(module.running_mean.any())):
             return None  # eval mode with a non-zero running mean: not exactly beta
         beta = getattr(module, "bias", None)
+        beta_value = model.value_of(module, "bias") if beta is not None else None
+        if beta is not None and (beta_value is None or not beta_value.known):
+            return None
         name = model.module_name(use)
         if isinstance(module, nn.LayerNorm):
-            if beta is not None and not bool((beta.detach() <= 0).all()):
+            if beta_value is not None and beta_value.count_at_most(0.0) < beta_value.numel:
                 return None
             found.append((name, torch.ones(0, dtype=torch.bool)))  # empty: every unit
             continue
         channels = module.num_channels if isinstance(module, nn.GroupNorm) else \
             module.num_features
-        below = torch.ones(channels, dtype=torch.bool) if beta is None else \
-            (beta.detach() <= 0).reshape(-1).cpu()
+        exact = beta_value.exact() if beta_value is not None else None
+        if beta_value is not None and exact is None:
+            return None  # drawn betas on the meta device: which channels die is not known
+        below = torch.ones(channels, dtype=torch.bool) if exact is None else \
+            (exact <= 0).reshape(-1)
         if isinstance(module, nn.GroupNorm):
             groups = below.reshape(module.num_groups, -1)
             below = groups.all(dim=1, keepdim=True).expand_as(groups).reshape(-1)
@@ -325,7 +291,7 @@ def symmetric_consumer(model: "AnalysedModel", out: "Use",
             conv_out = False  # (N, C): the channels are now the features
             stack.extend(model.users(use))
             continue
-        if module is None or not weighs_inputs_equally(module) or \
+        if module is None or not weighs_inputs_equally(model, module) or \
                 getattr(module, "groups", 1) != 1:
             return None
         name = model.module_name(use)

@@ -250,9 +250,8 @@ class ScaleModel:
         if summary is None:
             return None  # constant weights are BL002's business
         rms, fan_in = summary
-        bias = layer.param("bias")
-        bias_sq = float(bias.detach().double().pow(2).mean()) if bias is not None \
-            and bias.numel() else 0.0
+        bias = layer.value("bias")
+        bias_sq = bias.mean_square() if bias is not None and bias.known and bias.numel else 0.0
         activation, slope, end_kind, _ = self._look_forward(use)
         return LayerCall(layer=layer, use=use, rms=rms, fan_in=fan_in, activation=activation,
                          slope=slope, bias_sq=bias_sq, end_kind=end_kind)
@@ -377,22 +376,15 @@ def _weight_summary(layer: Layer) -> tuple[float, int] | None:
     from biaslint.analysis import fan_in_out
 
     weight = layer.param("weight")
-    if weight is None or weight.numel() == 0 or weight.device.type == "meta" \
-            or layer.extremes("weight") is None:  # NaN or Inf: no gain can be measured
+    value = layer.value("weight")
+    if weight is None or value is None or value.numel == 0 or not value.known:
+        return None  # NaN, Inf or an unknown init law: no gain can be measured
+    if value.constant() is not None:
         return None
-    with torch.no_grad():
-        flat = weight.detach().reshape(-1)
-        step = max(1, flat.numel() // _SAMPLE)
-        sample = flat[::step].double()
-        if sample.numel() > 1 and bool(sample.min() == sample.max()):
-            stats = layer.stats("weight")  # maybe constant: decide on every entry
-            constant = stats is None or stats.all_equal
-        else:
-            constant = sample.numel() <= 1
-        fan_in, _ = fan_in_out(layer.module, "weight", weight)
-        result = None if constant or fan_in <= 0 else (float(sample.pow(2).mean().sqrt()),
-                                                        int(fan_in))
-    return result
+    fan_in, _ = fan_in_out(layer.module, "weight", weight)
+    if fan_in <= 0:
+        return None
+    return float(math.sqrt(value.mean_square(sample=_SAMPLE))), int(fan_in)
 
 
 _NON_NEGATIVE = frozenset({"relu", "sigmoid", "softplus"})
