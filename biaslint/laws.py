@@ -135,7 +135,8 @@ class Law:
 
     @property
     def std(self) -> float:
-        """Population standard deviation of the entries."""
+        """Standard deviation of the entries (of the distribution; for exact values the
+        unbiased estimate, as measured tensors get)."""
         if self.kind == "constant":
             return 0.0
         if self.kind == "normal":
@@ -153,7 +154,8 @@ class Law:
         if self.kind == "exact":
             assert self.values is not None
             n = self.values.numel()
-            return float(self.values.std(unbiased=False)) if n > 1 else 0.0
+            # the estimator measured values get (torch.var_mean, unbiased): the same answer
+            return float(self.values.std()) if n > 1 else 0.0
         return math.nan
 
     @property

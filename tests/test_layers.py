@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("capture", ("biaslint.capture",)),
     ("load", ("biaslint.load",)),
     ("core", ("biaslint.vocabulary", "biaslint.init", "biaslint.priors", "biaslint.target",
+              "biaslint.laws",
               "biaslint.settings", "biaslint.findings", "biaslint.errors", "biaslint")),
 ]
 # Each stage reads only the previous stage's output: rules see the model through
@@ -214,3 +215,38 @@ def test_the_scan_sees_cycles_private_and_upward_imports(tmp_path):
     assert any("biaslint.capture.c (capture) imports biaslint.rules.b" in p for p in problems)
     assert any("biaslint.rules.b (rules) reaches past its input" in p for p in problems)
     assert "biaslint.rules.a" not in fake.edges["biaslint.capture.c"]  # TYPE_CHECKING only
+
+
+# Reading a tensor's values: what a rule must leave to ``biaslint.analysis.values.ParamValue``
+# (measured on real tensors, from the recorded init laws on the meta device).
+# (Reductions such as ``.mean()`` are allowed: rules apply them to what ``ParamValue`` returned,
+# to activations and to quadrature points; ``torch.detach`` in an op table is a name, not a read.)
+VALUE_READS = frozenset({"detach", "data", "item", "tolist", "numpy", "aminmax", "var_mean",
+                         "std_mean", "running_mean", "running_var"})
+
+
+def value_reads(root: pathlib.Path) -> list[str]:
+    """``file:line: .attr`` for every attribute access in the rules that reads tensor values."""
+    found = []
+    for path in sorted((root / "rules").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in VALUE_READS and not (
+                    isinstance(node.value, ast.Name) and node.value.id == "torch"):
+                found.append(f"{path.relative_to(root)}:{node.lineno}: .{node.attr}")
+    return found
+
+
+def test_rules_read_values_only_through_the_value_interface():
+    """No rule reads a parameter's values itself (``.detach()``, ``.data``, ``.item()``,
+    reductions): on the meta device there are none, and the init laws answer instead. Shapes,
+    dims and module attributes are fine."""
+    assert value_reads(PACKAGE) == []
+
+
+def test_the_value_scan_sees_a_direct_read(tmp_path):
+    root = tmp_path / "biaslint"
+    (root / "rules").mkdir(parents=True)
+    (root / "rules" / "r.py").write_text(
+        "def check(layer):\n    w = layer.param('weight')\n    return w.detach().abs().max()\n")
+    assert value_reads(root) == ["rules/r.py:3: .detach"]

@@ -288,6 +288,30 @@ class AnalysedModel:
         layer = self._layers_by_module.get(id(module))
         return layer.value(pname) if layer is not None else None
 
+    def buffer_value(self, module: nn.Module, name: str) -> ParamValue | None:
+        """What the module's buffer ``name`` holds (measured, or from its init law on the meta
+        device); None when there is no such buffer."""
+        buffer = getattr(module, name, None)
+        if not isinstance(buffer, torch.Tensor):
+            return None
+        laws = getattr(self.target, "buffer_laws", None)
+        qualified = None
+        if buffer.device.type == "meta" and laws is not None:
+            qualified = next((f"{n}.{name}" if n else name for n, m in self.model.named_modules()
+                              if m is module), None)
+        return value_of(buffer, (laws or {}).get(qualified or ""),
+                        laws is not None and qualified in laws)
+
+    def zero_buffer(self, module: nn.Module, name: str) -> bool:
+        """The module's buffer ``name`` holds zeros only; False when absent or unknown."""
+        value = self.buffer_value(module, name)
+        return value is not None and value.known and value.constant() == 0
+
+    def constant_buffer(self, module: nn.Module, name: str) -> bool:
+        """The module's buffer ``name`` holds one value in every entry."""
+        value = self.buffer_value(module, name)
+        return value is not None and value.known and value.constant() is not None
+
     @cached_property
     def _layers_by_module(self) -> dict[int, Layer]:
         return {id(layer.module): layer for layer in self.layers.values()}

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import importlib.util
 import inspect
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -41,6 +43,7 @@ class LoadedTarget:
     # Meta-device models: each parameter's init laws (``biaslint.laws``), by qualified name;
     # None for a model with real values (they are measured instead).
     param_laws: dict[str, list[Piece] | None] | None = None
+    buffer_laws: dict[str, list[Piece] | None] | None = None
 
 
 def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
@@ -51,8 +54,12 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
     with recording(laws=meta) as record, _device(meta):
         with user_code(spec.text, f"importing {spec.module}"):
             obj = _resolve(spec)
-        with user_code(spec.text, "building the model"):
+        with user_code(spec.text, "building the model"), _library_init_on_meta(meta) as ran:
             model, inputs = _build(spec, obj)
+    if ran:
+        notes.append(f"ran transformers' initialize_weights() inside {', '.join(sorted(ran))} "
+                     "construction, where it runs on the CPU (transformers skips it on the meta "
+                     "device), to record the init the model starts from")
     if not meta and isinstance(model, nn.Module) and _on_meta(model):
         if isinstance(obj, nn.Module):
             notes.append("the model is on the meta device and is a module instance, so its init "
@@ -75,7 +82,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
                           "define forward(), or point at the module that has one")
     if input_shapes:
         inputs = ExampleInputs(args=tuple(_example(model, s) for s in input_shapes))
-    laws = None
+    laws = buffer_laws = None
     if meta and record.laws is not None:
         with recording(laws=True, book=record.laws) as deferred:
             with user_code(spec.text, "running the model's deferred init"):
@@ -83,6 +90,8 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         record.init_events.extend(deferred.init_events)
         laws = {name: record.laws.pieces(param)
                 for name, param in model.named_parameters(remove_duplicate=False)}
+        buffer_laws = {name: record.laws.pieces(buffer)
+                       for name, buffer in model.named_buffers(remove_duplicate=False)}
         if inputs is not None:
             inputs = _to_meta(inputs)
         notes.insert(0, "built on the meta device: values are read from the recorded init "
@@ -95,6 +104,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         param_inits=_param_inits(model, record),
         notes=notes,
         param_laws=laws,
+        buffer_laws=buffer_laws,
     )
 
 
@@ -132,6 +142,75 @@ def _to_meta(inputs: ExampleInputs) -> ExampleInputs:
                          kwargs={k: move(v) for k, v in inputs.kwargs.items()})
 
 
+@contextmanager
+def _library_init_on_meta(meta: bool) -> Iterator[set[str]]:
+    """While a model builds on meta: transformers' ``init_weights`` skips ``initialize_weights``
+    under the meta device (it expects weights to be loaded). Run it there anyway, in the same
+    place of ``post_init`` as on the CPU, so code that edits the weights after construction
+    still comes after it. transformers may be imported only by the build itself: then it is
+    patched as its ``modeling_utils`` is imported. Yields the class names it ran for."""
+    ran: set[str] = set()
+    if not meta:
+        yield ran
+        return
+    patched: list[tuple[Any, Any]] = []
+
+    def patch(utils: Any) -> None:
+        base = getattr(utils, "PreTrainedModel", None)
+        original = getattr(base, "init_weights", None)
+        if base is None or not callable(original) or patched:
+            return
+
+        def init_weights(self: Any) -> None:
+            self.initialize_weights()
+            ran.add(type(self).__name__)
+            self._biaslint_initialized = True
+            self.tie_weights(recompute_mapping=False)
+
+        patched.append((base, original))
+        base.init_weights = init_weights
+
+    name = "transformers.modeling_utils"
+    finder = _OnImport(name, patch)
+    if name in sys.modules:
+        patch(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, finder)
+    try:
+        yield ran
+    finally:
+        if finder in sys.meta_path:
+            sys.meta_path.remove(finder)
+        for base, original in patched:
+            base.init_weights = original
+
+
+class _OnImport(importlib.abc.MetaPathFinder):
+    """Calls ``patch(module)`` right after the module ``name`` is first imported."""
+
+    def __init__(self, name: str, patch: Any) -> None:
+        self.name = name
+        self.patch = patch
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # find the real spec, once
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        exec_module = loader.exec_module
+        patch = self.patch
+
+        def run(module: Any) -> None:
+            exec_module(module)
+            patch(module)
+
+        loader.exec_module = run  # type: ignore[method-assign]
+        return spec
+
+
 def _run_deferred_init(model: nn.Module, record: BuildRecord) -> list[str]:
     """Run the init a library skips on the meta device, under recording, and say which.
 
@@ -145,7 +224,7 @@ def _run_deferred_init(model: nn.Module, record: BuildRecord) -> list[str]:
     hf = [m for m in model.modules() if callable(getattr(m, "initialize_weights", None))
           and callable(getattr(m, "_init_weights", None))
           and any(c.__name__ == "PreTrainedModel" for c in type(m).__mro__)]
-    if hf:
+    if hf and not getattr(hf[0], "_biaslint_initialized", False):
         top = hf[0]
         with torch.no_grad():
             top.initialize_weights()

@@ -19,6 +19,7 @@ from biaslint.rules.bl002_zero_constant_weight.symmetry import (
     weights_to_check,
 )
 from biaslint.rules.base import Rule, RuleContext
+from biaslint.rules.bl002_zero_constant_weight.routing import tied_routers
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -141,6 +142,26 @@ def build():
                 finding = self._judge(model, layer, pname, units_dim, rows)
                 if finding is not None:
                     yield finding
+        yield from self._routers(model)
+
+    def _routers(self, model: "AnalysedModel") -> Iterable[Finding]:
+        """A zero mixture-of-experts router: every token routed to the same experts."""
+        for router in tied_routers(model):
+            layer, pname = router.layer, router.pname
+            subject = init_call_subject(layer.init_of(pname)) or \
+                f"{python_path(layer.name)}.{pname}"
+            yield self.finding(
+                layer,
+                f"{pname} is all zero{_init_phrase(layer, pname)} and routes to experts through "
+                f"top-k: every token gets the same score for all {router.experts} experts, so "
+                "top-k picks the same experts for every token (ties break by index); the "
+                "experts not picked get no tokens and no gradient at the start, and the "
+                "router learns to spread the load only from that collapse",
+                parameter=pname, severity=Severity.WARNING, location=layer.site_of(pname),
+                fix=Fix(title="Initialize the router with small random weights",
+                        code=f"nn.init.normal_({subject}, std=0.02)", safe=False),
+                data={"verdict": "routed-alike", "experts": router.experts},
+            )
 
     # -- the verdict -----------------------------------------------------------------------------
     def _judge(self, model: "AnalysedModel", layer: "Layer", pname: str,

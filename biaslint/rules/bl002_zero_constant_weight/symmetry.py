@@ -177,9 +177,9 @@ def norms_into_relu(model: "AnalysedModel", out: "Use", producer: "nn.Module | N
         if not isinstance(module, per_channel + (nn.LayerNorm, nn.GroupNorm)) or \
                 not feeds_only_relu(model, use):
             return None
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.training and (
-                module.running_mean is None or bool(module.running_mean.any())):
-            return None  # eval mode with a non-zero running mean: not exactly beta
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.training and \
+                not model.zero_buffer(module, "running_mean"):
+            return None  # eval mode with a non-zero (or unknown) running mean: not exactly beta
         beta = getattr(module, "bias", None)
         beta_value = model.value_of(module, "bias") if beta is not None else None
         if beta is not None and (beta_value is None or not beta_value.known):

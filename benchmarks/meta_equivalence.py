@@ -1,0 +1,193 @@
+"""Meta-device equivalence: every zoo model linted twice, built for real and with ``--device
+meta``; the findings must agree on (code, module, parameter, verdict), or the meta run must say
+that it did not judge that layer ("not judged"), never give a different verdict.
+
+For each model, in its own worker process:
+
+1. ``load_target(target)`` and lint: the real findings (values measured);
+2. ``load_target(target, device="meta")`` and lint: the meta findings (values from the init
+   laws the build recorded, never materialized);
+3. compare. A real finding missing on meta is *unjudged* when meta's rule records list that
+   layer as not judged, else a *miss*; a meta finding the real run does not have is *extra*.
+   For findings in both, the numbers in ``data`` (gains, ratios, excess losses) are compared:
+   the largest relative difference is reported (the real tensor is one draw of the law, so
+   they differ by its sampling error).
+
+Usage::
+
+    python benchmarks/meta_equivalence.py --family tv-classification --jobs 2
+    python benchmarks/meta_equivalence.py --family hf,timm --match 'bert|vit_tiny'
+
+Rows go to ``benchmarks/out/meta_equivalence.jsonl``; the table to stdout and
+``benchmarks/out/meta_equivalence.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for _path in (HERE, ROOT):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from zoo_models import FAMILIES, import_library  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Job:
+    family: str
+    name: str
+
+    @property
+    def target(self) -> str:
+        namespace = {"timm": "TIMM", "hf": "HF"}.get(self.family)
+        if namespace is None:
+            namespace = "TV" if self.family.startswith("tv-") else "EXT"
+        return os.path.join(HERE, "zoo_models.py") + f":{namespace}.{self.name}"
+
+
+def _key(finding: Any) -> tuple[str, str, str, str]:
+    verdict = ""
+    if isinstance(finding.data, dict):
+        verdict = str(finding.data.get("verdict", ""))
+    return (finding.code, finding.module, finding.parameter or "", verdict or str(finding.severity))
+
+
+def _numbers(finding: Any) -> dict[str, float]:
+    data = finding.data if isinstance(finding.data, dict) else {}
+    return {k: float(v) for k, v in data.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def lint(target: str, device: str | None) -> tuple[Any, float]:
+    import torch
+
+    from biaslint.engine import lint_loaded
+    from biaslint.load import load_target
+    from biaslint.settings import Settings, TargetConfig
+
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    config = TargetConfig(target=target, device=device)
+    loaded = load_target(target, device=device)
+    result = lint_loaded(loaded, config, Settings(), {"build": time.perf_counter() - start})
+    return result, time.perf_counter() - start
+
+
+def compare(job: Job) -> dict[str, Any]:
+    """Both runs and their comparison, for one model. In a worker."""
+    import_library(job.family)
+    real, real_s = lint(job.target, None)
+    meta, meta_s = lint(job.target, "meta")
+    return compare_results(job.family, job.name, real, meta, real_s, meta_s)
+
+
+def compare_results(family: str, name: str, real: Any, meta: Any, real_s: float = 0.0,
+                    meta_s: float = 0.0) -> dict[str, Any]:
+    real_keys = {_key(f): f for f in real.findings}
+    meta_keys = {_key(f): f for f in meta.findings}
+    unjudged = {(scope.code, layer) for scope in meta.rules for layer, _ in scope.unjudged}
+    unjudged_all = {scope.code for scope in meta.rules
+                    for layer, _ in scope.unjudged if layer == "<all>"}
+    both = sorted(set(real_keys) & set(meta_keys))
+    missing = sorted(set(real_keys) - set(meta_keys))
+    extra = sorted(set(meta_keys) - set(real_keys))
+    not_judged = [k for k in missing if (k[0], k[1]) in unjudged or k[0] in unjudged_all]
+    misses = [k for k in missing if k not in not_judged]
+    worst = 0.0
+    for key in both:
+        a, b = _numbers(real_keys[key]), _numbers(meta_keys[key])
+        for field, value in a.items():
+            if field in b and value:
+                worst = max(worst, abs(b[field] - value) / abs(value))
+    meta_unjudged = sum(len(scope.unjudged) for scope in meta.rules)
+    return {
+        "family": family, "model": name, "real": len(real.findings),
+        "meta": len(meta.findings), "agree": len(both), "not_judged_on_meta": len(not_judged),
+        "misses": [list(k) for k in misses], "extra": [list(k) for k in extra],
+        "not_judged": [list(k) for k in not_judged], "meta_unjudged_layers": meta_unjudged,
+        "meta_unjudged_reasons": sorted({why for scope in meta.rules
+                                         for _, why in scope.unjudged})[:5],
+        "max_relative_difference": worst, "real_s": real_s, "meta_s": meta_s,
+        "real_incomplete": list(real.incomplete)[:3], "meta_incomplete": list(meta.incomplete)[:3],
+        "meta_notes": [n for n in meta.notes if "meta" in n or "init" in n][:4],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", default=",".join(FAMILIES))
+    parser.add_argument("--match", default=None)
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--out", default=os.path.join(HERE, "out"))
+    args = parser.parse_args(argv)
+
+    from biaslint.parallel import run_isolated
+
+    import meta_equivalence
+
+    pattern = re.compile(args.match) if args.match else None
+    jobs = [Job(f, n) for f in args.family.split(",") if f for n in FAMILIES[f].names()
+            if pattern is None or pattern.search(n)]
+    os.makedirs(args.out, exist_ok=True)
+    log = os.path.join(args.out, "meta_equivalence.jsonl")
+    rows: list[dict[str, Any]] = []
+
+    def done(index: int, outcome: Any) -> None:
+        job = jobs[index]
+        row = outcome.value if outcome.error is None else {
+            "family": job.family, "model": job.name, "error": str(outcome.error)[:300]}
+        rows.append(row)
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, default=str) + "\n")
+        flag = "" if not row.get("misses") and not row.get("extra") and "error" not in row \
+            else "  <-- DIFFERS"
+        print(f"[{len(rows)}/{len(jobs)}] {job.family}:{job.name}: real {row.get('real')}, "
+              f"meta {row.get('meta')}, agree {row.get('agree')}, not judged "
+              f"{row.get('not_judged_on_meta')}{flag} {row.get('error', '')}", flush=True)
+
+    run_isolated(meta_equivalence.compare, jobs, jobs=args.jobs, timeout=args.timeout,
+                 on_done=done, threads=1)
+    text = table(rows)
+    with open(os.path.join(args.out, "meta_equivalence.md"), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(text)
+    return 0
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    ok = [r for r in rows if "error" not in r]
+    lines = [
+        f"{len(rows)} models, {len(rows) - len(ok)} errors; findings real "
+        f"{sum(r['real'] for r in ok)}, meta {sum(r['meta'] for r in ok)}, agreeing "
+        f"{sum(r['agree'] for r in ok)}, not judged on meta "
+        f"{sum(r['not_judged_on_meta'] for r in ok)}, different "
+        f"{sum(len(r['misses']) + len(r['extra']) for r in ok)}",
+        "",
+        "| family | model | real | meta | agree | not judged on meta | different | max rel. diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['family']} | {r['model']} | error: {r['error'][:80]} |||||||")
+            continue
+        if r["real"] or r["meta"] or r["misses"] or r["extra"]:
+            diff = "; ".join(" ".join(k) for k in r["misses"] + r["extra"]) or "0"
+            lines.append(f"| {r['family']} | {r['model']} | {r['real']} | {r['meta']} | "
+                         f"{r['agree']} | {r['not_judged_on_meta']} | {diff} | "
+                         f"{r['max_relative_difference']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
