@@ -279,6 +279,14 @@ def build():
         model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.LSTM(16, 4))
     return model
 """
+# Built on meta at import time: no builder to run again while recording its init laws.
+META_INSTANCE = """
+import torch
+import torch.nn as nn
+
+with torch.device("meta"):
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.LSTM(16, 4))
+"""
 
 
 def test_each_rule_records_what_it_judged(cli, write_target):
@@ -294,10 +302,23 @@ def test_each_rule_records_what_it_judged(cli, write_target):
     assert rules["BL001"]["judged"] >= 1 and rules["BL004"]["total"] == 0
 
 
+def test_a_builder_on_the_meta_device_is_judged_from_its_init_laws(cli, write_target):
+    """Built on meta by the target itself: built again while recording the init laws, and
+    judged as on the CPU (the LSTM's default forget gate)."""
+    import json
+
+    meta = json.loads(cli(write_target(META), "--format", "json").stdout)["results"][0]
+    cpu = json.loads(cli(write_target(META.replace('torch.device("meta")', 'torch.device("cpu")')),
+                         "--format", "json").stdout)["results"][0]
+    assert sorted((f["code"], f["module"]) for f in meta["findings"]) == \
+        sorted((f["code"], f["module"]) for f in cpu["findings"]) == [("BL004", "3")]
+    assert all(r["unjudged"] == [] for r in meta["rules"].values())
+
+
 def test_a_model_on_the_meta_device_is_not_judged_by_the_value_rules(cli, write_target):
     import json
 
-    target = write_target(META)
+    target = write_target(META_INSTANCE, attr="model")
     result = cli(target, "--format", "json")
     assert result.exit_code == 2
     [entry] = json.loads(result.stdout)["results"]

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Iterable
 
 from biaslint.findings import Finding, Fix, Severity
 from biaslint.fix.phrases import init_call_subject, python_path, set_by, user_call
-from biaslint.analysis.values import UNKNOWN
 from biaslint.rules.bl002_zero_constant_weight.symmetry import (
     blocks_every_input,
     calls_and_outputs,
@@ -126,6 +125,8 @@ def build():
                 if any(True for _ in weights_to_check(layer.module))]
 
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
+        from biaslint.analysis.values import UNKNOWN
+
         for layer in model.layers.values():
             for pname, units_dim in weights_to_check(layer.module):
                 value = layer.value(pname)
