@@ -199,6 +199,7 @@ class AnalysedModel:
         self.name = capture.target.name
         self.inputs_known = capture.target.inputs is not None
         self._real_outputs: dict[str, torch.Tensor | None] = {}
+        self._real_inputs: dict[str, torch.Tensor | None] = {}
         self._orders: dict[int, tuple[fx.Graph, dict[fx.Node, int], list[fx.Node]]] = {}
 
     # -- layers --------------------------------------------------------------------------------
@@ -242,11 +243,14 @@ class AnalysedModel:
         wanted = [n for n in names if n not in self._real_outputs]
         if inputs is not None and wanted:
             seen: dict[str, torch.Tensor] = {}
+            fed: dict[str, torch.Tensor] = {}
             hooks = []
             for name in wanted:
-                def hook(_m: Any, _a: Any, out: Any, _name: str = name) -> None:
+                def hook(_m: Any, args: Any, out: Any, _name: str = name) -> None:
                     if isinstance(out, torch.Tensor) and _name not in seen:
                         seen[_name] = out.detach()
+                        if args and isinstance(args[0], torch.Tensor):
+                            fed[_name] = args[0].detach()
                 hooks.append(self.model.get_submodule(name).register_forward_hook(hook))
             from biaslint.capture.preserve import preserved
 
@@ -260,7 +264,14 @@ class AnalysedModel:
                     h.remove()
             for name in wanted:
                 self._real_outputs[name] = seen.get(name)
+                self._real_inputs[name] = fed.get(name)
         return {n: t for n in names if (t := self._real_outputs.get(n)) is not None}
+
+    def real_inputs(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """The first positional input of these modules in the same real forward."""
+        names = list(names)
+        self.real_outputs(names)
+        return {n: t for n in names if (t := self._real_inputs.get(n)) is not None}
 
     # -- graph -------------------------------------------------------------------------------
     @cached_property
@@ -315,6 +326,12 @@ class AnalysedModel:
     @cached_property
     def _layers_by_module(self) -> dict[int, Layer]:
         return {id(layer.module): layer for layer in self.layers.values()}
+
+    def tied_names(self, name: str, pname: str) -> list[str]:
+        """Every qualified name the parameter ``pname`` of module ``name`` is registered under
+        (more than one when it is tied)."""
+        param = getattr(self.model.get_submodule(name), pname, None)
+        return list(self._parameter_names.get(id(param), ())) if param is not None else []
 
     def is_shared(self, name: str, pname: str | None = None) -> bool:
         """Whether parameter ``pname`` of module ``name`` (any of its parameters when None) is

@@ -300,9 +300,13 @@ def _reaches_output(model: "AnalysedModel", use: "Use") -> str | bool | None:
 
 def _actual_logits(model: "AnalysedModel", heads: list[Head]) -> dict[str, "torch.Tensor"]:
     """Each head's actual initial output on the example inputs, flattened to (rows, classes)."""
+    import torch.nn as nn
+
     outputs = model.real_outputs([head.layer.name for head in heads])
     logits = {}
     for name, out in outputs.items():
-        out = out.movedim(1, -1) if out.dim() > 2 else out  # classes last
+        # a conv's classes are its channel axis; a Linear's are already last ((B, T, V))
+        conv = isinstance(model.layers[name].module, nn.modules.conv._ConvNd)
+        out = out.movedim(1, -1) if out.dim() > 2 and conv else out
         logits[name] = out.reshape(-1, out.shape[-1]) if out.dim() > 1 else out.reshape(1, -1)
     return logits
