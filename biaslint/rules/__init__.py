@@ -8,6 +8,7 @@ from biaslint.rules.bl002_zero_constant_weight import ZeroConstantWeight
 from biaslint.rules.bl003_fan_in_blind_init import FanInBlindInit
 from biaslint.rules.bl004_lstm_forget_bias import LstmForgetGateBias
 from biaslint.rules.bl005_class_prior_bias import ClassPriorBias
+from biaslint.rules.bl007_bias_kills_units import BiasKillsUnits
 from biaslint.rules.bl009_initial_loss import InitialLossAboveChance
 from biaslint.rules.bl010_unused_parameters import UnusedParameters
 from biaslint.rules.bl100_unused_suppression import UnusedSuppression
@@ -18,6 +19,7 @@ REGISTRY: tuple[type[Rule], ...] = (
     FanInBlindInit,
     LstmForgetGateBias,
     ClassPriorBias,
+    BiasKillsUnits,
     InitialLossAboveChance,
     UnusedParameters,
     UnusedSuppression,
