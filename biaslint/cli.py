@@ -71,6 +71,8 @@ def main() -> None:
               help="Class priors for BL005: probabilities or counts, or @file (JSON, CSV/TXT, .npy).")
 @click.option("--head", type=click.Choice(["softmax", "sigmoid"]), default=None,
               help="Classifier head kind for BL005 [default: softmax if K > 1, sigmoid if K = 1].")
+@click.option("--target-mean", default=None, metavar="M[,M,...]",
+              help="Mean of the regression target for BL008: one number, or one per output.")
 @click.option("--device", type=click.Choice(["cpu", "meta"]), default=None,
               help="Build the model on this device. meta: no parameter memory, so models of "
                    "any size lint on a laptop; values are read from the recorded init calls "
@@ -105,14 +107,15 @@ def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str,
           output: str | None, class_priors: str | None, head: str | None, baseline: str | None,
           write_baseline: str | None, quiet: bool, jobs: int, timeout: float | None,
           allow_incomplete: bool, fix: bool, unsafe_fixes: bool, diff: bool,
-          device: str | None, debug: bool) -> None:
+          target_mean: str | None, device: str | None, debug: bool) -> None:
     """Lint the models that TARGETS build (or the targets configured in pyproject.toml)."""
     from biaslint.load.guard import interrupts
     from biaslint.run import CheckOptions, run_check
 
     options = CheckOptions(targets, config, input_shapes, select, ignore, fail_on, fmt, output,
                            class_priors, head, baseline, write_baseline, quiet, debug, jobs,
-                           timeout, allow_incomplete, fix, unsafe_fixes, diff, device)
+                           timeout, allow_incomplete, fix, unsafe_fixes, diff, device,
+                           target_mean)
     try:
         with interrupts():
             code = _exit_code(run_check(options))

@@ -29,7 +29,7 @@ HEADS = ("softmax", "sigmoid")
 
 _TOP_KEYS = ("targets", "select", "ignore", "fail-on", "format", "per-module-ignores", "severity",
              "rules", "allow-incomplete")
-_TARGET_KEYS = ("target", "input-shape", "class-priors", "head", "device")
+_TARGET_KEYS = ("target", "input-shape", "class-priors", "head", "device", "target-mean")
 DEVICES = ("cpu", "meta")
 
 
@@ -42,6 +42,7 @@ class ConfiguredTarget:
     class_priors: str | None = None  # the --class-priors syntax: "0.9,0.1" or "@file"
     head: str | None = None
     device: str | None = None
+    target_mean: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,18 @@ class _Reader:
             class_priors=self.priors(entry.get("class-priors"), f"{where}.class-priors"),
             head=None if head is None else self.choice(head, HEADS, f"{where}.head"),
             device=None if device is None else self.choice(device, DEVICES, f"{where}.device"),
+            target_mean=self.means(entry.get("target-mean"), f"{where}.target-mean"),
         )
+
+    def means(self, value: Any, key: str) -> tuple[float, ...] | None:
+        """A number, a list of numbers (one per output), or their ``"1.5,2"`` string form."""
+        if value is None:
+            return None
+        try:
+            return parse_means(value)
+        except ValueError:
+            raise self.error(key, "must be a number, a list of numbers (one per output) or a "
+                                  f"string like \"1.5,2.0\", not {_describe(value)}") from None
 
     def shapes(self, value: Any, key: str) -> tuple[tuple[int, ...], ...]:
         """``"2,3,32,32"``, ``[2, 3, 32, 32]`` (one input) or a list of those (one per input)."""
@@ -349,3 +361,30 @@ def _check_option_type(reader: _Reader, key: str, default: Any, value: Any) -> N
     if not ok:
         raise reader.error(key, f"must be {_describe(default).split(' (')[0]} like the default "
                                 f"{default!r}, not {_describe(value)}")
+
+
+def parse_means(value: Any) -> tuple[float, ...]:
+    """``--target-mean`` / ``target-mean``: one number, or one per output. Raises ValueError."""
+    import math
+
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, (int, float)):
+        items: list[Any] = [value]
+    elif isinstance(value, str):
+        items = [v for v in value.replace(" ", "").split(",")]
+        if not all(items):
+            raise ValueError(value)
+    elif isinstance(value, list) and value:
+        items = value
+    else:
+        raise ValueError(value)
+    means = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(item)
+        number = float(item)
+        if not math.isfinite(number):
+            raise ValueError(item)
+        means.append(number)
+    return tuple(means)

@@ -72,6 +72,9 @@ def example_flags(example_target: Mapping[str, Any]) -> str:
         flags.append("--class-priors " + ",".join(f"{p:g}" for p in priors))
     if example_target.get("head"):
         flags.append(f"--head {example_target['head']}")
+    means = example_target.get("target_mean")
+    if means is not None:
+        flags.append("--target-mean " + ",".join(f"{m:g}" for m in means))
     return " ".join(flags)
 
 

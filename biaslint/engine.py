@@ -87,7 +87,8 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
             ran.append(rule.code)  # it ran on what it applies to: nothing
             continue
         context = RuleContext(options=settings.rule_options.get(rule.code, {}),
-                              class_priors=config.class_priors, head=config.head)
+                              class_priors=config.class_priors, head=config.head,
+                              target_mean=getattr(config, "target_mean", None))
         crashed = None
         try:
             # Some rules run the forward again for real values (a head's logits).

@@ -12,7 +12,12 @@
     2017: -4.6 for p = 0.01). With small weights the initial loss is then the entropy of the
     priors, the best a model that has not looked at the input can do.
 
-Both work in place under ``torch.no_grad()`` and return their argument, like ``torch.nn.init``.
+``regression_bias_(layer, bias)``
+    Set a regression head's bias to ``bias`` (one number for every output, or one per output):
+    BL008's fix writes the ideal bias it measured, the one that puts the initial outputs' mean on
+    the target's mean, so the first steps fit the data rather than the offset.
+
+All work in place under ``torch.no_grad()`` and return their argument, like ``torch.nn.init``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Sequence, TypeVar
 import torch
 import torch.nn as nn
 
-__all__ = ["forget_gate_bias_", "prior_bias_", "prior_logits"]
+__all__ = ["forget_gate_bias_", "prior_bias_", "prior_logits", "regression_bias_"]
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -118,4 +123,19 @@ def prior_bias_(layer: M, priors: Sequence[float], head: str = "softmax") -> M:
     logits = prior_logits(values, head, outputs=bias.numel())
     with torch.no_grad():
         bias.copy_(logits.to(bias.dtype))
+    return layer
+
+
+def regression_bias_(layer: M, bias: float | Sequence[float]) -> M:
+    """Write ``bias`` (a number, or one per output) into ``layer.bias``; returns ``layer``."""
+    current = getattr(layer, "bias", None)
+    if not isinstance(current, torch.Tensor):
+        raise ValueError(f"{type(layer).__name__} has no bias to set: build it with bias=True")
+    values = torch.as_tensor(bias, dtype=current.dtype)
+    if values.numel() not in (1, current.numel()):
+        raise ValueError(f"{values.numel()} bias values for a layer with {current.numel()} "
+                         "outputs: give one, or one per output")
+    with torch.no_grad():
+        current.copy_(values.to(current.device).expand_as(current) if values.numel() == 1
+                      else values.reshape(current.shape).to(current.device))
     return layer

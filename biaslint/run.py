@@ -67,6 +67,7 @@ class CheckOptions:
     unsafe_fixes: bool = False
     diff: bool = False
     device: str | None = None
+    target_mean: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ def plan(options: CheckOptions) -> Plan:
 
     shapes = tuple(parse_shape(s) for s in options.input_shapes)
     priors = _priors(options.class_priors) if options.class_priors is not None else None
+    means = _means(options.target_mean) if options.target_mean is not None else None
     configured = {t.target: t for t in file.targets}
     if options.targets:
         entries = [configured.get(t) for t in options.targets]
@@ -237,9 +239,20 @@ def plan(options: CheckOptions) -> Plan:
                 _priors(entry.class_priors) if entry and entry.class_priors else None),
             head=options.head or (entry.head if entry else None),
             device=options.device or (entry.device if entry else None),
+            target_mean=means if means is not None else (entry.target_mean if entry else None),
         ))
     return Plan(tuple(configs), settings, options.fmt or file.format or "text", workdir,
                 str(file.path) if file.path else None)
+
+
+def _means(text: str) -> tuple[float, ...]:
+    from biaslint.config import parse_means
+
+    try:
+        return parse_means(text)
+    except ValueError:
+        raise ConfigError(f"--target-mean {text!r}: give one number, or one per output "
+                          "separated by commas (e.g. --target-mean 3.5 or 1.0,2.0)") from None
 
 
 def _priors(text: str) -> tuple[float, ...]:

@@ -22,6 +22,7 @@ class TargetConfig:
     class_priors: tuple[float, ...] | None = None
     head: str | None = None
     device: str | None = None  # "meta": build on the meta device (init read from its laws)
+    target_mean: tuple[float, ...] | None = None  # BL008: the regression target's mean(s)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ class RuleContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     class_priors: tuple[float, ...] | None = None
     head: str | None = None  # "softmax" or "sigmoid" (BL005)
+    target_mean: tuple[float, ...] | None = None  # BL008: one mean, or one per output
 
     def option(self, rule: "Rule", name: str) -> Any:
         for opt in rule.options:
