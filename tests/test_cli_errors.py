@@ -296,7 +296,10 @@ def test_each_rule_records_what_it_judged(cli, write_target):
     assert result.exit_code == 0
     [entry] = json.loads(result.stdout)["results"]
     rules = entry["rules"]
-    assert set(rules) == {"BL001", "BL002", "BL003", "BL004", "BL005", "BL010"}  # BL100 judges comments
+    from biaslint.rules import all_rules
+
+    # every rule that reads the model has a record; BL100 judges comments
+    assert set(rules) == {r.code for r in all_rules() if r.reads} >= {"BL001", "BL005", "BL010"}
     for code, scope in rules.items():
         assert scope["unjudged"] == [] and scope["judged"] == scope["total"], code
     assert rules["BL001"]["judged"] >= 1 and rules["BL004"]["total"] == 0

@@ -267,6 +267,20 @@ class AnalysedModel:
                 self._real_inputs[name] = fed.get(name)
         return {n: t for n in names if (t := self._real_outputs.get(n)) is not None}
 
+    @cached_property
+    def attention(self) -> list:  # list[AttentionSoftmax]
+        """Every softmax over attention scores in one real forward (``analysis.attention``);
+        empty without inputs, on the meta device, or when the forward fails."""
+        inputs = self.target.inputs
+        if inputs is None or any(p.device.type == "meta" for p in self.model.parameters()):
+            return []
+        from biaslint.analysis.attention import measure_attention
+
+        try:
+            return measure_attention(self.model, inputs.args, inputs.kwargs)
+        except Exception:  # noqa: BLE001 - the user's forward failing is reported by capture
+            return []
+
     def real_inputs(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
         """The first positional input of these modules in the same real forward."""
         names = list(names)

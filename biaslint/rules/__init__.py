@@ -8,6 +8,7 @@ from biaslint.rules.bl002_zero_constant_weight import ZeroConstantWeight
 from biaslint.rules.bl003_fan_in_blind_init import FanInBlindInit
 from biaslint.rules.bl004_lstm_forget_bias import LstmForgetGateBias
 from biaslint.rules.bl005_class_prior_bias import ClassPriorBias
+from biaslint.rules.bl006_attention_saturated import AttentionSoftmaxSaturated
 from biaslint.rules.bl007_bias_kills_units import BiasKillsUnits
 from biaslint.rules.bl008_regression_bias import RegressionBiasIgnoresTarget
 from biaslint.rules.bl009_initial_loss import InitialLossAboveChance
@@ -20,6 +21,7 @@ REGISTRY: tuple[type[Rule], ...] = (
     FanInBlindInit,
     LstmForgetGateBias,
     ClassPriorBias,
+    AttentionSoftmaxSaturated,
     BiasKillsUnits,
     RegressionBiasIgnoresTarget,
     InitialLossAboveChance,
