@@ -68,7 +68,7 @@ def _numbers(finding: Any) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def lint(target: str, device: str | None) -> tuple[Any, float]:
+def lint(target: str, device: str | None, keep: list | None = None) -> tuple[Any, float]:
     import torch
 
     from biaslint.engine import lint_loaded
@@ -80,15 +80,123 @@ def lint(target: str, device: str | None) -> tuple[Any, float]:
     config = TargetConfig(target=target, device=device)
     loaded = load_target(target, device=device)
     result = lint_loaded(loaded, config, Settings(), {"build": time.perf_counter() - start})
+    if keep is not None:
+        keep.append(loaded)
     return result, time.perf_counter() - start
 
 
 def compare(job: Job) -> dict[str, Any]:
-    """Both runs and their comparison, for one model. In a worker."""
+    """Both runs and their comparison, for one model, and the real run's findings of the rules
+    that measure a forward checked independently (``verify``). In a worker."""
     import_library(job.family)
-    real, real_s = lint(job.target, None)
+    kept: list[Any] = []
+    real, real_s = lint(job.target, None, kept)
+    checks = verify(kept[0], real.findings)
+    del kept
     meta, meta_s = lint(job.target, "meta")
-    return compare_results(job.family, job.name, real, meta, real_s, meta_s)
+    row = compare_results(job.family, job.name, real, meta, real_s, meta_s)
+    row["new_rule_findings"] = checks
+    return row
+
+
+NEW_RULES = ("BL006", "BL007", "BL009", "BL010")
+
+
+def _leaves(value: Any) -> list[Any]:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _leaves(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _leaves(v)]
+    if hasattr(value, "to_tuple"):
+        return _leaves(value.to_tuple())
+    return []
+
+
+def verify(loaded: Any, findings: Any) -> list[dict[str, Any]]:
+    """Each finding of BL006/BL007/BL009/BL010 with its figure, checked on the real model by a
+    computation of its own: BL010 by autograd (the named parameters get no gradient from a
+    backward of every output), BL009 by drawing labels (Monte Carlo cross-entropy of the head's
+    logits), BL007 by re-reading the layer's pre-activations (units <= 0 on every row, > 0
+    without the bias)."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    model, inputs = loaded.model, loaded.inputs
+    rows: list[dict[str, Any]] = []
+    wanted = [f for f in findings if f.code in NEW_RULES]
+    if not wanted or inputs is None:
+        return rows
+    captured: dict[str, Any] = {}
+    hooks = []
+    for f in wanted:
+        if f.code in ("BL007", "BL009") and f.module:
+            def hook(_m: Any, _a: Any, out: Any, _name: str = f.module) -> None:
+                captured.setdefault(_name, out.detach() if isinstance(out, torch.Tensor) else None)
+            hooks.append(model.get_submodule(f.module).register_forward_hook(hook))
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(0)
+    try:
+        out = model(*inputs.args, **inputs.kwargs)
+        leaves = [t for t in _leaves(out) if t.is_floating_point() and t.requires_grad]
+        if leaves:
+            sum(t.float().sum() for t in leaves).backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    params = dict(model.named_parameters())
+    for f in wanted:
+        row: dict[str, Any] = {"code": f.code, "module": f.module,
+                               "figure": {k: v for k, v in f.data.items()
+                                          if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+        if f.code == "BL010":
+            names = f.data.get("parameters", [])
+            row["true"] = all(params[n].grad is None or not bool(params[n].grad.abs().sum() > 0)
+                              for n in names if n in params)
+        elif f.code == "BL009":
+            z = captured.get(f.module)
+            if z is not None:
+                conv = isinstance(model.get_submodule(f.module), torch.nn.modules.conv._ConvNd)
+                z = (z.movedim(1, -1) if conv and z.dim() > 2 else z).reshape(-1, z.shape[-1])
+                z = z.double()
+                g = torch.Generator().manual_seed(1)
+                if f.data.get("classes") == 2 and z.shape[-1] != 2:
+                    labels = torch.randint(0, 2, (200,) + tuple(z.shape), generator=g).double()
+                    loss = float(F.binary_cross_entropy_with_logits(
+                        z.expand_as(labels), labels))
+                    chance = math.log(2)
+                else:
+                    labels = torch.randint(0, z.shape[-1], (200, z.shape[0]), generator=g)
+                    loss = float(torch.stack([F.cross_entropy(z, labels[i])
+                                              for i in range(200)]).mean())
+                    chance = math.log(z.shape[-1])
+                row["measured_excess"] = loss - chance
+                row["true"] = loss - chance > 0.5
+        elif f.code == "BL007":
+            z = captured.get(f.module)
+            module = model.get_submodule(f.module)
+            if z is not None and getattr(module, "bias", None) is not None:
+                conv = isinstance(module, torch.nn.modules.conv._ConvNd)
+                z = (z.movedim(1, -1) if conv and z.dim() > 2 else z).reshape(-1, z.shape[-1])
+                z = z.double()
+                bias = module.bias.detach().double()
+                if f.data.get("activation") == "relu":
+                    killed = int(((z <= 0).all(0) & ((z - bias) > 0).any(0)).sum())
+                else:
+                    killed = int((((z.abs() > 3).double().mean(0) >= 0.95)
+                                  & ((z - bias).abs() > 3).double().mean(0).lt(0.5)).sum())
+                row["measured_killed"] = killed
+                row["true"] = killed == f.data.get("killed")
+        else:  # BL006: the rule's own measurement; its figures are listed
+            row["true"] = None
+        rows.append(row)
+    model.zero_grad(set_to_none=True)
+    return rows
 
 
 def compare_results(family: str, name: str, real: Any, meta: Any, real_s: float = 0.0,
@@ -120,6 +228,7 @@ def compare_results(family: str, name: str, real: Any, meta: Any, real_s: float 
         "max_relative_difference": worst, "real_s": real_s, "meta_s": meta_s,
         "real_incomplete": list(real.incomplete)[:3], "meta_incomplete": list(meta.incomplete)[:3],
         "meta_notes": [n for n in meta.notes if "meta" in n or "init" in n][:4],
+        "real_findings": [list(k) for k in sorted(real_keys)],
     }
 
 
