@@ -46,7 +46,7 @@ class Attention(nn.Module):
         if self.mask:
             causal = torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1)
             scores = scores.masked_fill(causal, float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
+        probs = nn.Softmax(dim=-1)(scores) if self.form == "module" else torch.softmax(scores, -1)
         self.probs = probs
         return probs @ v
 
@@ -94,6 +94,7 @@ CASES = {
     "query scaled before the product": (f"Attention(std={BIG}, scale='query')", False),
     "einsum, unscaled, large": (f"Attention(std={BIG}, form='einsum')", True),
     "bmm, unscaled, large": (f"Attention(std={BIG}, form='bmm')", True),
+    "nn.Softmax module, unscaled, large": (f"Attention(std={BIG}, form='module')", True),
     "causal mask, unscaled, large": (f"Attention(std={BIG}, mask=True)", True),
     "nn.MultiheadAttention scales itself": ("Mha()", False),
     "scaled_dot_product_attention scales itself": ("Sdpa()", False),

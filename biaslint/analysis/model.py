@@ -274,6 +274,9 @@ class AnalysedModel:
         inputs = self.target.inputs
         if inputs is None or any(p.device.type == "meta" for p in self.model.parameters()):
             return []
+        if not any(_is_softmax(use.node) or isinstance(self.module_of(use), nn.Softmax)
+                   for use in self.graph_nodes()):
+            return []  # no softmax in the graph: no forward to spend
         from biaslint.analysis.attention import measure_attention
 
         try:
@@ -427,3 +430,11 @@ class AnalysedModel:
 
     def _dropout_active(self, use: Use) -> bool:
         return dropout_active(use.node, self.module_of(use))
+
+
+def _is_softmax(node: fx.Node) -> bool:
+    import torch.nn.functional as F
+
+    if node.op == "call_function":
+        return node.target in (F.softmax, torch.softmax)
+    return node.op == "call_method" and node.target == "softmax"
