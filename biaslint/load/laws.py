@@ -156,22 +156,7 @@ class LawBook:
         n = tensor.numel()
         if not tensor.is_contiguous():
             return None
-        stop = start + n
-        result: list[Piece] = []
-        cursor = start
-        for piece in self._pieces.get(key, ()):
-            if piece.stop <= start or piece.start >= stop:
-                continue
-            lo, hi = max(piece.start, start), min(piece.stop, stop)
-            if lo > cursor:
-                result.append(Piece(cursor - start, lo - start, Law.unknown("never written")))
-            result.append(Piece(lo - start, hi - start, piece.law,
-                                piece.offset + (lo - piece.start)))
-            cursor = hi
-        if cursor < stop:
-            result.append(Piece(cursor - start, stop - start,
-                                Law.unknown("written by no call biaslint saw")))
-        return result
+        return self._sub_pieces(key, start, start + n)
 
     def law_of(self, tensor: torch.Tensor) -> Law:
         """One law for every entry of the tensor (a source being copied, scaled or shifted)."""
