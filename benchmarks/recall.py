@@ -445,10 +445,12 @@ def _row(job: Job, layer: str, type_name: str, param: str, span: str, truth: str
 
 # --- counting ---------------------------------------------------------------------------------
 
-def _counted(row: dict[str, Any]) -> bool:
-    """In the recall denominators: not frozen, and not dead unless BL001 claims it anyway (a
-    layer behind a BatchNorm over two values can look dead: its weight moves nothing either)."""
-    return not int(row["frozen"]) and (not int(row["dead"]) or bool(row["claim"]))
+def _counted(row: dict[str, Any], claimed: str) -> bool:
+    """In the recall denominators: not frozen, and not dead unless BL001 makes this very claim
+    anyway (a layer behind a BatchNorm over two values can look dead: its weight moves nothing
+    either). A dead layer BL001 calls only partial is dead on these inputs (a residual branch
+    whose stochastic-depth mask dropped every sample), not a miss."""
+    return not int(row["frozen"]) and (not int(row["dead"]) or row["claim"] == claimed)
 
 
 def tally(rows: list[dict[str, Any]], kind: str) -> dict[str, int]:
@@ -464,7 +466,7 @@ def tally(rows: list[dict[str, Any]], kind: str) -> dict[str, int]:
         else:
             claimed, positive, accepted = "partial", {"partial"}, {"partial", "redundant"}
     measured = [r for r in group if r["truth"] not in ("skipped", "error", "model-error")]
-    truth = [r for r in measured if r["truth"] in positive and _counted(r)]
+    truth = [r for r in measured if r["truth"] in positive and _counted(r, claimed)]
     tp = sum(1 for r in truth if r["claim"] == claimed)
     fp = sum(1 for r in measured if r["claim"] == claimed and r["truth"] not in accepted)
     fn = sum(1 for r in truth if r["claim"] != claimed)
@@ -544,7 +546,8 @@ def summary(rows: list[dict[str, Any]], models: list[dict[str, Any]], command: s
         if errors:
             lines += ["Errors:", ""] + [f"- {m['family']}:{m['model']}: {m['error']}"
                                         for m in errors] + [""]
-    misses = [r for r in rows if r["truth"] == "redundant" and _counted(r)
+    misses = [r for r in rows if r["truth"] == "redundant"
+              and _counted(r, "redundant-slice" if r["slice"] else "redundant")
               and r["claim"] not in ("redundant", "redundant-slice")]
     wrong = [r for r in rows if r["claim"] in ("redundant", "redundant-slice")
              and r["truth"] != "redundant"] + \
