@@ -199,13 +199,35 @@ def verify(loaded: Any, findings: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def not_run(notes: Any) -> set[str]:
+    """Rules the run says it did not run (they measure a real forward; none on meta)."""
+    return {note.split(" ", 1)[0] for note in notes if " not run: " in note}
+
+
+def reclassify(row: dict[str, Any]) -> dict[str, Any]:
+    """A row from an older run: findings of rules its meta notes say did not run count as not
+    judged on meta, not as differences."""
+    from biaslint.rules import all_rules
+
+    # rows of runs whose notes were cut: the rules that measure a forward never run on meta
+    skipped = not_run(row.get("meta_notes", [])) | {r.code for r in all_rules()
+                                                    if "forward" in r.reads}
+    moved = [k for k in row.get("misses", []) if k[0] in skipped]
+    if moved:
+        row = dict(row)
+        row["misses"] = [k for k in row["misses"] if k[0] not in skipped]
+        row["not_judged"] = row.get("not_judged", []) + moved
+        row["not_judged_on_meta"] = row.get("not_judged_on_meta", 0) + len(moved)
+    return row
+
+
 def compare_results(family: str, name: str, real: Any, meta: Any, real_s: float = 0.0,
                     meta_s: float = 0.0) -> dict[str, Any]:
     real_keys = {_key(f): f for f in real.findings}
     meta_keys = {_key(f): f for f in meta.findings}
     unjudged = {(scope.code, layer) for scope in meta.rules for layer, _ in scope.unjudged}
     unjudged_all = {scope.code for scope in meta.rules
-                    for layer, _ in scope.unjudged if layer == "<all>"}
+                    for layer, _ in scope.unjudged if layer == "<all>"} | not_run(meta.notes)
     both = sorted(set(real_keys) & set(meta_keys))
     missing = sorted(set(real_keys) - set(meta_keys))
     extra = sorted(set(meta_keys) - set(real_keys))
@@ -227,7 +249,7 @@ def compare_results(family: str, name: str, real: Any, meta: Any, real_s: float 
                                          for _, why in scope.unjudged})[:5],
         "max_relative_difference": worst, "real_s": real_s, "meta_s": meta_s,
         "real_incomplete": list(real.incomplete)[:3], "meta_incomplete": list(meta.incomplete)[:3],
-        "meta_notes": [n for n in meta.notes if "meta" in n or "init" in n][:4],
+        "meta_notes": [n for n in meta.notes if "meta" in n or "init" in n or " not run: " in n],
         "real_findings": [list(k) for k in sorted(real_keys)],
     }
 
@@ -239,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--out", default=os.path.join(HERE, "out"))
+    parser.add_argument("--resume", action="store_true",
+                        help="skip the models already in <out>/meta_equivalence.jsonl")
+    parser.add_argument("--table", action="store_true", help="only print the table of the log")
     args = parser.parse_args(argv)
 
     from biaslint.parallel import run_isolated
@@ -251,6 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     log = os.path.join(args.out, "meta_equivalence.jsonl")
     rows: list[dict[str, Any]] = []
+    done_before: list[dict[str, Any]] = []
+    if (args.resume or args.table) and os.path.exists(log):
+        with open(log, encoding="utf-8") as handle:
+            seen: dict[tuple[str, str], dict[str, Any]] = {}
+            for line in handle:
+                row = json.loads(line)
+                seen[(row["family"], row["model"])] = row
+        done_before = list(seen.values())
+        jobs = [j for j in jobs if (j.family, j.name) not in seen]
+    if args.table:
+        print(table(done_before))
+        return 0
 
     def done(index: int, outcome: Any) -> None:
         job = jobs[index]
@@ -267,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_isolated(meta_equivalence.compare, jobs, jobs=args.jobs, timeout=args.timeout,
                  on_done=done, threads=1)
-    text = table(rows)
+    text = table(done_before + rows)
     with open(os.path.join(args.out, "meta_equivalence.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
     print(text)
@@ -275,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    rows = [reclassify(r) if "error" not in r else r for r in rows]
     ok = [r for r in rows if "error" not in r]
     lines = [
         f"{len(rows)} models, {len(rows) - len(ok)} errors; findings real "
