@@ -22,7 +22,7 @@ class Mlp(nn.Module):
         self.layer = nn.Conv2d(3, 16, 3, padding=1) if conv else nn.Linear(32, 64)
         self.norm = (nn.BatchNorm2d(16) if conv else nn.BatchNorm1d(64)) if norm else None
         self.act = {"relu": nn.ReLU(), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid(),
-                    "gelu": nn.GELU()}[act]
+                    "gelu": nn.GELU(), "relu_inplace": nn.ReLU(inplace=True)}[act]
         self.out = nn.Linear(16 if conv else 64, 4)
         if bias is not None:
             nn.init.constant_(self.layer.bias, bias)
@@ -88,6 +88,14 @@ CASES = {
     "GLU gate starting closed": ("Glu()", "x()", False, "gate", "sigmoid"),
     "highway carry gate": ("Highway()", "x()", False, "t", "sigmoid"),
     "GELU is not judged": ("Mlp(act='gelu', bias=-5.0)", "x()", False, "layer", None),
+    # an in-place ReLU rewrites the layer's output: what is measured must be a copy
+    "in-place ReLU, default init, two inputs": ("Mlp(act='relu_inplace')", "torch.randn(2, 32)",
+                                                False, "layer", None),
+    "in-place ReLU behind -5": ("Mlp(act='relu_inplace', bias=-5.0)", "x()", True, "layer",
+                                "relu"),
+    "tiny negative bias, two inputs: not dead on others": ("Mlp(bias=-0.02)",
+                                                           "torch.randn(2, 32)", False, "layer",
+                                                           None),
 }
 
 

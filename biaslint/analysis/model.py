@@ -248,9 +248,11 @@ class AnalysedModel:
             for name in wanted:
                 def hook(_m: Any, args: Any, out: Any, _name: str = name) -> None:
                     if isinstance(out, torch.Tensor) and _name not in seen:
-                        seen[_name] = out.detach()
+                        # copies: an in-place activation after the layer (ReLU(inplace=True))
+                        # would otherwise rewrite what was recorded
+                        seen[_name] = out.detach().clone()
                         if args and isinstance(args[0], torch.Tensor):
-                            fed[_name] = args[0].detach()
+                            fed[_name] = args[0].detach().clone()
                 hooks.append(self.model.get_submodule(name).register_forward_hook(hook))
             from biaslint.capture.preserve import preserved
 

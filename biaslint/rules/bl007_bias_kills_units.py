@@ -26,10 +26,11 @@ row (and position):
 
 * ReLU family: a unit is *dead* when its pre-activation is <= 0 on every input (output 0,
   gradient 0) and *the bias is what did it*: without its bias the same unit is positive on some
-  input;
+  input, and the bias is negative by at least twice the spread of `w.x` over the inputs (so it
+  kills the unit on other inputs too, not only on these few);
 * tanh / sigmoid: a unit is *saturated* when |pre-activation| > `saturation` (3: the slope is
-  below 0.01 for tanh, 0.045 for sigmoid) on at least 95% of the inputs, and not on most of them
-  without its bias.
+  below 0.01 for tanh, 0.045 for sigmoid) on at least 95% of the inputs, not on most of them
+  without its bias, and the bias alone is beyond `saturation` and twice that spread.
 
 It flags the layer when at least `min_fraction` of its units are killed this way, with the
 fraction, the bias values that did it and the pre-activations' range. Gates are left alone: an
@@ -110,13 +111,19 @@ def build():
             return None
         without = z - bias
         units = z.shape[1]
+        # The bias must do it on any input, not just on these few: it lies beyond the inputs'
+        # own spread of w.x by more than two standard deviations (a tiny default bias on a unit
+        # that happens to be negative on two images is not a dead unit).
+        spread = without.std(dim=0) if z.shape[0] > 1 else without.abs().amax(dim=0)
         if kind == "relu":
-            killed = (z <= 0).all(dim=0) & (without > 0).any(dim=0)
+            killed = (z <= 0).all(dim=0) & (without > 0).any(dim=0) & (bias < 0) & \
+                (-bias >= 2 * spread)
             what = "dead (pre-activation <= 0 on every input: output 0, gradient 0)"
         else:
             beyond = (z.abs() > saturation).double().mean(dim=0)
             before = (without.abs() > saturation).double().mean(dim=0)
-            killed = (beyond >= 0.95) & (before < 0.5)
+            killed = (beyond >= 0.95) & (before < 0.5) & (bias.abs() >= saturation) & \
+                (bias.abs() >= 2 * spread)
             what = f"saturated (|pre-activation| > {saturation:g} on >= 95% of the inputs)"
         count = int(killed.sum())
         if count == 0 or count / units < minimum:

@@ -26,7 +26,8 @@ on is reported, grouped by the highest module whose trainable parameters are all
 their count and why: the module is never called by the forward on the example inputs, it is
 called but its output is never used, or the forward never reads that parameter. A module that is
 not called on these inputs may be called on others (a branch the example did not take): the
-message says so, and you judge.
+message says so, and you judge. On the meta device that verdict is not given: the branches a
+forward on meta tensors takes are decided by values it does not have.
 """
     why_bad = """\
 A parameter that reaches no output gets no gradient: it never trains, the optimizer state and the
@@ -92,7 +93,12 @@ def build():
         if model.capture.forward_error is not None or not model.graphs:
             return  # no run to follow: the engine reports what it could not see
         usage = parameter_usage(model)
+        meta = any(p.device.type == "meta" for p in model.model.parameters())
         for group in unused_groups(model, usage):
+            if meta and group.why == "not called":
+                # Which branch a meta forward takes is decided by values it does not have (a
+                # LayerDrop's torch.rand): "never called" would be a guess there.
+                continue
             layer = model.layers.get(group.module) or _any_layer_under(model, group.module)
             if layer is None:
                 continue
