@@ -176,7 +176,8 @@ def _check(f: Any, model: Any, params: dict[str, Any], captured: dict[str, Any])
         z = captured.get(f.module)
         if z is not None:
             conv = isinstance(model.get_submodule(f.module), torch.nn.modules.conv._ConvNd)
-            z = (z.movedim(1, -1) if conv and z.dim() > 2 else z).reshape(-1, z.shape[-1])
+            z = z.movedim(1, -1) if conv and z.dim() > 2 else z
+            z = z.reshape(-1, z.shape[-1])
             z = z.double()
             g = torch.Generator().manual_seed(1)
             if f.data.get("classes") == 2 and z.shape[-1] != 2:
@@ -196,7 +197,8 @@ def _check(f: Any, model: Any, params: dict[str, Any], captured: dict[str, Any])
         module = model.get_submodule(f.module)
         if z is not None and getattr(module, "bias", None) is not None:
             conv = isinstance(module, torch.nn.modules.conv._ConvNd)
-            z = (z.movedim(1, -1) if conv and z.dim() > 2 else z).reshape(-1, z.shape[-1])
+            z = z.movedim(1, -1) if conv and z.dim() > 2 else z
+            z = z.reshape(-1, z.shape[-1])
             z = z.double()
             bias = module.bias.detach().double()
             if f.data.get("activation") == "relu":

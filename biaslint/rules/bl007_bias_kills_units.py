@@ -134,10 +134,13 @@ def build():
                   else f"{float(shown.min()):.3g} to {float(shown.max()):.3g}")
         set_by = layer.init_of("bias")
         where = f" (set by {set_by.describe()})" if set_by is not None and set_by.by_user else ""
+        after = ("they start with no output and no gradient, and stay so until the layers "
+                 "before them move their inputs" if kind == "relu"
+                 else "they start with almost no gradient")
         message = (f"{count} of {units} units are {what} on the example inputs because of the "
                    f"bias{where}: bias {values} on those units, pre-activations {low:.3g} to "
                    f"{high:.3g} there, while without the bias they reach the working range; "
-                   f"{'they never recover' if kind == 'relu' else 'they barely learn'}")
+                   f"{after}")
         code = (f"nn.init.zeros_({python_path(layer.name)}.bias)" if kind != "relu"
                 else f"nn.init.constant_({python_path(layer.name)}.bias, 0.01)")
         data: dict[str, Any] = {"verdict": "dead" if kind == "relu" else "saturated",
