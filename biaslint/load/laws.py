@@ -17,6 +17,7 @@ inferred), unless ``track_real`` is set (the tests compare laws with measured va
 from __future__ import annotations
 
 import math
+from types import FunctionType
 from typing import Any, Callable
 
 import torch
@@ -26,6 +27,10 @@ from torch.overrides import TorchFunctionMode
 from biaslint.laws import EXACT_LIMIT, Law, Piece, scalar_of
 
 Key = tuple[str, int]
+
+_INIT_NAMES = frozenset({"uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
+                         "eye_", "dirac_", "xavier_uniform_", "xavier_normal_",
+                         "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_"})
 
 _VIEWS = frozenset({
     "view", "view_as", "reshape", "reshape_as", "transpose", "t", "permute", "__getitem__",
@@ -263,7 +268,10 @@ class LawMode(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if self.paused or name in _VIEWS:
             return func(*args, **kwargs)
-        if getattr(func, "__module__", None) == "torch.nn.init":
+        # nn.init functions dispatch here; so do the stand-ins a library swaps into
+        # torch.nn.init (transformers' guarded copies): Python functions of the same names.
+        if getattr(func, "__module__", None) == "torch.nn.init" or (
+                name in _INIT_NAMES and isinstance(func, FunctionType)):
             return self._init_function(func, name, args, kwargs)
         result = func(*args, **kwargs)
         try:
