@@ -96,6 +96,8 @@ CASES = {
     "tiny negative bias, two inputs: not dead on others": ("Mlp(bias=-0.02)",
                                                            "torch.randn(2, 32)", False, "layer",
                                                            None),
+    "two rows are too few to call a unit dead": ("Mlp(bias=-5.0)", "torch.randn(2, 32)", False,
+                                                 "layer", None),
 }
 
 

@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from biaslint.analysis import AnalysedModel, Layer, Use
 
 
+# A unit is judged only over at least this many rows (examples x positions): on two rows (a
+# squeeze-excitation's pooled input at batch 2) "negative on every input" says little.
+MIN_ROWS = 8
+
+
 class BiasKillsUnits(Rule):
     code = "BL007"
     name = "bias-kills-units"
@@ -32,7 +37,9 @@ row (and position):
   below 0.01 for tanh, 0.045 for sigmoid) on at least 95% of the inputs, not on most of them
   without its bias, and the bias alone is beyond `saturation` and twice that spread.
 
-It flags the layer when at least `min_fraction` of its units are killed this way, with the
+A layer is judged over at least 8 rows (examples times positions): a squeeze-excitation's
+pooled input at batch 2 is two rows, too few to call a unit dead. It flags the layer when at
+least `min_fraction` of its units are killed this way, with the
 fraction, the bias values that did it and the pre-activations' range. Gates are left alone: an
 activation whose output multiplies another path (GLU, highway, LSTM-style gates) is meant to
 start closed or open (Srivastava et al., 2015 start highway gates at a negative bias). A
@@ -107,8 +114,8 @@ def build():
         conv = isinstance(layer.module, nn.modules.conv._ConvNd)
         z = (out.movedim(1, -1) if conv and out.dim() > 2 else out).double()
         z = z.reshape(-1, z.shape[-1])
-        if z.shape[-1] != bias.numel() or z.shape[0] < 2:
-            return None
+        if z.shape[-1] != bias.numel() or z.shape[0] < MIN_ROWS:
+            return None  # too few rows to say a unit is dead on every input
         without = z - bias
         units = z.shape[1]
         # The bias must do it on any input, not just on these few: it lies beyond the inputs'
