@@ -281,3 +281,16 @@ def test_device_in_the_config_is_validated(tmp_path):
     assert result.returncode == 2
     assert "device" in result.stderr and "'gpu' is not one of cpu, meta" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_large_tensor_of_mixed_laws_is_judged_only_where_the_laws_answer():
+    """Row questions (are the units alike?) on a tensor too large for a stand-in: answered when
+    one drawn block spans rows (an embedding with its padding row zeroed), else not judged."""
+    from biaslint.laws import Law, Piece
+
+    padded = LawValue([Piece(0, 8, Law.constant(0.0)), Piece(8, 8 * 600_000, Law.normal(0, 1))],
+                      (600_000, 8))
+    assert padded.known and padded.rows(1) is None
+    striped = LawValue([Piece(i * 2, i * 2 + 2, Law.normal(0, 1) if i % 2 else Law.constant(1.0))
+                        for i in range(3_000_000)], (3_000_000, 2))
+    assert not striped.known and "several init laws" in striped.why

@@ -148,6 +148,20 @@ class LawValue(ParamValue):
                 self.known = False
                 self.why = "init never recorded (torch.empty)" if bad.kind == "uninitialized" \
                     else f"init law unknown: {bad.how or 'not recorded'}"
+            elif not self._answerable():
+                # several laws in one tensor too large for a stand-in: the row questions (are
+                # the units alike?) have no answer, so the value rules must not judge it
+                self.known = False
+                self.why = "made of several init laws, too large to answer from them"
+
+    def _answerable(self) -> bool:
+        if len(self.pieces) <= 1 or self.numel <= STAND_IN_LIMIT:
+            return True
+        if all(p.law.kind == "constant" for p in self.pieces) and \
+                len({p.law.value for p in self.pieces}) == 1:
+            return True
+        block = self.numel // max(self.shape[0], 1) if self.shape else 1
+        return self._drawn_blocks(block)
 
     def _single(self) -> Law | None:
         return self.pieces[0].law if len(self.pieces) == 1 else None
