@@ -30,7 +30,6 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,20 +38,8 @@ for _path in (HERE, ROOT):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from zoo import Job  # noqa: E402  (the zoo sweep's job: a family and a model name)
 from zoo_models import FAMILIES, import_library  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Job:
-    family: str
-    name: str
-
-    @property
-    def target(self) -> str:
-        namespace = {"timm": "TIMM", "hf": "HF"}.get(self.family)
-        if namespace is None:
-            namespace = "TV" if self.family.startswith("tv-") else "EXT"
-        return os.path.join(HERE, "zoo_models.py") + f":{namespace}.{self.name}"
 
 
 def _key(finding: Any) -> tuple[str, str, str, str]:
