@@ -67,10 +67,17 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
     analysed = AnalysedModel(captured)
     _ = analysed.layers  # the shared facts; rules add their own lazily
     timings["analysis"] = time.perf_counter() - start
+    signal, signal_notes = None, []
+    if getattr(settings, "signal", False):  # for the reports that plot it, not for the rules
+        start = time.perf_counter()
+        with preserved_state(seed=None), user_code(config.target, "the forward"):
+            signal = _signal(analysed, signal_notes)
+        timings["signal"] = time.perf_counter() - start
 
     stage("rules")
     start = time.perf_counter()
     notes = list(loaded.notes) + list(captured.notes)
+    notes.extend(signal_notes)
     blocked = _blocked(analysed, captured.coverage)
     incomplete: list[str] = []
     findings: list[Finding] = []
@@ -121,6 +128,7 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
         incomplete=tuple(incomplete),
         rules=tuple(scopes),
         timings=timings,
+        signal=signal,
     )
 
 
@@ -142,6 +150,26 @@ def _blocked(analysed, coverage) -> dict[str, dict[str, str]]:  # type: ignore[n
         elif unreadable:
             blocked.setdefault(name, {})["values"] = ON_META
     return blocked
+
+
+def _signal(analysed, notes: list[str]):  # type: ignore[no-untyped-def]
+    """The signal-propagation curves, or None with a note saying why not."""
+    from biaslint.analysis.signal import measure_signal, residual_boundaries
+
+    missing = _no_forward(analysed)
+    if missing is not None:
+        notes.append(f"signal propagation not measured: there is {missing}")
+        return None
+    inputs = analysed.target.inputs
+    called = set(analysed.capture.coverage.not_called)
+    layers = [name for name in analysed.layers if name not in called]
+    try:
+        return measure_signal(analysed.model, inputs.args, inputs.kwargs, layers,
+                              residual_boundaries(analysed))
+    except Exception as exc:  # noqa: BLE001 - a plot we cannot draw is said, never a finding
+        notes.append(f"signal propagation not measured: the forward and backward raised "
+                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return None
 
 
 def _no_forward(analysed) -> str | None:  # type: ignore[no-untyped-def]

@@ -191,6 +191,9 @@ class TargetResult:
     # Per selected rule (BL100 aside): the layers it judged and those it could not.
     rules: tuple[RuleScope, ...] = ()
     timings: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
+    # Activation and gradient RMS per layer at init (``biaslint.analysis.signal.Signal``), when
+    # the report asked for it and a real forward was possible; None otherwise.
+    signal: Any = field(default=None, compare=False, hash=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -201,4 +204,5 @@ class TargetResult:
             "incomplete": list(self.incomplete),
             "rules": {scope.code: scope.as_dict() for scope in self.rules},
             "error": self.error,
+            "signal": self.signal.as_dict() if self.signal is not None else None,
         }

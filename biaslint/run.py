@@ -5,6 +5,7 @@ the results to the reporters. The CLI turns the outcome into an exit code.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +15,9 @@ import click
 
 from biaslint.errors import BiaslintError, ConfigError
 from biaslint.findings import Severity
+
+# The formats that show signal propagation (one more forward and backward per target).
+SIGNAL_FORMATS = ("json", "html")
 
 NO_TARGET = ("no target given and none configured: run biaslint MODULE:ATTR (e.g. biaslint "
              "mymodel:build), or list them in pyproject.toml under [tool.biaslint] as "
@@ -241,8 +245,10 @@ def plan(options: CheckOptions) -> Plan:
             device=options.device or (entry.device if entry else None),
             target_mean=means if means is not None else (entry.target_mean if entry else None),
         ))
-    return Plan(tuple(configs), settings, options.fmt or file.format or "text", workdir,
-                str(file.path) if file.path else None)
+    fmt = options.fmt or file.format or "text"
+    if fmt in SIGNAL_FORMATS:
+        settings = dataclasses.replace(settings, signal=True)
+    return Plan(tuple(configs), settings, fmt, workdir, str(file.path) if file.path else None)
 
 
 def _means(text: str) -> tuple[float, ...]:

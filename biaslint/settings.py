@@ -36,3 +36,6 @@ class Settings:
     debug: bool = False
     # Exit 0/1 even when part of a model went unjudged (``TargetResult.incomplete``).
     allow_incomplete: bool = False
+    # Measure signal propagation (``analysis.signal``) for the reports that show it (html,
+    # json, the Python API): one more real forward and backward per target.
+    signal: bool = False

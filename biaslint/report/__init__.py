@@ -19,10 +19,11 @@ _REPORTERS: dict[str, tuple[str, str]] = {
     "json": ("biaslint.report.json", "render"),
     "github": ("biaslint.report.github", "render"),
     "sarif": ("biaslint.report.sarif", "render"),
+    "html": ("biaslint.report.html", "render"),
     "findings": ("biaslint.report.text", "render_findings_only"),
 }
 # What --format and the config's ``format`` accept.
-FORMATS: tuple[str, ...] = ("text", "json", "github", "sarif")
+FORMATS: tuple[str, ...] = ("text", "json", "github", "sarif", "html")
 
 
 def get_reporter(fmt: str) -> Reporter:

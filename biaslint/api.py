@@ -1,0 +1,426 @@
+"""The Python API for a model you already hold: ``biaslint.check(model)``.
+
+    with biaslint.recording():          # optional: records where each layer and init was written
+        model = build(...)
+    report = biaslint.check(model, torch.randn(2, 3, 224, 224))
+    report                              # in Jupyter: the HTML report, signal plot included
+    print(report)                       # the text report
+    report.findings, report.ok, report.to_json()
+
+``check`` runs the same pipeline as the command line from its second stage on (capture ->
+analyse -> rules); the build already happened. Where construction was recorded
+(``recording()``), findings point at the lines that built each layer, as on the command line;
+otherwise at the model's class source (the ``self.x = ...`` line that made the layer, when it
+can be found there).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import inspect
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+from biaslint.errors import ConfigError
+from biaslint.findings import Finding, Location, Severity, TargetResult
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from biaslint.load.sites import BuildRecord
+
+# The builds recorded by ``recording()``, newest last. Each holds the modules it saw (that is
+# how a module is told from a later one at the same address), so only the last few are kept.
+_RECORDS: collections.deque["BuildRecord"] = collections.deque(maxlen=16)
+
+
+class Recording:
+    """What one ``with biaslint.recording():`` block saw being built."""
+
+    def __init__(self) -> None:
+        self.record: BuildRecord | None = None
+
+    def covers(self, model: "nn.Module") -> bool:
+        """Whether ``model`` (or one of its modules) was constructed inside the block."""
+        return self.record is not None and any(
+            self.record.site_of(m) is not None for m in model.modules())
+
+
+@contextmanager
+def recording() -> Iterator[Recording]:
+    """Record where the code inside the block constructs each module and initializes each
+    parameter; ``check`` then points its findings at those lines (a notebook cell's included).
+    Torch is patched only inside the block and restored on the way out, even on an error."""
+    from biaslint.load.sites import recording as record_build
+
+    handle = Recording()
+    with record_build() as record:
+        handle.record = record
+        try:
+            yield handle
+        finally:
+            _RECORDS.append(record)
+
+
+@dataclass
+class Report:
+    """The outcome of ``check``: the findings, what was judged, and the reports as text,
+    HTML and JSON."""
+
+    results: tuple[TargetResult, ...]
+    fail_on: Severity = Severity.WARNING
+    allow_incomplete: bool = False
+    _settings: Any = field(default=None, repr=False)
+
+    @property
+    def result(self) -> TargetResult:
+        return self.results[0]
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for r in self.results for f in r.findings]
+
+    @property
+    def failing(self) -> list[Finding]:
+        """The findings at or above ``fail_on``: those that make ``ok`` false."""
+        return [f for f in self.findings if f.severity >= self.fail_on]
+
+    @property
+    def incomplete(self) -> list[str]:
+        """What the selected rules could not judge (an error of the target included)."""
+        return [line for r in self.results
+                for line in ((f"{r.target}: {r.error}",) if r.error else r.incomplete)]
+
+    @property
+    def ok(self) -> bool:
+        """What exit 0 means on the command line: no failing finding, and everything judged
+        (unless ``allow_incomplete``); an error is never ok."""
+        if any(r.error for r in self.results):
+            return False
+        if self.failing:
+            return False
+        return self.allow_incomplete or not any(r.incomplete for r in self.results)
+
+    @property
+    def exit_code(self) -> int:
+        """The command line's exit code for this outcome: 0, 1 (findings) or 2 (incomplete
+        analysis, or an error)."""
+        if any(r.error for r in self.results) or (
+                not self.allow_incomplete and any(r.incomplete for r in self.results)):
+            return 2
+        return 1 if self.failing else 0
+
+    @property
+    def signal(self) -> Any:
+        """The signal-propagation curves of the (first) target, or None."""
+        return self.results[0].signal if self.results else None
+
+    def to_json(self) -> str:
+        from biaslint.report.json import render
+
+        return render(self.results)
+
+    def to_html(self) -> str:
+        """The whole self-contained page (what ``--format html`` writes)."""
+        from biaslint.report.html import render
+
+        return render(self.results)
+
+    def _repr_html_(self) -> str:
+        from biaslint.report.html import fragment
+
+        return fragment(self.results)
+
+    def __str__(self) -> str:
+        from biaslint.report.text import render_plain
+
+        text = render_plain(self.results)
+        if not self.allow_incomplete:
+            for line in self.incomplete:
+                if not any(r.error for r in self.results):
+                    text += f"not judged: {line}\n"
+        return text
+
+    def __repr__(self) -> str:
+        names = ", ".join(r.target for r in self.results)
+        return (f"<biaslint.Report {names}: {len(self.findings)} finding(s), "
+                f"{'ok' if self.ok else 'not ok'}>")
+
+
+_SETTING_KEYS = ("select", "ignore", "fail_on", "class_priors", "head", "target_mean",
+                 "input_shapes", "allow_incomplete", "severity", "rule_options",
+                 "per_module_ignores", "signal", "name", "recording")
+
+
+def check(model: "nn.Module", example_inputs: Any = None, **settings: Any) -> Report:
+    """Lint a model that is already built.
+
+    ``example_inputs``: a tensor, a tuple of positional inputs or a dict of keyword inputs
+    (without them, ``model.example_input_array`` if the model has one, as Lightning modules
+    do; else only what needs no forward is judged, and the report says what was not).
+
+    Settings (all optional): ``select``, ``ignore`` (codes or prefixes), ``fail_on``
+    ("error"/"warning"/"info"), ``class_priors``, ``head``, ``target_mean``, ``input_shapes``
+    (used when there are no example inputs), ``allow_incomplete``, ``severity`` ({code:
+    severity}), ``rule_options`` ({code: {option: value}}), ``per_module_ignores``,
+    ``signal`` (measure signal propagation; default True), ``name`` (the target's name in the
+    reports; default the model's class name), ``recording`` (a ``Recording`` to take sites
+    from; default the newest ``recording()`` block that built this model).
+    """
+    import torch.nn as nn
+
+    unknown = sorted(set(settings) - set(_SETTING_KEYS))
+    if unknown:
+        raise ConfigError(f"biaslint.check: unknown setting(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(_SETTING_KEYS)}")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"biaslint.check takes an nn.Module, not {type(model).__name__}: "
+                          "for a target string use biaslint.testing.assert_clean or the CLI")
+    config, run_settings = _configure(model, settings)
+    loaded = _loaded(model, example_inputs, config, settings.get("recording"))
+    return Report((_lint(loaded, config, run_settings),), run_settings.fail_on,
+                  run_settings.allow_incomplete, run_settings)
+
+
+def _configure(model: "nn.Module", settings: Mapping[str, Any]) -> tuple[Any, Any]:
+    from biaslint.config import known_prefix
+    from biaslint.settings import Settings, TargetConfig
+
+    def codes(key: str) -> tuple[str, ...]:
+        value = settings.get(key) or ()
+        items = [value] if isinstance(value, str) else list(value)
+        result = tuple(c.strip().upper() for v in items for c in str(v).split(",") if c.strip())
+        for code in result:
+            if not known_prefix(code):
+                raise ConfigError(f"biaslint.check {key}={code!r}: matches no rule "
+                                  "(biaslint rules lists them)")
+        return result
+
+    fail_on = settings.get("fail_on", Severity.WARNING)
+    fail_on = fail_on if isinstance(fail_on, Severity) else Severity.parse(str(fail_on))
+    severity = {str(k).upper(): v if isinstance(v, Severity) else Severity.parse(str(v))
+                for k, v in (settings.get("severity") or {}).items()}
+    priors = settings.get("class_priors")
+    if isinstance(priors, str):
+        from biaslint.priors import parse_priors
+
+        priors = parse_priors(priors)
+    elif priors is not None:
+        priors = tuple(float(p) for p in _flat(priors))
+    means = settings.get("target_mean")
+    if means is not None:
+        means = tuple(float(m) for m in _flat(means))
+    shapes = tuple(tuple(int(d) for d in s) for s in settings.get("input_shapes") or ())
+    run_settings = Settings(
+        select=codes("select"), ignore=codes("ignore"), fail_on=fail_on,
+        severity_overrides=severity,
+        rule_options={str(k).upper(): dict(v) for k, v in
+                      (settings.get("rule_options") or {}).items()},
+        per_module_ignores={k: tuple(v) for k, v in
+                            (settings.get("per_module_ignores") or {}).items()},
+        allow_incomplete=bool(settings.get("allow_incomplete", False)),
+        signal=bool(settings.get("signal", True)))
+    config = TargetConfig(target=str(settings.get("name") or type(model).__name__),
+                          input_shapes=shapes, class_priors=priors, head=settings.get("head"),
+                          target_mean=means)
+    return config, run_settings
+
+
+def _flat(value: Any) -> list[Any]:
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (int, float)):
+        return [value]
+    return [x for item in value for x in _flat(item)]
+
+
+def _inputs(model: "nn.Module", example_inputs: Any, shapes: Sequence[tuple[int, ...]]) -> Any:
+    import torch
+
+    from biaslint.load.build import ExampleInputs, _example
+
+    if example_inputs is None:
+        example_inputs = getattr(model, "example_input_array", None)
+    if example_inputs is None:
+        if shapes:
+            return ExampleInputs(args=tuple(_example(model, s) for s in shapes))
+        return None
+    if isinstance(example_inputs, ExampleInputs):
+        return example_inputs
+    if isinstance(example_inputs, torch.Tensor):
+        return ExampleInputs(args=(example_inputs,))
+    if isinstance(example_inputs, Mapping) and all(isinstance(k, str) for k in example_inputs):
+        return ExampleInputs(kwargs=dict(example_inputs))
+    if isinstance(example_inputs, (tuple, list)):
+        return ExampleInputs(args=tuple(example_inputs))
+    raise ConfigError(f"biaslint.check: example_inputs must be a tensor, a tuple of inputs or a "
+                      f"dict of keyword inputs, not {type(example_inputs).__name__}")
+
+
+def _loaded(model: "nn.Module", example_inputs: Any, config: Any,
+            handle: Recording | None) -> Any:
+    from biaslint.load.build import LoadedTarget, _module_sites, _param_inits, _to_meta
+
+    record = handle.record if handle is not None else _record_of(model)
+    notes: list[str] = []
+    sites: dict[str, Location] = {}
+    inits = {}
+    if record is not None:
+        sites = _module_sites(model, record)
+        inits = _param_inits(model, record)
+    missing = [name for name, _ in model.named_modules() if name not in sites]
+    if missing:
+        fallback = _class_sites(model)
+        for name in missing:
+            if name in fallback:
+                sites[name] = fallback[name]
+        if record is None:
+            notes.append("construction was not recorded: locations point at the model's class "
+                         "source; build it inside `with biaslint.recording():` for the lines "
+                         "that built each layer and the init calls")
+    inputs = _inputs(model, example_inputs, config.input_shapes)
+    if any(p.device.type == "meta" for p in model.parameters()):
+        notes.append("the model is on the meta device and was built outside biaslint, so its "
+                     "init calls were not recorded: its values are unknown; lint the function "
+                     "that builds it with --device meta")
+        if inputs is not None:
+            inputs = _to_meta(inputs)
+    return LoadedTarget(name=config.target, model=model, inputs=inputs, module_sites=sites,
+                        param_inits=inits, notes=notes)
+
+
+def _record_of(model: "nn.Module") -> "BuildRecord | None":
+    for record in reversed(_RECORDS):
+        if record.site_of(model) is not None or any(
+                record.site_of(m) is not None for m in model.modules()):
+            return record
+    return None
+
+
+def _class_sites(model: "nn.Module") -> dict[str, Location]:
+    """Per module, a line of source that made it: the ``self.<attr> =`` line in the nearest
+    enclosing class written outside torch, else that class's ``class`` line."""
+    from biaslint.load.sites import _display_path, _is_library_frame
+
+    sources: dict[type, tuple[str, int, list[str]] | None] = {}
+
+    def source(cls: type) -> tuple[str, int, list[str]] | None:
+        if cls not in sources:
+            try:
+                file = inspect.getsourcefile(cls)
+                lines, start = inspect.getsourcelines(cls)
+            except (OSError, TypeError):
+                sources[cls] = None
+            else:
+                sources[cls] = None if not file or _is_library_frame(file) else \
+                    (file, start, lines)
+        return sources[cls]
+
+    def class_line(cls: type) -> Location | None:
+        for klass in cls.__mro__:
+            found = source(klass)
+            if found is not None:
+                file, start, _ = found
+                return Location(file=_display_path(file), line=start, col=1, end_line=start,
+                                function=klass.__name__)
+        return None
+
+    def attribute_line(cls: type, attr: str) -> Location | None:
+        pattern = re.compile(rf"\bself\.{re.escape(attr)}\s*(:[^=]*)?=(?!=)")
+        for klass in cls.__mro__:
+            found = source(klass)
+            if found is None:
+                continue
+            file, start, lines = found
+            for offset, text in enumerate(lines):
+                match = pattern.search(text)
+                if match:
+                    return Location(file=_display_path(file), line=start + offset,
+                                    col=match.start() + 1, end_line=start + offset,
+                                    function=klass.__name__)
+        return None
+
+    modules = dict(model.named_modules())
+    sites: dict[str, Location] = {}
+    for name, module in modules.items():
+        own = class_line(type(module)) if source(type(module)) is not None else None
+        if own is not None:
+            sites[name] = own
+            continue
+        # A torch (or library) class: the line in the nearest user-written ancestor's source.
+        parts = name.split(".") if name else []
+        for depth in range(len(parts) - 1, -1, -1):
+            parent = modules.get(".".join(parts[:depth]))
+            if parent is None or all(source(k) is None for k in type(parent).__mro__):
+                continue
+            sites[name] = attribute_line(type(parent), parts[depth]) or \
+                class_line(type(parent))  # type: ignore[assignment]
+            break
+    return {k: v for k, v in sites.items() if v is not None}
+
+
+def _lint(loaded: Any, config: Any, settings: Any) -> TargetResult:
+    from biaslint.engine import lint_loaded
+    from biaslint.errors import BiaslintError
+    from biaslint.load.guard import preserved_state
+
+    try:
+        with preserved_state():
+            return lint_loaded(loaded, config, settings)
+    except BiaslintError as exc:
+        return TargetResult(target=config.target, error=str(exc))
+
+
+def check_target(target: str, **settings: Any) -> Report:
+    """Lint a target string (``pkg.mod:build``) as the command line would, with the
+    ``[tool.biaslint]`` settings of the nearest pyproject.toml (given settings win)."""
+    from biaslint.engine import lint
+    from biaslint.errors import BiaslintError
+    from biaslint.run import CheckOptions, plan
+
+    allowed = {"select", "ignore", "fail_on", "class_priors", "head", "target_mean",
+               "input_shapes", "allow_incomplete", "config", "device", "signal"}
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise ConfigError(f"biaslint: unknown setting(s) for a target: {', '.join(unknown)}")
+
+    def joined(key: str) -> tuple[str, ...]:
+        value = settings.get(key) or ()
+        return (value,) if isinstance(value, str) else tuple(value)
+
+    def text(key: str) -> str | None:
+        value = settings.get(key)
+        if value is None or isinstance(value, str):
+            return value
+        return ",".join(str(v) for v in _flat(value))
+
+    options = CheckOptions(
+        targets=(target,), config=settings.get("config"),
+        input_shapes=tuple(",".join(str(d) for d in s) for s in settings.get("input_shapes")
+                           or ()),
+        select=joined("select"), ignore=joined("ignore"),
+        fail_on=str(settings["fail_on"]) if settings.get("fail_on") else None,
+        class_priors=text("class_priors"), head=settings.get("head"),
+        allow_incomplete=bool(settings.get("allow_incomplete", False)),
+        device=settings.get("device"), target_mean=text("target_mean"))
+    plan_ = plan(options)
+    plan_ = dataclasses.replace(plan_, settings=dataclasses.replace(
+        plan_.settings, signal=bool(settings.get("signal", True))))
+    workdir = plan_.workdir
+    before = os.getcwd()
+    if workdir:
+        os.chdir(workdir)
+    try:
+        config = plan_.configs[0]
+        try:
+            result = lint(config, plan_.settings)
+        except BiaslintError as exc:
+            result = TargetResult(target=config.target, error=str(exc))
+    finally:
+        os.chdir(before)
+    return Report((result,), plan_.settings.fail_on, plan_.settings.allow_incomplete,
+                  plan_.settings)

@@ -1,0 +1,307 @@
+"""``--format html``: one self-contained page per run (inline CSS and SVG, no network resource).
+
+Per target: the status, coverage and what went unjudged, each finding with its source lines and
+fix, the notes, and the signal-propagation plot: activation RMS at each layer's output and
+gradient RMS reaching it, at init, log scale, layers in execution order, with residual and norm
+boundaries and the BL003/BL007 findings marked on the curve. The reporter formats what
+``TargetResult`` holds (``signal`` included); it computes nothing about the model.
+"""
+
+from __future__ import annotations
+
+import linecache
+import math
+from html import escape
+from typing import Any, Sequence
+
+from biaslint import __version__
+from biaslint.findings import Finding, TargetResult
+
+# The rules whose findings are about a layer's scale: marked on the activation curve.
+MARKED_RULES = ("BL003", "BL007")
+
+_CSS = """
+:root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg:#ffffff; --panel:#f6f8fa;
+  --act:#0969da; --grad:#bc4c00; --bad:#cf222e; --warn:#9a6700; --ok:#1a7f37; --norm:#8250df; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: var(--fg);
+  background: var(--bg); margin: 0 auto; max-width: 1100px; padding: 24px; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 0 0 8px; }
+h3 { font-size: 15px; margin: 18px 0 6px; }
+code, pre { font: 12.5px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+.muted { color: var(--muted); }
+table { border-collapse: collapse; }
+td, th { border-bottom: 1px solid var(--line); padding: 4px 10px 4px 0; text-align: left;
+  vertical-align: top; }
+section.target { border: 1px solid var(--line); border-radius: 8px; padding: 16px 18px;
+  margin: 18px 0; }
+.status { display: inline-block; border-radius: 12px; padding: 1px 10px; font-weight: 600;
+  font-size: 12px; color: #fff; }
+.status.clean { background: var(--ok); } .status.findings { background: var(--warn); }
+.status.error, .status.incomplete { background: var(--bad); }
+article.finding { border-left: 4px solid var(--warn); background: var(--panel);
+  padding: 8px 12px; margin: 10px 0; border-radius: 0 6px 6px 0; }
+article.finding.error { border-left-color: var(--bad); }
+article.finding.info { border-left-color: var(--act); }
+.finding .head { font-weight: 600; } .finding .where { color: var(--muted); }
+pre.source { background: #fff; border: 1px solid var(--line); padding: 6px 8px; margin: 6px 0;
+  overflow-x: auto; } pre.source .hit { background: #fff8c5; display: inline-block;
+  min-width: 100%; }
+.fix { margin-top: 4px; } .fix code { background: #fff; padding: 0 4px; }
+ul.unjudged li { color: var(--bad); }
+svg.signal { width: 100%; height: auto; background: #fff; border: 1px solid var(--line);
+  border-radius: 6px; }
+svg.signal .axis { stroke: var(--muted); stroke-width: 1; }
+svg.signal .gridline { stroke: var(--line); stroke-width: 1; }
+svg.signal text { font-size: 11px; fill: var(--muted); }
+svg.signal .curve { fill: none; stroke-width: 1.6; }
+svg.signal .curve.act { stroke: var(--act); } svg.signal .curve.grad { stroke: var(--grad); }
+svg.signal .mark.act { fill: var(--act); } svg.signal .mark.grad { fill: var(--grad); }
+svg.signal .mark.norm { fill: var(--norm); }
+svg.signal .mark.offscale { fill: #fff; stroke: var(--bad); stroke-width: 1.5; }
+svg.signal .residual { stroke: var(--ok); stroke-width: 1; stroke-dasharray: 4 3; }
+svg.signal .normline { stroke: var(--norm); stroke-width: 1; stroke-dasharray: 1 3; }
+svg.signal .finding-mark { fill: none; stroke: var(--bad); stroke-width: 2.2; }
+.legend span { margin-right: 16px; white-space: nowrap; }
+.legend i { display: inline-block; width: 18px; height: 3px; vertical-align: middle;
+  margin-right: 5px; }
+details { margin: 8px 0; } summary { cursor: pointer; color: var(--muted); }
+"""
+
+
+def render(results: Sequence[TargetResult]) -> str:
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             "<title>biaslint report</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+             body(results), "</body>", "</html>"]
+    return "\n".join(parts) + "\n"
+
+
+def body(results: Sequence[TargetResult]) -> str:
+    """The report without the page around it (Jupyter's ``_repr_html_`` embeds this, with the
+    style)."""
+    total = sum(len(r.findings) for r in results)
+    lines = [f'<div class="biaslint-report"><h1>biaslint report</h1>',
+             f'<p class="muted">biaslint {escape(__version__)} &middot; {len(results)} '
+             f'target{"s" if len(results) != 1 else ""} &middot; {total} '
+             f'finding{"s" if total != 1 else ""}</p>']
+    if len(results) > 1:
+        lines.append(_overview(results))
+    lines.extend(_target(r, i) for i, r in enumerate(results))
+    lines.append("</div>")
+    return "\n".join(lines)
+
+
+def fragment(results: Sequence[TargetResult]) -> str:
+    """``body`` with its style, for embedding in another page (a notebook cell)."""
+    return f"<style>{_CSS.replace('body {', '.biaslint-report {')}</style>\n{body(results)}"
+
+
+def _status(result: TargetResult) -> str:
+    if result.error:
+        return "error"
+    if result.incomplete:
+        return "incomplete"
+    return "findings" if result.findings else "clean"
+
+
+def _overview(results: Sequence[TargetResult]) -> str:
+    rows = ["<table class=\"overview\"><tr><th>target</th><th>status</th><th>findings</th>"
+            "<th>coverage</th></tr>"]
+    for i, r in enumerate(results):
+        cov = f"{r.coverage.ratio:.0%}" if r.coverage else "-"
+        status = _status(r)
+        rows.append(f'<tr><td><a href="#target-{i}">{escape(r.target)}</a></td>'
+                    f'<td><span class="status {status}">{status}</span></td>'
+                    f"<td>{len(r.findings)}</td><td>{cov}</td></tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _target(result: TargetResult, index: int) -> str:
+    status = _status(result)
+    out = [f'<section class="target" id="target-{index}">',
+           f'<h2>{escape(result.target)} <span class="status {status}">{status}</span></h2>']
+    if result.error:
+        out.append(f'<p class="error">{escape(result.error)}</p></section>')
+        return "\n".join(out)
+    out.append(_coverage(result))
+    out.append("<h3>Signal propagation at init</h3>")
+    out.append(_signal(result))
+    out.append(f"<h3>Findings ({len(result.findings)})</h3>")
+    if result.findings:
+        out.extend(_finding(f) for f in result.findings)
+    else:
+        out.append('<p class="muted">No findings.</p>')
+    if result.notes:
+        out.append(f"<details><summary>Notes ({len(result.notes)})</summary><ul>")
+        out.extend(f"<li>{escape(n)}</li>" for n in result.notes)
+        out.append("</ul></details>")
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def _coverage(result: TargetResult) -> str:
+    out = []
+    cov = result.coverage
+    if cov is not None:
+        out.append(f"<p>Coverage: <b>{cov.traced}</b> of {cov.total} called layers inside a "
+                   f"graph ({cov.ratio:.1%})"
+                   + (f"; {len(cov.not_called)} not called on the example inputs"
+                      if cov.not_called else "") + ".</p>")
+    judged = [s for s in result.rules if s.total]
+    if judged:
+        cells = ", ".join(f"{escape(s.code)} {s.judged}/{s.total}" for s in judged)
+        out.append(f'<p class="muted">Layers judged per rule: {cells}</p>')
+    unjudged = list(result.incomplete) + [
+        f"{s.code}: {layer or '<root>'}: {reason}" for s in result.rules
+        for layer, reason in s.unjudged]
+    if unjudged:
+        out.append("<h3>Not judged</h3><ul class=\"unjudged\">")
+        out.extend(f"<li>{escape(u)}</li>" for u in dict.fromkeys(unjudged))
+        out.append("</ul>")
+    return "\n".join(out)
+
+
+def _finding(finding: Finding) -> str:
+    loc = finding.location
+    where = f"{loc.file}:{loc.line}" if loc else "(no source location)"
+    out = [f'<article class="finding {escape(str(finding.severity))}" '
+           f'data-code="{escape(finding.code)}">',
+           f'<div class="head">{escape(finding.code)} {escape(finding.name)} '
+           f'<span class="where">&middot; {escape(finding.module or "<root>")} '
+           f'({escape(finding.module_type)}) &middot; {escape(where)}</span></div>',
+           f"<div>{escape(finding.message)}</div>"]
+    source = _source(loc)
+    if source:
+        out.append(source)
+    if finding.fix is not None:
+        fix = finding.fix
+        safety = "safe fix" if fix.safe else "unsafe fix"
+        code = f" <code>{escape(fix.code)}</code>" if fix.code else ""
+        out.append(f'<div class="fix">Fix ({safety}): {escape(fix.title)}{code}</div>')
+    out.append("</article>")
+    return "\n".join(out)
+
+
+def _source(loc: Any) -> str:
+    if loc is None or not loc.file or not loc.line:
+        return ""
+    first, last = loc.line, max(loc.line, loc.end_line or loc.line)
+    lines = []
+    for number in range(max(1, first - 1), last + 2):
+        text = linecache.getline(loc.file, number)
+        if not text and number > last:
+            break
+        text = text.rstrip("\n")
+        row = f"{number:>5} | {escape(text)}"
+        lines.append(f'<span class="hit">{row}</span>' if first <= number <= last else row)
+    if not any(linecache.getline(loc.file, n) for n in range(first, last + 1)):
+        return ""
+    return '<pre class="source">' + "\n".join(lines) + "</pre>"
+
+
+# -- the plot ------------------------------------------------------------------------------------
+_W, _H = 960, 340
+_LEFT, _RIGHT, _TOP, _BOTTOM = 64, 16, 16, 40
+
+
+def _signal(result: TargetResult) -> str:
+    signal = result.signal
+    if signal is None or not signal.points:
+        why = next((n for n in result.notes if n.startswith("signal propagation")),
+                   "signal propagation not measured")
+        return f'<p class="muted">{escape(why)}</p>'
+    points = signal.points
+    marked: dict[str, list[Finding]] = {}
+    for f in result.findings:
+        if f.code in MARKED_RULES:
+            marked.setdefault(f.module, []).append(f)
+    values = [v for p in points for v in (p.activation_rms, p.gradient_rms)
+              if v is not None and math.isfinite(v) and v > 0]
+    low = 10 ** math.floor(math.log10(min(values))) if values else 1e-3
+    high = 10 ** math.ceil(math.log10(max(values))) if values else 1e3
+    if high <= low:
+        high = low * 10
+    span_x = max(1, len(points) - 1)
+    plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+
+    def x_of(i: int) -> float:
+        return _LEFT + plot_w * (i / span_x if len(points) > 1 else 0.5)
+
+    def y_of(v: float | None) -> tuple[float, bool]:
+        """The y of a value, and whether it is off the scale (zero, NaN, Inf: at an edge)."""
+        if v is None or not math.isfinite(v) or v <= 0:
+            edge = _TOP if v is not None and math.isinf(v) else _TOP + plot_h
+            return edge, True
+        frac = (math.log10(v) - math.log10(low)) / (math.log10(high) - math.log10(low))
+        return _TOP + plot_h * (1 - frac), False
+
+    svg = [f'<svg class="signal" viewBox="0 0 {_W} {_H}" '
+           f'role="img" aria-label="activation and gradient RMS per layer">']
+    decade = math.log10(low)
+    while decade <= math.log10(high) + 1e-9:
+        y, _ = y_of(10 ** decade)
+        svg.append(f'<line class="gridline" x1="{_LEFT}" y1="{y:.1f}" x2="{_W - _RIGHT}" '
+                   f'y2="{y:.1f}"/><text x="{_LEFT - 6}" y="{y + 4:.1f}" '
+                   f'text-anchor="end">1e{int(round(decade))}</text>')
+        decade += 1 if math.log10(high) - math.log10(low) <= 12 else 2
+    for i, p in enumerate(points):
+        x = x_of(i)
+        if p.residual_after:
+            xr = x + (plot_w / span_x / 2 if len(points) > 1 else 0)
+            svg.append(f'<line class="residual" x1="{xr:.1f}" y1="{_TOP}" x2="{xr:.1f}" '
+                       f'y2="{_TOP + plot_h}"><title>residual sum after '
+                       f'{escape(p.layer)}</title></line>')
+        if p.norm:
+            svg.append(f'<line class="normline" x1="{x:.1f}" y1="{_TOP}" x2="{x:.1f}" '
+                       f'y2="{_TOP + plot_h}"/>')
+    svg.append(f'<line class="axis" x1="{_LEFT}" y1="{_TOP + plot_h}" x2="{_W - _RIGHT}" '
+               f'y2="{_TOP + plot_h}"/><line class="axis" x1="{_LEFT}" y1="{_TOP}" '
+               f'x2="{_LEFT}" y2="{_TOP + plot_h}"/>')
+    svg.append(f'<text x="{_LEFT + plot_w / 2:.0f}" y="{_H - 8}" text-anchor="middle">'
+               f'layers in execution order (1 to {len(points)})</text>')
+    for kind, attr in (("act", "activation_rms"), ("grad", "gradient_rms")):
+        coords = [(x_of(i), *y_of(getattr(p, attr))) for i, p in enumerate(points)]
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y, off in coords if not off)
+        if path:
+            svg.append(f'<polyline class="curve {kind}" points="{path}"/>')
+        for (x, y, off), p in zip(coords, points):
+            value = getattr(p, attr)
+            if kind == "grad" and value is None:
+                continue
+            shown = "no gradient" if value is None else f"{value:.4g}"
+            label = "activation RMS" if kind == "act" else "gradient RMS"
+            classes = f"mark {kind}" + (" norm" if p.norm and kind == "act" else "") + \
+                (" offscale" if off else "")
+            tip = f"{p.layer or '<root>'} ({p.module_type}): {label} {shown}"
+            svg.append(f'<circle class="{classes}" data-layer="{escape(p.layer)}" '
+                       f'cx="{x:.1f}" cy="{y:.1f}" r="{3.2 if kind == "act" else 2.4}">'
+                       f"<title>{escape(tip)}</title></circle>")
+            if kind == "act" and p.layer in marked:
+                text = "; ".join(f"{f.code}: {f.message}" for f in marked[p.layer])
+                codes = " ".join(sorted({f.code for f in marked[p.layer]}))
+                svg.append(f'<circle class="finding-mark" data-layer="{escape(p.layer)}" '
+                           f'data-code="{escape(codes)}" cx="{x:.1f}" cy="{y:.1f}" r="7">'
+                           f"<title>{escape(text)}</title></circle>")
+    svg.append("</svg>")
+    legend = ('<div class="legend muted"><span><i style="background:var(--act)"></i>activation '
+              'RMS at the layer\'s output</span><span><i style="background:var(--grad)"></i>'
+              'gradient RMS reaching it</span><span><i style="background:var(--ok)"></i>'
+              'residual sum (dashed)</span><span><i style="background:var(--norm)"></i>'
+              'normalization layer (dotted)</span><span><i style="background:var(--bad)"></i>'
+              f'{"/".join(MARKED_RULES)} finding (ring)</span></div>')
+    table = ["<details><summary>The values</summary><table class=\"signal-values\"><tr>"
+             "<th>#</th><th>layer</th><th>type</th><th>activation RMS</th><th>gradient RMS</th>"
+             "<th>weight gradient RMS</th></tr>"]
+    for i, p in enumerate(points, 1):
+        table.append(f"<tr><td>{i}</td><td>{escape(p.layer or '<root>')}</td>"
+                     f"<td>{escape(p.module_type)}</td><td>{_num(p.activation_rms)}</td>"
+                     f"<td>{_num(p.gradient_rms)}</td><td>{_num(p.weight_gradient_rms)}</td>"
+                     "</tr>")
+    table.append(f'</table><p class="muted">Backward: {escape(signal.loss)}.</p></details>')
+    return "\n".join(svg) + "\n" + legend + "\n" + "\n".join(table)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
