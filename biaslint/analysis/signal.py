@@ -49,9 +49,13 @@ class Signal:
     points: tuple[SignalPoint, ...]
     # What the backward was: the loss, or why there is no gradient curve.
     loss: str
+    # Layers the forward ran without calling them as modules (their parent used their
+    # parameters directly) and whose output is no other module's: no point of their own.
+    unmeasured: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"loss": self.loss, "points": [p.as_dict() for p in self.points]}
+        return {"loss": self.loss, "points": [p.as_dict() for p in self.points],
+                "unmeasured": list(self.unmeasured)}
 
 
 def _rounded(value: float | None) -> float | None:
@@ -130,8 +134,10 @@ def measure_signal(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
             if acc is None:
                 acc = forward[_name] = _Accumulator(len(forward))
             acc.add(tensor)
-            if tensor.requires_grad and isinstance(out, torch.Tensor):
-                outputs.setdefault(_name, []).append(tensor)
+            if not tensor.requires_grad:
+                return None
+            outputs.setdefault(_name, []).append(tensor)
+            if isinstance(out, torch.Tensor):
                 # The model goes on with a copy, so an in-place op after the layer (a
                 # ReLU(inplace=True)) cannot rewrite the tensor whose gradient is asked for.
                 return out.clone()
@@ -172,14 +178,39 @@ def measure_signal(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
                     acc = _Accumulator(0)
                     acc.add(grad)
                     weight_grads[name] = acc.rms
+    placed: list[tuple[float, str, str]] = [(acc.order, name, name) for name, acc in
+                                             forward.items()]
+    unmeasured = []
+    for name in names:
+        if name in forward:
+            continue
+        source = _output_of(model, name)
+        if source is not None and source in forward:
+            placed.append((forward[source].order + 0.5, name, source))
+        else:
+            unmeasured.append(name)
     points = []
-    for name, acc in sorted(forward.items(), key=lambda item: item[1].order):
+    for _, name, source in sorted(placed):
         module = model.get_submodule(name)
         points.append(SignalPoint(
-            layer=name, module_type=type(module).__name__, activation_rms=acc.rms,
-            gradient_rms=gradients.get(name), weight_gradient_rms=weight_grads.get(name),
-            norm=is_norm(module), residual_after=name in residual))
-    return Signal(tuple(points), loss)
+            layer=name, module_type=type(module).__name__,
+            activation_rms=forward[source].rms, gradient_rms=gradients.get(source),
+            weight_gradient_rms=weight_grads.get(name), norm=is_norm(module),
+            residual_after=name in residual or (source != name and source in residual)))
+    return Signal(tuple(points), loss, tuple(unmeasured))
+
+
+def _output_of(model: nn.Module, name: str) -> str | None:
+    """The module whose output is exactly this never-called layer's output: the output
+    projection of ``nn.MultiheadAttention``, which applies it with ``F.linear`` (its first
+    output is the projection's)."""
+    if "." not in name:
+        return None
+    parent, attr = name.rsplit(".", 1)
+    module = model.get_submodule(parent)
+    if isinstance(module, nn.MultiheadAttention) and attr == "out_proj":
+        return parent
+    return None
 
 
 def residual_boundaries(analysed: Any) -> set[str]:

@@ -259,8 +259,15 @@ def _signal(result: TargetResult) -> str:
     svg.append(f'<line class="axis" x1="{_LEFT}" y1="{_TOP + plot_h}" x2="{_W - _RIGHT}" '
                f'y2="{_TOP + plot_h}"/><line class="axis" x1="{_LEFT}" y1="{_TOP}" '
                f'x2="{_LEFT}" y2="{_TOP + plot_h}"/>')
-    svg.append(f'<text x="{_LEFT + plot_w / 2:.0f}" y="{_H - 8}" text-anchor="middle">'
-               f'layers in execution order (1 to {len(points)})</text>')
+    step = max(1, math.ceil(len(points) / 12))
+    for i in range(0, len(points), step):
+        x = x_of(i)
+        svg.append(f'<line class="axis" x1="{x:.1f}" y1="{_TOP + plot_h}" x2="{x:.1f}" '
+                   f'y2="{_TOP + plot_h + 4}"/><text x="{x:.1f}" y="{_TOP + plot_h + 15}" '
+                   f'text-anchor="middle">{i + 1}</text>')
+    svg.append(f'<text x="{_LEFT + plot_w / 2:.0f}" y="{_H - 6}" text-anchor="middle">'
+               f'layers in execution order (1 to {len(points)}; hover a point for its name)'
+               '</text>')
     for kind, attr in (("act", "activation_rms"), ("grad", "gradient_rms")):
         coords = [(x_of(i), *y_of(getattr(p, attr))) for i, p in enumerate(points)]
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y, off in coords if not off)
@@ -300,6 +307,10 @@ def _signal(result: TargetResult) -> str:
                      f"<td>{_num(p.gradient_rms)}</td><td>{_num(p.weight_gradient_rms)}</td>"
                      "</tr>")
     table.append(f'</table><p class="muted">Backward: {escape(signal.loss)}.</p></details>')
+    if signal.unmeasured:
+        table.append(f'<p class="muted">No point of their own (the forward used their '
+                     f'parameters without calling them as modules): '
+                     f'{escape(", ".join(n or "<root>" for n in signal.unmeasured))}</p>')
     return "\n".join(svg) + "\n" + legend + "\n" + "\n".join(table)
 
 
