@@ -297,7 +297,9 @@ def _signal(result: TargetResult) -> str:
               'gradient RMS reaching it</span><span><i style="background:var(--ok)"></i>'
               'residual sum (dashed)</span><span><i style="background:var(--norm)"></i>'
               'normalization layer (dotted)</span><span><i style="background:var(--bad)"></i>'
-              f'{"/".join(MARKED_RULES)} finding (ring)</span></div>')
+              f'{"/".join(MARKED_RULES)} finding (ring)</span><span><i style="height:8px;'
+              'width:8px;border-radius:4px;border:1.5px solid var(--bad)"></i>zero, or not '
+              'finite: off the log scale, drawn at its edge</span></div>')
     table = ["<details><summary>The values</summary><table class=\"signal-values\"><tr>"
              "<th>#</th><th>layer</th><th>type</th><th>activation RMS</th><th>gradient RMS</th>"
              "<th>weight gradient RMS</th></tr>"]
