@@ -20,7 +20,7 @@ from biaslint.findings import Finding, TargetResult
 # The rules whose findings are about a layer's scale: marked on the activation curve.
 MARKED_RULES = ("BL003", "BL007")
 
-_CSS = """
+_PAGE_CSS = """
 :root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg:#ffffff; --panel:#f6f8fa;
   --act:#0969da; --grad:#bc4c00; --bad:#cf222e; --warn:#9a6700; --ok:#1a7f37; --norm:#8250df; }
 * { box-sizing: border-box; }
@@ -69,10 +69,33 @@ details { margin: 8px 0; } summary { cursor: pointer; color: var(--muted); }
 """
 
 
+def _scoped(css: str, scope: str = ".biaslint-report") -> str:
+    """Every rule of ``css`` limited to the report's element, so the report embedded in a
+    notebook styles only itself (``:root`` and ``body`` become the element)."""
+    import re
+
+    def rule(match: "re.Match[str]") -> str:
+        selectors = []
+        for selector in match.group(1).split(","):
+            selector = selector.strip()
+            if selector in (":root", "body"):
+                selectors.append(scope)
+            elif selector == "*":
+                selectors.append(f"{scope}, {scope} *")
+            else:
+                selectors.append(f"{scope} {selector}")
+        return ", ".join(selectors) + " {"
+
+    return re.sub(r"([^{}]+?)\s*\{", rule, css)
+
+
+_CSS = _scoped(_PAGE_CSS)
+
+
 def render(results: Sequence[TargetResult]) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             "<title>biaslint report</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+             "<title>biaslint report</title>", f"<style>body {{ margin: 0; }}\n{_CSS}</style>", "</head>", "<body>",
              body(results), "</body>", "</html>"]
     return "\n".join(parts) + "\n"
 
@@ -94,7 +117,7 @@ def body(results: Sequence[TargetResult]) -> str:
 
 def fragment(results: Sequence[TargetResult]) -> str:
     """``body`` with its style, for embedding in another page (a notebook cell)."""
-    return f"<style>{_CSS.replace('body {', '.biaslint-report {')}</style>\n{body(results)}"
+    return f"<style>{_CSS}</style>\n{body(results)}"
 
 
 def _status(result: TargetResult) -> str:
