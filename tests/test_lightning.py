@@ -12,7 +12,7 @@ import pytest
 pl = pytest.importorskip("lightning.pytorch")
 
 # Lightning's own deprecation notice on this torch, not ours
-pytestmark = pytest.mark.filterwarnings("ignore:.*treespec:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:.*isinstance.treespec")
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
