@@ -104,7 +104,7 @@ def body(results: Sequence[TargetResult]) -> str:
     """The report without the page around it (Jupyter's ``_repr_html_`` embeds this, with the
     style)."""
     total = sum(len(r.findings) for r in results)
-    lines = [f'<div class="biaslint-report"><h1>biaslint report</h1>',
+    lines = ['<div class="biaslint-report"><h1>biaslint report</h1>',
              f'<p class="muted">biaslint {escape(__version__)} &middot; {len(results)} '
              f'target{"s" if len(results) != 1 else ""} &middot; {total} '
              f'finding{"s" if total != 1 else ""}</p>']
