@@ -36,3 +36,6 @@ class Settings:
     debug: bool = False
     # Exit 0/1 even when part of a model went unjudged (``TargetResult.incomplete``).
     allow_incomplete: bool = False
+    # Record the project files each target's build and forward run (``TargetResult.sources``),
+    # for ``--changed-since`` (``biaslint.changes``).
+    record_sources: bool = False
