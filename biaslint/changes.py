@@ -91,6 +91,26 @@ def _candidate(filename: str) -> bool:
     return ok
 
 
+_LIBRARY: dict[str, str | None] = {}
+
+
+def _library(filename: str) -> str | None:
+    """The top-level package of a file in site-packages (``timm`` for .../timm/layers/x.py)."""
+    if filename in _LIBRARY:
+        return _LIBRARY[filename]
+    parts = filename.replace("\\", "/").split("/")
+    top = None
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            rest = parts[len(parts) - parts[::-1].index(marker):]
+            if len(rest) > 1:
+                top = rest[0]
+            elif rest:
+                top = rest[0][:-3] if rest[0].endswith(".py") else None
+    _LIBRARY[filename] = top
+    return top
+
+
 def _audit(event: str, args: tuple[Any, ...]) -> None:
     """``open`` audit events while recording: files the build reads (a JSON config, a vocabulary,
     a checkpoint it loads) are its sources too. Never raises: that would fail the open."""
@@ -121,6 +141,7 @@ class _Recorder:
     def __init__(self, previous: Callable[..., Any] | None) -> None:
         self.previous = previous
         self.files: set[str] = set()
+        self.libraries: set[str] = set()  # top-level packages of site-packages code that ran
         self.seen: set[Any] = set()
         self.importing: list[set[str]] = []  # the project modules being imported, innermost last
 
@@ -133,6 +154,10 @@ class _Recorder:
             self.seen.add(code)
             if _candidate(name):
                 self.files.add(name)
+            else:
+                library = _library(name)
+                if library is not None:
+                    self.libraries.add(library)
         if self.importing and _candidate(name):
             for deps in self.importing:
                 deps.add(name)
@@ -163,9 +188,11 @@ class _Recorder:
 @dataclass
 class Recording:
     """What a recording saw: ``files`` (absolute paths), or None when it cannot be trusted
-    (the target's code replaced the trace function, so part of it ran unseen)."""
+    (the target's code replaced the trace function, so part of it ran unseen); ``libraries``:
+    the top-level packages in site-packages whose code ran (their versions are recorded)."""
 
     files: tuple[str, ...] | None = None
+    libraries: tuple[str, ...] = ()
 
 
 @contextmanager
@@ -194,6 +221,7 @@ def recording_sources(target: str | None = None) -> Iterator[Recording]:
             if target is not None:
                 files |= _target_files(target)
             recording.files = tuple(sorted(_closure(files)))
+            recording.libraries = tuple(sorted(recorder.libraries))
 
 
 def _target_files(target: str) -> set[str]:
@@ -307,6 +335,41 @@ def file_hash(path: Path) -> str | None:
         return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
     except OSError:
         return None
+
+
+@functools.lru_cache(maxsize=None)
+def _version(distribution: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _top_levels() -> dict[str, list[str]]:
+    from importlib import metadata
+
+    try:
+        return dict(metadata.packages_distributions())
+    except Exception:  # noqa: BLE001 - a broken installed distribution: no library versions
+        return {}
+
+
+# Stood for by ``versions()`` already.
+_OWN = frozenset({"torch", "biaslint"})
+
+
+def _distributions(libraries: Iterable[str]) -> dict[str, str]:
+    """The installed distributions (and versions) that provide these top-level packages."""
+    found: dict[str, str] = {}
+    for top in libraries:
+        for distribution in _top_levels().get(top, ()):
+            version = _version(distribution)
+            if version is not None and distribution.lower() not in _OWN:
+                found[distribution] = version
+    return dict(sorted(found.items()))
 
 
 @dataclass(frozen=True)
@@ -445,6 +508,8 @@ class Tracking:
         then = entry.get("versions") or {}
         moved = [f"{name} {then.get(name, '?')} -> {version}" for name, version in
                  self.now.items() if then.get(name) != version]
+        moved += [f"{name} {version} -> {_version(name) or 'not installed'}" for name, version
+                  in (entry.get("libraries") or {}).items() if _version(name) != version]
         if moved:
             return f"its record was made with other versions ({', '.join(moved)})"
         if entry.get("key") != settings_key(config, settings, self.lint_dir):
@@ -491,15 +556,15 @@ class Tracking:
         changed = False
         for config, result in zip(configs, results):
             sources = getattr(result, "sources", None)
-            if result.error or sources is None:
+            if result.error or sources is None or sources.files is None:
                 changed |= self.entries.pop(config.target, None) is not None
                 continue
-            files = self._relative(sources)
             self.entries[config.target] = {
                 "key": settings_key(config, settings, self.lint_dir),
                 "versions": dict(self.now),
+                "libraries": _distributions(sources.libraries),
                 "recorded": stamp,
-                "files": files,
+                "files": self._relative(sources.files),
             }
             changed = True
         return changed

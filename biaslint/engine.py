@@ -30,7 +30,7 @@ def lint(config: TargetConfig, settings: Settings = Settings(),
 
         with recording_sources(config.target) as recording:
             result = _lint(config, settings, on_stage)
-        return replace(result, sources=recording.files)
+        return replace(result, sources=recording if recording.files is not None else None)
     return _lint(config, settings, on_stage)
 
 

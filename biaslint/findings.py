@@ -191,9 +191,10 @@ class TargetResult:
     # Per selected rule (BL100 aside): the layers it judged and those it could not.
     rules: tuple[RuleScope, ...] = ()
     timings: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
-    # With ``Settings.record_sources``: the files (absolute paths) of the project that the build
-    # and forward ran or read; None when not recorded or not trustworthy (``biaslint.changes``).
-    sources: tuple[str, ...] | None = field(default=None, compare=False, hash=False)
+    # With ``Settings.record_sources``: a ``biaslint.changes.Recording``, the project files the
+    # build and forward ran or read and the libraries they ran; None when not recorded or not
+    # trustworthy.
+    sources: Any = field(default=None, compare=False, hash=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {

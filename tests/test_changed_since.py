@@ -195,17 +195,21 @@ def test_another_version_a_missing_entry_or_other_settings_lint_the_target(repo:
     data["targets"]["models.m1:build1"]["versions"]["torch"] = "0.0"
     data["targets"]["models.m2:build2"]["versions"]["biaslint"] = "0.0"
     del data["targets"]["models.m3:build3"]
+    data["targets"]["models.m4:build4"]["libraries"]["gone-dist"] = "1.0"
     (repo / CACHE).write_text(json.dumps(data))
     proc = _biaslint(repo, "--changed-since", "HEAD")
     assert proc.returncode == 0, proc.stderr
     linted = _said(proc, "linting")
-    assert set(linted) == {"models.m1:build1", "models.m2:build2", "models.m3:build3"}
+    assert set(linted) == {"models.m1:build1", "models.m2:build2", "models.m3:build3",
+                           "models.m4:build4"}
     assert linted["models.m1:build1"].startswith("its record was made with other versions "
                                                  "(torch 0.0 -> ")
     assert linted["models.m2:build2"].startswith("its record was made with other versions "
                                                  "(biaslint 0.0 -> ")
     assert linted["models.m3:build3"].startswith("no recorded source files")
-    assert len(_said(proc, "skipped")) == 47
+    assert linted["models.m4:build4"] == ("its record was made with other versions (gone-dist "
+                                          "1.0 -> not installed)")
+    assert len(_said(proc, "skipped")) == 46
     # Linting refreshed those entries: the next run skips them.
     assert set(_entries(repo)) == set(ALL)
 
@@ -285,9 +289,26 @@ def test_recording_follows_imports_made_by_an_earlier_target(tmp_path: Path, mon
         (package / "unused.py").read_text()
     names = {str(package / n) for n in ("__init__.py", "consts.py", "helpers.py", "model.py")}
     assert set(one.files or ()) == names
+    assert "torch" not in one.libraries  # no library code ran
     # helpers.py was imported by model.py: the second call depends on it too.
     assert set(two.files or ()) == names
     assert set(three.files or ()) == {str(package / "unused.py")}  # opened for reading
+
+
+def test_recording_notes_the_libraries_whose_code_ran():
+    """Library code is not a source file, but its version is recorded: a new version of a
+    library the build ran (timm, transformers) invalidates the record."""
+    from importlib import metadata
+
+    import click
+
+    from biaslint.changes import _distributions, recording_sources
+
+    with recording_sources() as recording:
+        click.style("x", bold=True)
+    assert recording.files == ()
+    assert "click" in recording.libraries
+    assert _distributions(["click"]) == {"click": metadata.version("click")}
 
 
 def test_a_tracer_replaced_by_the_target_makes_the_recording_untrusted():
