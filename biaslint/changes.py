@@ -135,8 +135,8 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
 
 
 class _Recorder:
-    """The global trace function: called on each new Python frame; returns no line tracer, so
-    the frame runs untraced (unless a tracer that was installed before wants its lines)."""
+    """``trace`` is the global trace function: called on each new Python frame; it returns no
+    line tracer, so the frame runs untraced (unless a tracer installed before wants its lines)."""
 
     def __init__(self, previous: Callable[..., Any] | None) -> None:
         self.previous = previous
@@ -145,26 +145,35 @@ class _Recorder:
         self.seen: set[Any] = set()
         self.importing: list[set[str]] = []  # the project modules being imported, innermost last
 
-    def __call__(self, frame: Any, event: str, arg: Any) -> Any:
-        code = frame.f_code
-        if code in self.seen and not self.importing:  # the common case, kept short
-            return self.previous(frame, event, arg) if self.previous is not None else None
-        name = code.co_filename
-        if code not in self.seen:
-            self.seen.add(code)
-            if _candidate(name):
-                self.files.add(name)
-            else:
-                library = _library(name)
-                if library is not None:
-                    self.libraries.add(library)
-        if self.importing and _candidate(name):
-            for deps in self.importing:
-                deps.add(name)
-        local = self.previous(frame, event, arg) if self.previous is not None else None
-        if code.co_name == "<module>" and _candidate(name):
-            return self._module(frame, name, local)
-        return local
+        self.trace = self._tracer()
+
+    def _tracer(self) -> Callable[..., Any]:
+        # A closure over locals, not a method: it runs on every Python call of the target.
+        seen, files, libraries, importing = self.seen, self.files, self.libraries, self.importing
+        previous, module = self.previous, self._module
+
+        def trace(frame: Any, event: str, arg: Any) -> Any:
+            code = frame.f_code
+            if code in seen and not importing:  # the common case, kept short
+                return None if previous is None else previous(frame, event, arg)
+            name = code.co_filename
+            if code not in seen:
+                seen.add(code)
+                if _candidate(name):
+                    files.add(name)
+                else:
+                    library = _library(name)
+                    if library is not None:
+                        libraries.add(library)
+            if importing and _candidate(name):
+                for deps in importing:
+                    deps.add(name)
+            local = None if previous is None else previous(frame, event, arg)
+            if code.co_name == "<module>" and _candidate(name):
+                return module(frame, name, local)
+            return local
+
+        return trace
 
     def _module(self, frame: Any, name: str, inner: Any) -> Any:
         """A project module's body starts (its import): what runs until it returns is its."""
@@ -207,12 +216,12 @@ def recording_sources(target: str | None = None) -> Iterator[Recording]:
     recorder = _Recorder(previous)
     opened: set[str] = set()
     _OPEN_SINKS.append(opened)
-    sys.settrace(recorder)
-    threading.settrace(recorder)
+    sys.settrace(recorder.trace)
+    threading.settrace(recorder.trace)
     try:
         yield recording
     finally:
-        intact = sys.gettrace() is recorder
+        intact = sys.gettrace() is recorder.trace
         sys.settrace(previous)
         threading.settrace(previous_threads)  # type: ignore[arg-type]
         _OPEN_SINKS.remove(opened)
