@@ -89,6 +89,10 @@ def main() -> None:
               metavar="SECONDS",
               help="Give up on a target after this long (each target then runs in its own "
                    "process, so a crash or hang costs only that target).")
+@click.option("--changed-since", "changed_since", default=None, metavar="REF",
+              help="Lint only the targets whose recorded source files (those their build and "
+                   "forward ran, cached by earlier runs) differ from git REF; say which were "
+                   "skipped and why. Exit by the linted targets.")
 @click.option("--allow-incomplete", is_flag=True,
               help="Exit 0/1 by the findings even when part of a model could not be judged "
                    "(by default that is exit 2: a gate must not pass what it did not check).")
@@ -107,7 +111,8 @@ def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str,
           output: str | None, class_priors: str | None, head: str | None, baseline: str | None,
           write_baseline: str | None, quiet: bool, jobs: int, timeout: float | None,
           allow_incomplete: bool, fix: bool, unsafe_fixes: bool, diff: bool,
-          target_mean: str | None, device: str | None, debug: bool) -> None:
+          target_mean: str | None, device: str | None, changed_since: str | None,
+          debug: bool) -> None:
     """Lint the models that TARGETS build (or the targets configured in pyproject.toml)."""
     from biaslint.load.guard import interrupts
     from biaslint.run import CheckOptions, run_check
@@ -115,7 +120,7 @@ def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str,
     options = CheckOptions(targets, config, input_shapes, select, ignore, fail_on, fmt, output,
                            class_priors, head, baseline, write_baseline, quiet, debug, jobs,
                            timeout, allow_incomplete, fix, unsafe_fixes, diff, device,
-                           target_mean)
+                           target_mean, changed_since)
     try:
         with interrupts():
             code = _exit_code(run_check(options))

@@ -23,6 +23,19 @@ StageCallback = Callable[[str], None]
 def lint(config: TargetConfig, settings: Settings = Settings(),
          on_stage: StageCallback | None = None) -> TargetResult:
     """Lint one target. User errors (bad target, failing build) raise ``BiaslintError``."""
+    if settings.record_sources:
+        from dataclasses import replace
+
+        from biaslint.changes import recording_sources
+
+        with recording_sources(config.target) as recording:
+            result = _lint(config, settings, on_stage)
+        return replace(result, sources=recording if recording.files is not None else None)
+    return _lint(config, settings, on_stage)
+
+
+def _lint(config: TargetConfig, settings: Settings,
+          on_stage: StageCallback | None) -> TargetResult:
     from biaslint.load.build import load_target
     from biaslint.load.guard import preserved_state
 

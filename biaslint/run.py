@@ -72,6 +72,7 @@ class CheckOptions:
     diff: bool = False
     device: str | None = None
     target_mean: str | None = None
+    changed_since: str | None = None  # a git ref: lint only the targets changed since it
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ class Plan:
 
 
 def run_check(options: CheckOptions) -> Outcome:
+    if options.changed_since is not None and options.write_baseline:
+        raise ConfigError("--changed-since and --write-baseline do not go together: a baseline "
+                          "written from the changed targets alone would drop the others' "
+                          "findings; write it from a full run")
     if options.baseline and options.write_baseline:
         raise ConfigError("--baseline and --write-baseline do not go together: write the "
                           "baseline first, then check against it")
@@ -100,6 +105,8 @@ def run_check(options: CheckOptions) -> Outcome:
         if path and os.path.isdir(path):
             raise ConfigError(f"{flag} {_shown(path)} is a folder; give a file name")
     plan_ = plan(options)
+    fixing = options.fix or options.diff
+    plan_, tracking = _changed_since(plan_, options, record=not fixing)
     known = None
     if baseline:
         from biaslint.baseline import read_baseline
@@ -107,7 +114,6 @@ def run_check(options: CheckOptions) -> Outcome:
         known = read_baseline(baseline)  # a bad baseline file is refused before the work
     # The text report goes out target by target as each is done; machine formats, files and
     # baselines are one document written at the end.
-    fixing = options.fix or options.diff
     if options.unsafe_fixes and not fixing:
         raise ConfigError("--unsafe-fixes goes with --fix or --diff")
     if fixing and (write_to or baseline):
@@ -117,19 +123,60 @@ def run_check(options: CheckOptions) -> Outcome:
         if plan_.fmt == "text" and not (output or write_to or options.quiet or fixing) else None
     # Report from there too: locations are relative to it and the text report reads the source.
     with _working_directory(plan_.workdir):
-        if (options.jobs > 1 or options.timeout is not None) and not options.debug:
+        if not plan_.configs:
+            results = []  # --changed-since skipped every target
+        elif (options.jobs > 1 or options.timeout is not None) and not options.debug:
             results = _lint_isolated(plan_.configs, plan_.settings, options.jobs, options.timeout,
                                      quiet=options.quiet, on_result=stream)
         else:
             results = _lint_all(plan_.configs, plan_.settings, quiet=options.quiet,
                                 on_result=stream)
+        if tracking is not None and not fixing:
+            _record(tracking, plan_, results, options.quiet)
         if stream is not None:
             stream.flush()
             results = stream.results(results)
         if fixing:
             return _fix(results, plan_, options, output)
-        return _finish(results, plan_, output, known, write_to, options.quiet,
-                       printed=stream is not None)
+        outcome = _finish(results, plan_, output, known, write_to, options.quiet,
+                          printed=stream is not None)
+    if tracking is not None and tracking.changes is not None and not options.quiet:
+        total = len(plan_.configs) + tracking.skipped
+        click.echo(f"biaslint: --changed-since {tracking.changes.ref}: linted "
+                   f"{len(plan_.configs)} of {total} target{'s' if total != 1 else ''}, skipped "
+                   f"{tracking.skipped} whose source files are unchanged", err=True)
+    return outcome
+
+
+def _changed_since(plan_: Plan, options: CheckOptions, record: bool) -> tuple[Plan, Any]:
+    """Inside a git work tree, record each target's source files (``biaslint.changes``); with
+    ``--changed-since``, drop the targets whose recorded files are unchanged, saying why each
+    target is linted or skipped. Outside a work tree (and without the flag), the plan as is."""
+    from dataclasses import replace
+
+    from biaslint.changes import Tracking
+
+    tracking = Tracking.start(options.changed_since, plan_.config_file, plan_.workdir)
+    if tracking is None:
+        return plan_, None
+    configs = plan_.configs
+    if tracking.changes is not None:
+        configs, skipped, lines = tracking.select(configs, plan_.settings)
+        tracking.skipped = len(skipped)
+        for line in lines if not options.quiet else ():
+            click.echo(f"biaslint: {line}", err=True)
+    settings = replace(plan_.settings, record_sources=True) if record else plan_.settings
+    return replace(plan_, configs=tuple(configs), settings=settings), tracking
+
+
+def _record(tracking: Any, plan_: Plan, results: list[Any], quiet: bool) -> None:
+    """Keep what the targets just linted ran, for a later ``--changed-since``."""
+    if not tracking.record(plan_.configs, results, plan_.settings):
+        return
+    problem = tracking.write()
+    if problem and tracking.changes is not None and not quiet:
+        click.echo(f"biaslint: note: could not write the --changed-since cache "
+                   f"{_shown(str(tracking.file))}: {problem}", err=True)
 
 
 def _fix(results: list[Any], plan_: Plan, options: CheckOptions, output: str | None) -> Outcome:

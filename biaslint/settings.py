@@ -39,3 +39,6 @@ class Settings:
     # Measure signal propagation (``analysis.signal``) for the reports that show it (html,
     # json, the Python API): one more real forward and backward per target.
     signal: bool = False
+    # Record the project files each target's build and forward run (``TargetResult.sources``),
+    # for ``--changed-since`` (``biaslint.changes``).
+    record_sources: bool = False

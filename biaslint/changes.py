@@ -1,0 +1,612 @@
+"""Lint only what a change touches: ``--changed-since REF``.
+
+Every ``biaslint check`` run inside a git work tree records, per target, the project files its
+build and forward executed (and the files they opened for reading), each with a content hash,
+in ``.biaslint_cache/sources.json`` (next to the pyproject.toml read, else in the current
+folder). ``--changed-since REF`` then skips a target only when all of these hold:
+
+* the cache has an entry for it made by the same biaslint, torch and Python versions, with the
+  same settings (everything ``[tool.biaslint]`` and the command line feed the lint: selected
+  rules, rule options, input shapes, class priors, head, device, target mean);
+* none of its recorded files differs between REF and the working tree (``git diff REF`` plus
+  untracked files);
+* every recorded file still has the recorded hash: a cache made from other file contents (another
+  branch, an edit since) is never trusted.
+
+Every other target is linted, and the run says, per target, why it was linted or skipped.
+
+What "executed" means: the file of every Python code object that ran while the target was
+imported, built, captured and its rules ran the forward, plus, for each such file, the files
+that ran while its module was first imported (a module imported by an earlier target of the
+same run still counts for this one) and its parent packages' ``__init__``. Library code (the
+standard library, site-packages, torch, biaslint) is not recorded: the versions stand for it.
+
+Recording runs on the ``call`` events of ``sys.settrace`` only (no line events), chained with a
+tracer already installed (a coverage tool keeps working). No torch import at module level.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from biaslint.errors import ConfigError
+
+CACHE_DIR = ".biaslint_cache"
+CACHE_FILE = "sources.json"
+CACHE_FORMAT = 1
+
+# ---------------------------------------------------------------------------------------------
+# Recording (runs where the target is linted: in process, or in a worker process)
+# ---------------------------------------------------------------------------------------------
+
+# Per module file: the project files that ran while that module was first imported. Kept for
+# the life of the process: a later target that uses the module does not import it again.
+_IMPORT_DEPS: dict[str, set[str]] = {}
+_CANDIDATE: dict[str, bool] = {}
+_OPEN_SINKS: list[set[str]] = []  # the active recordings' sets of files opened for reading
+_HOOKED = False
+_SKIP_PARTS = frozenset({"site-packages", "dist-packages", "__pycache__", ".git", CACHE_DIR})
+
+
+@functools.lru_cache(maxsize=1)
+def _library_dirs() -> tuple[str, ...]:
+    """Folders whose code is a library's, not the project's: the versions stand for it."""
+    import site
+    import sysconfig
+
+    dirs = {sysconfig.get_paths().get(key) for key in ("stdlib", "platstdlib", "purelib",
+                                                         "platlib")}
+    try:
+        dirs.update(site.getsitepackages())
+    except AttributeError:  # pragma: no cover - old virtualenv's site.py
+        pass
+    dirs.add(site.getusersitepackages())
+    dirs.add(os.path.dirname(os.path.abspath(__file__)))  # biaslint itself
+    return tuple(os.path.normcase(os.path.abspath(d)).rstrip(os.sep) + os.sep
+                 for d in dirs if d)
+
+
+def _candidate(filename: str) -> bool:
+    """Whether code or data in ``filename`` may be the project's (decided once per name)."""
+    known = _CANDIDATE.get(filename)
+    if known is not None:
+        return known
+    ok = bool(filename) and not filename.startswith("<")
+    if ok:
+        path = os.path.normcase(os.path.abspath(filename))
+        ok = not path.startswith(_library_dirs()) and not _SKIP_PARTS.intersection(
+            path.split(os.sep)) and not path.endswith((".pyc", ".pyo", ".so", ".pyd"))
+    _CANDIDATE[filename] = ok
+    return ok
+
+
+_LIBRARY: dict[str, str | None] = {}
+
+
+def _library(filename: str) -> str | None:
+    """The top-level package of a file in site-packages (``timm`` for .../timm/layers/x.py)."""
+    if filename in _LIBRARY:
+        return _LIBRARY[filename]
+    parts = filename.replace("\\", "/").split("/")
+    top = None
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            rest = parts[len(parts) - parts[::-1].index(marker):]
+            if len(rest) > 1:
+                top = rest[0]
+            elif rest:
+                top = rest[0][:-3] if rest[0].endswith(".py") else None
+    _LIBRARY[filename] = top
+    return top
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    """``open`` audit events while recording: files the build reads (a JSON config, a vocabulary,
+    a checkpoint it loads) are its sources too. Never raises: that would fail the open."""
+    if event != "open" or not _OPEN_SINKS:
+        return
+    try:
+        path, mode, flags = args
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if not isinstance(path, str):
+            return
+        if isinstance(mode, str):
+            reading = not set(mode) & set("wax+")
+        else:
+            reading = not (flags or 0) & (os.O_WRONLY | os.O_RDWR)
+        if reading and _candidate(path):
+            full = os.path.abspath(path)
+            for sink in _OPEN_SINKS:
+                sink.add(full)
+    except Exception:  # noqa: BLE001 - an audit hook must not break the user's open()
+        pass
+
+
+class _Recorder:
+    """``trace`` is the global trace function: called on each new Python frame; it returns no
+    line tracer, so the frame runs untraced (unless a tracer installed before wants its lines)."""
+
+    def __init__(self, previous: Callable[..., Any] | None) -> None:
+        self.previous = previous
+        self.files: set[str] = set()
+        self.libraries: set[str] = set()  # top-level packages of site-packages code that ran
+        self.seen: set[Any] = set()
+        self.importing: list[set[str]] = []  # the project modules being imported, innermost last
+
+        self.trace = self._tracer()
+
+    def _tracer(self) -> Callable[..., Any]:
+        # A closure over locals, not a method: it runs on every Python call of the target.
+        seen, files, libraries, importing = self.seen, self.files, self.libraries, self.importing
+        previous, module = self.previous, self._module
+
+        def trace(frame: Any, event: str, arg: Any) -> Any:
+            code = frame.f_code
+            if code in seen and not importing:  # the common case, kept short
+                return None if previous is None else previous(frame, event, arg)
+            name = code.co_filename
+            if code not in seen:
+                seen.add(code)
+                if _candidate(name):
+                    files.add(name)
+                else:
+                    library = _library(name)
+                    if library is not None:
+                        libraries.add(library)
+            if importing and _candidate(name):
+                for deps in importing:
+                    deps.add(name)
+            local = None if previous is None else previous(frame, event, arg)
+            if code.co_name == "<module>" and _candidate(name):
+                return module(frame, name, local)
+            return local
+
+        return trace
+
+    def _module(self, frame: Any, name: str, inner: Any) -> Any:
+        """A project module's body starts (its import): what runs until it returns is its."""
+        deps = {name}
+        _IMPORT_DEPS[os.path.abspath(name)] = deps
+        self.importing.append(deps)
+        if inner is None:
+            frame.f_trace_lines = False  # only the return event is wanted
+
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            nonlocal inner
+            if event == "return" and deps in self.importing:
+                self.importing.remove(deps)
+            if inner is not None:
+                inner = inner(frame, event, arg)
+            return local
+
+        return local
+
+
+@dataclass
+class Recording:
+    """What a recording saw: ``files`` (absolute paths), or None when it cannot be trusted
+    (the target's code replaced the trace function, so part of it ran unseen); ``libraries``:
+    the top-level packages in site-packages whose code ran (their versions are recorded)."""
+
+    files: tuple[str, ...] | None = None
+    libraries: tuple[str, ...] = ()
+
+
+@contextmanager
+def recording_sources(target: str | None = None) -> Iterator[Recording]:
+    """Record the project files that run (or are opened for reading) within the block."""
+    global _HOOKED
+    if not _HOOKED:
+        sys.addaudithook(_audit)  # cannot be removed: inert while no recording is active
+        _HOOKED = True
+    recording = Recording()
+    previous, previous_threads = sys.gettrace(), threading.gettrace()
+    recorder = _Recorder(previous)
+    opened: set[str] = set()
+    _OPEN_SINKS.append(opened)
+    sys.settrace(recorder.trace)
+    threading.settrace(recorder.trace)
+    try:
+        yield recording
+    finally:
+        intact = sys.gettrace() is recorder.trace
+        sys.settrace(previous)
+        threading.settrace(previous_threads)  # type: ignore[arg-type]
+        _OPEN_SINKS.remove(opened)
+        if intact:
+            files = {os.path.abspath(f) for f in recorder.files} | opened
+            if target is not None:
+                files |= _target_files(target)
+            recording.files = tuple(sorted(_closure(files)))
+            recording.libraries = tuple(sorted(recorder.libraries))
+
+
+def _target_files(target: str) -> set[str]:
+    """The target's own module file: a module instance built at import time (``mod:model``)
+    runs no code of that file when an earlier target of the run imported it already."""
+    from biaslint.target import parse_target
+
+    try:
+        spec = parse_target(target)
+    except Exception:  # noqa: BLE001 - the lint reported it
+        return set()
+    if spec.is_path:
+        return {os.path.abspath(spec.module)}
+    module = sys.modules.get(spec.module)
+    file = getattr(module, "__file__", None)
+    return {os.path.abspath(file)} if isinstance(file, str) else set()
+
+
+def _closure(files: set[str]) -> set[str]:
+    """``files`` plus, transitively, what ran when their modules (and parent packages) were
+    first imported."""
+    by_file: dict[str, str] = {}
+    for module_name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str) and _candidate(file):
+            by_file[os.path.abspath(file)] = module_name
+    done: set[str] = set()
+    todo = list(files)
+    while todo:
+        file = todo.pop()
+        if file in done:
+            continue
+        done.add(file)
+        todo.extend(os.path.abspath(f) for f in _IMPORT_DEPS.get(file, ()))
+        module_name = by_file.get(file)
+        while module_name and "." in module_name:
+            module_name = module_name.rsplit(".", 1)[0]
+            parent = getattr(sys.modules.get(module_name), "__file__", None)
+            if isinstance(parent, str) and _candidate(parent):
+                todo.append(os.path.abspath(parent))
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache and the choice of targets (the process that runs ``biaslint check``)
+# ---------------------------------------------------------------------------------------------
+
+
+def work_tree(start: Path) -> Path | None:
+    """The git work tree holding ``start`` (the nearest folder with a ``.git``), or None. No
+    git process: a plain run only records, and needs nothing more."""
+    for folder in (start, *start.parents):
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
+def versions() -> dict[str, str]:
+    """What stands for the library code a target ran: a new version invalidates its entry."""
+    from importlib import metadata
+
+    from biaslint import __version__
+
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:  # pragma: no cover - torch is a dependency
+        torch_version = "unknown"
+    return {"biaslint": __version__, "torch": torch_version,
+            "python": "{}.{}".format(*sys.version_info[:2])}
+
+
+def _plain(value: Any) -> Any:
+    """Settings as JSON data, the same every run: mappings sorted, tuples as lists, enums as
+    their names."""
+    from enum import Enum
+
+    if isinstance(value, Enum):
+        return str(value)
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+# Settings that change neither what is linted nor what is found.
+_NOT_KEYED = ("debug", "record_sources")
+
+
+def settings_key(config: Any, settings: Any, lint_dir: str) -> str:
+    """A digest of everything besides the files that decides a target's findings: its config
+    (input shapes, priors, head, device, target mean), the run's settings (selected rules, rule
+    options, severities, per-module ignores: what [tool.biaslint] sets) and the folder it is
+    linted from (a path target resolves from there)."""
+    from dataclasses import fields
+
+    state = {
+        "config": {f.name: _plain(getattr(config, f.name)) for f in fields(config)},
+        "settings": {f.name: _plain(getattr(settings, f.name)) for f in fields(settings)
+                     if f.name not in _NOT_KEYED},
+        "folder": lint_dir,
+    }
+    text = json.dumps(state, sort_keys=True)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def file_hash(path: Path) -> str | None:
+    try:
+        return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def _version(distribution: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _top_levels() -> dict[str, list[str]]:
+    from importlib import metadata
+
+    try:
+        return dict(metadata.packages_distributions())
+    except Exception:  # noqa: BLE001 - a broken installed distribution: no library versions
+        return {}
+
+
+# Stood for by ``versions()`` already.
+_OWN = frozenset({"torch", "biaslint"})
+
+
+def _distributions(libraries: Iterable[str]) -> dict[str, str]:
+    """The installed distributions (and versions) that provide these top-level packages."""
+    found: dict[str, str] = {}
+    for top in libraries:
+        for distribution in _top_levels().get(top, ()):
+            version = _version(distribution)
+            if version is not None and distribution.lower() not in _OWN:
+                found[distribution] = version
+    return dict(sorted(found.items()))
+
+
+@dataclass(frozen=True)
+class Changes:
+    """The files (relative to the work tree, ``/``-separated) that differ between ``ref`` and the
+    working tree: tracked files changed, added or deleted (staged or not), and untracked ones."""
+
+    ref: str
+    root: Path
+    paths: frozenset[str]
+
+
+def _git(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
+    except FileNotFoundError:
+        raise ConfigError("--changed-since needs git, and no git is on PATH; install git or "
+                          "run without --changed-since") from None
+
+
+def _stderr(proc: subprocess.CompletedProcess[bytes]) -> str:
+    lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+    return lines[-1].strip() if lines else f"git exited with code {proc.returncode}"
+
+
+def changes_since(ref: str, start: Path) -> Changes:
+    """What differs from ``ref``. Raises ``ConfigError`` (one line) outside a git work tree, for
+    a ref git does not know, or when git fails."""
+    if not ref or ref.startswith("-"):
+        raise ConfigError(f"--changed-since {ref!r}: give a git commit, branch or tag "
+                          "(e.g. --changed-since origin/main)")
+    top = _git(["rev-parse", "--show-toplevel"], start)
+    if top.returncode != 0:
+        raise ConfigError(f"--changed-since {ref}: {_shown_dir(start)} is not inside a git work "
+                          "tree; run biaslint in your repository's checkout, or drop "
+                          "--changed-since")
+    root = Path(top.stdout.decode("utf-8", "surrogateescape").strip()).resolve()
+    verify = _git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], root)
+    if verify.returncode != 0:
+        raise ConfigError(f"--changed-since {ref}: git knows no commit {ref!r} in this "
+                          "repository; check the name, or fetch it first (in GitHub Actions: "
+                          "actions/checkout with fetch-depth: 0)")
+    paths: set[str] = set()
+    for args in (["diff", "--name-only", "--no-renames", "-z", ref, "--"],
+                 ["ls-files", "--others", "--exclude-standard", "-z"]):
+        proc = _git(args, root)
+        if proc.returncode != 0:
+            raise ConfigError(f"--changed-since {ref}: git {args[0]} failed: {_stderr(proc)}")
+        paths.update(p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p)
+    return Changes(ref, root, frozenset(paths))
+
+
+def _shown_dir(path: Path) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return "the current folder" if rel == "." else (str(path) if rel.startswith("..") else rel)
+
+
+def _when(stamp: str) -> str:
+    try:
+        return datetime.fromisoformat(stamp).strftime("%Y-%m-%d %H:%M UTC")
+    except (TypeError, ValueError):
+        return "an unknown date"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _some(paths: Sequence[str]) -> str:
+    more = f" and {len(paths) - 2} more" if len(paths) > 2 else ""
+    return ", ".join(paths[:2]) + more
+
+
+@dataclass
+class Tracking:
+    """One run's cache: read at the start, updated with each target linted, written at the end.
+    ``changes`` is set with ``--changed-since``."""
+
+    root: Path  # the git work tree: the cache's paths are relative to it
+    file: Path  # the cache file
+    lint_dir: str  # where the targets are linted from, relative to the work tree
+    changes: Changes | None = None
+    entries: dict[str, Any] = field(default_factory=dict)
+    now: dict[str, str] = field(default_factory=versions)
+    _hashes: dict[str, str | None] = field(default_factory=dict)
+    unreadable: str | None = None  # why the cache file could not be read, if it could not
+    skipped: int = 0  # how many targets --changed-since skipped
+
+    @classmethod
+    def start(cls, ref: str | None, config_file: str | None,
+              workdir: str | None) -> "Tracking | None":
+        """The run's tracking, or None outside a git work tree (nothing to compare with then)."""
+        here = Path(workdir or os.getcwd()).resolve()
+        changes = changes_since(ref, here) if ref is not None else None
+        root = changes.root if changes is not None else work_tree(here)
+        if root is None:
+            return None
+        root = root.resolve()
+        folder = Path(config_file).resolve().parent if config_file else here
+        lint_dir = os.path.relpath(here, root).replace(os.sep, "/")
+        tracking = cls(root, folder / CACHE_DIR / CACHE_FILE, lint_dir, changes)
+        tracking._read()
+        return tracking
+
+    def _read(self) -> None:
+        try:
+            data = json.loads(self.file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self.unreadable = f"{type(exc).__name__}: {exc}"
+            return
+        if isinstance(data, dict) and data.get("format") == CACHE_FORMAT \
+                and isinstance(data.get("targets"), dict):
+            self.entries = {k: v for k, v in data["targets"].items() if isinstance(v, dict)}
+        else:
+            self.unreadable = "not a biaslint source cache of this version"
+
+    def _current(self, rel: str) -> str | None:
+        if rel not in self._hashes:
+            self._hashes[rel] = file_hash(self.root / rel)
+        return self._hashes[rel]
+
+    def why_lint(self, config: Any, settings: Any) -> str | None:
+        """Why ``config`` must be linted, or None when ``--changed-since`` may skip it."""
+        assert self.changes is not None
+        ref = self.changes.ref
+        entry = self.entries.get(config.target)
+        if entry is None:
+            missing = " (the cache file could not be read)" if self.unreadable else \
+                " (never linted here, or the cache was not restored)"
+            return f"no recorded source files{missing}"
+        then = entry.get("versions") or {}
+        moved = [f"{name} {then.get(name, '?')} -> {version}" for name, version in
+                 self.now.items() if then.get(name) != version]
+        moved += [f"{name} {version} -> {_version(name) or 'not installed'}" for name, version
+                  in (entry.get("libraries") or {}).items() if _version(name) != version]
+        if moved:
+            return f"its record was made with other versions ({', '.join(moved)})"
+        if entry.get("key") != settings_key(config, settings, self.lint_dir):
+            return ("its settings changed since its record (rules, rule options, input shapes, "
+                    "class priors, head, device or target mean)")
+        files = entry.get("files")
+        if not isinstance(files, dict) or not files:
+            return "its record lists no source files"
+        changed = sorted(p for p in files if p in self.changes.paths)
+        if changed:
+            return (f"{_some(changed)} changed since {ref}" if len(changed) <= 2 else
+                    f"{len(changed)} of its source files changed since {ref} ({_some(changed)})")
+        stale = sorted(p for p, digest in files.items() if self._current(p) != digest)
+        if stale:
+            return (f"{_some(stale)} differ{'s' if len(stale) == 1 else ''} from its recorded "
+                    f"run, though not from {ref} (the cache is from other file contents)")
+        return None
+
+    def select(self, configs: Sequence[Any], settings: Any
+               ) -> tuple[list[Any], list[Any], list[str]]:
+        """Split ``configs`` into (to lint, skipped) and say why, one line per target."""
+        assert self.changes is not None
+        lint, skipped, lines = [], [], []
+        for config in configs:
+            reason = self.why_lint(config, settings)
+            if reason is None:
+                entry = self.entries[config.target]
+                skipped.append(config)
+                files = len(entry["files"])
+                what = "its only source file is unchanged" if files == 1 else \
+                    f"none of its {files} source files changed"
+                lines.append(f"skipped {config.target}: {what} since "
+                             f"{self.changes.ref} (recorded {_when(entry.get('recorded'))})")
+            else:
+                lint.append(config)
+                lines.append(f"linting {config.target}: {reason}")
+        return lint, skipped, lines
+
+    def record(self, configs: Sequence[Any], results: Sequence[Any], settings: Any) -> bool:
+        """Update the entries of the targets just linted: each that was linted gets its files and
+        their hashes now; one that failed, or whose recording cannot be trusted, loses its entry
+        (it is linted next time). Returns whether anything changed."""
+        stamp = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+        changed = False
+        for config, result in zip(configs, results):
+            sources = getattr(result, "sources", None)
+            if result.error or sources is None or sources.files is None:
+                changed |= self.entries.pop(config.target, None) is not None
+                continue
+            self.entries[config.target] = {
+                "key": settings_key(config, settings, self.lint_dir),
+                "versions": dict(self.now),
+                "libraries": _distributions(sources.libraries),
+                "recorded": stamp,
+                "files": self._relative(sources.files),
+            }
+            changed = True
+        return changed
+
+    def _relative(self, sources: Iterable[str]) -> dict[str, str]:
+        cache_dir = self.file.parent
+        files: dict[str, str] = {}
+        for source in sources:
+            path = Path(os.path.realpath(source))
+            if not path.is_file() or cache_dir in path.parents:
+                continue
+            try:
+                rel = path.relative_to(self.root).as_posix()
+            except ValueError:
+                continue  # outside the work tree: no commit can change it
+            digest = file_hash(path)
+            if digest is not None:
+                files[rel] = digest
+        return dict(sorted(files.items()))
+
+    def write(self) -> str | None:
+        """Write the cache (atomically); returns why it could not be written, or None."""
+        folder = self.file.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            ignore = folder / ".gitignore"
+            if not ignore.exists():  # the cache never shows up as a change to commit
+                ignore.write_text("# Created by biaslint (--changed-since).\n*\n",
+                                  encoding="utf-8")
+            data = {"format": CACHE_FORMAT, "targets": dict(sorted(self.entries.items()))}
+            temporary = folder / f".{CACHE_FILE}.{os.getpid()}.tmp"
+            temporary.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+            os.replace(temporary, self.file)
+        except OSError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
