@@ -16,13 +16,17 @@ folder). ``--changed-since REF`` then skips a target only when all of these hold
 Every other target is linted, and the run says, per target, why it was linted or skipped.
 
 What "executed" means: the file of every Python code object that ran while the target was
-imported, built, captured and its rules ran the forward, plus, for each such file, the files
-that ran while its module was first imported (a module imported by an earlier target of the
-same run still counts for this one) and its parent packages' ``__init__``. Library code (the
-standard library, site-packages, torch, biaslint) is not recorded: the versions stand for it.
+imported and built, every project module first imported while it was captured and its rules
+ran the forward, plus, for each such file, the files that ran while its module was first
+imported (a module imported by an earlier target of the same run still counts for this one)
+and its parent packages' ``__init__``. The forward runs code that the build defined or
+imported, so the capture is not traced call by call: that would cost seconds on a large model
+(millions of Python calls). Library code (the standard library, site-packages, torch,
+biaslint) is not recorded: the versions stand for it.
 
-Recording runs on the ``call`` events of ``sys.settrace`` only (no line events), chained with a
-tracer already installed (a coverage tool keeps working). No torch import at module level.
+The build's recording runs on the ``call`` events of ``sys.settrace`` only (no line events),
+chained with a tracer already installed (a coverage tool keeps working). No torch import at
+module level.
 """
 
 from __future__ import annotations
@@ -204,14 +208,40 @@ class Recording:
     libraries: tuple[str, ...] = ()
 
 
+def combined(recordings: Sequence[Recording]) -> Recording:
+    """One recording of several blocks run in turn (untrusted if any of them is)."""
+    if not recordings or any(r.files is None for r in recordings):
+        return Recording()
+    return Recording(files=tuple(sorted({f for r in recordings for f in r.files or ()})),
+                     libraries=tuple(sorted({lib for r in recordings for lib in r.libraries})))
+
+
 @contextmanager
-def recording_sources(target: str | None = None) -> Iterator[Recording]:
-    """Record the project files that run (or are opened for reading) within the block."""
+def recording_sources(target: str | None = None, trace: bool = True) -> Iterator[Recording]:
+    """Record the project files that run (or are opened for reading) within the block.
+
+    ``trace=False``: no call tracer; only the project modules first imported inside the block
+    (with what their import ran) and the files opened for reading."""
     global _HOOKED
     if not _HOOKED:
         sys.addaudithook(_audit)  # cannot be removed: inert while no recording is active
         _HOOKED = True
     recording = Recording()
+    if not trace:
+        before = set(sys.modules)
+        opened: set[str] = set()
+        _OPEN_SINKS.append(opened)
+        try:
+            yield recording
+        finally:
+            _OPEN_SINKS.remove(opened)
+            files = set(opened)
+            for name in set(sys.modules) - before:
+                file = getattr(sys.modules.get(name), "__file__", None)
+                if isinstance(file, str) and _candidate(file):
+                    files.add(os.path.abspath(file))
+            recording.files = tuple(sorted(_closure(files)))
+        return
     previous, previous_threads = sys.gettrace(), threading.gettrace()
     recorder = _Recorder(previous)
     opened: set[str] = set()
@@ -318,8 +348,8 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
-# Settings that change neither what is linted nor what is found.
-_NOT_KEYED = ("debug", "record_sources")
+# Settings that change how a run reports, not what it finds (the signal curves are a picture).
+_NOT_KEYED = ("debug", "record_sources", "signal")
 
 
 def settings_key(config: Any, settings: Any, lint_dir: str) -> str:

@@ -23,31 +23,49 @@ StageCallback = Callable[[str], None]
 def lint(config: TargetConfig, settings: Settings = Settings(),
          on_stage: StageCallback | None = None) -> TargetResult:
     """Lint one target. User errors (bad target, failing build) raise ``BiaslintError``."""
-    if settings.record_sources:
-        from dataclasses import replace
+    if not settings.record_sources:
+        return _lint(config, settings, on_stage)
+    from dataclasses import replace
 
-        from biaslint.changes import recording_sources
+    from biaslint.changes import combined, recording_sources
 
-        with recording_sources(config.target) as recording:
-            result = _lint(config, settings, on_stage)
-        return replace(result, sources=recording if recording.files is not None else None)
-    return _lint(config, settings, on_stage)
+    # The import and build run under a call tracer; the capture and the rules' forwards (a
+    # few million Python calls for a large model, where a tracer would cost seconds) record
+    # only the project modules they import and the files they open: the code they run is the
+    # code the build defined or imported.
+    build = recording_sources(config.target)
+    rest = recording_sources(config.target, trace=False)
+    seen: list = []
+    result = _lint(config, settings, on_stage, (build, rest), seen)
+    recording = combined(seen)
+    return replace(result, sources=recording if recording.files is not None else None)
 
 
 def _lint(config: TargetConfig, settings: Settings,
-          on_stage: StageCallback | None) -> TargetResult:
+          on_stage: StageCallback | None, scopes: tuple = (), seen: list | None = None
+          ) -> TargetResult:
+    from contextlib import nullcontext
+
     from biaslint.load.build import load_target
     from biaslint.load.guard import preserved_state
 
+    build_scope, rest_scope = scopes or (nullcontext(), nullcontext())
     timings: dict[str, float] = {}
     if on_stage is not None:
         on_stage("build")
     with preserved_state():  # the build runs under a fixed seed; nothing it changes leaks
         start = time.perf_counter()
-        loaded = load_target(config.target, config.input_shapes,
-                             device=getattr(config, "device", None))
+        with build_scope as recorded:
+            loaded = load_target(config.target, config.input_shapes,
+                                 device=getattr(config, "device", None))
+        if seen is not None:
+            seen.append(recorded)
         timings["build"] = time.perf_counter() - start
-        return lint_loaded(loaded, config, settings, timings, on_stage=on_stage)
+        with rest_scope as recorded:
+            result = lint_loaded(loaded, config, settings, timings, on_stage=on_stage)
+        if seen is not None:
+            seen.append(recorded)
+        return result
 
 
 def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignore[no-untyped-def]
