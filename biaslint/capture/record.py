@@ -99,6 +99,10 @@ class ForwardFailed(Exception):
 class Recording:
     gm: fx.GraphModule
     called: set[str]  # qualified names of every module the forward called
+    # On a real forward: what each parametrized built-in layer first returned and was first fed
+    # (copies), the values ``AnalysedModel.real_outputs`` would measure, so no rule runs the
+    # forward again. None on fake tensors.
+    values: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
 
 def is_default_leaf(module: nn.Module) -> bool:
@@ -106,6 +110,7 @@ def is_default_leaf(module: nn.Module) -> bool:
     return _TRACER.is_leaf_module(module, "")
 
 
+_VALUE_BUDGET = 256 * 2**20  # bytes of layer outputs kept from a real recording forward
 _TRACER = fx.Tracer()  # made once: a Tracer's constructor is not free (566 calls on a CNN)
 
 
@@ -131,6 +136,9 @@ class _Recorder(TorchFunctionMode):
         # one and go on, so only the exception that ends the forward is reported).
         self.raised: dict[int, tuple[BaseException, str, str]] = {}
         self._constants = 0
+        self.values: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._value_bytes = 0
+        self.kept: set[str] = set()
 
     # -- values to graph arguments ------------------------------------------------------------
     def _bind(self, tensor: torch.Tensor, node: fx.Node) -> None:
@@ -333,6 +341,10 @@ class _Recorder(TorchFunctionMode):
             self.suspended -= 1
             if hooks:
                 module._forward_hooks = saved_hooks
+        if not self.fake and not hooks and not module._forward_pre_hooks and \
+                name not in self.kept and isinstance(value, torch.Tensor):
+            self.kept.add(name)  # the first tensor it returns, as a forward hook keeps it
+            self._keep_value(module, name, args, value)
         stack = dict(self._stack_meta() or {})
         stack[name] = (name, type(module))
         node = self._emit("call_module", name, args, kwargs, value, stack)
@@ -351,6 +363,22 @@ class _Recorder(TorchFunctionMode):
             if result is not None:
                 value = result
         return value
+
+    def _keep_value(self, module: nn.Module, name: str, args: tuple[Any, ...],
+                    value: Any) -> None:
+        """Copy what a real forward's layer returned and was fed, as a forward hook on it sees
+        them (no hooks of its own, none global), within a memory budget."""
+        if _global_forward_hooks() or \
+                not any(True for _ in module.parameters(recurse=False)):
+            return
+        fed = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        size = value.numel() * value.element_size() + (
+            fed.numel() * fed.element_size() if fed is not None else 0)
+        if self._value_bytes + size > _VALUE_BUDGET:
+            return
+        self._value_bytes += size
+        self.values[name] = (value.detach().clone(),
+                             fed.detach().clone() if fed is not None else None)
 
     # -- inputs and outputs ---------------------------------------------------------------------
     def placeholders(self, labels: list[str], args: tuple[Any, ...],
@@ -543,7 +571,7 @@ def record_forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
         if node.op == "call_module":
             root[str(node.target)] = model.get_submodule(str(node.target))
     gm = _RecordedGraphModule(root, recorder.graph, type(model).__name__)
-    return Recording(gm, recorder.called)
+    return Recording(gm, recorder.called, None if fake_mode is not None else recorder.values)
 
 
 class _RecordedGraphModule(fx.GraphModule):

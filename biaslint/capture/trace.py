@@ -50,6 +50,9 @@ class Capture:
     # The forward raised on the example inputs (the error, and the module it came from): the
     # graph then comes from symbolic tracing, and no value of a run is known.
     forward_error: str | None = None
+    # Recorded on a real forward: each parametrized layer's first output and input (copies), the
+    # values rules would otherwise run the forward again for (``AnalysedModel.real_outputs``).
+    real_values: dict[str, tuple[Any, Any]] | None = None
 
 
 class _Tracer(fx.Tracer):
@@ -302,7 +305,8 @@ def _record(target: LoadedTarget) -> Capture | str:
                          "recorded from a real forward without autograd")
         part = GraphPart("", model, recording.gm, shapes_known=True)
         return Capture(target=target, parts=[part], opaque=[],
-                       coverage=_coverage(model, [part], [], recording.called), notes=notes)
+                       coverage=_coverage(model, [part], [], recording.called), notes=notes,
+                       real_values=recording.values)
     assert failure is not None
     return failure.describe()
 
