@@ -15,9 +15,10 @@ softmaxes inside ``nn.MultiheadAttention`` are not measured.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -138,6 +139,16 @@ def measure_attention(model: nn.Module, args: tuple, kwargs: dict) -> list[Atten
     """Every softmax over attention scores in one real no-grad forward (state restored)."""
     from biaslint.capture.preserve import preserved
 
+    with measuring(model) as found:
+        with preserved(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model(*args, **kwargs)
+    return found
+
+
+@contextlib.contextmanager
+def measuring(model: nn.Module) -> Iterator[list[AttentionSoftmax]]:
+    """Measure every softmax over attention scores that runs inside (a real forward of
+    ``model``); the list yielded is filled on exit."""
     names = {id(m): n for n, m in model.named_modules()}
     stack: list[str] = []
 
@@ -152,12 +163,19 @@ def measure_attention(model: nn.Module, args: tuple, kwargs: dict) -> list[Atten
 
     pre = nn.modules.module.register_module_forward_pre_hook(enter)
     post = nn.modules.module.register_module_forward_hook(leave)
+    OWN_HOOKS.update((pre.id, post.id))  # not the user's: a recording ignores them
     mode = _ScoreMode(stack)
+    found: list[AttentionSoftmax] = []
     try:
-        with preserved(model), torch.no_grad(), torch.random.fork_rng(devices=[]), mode:
-            model(*args, **kwargs)
+        with mode:
+            yield found
     finally:
         pre.remove()
         post.remove()
-    return [AttentionSoftmax(**{**vars(f), "module": f.module.split("\x00")[0]})
-            for f in mode.found]
+        OWN_HOOKS.difference_update((pre.id, post.id))
+    found.extend(AttentionSoftmax(**{**vars(f), "module": f.module.split("\x00")[0]})
+                 for f in mode.found)
+
+
+# Ids of the global module hooks ``measuring`` registers.
+OWN_HOOKS: set[int] = set()

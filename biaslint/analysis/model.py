@@ -270,6 +270,9 @@ class AnalysedModel:
                 self._real_outputs[name], self._real_inputs[name] = recorded[name]
             wanted = [n for n in wanted if n not in recorded]
         attention = attention and "attention" not in self.__dict__ and self._wants_attention()
+        if attention and getattr(self.capture, "attention", None) is not None:
+            self.__dict__["attention"] = list(self.capture.attention)  # measured while recorded
+            attention = False
         if not wanted and not attention:
             return
         seen: dict[str, torch.Tensor] = {}

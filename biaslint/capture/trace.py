@@ -53,6 +53,8 @@ class Capture:
     # Recorded on a real forward: each parametrized layer's first output and input (copies), the
     # values rules would otherwise run the forward again for (``AnalysedModel.real_outputs``).
     real_values: dict[str, tuple[Any, Any]] | None = None
+    # Recorded on a real forward: the attention softmaxes it ran (``analysis.attention``).
+    attention: list[Any] | None = None
 
 
 class _Tracer(fx.Tracer):
@@ -286,19 +288,39 @@ def _record(target: LoadedTarget) -> Capture | str:
 
     from biaslint.capture.concrete import quiet_fake_log
     from biaslint.capture.record import ForwardFailed, record_forward
+    from biaslint.load.guard import preserved_state
 
     model = target.model
     inputs = target.inputs
     assert inputs is not None
     notes: list[str] = []
     failure: ForwardFailed | None = None
-    for fake in (True, False):
-        mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
+    # Meta copies first (no compute, no fake-tensor dispatch); fake tensors when the forward
+    # needs what meta tensors lack (an op without a meta kernel, a tensor made on the CPU);
+    # real ones when it needs values.
+    skip_fake = False
+    for way in ("meta", "fake", "real"):
+        if way == "fake" and skip_fake:
+            continue
+        fake = way != "real"
+        mode = FakeTensorMode(allow_non_fake_inputs=True) if way == "fake" else None
+        # A real forward also measures the attention softmaxes (BL006), which would
+        # otherwise run it once more.
+        measured = _measuring(model) if way == "real" else contextlib.nullcontext(None)
+        # The meta attempt is extra: whatever it draws from Python's or numpy's RNG (LayerDrop)
+        # is given back, so the attempts after it see what they saw without it.
+        rngs = preserved_state(seed=None) if way == "meta" else contextlib.nullcontext()
         try:
-            with preserved(model), _quiet(), quiet_fake_log(), torch.random.fork_rng(devices=[]):
-                recording = record_forward(model, inputs.args, inputs.kwargs, mode)
+            with measured as attention, rngs, preserved(model), _quiet(), quiet_fake_log(), \
+                    torch.random.fork_rng(devices=[]):
+                recording = record_forward(model, inputs.args, inputs.kwargs, mode,
+                                           meta=way == "meta")
         except ForwardFailed as exc:
-            failure = exc
+            if way != "meta":
+                failure = exc
+            elif (failed := _as_on_fake(exc)) is not None:
+                failure = failed  # fake tensors stop at the same op: straight to real ones
+                skip_fake = True
             continue
         if not fake and failure is not None:
             notes.append(f"the forward cannot run on fake tensors ({failure.describe()}); "
@@ -306,9 +328,37 @@ def _record(target: LoadedTarget) -> Capture | str:
         part = GraphPart("", model, recording.gm, shapes_known=True)
         return Capture(target=target, parts=[part], opaque=[],
                        coverage=_coverage(model, [part], [], recording.called), notes=notes,
-                       real_values=recording.values)
+                       real_values=recording.values, attention=attention)
     assert failure is not None
     return failure.describe()
+
+
+def _as_on_fake(failure: Any) -> Any:
+    """A meta forward that stopped at an op needing values (``.item()``, ``nonzero``): the
+    failure fake tensors give at that op (they run the same kernels up to there), or None when
+    the meta failure is not one of those."""
+    from torch._subclasses.fake_tensor import (DataDependentOutputException,
+                                               DynamicOutputShapeException)
+
+    from biaslint.capture.record import ForwardFailed
+
+    error = failure.error
+    text = str(error)
+    if isinstance(error, RuntimeError) and text.startswith(
+            "Tensor.item() cannot be called on meta tensors"):
+        fake: Exception = DataDependentOutputException(torch.ops.aten._local_scalar_dense.default)
+    elif isinstance(error, NotImplementedError) and text.startswith(
+            "The register_meta function for torch.nonzero() raises unimplemented"):
+        fake = DynamicOutputShapeException(torch.ops.aten.nonzero.default)
+    else:
+        return None
+    return ForwardFailed(fake, failure.where, failure.cls)
+
+
+def _measuring(model: nn.Module) -> Any:
+    from biaslint.analysis.attention import measuring
+
+    return measuring(model)
 
 
 def _capture_symbolic(target: LoadedTarget) -> Capture:
