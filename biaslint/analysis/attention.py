@@ -40,6 +40,7 @@ class AttentionSoftmax:
     keys: int  # entries per softmax row
     head_dim: int  # the product's contracted size (d_head)
     scaled: bool  # a number scaled the scores (or an operand) between the product and here
+    # The measures below are NaN when ``scaled``: only softmaxes over unscaled scores are judged.
     mean_max: float  # mean over rows of the largest weight
     entropy: float  # mean row entropy, nats
     score_std: float
@@ -118,12 +119,17 @@ class _ScoreMode(TorchFunctionMode):
             dim = kwargs.get("dim", args[1] if len(args) > 1 else -1)
             dim = dim if isinstance(dim, int) else -1
             scaled, head_dim = self.tags[id(source)]
-            mean_max, entropy, jacobian = _measure(source, dim)
-            _, _, jacobian_scaled = (mean_max, entropy, jacobian) if scaled else _measure(
-                source.double() / math.sqrt(max(head_dim, 1)), dim)
-            if_scaled = mean_max if scaled else _measure(
-                source.double() / math.sqrt(max(head_dim, 1)), dim)[0]
             module = self.stack[-1] if self.stack else ""
+            if scaled:  # nothing to judge (BL006 reads unscaled scores only): not measured
+                nan = math.nan
+                self.found.append(AttentionSoftmax(
+                    module=module, keys=int(source.shape[dim]), head_dim=head_dim, scaled=True,
+                    mean_max=nan, entropy=nan, score_std=nan, mean_max_if_scaled=nan,
+                    jacobian=nan, jacobian_if_scaled=nan))
+                return out
+            mean_max, entropy, jacobian = _measure(source, dim)
+            if_scaled, _, jacobian_scaled = _measure(
+                source.double() / math.sqrt(max(head_dim, 1)), dim)
             self.found.append(AttentionSoftmax(
                 module=module, keys=int(source.shape[dim]), head_dim=head_dim, scaled=scaled,
                 mean_max=mean_max, entropy=entropy, score_std=float(source.double().std()),
