@@ -81,11 +81,18 @@ def _location(frame: FrameType) -> Location:
 
 
 def _display_path(filename: str) -> str:
-    try:
-        rel = os.path.relpath(filename)
-    except ValueError:  # other drive on Windows
-        return filename
-    return filename if rel.startswith("..") else rel
+    key = (filename, os.getcwd())
+    shown = _DISPLAY_PATHS.get(key)
+    if shown is None:
+        try:
+            rel = os.path.relpath(filename)
+        except ValueError:  # other drive on Windows
+            rel = ".."
+        shown = _DISPLAY_PATHS[key] = filename if rel.startswith("..") else rel
+    return shown
+
+
+_DISPLAY_PATHS: dict[tuple[str, str], str] = {}  # one relpath per file and working directory
 
 
 def user_frame(skip_self: object | None = None) -> FrameType | None:
