@@ -110,6 +110,11 @@ def is_default_leaf(module: nn.Module) -> bool:
     return _TRACER.is_leaf_module(module, "")
 
 
+# Built-in activations whose output has the input's shape, dtype and layout (the same tensor
+# when ``inplace``): recorded on meta copies without running them.
+_ELEMENTWISE = frozenset({nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.SiLU,
+                          nn.GELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU,
+                          nn.Mish, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid})
 _VALUE_BUDGET = 256 * 2**20  # bytes of layer outputs kept from a real recording forward
 _TRACER = fx.Tracer()  # made once: a Tracer's constructor is not free (566 calls on a CNN)
 
@@ -357,6 +362,13 @@ class _Recorder(TorchFunctionMode):
             if self.fake and isinstance(module, SAME_SHAPE_NORM_MODULES) and args and \
                     isinstance(args[0], torch.Tensor) and not kwargs and not _hooked(module):
                 value = torch.empty_like(args[0])
+            elif self.meta and type(module) in _ELEMENTWISE and len(args) == 1 and not kwargs \
+                    and isinstance(args[0], torch.Tensor) and args[0].is_floating_point() \
+                    and not _hooked(module):
+                # An activation's output is its input's shape: meta tensors need no kernel
+                # (several are Python decompositions on meta). In place, it is the input.
+                value = args[0] if getattr(module, "inplace", False) is True else \
+                    torch.empty_like(args[0])
             else:
                 value = call(module, *args, **kwargs)
         except BaseException as exc:
