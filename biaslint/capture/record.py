@@ -261,7 +261,7 @@ class _Recorder(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if self.suspended:
-            value = func(*args, **kwargs)
+            value = self._call(func, args, kwargs) if self.meta else func(*args, **kwargs)
             if self.meta and not self.impure:
                 self._check_meta(args, kwargs, value)
             return value
@@ -271,7 +271,7 @@ class _Recorder(TorchFunctionMode):
             # Python decomposition (tens of ops a call) for no information.
             value: Any = torch.empty_like(args[0])
         else:
-            value = func(*args, **kwargs)
+            value = self._call(func, args, kwargs) if self.meta else func(*args, **kwargs)
         if self.meta and not self.impure:
             self._check_meta(args, kwargs, value)
         call = _classify(func, args, kwargs, value)
@@ -287,6 +287,21 @@ class _Recorder(TorchFunctionMode):
         if isinstance(value, torch.Tensor) and args and value is args[0]:
             self._written(value, node)  # in place (x.add_(y), relu_): the same, through views
         return value
+
+    @staticmethod
+    def _call(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        """On meta copies: an op that raises notes the size of its largest tensor input (fake
+        tensors hold the values of one-element tensors, so they may run what meta ones cannot)."""
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            sizes = [t.numel() for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+            if not hasattr(exc, "biaslint_input_numel"):
+                try:
+                    exc.biaslint_input_numel = max(sizes, default=0)  # type: ignore[attr-defined]
+                except AttributeError:
+                    pass
+            raise
 
     def _check_meta(self, args: Any, kwargs: dict[str, Any], value: Any) -> None:
         """On meta copies, every tensor the forward computes with must be a meta tensor: one
@@ -485,7 +500,7 @@ def _own_hooks() -> set[int]:
     """The global hooks biaslint's attention measure registers (it may run with a recording)."""
     import sys
 
-    attention = sys.modules.get("biaslint.analysis.attention")
+    attention = sys.modules.get("biaslint.capture.attention")
     return attention.OWN_HOOKS if attention is not None else set()
 
 

@@ -53,7 +53,7 @@ class Capture:
     # Recorded on a real forward: each parametrized layer's first output and input (copies), the
     # values rules would otherwise run the forward again for (``AnalysedModel.real_outputs``).
     real_values: dict[str, tuple[Any, Any]] | None = None
-    # Recorded on a real forward: the attention softmaxes it ran (``analysis.attention``).
+    # Recorded on a real forward: the attention softmaxes it ran (``capture.attention``).
     attention: list[Any] | None = None
 
 
@@ -334,29 +334,27 @@ def _record(target: LoadedTarget) -> Capture | str:
 
 
 def _as_on_fake(failure: Any) -> Any:
-    """A meta forward that stopped at an op needing values (``.item()``, ``nonzero``): the
-    failure fake tensors give at that op (they run the same kernels up to there), or None when
-    the meta failure is not one of those."""
-    from torch._subclasses.fake_tensor import (DataDependentOutputException,
-                                               DynamicOutputShapeException)
+    """A meta forward that stopped at ``nonzero`` (a data-dependent shape) of a tensor of more
+    than one element: the failure fake tensors give at that op (they run the same kernels up to
+    there and hold no values for such a tensor), or None otherwise. ``.item()`` is not one of
+    these: fake tensors keep the value of a one-element tensor made from a Python number
+    (BART's, DeBERTa's), and may run past it."""
+    from torch._subclasses.fake_tensor import CONSTANT_NUMEL_LIMIT, DynamicOutputShapeException
 
     from biaslint.capture.record import ForwardFailed
 
     error = failure.error
-    text = str(error)
-    if isinstance(error, RuntimeError) and text.startswith(
-            "Tensor.item() cannot be called on meta tensors"):
-        fake: Exception = DataDependentOutputException(torch.ops.aten._local_scalar_dense.default)
-    elif isinstance(error, NotImplementedError) and text.startswith(
-            "The register_meta function for torch.nonzero() raises unimplemented"):
+    numel = getattr(error, "biaslint_input_numel", 0)
+    if isinstance(error, NotImplementedError) and numel > CONSTANT_NUMEL_LIMIT and \
+            str(error).startswith("The register_meta function for torch.nonzero() raises "
+                                  "unimplemented"):
         fake = DynamicOutputShapeException(torch.ops.aten.nonzero.default)
-    else:
-        return None
-    return ForwardFailed(fake, failure.where, failure.cls)
+        return ForwardFailed(fake, failure.where, failure.cls)
+    return None
 
 
 def _measuring(model: nn.Module) -> Any:
-    from biaslint.analysis.attention import measuring
+    from biaslint.capture.attention import measuring
 
     return measuring(model)
 
