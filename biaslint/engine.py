@@ -74,7 +74,7 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
     """Capture, analyse and run the rules on an already built ``LoadedTarget``."""
     from biaslint.analysis.model import AnalysedModel
     from biaslint.capture.trace import capture
-    from biaslint.rules import RuleContext, selected
+    from biaslint.rules import selected
 
     from biaslint.load.guard import preserved_state, user_code
 
@@ -115,8 +115,10 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
     ran: list[str] = []
     scopes: list[RuleScope] = []
     no_forward = _no_forward(analysed)
-    for rule_cls in selected(settings.select, settings.ignore):
-        rule = rule_cls()
+    rules = [rule_cls() for rule_cls in selected(settings.select, settings.ignore)]
+    if no_forward is None:
+        _prefetch(analysed, rules, config, settings)
+    for rule in rules:
         if "forward" in rule.reads and no_forward is not None:
             # It applies to nothing here, like BL005 without priors: said, not failed.
             notes.append(f"{rule.code} ({rule.name}) not run: it measures a real forward, and "
@@ -124,9 +126,7 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
             scopes.append(RuleScope(rule.code, 0, ()))
             ran.append(rule.code)  # it ran on what it applies to: nothing
             continue
-        context = RuleContext(options=settings.rule_options.get(rule.code, {}),
-                              class_priors=config.class_priors, head=config.head,
-                              target_mean=getattr(config, "target_mean", None))
+        context = _context(rule, config, settings)
         crashed = None
         try:
             # Some rules run the forward again for real values (a head's logits).
@@ -238,6 +238,35 @@ def _causes(analysed, unjudged: set[tuple[str, str]]) -> list[str]:  # type: ign
         lines.append(f"{len(outside)} called layer(s) outside any graph (graph rules cannot see "
                      f"them): {_listed(outside)}")
     return lines
+
+
+def _context(rule, config: TargetConfig, settings: Settings):  # type: ignore[no-untyped-def]
+    from biaslint.rules import RuleContext
+
+    return RuleContext(options=settings.rule_options.get(rule.code, {}),
+                       class_priors=config.class_priors, head=config.head,
+                       target_mean=getattr(config, "target_mean", None))
+
+
+def _prefetch(analysed, rules, config: TargetConfig, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """One real forward for every rule that reads one, instead of one per rule: each rule says
+    which layers' outputs it will read (and whether it reads the attention measure)."""
+    names: list[str] = []
+    attention = False
+    for rule in rules:
+        if "forward" not in rule.reads:
+            continue
+        try:
+            layers, wants_attention = rule.forward_needs(analysed, _context(rule, config, settings))
+        except Exception:  # noqa: BLE001 - the rule's own run reports its failure
+            continue
+        names.extend(layers)
+        attention = attention or wants_attention
+    if names or attention:
+        from biaslint.load.guard import user_code
+
+        with user_code(config.target, "the forward"):
+            analysed.prefetch(names, attention=attention)
 
 
 def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type: ignore[no-untyped-def]

@@ -237,54 +237,89 @@ class AnalysedModel:
         attributes) are undone: linting never changes the model. Empty when no inputs are known
         or the forward fails (capture reports that).
         """
-        inputs = self.target.inputs
-        if any(p.device.type == "meta" for p in self.model.parameters()):
+        names = list(names)
+        if self._on_meta():
             return {}  # a meta model's outputs have no values
-        wanted = [n for n in names if n not in self._real_outputs]
-        if inputs is not None and wanted:
-            seen: dict[str, torch.Tensor] = {}
-            fed: dict[str, torch.Tensor] = {}
-            hooks = []
-            for name in wanted:
-                def hook(_m: Any, args: Any, out: Any, _name: str = name) -> None:
-                    if isinstance(out, torch.Tensor) and _name not in seen:
-                        # copies: an in-place activation after the layer (ReLU(inplace=True))
-                        # would otherwise rewrite what was recorded
-                        seen[_name] = out.detach().clone()
-                        if args and isinstance(args[0], torch.Tensor):
-                            fed[_name] = args[0].detach().clone()
-                hooks.append(self.model.get_submodule(name).register_forward_hook(hook))
-            from biaslint.capture.preserve import preserved
+        self.prefetch(names)
+        return {n: t for n in names if (t := self._real_outputs.get(n)) is not None}
 
-            try:
+    def _on_meta(self) -> bool:
+        return any(p.device.type == "meta" for p in self.model.parameters())
+
+    def _wants_attention(self) -> bool:
+        """A softmax in the graph: the attention measure has something to look at."""
+        return any(_is_softmax(use.node) or isinstance(self.module_of(use), nn.Softmax)
+                   for use in self.graph_nodes())
+
+    def prefetch(self, names: Iterable[str], attention: bool = False) -> None:
+        """Run the one real ``no_grad`` forward that answers ``real_outputs(names)`` (and, with
+        ``attention``, the ``attention`` measure) for every rule at once.
+
+        Rules that read a real forward would each run one; the engine asks them up front what
+        they will read and calls this once. Values are the same as separate forwards would give:
+        each starts from the same model state and RNG state (both restored after every run).
+        Outputs the capture already recorded on a real forward are reused without running.
+        """
+        inputs = self.target.inputs
+        if inputs is None or self._on_meta():
+            return
+        wanted = [n for n in dict.fromkeys(names) if n not in self._real_outputs]
+        recorded = getattr(self.capture, "real_values", None)
+        if recorded is not None:
+            for name in [n for n in wanted if n in recorded]:
+                self._real_outputs[name], self._real_inputs[name] = recorded[name]
+            wanted = [n for n in wanted if n not in recorded]
+        attention = attention and "attention" not in self.__dict__ and self._wants_attention()
+        if attention and getattr(self.capture, "attention", None) is not None:
+            self.__dict__["attention"] = list(self.capture.attention)  # measured while recorded
+            attention = False
+        if not wanted and not attention:
+            return
+        seen: dict[str, torch.Tensor] = {}
+        fed: dict[str, torch.Tensor] = {}
+        hooks = []
+        for name in wanted:
+            def hook(_m: Any, args: Any, out: Any, _name: str = name) -> None:
+                if isinstance(out, torch.Tensor) and _name not in seen:
+                    # copies: an in-place activation after the layer (ReLU(inplace=True))
+                    # would otherwise rewrite what was recorded
+                    seen[_name] = out.detach().clone()
+                    if args and isinstance(args[0], torch.Tensor):
+                        fed[_name] = args[0].detach().clone()
+            hooks.append(self.model.get_submodule(name).register_forward_hook(hook))
+        from biaslint.capture.preserve import preserved
+
+        measured: list = []
+        try:
+            if attention:
+                from biaslint.analysis.attention import measure_attention
+
+                # state and RNG restored there, as below
+                measured = measure_attention(self.model, inputs.args, inputs.kwargs)
+            else:
                 with preserved(self.model), torch.no_grad(), torch.random.fork_rng(devices=[]):
                     self.model(*inputs.args, **inputs.kwargs)
-            except Exception:  # noqa: BLE001 - the user's forward failing is reported by capture
-                seen = {}
-            finally:
-                for h in hooks:
-                    h.remove()
-            for name in wanted:
-                self._real_outputs[name] = seen.get(name)
-                self._real_inputs[name] = fed.get(name)
-        return {n: t for n in names if (t := self._real_outputs.get(n)) is not None}
+        except Exception:  # noqa: BLE001 - the user's forward failing is reported by capture
+            seen, fed, measured = {}, {}, []
+        finally:
+            for h in hooks:
+                h.remove()
+        for name in wanted:
+            self._real_outputs[name] = seen.get(name)
+            self._real_inputs[name] = fed.get(name)
+        if attention:
+            self.__dict__["attention"] = measured
 
     @cached_property
     def attention(self) -> list:  # list[AttentionSoftmax]
         """Every softmax over attention scores in one real forward (``analysis.attention``);
         empty without inputs, on the meta device, or when the forward fails."""
-        inputs = self.target.inputs
-        if inputs is None or any(p.device.type == "meta" for p in self.model.parameters()):
+        if self.target.inputs is None or self._on_meta():
             return []
-        if not any(_is_softmax(use.node) or isinstance(self.module_of(use), nn.Softmax)
-                   for use in self.graph_nodes()):
+        if not self._wants_attention():
             return []  # no softmax in the graph: no forward to spend
-        from biaslint.analysis.attention import measure_attention
-
-        try:
-            return measure_attention(self.model, inputs.args, inputs.kwargs)
-        except Exception:  # noqa: BLE001 - the user's forward failing is reported by capture
-            return []
+        self.prefetch((), attention=True)
+        return self.__dict__.get("attention", [])
 
     def real_inputs(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
         """The first positional input of these modules in the same real forward."""

@@ -99,6 +99,10 @@ class ForwardFailed(Exception):
 class Recording:
     gm: fx.GraphModule
     called: set[str]  # qualified names of every module the forward called
+    # On a real forward: what each parametrized built-in layer first returned and was first fed
+    # (copies), the values ``AnalysedModel.real_outputs`` would measure, so no rule runs the
+    # forward again. None on fake tensors.
+    values: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
 
 def is_default_leaf(module: nn.Module) -> bool:
@@ -106,6 +110,12 @@ def is_default_leaf(module: nn.Module) -> bool:
     return _TRACER.is_leaf_module(module, "")
 
 
+# Built-in activations whose output has the input's shape, dtype and layout (the same tensor
+# when ``inplace``): recorded on meta copies without running them.
+_ELEMENTWISE = frozenset({nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.SiLU,
+                          nn.GELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU,
+                          nn.Mish, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid})
+_VALUE_BUDGET = 256 * 2**20  # bytes of layer outputs kept from a real recording forward
 _TRACER = fx.Tracer()  # made once: a Tracer's constructor is not free (566 calls on a CNN)
 
 
@@ -131,6 +141,12 @@ class _Recorder(TorchFunctionMode):
         # one and go on, so only the exception that ends the forward is reported).
         self.raised: dict[int, tuple[BaseException, str, str]] = {}
         self._constants = 0
+        self.values: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._value_bytes = 0
+        self.kept: set[str] = set()
+        self.originals: dict[int, torch.Tensor] = {}  # meta copy id -> the model's tensor
+        self.meta = False  # recording on meta copies
+        self.impure = False  # ... and a tensor with values took part (see _check_meta)
 
     # -- values to graph arguments ------------------------------------------------------------
     def _bind(self, tensor: torch.Tensor, node: fx.Node) -> None:
@@ -196,7 +212,8 @@ class _Recorder(TorchFunctionMode):
         if node is None:
             node = self._node("get_attr", name)
             self.attr_nodes[name] = node
-            self.attrs[name] = value
+            # On meta copies, the graph holds the model's own tensor.
+            self.attrs[name] = self.originals.get(id(value), value)
             record(node, value)
         return node
 
@@ -244,14 +261,19 @@ class _Recorder(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if self.suspended:
-            return func(*args, **kwargs)
+            value = self._call(func, args, kwargs) if self.meta else func(*args, **kwargs)
+            if self.meta and not self.impure:
+                self._check_meta(args, kwargs, value)
+            return value
         if self.fake and func in MEAN_NORM_FUNCTIONS and args and \
                 isinstance(args[0], torch.Tensor):
             # The output is shaped like the input; fake tensors would run batch norm's
             # Python decomposition (tens of ops a call) for no information.
             value: Any = torch.empty_like(args[0])
         else:
-            value = func(*args, **kwargs)
+            value = self._call(func, args, kwargs) if self.meta else func(*args, **kwargs)
+        if self.meta and not self.impure:
+            self._check_meta(args, kwargs, value)
         call = _classify(func, args, kwargs, value)
         if call is None:
             return value
@@ -265,6 +287,37 @@ class _Recorder(TorchFunctionMode):
         if isinstance(value, torch.Tensor) and args and value is args[0]:
             self._written(value, node)  # in place (x.add_(y), relu_): the same, through views
         return value
+
+    @staticmethod
+    def _call(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        """On meta copies: an op that raises notes the size of its largest tensor input (fake
+        tensors hold the values of one-element tensors, so they may run what meta ones cannot)."""
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            sizes = [t.numel() for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+            if not hasattr(exc, "biaslint_input_numel"):
+                try:
+                    exc.biaslint_input_numel = max(sizes, default=0)  # type: ignore[attr-defined]
+                except AttributeError:
+                    pass
+            raise
+
+    def _check_meta(self, args: Any, kwargs: dict[str, Any], value: Any) -> None:
+        """On meta copies, every tensor the forward computes with must be a meta tensor: one
+        made on the CPU inside the forward (``torch.rand([])``, ``torch.arange(n)``) holds real
+        values, where fake tensors would hold none, so the forward could take a path it would
+        not take on fake tensors. Then the recording is discarded (``impure``)."""
+        for item in (value, *args, *kwargs.values()):
+            if isinstance(item, torch.Tensor):
+                if item.device.type != "meta":
+                    self.impure = True
+            elif isinstance(item, (tuple, list)):
+                if any(isinstance(inner, torch.Tensor) and inner.device.type != "meta"
+                       for inner in item):
+                    self.impure = True
+            if self.impure:  # stop here: nothing after this point would be kept
+                raise NotOnMeta("a tensor with values took part")
 
     def _written(self, tensor: torch.Tensor, node: fx.Node) -> None:
         """``tensor`` was changed in place by ``node``: later reads of it read ``node``, and a
@@ -324,6 +377,13 @@ class _Recorder(TorchFunctionMode):
             if self.fake and isinstance(module, SAME_SHAPE_NORM_MODULES) and args and \
                     isinstance(args[0], torch.Tensor) and not kwargs and not _hooked(module):
                 value = torch.empty_like(args[0])
+            elif self.meta and type(module) in _ELEMENTWISE and len(args) == 1 and not kwargs \
+                    and isinstance(args[0], torch.Tensor) and args[0].is_floating_point() \
+                    and not _hooked(module):
+                # An activation's output is its input's shape: meta tensors need no kernel
+                # (several are Python decompositions on meta). In place, it is the input.
+                value = args[0] if getattr(module, "inplace", False) is True else \
+                    torch.empty_like(args[0])
             else:
                 value = call(module, *args, **kwargs)
         except BaseException as exc:
@@ -333,6 +393,10 @@ class _Recorder(TorchFunctionMode):
             self.suspended -= 1
             if hooks:
                 module._forward_hooks = saved_hooks
+        if not self.fake and not hooks and not module._forward_pre_hooks and \
+                name not in self.kept and isinstance(value, torch.Tensor):
+            self.kept.add(name)  # the first tensor it returns, as a forward hook keeps it
+            self._keep_value(module, name, args, value)
         stack = dict(self._stack_meta() or {})
         stack[name] = (name, type(module))
         node = self._emit("call_module", name, args, kwargs, value, stack)
@@ -351,6 +415,22 @@ class _Recorder(TorchFunctionMode):
             if result is not None:
                 value = result
         return value
+
+    def _keep_value(self, module: nn.Module, name: str, args: tuple[Any, ...],
+                    value: Any) -> None:
+        """Copy what a real forward's layer returned and was fed, as a forward hook on it sees
+        them (no hooks of its own, none global), within a memory budget."""
+        if _global_forward_hooks() or \
+                not any(True for _ in module.parameters(recurse=False)):
+            return
+        fed = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        size = value.numel() * value.element_size() + (
+            fed.numel() * fed.element_size() if fed is not None else 0)
+        if self._value_bytes + size > _VALUE_BUDGET:
+            return
+        self._value_bytes += size
+        self.values[name] = (value.detach().clone(),
+                             fed.detach().clone() if fed is not None else None)
 
     # -- inputs and outputs ---------------------------------------------------------------------
     def placeholders(self, labels: list[str], args: tuple[Any, ...],
@@ -413,16 +493,25 @@ def changed_by_hooks(value: Any) -> Any:
 def _global_forward_hooks() -> bool:
     from torch.nn.modules import module as module_globals
 
-    return bool(module_globals._global_forward_hooks)
+    return any(key not in _own_hooks() for key in module_globals._global_forward_hooks)
+
+
+def _own_hooks() -> set[int]:
+    """The global hooks biaslint's attention measure registers (it may run with a recording)."""
+    import sys
+
+    attention = sys.modules.get("biaslint.capture.attention")
+    return attention.OWN_HOOKS if attention is not None else set()
 
 
 def _hooked(module: nn.Module) -> bool:
     """Hooks may change what a layer returns: then it runs, even where a shortcut would do."""
     from torch.nn.modules import module as module_globals
 
+    own = _own_hooks()
     return bool(module._forward_hooks or module._forward_pre_hooks
-                or module_globals._global_forward_hooks
-                or module_globals._global_forward_pre_hooks)
+                or any(key not in own for key in module_globals._global_forward_hooks)
+                or any(key not in own for key in module_globals._global_forward_pre_hooks))
 
 
 def _has_tensor(value: Any, depth: int = 0) -> bool:
@@ -519,31 +608,146 @@ def _fake_inputs(value: Any, fake_mode: Any, depth: int = 0) -> Any:
     return value
 
 
+class NotOnMeta(Exception):
+    """The model holds tensors the meta recording does not move (subclassed parameters)."""
+
+
+def _meta_copy(tensor: torch.Tensor) -> torch.Tensor:
+    copy = torch.empty_like(tensor, device="meta")
+    if isinstance(tensor, nn.Parameter):
+        return nn.Parameter(copy, requires_grad=tensor.requires_grad)
+    return copy.requires_grad_(tensor.requires_grad) if tensor.is_floating_point() or \
+        tensor.is_complex() else copy
+
+
+@contextlib.contextmanager
+def _swapped_to_meta(model: nn.Module) -> Iterator[dict[int, torch.Tensor]]:
+    """Every parameter, buffer and plain tensor attribute of the model replaced by a meta copy
+    (tied ones by one copy), restored on exit. Yields meta copy id -> the original."""
+    copies: dict[int, torch.Tensor] = {}  # id(original) -> meta copy
+    originals: dict[int, torch.Tensor] = {}
+    changes: list[tuple[dict[str, Any], str, Any]] = []
+
+    def meta(value: torch.Tensor) -> torch.Tensor:
+        if type(value) not in (torch.Tensor, nn.Parameter):
+            raise NotOnMeta(type(value).__name__)
+        copy = copies.get(id(value))
+        if copy is None:
+            copy = copies[id(value)] = _meta_copy(value)
+            originals[id(copy)] = value
+        return copy
+
+    try:
+        for module in model.modules():
+            for registry in (module._parameters, module._buffers):
+                for key, value in list(registry.items()):
+                    if isinstance(value, torch.Tensor) and value.device.type != "meta":
+                        changes.append((registry, key, value))
+                        registry[key] = meta(value)
+            state = module.__dict__
+            for key, value in list(state.items()):
+                if isinstance(value, torch.Tensor) and not key.startswith("_") and \
+                        value.device.type != "meta":
+                    changes.append((state, key, value))
+                    state[key] = meta(value)
+        yield originals
+    finally:
+        for container, key, value in reversed(changes):
+            container[key] = value
+
+
+def _meta_inputs(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, torch.Tensor):
+        if type(value) not in (torch.Tensor, nn.Parameter):
+            raise NotOnMeta(type(value).__name__)
+        return _meta_copy(value) if value.device.type != "meta" else value
+    if depth > 4:
+        return value
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_meta_inputs(v, depth + 1) for v in value)
+    if isinstance(value, list):
+        return [_meta_inputs(v, depth + 1) for v in value]
+    if type(value) is dict:
+        return {k: _meta_inputs(v, depth + 1) for k, v in value.items()}
+    return value
+
+
+def _real_devices(graph: fx.Graph, device: torch.device) -> None:
+    """A meta recording's ``device=x.device`` arguments name the device the model is on."""
+    def real(value: Any) -> Any:
+        return device if isinstance(value, torch.device) and value.type == "meta" else value
+
+    for node in graph.nodes:
+        if node.op in ("call_function", "call_method"):
+            node.args = fx.node.map_aggregate(node.args, real)
+            node.kwargs = fx.node.map_aggregate(node.kwargs, real)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
 def record_forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-                   fake_mode: Any | None, leaves: set[str] | None = None) -> Recording:
+                   fake_mode: Any | None, leaves: set[str] | None = None,
+                   meta: bool = False) -> Recording:
     """Run ``model(*args, **kwargs)`` and record its graph. With ``fake_mode``, the inputs are
-    made fake and the forward runs under it; without, it runs on the real inputs under
-    ``no_grad``. Raises ``ForwardFailed`` when the forward raises."""
-    recorder = _Recorder(model, fake=fake_mode is not None, leaves=leaves or set())
+    made fake and the forward runs under it; with ``meta``, the model's tensors and the inputs
+    are swapped for meta copies while it runs (the cheapest: no fake-tensor dispatch; a forward
+    that reads values or mixes in tensors made on the CPU raises, and the caller tries fake
+    tensors); with neither, it runs on the real inputs under ``no_grad``. Raises
+    ``ForwardFailed`` when the forward raises."""
+    if meta:
+        device = _model_device(model)
+        try:
+            args = _meta_inputs(tuple(args))
+            kwargs = _meta_inputs(dict(kwargs))
+        except NotOnMeta as exc:
+            raise ForwardFailed(exc, None, None) from exc
+        try:
+            with _swapped_to_meta(model) as originals:
+                recording = _record(model, args, kwargs, None, leaves, originals)
+        except NotOnMeta as exc:
+            raise ForwardFailed(exc, None, None) from exc
+        _real_devices(recording.gm.graph, device)
+        return recording
+    return _record(model, args, kwargs, fake_mode, leaves, None)
+
+
+def _record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+            fake_mode: Any | None, leaves: set[str] | None,
+            originals: dict[int, torch.Tensor] | None) -> Recording:
+    real = fake_mode is None and originals is None
+    recorder = _Recorder(model, fake=not real, leaves=leaves or set())
+    recorder.originals = originals or {}
+    recorder.meta = originals is not None
     if fake_mode is not None:
         with fake_mode:
             args = _fake_inputs(tuple(args), fake_mode)
             kwargs = _fake_inputs(dict(kwargs), fake_mode)
     recorder.placeholders(positional_names(type(model).forward, len(args)), tuple(args),
                           dict(kwargs))
-    context = fake_mode if fake_mode is not None else torch.no_grad()
+    context = fake_mode if fake_mode is not None else (
+        torch.no_grad() if real else contextlib.nullcontext())
     try:
         with context, _module_calls(recorder), recorder:
             result = model(*args, **kwargs)
             recorder.output(result)
     except Exception as exc:  # noqa: BLE001 - the user's forward failed: say where
+        if recorder.impure:  # it may have failed where fake tensors would not
+            raise ForwardFailed(NotOnMeta("a tensor with values took part"), None, None) from exc
         raise recorder.failure(exc) from exc
+    if recorder.impure:
+        raise ForwardFailed(NotOnMeta("a tensor with values took part"), None, None)
     root: dict[str, Any] = dict(recorder.attrs)
     for node in recorder.graph.nodes:
         if node.op == "call_module":
             root[str(node.target)] = model.get_submodule(str(node.target))
     gm = _RecordedGraphModule(root, recorder.graph, type(model).__name__)
-    return Recording(gm, recorder.called)
+    return Recording(gm, recorder.called, recorder.values if real else None)
 
 
 class _RecordedGraphModule(fx.GraphModule):

@@ -50,6 +50,11 @@ class Capture:
     # The forward raised on the example inputs (the error, and the module it came from): the
     # graph then comes from symbolic tracing, and no value of a run is known.
     forward_error: str | None = None
+    # Recorded on a real forward: each parametrized layer's first output and input (copies), the
+    # values rules would otherwise run the forward again for (``AnalysedModel.real_outputs``).
+    real_values: dict[str, tuple[Any, Any]] | None = None
+    # Recorded on a real forward: the attention softmaxes it ran (``capture.attention``).
+    attention: list[Any] | None = None
 
 
 class _Tracer(fx.Tracer):
@@ -283,28 +288,75 @@ def _record(target: LoadedTarget) -> Capture | str:
 
     from biaslint.capture.concrete import quiet_fake_log
     from biaslint.capture.record import ForwardFailed, record_forward
+    from biaslint.load.guard import preserved_state
 
     model = target.model
     inputs = target.inputs
     assert inputs is not None
     notes: list[str] = []
     failure: ForwardFailed | None = None
-    for fake in (True, False):
-        mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
+    # Meta copies first (no compute, no fake-tensor dispatch); fake tensors when the forward
+    # needs what meta tensors lack (an op without a meta kernel, a tensor made on the CPU);
+    # real ones when it needs values.
+    skip_fake = False
+    for way in ("meta", "fake", "real"):
+        if way == "fake" and skip_fake:
+            continue
+        fake = way != "real"
+        mode = FakeTensorMode(allow_non_fake_inputs=True) if way == "fake" else None
+        # A real forward also measures the attention softmaxes (BL006), which would
+        # otherwise run it once more.
+        measured = _measuring(model) if way == "real" else contextlib.nullcontext(None)
+        # The meta attempt is extra: whatever it draws from Python's or numpy's RNG (LayerDrop)
+        # is given back, so the attempts after it see what they saw without it.
+        rngs = preserved_state(seed=None) if way == "meta" else contextlib.nullcontext()
         try:
-            with preserved(model), _quiet(), quiet_fake_log(), torch.random.fork_rng(devices=[]):
-                recording = record_forward(model, inputs.args, inputs.kwargs, mode)
+            with measured as attention, rngs, preserved(model), _quiet(), quiet_fake_log(), \
+                    torch.random.fork_rng(devices=[]):
+                recording = record_forward(model, inputs.args, inputs.kwargs, mode,
+                                           meta=way == "meta")
         except ForwardFailed as exc:
-            failure = exc
+            if way != "meta":
+                failure = exc
+            elif (failed := _as_on_fake(exc)) is not None:
+                failure = failed  # fake tensors stop at the same op: straight to real ones
+                skip_fake = True
             continue
         if not fake and failure is not None:
             notes.append(f"the forward cannot run on fake tensors ({failure.describe()}); "
                          "recorded from a real forward without autograd")
         part = GraphPart("", model, recording.gm, shapes_known=True)
         return Capture(target=target, parts=[part], opaque=[],
-                       coverage=_coverage(model, [part], [], recording.called), notes=notes)
+                       coverage=_coverage(model, [part], [], recording.called), notes=notes,
+                       real_values=recording.values, attention=attention)
     assert failure is not None
     return failure.describe()
+
+
+def _as_on_fake(failure: Any) -> Any:
+    """A meta forward that stopped at ``nonzero`` (a data-dependent shape) of a tensor of more
+    than one element: the failure fake tensors give at that op (they run the same kernels up to
+    there and hold no values for such a tensor), or None otherwise. ``.item()`` is not one of
+    these: fake tensors keep the value of a one-element tensor made from a Python number
+    (BART's, DeBERTa's), and may run past it."""
+    from torch._subclasses.fake_tensor import CONSTANT_NUMEL_LIMIT, DynamicOutputShapeException
+
+    from biaslint.capture.record import ForwardFailed
+
+    error = failure.error
+    numel = getattr(error, "biaslint_input_numel", 0)
+    if isinstance(error, NotImplementedError) and numel > CONSTANT_NUMEL_LIMIT and \
+            str(error).startswith("The register_meta function for torch.nonzero() raises "
+                                  "unimplemented"):
+        fake = DynamicOutputShapeException(torch.ops.aten.nonzero.default)
+        return ForwardFailed(fake, failure.where, failure.cls)
+    return None
+
+
+def _measuring(model: nn.Module) -> Any:
+    from biaslint.capture.attention import measuring
+
+    return measuring(model)
 
 
 def _capture_symbolic(target: LoadedTarget) -> Capture:

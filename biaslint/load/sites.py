@@ -44,8 +44,30 @@ def _is_library_frame(filename: str) -> bool:
     return path.startswith(_TORCH_DIR) or path.startswith(_OWN_DIR) or filename.startswith("<frozen")
 
 
+_SOURCE_FILES: dict[str, str] = {}  # code filename -> inspect's source file name, when a file
+
+
+def _frame_info(frame: FrameType) -> Any:
+    """``inspect.getframeinfo(frame, context=0)``, with the source file name (which asks the
+    file system and may scan ``sys.modules``) looked up once per code file."""
+    code_position = getattr(inspect, "_get_code_position", None)
+    filename = _SOURCE_FILES.get(frame.f_code.co_filename)
+    if code_position is None or filename is None:
+        info = inspect.getframeinfo(frame, context=0)
+        if os.path.isfile(info.filename):
+            _SOURCE_FILES[frame.f_code.co_filename] = info.filename
+        return info
+    import dis
+
+    positions = code_position(frame.f_code, frame.f_lasti)
+    if positions[0] is None:
+        positions = (frame.f_lineno, *positions[1:])
+    return inspect.Traceback(filename, positions[0], frame.f_code.co_name, None, None,
+                             positions=dis.Positions(*positions))
+
+
 def _location(frame: FrameType) -> Location:
-    info = inspect.getframeinfo(frame, context=0)
+    info = _frame_info(frame)
     positions = getattr(info, "positions", None)
     line = info.lineno
     col = 0
@@ -59,11 +81,18 @@ def _location(frame: FrameType) -> Location:
 
 
 def _display_path(filename: str) -> str:
-    try:
-        rel = os.path.relpath(filename)
-    except ValueError:  # other drive on Windows
-        return filename
-    return filename if rel.startswith("..") else rel
+    key = (filename, os.getcwd())
+    shown = _DISPLAY_PATHS.get(key)
+    if shown is None:
+        try:
+            rel = os.path.relpath(filename)
+        except ValueError:  # other drive on Windows
+            rel = ".."
+        shown = _DISPLAY_PATHS[key] = filename if rel.startswith("..") else rel
+    return shown
+
+
+_DISPLAY_PATHS: dict[tuple[str, str], str] = {}  # one relpath per file and working directory
 
 
 def user_frame(skip_self: object | None = None) -> FrameType | None:

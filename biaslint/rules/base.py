@@ -66,6 +66,13 @@ class Rule:
         """The layers this rule applies to (the ones it must judge for a pass to be true)."""
         return []
 
+    def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:
+        """For a rule that reads a real forward: the layers whose outputs (and first inputs) it
+        will read, and whether it reads the attention measure. The engine runs one forward for
+        all rules; a layer left out here is still measured when asked for, in a forward of its
+        own."""
+        return [layer.name for layer in self.scope(model, context)], False
+
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
         raise NotImplementedError
 

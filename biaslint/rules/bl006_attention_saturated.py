@@ -102,6 +102,9 @@ def build():
 
     reads = frozenset({"graph", "forward"})
 
+    def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:
+        return [], True
+
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
         limit = float(context.option(self, "max_weight"))
         reported: set[str] = set()

@@ -213,9 +213,16 @@ def _is_inplace(part: GraphPart, node: fx.Node) -> bool:
     if node.op == "call_method":
         return str(node.target).endswith("_") and not str(node.target).startswith("__")
     if node.op == "call_module":
-        module = part.gm.get_submodule(str(node.target))
-        return bool(getattr(module, "inplace", False))
+        # Asked for every user of every bias-dependent value: looked up once per node.
+        known = node.meta.get(_INPLACE_KEY)
+        if known is None:
+            module = part.gm.get_submodule(str(node.target))
+            known = node.meta[_INPLACE_KEY] = bool(getattr(module, "inplace", False))
+        return known
     return False
+
+
+_INPLACE_KEY = "biaslint_inplace_module"
 
 
 def _is_view(node: fx.Node) -> bool:
