@@ -12,7 +12,7 @@ Importing biaslint does not import torch, nor the API until it is used (the comm
 
 from typing import Any
 
-__version__ = "0.1.0"
+from biaslint.version import __version__
 
 __all__ = ["__version__", "check", "recording", "Report", "Recording"]
 

@@ -151,7 +151,7 @@ class Report:
                 f"{'ok' if self.ok else 'not ok'}>")
 
 
-_SETTING_KEYS = ("select", "ignore", "fail_on", "class_priors", "head", "target_mean",
+SETTING_KEYS = ("select", "ignore", "fail_on", "class_priors", "head", "target_mean",
                  "input_shapes", "allow_incomplete", "severity", "rule_options",
                  "per_module_ignores", "signal", "name", "recording")
 
@@ -173,10 +173,10 @@ def check(model: "nn.Module", example_inputs: Any = None, **settings: Any) -> Re
     """
     import torch.nn as nn
 
-    unknown = sorted(set(settings) - set(_SETTING_KEYS))
+    unknown = sorted(set(settings) - set(SETTING_KEYS))
     if unknown:
         raise ConfigError(f"biaslint.check: unknown setting(s) {', '.join(unknown)}; known: "
-                          f"{', '.join(_SETTING_KEYS)}")
+                          f"{', '.join(SETTING_KEYS)}")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"biaslint.check takes an nn.Module, not {type(model).__name__}: "
                           "for a target string use biaslint.testing.assert_clean or the CLI")
@@ -241,13 +241,13 @@ def _flat(value: Any) -> list[Any]:
 def _inputs(model: "nn.Module", example_inputs: Any, shapes: Sequence[tuple[int, ...]]) -> Any:
     import torch
 
-    from biaslint.load.build import ExampleInputs, _example
+    from biaslint.load.build import ExampleInputs, example_tensor
 
     if example_inputs is None:
         example_inputs = getattr(model, "example_input_array", None)
     if example_inputs is None:
         if shapes:
-            return ExampleInputs(args=tuple(_example(model, s) for s in shapes))
+            return ExampleInputs(args=tuple(example_tensor(model, s) for s in shapes))
         return None
     if isinstance(example_inputs, ExampleInputs):
         return example_inputs
@@ -263,15 +263,15 @@ def _inputs(model: "nn.Module", example_inputs: Any, shapes: Sequence[tuple[int,
 
 def _loaded(model: "nn.Module", example_inputs: Any, config: Any,
             handle: Recording | None) -> Any:
-    from biaslint.load.build import LoadedTarget, _module_sites, _param_inits, _to_meta
+    from biaslint.load.build import LoadedTarget, module_sites_of, param_inits_of, to_meta
 
     record = handle.record if handle is not None else _record_of(model)
     notes: list[str] = []
     sites: dict[str, Location] = {}
     inits = {}
     if record is not None:
-        sites = _module_sites(model, record)
-        inits = _param_inits(model, record)
+        sites = module_sites_of(model, record)
+        inits = param_inits_of(model, record)
     missing = [name for name, _ in model.named_modules() if name not in sites]
     if missing:
         fallback = _class_sites(model)
@@ -288,7 +288,7 @@ def _loaded(model: "nn.Module", example_inputs: Any, config: Any,
                      "init calls were not recorded: its values are unknown; lint the function "
                      "that builds it with --device meta")
         if inputs is not None:
-            inputs = _to_meta(inputs)
+            inputs = to_meta(inputs)
     return LoadedTarget(name=config.target, model=model, inputs=inputs, module_sites=sites,
                         param_inits=inits, notes=notes)
 
@@ -304,7 +304,7 @@ def _record_of(model: "nn.Module") -> "BuildRecord | None":
 def _class_sites(model: "nn.Module") -> dict[str, Location]:
     """Per module, a line of source that made it: the ``self.<attr> =`` line in the nearest
     enclosing class written outside torch, else that class's ``class`` line."""
-    from biaslint.load.sites import _display_path, _is_library_frame
+    from biaslint.load.sites import display_path, is_library_frame
 
     sources: dict[type, tuple[str, int, list[str]] | None] = {}
 
@@ -316,7 +316,7 @@ def _class_sites(model: "nn.Module") -> dict[str, Location]:
             except (OSError, TypeError):
                 sources[cls] = None
             else:
-                sources[cls] = None if not file or _is_library_frame(file) else \
+                sources[cls] = None if not file or is_library_frame(file) else \
                     (file, start, lines)
         return sources[cls]
 
@@ -325,7 +325,7 @@ def _class_sites(model: "nn.Module") -> dict[str, Location]:
             found = source(klass)
             if found is not None:
                 file, start, _ = found
-                return Location(file=_display_path(file), line=start, col=1, end_line=start,
+                return Location(file=display_path(file), line=start, col=1, end_line=start,
                                 function=klass.__name__)
         return None
 
@@ -339,7 +339,7 @@ def _class_sites(model: "nn.Module") -> dict[str, Location]:
             for offset, text in enumerate(lines):
                 match = pattern.search(text)
                 if match:
-                    return Location(file=_display_path(file), line=start + offset,
+                    return Location(file=display_path(file), line=start + offset,
                                     col=match.start() + 1, end_line=start + offset,
                                     function=klass.__name__)
         return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-from biaslint import __version__
+from biaslint.version import __version__
 from biaslint.errors import ConfigError
 from biaslint.findings import Finding, TargetResult
 

@@ -322,7 +322,7 @@ def versions() -> dict[str, str]:
     """What stands for the library code a target ran: a new version invalidates its entry."""
     from importlib import metadata
 
-    from biaslint import __version__
+    from biaslint.version import __version__
 
     try:
         torch_version = metadata.version("torch")

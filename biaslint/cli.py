@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from biaslint import __version__
+from biaslint.version import __version__
 from biaslint.errors import BiaslintError
 from biaslint.report import FORMATS
 

@@ -19,7 +19,7 @@ import torch
 
 from biaslint.engine import lint_loaded
 from biaslint.load import ExampleInputs, LoadedTarget
-from biaslint.load.build import _module_sites, _param_inits
+from biaslint.load.build import module_sites_of, param_inits_of
 from biaslint.settings import Settings, TargetConfig
 from biaslint.load.sites import recording
 
@@ -48,8 +48,8 @@ def _lint(name: str, build, inputs: ExampleInputs | None = None, priors=None):
     with recording() as record:
         model = build()
     loaded = LoadedTarget(name=name, model=model, inputs=inputs,
-                          module_sites=_module_sites(model, record),
-                          param_inits=_param_inits(model, record))
+                          module_sites=module_sites_of(model, record),
+                          param_inits=param_inits_of(model, record))
     result = lint_loaded(loaded, TargetConfig(target=name, class_priors=priors),
                          Settings(select=RULES))
     crashed = [n for n in result.notes if "crashed" in n]

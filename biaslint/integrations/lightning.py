@@ -74,7 +74,7 @@ class BiaslintCallback(pl.Callback):
 
     def __init__(self, on_findings: str = "fail",
                  inputs: Callable[[Any], Any] | None = None, **settings: Any) -> None:
-        from biaslint.api import _SETTING_KEYS
+        from biaslint.api import SETTING_KEYS
 
         if on_findings not in ON_FINDINGS:
             raise ConfigError(f"BiaslintCallback: on_findings={on_findings!r}; give "
@@ -82,10 +82,10 @@ class BiaslintCallback(pl.Callback):
         if inputs is not None and not callable(inputs):
             raise ConfigError("BiaslintCallback: inputs must be a callable batch -> example "
                               f"inputs, not {type(inputs).__name__}")
-        unknown = sorted(set(settings) - set(_SETTING_KEYS))
+        unknown = sorted(set(settings) - set(SETTING_KEYS))
         if unknown:
             raise ConfigError(f"BiaslintCallback: unknown setting(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(_SETTING_KEYS)}")
+                              f"known: {', '.join(SETTING_KEYS)}")
         self.on_findings = on_findings
         self.inputs = inputs
         self.settings = {"signal": False, **settings}

@@ -81,7 +81,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         raise TargetError(f"{spec.text} builds a {type(model).__name__} without a forward: "
                           "define forward(), or point at the module that has one")
     if input_shapes:
-        inputs = ExampleInputs(args=tuple(_example(model, s) for s in input_shapes))
+        inputs = ExampleInputs(args=tuple(example_tensor(model, s) for s in input_shapes))
     laws = buffer_laws = None
     if meta and record.laws is not None:
         with recording(laws=True, book=record.laws) as deferred:
@@ -93,15 +93,15 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         buffer_laws = {name: record.laws.pieces(buffer)
                        for name, buffer in model.named_buffers(remove_duplicate=False)}
         if inputs is not None:
-            inputs = _to_meta(inputs)
+            inputs = to_meta(inputs)
         notes.insert(0, "built on the meta device: values are read from the recorded init "
                         "calls (their laws), not measured")
     return LoadedTarget(
         name=spec.text,
         model=model,
         inputs=inputs,
-        module_sites=_module_sites(model, record),
-        param_inits=_param_inits(model, record),
+        module_sites=module_sites_of(model, record),
+        param_inits=param_inits_of(model, record),
         notes=notes,
         param_laws=laws,
         buffer_laws=buffer_laws,
@@ -127,7 +127,7 @@ class _device:
             self._context.__exit__(*exc)
 
 
-def _to_meta(inputs: ExampleInputs) -> ExampleInputs:
+def to_meta(inputs: ExampleInputs) -> ExampleInputs:
     """Example inputs on the meta device (integer ids stay integer: only the device moves)."""
     def move(value: Any) -> Any:
         if isinstance(value, torch.Tensor):
@@ -258,7 +258,7 @@ def _never_written(record: BuildRecord, param: torch.Tensor) -> bool:
     return pieces is not None and any(p.law.kind == "uninitialized" for p in pieces)
 
 
-def _example(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
+def example_tensor(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
     """A float tensor of that shape, or integer ids for an ``IntShape`` (``2,16:int``)."""
     if not isinstance(shape, IntShape):
         return torch.randn(*shape)
@@ -388,7 +388,7 @@ def _display(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-def _module_sites(model: nn.Module, record: BuildRecord) -> dict[str, Location]:
+def module_sites_of(model: nn.Module, record: BuildRecord) -> dict[str, Location]:
     sites: dict[str, Location] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         site = record.site_of(module)
@@ -397,7 +397,7 @@ def _module_sites(model: nn.Module, record: BuildRecord) -> dict[str, Location]:
     return sites
 
 
-def _param_inits(model: nn.Module, record: BuildRecord) -> dict[str, InitCall]:
+def param_inits_of(model: nn.Module, record: BuildRecord) -> dict[str, InitCall]:
     inits: dict[str, InitCall] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         call = record.init_of(param)

@@ -39,7 +39,7 @@ TENSOR_METHODS = (
 )
 
 
-def _is_library_frame(filename: str) -> bool:
+def is_library_frame(filename: str) -> bool:
     path = os.path.abspath(filename)
     return path.startswith(_TORCH_DIR) or path.startswith(_OWN_DIR) or filename.startswith("<frozen")
 
@@ -76,11 +76,11 @@ def _location(frame: FrameType) -> Location:
         line = positions.lineno
         col = (positions.col_offset or 0) + 1
         end_line = positions.end_lineno or line
-    return Location(file=_display_path(info.filename), line=line, col=col, end_line=end_line,
+    return Location(file=display_path(info.filename), line=line, col=col, end_line=end_line,
                     function=info.function)
 
 
-def _display_path(filename: str) -> str:
+def display_path(filename: str) -> str:
     key = (filename, os.getcwd())
     shown = _DISPLAY_PATHS.get(key)
     if shown is None:
@@ -99,7 +99,7 @@ def user_frame(skip_self: object | None = None) -> FrameType | None:
     """The innermost frame outside torch and biaslint (and outside ``skip_self``'s own methods)."""
     frame = sys._getframe(1)
     while frame is not None:
-        if not _is_library_frame(frame.f_code.co_filename):
+        if not is_library_frame(frame.f_code.co_filename):
             if skip_self is None or frame.f_locals.get("self") is not skip_self:
                 return frame
         frame = frame.f_back
@@ -312,7 +312,7 @@ class _Recorder:
         if span is None:
             return
         caller = sys._getframe(2)
-        by_user = not _is_library_frame(caller.f_code.co_filename)
+        by_user = not is_library_frame(caller.f_code.co_filename)
         frame = caller if by_user else user_frame()
         location = _location(frame) if frame is not None else None
         call = InitCall(name=label, args=_format_args(args, kwargs), location=location,

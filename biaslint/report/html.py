@@ -14,7 +14,7 @@ import math
 from html import escape
 from typing import Any, Sequence
 
-from biaslint import __version__
+from biaslint.version import __version__
 from biaslint.findings import Finding, TargetResult
 
 # The rules whose findings are about a layer's scale: marked on the activation curve.

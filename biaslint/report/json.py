@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-from biaslint import __version__
+from biaslint.version import __version__
 from biaslint.findings import TargetResult
 
 SCHEMA_VERSION = 1

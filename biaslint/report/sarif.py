@@ -16,7 +16,7 @@ from pathlib import PurePath
 from typing import Any, Sequence
 from urllib.parse import quote
 
-from biaslint import __version__
+from biaslint.version import __version__
 from biaslint.findings import Finding, Severity, TargetResult
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
