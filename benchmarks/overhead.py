@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -68,22 +67,15 @@ def target(name: str) -> str:
 
 
 def machine() -> str:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     import torch
     import torchvision
 
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from zoo import machine as zoo_machine  # cores, CPU model, RAM, Python
+
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, torch "
-            f"{torch.__version__}, torchvision {torchvision.__version__}, load average at start "
-            f"{load[0]:.2f}")
+    return (f"{zoo_machine()}, torch {torch.__version__}, torchvision "
+            f"{torchvision.__version__}, load average at start {load[0]:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
