@@ -118,6 +118,12 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
     rules = [rule_cls() for rule_cls in selected(settings.select, settings.ignore)]
     if no_forward is None:
         _prefetch(analysed, rules, config, settings)
+    failed_forward = analysed.forward_failure
+    if failed_forward is not None:
+        codes = ", ".join(r.code for r in rules if "forward" in r.reads)
+        incomplete.append(f"the real forward that {codes} read raised {failed_forward} (the "
+                          "capture ran, the forward on the real values did not): their layers "
+                          "were not judged")
     for rule in rules:
         if "forward" in rule.reads and no_forward is not None:
             # It applies to nothing here, like BL005 without priors: said, not failed.
@@ -142,7 +148,12 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
             incomplete.append(f"rule {rule.code} crashed (an internal error, please report it): "
                               f"{crashed}")
         if rule.reads:
-            scopes.append(_judged(rule, analysed, context, blocked, crashed))
+            unread = f"the real forward raised {failed_forward}" \
+                if failed_forward is not None and "forward" in rule.reads else None
+            scopes.append(_judged(rule, analysed, context, blocked, crashed, unread))
+    if failed_forward is None and analysed.forward_failure is not None:  # a rule's own forward
+        incomplete.append(f"the real forward a rule read raised {analysed.forward_failure}: "
+                          "what it would have measured was not judged")
     unjudged = {(layer, reason) for scope in scopes for layer, reason in scope.unjudged}
     incomplete[:0] = _causes(analysed, unjudged)
     timings["rules"] = time.perf_counter() - start
@@ -270,7 +281,7 @@ def _prefetch(analysed, rules, config: TargetConfig, settings: Settings) -> None
 
 
 def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type: ignore[no-untyped-def]
-            crashed: str | None) -> RuleScope:
+            crashed: str | None, unread: str | None = None) -> RuleScope:
     """What ``rule`` judged: every layer of its scope whose graph and values it could read.
     Layers the forward never called are outside every graph rule's scope (the coverage lists
     them): this target does not run them, so no finding about its training applies."""
@@ -287,6 +298,9 @@ def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type
             continue
         if crashed is not None:
             unjudged.append((layer.name, f"the rule crashed ({crashed})"))
+            continue
+        if unread is not None:  # what it reads could not be measured
+            unjudged.append((layer.name, unread))
             continue
         reasons = [reason for need, reason in blocked.get(layer.name, {}).items()
                    if need in rule.reads]

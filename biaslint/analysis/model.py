@@ -199,6 +199,9 @@ class AnalysedModel:
         self.name = capture.target.name
         self.inputs_known = capture.target.inputs is not None
         self._real_outputs: dict[str, torch.Tensor | None] = {}
+        # What the rules' real forward raised (capture ran, the real forward did not): the
+        # rules that read it judge nothing, and the engine says so.
+        self.forward_failure: str | None = None
         self._real_inputs: dict[str, torch.Tensor | None] = {}
         self._orders: dict[int, tuple[fx.Graph, dict[fx.Node, int], list[fx.Node]]] = {}
 
@@ -299,8 +302,10 @@ class AnalysedModel:
             else:
                 with preserved(self.model), torch.no_grad(), torch.random.fork_rng(devices=[]):
                     self.model(*inputs.args, **inputs.kwargs)
-        except Exception:  # noqa: BLE001 - the user's forward failing is reported by capture
+        except Exception as exc:  # noqa: BLE001 - said by the engine: those rules judge nothing
             seen, fed, measured = {}, {}, []
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            self.forward_failure = f"{type(exc).__name__}: {text}"
         finally:
             for h in hooks:
                 h.remove()
