@@ -130,6 +130,8 @@ def run_one(job: Job) -> dict[str, Any]:
         "opaque": " ".join(o or "<root>" for o in cov.opaque[:8]),
         "findings": ";".join(f"{k}:{v}" for k, v in sorted(per_rule.items())),
         "notes": " | ".join(notes)[:400], "error": "",
+        # what the rules could not judge (exit 2 on the command line): a sweep must show it
+        "incomplete": " | ".join(result.incomplete)[:400],
         "finding_details": [
             {"code": f.code, "module": f.module, "module_type": f.module_type,
              "parameter": f.parameter, "message": f.message, "severity": str(f.severity),
@@ -140,7 +142,7 @@ def run_one(job: Job) -> dict[str, Any]:
 
 COLUMNS = ["family", "model", "params_m", "build_s", "record_s", "capture_s", "analysis_s",
            "rules_s", "own_s", "own_over_build", "peak_rss_mb", "layers", "traced", "coverage",
-           "not_called", "findings", "untraced", "opaque", "notes", "error"]
+           "not_called", "findings", "untraced", "opaque", "notes", "error", "incomplete"]
 
 
 def select_jobs(families: list[str], match: str | None, quick: bool) -> list[Job]:
