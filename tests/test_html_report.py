@@ -55,11 +55,28 @@ class _Page(HTMLParser):
 
 
 def _report(tmp_path: Path, cli, *attrs: str) -> tuple[str, list[dict]]:
+    """The page ``--format html`` writes, and the same results as JSON (from the page's run:
+    both reporters format one list of results, so each model is linted once)."""
+    from biaslint.report import get_reporter
+
     out = tmp_path / "report.html"
     targets = [f"{FIXTURE}:{a}" for a in attrs]
-    result = cli(*targets, "--format", "html", "--output", str(out), "--allow-incomplete")
+    seen: list = []
+    import biaslint.report.html as html_module
+
+    render = html_module.render
+
+    def spy(results):
+        seen.extend(results)
+        return render(results)
+
+    html_module.render = spy
+    try:
+        result = cli(*targets, "--format", "html", "--output", str(out), "--allow-incomplete")
+    finally:
+        html_module.render = render
     assert result.exit_code in (0, 1), result.stderr
-    data = json.loads(cli(*targets, "--format", "json", "--allow-incomplete").stdout)
+    data = json.loads(get_reporter("json")(seen))
     return out.read_text(encoding="utf-8"), data["results"]
 
 
