@@ -22,7 +22,7 @@ import inspect
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from biaslint.errors import ConfigError
@@ -74,7 +74,6 @@ class Report:
     results: tuple[TargetResult, ...]
     fail_on: Severity = Severity.WARNING
     allow_incomplete: bool = False
-    _settings: Any = field(default=None, repr=False)
 
     @property
     def result(self) -> TargetResult:
@@ -138,12 +137,7 @@ class Report:
     def __str__(self) -> str:
         from biaslint.report.text import render_plain
 
-        text = render_plain(self.results)
-        if not self.allow_incomplete:
-            for line in self.incomplete:
-                if not any(r.error for r in self.results):
-                    text += f"not judged: {line}\n"
-        return text
+        return render_plain(self.results)  # its summary says what was not judged, and why
 
     def __repr__(self) -> str:
         names = ", ".join(r.target for r in self.results)
@@ -183,7 +177,7 @@ def check(model: "nn.Module", example_inputs: Any = None, **settings: Any) -> Re
     config, run_settings = _configure(model, settings)
     loaded = _loaded(model, example_inputs, config, settings.get("recording"))
     return Report((_lint(loaded, config, run_settings),), run_settings.fail_on,
-                  run_settings.allow_incomplete, run_settings)
+                  run_settings.allow_incomplete)
 
 
 def _configure(model: "nn.Module", settings: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -422,5 +416,4 @@ def check_target(target: str, **settings: Any) -> Report:
             result = TargetResult(target=config.target, error=str(exc))
     finally:
         os.chdir(before)
-    return Report((result,), plan_.settings.fail_on, plan_.settings.allow_incomplete,
-                  plan_.settings)
+    return Report((result,), plan_.settings.fail_on, plan_.settings.allow_incomplete)

@@ -203,8 +203,8 @@ def _signal(analysed, notes: list[str]):  # type: ignore[no-untyped-def]
         notes.append(f"signal propagation not measured: there is {missing}")
         return None
     inputs = analysed.target.inputs
-    called = set(analysed.capture.coverage.not_called)
-    layers = [name for name in analysed.layers if name not in called]
+    not_called = set(analysed.capture.coverage.not_called)
+    layers = [name for name in analysed.layers if name not in not_called]
     try:
         return measure_signal(analysed.model, inputs.args, inputs.kwargs, layers,
                               residual_boundaries(analysed))

@@ -141,7 +141,7 @@ class BiaslintItem(pytest.Item):
             except BiaslintError as exc:
                 result = TargetResult(target=self.target.target, error=str(exc))
             self.report = Report((result,), self.settings.fail_on,
-                                 self.settings.allow_incomplete, self.settings)
+                                 self.settings.allow_incomplete)
             # Rendered here: the text report reads source lines relative to the folder.
             text = str(self.report)
         finally:

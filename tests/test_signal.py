@@ -154,3 +154,15 @@ def test_text_runs_do_not_measure_the_signal(cli) -> None:
 
     result = lint(TargetConfig(f"{FIXTURE}:deep_mlp"), Settings())
     assert result.signal is None and "signal" not in result.timings
+
+
+def test_values_json_cannot_hold_are_null() -> None:
+    """An overflowed activation (Inf) or NaN is null in the JSON, which stays strict JSON."""
+    from biaslint.analysis.signal import Signal, SignalPoint
+
+    point = SignalPoint("fc", "Linear", float("inf"), float("nan"), 1.5, False, False)
+    data = Signal((point,), "loss").as_dict()
+    assert data["points"][0]["activation_rms"] is None
+    assert data["points"][0]["gradient_rms"] is None
+    assert data["points"][0]["weight_gradient_rms"] == 1.5
+    json.dumps(data, allow_nan=False)

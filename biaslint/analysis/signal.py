@@ -59,8 +59,10 @@ class Signal:
 
 
 def _rounded(value: float | None) -> float | None:
+    """Six significant digits; None for a value JSON cannot hold (NaN, Inf: an activation that
+    overflowed), which the HTML report draws at the plot's edge from the point itself."""
     if value is None or not math.isfinite(value):
-        return None if value is None else float(value) if not math.isnan(value) else None
+        return None
     return float(f"{value:.6g}")
 
 
