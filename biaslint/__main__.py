@@ -1,3 +1,3 @@
-from biaslint.cli import main
+from biaslint.cli import run
 
-main()
+run()

@@ -114,8 +114,11 @@ def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str,
           target_mean: str | None, device: str | None, changed_since: str | None,
           debug: bool) -> None:
     """Lint the models that TARGETS build (or the targets configured in pyproject.toml)."""
-    from biaslint.load.guard import interrupts
+    from biaslint.load.guard import interrupts, own_process
     from biaslint.run import CheckOptions, run_check
+
+    if _OWN_PROCESS:
+        own_process()
 
     options = CheckOptions(targets, config, input_shapes, select, ignore, fail_on, fmt, output,
                            class_priors, head, baseline, write_baseline, quiet, debug, jobs,
@@ -138,7 +141,44 @@ def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str,
         click.echo(f"biaslint: error: internal error: {type(exc).__name__}: {exc}"
                    f"{'' if debug else ' (run with --debug for the traceback)'}", err=True)
         code = EXIT_ERROR
-    sys.exit(code)
+    _end(code)
+
+
+def run() -> None:
+    """The ``biaslint`` command (and ``python -m biaslint``): ``main`` in a process of its own."""
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
+    main()
+
+
+_OWN_PROCESS = False
+
+
+def _end(code: int) -> None:
+    """Exit with ``code``. In biaslint's own process, once a lint imported torch, without
+    tearing the interpreter down: with torch loaded that takes 0.5-0.8 s, which every commit's
+    hook would wait for, and nothing of it is biaslint's. What an exit does for the user's code
+    still happens: the ``atexit`` handlers run (logging's flush, ``weakref.finalize``,
+    multiprocessing's cleanup) and the streams are flushed. While a thread the user's code
+    started is still running, the exit is the normal one, which waits for it."""
+    import threading
+
+    waiting = any(t.is_alive() and not t.daemon for t in threading.enumerate()
+                  if t is not threading.main_thread())
+    if not _OWN_PROCESS or "torch" not in sys.modules or waiting:
+        sys.exit(code)
+    import atexit
+    import os
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a closed pipe: nothing left to tell
+                pass
+        os._exit(code)
 
 
 def _exit_code(outcome: "Outcome") -> int:

@@ -47,13 +47,14 @@ def _lint(config: TargetConfig, settings: Settings,
     from contextlib import nullcontext
 
     from biaslint.load.build import load_target
-    from biaslint.load.guard import preserved_state
+    from biaslint.load.guard import old_objects_frozen, preserved_state
 
     build_scope, rest_scope = scopes or (nullcontext(), nullcontext())
     timings: dict[str, float] = {}
     if on_stage is not None:
         on_stage("build")
-    with preserved_state():  # the build runs under a fixed seed; nothing it changes leaks
+    # the build runs under a fixed seed; nothing it changes leaks
+    with old_objects_frozen() as built, preserved_state():
         start = time.perf_counter()
         with build_scope as recorded:
             loaded = load_target(config.target, config.input_shapes,
@@ -61,6 +62,7 @@ def _lint(config: TargetConfig, settings: Settings,
         if seen is not None:
             seen.append(recorded)
         timings["build"] = time.perf_counter() - start
+        built()  # what the build imported and made lives as long as the lint
         with rest_scope as recorded:
             result = lint_loaded(loaded, config, settings, timings, on_stage=on_stage)
         if seen is not None:
@@ -72,6 +74,15 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
                 timings: dict[str, float] | None = None,
                 on_stage: StageCallback | None = None) -> TargetResult:
     """Capture, analyse and run the rules on an already built ``LoadedTarget``."""
+    from biaslint.load.guard import old_objects_frozen
+
+    with old_objects_frozen():
+        return _lint_loaded(loaded, config, settings, timings, on_stage)
+
+
+def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignore[no-untyped-def]
+                 timings: dict[str, float] | None,
+                 on_stage: StageCallback | None) -> TargetResult:
     from biaslint.analysis.model import AnalysedModel
     from biaslint.capture.trace import capture
     from biaslint.rules import selected
