@@ -580,3 +580,41 @@ def build():
     assert warned(findings, "0")
     assert "3" not in findings  # a Linear's output rank is unknown without shapes: no verdict
     assert oracle.verdict("0") == "redundant" and oracle.verdict("3") == "redundant"
+
+
+@pytest.mark.parametrize("source", [
+    HEADER + MASKED.replace("FILL", 'float("-inf")').replace("AXIS", "-1")
+    + "\ndef build():\n    return Net(), torch.randn(3, 6, 16)\n",
+    HEADER + "import torchvision\n\ndef build():\n"
+    "    return torchvision.models.maxvit_t(weights=None), torch.randn(2, 3, 224, 224)\n",
+])
+def test_the_narrow_point_memo_gives_the_verdicts_of_a_walk_of_its_own(write_target, source):
+    """Where a bias's perturbation narrows to one value, the rest of the walk is kept per model
+    and reused by the next bias that narrows there in the same state (a residual stream's
+    biases): every verdict, reason and cancellation list must be what a walk from scratch
+    finds, including where a transfer looks behind its operand (softmax over a -inf
+    masked_fill)."""
+    from biaslint.analysis.model import AnalysedModel
+    from biaslint.capture.trace import capture
+    from biaslint.load.build import load_target
+    from biaslint.rules.bl001_redundant_bias import propagation as P
+
+    model = AnalysedModel(capture(load_target(write_target(source), ()), fallback=False))
+    names = [layer.name for layer in model.layers.values()
+             if isinstance(getattr(layer.module, "bias", None), torch.Tensor)]
+
+    def verdicts(memo: bool) -> dict:
+        model.__dict__.pop(P._MEMO_KEY, None)
+        out = {}
+        for name in names:
+            for varies in (True, False):
+                if not memo:
+                    model.__dict__.pop(P._MEMO_KEY, None)
+                v = P.analyse_bias(model, name, channel_varies=varies)
+                out[name, varies] = v if v is None else (v.redundant, tuple(v.cancelled_by),
+                                                         v.reason, v.crossed)
+        return out
+
+    remembered = verdicts(memo=True)
+    assert len(model.__dict__[P._MEMO_KEY]) > 0  # the memo was used
+    assert remembered == verdicts(memo=False)

@@ -433,8 +433,15 @@ class AnalysedModel:
     def reads_of(self, qualified: str) -> list[Use]:
         """The ``get_attr`` nodes that read the parameter or buffer ``qualified`` directly
         (``F.linear(x, self.weight, self.bias)``), in every graph."""
-        return [use for use in self.graph_nodes() if use.node.op == "get_attr"
-                and use.part.full_name(str(use.node.target)) == qualified]
+        return list(self._reads.get(qualified, ()))
+
+    @cached_property
+    def _reads(self) -> dict[str, list[Use]]:
+        reads: dict[str, list[Use]] = {}
+        for use in self.graph_nodes():
+            if use.node.op == "get_attr":
+                reads.setdefault(use.part.full_name(str(use.node.target)), []).append(use)
+        return reads
 
     def calls_of(self, name: str) -> list[Use]:
         """Every call_module node that runs the module ``name`` (several when it is reused)."""

@@ -81,6 +81,7 @@ class Live(Exception):
     def __init__(self, reason: str, crossed: bool = False) -> None:
         super().__init__(reason)
         self.crossed = crossed
+        self.taint: "Tainted | None" = None  # the tainted value that reached an output, if any
 
 
 def all_axes(ndim: int) -> frozenset[int]:

@@ -51,6 +51,10 @@ class Verdict:
     crossed: bool = False  # the bias met itself in a product: following slices may help
 
 
+_MEMO_KEY = "_bl001_narrow_points"  # kept in the AnalysedModel's __dict__: one model's graphs
+_TAINTED = object()  # a memo key's state (and a verdict's reason) standing for any Tainted
+
+
 class Propagation:
     """One forward pass over one graph part from the given source nodes."""
 
@@ -69,15 +73,67 @@ class Propagation:
         # has had all its users visited nothing further can: visit just that window.
         horizon = max((order[n] for n in self.sources), default=-1)
         first = min((order[n] for n in self.sources), default=0)
+        last_source = horizon
+        # Where the perturbation narrows to one value (a residual stream after its add), what
+        # follows depends only on that value's state (and its operands', which a transfer may
+        # look back at): its outcome is kept per model, so the biases of a deep network do not
+        # each walk the same stream to the output.
+        memo: dict[Any, Any] = self.model.__dict__.setdefault(_MEMO_KEY, {})
+        graph = id(self.part.gm.graph)
+        open_users: dict[fx.Node, int] = {}  # valued nodes -> position of their last user
+        points: list[tuple[Any, int]] = []  # narrow points passed: (key, cancellations so far)
         try:
             for node in nodes[first:]:
-                if order[node] > horizon:
+                at = order[node]
+                if at > horizon:
                     break
                 self._visit(node)
                 if node in self.state:
-                    horizon = max(horizon, *(order[u] for u in node.users), order[node])
+                    last = max((order[u] for u in node.users), default=at)
+                    horizon = max(horizon, last, at)
+                    if last > at:
+                        open_users[node] = last
+                for done in [n for n, last in open_users.items() if last <= at]:
+                    del open_users[done]
+                if at >= last_source and not self.crossed and len(open_users) == 1 \
+                        and node in open_users:
+                    # A tainted value carries its own reason (where the bias was lost) down
+                    # the graph unchanged: what follows is the same for every such value.
+                    state = self.state[node]
+                    taint = state if isinstance(state, Tainted) else None
+                    # A transfer reads its operands' states and at most one step behind them
+                    # (a softmax reads what a masked_fill was given): the key holds both.
+                    behind = tuple((n, self.state[n]) for n in node.all_input_nodes
+                                   if n in self.state)
+                    if taint is not None or any(isinstance(v, Tainted) for _, v in behind):
+                        if any(isinstance(v, Tainted) and v is not taint for _, v in behind):
+                            continue  # another taint's reason could still surface: no key
+                        behind = tuple((n, _TAINTED if v is taint else v) for n, v in behind)
+                    key = (graph, node, _TAINTED if taint is not None else state, behind)
+                    known = memo.get(key)
+                    if known is not None:
+                        return self._known(known, taint)
+                    points.append((key, len(self.cancelled), taint))
         except Live as live:
-            return Verdict(False, self.cancelled, str(live), self.crossed or live.crossed)
+            crossed = self.crossed or live.crossed
+            for key, before, taint in points:
+                # the taint of that point reached an output: its reason is the verdict's
+                reason = _TAINTED if taint is not None and live.taint is taint else str(live)
+                memo[key] = (False, reason, tuple(self.cancelled[before:]), crossed)
+            return Verdict(False, self.cancelled, str(live), crossed)
+        for key, before, _ in points:
+            memo[key] = (True, "", tuple(self.cancelled[before:]), False)
+        return Verdict(True, sorted(set(self.cancelled), key=self.cancelled.index))
+
+    def _known(self, known: tuple[bool, Any, tuple[str, ...], bool],
+               taint: Tainted | None) -> Verdict:
+        redundant, reason, cancelled, crossed = known
+        self.cancelled.extend(cancelled)
+        if not redundant:
+            if reason is _TAINTED:
+                assert taint is not None
+                reason = taint.reason
+            return Verdict(False, self.cancelled, reason, crossed)
         return Verdict(True, sorted(set(self.cancelled), key=self.cancelled.index))
 
     def _visit(self, node: fx.Node) -> None:
@@ -95,7 +151,9 @@ class Propagation:
             tainted = [state for state in states if isinstance(state, Tainted)]
             if node.op == "output":
                 reason = tainted[0].reason if tainted else "reaches a graph output"
-                raise Live(reason)
+                live = Live(reason)
+                live.taint = tainted[0] if tainted else None
+                raise live
             for n in inputs:
                 self._check_mutation(n, node)
             try:
