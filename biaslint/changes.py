@@ -31,6 +31,7 @@ module level.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import hashlib
 import json
@@ -198,11 +199,88 @@ class _Recorder:
         return local
 
 
+class _LibraryImportsUntraced:
+    """``builtins.__import__`` while the build is traced: a library's first import (torch,
+    torchvision, transformers: millions of Python calls, seconds under a tracer) runs with the
+    tracer that was there before (usually none). The library is still recorded as run (its
+    version stands for its code), and a project module a library imports is traced again."""
+
+    def __init__(self, recorder: _Recorder, importer: Callable[..., Any]) -> None:
+        self.recorder = recorder
+        self.importer = importer
+        self.untraced = 0  # nesting depth of library imports running untraced
+        self.deciding = False  # working out what a name is (which may import): no re-entry
+
+    def __call__(self, name: str, globals: Any = None, locals: Any = None,
+                 fromlist: Any = (), level: int = 0) -> Any:
+        if level != 0 or not name or self.deciding or name in sys.modules and not fromlist:
+            return self.importer(name, globals, locals, fromlist, level)
+        self.deciding = True
+        try:
+            library = _library_of(name.partition(".")[0])
+        finally:
+            self.deciding = False
+        if (library is None) == (self.untraced == 0):  # the tracing it needs is on already
+            return self.importer(name, globals, locals, fromlist, level)
+        recorder = self.recorder
+        if library is not None:
+            if library:
+                recorder.libraries.add(library)
+            self.untraced += 1
+            sys.settrace(recorder.previous)
+            try:
+                return self.importer(name, globals, locals, fromlist, level)
+            finally:
+                self.untraced -= 1
+                if self.untraced == 0:
+                    sys.settrace(recorder.trace)
+        outer = self.untraced  # a project module imported by a library: traced again
+        self.untraced = 0
+        sys.settrace(recorder.trace)
+        try:
+            return self.importer(name, globals, locals, fromlist, level)
+        finally:
+            self.untraced = outer
+            sys.settrace(recorder.previous)
+
+
+_LIBRARY_OF: dict[str, str | None] = {}
+
+
+def _library_of(top: str) -> str | None:
+    """For a top-level module name: None when it may be the project's, else the library it
+    belongs to (its site-packages folder name; "" for the standard library and built-ins)."""
+    if top in _LIBRARY_OF:
+        return _LIBRARY_OF[top]
+    module = sys.modules.get(top)
+    if module is not None:
+        files = [getattr(module, "__file__", None), *list(getattr(module, "__path__", []))]
+    else:
+        import importlib.util
+
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            return None  # the import fails or is unusual: traced, the safe side
+        files = [spec.origin, *list(spec.submodule_search_locations or [])]
+    files = [f for f in files if isinstance(f, str)]
+    if module is None and spec is not None and spec.origin in ("built-in", "frozen"):
+        result: str | None = ""
+    elif not files or any(_candidate(f) for f in files if f not in ("built-in", "frozen")):
+        result = None
+    else:
+        result = next((lib for f in files if (lib := _library(f)) is not None), "")
+    _LIBRARY_OF[top] = result
+    return result
+
+
 @dataclass
 class Recording:
     """What a recording saw: ``files`` (absolute paths), or None when it cannot be trusted
     (the target's code replaced the trace function, so part of it ran unseen); ``libraries``:
-    the top-level packages in site-packages whose code ran (their versions are recorded)."""
+    the top-level packages in site-packages whose code ran or that it imported (their versions are recorded)."""
 
     files: tuple[str, ...] | None = None
     libraries: tuple[str, ...] = ()
@@ -246,6 +324,9 @@ def recording_sources(target: str | None = None, trace: bool = True) -> Iterator
     recorder = _Recorder(previous)
     opened: set[str] = set()
     _OPEN_SINKS.append(opened)
+    importer = builtins.__import__
+    _library_dirs()  # computed before the import function is replaced (it imports)
+    builtins.__import__ = _LibraryImportsUntraced(recorder, importer)  # type: ignore[assignment]
     sys.settrace(recorder.trace)
     threading.settrace(recorder.trace)
     try:
@@ -254,6 +335,10 @@ def recording_sources(target: str | None = None, trace: bool = True) -> Iterator
         intact = sys.gettrace() is recorder.trace
         sys.settrace(previous)
         threading.settrace(previous_threads)  # type: ignore[arg-type]
+        if isinstance(builtins.__import__, _LibraryImportsUntraced):
+            builtins.__import__ = importer
+        else:
+            intact = False  # the target's code replaced the import function: part ran unseen
         _OPEN_SINKS.remove(opened)
         if intact:
             files = {os.path.abspath(f) for f in recorder.files} | opened
@@ -398,17 +483,61 @@ def _top_levels() -> dict[str, list[str]]:
 
 # Stood for by ``versions()`` already.
 _OWN = frozenset({"torch", "biaslint"})
+# Import machinery that site-packages installs in every process (setuptools' distutils shim,
+# virtualenv's, an editable install's finder, all on sys.meta_path): it runs on every import,
+# never as a model's code.
+_MACHINERY = frozenset({"_distutils_hack", "_virtualenv"})
 
 
 def _distributions(libraries: Iterable[str]) -> dict[str, str]:
     """The installed distributions (and versions) that provide these top-level packages."""
     found: dict[str, str] = {}
     for top in libraries:
-        for distribution in _top_levels().get(top, ()):
+        if top in _OWN or top in _MACHINERY or top.startswith("__editable__"):
+            continue
+        for distribution in _providers(top):
             version = _version(distribution)
             if version is not None and distribution.lower() not in _OWN:
                 found[distribution] = version
     return dict(sorted(found.items()))
+
+
+@functools.lru_cache(maxsize=None)
+def _providers(top: str) -> tuple[str, ...]:
+    """The distributions that provide the top-level package ``top``. Most are named like it
+    (torchvision, timm, transformers): the distribution of that name counts when its RECORD
+    lists the package's files. Otherwise every installed distribution's files are read
+    (``packages_distributions``, a few hundred ms with a large environment)."""
+    from importlib import metadata
+
+    try:
+        distribution = metadata.distribution(top)
+        listed = (distribution.read_text("top_level.txt") or "").split()
+        if top in listed:  # the distribution says so itself (a small file)
+            return (distribution.metadata["Name"] or top,)
+        files = distribution.files or ()
+    except Exception:  # noqa: BLE001 - not installed under that name, or a broken RECORD
+        files = ()
+    if any(f.parts and (f.parts[0] == top or f.parts[0] in (f"{top}.py", f"{top}.pth"))
+           for f in files):
+        return (distribution.metadata["Name"] or top,)
+    return tuple(_listed_top_levels().get(top, ()) or _top_levels().get(top, ()))
+
+
+@functools.lru_cache(maxsize=1)
+def _listed_top_levels() -> dict[str, list[str]]:
+    """Top-level package -> distributions, from each distribution's ``top_level.txt`` (a small
+    file, where it has one): before reading every distribution's whole RECORD."""
+    from importlib import metadata
+
+    found: dict[str, list[str]] = {}
+    try:
+        for distribution in metadata.distributions():
+            for top in (distribution.read_text("top_level.txt") or "").split():
+                found.setdefault(top, []).append(distribution.metadata["Name"])
+    except Exception:  # noqa: BLE001 - a broken installed distribution: the full scan decides
+        return {}
+    return found
 
 
 @dataclass(frozen=True)

@@ -160,12 +160,14 @@ def _end(code: int) -> None:
     hook would wait for, and nothing of it is biaslint's. What an exit does for the user's code
     still happens: the ``atexit`` handlers run (logging's flush, ``weakref.finalize``,
     multiprocessing's cleanup) and the streams are flushed. While a thread the user's code
-    started is still running, the exit is the normal one, which waits for it."""
+    started is still running, or a profiler or tracer watches the process (``python -m
+    cProfile`` writes its figures after the program returns), the exit is the normal one."""
     import threading
 
     waiting = any(t.is_alive() and not t.daemon for t in threading.enumerate()
                   if t is not threading.main_thread())
-    if not _OWN_PROCESS or "torch" not in sys.modules or waiting:
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    if not _OWN_PROCESS or "torch" not in sys.modules or waiting or watched:
         sys.exit(code)
     import atexit
     import os

@@ -91,10 +91,12 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
 
     stage = on_stage or (lambda name: None)
     timings = dict(timings or {})
+    rules = [rule_cls() for rule_cls in selected(settings.select, settings.ignore)]
     stage("capture")
     start = time.perf_counter()
     with preserved_state(seed=None), user_code(config.target, "the forward"):
-        captured = capture(loaded, fallback=False)
+        captured = capture(loaded, fallback=False,
+                           values=any("forward" in rule.reads for rule in rules))
     timings["capture"] = time.perf_counter() - start
     if captured.forward_error is not None:
         # A gate must not pass a model it could not run: inputs the forward rejects are the
@@ -126,7 +128,6 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
     ran: list[str] = []
     scopes: list[RuleScope] = []
     no_forward = _no_forward(analysed)
-    rules = [rule_cls() for rule_cls in selected(settings.select, settings.ignore)]
     if no_forward is None:
         _prefetch(analysed, rules, config, settings)
     failed_forward = analysed.forward_failure

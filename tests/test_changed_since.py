@@ -319,3 +319,50 @@ def test_a_tracer_replaced_by_the_target_makes_the_recording_untrusted():
         sys.settrace(None)
     assert recording.files is None
     assert sys.gettrace() is before
+
+
+def test_a_library_import_runs_untraced_and_a_project_module_it_imports_is_recorded(
+        tmp_path: Path, monkeypatch):
+    """A library's first import (torch, torchvision: millions of calls) runs without the call
+    tracer; the library still counts as run (its version is kept), and a project module that the
+    library imports, or that the build imports after it, is recorded as before."""
+    from biaslint.changes import recording_sources
+
+    tag = os.getpid()
+    site = tmp_path / "site-packages"  # a folder named like an installed library's
+    lib = site / f"fakelib_{tag}"
+    lib.mkdir(parents=True)
+    project = tmp_path / "project"
+    project.mkdir()
+    (lib / "__init__.py").write_text(textwrap.dedent(f"""
+        import sys
+        TRACED_AT_IMPORT = sys.gettrace() is not None
+        import plugin_{tag}  # a project module the library imports (a registered plugin)
+        def call(f):
+            return f()
+        """))
+    (project / f"plugin_{tag}.py").write_text(
+        "import sys\nTRACED = sys.gettrace() is not None\n")
+    (project / f"helper_{tag}.py").write_text("def one():\n    return 1\n")
+    (project / f"model_{tag}.py").write_text(textwrap.dedent(f"""
+        import fakelib_{tag}
+        import helper_{tag}
+        def build():
+            return fakelib_{tag}.call(helper_{tag}.one)
+        """))
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.syspath_prepend(str(project))
+    import importlib
+
+    with recording_sources() as recording:
+        model = importlib.import_module(f"model_{tag}")
+        assert model.build() == 1
+    library = sys.modules[f"fakelib_{tag}"]
+    assert library.TRACED_AT_IMPORT is False  # the library's import ran untraced
+    assert sys.modules[f"plugin_{tag}"].TRACED is True  # the project module it imported: traced
+    assert set(recording.files or ()) == {str(project / f"{n}_{tag}.py")
+                                         for n in ("model", "helper", "plugin")}
+    assert f"fakelib_{tag}" in recording.libraries
+    import builtins
+
+    assert not type(builtins.__import__).__name__.startswith("_Library")  # given back

@@ -317,7 +317,7 @@ class _Recorder(TorchFunctionMode):
                        for inner in item):
                     self.impure = True
             if self.impure:  # stop here: nothing after this point would be kept
-                raise NotOnMeta("a tensor with values took part")
+                raise _impure()
 
     def _written(self, tensor: torch.Tensor, node: fx.Node) -> None:
         """``tensor`` was changed in place by ``node``: later reads of it read ``node``, and a
@@ -609,7 +609,16 @@ def _fake_inputs(value: Any, fake_mode: Any, depth: int = 0) -> Any:
 
 
 class NotOnMeta(Exception):
-    """The model holds tensors the meta recording does not move (subclassed parameters)."""
+    """The model holds tensors the meta recording does not move (subclassed parameters), or
+    (``values_needed``) its forward computes with a tensor that holds values."""
+
+    def __init__(self, what: str, values_needed: bool = False) -> None:
+        super().__init__(what)
+        self.values_needed = values_needed
+
+
+def _impure() -> NotOnMeta:
+    return NotOnMeta("a tensor with values took part", values_needed=True)
 
 
 def _meta_copy(tensor: torch.Tensor) -> torch.Tensor:
@@ -738,10 +747,10 @@ def _record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
             recorder.output(result)
     except Exception as exc:  # noqa: BLE001 - the user's forward failed: say where
         if recorder.impure:  # it may have failed where fake tensors would not
-            raise ForwardFailed(NotOnMeta("a tensor with values took part"), None, None) from exc
+            raise ForwardFailed(_impure(), None, None) from exc
         raise recorder.failure(exc) from exc
     if recorder.impure:
-        raise ForwardFailed(NotOnMeta("a tensor with values took part"), None, None)
+        raise ForwardFailed(_impure(), None, None)
     root: dict[str, Any] = dict(recorder.attrs)
     for node in recorder.graph.nodes:
         if node.op == "call_module":

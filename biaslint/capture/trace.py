@@ -260,13 +260,19 @@ def _needs_real_values(exc: BaseException) -> bool:
     return isinstance(exc, (DynamicOutputShapeException, DataDependentOutputException))
 
 
-def capture(target: LoadedTarget, fallback: bool = True) -> Capture:
+def capture(target: LoadedTarget, fallback: bool = True, values: bool = False) -> Capture:
     """The model's graph. With example inputs, recorded from its own forward on fake tensors
     (``record``), on real ones without autograd when fake ones cannot take it; when the forward
     fails on the inputs (unless ``fallback`` is False: then only ``forward_error`` is set), or
-    there are none, from symbolic tracing per submodule (below)."""
+    there are none, from symbolic tracing per submodule (below).
+
+    ``values``: a rule will read the model's real outputs. A forward that computes with values
+    (a meta recording stopped at a tensor holding some) is then recorded on real tensors
+    straight away, keeping those outputs, rather than on fake tensors first: fake tensors would
+    cost their dispatch and, as often as not (a detector's NMS, LayerDrop's random draw), stop
+    where values are needed anyway, and the real forward would run after them either way."""
     if target.inputs is not None:
-        recorded = _record(target)
+        recorded = _record(target, values)
         if isinstance(recorded, Capture):
             return recorded
         if not fallback:  # the caller stops at the error: no graph is worth tracing for it
@@ -282,12 +288,13 @@ def capture(target: LoadedTarget, fallback: bool = True) -> Capture:
     return _capture_symbolic(target)
 
 
-def _record(target: LoadedTarget) -> Capture | str:
-    """Record the forward on fake tensors, then on real ones; the failure text if neither."""
+def _record(target: LoadedTarget, values: bool = False) -> Capture | str:
+    """Record the forward on meta copies, fake tensors, then real ones; the failure text if
+    none of them takes it."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from biaslint.capture.concrete import quiet_fake_log
-    from biaslint.capture.record import ForwardFailed, record_forward
+    from biaslint.capture.record import ForwardFailed, NotOnMeta, record_forward
     from biaslint.load.guard import preserved_state
 
     model = target.model
@@ -321,6 +328,8 @@ def _record(target: LoadedTarget) -> Capture | str:
             elif (failed := _as_on_fake(exc)) is not None:
                 failure = failed  # fake tensors stop at the same op: straight to real ones
                 skip_fake = True
+            elif values and isinstance(exc.error, NotOnMeta) and exc.error.values_needed:
+                skip_fake = True  # the values the rules read come from this real forward
             continue
         if not fake and failure is not None:
             notes.append(f"the forward cannot run on fake tensors ({failure.describe()}); "
