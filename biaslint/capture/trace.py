@@ -305,7 +305,7 @@ def _record(target: LoadedTarget, values: bool = False) -> Capture | str:
     # Meta copies first (no compute, no fake-tensor dispatch); fake tensors when the forward
     # needs what meta tensors lack (an op without a meta kernel, a tensor made on the CPU);
     # real ones when it needs values.
-    skip_fake = False
+    skip_fake = valued = False
     for way in ("meta", "fake", "real"):
         if way == "fake" and skip_fake:
             continue
@@ -330,10 +330,15 @@ def _record(target: LoadedTarget, values: bool = False) -> Capture | str:
                 skip_fake = True
             elif values and isinstance(exc.error, NotOnMeta) and exc.error.values_needed:
                 skip_fake = True  # the values the rules read come from this real forward
+                valued = True
             continue
         if not fake and failure is not None:
             notes.append(f"the forward cannot run on fake tensors ({failure.describe()}); "
                          "recorded from a real forward without autograd")
+        elif not fake and valued:
+            notes.append("the forward computes with values (a tensor it makes holds some), "
+                         "so it was recorded from a real forward without autograd, whose "
+                         "outputs the rules read")
         part = GraphPart("", model, recording.gm, shapes_known=True)
         return Capture(target=target, parts=[part], opaque=[],
                        coverage=_coverage(model, [part], [], recording.called), notes=notes,
