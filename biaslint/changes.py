@@ -208,8 +208,25 @@ class _LibraryImportsUntraced:
     def __init__(self, recorder: _Recorder, importer: Callable[..., Any]) -> None:
         self.recorder = recorder
         self.importer = importer
-        self.untraced = 0  # nesting depth of library imports running untraced
-        self.deciding = False  # working out what a name is (which may import): no re-entry
+        # per thread (sys.settrace is per thread): how deep in library imports running
+        # untraced, and whether it is working out what a name is (which may import)
+        self.local = threading.local()
+
+    @property
+    def untraced(self) -> int:
+        return getattr(self.local, "untraced", 0)
+
+    @untraced.setter
+    def untraced(self, value: int) -> None:
+        self.local.untraced = value
+
+    @property
+    def deciding(self) -> bool:
+        return getattr(self.local, "deciding", False)
+
+    @deciding.setter
+    def deciding(self, value: bool) -> None:
+        self.local.deciding = value
 
     def __call__(self, name: str, globals: Any = None, locals: Any = None,
                  fromlist: Any = (), level: int = 0) -> Any:
