@@ -320,7 +320,8 @@ def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type
             unjudged.append((layer.name, reasons[0]))
         else:
             judged += 1
-    return RuleScope(rule.code, judged, tuple(unjudged))
+    return RuleScope(rule.code, judged, tuple(unjudged),
+                     tuple(analysed.disagreements.get(rule.code, ())))
 
 
 def _unfrozen(findings: list[Finding], model) -> tuple[list[Finding], list[str]]:  # type: ignore[no-untyped-def]

@@ -157,13 +157,28 @@ class Coverage:
 
 
 @dataclass(frozen=True)
+class Disagreement:
+    """A claim a rule's analysis made that the measurement on the example inputs did not bear
+    out. The claim is not reported; it is counted, so tests and sweeps can assert there are none."""
+
+    layer: str
+    claim: str  # what the analysis said, e.g. "bias cancelled by BatchNorm2d 'bn'"
+    measured: str  # what the measurement found, e.g. "the bias moves the outputs by 3e-02"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"layer": self.layer, "claim": self.claim, "measured": self.measured}
+
+
+@dataclass(frozen=True)
 class RuleScope:
     """What one rule judged on one target: how many of the layers it applies to, and each layer
-    it could not judge with the reason (outside any graph, values it cannot read, it crashed)."""
+    it could not judge with the reason (outside any graph, values it cannot read, it crashed),
+    and the claims its measurement overruled."""
 
     code: str
     judged: int = 0
     unjudged: tuple[tuple[str, str], ...] = ()  # (layer, reason)
+    disagreements: tuple[Disagreement, ...] = ()
 
     @property
     def total(self) -> int:
@@ -172,7 +187,8 @@ class RuleScope:
     def as_dict(self) -> dict[str, Any]:
         return {"judged": self.judged, "total": self.total,
                 "unjudged": [{"layer": layer, "reason": reason}
-                             for layer, reason in self.unjudged]}
+                             for layer, reason in self.unjudged],
+                "disagreements": [d.as_dict() for d in self.disagreements]}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from biaslint.analysis.values import ParamValue, value_of
 from biaslint.capture.trace import Capture, GraphPart
 from biaslint.laws import Piece
 from biaslint.capture.shapes import shape_of
-from biaslint.findings import InitCall, Location
+from biaslint.findings import Disagreement, InitCall, Location
 from biaslint.vocabulary import SHAPE_FUNCTIONS, SHAPE_METHODS, SHAPE_MODULES, dropout_active
 
 
@@ -204,6 +204,14 @@ class AnalysedModel:
         self.forward_failure: str | None = None
         self._real_inputs: dict[str, torch.Tensor | None] = {}
         self._orders: dict[int, tuple[fx.Graph, dict[fx.Node, int], list[fx.Node]]] = {}
+        # Claims a rule's analysis made that its measurement overruled, by rule code.
+        self.disagreements: dict[str, list[Disagreement]] = {}
+
+    def disagree(self, code: str, layer: str, claim: str, measured: str) -> None:
+        """Record that rule ``code`` derived ``claim`` about ``layer`` and the measurement on
+        the example inputs did not show it. The rule does not report the claim; the engine
+        counts it in the rule's scope (json, the zoo sweeps, the tests)."""
+        self.disagreements.setdefault(code, []).append(Disagreement(layer, claim, measured))
 
     # -- layers --------------------------------------------------------------------------------
     @cached_property
