@@ -166,6 +166,7 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
     if failed_forward is None and analysed.forward_failure is not None:  # a rule's own forward
         incomplete.append(f"the real forward a rule read raised {analysed.forward_failure}: "
                           "what it would have measured was not judged")
+    notes.extend(analysed.rule_notes)
     unjudged = {(layer, reason) for scope in scopes for layer, reason in scope.unjudged}
     incomplete[:0] = _causes(analysed, unjudged)
     timings["rules"] = time.perf_counter() - start

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
 import torch.fx as fx
@@ -21,6 +21,9 @@ from biaslint.laws import Piece
 from biaslint.capture.shapes import shape_of
 from biaslint.findings import Disagreement, InitCall, Location
 from biaslint.vocabulary import SHAPE_FUNCTIONS, SHAPE_METHODS, SHAPE_MODULES, dropout_active
+
+if TYPE_CHECKING:
+    from biaslint.analysis.sensitivity import Screen
 
 
 @dataclass(frozen=True)
@@ -206,12 +209,17 @@ class AnalysedModel:
         self._orders: dict[int, tuple[fx.Graph, dict[fx.Node, int], list[fx.Node]]] = {}
         # Claims a rule's analysis made that its measurement overruled, by rule code.
         self.disagreements: dict[str, list[Disagreement]] = {}
+        self.rule_notes: list[str] = []
 
     def disagree(self, code: str, layer: str, claim: str, measured: str) -> None:
         """Record that rule ``code`` derived ``claim`` about ``layer`` and the measurement on
         the example inputs did not show it. The rule does not report the claim; the engine
         counts it in the rule's scope (json, the zoo sweeps, the tests)."""
         self.disagreements.setdefault(code, []).append(Disagreement(layer, claim, measured))
+
+    def note(self, code: str, text: str) -> None:
+        """A line for the report's notes from rule ``code`` (rules never print)."""
+        self.rule_notes.append(f"{code}: {text}")
 
     # -- layers --------------------------------------------------------------------------------
     @cached_property
@@ -322,6 +330,23 @@ class AnalysedModel:
             self._real_inputs[name] = fed.get(name)
         if attention:
             self.__dict__["attention"] = measured
+
+    def bias_screen(self, names: Iterable[str]) -> "Screen | None":
+        """The measured bias screen (``analysis.sensitivity``) over these layers' additive
+        biases, on a float copy of the model and the example inputs; None without inputs or on
+        the meta device (where there are no values to measure). Run once per model: the first
+        caller's layers are the ones measured."""
+        if self.target.inputs is None or self._on_meta():
+            return None
+        if "_bias_screen" not in self.__dict__:
+            from biaslint.analysis.sensitivity import screen_biases
+
+            not_called = set(self.capture.coverage.not_called)
+            wanted = [n for n in names if n not in not_called]
+            inputs = self.target.inputs
+            self.__dict__["_bias_screen"] = screen_biases(self.model, inputs.args,
+                                                          inputs.kwargs, wanted)
+        return self.__dict__["_bias_screen"]
 
     @cached_property
     def attention(self) -> list:  # list[AttentionSoftmax]
