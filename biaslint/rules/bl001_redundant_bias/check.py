@@ -78,6 +78,9 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
                 yield from _measured(rule, model, layer, pname, measure, verdict, derived,
                                      located, by_site, redundant)
                 dead.extend(_dead(layer.name, pname, measure))
+                if report_partial and not measure.cancelled and verdict is not None and \
+                        not verdict.redundant:
+                    yield from _partial(rule, model, layer, verdict)
                 continue
             assert verdict is not None
             yield from _derived(rule, model, layer, verdict, by_site, redundant,
@@ -114,16 +117,22 @@ def _derived(rule: "RedundantBias", model: AnalysedModel, layer: Layer, verdict:
     if fused is not None:
         yield fused
     elif report_partial:
-        constant = analyse_bias(model, layer.name, channel_varies=False)
-        if constant is not None and constant.redundant and constant.cancelled_by:
-            yield rule.finding(
-                layer,
-                f"only the mean of the bias of {layer.type_name} '{layer.name}' is "
-                f"removed by {_join(constant.cancelled_by)}; the rest matters "
-                f"({verdict.reason})",
-                parameter="bias", severity=Severity.INFO,
-                data={"verdict": "partial", "cancelled_by": constant.cancelled_by},
-            )
+        yield from _partial(rule, model, layer, verdict)
+
+
+def _partial(rule: "RedundantBias", model: AnalysedModel, layer: Layer, verdict: "Verdict"
+             ) -> Iterable[Finding]:
+    """With ``report-partial``: an info note where only the bias's mean is removed."""
+    constant = analyse_bias(model, layer.name, channel_varies=False)
+    if constant is not None and constant.redundant and constant.cancelled_by:
+        yield rule.finding(
+            layer,
+            f"only the mean of the bias of {layer.type_name} '{layer.name}' is "
+            f"removed by {_join(constant.cancelled_by)}; the rest matters "
+            f"({verdict.reason})",
+            parameter="bias", severity=Severity.INFO,
+            data={"verdict": "partial", "cancelled_by": constant.cancelled_by},
+        )
 
 
 def _whole_finding(rule: "RedundantBias", layer: Layer, cancelled_by: list[str],
