@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
     from biaslint.analysis import AnalysedModel, Layer
 
-# Output layers named like these (last name component) are read as classifiers.
+# Output layers named like these (last name component, indices of a container skipped) are read
+# as classifiers.
 CLASSIFIER_NAMES = frozenset({"fc", "classifier", "head", "lm_head", "cls", "logits", "score",
                               "classification_head", "output_layer", "decoder"})
 
@@ -75,8 +76,8 @@ std 1 instead of ~1/sqrt(fan_in), an N(0, 1) embedding (`nn.Embedding`'s default
 output head, a missing final normalization before the head.
 """
     fix_text = """\
-Draw the head's weight small (std ~ 1/sqrt(fan_in) times 1/rms of its input, or zero it as many
-classifiers do), initialize a tied embedding with std ~0.02 (GPT-2's and BERT's
+Draw the head's weight small (std ~ 1/sqrt(3 fan_in) times 1/rms of its input, the logit scale
+PyTorch's default `nn.Linear` init gives a unit-scale input, or zero it as many classifiers do), initialize a tied embedding with std ~0.02 (GPT-2's and BERT's
 `initializer_range`), or normalize the head's input.
 """
     references = (
@@ -332,15 +333,21 @@ def _fix(model: "AnalysedModel", head: Head, tied: list[str], fan_in: int, rms: 
     layer = head.layer
     path = python_path(layer.name)
     tensor = layer.param("weight")
+    # The logits' target std: 1/sqrt(3), what PyTorch's default nn.Linear init (uniform with
+    # bound 1/sqrt(fan_in)) gives an input of rms 1. Over many classes that costs about
+    # 1/6 nats above the baseline (s**2 / 2), a third of the default limit: logits of std 1
+    # would land on the limit itself, and the re-lint could fire again.
+    target = 1.0 / math.sqrt(3.0)
     if tied:
         # GPT-2's and BERT's initializer_range (std 0.02), or less when even that gives logits
-        # above std 1 at this width (std 1/(rms*sqrt(dim)) gives std 1)
-        std = 0.02 if not (fan_in and rms) else min(0.02, 1.0 / (rms * math.sqrt(fan_in)))
+        # above the target std at this width
+        std = 0.02 if not (fan_in and rms) else \
+            min(0.02, target / (rms * math.sqrt(fan_in)))
         code = f"nn.init.normal_({python_path(tied[0].rsplit('.', 1)[0])}.weight, std={std:.3g})"
         return "Initialize the tied embedding small", code, None
     if not (fan_in and rms) or tensor is None:
         return "Start the head at zero logits", f"nn.init.zeros_({path}.weight)", None
-    std = 1.0 / (rms * math.sqrt(fan_in))  # logits with std ~1: the "std 1" the docs name
+    std = target / (rms * math.sqrt(fan_in))
     drawn = torch.randn(tuple(tensor.shape), generator=torch.Generator().manual_seed(0),
                         dtype=torch.float64) * std
     if head.table is not None:
@@ -356,7 +363,7 @@ def _fix(model: "AnalysedModel", head: Head, tied: list[str], fan_in: int, rms: 
         return "Start the head at zero logits", f"nn.init.zeros_({path}.weight)", None
     code = f"nn.init.normal_({path}.weight, std={std:.3g})  # or nn.init.zeros_"
     what = "the head's weight" if head.table is None else "the output table"
-    return f"Draw {what} so the logits start near std 1", code, after
+    return f"Draw {what} so the logits start at the scale of PyTorch's default init", code, after
 
 
 def _table_logits(model: "AnalysedModel", head: Head, fed: "torch.Tensor",
@@ -384,7 +391,9 @@ def candidate_heads(model: "AnalysedModel", context: RuleContext
         if head.table is not None:
             heads.append(head)  # a product with a vocabulary's table computes its logits
             continue
-        last = head.layer.name.rsplit(".", 1)[-1]
+        # the layer's name, or the container's it is indexed in (mobilenet's classifier.3)
+        named = [part for part in head.layer.name.split(".") if not part.isdigit()]
+        last = named[-1] if named else ""
         if head.squash is None and context.target_mean is not None and context.head is None:
             continue  # a regression head, judged by BL008
         if head.outputs < 2 and head.squash != "sigmoid" and context.head != "sigmoid":
@@ -394,7 +403,7 @@ def candidate_heads(model: "AnalysedModel", context: RuleContext
             continue
         if context.class_priors is not None or context.head is not None or head.squash or (
                 isinstance(head.layer.module, nn.Linear) and head.outputs in vocab) or \
-                last in CLASSIFIER_NAMES:
+                last in CLASSIFIER_NAMES or _given_priors(head):
             heads.append(head)
         else:
             declined.append((head, f"an output layer with {head.outputs} outputs, no softmax or "
@@ -402,6 +411,13 @@ def candidate_heads(model: "AnalysedModel", context: RuleContext
                                    f"({', '.join(sorted(CLASSIFIER_NAMES)[:4])}...); pass "
                                    "--head softmax (or sigmoid) to judge it as a classifier"))
     return heads, declined
+
+
+def _given_priors(head: Head) -> bool:
+    """The head's bias was set by ``biaslint.init.prior_bias_``: its author says it classifies."""
+    call = head.layer.init_of("bias")
+    return call is not None and call.location is not None and \
+        call.location.function == "prior_bias_"
 
 
 def _kind(head: Head, context: RuleContext) -> str:
