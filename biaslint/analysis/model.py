@@ -421,17 +421,21 @@ class AnalysedModel:
         if param is None:
             return []
         names = set(self._parameter_names.get(id(param), ()))
+        return [use for use, read in self._products_in_graphs if read & names]
+
+    @cached_property
+    def _products_in_graphs(self) -> list[tuple[Use, set[str]]]:
+        """Every product node, with the qualified names of the parameters its operands view."""
         from biaslint.analysis.products import is_product, table_read, tensor_operands
 
         found = []
         for use in self.graph_nodes():
             if not is_product(use.node):
                 continue
-            for operand in tensor_operands(use.node):
-                read = table_read(operand)
-                if read is not None and use.part.full_name(str(read.target)) in names:
-                    found.append(use)
-                    break
+            reads = {use.part.full_name(str(read.target)) for operand in tensor_operands(use.node)
+                     if (read := table_read(operand)) is not None}
+            if reads:
+                found.append((use, reads))
         return found
 
     def real_products(self, tables: Iterable[str]) -> dict[str, list[Any]]:

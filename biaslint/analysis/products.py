@@ -15,6 +15,7 @@ caller does not pair them.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
@@ -92,58 +93,35 @@ class _Watch(TorchFunctionMode):
         if self.inside:
             return out
         operands = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        hits = [self.derived[id(a)][0] for a in operands
-                if id(a) in self.derived and self.derived[id(a)][1] is a]
+        hits = [self.derived[id(a)][0] for a in operands if self._watched(a)]
         if not hits:
             return out
         name = getattr(func, "__name__", "")
         if name in PRODUCT_NAMES and isinstance(out, torch.Tensor):
-            others = [a for a in operands if id(a) not in self.derived or
-                      self.derived[id(a)][1] is not a]
+            others = [a for a in operands if not self._watched(a)]
             # F.linear(x, W, b): the bias is not a feature operand
             features = others[:1] if name == "linear" else others
             operand = features[0].detach().clone() if len(features) == 1 else None
             self.found[hits[0]].append(RealProduct(out.detach().clone(), operand))
-        elif name in TABLE_VIEW_NAMES and isinstance(out, torch.Tensor):
-            self.derived[id(out)] = (hits[0], out)
+        elif name in TABLE_VIEW_NAMES and isinstance(out, torch.Tensor) and args and \
+                self._watched(args[0]):
+            # a view of the table itself (``W.T``), not of what was cast to it (``x.type_as(W)``)
+            self.derived[id(out)] = (self.derived[id(args[0])][0], out)
         return out
 
+    def _watched(self, value: Any) -> bool:
+        return isinstance(value, torch.Tensor) and id(value) in self.derived and \
+            self.derived[id(value)][1] is value
 
+
+@contextlib.contextmanager
 def watch_products(tables: dict[str, torch.Tensor], owners: Iterable[nn.Module]
-                   ) -> "_Watching":
-    """A context manager: inside it, products with ``tables`` (name -> parameter) are
-    recorded; ``owners`` are the built-in layers whose own calls are not counted."""
-    return _Watching(tables, list(owners))
-
-
-class _Watching:
-    def __init__(self, tables: dict[str, torch.Tensor], owners: list[nn.Module]) -> None:
-        self.tables = tables
-        self.owners = owners
-        self.watch: _Watch | None = None
-
-    def __enter__(self) -> dict[str, list[RealProduct]]:
-        self.watch = _Watch(self.tables, self.owners)
-        self.watch.__enter__()
-        return self.watch.found
-
-    def __exit__(self, *exc: Any) -> None:
-        assert self.watch is not None
-        try:
-            self.watch.__exit__(*exc)
-        finally:
-            self.watch.remove()
-
-
-def tensors_of(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
-    """Every tensor in a nested return value (containers and plain objects' attributes)."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif depth > 6:
-        return
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from tensors_of(item, depth + 1)
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            yield from tensors_of(item, depth + 1)
+                   ) -> Iterator[dict[str, list[RealProduct]]]:
+    """Inside, products with ``tables`` (name -> parameter) are recorded, per name, in call
+    order; ``owners`` are the built-in layers whose own calls are not counted."""
+    watch = _Watch(tables, list(owners))
+    try:
+        with watch:
+            yield watch.found
+    finally:
+        watch.remove()

@@ -232,14 +232,15 @@ def build():
         return self.finding(layer, message, parameter=parameter, fix=fix, data=data)
 
 
-def head_name(head: Head) -> str:
-    """How a message names the head: the layer, or the embedding table and the op."""
+def head_name(head: Head, detail: str = "") -> str:
+    """How a message names the head: the layer, or the embedding table and the op (``detail``
+    goes inside the parentheses)."""
     from biaslint.vocabulary import op_name
 
     if head.table is None:
         return python_path(head.layer.name)
     op = op_name(head.use.node) if head.use is not None else "product"
-    return f"the table of Embedding '{head.layer.name}' ({op} with {head.table})"
+    return f"the table of Embedding '{head.layer.name}' ({op} with {head.table}{detail})"
 
 
 # -- the quantities --------------------------------------------------------------------------

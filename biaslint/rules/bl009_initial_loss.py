@@ -302,9 +302,9 @@ def _scale(model: "AnalysedModel", head: Head, rms: float | None
         gain = math.sqrt(weight.mean_square(sample=1 << 14)) * math.sqrt(fan_in)
     parts = []
     if head.table is not None:
-        lookup = ", which is also its input lookup (tied)" if model.calls_of(layer.name) else ""
+        lookup = "; tied: also its input lookup" if model.calls_of(layer.name) else ""
         parts.append((f"the gain rms(W)*sqrt(dim) = {gain:.3g} of " if gain is not None else "")
-                     + head_name(head) + lookup)
+                     + head_name(head, lookup))
     elif gain is not None:
         parts.append(f"the head weight's gain rms(W)*sqrt(fan_in) = {gain:.3g}")
     tied = [n for n in model.tied_names(layer.name, "weight")
