@@ -177,10 +177,15 @@ def build():
         baseline = ref.entropy
         loss = excess + baseline
         versus = f"log({ref.classes}) = {baseline:.3g}" if ref.uniform else \
-            f"the {baseline:.3g} nats of predicting it exactly"
-        part = "the logits' spread (BL005 owns the bias) adds" if ref.priors else "is"
-        claim = f"initial cross-entropy with {ref.labels} {part} {loss:.3g} nats, " \
-            f"{excess:.3g} above {versus}"
+            f"the priors' entropy {baseline:.3g}" if ref.priors else \
+            f"the entropy {baseline:.3g} of {kind}(bias), the loss of predicting it exactly"
+        if ref.priors:
+            claim = f"with labels drawn from the class priors and the ideal bias in place " \
+                f"(BL005 owns the bias), the logits' spread gives an initial cross-entropy of " \
+                f"{loss:.3g} nats, {excess:.3g} above {versus}"
+        else:
+            claim = f"initial cross-entropy with {ref.labels} is {loss:.3g} nats, " \
+                f"{excess:.3g} above {versus}"
         # Measured before it is said: the same loss, computed with torch's cross-entropy on
         # what the model returns, must show the excess too.
         out = returned_rows(model, head, logits)
@@ -193,12 +198,17 @@ def build():
                            f"{limit:g})")
             return None
         layer = head.layer
-        std = float(z.std()) if z.numel() > 1 else 0.0
+        # With a bias that states the labels, what is judged is the spread around it
+        bias = bias_values(model, head) if not ref.uniform else None
+        spread = z - bias if bias is not None else z
+        std = float(spread.std()) if spread.numel() > 1 else 0.0
+        around = " around their bias" if bias is not None else ""
         rms = float(fed.double().pow(2).mean().sqrt()) if fed is not None and fed.numel() else None
         scale, tied, fan_in = _scale(model, head, rms)
         message = (
-            f"{claim} (limit {limit:g}): the logits start with std {std:.3g}, confidently "
-            f"wrong, and the first steps are spent shrinking them; their scale is {scale}")
+            f"{claim} (limit {limit:g}): the logits start with std {std:.3g}{around}, "
+            f"confidently wrong, and the first steps are spent shrinking them; their scale is "
+            f"{scale}")
         title, code, after = _fix(model, head, tied, fan_in, rms, ref, kind, excess, fed)
         data: dict[str, Any] = {"loss": loss, "chance": baseline, "excess": excess,
                                 "measured_excess": measured, "reference": ref.name,
@@ -267,8 +277,8 @@ def reference(model: "AnalysedModel", head: Head, kind: str, context: RuleContex
         bool(current.max() > current.min())
     if chosen:
         target = torch.softmax(current, 0) if kind == "softmax" else torch.sigmoid(current)
-        return Reference("bias", f"labels drawn from {kind}(bias), the distribution its bias "
-                                 "encodes", target, 0.0, _entropy(target, kind), classes)
+        return Reference("bias", f"labels drawn from {kind}(bias) (the distribution its bias "
+                                 "encodes)", target, 0.0, _entropy(target, kind), classes)
     target = torch.full((head.outputs,), 1.0 / head.outputs if kind == "softmax" else 0.5,
                         dtype=torch.float64)
     return Reference("uniform", "uniform labels", target, 0.0, _entropy(target, kind), classes)
