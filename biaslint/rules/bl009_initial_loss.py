@@ -145,8 +145,17 @@ def build():
         if not model.inputs_known:
             return {}
         heads, declined = candidate_heads(model, context)
-        judged = {h.layer.name for h in heads}
-        return {h.layer.name: why for h, why in declined if h.layer.name not in judged}
+        # a table's products are paired with the graph's by order: when the forward's differ,
+        # its logits are not known (the values are cached: no forward runs again here)
+        tables = [h for h in heads if h.table is not None]
+        unmeasured = {h.layer.name for h, (rows, _) in zip(tables, head_logits(model, tables))
+                      if rows is None and model.forward_failure is None}
+        judged = {h.layer.name for h in heads} - unmeasured
+        reasons = {name: "its logits are a product with the embedding's table that the real "
+                         "forward did not run as the graph records it, so they were not measured"
+                   for name in unmeasured}
+        reasons.update({h.layer.name: why for h, why in declined if h.layer.name not in judged})
+        return reasons
 
     def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:
         if not model.inputs_known:
