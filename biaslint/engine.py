@@ -162,7 +162,9 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
         if rule.reads:
             unread = f"the real forward raised {failed_forward}" \
                 if failed_forward is not None and "forward" in rule.reads else None
-            scopes.append(_judged(rule, analysed, context, blocked, crashed, unread))
+            scope = _judged(rule, analysed, context, blocked, crashed, unread)
+            scopes.append(scope)
+            notes.extend(_declined_notes(rule, scope))
     if failed_forward is None and analysed.forward_failure is not None:  # a rule's own forward
         incomplete.append(f"the real forward a rule read raised {analysed.forward_failure}: "
                           "what it would have measured was not judged")
@@ -276,9 +278,9 @@ def _prefetch(analysed, rules, config: TargetConfig, settings: Settings) -> None
     """One real forward for every rule that reads one, instead of one per rule: each rule says
     which layers' outputs it will read (and whether it reads the attention measure)."""
     names: list[str] = []
-    attention = False
+    attention = returned = False
     for rule in rules:
-        if "forward" not in rule.reads:
+        if "forward" not in rule.reads and "output" not in rule.reads:
             continue
         try:
             layers, wants_attention = rule.forward_needs(analysed, _context(rule, config, settings))
@@ -286,11 +288,13 @@ def _prefetch(analysed, rules, config: TargetConfig, settings: Settings) -> None
             continue
         names.extend(layers)
         attention = attention or wants_attention
+        # a rule that checks its claims on what the model returns reads the return value
+        returned = returned or bool(layers and "output" in rule.reads)
     if names or attention:
         from biaslint.load.guard import user_code
 
         with user_code(config.target, "the forward"):
-            analysed.prefetch(names, attention=attention)
+            analysed.prefetch(names, attention=attention, returned=returned)
 
 
 def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type: ignore[no-untyped-def]
@@ -304,6 +308,13 @@ def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type
         return RuleScope(rule.code, 0, (("<all>", f"the rule's scope failed: "
                                           f"{type(exc).__name__}: {exc}"),))
     not_called = set(analysed.capture.coverage.not_called) if "graph" in rule.reads else set()
+    declined: dict[str, str] = {}
+    if crashed is None and unread is None:
+        try:
+            declined = rule.declined(analysed, context)
+        except Exception as exc:  # noqa: BLE001 - as a failing scope
+            return RuleScope(rule.code, 0, (("<all>", f"the rule's scope failed: "
+                                              f"{type(exc).__name__}: {exc}"),))
     judged = 0
     unjudged: list[tuple[str, str]] = []
     for layer in layers:
@@ -315,6 +326,9 @@ def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type
         if unread is not None:  # what it reads could not be measured
             unjudged.append((layer.name, unread))
             continue
+        if layer.name in declined:  # the rule says why it did not judge this one
+            unjudged.append((layer.name, f"{DECLINED}{declined[layer.name]}"))
+            continue
         reasons = [reason for need, reason in blocked.get(layer.name, {}).items()
                    if need in rule.reads]
         if reasons:
@@ -323,6 +337,22 @@ def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type
             judged += 1
     return RuleScope(rule.code, judged, tuple(unjudged),
                      tuple(analysed.disagreements.get(rule.code, ())))
+
+
+# Marks a reason the rule gave (``Rule.declined``): said in a note, not an incomplete analysis.
+DECLINED = "declined: "
+
+
+def _declined_notes(rule, scope: RuleScope) -> list[str]:  # type: ignore[no-untyped-def]
+    """The layers a rule declined to judge, one note per rule: the text report shows the
+    reasons there (the json has them in the rule's record)."""
+    declined = [(layer, why[len(DECLINED):]) for layer, why in scope.unjudged
+                if why.startswith(DECLINED)]
+    if not declined:
+        return []
+    listed = "; ".join(f"{layer or '<root>'}: {why}" for layer, why in declined[:5])
+    more = f"; and {len(declined) - 5} more" if len(declined) > 5 else ""
+    return [f"{rule.code} ({rule.name}) did not judge {len(declined)} layer(s): {listed}{more}"]
 
 
 def _unfrozen(findings: list[Finding], model) -> tuple[list[Finding], list[str]]:  # type: ignore[no-untyped-def]

@@ -7,9 +7,10 @@ and which graph nodes consume their outputs.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import torch
 import torch.fx as fx
@@ -20,7 +21,9 @@ from biaslint.capture.trace import Capture, GraphPart
 from biaslint.laws import Piece
 from biaslint.capture.shapes import shape_of
 from biaslint.findings import Disagreement, InitCall, Location
-from biaslint.vocabulary import SHAPE_FUNCTIONS, SHAPE_METHODS, SHAPE_MODULES, dropout_active
+from biaslint.vocabulary import (
+    RANDOM_INITS, SHAPE_FUNCTIONS, SHAPE_METHODS, SHAPE_MODULES, dropout_active,
+)
 
 if TYPE_CHECKING:
     from biaslint.analysis.sensitivity import Screen
@@ -158,6 +161,18 @@ class Layer:
     def init_of(self, pname: str) -> InitCall | None:
         return self.inits.get(pname)
 
+    def drawn(self, pname: str) -> bool:
+        """The parameter's last recorded write drew it at random (PyTorch's default init
+        included), so its values are noise. False when it was written otherwise (``copy_``,
+        ``fill_``, ``prior_bias_``) or by a write the build did not record (an assignment to
+        ``.data``, a ``Parameter`` made from chosen values): someone chose those values."""
+        call = self.inits.get(pname)
+        if call is None:
+            return False
+        if not call.by_user:
+            return True  # torch's reset_parameters() draws every default init
+        return call.name.rsplit(".", 1)[-1] in RANDOM_INITS
+
     def site_of(self, pname: str | None = None) -> Location | None:
         """Where to point a finding: the user's init call if there was one, else the layer."""
         if pname:
@@ -206,6 +221,9 @@ class AnalysedModel:
         # rules that read it judge nothing, and the engine says so.
         self.forward_failure: str | None = None
         self._real_inputs: dict[str, torch.Tensor | None] = {}
+        self._return: Any = None  # what the real forward returned (``real_return``)
+        self._returned_known = False
+        self._products: dict[str, list[Any]] = {}  # ``real_products``
         self._orders: dict[int, tuple[fx.Graph, dict[fx.Node, int], list[fx.Node]]] = {}
         # Claims a rule's analysis made that its measurement overruled, by rule code.
         self.disagreements: dict[str, list[Disagreement]] = {}
@@ -270,9 +288,11 @@ class AnalysedModel:
         return any(_is_softmax(use.node) or isinstance(self.module_of(use), nn.Softmax)
                    for use in self.graph_nodes())
 
-    def prefetch(self, names: Iterable[str], attention: bool = False) -> None:
+    def prefetch(self, names: Iterable[str], attention: bool = False,
+                 returned: bool = False) -> None:
         """Run the one real ``no_grad`` forward that answers ``real_outputs(names)`` (and, with
-        ``attention``, the ``attention`` measure) for every rule at once.
+        ``attention``, the ``attention`` measure; with ``returned``, ``real_return``) for every
+        rule at once.
 
         Rules that read a real forward would each run one; the engine asks them up front what
         they will read and calls this once. Values are the same as separate forwards would give:
@@ -292,7 +312,8 @@ class AnalysedModel:
         if attention and getattr(self.capture, "attention", None) is not None:
             self.__dict__["attention"] = list(self.capture.attention)  # measured while recorded
             attention = False
-        if not wanted and not attention:
+        returned = returned and not self._returned_known
+        if not wanted and not attention and not returned:
             return
         seen: dict[str, torch.Tensor] = {}
         fed: dict[str, torch.Tensor] = {}
@@ -306,18 +327,14 @@ class AnalysedModel:
                     if args and isinstance(args[0], torch.Tensor):
                         fed[_name] = args[0].detach().clone()
             hooks.append(self.model.get_submodule(name).register_forward_hook(hook))
-        from biaslint.capture.preserve import preserved
+        from biaslint.analysis.attention import measuring
 
         measured: list = []
         try:
-            if attention:
-                from biaslint.analysis.attention import measure_attention
-
-                # state and RNG restored there, as below
-                measured = measure_attention(self.model, inputs.args, inputs.kwargs)
-            else:
-                with preserved(self.model), torch.no_grad(), torch.random.fork_rng(devices=[]):
-                    self.model(*inputs.args, **inputs.kwargs)
+            # state and RNG restored, as ``measure_attention`` does
+            with measuring(self.model) if attention else contextlib.nullcontext([]) as found:
+                self._run_forward()
+            measured = list(found)
         except Exception as exc:  # noqa: BLE001 - said by the engine: those rules judge nothing
             seen, fed, measured = {}, {}, []
             text = str(exc).splitlines()[0] if str(exc) else ""
@@ -347,6 +364,156 @@ class AnalysedModel:
             self.__dict__["_bias_screen"] = screen_biases(self.model, inputs.args,
                                                           inputs.kwargs, wanted)
         return self.__dict__["_bias_screen"]
+
+    def _run_forward(self) -> None:
+        """One real ``no_grad`` forward on the example inputs, the model and RNG restored after;
+        what it returns is kept for ``real_return``."""
+        from biaslint.capture.preserve import preserved
+
+        inputs = self.target.inputs
+        assert inputs is not None
+        with preserved(self.model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = self.model(*inputs.args, **inputs.kwargs)
+        self._return, self._returned_known = _copied(out), True
+
+    def real_return(self) -> Any:
+        """What the model's forward returned on the example inputs (tensors copied), from the
+        same kind of real forward as ``real_outputs``; None on the meta device, without inputs
+        or when the forward fails."""
+        if not self._returned_known and self.target.inputs is not None and not self._on_meta():
+            try:
+                self._run_forward()
+            except Exception as exc:  # noqa: BLE001 - said by the engine, as in prefetch
+                text = str(exc).splitlines()[0] if str(exc) else ""
+                self.forward_failure = f"{type(exc).__name__}: {text}"
+                self._returned_known = True
+        return self._return
+
+    def returned(self, use: Use) -> torch.Tensor | None:
+        """The tensor the forward returned where the graph's output holds ``use``'s value, as
+        is or through shape-only ops: the same value read at the model's output instead of
+        where it was computed. None when the output does not hold it or no forward ran."""
+        path = self._output_path(use)
+        if path is None:
+            return None
+        value = self.real_return()
+        for step in path:
+            try:
+                if isinstance(value, (tuple, list)) and isinstance(step, int):
+                    value = value[step]
+                elif isinstance(value, Mapping):
+                    value = value[step]
+                else:
+                    value = getattr(value, str(step))
+            except (IndexError, KeyError, AttributeError, TypeError):
+                return None
+        return value if isinstance(value, torch.Tensor) else None
+
+    def _output_path(self, use: Use) -> tuple[Any, ...] | None:
+        """Where the graph's output holds ``use`` (keys and indices into the return value)."""
+        output = next((n for n in reversed(use.part.gm.graph.nodes) if n.op == "output"), None)
+        if output is None or not output.args:
+            return None
+
+        def holds(node: fx.Node) -> bool:
+            current = node
+            while current is not use.node:  # walk back through shape-only ops to ``use``
+                inputs = current.all_input_nodes
+                if not inputs or not is_shape_only(Use(use.part, current)) or \
+                        self._dropout_active(Use(use.part, current)):
+                    return False
+                current = inputs[0]
+            return True
+
+        def search(value: Any, path: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            if isinstance(value, fx.Node):
+                return path if holds(value) else None
+            items = value.items() if isinstance(value, dict) else \
+                enumerate(value) if isinstance(value, (tuple, list)) else ()
+            for key, item in items:
+                found = search(item, path + (key,))
+                if found is not None:
+                    return found
+            return None
+
+        return search(output.args[0], ())
+
+    def table_products(self, qualified: str) -> list[Use]:
+        """The product nodes (``@``, matmul, ``F.linear``, einsum...) with an operand that reads
+        the parameter ``qualified`` (under any name it is registered under, through transposes,
+        views and casts), in every graph, in graph order."""
+        param = self._parameter(qualified)
+        if param is None:
+            return []
+        names = set(self._parameter_names.get(id(param), ()))
+        return [use for use, read in self._products_in_graphs if read & names]
+
+    @cached_property
+    def _products_in_graphs(self) -> list[tuple[Use, set[str]]]:
+        """Every product node, with the qualified names of the parameters its operands view."""
+        from biaslint.analysis.products import is_product, table_read, tensor_operands
+
+        found = []
+        for use in self.graph_nodes():
+            if not is_product(use.node):
+                continue
+            reads = {use.part.full_name(str(read.target)) for operand in tensor_operands(use.node)
+                     if (read := table_read(operand)) is not None}
+            if reads:
+                found.append((use, reads))
+        return found
+
+    def real_products(self, tables: Iterable[str]) -> dict[str, list[Any]]:
+        """Per parameter (qualified name): each product that takes it as an operand in one real
+        ``no_grad`` forward, in call order (``analysis.products.RealProduct``: the output and
+        the other operand). Built-in layers that own the parameter are not looked into: their
+        calls are not nodes of the graph either. Empty without inputs, on the meta device, or
+        when the forward fails (``forward_failure`` says why)."""
+        tables = list(tables)
+        wanted = [t for t in dict.fromkeys(tables) if t not in self._products]
+        if wanted and self.target.inputs is not None and not self._on_meta():
+            from biaslint.analysis.products import watch_products
+            from biaslint.capture.record import is_default_leaf
+
+            params = {t: p for t in wanted if (p := self._parameter(t)) is not None}
+            ids = {id(p) for p in params.values()}
+            owners = [m for m in self.model.modules() if is_default_leaf(m) and any(
+                id(p) in ids for p in m.parameters(recurse=False))]
+            found: dict[str, list[Any]] = {t: [] for t in params}
+            try:
+                with watch_products(params, owners) as found:
+                    self._run_forward()
+            except Exception as exc:  # noqa: BLE001 - said by the engine, as in prefetch
+                text = str(exc).splitlines()[0] if str(exc) else ""
+                self.forward_failure = f"{type(exc).__name__}: {text}"
+                found = {t: [] for t in params}
+            for t in wanted:
+                self._products[t] = found.get(t, [])
+        return {t: self._products.get(t, []) for t in tables}
+
+    def rerun(self, name: str, replaced: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """Module ``name``'s output on the input it got in the real forward, with its
+        parameters in ``replaced`` swapped for the given tensors (the module is not changed):
+        what an init would give, measured before anyone applies it. None when its input is
+        not known or the module takes more than one."""
+        fed = self.real_inputs([name]).get(name)
+        if fed is None:
+            return None
+        module = self.model.get_submodule(name)
+        try:
+            with torch.no_grad():
+                out = torch.func.functional_call(module, dict(replaced), (fed,))
+        except Exception:  # noqa: BLE001 - a layer that needs more than its first input
+            return None
+        return out if isinstance(out, torch.Tensor) else None
+
+    def _parameter(self, qualified: str) -> torch.Tensor | None:
+        owner, _, pname = qualified.rpartition(".")
+        try:
+            value = getattr(self.model.get_submodule(owner), pname, None)
+        except AttributeError:
+            return None
+        return value if isinstance(value, torch.Tensor) else None
 
     @cached_property
     def attention(self) -> list:  # list[AttentionSoftmax]
@@ -520,3 +687,19 @@ def _is_softmax(node: fx.Node) -> bool:
     if node.op == "call_function":
         return node.target in (F.softmax, torch.softmax)
     return node.op == "call_method" and node.target == "softmax"
+
+
+def _copied(value: Any, depth: int = 0) -> Any:
+    """A return value with its tensors copied (the model's later runs cannot rewrite them);
+    containers rebuilt, other objects kept as they are."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if depth > 6:
+        return value
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_copied(v, depth + 1) for v in value)
+    if isinstance(value, list):
+        return [_copied(v, depth + 1) for v in value]
+    if type(value) is dict:
+        return {k: _copied(v, depth + 1) for k, v in value.items()}
+    return value

@@ -58,13 +58,22 @@ class Rule:
     example_target: ClassVar[Mapping[str, Any]] = {}
 
     # What the rule reads to judge a layer: "graph" (the captured forward) and "values" (the
-    # parameter values at init). The engine records a layer in ``scope`` whose graph or values
-    # it could not read as not judged, with the reason, and never as clean.
+    # parameter values at init); "forward" (a real forward: the rule does not run without
+    # one) and "output" (what the model returns, where it checks its claims when a real forward
+    # can run). The engine records a layer in ``scope`` whose graph or values it could not read
+    # as not judged, with the reason, and never as clean.
     reads: ClassVar[frozenset[str]] = frozenset()
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         """The layers this rule applies to (the ones it must judge for a pass to be true)."""
         return []
+
+    def declined(self, model: "AnalysedModel", context: RuleContext) -> dict[str, str]:
+        """Layers of ``scope`` the rule does not judge, by name, with why (an output layer it
+        cannot tell is a classifier). The engine records them as not judged, with the reason,
+        and says so in a note; unlike a graph or values it could not read, they do not make the
+        analysis incomplete: the reason names what would have them judged."""
+        return {}
 
     def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:
         """For a rule that reads a real forward: the layers whose outputs (and first inputs) it
