@@ -254,6 +254,15 @@ class AnalysedModel:
         self.prefetch(names)
         return {n: t for n in names if (t := self._real_outputs.get(n)) is not None}
 
+    def no_forward(self) -> str | None:
+        """Why no real forward can be run on this model (no example inputs; parameters on the
+        meta device hold no values), or None when ``real_outputs`` can measure."""
+        if not self.inputs_known:
+            return "no example inputs"
+        if self._on_meta():
+            return "no forward with values on the meta device"
+        return None
+
     def _on_meta(self) -> bool:
         return any(p.device.type == "meta" for p in self.model.parameters())
 
