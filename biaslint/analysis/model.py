@@ -203,6 +203,9 @@ class AnalysedModel:
         # rules that read it judge nothing, and the engine says so.
         self.forward_failure: str | None = None
         self._real_inputs: dict[str, torch.Tensor | None] = {}
+        # Per call of a module in the real forward, in call order: (rms of its first input,
+        # rms of its output); a few floats, so every hooked module records them.
+        self._real_scales: dict[str, list[tuple[float, float]]] = {}
         self._orders: dict[int, tuple[fx.Graph, dict[fx.Node, int], list[fx.Node]]] = {}
         # Claims a rule's analysis made that its measurement overruled, by rule code.
         self.disagreements: dict[str, list[Disagreement]] = {}
@@ -272,8 +275,9 @@ class AnalysedModel:
                    for use in self.graph_nodes())
 
     def prefetch(self, names: Iterable[str], attention: bool = False) -> None:
-        """Run the one real ``no_grad`` forward that answers ``real_outputs(names)`` (and, with
-        ``attention``, the ``attention`` measure) for every rule at once.
+        """Run the one real ``no_grad`` forward that answers ``real_outputs(names)`` and
+        ``real_scales(names)`` (and, with ``attention``, the ``attention`` measure) for every
+        rule at once.
 
         Rules that read a real forward would each run one; the engine asks them up front what
         they will read and calls this once. Values are the same as separate forwards would give:
@@ -295,17 +299,28 @@ class AnalysedModel:
             attention = False
         if not wanted and not attention:
             return
+        self._forward(wanted, attention)
+
+    def _forward(self, wanted: list[str], attention: bool) -> None:
+        """One real ``no_grad`` forward with hooks on ``wanted`` (and the attention measure)."""
+        inputs = self.target.inputs
+        assert inputs is not None
         seen: dict[str, torch.Tensor] = {}
         fed: dict[str, torch.Tensor] = {}
+        scales: dict[str, list[tuple[float, float]]] = {name: [] for name in wanted}
         hooks = []
         for name in wanted:
             def hook(_m: Any, args: Any, out: Any, _name: str = name) -> None:
+                first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+                if isinstance(out, torch.Tensor):
+                    # read now: an in-place op after the layer would rewrite it
+                    scales[_name].append((_rms(first), _rms(out)))
                 if isinstance(out, torch.Tensor) and _name not in seen:
                     # copies: an in-place activation after the layer (ReLU(inplace=True))
                     # would otherwise rewrite what was recorded
                     seen[_name] = out.detach().clone()
-                    if args and isinstance(args[0], torch.Tensor):
-                        fed[_name] = args[0].detach().clone()
+                    if first is not None:
+                        fed[_name] = first.detach().clone()
             hooks.append(self.model.get_submodule(name).register_forward_hook(hook))
         from biaslint.capture.preserve import preserved
 
@@ -321,6 +336,7 @@ class AnalysedModel:
                     self.model(*inputs.args, **inputs.kwargs)
         except Exception as exc:  # noqa: BLE001 - said by the engine: those rules judge nothing
             seen, fed, measured = {}, {}, []
+            scales = {}
             text = str(exc).splitlines()[0] if str(exc) else ""
             self.forward_failure = f"{type(exc).__name__}: {text}"
         finally:
@@ -329,8 +345,29 @@ class AnalysedModel:
         for name in wanted:
             self._real_outputs[name] = seen.get(name)
             self._real_inputs[name] = fed.get(name)
+            if name in scales:
+                self._real_scales[name] = scales[name]
         if attention:
             self.__dict__["attention"] = measured
+
+    def real_scales(self, names: Iterable[str]) -> dict[str, list[tuple[float, float]]]:
+        """Per call of each of these modules in the real forward, in call order: (rms of its
+        first positional input, rms of its tensor output), over all entries in float64 (NaN
+        for an input that is not a tensor). From the shared forward (``prefetch``); a module
+        called more than once whose outputs the capture recorded (first call only) gets a
+        forward of its own. Empty on the meta device, without inputs, or when it fails."""
+        names = list(dict.fromkeys(names))
+        if self._on_meta() or self.target.inputs is None:
+            return {}
+        self.prefetch(names)
+        for name in [n for n in names if n not in self._real_scales]:
+            out, fed = self._real_outputs.get(name), self._real_inputs.get(name)
+            if len(self.calls_of(name)) == 1 and out is not None:
+                self._real_scales[name] = [(_rms(fed), _rms(out))]  # its only call
+        missing = [n for n in names if n not in self._real_scales]
+        if missing and self.forward_failure is None:
+            self._forward(missing, attention=False)
+        return {n: list(self._real_scales[n]) for n in names if n in self._real_scales}
 
     @cached_property
     def attention(self) -> list:  # list[AttentionSoftmax]
@@ -496,6 +533,12 @@ class AnalysedModel:
 
     def _dropout_active(self, use: Use) -> bool:
         return dropout_active(use.node, self.module_of(use))
+
+
+def _rms(t: torch.Tensor | None) -> float:
+    if t is None or not t.is_floating_point():
+        return float("nan")
+    return float(t.detach().double().pow(2).mean().sqrt()) if t.numel() else 0.0
 
 
 def _is_softmax(node: fx.Node) -> bool:

@@ -153,8 +153,9 @@ class Chain:
 
 @dataclass(frozen=True)
 class ChainMeasure:
-    """A chain's scale measured on the example inputs, by the root mean square over all entries
-    of the first (and only) call of each layer in one real ``no_grad`` forward."""
+    """A chain's scale measured on the example inputs: the root mean square over all entries
+    of each layer's input and output, at the chain's own call of it, in one real ``no_grad``
+    forward."""
 
     growth: float  # rms(last layer's output) / rms(first layer's input)
     hidden_growth: float  # rms(last layer's input) / rms(first layer's input)
@@ -162,40 +163,46 @@ class ChainMeasure:
 
 
 def chain_layers_measurable(model: AnalysedModel, chain: Chain) -> str | None:
-    """Why the forward hooks cannot measure this chain, or None when they can. A hook on a
-    module sees its first call only: a layer the graph runs more than once could be measured
-    at another call than the chain's."""
+    """Why forward hooks cannot tell this chain's calls apart, or None when they can. A hook
+    sees every call of its module in the order they run; the graph records them in that order
+    too, so the k-th call node of a layer is its k-th call, provided all of them are in one
+    graph (the recorded forward)."""
     for call in chain.calls:
-        if len(model.calls_of(call.layer.name)) != 1:
-            return f"{call.layer.name or 'the model'} runs more than once in the forward"
+        calls = model.calls_of(call.layer.name)
+        if any(use.part is not call.use.part for use in calls):
+            return f"{call.layer.name or 'the model'} is called from more than one graph"
     return None
 
 
 def measure_chain(model: AnalysedModel, chain: Chain) -> ChainMeasure | str:
-    """The chain's growth measured on the example inputs (``AnalysedModel.real_outputs``: the
+    """The chain's growth measured on the example inputs (``AnalysedModel.real_scales``: the
     one shared forward, the model left as it was), or why it could not be measured."""
     why = model.no_forward() or chain_layers_measurable(model, chain)
     if why is not None:
         return why
     names = [c.layer.name for c in chain.calls]
-    outputs = model.real_outputs(names)
-    inputs = model.real_inputs(names)
+    scales = model.real_scales(names)
     if model.forward_failure is not None:
         return f"the real forward raised {model.forward_failure}"
-    missing = [n for n in names if n not in outputs or n not in inputs]
-    if missing:
-        return f"the forward hooks recorded no tensor input and output for {missing[0]}"
-    rms = {n: (_rms(inputs[n]), _rms(outputs[n])) for n in names}
-    base = rms[names[0]][0]
+    pairs: list[tuple[float, float]] = []
+    for call in chain.calls:
+        name = call.layer.name
+        calls = model.calls_of(name)
+        runs = scales.get(name, [])
+        if len(runs) != len(calls):
+            # A call the graph does not record (inside a module traced as one op) would shift
+            # every later call: no way to tell which run is the chain's.
+            return (f"{name or 'the model'} ran {len(runs)} time(s) in the forward while the "
+                    f"graph records {len(calls)} call(s)")
+        pairs.append(runs[calls.index(call.use)])
+    base = pairs[0][0]
     if not (base > 0 and math.isfinite(base)):
-        return "the chain's input is zero (or not finite) on the example inputs"
-    per_layer = tuple(out / inp if inp > 0 else math.inf for inp, out in rms.values())
-    return ChainMeasure(growth=rms[names[-1]][1] / base, hidden_growth=rms[names[-1]][0] / base,
+        return "the chain's input is zero (or not a finite float tensor) on the example inputs"
+    if not all(math.isfinite(x) for pair in pairs for x in pair):
+        return "a layer of the chain saw a non-finite scale on the example inputs"
+    per_layer = tuple(out / inp if inp > 0 else math.inf for inp, out in pairs)
+    return ChainMeasure(growth=pairs[-1][1] / base, hidden_growth=pairs[-1][0] / base,
                         per_layer=per_layer)
-
-
-def _rms(t: torch.Tensor) -> float:
-    return float(t.detach().double().pow(2).mean().sqrt()) if t.numel() else 0.0
 
 
 class ScaleModel:
