@@ -24,16 +24,18 @@ class FanInBlindInit(Rule):
     what_it_does = """\
 For every weight with a fan-in (`Linear`, `ConvNd`, `ConvTransposeNd`, RNN weights, `Bilinear`
 on its own) it computes the layer's gain `g = rms(W) * sqrt(fan_in)`: the factor by which the
-layer multiplies the scale (root mean square) of its input. It compares `g` with the gain that keeps the scale through
-whatever consumes the output (`nn.init.calculate_gain`): sqrt(2) before ReLU (He et al., 2015),
-5/3 before tanh, 1 before sigmoid, SELU (LeCun init, Klambauer et al., 2017) and identity;
+layer multiplies the scale (root mean square) of an input with uncorrelated entries. It
+compares `g` with the gain that keeps the scale through whatever consumes the output
+(`nn.init.calculate_gain`): sqrt(2) before ReLU (He et al., 2015), 5/3 before tanh, 1 before sigmoid, SELU (LeCun init, Klambauer et al., 2017) and identity;
 GELU, SiLU, ELU and Mish are treated like ReLU.
 
 * **Chains** (error): along a chain of layers joined only by activations, dropout, reshapes and
   scalar scaling, with no normalization, residual sum, pooling or concatenation in between, the
   rule predicts the scale (root mean square over all entries) of the activations layer by layer,
-  starting from unit-scale input: each layer multiplies the second moment by `g^2` and adds its
-  bias's mean square; each activation's exact effect on a Gaussian input is computed by
+  starting from unit-scale input into the chain's first layer: what the forward does before that
+  layer (`x / 255`, `(x - mean) / std` with fixed statistics) sets the input's scale, not the
+  init's growth. Each layer multiplies the second moment by `g^2` and adds its bias's mean
+  square; each activation's exact effect on a Gaussian input is computed by
   quadrature (1/2 of the second moment for ReLU, He et al., 2015). A chain whose output grows
   above `max_growth` (100x), or whose activations entering its last layer shrink below
   `min_growth` (1/100), is an **error**. The last layer's own output is left out of the vanishing
@@ -42,9 +44,24 @@ GELU, SiLU, ELU and Mish are treated like ReLU.
   (BatchNorm, LayerNorm, GroupNorm...) only changes how fast its layers learn: **info**, and only
   when it explodes. For explosion only, a chain also continues through max pooling of
   non-negative activations (after ReLU): the max of non-negative values is at least their root
-  mean square, so the growth predicted through the pooling is a lower bound.
+  mean square, so the growth predicted through the pooling is a lower bound. A chain that the
+  forward's own constants between its layers (`h / 1000`) push out of the band even at the gains
+  the fix writes is not blamed on the init, unless the init's share (the growth over that
+  growth) leaves the band by itself.
+* **Measured** (when the target has example inputs and real weights, i.e. not `--device meta`):
+  each chain claim is checked on the example inputs with forward hooks in the one real forward
+  the rules share (no gradients, the model left as it was): the rms of the last layer's output
+  (of its input, for vanishing) over the rms of the first layer's input, at the chain's own call
+  of each layer, and the same ratio layer by layer. The measurement decides: a claim whose
+  measured scale does not leave the band the same way is not reported, and is counted as a
+  disagreement between analysis and measurement (`rules.BL003.disagreements` in the json). The
+  message gives the measured growth and the prediction; without a forward it says the claim was
+  predicted, not measured, and why.
 * **Single layers** (warning): a layer whose gain is more than `max_gain_ratio` (10) times the
-  target multiplies the scale by that much on its own (saturating a tanh, blowing up logits).
+  target multiplies the scale of uncorrelated unit-scale inputs by that much on its own
+  (saturating a tanh, blowing up logits). This is a fact about the weight alone (for such
+  inputs the expected mean square of `Wx` is exactly `g^2`, whatever `W`), so it is not
+  measured.
   A single layer that is too *small* is not flagged alone: a rescaling by one layer is absorbed
   by the next bias, norm or optimizer step; it is the product over a chain that vanishes.
 * Embedding tables are never flagged: a lookup sums nothing, so N(0, 1) is standard.
@@ -91,10 +108,10 @@ The message gives the target std; or keep PyTorch's default init.
         "Radford et al., 2019, GPT-2 (residual projections scaled by 1/sqrt(N))",
     )
     options = (
-        Option("max_growth", 100.0, "Error when a chain's predicted activation scale grows above "
-                                    "this factor."),
-        Option("min_growth", 0.01, "Error when a chain's predicted activation scale shrinks "
-                                   "below this factor."),
+        Option("max_growth", 100.0, "Error when a chain's activation scale (measured on the "
+                                    "example inputs, else predicted) grows above this factor."),
+        Option("min_growth", 0.01, "Error when a chain's activation scale (measured on the "
+                                   "example inputs, else predicted) shrinks below this factor."),
         Option("max_gain_ratio", 10.0, "Warn when one layer's gain is this many times above "
                                        "the variance-preserving gain."),
     )
@@ -306,8 +323,9 @@ def build():
         message = (
             f"weight gain rms(W)*sqrt(fan_in) = {call.gain:.3g} (rms {call.rms:.3g}, fan_in "
             f"{call.fan_in}) is {call.ratio:.3g}x the {call.target:.3g} that keeps the scale "
-            f"through {call.activation or 'identity'}: the layer alone multiplies the activation "
-            f"scale by ~{_times(call.gain)}{_init_phrase(call.layer)}.{tail}")
+            f"through {call.activation or 'identity'}: on inputs with uncorrelated unit-scale "
+            f"entries the layer alone multiplies the activation scale by "
+            f"~{_times(call.gain)}{_init_phrase(call.layer)}.{tail}")
         return self.finding(call.layer, message, parameter="weight", severity=severity,
                             fix=_fix(call), data={"gain": call.gain, "ratio": call.ratio})
 
@@ -332,8 +350,8 @@ def build():
         message = (
             f"weight gain rms(W)*sqrt(in1*in2) = {gain:.3g} (fan_in {module.in1_features} x "
             f"{module.in2_features}) is {gain / target:.3g}x the {target:.3g} that keeps the "
-            f"scale through {activation or 'identity'}: from unit-scale inputs the layer alone "
-            f"outputs ~{_times(gain)} the scale{_init_phrase(layer)}.")
+            f"scale through {activation or 'identity'}: from uncorrelated unit-scale inputs the "
+            f"layer alone outputs ~{_times(gain)} the scale{_init_phrase(layer)}.")
         std = target / math.sqrt(fan_in)
         fix = Fix(title="Scale the bilinear weight by its fan-in (in1 * in2)",
                   code=f"nn.init.normal_({python_path(layer.name)}.weight, 0.0, {std:.3g})")
