@@ -44,7 +44,7 @@ def lint_model(write_target):
 
 
 def rms(t: torch.Tensor) -> float:
-    return float(t.double().pow(2).mean().sqrt())
+    return float(t.detach().double().pow(2).mean().sqrt())
 
 
 @torch.no_grad()
@@ -177,11 +177,11 @@ def test_dqn_with_std_1_fires_and_its_growth_is_measured(lint_model, normalize):
     assert finding.data["measured"] is True and "measured on the example inputs" in finding.message
     out, _ = chain_growth(model, CHAIN, *inputs)
     assert out > 100
-    assert finding.data["growth"] == pytest.approx(out, rel=1e-6)  # the growth it reports
+    assert finding.data["growth"] == pytest.approx(out, rel=1e-5)  # the growth it reports
     # The measured per-layer ratios are the ones the hooks here see.
     seen = scales(model, CHAIN, *inputs)
     assert finding.data["measured_per_layer"] == pytest.approx(
-        [seen[n][0][1] / seen[n][0][0] for n in CHAIN], rel=1e-6)
+        [seen[n][0][1] / seen[n][0][0] for n in CHAIN], rel=1e-5)
     # The prediction (zero-mean Gaussian input into the first layer) is of the same size; pixels
     # are all positive, which is why it is not closer (1.6x here).
     assert out / 3 <= finding.data["predicted_growth"] <= out * 3
@@ -232,7 +232,7 @@ def build():
     (info,) = chain_findings(result)
     assert info.severity == Severity.INFO and info.data["measured"] is True
     out, _ = chain_growth(loaded.model, ["0", "2"], *loaded.inputs.args)
-    assert out > 100 and info.data["growth"] == pytest.approx(out, rel=1e-6)
+    assert out > 100 and info.data["growth"] == pytest.approx(out, rel=1e-5)
 
 
 # -- the documented examples, measured ----------------------------------------------------------
@@ -244,7 +244,7 @@ def test_bad_example_is_measured_and_agrees(lint_model):
     (error,) = [f for f in result.findings if f.severity == Severity.ERROR]
     assert error.data["chain"] == ["0", "2", "4"] and error.data["measured"] is True
     out, _ = chain_growth(loaded.model, ["0", "2", "4"], *loaded.inputs.args)
-    assert out > 100 and error.data["growth"] == pytest.approx(out, rel=1e-6)
+    assert out > 100 and error.data["growth"] == pytest.approx(out, rel=1e-5)
     assert disagreements(result) == ()
 
 
@@ -375,7 +375,7 @@ def test_a_shared_head_is_measured_at_the_chains_own_call(lint_model):
                              calls=(0, 1, 1))
     first, _ = chain_growth(loaded.model, ["loud", "head1", "head2"], *loaded.inputs.args)
     assert first < 100  # the head's first call (the quiet level) would not have shown it
-    assert second > 100 and error.data["growth"] == pytest.approx(second, rel=1e-6)
+    assert second > 100 and error.data["growth"] == pytest.approx(second, rel=1e-5)
     assert disagreements(result) == ()
 
 
@@ -413,7 +413,40 @@ def test_torchvision_std_1_claims_are_measured_without_disagreement(lint_model, 
         assert finding.data["measured"] is True
         out, hidden = chain_growth(loaded.model, finding.data["chain"], *loaded.inputs.args)
         grows = "grows" in finding.message
-        assert finding.data["growth"] == pytest.approx(out if grows else hidden, rel=1e-6)
+        assert finding.data["growth"] == pytest.approx(out if grows else hidden, rel=1e-5)
         assert (out > 100) if grows else (hidden < 0.01)
     if name == "vgg11":  # norm-free conv stacks through max pooling: chains to measure
         assert chain_findings(result)
+
+
+FAILS_AFTER_CAPTURE = '''
+import torch
+import torch.nn as nn
+
+CALLS = [0]
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(256, 256), nn.Linear(256, 256), nn.Linear(256, 10)
+        for fc in (self.fc1, self.fc2, self.fc3):
+            nn.init.normal_(fc.weight)
+
+    def forward(self, x):
+        CALLS[0] += 1
+        if CALLS[0] > 1:  # the capture's forward works, the measuring one does not
+            raise RuntimeError("the second forward fails")
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+def build():
+    return Net(), torch.randn(64, 256)
+'''
+
+
+def test_a_failing_measurement_leaves_the_claim_derived_and_says_so(lint_model):
+    _, result = lint_model(FAILS_AFTER_CAPTURE)
+    (error,) = chain_findings(result)
+    assert error.data["measured"] is False
+    assert "not measured: the real forward raised RuntimeError" in error.message
+    assert any("BL003 check their claims on raised RuntimeError" in n for n in result.notes)
+    assert result.incomplete == () and disagreements(result) == ()

@@ -26,8 +26,9 @@ For every weight with a fan-in (`Linear`, `ConvNd`, `ConvTransposeNd`, RNN weigh
 on its own) it computes the layer's gain `g = rms(W) * sqrt(fan_in)`: the factor by which the
 layer multiplies the scale (root mean square) of an input with uncorrelated entries. It
 compares `g` with the gain that keeps the scale through whatever consumes the output
-(`nn.init.calculate_gain`): sqrt(2) before ReLU (He et al., 2015), 5/3 before tanh, 1 before sigmoid, SELU (LeCun init, Klambauer et al., 2017) and identity;
-GELU, SiLU, ELU and Mish are treated like ReLU.
+(`nn.init.calculate_gain`): sqrt(2) before ReLU (He et al., 2015), 5/3 before tanh, 1 before
+sigmoid, SELU (LeCun init, Klambauer et al., 2017) and identity; GELU, SiLU, ELU and Mish are
+treated like ReLU.
 
 * **Chains** (error): along a chain of layers joined only by activations, dropout, reshapes and
   scalar scaling, with no normalization, residual sum, pooling or concatenation in between, the
