@@ -450,3 +450,52 @@ def test_a_failing_measurement_leaves_the_claim_derived_and_says_so(lint_model):
     assert "not measured: the real forward raised RuntimeError" in error.message
     assert any("BL003 check their claims on raised RuntimeError" in n for n in result.notes)
     assert result.incomplete == () and disagreements(result) == ()
+
+
+SCALED_BETWEEN = '''
+import torch
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(256, 256), nn.Linear(256, 256), nn.Linear(256, 10)
+        for fc in (self.fc1, self.fc2, self.fc3):
+            INIT
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)) SCALE)))
+
+def build():
+    return Net()
+'''
+
+
+@pytest.mark.parametrize("init, scale, claimed", [
+    # He init, a constant between the layers shrinks the scale: not the init's, no claim (its
+    # fix would write the same gain).
+    ("nn.init.kaiming_normal_(fc.weight, nonlinearity='relu')", "/ 1000", False),
+    # std 1 and the same constant: the init's own share (16x per layer) leaves the band too.
+    ("nn.init.normal_(fc.weight)", "* 1000", True),
+])
+def test_a_constant_between_layers_is_blamed_on_the_init_only_for_its_share(
+        lint_model, init, scale, claimed):
+    source = SCALED_BETWEEN.replace("INIT", init).replace("SCALE", scale)
+    loaded, result = lint_model(source)
+    chains = chain_findings(result)
+    out, hidden = chain_growth(loaded.model, ["fc1", "fc2", "fc3"], torch.randn(512, 256))
+    model = loaded.model
+    gains = [rms(fc.weight) * math.sqrt(256) for fc in (model.fc1, model.fc2)]
+    if claimed:
+        (error,) = chains
+        assert "grows" in error.message and out > 100
+        # The init's share: the same layers without the constant grow past the band as well.
+        x = torch.randn(512, 256)
+        with torch.no_grad():
+            alone = model.fc3(torch.relu(model.fc2(torch.relu(model.fc1(x)))))
+        assert rms(alone) / rms(x) > 100
+    else:
+        assert chains == []
+        assert hidden < 0.01  # it does shrink: by the constant, with every gain at the target
+        assert gains == pytest.approx([math.sqrt(2)] * 2, rel=0.05)
