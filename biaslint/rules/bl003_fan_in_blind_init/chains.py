@@ -12,8 +12,8 @@ at the input of the chain's first layer: whatever the forward does before that l
 not its init, so it is not part of the growth. Between layers every op counts. A weight layer
 maps m to ``g^2 m + mean(b^2)`` with ``g = rms(W) * sqrt(fan_in)`` (a sum of fan_in independent
 products; exact in expectation for zero-mean weights independent of the input); an activation
-maps m to ``E[phi(sqrt(m) Z)^2]``, Z ~ N(0, 1), computed by Gauss-Hermite quadrature on the very op the graph runs (1/2 for ReLU).
-Could move to ``analysis.py`` if other rules need it.
+maps m to ``E[phi(sqrt(m) Z)^2]``, Z ~ N(0, 1), computed by Gauss-Hermite quadrature on the
+very op the graph runs (1/2 for ReLU). Could move to ``analysis.py`` if other rules need it.
 """
 
 from __future__ import annotations
