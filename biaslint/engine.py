@@ -96,7 +96,7 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
     start = time.perf_counter()
     with preserved_state(seed=None), user_code(config.target, "the forward"):
         captured = capture(loaded, fallback=False,
-                           values=any("forward" in rule.reads for rule in rules))
+                           values=any(rule.reads & _REAL_FORWARD for rule in rules))
     timings["capture"] = time.perf_counter() - start
     if captured.forward_error is not None:
         # A gate must not pass a model it could not run: inputs the forward rejects are the
@@ -133,9 +133,14 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
     failed_forward = analysed.forward_failure
     if failed_forward is not None:
         codes = ", ".join(r.code for r in rules if "forward" in r.reads)
-        incomplete.append(f"the real forward that {codes} read raised {failed_forward} (the "
-                          "capture ran, the forward on the real values did not): their layers "
-                          "were not judged")
+        if codes:
+            incomplete.append(f"the real forward that {codes} read raised {failed_forward} (the "
+                              "capture ran, the forward on the real values did not): their "
+                              "layers were not judged")
+        checked = ", ".join(r.code for r in rules if r.reads & {"measure", "output"})
+        if checked:
+            notes.append(f"the real forward that {checked} check their claims on raised "
+                         f"{failed_forward}: their claims are derived, not measured")
     for rule in rules:
         if "forward" in rule.reads and no_forward is not None:
             # It applies to nothing here, like BL005 without priors: said, not failed.
@@ -189,6 +194,12 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
     )
 
 
+# What a rule reads from the real forward on the example inputs: "forward", what it judges
+# with (the rule does not run without one); "measure", what it checks its derived claims on
+# (the rule runs without one, its claims then derived only); "output", the same, on what the
+# model returns. See ``Rule.reads``.
+_REAL_FORWARD = frozenset({"forward", "measure", "output"})
+
 # Why a layer's graph or values could not be read, by what the rules read.
 OUTSIDE_GRAPH = "outside any graph (graph rules cannot see it)"
 NON_FINITE = "holds NaN or Inf (value rules cannot read it)"
@@ -231,11 +242,7 @@ def _signal(analysed, notes: list[str]):  # type: ignore[no-untyped-def]
 
 def _no_forward(analysed) -> str | None:  # type: ignore[no-untyped-def]
     """Why the rules that measure a real forward (``reads`` "forward") cannot, or None."""
-    if not analysed.inputs_known:
-        return "no example inputs"
-    if any(p.device.type == "meta" for p in analysed.model.parameters()):
-        return "no forward with values on the meta device"
-    return None
+    return analysed.no_forward()
 
 
 def _causes(analysed, unjudged: set[tuple[str, str]]) -> list[str]:  # type: ignore[no-untyped-def]
@@ -280,7 +287,7 @@ def _prefetch(analysed, rules, config: TargetConfig, settings: Settings) -> None
     names: list[str] = []
     attention = returned = False
     for rule in rules:
-        if "forward" not in rule.reads and "output" not in rule.reads:
+        if not rule.reads & _REAL_FORWARD:
             continue
         try:
             layers, wants_attention = rule.forward_needs(analysed, _context(rule, config, settings))
