@@ -88,6 +88,9 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
     finally:
         if screen is not None:
             screen.release()
+    if measured:
+        for text in screen.notes:
+            model.note(rule.code, text)
     if located is not None:
         for reason, names in located.stops.items():
             model.note(rule.code, f"measured cancellations the graph walk did not prove "
@@ -100,6 +103,9 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
     elif screen is not None and not screen.ran:
         model.note(rule.code, f"biases not measured ({screen.error}): BL001's verdicts are "
                    "derived from the graph alone")
+    elif screen is None and verdicts:
+        model.note(rule.code, f"biases not measured ({model.no_forward() or 'no forward'}): "
+                   "BL001's verdicts are derived from the graph alone")
 
 
 def _derived(rule: "RedundantBias", model: AnalysedModel, layer: Layer, verdict: "Verdict",
