@@ -132,6 +132,10 @@ def run_one(job: Job) -> dict[str, Any]:
         "notes": " | ".join(notes)[:400], "error": "",
         # what the rules could not judge (exit 2 on the command line): a sweep must show it
         "incomplete": " | ".join(result.incomplete)[:400],
+        # claims a rule's analysis made that its measurement overruled (never reported)
+        "disagreements": " | ".join(f"{scope.code} {d.layer}: {d.claim} / {d.measured}"
+                                    for scope in result.rules
+                                    for d in scope.disagreements)[:400],
         "finding_details": [
             {"code": f.code, "module": f.module, "module_type": f.module_type,
              "parameter": f.parameter, "message": f.message, "severity": str(f.severity),
@@ -142,7 +146,8 @@ def run_one(job: Job) -> dict[str, Any]:
 
 COLUMNS = ["family", "model", "params_m", "build_s", "record_s", "capture_s", "analysis_s",
            "rules_s", "own_s", "own_over_build", "peak_rss_mb", "layers", "traced", "coverage",
-           "not_called", "findings", "untraced", "opaque", "notes", "error", "incomplete"]
+           "not_called", "findings", "untraced", "opaque", "notes", "error", "incomplete",
+           "disagreements"]
 
 
 def select_jobs(families: list[str], match: str | None, quick: bool) -> list[Job]:

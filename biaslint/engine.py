@@ -177,6 +177,7 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
     unjudged = {(layer, reason) for scope in scopes for layer, reason in scope.unjudged}
     incomplete[:0] = _causes(analysed, unjudged)
     timings["rules"] = time.perf_counter() - start
+    timings.update(analysed.timings)  # the part of "rules" the measurements took
     findings, frozen = _unfrozen(findings, loaded.model)
     if frozen:
         notes.append(f"{len(frozen)} finding(s) on frozen parameters (requires_grad=False) not "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
@@ -232,6 +233,8 @@ class AnalysedModel:
         # Claims a rule's analysis made that its measurement overruled, by rule code.
         self.disagreements: dict[str, list[Disagreement]] = {}
         self.rule_notes: list[str] = []
+        # Seconds spent in measurements the rules asked for (the bias screen), by name.
+        self.timings: dict[str, float] = {}
 
     def disagree(self, code: str, layer: str, claim: str, measured: str) -> None:
         """Record that rule ``code`` derived ``claim`` about ``layer`` and the measurement on
@@ -389,8 +392,10 @@ class AnalysedModel:
             not_called = set(self.capture.coverage.not_called)
             wanted = [n for n in names if n not in not_called]
             inputs = self.target.inputs
+            start = time.perf_counter()
             self.__dict__["_bias_screen"] = screen_biases(self.model, inputs.args,
                                                           inputs.kwargs, wanted)
+            self.timings["screen"] = time.perf_counter() - start
         return self.__dict__["_bias_screen"]
 
     def _run_forward(self) -> None:

@@ -44,7 +44,18 @@ directly by the forward). Code that a module handed over in eval mode runs (wher
 cancels nothing. A fused
 query/key/value bias (`nn.MultiheadAttention.in_proj_bias`, GPT-2's `c_attn`, timm's `qkv`)
 gets an **info** finding naming its key slice, since no constructor flag removes only that
-slice. The model is judged as it trains (`BatchNorm` in training mode). Without example inputs
+slice.
+
+With example inputs on real tensors the rule also *measures* (option `measure`, on by default):
+with the model in training mode, degenerate parameters re-drawn, it differentiates two random
+projections of the outputs; a bias element with a zero gradient whose unit's weight still gets
+one is shifted by large values of both signs, on the example batch and on a second one drawn
+like it, and is reported only when no output moves. So a cancellation written with ops the walk
+does not know (a norm built from `var()`, a fused projection laid out per head, a softmax behind
+an unfamiliar op) is found, the finding names where it was measured to happen and a note names
+the op that stopped the walk; and a derived claim the measurement does not bear out is not
+reported but counted (`disagreements` in the JSON). A bias whose layer's weight gets no gradient
+either (a dead path) is not a cancellation and is listed in a note. The model is judged as it trains (`BatchNorm` in training mode). Without example inputs
 only convolutions' outputs have a known rank, so `Linear` layers are judged only when input
 shapes are given.
 """
@@ -85,6 +96,12 @@ statistics are re-estimated, so the fix is safe for the model as built, not for 
         Option("report-partial", False,
                "Also report, at info level, biases whose mean (but not the rest) a "
                "normalization removes, e.g. Linear followed by LayerNorm over its features."),
+        Option("measure", True,
+               "With example inputs on real tensors, measure every bias with the bias screen "
+               "(a forward, a backward, and a few forwards to confirm): it finds cancellations "
+               "the graph walk does not know, and no derived claim is reported unmeasured. "
+               "Off, the walk's verdicts stand alone (cheaper on very large models; a note "
+               "says so)."),
     )
     bad_example = '''\
 import torch

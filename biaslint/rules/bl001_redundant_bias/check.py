@@ -34,7 +34,8 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
     read_elsewhere = _biases_read_elsewhere(model)
     screen = model.bias_screen(
         [layer.name for layer in model.layers.values() if has_checkable_bias(layer.module)
-         or isinstance(layer.module, nn.MultiheadAttention)])
+         or isinstance(layer.module, nn.MultiheadAttention)]) \
+        if context.option(rule, "measure") else None
     measured = screen is not None and screen.ran
     # The measured verdicts decide, where there are any; what the walk derived is then only
     # the explanation (and a claim the measurement does not bear out is counted, not reported).
@@ -97,15 +98,16 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
                        f"(it stopped at: {reason}): {_listed(names)}")
     if measured and dead:
         model.note(rule.code, f"{len(dead)} bias(es) get no gradient on the example inputs and "
-                   f"neither do their units' weights (a dead path: units off on these inputs, "
-                   f"an unused result, a softmax over one position), which is not a "
+                   f"neither do their layers' weights (a dead path: every unit off on these "
+                   f"inputs, an unused result, a softmax over one position), which is not a "
                    f"cancellation: {_listed(dead)}")
     elif screen is not None and not screen.ran:
         model.note(rule.code, f"biases not measured ({screen.error}): BL001's verdicts are "
                    "derived from the graph alone")
     elif screen is None and verdicts:
-        model.note(rule.code, f"biases not measured ({model.no_forward() or 'no forward'}): "
-                   "BL001's verdicts are derived from the graph alone")
+        why = model.no_forward() or "the option measure is off"
+        model.note(rule.code, f"biases not measured ({why}): BL001's verdicts are derived "
+                   "from the graph alone")
 
 
 def _derived(rule: "RedundantBias", model: AnalysedModel, layer: Layer, verdict: "Verdict",
@@ -279,7 +281,9 @@ def _runs_text(spans: tuple[tuple[int, int], ...], limit: int = 4) -> str:
 
 
 def _dead(layer: str, pname: str, measure: "BiasMeasure") -> list[str]:
-    if measure.dead and not measure.cancelled:
+    """The bias, when no element of it nor any unit's weight gets a gradient: a dead path.
+    (Single units off on the example inputs are BL007's, and too common to list.)"""
+    if measure.dead == ((0, measure.numel),):
         return [f"{layer}.{pname}" if layer else pname]
     return []
 
