@@ -121,6 +121,15 @@ class Screen:
         """Drop the reference to the model and inputs."""
         self.runner = None
 
+    def holds(self, layer: str, param: str, elements: Sequence[tuple[int, int]]) -> bool | None:
+        """Measure a claim the screen did not make itself (a cancellation the graph walk
+        derived): do large shifts of these elements, both signs, on both batches, leave every
+        output where it was? None when the screen's model is gone."""
+        if self.runner is None:
+            return None
+        with _screening(self.runner.model):
+            return _holds(self.runner, [(layer, param, a, b) for a, b in elements])
+
     def locate(self, layer: str, param: str, elements: Sequence[tuple[int, int]]) -> str | None:
         """Where a measured cancellation happens: the first module (in the order calls finish)
         outside the layer whose input moves with the bias and whose output does not; else the
@@ -252,6 +261,9 @@ class _Runner:
     forwards: int = 0
     baseline: list[torch.Tensor] = field(default_factory=list)  # the example batch's outputs
     budget_spent: bool = False  # the confirmation stopped at CONFIRMATION_BUDGET
+    # (args, kwargs, unperturbed outputs): the example batch and a second one drawn like it
+    batches: list[tuple[tuple[Any, ...], dict[str, Any], list[torch.Tensor]]] = \
+        field(default_factory=list)
 
     def outputs(self, args: tuple[Any, ...] | None = None,
                 kwargs: dict[str, Any] | None = None) -> list[torch.Tensor]:
@@ -478,54 +490,65 @@ def _gradients(run: _Runner, tensors: list[torch.Tensor]) -> list[dict[int, torc
     return found
 
 
+Piece = tuple[str, str, int, int]  # (layer, param, start, stop): a run of bias elements
+
+
+def _batches(run: _Runner) -> None:
+    """The example batch and a second one drawn like it, each with its unperturbed outputs."""
+    if run.batches:
+        return
+    run.batches.append((run.args, run.kwargs, run.baseline))
+    args2, kwargs2 = _redrawn((run.args, run.kwargs), torch.Generator().manual_seed(SEED + 2))
+    try:
+        run.batches.append((args2, kwargs2, run.outputs(args2, kwargs2)))
+    except Exception:  # noqa: BLE001 - a second batch the model rejects: the first decides
+        pass
+
+
+def _holds(run: _Runner, group: Sequence[Piece]) -> bool:
+    """Shift every element of ``group`` by a large random value (one sign on the example batch,
+    the other on the second): True when no output moves on either."""
+    _batches(run)
+    params = {(layer, pname): getattr(run.model.get_submodule(layer), pname)
+              for layer, pname, _, _ in group}
+    for sign, (args, kwargs, before) in zip((1.0, -1.0), run.batches):
+        shift = _shifts(group, params, sign)
+        kept = {key: params[key].detach().clone() for key in shift}
+        with torch.no_grad():
+            for key, delta in shift.items():
+                params[key].add_(delta)
+        try:
+            after = run.outputs(args, kwargs)
+        finally:
+            with torch.no_grad():  # copied back: x + d - d is not x in floating point
+                for key, value in kept.items():
+                    params[key].copy_(value)
+        if moved(before, after) > run.tolerance:
+            return False
+    return True
+
+
 def _confirm(run: _Runner, candidates: list[_Candidate]
              ) -> tuple[dict[tuple[str, str], torch.Tensor],
                         dict[tuple[str, str], torch.Tensor], bool]:
-    """Perturb the candidates' elements by large random shifts, all together, on the example
-    batch and on a second one; where the outputs move, split the group in halves (per layer,
-    then per run of elements) until each part holds or is refuted alone."""
+    """Perturb the candidates' elements all together; where the outputs move, split the group
+    in halves until each part holds or is refuted alone."""
     if not candidates:
         return {}, {}, False
-    second = _redrawn((run.args, run.kwargs), torch.Generator().manual_seed(SEED + 2))
-    batches: list[tuple[tuple[Any, ...], dict[str, Any], list[torch.Tensor]]] = [
-        (run.args, run.kwargs, run.baseline)]
-    try:
-        args2, kwargs2 = second
-        batches.append((args2, kwargs2, run.outputs(args2, kwargs2)))
-    except Exception:  # noqa: BLE001 - a second batch the model rejects: the first decides
-        pass
-    params = {(c.layer, c.param): getattr(run.model.get_submodule(c.layer), c.param)
-              for c in candidates}
     # The unit of confirmation: one run of elements of one bias.
     # Largest first: cancellations come as whole biases, thirds and per-head blocks, and what a
     # zero gradient proposes by chance comes as single elements, which then split off together.
     pieces = sorted(((c.layer, c.param, a, b) for c in candidates for a, b in runs(c.elements)),
                     key=lambda piece: piece[2] - piece[3])
+    sizes = {(c.layer, c.param): int(c.elements.numel()) for c in candidates}
     confirmed: dict[tuple[str, str], torch.Tensor] = {}
     refuted: dict[tuple[str, str], torch.Tensor] = {}
 
-    def holds(group: list[tuple[str, str, int, int]]) -> bool:
-        for sign, (args, kwargs, before) in zip((1.0, -1.0), batches):
-            shift = _shifts(group, params, sign)
-            kept = {key: params[key].detach().clone() for key in shift}
-            with torch.no_grad():
-                for key, delta in shift.items():
-                    params[key].add_(delta)
-            try:
-                after = run.outputs(args, kwargs)
-            finally:
-                with torch.no_grad():  # copied back: x + d - d is not x in floating point
-                    for key, value in kept.items():
-                        params[key].copy_(value)
-            if moved(before, after) > run.tolerance:
-                return False
-        return True
-
-    def settle(group: list[tuple[str, str, int, int]], verdict: bool) -> None:
+    def settle(group: list[Piece], verdict: bool) -> None:
         into = confirmed if verdict else refuted
         for layer, pname, a, b in group:
             mask = into.setdefault((layer, pname),
-                                   torch.zeros(params[(layer, pname)].numel(), dtype=torch.bool))
+                                   torch.zeros(sizes[(layer, pname)], dtype=torch.bool))
             mask[a:b] = True
 
     pending = [pieces]
@@ -535,17 +558,17 @@ def _confirm(run: _Runner, candidates: list[_Candidate]
         if run.forwards - start >= CONFIRMATION_BUDGET:
             settle(group, False)  # not confirmed: never reported
             run.budget_spent = True
-        elif holds(group):
+        elif _holds(run, group):
             settle(group, True)
         elif len(group) == 1:
             settle(group, False)
         else:
             half = len(group) // 2
             pending.extend([group[half:], group[:half]])
-    return confirmed, refuted, len(batches) > 1
+    return confirmed, refuted, len(run.batches) > 1
 
 
-def _shifts(group: list[tuple[str, str, int, int]], params: dict[tuple[str, str], torch.Tensor],
+def _shifts(group: Sequence[Piece], params: dict[tuple[str, str], torch.Tensor],
             sign: float) -> dict[tuple[str, str], torch.Tensor]:
     generator = torch.Generator().manual_seed(SEED + 3)
     shifts: dict[tuple[str, str], torch.Tensor] = {}

@@ -198,13 +198,18 @@ def _measured(rule: "RedundantBias", model: AnalysedModel, layer: Layer, pname: 
     """The screen's measurement decides; the walk's derivation explains it where it can. A
     derived claim the measurement does not bear out is counted as a disagreement."""
     derived_span = _claimed_elements(derived)
-    if derived_span is not None:
+    if derived_span is not None and derived is not None:
         missing = [i for a, b in derived_span for i in range(a, b)
                    if not any(x <= i < y for x, y in measure.cancelled)]
+        # The gradient did not propose them (a gradient that is flat everywhere behind a
+        # LayerNorm over two features, say): the perturbation itself decides.
+        if missing and _screen_holds(located, layer.name, pname, derived_span):
+            yield _with_data(derived, measured=True)
+            return
         if missing:
-            model.disagree(rule.code, layer.name, derived.message if derived else "",
-                           f"measured: {len(missing)} of the {sum(b - a for a, b in derived_span)}"
-                           f" elements claimed move the outputs (or get a gradient)")
+            model.disagree(rule.code, layer.name, derived.message,
+                           f"measured: shifting the {sum(b - a for a, b in derived_span)} "
+                           "elements claimed moves the outputs")
     if not measure.cancelled:
         return
     proved = derived_span is not None and not [
@@ -252,6 +257,11 @@ def _measured_cause(model: AnalysedModel, layer: Layer, pname: str, measure: "Bi
     if located is not None and verdict is not None and not verdict.redundant and verdict.reason:
         located.stops.setdefault(verdict.reason, []).append(layer.name)
     return text
+
+
+def _screen_holds(located: "_Locations | None", layer: str, pname: str,
+                 spans: tuple[tuple[int, int], ...]) -> bool:
+    return bool(located is not None and located.screen.holds(layer, pname, spans))
 
 
 def _claimed_elements(finding: Finding | None) -> tuple[tuple[int, int], ...] | None:
