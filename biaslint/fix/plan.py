@@ -29,8 +29,8 @@ from biaslint.fix.edits import (
     BIAS_POSITION, call_at, call_with_bias_false, edit, enclosing_statement, parsed, span_of,
 )
 from biaslint.fix.reach import (
-    Step, bias_position, callee, called_name, forwards_bias, listed, names_class, not_owned,
-    reach, steps_of,
+    Step, bias_position, callee, called_name, forwards_bias, installed, listed, names_class,
+    not_owned, reach, steps_of,
 )
 
 
@@ -105,11 +105,22 @@ def _bias_false(finding: Finding, context: _Context) -> tuple[list[Edit], str, d
         return [], "the construction site is unknown", {}
     reasons: list[str] = []
     for level, step in enumerate(steps):
+        if installed(step.location.file):
+            reasons.append(f"it is built in an installed package ({_where(step.location)}), "
+                           "outside the project: fix it in your code")
+            break
         found = parsed(step.location.file)
         if found is None:
             reasons.append(f"the source of {step.location.file} was not found")
             break
         source, tree = found
+        if level > 0:
+            # bias=False given at this call must reach the constructor through every helper
+            # below it; a helper that does not pass it on blocks every call further out too.
+            blocked = _passes_bias_down(steps[:level])
+            if blocked is not None:
+                reasons.append(blocked)
+                break
         why = not_owned(step, tree)
         if why is not None:
             reasons.append(why)
@@ -126,10 +137,6 @@ def _bias_false(finding: Finding, context: _Context) -> tuple[list[Edit], str, d
             rewritten = call_with_bias_false(source, call, BIAS_POSITION.get(
                 finding.module_type))
         else:
-            blocked = _passes_bias_down(steps[:level])
-            if blocked is not None:
-                reasons.append(blocked)
-                break
             inner = steps[level - 1].scope
             assert inner is not None
             call = call_at(tree, step.location, called_name(inner))
@@ -157,8 +164,8 @@ def _bias_false(finding: Finding, context: _Context) -> tuple[list[Edit], str, d
             "title": f"Pass bias=False to {called_name(inner)}() at {_where(step.location)}, "
                      "which builds the layer (not inside it: it builds other layers too)",
             "code": rewritten[0]}
-    return [], "; ".join(reasons) + ": no edit there changes this layer alone; build it with " \
-        "bias=False by hand", {}
+    return [], _manual(reasons, "no edit there changes this layer alone; build it with "
+                                "bias=False by hand"), {}
 
 
 def _passes_bias_down(steps: list[Step]) -> str | None:
@@ -187,6 +194,14 @@ def _call_at_step(tree: ast.Module, step: Step) -> ast.Call | None:
 def parsed_tree(file: str) -> ast.Module:
     found = parsed(file)
     return found[1] if found is not None else ast.Module(body=[], type_ignores=[])
+
+
+def _manual(reasons: list[str], advice: str) -> str:
+    """Why there is no edit: why not where the layer is built, and why not at the last call
+    tried further out (the ones between say the same as the first)."""
+    shown = reasons[:1] + reasons[-1:] if len(reasons) > 1 else reasons
+    text = "; ".join(shown)
+    return text if text.endswith("fix it in your code") else f"{text}: {advice}"
 
 
 def _where(location: Location) -> str:
@@ -335,6 +350,10 @@ def _insert_after_construction(finding: Finding, context: _Context
         return [], "the construction site is unknown"
     reasons: list[str] = []
     for level, step in enumerate(steps):
+        if installed(step.location.file):
+            reasons.append(f"it is built in an installed package ({_where(step.location)}), "
+                           "outside the project: fix it in your code")
+            break
         found = parsed(step.location.file)
         if found is None:
             return [], "the construction's source was not found"
@@ -393,7 +412,7 @@ def _insert_after_construction(finding: Finding, context: _Context
             edits.append(edit(step.location.file, source, where, where,
                               "import biaslint.init\n"))
         return edits, ""
-    return [], "; ".join(reasons) + ": add the line by hand where only this layer is built"
+    return [], _manual(reasons, "add the line by hand where only this layer is built")
 
 
 def _same_insertion(other: Finding | None, target: ast.expr, code: str) -> bool:

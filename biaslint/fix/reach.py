@@ -225,6 +225,12 @@ def bias_position(tree: ast.Module, scope: BuildFrame) -> int | None:
     return positional.index("bias") if "bias" in positional else None
 
 
+def installed(file: str) -> bool:
+    """A file of an installed package: never the project's to edit, whatever calls it."""
+    parts = file.replace("\\", "/").split("/")
+    return "site-packages" in parts or "dist-packages" in parts
+
+
 def _short(qualname: str) -> str:
     return qualname.rsplit(".", 1)[-1]
 
@@ -238,5 +244,5 @@ def listed(names: list[str], limit: int = 3) -> str:
 
 
 __all__ = ["OWNED", "Step", "bias_position", "callee", "called_name", "enclosing_function",
-           "forwards_bias", "function_def", "listed", "names_class", "not_owned", "reach",
+           "forwards_bias", "function_def", "installed", "listed", "names_class", "not_owned", "reach",
            "same_place", "steps_of"]
