@@ -416,12 +416,12 @@ def _serve_edited(edited: dict[str, str]) -> None:
 
 def _keyed_build(config: TargetConfig) -> tuple[Any, Any, str | None]:
     """Build the target as the lint does (its fixed seed), with every init call of a
-    parameter or buffer drawn from its own generator (``_KeyedDraws``)."""
+    parameter or buffer drawn from its own generator (``KeyedDraws``)."""
     from biaslint.errors import BiaslintError
     from biaslint.load.build import load_target
     from biaslint.load.guard import preserved_state
 
-    with preserved_state(), _KeyedDraws():
+    with preserved_state(), KeyedDraws():
         try:
             loaded = load_target(config.target, config.input_shapes,
                                  device=getattr(config, "device", None))
@@ -430,7 +430,7 @@ def _keyed_build(config: TargetConfig) -> tuple[Any, Any, str | None]:
     return loaded.model, loaded.inputs, None
 
 
-class _KeyedDraws:
+class KeyedDraws:
     """While active: each ``nn.init`` function and in-place ``Tensor`` initializer that writes
     a registered parameter or buffer draws from a generator seeded by (the construction order
     of its module, its name there, how many times it was written before), and the global random
@@ -444,7 +444,7 @@ class _KeyedDraws:
         self.depth = 0
         self.saved: list[tuple[Any, str, Any]] = []
 
-    def __enter__(self) -> "_KeyedDraws":
+    def __enter__(self) -> "KeyedDraws":
         import torch
         import torch.nn as nn
 
@@ -683,4 +683,4 @@ def _names(names: list[str], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + more
 
 
-__all__ = ["Verification", "verify"]
+__all__ = ["KeyedDraws", "Verification", "verify"]

@@ -207,10 +207,45 @@ def forwards_bias(tree: ast.Module, step: Step, call: ast.Call) -> str | None:
                  for kw in call.keywords)
     if not handed or explicit:
         return f"{name}() does not pass its **{kwarg} on to the call that builds the layer"
-    uses = sum(1 for n in ast.walk(node) if isinstance(n, ast.Name) and n.id == kwarg)
-    if uses != 1:
+    mine = next(kw.value for kw in call.keywords if kw.arg is None
+                and isinstance(kw.value, ast.Name) and kw.value.id == kwarg)
+    others = [n for n in ast.walk(node) if isinstance(n, ast.Name) and n.id == kwarg
+              and n is not mine]
+    if any(not _exclusive(node, mine, other) for other in others):
         return f"{name}() uses its **{kwarg} elsewhere too: a bias there would reach other calls"
     return None
+
+
+def _exclusive(function: ast.AST, a: ast.AST, b: ast.AST) -> bool:
+    """``a`` and ``b`` never run in the same call of ``function``: they are in different
+    branches of one ``if``, or one is in an ``if`` body that always returns (or raises) and
+    the other after it (``conv_nd``'s ``if dims == 1: return nn.Conv1d(*args, **kwargs)``)."""
+    for node in ast.walk(function):
+        if isinstance(node, ast.If):
+            in_body = [_contains(node.body, x) for x in (a, b)]
+            in_else = [_contains(node.orelse, x) for x in (a, b)]
+            if (in_body[0] and in_else[1]) or (in_body[1] and in_else[0]):
+                return True
+        for block in _blocks(node):
+            for index, statement in enumerate(block):
+                if not (isinstance(statement, ast.If) and statement.body and
+                        isinstance(statement.body[-1], (ast.Return, ast.Raise))):
+                    continue
+                after = block[index + 1:]
+                for inside, outside in ((a, b), (b, a)):
+                    if _contains(statement.body, inside) and _contains(after, outside):
+                        return True
+    return False
+
+
+def _blocks(node: ast.AST) -> list[list[ast.stmt]]:
+    return [value for field in ("body", "orelse", "finalbody")
+            if isinstance(value := getattr(node, field, None), list)
+            and all(isinstance(v, ast.stmt) for v in value)]
+
+
+def _contains(statements: list[ast.stmt], target: ast.AST) -> bool:
+    return any(target is child for statement in statements for child in ast.walk(statement))
 
 
 def bias_position(tree: ast.Module, scope: BuildFrame) -> int | None:
