@@ -481,3 +481,31 @@ def test_every_rules_bad_example_is_fixed_only_where_it_is_wrong(tmp_path, code)
         now = measure(new.get_submodule(finding["module"]), name, new, inputs)
         assert now < was, (finding["code"], finding["module"], was, now)
     _only_these_changed(original, path, changed, removed)
+
+
+def test_an_init_fix_keeps_the_users_tensor_expression(tmp_path):
+    """BL007 names the bias by its model path (model.fc.bias); the edit writes the call on
+    the user's own expression, so the fixed file builds (the check on a copy refused it
+    when it did not)."""
+    path = tmp_path / "model.py"
+    path.write_text(HEADER + textwrap.dedent("""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 64)
+            nn.init.constant_(self.fc.bias, -3.0)  # every unit dead
+            self.out = nn.Linear(64, 4)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.fc(x)))
+
+
+    def build():
+        return Net(), torch.randn(64, 32)
+    """))
+    original = tmp_path / "original.py"
+    shutil.copy(path, original)
+    proc = _cli(tmp_path, "model.py:build", "--fix", "--unsafe-fixes")
+    assert "fixed 1, 0 remaining" in proc.stderr, proc.stderr
+    assert "nn.init.constant_(self.fc.bias, 0.01)  # every unit dead" in path.read_text()
+    _only_these_changed(original, path, changed={"fc.bias"}, removed=set())

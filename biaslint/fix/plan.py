@@ -264,11 +264,38 @@ def _replace_init(finding: Finding, param_inits: dict[str, InitCall],
     node = _init_call_node(tree, call)
     if node is None:
         return [], "the init call was not found in the source"
-    code = _spelled_for(_without_comment(fix.code), tree)
+    code = _spelled_for(_on_subject(_without_comment(fix.code), _subject(source, node, call)),
+                        tree)
     if code is None:
         return [], "the file does not import torch.nn as nn (or torch): edit it by hand"
     start, end = span_of(source, node)
     return [edit(call.location.file, source, start, end, code)], ""
+
+
+def _subject(source: str, node: ast.Call, call: InitCall) -> str | None:
+    """The tensor the user's init call writes, as the user wrote it: ``self.fc.bias`` in
+    ``nn.init.constant_(self.fc.bias, -3.0)``, ``layer.weight.data`` in
+    ``layer.weight.data.normal_()``."""
+    if call.name.startswith("Tensor.") and isinstance(node.func, ast.Attribute):
+        return ast.get_source_segment(source, node.func.value)
+    return ast.get_source_segment(source, node.args[0]) if node.args else None
+
+
+def _on_subject(code: str, subject: str | None) -> str:
+    """The fix's init call on the user's own tensor expression: the rule names the tensor by
+    its path in the model (``model.fc.bias``), which the user's code may not have as a name."""
+    try:
+        call = ast.parse(code, mode="eval").body
+    except SyntaxError:
+        return code
+    if subject is None or not isinstance(call, ast.Call) or not call.args:
+        return code
+    first = call.args[0]
+    lines = code.splitlines(keepends=True)
+    start = sum(len(t) for t in lines[:first.lineno - 1]) + first.col_offset
+    end = sum(len(t) for t in lines[:(first.end_lineno or first.lineno) - 1]) + \
+        (first.end_col_offset or 0)
+    return code[:start] + subject + code[end:]
 
 
 def _without_comment(code: str) -> str:

@@ -219,8 +219,15 @@ class BuildRecord:
     def chain_of(self, module: nn.Module) -> tuple[BuildFrame, ...]:
         if self.site_of(module) is None:
             return ()
-        return tuple(_build_frame(code, lasti, kind)
-                     for code, lasti, kind in self.module_chains.get(id(module), ()))
+        # A loop or a helper builds many layers through the same few calls: each made once.
+        made = self.__dict__.setdefault("_frames", {})
+        chain = []
+        for raw in self.module_chains.get(id(module), ()):
+            frame = made.get(raw)
+            if frame is None:
+                frame = made[raw] = _build_frame(*raw)
+            chain.append(frame)
+        return tuple(chain)
 
     def init_of(self, tensor: torch.Tensor) -> InitCall | None:
         """The last recorded write that covered this tensor's memory."""
