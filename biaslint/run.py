@@ -202,8 +202,8 @@ def _fix(results: list[Any], plan_: Plan, options: CheckOptions, output: str | N
         kept.skipped.extend((finding, f"the check on a copy failed: {why}")
                             for finding, why in verified.rejected)
         changes = kept
-        checked = f"{verified.builds} build{'s' if verified.builds != 1 else ''}, " \
-                  f"{verified.seconds:.1f} s"
+        checked = "; ".join([f"{verified.builds} build{'s' if verified.builds != 1 else ''}, "
+                             f"{verified.seconds:.1f} s", *verified.notes])
     if options.diff:
         click.echo(changes.diff(), nl=False)
         remaining = [f for r in results for f in r.findings

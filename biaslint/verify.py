@@ -71,6 +71,7 @@ class Verification:
     affected: set[int] = field(default_factory=set)  # targets importing a written file
     seconds: float = 0.0
     builds: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 def verify(plan: FixPlan, results: Sequence[TargetResult], configs: Sequence[TargetConfig],
@@ -91,6 +92,7 @@ def verify(plan: FixPlan, results: Sequence[TargetResult], configs: Sequence[Tar
         verification.results = checker.results_of(accepted)
         verification.affected = checker.affected(accepted) if accepted else set()
         verification.builds = checker.builds
+        verification.notes = sorted(checker.notes)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     verification.seconds = time.perf_counter() - start
@@ -160,6 +162,7 @@ class _Checker:
         # Targets whose reference build failed: whether they import an edited file is unknown,
         # so no fix can be shown to leave them alone.
         self.unbuilt: dict[int, str] = {}
+        self.notes: set[str] = set()  # what a check could not compare, said once
 
     # -- the search ------------------------------------------------------------------------------
 
@@ -246,6 +249,8 @@ class _Checker:
                     unit = units[unit_index]
                     blamed.setdefault(id(unit), (unit, text))
             per_target[index] = value["result"]
+            self.notes.update(f"{name}: {note}" if len(self.configs) > 1 else note
+                              for note in value.get("notes", ()))
         # A fix whose file no target imports cannot be checked: it is not written.
         unseen = [unit for unit in units if not any(
             set(references.get(fix.target, {}).get("files", ())) & set(copies)
@@ -342,6 +347,12 @@ def _edited_job(payload: dict[str, Any]) -> dict[str, Any]:
     reference = torch.load(payload["reference"], weights_only=False)
     problems.extend((None, text) for text in _compare(model, inputs, reference,
                                                        payload["changes"], payload["removes"]))
+    notes = []
+    if _on_meta(model):
+        notes.append("on the meta device, names and shapes only (no values to compare)")
+    elif reference["outputs"] is None:
+        notes.append("outputs not compared (" + (reference["error"] or "no example inputs")
+                     + ")")
     from biaslint.engine import lint
     from biaslint.errors import BiaslintError
 
@@ -354,7 +365,7 @@ def _edited_job(payload: dict[str, Any]) -> dict[str, Any]:
     for code, module, parameter, unit in payload["gone"]:
         if (code, module, parameter) in still:
             problems.append((unit, "the linted copy still reports it"))
-    return {"problems": problems, "result": result}
+    return {"problems": problems, "result": result, "notes": notes}
 
 
 def _read(path: str) -> str:
