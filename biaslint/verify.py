@@ -84,17 +84,21 @@ def verify(plan: FixPlan, results: Sequence[TargetResult], configs: Sequence[Tar
     if not fixes:
         return verification
     folder = tempfile.mkdtemp(prefix="biaslint-fix-")
+    checker = _Checker(results, configs, settings, root, unsafe, jobs, timeout, folder)
     try:
-        checker = _Checker(results, configs, settings, root, unsafe, jobs, timeout, folder)
         accepted = checker.search(_units(fixes))
         verification.accepted = [f.finding for unit in accepted for f in unit]
         verification.rejected = checker.rejected
         verification.results = checker.results_of(accepted)
         verification.affected = checker.affected(accepted) if accepted else set()
-        verification.builds = checker.builds
         verification.notes = sorted(checker.notes)
+    except Exception as exc:  # noqa: BLE001 - a check that cannot run writes nothing
+        verification.accepted = []
+        verification.rejected = [(fix.finding, f"the check could not run ({type(exc).__name__}: "
+                                               f"{exc})") for fix in fixes]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    verification.builds = checker.builds
     verification.seconds = time.perf_counter() - start
     return verification
 

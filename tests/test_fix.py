@@ -384,7 +384,8 @@ def test_a_branch_shared_by_lstm_and_gru_keeps_the_gru_building(tmp_path, varian
 
 def test_an_edit_that_changes_another_target_is_not_written(tmp_path):
     """A class shared by two targets: its conv's bias cancels in one (a BatchNorm follows), not
-    in the other. Linting both, the edit is built for both and refused."""
+    in the other. Linting both, the edit is built for both and refused; the other fix of the
+    run (in a file only the first target imports) is found good by bisection and written."""
     (tmp_path / "blocks.py").write_text(HEADER + textwrap.dedent("""
     class Block(nn.Module):
         def __init__(self, c, norm):
@@ -395,17 +396,20 @@ def test_an_edit_that_changes_another_target_is_not_written(tmp_path):
         def forward(self, x):
             return torch.relu(self.norm(self.conv(x)))
     """))
-    for name, norm in (("a", True), ("b", False)):
-        (tmp_path / f"{name}.py").write_text(
-            "import torch\nfrom blocks import Block\n\n\ndef build():\n"
-            f"    return Block(4, norm={norm}), torch.randn(2, 4, 6, 6)\n")
+    (tmp_path / "a.py").write_text(HEADER + "from blocks import Block\n\n\ndef build():\n"
+                                   "    model = nn.Sequential(Block(4, norm=True), "
+                                   "nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))\n"
+                                   "    return model, torch.randn(2, 4, 6, 6)\n")
+    (tmp_path / "b.py").write_text(HEADER + "from blocks import Block\n\n\ndef build():\n"
+                                   "    return Block(4, norm=False), torch.randn(2, 4, 6, 6)\n")
     before = (tmp_path / "blocks.py").read_text()
     alone = _cli(tmp_path, "a.py:build", "--diff")  # a alone cannot see b: the edit passes
     assert "+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)" in alone.stdout
     proc = _cli(tmp_path, "a.py:build", "b.py:build", "--fix")
     assert (tmp_path / "blocks.py").read_text() == before
-    assert "fixed 0, 1 remaining" in proc.stderr
-    assert "not fixed: BL001 conv: the check on a copy failed: b.py:build: it also removes " \
+    assert "nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4))" in (tmp_path / "a.py").read_text()
+    assert "fixed 1, 1 remaining" in proc.stderr, proc.stderr
+    assert "not fixed: BL001 0.conv: the check on a copy failed: b.py:build: it also removes " \
         "conv.bias" in proc.stderr, proc.stderr
 
 
