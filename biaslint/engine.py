@@ -96,7 +96,7 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
     start = time.perf_counter()
     with preserved_state(seed=None), user_code(config.target, "the forward"):
         captured = capture(loaded, fallback=False,
-                           values=any("forward" in rule.reads for rule in rules))
+                           values=any(rule.reads & _REAL_FORWARD for rule in rules))
     timings["capture"] = time.perf_counter() - start
     if captured.forward_error is not None:
         # A gate must not pass a model it could not run: inputs the forward rejects are the
@@ -133,9 +133,14 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
     failed_forward = analysed.forward_failure
     if failed_forward is not None:
         codes = ", ".join(r.code for r in rules if "forward" in r.reads)
-        incomplete.append(f"the real forward that {codes} read raised {failed_forward} (the "
-                          "capture ran, the forward on the real values did not): their layers "
-                          "were not judged")
+        if codes:
+            incomplete.append(f"the real forward that {codes} read raised {failed_forward} (the "
+                              "capture ran, the forward on the real values did not): their "
+                              "layers were not judged")
+        checked = ", ".join(r.code for r in rules if r.reads & {"measure", "output"})
+        if checked:
+            notes.append(f"the real forward that {checked} check their claims on raised "
+                         f"{failed_forward}: their claims are derived, not measured")
     for rule in rules:
         if "forward" in rule.reads and no_forward is not None:
             # It applies to nothing here, like BL005 without priors: said, not failed.
@@ -162,10 +167,13 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
         if rule.reads:
             unread = f"the real forward raised {failed_forward}" \
                 if failed_forward is not None and "forward" in rule.reads else None
-            scopes.append(_judged(rule, analysed, context, blocked, crashed, unread))
+            scope = _judged(rule, analysed, context, blocked, crashed, unread)
+            scopes.append(scope)
+            notes.extend(_declined_notes(rule, scope))
     if failed_forward is None and analysed.forward_failure is not None:  # a rule's own forward
         incomplete.append(f"the real forward a rule read raised {analysed.forward_failure}: "
                           "what it would have measured was not judged")
+    notes.extend(analysed.rule_notes)
     unjudged = {(layer, reason) for scope in scopes for layer, reason in scope.unjudged}
     incomplete[:0] = _causes(analysed, unjudged)
     timings["rules"] = time.perf_counter() - start
@@ -185,6 +193,12 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
         signal=signal,
     )
 
+
+# What a rule reads from the real forward on the example inputs: "forward", what it judges
+# with (the rule does not run without one); "measure", what it checks its derived claims on
+# (the rule runs without one, its claims then derived only); "output", the same, on what the
+# model returns. See ``Rule.reads``.
+_REAL_FORWARD = frozenset({"forward", "measure", "output"})
 
 # Why a layer's graph or values could not be read, by what the rules read.
 OUTSIDE_GRAPH = "outside any graph (graph rules cannot see it)"
@@ -228,11 +242,7 @@ def _signal(analysed, notes: list[str]):  # type: ignore[no-untyped-def]
 
 def _no_forward(analysed) -> str | None:  # type: ignore[no-untyped-def]
     """Why the rules that measure a real forward (``reads`` "forward") cannot, or None."""
-    if not analysed.inputs_known:
-        return "no example inputs"
-    if any(p.device.type == "meta" for p in analysed.model.parameters()):
-        return "no forward with values on the meta device"
-    return None
+    return analysed.no_forward()
 
 
 def _causes(analysed, unjudged: set[tuple[str, str]]) -> list[str]:  # type: ignore[no-untyped-def]
@@ -275,9 +285,9 @@ def _prefetch(analysed, rules, config: TargetConfig, settings: Settings) -> None
     """One real forward for every rule that reads one, instead of one per rule: each rule says
     which layers' outputs it will read (and whether it reads the attention measure)."""
     names: list[str] = []
-    attention = False
+    attention = returned = False
     for rule in rules:
-        if "forward" not in rule.reads:
+        if not rule.reads & _REAL_FORWARD:
             continue
         try:
             layers, wants_attention = rule.forward_needs(analysed, _context(rule, config, settings))
@@ -285,11 +295,13 @@ def _prefetch(analysed, rules, config: TargetConfig, settings: Settings) -> None
             continue
         names.extend(layers)
         attention = attention or wants_attention
+        # a rule that checks its claims on what the model returns reads the return value
+        returned = returned or bool(layers and "output" in rule.reads)
     if names or attention:
         from biaslint.load.guard import user_code
 
         with user_code(config.target, "the forward"):
-            analysed.prefetch(names, attention=attention)
+            analysed.prefetch(names, attention=attention, returned=returned)
 
 
 def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type: ignore[no-untyped-def]
@@ -303,6 +315,13 @@ def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type
         return RuleScope(rule.code, 0, (("<all>", f"the rule's scope failed: "
                                           f"{type(exc).__name__}: {exc}"),))
     not_called = set(analysed.capture.coverage.not_called) if "graph" in rule.reads else set()
+    declined: dict[str, str] = {}
+    if crashed is None and unread is None:
+        try:
+            declined = rule.declined(analysed, context)
+        except Exception as exc:  # noqa: BLE001 - as a failing scope
+            return RuleScope(rule.code, 0, (("<all>", f"the rule's scope failed: "
+                                              f"{type(exc).__name__}: {exc}"),))
     judged = 0
     unjudged: list[tuple[str, str]] = []
     for layer in layers:
@@ -314,6 +333,9 @@ def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type
         if unread is not None:  # what it reads could not be measured
             unjudged.append((layer.name, unread))
             continue
+        if layer.name in declined:  # the rule says why it did not judge this one
+            unjudged.append((layer.name, f"{DECLINED}{declined[layer.name]}"))
+            continue
         reasons = [reason for need, reason in blocked.get(layer.name, {}).items()
                    if need in rule.reads]
         if reasons:
@@ -322,6 +344,22 @@ def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type
             judged += 1
     return RuleScope(rule.code, judged, tuple(unjudged),
                      tuple(analysed.disagreements.get(rule.code, ())))
+
+
+# Marks a reason the rule gave (``Rule.declined``): said in a note, not an incomplete analysis.
+DECLINED = "declined: "
+
+
+def _declined_notes(rule, scope: RuleScope) -> list[str]:  # type: ignore[no-untyped-def]
+    """The layers a rule declined to judge, one note per rule: the text report shows the
+    reasons there (the json has them in the rule's record)."""
+    declined = [(layer, why[len(DECLINED):]) for layer, why in scope.unjudged
+                if why.startswith(DECLINED)]
+    if not declined:
+        return []
+    listed = "; ".join(f"{layer or '<root>'}: {why}" for layer, why in declined[:5])
+    more = f"; and {len(declined) - 5} more" if len(declined) > 5 else ""
+    return [f"{rule.code} ({rule.name}) did not judge {len(declined)} layer(s): {listed}{more}"]
 
 
 def _unfrozen(findings: list[Finding], model) -> tuple[list[Finding], list[str]]:  # type: ignore[no-untyped-def]

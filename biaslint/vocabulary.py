@@ -113,3 +113,43 @@ def is_size_query(node: fx.Node) -> bool:
         return node.target in SIZE_METHODS
     return node.op == "call_function" and node.target is getattr and len(node.args) > 1 \
         and node.args[1] in SIZE_ATTRIBUTES
+
+
+# -- products: ops that contract a tensor with a weight matrix -------------------------------------
+# Logits computed from an embedding table are one of these with the table as an operand
+# (``x @ emb.weight.T``, ``F.linear(x, emb.weight)``, ``torch.einsum("btd,vd->btv", x, W)``). By
+# name, because the same op reaches a ``TorchFunctionMode`` as a method or a function and fx
+# records it as ``operator.matmul``, ``torch.matmul`` or the method ``"matmul"``.
+PRODUCT_NAMES = frozenset({"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "linear",
+                           "einsum", "tensordot", "inner"})
+# What a table goes through on its way into a product without its values changing: transposes,
+# views, copies, dtype casts, slices (``W.T``, ``W.t()``, ``W.transpose(0, 1).contiguous()``,
+# ``W.to(x.dtype)``, ``W[:vocab]``). ``__get__`` is how a ``TorchFunctionMode`` sees the
+# ``.T``/``.mT``/``.H``/``.data`` properties.
+TABLE_VIEW_NAMES = frozenset({"t", "T", "mT", "H", "mH", "data", "__get__", "transpose",
+                              "permute", "swapaxes", "movedim", "view", "view_as", "reshape",
+                              "reshape_as", "contiguous", "to", "float", "half", "bfloat16",
+                              "double", "type", "type_as", "detach", "clone", "squeeze",
+                              "unsqueeze", "flatten", "__getitem__", "getitem"})
+
+
+def op_name(node: fx.Node) -> str:
+    """The name of the op a call node runs, as ``PRODUCT_NAMES`` and ``TABLE_VIEW_NAMES`` spell
+    it: ``x @ w`` and ``torch.matmul(x, w)`` are "matmul", ``w.T`` is "T"."""
+    if node.op == "call_method":
+        return str(node.target)
+    if node.op != "call_function":
+        return ""
+    if node.target is getattr and len(node.args) > 1 and isinstance(node.args[1], str):
+        return node.args[1]
+    return getattr(node.target, "__name__", "")
+
+
+# -- initializers ---------------------------------------------------------------------------------
+# The in-place writes (``torch.nn.init`` functions and ``Tensor`` methods, as the build records
+# them) that draw values at random. A parameter last written by one of these holds noise; one
+# written otherwise (``copy_``, ``fill_``, an assignment) holds values someone chose.
+RANDOM_INITS = frozenset({"uniform_", "normal_", "trunc_normal_", "xavier_uniform_",
+                          "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
+                          "sparse_", "exponential_", "log_normal_", "cauchy_", "geometric_",
+                          "random_", "bernoulli_"})

@@ -186,20 +186,44 @@ def test_the_suggested_fix_brings_the_loss_near_chance(name, write_target):
 
 
 def test_with_priors_only_the_spread_counts(write_target):
-    """A large constant bias is BL005's; BL009 measures what the logits' spread adds."""
-    biased = "Classifier()"
-    source = _source(biased, "x()") + (
+    """A large bias is BL005's when priors are given; BL009 measures what the logits' spread
+    adds. Without priors, a bias someone wrote states the priors (it is quiet too), while the
+    same skew drawn at random is BL009's, judged against uniform labels."""
+    source = _source("Classifier()", "x()") + (
         "\n\ndef build_biased():\n    model = Classifier()\n"
         "    nn.init.constant_(model.head.bias, 0.0)\n"
         "    with torch.no_grad():\n        model.head.bias[0] = 8.0\n"
+        "    return model, x()\n"
+        "\n\ndef build_drawn():\n    model = Classifier()\n"
+        "    nn.init.normal_(model.head.bias, std=4.0)\n"
         "    return model, x()\n")
     target = write_target(source, attr="build_biased")
     priors = tuple([0.1] * 10)
     assert _lint(target, class_priors=priors)[0].findings == ()
-    assert len(_lint(target)[0].findings) == 1  # without priors the whole excess is BL009's
+    result, loaded = _lint(target)
+    assert result.findings == ()  # the bias it was given is the labels it is judged against
+    logits = _head_logits(loaded, "head")
+    assert _monte_carlo_excess(logits, "softmax") > 3  # uniform labels would have fired
+    drawn = write_target(source, attr="build_drawn")
+    result, loaded = _lint(drawn)
+    [finding] = result.findings
+    assert finding.data["reference"] == "uniform" and "uniform labels" in finding.message
+    assert finding.data["excess"] == pytest.approx(
+        _monte_carlo_excess(_head_logits(loaded, "head"), "softmax"), rel=0.05)
     spread = write_target(_source("Classifier(std=1.0)", "x()"))
     [finding] = _lint(spread, class_priors=priors)[0].findings
     assert "spread" in finding.message
+
+
+def _head_logits(loaded, head: str) -> torch.Tensor:
+    model = loaded.model
+    outputs = {}
+    with torch.no_grad():
+        hook = model.get_submodule(head).register_forward_hook(
+            lambda m, a, out: outputs.setdefault("z", out))
+        model(*loaded.inputs.args)
+        hook.remove()
+    return outputs["z"]
 
 
 def test_not_run_on_meta_or_without_inputs_and_said(write_target, cli):

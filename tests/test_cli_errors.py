@@ -326,7 +326,8 @@ def test_a_model_on_the_meta_device_is_not_judged_by_the_value_rules(cli, write_
     assert result.exit_code == 2
     [entry] = json.loads(result.stdout)["results"]
     rules = entry["rules"]
-    assert rules["BL001"] == {"judged": 1, "total": 1, "unjudged": []}  # the graph is enough
+    assert rules["BL001"] == {"judged": 1, "total": 1, "unjudged": [],
+                              "disagreements": []}  # the graph is enough
     for code, layers in (("BL002", {"0", "3"}), ("BL004", {"3"})):
         assert rules[code]["judged"] == 0
         assert {u["layer"] for u in rules[code]["unjudged"]} == layers

@@ -7,9 +7,11 @@ and which graph nodes consume their outputs.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import torch
 import torch.fx as fx
@@ -20,7 +22,12 @@ from biaslint.capture.trace import Capture, GraphPart
 from biaslint.laws import Piece
 from biaslint.capture.shapes import shape_of
 from biaslint.findings import Disagreement, InitCall, Location
-from biaslint.vocabulary import SHAPE_FUNCTIONS, SHAPE_METHODS, SHAPE_MODULES, dropout_active
+from biaslint.vocabulary import (
+    RANDOM_INITS, SHAPE_FUNCTIONS, SHAPE_METHODS, SHAPE_MODULES, dropout_active,
+)
+
+if TYPE_CHECKING:
+    from biaslint.analysis.sensitivity import Screen
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,18 @@ class Layer:
     def init_of(self, pname: str) -> InitCall | None:
         return self.inits.get(pname)
 
+    def drawn(self, pname: str) -> bool:
+        """The parameter's last recorded write drew it at random (PyTorch's default init
+        included), so its values are noise. False when it was written otherwise (``copy_``,
+        ``fill_``, ``prior_bias_``) or by a write the build did not record (an assignment to
+        ``.data``, a ``Parameter`` made from chosen values): someone chose those values."""
+        call = self.inits.get(pname)
+        if call is None:
+            return False
+        if not call.by_user:
+            return True  # torch's reset_parameters() draws every default init
+        return call.name.rsplit(".", 1)[-1] in RANDOM_INITS
+
     def site_of(self, pname: str | None = None) -> Location | None:
         """Where to point a finding: the user's init call if there was one, else the layer."""
         if pname:
@@ -203,15 +222,26 @@ class AnalysedModel:
         # rules that read it judge nothing, and the engine says so.
         self.forward_failure: str | None = None
         self._real_inputs: dict[str, torch.Tensor | None] = {}
+        self._return: Any = None  # what the real forward returned (``real_return``)
+        self._returned_known = False
+        self._products: dict[str, list[Any]] = {}  # ``real_products``
+        # Per call of a module in the real forward, in call order: (rms of its first input,
+        # rms of its output); a few floats, so every hooked module records them.
+        self._real_scales: dict[str, list[tuple[float, float]]] = {}
         self._orders: dict[int, tuple[fx.Graph, dict[fx.Node, int], list[fx.Node]]] = {}
         # Claims a rule's analysis made that its measurement overruled, by rule code.
         self.disagreements: dict[str, list[Disagreement]] = {}
+        self.rule_notes: list[str] = []
 
     def disagree(self, code: str, layer: str, claim: str, measured: str) -> None:
         """Record that rule ``code`` derived ``claim`` about ``layer`` and the measurement on
         the example inputs did not show it. The rule does not report the claim; the engine
         counts it in the rule's scope (json, the zoo sweeps, the tests)."""
         self.disagreements.setdefault(code, []).append(Disagreement(layer, claim, measured))
+
+    def note(self, code: str, text: str) -> None:
+        """A line for the report's notes from rule ``code`` (rules never print)."""
+        self.rule_notes.append(f"{code}: {text}")
 
     # -- layers --------------------------------------------------------------------------------
     @cached_property
@@ -254,6 +284,15 @@ class AnalysedModel:
         self.prefetch(names)
         return {n: t for n in names if (t := self._real_outputs.get(n)) is not None}
 
+    def no_forward(self) -> str | None:
+        """Why no real forward can be run on this model (no example inputs; parameters on the
+        meta device hold no values), or None when ``real_outputs`` can measure."""
+        if not self.inputs_known:
+            return "no example inputs"
+        if self._on_meta():
+            return "no forward with values on the meta device"
+        return None
+
     def _on_meta(self) -> bool:
         return any(p.device.type == "meta" for p in self.model.parameters())
 
@@ -262,9 +301,12 @@ class AnalysedModel:
         return any(_is_softmax(use.node) or isinstance(self.module_of(use), nn.Softmax)
                    for use in self.graph_nodes())
 
-    def prefetch(self, names: Iterable[str], attention: bool = False) -> None:
-        """Run the one real ``no_grad`` forward that answers ``real_outputs(names)`` (and, with
-        ``attention``, the ``attention`` measure) for every rule at once.
+    def prefetch(self, names: Iterable[str], attention: bool = False,
+                 returned: bool = False) -> None:
+        """Run the one real ``no_grad`` forward that answers ``real_outputs(names)`` and
+        ``real_scales(names)`` (and, with ``attention``, the ``attention`` measure; with
+        ``returned``, ``real_return``) for every
+        rule at once.
 
         Rules that read a real forward would each run one; the engine asks them up front what
         they will read and calls this once. Values are the same as separate forwards would give:
@@ -284,34 +326,43 @@ class AnalysedModel:
         if attention and getattr(self.capture, "attention", None) is not None:
             self.__dict__["attention"] = list(self.capture.attention)  # measured while recorded
             attention = False
-        if not wanted and not attention:
+        returned = returned and not self._returned_known
+        if not wanted and not attention and not returned:
             return
+        self._forward(wanted, attention)
+
+    def _forward(self, wanted: list[str], attention: bool) -> None:
+        """One real ``no_grad`` forward with hooks on ``wanted`` (and the attention measure)."""
+        inputs = self.target.inputs
+        assert inputs is not None
         seen: dict[str, torch.Tensor] = {}
         fed: dict[str, torch.Tensor] = {}
+        scales: dict[str, list[tuple[float, float]]] = {name: [] for name in wanted}
         hooks = []
         for name in wanted:
             def hook(_m: Any, args: Any, out: Any, _name: str = name) -> None:
+                first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+                if isinstance(out, torch.Tensor):
+                    # read now: an in-place op after the layer would rewrite it
+                    scales[_name].append((_rms(first), _rms(out)))
                 if isinstance(out, torch.Tensor) and _name not in seen:
                     # copies: an in-place activation after the layer (ReLU(inplace=True))
                     # would otherwise rewrite what was recorded
                     seen[_name] = out.detach().clone()
-                    if args and isinstance(args[0], torch.Tensor):
-                        fed[_name] = args[0].detach().clone()
+                    if first is not None:
+                        fed[_name] = first.detach().clone()
             hooks.append(self.model.get_submodule(name).register_forward_hook(hook))
-        from biaslint.capture.preserve import preserved
+        from biaslint.analysis.attention import measuring
 
         measured: list = []
         try:
-            if attention:
-                from biaslint.analysis.attention import measure_attention
-
-                # state and RNG restored there, as below
-                measured = measure_attention(self.model, inputs.args, inputs.kwargs)
-            else:
-                with preserved(self.model), torch.no_grad(), torch.random.fork_rng(devices=[]):
-                    self.model(*inputs.args, **inputs.kwargs)
+            # state and RNG restored, as ``measure_attention`` does
+            with measuring(self.model) if attention else contextlib.nullcontext([]) as found:
+                self._run_forward()
+            measured = list(found)
         except Exception as exc:  # noqa: BLE001 - said by the engine: those rules judge nothing
             seen, fed, measured = {}, {}, []
+            scales = {}
             text = str(exc).splitlines()[0] if str(exc) else ""
             self.forward_failure = f"{type(exc).__name__}: {text}"
         finally:
@@ -320,8 +371,196 @@ class AnalysedModel:
         for name in wanted:
             self._real_outputs[name] = seen.get(name)
             self._real_inputs[name] = fed.get(name)
+            if name in scales:
+                self._real_scales[name] = scales[name]
         if attention:
             self.__dict__["attention"] = measured
+
+    def bias_screen(self, names: Iterable[str]) -> "Screen | None":
+        """The measured bias screen (``analysis.sensitivity``) over these layers' additive
+        biases, on a float copy of the model and the example inputs; None without inputs or on
+        the meta device (where there are no values to measure). Run once per model: the first
+        caller's layers are the ones measured."""
+        if self.target.inputs is None or self._on_meta():
+            return None
+        if "_bias_screen" not in self.__dict__:
+            from biaslint.analysis.sensitivity import screen_biases
+
+            not_called = set(self.capture.coverage.not_called)
+            wanted = [n for n in names if n not in not_called]
+            inputs = self.target.inputs
+            self.__dict__["_bias_screen"] = screen_biases(self.model, inputs.args,
+                                                          inputs.kwargs, wanted)
+        return self.__dict__["_bias_screen"]
+
+    def _run_forward(self) -> None:
+        """One real ``no_grad`` forward on the example inputs, the model and RNG restored after;
+        what it returns is kept for ``real_return``."""
+        from biaslint.capture.preserve import preserved
+
+        inputs = self.target.inputs
+        assert inputs is not None
+        with preserved(self.model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = self.model(*inputs.args, **inputs.kwargs)
+        self._return, self._returned_known = _copied(out), True
+
+    def real_return(self) -> Any:
+        """What the model's forward returned on the example inputs (tensors copied), from the
+        same kind of real forward as ``real_outputs``; None on the meta device, without inputs
+        or when the forward fails."""
+        if not self._returned_known and self.target.inputs is not None and not self._on_meta():
+            try:
+                self._run_forward()
+            except Exception as exc:  # noqa: BLE001 - said by the engine, as in prefetch
+                text = str(exc).splitlines()[0] if str(exc) else ""
+                self.forward_failure = f"{type(exc).__name__}: {text}"
+                self._returned_known = True
+        return self._return
+
+    def returned(self, use: Use) -> torch.Tensor | None:
+        """The tensor the forward returned where the graph's output holds ``use``'s value, as
+        is or through shape-only ops: the same value read at the model's output instead of
+        where it was computed. None when the output does not hold it or no forward ran."""
+        path = self._output_path(use)
+        if path is None:
+            return None
+        value = self.real_return()
+        for step in path:
+            try:
+                if isinstance(value, (tuple, list)) and isinstance(step, int):
+                    value = value[step]
+                elif isinstance(value, Mapping):
+                    value = value[step]
+                else:
+                    value = getattr(value, str(step))
+            except (IndexError, KeyError, AttributeError, TypeError):
+                return None
+        return value if isinstance(value, torch.Tensor) else None
+
+    def _output_path(self, use: Use) -> tuple[Any, ...] | None:
+        """Where the graph's output holds ``use`` (keys and indices into the return value)."""
+        output = next((n for n in reversed(use.part.gm.graph.nodes) if n.op == "output"), None)
+        if output is None or not output.args:
+            return None
+
+        def holds(node: fx.Node) -> bool:
+            current = node
+            while current is not use.node:  # walk back through shape-only ops to ``use``
+                inputs = current.all_input_nodes
+                if not inputs or not is_shape_only(Use(use.part, current)) or \
+                        self._dropout_active(Use(use.part, current)):
+                    return False
+                current = inputs[0]
+            return True
+
+        def search(value: Any, path: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            if isinstance(value, fx.Node):
+                return path if holds(value) else None
+            items = value.items() if isinstance(value, dict) else \
+                enumerate(value) if isinstance(value, (tuple, list)) else ()
+            for key, item in items:
+                found = search(item, path + (key,))
+                if found is not None:
+                    return found
+            return None
+
+        return search(output.args[0], ())
+
+    def table_products(self, qualified: str) -> list[Use]:
+        """The product nodes (``@``, matmul, ``F.linear``, einsum...) with an operand that reads
+        the parameter ``qualified`` (under any name it is registered under, through transposes,
+        views and casts), in every graph, in graph order."""
+        param = self._parameter(qualified)
+        if param is None:
+            return []
+        names = set(self._parameter_names.get(id(param), ()))
+        return [use for use, read in self._products_in_graphs if read & names]
+
+    @cached_property
+    def _products_in_graphs(self) -> list[tuple[Use, set[str]]]:
+        """Every product node, with the qualified names of the parameters its operands view."""
+        from biaslint.analysis.products import is_product, table_read, tensor_operands
+
+        found = []
+        for use in self.graph_nodes():
+            if not is_product(use.node):
+                continue
+            reads = {use.part.full_name(str(read.target)) for operand in tensor_operands(use.node)
+                     if (read := table_read(operand)) is not None}
+            if reads:
+                found.append((use, reads))
+        return found
+
+    def real_products(self, tables: Iterable[str]) -> dict[str, list[Any]]:
+        """Per parameter (qualified name): each product that takes it as an operand in one real
+        ``no_grad`` forward, in call order (``analysis.products.RealProduct``: the output and
+        the other operand). Built-in layers that own the parameter are not looked into: their
+        calls are not nodes of the graph either. Empty without inputs, on the meta device, or
+        when the forward fails (``forward_failure`` says why)."""
+        tables = list(tables)
+        wanted = [t for t in dict.fromkeys(tables) if t not in self._products]
+        if wanted and self.target.inputs is not None and not self._on_meta():
+            from biaslint.analysis.products import watch_products
+            from biaslint.capture.record import is_default_leaf
+
+            params = {t: p for t in wanted if (p := self._parameter(t)) is not None}
+            ids = {id(p) for p in params.values()}
+            owners = [m for m in self.model.modules() if is_default_leaf(m) and any(
+                id(p) in ids for p in m.parameters(recurse=False))]
+            found: dict[str, list[Any]] = {t: [] for t in params}
+            try:
+                with watch_products(params, owners) as found:
+                    self._run_forward()
+            except Exception as exc:  # noqa: BLE001 - said by the engine, as in prefetch
+                text = str(exc).splitlines()[0] if str(exc) else ""
+                self.forward_failure = f"{type(exc).__name__}: {text}"
+                found = {t: [] for t in params}
+            for t in wanted:
+                self._products[t] = found.get(t, [])
+        return {t: self._products.get(t, []) for t in tables}
+
+    def rerun(self, name: str, replaced: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """Module ``name``'s output on the input it got in the real forward, with its
+        parameters in ``replaced`` swapped for the given tensors (the module is not changed):
+        what an init would give, measured before anyone applies it. None when its input is
+        not known or the module takes more than one."""
+        fed = self.real_inputs([name]).get(name)
+        if fed is None:
+            return None
+        module = self.model.get_submodule(name)
+        try:
+            with torch.no_grad():
+                out = torch.func.functional_call(module, dict(replaced), (fed,))
+        except Exception:  # noqa: BLE001 - a layer that needs more than its first input
+            return None
+        return out if isinstance(out, torch.Tensor) else None
+
+    def _parameter(self, qualified: str) -> torch.Tensor | None:
+        owner, _, pname = qualified.rpartition(".")
+        try:
+            value = getattr(self.model.get_submodule(owner), pname, None)
+        except AttributeError:
+            return None
+        return value if isinstance(value, torch.Tensor) else None
+
+    def real_scales(self, names: Iterable[str]) -> dict[str, list[tuple[float, float]]]:
+        """Per call of each of these modules in the real forward, in call order: (rms of its
+        first positional input, rms of its tensor output), over all entries in float64 (NaN
+        for an input that is not a tensor). From the shared forward (``prefetch``); a module
+        called more than once whose outputs the capture recorded (first call only) gets a
+        forward of its own. Empty on the meta device, without inputs, or when it fails."""
+        names = list(dict.fromkeys(names))
+        if self._on_meta() or self.target.inputs is None:
+            return {}
+        self.prefetch(names)
+        for name in [n for n in names if n not in self._real_scales]:
+            out, fed = self._real_outputs.get(name), self._real_inputs.get(name)
+            if len(self.calls_of(name)) == 1 and out is not None:
+                self._real_scales[name] = [(_rms(fed), _rms(out))]  # its only call
+        missing = [n for n in names if n not in self._real_scales]
+        if missing and self.forward_failure is None:
+            self._forward(missing, attention=False)
+        return {n: list(self._real_scales[n]) for n in names if n in self._real_scales}
 
     @cached_property
     def attention(self) -> list:  # list[AttentionSoftmax]
@@ -489,9 +728,45 @@ class AnalysedModel:
         return dropout_active(use.node, self.module_of(use))
 
 
+def _rms(t: torch.Tensor | None) -> float:
+    """Root mean square over all entries; NaN for no float tensor. Each chunk of 2^16 entries
+    is reduced in float32 and the chunks summed in float64: 2e-8 relative over 1.3e7 entries
+    and 14 ms, where a float64 copy of the whole output takes 20x longer and one float32 sum
+    drifts by 3e-4 (both measured). A chunk whose squares overflow float32 is redone in
+    float64."""
+    if t is None or not t.is_floating_point():
+        return float("nan")
+    if not t.numel():
+        return 0.0
+    flat = t.detach().reshape(-1)
+    total = 0.0
+    for chunk in flat.split(1 << 16):
+        norm = float(torch.linalg.vector_norm(chunk, dtype=torch.float32))
+        if not math.isfinite(norm):
+            norm = float(torch.linalg.vector_norm(chunk.double()))
+        total += norm * norm
+    return math.sqrt(total / flat.numel())
+
+
 def _is_softmax(node: fx.Node) -> bool:
     import torch.nn.functional as F
 
     if node.op == "call_function":
         return node.target in (F.softmax, torch.softmax)
     return node.op == "call_method" and node.target == "softmax"
+
+
+def _copied(value: Any, depth: int = 0) -> Any:
+    """A return value with its tensors copied (the model's later runs cannot rewrite them);
+    containers rebuilt, other objects kept as they are."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if depth > 6:
+        return value
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_copied(v, depth + 1) for v in value)
+    if isinstance(value, list):
+        return [_copied(v, depth + 1) for v in value]
+    if type(value) is dict:
+        return {k: _copied(v, depth + 1) for k, v in value.items()}
+    return value

@@ -60,17 +60,30 @@ class Rule:
     # What the rule reads to judge a layer: "graph" (the captured forward) and "values" (the
     # parameter values at init). The engine records a layer in ``scope`` whose graph or values
     # it could not read as not judged, with the reason, and never as clean.
+    # "forward": it judges with a real forward on the example inputs, so without one (no
+    # inputs, the meta device) it does not run. "measure": it derives its claims without one,
+    # and checks them on a real forward when there is one (a claim the measurement does not
+    # show goes to ``AnalysedModel.disagree`` instead of the report); "output": the same, and
+    # what it checks them on is what the model returns. All three get the shared forward
+    # through ``forward_needs``.
     reads: ClassVar[frozenset[str]] = frozenset()
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         """The layers this rule applies to (the ones it must judge for a pass to be true)."""
         return []
 
+    def declined(self, model: "AnalysedModel", context: RuleContext) -> dict[str, str]:
+        """Layers of ``scope`` the rule does not judge, by name, with why (an output layer it
+        cannot tell is a classifier). The engine records them as not judged, with the reason,
+        and says so in a note; unlike a graph or values it could not read, they do not make the
+        analysis incomplete: the reason names what would have them judged."""
+        return {}
+
     def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:
-        """For a rule that reads a real forward: the layers whose outputs (and first inputs) it
-        will read, and whether it reads the attention measure. The engine runs one forward for
-        all rules; a layer left out here is still measured when asked for, in a forward of its
-        own."""
+        """For a rule that reads a real forward ("forward" or "measure"): the layers whose
+        outputs (and first inputs) it will read, and whether it reads the attention measure.
+        The engine runs one forward for all rules; a layer left out here is still measured when
+        asked for, in a forward of its own."""
         return [layer.name for layer in self.scope(model, context)], False
 
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:

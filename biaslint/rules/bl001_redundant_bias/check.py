@@ -16,7 +16,9 @@ from biaslint.rules.base import RuleContext
 from biaslint.rules.bl001_redundant_bias.propagation import analyse_bias
 
 if TYPE_CHECKING:
+    from biaslint.analysis.sensitivity import BiasMeasure, Screen
     from biaslint.rules.bl001_redundant_bias import RedundantBias
+    from biaslint.rules.bl001_redundant_bias.propagation import Verdict
 
 
 def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> Iterable[Finding]:
@@ -30,50 +32,262 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
         if site is not None:
             by_site.setdefault((site.file, site.line, site.col), []).append(name)
     read_elsewhere = _biases_read_elsewhere(model)
-    for layer in model.layers.values():
-        module = layer.module
-        if layer.name in read_elsewhere:
-            continue  # tied, aliased or read directly: it also acts outside this layer
-        if isinstance(module, nn.MultiheadAttention):
-            finding = _attention_key_slice(rule, model, layer)
-            if finding is not None:
-                yield finding
-            continue
-        verdict = verdicts.get(layer.name)
-        if verdict is None:
-            continue
-        count = int(module.bias.numel())  # type: ignore[union-attr]
-        if verdict.redundant and verdict.cancelled_by:
-            site = layer.site
-            siblings = by_site.get((site.file, site.line, site.col), []) if site else []
-            live_siblings = sum(1 for other in siblings
-                                if not (verdicts[other] and verdicts[other].redundant))
-            by = _join(verdict.cancelled_by)
-            yield rule.finding(
-                layer,
-                f"bias of {layer.type_name} '{layer.name}' is cancelled by {by}: its "
-                f"{count} parameters never change the output and never train",
-                parameter="bias", fix=_bias_false_fix(layer, live_siblings),
-                data={"verdict": "redundant", "cancelled_by": verdict.cancelled_by,
-                      "parameters": count},
-            )
-            continue
-        if verdict.redundant:
-            continue  # nothing cancels it: the output is never used (a dead layer)
-        fused = _fused_slice(rule, model, layer, count) if verdict.crossed else None
-        if fused is not None:
-            yield fused
-        elif report_partial:
-            constant = analyse_bias(model, layer.name, channel_varies=False)
-            if constant is not None and constant.redundant and constant.cancelled_by:
-                yield rule.finding(
-                    layer,
-                    f"only the mean of the bias of {layer.type_name} '{layer.name}' is "
-                    f"removed by {_join(constant.cancelled_by)}; the rest matters "
-                    f"({verdict.reason})",
-                    parameter="bias", severity=Severity.INFO,
-                    data={"verdict": "partial", "cancelled_by": constant.cancelled_by},
-                )
+    screen = model.bias_screen(
+        [layer.name for layer in model.layers.values() if has_checkable_bias(layer.module)
+         or isinstance(layer.module, nn.MultiheadAttention)])
+    measured = screen is not None and screen.ran
+    # The measured verdicts decide, where there are any; what the walk derived is then only
+    # the explanation (and a claim the measurement does not bear out is counted, not reported).
+    redundant = {name: bool(v and v.redundant) for name, v in verdicts.items()}
+    if measured:
+        for name in verdicts:
+            measure = screen.of(name)
+            if measure is not None and not measure.no_gradient:
+                redundant[name] = measure.whole
+    located = _Locations(screen) if measured else None
+    dead: list[str] = []
+    try:
+        for layer in model.layers.values():
+            if layer.name in read_elsewhere:
+                continue  # tied, aliased or read directly: it also acts outside this layer
+            module = layer.module
+            pname = "in_proj_bias" if isinstance(module, nn.MultiheadAttention) else "bias"
+            measure = screen.of(layer.name, pname) if measured else None
+            if measure is not None and measure.no_gradient:
+                measure = None  # not read where autograd sees it: the walk alone judges
+            if isinstance(module, nn.MultiheadAttention):
+                derived = _attention_key_slice(rule, model, layer)
+                if measure is None:
+                    if derived is not None:
+                        yield derived
+                else:
+                    yield from _measured(rule, model, layer, pname, measure, None, derived,
+                                         located, by_site, redundant)
+                    dead.extend(_dead(layer.name, pname, measure))
+                continue
+            verdict = verdicts.get(layer.name)
+            if verdict is None and measure is None:
+                continue
+            if measure is not None:
+                derived = None
+                if verdict is not None and verdict.redundant and verdict.cancelled_by:
+                    derived = _whole_finding(rule, layer, verdict.cancelled_by, by_site,
+                                             redundant)
+                elif verdict is not None and not verdict.redundant and verdict.crossed:
+                    derived = _fused_slice(rule, model, layer, int(module.bias.numel()))
+                yield from _measured(rule, model, layer, pname, measure, verdict, derived,
+                                     located, by_site, redundant)
+                dead.extend(_dead(layer.name, pname, measure))
+                if report_partial and not measure.cancelled and verdict is not None and \
+                        not verdict.redundant:
+                    yield from _partial(rule, model, layer, verdict)
+                continue
+            assert verdict is not None
+            yield from _derived(rule, model, layer, verdict, by_site, redundant,
+                                report_partial)
+    finally:
+        if screen is not None:
+            screen.release()
+    if measured:
+        for text in screen.notes:
+            model.note(rule.code, text)
+    if located is not None:
+        for reason, names in located.stops.items():
+            model.note(rule.code, f"measured cancellations the graph walk did not prove "
+                       f"(it stopped at: {reason}): {_listed(names)}")
+    if measured and dead:
+        model.note(rule.code, f"{len(dead)} bias(es) get no gradient on the example inputs and "
+                   f"neither do their units' weights (a dead path: units off on these inputs, "
+                   f"an unused result, a softmax over one position), which is not a "
+                   f"cancellation: {_listed(dead)}")
+    elif screen is not None and not screen.ran:
+        model.note(rule.code, f"biases not measured ({screen.error}): BL001's verdicts are "
+                   "derived from the graph alone")
+    elif screen is None and verdicts:
+        model.note(rule.code, f"biases not measured ({model.no_forward() or 'no forward'}): "
+                   "BL001's verdicts are derived from the graph alone")
+
+
+def _derived(rule: "RedundantBias", model: AnalysedModel, layer: Layer, verdict: "Verdict",
+             by_site: dict[tuple[str, int, int], list[str]], redundant: dict[str, bool],
+             report_partial: bool) -> Iterable[Finding]:
+    """The walk's verdict alone (no example inputs, the meta device, or a bias autograd does
+    not see)."""
+    count = int(layer.module.bias.numel())  # type: ignore[union-attr]
+    if verdict.redundant and verdict.cancelled_by:
+        yield _whole_finding(rule, layer, verdict.cancelled_by, by_site, redundant)
+        return
+    if verdict.redundant:
+        return  # nothing cancels it: the output is never used (a dead layer)
+    fused = _fused_slice(rule, model, layer, count) if verdict.crossed else None
+    if fused is not None:
+        yield fused
+    elif report_partial:
+        yield from _partial(rule, model, layer, verdict)
+
+
+def _partial(rule: "RedundantBias", model: AnalysedModel, layer: Layer, verdict: "Verdict"
+             ) -> Iterable[Finding]:
+    """With ``report-partial``: an info note where only the bias's mean is removed."""
+    constant = analyse_bias(model, layer.name, channel_varies=False)
+    if constant is not None and constant.redundant and constant.cancelled_by:
+        yield rule.finding(
+            layer,
+            f"only the mean of the bias of {layer.type_name} '{layer.name}' is "
+            f"removed by {_join(constant.cancelled_by)}; the rest matters "
+            f"({verdict.reason})",
+            parameter="bias", severity=Severity.INFO,
+            data={"verdict": "partial", "cancelled_by": constant.cancelled_by},
+        )
+
+
+def _whole_finding(rule: "RedundantBias", layer: Layer, cancelled_by: list[str],
+                   by_site: dict[tuple[str, int, int], list[str]],
+                   redundant: dict[str, bool], measured: bool = False) -> Finding:
+    count = int(layer.module.bias.numel())  # type: ignore[union-attr]
+    site = layer.site
+    siblings = by_site.get((site.file, site.line, site.col), []) if site else []
+    live_siblings = sum(1 for other in siblings if not redundant.get(other, False))
+    return rule.finding(
+        layer,
+        f"bias of {layer.type_name} '{layer.name}' is cancelled by {_join(cancelled_by)}: its "
+        f"{count} parameters never change the output and never train",
+        parameter="bias", fix=_bias_false_fix(layer, live_siblings),
+        data={"verdict": "redundant", "cancelled_by": cancelled_by, "parameters": count,
+              "measured": measured},
+    )
+
+
+class _Locations:
+    """Where measured cancellations happen, asked of the screen's copy a bounded number of
+    times per model (each answer is two forwards): the same layer type in the same kind of
+    parent is usually cancelled by the same op, and is told once."""
+
+    LIMIT = 8
+
+    def __init__(self, screen: "Screen") -> None:
+        self.screen = screen
+        self.asked = 0
+        self.known: dict[tuple[str, str], str | None] = {}
+        # Why the walk did not prove a measured cancellation, with the layers: the ops the
+        # transfer table should learn next.
+        self.stops: dict[str, list[str]] = {}
+
+    def of(self, model: AnalysedModel, layer: Layer, pname: str,
+           elements: tuple[tuple[int, int], ...]) -> str | None:
+        parent = layer.name.rpartition(".")[0]
+        kind = (layer.type_name, type(model.submodule(parent)).__name__ if parent else "",
+                layer.name.rpartition(".")[2])
+        key = (str(kind), str(elements))
+        if key in self.known:
+            return self.known[key]
+        if self.asked >= self.LIMIT:
+            return None
+        self.asked += 1
+        where = self.screen.locate(layer.name, pname, elements)
+        self.known[key] = where
+        return where
+
+
+def _measured(rule: "RedundantBias", model: AnalysedModel, layer: Layer, pname: str,
+              measure: "BiasMeasure", verdict: "Verdict | None", derived: Finding | None,
+              located: "_Locations | None", by_site: dict[tuple[str, int, int], list[str]],
+              redundant: dict[str, bool]) -> Iterable[Finding]:
+    """The screen's measurement decides; the walk's derivation explains it where it can. A
+    derived claim the measurement does not bear out is counted as a disagreement."""
+    derived_span = _claimed_elements(derived)
+    if derived_span is not None:
+        missing = [i for a, b in derived_span for i in range(a, b)
+                   if not any(x <= i < y for x, y in measure.cancelled)]
+        if missing:
+            model.disagree(rule.code, layer.name, derived.message if derived else "",
+                           f"measured: {len(missing)} of the {sum(b - a for a, b in derived_span)}"
+                           f" elements claimed move the outputs (or get a gradient)")
+    if not measure.cancelled:
+        return
+    proved = derived_span is not None and not [
+        r for r in measure.cancelled
+        if not any(a <= r[0] and r[1] <= b for a, b in derived_span)]
+    if measure.whole and pname == "bias":
+        if proved and derived is not None:
+            yield _with_data(derived, measured=True)
+            return
+        by = _measured_cause(model, layer, pname, measure, verdict, located)
+        yield _whole_finding(rule, layer, [by], by_site, redundant, measured=True)
+        return
+    count = measure.cancelled_count
+    if proved and derived is not None and derived.data.get("slice") and \
+            measure.cancelled == (tuple(derived.data["slice"]),):
+        yield _with_data(derived, measured=True, slices=[list(measure.cancelled[0])])
+        return
+    cause = [_measured_cause(model, layer, pname, measure, verdict, located)] if not proved \
+        else list(derived.data.get("cancelled_by", [])) if derived is not None else []
+    first = measure.cancelled[0]
+    shown = f"{pname}[{first[0]}:{first[1]}]" if len(measure.cancelled) == 1 else \
+        f"{count} elements of {pname} in {len(measure.cancelled)} runs " \
+        f"({_runs_text(measure.cancelled)})"
+    what = "key slice" if _attention(cause) else "slice"
+    if len(measure.cancelled) > 1:
+        what = "elements"
+    yield rule.finding(
+        layer,
+        f"{what} {shown} of {layer.type_name} '{layer.name}' "
+        f"{'is' if len(measure.cancelled) == 1 else 'are'} cancelled by {_join(cause)}: "
+        f"{count} parameters never train (no constructor flag removes only these)",
+        parameter=pname, severity=Severity.INFO,
+        data={"verdict": "redundant-slice", "slice": list(first),
+              "slices": [list(r) for r in measure.cancelled], "cancelled_by": cause,
+              "parameters": count, "measured": True},
+    )
+
+
+def _measured_cause(model: AnalysedModel, layer: Layer, pname: str, measure: "BiasMeasure",
+                    verdict: "Verdict | None", located: "_Locations | None") -> str:
+    """Name what cancels a measured cancellation the walk did not prove, and what stopped the
+    walk (so the transfer table can grow from real misses)."""
+    where = located.of(model, layer, pname, measure.cancelled) if located is not None else None
+    text = f"{where} (measured)" if where else "a later op (measured; not located)"
+    if located is not None and verdict is not None and not verdict.redundant and verdict.reason:
+        located.stops.setdefault(verdict.reason, []).append(layer.name)
+    return text
+
+
+def _claimed_elements(finding: Finding | None) -> tuple[tuple[int, int], ...] | None:
+    if finding is None:
+        return None
+    if finding.data.get("verdict") == "redundant":
+        return ((0, int(finding.data["parameters"])),)
+    if finding.data.get("verdict") == "redundant-slice":
+        a, b = finding.data["slice"]
+        return ((int(a), int(b)),)
+    return None
+
+
+def _with_data(finding: Finding, **extra: object) -> Finding:
+    from dataclasses import replace
+
+    return replace(finding, data={**finding.data, **extra})
+
+
+def _attention(cause: list[str]) -> bool:
+    return any("softmax" in c or "attention" in c.lower() for c in cause)
+
+
+def _runs_text(spans: tuple[tuple[int, int], ...], limit: int = 4) -> str:
+    text = ", ".join(f"{a}:{b}" for a, b in spans[:limit])
+    return text + (f" and {len(spans) - limit} more" if len(spans) > limit else "")
+
+
+def _dead(layer: str, pname: str, measure: "BiasMeasure") -> list[str]:
+    if measure.dead and not measure.cancelled:
+        return [f"{layer}.{pname}" if layer else pname]
+    return []
+
+
+def _listed(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
 
 def _fused_slice(rule: "RedundantBias", model: AnalysedModel, layer: Layer, count: int) -> Finding | None:
     """A fused projection (query/key/value in one Linear, GPT-2's ``c_attn``): follow each

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from biaslint.findings import Finding, Fix, Severity
 from biaslint.fix.phrases import init_call_subject, python_path, set_by, user_call
@@ -11,7 +11,9 @@ from biaslint.rules.base import Option, Rule, RuleContext
 
 if TYPE_CHECKING:
     from biaslint.analysis import AnalysedModel, Layer
-    from biaslint.rules.bl003_fan_in_blind_init.chains import Chain, LayerCall
+    from biaslint.rules.bl003_fan_in_blind_init.chains import (
+        Chain, ChainMeasure, LayerCall, ScaleModel,
+    )
 
 
 class FanInBlindInit(Rule):
@@ -22,16 +24,19 @@ class FanInBlindInit(Rule):
     what_it_does = """\
 For every weight with a fan-in (`Linear`, `ConvNd`, `ConvTransposeNd`, RNN weights, `Bilinear`
 on its own) it computes the layer's gain `g = rms(W) * sqrt(fan_in)`: the factor by which the
-layer multiplies the scale (root mean square) of its input. It compares `g` with the gain that keeps the scale through
-whatever consumes the output (`nn.init.calculate_gain`): sqrt(2) before ReLU (He et al., 2015),
-5/3 before tanh, 1 before sigmoid, SELU (LeCun init, Klambauer et al., 2017) and identity;
-GELU, SiLU, ELU and Mish are treated like ReLU.
+layer multiplies the scale (root mean square) of an input with uncorrelated entries. It
+compares `g` with the gain that keeps the scale through whatever consumes the output
+(`nn.init.calculate_gain`): sqrt(2) before ReLU (He et al., 2015), 5/3 before tanh, 1 before
+sigmoid, SELU (LeCun init, Klambauer et al., 2017) and identity; GELU, SiLU, ELU and Mish are
+treated like ReLU.
 
 * **Chains** (error): along a chain of layers joined only by activations, dropout, reshapes and
   scalar scaling, with no normalization, residual sum, pooling or concatenation in between, the
   rule predicts the scale (root mean square over all entries) of the activations layer by layer,
-  starting from unit-scale input: each layer multiplies the second moment by `g^2` and adds its
-  bias's mean square; each activation's exact effect on a Gaussian input is computed by
+  starting from unit-scale input into the chain's first layer: what the forward does before that
+  layer (`x / 255`, `(x - mean) / std` with fixed statistics) sets the input's scale, not the
+  init's growth. Each layer multiplies the second moment by `g^2` and adds its bias's mean
+  square; each activation's exact effect on a Gaussian input is computed by
   quadrature (1/2 of the second moment for ReLU, He et al., 2015). A chain whose output grows
   above `max_growth` (100x), or whose activations entering its last layer shrink below
   `min_growth` (1/100), is an **error**. The last layer's own output is left out of the vanishing
@@ -40,9 +45,24 @@ GELU, SiLU, ELU and Mish are treated like ReLU.
   (BatchNorm, LayerNorm, GroupNorm...) only changes how fast its layers learn: **info**, and only
   when it explodes. For explosion only, a chain also continues through max pooling of
   non-negative activations (after ReLU): the max of non-negative values is at least their root
-  mean square, so the growth predicted through the pooling is a lower bound.
+  mean square, so the growth predicted through the pooling is a lower bound. A chain that the
+  forward's own constants between its layers (`h / 1000`) push out of the band even at the gains
+  the fix writes is not blamed on the init, unless the init's share (the growth over that
+  growth) leaves the band by itself.
+* **Measured** (when the target has example inputs and real weights, i.e. not `--device meta`):
+  each chain claim is checked on the example inputs with forward hooks in the one real forward
+  the rules share (no gradients, the model left as it was): the rms of the last layer's output
+  (of its input, for vanishing) over the rms of the first layer's input, at the chain's own call
+  of each layer, and the same ratio layer by layer. The measurement decides: a claim whose
+  measured scale does not leave the band the same way is not reported, and is counted as a
+  disagreement between analysis and measurement (`rules.BL003.disagreements` in the json). The
+  message gives the measured growth and the prediction; without a forward it says the claim was
+  predicted, not measured, and why.
 * **Single layers** (warning): a layer whose gain is more than `max_gain_ratio` (10) times the
-  target multiplies the scale by that much on its own (saturating a tanh, blowing up logits).
+  target multiplies the scale of uncorrelated unit-scale inputs by that much on its own
+  (saturating a tanh, blowing up logits). This is a fact about the weight alone (for such
+  inputs the expected mean square of `Wx` is exactly `g^2`, whatever `W`), so it is not
+  measured.
   A single layer that is too *small* is not flagged alone: a rescaling by one layer is absorbed
   by the next bias, norm or optimizer step; it is the product over a chain that vanishes.
 * Embedding tables are never flagged: a lookup sums nothing, so N(0, 1) is standard.
@@ -89,10 +109,10 @@ The message gives the target std; or keep PyTorch's default init.
         "Radford et al., 2019, GPT-2 (residual projections scaled by 1/sqrt(N))",
     )
     options = (
-        Option("max_growth", 100.0, "Error when a chain's predicted activation scale grows above "
-                                    "this factor."),
-        Option("min_growth", 0.01, "Error when a chain's predicted activation scale shrinks "
-                                   "below this factor."),
+        Option("max_growth", 100.0, "Error when a chain's activation scale (measured on the "
+                                    "example inputs, else predicted) grows above this factor."),
+        Option("min_growth", 0.01, "Error when a chain's activation scale (measured on the "
+                                   "example inputs, else predicted) shrinks below this factor."),
         Option("max_gain_ratio", 10.0, "Warn when one layer's gain is this many times above "
                                        "the variance-preserving gain."),
     )
@@ -125,23 +145,36 @@ def build():
     return model
 '''
 
-    reads = frozenset({"graph", "values"})
+    # Growth claims are derived from the weights alone (so they stand on the meta device and
+    # without inputs) and checked on the real forward when there is one.
+    reads = frozenset({"graph", "values", "measure"})
+    _cached_scales: "tuple[AnalysedModel, ScaleModel] | None" = None
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         # Every layer with a weight matrix or kernel: the scale chains run through them.
         return [layer for layer in model.layers.values()
                 if any(p.dim() >= 2 for p in layer.parameters().values())]
 
-    def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
-        max_growth = float(context.option(self, "max_growth"))
-        min_growth = float(context.option(self, "min_growth"))
-        ratio_limit = float(context.option(self, "max_gain_ratio"))
-        from biaslint.rules.bl003_fan_in_blind_init.chains import ScaleModel
+    def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:
+        # Only the layers of the chains the analysis would claim: a model with no such chain
+        # (every healthy one) records nothing in the shared forward.
+        from biaslint.rules.bl003_fan_in_blind_init.chains import chain_layers_measurable
 
-        scales = ScaleModel(model)
+        names: list[str] = []
+        for chain, _ in self._claims(model, context):
+            if chain_layers_measurable(model, chain) is None:
+                names.extend(c.layer.name for c in chain.calls)
+        return list(dict.fromkeys(names)), False
+
+    def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
+        ratio_limit = float(context.option(self, "max_gain_ratio"))
+        from biaslint.rules.bl003_fan_in_blind_init.chains import measure_chain
+
+        scales = self._scales(model)
         worst: dict[str, Finding] = {}  # one chain finding per culprit layer: the most severe
-        for chain in list(scales.chains()) + list(scales.pooled_chains()):
-            finding = self._judge_chain(chain, min_growth, max_growth)
+        for chain, direction in self._claims(model, context):
+            measured = measure_chain(model, chain)
+            finding = self._chain_finding(model, chain, direction, measured, context)
             if finding is not None and (finding.module not in worst
                                         or finding.severity > worst[finding.module].severity):
                 worst[finding.module] = finding
@@ -166,22 +199,60 @@ def build():
         yield from findings
 
     # -- verdicts ------------------------------------------------------------------------------
-    def _judge_chain(self, chain: "Chain", low: float, high: float) -> Finding | None:
-        explodes = chain.growth > high
-        # Vanishing is judged on the activations entering the chain's last layer: that layer's
-        # own output scale is a read-out scale (a small classifier head, the last layer of a
-        # residual branch, GPT-2's 1/sqrt(2 n_layer)) that is often small on purpose.
-        judged = chain.hidden_growth
-        # Through pooling the prediction is only a lower bound: good for explosion claims only.
-        vanishes = judged < low and len(chain.calls) > 1 and not chain.through_pooling
-        if chain.end_kind == "norm":
-            if not explodes:
-                return None
-            severity = Severity.INFO
-        elif explodes or vanishes:
-            severity = Severity.ERROR
-        else:
-            return None
+    def _scales(self, model: "AnalysedModel") -> "ScaleModel":
+        """One scale model per analysed model: ``forward_needs`` and ``check`` read the same."""
+        from biaslint.rules.bl003_fan_in_blind_init.chains import ScaleModel
+
+        cached = self._cached_scales
+        if cached is None or cached[0] is not model:
+            cached = (model, ScaleModel(model))
+            self._cached_scales = cached
+        return cached[1]
+
+    def _claims(self, model: "AnalysedModel", context: RuleContext
+                ) -> list[tuple["Chain", str]]:
+        """The chains the analysis says grow ("grows") or shrink ("shrinks") beyond the band,
+        from unit-scale input into their first layer."""
+        high = float(context.option(self, "max_growth"))
+        low = float(context.option(self, "min_growth"))
+        scales = self._scales(model)
+        claims: list[tuple[Chain, str]] = []
+        for chain in list(scales.chains()) + list(scales.pooled_chains()):
+            explodes = chain.growth > high
+            # Vanishing is judged on the activations entering the chain's last layer: that
+            # layer's own output scale is a read-out scale (a small classifier head, the last
+            # layer of a residual branch, GPT-2's 1/sqrt(2 n_layer)) often small on purpose.
+            # Through pooling the prediction is only a lower bound: for explosion claims only.
+            vanishes = chain.hidden_growth < low and len(chain.calls) > 1 \
+                and not chain.through_pooling
+            if not explodes and (not vanishes or chain.end_kind == "norm"):
+                continue
+            # BL003 judges what the init does. A chain that would leave the band at the gains
+            # its fix writes too is scaled out of it by the forward's own constants (a division
+            # between two layers); unless the init's own share (the growth over that growth)
+            # leaves the band as well, a new init would not mend it and it is not the init's.
+            neutral_growth, neutral_hidden = chain.at_target_gains()
+            if explodes:
+                forward_scaled = neutral_growth > high
+                init_share = chain.growth / max(neutral_growth, 1e-300)
+                init_leaves = init_share > high
+            else:
+                forward_scaled = neutral_hidden < low
+                init_share = chain.hidden_growth / max(neutral_hidden, 1e-300)
+                init_leaves = init_share < low
+            if forward_scaled and not init_leaves:
+                continue
+            claims.append((chain, "grows" if explodes else "shrinks"))
+        return claims
+
+    def _chain_finding(self, model: "AnalysedModel", chain: "Chain", direction: str,
+                       measured: "ChainMeasure | str", context: RuleContext) -> Finding | None:
+        """The finding for a claimed chain; None, with the disagreement recorded, when the
+        measurement on the example inputs does not show it."""
+        high = float(context.option(self, "max_growth"))
+        low = float(context.option(self, "min_growth"))
+        explodes = direction == "grows"
+        severity = Severity.INFO if chain.end_kind == "norm" else Severity.ERROR
         members = chain.calls if explodes else chain.calls[:-1]
         # Point at the earliest layer within 2x of the worst gain ratio: with one init applied
         # to the whole chain that is where the user's code goes wrong first.
@@ -191,32 +262,57 @@ def build():
         else:
             worst = min(c.ratio for c in members)
             culprit = next(c for c in members if c.ratio <= worst * 2)
-        growth = chain.growth if explodes else judged
+        predicted = chain.growth if explodes else chain.hidden_growth
         names = " -> ".join(python_path(c.layer.name) for c in chain.calls)
-        if chain.through_pooling and not explodes:
-            return None
-        gains = ", ".join(f"{c.gain:.3g}" for c in chain.calls)
-        direction = "grows" if explodes else "shrinks"
+        first = python_path(chain.calls[0].layer.name)
         where = ({"norm": "before the normalization that follows it",
                   "output": "at the model output", "residual": "before the residual sum",
                   }.get(chain.end_kind, "at its end") if explodes
                  else f"entering its last layer {python_path(chain.end.layer.name)}")
+        derived = f"predicted from unit-scale input into {first}"
+        data: dict[str, Any] = {"chain": [c.layer.name for c in chain.calls],
+                                "gains": [c.gain for c in chain.calls], "end": chain.end_kind,
+                                "predicted_growth": predicted}
+        if isinstance(measured, str):
+            growth = predicted
+            basis = f"{derived}; not measured: {measured}"
+            data.update(measured=False, not_measured=measured)
+        else:
+            growth = measured.growth if explodes else measured.hidden_growth
+            per_layer = ", ".join(_times(g, short=True) for g in measured.per_layer)
+            basis = (f"measured on the example inputs as the rms there over the rms entering "
+                     f"{first} (layer by layer: {per_layer}); predicted ~{_times(predicted)} from "
+                     f"unit-scale input into {first}")
+            data.update(measured=True, measured_growth=growth,
+                        measured_per_layer=list(measured.per_layer))
+            # The measurement decides: the claim stands only if the measured scale leaves the
+            # band the same way (the band is the rule's definition of an error, so a measured
+            # scale inside it is not one, whatever the prediction said).
+            if not (growth > high if explodes else growth < low):
+                model.disagree(
+                    self.code, culprit.layer.name,
+                    f"activation scale {direction} ~{_times(predicted)} {where} over {names} "
+                    f"({derived})",
+                    f"measured ~{_times(growth)} on the example inputs (layer by layer "
+                    f"{per_layer}), inside [{low:g}, {high:g}]" if low <= growth <= high else
+                    f"measured ~{_times(growth)} on the example inputs (layer by layer "
+                    f"{per_layer})")
+                return None
+        data["growth"] = growth
+        gains = ", ".join(f"{c.gain:.3g}" for c in chain.calls)
         tail = (" The output is normalized right away, so this only slows learning of these "
                 "layers." if chain.end_kind == "norm" else "")
         if chain.through_pooling:
             tail += (" The chain crosses max pooling of non-negative activations, which can only "
-                     "raise the scale: the growth is a lower bound.")
+                     "raise the scale: the predicted growth is a lower bound.")
         message = (
             f"activation scale {direction} ~{_times(growth)} {where} over {len(chain.calls)} "
-            f"layer(s) with no normalization between ({names}; predicted from unit-scale input): "
+            f"layer(s) with no normalization between ({names}; {basis}): "
             f"gains rms(W)*sqrt(fan_in) = {gains}, while "
             f"{culprit.target:.3g} ({culprit.activation or 'identity'}) keeps the scale"
             f"{_init_phrase(culprit.layer)}.{tail}")
-        return self.finding(
-            culprit.layer, message, parameter="weight", severity=severity, fix=_fix(culprit),
-            data={"growth": growth, "chain": [c.layer.name for c in chain.calls],
-                  "gains": [c.gain for c in chain.calls], "end": chain.end_kind},
-        )
+        return self.finding(culprit.layer, message, parameter="weight", severity=severity,
+                            fix=_fix(culprit), data=data)
 
     def _judge_layer(self, call: "LayerCall", limit: float) -> Finding | None:
         if call.ratio > limit:
@@ -228,8 +324,9 @@ def build():
         message = (
             f"weight gain rms(W)*sqrt(fan_in) = {call.gain:.3g} (rms {call.rms:.3g}, fan_in "
             f"{call.fan_in}) is {call.ratio:.3g}x the {call.target:.3g} that keeps the scale "
-            f"through {call.activation or 'identity'}: the layer alone multiplies the activation "
-            f"scale by ~{_times(call.gain)}{_init_phrase(call.layer)}.{tail}")
+            f"through {call.activation or 'identity'}: on inputs with uncorrelated unit-scale "
+            f"entries the layer alone multiplies the activation scale by "
+            f"~{_times(call.gain)}{_init_phrase(call.layer)}.{tail}")
         return self.finding(call.layer, message, parameter="weight", severity=severity,
                             fix=_fix(call), data={"gain": call.gain, "ratio": call.ratio})
 
@@ -254,8 +351,8 @@ def build():
         message = (
             f"weight gain rms(W)*sqrt(in1*in2) = {gain:.3g} (fan_in {module.in1_features} x "
             f"{module.in2_features}) is {gain / target:.3g}x the {target:.3g} that keeps the "
-            f"scale through {activation or 'identity'}: from unit-scale inputs the layer alone "
-            f"outputs ~{_times(gain)} the scale{_init_phrase(layer)}.")
+            f"scale through {activation or 'identity'}: from uncorrelated unit-scale inputs the "
+            f"layer alone outputs ~{_times(gain)} the scale{_init_phrase(layer)}.")
         std = target / math.sqrt(fan_in)
         fix = Fix(title="Scale the bilinear weight by its fan-in (in1 * in2)",
                   code=f"nn.init.normal_({python_path(layer.name)}.weight, 0.0, {std:.3g})")
@@ -263,8 +360,8 @@ def build():
                             data={"gain": gain, "ratio": gain / target}, fix=fix)
 
 
-def _times(value: float) -> str:
-    if value >= 1:
+def _times(value: float, short: bool = False) -> str:
+    if value >= 1 or short:
         return f"{value:.3g}x"
     return f"{value:.3g}x (1/{1 / value:.3g})" if value > 0 else "0x"
 

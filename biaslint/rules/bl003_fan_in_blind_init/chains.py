@@ -7,11 +7,13 @@ residual sums, pooling (its effect depends on the spatial correlation of the inp
 concatenation, the model output.
 
 The quantity tracked is the second moment m = E[x^2] of the activations, starting from m = 1
-where the chain begins. A weight layer maps m to ``g^2 m + mean(b^2)`` with
-``g = rms(W) * sqrt(fan_in)`` (a sum of fan_in independent products; exact in expectation for
-zero-mean weights independent of the input); an activation maps m to ``E[phi(sqrt(m) Z)^2]``,
-Z ~ N(0, 1), computed by Gauss-Hermite quadrature on the very op the graph runs (1/2 for ReLU).
-Could move to ``analysis.py`` if other rules need it.
+at the input of the chain's first layer: whatever the forward does before that layer (``x /
+255``, ``(x - mean) / std`` with fixed statistics, an activation) describes the chain's input,
+not its init, so it is not part of the growth. Between layers every op counts. A weight layer
+maps m to ``g^2 m + mean(b^2)`` with ``g = rms(W) * sqrt(fan_in)`` (a sum of fan_in independent
+products; exact in expectation for zero-mean weights independent of the input); an activation
+maps m to ``E[phi(sqrt(m) Z)^2]``, Z ~ N(0, 1), computed by Gauss-Hermite quadrature on the
+very op the graph runs (1/2 for ReLU). Could move to ``analysis.py`` if other rules need it.
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ class LayerCall:
     m_in_up: float = 1.0
     m_out_up: float = 1.0
     feeds_up: bool = False
+    # The transparent ops between ``pred`` (``pred_up``) and this layer's input, in forward
+    # order: what the chain does to the scale besides the weights (re-predicted at other gains).
+    transfers: list[Callable[[float], float]] = field(default_factory=list)
+    transfers_up: list[Callable[[float], float]] = field(default_factory=list)
 
     @property
     def gain(self) -> float:
@@ -130,6 +136,73 @@ class Chain:
     def hidden_growth(self) -> float:
         """Predicted scale of the activations entering the chain's last layer."""
         return math.sqrt(self.end.m_in_up if self.through_pooling else self.end.m_in)
+
+    def at_target_gains(self) -> tuple[float, float]:
+        """(growth, hidden growth) the same chain would have with every layer at the gain that
+        keeps the scale through its activation (what BL003's fix writes), its biases and the
+        ops between its layers unchanged: the part of the growth that is not the init's."""
+        m_in = m_out = 1.0
+        for i, call in enumerate(self.calls):
+            m_in = 1.0 if i == 0 else m_out
+            if i:
+                for transfer in (call.transfers_up if self.through_pooling else call.transfers):
+                    m_in = _finite(transfer(m_in))
+            m_out = _finite(call.target ** 2 * m_in + call.bias_sq)
+        return math.sqrt(m_out), math.sqrt(m_in)
+
+
+@dataclass(frozen=True)
+class ChainMeasure:
+    """A chain's scale measured on the example inputs: the root mean square over all entries
+    of each layer's input and output, at the chain's own call of it, in one real ``no_grad``
+    forward."""
+
+    growth: float  # rms(last layer's output) / rms(first layer's input)
+    hidden_growth: float  # rms(last layer's input) / rms(first layer's input)
+    per_layer: tuple[float, ...]  # rms(output) / rms(input), layer by layer (bias included)
+
+
+def chain_layers_measurable(model: AnalysedModel, chain: Chain) -> str | None:
+    """Why forward hooks cannot tell this chain's calls apart, or None when they can. A hook
+    sees every call of its module in the order they run; the graph records them in that order
+    too, so the k-th call node of a layer is its k-th call, provided all of them are in one
+    graph (the recorded forward)."""
+    for call in chain.calls:
+        calls = model.calls_of(call.layer.name)
+        if any(use.part is not call.use.part for use in calls):
+            return f"{call.layer.name or 'the model'} is called from more than one graph"
+    return None
+
+
+def measure_chain(model: AnalysedModel, chain: Chain) -> ChainMeasure | str:
+    """The chain's growth measured on the example inputs (``AnalysedModel.real_scales``: the
+    one shared forward, the model left as it was), or why it could not be measured."""
+    why = model.no_forward() or chain_layers_measurable(model, chain)
+    if why is not None:
+        return why
+    names = [c.layer.name for c in chain.calls]
+    scales = model.real_scales(names)
+    if model.forward_failure is not None:
+        return f"the real forward raised {model.forward_failure}"
+    pairs: list[tuple[float, float]] = []
+    for call in chain.calls:
+        name = call.layer.name
+        calls = model.calls_of(name)
+        runs = scales.get(name, [])
+        if len(runs) != len(calls):
+            # A call the graph does not record (inside a module traced as one op) would shift
+            # every later call: no way to tell which run is the chain's.
+            return (f"{name or 'the model'} ran {len(runs)} time(s) in the forward while the "
+                    f"graph records {len(calls)} call(s)")
+        pairs.append(runs[calls.index(call.use)])
+    base = pairs[0][0]
+    if not (base > 0 and math.isfinite(base)):
+        return "the chain's input is zero (or not a finite float tensor) on the example inputs"
+    if not all(math.isfinite(x) for pair in pairs for x in pair):
+        return "a layer of the chain saw a non-finite scale on the example inputs"
+    per_layer = tuple(out / inp if inp > 0 else math.inf for inp, out in pairs)
+    return ChainMeasure(growth=pairs[-1][1] / base, hidden_growth=pairs[-1][0] / base,
+                        per_layer=per_layer)
 
 
 class ScaleModel:
@@ -218,22 +291,26 @@ class ScaleModel:
                 call = self._layer_call(use)
                 if call is None:
                     continue
-                transfers, source = self._walk_back(use)
+                # A chain starts at unit scale at its first layer's input: the ops before it
+                # (x / 255, a fixed normalization) set the input's scale, not the init's growth.
                 m = 1.0
+                transfers, source = self._walk_back(use)
                 if source is not None and source in by_node:
                     call.pred = by_node[source]
+                    call.transfers = list(reversed(transfers))
                     m = call.pred.m_out
-                for transfer in reversed(transfers):
-                    m = _finite(transfer(m))
+                    for transfer in call.transfers:
+                        m = _finite(transfer(m))
                 call.m_in = m
                 call.m_out = _finite(call.gain ** 2 * m + call.bias_sq)
-                transfers, source = self._walk_back(use, through_max_pool=True)
                 m = 1.0
+                transfers, source = self._walk_back(use, through_max_pool=True)
                 if source is not None and source in by_node:
                     call.pred_up = by_node[source]
+                    call.transfers_up = list(reversed(transfers))
                     m = call.pred_up.m_out_up
-                for transfer in reversed(transfers):
-                    m = _finite(transfer(m))
+                    for transfer in call.transfers_up:
+                        m = _finite(transfer(m))
                 call.m_in_up = m
                 call.m_out_up = _finite(call.gain ** 2 * m + call.bias_sq)
                 by_node[node] = call

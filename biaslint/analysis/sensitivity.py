@@ -1,0 +1,619 @@
+"""The bias screen: which elements of which biases the outputs do not depend on, measured.
+
+BL001's walk derives a cancellation from the ops it knows; real code keeps writing attention,
+position biases and fused projections in ways the walk has not met, and a derivation that meets
+an unknown op says "live". The screen measures instead, on the example inputs:
+
+1. The model in training mode (BL001 judges the model as it trains: BatchNorm normalizes by the
+   batch's statistics), in its own floating dtype, with every all-equal or tiny parameter
+   re-drawn around its own value for the screen's duration. Cancellation is a property of the
+   structure; a zero-initialized gate or a 1e-6 layer scale would hide everything behind it at
+   init and make live biases look cancelled, or cancelled ones look dead.
+2. One forward and one backward of ``L = sum_k <g_k, y_k>`` over the floating outputs ``y_k``,
+   with ``g_k`` drawn N(0, 1): for almost every draw, an element of a bias gets a zero gradient
+   exactly when no output depends on it to first order.
+3. An element with a zero gradient whose unit still gets a weight gradient (the layer's output
+   there matters, the constant offset does not) is a *candidate* cancellation. One whose weight
+   gets no gradient either is a *dead path* (a unit off on these inputs, a branch whose result is
+   unused, a softmax over one position): that is not BL001's, and it is counted apart.
+4. Candidates are confirmed by perturbation, all at once and then by halves when something
+   moves: each candidate element shifted by a large random value (both signs) on the example
+   inputs and on a second batch drawn like them. A zero gradient alone also picks up what is
+   merely flat on one batch; an exact cancellation holds at any size, on any batch.
+
+Random masks (dropout) are the same in every run (a fixed seed), so they are judged as they
+train.
+
+Cost. The screen works on the model itself and puts back, bit for bit, what it changes: the
+training flags and cached attributes (``capture.preserve``), the re-drawn parameters and the
+perturbed biases (saved before, copied back after), ``requires_grad``, the RNG. A float64 copy
+would be more precise but costs the model's memory twice over and a float64 forward of every
+model, detectors and video models included; in float32 the zero-gradient test is only the
+proposal, and the perturbation, a shift of 10 units where a live bias at init moves outputs by
+orders of magnitude more than float32's rounding, decides. Without candidates the screen is one
+forward and one backward; with candidates, three more forwards, plus two per part that moves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+
+from biaslint.capture.preserve import preserved
+
+# Relative output change below which outputs "did not move", and relative gradient size below
+# which an element's gradient counts as zero. float64 rounding through a deep network stays near
+# 1e-13 relative; a live bias moved by O(10) moves outputs far above 1e-8. The float32 figures
+# carry the same margins over float32's ~1e-7 rounding (as tests/oracle.py does).
+FLOAT64_MOVE, FLOAT32_MOVE = 1e-8, 1e-4
+# The zero-gradient test only proposes candidates (the perturbation decides). In float32 a
+# cancelled bias's gradient is a sum of terms that cancel to 1e-8..2e-6 of the layer's largest
+# gradient (measured on timm's MLP-Mixer and EfficientFormer at 224 px), while a live element
+# can fall as low as 1e-6 by chance in one random projection: an element is proposed only when
+# it is below the threshold in two independent projections (a live one then rarely is: about
+# one element in 10^5), and a live element wrongly proposed costs forwards, not a finding.
+FLOAT64_ZERO, FLOAT32_ZERO = 1e-9, 3e-5
+PROJECTIONS = 2
+# Forwards the confirmation may spend splitting groups that moved; what is left unconfirmed
+# when they run out is said (a cost cap can only cost findings).
+CONFIRMATION_BUDGET = 48
+# Parameters whose largest magnitude is below this are "tiny" and re-drawn (layer scale 1e-6,
+# ReZero's 0): what hides a path at init is not a structure that cancels it.
+TINY = 1e-3
+# The confirmation shift, in units of N(0, 1): far outside what a bias holds at init, so a unit
+# that is merely off on the example inputs comes on, and a saturated one moves.
+SHIFT = 10.0
+SEED = 0
+
+
+@dataclass(frozen=True)
+class BiasMeasure:
+    """What the screen measured for one bias parameter."""
+
+    layer: str
+    param: str  # "bias", or "in_proj_bias" for nn.MultiheadAttention
+    numel: int
+    cancelled: tuple[tuple[int, int], ...] = ()  # runs [start, stop) confirmed cancelled
+    dead: tuple[tuple[int, int], ...] = ()  # runs whose unit gets no gradient at all
+    unconfirmed: tuple[tuple[int, int], ...] = ()  # zero gradient, but the perturbation moved
+    no_gradient: bool = False  # not read by the differentiated forward (unused or detached)
+
+    @property
+    def whole(self) -> bool:
+        """Every element is confirmed cancelled."""
+        return self.cancelled == ((0, self.numel),)
+
+    @property
+    def cancelled_count(self) -> int:
+        return sum(b - a for a, b in self.cancelled)
+
+    @property
+    def dead_count(self) -> int:
+        return sum(b - a for a, b in self.dead)
+
+
+@dataclass
+class Screen:
+    """The screen's result: per (layer, param), what it measured; or why it could not run."""
+
+    biases: dict[tuple[str, str], BiasMeasure] = field(default_factory=dict)
+    dtype: str = ""
+    error: str | None = None  # why nothing was measured
+    notes: list[str] = field(default_factory=list)
+    second_batch: bool = False
+    forwards: int = 0
+    # The model and inputs, kept while a rule may still ask where a cancellation happens.
+    runner: "_Runner | None" = field(default=None, repr=False)
+
+    @property
+    def ran(self) -> bool:
+        return self.error is None
+
+    def of(self, layer: str, param: str = "bias") -> BiasMeasure | None:
+        return self.biases.get((layer, param))
+
+    def release(self) -> None:
+        """Drop the reference to the model and inputs."""
+        self.runner = None
+
+    def locate(self, layer: str, param: str, elements: Sequence[tuple[int, int]]) -> str | None:
+        """Where a measured cancellation happens: the first module (in the order calls finish)
+        outside the layer whose input moves with the bias and whose output does not; else the
+        innermost module around the layer whose output does not move (the cancelling op is a
+        function call inside it). None when the copy is gone or nothing can be told."""
+        if self.runner is None:
+            return None
+        with _screening(self.runner.model):
+            return _locate(self.runner, layer, param, elements)
+
+
+# -- which tensor is the bias, and which weight rows belong to each of its elements ------------
+
+def bias_pairs(module: nn.Module) -> list[tuple[str, list[str]]]:
+    """The additive bias parameters of a layer, each with the weight parameters whose units it
+    shifts (in the order their rows line up with the bias's elements)."""
+    if isinstance(module, nn.MultiheadAttention):
+        if not isinstance(module.in_proj_bias, torch.Tensor):
+            return []
+        if module.in_proj_weight is not None:
+            return [("in_proj_bias", ["in_proj_weight"])]
+        return [("in_proj_bias", ["q_proj_weight", "k_proj_weight", "v_proj_weight"])]
+    if isinstance(getattr(module, "bias", None), torch.Tensor) and \
+            isinstance(getattr(module, "weight", None), torch.Tensor):
+        return [("bias", ["weight"])]
+    if isinstance(getattr(module, "bias", None), torch.Tensor):
+        return [("bias", [])]
+    return []
+
+
+def unit_gradient(module: nn.Module, weights: list[torch.Tensor], numel: int
+                  ) -> torch.Tensor | None:
+    """Per bias element, the largest weight-gradient magnitude of the unit it shifts; None when
+    the weight's layout does not line up with the bias (the whole weight then stands for every
+    unit)."""
+    if not weights:
+        return None
+    if len(weights) > 1:  # MultiheadAttention's separate q/k/v weights, rows stacked
+        rows = [w.reshape(w.shape[0], -1).abs().amax(dim=1) for w in weights]
+        joined = torch.cat(rows)
+        return joined if joined.numel() == numel else None
+    grad = weights[0]
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        # weight (in, out/groups, *k): output channel g*(out/groups)+j reads weight[g's in, j]
+        groups = int(module.groups)
+        per = grad.reshape(groups, grad.shape[0] // groups, grad.shape[1], -1)
+        return per.abs().amax(dim=(1, 3)).reshape(-1) if groups * grad.shape[1] == numel \
+            else None
+    if grad.dim() >= 1 and grad.shape[0] == numel:
+        return grad.reshape(numel, -1).abs().amax(dim=1)
+    if grad.dim() >= 2 and grad.shape[-1] == numel:  # transformers' Conv1D: weight (in, out)
+        return grad.reshape(-1, numel).abs().amax(dim=0)
+    return None
+
+
+def runs(mask: torch.Tensor) -> tuple[tuple[int, int], ...]:
+    """The contiguous runs [start, stop) where a 1-d boolean mask is True."""
+    values = mask.tolist()
+    found: list[tuple[int, int]] = []
+    start = None
+    for i, on in enumerate(values + [False]):
+        if on and start is None:
+            start = i
+        elif not on and start is not None:
+            found.append((start, i))
+            start = None
+    return tuple(found)
+
+
+# -- inputs, outputs and runs -------------------------------------------------------------------
+
+def _redrawn(value: Any, generator: torch.Generator) -> Any:
+    """A second batch like the example: floating tensors drawn anew with each tensor's own mean
+    and spread; integer, boolean and 0/1 tensors (token ids, masks) kept, since a redrawn id or
+    mask could be invalid for the model."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point() or value.numel() < 2:
+            return value
+        if bool(((value == 0) | (value == 1)).all()):
+            return value  # a mask
+        mean, std = value.mean(), value.std()
+        noise = torch.randn(value.shape, generator=generator, dtype=value.dtype)
+        return (mean + std * noise).to(value.device)
+    if isinstance(value, tuple):
+        return tuple(_redrawn(v, generator) for v in value)
+    if isinstance(value, list):
+        return [_redrawn(v, generator) for v in value]
+    if isinstance(value, dict):
+        return {k: _redrawn(v, generator) for k, v in value.items()}
+    return value
+
+
+def floating_outputs(value: Any, seen: set[int] | None = None) -> Iterator[torch.Tensor]:
+    """Every floating tensor in a forward's output (tuples, lists, dicts, ModelOutput-likes)."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return
+    seen.add(id(value))
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() or value.is_complex():
+            yield value
+    elif isinstance(value, dict) or (hasattr(value, "items") and hasattr(value, "values")):
+        for v in value.values():
+            yield from floating_outputs(v, seen)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from floating_outputs(v, seen)
+
+
+def _seeded() -> None:
+    torch.manual_seed(SEED)
+    random.seed(SEED)
+    try:
+        import numpy
+
+        numpy.random.seed(SEED)
+    except ImportError:  # numpy is optional: a model that draws from it needs it installed
+        pass
+
+
+@dataclass
+class _Runner:
+    """The model and the example inputs, and how the screen runs them."""
+
+    model: nn.Module
+    dtype: torch.dtype
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    forwards: int = 0
+    baseline: list[torch.Tensor] = field(default_factory=list)  # the example batch's outputs
+    budget_spent: bool = False  # the confirmation stopped at CONFIRMATION_BUDGET
+
+    def outputs(self, args: tuple[Any, ...] | None = None,
+                kwargs: dict[str, Any] | None = None) -> list[torch.Tensor]:
+        """One seeded forward without autograd; buffers and cached attributes restored."""
+        self.forwards += 1
+        with preserved(self.model), torch.no_grad():
+            _seeded()
+            out = self.model(*(self.args if args is None else args),
+                             **(self.kwargs if kwargs is None else kwargs))
+            return [t.detach().clone() for t in floating_outputs(out)]
+
+    @property
+    def tolerance(self) -> float:
+        return FLOAT64_MOVE if self.dtype == torch.float64 else FLOAT32_MOVE
+
+    @property
+    def zero(self) -> float:
+        return FLOAT64_ZERO if self.dtype == torch.float64 else FLOAT32_ZERO
+
+
+def moved(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> float:
+    """Largest change of any output, relative to that output's scale (at least 1)."""
+    worst = 0.0
+    for a, b in zip(before, after):
+        if a.shape != b.shape:
+            return float("inf")
+        if not a.numel():
+            continue
+        both_nan = torch.isnan(a) & torch.isnan(b)
+        diff = torch.where(both_nan, torch.zeros_like(a), (b - a).abs())
+        scale = float(torch.nan_to_num(a.abs(), nan=0.0, posinf=0.0).max())
+        change = float(torch.nan_to_num(diff, nan=float("inf")).max())
+        worst = max(worst, change / max(scale, 1.0))
+    return worst
+
+
+@contextlib.contextmanager
+def _screening(model: nn.Module) -> Iterator[None]:
+    """The model as the screen measures it: training mode, degenerate parameters re-drawn,
+    every parameter differentiable; all of it put back on exit, bit for bit."""
+    params = list({id(p): p for p in model.parameters()}.values())
+    flags = [p.requires_grad for p in params]
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    generator = torch.Generator().manual_seed(SEED)
+    with preserved(model):  # training flags, cached attributes, buffers
+        try:
+            model.train()
+            with torch.no_grad():
+                for param in params:
+                    data = param.detach()
+                    if data.numel() == 0 or not data.is_floating_point():
+                        continue
+                    peak = float(data.abs().max())
+                    if bool(data.min() == data.max()) or peak < TINY:
+                        saved.append((param, data.clone()))
+                        noise = torch.randn(data.shape, generator=generator,
+                                            dtype=torch.float64)
+                        centre = float(data.mean()) if peak >= TINY else 0.0
+                        param.copy_((centre + 0.5 * noise).to(param.dtype))
+            for param in params:
+                if param.is_floating_point():
+                    param.requires_grad_(True)
+            yield
+        finally:
+            with torch.no_grad():
+                for param, value in saved:
+                    param.copy_(value)
+            for param, flag in zip(params, flags):
+                param.requires_grad_(flag)
+
+
+def _prepared(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+              ) -> tuple[_Runner | None, str | None]:
+    """How the screen runs this model, or why it cannot."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if not dtypes:
+        return None, "the model has no floating parameter"
+    if dtypes - {torch.float32, torch.float64}:
+        return None, f"parameters in {', '.join(sorted(str(d) for d in dtypes))}: the screen " \
+            "measures float32 and float64 models"
+    dtype = torch.float64 if dtypes == {torch.float64} else torch.float32
+    return _Runner(model, dtype, tuple(args), dict(kwargs)), None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else ""
+
+
+# -- the screen ---------------------------------------------------------------------------------
+
+@dataclass
+class _Candidate:
+    layer: str
+    param: str
+    elements: torch.Tensor  # bool mask over the bias
+
+
+def screen_biases(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                  layers: Sequence[str]) -> Screen:
+    """Measure, for each named layer's additive bias, which elements the outputs do not depend
+    on. Never changes ``model``; the RNG is restored."""
+    with torch.random.fork_rng(devices=[]):
+        state = random.getstate()
+        try:
+            return _screen(model, args, kwargs, layers)
+        finally:
+            random.setstate(state)
+
+
+def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+            layers: Sequence[str]) -> Screen:
+    run, why = _prepared(model, args, kwargs)
+    if run is None:
+        return Screen(error=why)
+    with _screening(model):
+        return _measure(run, layers)
+
+
+def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
+    screen = Screen(dtype=str(run.dtype).replace("torch.", ""))
+    copy_model = run.model
+    wanted: list[tuple[str, str, nn.Module, torch.Tensor, list[torch.Tensor]]] = []
+    for name in layers:
+        module = copy_model.get_submodule(name)
+        for pname, wnames in bias_pairs(module):
+            bias = getattr(module, pname)
+            weights = [w for w in (getattr(module, n, None) for n in wnames)
+                       if isinstance(w, torch.Tensor)]
+            if bias.dim() != 1 or not bias.is_floating_point():
+                continue
+            wanted.append((name, pname, module, bias, weights))
+    if not wanted:
+        return screen
+    tensors: list[torch.Tensor] = []
+    for _, _, _, bias, weights in wanted:
+        tensors.append(bias)
+        tensors.extend(weights)
+    tensors = list({id(t): t for t in tensors}.values())
+    try:
+        grads = _gradients(run, tensors)
+    except Exception as exc:  # noqa: BLE001 - said: the screen did not run
+        return Screen(error=f"the training-mode forward and backward raised "
+                            f"{type(exc).__name__}: {_first_line(exc)}")
+    if grads is None:
+        return Screen(error="no output depends on a parameter through autograd (the forward "
+                            "runs without gradients)")
+    screen.forwards = run.forwards
+    candidates: list[_Candidate] = []
+    partial: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, pname, module, bias, weights in wanted:
+        numel = int(bias.numel())
+        if id(bias) not in grads[0]:
+            screen.biases[(name, pname)] = BiasMeasure(name, pname, numel, no_gradient=True)
+            continue
+        flat = torch.ones(numel, dtype=torch.bool)
+        alive = torch.zeros(numel, dtype=torch.bool)
+        for projection in grads:
+            gb = projection[id(bias)]
+            gws = [projection.get(id(w)) for w in weights]
+            gws = [g if g is not None else torch.zeros_like(w) for g, w in zip(gws, weights)]
+            units = unit_gradient(module, gws, numel)
+            whole_weight = max((float(g.abs().max()) for g in gws if g.numel()), default=0.0)
+            scale = max(float(gb.abs().max()), whole_weight)
+            if units is not None:
+                # against the unit's own weight gradient: the rounding left of a cancelled
+                # bias's gradient scales with the gradient reaching its unit, and a unit that
+                # is merely little used has a small weight gradient too
+                flat &= gb.abs() <= run.zero * units
+                alive |= units > run.zero * scale
+            else:
+                flat &= gb.abs() <= run.zero * scale
+                if whole_weight > 0.0:
+                    alive[:] = True
+        if not bool(alive.any()) and bool(flat.all()):  # nothing in the layer learns: dead
+            screen.biases[(name, pname)] = BiasMeasure(name, pname, numel,
+                                                       dead=((0, numel),))
+            continue
+        if bool((flat & alive).any()):
+            # Every zero-gradient element is tried, dead ones included: a bias whose live units
+            # are cancelled and whose other units are unused still never changes the output.
+            partial[(name, pname)] = {"numel": numel, "dead": ()}
+            candidates.append(_Candidate(name, pname, flat))
+        else:
+            partial[(name, pname)] = {"numel": numel, "dead": runs(flat)}
+    confirmed, refuted, second = _confirm(run, candidates)
+    screen.second_batch = second
+    screen.forwards = run.forwards
+    if run.budget_spent:
+        screen.notes.append(f"the confirmation stopped after {CONFIRMATION_BUDGET} forwards: "
+                            "zero-gradient bias elements it did not reach are not reported")
+    screen.runner = run
+    for (name, pname), info in partial.items():
+        screen.biases[(name, pname)] = BiasMeasure(
+            name, pname, info["numel"],
+            cancelled=runs(confirmed[(name, pname)]) if (name, pname) in confirmed else (),
+            dead=info["dead"],
+            unconfirmed=runs(refuted[(name, pname)]) if (name, pname) in refuted else ())
+    return screen
+
+
+def _gradients(run: _Runner, tensors: list[torch.Tensor]) -> list[dict[int, torch.Tensor]] | None:
+    """Per random projection of the floating outputs, the gradient of each tensor (by id);
+    None when no output is differentiable. The backwards run before the buffers are put back:
+    BatchNorm saves what it needs for its backward, and restoring a buffer in place first
+    would invalidate it."""
+    run.forwards += 1
+    found: list[dict[int, torch.Tensor]] = []
+    with preserved(run.model), torch.enable_grad():
+        _seeded()
+        out = run.model(*run.args, **run.kwargs)
+        outputs = [y for y in floating_outputs(out) if y.requires_grad]
+        if not outputs:
+            return None
+        generator = torch.Generator().manual_seed(SEED + 1)
+        for k in range(PROJECTIONS):
+            loss = sum((torch.randn(y.shape, generator=generator, dtype=torch.float64)
+                        .to(y.dtype) * torch.nan_to_num(y)).sum() for y in outputs)
+            grads = torch.autograd.grad(loss, tensors, allow_unused=True,
+                                        retain_graph=k + 1 < PROJECTIONS)
+            found.append({id(t): g.detach() for t, g in zip(tensors, grads) if g is not None})
+        # the example batch's outputs, for the perturbations to be compared with
+        run.baseline = [y.detach().clone() for y in floating_outputs(out)]
+    return found
+
+
+def _confirm(run: _Runner, candidates: list[_Candidate]
+             ) -> tuple[dict[tuple[str, str], torch.Tensor],
+                        dict[tuple[str, str], torch.Tensor], bool]:
+    """Perturb the candidates' elements by large random shifts, all together, on the example
+    batch and on a second one; where the outputs move, split the group in halves (per layer,
+    then per run of elements) until each part holds or is refuted alone."""
+    if not candidates:
+        return {}, {}, False
+    second = _redrawn((run.args, run.kwargs), torch.Generator().manual_seed(SEED + 2))
+    batches: list[tuple[tuple[Any, ...], dict[str, Any], list[torch.Tensor]]] = [
+        (run.args, run.kwargs, run.baseline)]
+    try:
+        args2, kwargs2 = second
+        batches.append((args2, kwargs2, run.outputs(args2, kwargs2)))
+    except Exception:  # noqa: BLE001 - a second batch the model rejects: the first decides
+        pass
+    params = {(c.layer, c.param): getattr(run.model.get_submodule(c.layer), c.param)
+              for c in candidates}
+    # The unit of confirmation: one run of elements of one bias.
+    # Largest first: cancellations come as whole biases, thirds and per-head blocks, and what a
+    # zero gradient proposes by chance comes as single elements, which then split off together.
+    pieces = sorted(((c.layer, c.param, a, b) for c in candidates for a, b in runs(c.elements)),
+                    key=lambda piece: piece[2] - piece[3])
+    confirmed: dict[tuple[str, str], torch.Tensor] = {}
+    refuted: dict[tuple[str, str], torch.Tensor] = {}
+
+    def holds(group: list[tuple[str, str, int, int]]) -> bool:
+        for sign, (args, kwargs, before) in zip((1.0, -1.0), batches):
+            shift = _shifts(group, params, sign)
+            kept = {key: params[key].detach().clone() for key in shift}
+            with torch.no_grad():
+                for key, delta in shift.items():
+                    params[key].add_(delta)
+            try:
+                after = run.outputs(args, kwargs)
+            finally:
+                with torch.no_grad():  # copied back: x + d - d is not x in floating point
+                    for key, value in kept.items():
+                        params[key].copy_(value)
+            if moved(before, after) > run.tolerance:
+                return False
+        return True
+
+    def settle(group: list[tuple[str, str, int, int]], verdict: bool) -> None:
+        into = confirmed if verdict else refuted
+        for layer, pname, a, b in group:
+            mask = into.setdefault((layer, pname),
+                                   torch.zeros(params[(layer, pname)].numel(), dtype=torch.bool))
+            mask[a:b] = True
+
+    pending = [pieces]
+    start = run.forwards
+    while pending:
+        group = pending.pop()
+        if run.forwards - start >= CONFIRMATION_BUDGET:
+            settle(group, False)  # not confirmed: never reported
+            run.budget_spent = True
+        elif holds(group):
+            settle(group, True)
+        elif len(group) == 1:
+            settle(group, False)
+        else:
+            half = len(group) // 2
+            pending.extend([group[half:], group[:half]])
+    return confirmed, refuted, len(batches) > 1
+
+
+def _shifts(group: list[tuple[str, str, int, int]], params: dict[tuple[str, str], torch.Tensor],
+            sign: float) -> dict[tuple[str, str], torch.Tensor]:
+    generator = torch.Generator().manual_seed(SEED + 3)
+    shifts: dict[tuple[str, str], torch.Tensor] = {}
+    for layer, pname, a, b in group:
+        param = params[(layer, pname)]
+        delta = shifts.setdefault((layer, pname), torch.zeros_like(param))
+        draw = torch.randn(b - a, generator=generator, dtype=torch.float64)
+        # away from zero, so every element moves by at least half a unit of SHIFT
+        delta[a:b] = (sign * SHIFT * (draw.sign() * (draw.abs() + 0.5))).to(param.dtype)
+    return shifts
+
+
+def _locate(run: _Runner, layer: str, param: str, elements: Sequence[tuple[int, int]]
+            ) -> str | None:
+    model = run.model
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def recorder(into: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]]
+                 ) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            name = names.get(id(module))
+            if name is None or name in into:
+                return  # a shared module: its first call stands for it
+            into[name] = ([t.detach().clone() for t in floating_outputs(args)],
+                          [t.detach().clone() for t in floating_outputs(out)])
+        return hook
+
+    def record(shift: torch.Tensor | None) -> dict[str, tuple[list[torch.Tensor],
+                                                               list[torch.Tensor]]]:
+        seen: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        hooks = [m.register_forward_hook(recorder(seen)) for m in model.modules()]
+        target = getattr(model.get_submodule(layer), param)
+        kept = target.detach().clone()
+        try:
+            if shift is not None:
+                with torch.no_grad():
+                    target.add_(shift)
+            run.outputs()
+        finally:
+            with torch.no_grad():
+                target.copy_(kept)
+            for h in hooks:
+                h.remove()
+        return seen
+
+    target = getattr(model.get_submodule(layer), param)
+    shift = torch.zeros_like(target)
+    for a, b in elements:
+        shift[a:b] = SHIFT
+    try:
+        before, after = record(None), record(shift)
+    except Exception:  # noqa: BLE001 - a location we cannot tell is left out, not guessed
+        return None
+    inside = [n for n in before if n == layer or n.startswith(layer + ".")]
+    around = [n for n in before if n == "" or layer.startswith(n + ".")]
+
+    def still(name: str, which: int) -> bool:
+        return name in after and moved(before[name][which], after[name][which]) <= run.tolerance
+
+    for name in before:  # completion order
+        if name in inside or name in around:
+            continue
+        if not still(name, 0) and still(name, 1):
+            module = model.get_submodule(name)
+            return f"{type(module).__name__} '{name}'"
+    for name in sorted(around + [layer], key=len, reverse=True):
+        if still(name, 1):
+            module = model.get_submodule(name)
+            return f"an op inside {type(module).__name__} '{name}'" if name else \
+                f"an op inside the model's own forward ({type(module).__name__})"
+    return None

@@ -1,0 +1,280 @@
+"""BL001 on real tensors: the bias screen measures which bias elements the outputs do not depend
+on, and every claim it makes is checked here by the perturbation oracle (``tests/oracle.py``),
+element by element, on models the graph walk cannot follow."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+from biaslint.engine import lint_loaded
+from biaslint.load import load_target
+from biaslint.settings import Settings, TargetConfig
+from oracle import Oracle, biased_layers, split_inputs
+
+HEADER = """
+import math
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+"""
+
+
+@pytest.fixture
+def lint(write_target):
+    """Lint ``source`` with BL001; return (result, oracle over the built model)."""
+
+    def run(source: str):
+        target = write_target(HEADER + textwrap.dedent(source))
+        torch.manual_seed(0)
+        loaded = load_target(target)
+        result = lint_loaded(loaded, TargetConfig(target), Settings(select=("BL001",),
+                                                                  debug=True))
+        assert not [n for n in result.notes if "crashed" in n], result.notes
+        return result, Oracle(loaded.model, *split_inputs(loaded.inputs))
+
+    return run
+
+
+def claimed_elements(result, layer: str, param: str = "bias") -> set[int]:
+    """The elements of ``layer.param`` BL001 claims are cancelled."""
+    elements: set[int] = set()
+    for f in result.findings:
+        if f.module != layer or f.parameter != param:
+            continue
+        if f.data["verdict"] == "redundant":
+            elements |= set(range(f.data["parameters"]))
+        elif f.data["verdict"] == "redundant-slice":
+            for a, b in f.data.get("slices", [f.data["slice"]]):
+                elements |= set(range(a, b))
+    return elements
+
+
+def truly_cancelled(oracle: Oracle, layer: str, param: str = "bias") -> set[int]:
+    """Per element, measured: the elements whose change, alone, moves no output. (A dead
+    layer, whose weight moves nothing either, has no cancelled elements: it is not BL001's.)"""
+    if oracle.dead(layer):
+        return set()
+    size = getattr(oracle.model.get_submodule(layer), param).numel()
+    return {i for i in range(size)
+            if oracle.verdict(layer, param, index=slice(i, i + 1)) == "redundant"}
+
+
+def assert_exact(result, oracle: Oracle, layers=None) -> None:
+    """BL001 claims exactly the elements the oracle measures as cancelled, on every layer."""
+    for layer in layers or biased_layers(oracle.model):
+        assert claimed_elements(result, layer) == truly_cancelled(oracle, layer), layer
+    for scope in result.rules:
+        assert not scope.disagreements, scope.disagreements
+
+
+INTERLEAVED = """
+class Interleaved(nn.Module):
+    '''A fused projection laid out per head as [q_h, k_h, v_h], scores through baddbmm.'''
+
+    def __init__(self, dim=16, heads=4):
+        super().__init__()
+        self.heads, self.qkv, self.out = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, self.heads, 3, d // self.heads).unbind(3)
+        q, k, v = (t.transpose(1, 2).reshape(b * self.heads, n, -1) for t in (q, k, v))
+        scores = torch.baddbmm(q.new_zeros(b * self.heads, n, n), q, k.transpose(1, 2))
+        out = scores.softmax(-1) @ v
+        return self.out(out.view(b, self.heads, n, -1).transpose(1, 2).reshape(b, n, d))
+
+def build():
+    return Interleaved(), torch.randn(2, 5, 16)
+"""
+
+CENTRED_BY_VAR = """
+class Centred(nn.Module):
+    '''A batch norm written by hand with var(): the walk does not know var().'''
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        mean = y.mean(dim=(0, 2, 3), keepdim=True)
+        var = y.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
+        return self.head(torch.relu((y - mean) * torch.rsqrt(var + 1e-5)))
+
+def build():
+    return Centred(), torch.randn(2, 3, 6, 6)
+"""
+
+GATHERED_TABLE = """
+class RelativeBias(nn.Module):
+    '''Scores plus a position-bias table gathered by index (torch.gather), keys cancelled.'''
+
+    def __init__(self, dim=8, n=5):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.table = nn.Parameter(torch.randn(2 * n - 1))
+        idx = torch.arange(n)[:, None] - torch.arange(n)[None, :] + n - 1
+        self.register_buffer("index", idx)
+
+    def forward(self, x):
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        scores = q @ k.transpose(-1, -2)
+        bias = torch.gather(self.table.expand(x.shape[1], -1), 1, self.index)
+        return (scores + bias).softmax(-1) @ v
+
+def build():
+    return RelativeBias(), torch.randn(2, 5, 8)
+"""
+
+WRAPPED_MHA = """
+class Wrapped(nn.Module):
+    '''nn.MultiheadAttention inside a module of one's own, fed from a projection.'''
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+
+    def forward(self, x):
+        h = self.proj(x)
+        return self.attn(h, h, h, need_weights=False)[0]
+
+def build():
+    return Wrapped(), torch.randn(2, 5, 8)
+"""
+
+
+@pytest.mark.parametrize("source", [INTERLEAVED, CENTRED_BY_VAR, GATHERED_TABLE],
+                         ids=["interleaved-qkv", "centred-by-var", "gathered-table"])
+def test_claims_exactly_what_the_oracle_measures(lint, source):
+    result, oracle = lint(source)
+    assert result.findings, "each of these models has a cancelled bias"
+    assert_exact(result, oracle)
+    assert all(f.data["measured"] for f in result.findings)
+
+
+def test_interleaved_key_elements_are_named_as_runs(lint):
+    result, oracle = lint(INTERLEAVED)
+    [finding] = [f for f in result.findings if f.module == "qkv"]
+    # per head h the key block is [12h + 4, 12h + 8): four runs of four
+    assert finding.data["slices"] == [[12 * h + 4, 12 * h + 8] for h in range(4)]
+    assert finding.severity.name == "INFO"
+    for a, b in finding.data["slices"]:
+        assert oracle.verdict("qkv", index=slice(a, b)) == "redundant"
+
+
+def test_a_measured_cancellation_names_where_it_happens_and_where_the_walk_stopped(lint):
+    result, _ = lint(CENTRED_BY_VAR)
+    [finding] = [f for f in result.findings if f.module == "conv"]
+    assert "Centred" in finding.message and "(measured)" in finding.message
+    assert any("var()" in note and "conv" in note for note in result.notes), result.notes
+    assert finding.fix is not None and "bias=False" in finding.fix.code
+
+
+def test_a_key_slice_of_a_wrapped_multihead_attention(lint):
+    result, oracle = lint(WRAPPED_MHA)
+    [finding] = [f for f in result.findings if f.module == "attn"]
+    assert finding.parameter == "in_proj_bias" and finding.data["slice"] == [8, 16]
+    assert oracle.verdict("attn", "in_proj_bias", index=slice(8, 16)) == "redundant"
+    assert oracle.verdict("attn", "in_proj_bias", index=slice(0, 8)) == "live"
+    assert claimed_elements(result, "proj") == truly_cancelled(oracle, "proj") == set()
+
+
+def test_dead_paths_are_counted_not_claimed(lint):
+    """Units a very negative bias keeps off, and a softmax over one key: the bias gets no
+    gradient, and neither does the weight. Not a cancellation; said in a note."""
+    result, oracle = lint("""
+    class Dead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.off = nn.Linear(8, 8)
+            nn.init.constant_(self.off.bias, -100.0)
+            self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+            self.out = nn.Linear(8, 8)
+
+        def forward(self, x, token):
+            h = torch.relu(self.off(x))
+            scores = self.q(token) @ self.k(token).transpose(-1, -2)  # one key: softmax is 1
+            return self.out(h) + scores.softmax(-1) @ self.v(token)
+
+    def build():
+        return Dead(), (torch.randn(2, 8), torch.randn(2, 1, 8))
+    """)
+    assert not result.findings
+    assert any("dead path" in note and "q.bias" in note and "k.bias" in note
+               for note in result.notes), result.notes
+    # the oracle agrees that nothing is cancelled: the q/k layers move nothing at all
+    assert oracle.dead("q") and oracle.dead("k")
+
+
+def test_the_model_is_left_bit_for_bit(write_target):
+    """The screen trains-mode, re-draws, perturbs and differentiates the model itself: all of
+    it is put back (parameters, buffers, requires_grad, training flags, the RNG)."""
+    target = write_target(HEADER + textwrap.dedent("""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+            self.gate = nn.Parameter(torch.zeros(8))  # re-drawn during the screen
+            self.head = nn.Linear(8, 4)
+            self.head.weight.requires_grad_(False)
+
+        def forward(self, x):
+            h = self.bn(self.conv(x)).mean((2, 3)) * self.gate
+            return self.head(h)
+
+    def build():
+        model = Net()
+        model.eval()
+        return model, torch.randn(2, 3, 6, 6)
+    """))
+    torch.manual_seed(0)
+    loaded = load_target(target)
+    model = loaded.model
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    modes = {n: m.training for n, m in model.named_modules()}
+    rng = torch.get_rng_state()
+    result = lint_loaded(loaded, TargetConfig(target), Settings(select=("BL001",)))
+    assert [f.module for f in result.findings] == ["conv"]
+    assert result.findings[0].data["measured"]
+    assert all(torch.equal(p, params[n]) for n, p in model.named_parameters())
+    assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_derived_claim_the_measurement_refutes_is_counted_not_reported(lint, monkeypatch):
+    """Make the walk wrong on purpose (every bias 'cancelled'): the measurement overrules each
+    claim, nothing is reported, and every overruled claim is counted in the rule's scope."""
+    from biaslint.rules.bl001_redundant_bias import check
+    from biaslint.rules.bl001_redundant_bias.propagation import Verdict
+
+    monkeypatch.setattr(check, "analyse_bias",
+                        lambda model, name, *a, **k: Verdict(True, ["a wrong walk"]))
+    result, oracle = lint("""
+    def build():
+        return nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3)), torch.randn(4, 8)
+    """)
+    assert not result.findings
+    [scope] = [s for s in result.rules if s.code == "BL001"]
+    assert {d.layer for d in scope.disagreements} == {"0", "2"}
+    assert oracle.verdict("0") == oracle.verdict("2") == "live"
+
+
+def test_without_values_the_walk_stands_alone_and_says_so(write_target):
+    target = write_target(HEADER + textwrap.dedent("""
+    def build():
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+    """))
+    loaded = load_target(target, ((2, 3, 8, 8),), device="meta")
+    result = lint_loaded(loaded, TargetConfig(target), Settings(select=("BL001",)))
+    [finding] = result.findings
+    assert finding.module == "0" and finding.data["measured"] is False
+    assert any("derived from the graph alone" in n for n in result.notes), result.notes
