@@ -145,7 +145,7 @@ def _bias_false(finding: Finding, context: _Context) -> tuple[list[Edit], str, d
                                f"{called_name(inner)}()")
                 break
             rewritten = call_with_bias_false(source, call, bias_position(
-                parsed_tree(inner.location.file), inner))
+                _parsed_tree(inner.location.file), inner))
         if rewritten is None:
             return [], "the constructor call was not found in the source", {}
         built = reach(finding.module, level, context.steps, context.sites)
@@ -191,7 +191,7 @@ def _call_at_step(tree: ast.Module, step: Step) -> ast.Call | None:
     return calls[0] if calls else None
 
 
-def parsed_tree(file: str) -> ast.Module:
+def _parsed_tree(file: str) -> ast.Module:
     found = parsed(file)
     return found[1] if found is not None else ast.Module(body=[], type_ignores=[])
 

@@ -279,5 +279,5 @@ def listed(names: list[str], limit: int = 3) -> str:
 
 
 __all__ = ["OWNED", "Step", "bias_position", "callee", "called_name", "enclosing_function",
-           "forwards_bias", "function_def", "installed", "listed", "names_class", "not_owned", "reach",
-           "same_place", "steps_of"]
+           "forwards_bias", "function_def", "installed", "listed", "names_class", "not_owned",
+           "reach", "same_place", "steps_of"]
