@@ -5,7 +5,9 @@ Only files inside the project are edited: under its root (the folder of the conf
 file, else the git work tree, else the working directory) and never under site-packages or the
 standard library. An edit computed against other text than the file holds now (the file
 changed since the build) is not applied. A fix is applied whole or not at all; fixes whose
-edits overlap others are left for the next run. Files are written through a temporary file in
+edits overlap others are left for the next run. The run checks the planned fixes on a copy
+before it writes or shows them (``biaslint.verify``) and plans again with those that passed
+(``keep``). Files are written through a temporary file in
 the same folder and an atomic replace.
 """
 
