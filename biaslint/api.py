@@ -257,15 +257,19 @@ def _inputs(model: "nn.Module", example_inputs: Any, shapes: Sequence[tuple[int,
 
 def _loaded(model: "nn.Module", example_inputs: Any, config: Any,
             handle: Recording | None) -> Any:
-    from biaslint.load.build import LoadedTarget, module_sites_of, param_inits_of, to_meta
+    from biaslint.load.build import (
+        LoadedTarget, module_chains_of, module_sites_of, param_inits_of, to_meta,
+    )
 
     record = handle.record if handle is not None else _record_of(model)
     notes: list[str] = []
     sites: dict[str, Location] = {}
     inits = {}
+    chains = {}
     if record is not None:
         sites = module_sites_of(model, record)
         inits = param_inits_of(model, record)
+        chains = module_chains_of(model, record)
     missing = [name for name, _ in model.named_modules() if name not in sites]
     if missing:
         fallback = _class_sites(model)
@@ -284,7 +288,7 @@ def _loaded(model: "nn.Module", example_inputs: Any, config: Any,
         if inputs is not None:
             inputs = to_meta(inputs)
     return LoadedTarget(name=config.target, model=model, inputs=inputs, module_sites=sites,
-                        param_inits=inits, notes=notes)
+                        param_inits=inits, notes=notes, module_chains=chains)
 
 
 def _record_of(model: "nn.Module") -> "BuildRecord | None":

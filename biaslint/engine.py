@@ -407,7 +407,8 @@ def _post_process(findings: Iterable[Finding], settings: Settings, loaded,  # ty
                               [r.code for r in REGISTRY], extra_locations=init_sites)
     kept = [f for f in kept if not _ignored_for_module(f, settings)]
     kept = with_severity(kept, settings.severity_overrides)
-    kept = with_edits(kept, loaded.module_sites, loaded.param_inits)
+    kept = with_edits(kept, loaded.module_sites, loaded.param_inits,
+                      getattr(loaded, "module_chains", None))
     kept.sort(key=lambda f: (f.location.file if f.location else "",
                              f.location.line if f.location else 0, f.code, f.module))
     return kept

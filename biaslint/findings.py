@@ -45,6 +45,22 @@ class Location:
 
 
 @dataclass(frozen=True)
+class BuildFrame:
+    """One call in the chain of the user's code that built a layer, innermost (the construction
+    site) first: where that call is, the function it runs in, and what kind of scope that is.
+
+    ``kind``: "init" (an ``nn.Module``'s ``__init__``: it runs once per instance of its class),
+    "entry" (the function biaslint called, or the one that entered ``recording()``), "module"
+    (module-level code), "comprehension" (part of the function around it), "function" (any other
+    function: a helper that whoever calls it can use for other layers and other models)."""
+
+    location: Location
+    kind: str
+    name: str  # the function's qualified name: "conv_nd", "Block.__init__", "<module>"
+    first_line: int  # where its ``def`` is (0 for module-level code)
+
+
+@dataclass(frozen=True)
 class InitCall:
     """The call that last wrote a parameter's values while the model was built."""
 

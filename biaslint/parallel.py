@@ -28,8 +28,10 @@ from biaslint.findings import TargetResult
 from biaslint.settings import Settings, TargetConfig
 
 # Modules the forkserver imports once so that every forked child starts with them loaded.
-_PRELOAD = ["torch", "biaslint.engine", "biaslint.capture", "biaslint.capture.concrete",
-            "biaslint.analysis"]
+# ``torch._inductor.config``: every lint restores the deterministic-algorithms flag
+# (``load.guard.preserved_state``), and torch imports it (and dynamo, seconds) to do so.
+_PRELOAD = ["torch", "torch._inductor.config", "biaslint.engine", "biaslint.capture",
+            "biaslint.capture.concrete", "biaslint.analysis"]
 # After SIGTERM, how long a child gets to exit before SIGKILL (seconds). Long enough for an
 # ordinary Python process to unwind, short enough that a hung target does not stall the run.
 _TERM_GRACE = 2.0
@@ -197,11 +199,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _settings_state(settings: Settings) -> dict[str, Any]:
+def settings_state(settings: Settings) -> dict[str, Any]:
+    """Settings as a picklable dict, for a worker process (``settings_from`` reads it)."""
     return {f.name: _plain(getattr(settings, f.name)) for f in fields(settings)}
 
 
-def _settings_from(state: dict[str, Any]) -> Settings:
+def settings_from(state: dict[str, Any]) -> Settings:
     return Settings(**{k: MappingProxyType(v) if isinstance(v, dict) else v
                        for k, v in state.items()})
 
@@ -210,7 +213,7 @@ def _lint_one(job: tuple[TargetConfig, dict[str, Any]]) -> TargetResult:
     from biaslint.engine import lint
 
     config, state = job
-    return lint(config, _settings_from(state))
+    return lint(config, settings_from(state))
 
 
 def lint_many(configs: Sequence[TargetConfig], settings: Settings = Settings(), jobs: int = 1,
@@ -232,7 +235,7 @@ def lint_many(configs: Sequence[TargetConfig], settings: Settings = Settings(), 
     # Each process gets its share of the cores: N processes each running a full-width
     # OpenMP pool would only fight over the same cores.
     threads = max(1, cores // max(1, min(jobs, len(configs) or 1)))
-    outcomes = run_isolated(_lint_one, [(c, _settings_state(settings)) for c in configs], jobs=jobs,
+    outcomes = run_isolated(_lint_one, [(c, settings_state(settings)) for c in configs], jobs=jobs,
                             timeout=timeout, threads=threads,
                             on_done=None if on_done is None
                             else lambda i, o: on_done(i, result_of(configs[i], o)))

@@ -180,28 +180,50 @@ def _record(tracking: Any, plan_: Plan, results: list[Any], quiet: bool) -> None
 
 
 def _fix(results: list[Any], plan_: Plan, options: CheckOptions, output: str | None) -> Outcome:
-    """``--diff``: show what ``--fix`` would write, exit 1 if anything. ``--fix``: write it,
-    lint again in fresh processes (the edited modules are imported anew) and report that."""
+    """``--diff``: show what ``--fix`` would write, exit 1 if anything. ``--fix``: write it.
+
+    Both first check every planned edit on a copy (``biaslint.verify``): only the fixes that
+    pass are shown or written, and the lint of the checked copy is the report after ``--fix``
+    (targets that import no edited file keep their first lint)."""
     import linecache
 
     from biaslint.fix.apply import plan_fixes, project_root, summary
+    from biaslint.verify import verify
 
-    changes = plan_fixes(results, options.unsafe_fixes, project_root(plan_.config_file))
+    root = project_root(plan_.config_file)
+    changes = plan_fixes(results, options.unsafe_fixes, root)
     failed = any(r.error for r in results)
+    checked = ""
+    verified = None
+    if changes.texts:
+        verified = verify(changes, results, plan_.configs, plan_.settings, root,
+                          options.unsafe_fixes, max(1, options.jobs), options.timeout)
+        kept = plan_fixes(results, options.unsafe_fixes, root, keep=verified.accepted)
+        kept.skipped.extend((finding, f"the check on a copy failed: {why}")
+                            for finding, why in verified.rejected)
+        changes = kept
+        checked = "; ".join([f"{verified.builds} build{'s' if verified.builds != 1 else ''}, "
+                             f"{verified.seconds:.1f} s", *verified.notes])
     if options.diff:
         click.echo(changes.diff(), nl=False)
         remaining = [f for r in results for f in r.findings
                      if not any(f is a for a in changes.applied)]
-        click.echo(summary(changes, remaining, wrote=False), err=True)
+        click.echo(summary(changes, remaining, wrote=False, checked=checked), err=True)
         return Outcome(failed, Severity.ERROR if changes.texts else None, Severity.INFO)
     if changes.texts:
+        assert verified is not None
         changes.write()
         linecache.checkcache()
-        results = _lint_isolated(plan_.configs, plan_.settings, max(1, options.jobs),
-                                 options.timeout, quiet=True)
+        results = [verified.results.get(index, result) for index, result in enumerate(results)]
+        stale = [index for index in verified.affected if index not in verified.results]
+        if stale:  # a target the check built but did not lint: lint it as written
+            again = _lint_isolated([plan_.configs[i] for i in stale], plan_.settings,
+                                   max(1, options.jobs), options.timeout, quiet=True)
+            for index, result in zip(stale, again):
+                results[index] = result
     outcome = _finish(results, plan_, output, None, None, options.quiet)
     remaining = [f for r in results for f in r.findings]
-    click.echo(summary(changes, remaining, wrote=True), err=True)
+    click.echo(summary(changes, remaining, wrote=True, checked=checked), err=True)
     return outcome
 
 

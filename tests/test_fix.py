@@ -223,3 +223,293 @@ def test_json_and_sarif_carry_the_edits(tmp_path):
     [replacement] = change["replacements"]
     assert replacement["deletedRegion"]["startLine"] == edit["start"]["line"]
     assert "bias=False" in replacement["insertedContent"]["text"]
+
+
+# -- a fix changes exactly the layers of its finding, checked on a copy before it is written --
+
+def _keyed_build(path: Path):
+    """The build with every init call of a parameter drawn from its own seeded generator (as
+    the check on a copy does): a fix that draws more or fewer numbers moves no other tensor."""
+    from biaslint.verify import KeyedDraws
+
+    with KeyedDraws():
+        built = _build(path)
+    return built if isinstance(built, tuple) else (built, None)
+
+
+def _tensors(model) -> dict[str, torch.Tensor]:
+    named = dict(model.named_parameters())
+    named.update(model.named_buffers())
+    return {name: tensor.detach().clone() for name, tensor in named.items()}
+
+
+def _outputs(model, inputs) -> list[torch.Tensor]:
+    model.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        out = model(inputs) if isinstance(inputs, torch.Tensor) else model(*inputs)
+    return [t for t in (out if isinstance(out, (tuple, list)) else [out])
+            if isinstance(t, torch.Tensor)]
+
+
+def _only_these_changed(before: Path, after: Path, changed: set[str], removed: set[str]) -> None:
+    """Every parameter and buffer outside ``changed`` and ``removed`` is bit-identical; with the
+    changed ones set back to their old values, the training-mode outputs are the same."""
+    old, inputs = _keyed_build(before)
+    new, _ = _keyed_build(after)
+    a, b = _tensors(old), _tensors(new)
+    assert set(a) - set(b) == removed, (set(a) - set(b), removed)
+    assert set(b) <= set(a)
+    for name in b:
+        if name not in changed:
+            assert torch.equal(a[name], b[name]), f"{name} changed"
+    if inputs is None:
+        return
+    new.load_state_dict({name: a[name] for name in b}, strict=True)
+    for x, y in zip(_outputs(old, inputs), _outputs(new, inputs)):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-5), float((x - y).abs().max())
+
+
+HELPER = HEADER + textwrap.dedent("""
+def conv_nd(dims, *args, **kwargs):
+    return nn.Conv2d(*args, **kwargs)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = conv_nd(2, 3, 8, 3, padding=1)  # a BatchNorm follows: the bias cancels
+        self.bn = nn.BatchNorm2d(8)
+        self.out = conv_nd(2, 8, 4, 1)  # nothing follows: the bias matters
+
+    def forward(self, x):
+        return self.out(torch.relu(self.bn(self.conv(x))))
+
+
+def build():
+    return Net(), torch.randn(2, 3, 8, 8)
+""")
+
+
+def test_a_shared_helper_is_never_edited_the_call_that_passes_bias_is(tmp_path):
+    path = tmp_path / "model.py"
+    path.write_text(HELPER)
+    original = tmp_path / "original.py"
+    shutil.copy(path, original)
+    proc = _cli(tmp_path, "model.py:build", "--fix", "--unsafe-fixes")
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "fixed 1, 0 remaining" in proc.stderr
+    text = path.read_text()
+    assert "    return nn.Conv2d(*args, **kwargs)\n" in text  # the helper as it was
+    assert "self.conv = conv_nd(2, 3, 8, 3, padding=1, bias=False)" in text
+    assert "self.out = conv_nd(2, 8, 4, 1)  #" in text
+    _only_these_changed(original, path, changed=set(), removed={"conv.bias"})
+
+
+def test_a_helper_that_cannot_pass_bias_on_gets_a_note_and_no_edit(tmp_path):
+    source = HELPER.replace("def conv_nd(dims, *args, **kwargs):\n    return nn.Conv2d(*args, "
+                            "**kwargs)", "def conv_nd(dims, cin, cout, k, padding=0):\n    "
+                            "return nn.Conv2d(cin, cout, k, padding=padding)")
+    assert source != HELPER
+    path = tmp_path / "model.py"
+    path.write_text(source)
+    proc = _cli(tmp_path, "model.py:build", "--fix", "--unsafe-fixes")
+    assert path.read_text() == source
+    assert "fixed 0, 1 remaining" in proc.stderr
+    assert "by hand: BL001 conv: it is built inside conv_nd() at model.py:7, a function other " \
+        "layers and other models can call" in proc.stderr, proc.stderr
+    assert "conv_nd() has no bias parameter and no **kwargs" in proc.stderr
+
+
+RNN_VARIANTS = {
+    "class_in_a_variable": """
+        rnn_cls = nn.LSTM if kind == "lstm" else nn.GRU
+        self.rnn = rnn_cls(8, 16, batch_first=True)
+""",
+    "if_else": """
+        if kind == "lstm":
+            self.rnn = nn.LSTM(8, 16, batch_first=True)
+        else:
+            self.rnn = nn.GRU(8, 16, batch_first=True)
+""",
+}
+
+
+@pytest.mark.parametrize("variant", sorted(RNN_VARIANTS))
+def test_a_branch_shared_by_lstm_and_gru_keeps_the_gru_building(tmp_path, variant):
+    from biaslint.rules.bl004_lstm_forget_bias import forget_biases
+
+    source = HEADER + textwrap.dedent("""
+    class Net(nn.Module):
+        def __init__(self, kind="lstm"):
+            super().__init__()
+    """) + textwrap.indent(textwrap.dedent(RNN_VARIANTS[variant]), " " * 8) + textwrap.dedent("""
+            self.head = nn.Linear(16, 2)
+
+        def forward(self, x):
+            out, _ = self.rnn(x)
+            return self.head(out[:, -1])
+
+
+    def build():
+        return Net("lstm"), torch.randn(2, 5, 8)
+
+
+    def build_gru():
+        return Net("gru"), torch.randn(2, 5, 8)
+    """)
+    path = tmp_path / "model.py"
+    path.write_text(source)
+    original = tmp_path / "original.py"
+    shutil.copy(path, original)
+    proc = _cli(tmp_path, "model.py:build", "--fix", "--unsafe-fixes")
+    module = importlib.util.module_from_spec(
+        importlib.util.spec_from_file_location(f"gru_{variant}", path))
+    module.__spec__.loader.exec_module(module)
+    model, x = module.build_gru()  # the GRU variant still builds and runs
+    model(x)
+    lstm, _ = _build(path)
+    before, _ = _build(original)
+    if variant == "if_else":  # the line goes inside the LSTM's branch: fixed, and measured so
+        assert "fixed 1, 0 remaining" in proc.stderr, proc.stderr
+        assert min(forget_biases(lstm.rnn).values()) == pytest.approx(1.0)
+        assert min(forget_biases(before.rnn).values()) < 0.5
+        _only_these_changed(original, path, changed={"rnn.bias_ih_l0", "rnn.bias_hh_l0"},
+                            removed=set())
+    else:
+        assert path.read_text() == source
+        assert "fixed 0, 1 remaining" in proc.stderr
+        assert "builds a class held in rnn_cls" in proc.stderr, proc.stderr
+
+
+def test_an_edit_that_changes_another_target_is_not_written(tmp_path):
+    """A class shared by two targets: its conv's bias cancels in one (a BatchNorm follows), not
+    in the other. Linting both, the edit is built for both and refused; the other fix of the
+    run (in a file only the first target imports) is found good by bisection and written."""
+    (tmp_path / "blocks.py").write_text(HEADER + textwrap.dedent("""
+    class Block(nn.Module):
+        def __init__(self, c, norm):
+            super().__init__()
+            self.conv = nn.Conv2d(c, c, 3, padding=1)
+            self.norm = nn.BatchNorm2d(c) if norm else nn.Identity()
+
+        def forward(self, x):
+            return torch.relu(self.norm(self.conv(x)))
+    """))
+    (tmp_path / "a.py").write_text(HEADER + "from blocks import Block\n\n\ndef build():\n"
+                                   "    model = nn.Sequential(Block(4, norm=True), "
+                                   "nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))\n"
+                                   "    return model, torch.randn(2, 4, 6, 6)\n")
+    (tmp_path / "b.py").write_text(HEADER + "from blocks import Block\n\n\ndef build():\n"
+                                   "    return Block(4, norm=False), torch.randn(2, 4, 6, 6)\n")
+    before = (tmp_path / "blocks.py").read_text()
+    alone = _cli(tmp_path, "a.py:build", "--diff")  # a alone cannot see b: the edit passes
+    assert "+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)" in alone.stdout
+    proc = _cli(tmp_path, "a.py:build", "b.py:build", "--fix")
+    assert (tmp_path / "blocks.py").read_text() == before
+    assert "nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4))" in (tmp_path / "a.py").read_text()
+    assert "fixed 1, 1 remaining" in proc.stderr, proc.stderr
+    assert "not fixed: BL001 0.conv: the check on a copy failed: b.py:build: it also removes " \
+        "conv.bias" in proc.stderr, proc.stderr
+
+
+def _dead_fraction(module, model, inputs) -> float:
+    seen = []
+    handle = module.register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        _outputs(model, inputs)
+    finally:
+        handle.remove()
+    return float((seen[0] <= 0).all(0).float().mean())
+
+
+# Per rule, the quantity its fix makes better (lower), measured on the built model.
+QUANTITY = {
+    # the bias parameters that never train
+    "BL001": lambda module, name, model, inputs: float(
+        getattr(module, "bias").numel() if getattr(module, "bias", None) is not None else 0),
+    # rows of the weight that are copies of another row (symmetric units)
+    "BL002": lambda module, name, model, inputs: float(
+        getattr(module, name).shape[0] - torch.unique(getattr(module, name), dim=0).shape[0]),
+    # units dead on the example inputs
+    "BL007": lambda module, name, model, inputs: _dead_fraction(module, model, inputs),
+}
+
+
+@pytest.mark.parametrize("code", [r.code for r in __import__("biaslint.rules").rules.all_rules()])
+def test_every_rules_bad_example_is_fixed_only_where_it_is_wrong(tmp_path, code):
+    """Every rule's bad example through --fix --unsafe-fixes: each fix that is written removes
+    its finding, makes the quantity it names better and changes no other layer; a fix that is
+    not written says why."""
+    from biaslint.rules import all_rules
+
+    [rule] = [r for r in all_rules() if r.code == code]
+    options = dict(rule.example_target)
+    flags = []
+    if "class_priors" in options:
+        flags += ["--class-priors", ",".join(map(str, options["class_priors"]))]
+    if "target_mean" in options:
+        flags += ["--target-mean", ",".join(map(str, options["target_mean"]))]
+    path = tmp_path / "model.py"
+    path.write_text(rule.bad_example)
+    original = tmp_path / "original.py"
+    shutil.copy(path, original)
+    first = json.loads(_cli(tmp_path, "model.py:build", "--format", "json", *flags).stdout)
+    before = first["results"][0]["findings"]
+    assert any(f["code"] == code for f in before)
+    proc = _cli(tmp_path, "model.py:build", "--fix", "--unsafe-fixes", "--format", "json",
+                *flags)
+    after = json.loads(proc.stdout)["results"][0]["findings"]  # the lint of the fixed file
+    left = {(f["code"], f["module"]) for f in after}
+    refused = {tuple(line.split(": ", 1)[1].split(" ", 2)[:2]) for line in
+               proc.stderr.splitlines() if line.startswith("  not fixed: ")}
+    fixed = [f for f in before if f["fix"] and f["fix"]["edits"]
+             and (f["code"], f["module"]) not in refused]
+    assert f"fixed {len(fixed)}," in proc.stderr, proc.stderr
+    for finding in before:
+        if finding["fix"] and finding not in fixed:  # every fix left alone says why
+            assert f"{finding['code']} {finding['module'] or '<root>'}: " in proc.stderr
+    if not fixed:
+        assert path.read_text() == rule.bad_example
+        return
+    old, inputs = _keyed_build(original)
+    new, _ = _keyed_build(path)
+    changed, removed = set(), set()
+    for finding in fixed:
+        assert (finding["code"], finding["module"]) not in left, finding
+        name = finding["parameter"]
+        full = f"{finding['module']}.{name}" if finding["module"] else name
+        (removed if finding["code"] == "BL001" else changed).add(full)
+        measure = QUANTITY[finding["code"]]  # a rule whose fixes are written names a quantity
+        was = measure(old.get_submodule(finding["module"]), name, old, inputs)
+        now = measure(new.get_submodule(finding["module"]), name, new, inputs)
+        assert now < was, (finding["code"], finding["module"], was, now)
+    _only_these_changed(original, path, changed, removed)
+
+
+def test_an_init_fix_keeps_the_users_tensor_expression(tmp_path):
+    """BL007 names the bias by its model path (model.fc.bias); the edit writes the call on
+    the user's own expression, so the fixed file builds (the check on a copy refused it
+    when it did not)."""
+    path = tmp_path / "model.py"
+    path.write_text(HEADER + textwrap.dedent("""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 64)
+            nn.init.constant_(self.fc.bias, -3.0)  # every unit dead
+            self.out = nn.Linear(64, 4)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.fc(x)))
+
+
+    def build():
+        return Net(), torch.randn(64, 32)
+    """))
+    original = tmp_path / "original.py"
+    shutil.copy(path, original)
+    proc = _cli(tmp_path, "model.py:build", "--fix", "--unsafe-fixes")
+    assert "fixed 1, 0 remaining" in proc.stderr, proc.stderr
+    assert "nn.init.constant_(self.fc.bias, 0.01)  # every unit dead" in path.read_text()
+    _only_these_changed(original, path, changed={"fc.bias"}, removed=set())

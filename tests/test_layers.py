@@ -28,7 +28,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("api", ("biaslint.api", "biaslint.testing", "biaslint.pytest_plugin",
              "biaslint.integrations", "biaslint")),
     ("run", ("biaslint.run",)),
-    ("parallel", ("biaslint.parallel",)),
+    # One process per target: the lint (-j, --timeout), and the check of --fix's edits on a copy.
+    ("parallel", ("biaslint.parallel", "biaslint.verify")),
     ("engine", ("biaslint.engine",)),
     ("report", ("biaslint.report", "biaslint.docs", "biaslint.config", "biaslint.baseline",
                 "biaslint.suppress")),

@@ -5,7 +5,9 @@ Only files inside the project are edited: under its root (the folder of the conf
 file, else the git work tree, else the working directory) and never under site-packages or the
 standard library. An edit computed against other text than the file holds now (the file
 changed since the build) is not applied. A fix is applied whole or not at all; fixes whose
-edits overlap others are left for the next run. Files are written through a temporary file in
+edits overlap others are left for the next run. The run checks the planned fixes on a copy
+before it writes or shows them (``biaslint.verify``) and plans again with those that passed
+(``keep``). Files are written through a temporary file in
 the same folder and an atomic replace.
 """
 
@@ -17,7 +19,7 @@ import subprocess
 import sysconfig
 import tempfile
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 from biaslint.findings import Edit, Finding, TargetResult
 from biaslint.fix.edits import digest
@@ -45,9 +47,13 @@ class FixPlan:
             _write_atomic(path, after)
 
 
-def plan_fixes(results: Sequence[TargetResult], unsafe: bool, root: str) -> FixPlan:
+def plan_fixes(results: Sequence[TargetResult], unsafe: bool, root: str,
+               keep: Collection[Finding] | None = None) -> FixPlan:
+    """What --fix would write. ``keep``: only these findings' fixes (those that passed the
+    check on a copy); the others are left out without a word (the caller says why)."""
     plan = FixPlan()
     chosen: list[Finding] = []
+    kept = None if keep is None else {id(f) for f in keep}
     for result in results:
         for finding in result.findings:
             fix = finding.fix
@@ -68,6 +74,8 @@ def plan_fixes(results: Sequence[TargetResult], unsafe: bool, root: str) -> FixP
             continue
         if len(paths) != 1:
             plan.skipped.append((finding, "edits span several files"))
+            continue
+        if kept is not None and id(finding) not in kept:
             continue
         by_file.setdefault(paths.pop(), []).append((finding, list(finding.fix.edits)))
     for path, fixes in by_file.items():
@@ -174,12 +182,14 @@ def _shown(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-def summary(plan: FixPlan, remaining: Iterable[Finding], wrote: bool) -> str:
+def summary(plan: FixPlan, remaining: Iterable[Finding], wrote: bool, checked: str = "") -> str:
     """``fixed 3, 2 remaining`` (or ``would fix``), then why each fixable-looking finding was
-    left: one line each."""
+    left: one line each. ``checked``: what the check on a copy cost, when it ran."""
     left = list(remaining)
     verb = "fixed" if wrote else "would fix"
     lines = [f"{verb} {len(plan.applied)}, {len(left)} remaining"]
+    if checked:
+        lines.append(f"  checked on a copy: {checked}")
     for finding, why in plan.skipped:
         lines.append(f"  not fixed: {finding.code} {finding.module or '<root>'}: {why}")
     for finding in left:

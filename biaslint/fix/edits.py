@@ -14,7 +14,7 @@ from typing import Any
 from biaslint.findings import Edit, Location
 
 # Position of ``bias`` among the positional parameters of each torch constructor.
-_BIAS_POSITION = {"Linear": 2, "Bilinear": 3, "Conv1d": 7, "Conv2d": 7, "Conv3d": 7,
+BIAS_POSITION = {"Linear": 2, "Bilinear": 3, "Conv1d": 7, "Conv2d": 7, "Conv3d": 7,
                   "ConvTranspose1d": 7, "ConvTranspose2d": 7, "ConvTranspose3d": 7}
 
 
@@ -80,6 +80,14 @@ def with_bias_false(site: Location, class_name: str) -> tuple[str, bool] | None:
     call = call_at(tree, site, class_name)
     if call is None:
         return None
+    return call_with_bias_false(source, call, BIAS_POSITION.get(class_name))
+
+
+def call_with_bias_false(source: str, call: ast.Call, position: int | None
+                         ) -> tuple[str, bool] | None:
+    """``call``'s text with ``bias=False``: an existing ``bias=`` keyword, or the positional
+    argument at ``position`` (where the callee takes ``bias``), becomes ``False``; otherwise
+    ``bias=False`` is appended. Returns (code, whether an existing argument was replaced)."""
     segment = ast.get_source_segment(source, call)
     if segment is None:
         return None
@@ -93,7 +101,6 @@ def with_bias_false(site: Location, class_name: str) -> tuple[str, bool] | None:
         if kw.arg == "bias":
             start, end = span(kw.value)
             return segment[:start] + "False" + segment[end:], True
-    position = _BIAS_POSITION.get(class_name)
     if position is not None and len(call.args) > position and not any(
             isinstance(a, ast.Starred) for a in call.args[:position + 1]):
         start, end = span(call.args[position])

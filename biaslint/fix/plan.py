@@ -9,27 +9,62 @@ init call that last wrote each parameter). Three kinds of edit:
 * BL004/BL005: a ``biaslint.init`` call inserted after the statement that builds the layer (with
   ``import biaslint.init``), naming the layer as that statement's assignment target does.
 
-Where an edit would be a guess (the same init line also writes parameters with no finding, the
-layer is not assigned to a name, the bias is set later by another call), the fix keeps no edits
-and ``Fix.manual`` says why. No torch import.
+An edit is offered only where it changes exactly the layers of its finding (``reach``): the
+line that built the layer must build no layer that needs another edit or none, and must not sit
+in a helper that other code can call for other layers (then ``bias=False`` goes to the helper's
+call when the helper passes a bias on), nor name its class through a variable. Where an edit
+would be a guess (the same init line also writes parameters with no finding, the layer is not
+assigned to a name, the bias is set later by another call), the fix keeps no edits and
+``Fix.manual`` says why. No torch import.
 """
 
 from __future__ import annotations
 
 import ast
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
-from biaslint.findings import Edit, Finding, InitCall
+from biaslint.findings import BuildFrame, Edit, Finding, InitCall, Location
 from biaslint.fix.edits import (
-    call_at, edit, enclosing_statement, parsed, span_of, with_bias_false,
+    BIAS_POSITION, call_at, call_with_bias_false, edit, enclosing_statement, parsed, span_of,
+)
+from biaslint.fix.reach import (
+    Step, bias_position, callee, called_name, forwards_bias, installed, listed, names_class,
+    not_owned, reach, steps_of,
 )
 
 
+@dataclass
+class _Context:
+    """What the edits are judged against: every finding of the target and what the build
+    recorded about where each layer and init came from."""
+
+    findings: list[Finding]
+    sites: dict[str, Location]
+    param_inits: dict[str, InitCall]
+    steps: dict[str, list[Step]]
+    by_rule: dict[tuple[str, str], Finding]  # (code, module) -> the finding with a fix
+
+    def site(self, finding: Finding) -> Location | None:
+        return self.sites.get(finding.module) or finding.location
+
+    def steps_for(self, finding: Finding) -> list[Step]:
+        site = self.site(finding)
+        steps = self.steps.get(finding.module)
+        if steps:
+            return steps
+        return [Step(site, None)] if site is not None else []
+
+
 def with_edits(findings: Iterable[Finding], module_sites: dict[str, Any],
-               param_inits: dict[str, InitCall]) -> list[Finding]:
+               param_inits: dict[str, InitCall],
+               module_chains: dict[str, tuple[BuildFrame, ...]] | None = None) -> list[Finding]:
     findings = list(findings)
     wanted = _init_replacements(findings, param_inits)
+    context = _Context(
+        findings, dict(module_sites), param_inits,
+        {name: steps_of(chain) for name, chain in (module_chains or {}).items()},
+        {(f.code, f.module): f for f in findings if f.fix is not None and f.fix.code})
     result = []
     for finding in findings:
         fix = finding.fix
@@ -37,40 +72,140 @@ def with_edits(findings: Iterable[Finding], module_sites: dict[str, Any],
             result.append(finding)
             continue
         try:
-            edits, manual = _edits_for(finding, param_inits, wanted)
+            edits, manual, changed = _edits_for(finding, context, wanted)
         except Exception as exc:  # noqa: BLE001 - an edit we cannot compute stays a suggestion
-            edits, manual = (), f"no edit computed ({type(exc).__name__})"
-        result.append(replace(finding, fix=replace(fix, edits=tuple(edits), manual=manual)))
+            edits, manual, changed = (), f"no edit computed ({type(exc).__name__})", {}
+        result.append(replace(finding, fix=replace(fix, edits=tuple(edits), manual=manual,
+                                                   **changed)))
     return result
 
 
-def _edits_for(finding: Finding, param_inits: dict[str, InitCall],
+def _edits_for(finding: Finding, context: _Context,
                wanted: dict[tuple[str, int], tuple[set[str], set[str]]]
-               ) -> tuple[list[Edit], str]:
+               ) -> tuple[list[Edit], str, dict[str, str]]:
+    """The edits, why there are none, and the fix's title and code where the edit moved from
+    the construction to the call of a helper."""
     fix = finding.fix
     assert fix is not None
     if finding.code == "BL001":
-        return _bias_false(finding)
+        return _bias_false(finding, context)
     if fix.code.startswith("nn.init."):
-        return _replace_init(finding, param_inits, wanted)
+        return (*_replace_init(finding, context.param_inits, wanted), {})
     if fix.code.startswith("biaslint.init."):
-        return _insert_after_construction(finding, param_inits)
-    return [], "no automatic edit for this fix"
+        return (*_insert_after_construction(finding, context), {})
+    return [], "no automatic edit for this fix", {}
 
 
-def _bias_false(finding: Finding) -> tuple[list[Edit], str]:
-    site = finding.location
-    if site is None:
-        return [], "the construction site is unknown"
-    found = parsed(site.file)
-    rewritten = with_bias_false(site, finding.module_type)
-    if found is None or rewritten is None:
-        return [], "the constructor call was not found in the source"
-    source, tree = found
-    call = call_at(tree, site, finding.module_type)
-    assert call is not None
-    start, end = span_of(source, call)
-    return [edit(site.file, source, start, end, rewritten[0])], ""
+def _bias_false(finding: Finding, context: _Context) -> tuple[list[Edit], str, dict[str, str]]:
+    """``bias=False`` where the layer is built, if that line builds only layers whose bias is
+    cancelled; else in the call of the helper that built it, if the helper passes a ``bias``
+    on; else nothing, and why."""
+    steps = context.steps_for(finding)
+    if not steps:
+        return [], "the construction site is unknown", {}
+    reasons: list[str] = []
+    for level, step in enumerate(steps):
+        if installed(step.location.file):
+            reasons.append(f"it is built in an installed package ({_where(step.location)}), "
+                           "outside the project: fix it in your code")
+            break
+        found = parsed(step.location.file)
+        if found is None:
+            reasons.append(f"the source of {step.location.file} was not found")
+            break
+        source, tree = found
+        if level > 0:
+            # bias=False given at this call must reach the constructor through every helper
+            # below it; a helper that does not pass it on blocks every call further out too.
+            blocked = _passes_bias_down(steps[:level])
+            if blocked is not None:
+                reasons.append(blocked)
+                break
+        why = not_owned(step, tree)
+        if why is not None:
+            reasons.append(why)
+            continue
+        if level == 0:
+            call = call_at(tree, step.location, finding.module_type)
+            if call is None:
+                return [], "the constructor call was not found in the source", {}
+            if not names_class(tree, call, finding.module_type):
+                reasons.append(f"the call at {_where(step.location)} builds a class held in "
+                               f"{callee(call) or 'a variable'}: for other arguments it builds "
+                               "other layers")
+                continue
+            rewritten = call_with_bias_false(source, call, BIAS_POSITION.get(
+                finding.module_type))
+        else:
+            inner = steps[level - 1].scope
+            assert inner is not None
+            call = call_at(tree, step.location, called_name(inner))
+            if call is None or callee(call) != called_name(inner):
+                reasons.append(f"the call at {_where(step.location)} does not name "
+                               f"{called_name(inner)}()")
+                break
+            rewritten = call_with_bias_false(source, call, bias_position(
+                _parsed_tree(inner.location.file), inner))
+        if rewritten is None:
+            return [], "the constructor call was not found in the source", {}
+        built = reach(finding.module, level, context.steps, context.sites)
+        live = [name for name in built if ("BL001", name) not in context.by_rule]
+        if live:
+            reasons.append(f"the call at {_where(step.location)} also builds {listed(live)}, "
+                           f"whose bias {'matters' if len(live) == 1 else 'matter'}")
+            continue
+        start, end = span_of(source, call)
+        edits = [edit(step.location.file, source, start, end, rewritten[0])]
+        if level == 0:
+            return edits, "", {}
+        inner = steps[level - 1].scope
+        assert inner is not None
+        return edits, "", {
+            "title": f"Pass bias=False to {called_name(inner)}() at {_where(step.location)}, "
+                     "which builds the layer (not inside it: it builds other layers too)",
+            "code": rewritten[0]}
+    return [], _manual(reasons, "no edit there changes this layer alone; build it with "
+                                "bias=False by hand"), {}
+
+
+def _passes_bias_down(steps: list[Step]) -> str | None:
+    """Why a ``bias=False`` given at the call above ``steps`` would not reach the constructor
+    (each helper on the way must pass it on to the next call alone); None when it does."""
+    for step in steps:
+        found = parsed(step.location.file)
+        if found is None or step.scope is None:
+            return f"the source of {step.location.file} was not found"
+        source, tree = found
+        call = _call_at_step(tree, step)
+        if call is None:
+            return f"the call at {_where(step.location)} was not found"
+        why = forwards_bias(tree, step, call)
+        if why is not None:
+            return why
+    return None
+
+
+def _call_at_step(tree: ast.Module, step: Step) -> ast.Call | None:
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and n.lineno == step.location.line and n.col_offset == step.location.col - 1]
+    return calls[0] if calls else None
+
+
+def _parsed_tree(file: str) -> ast.Module:
+    found = parsed(file)
+    return found[1] if found is not None else ast.Module(body=[], type_ignores=[])
+
+
+def _manual(reasons: list[str], advice: str) -> str:
+    """Why there is no edit: why not where the layer is built, and why not at the last call
+    tried further out (the ones between say the same as the first)."""
+    shown = reasons[:1] + reasons[-1:] if len(reasons) > 1 else reasons
+    text = "; ".join(shown)
+    return text if text.endswith("fix it in your code") else f"{text}: {advice}"
+
+
+def _where(location: Location) -> str:
+    return f"{location.file}:{location.line}"
 
 
 # -- BL002 / BL003: the user's init call ---------------------------------------------------------
@@ -129,11 +264,38 @@ def _replace_init(finding: Finding, param_inits: dict[str, InitCall],
     node = _init_call_node(tree, call)
     if node is None:
         return [], "the init call was not found in the source"
-    code = _spelled_for(_without_comment(fix.code), tree)
+    code = _spelled_for(_on_subject(_without_comment(fix.code), _subject(source, node, call)),
+                        tree)
     if code is None:
         return [], "the file does not import torch.nn as nn (or torch): edit it by hand"
     start, end = span_of(source, node)
     return [edit(call.location.file, source, start, end, code)], ""
+
+
+def _subject(source: str, node: ast.Call, call: InitCall) -> str | None:
+    """The tensor the user's init call writes, as the user wrote it: ``self.fc.bias`` in
+    ``nn.init.constant_(self.fc.bias, -3.0)``, ``layer.weight.data`` in
+    ``layer.weight.data.normal_()``."""
+    if call.name.startswith("Tensor.") and isinstance(node.func, ast.Attribute):
+        return ast.get_source_segment(source, node.func.value)
+    return ast.get_source_segment(source, node.args[0]) if node.args else None
+
+
+def _on_subject(code: str, subject: str | None) -> str:
+    """The fix's init call on the user's own tensor expression: the rule names the tensor by
+    its path in the model (``model.fc.bias``), which the user's code may not have as a name."""
+    try:
+        call = ast.parse(code, mode="eval").body
+    except SyntaxError:
+        return code
+    if subject is None or not isinstance(call, ast.Call) or not call.args:
+        return code
+    first = call.args[0]
+    lines = code.splitlines(keepends=True)
+    start = sum(len(t) for t in lines[:first.lineno - 1]) + first.col_offset
+    end = sum(len(t) for t in lines[:(first.end_lineno or first.lineno) - 1]) + \
+        (first.end_col_offset or 0)
+    return code[:start] + subject + code[end:]
 
 
 def _without_comment(code: str) -> str:
@@ -195,13 +357,11 @@ def _imported_names(tree: ast.Module) -> dict[str, str]:
 
 # -- BL004 / BL005: a biaslint.init call after the construction -------------------------------------
 
-def _insert_after_construction(finding: Finding, param_inits: dict[str, InitCall]
+def _insert_after_construction(finding: Finding, context: _Context
                                ) -> tuple[list[Edit], str]:
     fix = finding.fix
     assert fix is not None
-    site = finding.location
-    if site is None:
-        return [], "the construction site is unknown"
+    param_inits = context.param_inits
     prefix = f"{finding.module}." if finding.module else ""
     later = [c for name, c in param_inits.items()
              if name.startswith(prefix) and "bias" in name.rsplit(".", 1)[-1] and c.by_user]
@@ -212,30 +372,80 @@ def _insert_after_construction(finding: Finding, param_inits: dict[str, InitCall
         where = f" at {later[0].location.file}:{later[0].location.line}" if later[0].location \
             else ""
         return [], f"its bias is set later by {later[0].name}{where}: change that call"
-    found = parsed(site.file)
-    if found is None:
-        return [], "the construction's source was not found"
-    source, tree = found
-    call = call_at(tree, site, finding.module_type)
-    statement = enclosing_statement(tree, call) if call is not None else None
-    single = isinstance(statement, ast.AnnAssign) or (
-        isinstance(statement, ast.Assign) and len(statement.targets) == 1)
-    if not (single and statement.value is call):  # type: ignore[union-attr]
-        return [], ("the layer is not assigned to a name where it is built (inside a "
-                    "Sequential, say): add the line by hand")
-    assert isinstance(statement, (ast.Assign, ast.AnnAssign))
-    target = statement.targets[0] if isinstance(statement, ast.Assign) else statement.target
-    code = _called_on(fix.code, target)
-    if code is None:
-        return [], "the fix needs values only the user has (the priors as a name)"
-    line_start = source.rfind("\n", 0, _line_offset(source, statement.lineno)) + 1
-    indent = source[line_start:line_start + statement.col_offset]
-    end = _line_offset(source, (statement.end_lineno or statement.lineno) + 1)
-    edits = [edit(site.file, source, end, end, f"{indent}{code}\n")]
-    if not _imports_module(tree):
-        where = _import_position(source, tree)
-        edits.append(edit(site.file, source, where, where, "import biaslint.init\n"))
-    return edits, ""
+    steps = context.steps_for(finding)
+    if not steps:
+        return [], "the construction site is unknown"
+    reasons: list[str] = []
+    for level, step in enumerate(steps):
+        if installed(step.location.file):
+            reasons.append(f"it is built in an installed package ({_where(step.location)}), "
+                           "outside the project: fix it in your code")
+            break
+        found = parsed(step.location.file)
+        if found is None:
+            return [], "the construction's source was not found"
+        source, tree = found
+        why = not_owned(step, tree)
+        if why is not None:
+            reasons.append(why)
+            continue
+        if level == 0:
+            call = call_at(tree, step.location, finding.module_type)
+            if call is not None and not names_class(tree, call, finding.module_type):
+                reasons.append(f"the statement at {_where(step.location)} builds a class held "
+                               f"in {callee(call) or 'a variable'}, another layer type for "
+                               "other arguments: a line after it would run for those too")
+                continue
+        else:
+            inner = steps[level - 1].scope
+            assert inner is not None
+            if inner.kind != "function":
+                break  # the call builds the layer's parent (a class), not the layer
+            call = call_at(tree, step.location, called_name(inner))
+            if call is not None and callee(call) != called_name(inner):
+                call = None
+        statement = enclosing_statement(tree, call) if call is not None else None
+        single = isinstance(statement, ast.AnnAssign) or (
+            isinstance(statement, ast.Assign) and len(statement.targets) == 1)
+        if not (single and statement.value is call):  # type: ignore[union-attr]
+            reasons.append(f"the layer is not assigned to a name at {_where(step.location)} "
+                           "(inside a Sequential, say)" if level == 0 else
+                           f"the call at {_where(step.location)} is not assigned to the layer")
+            break
+        assert isinstance(statement, (ast.Assign, ast.AnnAssign))
+        target = statement.targets[0] if isinstance(statement, ast.Assign) else statement.target
+        if level > 0 and not (isinstance(target, ast.Attribute) and
+                              target.attr == finding.module.rsplit(".", 1)[-1]):
+            # What a helper returns is known only when it lands in the layer's own attribute.
+            reasons.append(f"the call at {_where(step.location)} is not assigned to the layer")
+            break
+        code = _called_on(fix.code, target)
+        if code is None:
+            return [], "the fix needs values only the user has (the priors as a name)"
+        built = reach(finding.module, level, context.steps, context.sites)
+        differ = [name for name in built if name != finding.module and not _same_insertion(
+            context.by_rule.get((finding.code, name)), target, code)]
+        if differ:
+            reasons.append(f"the statement at {_where(step.location)} also builds "
+                           f"{listed(differ)}, which need{'s' if len(differ) == 1 else ''} "
+                           "another value or none")
+            continue
+        line_start = source.rfind("\n", 0, _line_offset(source, statement.lineno)) + 1
+        indent = source[line_start:line_start + statement.col_offset]
+        end = _line_offset(source, (statement.end_lineno or statement.lineno) + 1)
+        edits = [edit(step.location.file, source, end, end, f"{indent}{code}\n")]
+        if not _imports_module(tree):
+            where = _import_position(source, tree)
+            edits.append(edit(step.location.file, source, where, where,
+                              "import biaslint.init\n"))
+        return edits, ""
+    return [], _manual(reasons, "add the line by hand where only this layer is built")
+
+
+def _same_insertion(other: Finding | None, target: ast.expr, code: str) -> bool:
+    """Another layer built by the same statement wants the very line this fix inserts."""
+    return other is not None and other.fix is not None and \
+        _called_on(other.fix.code, target) == code
 
 
 def _replace_bias_init(finding: Finding, call: InitCall,

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from biaslint.errors import TargetError
-from biaslint.findings import InitCall, Location
+from biaslint.findings import BuildFrame, InitCall, Location
 from biaslint.load.guard import user_code
 from biaslint.laws import Piece
 from biaslint.load.sites import BuildRecord, recording
@@ -40,6 +40,9 @@ class LoadedTarget:
     module_sites: dict[str, Location]  # qualified module name -> construction site
     param_inits: dict[str, InitCall]  # qualified parameter name -> last init call
     notes: list[str] = field(default_factory=list)
+    # qualified module name -> the user calls that built it, innermost (the site) first; a fix
+    # reads it to tell a line that builds this layer alone from a helper shared with others
+    module_chains: dict[str, tuple[BuildFrame, ...]] = field(default_factory=dict)
     # Meta-device models: each parameter's init laws (``biaslint.laws``), by qualified name;
     # None for a model with real values (they are measured instead).
     param_laws: dict[str, list[Piece] | None] | None = None
@@ -103,6 +106,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         module_sites=module_sites_of(model, record),
         param_inits=param_inits_of(model, record),
         notes=notes,
+        module_chains=module_chains_of(model, record),
         param_laws=laws,
         buffer_laws=buffer_laws,
     )
@@ -395,6 +399,16 @@ def module_sites_of(model: nn.Module, record: BuildRecord) -> dict[str, Location
         if site is not None:
             sites.setdefault(name, site)
     return sites
+
+
+def module_chains_of(model: nn.Module, record: BuildRecord) -> dict[str, tuple[BuildFrame, ...]]:
+    chains: dict[str, tuple[BuildFrame, ...]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if name not in chains:
+            chain = record.chain_of(module)
+            if chain:
+                chains[name] = chain
+    return chains
 
 
 def param_inits_of(model: nn.Module, record: BuildRecord) -> dict[str, InitCall]:

@@ -8,9 +8,11 @@ biaslint) for each call. Everything patched is restored in ``finally``, even whe
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import os
 import sys
+import sysconfig
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,11 +22,12 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 
-from biaslint.findings import InitCall, Location
+from biaslint.findings import BuildFrame, InitCall, Location
 from biaslint.load.laws import LawBook, LawMode, init_function_law
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 # Initializers in torch.nn.init that write a tensor in place.
 INIT_FUNCTIONS = (
@@ -106,6 +109,89 @@ def user_frame(skip_self: object | None = None) -> FrameType | None:
     return None
 
 
+_COMPREHENSIONS = frozenset({"<listcomp>", "<genexpr>", "<dictcomp>", "<setcomp>"})
+# A deeper chain is cut: the layer's place is decided by its innermost calls, and a recursive
+# builder must not cost a walk of its whole stack per layer.
+_CHAIN_LIMIT = 24
+_STDLIB_DIRS = tuple({os.path.realpath(sysconfig.get_paths()[key]) + os.sep
+                      for key in ("stdlib", "platstdlib")})
+
+
+@functools.lru_cache(maxsize=4096)
+def _passed_through(filename: str) -> bool:
+    """A frame the walk goes through without recording: torch (``@torch.no_grad`` wrappers),
+    and the standard library (``contextlib``, ``functools``) but not installed packages."""
+    if is_library_frame(filename):
+        return True
+    path = os.path.realpath(filename)
+    return path.startswith(_STDLIB_DIRS) and "site-packages" not in path \
+        and "dist-packages" not in path
+
+
+@functools.lru_cache(maxsize=4096)
+def _in_package(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_PACKAGE_DIR)
+
+
+def _chain(frame: FrameType | None, entry: FrameType | None
+           ) -> tuple[tuple[Any, int, str], ...]:
+    """The user calls from ``frame`` (the construction site) outwards, up to the function
+    biaslint's loader called or ``entry`` (the frame that entered ``recording()``)."""
+    chain: list[tuple[Any, int, str]] = []
+    while frame is not None and len(chain) < _CHAIN_LIMIT:
+        code = frame.f_code
+        if _in_package(code.co_filename):
+            _mark_entry(chain)  # the loader called the innermost frame so far
+            break
+        if _passed_through(code.co_filename):
+            frame = frame.f_back
+            continue
+        name = code.co_name
+        if name in _COMPREHENSIONS:
+            kind = "comprehension"
+        elif name == "<module>":
+            kind = "module"
+        elif name == "__init__" and isinstance(frame.f_locals.get("self"), nn.Module):
+            kind = "init"
+        else:
+            kind = "function"
+        chain.append((code, frame.f_lasti, kind))
+        if frame is entry:
+            # Code in the ``with recording():`` block, and the function it calls to build the
+            # model, are what the command line's target function is.
+            if len(chain) > 1 and chain[-2][2] == "function":
+                chain[-2] = (*chain[-2][:2], "entry")
+            _mark_entry(chain)
+            break
+        frame = frame.f_back
+    return tuple(chain)
+
+
+def _mark_entry(chain: list[tuple[Any, int, str]]) -> None:
+    if chain and chain[-1][2] == "function":
+        chain[-1] = (*chain[-1][:2], "entry")
+
+
+def _build_frame(code: Any, lasti: int, kind: str) -> BuildFrame:
+    filename = _SOURCE_FILES.get(code.co_filename)
+    if filename is None:
+        filename = inspect.getsourcefile(code) or code.co_filename
+    line, col, end_line = code.co_firstlineno, 0, None
+    code_position = getattr(inspect, "_get_code_position", None)
+    if code_position is not None:
+        positions = code_position(code, lasti)
+        if positions[0] is not None:
+            line, end_line = positions[0], positions[1] or positions[0]
+            col = (positions[2] or 0) + 1
+    else:  # Python 3.10: the line only
+        rows = [row for start, end, row in code.co_lines() if start <= lasti < end and row]
+        line = rows[0] if rows else code.co_firstlineno
+    location = Location(file=display_path(filename), line=line, col=col,
+                        end_line=end_line or line, function=code.co_name)
+    return BuildFrame(location, kind, getattr(code, "co_qualname", code.co_name),
+                      0 if kind == "module" else code.co_firstlineno)
+
+
 @dataclass
 class _InitEvent:
     storage: Any
@@ -121,10 +207,27 @@ class BuildRecord:
     module_sites: dict[int, tuple[nn.Module, Location]] = field(default_factory=dict)
     init_events: list[_InitEvent] = field(default_factory=list)
     laws: LawBook | None = None  # the init laws of meta tensors (``recording(laws=True)``)
+    # Per module: the user calls that led to its construction, innermost first, as raw
+    # (code, instruction offset, kind) triples; made into ``BuildFrame``s only for the modules
+    # the model keeps (``chain_of``), so a build pays for no source lookups it does not use.
+    module_chains: dict[int, tuple[tuple[Any, int, str], ...]] = field(default_factory=dict)
 
     def site_of(self, module: nn.Module) -> Location | None:
         entry = self.module_sites.get(id(module))
         return entry[1] if entry and entry[0] is module else None
+
+    def chain_of(self, module: nn.Module) -> tuple[BuildFrame, ...]:
+        if self.site_of(module) is None:
+            return ()
+        # A loop or a helper builds many layers through the same few calls: each made once.
+        made = self.__dict__.setdefault("_frames", {})
+        chain = []
+        for raw in self.module_chains.get(id(module), ()):
+            frame = made.get(raw)
+            if frame is None:
+                frame = made[raw] = _build_frame(*raw)
+            chain.append(frame)
+        return tuple(chain)
 
     def init_of(self, tensor: torch.Tensor) -> InitCall | None:
         """The last recorded write that covered this tensor's memory."""
@@ -204,6 +307,9 @@ class _Recorder:
                  book: LawBook | None = None) -> None:
         self.record = BuildRecord()
         self._depth = 0
+        # The user's frame that entered ``recording()`` (none when biaslint's loader did): the
+        # outermost frame a construction chain records.
+        self.entry: FrameType | None = None
         self._saved: list[tuple[Any, str, Any]] = []
         self.mode: LawMode | None = None
         if laws:
@@ -216,7 +322,13 @@ class _Recorder:
 
     def install(self) -> None:
         record = self.record
+        frame: FrameType | None = sys._getframe(1)
+        while frame is not None and (_in_package(frame.f_code.co_filename)
+                                     or _passed_through(frame.f_code.co_filename)):
+            frame = frame.f_back
+        self.entry = frame
         original_init = nn.Module.__init__
+        recorder = self
 
         def module_init(module: nn.Module, *args: Any, **kwargs: Any) -> None:
             original_init(module, *args, **kwargs)
@@ -224,6 +336,10 @@ class _Recorder:
                 frame = user_frame(skip_self=module)
                 if frame is not None:
                     record.module_sites[id(module)] = (module, _location(frame))
+                    try:
+                        record.module_chains[id(module)] = _chain(frame, recorder.entry)
+                    except Exception:  # noqa: BLE001 - provenance is best effort
+                        record.module_chains.pop(id(module), None)
 
         self._patch(nn.Module, "__init__", module_init)
         for name in INIT_FUNCTIONS:
@@ -247,6 +363,8 @@ class _Recorder:
             entry = record.module_sites.get(id(module))
             if entry is not None and entry[0] is module and id(result) not in record.module_sites:
                 record.module_sites[id(result)] = (result, entry[1])
+                if id(module) in record.module_chains:
+                    record.module_chains[id(result)] = record.module_chains[id(module)]
             return result
 
         return deepcopy
@@ -320,6 +438,7 @@ class _Recorder:
         self.record.init_events.append(_InitEvent(*span, call))
 
     def restore(self) -> None:
+        self.entry = None  # a frame keeps its locals alive
         for owner, name, value in reversed(self._saved):
             if value is _ABSENT:
                 delattr(owner, name)
