@@ -3,7 +3,8 @@ the findings and the ``bias=False`` fix."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -57,10 +58,10 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
             if measure is not None and measure.no_gradient:
                 measure = None  # not read where autograd sees it: the walk alone judges
             if isinstance(module, nn.MultiheadAttention):
-                derived = _attention_key_slice(rule, model, layer)
+                derived = _attention_claim(rule, model, layer)
                 if measure is None:
                     if derived is not None:
-                        yield derived
+                        yield derived.build(False)
                 else:
                     yield from _measured(rule, model, layer, pname, measure, None, derived,
                                          located, by_site, redundant)
@@ -72,10 +73,13 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
             if measure is not None:
                 derived = None
                 if verdict is not None and verdict.redundant and verdict.cancelled_by:
-                    derived = _whole_finding(rule, layer, verdict.cancelled_by, by_site,
-                                             redundant)
+                    count = int(module.bias.numel())  # type: ignore[union-attr]
+                    by = verdict.cancelled_by
+                    derived = _Claim(((0, count),), by, lambda measured, by=by, layer=layer:
+                                     _whole_finding(rule, layer, by, by_site, redundant,
+                                                    measured))
                 elif verdict is not None and not verdict.redundant and verdict.crossed:
-                    derived = _fused_slice(rule, model, layer, int(module.bias.numel()))
+                    derived = _fused_claim(rule, model, layer, int(module.bias.numel()))
                 yield from _measured(rule, model, layer, pname, measure, verdict, derived,
                                      located, by_site, redundant)
                 dead.extend(_dead(layer.name, pname, measure))
@@ -121,9 +125,9 @@ def _derived(rule: "RedundantBias", model: AnalysedModel, layer: Layer, verdict:
         return
     if verdict.redundant:
         return  # nothing cancels it: the output is never used (a dead layer)
-    fused = _fused_slice(rule, model, layer, count) if verdict.crossed else None
+    fused = _fused_claim(rule, model, layer, count) if verdict.crossed else None
     if fused is not None:
-        yield fused
+        yield fused.build(False)
     elif report_partial:
         yield from _partial(rule, model, layer, verdict)
 
@@ -192,60 +196,38 @@ class _Locations:
 
 
 def _measured(rule: "RedundantBias", model: AnalysedModel, layer: Layer, pname: str,
-              measure: "BiasMeasure", verdict: "Verdict | None", derived: Finding | None,
+              measure: "BiasMeasure", verdict: "Verdict | None", derived: _Claim | None,
               located: "_Locations | None", by_site: dict[tuple[str, int, int], list[str]],
               redundant: dict[str, bool]) -> Iterable[Finding]:
     """The screen's measurement decides; the walk's derivation explains it where it can. A
     derived claim the measurement does not bear out is counted as a disagreement."""
-    derived_span = _claimed_elements(derived)
-    if derived_span is not None and derived is not None:
-        missing = [i for a, b in derived_span for i in range(a, b)
+    if derived is not None:
+        missing = [i for a, b in derived.spans for i in range(a, b)
                    if not any(x <= i < y for x, y in measure.cancelled)]
         # The gradient did not propose them (a gradient that is flat everywhere behind a
         # LayerNorm over two features, say): the perturbation itself decides.
-        if missing and _screen_holds(located, layer.name, pname, derived_span):
-            yield _with_data(derived, measured=True)
+        if missing and located is not None and \
+                located.screen.holds(layer.name, pname, derived.spans):
+            yield derived.build(True)
             return
         if missing:
-            model.disagree(rule.code, layer.name, derived.message,
-                           f"measured: shifting the {sum(b - a for a, b in derived_span)} "
+            model.disagree(rule.code, layer.name, derived.build(False).message,
+                           f"measured: shifting the {sum(b - a for a, b in derived.spans)} "
                            "elements claimed moves the outputs")
     if not measure.cancelled:
         return
-    proved = derived_span is not None and not [
-        r for r in measure.cancelled
-        if not any(a <= r[0] and r[1] <= b for a, b in derived_span)]
+    proved = derived is not None and all(
+        any(a <= start and stop <= b for a, b in derived.spans)
+        for start, stop in measure.cancelled)
+    if proved and derived is not None and derived.spans == measure.cancelled:
+        yield derived.build(True)
+        return
+    cause = list(derived.cancelled_by) if proved and derived is not None else \
+        [_measured_cause(model, layer, pname, measure, verdict, located)]
     if measure.whole and pname == "bias":
-        if proved and derived is not None:
-            yield _with_data(derived, measured=True)
-            return
-        by = _measured_cause(model, layer, pname, measure, verdict, located)
-        yield _whole_finding(rule, layer, [by], by_site, redundant, measured=True)
-        return
-    count = measure.cancelled_count
-    if proved and derived is not None and derived.data.get("slice") and \
-            measure.cancelled == (tuple(derived.data["slice"]),):
-        yield _with_data(derived, measured=True, slices=[list(measure.cancelled[0])])
-        return
-    cause = [_measured_cause(model, layer, pname, measure, verdict, located)] if not proved \
-        else list(derived.data.get("cancelled_by", [])) if derived is not None else []
-    first = measure.cancelled[0]
-    shown = f"{pname}[{first[0]}:{first[1]}]" if len(measure.cancelled) == 1 else \
-        f"{count} elements of {pname} in {len(measure.cancelled)} runs " \
-        f"({_runs_text(measure.cancelled)})"
-    what = "key slice" if _attention(cause) else "slice"
-    if len(measure.cancelled) > 1:
-        what = "elements"
-    yield rule.finding(
-        layer,
-        f"{what} {shown} of {layer.type_name} '{layer.name}' "
-        f"{'is' if len(measure.cancelled) == 1 else 'are'} cancelled by {_join(cause)}: "
-        f"{count} parameters never train (no constructor flag removes only these)",
-        parameter=pname, severity=Severity.INFO,
-        data={"verdict": "redundant-slice", "slice": list(first),
-              "slices": [list(r) for r in measure.cancelled], "cancelled_by": cause,
-              "parameters": count, "measured": True},
-    )
+        yield _whole_finding(rule, layer, cause, by_site, redundant, measured=True)
+    else:
+        yield _slice_finding(rule, layer, pname, measure.cancelled, cause, measured=True)
 
 
 def _measured_cause(model: AnalysedModel, layer: Layer, pname: str, measure: "BiasMeasure",
@@ -257,28 +239,6 @@ def _measured_cause(model: AnalysedModel, layer: Layer, pname: str, measure: "Bi
     if located is not None and verdict is not None and not verdict.redundant and verdict.reason:
         located.stops.setdefault(verdict.reason, []).append(layer.name)
     return text
-
-
-def _screen_holds(located: "_Locations | None", layer: str, pname: str,
-                 spans: tuple[tuple[int, int], ...]) -> bool:
-    return bool(located is not None and located.screen.holds(layer, pname, spans))
-
-
-def _claimed_elements(finding: Finding | None) -> tuple[tuple[int, int], ...] | None:
-    if finding is None:
-        return None
-    if finding.data.get("verdict") == "redundant":
-        return ((0, int(finding.data["parameters"])),)
-    if finding.data.get("verdict") == "redundant-slice":
-        a, b = finding.data["slice"]
-        return ((int(a), int(b)),)
-    return None
-
-
-def _with_data(finding: Finding, **extra: object) -> Finding:
-    from dataclasses import replace
-
-    return replace(finding, data={**finding.data, **extra})
 
 
 def _attention(cause: list[str]) -> bool:
@@ -303,7 +263,43 @@ def _listed(names: list[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def _fused_slice(rule: "RedundantBias", model: AnalysedModel, layer: Layer, count: int) -> Finding | None:
+@dataclass(frozen=True)
+class _Claim:
+    """What the walk derived for one bias: the elements it calls cancelled, by what, and how
+    the finding reads (built once it is known whether the measurement bore the claim out)."""
+
+    spans: tuple[tuple[int, int], ...]
+    cancelled_by: list[str]
+    build: Callable[[bool], Finding]  # measured -> the finding
+
+
+def _slice_finding(rule: "RedundantBias", layer: Layer, pname: str,
+                   spans: tuple[tuple[int, int], ...], cancelled_by: list[str],
+                   measured: bool) -> Finding:
+    """The info finding for cancelled elements short of the whole bias: no constructor flag
+    removes only them."""
+    count = sum(b - a for a, b in spans)
+    first = spans[0]
+    if len(spans) == 1:
+        what = "key slice" if _attention(cancelled_by) else "slice"
+        shown, verb, tail = f"{what} {pname}[{first[0]}:{first[1]}]", "is", "this slice"
+    else:
+        shown = f"{count} elements of {pname} in {len(spans)} runs ({_runs_text(spans)})"
+        verb, tail = "are", "these"
+    return rule.finding(
+        layer,
+        f"{shown} of {layer.type_name} '{layer.name}' {verb} cancelled by "
+        f"{_join(cancelled_by)}: {count} parameters never train (no constructor flag removes "
+        f"only {tail})",
+        parameter=pname, severity=Severity.INFO,
+        data={"verdict": "redundant-slice", "slice": list(first),
+              "slices": [list(r) for r in spans], "cancelled_by": cancelled_by,
+              "parameters": count, "measured": measured},
+    )
+
+
+def _fused_claim(rule: "RedundantBias", model: AnalysedModel, layer: Layer, count: int
+                 ) -> _Claim | None:
     """A fused projection (query/key/value in one Linear, GPT-2's ``c_attn``): follow each
     third of the bias on its own. A slice that the attention softmax (or a norm) cancels is
     dead weight too, but no constructor flag removes only that slice: info."""
@@ -314,20 +310,14 @@ def _fused_slice(rule: "RedundantBias", model: AnalysedModel, layer: Layer, coun
         verdict = analyse_bias(model, layer.name, span=(start, start + third))
         if verdict is None or not verdict.redundant or not verdict.cancelled_by:
             continue
-        attention = any("softmax" in c or "attention" in c for c in verdict.cancelled_by)
-        what = "key slice" if attention else "slice"
-        return rule.finding(
-            layer,
-            f"{what} bias[{start}:{start + third}] of {layer.type_name} '{layer.name}' is "
-            f"cancelled by {_join(verdict.cancelled_by)}: {third} parameters never train "
-            "(no constructor flag removes only this slice)",
-            parameter="bias", severity=Severity.INFO,
-            data={"verdict": "redundant-slice", "slice": [start, start + third],
-                  "cancelled_by": verdict.cancelled_by, "parameters": third},
-        )
+        spans, by = ((start, start + third),), verdict.cancelled_by
+        return _Claim(spans, by, lambda measured: _slice_finding(rule, layer, "bias", spans,
+                                                                 by, measured))
     return None
 
-def _attention_key_slice(rule: "RedundantBias", model: AnalysedModel, layer: Layer) -> Finding | None:
+
+def _attention_claim(rule: "RedundantBias", model: AnalysedModel, layer: Layer
+                     ) -> _Claim | None:
     """``nn.MultiheadAttention`` adds ``in_proj_bias[E:2E]`` to every key, shifting each
     score of a query by the same q . b_k, which the softmax over the keys removes. Extra key
     positions appended after the projection (``add_bias_kv``, ``add_zero_attn``) do not get
@@ -339,15 +329,9 @@ def _attention_key_slice(rule: "RedundantBias", model: AnalysedModel, layer: Lay
     if getattr(module, "bias_k", None) is not None or getattr(module, "add_zero_attn", False):
         return None
     embed = int(module.embed_dim)
-    return rule.finding(
-        layer,
-        f"key slice in_proj_bias[{embed}:{2 * embed}] of MultiheadAttention '{layer.name}' "
-        f"is cancelled by the softmax over the keys: {embed} parameters never train "
-        "(no constructor flag removes only this slice)",
-        parameter="in_proj_bias", severity=Severity.INFO,
-        data={"verdict": "redundant-slice", "slice": [embed, 2 * embed],
-              "cancelled_by": ["softmax over the keys"], "parameters": embed},
-    )
+    spans, by = ((embed, 2 * embed),), ["softmax over the keys"]
+    return _Claim(spans, by, lambda measured: _slice_finding(rule, layer, "in_proj_bias", spans,
+                                                             by, measured))
 
 
 def has_checkable_bias(module: "nn.Module") -> bool:
