@@ -201,6 +201,8 @@ def _measured(rule: "RedundantBias", model: AnalysedModel, layer: Layer, pname: 
               redundant: dict[str, bool]) -> Iterable[Finding]:
     """The screen's measurement decides; the walk's derivation explains it where it can. A
     derived claim the measurement does not bear out is counted as a disagreement."""
+    if _dead(layer.name, pname, measure):
+        return  # the layer's weight learns nothing either: a dead path (noted), not BL001's
     if derived is not None:
         missing = [i for a, b in derived.spans for i in range(a, b)
                    if not any(x <= i < y for x, y in measure.cancelled)]
