@@ -218,6 +218,8 @@ def _redrawn(value: Any, generator: torch.Generator) -> Any:
             return value
         if bool(((value == 0) | (value == 1)).all()):
             return value  # a mask
+        if not bool(torch.isfinite(value).all()) or float(value.abs().max()) > 1e4:
+            return value  # an additive mask (-inf, finfo.min), or codes rather than data
         mean, std = value.mean(), value.std()
         noise = torch.randn(value.shape, generator=generator, dtype=value.dtype)
         return (mean + std * noise).to(value.device)
@@ -393,10 +395,9 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
 
 def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
     screen = Screen(dtype=str(run.dtype).replace("torch.", ""))
-    copy_model = run.model
     wanted: list[tuple[str, str, nn.Module, torch.Tensor, list[torch.Tensor]]] = []
     for name in layers:
-        module = copy_model.get_submodule(name)
+        module = run.model.get_submodule(name)
         for pname, wnames in bias_pairs(module):
             bias = getattr(module, pname)
             weights = [w for w in (getattr(module, n, None) for n in wnames)
