@@ -59,7 +59,14 @@ import zoo_wide  # noqa: E402
 
 OUT = os.path.join(HERE, "out")
 FAMILIES = ("hf-all", "timm-all")
-SCREEN_ZERO = 1e-8  # |grad| below this fraction of the bias's largest |grad| counts as zero
+# |grad| below this fraction of the bias's largest |grad| proposes the element (only a proposal:
+# models that compute rotary tables in float32 leave cancelled elements at 1e-9..1e-8)
+SCREEN_ZERO = 1e-6
+# The 100x re-checks (large random, large negative) count as "moved" above this relative change
+# (or the oracle's own tolerance if larger): a dead ReLU or threshold pushed 100x moves outputs
+# by far more; a float32 rotary table inside a float64 model leaves a ~3e-9 floor that grows
+# with the perturbation's size.
+LARGE_TOLERANCE = 1e-6
 SCREEN_MAX_RUNS = 32  # per bias
 
 
@@ -73,7 +80,7 @@ def jobs_of(part: str, families: tuple[str, ...] = FAMILIES,
 
 def _target(family: str, name: str) -> str:
     attr = "HFALL" if family == "hf-all" else "TIMMALL"
-    return f"{os.path.join(HERE, 'zoo_wide.py')}:{attr}.{name}"
+    return f"{os.path.join(HERE, 'zoo_wide.py')}:{attr}.{zoo_wide.attr_of(name)}"
 
 
 def _reason(exc: BaseException) -> str:
@@ -242,6 +249,23 @@ def measure_truth(family: str, name: str, budget: float) -> dict[str, Any]:
     return info
 
 
+def _moves_when_large(oracle: Any, layer: str, param: str, index: Any,
+                      constant: bool = False) -> bool:
+    """recall._moves_when_large with the LARGE_TOLERANCE floor."""
+    import recall
+    import torch
+
+    tensor = getattr(oracle.model.get_submodule(layer), param)
+    shape = tensor.shape if index is None else tensor[index].shape
+    if constant:
+        delta = torch.full(shape, recall.LARGE * 1.7, dtype=torch.float64)
+    else:
+        delta = recall.LARGE * torch.randn(shape, generator=torch.Generator().manual_seed(2),
+                                           dtype=torch.float64)
+    return oracle.moves(layer, param, delta=delta, index=index) > max(oracle.tolerance,
+                                                                       LARGE_TOLERANCE)
+
+
 def measure_rows(oracle: Any, candidates: list[tuple[str, str, str, int]],
                  types: dict[tuple[str, str], str], sizes: dict[tuple[str, str], int],
                  frozen: set[str], claims: list[dict[str, Any]], budget: float, dtype: str,
@@ -269,7 +293,7 @@ def measure_rows(oracle: Any, candidates: list[tuple[str, str, str, int]],
         index = None if not span else slice(*map(int, span.split(":")))
         try:
             truth = oracle.verdict(layer, param, index=index)
-            if truth in ("redundant", "partial") and recall._moves_when_large(
+            if truth in ("redundant", "partial") and _moves_when_large(
                     oracle, layer, param, index, constant=truth == "partial"):
                 truth = "live"
                 row["note"] = (mode_note + ", moves only when perturbed 100x").lstrip(", ")
@@ -279,7 +303,8 @@ def measure_rows(oracle: Any, candidates: list[tuple[str, str, str, int]],
                 shape = tensor.shape if index is None else tensor[index].shape
                 delta = -recall.LARGE * torch.randn(
                     shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).abs()
-                if oracle.moves(layer, param, delta=delta, index=index) > oracle.tolerance:
+                if oracle.moves(layer, param, delta=delta, index=index) > max(
+                        oracle.tolerance, LARGE_TOLERANCE):
                     truth = "live"
                     row["note"] = (mode_note + ", moves under a large negative shift").lstrip(", ")
             if truth == "redundant" and not span:

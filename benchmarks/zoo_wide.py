@@ -355,7 +355,15 @@ class _Namespace:
     def __getattr__(self, name: str) -> Builder:
         if name.startswith("_"):
             raise AttributeError(name)
-        return builder(self._family, name)
+        return builder(self._family, name.replace(DASH, "-"))
+
+
+# model types with "-" (deberta-v2, donut-swin) are spelled with DASH in target attributes
+DASH = "__dash__"
+
+
+def attr_of(name: str) -> str:
+    return name.replace("-", DASH)
 
 
 HFALL = _Namespace("hf-all")
