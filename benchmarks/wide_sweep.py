@@ -500,7 +500,16 @@ def _preload(families: tuple[str, ...] = FAMILIES) -> None:
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(1)
-    zoo_wide.hf_architectures()
+    if "hf-all" in families:
+        # import every modeling module once here, not once per forked child (~1 s each)
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        for model_type, class_name in zoo_wide.hf_architectures().items():
+            try:
+                getattr(transformers, class_name)
+                CONFIG_MAPPING[model_type]
+            except Exception:  # noqa: BLE001  the child reports it
+                pass
     if "timm-all" in families:
         zoo_wide.timm_families()
 
@@ -714,9 +723,13 @@ def report(part: str, records: dict[tuple[str, str], dict[str, Any]],
                      "built but oracle failed, "
                      f"{sum(1 for r in fam if r.get('built') and not r.get('candidates'))} "
                      "built without any candidate bias")
-    lines += ["", "## Failure reasons (build / worker)", ""]
-    reasons = Counter(_group_reason(r.get("error", "")) for r in failed)
-    lines += [f"- {n} x {reason}" for reason, n in reasons.most_common()]
+    lines += ["", "## Failure reasons (build / worker), by category", ""]
+    categories = Counter(_category(r.get("error", "")) for r in failed)
+    lines += [f"- {n} x {reason}" for reason, n in categories.most_common()]
+    lines += ["", "Every failure (exception type and first line):", ""]
+    lines += [f"- {r['family']}:{r['model']}: {r.get('error', '')[:170]}"
+              for r in sorted(failed, key=lambda r: (_category(r.get("error", "")),
+                                                     r["model"]))]
     if oracle_failed:
         lines += ["", "## Built, oracle or lint failed", ""]
         lines += [f"- {r['family']}:{r['model']}: {r.get('error', '')[:160]}"
@@ -732,9 +745,17 @@ def report(part: str, records: dict[tuple[str, str], dict[str, Any]],
               f"- claims: {s['whole_claims']} whole, {s['slice_claims']} slice runs, "
               f"{s['partial_claims']} partial (not scored); unmeasured claims: "
               f"{len(result['unmeasured'])}"]
-    skipped = sum(1 for r in records.values() for x in r.get("rows", [])
-                  if x["truth"] == "skipped")
-    lines.append(f"- rows skipped by the oracle budget: {skipped}")
+    all_rows = [x for r in records.values() for x in r.get("rows", [])]
+    cut = [r for r in records.values() if any(x["truth"] == "skipped" for x in r.get("rows", []))]
+    lines.append(f"- left out by the per-model oracle budget: "
+                 f"{sum(1 for x in all_rows if x['truth'] == 'skipped' and not x['slice'])} "
+                 f"whole biases of {sum(1 for x in all_rows if not x['slice'])}, "
+                 f"{sum(1 for x in all_rows if x['truth'] == 'skipped' and x['slice'])} "
+                 f"slices, in {len(cut)} models: "
+                 + ", ".join(f"{r['model']}" for r in cut))
+    if relint is not None:
+        lines.append(f"- models whose re-lint failed or was not run (left out): "
+                     f"{s['relint_failed']}")
     lines += ["", f"## Misses ({len(result['misses'])})", "", "By pattern (module type, "
               "layer leaf, kind):", ""]
     for pat, n in Counter(_pattern(m) for m in result["misses"]).most_common():
@@ -752,6 +773,33 @@ def report(part: str, records: dict[tuple[str, str], dict[str, Any]],
         lines += [f"- {u['model']} `{u['layer']}.{u['param']}` {u.get('slice', '')}"
                   for u in result["unmeasured"]]
     return "\n".join(lines) + "\n"
+
+
+REASON_CATEGORIES = [
+    ("timeout (build + lint + oracle over the per-model limit)", r"timeout after"),
+    ("worker died", r"worker died"),
+    ("forward needs inputs beyond the generic ones (grids, masks, labels, extra modalities)",
+     r"missing \d+ required|must be provided|required positional|requires|labels|"
+     r"you have to specify|must specify|should be provided|is not provided|cannot be none|"
+     r"provide either|image_grid|grid_thw|pixel_values.*none|input_features.*none"),
+    ("the generic shrink breaks a size relation (heads, multiples, per-layer lists, ratios)",
+     r"multiple of|divisible|must have|per-layer|must match|entries|must be equal|"
+     r"should be equal|out of range|must be|expected .* to|length of|sum"),
+    ("shape mismatch in the forward (generic input or shrunk size)",
+     r"shape|size of tensor|cannot be multiplied|mat1|dimension|expected input|sizes of "
+     r"tensors|view|reshape|invalid for input|out of bounds"),
+    ("config or model attribute missing / read-only", r"has no attribute|property|attribute"),
+    ("not a plain model (no forward, no parameters, no target)", r"targeterror|no parameters|"
+     r"forward"),
+]
+
+
+def _category(error: str) -> str:
+    low = error.lower()
+    for label, pattern in REASON_CATEGORIES:
+        if re.search(pattern, low):
+            return label
+    return "other: " + error.split(":")[1].strip() if ":" in error else "other"
 
 
 def _group_reason(error: str) -> str:
