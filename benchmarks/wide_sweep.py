@@ -184,12 +184,37 @@ def _zero_runs(grad: Any) -> list[tuple[int, int]]:
     return runs
 
 
+def keep_softmax_precision() -> None:
+    """transformers' eager attentions call ``softmax(..., dtype=torch.float32)``: in the float64
+    oracle that rounds the scores to float32, and a key bias the softmax cancels then moves the
+    outputs by ~1e-7 (above the oracle's 1e-8). In this worker, a float32 softmax of a float64
+    tensor stays float64; the model's arithmetic is otherwise unchanged, and the float32 lint
+    is unaffected (it never passes float64 tensors)."""
+    import torch
+    import torch.nn.functional as F
+
+    def wrap(fn: Any) -> Any:
+        def softmax(input: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: A002
+            if (isinstance(input, torch.Tensor) and input.dtype == torch.float64
+                    and kwargs.get("dtype") == torch.float32):
+                kwargs["dtype"] = torch.float64
+            return fn(input, *args, **kwargs)
+        return softmax
+
+    if not getattr(F.softmax, "_wide_sweep", False):
+        for owner, attr in ((F, "softmax"), (F, "log_softmax"), (torch, "softmax")):
+            patched = wrap(getattr(owner, attr))
+            patched._wide_sweep = True  # type: ignore[attr-defined]
+            setattr(owner, attr, patched)
+
+
 def measure_truth(family: str, name: str, budget: float) -> dict[str, Any]:
     import torch
     import recall
     from biaslint.load import load_target
 
     torch.set_num_threads(1)
+    keep_softmax_precision()
     info: dict[str, Any] = {"family": family, "model": name, "key": zoo_wide.key_of(family, name),
                             "built": False, "error": "", "rows": [], "claims": []}
     info["class"] = zoo_wide.hf_architectures().get(name, "") if family == "hf-all" else \
@@ -387,6 +412,7 @@ def measure_claims(family: str, name: str, cached: dict[str, Any]) -> dict[str, 
     from biaslint.load import load_target
 
     torch.set_num_threads(1)
+    keep_softmax_precision()
     info: dict[str, Any] = {"family": family, "model": name}
     torch.manual_seed(0)
     loaded = load_target(_target(family, name))

@@ -211,11 +211,6 @@ def hf_build(model_type: str) -> tuple[Any, Any]:
     except Exception:  # noqa: BLE001  a sub-config that only takes its own class
         overrides = {k: v for k, v in overrides.items() if k not in SUBCONFIG_KEYS}
         config = config_cls(**overrides)
-    if hasattr(config, "_attn_implementation"):
-        try:
-            config._attn_implementation = "eager"
-        except Exception:  # noqa: BLE001
-            pass
     model_cls = getattr(transformers, class_name)
     torch.manual_seed(0)
     model = model_cls(config)
