@@ -291,6 +291,63 @@ def _moves_when_large(oracle: Any, layer: str, param: str, index: Any,
                                                                        LARGE_TOLERANCE)
 
 
+def _slice_is_dead(oracle: Any, layer: str, param: str, index: slice) -> bool:
+    """Do the weight rows of a slice's output units move nothing either (units dead on these
+    inputs, e.g. a gate whose channels are all zero)? Then it is dead, not cancelled."""
+    import torch
+
+    module = oracle.model.get_submodule(layer)
+    size = int(getattr(module, param).numel())
+    weight = module._parameters.get("weight")
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        return False
+    if weight.shape[0] == size:
+        where: Any = index
+    elif weight.shape[-1] == size:  # GPT-2's Conv1D: (in, out)
+        where = (slice(None),) * (weight.dim() - 1) + (index,)
+    else:
+        return False
+    return oracle.moves(layer, "weight", index=where) <= oracle.tolerance
+
+
+def recheck_dead(family: str, name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Add the dead check to redundant slice rows measured before it existed."""
+    import torch
+    import recall
+    from biaslint.load import load_target
+
+    torch.set_num_threads(1)
+    keep_softmax_precision()
+    torch.manual_seed(0)
+    loaded = load_target(_target(family, name))
+    oracle, _dtype, _note = recall.build_oracle(recall.Job(family, name, 0), loaded)
+    for row in record["rows"]:
+        if row["slice"] and row["truth"] == "redundant" and not row.get("dead_checked"):
+            index = slice(*map(int, row["slice"].split(":")))
+            row["dead"] = int(_slice_is_dead(oracle, row["layer"], row["param"], index))
+            row["dead_checked"] = 1
+    return record
+
+
+def run_recheck(part: str, timeout: float) -> None:
+    path = truth_path(part)
+    records = read_records(path)
+    todo = [(k, r) for k, r in records.items()
+            if any(x["slice"] and x["truth"] == "redundant" and not x.get("dead_checked")
+                   for x in r.get("rows", []))]
+
+    def finish(tag: Any, status: str, value: Any, seconds: float) -> None:
+        if status == "ok":
+            records[tag] = value
+        print(f"recheck {tag[1]}: {status}", flush=True)
+
+    run_forked([(recheck_dead, (k[0], k[1], r), k) for k, r in todo], 1, timeout, finish)
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        for rec in records.values():
+            handle.write(json.dumps(rec, default=str) + "\n")
+    os.replace(path + ".tmp", path)
+
+
 def measure_rows(oracle: Any, candidates: list[tuple[str, str, str, int]],
                  types: dict[tuple[str, str], str], sizes: dict[tuple[str, str], int],
                  frozen: set[str], claims: list[dict[str, Any]], budget: float, dtype: str,
@@ -334,6 +391,9 @@ def measure_rows(oracle: Any, candidates: list[tuple[str, str, str, int]],
                     row["note"] = (mode_note + ", moves under a large negative shift").lstrip(", ")
             if truth == "redundant" and not span:
                 row["dead"] = int(recall._is_dead(oracle, layer, param))
+            elif truth == "redundant":
+                row["dead"] = int(_slice_is_dead(oracle, layer, param, index))
+                row["dead_checked"] = 1
         except Exception as exc:  # noqa: BLE001
             truth = "error"
             row["note"] = _reason(exc)[:160]
@@ -675,7 +735,11 @@ def compare(records: dict[tuple[str, str], dict[str, Any]],
                 if not r["slice"] or r["kind"] == "claim" or r["slice"] in seen_slices:
                     continue
                 seen_slices.add(r["slice"])
-                truth_counts[f"slice {r['kind']} {r['truth']}"] += 1
+                dead = r["truth"] == "redundant" and int(r.get("dead", 0))
+                truth_counts[f"slice {r['kind']} {'dead' if dead else r['truth']}"] += 1
+                a, b = map(int, r["slice"].split(":"))
+                if dead and not set(range(a, b)) <= claimed_runs[bias]:
+                    continue  # dead units, not a cancellation (counted apart)
                 if r["truth"] == "redundant" and not r["frozen"]:
                     stats["slice_truth"] += 1
                     a, b = map(int, r["slice"].split(":"))
@@ -872,12 +936,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-only", action="store_true",
                         help="re-lint the built models, compare with the cached truth")
     parser.add_argument("--summarize", action="store_true", help="report from the jsonl only")
+    parser.add_argument("--recheck-dead", action="store_true",
+                        help="add the dead-units check to redundant slices measured without it")
     parser.add_argument("--csv", default=None, help="also write the rows as CSV here")
     args = parser.parse_args(argv)
     os.makedirs(OUT, exist_ok=True)
     families = tuple(f for f in args.family.split(",") if f)
     command = "python benchmarks/wide_sweep.py " + " ".join(argv or sys.argv[1:])
-    if not args.summarize:
+    if args.recheck_dead:
+        _preload(families)
+        run_recheck(args.part, args.timeout)
+    elif not args.summarize:
         _preload(families)
         if args.compare_only:
             run_compare(args.part, args.timeout, args.jobs, args.match)
