@@ -538,7 +538,7 @@ def run_forked(tasks: list[tuple[Any, tuple[Any, ...], Any]], jobs: int, timeout
                on_done: Any) -> None:
     """Each task (fn, args, tag) in a forked child; on_done(tag, status, value, seconds)."""
     ctx = mp.get_context("fork")
-    queue = list(tasks)
+    queue = tasks  # not copied: a _until list stops handing out tasks at its deadline
     running: list[tuple[Any, Any, Any, float]] = []
     while queue or running:
         while queue and len(running) < jobs:
