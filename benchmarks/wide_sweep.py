@@ -615,6 +615,29 @@ def read_records(path: str) -> dict[tuple[str, str], dict[str, Any]]:
     return found
 
 
+def records_from_csv(path: str, part: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The truth of a part rebuilt from the committed rows CSV (benchmarks/wide_results.csv),
+    for --compare-only on a checkout without the jsonl cache (build failures are not in it)."""
+    import csv
+
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["part"] != part:
+                continue
+            key = (row["family"], row["model"])
+            rec = found.setdefault(key, {"family": key[0], "model": key[1],
+                                         "key": zoo_wide.key_of(*key), "built": True,
+                                         "error": "", "rows": [], "claims": []})
+            row = {k: v for k, v in row.items() if k not in ("part", "family", "model",
+                                                             "claim")}
+            for name in ("size", "dead", "frozen"):
+                row[name] = int(row[name] or 0)
+            row["dead_checked"] = 1
+            rec["rows"].append(row)
+    return found
+
+
 def run_truth(part: str, budget: float, timeout: float, jobs: int, match: str | None,
               deadline: float | None, families: tuple[str, ...]) -> None:
     path = truth_path(part)
@@ -668,8 +691,13 @@ class _until(list):  # type: ignore[type-arg]
         return len(self) > 0 and time.monotonic() <= self.end
 
 
-def run_compare(part: str, timeout: float, jobs: int, match: str | None) -> None:
-    records = read_records(truth_path(part))
+def load_truth(part: str, truth_csv: str | None) -> dict[tuple[str, str], dict[str, Any]]:
+    return records_from_csv(truth_csv, part) if truth_csv else read_records(truth_path(part))
+
+
+def run_compare(part: str, timeout: float, jobs: int, match: str | None,
+                truth_csv: str | None = None) -> None:
+    records = load_truth(part, truth_csv)
     pattern = re.compile(match) if match else None
     todo = [(k, r) for k, r in records.items() if r.get("rows")
             and (pattern is None or pattern.search(k[1]))]
@@ -899,13 +927,17 @@ def _group_reason(error: str) -> str:
 
 
 def write_csv(part: str, records: dict[tuple[str, str], dict[str, Any]], path: str) -> None:
+    """One row per measured bias / slice, with the claim covering it (appends when the file
+    exists, so both parts can share one file)."""
     import csv
 
-    cols = ["family", "model", "layer", "type", "param", "size", "slice", "kind", "truth",
+    cols = ["part", "family", "model", "layer", "type", "param", "size", "slice", "kind", "truth",
             "dead", "frozen", "claim", "dtype", "seconds", "note"]
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    exists = os.path.exists(path)
+    with open(path, "a", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=cols, extrasaction="ignore")
-        writer.writeheader()
+        if not exists:
+            writer.writeheader()
         for (family, model), rec in records.items():
             claims = rec.get("claims", [])
             for r in rec.get("rows", []):
@@ -920,7 +952,8 @@ def write_csv(part: str, records: dict[tuple[str, str], dict[str, Any]], path: s
                         runs = {i for x, y in c["slices"] for i in range(x, y)}
                         if runs and set(range(a, b)) <= runs:
                             claim = c["verdict"]
-                writer.writerow({**r, "family": family, "model": model, "claim": claim})
+                writer.writerow({**r, "part": part, "family": family, "model": model,
+                                 "claim": claim})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -936,6 +969,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-only", action="store_true",
                         help="re-lint the built models, compare with the cached truth")
     parser.add_argument("--summarize", action="store_true", help="report from the jsonl only")
+    parser.add_argument("--truth-csv", default=None,
+                        help="take the truth from this rows CSV (e.g. benchmarks/wide_results.csv)"
+                             " instead of the jsonl cache under benchmarks/out/")
     parser.add_argument("--recheck-dead", action="store_true",
                         help="add the dead-units check to redundant slices measured without it")
     parser.add_argument("--csv", default=None, help="also write the rows as CSV here")
@@ -949,11 +985,11 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.summarize:
         _preload(families)
         if args.compare_only:
-            run_compare(args.part, args.timeout, args.jobs, args.match)
+            run_compare(args.part, args.timeout, args.jobs, args.match, args.truth_csv)
         else:
             run_truth(args.part, args.budget, args.timeout, args.jobs, args.match,
                       args.deadline, families)
-    records = read_records(truth_path(args.part))
+    records = load_truth(args.part, args.truth_csv)
     relint = None
     if args.compare_only:
         relint = read_records(os.path.join(OUT, f"wide_claims_{args.part}.jsonl"))
