@@ -67,7 +67,10 @@ for _path in (HERE, TESTS):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from zoo_models import FAMILIES, import_library  # noqa: E402
+from zoo_models import FAMILIES, WIDE_FAMILIES, import_library  # noqa: E402
+
+# every family a run may name; the default run is FAMILIES (the wide zoo is opt-in)
+KNOWN_FAMILIES = {**FAMILIES, **WIDE_FAMILIES}
 
 DEFAULT_BUDGET = 120.0
 COLUMNS = ["family", "model", "layer", "type", "param", "slice", "truth", "dead", "frozen",
@@ -82,7 +85,7 @@ class Job:
 
     @property
     def target(self) -> str:
-        return f"{os.path.join(HERE, 'zoo_models.py')}:{FAMILIES[self.family].attr}.{self.name}"
+        return f"{os.path.join(HERE, 'zoo_models.py')}:{KNOWN_FAMILIES[self.family].attr}.{self.name}"
 
 
 # --- candidates -------------------------------------------------------------------------------
@@ -610,7 +613,7 @@ def select_jobs(families: list[str], match: str | None, budget: float,
                 family_budget: dict[str, float]) -> list[Job]:
     pattern = re.compile(match) if match else None
     return [Job(family, name, family_budget.get(family, budget))
-            for family in families for name in FAMILIES[family].names()
+            for family in families for name in KNOWN_FAMILIES[family].names()
             if pattern is None or pattern.search(name)]
 
 
@@ -647,7 +650,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, timeout: float | None = None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", default=",".join(FAMILIES),
-                        help=f"comma-separated families: {', '.join(FAMILIES)}")
+                        help=f"comma-separated families: {', '.join(KNOWN_FAMILIES)}")
     parser.add_argument("--match", default=None, help="regex on model names")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes [1]")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
@@ -677,9 +680,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     families = [f.strip() for f in args.family.split(",") if f.strip()]
-    unknown = [f for f in families if f not in FAMILIES]
+    unknown = [f for f in families if f not in KNOWN_FAMILIES]
     if unknown:
-        parser.error(f"unknown family {unknown}; choose from {list(FAMILIES)}")
+        parser.error(f"unknown family {unknown}; choose from {list(KNOWN_FAMILIES)}")
     family_budget = {}
     for item in filter(None, (s.strip() for s in args.family_budget.split(","))):
         family, value = item.split("=")
@@ -714,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     by_key = {(i["family"], i["model"]): i for i in infos if i}
     by_key.update(previous)
     # rows in the zoo's family order, whatever order --family ran them in
-    rank = {family: i for i, family in enumerate(FAMILIES)}
+    rank = {family: i for i, family in enumerate(KNOWN_FAMILIES)}
     ordered = [by_key[(j.family, j.name)]
                for j in sorted(jobs, key=lambda j: rank[j.family])
                if (j.family, j.name) in by_key]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import zoo_external  # a sibling file: biaslint and the zoo scripts put this folder on sys.path
+import zoo_wide  # the wide zoo: every transformers architecture, every timm family
 
 Builder = Callable[[], tuple[Any, Any]]
 
@@ -268,13 +269,23 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+# The wide zoo (zoo_wide.py): not in FAMILIES, so the default sweeps stay as they were; recall.py
+# accepts ``--family hf-all,timm-all``. Targets: ``zoo_models.py:HFALL.bert``, ``...:TIMMALL.vgg``.
+WIDE_FAMILIES: dict[str, Family] = {
+    "hf-all": Family("HFALL", lambda: zoo_wide.names("hf-all"),
+                     lambda name: zoo_wide.builder("hf-all", name)),
+    "timm-all": Family("TIMMALL", lambda: zoo_wide.names("timm-all"),
+                       lambda name: zoo_wide.builder("timm-all", name)),
+}
+
+
 def import_library(family: str) -> None:
     """Import the family's library, so a timed build measures building, not importing."""
     if family.startswith("tv-"):
         import torchvision.models  # noqa: F401
-    elif family == "timm":
+    elif family in ("timm", "timm-all"):
         import timm  # noqa: F401
-    elif family == "hf":
+    elif family in ("hf", "hf-all"):
         import transformers  # noqa: F401
 
         transformers.logging.set_verbosity_error()
@@ -305,3 +316,5 @@ TV = _Namespace({k: k for k in FAMILIES if k.startswith("tv-")})
 TIMM = _Namespace({"timm": "timm"})
 HF = _Namespace({"hf": "hf"})
 EXT = _Namespace({family: family for family in zoo_external.MODELS})
+HFALL = zoo_wide.HFALL
+TIMMALL = zoo_wide.TIMMALL
