@@ -134,9 +134,9 @@ class Screen:
             if self.runner.dtype == torch.float64:
                 return False
             # float32 rounding of a shift of 10, amplified by a later normalization of nearly
-            # constant values, can move outputs by more than the tolerance: the oracle's
-            # float64 decides
-            return bool(_holds_in_float64(self.runner, group))
+            # constant values, can move outputs by more than the tolerance: float64 decides
+            with _in_float64(self.runner) as wide:
+                return wide is not None and _holds(wide, group)
 
     def locate(self, layer: str, param: str, elements: Sequence[tuple[int, int]]) -> str | None:
         """Where a measured cancellation happens: the first module (in the order calls finish)
@@ -164,7 +164,10 @@ def bias_pairs(module: nn.Module) -> list[tuple[str, list[str]]]:
             isinstance(getattr(module, "weight", None), torch.Tensor):
         return [("bias", ["weight"])]
     if isinstance(getattr(module, "bias", None), torch.Tensor):
-        return [("bias", [])]
+        # no weight (a learnable affine ``scale * x + bias``): the layer's other parameters
+        # tell a path that learns from a dead one
+        return [("bias", [name for name, p in module.named_parameters(recurse=False)
+                          if name != "bias" and p.is_floating_point()])]
     return []
 
 
@@ -271,6 +274,7 @@ class _Runner:
     forwards: int = 0
     baseline: list[torch.Tensor] = field(default_factory=list)  # the example batch's outputs
     budget_spent: bool = False  # the confirmation stopped at CONFIRMATION_BUDGET
+    float32_only: bool = False  # the model would not run in float64: no re-check there
     # (args, kwargs, unperturbed outputs): the example batch and a second one drawn like it
     batches: list[tuple[tuple[Any, ...], dict[str, Any], list[torch.Tensor]]] = \
         field(default_factory=list)
@@ -461,6 +465,9 @@ def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
     confirmed, refuted, second = _confirm(run, candidates)
     screen.second_batch = second
     screen.forwards = run.forwards
+    if run.float32_only:
+        screen.notes.append("the model does not run in float64: its bias cancellations were "
+                            "confirmed in float32 only (to 1e-4 of the outputs)")
     if run.budget_spent:
         screen.notes.append(f"the confirmation stopped after {CONFIRMATION_BUDGET} forwards: "
                             "zero-gradient bias elements it did not reach are not reported")
@@ -547,27 +554,56 @@ def _converted(value: Any, dtype: torch.dtype) -> Any:
     return value
 
 
-def _holds_in_float64(run: _Runner, group: Sequence[Piece]) -> bool | None:
-    """``_holds`` with the model and inputs in float64 (None when the model will not run in
-    float64); every tensor's dtype put back after (float32 round-trips through float64)."""
+@contextlib.contextmanager
+def _in_float64(run: _Runner) -> Iterator[_Runner | None]:
+    """The model and inputs in float64 for the time of the block (None when the model will not
+    run in float64: it builds float32 tensors inside); every tensor's dtype put back after
+    (float32 round-trips through float64 exactly)."""
     model = run.model
     params = list(model.parameters())
     dtypes = [p.dtype for p in params]
     buffers = [(m, name, b.dtype) for m in model.modules() for name, b in m._buffers.items()
                if b is not None]
+    wide: _Runner | None = None
     try:
-        model.double()  # buffers are new tensors: ``preserved`` puts the old ones back
-        wide = _Runner(model, torch.float64, _converted(run.args, torch.float64),
-                       _converted(run.kwargs, torch.float64))
-        wide.baseline = wide.outputs()
-        return _holds(wide, group)
-    except Exception:  # noqa: BLE001 - a model that builds float32 tensors inside
-        return None
+        try:
+            model.double()  # buffers are new tensors: ``preserved`` puts the old ones back
+            wide = _Runner(model, torch.float64, _converted(run.args, torch.float64),
+                           _converted(run.kwargs, torch.float64))
+            wide.baseline = wide.outputs()
+        except Exception:  # noqa: BLE001 - a model that builds float32 tensors inside
+            wide = None
+        yield wide
     finally:
+        if wide is not None:
+            run.forwards += wide.forwards
         for param, dtype in zip(params, dtypes):
             param.data = param.data.to(dtype)
         for module, name, dtype in buffers:
             module._buffers[name] = module._buffers[name].to(dtype)
+
+
+def _settled(run: _Runner, pieces: list[Piece]) -> tuple[list[Piece], list[Piece]]:
+    """Group testing: (pieces that hold, pieces that move), testing all together first and
+    splitting what moves in halves, within the confirmation budget (what it does not reach
+    counts as moving: it is never reported)."""
+    held: list[Piece] = []
+    moving: list[Piece] = []
+    pending = [pieces] if pieces else []
+    start = run.forwards
+    while pending:
+        group = pending.pop()
+        if run.forwards - start >= CONFIRMATION_BUDGET:
+            moving.extend(group)
+            run.budget_spent = True
+        elif _holds(run, group):
+            held.extend(group)
+        elif len(group) == 1:
+            moving.extend(group)
+        else:
+            half = len(group) // 2
+            pending.extend([group[half:], group[:half]])
+    return held, moving
 
 
 def _confirm(run: _Runner, candidates: list[_Candidate]
@@ -593,20 +629,20 @@ def _confirm(run: _Runner, candidates: list[_Candidate]
                                    torch.zeros(sizes[(layer, pname)], dtype=torch.bool))
             mask[a:b] = True
 
-    pending = [pieces]
-    start = run.forwards
-    while pending:
-        group = pending.pop()
-        if run.forwards - start >= CONFIRMATION_BUDGET:
-            settle(group, False)  # not confirmed: never reported
-            run.budget_spent = True
-        elif _holds(run, group):
-            settle(group, True)
-        elif len(group) == 1:
-            settle(group, False)
-        else:
-            half = len(group) // 2
-            pending.extend([group[half:], group[:half]])
+    held, moving = _settled(run, pieces)
+    if held and run.dtype != torch.float64:
+        # float32 tells "moves by less than 1e-4" from "does not move", not from "moves by
+        # 1e-6": what held is measured again in float64, where the tolerance is 1e-8 (a
+        # channel behind a small weight, a key bias behind a float32-only mask)
+        with _in_float64(run) as wide:
+            if wide is not None:
+                held, also = _settled(wide, held)
+                moving += also
+                run.budget_spent |= wide.budget_spent
+            else:
+                run.float32_only = True
+    settle(held, True)
+    settle(moving, False)
     return confirmed, refuted, len(run.batches) > 1
 
 
