@@ -416,8 +416,9 @@ def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
         tensors.append(bias)
         tensors.extend(weights)
     tensors = list({id(t): t for t in tensors}.values())
+    sizes = {name: int(bias.numel()) for name, pname, _, bias, _ in wanted if pname == "bias"}
     try:
-        grads = _gradients(run, tensors)
+        grads = _gradients(run, tensors, sizes)
     except Exception as exc:  # noqa: BLE001 - said: the screen did not run
         return Screen(error=f"the training-mode forward and backward raised "
                             f"{type(exc).__name__}: {_first_line(exc)}")
@@ -441,16 +442,23 @@ def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
             units = unit_gradient(module, gws, numel)
             whole_weight = max((float(g.abs().max()) for g in gws if g.numel()), default=0.0)
             scale = max(float(gb.abs().max()), whole_weight)
+            terms = projection.get(name) if pname == "bias" else None
             if units is not None:
                 # against the unit's own weight gradient: the rounding left of a cancelled
                 # bias's gradient scales with the gradient reaching its unit, and a unit that
                 # is merely little used has a small weight gradient too
-                flat &= gb.abs() <= run.zero * units
+                small = gb.abs() <= run.zero * units
                 alive |= units > run.zero * scale
             else:
-                flat &= gb.abs() <= run.zero * scale
+                small = gb.abs() <= run.zero * scale
                 if whole_weight > 0.0:
                     alive[:] = True
+            if isinstance(terms, torch.Tensor) and terms.numel() == numel:
+                # or against the terms it sums: a unit whose weight gradient is itself small
+                # (its input nearly the same at every position) leaves a residue larger than
+                # the weight's gradient, never larger than the terms
+                small |= gb.abs().to(torch.float64) <= run.zero * terms
+            flat &= small
         if not bool(alive.any()) and bool(flat.all()):  # nothing in the layer learns: dead
             screen.biases[(name, pname)] = BiasMeasure(name, pname, numel,
                                                        dead=((0, numel),))
@@ -481,28 +489,71 @@ def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
     return screen
 
 
-def _gradients(run: _Runner, tensors: list[torch.Tensor]) -> list[dict[int, torch.Tensor]] | None:
-    """Per random projection of the floating outputs, the gradient of each tensor (by id);
-    None when no output is differentiable. The backwards run before the buffers are put back:
-    BatchNorm saves what it needs for its backward, and restoring a buffer in place first
-    would invalidate it."""
+def _output_axis(module: nn.Module, out: torch.Tensor, numel: int) -> int | None:
+    """The axis of a layer's output along which its bias is added (channels of a conv, the
+    last axis of a linear), or None when it cannot be told."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return 1 if out.dim() > 1 and out.shape[1] == numel else None
+    if out.dim() >= 1 and out.shape[-1] == numel:
+        return out.dim() - 1
+    return None
+
+
+def _gradients(run: _Runner, tensors: list[torch.Tensor], layers: dict[str, int]
+               ) -> list[dict[Any, torch.Tensor]] | None:
+    """Per random projection of the floating outputs, the gradient of each tensor (by id), and
+    per layer in ``layers`` (name -> bias size) the sum over positions of |d loss / d output|
+    per bias element (keyed by name): the size of the terms the bias's gradient adds up, which
+    is what the rounding left of a cancelled sum is relative to. None when no output is
+    differentiable. The backwards run before the buffers are put back: BatchNorm saves what it
+    needs for its backward, and restoring a buffer in place first would invalidate it."""
     run.forwards += 1
-    found: list[dict[int, torch.Tensor]] = []
-    with preserved(run.model), torch.enable_grad():
-        _seeded()
-        out = run.model(*run.args, **run.kwargs)
-        outputs = [y for y in floating_outputs(out) if y.requires_grad]
-        if not outputs:
-            return None
-        generator = torch.Generator().manual_seed(SEED + 1)
-        for k in range(PROJECTIONS):
-            loss = sum((torch.randn(y.shape, generator=generator, dtype=torch.float64)
-                        .to(y.dtype) * torch.nan_to_num(y)).sum() for y in outputs)
-            grads = torch.autograd.grad(loss, tensors, allow_unused=True,
-                                        retain_graph=k + 1 < PROJECTIONS)
-            found.append({id(t): g.detach() for t, g in zip(tensors, grads) if g is not None})
-        # the example batch's outputs, for the perturbations to be compared with
-        run.baseline = [y.detach().clone() for y in floating_outputs(out)]
+    found: list[dict[Any, torch.Tensor]] = []
+    seen: dict[str, list[tuple[torch.Tensor, int]]] = {}
+
+    def keep(name: str, numel: int) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: Any, out: Any) -> Any:
+            if not isinstance(out, torch.Tensor) or not out.requires_grad:
+                return None
+            axis = _output_axis(module, out, numel)
+            if axis is None:
+                return None
+            seen.setdefault(name, []).append((out, axis))
+            # the model goes on with a copy: an in-place op after the layer (ReLU(inplace))
+            # must not turn the kept output into another value
+            return out.clone()
+        return hook
+
+    hooks = [run.model.get_submodule(name).register_forward_hook(keep(name, numel))
+             for name, numel in layers.items()]
+    try:
+        with preserved(run.model), torch.enable_grad():
+            _seeded()
+            out = run.model(*run.args, **run.kwargs)
+            outputs = [y for y in floating_outputs(out) if y.requires_grad]
+            if not outputs:
+                return None
+            kept = [(name, y, axis) for name, calls in seen.items() for y, axis in calls]
+            generator = torch.Generator().manual_seed(SEED + 1)
+            for k in range(PROJECTIONS):
+                loss = sum((torch.randn(y.shape, generator=generator, dtype=torch.float64)
+                            .to(y.dtype) * torch.nan_to_num(y)).sum() for y in outputs)
+                wrt = tensors + [y for _, y, _ in kept]
+                grads = torch.autograd.grad(loss, wrt, allow_unused=True,
+                                            retain_graph=k + 1 < PROJECTIONS)
+                result: dict[Any, torch.Tensor] = {
+                    id(t): g.detach() for t, g in zip(tensors, grads) if g is not None}
+                for (name, y, axis), g in zip(kept, grads[len(tensors):]):
+                    if g is None:
+                        continue
+                    terms = g.detach().abs().movedim(axis, -1).reshape(-1, y.shape[axis])
+                    result[name] = result.get(name, 0) + terms.sum(dim=0, dtype=torch.float64)
+                found.append(result)
+            # the example batch's outputs, for the perturbations to be compared with
+            run.baseline = [y.detach().clone() for y in floating_outputs(out)]
+    finally:
+        for h in hooks:
+            h.remove()
     return found
 
 
