@@ -491,7 +491,10 @@ def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
 
 def _output_axis(module: nn.Module, out: torch.Tensor, numel: int) -> int | None:
     """The axis of a layer's output along which its bias is added (channels of a conv, the
-    last axis of a linear), or None when it cannot be told."""
+    last axis of a linear; -1 for a one-element bias added everywhere), or None when it cannot
+    be told."""
+    if numel == 1:  # one scalar added everywhere (a learnable ``scale * x + bias``)
+        return -1
     if isinstance(module, nn.modules.conv._ConvNd):
         return 1 if out.dim() > 1 and out.shape[1] == numel else None
     if out.dim() >= 1 and out.shape[-1] == numel:
@@ -546,7 +549,9 @@ def _gradients(run: _Runner, tensors: list[torch.Tensor], layers: dict[str, int]
                 for (name, y, axis), g in zip(kept, grads[len(tensors):]):
                     if g is None:
                         continue
-                    terms = g.detach().abs().movedim(axis, -1).reshape(-1, y.shape[axis])
+                    width = 1 if axis == -1 else y.shape[axis]
+                    terms = g.detach().abs().movedim(axis, -1).reshape(-1, width) if width > 1 \
+                        else g.detach().abs().reshape(-1, 1)
                     result[name] = result.get(name, 0) + terms.sum(dim=0, dtype=torch.float64)
                 found.append(result)
             # the example batch's outputs, for the perturbations to be compared with
