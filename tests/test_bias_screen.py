@@ -278,3 +278,36 @@ def test_without_values_the_walk_stands_alone_and_says_so(write_target):
     [finding] = result.findings
     assert finding.module == "0" and finding.data["measured"] is False
     assert any("derived from the graph alone" in n for n in result.notes), result.notes
+
+
+def test_a_bias_the_forward_also_reads_directly_is_measured_in_all_its_uses(lint):
+    """WavLM-style: the q/k/v biases are concatenated by the forward itself and handed to
+    F.multi_head_attention_forward. The walk does not follow a bias read outside its layer's
+    calls; the measurement covers every use. The key bias is reported, without a bias=False
+    edit (it would break the torch.cat)."""
+    result, oracle = lint("""
+    class Attention(nn.Module):
+        def __init__(self, dim=8, heads=2):
+            super().__init__()
+            self.heads = heads
+            self.q_proj, self.k_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+            self.v_proj, self.out_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+        def forward(self, x):  # x: (length, batch, dim)
+            out, _ = F.multi_head_attention_forward(
+                x, x, x, x.shape[-1], self.heads, None,
+                torch.cat((self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)),
+                None, None, False, 0.0, self.out_proj.weight, self.out_proj.bias,
+                training=self.training, need_weights=False, use_separate_proj_weight=True,
+                q_proj_weight=self.q_proj.weight, k_proj_weight=self.k_proj.weight,
+                v_proj_weight=self.v_proj.weight)
+            return out
+
+    def build():
+        return Attention(), torch.randn(5, 2, 8)
+    """)
+    assert [f.module for f in result.findings] == ["k_proj"]
+    [finding] = result.findings
+    assert finding.data["measured"] and finding.fix is not None and not finding.fix.edits
+    assert oracle.verdict("k_proj") == "redundant"
+    assert oracle.verdict("q_proj") == oracle.verdict("v_proj") == "live"

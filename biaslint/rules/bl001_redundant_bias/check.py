@@ -50,13 +50,20 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
     dead: list[str] = []
     try:
         for layer in model.layers.values():
-            if layer.name in read_elsewhere:
-                continue  # tied, aliased or read directly: it also acts outside this layer
             module = layer.module
             pname = "in_proj_bias" if isinstance(module, nn.MultiheadAttention) else "bias"
             measure = screen.of(layer.name, pname) if measured else None
             if measure is not None and measure.no_gradient:
                 measure = None  # not read where autograd sees it: the walk alone judges
+            if layer.name in read_elsewhere:
+                # Tied, aliased or read directly (WavLM's torch.cat of the q/k/v biases): it also
+                # acts outside the layer's calls, where the walk does not follow it. The
+                # measurement sees every use at once and alone decides.
+                if measure is not None:
+                    yield from _measured(rule, model, layer, pname, measure, verdicts.get(
+                        layer.name), None, located, by_site, redundant, shared=True)
+                    dead.extend(_dead(layer.name, pname, measure))
+                continue
             if isinstance(module, nn.MultiheadAttention):
                 derived = _attention_claim(rule, model, layer)
                 if measure is None:
@@ -149,16 +156,22 @@ def _partial(rule: "RedundantBias", model: AnalysedModel, layer: Layer, verdict:
 
 def _whole_finding(rule: "RedundantBias", layer: Layer, cancelled_by: list[str],
                    by_site: dict[tuple[str, int, int], list[str]],
-                   redundant: dict[str, bool], measured: bool = False) -> Finding:
+                   redundant: dict[str, bool], measured: bool = False,
+                   shared: bool = False) -> Finding:
     count = int(layer.module.bias.numel())  # type: ignore[union-attr]
     site = layer.site
     siblings = by_site.get((site.file, site.line, site.col), []) if site else []
     live_siblings = sum(1 for other in siblings if not redundant.get(other, False))
+    fix = _bias_false_fix(layer, live_siblings) if not shared else Fix(
+        title=f"Remove the bias of {python_path(layer.name)} together with the code that "
+              "reads it outside the layer",
+        manual="the bias is also read outside the layer (tied to another layer, aliased, or "
+               "read directly by the forward): bias=False alone would break that read")
     return rule.finding(
         layer,
         f"bias of {layer.type_name} '{layer.name}' is cancelled by {_join(cancelled_by)}: its "
         f"{count} parameters never change the output and never train",
-        parameter="bias", fix=_bias_false_fix(layer, live_siblings),
+        parameter="bias", fix=fix,
         data={"verdict": "redundant", "cancelled_by": cancelled_by, "parameters": count,
               "measured": measured},
     )
@@ -198,9 +211,10 @@ class _Locations:
 def _measured(rule: "RedundantBias", model: AnalysedModel, layer: Layer, pname: str,
               measure: "BiasMeasure", verdict: "Verdict | None", derived: _Claim | None,
               located: "_Locations | None", by_site: dict[tuple[str, int, int], list[str]],
-              redundant: dict[str, bool]) -> Iterable[Finding]:
+              redundant: dict[str, bool], shared: bool = False) -> Iterable[Finding]:
     """The screen's measurement decides; the walk's derivation explains it where it can. A
-    derived claim the measurement does not bear out is counted as a disagreement."""
+    derived claim the measurement does not bear out is counted as a disagreement. ``shared``:
+    the bias is also read outside its layer, so ``bias=False`` alone would break that read."""
     if _dead(layer.name, pname, measure):
         return  # the layer's weight learns nothing either: a dead path (noted), not BL001's
     if derived is not None:
@@ -227,7 +241,8 @@ def _measured(rule: "RedundantBias", model: AnalysedModel, layer: Layer, pname: 
     cause = list(derived.cancelled_by) if proved and derived is not None else \
         [_measured_cause(model, layer, pname, measure, verdict, located)]
     if measure.whole and pname == "bias":
-        yield _whole_finding(rule, layer, cause, by_site, redundant, measured=True)
+        yield _whole_finding(rule, layer, cause, by_site, redundant, measured=True,
+                             shared=shared)
     else:
         yield _slice_finding(rule, layer, pname, measure.cancelled, cause, measured=True)
 
