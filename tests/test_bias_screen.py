@@ -235,6 +235,10 @@ def test_the_model_is_left_bit_for_bit(write_target):
     loaded = load_target(target)
     model = loaded.model
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # views of the parameters' storages held across the lint (a rule's earlier read): the
+    # screen's float64 re-check must put the storages back, not new ones of the old dtype
+    views = {n: p.detach() for n, p in model.named_parameters()}
+    pointers = {n: p.data_ptr() for n, p in model.named_parameters()}
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     modes = {n: m.training for n, m in model.named_modules()}
@@ -243,6 +247,9 @@ def test_the_model_is_left_bit_for_bit(write_target):
     assert [f.module for f in result.findings] == ["conv"]
     assert result.findings[0].data["measured"]
     assert all(torch.equal(p, params[n]) for n, p in model.named_parameters())
+    assert all(torch.equal(views[n], params[n]) for n in params)
+    assert {n: p.data_ptr() for n, p in model.named_parameters()} == pointers
+    assert all(p.dtype == params[n].dtype for n, p in model.named_parameters())
     assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert {n: m.training for n, m in model.named_modules()} == modes

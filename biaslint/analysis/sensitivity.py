@@ -164,11 +164,22 @@ def bias_pairs(module: nn.Module) -> list[tuple[str, list[str]]]:
             isinstance(getattr(module, "weight", None), torch.Tensor):
         return [("bias", ["weight"])]
     if isinstance(getattr(module, "bias", None), torch.Tensor):
-        # no weight (a learnable affine ``scale * x + bias``): the layer's other parameters
-        # tell a path that learns from a dead one
-        return [("bias", [name for name, p in module.named_parameters(recurse=False)
-                          if name != "bias" and p.is_floating_point()])]
+        # no weight of its own (a learnable affine ``scale * x + bias``; a graph conv whose
+        # weight sits in a child ``lin``): the layer's other parameters, its children's
+        # included, tell a path that learns from a dead one
+        others = [name for name, p in module.named_parameters(recurse=False)
+                  if name != "bias" and p.is_floating_point()]
+        if not others:
+            others = [name for name, p in module.named_parameters()
+                      if name != "bias" and p.is_floating_point()]
+        return [("bias", others)]
     return []
+
+
+def _attribute(module: nn.Module, dotted: str) -> Any:
+    for part in dotted.split("."):
+        module = getattr(module, part, None)
+    return module
 
 
 def unit_gradient(module: nn.Module, weights: list[torch.Tensor], numel: int
@@ -404,7 +415,7 @@ def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
         module = run.model.get_submodule(name)
         for pname, wnames in bias_pairs(module):
             bias = getattr(module, pname)
-            weights = [w for w in (getattr(module, n, None) for n in wnames)
+            weights = [w for w in (_attribute(module, n) for n in wnames)
                        if isinstance(w, torch.Tensor)]
             if bias.dim() != 1 or not bias.is_floating_point():
                 continue
@@ -617,8 +628,10 @@ def _in_float64(run: _Runner) -> Iterator[_Runner | None]:
     (float32 round-trips through float64 exactly)."""
     model = run.model
     params = list(model.parameters())
-    dtypes = [p.dtype for p in params]
-    buffers = [(m, name, b.dtype) for m in model.modules() for name, b in m._buffers.items()
+    # The original storages: views of them held elsewhere (a value a rule read before) must
+    # see the values put back, so the storages are put back, not new ones of the old dtype.
+    storages = [p.data for p in params]
+    buffers = [(m, name, b) for m in model.modules() for name, b in m._buffers.items()
                if b is not None]
     wide: _Runner | None = None
     try:
@@ -633,10 +646,17 @@ def _in_float64(run: _Runner) -> Iterator[_Runner | None]:
     finally:
         if wide is not None:
             run.forwards += wide.forwards
-        for param, dtype in zip(params, dtypes):
-            param.data = param.data.to(dtype)
-        for module, name, dtype in buffers:
-            module._buffers[name] = module._buffers[name].to(dtype)
+        with torch.no_grad():
+            for param, storage in zip(params, storages):
+                if param.data is not storage:
+                    storage.copy_(param.data)
+                    param.data = storage
+            for module, name, buffer in buffers:
+                current = module._buffers.get(name)
+                if current is not buffer and isinstance(current, torch.Tensor) and \
+                        current.shape == buffer.shape:
+                    buffer.copy_(current)
+                module._buffers[name] = buffer
 
 
 def _settled(run: _Runner, pieces: list[Piece]) -> tuple[list[Piece], list[Piece]]:
