@@ -236,6 +236,11 @@ def compare_results(family: str, name: str, real: Any, meta: Any, real_s: float 
     both = sorted(set(real_keys) & set(meta_keys))
     missing = sorted(set(real_keys) - set(meta_keys))
     extra = sorted(set(meta_keys) - set(real_keys))
+    # On meta the analysis stands alone; on real tensors a claim the measurement did not bear
+    # out is counted as a disagreement instead of reported: not an extra finding of meta's.
+    disagreed = {(scope.code, d.layer) for scope in real.rules for d in scope.disagreements}
+    overruled = [k for k in extra if (k[0], k[1]) in disagreed]
+    extra = [k for k in extra if (k[0], k[1]) not in disagreed]
     not_judged = [k for k in missing if (k[0], k[1]) in unjudged or k[0] in unjudged_all]
     misses = [k for k in missing if k not in not_judged]
     worst = 0.0
@@ -249,6 +254,7 @@ def compare_results(family: str, name: str, real: Any, meta: Any, real_s: float 
         "family": family, "model": name, "real": len(real.findings),
         "meta": len(meta.findings), "agree": len(both), "not_judged_on_meta": len(not_judged),
         "misses": [list(k) for k in misses], "extra": [list(k) for k in extra],
+        "overruled_on_real": [list(k) for k in overruled],
         "not_judged": [list(k) for k in not_judged], "meta_unjudged_layers": meta_unjudged,
         "meta_unjudged_reasons": sorted({why for scope in meta.rules
                                          for _, why in scope.unjudged})[:5],
