@@ -185,7 +185,10 @@ def test_a_key_slice_of_a_wrapped_multihead_attention(lint):
 
 def test_dead_paths_are_counted_not_claimed(lint):
     """Units a very negative bias keeps off, and a softmax over one key: the bias gets no
-    gradient, and neither does the weight. Not a cancellation; said in a note."""
+    gradient, and neither does the weight. Not a cancellation found by measuring; said in a
+    note. The query and key biases are the exception: the walk proves from the graph that a
+    softmax over a length-1 axis removes them whatever the values, and the perturbation bears
+    that out."""
     result, oracle = lint("""
     class Dead(nn.Module):
         def __init__(self):
@@ -203,11 +206,14 @@ def test_dead_paths_are_counted_not_claimed(lint):
     def build():
         return Dead(), (torch.randn(2, 8), torch.randn(2, 1, 8))
     """)
-    assert not result.findings
-    assert any("dead path" in note and "q.bias" in note and "k.bias" in note
+    assert sorted(f.module for f in result.findings) == ["k", "q"]
+    assert all("softmax" in f.message and f.data["measured"] for f in result.findings)
+    assert oracle.verdict("k") == oracle.verdict("q") == "redundant"
+    assert any("dead path" in note and "off.bias" in note and "k.bias" not in note
                for note in result.notes), result.notes
-    # the oracle agrees that nothing is cancelled: the q/k layers move nothing at all
-    assert oracle.dead("q") and oracle.dead("k")
+    # the units kept off, and the q/k layers, move nothing at all on these inputs
+    assert oracle.dead("off") and oracle.dead("q") and oracle.dead("k")
+    assert claimed_elements(result, "off") == set()
 
 
 def test_the_model_is_left_bit_for_bit(write_target):

@@ -48,6 +48,15 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
                 redundant[name] = measure.whole
     located = _Locations(screen) if measured else None
     dead: list[str] = []
+
+    def noted(found: Iterable[Finding], name: str, pname: str,
+              measure: "BiasMeasure") -> list[Finding]:
+        """The findings, and the bias in the dead-path note when none was reported."""
+        found = list(found)
+        if not found:
+            dead.extend(_dead(name, pname, measure))
+        return found
+
     try:
         for layer in model.layers.values():
             module = layer.module
@@ -60,9 +69,9 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
                 # acts outside the layer's calls, where the walk does not follow it. The
                 # measurement sees every use at once and alone decides.
                 if measure is not None:
-                    yield from _measured(rule, model, layer, pname, measure, verdicts.get(
-                        layer.name), None, located, by_site, redundant, shared=True)
-                    dead.extend(_dead(layer.name, pname, measure))
+                    yield from noted(_measured(
+                        rule, model, layer, pname, measure, verdicts.get(layer.name), None,
+                        located, by_site, redundant, shared=True), layer.name, pname, measure)
                 continue
             if isinstance(module, nn.MultiheadAttention):
                 derived = _attention_claim(rule, model, layer)
@@ -70,9 +79,9 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
                     if derived is not None:
                         yield derived.build(False)
                 else:
-                    yield from _measured(rule, model, layer, pname, measure, None, derived,
-                                         located, by_site, redundant)
-                    dead.extend(_dead(layer.name, pname, measure))
+                    yield from noted(_measured(rule, model, layer, pname, measure, None,
+                                               derived, located, by_site, redundant),
+                                     layer.name, pname, measure)
                 continue
             verdict = verdicts.get(layer.name)
             if verdict is None and measure is None:
@@ -87,9 +96,9 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
                                                     measured))
                 elif verdict is not None and not verdict.redundant and verdict.crossed:
                     derived = _fused_claim(rule, model, layer, int(module.bias.numel()))
-                yield from _measured(rule, model, layer, pname, measure, verdict, derived,
-                                     located, by_site, redundant)
-                dead.extend(_dead(layer.name, pname, measure))
+                yield from noted(_measured(rule, model, layer, pname, measure, verdict,
+                                           derived, located, by_site, redundant),
+                                 layer.name, pname, measure)
                 if report_partial and not measure.cancelled and verdict is not None and \
                         not verdict.redundant:
                     yield from _partial(rule, model, layer, verdict)
@@ -215,8 +224,11 @@ def _measured(rule: "RedundantBias", model: AnalysedModel, layer: Layer, pname: 
     """The screen's measurement decides; the walk's derivation explains it where it can. A
     derived claim the measurement does not bear out is counted as a disagreement. ``shared``:
     the bias is also read outside its layer, so ``bias=False`` alone would break that read."""
-    if _dead(layer.name, pname, measure):
-        return  # the layer's weight learns nothing either: a dead path (noted), not BL001's
+    if _dead(layer.name, pname, measure) and derived is None:
+        # The layer's weight learns nothing either on these inputs: a dead path (noted), not
+        # BL001's. A cancellation the walk proved from the graph still holds whatever the
+        # inputs (a conv before BatchNorm fed a spatially constant map): measured below.
+        return
     if derived is not None:
         missing = [i for a, b in derived.spans for i in range(a, b)
                    if not any(x <= i < y for x, y in measure.cancelled)]
