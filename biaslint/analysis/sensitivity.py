@@ -58,6 +58,12 @@ FLOAT64_MOVE, FLOAT32_MOVE = 1e-8, 1e-4
 # it is below the threshold in two independent projections (a live one then rarely is: about
 # one element in 10^5), and a live element wrongly proposed costs forwards, not a finding.
 FLOAT64_ZERO, FLOAT32_ZERO = 1e-9, 3e-5
+# Against the sum of the terms a bias gradient adds up (|d loss / d output| over positions), a
+# cancelled sum leaves float32 rounding of 7e-8 (MONAI's VNet) to 9e-6 (GPT-NeoX's partial
+# rotary keys), while live elements measured 3e-3 and up there; elements a LayerNorm partly
+# cancels fall in between (torchvision's MaxViT proposed 12 at 3e-5, 6 at 2e-5, each refuted
+# at the cost of confirmation forwards, never reported).
+FLOAT64_TERMS, FLOAT32_TERMS = 1e-11, 2e-5
 PROJECTIONS = 2
 # Forwards the confirmation may spend splitting groups that moved; what is left unconfirmed
 # when they run out is said (a cost cap can only cost findings).
@@ -308,6 +314,10 @@ class _Runner:
     def zero(self) -> float:
         return FLOAT64_ZERO if self.dtype == torch.float64 else FLOAT32_ZERO
 
+    @property
+    def terms(self) -> float:
+        return FLOAT64_TERMS if self.dtype == torch.float64 else FLOAT32_TERMS
+
 
 def moved(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> float:
     """Largest change of any output, relative to that output's scale (at least 1)."""
@@ -468,7 +478,7 @@ def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
                 # or against the terms it sums: a unit whose weight gradient is itself small
                 # (its input nearly the same at every position) leaves a residue larger than
                 # the weight's gradient, never larger than the terms
-                small |= gb.abs().to(torch.float64) <= run.zero * terms
+                small |= gb.abs().to(torch.float64) <= run.terms * terms
             flat &= small
         if not bool(alive.any()) and bool(flat.all()):  # nothing in the layer learns: dead
             screen.biases[(name, pname)] = BiasMeasure(name, pname, numel,
