@@ -94,14 +94,6 @@ class BiasMeasure:
         """Every element is confirmed cancelled."""
         return self.cancelled == ((0, self.numel),)
 
-    @property
-    def cancelled_count(self) -> int:
-        return sum(b - a for a, b in self.cancelled)
-
-    @property
-    def dead_count(self) -> int:
-        return sum(b - a for a, b in self.dead)
-
 
 @dataclass
 class Screen:
@@ -111,7 +103,6 @@ class Screen:
     dtype: str = ""
     error: str | None = None  # why nothing was measured
     notes: list[str] = field(default_factory=list)
-    second_batch: bool = False
     forwards: int = 0
     # The model and inputs, kept while a rule may still ask where a cancellation happens.
     runner: "_Runner | None" = field(default=None, repr=False)
@@ -492,7 +483,10 @@ def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
         else:
             partial[(name, pname)] = {"numel": numel, "dead": runs(flat)}
     confirmed, refuted, second = _confirm(run, candidates)
-    screen.second_batch = second
+    if candidates and not second:
+        screen.notes.append("the forward rejected a second batch drawn like the example "
+                            "inputs: bias cancellations were confirmed on the example batch "
+                            "alone")
     screen.forwards = run.forwards
     if run.float32_only:
         screen.notes.append("the model does not run in float64: its bias cancellations were "
