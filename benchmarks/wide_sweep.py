@@ -68,13 +68,14 @@ SCREEN_ZERO = 1e-6
 # with the perturbation's size.
 LARGE_TOLERANCE = 1e-6
 SCREEN_MAX_RUNS = 32  # per bias
+PARTS = ("dev", "heldout", "heldout2")
 
 
 def jobs_of(part: str, families: tuple[str, ...] = FAMILIES,
             match: str | None = None) -> list[tuple[str, str]]:
     pattern = re.compile(match) if match else None
     return [(family, name) for family in families for name in zoo_wide.names(family)
-            if zoo_wide.split_of(zoo_wide.key_of(family, name)) == part
+            if (part == "all" or zoo_wide.split_of(zoo_wide.key_of(family, name)) == part)
             and (pattern is None or pattern.search(name))]
 
 
@@ -958,7 +959,8 @@ def write_csv(part: str, records: dict[tuple[str, str], dict[str, Any]], path: s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("dev", "heldout"), required=True)
+    parser.add_argument("--part", choices=("dev", "heldout", "heldout2", "all"), required=True,
+                        help="a part of the split; all (with --summarize): the whole sweep")
     parser.add_argument("--family", default=",".join(FAMILIES))
     parser.add_argument("--match", default=None)
     parser.add_argument("--budget", type=float, default=6.0, help="oracle s per model [6]")
@@ -989,17 +991,31 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_truth(args.part, args.budget, args.timeout, args.jobs, args.match,
                       args.deadline, families)
-    records = load_truth(args.part, args.truth_csv)
-    relint = None
-    if args.compare_only:
-        relint = read_records(os.path.join(OUT, f"wide_claims_{args.part}.jsonl"))
+    if args.part == "all":
+        if not args.summarize:
+            parser.error("--part all only summarizes (run each part first)")
+        # the whole sweep: every part's truth, with each part's re-linted claims when every
+        # part has them (--compare-only ran), else the claims linted at truth time
+        records, relint = {}, {}
+        for part in PARTS:
+            records.update(load_truth(part, args.truth_csv))
+            claims_path = os.path.join(OUT, f"wide_claims_{part}.jsonl")
+            if relint is not None and os.path.exists(claims_path):
+                relint.update(read_records(claims_path))
+            else:
+                relint = None
+    else:
+        records = load_truth(args.part, args.truth_csv)
+        relint = None
+        if args.compare_only:
+            relint = read_records(os.path.join(OUT, f"wide_claims_{args.part}.jsonl"))
     text = report(args.part, records, relint, command)
-    name = "wide_dev.md" if args.part == "dev" else "wide_heldout.md"
+    name = f"wide_{args.part}.md"
     with open(os.path.join(OUT, name), "w", encoding="utf-8") as handle:
         handle.write(text)
     if args.csv:
         write_csv(args.part, records, args.csv)
-    if args.part == "dev" or args.summarize:
+    if args.part in ("dev", "all") or args.summarize:
         print(text)
     else:
         print(f"held-out report written to {os.path.join(OUT, name)} (not printed)")

@@ -25,6 +25,13 @@ def test_split_is_a_fixed_function_of_the_name():
     assert 0.17 < share < 0.23
 
 
+def test_second_held_out_part_is_the_fixed_list_and_never_overlaps_the_first():
+    listed = zoo_wide._second_held_out()
+    assert "hf:aimv2" in listed and zoo_wide.split_of("hf:aimv2") == "heldout2"
+    assert all(zoo_wide.split_of(k) == "heldout2" for k in listed)
+    assert zoo_wide.split_of("hf:bert") == "dev"
+
+
 def _row(layer, span, truth, size=12, kind="third"):
     return {"layer": layer, "param": "bias", "type": "Linear", "size": size, "slice": span,
             "kind": kind if span else "whole", "truth": truth, "dead": 0, "frozen": 0}
