@@ -76,13 +76,21 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
     """Capture, analyse and run the rules on an already built ``LoadedTarget``."""
     from biaslint.load.guard import old_objects_frozen
 
+    from biaslint.load.kept import KeptModel
+
+    # The user's model comes back as it was, and every rule judges the values the build made,
+    # even when the forward writes to its own parameters (see ``KeptModel``).
+    kept = KeptModel(loaded.model)
     with old_objects_frozen():
-        return _lint_loaded(loaded, config, settings, timings, on_stage)
+        try:
+            return _lint_loaded(loaded, config, settings, timings, on_stage, kept)
+        finally:
+            kept.restore()
 
 
 def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignore[no-untyped-def]
                  timings: dict[str, float] | None,
-                 on_stage: StageCallback | None) -> TargetResult:
+                 on_stage: StageCallback | None, kept) -> TargetResult:
     from biaslint.analysis.model import AnalysedModel
     from biaslint.capture.trace import capture
     from biaslint.rules import selected
@@ -98,6 +106,7 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
         captured = capture(loaded, fallback=False,
                            values=any(rule.reads & _REAL_FORWARD for rule in rules))
     timings["capture"] = time.perf_counter() - start
+    kept.restore()
     if captured.forward_error is not None:
         # A gate must not pass a model it could not run: inputs the forward rejects are the
         # user's to fix, like a build that raises.
@@ -116,6 +125,7 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
         start = time.perf_counter()
         with preserved_state(seed=None), user_code(config.target, "the forward"):
             signal = _signal(analysed, signal_notes)
+        kept.restore()
         timings["signal"] = time.perf_counter() - start
 
     stage("rules")
@@ -130,6 +140,7 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
     no_forward = _no_forward(analysed)
     if no_forward is None:
         _prefetch(analysed, rules, config, settings)
+        kept.restore()
     failed_forward = analysed.forward_failure
     if failed_forward is not None:
         codes = ", ".join(r.code for r in rules if "forward" in r.reads)
@@ -155,6 +166,7 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
             # Some rules run the forward again for real values (a head's logits).
             with user_code(config.target, "the forward"):
                 findings.extend(rule.check(analysed, context))
+            kept.restore()
             ran.append(rule.code)
         except BiaslintError:
             raise
@@ -174,6 +186,10 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
         incomplete.append(f"the real forward a rule read raised {analysed.forward_failure}: "
                           "what it would have measured was not judged")
     notes.extend(analysed.rule_notes)
+    kept.restore()
+    if kept.written:
+        notes.append(f"the forward writes to {_listed(kept.written)}: biaslint judged the values "
+                     "the build made and put them back after every forward it ran")
     unjudged = {(layer, reason) for scope in scopes for layer, reason in scope.unjudged}
     incomplete[:0] = _causes(analysed, unjudged)
     timings["rules"] = time.perf_counter() - start
