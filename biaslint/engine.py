@@ -47,6 +47,18 @@ def _lint(config: TargetConfig, settings: Settings,
     from contextlib import nullcontext
 
     from biaslint.load.build import load_target
+    from biaslint.load.guard import old_objects_frozen, preserved_state, target_scope
+
+    with target_scope():
+        return _lint_scoped(config, settings, on_stage, scopes, seen)
+
+
+def _lint_scoped(config: TargetConfig, settings: Settings,
+                 on_stage: StageCallback | None, scopes: tuple = (), seen: list | None = None
+                 ) -> TargetResult:
+    from contextlib import nullcontext
+
+    from biaslint.load.build import load_target
     from biaslint.load.guard import old_objects_frozen, preserved_state
 
     build_scope, rest_scope = scopes or (nullcontext(), nullcontext())

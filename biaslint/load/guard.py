@@ -14,6 +14,9 @@
 * ``preserved_state()``: default dtype, grad mode, RNG states (torch, numpy, random),
   deterministic-algorithms flags and the thread count are restored after each target, and the
   build runs under a fixed seed, so the same model gives the same numbers every run.
+* ``target_scope()``: what else a build may set for the whole process (the working directory,
+  environment variables, ``sys.path``, torch's default device, the warning filters) is put
+  back after each target, so nothing of one target reaches the next.
 """
 
 from __future__ import annotations
@@ -141,6 +144,37 @@ def preserved_state(seed: int | None = SEED) -> Iterator[None]:
         if torch.get_num_threads() != saved["threads"]:
             torch.set_num_threads(saved["threads"])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved["cudnn"]
+
+
+@contextlib.contextmanager
+def target_scope() -> Iterator[None]:
+    """Put back, after one target, the process-wide settings its build or forward may change
+    that ``preserved_state`` does not cover (a build that ``os.chdir``s into its data folder
+    would otherwise make every later target's relative path wrong)."""
+    import warnings
+
+    cwd = os.getcwd()
+    environ = dict(os.environ)
+    path = list(sys.path)
+    device = torch.get_default_device() if hasattr(torch, "get_default_device") else None
+    try:
+        with warnings.catch_warnings():  # the filters, as they were
+            yield
+    finally:
+        try:
+            if os.getcwd() != cwd:
+                os.chdir(cwd)
+        except OSError:  # the build removed the folder we were in: go back by path
+            os.chdir(cwd)
+        if dict(os.environ) != environ:
+            for key in set(os.environ) - set(environ):
+                del os.environ[key]
+            for key, value in environ.items():
+                if os.environ.get(key) != value:
+                    os.environ[key] = value
+        sys.path[:] = path
+        if device is not None and torch.get_default_device() != device:
+            torch.set_default_device(device)
 
 
 # The lint's process is biaslint's own (the command line): what it freezes stays frozen, since
