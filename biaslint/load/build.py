@@ -83,8 +83,13 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
     if getattr(type(model).forward, "__name__", "") == "_forward_unimplemented":
         raise TargetError(f"{spec.text} builds a {type(model).__name__} without a forward: "
                           "define forward(), or point at the module that has one")
-    if input_shapes:
+    if input_shapes and inputs is None:
         inputs = ExampleInputs(args=tuple(example_tensor(model, s) for s in input_shapes))
+    elif input_shapes:
+        # The shapes are for targets that give no inputs: one --input-shape for a run of
+        # several targets must not replace the token ids another target returns.
+        notes.append("the input shape given was not used: the target returns its own example "
+                     "inputs, and those are what its forward takes")
     laws = buffer_laws = None
     if meta and record.laws is not None:
         with recording(laws=True, book=record.laws) as deferred:
