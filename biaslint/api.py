@@ -174,8 +174,13 @@ def check(model: "nn.Module", example_inputs: Any = None, **settings: Any) -> Re
     if not isinstance(model, nn.Module):
         raise ConfigError(f"biaslint.check takes an nn.Module, not {type(model).__name__}: "
                           "for a target string use biaslint.testing.assert_clean or the CLI")
+    from biaslint.load.build import unwrap_compiled
+
+    compiled: list[str] = []
+    model = unwrap_compiled(model, compiled)
     config, run_settings = _configure(model, settings)
     loaded = _loaded(model, example_inputs, config, settings.get("recording"))
+    loaded.notes[:0] = compiled
     return Report((_lint(loaded, config, run_settings),), run_settings.fail_on,
                   run_settings.allow_incomplete)
 

@@ -73,6 +73,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
                 with user_code(spec.text, "building the model"):
                     model, inputs = _build(spec, obj)
             meta = True
+    model = unwrap_compiled(model, notes)
     if isinstance(model, torch.jit.ScriptModule):
         raise TargetError(
             f"{spec.text} gave a TorchScript module ({type(model).__name__}): biaslint traces "
@@ -115,6 +116,18 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         param_laws=laws,
         buffer_laws=buffer_laws,
     )
+
+
+def unwrap_compiled(model: Any, notes: list[str]) -> Any:
+    """The module ``torch.compile`` wraps (``OptimizedModule._orig_mod``): its parameters are
+    the original module's, and its forward is the Python code biaslint traces."""
+    original = getattr(model, "_orig_mod", None)
+    if isinstance(model, nn.Module) and isinstance(original, nn.Module) \
+            and type(model).__name__ == "OptimizedModule":
+        notes.append("the target returns a torch.compile'd module: linted the module it "
+                     "compiles (the same parameters, the Python forward)")
+        return original
+    return model
 
 
 def _on_meta(model: nn.Module) -> bool:
