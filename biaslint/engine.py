@@ -10,7 +10,7 @@ import time
 import traceback
 from typing import Callable, Iterable
 
-from biaslint.errors import BiaslintError, TargetError
+from biaslint.errors import BiaslintError, TargetError, memory_error, out_of_memory
 from biaslint.findings import Finding, RuleScope, TargetResult
 from biaslint.settings import Settings, TargetConfig
 
@@ -50,7 +50,14 @@ def _lint(config: TargetConfig, settings: Settings,
     from biaslint.load.guard import old_objects_frozen, preserved_state, target_scope
 
     with target_scope():
-        return _lint_scoped(config, settings, on_stage, scopes, seen)
+        try:
+            return _lint_scoped(config, settings, on_stage, scopes, seen)
+        except BiaslintError:
+            raise
+        except Exception as exc:
+            if out_of_memory(exc):  # the capture or an analysis: the same advice as the build
+                raise memory_error(config.target, "the lint", exc) from exc
+            raise
 
 
 def _lint_scoped(config: TargetConfig, settings: Settings,
@@ -153,17 +160,12 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
     if no_forward is None:
         _prefetch(analysed, rules, config, settings)
         kept.restore()
-    failed_forward = analysed.forward_failure
-    if failed_forward is not None:
-        codes = ", ".join(r.code for r in rules if "forward" in r.reads)
-        if codes:
-            incomplete.append(f"the real forward that {codes} read raised {failed_forward} (the "
-                              "capture ran, the forward on the real values did not): their "
-                              "layers were not judged")
-        checked = ", ".join(r.code for r in rules if r.reads & {"measure", "output"})
-        if checked:
-            notes.append(f"the real forward that {checked} check their claims on raised "
-                         f"{failed_forward}: their claims are derived, not measured")
+        if analysed.forward_failure is not None:
+            raise TargetError(
+                f"{config.target}: the forward failed on the example inputs (run on real "
+                f"tensors; the capture on fake tensors let it pass): {analysed.forward_failure};"
+                " give inputs it accepts (--input-shape, one per positional input, :int for "
+                "ids, or return (model, example_inputs) from the build)")
     for rule in rules:
         if "forward" in rule.reads and no_forward is not None:
             # It applies to nothing here, like BL005 without priors: said, not failed.
@@ -183,18 +185,18 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
         except BiaslintError:
             raise
         except Exception as exc:  # noqa: BLE001 - one crashing rule must not hide the others
+            if out_of_memory(exc):
+                raise memory_error(config.target, f"rule {rule.code}", exc) from exc
             detail = traceback.format_exc() if settings.debug else f"{type(exc).__name__}: {exc}"
             notes.append(f"rule {rule.code} crashed and was skipped: {detail}")
             crashed = f"{type(exc).__name__}: {exc}"
             incomplete.append(f"rule {rule.code} crashed (an internal error, please report it): "
                               f"{crashed}")
         if rule.reads:
-            unread = f"the real forward raised {failed_forward}" \
-                if failed_forward is not None and "forward" in rule.reads else None
-            scope = _judged(rule, analysed, context, blocked, crashed, unread)
+            scope = _judged(rule, analysed, context, blocked, crashed)
             scopes.append(scope)
             notes.extend(_declined_notes(rule, scope))
-    if failed_forward is None and analysed.forward_failure is not None:  # a rule's own forward
+    if analysed.forward_failure is not None:  # a rule's own forward, after the first one ran
         incomplete.append(f"the real forward a rule read raised {analysed.forward_failure}: "
                           "what it would have measured was not judged")
     notes.extend(analysed.rule_notes)
@@ -296,7 +298,14 @@ def _causes(analysed, unjudged: set[tuple[str, str]]) -> list[str]:  # type: ign
                      f"not follow (value rules cannot read them; build on the CPU to judge "
                      f"them): {_listed(on_meta)}")
     outside = layers(OUTSIDE_GRAPH)
-    if outside:
+    if outside and not analysed.inputs_known:
+        # the cause to fix first: with inputs, the capture runs the forward instead of tracing
+        lines.append(f"{len(outside)} called layer(s) outside any graph, because without "
+                     "example inputs only symbolic tracing could try and it could not follow "
+                     "the forward: give --input-shape (once per positional input; 2,16:int for "
+                     "token ids) or return (model, example_inputs) from the build "
+                     f"({_listed(outside)})")
+    elif outside:
         lines.append(f"{len(outside)} called layer(s) outside any graph (graph rules cannot see "
                      f"them): {_listed(outside)}")
     return lines
@@ -326,15 +335,17 @@ def _prefetch(analysed, rules, config: TargetConfig, settings: Settings) -> None
         attention = attention or wants_attention
         # a rule that checks its claims on what the model returns reads the return value
         returned = returned or bool(layers and "output" in rule.reads)
-    if names or attention:
-        from biaslint.load.guard import user_code
+    from biaslint.load.guard import user_code
 
-        with user_code(config.target, "the forward"):
-            analysed.prefetch(names, attention=attention, returned=returned)
+    # Always at least one real forward: the capture runs on fake tensors, which accept what
+    # the real kernels refuse (a Long x Float matmul), and a forward that fails on the example
+    # inputs is an error of the target, whatever the rules selected read.
+    with user_code(config.target, "the forward"):
+        analysed.prefetch(names, attention=attention, returned=True)
 
 
 def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type: ignore[no-untyped-def]
-            crashed: str | None, unread: str | None = None) -> RuleScope:
+            crashed: str | None) -> RuleScope:
     """What ``rule`` judged: every layer of its scope whose graph and values it could read.
     Layers the forward never called are outside every graph rule's scope (the coverage lists
     them): this target does not run them, so no finding about its training applies."""
@@ -345,7 +356,7 @@ def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type
                                           f"{type(exc).__name__}: {exc}"),))
     not_called = set(analysed.capture.coverage.not_called) if "graph" in rule.reads else set()
     declined: dict[str, str] = {}
-    if crashed is None and unread is None:
+    if crashed is None:
         try:
             declined = rule.declined(analysed, context)
         except Exception as exc:  # noqa: BLE001 - as a failing scope
@@ -358,9 +369,6 @@ def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type
             continue
         if crashed is not None:
             unjudged.append((layer.name, f"the rule crashed ({crashed})"))
-            continue
-        if unread is not None:  # what it reads could not be measured
-            unjudged.append((layer.name, unread))
             continue
         if layer.name in declined:  # the rule says why it did not judge this one
             unjudged.append((layer.name, f"{DECLINED}{declined[layer.name]}"))

@@ -456,8 +456,10 @@ def _finish(results: list[Any], plan: Plan, output: str | None, baseline: Any,
     if incomplete:
         partial = [r for r in results if r.incomplete]
         click.echo(f"biaslint: error: analysis incomplete for {len(partial)} target(s) "
-                   f"({partial[0].target}: {partial[0].incomplete[0]}); pass --allow-incomplete "
-                   "(or allow-incomplete = true) to accept that", err=True)
+                   f"({partial[0].target}: {partial[0].incomplete[0]}); to accept an "
+                   "incomplete analysis instead, pass --allow-incomplete (or "
+                   "allow-incomplete = true)",
+                   err=True)
     return Outcome(failed_load, worst, plan.settings.fail_on, incomplete)
 
 

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
-from biaslint.errors import TargetError
+from biaslint.errors import TargetError, memory_error, out_of_memory
 from biaslint.findings import BuildFrame, InitCall, Location
 from biaslint.load.guard import user_code
 from biaslint.laws import Piece
@@ -352,6 +352,8 @@ def _build(spec: TargetSpec, obj: Any) -> tuple[nn.Module, ExampleInputs | None]
         try:
             built = obj()
         except Exception as exc:  # noqa: BLE001
+            if out_of_memory(exc):
+                raise memory_error(spec.text, "building the model", exc) from exc
             raise TargetError(f"{spec.text}: building the model raised {_describe(exc)}") from exc
         if isinstance(built, nn.Module):
             return built, None
