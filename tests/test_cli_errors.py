@@ -344,3 +344,55 @@ def test_a_value_problem_does_not_block_a_rule_that_reads_only_the_graph(cli, wr
     target = write_target(NAN)
     assert cli(target, "--select", "BL001").exit_code == 0
     assert cli(target).exit_code == 2
+
+
+# -- through the real CLI, in a subprocess -------------------------------------------------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if k != "PRE_COMMIT"}
+    full.update(PYTHONPATH=str(ROOT), **env)
+    return subprocess.run([sys.executable, "-m", "biaslint", *args], cwd=cwd, env=full,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def _git_repo(path: Path) -> Path:
+    """A git work tree: there biaslint records each target's sources (``biaslint.changes``)."""
+    path.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    return path
+
+
+@pytest.mark.parametrize("when", ["import", "build"])
+def test_a_package_the_model_imports_that_is_not_installed_is_named_with_what_to_do(
+        tmp_path, when):
+    """In pre-commit's isolated environment a package the model imports may be missing: the
+    error names it, the user's line, and the ``additional_dependencies`` entry that adds it
+    (``pip install`` outside pre-commit), not a frame of biaslint's import recording."""
+    repo = _git_repo(tmp_path / "repo")
+    body = "    import not_installed_pkg_xyz.sub\n" if when == "build" else ""
+    head = "import not_installed_pkg_xyz.sub\n" if when == "import" else ""
+    (repo / "model.py").write_text(
+        f"import torch.nn as nn\n{head}\n\ndef build():\n{body}    return nn.Linear(4, 2)\n")
+    line = _one_line(_run_cli(repo, "model.py:build", "--input-shape", "2,4", PRE_COMMIT="1"))
+    assert "biaslint/" not in line and "changes.py" not in line, line
+    assert "'not_installed_pkg_xyz'" in line and "not installed" in line, line
+    assert f"model.py:{2 if when == 'import' else 5}" in line, line
+    assert "additional_dependencies: [not_installed_pkg_xyz]" in line, line
+    line = _one_line(_run_cli(repo, "model.py:build", "--input-shape", "2,4"))
+    assert "pip install not_installed_pkg_xyz" in line and "pre-commit" not in line, line
