@@ -396,3 +396,31 @@ def test_a_package_the_model_imports_that_is_not_installed_is_named_with_what_to
     assert "additional_dependencies: [not_installed_pkg_xyz]" in line, line
     line = _one_line(_run_cli(repo, "model.py:build", "--input-shape", "2,4"))
     assert "pip install not_installed_pkg_xyz" in line and "pre-commit" not in line, line
+
+
+@pytest.mark.parametrize("target", ["model.pt", "model.pth:model", "ckpt.ckpt", "weights.pkl",
+                                    "out/model.safetensors:state", "pytorch_model.bin:model",
+                                    "model.onnx", "missing_dir/never.pt:model"])
+def test_a_saved_model_file_as_the_target_says_what_biaslint_lints(tmp_path, target):
+    """A checkpoint, pickle or exported file is not code: biaslint builds the model from the
+    code that builds it, so it says so, whether the file is there or not, with or without
+    ``:attr``."""
+    for name in ("model.pt", "model.pth", "weights.pkl", "pytorch_model.bin", "model.onnx"):
+        (tmp_path / name).write_bytes(b"\x80\x04not code")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.safetensors").write_bytes(b"{}")
+    line = _one_line(_run_cli(tmp_path, target))
+    assert "biaslint lints the code that builds a model, not a saved file" in line, line
+    assert "(e.g. mymodel.py:build)" in line, line
+
+
+def test_a_module_named_like_a_saved_file_is_still_a_module(tmp_path, monkeypatch):
+    """``tools.bin:build`` is a module ``bin`` of a package ``tools``, not a file."""
+    from biaslint.target import parse_target
+
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "__init__.py").write_text("")
+    (tmp_path / "tools" / "bin.py").write_text("def build(): pass\n")
+    monkeypatch.chdir(tmp_path)
+    assert parse_target("tools.bin:build").module == "tools.bin"
+    assert parse_target("os.pt:x").module == "os.pt"  # an importable package: its import decides
