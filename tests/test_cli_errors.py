@@ -424,3 +424,25 @@ def test_a_module_named_like_a_saved_file_is_still_a_module(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert parse_target("tools.bin:build").module == "tools.bin"
     assert parse_target("os.pt:x").module == "os.pt"  # an importable package: its import decides
+
+
+LATIN1_COMMENT = b"import torch.nn as nn\n# caf\xe9 au lait\n\n\ndef build():\n    return nn.Linear(4, 2)\n"
+
+
+@pytest.mark.parametrize("target", ["model.py:build", "model:build", "uses_helper.py:build"])
+def test_a_source_file_that_is_not_utf8_and_declares_no_encoding_is_an_error(tmp_path, target):
+    """Python refuses a source file that is not UTF-8 without an encoding declaration (PEP 263;
+    ``python model.py`` is a SyntaxError), though an import may let bytes in a comment through:
+    the target is an error, naming the file and line, not linted."""
+    (tmp_path / "model.py").write_bytes(LATIN1_COMMENT)
+    (tmp_path / "uses_helper.py").write_text(
+        "import torch.nn as nn\nimport model\n\n\ndef build():\n    return model.build()\n")
+    line = _one_line(_run_cli(tmp_path, target, "--input-shape", "2,4"))
+    assert "model.py is not valid UTF-8 (line 2)" in line, line
+    assert "coding" in line, line  # what to do: save as UTF-8 or declare the encoding
+
+
+def test_a_source_file_that_declares_its_encoding_is_linted(tmp_path):
+    (tmp_path / "model.py").write_bytes(b"# -*- coding: latin-1 -*-\n" + LATIN1_COMMENT)
+    proc = _run_cli(tmp_path, "model.py:build", "--input-shape", "2,4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr

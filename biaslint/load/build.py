@@ -274,7 +274,11 @@ def example_tensor(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _resolve(spec: TargetSpec) -> Any:
+    from biaslint.load.encoding import refuse_undecodable
+
+    before = set(sys.modules)
     module = _import(spec)
+    refuse_undecodable(spec.text, module, before)  # a file Python refuses is not linted
     obj: Any = module
     for part in spec.attr.split("."):
         try:
