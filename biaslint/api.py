@@ -313,7 +313,7 @@ def _default_name(model: "nn.Module") -> str:
 
 def _class_definition(cls: type) -> Location | None:
     """Where the user's class ``cls`` is defined; None for a library's or an unknown source."""
-    from biaslint.changes import _candidate  # the project's files, not a library's
+    from biaslint.changes import is_project_file
     from biaslint.load.sites import display_path
 
     try:
@@ -321,7 +321,7 @@ def _class_definition(cls: type) -> Location | None:
         _, line = inspect.getsourcelines(cls)
     except (OSError, TypeError):
         return None
-    if not file or not _candidate(file):
+    if not file or not is_project_file(file):
         return None
     return Location(file=display_path(file), line=line, col=1, end_line=line,
                     function=cls.__name__)
@@ -333,14 +333,14 @@ def _caller_site() -> Location | None:
     library's, such as a training loop calling the Lightning callback)."""
     import sys
 
-    from biaslint.changes import _candidate
+    from biaslint.changes import is_project_file
     from biaslint.load.sites import display_path
 
     own = os.path.dirname(os.path.abspath(__file__)) + os.sep
     frame = sys._getframe(1)
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(own):
         frame = frame.f_back
-    if frame is None or not _candidate(frame.f_code.co_filename):
+    if frame is None or not is_project_file(frame.f_code.co_filename):
         return None
     import linecache
 

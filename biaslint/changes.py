@@ -96,6 +96,12 @@ def _candidate(filename: str) -> bool:
     return ok
 
 
+def is_project_file(filename: str) -> bool:
+    """Whether code in ``filename`` may be the project's: not the standard library's,
+    site-packages', torch's or biaslint's own (the files a recording keeps)."""
+    return _candidate(filename)
+
+
 _LIBRARY: dict[str, str | None] = {}
 
 

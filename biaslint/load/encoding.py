@@ -49,14 +49,14 @@ def refuse_undecodable(target: str, module: Any, before: Iterable[str]) -> None:
     """Raise ``TargetError`` when the file of ``module`` (the target's), or of a project module
     first imported since ``before`` (the names ``sys.modules`` held), is a source file Python
     refuses."""
-    from biaslint.changes import _candidate  # the project's files, not a library's
+    from biaslint.changes import is_project_file
 
     known = set(before)
     files = [getattr(module, "__file__", None)]
     files += [getattr(sys.modules.get(name), "__file__", None)
               for name in list(sys.modules) if name not in known]
     for file in dict.fromkeys(files):
-        if not isinstance(file, str) or not file.endswith(".py") or not _candidate(file):
+        if not isinstance(file, str) or not file.endswith(".py") or not is_project_file(file):
             continue
         line = undecodable_line(file)
         if line is not None:
