@@ -426,7 +426,8 @@ def test_a_module_named_like_a_saved_file_is_still_a_module(tmp_path, monkeypatc
     assert parse_target("os.pt:x").module == "os.pt"  # an importable package: its import decides
 
 
-LATIN1_COMMENT = b"import torch.nn as nn\n# caf\xe9 au lait\n\n\ndef build():\n    return nn.Linear(4, 2)\n"
+LATIN1_COMMENT = (b"import torch.nn as nn\n# caf\xe9 au lait\n\n\n"
+                  b"def build():\n    return nn.Linear(4, 2)\n")
 
 
 @pytest.mark.parametrize("target", ["model.py:build", "model:build", "uses_helper.py:build"])
