@@ -162,7 +162,8 @@ def check(model: "nn.Module", example_inputs: Any = None, **settings: Any) -> Re
     (used when there are no example inputs), ``allow_incomplete``, ``severity`` ({code:
     severity}), ``rule_options`` ({code: {option: value}}), ``per_module_ignores``,
     ``signal`` (measure signal propagation; default True), ``name`` (the target's name in the
-    reports; default the model's class name), ``recording`` (a ``Recording`` to take sites
+    reports; default the model's class name and where it was defined, or the test that checks
+    it under pytest: ``MyNet (models.py:12)``), ``recording`` (a ``Recording`` to take sites
     from; default the newest ``recording()`` block that built this model).
     """
     import torch.nn as nn
@@ -223,7 +224,7 @@ def _configure(model: "nn.Module", settings: Mapping[str, Any]) -> tuple[Any, An
                             (settings.get("per_module_ignores") or {}).items()},
         allow_incomplete=bool(settings.get("allow_incomplete", False)),
         signal=bool(settings.get("signal", True)))
-    config = TargetConfig(target=str(settings.get("name") or type(model).__name__),
+    config = TargetConfig(target=str(settings.get("name") or _default_name(model)),
                           input_shapes=shapes, class_priors=priors, head=settings.get("head"),
                           target_mean=means)
     return config, run_settings
@@ -278,12 +279,18 @@ def _loaded(model: "nn.Module", example_inputs: Any, config: Any,
     missing = [name for name, _ in model.named_modules() if name not in sites]
     if missing:
         fallback = _class_sites(model)
+        # A layer with no class of the user's above it (a bare nn.Sequential): its finding
+        # points at the line that called biaslint, the user's line nearest to the model.
+        caller = _caller_site() if record is None else None
         for name in missing:
             if name in fallback:
                 sites[name] = fallback[name]
+            elif caller is not None:
+                sites[name] = caller
         if record is None:
             notes.append("construction was not recorded: locations point at the model's class "
-                         "source; build it inside `with biaslint.recording():` for the lines "
+                         "source (or, for layers of torch classes only, at the line that called "
+                         "biaslint); build it inside `with biaslint.recording():` for the lines "
                          "that built each layer and the init calls")
     inputs = _inputs(model, example_inputs, config.input_shapes)
     if any(p.device.type == "meta" for p in model.parameters()):
@@ -294,6 +301,58 @@ def _loaded(model: "nn.Module", example_inputs: Any, config: Any,
             inputs = to_meta(inputs)
     return LoadedTarget(name=config.target, model=model, inputs=inputs, module_sites=sites,
                         param_inits=inits, notes=notes, module_chains=chains)
+
+
+def _default_name(model: "nn.Module") -> str:
+    """The target's name when none is given: its class, and the test checking it (pytest's
+    node id, from ``PYTEST_CURRENT_TEST``, "path::test (call)") or else where it was defined
+    (the class's line when the user wrote it, else the line that called biaslint): a report
+    in a CI log says which model it is about."""
+    name = type(model).__name__
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    if test:
+        return f"{name} ({test})"
+    site = _class_definition(type(model)) or _caller_site()
+    return f"{name} ({site.file}:{site.line})" if site is not None else name
+
+
+def _class_definition(cls: type) -> Location | None:
+    """Where the user's class ``cls`` is defined; None for a library's or an unknown source."""
+    from biaslint.changes import is_project_file
+    from biaslint.load.sites import display_path
+
+    try:
+        file = inspect.getsourcefile(cls)
+        _, line = inspect.getsourcelines(cls)
+    except (OSError, TypeError):
+        return None
+    if not file or not is_project_file(file):
+        return None
+    return Location(file=display_path(file), line=line, col=1, end_line=line,
+                    function=cls.__name__)
+
+
+def _caller_site() -> Location | None:
+    """The line of the user's code that called into biaslint (``check``, ``assert_clean``):
+    the innermost frame outside the biaslint package, when it is a project file (not a
+    library's, such as a training loop calling the Lightning callback)."""
+    import sys
+
+    from biaslint.changes import is_project_file
+    from biaslint.load.sites import display_path
+
+    own = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(own):
+        frame = frame.f_back
+    if frame is None or not is_project_file(frame.f_code.co_filename):
+        return None
+    import linecache
+
+    file, line = frame.f_code.co_filename, frame.f_lineno
+    text = linecache.getline(file, line)
+    return Location(file=display_path(file), line=line, col=len(text) - len(text.lstrip()) + 1,
+                    end_line=line, function=frame.f_code.co_name)
 
 
 def _record_of(model: "nn.Module") -> "BuildRecord | None":

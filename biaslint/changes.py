@@ -96,6 +96,12 @@ def _candidate(filename: str) -> bool:
     return ok
 
 
+def is_project_file(filename: str) -> bool:
+    """Whether code in ``filename`` may be the project's: not the standard library's,
+    site-packages', torch's or biaslint's own (the files a recording keeps)."""
+    return _candidate(filename)
+
+
 _LIBRARY: dict[str, str | None] = {}
 
 
@@ -645,6 +651,10 @@ class Tracking:
     _hashes: dict[str, str | None] = field(default_factory=dict)
     unreadable: str | None = None  # why the cache file could not be read, if it could not
     skipped: int = 0  # how many targets --changed-since skipped
+    # This run's own changes to the entries: what ``write`` merges into the cache file as it is
+    # then (another run may have written it since this one read it).
+    _written: dict[str, Any] = field(default_factory=dict)
+    _dropped: set[str] = field(default_factory=set)
 
     @classmethod
     def start(cls, ref: str | None, config_file: str | None,
@@ -663,18 +673,20 @@ class Tracking:
         return tracking
 
     def _read(self) -> None:
+        self.entries, self.unreadable = self._load()
+
+    def _load(self) -> tuple[dict[str, Any], str | None]:
+        """The cache file's entries, and why it could not be read (if it could not)."""
         try:
             data = json.loads(self.file.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return
+            return {}, None
         except (OSError, ValueError) as exc:
-            self.unreadable = f"{type(exc).__name__}: {exc}"
-            return
+            return {}, f"{type(exc).__name__}: {exc}"
         if isinstance(data, dict) and data.get("format") == CACHE_FORMAT \
                 and isinstance(data.get("targets"), dict):
-            self.entries = {k: v for k, v in data["targets"].items() if isinstance(v, dict)}
-        else:
-            self.unreadable = "not a biaslint source cache of this version"
+            return {k: v for k, v in data["targets"].items() if isinstance(v, dict)}, None
+        return {}, "not a biaslint source cache of this version"
 
     def _current(self, rel: str) -> str | None:
         if rel not in self._hashes:
@@ -743,14 +755,18 @@ class Tracking:
             sources = getattr(result, "sources", None)
             if result.error or sources is None or sources.files is None:
                 changed |= self.entries.pop(config.target, None) is not None
+                self._written.pop(config.target, None)
+                self._dropped.add(config.target)
                 continue
-            self.entries[config.target] = {
+            entry = {
                 "key": settings_key(config, settings, self.lint_dir),
                 "versions": dict(self.now),
                 "libraries": _distributions(sources.libraries),
                 "recorded": stamp,
                 "files": self._relative(sources.files),
             }
+            self.entries[config.target] = self._written[config.target] = entry
+            self._dropped.discard(config.target)
             changed = True
         return changed
 
@@ -771,7 +787,13 @@ class Tracking:
         return dict(sorted(files.items()))
 
     def write(self) -> str | None:
-        """Write the cache (atomically); returns why it could not be written, or None."""
+        """Write this run's records into the cache; returns why it could not, or None.
+
+        Two runs may share the cache (two terminals, pre-commit next to an editor's run): each
+        read it at its start and writes at its end, so writing the entries read at the start
+        would drop what the other run wrote meanwhile. Under a lock, the file is read again, this
+        run's own changes are merged into it, and the result replaces it atomically (a reader
+        without the lock sees the old file or the new one, never part of one)."""
         folder = self.file.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -779,10 +801,64 @@ class Tracking:
             if not ignore.exists():  # the cache never shows up as a change to commit
                 ignore.write_text("# Created by biaslint (--changed-since).\n*\n",
                                   encoding="utf-8")
-            data = {"format": CACHE_FORMAT, "targets": dict(sorted(self.entries.items()))}
-            temporary = folder / f".{CACHE_FILE}.{os.getpid()}.tmp"
-            temporary.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-            os.replace(temporary, self.file)
+            with _locked(folder / f"{CACHE_FILE}.lock"):
+                entries, _ = self._load()  # unreadable: rewritten with this run's records
+                entries.update(self._written)
+                for target in self._dropped:
+                    entries.pop(target, None)
+                self.entries = entries
+                data = {"format": CACHE_FORMAT, "targets": dict(sorted(entries.items()))}
+                temporary = folder / f".{CACHE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
+                temporary.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+                os.replace(temporary, self.file)
         except OSError as exc:
             return f"{type(exc).__name__}: {exc}"
         return None
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) within the block: ``flock`` on
+    POSIX, ``msvcrt.locking`` on Windows. A file system that supports neither (some network
+    mounts) runs the block unlocked: the merge in ``Tracking.write`` still keeps what another run
+    wrote before this one re-read the file, only a write in that short window can be lost."""
+    with open(path, "a+b") as handle:
+        unlock: Callable[[], None] | None = None
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            unlock = _lock_windows(handle)
+        else:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                unlock = functools.partial(fcntl.flock, handle.fileno(), fcntl.LOCK_UN)
+            except OSError:
+                unlock = None
+        try:
+            yield
+        finally:
+            if unlock is not None:
+                try:
+                    unlock()
+                except OSError:  # closing the file releases it anyway
+                    pass
+
+
+def _lock_windows(handle: Any) -> Callable[[], None] | None:
+    """Lock the first byte of ``handle`` (``LK_LOCK`` retries for ~10 s before it fails; a
+    minute in all, then unlocked rather than never finishing)."""
+    import msvcrt
+
+    for _ in range(6):
+        try:
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
+        except OSError:
+            continue
+
+        def unlock() -> None:
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+
+        return unlock
+    return None

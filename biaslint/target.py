@@ -22,7 +22,16 @@ class TargetSpec:
         return self.module.endswith(".py") or "/" in self.module or "\\" in self.module
 
 
+# Files a model is saved to (checkpoints, pickles, exports): not code, so not a target.
+SAVED_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".safetensors", ".bin", ".onnx",
+                  ".h5", ".joblib")
+
+
 def parse_target(text: str) -> TargetSpec:
+    if _saved_file(text):
+        raise TargetError(
+            f"{text}: biaslint lints the code that builds a model, not a saved file: point it "
+            "at the function or class that builds it (e.g. mymodel.py:build)")
     if ":" not in text:
         raise TargetError(
             f"target {text!r} has no ':attr': write MODULE:ATTR or FILE.py:ATTR, "
@@ -35,6 +44,32 @@ def parse_target(text: str) -> TargetSpec:
     if not all(part.isidentifier() for part in attr.split(".")):
         raise TargetError(f"target {text!r}: {attr!r} is not a Python attribute name")
     return TargetSpec(text=text, module=module, attr=attr)
+
+
+def _saved_file(text: str) -> bool:
+    """Whether ``text`` (``model.pt``, ``ckpt/last.ckpt:model``) names a saved model file. Its
+    module part may also be a dotted module whose last part is such a suffix (``tools.bin``):
+    that one counts as a file only when it is not importable (its package is not found)."""
+    import os
+
+    module, _, attr = text.rpartition(":")
+    if not module or not all(part.isidentifier() for part in attr.split(".")):
+        module = text  # no ':attr' (the colon of a Windows drive letter, or none)
+    if not module.lower().endswith(SAVED_SUFFIXES):
+        return False
+    if "/" in module or "\\" in module or os.path.isfile(module):
+        return True
+    first = module.split(".", 1)[0]
+    if not first.isidentifier():
+        return True
+    if os.path.isdir(first) or os.path.isfile(f"{first}.py"):  # a package of the project
+        return False
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(first) is None  # a top-level name: nothing imported
+    except (ImportError, ValueError):
+        return True
 
 
 class IntShape(tuple):  # type: ignore[type-arg]

@@ -366,3 +366,69 @@ def test_a_library_import_runs_untraced_and_a_project_module_it_imports_is_recor
     import builtins
 
     assert not type(builtins.__import__).__name__.startswith("_Library")  # given back
+
+
+# Run by two processes at once: each records its own targets, one run (read the cache, record,
+# write) at a time, as two ``biaslint check`` runs sharing a cache folder do. The pause between
+# the read and the write is where the other run writes.
+_WRITER = """
+import sys, time
+from dataclasses import dataclass
+from pathlib import Path
+from biaslint.changes import Recording, Tracking
+from biaslint.settings import Settings, TargetConfig
+
+@dataclass
+class Result:
+    sources: Recording
+    error: str | None = None
+
+root, name, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+source = root / f"{name}.py"
+source.write_text("X = 1\\n")
+for index in range(count):
+    tracking = Tracking(root, root / ".biaslint_cache" / "sources.json", ".")
+    tracking._read()
+    time.sleep(0.01)
+    config = TargetConfig(target=f"{name}:build{index}")
+    assert tracking.record([config], [Result(Recording(files=(str(source),)))], Settings())
+    problem = tracking.write()
+    assert problem is None, problem
+"""
+
+
+def test_two_processes_writing_the_cache_at_once_lose_no_record(tmp_path: Path):
+    """Each run re-reads the cache under a lock and merges its own records into it: a record
+    another run wrote since this run read the cache is kept."""
+    count = 40
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), name, str(count)],
+                              stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    entries = json.loads((tmp_path / CACHE).read_text())["targets"]
+    expected = {f"{name}:build{i}" for name in ("a", "b") for i in range(count)}
+    assert set(entries) == expected, sorted(expected - set(entries))
+
+
+def test_two_concurrent_cli_runs_keep_both_runs_records(tmp_path: Path):
+    """Two ``biaslint check`` runs in one repository at once (two terminals, two pre-commit
+    hooks): each run's targets are in the cache afterwards."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("first", "second"):
+        (repo / f"{name}.py").write_text(
+            "import torch.nn as nn\n\n\ndef build():\n"
+            "    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "two models")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-m", "biaslint", f"{name}.py:build",
+                               "--input-shape", "2,4"], cwd=repo, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in ("first", "second")]
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out + err
+    assert set(_entries(repo)) == {"first.py:build", "second.py:build"}

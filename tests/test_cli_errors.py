@@ -344,3 +344,106 @@ def test_a_value_problem_does_not_block_a_rule_that_reads_only_the_graph(cli, wr
     target = write_target(NAN)
     assert cli(target, "--select", "BL001").exit_code == 0
     assert cli(target).exit_code == 2
+
+
+# -- through the real CLI, in a subprocess -------------------------------------------------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if k != "PRE_COMMIT"}
+    full.update(PYTHONPATH=str(ROOT), **env)
+    return subprocess.run([sys.executable, "-m", "biaslint", *args], cwd=cwd, env=full,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def _git_repo(path: Path) -> Path:
+    """A git work tree: there biaslint records each target's sources (``biaslint.changes``)."""
+    path.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    return path
+
+
+@pytest.mark.parametrize("when", ["import", "build"])
+def test_a_package_the_model_imports_that_is_not_installed_is_named_with_what_to_do(
+        tmp_path, when):
+    """In pre-commit's isolated environment a package the model imports may be missing: the
+    error names it, the user's line, and the ``additional_dependencies`` entry that adds it
+    (``pip install`` outside pre-commit), not a frame of biaslint's import recording."""
+    repo = _git_repo(tmp_path / "repo")
+    body = "    import not_installed_pkg_xyz.sub\n" if when == "build" else ""
+    head = "import not_installed_pkg_xyz.sub\n" if when == "import" else ""
+    (repo / "model.py").write_text(
+        f"import torch.nn as nn\n{head}\n\ndef build():\n{body}    return nn.Linear(4, 2)\n")
+    line = _one_line(_run_cli(repo, "model.py:build", "--input-shape", "2,4", PRE_COMMIT="1"))
+    assert "biaslint/" not in line and "changes.py" not in line, line
+    assert "'not_installed_pkg_xyz'" in line and "not installed" in line, line
+    assert f"model.py:{2 if when == 'import' else 5}" in line, line
+    assert "additional_dependencies: [not_installed_pkg_xyz]" in line, line
+    line = _one_line(_run_cli(repo, "model.py:build", "--input-shape", "2,4"))
+    assert "pip install not_installed_pkg_xyz" in line and "pre-commit" not in line, line
+
+
+@pytest.mark.parametrize("target", ["model.pt", "model.pth:model", "ckpt.ckpt", "weights.pkl",
+                                    "out/model.safetensors:state", "pytorch_model.bin:model",
+                                    "model.onnx", "missing_dir/never.pt:model"])
+def test_a_saved_model_file_as_the_target_says_what_biaslint_lints(tmp_path, target):
+    """A checkpoint, pickle or exported file is not code: biaslint builds the model from the
+    code that builds it, so it says so, whether the file is there or not, with or without
+    ``:attr``."""
+    for name in ("model.pt", "model.pth", "weights.pkl", "pytorch_model.bin", "model.onnx"):
+        (tmp_path / name).write_bytes(b"\x80\x04not code")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.safetensors").write_bytes(b"{}")
+    line = _one_line(_run_cli(tmp_path, target))
+    assert "biaslint lints the code that builds a model, not a saved file" in line, line
+    assert "(e.g. mymodel.py:build)" in line, line
+
+
+def test_a_module_named_like_a_saved_file_is_still_a_module(tmp_path, monkeypatch):
+    """``tools.bin:build`` is a module ``bin`` of a package ``tools``, not a file."""
+    from biaslint.target import parse_target
+
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "__init__.py").write_text("")
+    (tmp_path / "tools" / "bin.py").write_text("def build(): pass\n")
+    monkeypatch.chdir(tmp_path)
+    assert parse_target("tools.bin:build").module == "tools.bin"
+    assert parse_target("os.pt:x").module == "os.pt"  # an importable package: its import decides
+
+
+LATIN1_COMMENT = (b"import torch.nn as nn\n# caf\xe9 au lait\n\n\n"
+                  b"def build():\n    return nn.Linear(4, 2)\n")
+
+
+@pytest.mark.parametrize("target", ["model.py:build", "model:build", "uses_helper.py:build"])
+def test_a_source_file_that_is_not_utf8_and_declares_no_encoding_is_an_error(tmp_path, target):
+    """Python refuses a source file that is not UTF-8 without an encoding declaration (PEP 263;
+    ``python model.py`` is a SyntaxError), though an import may let bytes in a comment through:
+    the target is an error, naming the file and line, not linted."""
+    (tmp_path / "model.py").write_bytes(LATIN1_COMMENT)
+    (tmp_path / "uses_helper.py").write_text(
+        "import torch.nn as nn\nimport model\n\n\ndef build():\n    return model.build()\n")
+    line = _one_line(_run_cli(tmp_path, target, "--input-shape", "2,4"))
+    assert "model.py is not valid UTF-8 (line 2)" in line, line
+    assert "coding" in line, line  # what to do: save as UTF-8 or declare the encoding
+
+
+def test_a_source_file_that_declares_its_encoding_is_linted(tmp_path):
+    (tmp_path / "model.py").write_bytes(b"# -*- coding: latin-1 -*-\n" + LATIN1_COMMENT)
+    proc = _run_cli(tmp_path, "model.py:build", "--input-shape", "2,4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr

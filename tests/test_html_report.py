@@ -198,3 +198,62 @@ def test_chromium_renders_the_report(page, tmp_path) -> None:
     r, g, b = pixels[:, 0], pixels[:, 1], pixels[:, 2]
     blue = int(((abs(r - 9) < 40) & (abs(g - 105) < 40) & (b > 180)).sum())
     assert blue > 200, blue
+
+
+def _svgs(html: str) -> list[str]:
+    import re
+
+    return re.findall(r"<svg class=\"signal\".*?</svg>", html, flags=re.S)
+
+
+def test_the_x_axis_names_the_layers(page) -> None:
+    """A screenshot (a CI preview, the README's picture) has no hover: the x axis itself tells
+    the layers apart, by name (shortened to the part that differs from the other layers)."""
+    import re
+
+    html, results = page
+    for svg, result in zip(_svgs(html), results):
+        layers = [p["layer"] or "<root>" for p in result["signal"]["points"]]
+        from html import unescape
+
+        ticks = [(unescape(layer), unescape(label)) for layer, label in re.findall(
+            r'<text class="xtick" data-layer="([^"]*)"[^>]*>([^<]*)</text>', svg)]
+        assert len(ticks) == len(layers), (result["target"], ticks)  # few layers: each named
+        assert [layer for layer, _ in ticks] == layers
+        labels = [label for _, label in ticks]
+        assert len(set(labels)) == len(labels), labels  # no two layers look alike
+        for layer, label in ticks:
+            assert len(label) <= 24, label
+            if "…" not in label:  # the name, or its end
+                assert (layer == label or layer.endswith("." + label)), (layer, label)
+    vit = [label for _, label in re.findall(r'<text class="xtick" data-layer="([^"]*)"[^>]*>'
+                                            r'([^<]*)</text>', _svgs(html)[2])]
+    assert "conv_proj" in vit and "head" in vit, vit  # the stem and the head at a glance
+    resnet = re.findall(r'class="xtick"[^>]*>([^<]*)<', _svgs(html)[1])
+    assert "conv1" in resnet and "fc" in resnet and "layer1.0.conv1" in resnet, resnet
+
+
+def test_zero_and_non_finite_points_are_hollow_in_their_curves_colour(page) -> None:
+    """README: the gradient curve is orange and a zero gradient is drawn hollow at the edge;
+    red rings are the BL003/BL007 findings alone, so an off-scale point must not be red."""
+    import re
+
+    from biaslint.report.html import _PAGE_CSS
+
+    html, _ = page
+    rules = dict(re.findall(r"([^{}]+)\{([^{}]*)\}", _PAGE_CSS))
+    offscale = {selector.strip(): body for selector, body in rules.items()
+                if "offscale" in selector}
+    assert offscale, _PAGE_CSS
+    for selector, body in offscale.items():
+        assert "var(--bad)" not in body, (selector, body)
+    grad = [body for selector, body in offscale.items() if ".grad" in selector]
+    act = [body for selector, body in offscale.items() if ".act" in selector]
+    assert grad and "stroke: var(--grad)" in grad[0], offscale
+    assert act and "stroke: var(--act)" in act[0], offscale
+    legend = re.search(r'<div class="legend.*?</div>', html, flags=re.S).group(0)
+    hollow = legend.split("zero, or not finite")[0].rsplit("<span>", 1)[1]
+    assert "var(--bad)" not in hollow, hollow
+    # the README says so
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "Orange is the gradient RMS" in readme and "hollow" in readme

@@ -135,3 +135,66 @@ def test_target_strings(write_target):
         assert_clean(f"{stem}:broken")
     with pytest.raises(TypeError, match="example_inputs"):
         assert_clean(good, images())
+
+
+def _bias_then_bn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
+
+
+def test_a_model_of_library_classes_built_outside_recording_is_named_and_located():
+    """Built outside ``recording()`` from torch classes only, the model has no line of the user's
+    class to point at: the findings point at the line that called ``assert_clean`` (not
+    ``<unknown>``) and the target is named after the test that checks it."""
+    with pytest.raises(AssertionError) as info:
+        assert_clean(_bias_then_bn(), images())  # the line the finding points at
+    message = str(info.value)
+    line = inspect.currentframe().f_lineno - 2  # the assert_clean call
+    assert "<unknown>" not in message, message
+    assert message.startswith(f"tests/test_testing.py:{line}:"), message
+    assert ("Sequential (tests/test_testing.py::test_a_model_of_library_classes_built_outside_"
+            "recording_is_named_and_located): 1 warning") in message, message
+
+
+SCRIPT = '''\
+import torch
+import torch.nn as nn
+
+from biaslint.testing import assert_clean
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+
+    def forward(self, x):
+        return self.stem(x)
+
+
+for model in (Net(), nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))):
+    try:
+        assert_clean(model, torch.randn(2, 3, 8, 8))
+    except AssertionError as error:
+        print(error)
+'''
+
+
+def test_outside_pytest_the_target_is_named_by_its_class_and_where_it_was_defined(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "check_models.py").write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "check_models.py"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "<unknown>" not in out, out
+    assert "Net (check_models.py:7): 1 warning" in out, out  # the class's own line
+    assert "check_models.py:10:" in out  # the line of the user's class that built the layer
+    # torch classes only: the line that called assert_clean names and locates it
+    assert "Sequential (check_models.py:18): 1 warning" in out, out
+    assert "check_models.py:18:" in out.split("Net (")[1], out

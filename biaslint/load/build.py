@@ -292,7 +292,11 @@ def example_tensor(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _resolve(spec: TargetSpec) -> Any:
+    from biaslint.load.encoding import refuse_undecodable
+
+    before = set(sys.modules)
     module = _import(spec)
+    refuse_undecodable(spec.text, module, before)  # a file Python refuses is not linted
     obj: Any = module
     for part in spec.attr.split("."):
         try:
@@ -327,7 +331,7 @@ def _import(spec: TargetSpec) -> Any:
             module_spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - the user's import error, reported in one line
             sys.modules.pop(name, None)
-            raise TargetError(f"{spec.text}: importing {spec.module} raised {_describe(exc)}") from exc
+            raise _failed(spec, f"importing {spec.module}", exc) from exc
         return module
     try:
         return importlib.import_module(spec.module)
@@ -338,9 +342,9 @@ def _import(spec: TargetSpec) -> Any:
                 f"{spec.text}: no module named {missing!r}; run biaslint from your project's "
                 "root (it is put on sys.path) or install the package"
             ) from None
-        raise TargetError(f"{spec.text}: importing {spec.module} raised {_describe(exc)}") from exc
+        raise _failed(spec, f"importing {spec.module}", exc) from exc
     except Exception as exc:  # noqa: BLE001
-        raise TargetError(f"{spec.text}: importing {spec.module} raised {_describe(exc)}") from exc
+        raise _failed(spec, f"importing {spec.module}", exc) from exc
 
 
 def _build(spec: TargetSpec, obj: Any) -> tuple[nn.Module, ExampleInputs | None]:
@@ -352,9 +356,7 @@ def _build(spec: TargetSpec, obj: Any) -> tuple[nn.Module, ExampleInputs | None]
         try:
             built = obj()
         except Exception as exc:  # noqa: BLE001
-            if out_of_memory(exc):
-                raise memory_error(spec.text, "building the model", exc) from exc
-            raise TargetError(f"{spec.text}: building the model raised {_describe(exc)}") from exc
+            raise _failed(spec, "building the model", exc) from exc
         if isinstance(built, nn.Module):
             return built, None
         if isinstance(built, tuple):
@@ -388,17 +390,66 @@ def _unpack(spec: TargetSpec, pair: tuple[Any, ...]) -> tuple[nn.Module, Example
     )
 
 
-def _describe(exc: BaseException) -> str:
-    """``ValueError: message (at file.py:12)`` with the innermost frame outside torch."""
-    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
-    frames = traceback.extract_tb(exc.__traceback__)
-    own = os.path.dirname(os.path.abspath(__file__))
-    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
-    for frame in reversed(frames):
+def _failed(spec: TargetSpec, doing: str, exc: BaseException) -> TargetError:
+    """The one-line error for the user's code raising ``exc`` while ``doing``."""
+    if out_of_memory(exc):  # a model too big for this machine: --device meta lints it
+        return memory_error(spec.text, doing, exc)
+    return _not_installed(spec, exc) or \
+        TargetError(f"{spec.text}: {doing} raised {_describe(exc)}")
+
+
+# Import names whose package on PyPI is named otherwise (the advice must install the right one).
+_DISTRIBUTIONS = {"cv2": "opencv-python", "PIL": "pillow", "sklearn": "scikit-learn",
+                  "skimage": "scikit-image", "yaml": "pyyaml", "bs4": "beautifulsoup4",
+                  "attr": "attrs", "Crypto": "pycryptodome", "google": "protobuf",
+                  "dateutil": "python-dateutil", "jwt": "pyjwt", "magic": "python-magic"}
+
+
+def _not_installed(spec: TargetSpec, exc: BaseException) -> TargetError | None:
+    """A package the model imports that this environment lacks: in pre-commit's isolated
+    environment, one missing from the hook's ``additional_dependencies`` (numpy is a common
+    one). Named, with the line that imports it and what adds it; None for any other error."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    top = exc.name.partition(".")[0]
+    try:
+        found = importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:  # the package is there, a module of it is not: not a missing install
+        return None
+    where = _user_frame(exc)
+    package = _DISTRIBUTIONS.get(top, top)
+    if os.environ.get("PRE_COMMIT") == "1":  # pre-commit sets it for every hook it runs
+        todo = (f"with pre-commit, add it to the hook's additional_dependencies: [{package}] "
+                f"(a language: system hook: pip install {package})")
+    else:
+        todo = f"install it (pip install {package})"
+    return TargetError(f"{spec.text}: your model imports {top!r}"
+                       f"{f' (at {where})' if where else ''}, which is not installed in this "
+                       f"environment; {todo}")
+
+
+def _user_frame(exc: BaseException) -> str | None:
+    """``file.py:12``: the innermost frame of the traceback outside biaslint, torch and the
+    import machinery (biaslint wraps the import function while it records a target's sources,
+    so its frames sit between the user's import line and importlib's)."""
+    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
         path = os.path.abspath(frame.filename)
         if not path.startswith(own) and not path.startswith(torch_dir) \
                 and "importlib" not in frame.filename:
-            return f"{text} (at {_display(frame.filename)}:{frame.lineno})"
+            return f"{_display(frame.filename)}:{frame.lineno}"
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    """``ValueError: message (at file.py:12)`` with the innermost frame outside torch."""
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    where = _user_frame(exc)
+    if where is not None:
+        return f"{text} (at {where})"
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"{text} (at {_display(exc.filename)}:{exc.lineno})"
     return text

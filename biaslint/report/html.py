@@ -58,7 +58,8 @@ svg.signal .curve { fill: none; stroke-width: 1.6; }
 svg.signal .curve.act { stroke: var(--act); } svg.signal .curve.grad { stroke: var(--grad); }
 svg.signal .mark.act { fill: var(--act); } svg.signal .mark.grad { fill: var(--grad); }
 svg.signal .mark.norm { fill: var(--norm); }
-svg.signal .mark.offscale { fill: #fff; stroke: var(--bad); stroke-width: 1.5; }
+svg.signal .mark.act.offscale { fill: #fff; stroke: var(--act); stroke-width: 1.5; }
+svg.signal .mark.grad.offscale { fill: #fff; stroke: var(--grad); stroke-width: 1.5; }
 svg.signal .residual { stroke: var(--ok); stroke-width: 1; stroke-dasharray: 4 3; }
 svg.signal .normline { stroke: var(--norm); stroke-width: 1; stroke-dasharray: 1 3; }
 svg.signal .finding-mark { fill: none; stroke: var(--bad); stroke-width: 2.2; }
@@ -225,8 +226,40 @@ def _source(loc: Any) -> str:
 
 
 # -- the plot ------------------------------------------------------------------------------------
-_W, _H = 960, 340
-_LEFT, _RIGHT, _TOP, _BOTTOM = 64, 16, 16, 40
+# Below the plot: the layer names, slanted (a screenshot has no hover to tell the layers
+# apart), as deep as the longest needs, then the axis caption.
+_W, _PLOT_H = 960, 284
+_LEFT, _RIGHT, _TOP = 96, 16, 16
+_SLANT = 55  # degrees
+_CHAR_W = 6.2  # px, 11 px sans-serif
+_LABEL_CHARS = 24  # the longest layer name on the x axis (slanted, it fits the margin)
+_MAX_LABELS = 64  # beyond this many points, every k-th is named (11 px text, ~13 px apart)
+
+
+def _axis_labels(layers: Sequence[str]) -> list[str]:
+    """A short name per point that still tells it from the others: the shortest dotted end of
+    its name no other point's name ends with (``layer1.0.conv1`` next to ``conv1``), its inner
+    parts cut to three letters and then its start dropped when too long; the number of the
+    point is added to a label that is still the same as another's."""
+    split = [name.split(".") for name in layers]
+    labels = []
+    for parts in split:
+        k = 1
+        while k < len(parts) and sum(1 for other in split if other[-k:] == parts[-k:]) > 1:
+            k += 1
+        while k < len(parts) and parts[-k].isdigit():  # "mlp.0", not a bare "0"
+            k += 1
+        tail = parts[-k:]
+        text = ".".join(tail)
+        if len(text) > _LABEL_CHARS and len(tail) > 2:
+            text = ".".join([tail[0], *(part[:3] for part in tail[1:-1]), tail[-1]])
+        if len(text) > _LABEL_CHARS:  # the end keeps the layer's own name and its block index
+            text = "…" + text[-(_LABEL_CHARS - 1):]
+        labels.append(text)
+    seen: dict[str, int] = {}
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+    return [f"{label} #{i}" if seen[label] > 1 else label for i, label in enumerate(labels, 1)]
 
 
 def _signal(result: TargetResult) -> str:
@@ -247,7 +280,12 @@ def _signal(result: TargetResult) -> str:
     if high <= low:
         high = low * 10
     span_x = max(1, len(points) - 1)
-    plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+    step = max(1, math.ceil(len(points) / _MAX_LABELS))
+    names = _axis_labels([p.layer or "<root>" for p in points])
+    longest = max(len(names[i]) for i in range(0, len(points), step))
+    height = _TOP + _PLOT_H + 12 + math.ceil(longest * _CHAR_W *
+                                             math.sin(math.radians(_SLANT))) + 24
+    plot_w, plot_h = _W - _LEFT - _RIGHT, _PLOT_H
 
     def x_of(i: int) -> float:
         return _LEFT + plot_w * (i / span_x if len(points) > 1 else 0.5)
@@ -260,7 +298,7 @@ def _signal(result: TargetResult) -> str:
         frac = (math.log10(v) - math.log10(low)) / (math.log10(high) - math.log10(low))
         return _TOP + plot_h * (1 - frac), False
 
-    svg = [f'<svg class="signal" viewBox="0 0 {_W} {_H}" '
+    svg = [f'<svg class="signal" viewBox="0 0 {_W} {height}" '
            f'role="img" aria-label="activation and gradient RMS per layer">']
     decade = math.log10(low)
     while decade <= math.log10(high) + 1e-9:
@@ -282,14 +320,17 @@ def _signal(result: TargetResult) -> str:
     svg.append(f'<line class="axis" x1="{_LEFT}" y1="{_TOP + plot_h}" x2="{_W - _RIGHT}" '
                f'y2="{_TOP + plot_h}"/><line class="axis" x1="{_LEFT}" y1="{_TOP}" '
                f'x2="{_LEFT}" y2="{_TOP + plot_h}"/>')
-    step = max(1, math.ceil(len(points) / 12))
     for i in range(0, len(points), step):
         x = x_of(i)
+        y = _TOP + plot_h + 12
         svg.append(f'<line class="axis" x1="{x:.1f}" y1="{_TOP + plot_h}" x2="{x:.1f}" '
-                   f'y2="{_TOP + plot_h + 4}"/><text x="{x:.1f}" y="{_TOP + plot_h + 15}" '
-                   f'text-anchor="middle">{i + 1}</text>')
-    svg.append(f'<text x="{_LEFT + plot_w / 2:.0f}" y="{_H - 6}" text-anchor="middle">'
-               f'layers in execution order (1 to {len(points)}; hover a point for its name)'
+                   f'y2="{_TOP + plot_h + 4}"/><text class="xtick" '
+                   f'data-layer="{escape(points[i].layer or "<root>")}" x="{x:.1f}" y="{y:.1f}" '
+                   f'text-anchor="end" transform="rotate(-{_SLANT} {x:.1f} {y:.1f})">'
+                   f'{escape(names[i])}</text>')
+    every = "" if step == 1 else f", one in {step} named"
+    svg.append(f'<text x="{_LEFT + plot_w / 2:.0f}" y="{height - 6}" text-anchor="middle">'
+               f'layers in execution order ({len(points)}{every}; hover a point for its value)'
                '</text>')
     for kind, attr in (("act", "activation_rms"), ("grad", "gradient_rms")):
         coords = [(x_of(i), *y_of(getattr(p, attr))) for i, p in enumerate(points)]
@@ -321,8 +362,9 @@ def _signal(result: TargetResult) -> str:
               'residual sum (dashed)</span><span><i style="background:var(--norm)"></i>'
               'normalization layer (dotted)</span><span><i style="background:var(--bad)"></i>'
               f'{"/".join(MARKED_RULES)} finding (ring)</span><span><i style="height:8px;'
-              'width:8px;border-radius:4px;border:1.5px solid var(--bad)"></i>zero, or not '
-              'finite: off the log scale, drawn at its edge</span></div>')
+              'width:8px;border-radius:4px;border:1.5px solid var(--grad);background:#fff">'
+              '</i>hollow, in its curve\'s colour: zero, or not finite: off the log scale, '
+              'drawn at its edge</span></div>')
     table = ["<details><summary>The values</summary><table class=\"signal-values\"><tr>"
              "<th>#</th><th>layer</th><th>type</th><th>activation RMS</th><th>gradient RMS</th>"
              "<th>weight gradient RMS</th></tr>"]
