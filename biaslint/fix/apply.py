@@ -306,7 +306,8 @@ def summary(plan: FixPlan, remaining: Iterable[Finding], wrote: bool, checked: s
     for finding, why in plan.skipped:
         lines.append(f"  not fixed: {finding.code} {finding.module or '<root>'}: {why}")
     for path, why, findings in plan.refused:
-        named = ", ".join(f"{f.code} {f.module or '<root>'}" for f in findings)
+        names = [f"{f.code} {f.module or '<root>'}" for f in findings]
+        named = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         lines.append(f"  not fixed: {_shown(path)}: {why} ({named})")
     said = [f for f, _ in plan.skipped] + [f for _, _, fs in plan.refused for f in fs]
     for finding in left:
