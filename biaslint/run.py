@@ -188,6 +188,7 @@ def _fix(results: list[Any], plan_: Plan, options: CheckOptions, output: str | N
     import linecache
 
     from biaslint.fix.apply import plan_fixes, project_root, summary
+    from biaslint.sources import forget
     from biaslint.verify import verify
 
     root = project_root(plan_.config_file)
@@ -201,6 +202,15 @@ def _fix(results: list[Any], plan_: Plan, options: CheckOptions, output: str | N
         kept = plan_fixes(results, options.unsafe_fixes, root, keep=verified.accepted)
         kept.skipped.extend((finding, f"the check on a copy failed: {why}")
                             for finding, why in verified.rejected)
+        # What the first plan left out (a file changed since the build, an overlap, a file
+        # that cannot be edited) was never checked, so the second plan drops it without a
+        # word: say it as the first plan did.
+        said = {id(f) for f in kept.applied} | {id(f) for f, _ in kept.skipped} | \
+            {id(f) for _, _, fs in kept.refused for f in fs}
+        kept.skipped.extend((f, why) for f, why in changes.skipped if id(f) not in said)
+        kept.refused.extend((path, why, [f for f in fs if id(f) not in said])
+                            for path, why, fs in changes.refused
+                            if any(id(f) not in said for f in fs))
         changes = kept
         checked = "; ".join([f"{verified.builds} build{'s' if verified.builds != 1 else ''}, "
                              f"{verified.seconds:.1f} s", *verified.notes])
@@ -212,10 +222,17 @@ def _fix(results: list[Any], plan_: Plan, options: CheckOptions, output: str | N
         return Outcome(failed, Severity.ERROR if changes.texts else None, Severity.INFO)
     if changes.texts:
         assert verified is not None
-        changes.write()
+        planned = set(changes.texts)
+        written = changes.write()
+        for path in written:
+            forget(path)  # the report after --fix reads the new text
         linecache.checkcache()
+        # A planned file left alone at the last moment (it changed while the fixes were
+        # checked): the copy's lint of its targets counts fixes that were not written.
+        unwritten = planned - set(written)
         results = [verified.results.get(index, result) for index, result in enumerate(results)]
-        stale = [index for index in verified.affected if index not in verified.results]
+        stale = [index for index in verified.affected if index not in verified.results
+                 or verified.files.get(index, set()) & unwritten]
         if stale:  # a target the check built but did not lint: lint it as written
             again = _lint_isolated([plan_.configs[i] for i in stale], plan_.settings,
                                    max(1, options.jobs), options.timeout, quiet=True)

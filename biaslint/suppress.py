@@ -80,6 +80,13 @@ def _comments_in(path: str) -> tuple[Suppression, ...]:
 
 
 def _read(path: str) -> str | None:
+    """The text the build compiled the file from (the recorded lines point into it), else the
+    file as it is now."""
+    from biaslint.sources import text_of
+
+    kept = text_of(path)
+    if kept is not None:
+        return kept
     try:
         with open(path, encoding="utf-8") as handle:
             return handle.read()
@@ -175,10 +182,11 @@ def _unused(module_sites: Mapping[str, Location], usage: Mapping[Suppression, _U
 
 def _may_construct(file: str, line: int) -> bool:
     """Does the code on ``line`` call something with a class-like name (``nn.Linear(...)``)?"""
-    import linecache
     import re
 
-    code = linecache.getline(file, line).split("#", 1)[0]
+    from biaslint.sources import line_of
+
+    code = line_of(file, line).split("#", 1)[0]
     return re.search(r"\b[A-Z]\w*\s*\(", code) is not None
 
 

@@ -69,6 +69,9 @@ class Verification:
     # target that imports no edited file keeps its first result.
     results: dict[int, TargetResult] = field(default_factory=dict)
     affected: set[int] = field(default_factory=set)  # targets importing a written file
+    # The real paths of the source files each built target imports: a planned file that is in
+    # the end not written (it changed meanwhile) makes the copy's lint wrong for its targets.
+    files: dict[int, set[str]] = field(default_factory=dict)
     seconds: float = 0.0
     builds: int = 0
     notes: list[str] = field(default_factory=list)
@@ -92,6 +95,8 @@ def verify(plan: FixPlan, results: Sequence[TargetResult], configs: Sequence[Tar
         verification.results = checker.results_of(accepted)
         verification.affected = checker.affected(accepted) if accepted else set()
         verification.notes = sorted(checker.notes)
+        verification.files = {index: set(reference["files"]) for index, reference in
+                              (checker.references or {}).items()}
     except Exception as exc:  # noqa: BLE001 - a check that cannot run writes nothing
         verification.accepted = []
         verification.rejected = [(fix.finding, f"the check could not run ({type(exc).__name__}: "

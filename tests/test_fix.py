@@ -513,3 +513,199 @@ def test_an_init_fix_keeps_the_users_tensor_expression(tmp_path):
     assert "fixed 1, 0 remaining" in proc.stderr, proc.stderr
     assert "nn.init.constant_(self.fc.bias, 0.01)  # every unit dead" in path.read_text()
     _only_these_changed(original, path, changed={"fc.bias"}, removed=set())
+
+
+# -- issue 27: --fix writes only what it computed against the text it writes into ------------
+
+# Five Conv+BatchNorm pairs (safe BL001 fixes) and an LSTM (the unsafe BL004 line), built by a
+# function that, like an editor saving the file during the build, puts one line more at the
+# top: every line the build recorded is now one line too early in the file.
+SAVED_DURING_THE_BUILD = HEADER + textwrap.dedent("""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.b2 = nn.BatchNorm2d(8)
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.b3 = nn.BatchNorm2d(8)
+        self.c4 = nn.Conv2d(8, 8, 3, padding=1)
+        self.b4 = nn.BatchNorm2d(8)
+        self.c5 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn5 = nn.BatchNorm2d(8)
+        self.rnn = nn.LSTM(8, 16, batch_first=True)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        x = self.b1(self.c1(x))
+        x = self.b2(self.c2(x))
+        x = self.b3(self.c3(x))
+        x = self.b4(self.c4(x))
+        x = torch.relu(self.bn5(self.c5(x)))
+        out, _ = self.rnn(x.mean(-1).transpose(1, 2))
+        return self.head(out[:, -1])
+
+
+def build():
+    with open(__file__) as handle:
+        text = handle.read()
+    if not text.startswith("# saved"):
+        with open(__file__, "w") as handle:
+            handle.write("# saved by an editor during the build\\n" + text)
+    return Net(), torch.randn(2, 3, 8, 8)
+""")
+SAVED_FINDINGS = [("BL001", f"c{i}") for i in range(1, 6)] + [("BL004", "rnn")]
+
+
+def test_a_file_saved_during_the_build_is_left_alone_and_every_fix_says_so(tmp_path):
+    path = tmp_path / "model.py"
+    path.write_text(SAVED_DURING_THE_BUILD)
+    proc = _cli(tmp_path, "model.py:build", "--fix", "--unsafe-fixes")
+    saved = "# saved by an editor during the build\n" + SAVED_DURING_THE_BUILD
+    assert path.read_text() == saved  # the editor's text, not a fix aimed at the old lines
+    assert "fixed 0, 6 remaining" in proc.stderr, proc.stderr
+    for code, module in SAVED_FINDINGS:  # every fix left alone is named, with why
+        assert f"  not fixed: {code} {module}: the file changed since the build: run again" \
+            in proc.stderr, proc.stderr
+    assert proc.returncode == 1  # the findings remain
+    # The report read the text the build ran: the fix code shown is the conv's own call.
+    assert "nn.BatchNorm2d(8, bias=False)" not in proc.stdout
+    again = _cli(tmp_path, "model.py:build", "--fix", "--unsafe-fixes")
+    assert "fixed 6, 0 remaining" in again.stderr, again.stderr
+    model, x = _build(path)  # the file as fixed builds and runs
+    model(x)
+    assert all(getattr(model, f"c{i}").bias is None for i in range(1, 6))
+
+
+def _lint_in_process(tmp_path: Path, monkeypatch, source: str):
+    from biaslint.engine import lint
+    from biaslint.settings import Settings, TargetConfig
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / f"inproc_{tmp_path.name}.py"
+    path.write_text(source)
+    return path, lint(TargetConfig(f"{path.name}:build"), Settings())
+
+
+def test_a_file_changed_after_planning_is_not_written(tmp_path, monkeypatch):
+    """The write reads the file again: a save between planning (and the check on a copy) and
+    the write keeps the user's text, and the fix says why it was not written."""
+    from biaslint.fix.apply import plan_fixes, summary
+
+    path, result = _lint_in_process(tmp_path, monkeypatch,
+                                    HEADER + textwrap.dedent(SAFE_CASES["one_line"][0]))
+    plan = plan_fixes([result], unsafe=False, root=str(tmp_path))
+    assert plan.texts and len(plan.applied) == 1
+    edited = path.read_text() + "# saved meanwhile\n"
+    path.write_text(edited)
+    written = plan.write()
+    assert path.read_text() == edited
+    assert written == []
+    text = summary(plan, result.findings, wrote=True)
+    assert text.startswith("fixed 0, 1 remaining"), text
+    assert "not fixed: BL001 0: the file changed since the build: run again" in text, text
+
+
+def test_a_write_that_fails_is_one_line_and_the_rest_goes_on(tmp_path, monkeypatch):
+    import tempfile
+
+    from biaslint.fix.apply import plan_fixes, summary
+
+    path, result = _lint_in_process(tmp_path, monkeypatch,
+                                    HEADER + textwrap.dedent(SAFE_CASES["one_line"][0]))
+    before = path.read_text()
+    plan = plan_fixes([result], unsafe=False, root=str(tmp_path))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # a folder the user may not write in
+    assert plan.write() == []
+    assert path.read_text() == before
+    lines = [line for line in summary(plan, result.findings, wrote=True).splitlines()
+             if "not fixed" in line]
+    assert lines == [f"  not fixed: {path.name}: cannot write it (Permission denied): make it "
+                     "writable, then run --fix again (BL001 0)"], lines
+
+
+def test_a_symbolic_link_stays_a_link_and_its_target_is_fixed(tmp_path):
+    real = tmp_path / "models" / "real.py"
+    real.parent.mkdir()
+    real.write_text(HEADER + textwrap.dedent(SAFE_CASES["one_line"][0]))
+    real.chmod(0o640)
+    link = tmp_path / "model.py"
+    link.symlink_to(Path("models") / "real.py")
+    proc = _cli(tmp_path, "model.py:build", "--fix")
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "fixed 1, 0 remaining" in proc.stderr, proc.stderr
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert "nn.Conv2d(3, 8, 3, bias=False)" in real.read_text()
+    assert real.stat().st_mode & 0o777 == 0o640
+    assert not [p for p in tmp_path.rglob(".biaslint-*")]  # no temporary file left
+
+
+# A file the model imports that --fix may not edit, next to one it may.
+BLOCK = HEADER + textwrap.dedent("""
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+""")
+UNEDITABLE = {
+    "read_only": (BLOCK, "it is read-only: make it writable"),
+    # 0xe9 (é in latin-1) is byte 31: after the 26 of the coding line and "# caf"
+    "not_utf8": ("# -*- coding: latin-1 -*-\n# caf\xe9\n" + BLOCK,
+                 "it is not UTF-8 (byte 0xe9 at offset 31): save it as UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNEDITABLE))
+def test_a_file_fix_cannot_edit_is_one_line_and_the_rest_is_fixed(tmp_path, case):
+    source, why = UNEDITABLE[case]
+    blocks = tmp_path / "blocks.py"
+    blocks.write_bytes(source.encode("latin-1"))
+    if case == "read_only":
+        blocks.chmod(0o444)
+    before = blocks.read_bytes()
+    model = tmp_path / "model.py"
+    model.write_text(HEADER + "from blocks import Block\n\n\ndef build():\n    return "
+                     "nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), Block()), "
+                     "torch.randn(2, 3, 8, 8)\n")
+    proc = _cli(tmp_path, "model.py:build", "--fix")
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+    assert blocks.read_bytes() == before
+    assert "nn.Conv2d(3, 8, 3, bias=False)" in model.read_text()  # the other file is fixed
+    lines = [line for line in proc.stderr.splitlines() if "blocks.py" in line]
+    assert len(lines) == 1 and why in lines[0] and "(BL001 2.conv)" in lines[0], proc.stderr
+    assert "fixed 1, 1 remaining" in proc.stderr, proc.stderr
+    assert "BL001" in proc.stdout and "2.conv" in proc.stdout  # the report went out
+    assert proc.returncode == 1  # by the finding that remains
+
+
+def test_a_removed_bias_says_a_seeded_build_draws_other_weights(tmp_path):
+    """BL001's fix is safe: the same function of the parameters kept. It also draws fewer
+    random numbers, so with a fixed seed the layers built after it start elsewhere: --fix says
+    so (and it is so)."""
+    path = tmp_path / "model.py"
+    path.write_text(HEADER + textwrap.dedent("""
+    def build():
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                              nn.Conv2d(8, 4, 1))
+        return model, torch.randn(2, 3, 8, 8)
+    """))
+    original = tmp_path / "original.py"
+    shutil.copy(path, original)
+    proc = _cli(tmp_path, "model.py:build", "--fix")
+    assert "fixed 1, 0 remaining" in proc.stderr, proc.stderr
+    assert "note: 1 fix removes a bias: a seeded build no longer draws it, so the layers " \
+        "built after it with a random init start from other values" in proc.stderr, proc.stderr
+    old, _ = _build(original)  # both seeded alike
+    new, _ = _build(path)
+    assert torch.equal(old[0].weight, new[0].weight)  # drawn before the bias
+    assert not torch.equal(old[3].weight, new[3].weight)  # drawn after it
+    _same_training_outputs(original, path)

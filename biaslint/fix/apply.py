@@ -3,12 +3,16 @@
 
 Only files inside the project are edited: under its root (the folder of the configuration
 file, else the git work tree, else the working directory) and never under site-packages or the
-standard library. An edit computed against other text than the file holds now (the file
-changed since the build) is not applied. A fix is applied whole or not at all; fixes whose
-edits overlap others are left for the next run. The run checks the planned fixes on a copy
+standard library. Each edit carries the digest of the text its offsets were computed in (the
+text the build compiled, ``biaslint.sources``); an edit whose digest is not the file's text now
+(the file changed since the build) is not applied. A fix is applied whole or not at all; fixes
+whose edits overlap others are left for the next run. The run checks the planned fixes on a copy
 before it writes or shows them (``biaslint.verify``) and plans again with those that passed
-(``keep``). Files are written through a temporary file in
-the same folder and an atomic replace.
+(``keep``). Right before writing, the file is read again: if it is no longer the text the edits
+were applied to, it is left alone. Files are written through a temporary file in the same
+folder and an atomic replace, to the link's target when the path is a symbolic link (the link
+stays a link). A file that cannot be read as UTF-8 or cannot be written is left alone with one
+line that says why; the other files are still fixed.
 """
 
 from __future__ import annotations
@@ -29,9 +33,14 @@ from biaslint.fix.edits import digest
 class FixPlan:
     """What a run would change: the new text per file, and what it leaves alone and why."""
 
-    texts: dict[str, tuple[str, str]] = field(default_factory=dict)  # path -> (before, after)
+    # real path -> (before, after): the file as read when planning, and what to write
+    texts: dict[str, tuple[str, str]] = field(default_factory=dict)
     applied: list[Finding] = field(default_factory=list)
     skipped: list[tuple[Finding, str]] = field(default_factory=list)
+    # Files left alone whole (cannot be read as UTF-8, cannot be written): (path, why, the
+    # fixes in it), said in one line per file.
+    refused: list[tuple[str, str, list[Finding]]] = field(default_factory=list)
+    owners: dict[str, list[Finding]] = field(default_factory=dict)  # real path -> applied
 
     def diff(self) -> str:
         chunks = []
@@ -42,9 +51,44 @@ class FixPlan:
                                                f"a/{shown}", f"b/{shown}"))
         return "".join(chunks)
 
-    def write(self) -> None:
-        for path, (_, after) in self.texts.items():
-            _write_atomic(path, after)
+    def write(self) -> list[str]:
+        """Write every planned file whose text is still the one the edits were applied to;
+        return the paths written. A file that changed since it was planned (an editor saved
+        it while the fixes were checked), or cannot be written, is left alone, and its fixes
+        move from ``applied`` to ``skipped`` or ``refused``."""
+        written = []
+        for path, (before, after) in list(self.texts.items()):
+            mine = self.owners.get(path, [])
+            try:
+                now = _read_text(path)
+                problem = _unwritable(path)
+            except _Unusable as exc:
+                problem, now = str(exc), before
+            if problem is not None:
+                self._refuse(path, problem, mine)
+                continue
+            if now != before:
+                self._drop(path, mine, [(f, "the file changed since the build: run again")
+                                        for f in mine])
+                continue
+            try:
+                _write_atomic(path, after)
+            except OSError as exc:
+                self._refuse(path, f"cannot write it ({exc.strerror or exc}): make it "
+                                   "writable, then run --fix again", mine)
+                continue
+            written.append(path)
+        return written
+
+    def _refuse(self, path: str, why: str, findings: list[Finding]) -> None:
+        self._drop(path, findings, [])
+        self.refused.append((path, why, findings))
+
+    def _drop(self, path: str, findings: list[Finding],
+              skipped: list[tuple[Finding, str]]) -> None:
+        self.texts.pop(path, None)
+        self.applied = [f for f in self.applied if not any(f is g for g in findings)]
+        self.skipped.extend(skipped)
 
 
 def plan_fixes(results: Sequence[TargetResult], unsafe: bool, root: str,
@@ -66,7 +110,9 @@ def plan_fixes(results: Sequence[TargetResult], unsafe: bool, root: str,
     by_file: dict[str, list[tuple[Finding, list[Edit]]]] = {}
     for finding in chosen:
         assert finding.fix is not None
-        paths = {os.path.abspath(e.file) for e in finding.fix.edits}
+        # The real file: a symbolic link is followed (the target is what gets edited, and two
+        # names of one file are one file).
+        paths = {os.path.realpath(e.file) for e in finding.fix.edits}
         outside = [p for p in paths if not inside_project(p, root)]
         if outside:
             plan.skipped.append((finding, f"{_shown(outside[0])} is outside the project: "
@@ -80,17 +126,67 @@ def plan_fixes(results: Sequence[TargetResult], unsafe: bool, root: str,
         by_file.setdefault(paths.pop(), []).append((finding, list(finding.fix.edits)))
     for path, fixes in by_file.items():
         try:
-            with open(path, encoding="utf-8") as handle:
-                before = handle.read()
-        except OSError as exc:
-            plan.skipped.extend((f, f"cannot read {_shown(path)}: {exc.strerror}") for f, _ in fixes)
+            before = _read_text(path)
+            problem = _unwritable(path)
+        except _Unusable as exc:
+            problem = str(exc)
+        if problem is not None:
+            plan.refused.append((path, problem, [f for f, _ in fixes]))
             continue
         after, applied, skipped = _apply(before, fixes)
         plan.applied.extend(applied)
         plan.skipped.extend(skipped)
         if after != before:
             plan.texts[path] = (before, after)
+            plan.owners[path] = applied
     return plan
+
+
+class _Unusable(Exception):
+    """A file --fix cannot edit; the message says why and what to do, for one line."""
+
+
+def _read_text(path: str) -> str:
+    """The file's text as the edits see it (UTF-8, newlines as Python reads source)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise _Unusable(f"cannot read it ({exc.strerror or exc}): make it readable, then run "
+                        "--fix again") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Written back as UTF-8, a file in another encoding would no longer match its coding
+        # line: it is not edited.
+        raise _Unusable(f"it is not UTF-8 (byte 0x{data[exc.start]:02x} at offset "
+                        f"{exc.start}): save it as UTF-8 to let --fix edit it, or apply the "
+                        "fixes by hand") from None
+    # As Python reads source: no byte-order mark (written back by _write_atomic), universal
+    # newlines.
+    return text.removeprefix(_BOM).replace("\r\n", "\n").replace("\r", "\n")
+
+
+_BOM = "\ufeff"
+
+
+def _unwritable(path: str) -> str | None:
+    """Why the file cannot be replaced; None when it can. A read-only file is the user's word
+    not to write it: the atomic replace would override it (for root, even without the
+    folder's permission), so it is checked here."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or exc}): run --fix again"
+    if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(path, os.W_OK):
+        return "it is read-only: make it writable (chmod u+w), then run --fix again"
+    folder = os.path.dirname(path) or "."
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (f"its folder {_shown(folder)} is not writable (the new text goes to a "
+                "temporary file there first): make it writable, then run --fix again")
+    return None
 
 
 def _apply(text: str, fixes: list[tuple[Finding, list[Edit]]]
@@ -163,11 +259,17 @@ def inside_project(path: str, root: str) -> bool:
 
 
 def _write_atomic(path: str, text: str) -> None:
+    # Through a link to its target: replacing the link itself would turn it into a regular
+    # file and leave the target unfixed.
+    path = os.path.realpath(path)
     folder = os.path.dirname(path) or "."
     mode = os.stat(path).st_mode
+    with open(path, "rb") as handle:
+        bom = handle.read(3) == _BOM.encode("utf-8")  # kept, as the rest of the file
     handle, temporary = tempfile.mkstemp(prefix=".biaslint-", suffix=".py", dir=folder)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
+        with os.fdopen(handle, "w", encoding="utf-8-sig" if bom else "utf-8",
+                       newline="") as out:
             out.write(text)
         os.chmod(temporary, mode)
         os.replace(temporary, path)
@@ -190,11 +292,27 @@ def summary(plan: FixPlan, remaining: Iterable[Finding], wrote: bool, checked: s
     lines = [f"{verb} {len(plan.applied)}, {len(left)} remaining"]
     if checked:
         lines.append(f"  checked on a copy: {checked}")
+    removed = sum(1 for f in plan.applied if f.code == "BL001")
+    if removed:
+        # Safe means the same function of the parameters kept, not the same numbers: torch
+        # draws a bias's initial values from the global stream, so without that draw every
+        # layer built after it starts elsewhere in a seeded build.
+        lines.append(f"  note: {removed} fix{'es' if removed != 1 else ''} remove"
+                     f"{'' if removed != 1 else 's'} a bias: a seeded build no longer draws "
+                     f"{'them' if removed != 1 else 'it'}, so the layers built after "
+                     f"{'them' if removed != 1 else 'it'} with a random init start from other "
+                     "values (the same function, other numbers); re-record seeded reference "
+                     "weights or outputs")
     for finding, why in plan.skipped:
         lines.append(f"  not fixed: {finding.code} {finding.module or '<root>'}: {why}")
+    for path, why, findings in plan.refused:
+        names = [f"{f.code} {f.module or '<root>'}" for f in findings]
+        named = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        lines.append(f"  not fixed: {_shown(path)}: {why} ({named})")
+    said = [f for f, _ in plan.skipped] + [f for _, _, fs in plan.refused for f in fs]
     for finding in left:
         if finding.fix is not None and finding.fix.manual and not any(
-                f is finding for f, _ in plan.skipped):
+                f is finding for f in said):
             lines.append(f"  by hand: {finding.code} {finding.module or '<root>'}: "
                          f"{finding.fix.manual}")
     return "\n".join(lines)

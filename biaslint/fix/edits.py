@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import linecache
 from typing import Any
 
 from biaslint.findings import Edit, Location
+from biaslint.sources import source_of
 
 # Position of ``bias`` among the positional parameters of each torch constructor.
 BIAS_POSITION = {"Linear": 2, "Bilinear": 3, "Conv1d": 7, "Conv2d": 7, "Conv3d": 7,
@@ -19,8 +19,9 @@ BIAS_POSITION = {"Linear": 2, "Bilinear": 3, "Conv1d": 7, "Conv2d": 7, "Conv3d":
 
 
 def parsed(file: str) -> tuple[str, ast.Module] | None:
-    """The file's text as the build read it (``linecache``) and its syntax tree."""
-    source = "".join(linecache.getlines(file))
+    """The file's text as the build read it (``biaslint.sources``: the text its code was
+    compiled from, which the recorded lines point into) and its syntax tree."""
+    source = source_of(file)
     if not source:
         return None
     try:

@@ -24,12 +24,13 @@ def init_call_subject(call: InitCall | None) -> str | None:
     ``fc.weight.data``. None when the source is unavailable or not a plain call.
     """
     import ast
-    import linecache
+
+    from biaslint.sources import line_of
 
     if call is None or not call.by_user or call.location is None:
         return None
     loc = call.location
-    lines = [linecache.getline(loc.file, n) for n in range(loc.line, (loc.end_line or loc.line) + 1)]
+    lines = [line_of(loc.file, n) for n in range(loc.line, (loc.end_line or loc.line) + 1)]
     source = "".join(lines)
     if not source.strip():
         return None

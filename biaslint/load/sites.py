@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from biaslint.findings import BuildFrame, InitCall, Location
 from biaslint.load.laws import LawBook, LawMode, init_function_law
+from biaslint.sources import remembered
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -454,7 +455,9 @@ def recording(laws: bool = False, track_real: bool = False,
 
     With ``laws``, also the init law of every meta tensor written (of every tensor with
     ``track_real``): ``BuildRecord.laws``."""
-    with _Recorder._lock:
+    with _Recorder._lock, remembered():
+        # remembered(): the recorded lines are read later, from the text the code was compiled
+        # from, not from whatever the file holds by then (``biaslint.sources``).
         recorder = _Recorder(laws=laws, track_real=track_real, book=book)
         recorder.install()
         _Recorder.current_mode = recorder.mode

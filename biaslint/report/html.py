@@ -9,13 +9,13 @@ boundaries and the BL003/BL007 findings marked on the curve. The reporter format
 
 from __future__ import annotations
 
-import linecache
 import math
 from html import escape
 from typing import Any, Sequence
 
 from biaslint.version import __version__
 from biaslint.findings import Finding, TargetResult
+from biaslint.sources import line_of
 
 # The rules whose findings are about a layer's scale: marked on the activation curve.
 MARKED_RULES = ("BL003", "BL007")
@@ -214,13 +214,13 @@ def _source(loc: Any) -> str:
     first, last = loc.line, max(loc.line, loc.end_line or loc.line)
     lines = []
     for number in range(max(1, first - 1), last + 2):
-        text = linecache.getline(loc.file, number)
+        text = line_of(loc.file, number)
         if not text and number > last:
             break
         text = text.rstrip("\n")
         row = f"{number:>5} | {escape(text)}"
         lines.append(f'<span class="hit">{row}</span>' if first <= number <= last else row)
-    if not any(linecache.getline(loc.file, n) for n in range(first, last + 1)):
+    if not any(line_of(loc.file, n) for n in range(first, last + 1)):
         return ""
     return '<pre class="source">' + "\n".join(lines) + "</pre>"
 

@@ -3,7 +3,6 @@ summary per target."""
 
 from __future__ import annotations
 
-import linecache
 from typing import Sequence
 
 from rich.console import Console
@@ -11,6 +10,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from biaslint.findings import Finding, Severity, TargetResult
+from biaslint.sources import line_of
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
@@ -48,7 +48,7 @@ def _print_finding(finding: Finding, console: Console) -> None:
             text.stylize(style, len(where) + 2, len(prefix) - 1)
         console.print(text, soft_wrap=True, highlight=False)
     if loc is not None:
-        source = linecache.getline(loc.file, loc.line).rstrip()
+        source = line_of(loc.file, loc.line).rstrip()  # the text the build read
         if source:
             console.print(Text(f"    {loc.line:>4} | {source}", style="dim"), soft_wrap=True,
                           highlight=False)

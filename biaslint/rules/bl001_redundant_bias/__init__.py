@@ -82,7 +82,11 @@ normalization follows. Checkpoints saved with the bias need `strict=False` (or d
 key) when loaded into the fixed model; and a BatchNorm whose running mean was tracked with the
 bias in place (a trained checkpoint) gives other eval-mode outputs without it until the running
 statistics are re-estimated, so the fix is safe for the model as built, not for a checkpoint.
-`biaslint --fix` applies the safe ones; `--unsafe-fixes` also the others.
+Safe means the same function of the parameters kept, not the same numbers: torch draws a bias's
+initial values from the global random stream, so once the bias is gone every layer built after
+it with a random init starts from other values in a seeded build (the distribution is the same;
+a seeded run's weights and losses are not reproduced bit for bit). `--fix` says so when it
+removes a bias. `biaslint --fix` applies the safe ones; `--unsafe-fixes` also the others.
 """
     references = (
         "Ioffe and Szegedy, 2015, Batch Normalization, section 3.2, "

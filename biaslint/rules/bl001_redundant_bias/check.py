@@ -395,8 +395,12 @@ def _bias_false_fix(layer: "Layer", live_siblings: int = 0) -> Fix:
         if layer.site is not None else None
     where = f" at {layer.site.file}:{layer.site.line}" if layer.site else ""
     if rewritten is None:
+        # No code to show, so no edit either: say why, or --fix passes over it in silence.
         return Fix(title=f"Construct {python_path(layer.name)} with bias=False{where}",
-                   safe=False)
+                   safe=False, manual=(f"the constructor call{where} was not found in its "
+                                       "source" if layer.site is not None else
+                                       "the construction site is unknown")
+                   + ": build it with bias=False by hand")
     code, _ = rewritten
     if live_siblings:
         return Fix(title=f"Construct the layer with bias=False{where}, only where a "
