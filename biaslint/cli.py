@@ -114,7 +114,7 @@ def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str,
           target_mean: str | None, device: str | None, changed_since: str | None,
           debug: bool) -> None:
     """Lint the models that TARGETS build (or the targets configured in pyproject.toml)."""
-    from biaslint.load.guard import interrupts, own_process
+    from biaslint.process import interrupts, own_process
     from biaslint.run import CheckOptions, run_check
 
     if _OWN_PROCESS:
