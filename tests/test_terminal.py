@@ -44,3 +44,245 @@ def test_a_usage_error_is_decided_before_torch_loads(tmp_path: Path, args: list[
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "torch imported: False" in proc.stderr
+
+
+# Three targets, each with BL001 findings at locations of its own (a Conv2d whose bias the
+# BatchNorm after it cancels). Each build sleeps a little so the live display is drawn and
+# redrawn while targets run; nothing asserts on time.
+THREE = """\
+import time
+
+import torch
+import torch.nn as nn
+
+
+def a():
+    time.sleep(0.3)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+    return net, torch.randn(2, 3, 8, 8)
+
+
+def b():
+    time.sleep(0.6)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    return net, torch.randn(2, 3, 8, 8)
+
+
+def c():
+    time.sleep(0.3)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                        nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6))
+    return net, torch.randn(2, 3, 8, 8)
+"""
+
+
+def _expected_locations(source: str, file: str) -> list[str]:
+    """``file:line:col`` of every ``nn.Conv2d(`` in ``source`` (one a line): where BL001
+    reports."""
+    return [f"{file}:{number}:{line.index('nn.Conv2d(') + 1}"
+            for number, line in enumerate(source.splitlines(), start=1) if "nn.Conv2d(" in line]
+
+
+class Screen:
+    """What a terminal of ``columns`` x ``rows`` shows for the bytes a program wrote, with all
+    the lines that scrolled off kept above (the scrollback).
+
+    Applies what rich and the report write: text with xterm's wrap at the last column, ``\\r``,
+    ``\\n``, ``\\b``, and the CSI sequences for erasing in the line (``K``), moving the cursor
+    (``A B C D G``), colours (``m``) and showing/hiding the cursor (``?25l``/``?25h``). Any other
+    escape fails the test: ignoring it could hide exactly the garbling looked for.
+    """
+
+    _CSI = re.compile(r"\x1b\[([?0-9;]*)([A-Za-z])")
+
+    def __init__(self, columns: int = 80, rows: int = 24) -> None:
+        self.columns, self.rows = columns, rows
+        self.lines: list[list[str]] = [[]]
+        self.row = self.col = 0
+        self.wrap_next = False  # xterm: a character in the last column wraps on the next one
+
+    def feed(self, text: str) -> Screen:
+        index = 0
+        while index < len(text):
+            char = text[index]
+            if char == "\x1b":
+                match = self._CSI.match(text, index)
+                assert match, f"unhandled escape {text[index:index + 8]!r}"
+                self._csi(match.group(1), match.group(2))
+                index = match.end()
+                continue
+            if char == "\r":
+                self.col, self.wrap_next = 0, False
+            elif char == "\n":
+                self._down()
+            elif char == "\b":
+                self.col, self.wrap_next = max(0, self.col - 1), False
+            elif char == "\x07":
+                pass
+            else:
+                assert char >= " ", f"unhandled control character {char!r}"
+                self._put(char)
+            index += 1
+        return self
+
+    def text(self) -> str:
+        return "\n".join("".join(line).rstrip() for line in self.lines)
+
+    def _down(self) -> None:
+        self.row += 1
+        self.wrap_next = False
+        if self.row == len(self.lines):
+            self.lines.append([])
+
+    def _put(self, char: str) -> None:
+        if self.wrap_next:
+            self._down()
+            self.col = 0
+        line = self.lines[self.row]
+        line.extend(" " * (self.col + 1 - len(line)))
+        line[self.col] = char
+        if self.col == self.columns - 1:
+            self.wrap_next = True
+        else:
+            self.col += 1
+
+    def _csi(self, params: str, command: str) -> None:
+        if params.startswith("?"):
+            assert command in "hl" and params in ("?25",), f"unhandled mode {params}{command}"
+            return
+        numbers = [int(p) if p else 0 for p in params.split(";")] if params else []
+        count = max(1, numbers[0]) if numbers else 1
+        self.wrap_next = False
+        line = self.lines[self.row]
+        if command == "m":
+            return
+        if command == "K":
+            mode = numbers[0] if numbers else 0
+            if mode == 2:
+                line.clear()
+            elif mode == 0:
+                del line[self.col:]
+            else:
+                line[:self.col + 1] = " " * min(len(line), self.col + 1)
+        elif command == "A":  # up, but never above the screen's top line
+            top = max(0, len(self.lines) - self.rows)
+            self.row = max(top, self.row - count)
+        elif command == "B":
+            self.row = min(len(self.lines) - 1, self.row + count)
+        elif command == "C":
+            self.col = min(self.columns - 1, self.col + count)
+        elif command == "D":
+            self.col = max(0, self.col - count)
+        elif command == "G":
+            self.col = min(self.columns - 1, count - 1)
+        else:
+            raise AssertionError(f"unhandled escape CSI {params}{command}")
+
+
+def test_the_screen_applies_overwrites_like_a_terminal():
+    screen = Screen(columns=10).feed("live 1\r\x1b[2Kreport\r\nlive 2\r\x1b[2K\x1b[1A\x1b[2Kx\r\n")
+    assert screen.text() == "x\n"
+    assert Screen(columns=4).feed("abcdef\r\n").text() == "abcd\nef\n"
+    assert Screen(columns=10).feed("abc\x1b[32mdef\x1b[0m\rX").text() == "Xbcdef"
+
+
+def _on_a_terminal(args: list[str], cwd: Path, columns: int = 80) -> tuple[int, str]:
+    """Run ``python -m biaslint ARGS`` with stdin, stdout and stderr on one pseudo-terminal of
+    ``columns`` x 24 (CI unset, so the live display draws) and return its exit code and all
+    it wrote."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "BUILD_NUMBER")}
+    env.update(TERM="xterm", COLUMNS=str(columns), LINES="24")
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "biaslint", *args], stdin=terminal,
+                            stdout=terminal, stderr=terminal, env=env, cwd=cwd)
+    os.close(terminal)
+    chunks = []
+    deadline = time.monotonic() + 300  # a safety net for a hung run, not a timing assertion
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 5)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(controller, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
+        os.close(controller)
+    return proc.returncode, b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.fixture(scope="module")
+def three_on_a_terminal(tmp_path_factory: pytest.TempPathFactory):
+    """``biaslint three.py:a three.py:b three.py:c [-j 2]`` on an 80-column pseudo-terminal:
+    (exit code, all it wrote), run once per variant for the tests below."""
+    if os.name != "posix":
+        pytest.skip("needs a pseudo-terminal")
+    folder = tmp_path_factory.mktemp("three")
+    (folder / "three.py").write_text(THREE)
+    runs: dict[tuple[str, ...], tuple[int, str]] = {}
+
+    def run(extra: tuple[str, ...]) -> tuple[int, str]:
+        if extra not in runs:
+            runs[extra] = _on_a_terminal(["three.py:a", "three.py:b", "three.py:c", *extra],
+                                         folder)
+        return runs[extra]
+
+    return run
+
+
+@pytest.mark.parametrize("extra", [(), ("-j", "2")], ids=["in-process", "-j 2"])
+def test_every_finding_line_is_intact_at_80_columns_under_the_live_display(three_on_a_terminal,
+                                                                          extra: tuple[str, ...]):
+    """Issue 27: each target's first ``file:line:col: CODE`` line was merged into the live
+    progress line (no line clear before the report). On the screen the user is left with,
+    every finding's line starts with its location and code."""
+    code, output = three_on_a_terminal(extra)
+    assert code == 1, output
+    assert "/3" in output  # the live display (its M/N column) was drawn: the case under test
+    screen = Screen(columns=80).feed(output).text()
+    lines = screen.splitlines()
+    expected = _expected_locations(THREE, "three.py")
+    assert len(expected) == 5
+    for location in expected:
+        assert any(line.startswith(f"{location}: BL001 [warning] bias of Conv2d")
+                   for line in lines), f"{location} garbled or missing:\n{screen}"
+    # Nothing else on the screen starts a finding: no location glued after another text.
+    found = [line for line in lines if re.search(r"three\.py:\d+:\d+: BL001", line)]
+    assert len(found) == len(expected), screen
+    for name in ("a", "b", "c"):
+        assert any(line.startswith(f"three.py:{name}: ") for line in lines), screen
+    # The display is transient: no trace of it is left.
+    assert not re.search(r"\d/3", screen), screen
+
+
+@pytest.mark.parametrize("extra", [(), ("-j", "2")], ids=["in-process", "-j 2"])
+def test_the_live_display_shows_each_running_target_at_its_stage(three_on_a_terminal,
+                                                                 extra: tuple[str, ...]):
+    """Issue 27: with -j the live line said only "2 at a time". Now each running target has a
+    line with its stage, which the workers send back (each build sleeps, so its "build" -
+    sent by the worker's engine - is drawn)."""
+    code, output = three_on_a_terminal(extra)
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output)
+    for name in ("a", "b", "c"):
+        assert re.search(rf"three\.py:{name} build\r", plain), plain
+    if extra:  # each running target on a line of its own, under the count and bar
+        assert re.search(r"2 at a time\r\n  three\.py:[ab] \w+\r\n  three\.py:[ab] \w+\r",
+                         plain), plain
