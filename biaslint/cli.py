@@ -127,8 +127,8 @@ def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str,
     try:
         with interrupts():
             code = _exit_code(run_check(options))
-    except KeyboardInterrupt:
-        click.echo("biaslint: interrupted (Ctrl-C): nothing was reported", err=True)
+    except KeyboardInterrupt as exc:
+        click.echo(f"biaslint: interrupted (Ctrl-C): {_interrupted(exc)}", err=True)
         code = EXIT_INTERRUPTED
     except BiaslintError as exc:
         if debug:
@@ -181,6 +181,17 @@ def _end(code: int) -> None:
             except Exception:  # noqa: BLE001 - a closed pipe: nothing left to tell
                 pass
         os._exit(code)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> str:
+    """What the user has after a Ctrl-C: the text report streams target by target, so the
+    reports printed before it stand."""
+    from biaslint.run import Interrupted
+
+    if isinstance(exc, Interrupted) and exc.reported:
+        return (f"{exc.reported} of {exc.total} target{'s' if exc.total != 1 else ''} "
+                "reported above, the others not")
+    return "nothing was reported"
 
 
 def _exit_code(outcome: "Outcome") -> int:

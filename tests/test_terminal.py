@@ -286,3 +286,71 @@ def test_the_live_display_shows_each_running_target_at_its_stage(three_on_a_term
     if extra:  # each running target on a line of its own, under the count and bar
         assert re.search(r"2 at a time\r\n  three\.py:[ab] \w+\r\n  three\.py:[ab] \w+\r",
                          plain), plain
+
+
+# A target that reports at once, and two that wait (far longer than any test) once they have
+# said they are running: a marker file named after their process.
+INTERRUPTED = """\
+import os
+import time
+
+import torch
+import torch.nn as nn
+
+
+def fast():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)), torch.randn(2, 3, 8, 8)
+
+
+def slow():
+    open(f"running-{os.getpid()}", "w").close()
+    time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs process groups")
+@pytest.mark.parametrize("extra, running", [((), 1), (("-j", "2"), 2)],
+                         ids=["in-process", "-j 2"])
+def test_ctrl_c_after_a_report_says_what_was_reported_without_a_traceback(
+        tmp_path: Path, extra: tuple[str, ...], running: int):
+    """Issue 27: Ctrl-C with -j printed a 25-line BrokenPipeError traceback from the workers
+    and said "nothing was reported" after a report had been printed. Ctrl-C at a terminal
+    sends SIGINT to the whole process group (biaslint, its forkserver and its workers); this
+    sends it the same way, once the first target is reported and the others are running."""
+    import select
+    import signal
+    import time
+
+    (tmp_path / "stop.py").write_text(INTERRUPTED)
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "BUILD_NUMBER")}
+    proc = subprocess.Popen([sys.executable, "-m", "biaslint", "stop.py:fast", "stop.py:slow",
+                             "stop.py:slow", *extra], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # a process group of its own, as a shell's job
+    out = b""
+    deadline = time.monotonic() + 300  # a safety net for a hung run, not a timing assertion
+    try:
+        while (b"stop.py:fast: 1 warning" not in out
+               or len(list(tmp_path.glob("running-*"))) < running):
+            assert time.monotonic() < deadline, out
+            if select.select([proc.stdout], [], [], 0.2)[0]:
+                chunk = os.read(proc.stdout.fileno(), 65536)  # type: ignore[union-attr]
+                assert chunk, (out, proc.stderr.read())  # type: ignore[union-attr]
+                out += chunk
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    stderr = err.decode()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == \
+        "biaslint: interrupted (Ctrl-C): 1 of 3 targets reported above, the others not"
+    assert (out + rest).decode().count("stop.py:fast: 1 warning") == 1
+    # The workers that were still linting did not outlive the run.
+    for marker in tmp_path.glob("running-*"):
+        pid = int(marker.name.split("-")[1])
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
