@@ -354,3 +354,45 @@ def test_ctrl_c_after_a_report_says_what_was_reported_without_a_traceback(
         pid = int(marker.name.split("-")[1])
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+# The second target's build copies what the run's stdout (a file) holds at that moment.
+STREAMED = """\
+import os
+
+import torch
+import torch.nn as nn
+
+
+def first():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)), torch.randn(2, 3, 8, 8)
+
+
+def second():
+    with open(os.environ["STDOUT_FILE"], encoding="utf-8") as out:
+        seen = out.read()
+    with open("seen-by-second.txt", "w", encoding="utf-8") as copy:
+        copy.write(seen)
+    return nn.Sequential(nn.Linear(4, 2)), torch.randn(2, 4)
+"""
+
+
+@pytest.mark.parametrize("extra", [(), ("--timeout", "300")], ids=["in-process", "isolated"])
+def test_quiet_streams_each_targets_findings_as_it_finishes(tmp_path: Path,
+                                                            extra: tuple[str, ...]):
+    """Issue 27: -q printed nothing until every target was done. Its findings lines now go
+    out target by target, as the full report does: the second target's build already sees
+    the first one's findings on stdout (checked by what is there, not by the clock)."""
+    (tmp_path / "q.py").write_text(STREAMED)
+    stdout = tmp_path / "stdout.txt"
+    env = {**os.environ, "STDOUT_FILE": str(stdout)}
+    with open(stdout, "w", encoding="utf-8") as out:
+        proc = subprocess.run([sys.executable, "-m", "biaslint", "q.py:first", "q.py:second",
+                               "-q", *extra], cwd=tmp_path, env=env, stdout=out,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    [where] = _expected_locations(STREAMED, "q.py")
+    line = f"{where}: BL001 [warning] bias of Conv2d '0' is cancelled by BatchNorm2d '1'"
+    report = stdout.read_text(encoding="utf-8")
+    assert report.startswith(line) and report.count("\n") == 1, report  # -q: findings only
+    assert (tmp_path / "seen-by-second.txt").read_text(encoding="utf-8") == report
