@@ -116,7 +116,7 @@ def emit(event: Any) -> None:
 def _child(conn: Connection, fn: Callable[[Any], Any], payload: Any, cwd: str,
            path: list[str], threads: int | None) -> None:
     global _EVENTS
-    # Ctrl-C is the parent's to handle (the module's docstring): it ends this process itself.
+    # Ctrl-C is the parent's to handle (the module's docstring): the parent ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def send(message: tuple[str, Any]) -> bool:

@@ -44,14 +44,14 @@ def wants_progress(console: Console, targets: int) -> bool:
 
 
 class _Display(Progress):
-    """The count and bar line, then a line for each target ``running`` returns (-j)."""
+    """The count and bar line, then a line for each running target its tracker lists (-j)."""
 
-    # (target, stage) of the targets that get a line each; set once the tracker exists.
-    running: Callable[[], list[tuple[str, str]]] = staticmethod(lambda: [])  # type: ignore
+    # A class attribute, not one set in __init__: rich may render before __init__ returns.
+    tracker: TargetProgress | None = None
 
     def get_renderables(self) -> Iterable[RenderableType]:
         yield self.make_tasks_table(self.tasks)
-        for target, stage in self.running():
+        for target, stage in self.tracker.running() if self.tracker is not None else ():
             # One terminal line each whatever the target's length: a wrapped line would make
             # the display's height change under the reports printed above it.
             yield Text.assemble("  ", (target, "bold"), " ", stage, no_wrap=True,
@@ -91,7 +91,7 @@ class TargetProgress:
             return lambda name: None
         progress, task = self._progress, self._task
         if self._jobs == 1:
-            progress.update(task, target=escape(target), stage=stage)
+            progress.update(task, target=escape(target), stage=escape(stage))
             return lambda name: progress.update(task, stage=escape(name))
 
         def set_stage(name: str) -> None:
@@ -160,7 +160,6 @@ def target_progress(console: Console, total: int, enabled: bool | None = None, j
         console=console,
         transient=True,
     )
-    tracker = TargetProgress(progress, total, jobs, console)
-    progress.running = tracker.running  # type: ignore[method-assign]
+    progress.tracker = TargetProgress(progress, total, jobs, console)
     with progress:
-        yield tracker
+        yield progress.tracker
