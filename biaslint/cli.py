@@ -1,7 +1,9 @@
 """The command line. Click and nothing else: parsing, dispatch, exit codes.
 
 Importing this module does not import torch, so ``--help``, ``--version``, ``rules`` and ``rule``
-are fast. Settings merge defaults < ``[tool.biaslint]`` < command line (see ``config.py``).
+are fast; nor does ``check`` before the arguments and the configuration are checked, so a usage
+error is told at once (torch loads with the first target). Settings merge defaults <
+``[tool.biaslint]`` < command line (see ``config.py``).
 """
 
 from __future__ import annotations
