@@ -231,33 +231,34 @@ def _on_a_terminal(args: list[str], cwd: Path, columns: int = 80) -> tuple[int, 
 
 @pytest.fixture(scope="module")
 def three_on_a_terminal(tmp_path_factory: pytest.TempPathFactory):
-    """``biaslint three.py:a three.py:b three.py:c [-j 2]`` on an 80-column pseudo-terminal:
-    (exit code, all it wrote), run once per variant for the tests below."""
+    """``biaslint three.py:a three.py:b three.py:c [-j 2]`` on a pseudo-terminal (80 columns
+    unless told): (exit code, all it wrote), run once per variant for the tests below."""
     if os.name != "posix":
         pytest.skip("needs a pseudo-terminal")
     folder = tmp_path_factory.mktemp("three")
     (folder / "three.py").write_text(THREE)
-    runs: dict[tuple[str, ...], tuple[int, str]] = {}
+    runs: dict[tuple[tuple[str, ...], int], tuple[int, str]] = {}
 
-    def run(extra: tuple[str, ...]) -> tuple[int, str]:
-        if extra not in runs:
-            runs[extra] = _on_a_terminal(["three.py:a", "three.py:b", "three.py:c", *extra],
-                                         folder)
-        return runs[extra]
+    def run(extra: tuple[str, ...], columns: int = 80) -> tuple[int, str]:
+        if (extra, columns) not in runs:
+            runs[extra, columns] = _on_a_terminal(
+                ["three.py:a", "three.py:b", "three.py:c", *extra], folder, columns)
+        return runs[extra, columns]
 
     return run
 
 
+@pytest.mark.parametrize("columns", [80, 120])
 @pytest.mark.parametrize("extra", [(), ("-j", "2")], ids=["in-process", "-j 2"])
-def test_every_finding_line_is_intact_at_80_columns_under_the_live_display(three_on_a_terminal,
-                                                                          extra: tuple[str, ...]):
+def test_every_finding_line_is_intact_under_the_live_display(three_on_a_terminal,
+                                                             extra: tuple[str, ...], columns: int):
     """Issue 27: each target's first ``file:line:col: CODE`` line was merged into the live
-    progress line (no line clear before the report). On the screen the user is left with,
-    every finding's line starts with its location and code."""
-    code, output = three_on_a_terminal(extra)
+    progress line (no line clear before the report), at 80 and 120 columns. On the screen the
+    user is left with, every finding's line starts with its location and code."""
+    code, output = three_on_a_terminal(extra, columns)
     assert code == 1, output
     assert "/3" in output  # the live display (its M/N column) was drawn: the case under test
-    screen = Screen(columns=80).feed(output).text()
+    screen = Screen(columns=columns).feed(output).text()
     lines = screen.splitlines()
     expected = _expected_locations(THREE, "three.py")
     assert len(expected) == 5
