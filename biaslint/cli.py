@@ -1,7 +1,9 @@
 """The command line. Click and nothing else: parsing, dispatch, exit codes.
 
 Importing this module does not import torch, so ``--help``, ``--version``, ``rules`` and ``rule``
-are fast. Settings merge defaults < ``[tool.biaslint]`` < command line (see ``config.py``).
+are fast; nor does ``check`` before the arguments and the configuration are checked, so a usage
+error is told at once (torch loads with the first target). Settings merge defaults <
+``[tool.biaslint]`` < command line (see ``config.py``).
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str,
           target_mean: str | None, device: str | None, changed_since: str | None,
           debug: bool) -> None:
     """Lint the models that TARGETS build (or the targets configured in pyproject.toml)."""
-    from biaslint.load.guard import interrupts, own_process
+    from biaslint.process import interrupts, own_process
     from biaslint.run import CheckOptions, run_check
 
     if _OWN_PROCESS:
@@ -127,8 +129,8 @@ def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str,
     try:
         with interrupts():
             code = _exit_code(run_check(options))
-    except KeyboardInterrupt:
-        click.echo("biaslint: interrupted (Ctrl-C): nothing was reported", err=True)
+    except KeyboardInterrupt as exc:
+        click.echo(f"biaslint: interrupted (Ctrl-C): {_interrupted(exc)}", err=True)
         code = EXIT_INTERRUPTED
     except BiaslintError as exc:
         if debug:
@@ -181,6 +183,17 @@ def _end(code: int) -> None:
             except Exception:  # noqa: BLE001 - a closed pipe: nothing left to tell
                 pass
         os._exit(code)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> str:
+    """What the user has after a Ctrl-C: the text report streams target by target, so the
+    reports printed before it stand."""
+    from biaslint.run import Interrupted
+
+    if isinstance(exc, Interrupted) and exc.reported:
+        return (f"{exc.reported} of {exc.total} target{'s' if exc.total != 1 else ''} "
+                "reported above, the others not")
+    return "nothing was reported"
 
 
 def _exit_code(outcome: "Outcome") -> int:

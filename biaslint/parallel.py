@@ -9,19 +9,31 @@ Processes come from ``forkserver`` on Linux (the server imports torch once, so e
 starts in well under a second instead of re-importing torch) and from ``spawn`` elsewhere.
 Never plain ``fork``: the parent may already hold threads (OpenMP, rich, pytest), and forking a
 threaded process can deadlock the child.
+
+Ctrl-C belongs to the parent. The terminal sends SIGINT to every process of the run; the workers
+ignore it (so none dies half-way through sending, with a traceback), and the parent, interrupted,
+ends the workers still running before it re-raises.
+
+A worker imports only what its function needs, not the caller's ``__main__``: a script calling
+``lint_many`` at its top level (no ``if __name__ == "__main__":``) would otherwise run again in
+every worker, which multiprocessing refuses with a traceback per worker.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
+import types
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from multiprocessing.connection import Connection, wait
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from biaslint.errors import BiaslintError
 from biaslint.findings import TargetResult
@@ -69,13 +81,55 @@ def _start_forkserver_away_from_user_files() -> None:
     atexit.register(shutil.rmtree, empty, ignore_errors=True)
     try:
         os.chdir(empty)
-        forkserver.ensure_running()
+        with _sigint_ignored():
+            forkserver.ensure_running()
     finally:
         os.chdir(here)
 
 
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while the forkserver starts: an ignored signal stays ignored across fork
+    and exec, so the server and every worker it forks ignore Ctrl-C from their first instant
+    (``_child`` ignores it too, for a server someone else started). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# In a worker: where ``emit`` sends its events (the pipe to the parent).
+_EVENTS: Callable[[Any], None] | None = None
+
+
+def emit(event: Any) -> None:
+    """In a worker of ``run_isolated``, send ``event`` (picklable) to the parent's
+    ``on_event``; elsewhere, nothing."""
+    if _EVENTS is not None:
+        _EVENTS(event)
+
+
 def _child(conn: Connection, fn: Callable[[Any], Any], payload: Any, cwd: str,
            path: list[str], threads: int | None) -> None:
+    global _EVENTS
+    # Ctrl-C is the parent's to handle (the module's docstring): the parent ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def send(message: tuple[str, Any]) -> bool:
+        try:
+            conn.send(message)
+            return True
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            return False  # the parent is gone: there is nobody left to tell
+
+    def send_event(event: Any) -> None:
+        send(("event", event))
+
+    _EVENTS = send_event
     # The forkserver was started once, possibly from another working directory: take the
     # caller's cwd and sys.path so relative targets (model.py:build) resolve as they would
     # in-process.
@@ -91,10 +145,11 @@ def _child(conn: Connection, fn: Callable[[Any], Any], payload: Any, cwd: str,
         message: tuple[str, Any] = ("ok", fn(payload))
     except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
         message = ("error", _describe(exc))
+    _EVENTS = None
     try:
-        conn.send(message)
+        send(message)
     except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable value
-        conn.send(("error", f"result could not be sent back: {type(exc).__name__}: {exc}"))
+        send(("error", f"result could not be sent back: {type(exc).__name__}: {exc}"))
     conn.close()
 
 
@@ -118,13 +173,20 @@ class _Running:
 def run_isolated(fn: Callable[[Any], Any], payloads: Sequence[Any], jobs: int = 1,
                  timeout: float | None = None,
                  on_done: Callable[[int, Outcome], None] | None = None,
-                 threads: int | None = None) -> list[Outcome]:
+                 threads: int | None = None,
+                 on_start: Callable[[int], None] | None = None,
+                 on_event: Callable[[int, Any], None] | None = None,
+                 main: bool = True) -> list[Outcome]:
     """Call ``fn(payload)`` for each payload, each in a fresh process, ``jobs`` at a time.
 
     ``fn`` must be importable by name (a module-level function) and its result picklable.
     A call that raises, kills its process, or runs past ``timeout`` seconds gives an
     ``Outcome`` with ``error`` set. Results come back in the order of ``payloads``;
-    ``on_done(index, outcome)`` is called as each finishes (for progress output).
+    ``on_start(index)`` is called as each call's process starts, ``on_event(index, event)`` for
+    each event the call sends with ``emit``, ``on_done(index, outcome)`` as each finishes (for
+    progress output). ``main=False``: the workers do not import the caller's ``__main__`` (as
+    multiprocessing otherwise does); only for an ``fn`` and payloads that do not come from it.
+    Interrupted (Ctrl-C), the processes still running are ended before the interrupt goes on.
     """
     ctx = _context()
     jobs = max(1, jobs)
@@ -144,45 +206,92 @@ def run_isolated(fn: Callable[[Any], Any], payloads: Sequence[Any], jobs: int = 
         if on_done is not None:
             on_done(item.index, outcome)
 
-    while queue or running:
-        while queue and len(running) < jobs:
-            index = queue.pop(0)
-            receiver, sender = ctx.Pipe(duplex=False)
-            process = ctx.Process(target=_child, daemon=True,
-                                  args=(sender, fn, payloads[index], cwd, path, threads))
-            process.start()
-            sender.close()  # only the child writes; EOF on receiver once it is gone
-            running.append(_Running(index, process, receiver, time.monotonic()))
-        now = time.monotonic()
-        wait_for = None
-        if timeout is not None:
-            wait_for = max(0.0, min(r.started + timeout for r in running) - now)
-        ready = wait([r.conn for r in running], timeout=wait_for)
-        now = time.monotonic()
-        for item in list(running):
-            elapsed = now - item.started
-            if item.conn in ready:
-                try:
-                    status, value = item.conn.recv()
-                except (EOFError, OSError):
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                index = queue.pop(0)
+                receiver, sender = ctx.Pipe(duplex=False)
+                process = ctx.Process(target=_child, daemon=True,
+                                      args=(sender, fn, payloads[index], cwd, path, threads))
+                with _main_hidden(not main):
+                    process.start()
+                sender.close()  # only the child writes; EOF on receiver once it is gone
+                running.append(_Running(index, process, receiver, time.monotonic()))
+                if on_start is not None:
+                    on_start(index)
+            now = time.monotonic()
+            wait_for = None
+            if timeout is not None:
+                wait_for = max(0.0, min(r.started + timeout for r in running) - now)
+            ready = wait([r.conn for r in running], timeout=wait_for)
+            now = time.monotonic()
+            for item in list(running):
+                elapsed = now - item.started
+                if item.conn in ready:
+                    try:
+                        status, value = item.conn.recv()
+                    except (EOFError, OSError):
+                        item.process.join(_TERM_GRACE)
+                        finish(item, Outcome(error=_death(item.process.exitcode),
+                                             seconds=elapsed))
+                        continue
+                    if status == "ok":
+                        finish(item, Outcome(value=value, seconds=elapsed))
+                        continue
+                    if status != "event":
+                        finish(item, Outcome(error=value, seconds=elapsed))
+                        continue
+                    if on_event is not None:
+                        on_event(item.index, value)
+                if timeout is not None and elapsed >= timeout:
+                    item.process.terminate()
                     item.process.join(_TERM_GRACE)
-                    finish(item, Outcome(error=_death(item.process.exitcode), seconds=elapsed))
-                    continue
-                if status == "ok":
-                    finish(item, Outcome(value=value, seconds=elapsed))
-                else:
-                    finish(item, Outcome(error=value, seconds=elapsed))
-            elif timeout is not None and elapsed >= timeout:
-                item.process.terminate()
-                item.process.join(_TERM_GRACE)
-                finish(item, Outcome(error=f"timed out after {timeout:g} s", seconds=elapsed))
+                    finish(item, Outcome(error=f"timed out after {timeout:g} s",
+                                         seconds=elapsed))
+    except BaseException:
+        # Ctrl-C (or an error in a callback): the workers ignore SIGINT, so end them here
+        # rather than leave them running, or dying later, after this process has gone.
+        _end_all(running)
+        raise
     return [o if o is not None else Outcome(error="not run") for o in outcomes]
+
+
+def _end_all(running: list[_Running]) -> None:
+    for item in running:
+        if item.process.is_alive():
+            item.process.terminate()  # SIGTERM: a Python process ends at once, silently
+    deadline = time.monotonic() + _TERM_GRACE
+    for item in running:
+        item.process.join(max(0.0, deadline - time.monotonic()))
+        if item.process.is_alive():
+            item.process.kill()
+            item.process.join()
+        item.conn.close()
+    running.clear()
+
+
+@contextmanager
+def _main_hidden(hidden: bool) -> Iterator[None]:
+    """While ``hidden``, ``__main__`` is an empty module with no file and no spec: what a
+    starting process records of it is then nothing, and the worker imports no ``__main__``.
+
+    multiprocessing makes each worker import the parent's ``__main__`` (as ``__mp_main__``) so
+    that functions and classes defined there unpickle; a script that starts workers at its top
+    level would then run again in each of them. Swapped only for the instant ``start()``
+    records it, in this thread."""
+    real = sys.modules.get("__main__")
+    if not hidden or real is None:
+        yield
+        return
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = real
 
 
 def _death(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
-        import signal
-
         try:
             name = signal.Signals(-exitcode).name
         except ValueError:
@@ -213,18 +322,25 @@ def _lint_one(job: tuple[TargetConfig, dict[str, Any]]) -> TargetResult:
     from biaslint.engine import lint
 
     config, state = job
-    return lint(config, settings_from(state))
+    # Each stage the engine reaches goes back to the parent (its live display, ``on_stage``).
+    return lint(config, settings_from(state), on_stage=emit)
 
 
 def lint_many(configs: Sequence[TargetConfig], settings: Settings = Settings(), jobs: int = 1,
               timeout: float | None = None,
-              on_done: Callable[[int, TargetResult], None] | None = None
+              on_done: Callable[[int, TargetResult], None] | None = None,
+              on_stage: Callable[[int, str], None] | None = None
               ) -> list[TargetResult]:
     """Lint each target in its own process, ``jobs`` at a time, in the order given.
 
     A target that fails to load, crashes its process or runs past ``timeout`` seconds gives a
     ``TargetResult`` with ``error`` set; the others are unaffected. ``on_done(index, result)`` is
-    called as each target finishes (progress output, reports printed as they come).
+    called as each target finishes (progress output, reports printed as they come), and
+    ``on_stage(index, stage)`` as each reaches a stage: ``start`` (its process starts), then the
+    engine's ``build``, ``capture``, ``analysis``, ``rules``.
+
+    It needs no ``if __name__ == "__main__":`` guard in the calling script: the workers do not
+    import the script (``run_isolated``'s ``main``).
     """
     def result_of(config: TargetConfig, outcome: Outcome) -> TargetResult:
         if outcome.error is not None:
@@ -235,8 +351,10 @@ def lint_many(configs: Sequence[TargetConfig], settings: Settings = Settings(), 
     # Each process gets its share of the cores: N processes each running a full-width
     # OpenMP pool would only fight over the same cores.
     threads = max(1, cores // max(1, min(jobs, len(configs) or 1)))
-    outcomes = run_isolated(_lint_one, [(c, settings_state(settings)) for c in configs], jobs=jobs,
-                            timeout=timeout, threads=threads,
-                            on_done=None if on_done is None
-                            else lambda i, o: on_done(i, result_of(configs[i], o)))
+    outcomes = run_isolated(
+        _lint_one, [(c, settings_state(settings)) for c in configs], jobs=jobs,
+        timeout=timeout, threads=threads, main=False,
+        on_done=None if on_done is None else lambda i, o: on_done(i, result_of(configs[i], o)),
+        on_start=None if on_stage is None else lambda i: on_stage(i, "start"),
+        on_event=None if on_stage is None else lambda i, stage: on_stage(i, str(stage)))
     return [result_of(config, outcome) for config, outcome in zip(configs, outcomes)]

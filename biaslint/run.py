@@ -36,6 +36,17 @@ class Outcome:
     incomplete: bool = False
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during the lint, after the reports of ``reported`` of the ``total`` targets were
+    printed (the text report streams target by target; other formats print nothing before the
+    end)."""
+
+    def __init__(self, reported: int, total: int) -> None:
+        super().__init__(reported, total)
+        self.reported = reported
+        self.total = total
+
+
 def split_codes(values: Sequence[str], option: str) -> tuple[str, ...]:
     from biaslint.config import known_prefix
 
@@ -119,18 +130,38 @@ def run_check(options: CheckOptions) -> Outcome:
     if fixing and (write_to or baseline):
         raise ConfigError("--fix and --diff do not go with baselines: fix first, then write "
                           "or check the baseline")
-    stream = _Stream(len(plan_.configs), known) \
-        if plan_.fmt == "text" and not (output or write_to or options.quiet or fixing) else None
+    # -q streams too: its findings lines, target by target.
+    stream = _Stream(len(plan_.configs), known, quiet=options.quiet) \
+        if plan_.fmt == "text" and not (output or write_to or fixing) else None
+    isolated = (options.jobs > 1 or options.timeout is not None) and not options.debug
     # Report from there too: locations are relative to it and the text report reads the source.
     with _working_directory(plan_.workdir):
-        if not plan_.configs:
-            results = []  # --changed-since skipped every target
-        elif (options.jobs > 1 or options.timeout is not None) and not options.debug:
-            results = _lint_isolated(plan_.configs, plan_.settings, options.jobs, options.timeout,
-                                     quiet=options.quiet, on_result=stream)
-        else:
-            results = _lint_all(plan_.configs, plan_.settings, quiet=options.quiet,
-                                on_result=stream)
+        from rich.console import Console
+
+        from biaslint.report.progress import target_progress
+
+        err = Console(stderr=True, highlight=False, emoji=False)
+        running = min(options.jobs, len(plan_.configs)) if isolated else 1
+        try:
+            with target_progress(err, len(plan_.configs), enabled=False if options.quiet
+                                 else None, jobs=max(1, running)) as progress:
+                if stream is not None:
+                    stream.progress = progress  # reports go out above the live display
+                if not plan_.configs:
+                    results = []  # --changed-since skipped every target
+                elif isolated:
+                    results = _lint_isolated(plan_.configs, plan_.settings, options.jobs,
+                                             options.timeout, progress=progress,
+                                             on_result=stream)
+                else:
+                    results = _lint_all(plan_.configs, plan_.settings, progress=progress,
+                                        on_result=stream)
+        except KeyboardInterrupt:
+            # Say what the user already has: the reports streamed before the Ctrl-C stand.
+            raise Interrupted(len(stream.shown) if stream is not None else 0,
+                              len(plan_.configs)) from None
+        if stream is not None:
+            stream.progress = None
         if tracking is not None and not fixing:
             _record(tracking, plan_, results, options.quiet)
         if stream is not None:
@@ -235,7 +266,7 @@ def _fix(results: list[Any], plan_: Plan, options: CheckOptions, output: str | N
                  or verified.files.get(index, set()) & unwritten]
         if stale:  # a target the check built but did not lint: lint it as written
             again = _lint_isolated([plan_.configs[i] for i in stale], plan_.settings,
-                                   max(1, options.jobs), options.timeout, quiet=True)
+                                   max(1, options.jobs), options.timeout)
             for index, result in zip(stale, again):
                 results[index] = result
     outcome = _finish(results, plan_, output, None, None, options.quiet)
@@ -247,17 +278,22 @@ def _fix(results: list[Any], plan_: Plan, options: CheckOptions, output: str | N
 class _Stream:
     """Prints each target's text report as soon as it is done: in the order the targets finish
     at a terminal, in the order they were given otherwise (a log or a file diffs the same every
-    run), each as soon as it and every target before it are done."""
+    run), each as soon as it and every target before it are done. ``quiet``: only the findings
+    lines (``-q``)."""
 
-    def __init__(self, count: int, known: Any = None) -> None:
+    def __init__(self, count: int, known: Any = None, quiet: bool = False) -> None:
         from rich.console import Console
 
         self.console = Console(highlight=False, emoji=False)
         self.known = known
+        self.quiet = quiet
         self.ready: dict[int, Any] = {}
         self.shown: dict[int, Any] = {}
         self.next = 0
         self.count = count
+        # The live display while it may be drawn: a report block must go out through it
+        # (``TargetProgress.print_report``), or the block and the live line garble each other.
+        self.progress: Any = None
 
     def __call__(self, index: int, result: Any) -> None:
         if self.known is not None:
@@ -273,10 +309,21 @@ class _Stream:
             self.next += 1
 
     def _show(self, index: int) -> None:
+        from biaslint.report import get_reporter
         from biaslint.report.text import print_results
 
-        self.shown[index] = self.ready[index]
-        print_results([self.ready[index]], self.console, errors_shown=True)
+        result = self.shown[index] = self.ready[index]
+        if self.quiet:  # no live display with -q: nothing to print around
+            click.echo(get_reporter("findings")([result]), nl=False)
+            return
+
+        def write(console: Any) -> None:
+            print_results([result], console, errors_shown=True)
+
+        if self.progress is not None:
+            self.progress.print_report(self.console, write)
+        else:
+            write(self.console)
 
     def flush(self) -> None:
         for index in sorted(self.ready):
@@ -366,63 +413,68 @@ def _working_directory(path: str | None) -> Iterator[None]:
         os.chdir(before)
 
 
-def _lint_all(configs: Sequence[Any], settings: Any, quiet: bool = False,
+def _lint_all(configs: Sequence[Any], settings: Any, progress: Any = None,
               on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
-    """Lint each target in turn; a target that fails to load becomes an error result."""
-    from rich.console import Console
-
+    """Lint each target in turn; a target that fails to load becomes an error result.
+    ``progress``: the live display (``report.progress.TargetProgress``), if any."""
     from biaslint.engine import lint
     from biaslint.findings import TargetResult
-    from biaslint.report.progress import target_progress
+    from biaslint.report.progress import TargetProgress
 
     results: list[TargetResult] = []
-    err = Console(stderr=True, highlight=False, emoji=False)
-    with target_progress(err, len(configs), enabled=False if quiet else None) as progress:
-        for index, config in enumerate(configs):
-            on_stage = progress.start(config.target)
-            try:
-                results.append(lint(config, settings, on_stage=on_stage))
-            except BiaslintError as exc:
-                if settings.debug:
-                    raise
-                err.print(f"biaslint: error: {exc}", soft_wrap=True, markup=False)
-                results.append(TargetResult(target=config.target, error=str(exc)))
-            except Exception as exc:  # noqa: BLE001 - a bug of ours: say so, keep linting the rest
-                if settings.debug:
-                    raise
-                message = (f"internal error while linting {config.target}: "
-                           f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
-                err.print(f"biaslint: error: {message}", soft_wrap=True, markup=False)
-                results.append(TargetResult(target=config.target, error=message))
-            progress.done()
-            if on_result is not None:
-                on_result(index, results[-1])
+    progress = progress or TargetProgress(None, len(configs))
+    err = progress.console  # error lines through the display's console: above its live line
+    for index, config in enumerate(configs):
+        on_stage = progress.start(config.target)
+        try:
+            results.append(lint(config, settings, on_stage=on_stage))
+        except BiaslintError as exc:
+            if settings.debug:
+                raise
+            err.print(f"biaslint: error: {exc}", soft_wrap=True, markup=False)
+            results.append(TargetResult(target=config.target, error=str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: say so, keep linting the rest
+            if settings.debug:
+                raise
+            message = (f"internal error while linting {config.target}: "
+                       f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
+            err.print(f"biaslint: error: {message}", soft_wrap=True, markup=False)
+            results.append(TargetResult(target=config.target, error=message))
+        progress.done()
+        if on_result is not None:
+            on_result(index, results[-1])
     return results
 
 
 def _lint_isolated(configs: Sequence[Any], settings: Any, jobs: int,
-                   timeout: float | None, quiet: bool = False,
+                   timeout: float | None, progress: Any = None,
                    on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
-    """Lint each target in its own process; errors (load, crash, timeout) go to stderr."""
-    from rich.console import Console
-
+    """Lint each target in its own process; errors (load, crash, timeout) go to stderr. The
+    live display (``progress``, if any) shows each running target at its stage."""
     from biaslint.parallel import lint_many
-    from biaslint.report.progress import target_progress
+    from biaslint.report.progress import TargetProgress
 
-    err = Console(stderr=True, highlight=False, emoji=False)
-    with target_progress(err, len(configs), enabled=False if quiet else None) as progress:
-        stage = progress.start(f"{min(jobs, len(configs))} at a time")
+    progress = progress or TargetProgress(None, len(configs))
+    stages: dict[int, Callable[[str], None]] = {}
 
-        def done(index: int, result: Any) -> None:
-            stage(f"({configs[index].target} finished)")
-            progress.done()
-            if result.error:
-                where = "" if result.target in result.error else f"{result.target}: "
-                click.echo(f"biaslint: error: {where}{result.error}", err=True)
-            if on_result is not None:
-                on_result(index, result)
+    def stage(index: int, name: str) -> None:
+        if name == "start":
+            stages[index] = progress.start(configs[index].target, key=index, stage="start")
+        elif index in stages:
+            stages[index](name)
 
-        return lint_many(configs, settings, jobs=jobs, timeout=timeout, on_done=done)
+    def done(index: int, result: Any) -> None:
+        stages.pop(index, None)
+        progress.done(key=index)
+        if result.error:
+            where = "" if result.target in result.error else f"{result.target}: "
+            progress.console.print(f"biaslint: error: {where}{result.error}", soft_wrap=True,
+                                   markup=False, highlight=False)
+        if on_result is not None:
+            on_result(index, result)
+
+    return lint_many(configs, settings, jobs=jobs, timeout=timeout, on_done=done,
+                     on_stage=stage)
 
 
 def _finish(results: list[Any], plan: Plan, output: str | None, baseline: Any,

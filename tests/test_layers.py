@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("biaslint.vocabulary", "biaslint.init", "biaslint.priors", "biaslint.target",
               "biaslint.laws",
               "biaslint.settings", "biaslint.findings", "biaslint.errors", "biaslint.version",
-              "biaslint.changes", "biaslint.sources")),
+              "biaslint.changes", "biaslint.sources", "biaslint.process")),
 ]
 # Each stage reads only the previous stage's output: rules see the model through
 # ``biaslint.analysis`` alone, reporters only format what the engine produced.

@@ -25,46 +25,17 @@ import contextlib
 import gc
 import os
 import random
-import signal
 import sys
-import threading
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from biaslint.errors import TargetError
+# Re-exported: they were defined here before the command line needed them without torch.
+from biaslint.process import interrupts, is_own_process, own_process, real_interrupt
 
 # The seed every build runs under (torch, random, numpy when imported).
 SEED = 0
-
-_SIGINT_SEEN = False
-
-
-def _on_sigint(signum: int, frame: Any) -> None:
-    global _SIGINT_SEEN
-    _SIGINT_SEEN = True
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def interrupts() -> Iterator[None]:
-    """Within the block, a KeyboardInterrupt that came from the keyboard can be told apart from
-    one user code raised (see ``user_code``). Main thread only; a no-op elsewhere."""
-    global _SIGINT_SEEN
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _SIGINT_SEEN = False
-    previous = signal.signal(signal.SIGINT, _on_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def real_interrupt() -> bool:
-    return _SIGINT_SEEN
-
 
 class _HardExit(BaseException):
     """``os._exit(code)`` called by user code (a BaseException, as SystemExit is)."""
@@ -104,7 +75,7 @@ def user_code(target: str, what: str) -> Iterator[None]:
             raise TargetError(f"{target}: {what} called sys.exit({exc.code!r}); a build must "
                               "return the model, not exit") from None
         except KeyboardInterrupt:
-            if _SIGINT_SEEN:
+            if real_interrupt():
                 raise
             raise TargetError(f"{target}: {what} raised KeyboardInterrupt") from None
 
@@ -177,15 +148,7 @@ def target_scope() -> Iterator[None]:
             torch.set_default_device(device)
 
 
-# The lint's process is biaslint's own (the command line): what it freezes stays frozen, since
-# the process ends after the report. Set by ``cli.run``.
-_OWN_PROCESS = False
 _FROZEN = {"depth": 0, "after_build": False}
-
-
-def own_process() -> None:
-    global _OWN_PROCESS
-    _OWN_PROCESS = True
 
 
 @contextlib.contextmanager
@@ -201,14 +164,14 @@ def old_objects_frozen() -> Iterator[Callable[[], None]]:
     which ends after the report, they stay frozen, and only what exists at the first block is
     frozen: a later target's garbage is never frozen with it)."""
     outer = _FROZEN["depth"] == 0
-    if outer and not (_OWN_PROCESS and _FROZEN["after_build"]):
+    if outer and not (is_own_process() and _FROZEN["after_build"]):
         gc.freeze()
     _FROZEN["depth"] += 1
     try:
         yield _freeze_after_build
     finally:
         _FROZEN["depth"] -= 1
-        if outer and not _OWN_PROCESS:
+        if outer and not is_own_process():
             gc.unfreeze()
             _FROZEN["after_build"] = False
 
