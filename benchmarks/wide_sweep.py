@@ -119,7 +119,10 @@ def lint(loaded: Any, family: str, name: str) -> tuple[list[dict[str, Any]], str
     settings = Settings(select=("BL001",), debug=True,
                         rule_options={"BL001": {"report-partial": True}})
     result = lint_loaded(loaded, TargetConfig(_target(family, name)), settings)
-    error = f"lint: {result.error}"[:300] if result.error else ""
+    # a rule that crashed claims nothing: said as the lint's error, so its misses are not read
+    # as the analysis's
+    crashed = [why for why in result.incomplete if "crashed" in why]
+    error = f"lint: {result.error or crashed[0]}"[:300] if result.error or crashed else ""
     return claims_of(result.findings), error, time.perf_counter() - start
 
 
@@ -704,7 +707,11 @@ def run_compare(part: str, timeout: float, jobs: int, match: str | None,
             and (pattern is None or pattern.search(k[1]))]
     path = os.path.join(OUT, f"wide_claims_{part}.jsonl")
     if os.path.exists(path):
+        kept = [r for k, r in read_records(path).items() if pattern is not None
+                and not pattern.search(k[1])]  # --match re-lints only those, keeps the rest
         os.replace(path, path + ".old")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(r, default=str) + "\n" for r in kept)
 
     def finish(tag: Any, status: str, value: Any, seconds: float) -> None:
         family, name = tag
@@ -875,6 +882,11 @@ def report(part: str, records: dict[tuple[str, str], dict[str, Any]],
     if relint is not None:
         lines.append(f"- models whose re-lint failed or was not run (left out): "
                      f"{s['relint_failed']}")
+    linted = relint if relint is not None else records
+    errors = sorted(f"{k[1]} ({r['lint_error'][:120]})" for k, r in linted.items()
+                    if r.get("lint_error"))
+    lines.append(f"- lints that ended in an error or a crashed rule (their misses count): "
+                 f"{len(errors)}{': ' + '; '.join(errors) if errors else ''}")
     lines += ["", f"## Misses ({len(result['misses'])})", "", "By pattern (module type, "
               "layer leaf, kind):", ""]
     for pat, n in Counter(_pattern(m) for m in result["misses"]).most_common():

@@ -324,3 +324,38 @@ def test_a_bias_the_forward_also_reads_directly_is_measured_in_all_its_uses(lint
     assert finding.data["measured"] and finding.fix is not None and not finding.fix.edits
     assert oracle.verdict("k_proj") == "redundant"
     assert oracle.verdict("q_proj") == oracle.verdict("v_proj") == "live"
+
+
+def test_a_weightless_bias_beside_an_empty_weight_is_measured_not_crashed():
+    # MobileBERT's LM head: a bias of its own, children's weights (one of them with 0 rows)
+    # that do not line up with its elements; the screen must not take them for stacked rows
+    import torch.nn as nn
+
+    import biaslint
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = nn.Linear(8, 0)
+            self.decoder = nn.Linear(8, 16, bias=False)
+            self.bias = nn.Parameter(torch.zeros(16))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.decoder(x), self.dense(x)], -1) + self.bias
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.key = nn.Linear(8, 8)
+            self.query = nn.Linear(8, 8)
+            self.head = Head()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            scores = torch.softmax(self.query(x) @ self.key(x).transpose(-1, -2), -1)
+            return self.head(scores @ x)
+
+    torch.manual_seed(0)
+    report = biaslint.check(Net(), torch.randn(2, 5, 8), select=["BL001"])
+    assert not any("crashed" in n for n in report.result.notes), report.result.notes
+    assert report.result.incomplete == ()
+    assert [f.module for f in report.findings] == ["key"]

@@ -186,11 +186,18 @@ def unit_gradient(module: nn.Module, weights: list[torch.Tensor], numel: int
     unit)."""
     if not weights:
         return None
-    if len(weights) > 1:  # MultiheadAttention's separate q/k/v weights, rows stacked
+    if len(weights) > 1:
+        # MultiheadAttention's separate q/k/v weights, rows stacked. Other lists (a weightless
+        # bias paired with every parameter of its layer, an empty one among them) do not line
+        # up with the bias's elements: the whole of them then stands for every unit.
+        if any(w.dim() < 1 or w.numel() == 0 for w in weights) or \
+                sum(int(w.shape[0]) for w in weights) != numel:
+            return None
         rows = [w.reshape(w.shape[0], -1).abs().amax(dim=1) for w in weights]
-        joined = torch.cat(rows)
-        return joined if joined.numel() == numel else None
+        return torch.cat(rows)
     grad = weights[0]
+    if grad.numel() == 0:
+        return None
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         # weight (in, out/groups, *k): output channel g*(out/groups)+j reads weight[g's in, j]
         groups = int(module.groups)
@@ -418,8 +425,8 @@ def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
             bias = getattr(module, pname)
             weights = [w for w in (_attribute(module, n) for n in wnames)
                        if isinstance(w, torch.Tensor)]
-            if bias.dim() != 1 or not bias.is_floating_point():
-                continue
+            if bias.dim() != 1 or not bias.is_floating_point() or bias.numel() == 0:
+                continue  # an empty bias (a layer of 0 units) shifts nothing
             wanted.append((name, pname, module, bias, weights))
     if not wanted:
         return screen
