@@ -96,7 +96,12 @@ def _get_code(self: Any, fullname: str) -> Any:
     # these few files: a .pyc says nothing about which text it came from once the file moved
     # on within the same second).
     data = self.get_data(path)
-    text = importlib.util.decode_source(data)
+    try:
+        text = importlib.util.decode_source(data)
+    except UnicodeDecodeError:
+        # not text Python reads as source: import it as Python would, keep nothing (the loader
+        # then refuses the file in one line: ``load.encoding``)
+        return _original_get_code(self, fullname)
     code = self.source_to_code(data, path)
     _TEXTS[os.path.realpath(path)] = text
     return code
