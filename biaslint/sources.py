@@ -96,7 +96,12 @@ def _get_code(self: Any, fullname: str) -> Any:
     # these few files: a .pyc says nothing about which text it came from once the file moved
     # on within the same second).
     data = self.get_data(path)
-    text = importlib.util.decode_source(data)
+    try:
+        text = importlib.util.decode_source(data)
+    except UnicodeDecodeError:
+        # Not the encoding it declares (or UTF-8): no text to keep, and the import goes as
+        # Python's own would; the load stage then names the file and line Python refuses.
+        return _original_get_code(self, fullname)
     code = self.source_to_code(data, path)
     _TEXTS[os.path.realpath(path)] = text
     return code
