@@ -73,3 +73,46 @@ def test_inputs_only_the_fake_capture_accepts_are_an_error(tmp_path, select) -> 
     assert len(errors) == 1 and "the forward failed on the example inputs" in errors[0]
     assert "same dtype" in errors[0] and "--input-shape" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+NESTED = """
+import torch.nn as nn
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.proj(x)
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = Block()
+
+    def forward(self, x):
+        return self.body(x)
+
+def build():
+    return Net()
+"""
+
+
+@pytest.mark.parametrize("source, where", [
+    (NESTED, "(in 'body.proj', Linear)"),  # the real kernel refuses what fake tensors took
+    (SOURCE.replace("{calls}", "1"), "(in the model's own forward, Net)"),
+])
+def test_the_error_of_a_real_forward_names_the_innermost_module(tmp_path, source, where):
+    # As the README says of any forward that fails on the example inputs: one line names the
+    # error and the innermost module it came from, also when only the real forward (after a
+    # capture on fake tensors) fails
+    (tmp_path / "net.py").write_text(source)
+    args = ["--input-shape", "2,16:int"] if source is NESTED else []
+    proc = subprocess.run([sys.executable, "-m", "biaslint", "net.py:build", *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("biaslint: error:")]
+    assert len(errors) == 1 and "the forward failed on the example inputs" in errors[0], errors
+    assert where in errors[0], errors[0]

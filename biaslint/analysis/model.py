@@ -19,6 +19,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from biaslint.analysis.values import ParamValue, value_of
+from biaslint.capture.record import failure_of
 from biaslint.capture.trace import Capture, GraphPart
 from biaslint.laws import Piece
 from biaslint.capture.shapes import shape_of
@@ -366,8 +367,7 @@ class AnalysedModel:
         except Exception as exc:  # noqa: BLE001 - said by the engine: those rules judge nothing
             seen, fed, measured = {}, {}, []
             scales = {}
-            text = str(exc).splitlines()[0] if str(exc) else ""
-            self.forward_failure = f"{type(exc).__name__}: {text}"
+            self.forward_failure = failure_of(self.model, exc).describe()
         finally:
             for h in hooks:
                 h.remove()
@@ -417,8 +417,7 @@ class AnalysedModel:
             try:
                 self._run_forward()
             except Exception as exc:  # noqa: BLE001 - said by the engine, as in prefetch
-                text = str(exc).splitlines()[0] if str(exc) else ""
-                self.forward_failure = f"{type(exc).__name__}: {text}"
+                self.forward_failure = failure_of(self.model, exc).describe()
                 self._returned_known = True
         return self._return
 
@@ -517,8 +516,7 @@ class AnalysedModel:
                 with watch_products(params, owners) as found:
                     self._run_forward()
             except Exception as exc:  # noqa: BLE001 - said by the engine, as in prefetch
-                text = str(exc).splitlines()[0] if str(exc) else ""
-                self.forward_failure = f"{type(exc).__name__}: {text}"
+                self.forward_failure = failure_of(self.model, exc).describe()
                 found = {t: [] for t in params}
             for t in wanted:
                 self._products[t] = found.get(t, [])

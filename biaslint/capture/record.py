@@ -95,6 +95,24 @@ class ForwardFailed(Exception):
         return f"{message} (in {place}, {self.cls})"
 
 
+def failure_of(model: nn.Module, error: BaseException) -> ForwardFailed:
+    """``error``, raised by a forward of ``model`` run outside a recording (a rule's real
+    forward), with the innermost module of the model whose call its traceback passes through,
+    as a recording names it."""
+    names = {id(m): n for n, m in model.named_modules()}
+    where = cls = None
+    tb = error.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name in ("_call_impl", "forward"):
+            owner = frame.f_locals.get("self")
+            name = names.get(id(owner))
+            if name is not None and isinstance(owner, nn.Module):
+                where, cls = name, type(owner).__name__
+        tb = tb.tb_next
+    return ForwardFailed(error, where, cls)
+
+
 @dataclass
 class Recording:
     gm: fx.GraphModule
