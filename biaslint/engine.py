@@ -169,8 +169,8 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
     for rule in rules:
         if "forward" in rule.reads and no_forward is not None:
             # It applies to nothing here, like BL005 without priors: said, not failed.
-            notes.append(f"{rule.code} ({rule.name}) not run: it measures a real forward, and "
-                         f"there is {no_forward}")
+            notes.append(f"{rule.code} ({rule.name}) not run: it measures a real forward "
+                         f"({no_forward})")
             scopes.append(RuleScope(rule.code, 0, ()))
             ran.append(rule.code)  # it ran on what it applies to: nothing
             continue
