@@ -32,7 +32,10 @@ import torch
 
 from biaslint.errors import TargetError
 # Re-exported: they were defined here before the command line needed them without torch.
-from biaslint.process import interrupts, is_own_process, own_process, real_interrupt
+from biaslint.process import interrupts as interrupts
+from biaslint.process import is_own_process as is_own_process
+from biaslint.process import own_process as own_process
+from biaslint.process import real_interrupt as real_interrupt
 
 # The seed every build runs under (torch, random, numpy when imported).
 SEED = 0
