@@ -44,11 +44,11 @@ def _run(model: Any, inputs: Any) -> list[Any]:
 
 def check(family: str, name: str) -> list[str]:
     import torch
+    from zoo_models import FAMILIES, import_library
 
     from biaslint.engine import lint_loaded
     from biaslint.load import load_target
     from biaslint.settings import Settings, TargetConfig
-    from zoo_models import FAMILIES, import_library
 
     import_library(family)
     target = f"{os.path.join(HERE, 'zoo_models.py')}:{FAMILIES[family].attr}.{name}"

@@ -277,9 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", action="store_true", help="only print the table of the log")
     args = parser.parse_args(argv)
 
-    from biaslint.parallel import run_isolated
-
     import meta_equivalence
+
+    from biaslint.parallel import run_isolated
 
     pattern = re.compile(args.match) if args.match else None
     jobs = [Job(f, n) for f in args.family.split(",") if f for n in FAMILIES[f].names()

@@ -19,16 +19,17 @@ Truth columns. ``truth`` is the oracle's verdict (``redundant``, ``partial``, ``
 perturb it). A bias the oracle's unit perturbation leaves unmoved (or, for ``partial``, its
 constant shift) is checked again with a 100x larger one: a cancellation holds at any size, a
 ReLU that is dead on the example inputs or a float32 loss that moves below the tolerance does
-not (those count as ``live``, with a note). A truth-redundant bias whose layer's weight does not move any output either is
+not (those count as ``live``, with a note). A truth-redundant bias whose layer's weight does not
+move any output either is
 ``dead`` (the layer's output is never used: BL001 reports only biases that something cancels).
 ``frozen`` biases (requires_grad=False, e.g. PEFT's base layers) are never reported by design.
 Dead and frozen biases are left out of the recall denominators and counted separately.
 
 Budget. Each model gets ``--budget`` seconds of oracle time (per-family overrides with
 ``--family-budget``). BL001's claims are measured first and always (so precision is measured on
-every claim), then whole biases in module order, then slices (the key, i.e. middle, third of every layer
-in module order, then the query and value thirds); what does not fit is recorded as
-``skipped``.
+every claim), then whole biases in module order, then slices (the key, i.e. middle, third of every
+layer in module order, then the query and value thirds); what does not fit is recorded
+as ``skipped``.
 
 torchvision detectors: the zoo builds them in eval mode, which their forward needs without
 targets. The oracle runs them as they train instead: training mode with one synthetic target
@@ -85,7 +86,8 @@ class Job:
 
     @property
     def target(self) -> str:
-        return f"{os.path.join(HERE, 'zoo_models.py')}:{KNOWN_FAMILIES[self.family].attr}.{self.name}"
+        source = os.path.join(HERE, "zoo_models.py")
+        return f"{source}:{KNOWN_FAMILIES[self.family].attr}.{self.name}"
 
 
 # --- candidates -------------------------------------------------------------------------------
@@ -429,7 +431,8 @@ def measure(job: Job) -> dict[str, Any]:
 
 def _row(job: Job, layer: str, type_name: str, param: str, span: str, truth: str,
          claims: dict[tuple[str, str, str], Any], dtype: str, seconds: float,
-         frozen_params: set[str] | None = None, dead: bool = False, note: str = "") -> dict[str, Any]:
+         frozen_params: set[str] | None = None, dead: bool = False,
+         note: str = "") -> dict[str, Any]:
     finding = claims.get((layer, param, span))
     claim = ""
     cancelled = ""
@@ -620,9 +623,9 @@ def select_jobs(families: list[str], match: str | None, budget: float,
 def run_jobs(jobs: list[Job], workers: int = 1, timeout: float | None = None,
              on_done: Any = None) -> list[dict[str, Any]]:
     """Measure each job in its own process; returns each model's info (with its rows)."""
-    from biaslint.parallel import run_isolated
-
     import recall  # importable by name in the workers, not as __main__
+
+    from biaslint.parallel import run_isolated
 
     infos: list[dict[str, Any]] = [{} for _ in jobs]
 

@@ -131,10 +131,12 @@ def lint(loaded: Any, family: str, name: str) -> tuple[list[dict[str, Any]], str
 def _screen(oracle: Any, candidates: list[tuple[str, str, str, int]]) -> dict[tuple[str, str],
                                                                                Any]:
     """Float64 gradient of a fixed random projection of every float output, per candidate."""
-    import torch
-    from oracle import _tensors, restore_buffers
-    import numpy
     import random
+
+    import numpy
+    import torch
+
+    from oracle import _tensors, restore_buffers
 
     model = oracle.model
     params = {}
@@ -213,8 +215,9 @@ def keep_softmax_precision() -> None:
 
 
 def measure_truth(family: str, name: str, budget: float) -> dict[str, Any]:
-    import torch
     import recall
+    import torch
+
     from biaslint.load import load_target
 
     torch.set_num_threads(1)
@@ -269,8 +272,8 @@ def measure_truth(family: str, name: str, budget: float) -> dict[str, Any]:
             known.add((c["layer"], c["param"]))
     frozen = {n for n, p in loaded.model.named_parameters(remove_duplicate=False)
               if not p.requires_grad}
-    types = {(l, p): t for l, p, t, _n in candidates}
-    sizes = {(l, p): n for l, p, _t, n in candidates}
+    types = {(layer, p): t for layer, p, t, _n in candidates}
+    sizes = {(layer, p): n for layer, p, _t, n in candidates}
     info["candidates"] = len(candidates)
     rows = measure_rows(oracle, candidates, types, sizes, frozen, info["claims"], budget, dtype,
                         note, info)
@@ -316,8 +319,9 @@ def _slice_is_dead(oracle: Any, layer: str, param: str, index: slice) -> bool:
 
 def recheck_dead(family: str, name: str, record: dict[str, Any]) -> dict[str, Any]:
     """Add the dead check to redundant slice rows measured before it existed."""
-    import torch
     import recall
+    import torch
+
     from biaslint.load import load_target
 
     torch.set_num_threads(1)
@@ -419,7 +423,7 @@ def measure_rows(oracle: Any, candidates: list[tuple[str, str, str, int]],
         info["oracle_s"] = spent[0]
         return list(results.values())
     # b. whole biases
-    wholes = [run(l, p, "", "whole") for l, p, _t, _n in candidates]
+    wholes = [run(layer, p, "", "whole") for layer, p, _t, _n in candidates]
     live = [w for w in wholes if w["truth"] not in ("redundant", "skipped", "error")]
     # c. key thirds
     for w in live:
@@ -471,8 +475,9 @@ def measure_rows(oracle: Any, candidates: list[tuple[str, str, str, int]],
 
 def measure_claims(family: str, name: str, cached: dict[str, Any]) -> dict[str, Any]:
     """compare-only: re-lint; measure the claim runs the cached truth cannot decide."""
-    import torch
     import recall
+    import torch
+
     from biaslint.load import load_target
 
     torch.set_num_threads(1)
@@ -580,11 +585,11 @@ def _preload(families: tuple[str, ...] = FAMILIES) -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
+    import recall  # noqa: F401
     import timm  # noqa: F401
     import torch
     import transformers
 
-    import recall  # noqa: F401
     from biaslint import engine  # noqa: F401
     from biaslint.load import load_target  # noqa: F401
 
@@ -837,15 +842,18 @@ def report(part: str, records: dict[tuple[str, str], dict[str, Any]],
         lines.append(f"- command: `{command}`")
     lines += [f"- split: `zoo_wide.split_of` (sha256(key) mod {zoo_wide.HELD_OUT_MODULUS} == 0 "
               "-> held out)",
-              f"- claims: {'re-linted (--compare-only)' if relint is not None else 'linted at truth time'}",
+              "- claims: "
+              f"{'re-linted (--compare-only)' if relint is not None else 'linted at truth time'}",
               ""]
     for family in sorted({r["family"] for r in records.values()}):
         fam = [r for r in records.values() if r["family"] == family]
         expected = len(jobs_of(part, (family,)))
+        oracle_failures = sum(1 for r in fam
+                              if r.get('built') and not r.get('rows') and r.get('error'))
         lines.append(f"- {family}: {expected} in the part, {len(fam)} attempted, "
                      f"{sum(1 for r in fam if r.get('built'))} built, "
                      f"{sum(1 for r in fam if not r.get('built'))} failed, "
-                     f"{sum(1 for r in fam if r.get('built') and not r.get('rows') and r.get('error'))} "
+                     f"{oracle_failures} "
                      "built but oracle failed, "
                      f"{sum(1 for r in fam if r.get('built') and not r.get('candidates'))} "
                      "built without any candidate bias")
@@ -862,12 +870,14 @@ def report(part: str, records: dict[tuple[str, str], dict[str, Any]],
                   for r in oracle_failed]
     lines += ["", "## Truth counts", ""]
     lines += [f"- {k}: {v}" for k, v in sorted(result["truth"].items())]
+    whole_false = sum(1 for f in result['false'] if not f['slice'])
+    slice_false = sum(1 for f in result['false'] if f['slice'])
     lines += ["", "## BL001", "",
               f"- whole biases: recall {_ratio(s['whole_tp'], s['whole_truth'])}, precision "
-              f"{_ratio(s['whole_claims_true'], s['whole_claims_true'] + sum(1 for f in result['false'] if not f['slice']))}",
+              f"{_ratio(s['whole_claims_true'], s['whole_claims_true'] + whole_false)}",
               f"- slices (thirds + confirmed screen runs): recall "
               f"{_ratio(s['slice_tp'], s['slice_truth'])}, precision (per claimed run) "
-              f"{_ratio(s['slice_claims_true'], s['slice_claims_true'] + sum(1 for f in result['false'] if f['slice']))}",
+              f"{_ratio(s['slice_claims_true'], s['slice_claims_true'] + slice_false)}",
               f"- claims: {s['whole_claims']} whole, {s['slice_claims']} slice runs, "
               f"{s['partial_claims']} partial (not scored); unmeasured claims: "
               f"{len(result['unmeasured'])}"]

@@ -264,7 +264,11 @@ def _inputs(model: "nn.Module", example_inputs: Any, shapes: Sequence[tuple[int,
 def _loaded(model: "nn.Module", example_inputs: Any, config: Any,
             handle: Recording | None) -> Any:
     from biaslint.load.build import (
-        LoadedTarget, module_chains_of, module_sites_of, param_inits_of, to_meta,
+        LoadedTarget,
+        module_chains_of,
+        module_sites_of,
+        param_inits_of,
+        to_meta,
     )
 
     record = handle.record if handle is not None else _record_of(model)

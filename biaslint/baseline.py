@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-from biaslint.version import __version__
 from biaslint.errors import ConfigError
 from biaslint.findings import Finding, TargetResult
+from biaslint.version import __version__
 
 BASELINE_VERSION = 1
 Fingerprint = tuple[str, str, str, str]

@@ -141,7 +141,7 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
             full = os.path.abspath(path)
             for sink in _OPEN_SINKS:
                 sink.add(full)
-    except Exception:  # noqa: BLE001 - an audit hook must not break the user's open()
+    except Exception:  # an audit hook must not break the user's open()
         pass
 
 
@@ -303,7 +303,8 @@ def _library_of(top: str) -> str | None:
 class Recording:
     """What a recording saw: ``files`` (absolute paths), or None when it cannot be trusted
     (the target's code replaced the trace function, so part of it ran unseen); ``libraries``:
-    the top-level packages in site-packages whose code ran or that it imported (their versions are recorded)."""
+    the top-level packages in site-packages whose code ran or that it imported (their versions are
+    recorded)."""
 
     files: tuple[str, ...] | None = None
     libraries: tuple[str, ...] = ()
@@ -378,7 +379,7 @@ def _target_files(target: str) -> set[str]:
 
     try:
         spec = parse_target(target)
-    except Exception:  # noqa: BLE001 - the lint reported it
+    except Exception:  # the lint reported it
         return set()
     if spec.is_path:
         return {os.path.abspath(spec.module)}
@@ -500,7 +501,7 @@ def _top_levels() -> dict[str, list[str]]:
 
     try:
         return dict(metadata.packages_distributions())
-    except Exception:  # noqa: BLE001 - a broken installed distribution: no library versions
+    except Exception:  # a broken installed distribution: no library versions
         return {}
 
 
@@ -539,7 +540,7 @@ def _providers(top: str) -> tuple[str, ...]:
         if top in listed:  # the distribution says so itself (a small file)
             return (distribution.metadata["Name"] or top,)
         files = distribution.files or ()
-    except Exception:  # noqa: BLE001 - not installed under that name, or a broken RECORD
+    except Exception:  # not installed under that name, or a broken RECORD
         files = ()
     if any(f.parts and (f.parts[0] == top or f.parts[0] in (f"{top}.py", f"{top}.pth"))
            for f in files):
@@ -558,7 +559,7 @@ def _listed_top_levels() -> dict[str, list[str]]:
         for distribution in metadata.distributions():
             for top in (distribution.read_text("top_level.txt") or "").split():
                 found.setdefault(top, []).append(distribution.metadata["Name"])
-    except Exception:  # noqa: BLE001 - a broken installed distribution: the full scan decides
+    except Exception:  # a broken installed distribution: the full scan decides
         return {}
     return found
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from biaslint.version import __version__
 from biaslint.errors import BiaslintError
 from biaslint.report import FORMATS
+from biaslint.version import __version__
 
 if TYPE_CHECKING:
     from biaslint.run import Outcome
@@ -70,7 +70,8 @@ def main() -> None:
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Write the report to this file; the terminal still gets the summary.")
 @click.option("--class-priors", default=None, metavar="P,P,...|@FILE",
-              help="Class priors for BL005: probabilities or counts, or @file (JSON, CSV/TXT, .npy).")
+              help="Class priors for BL005: probabilities or counts, "
+                   "or @file (JSON, CSV/TXT, .npy).")
 @click.option("--head", type=click.Choice(["softmax", "sigmoid"]), default=None,
               help="Classifier head kind for BL005 [default: softmax if K > 1, sigmoid if K = 1].")
 @click.option("--target-mean", default=None, metavar="M[,M,...]",
@@ -137,7 +138,7 @@ def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str,
             traceback.print_exc()
         click.echo(f"biaslint: error: {exc}", err=True)
         code = EXIT_ERROR
-    except Exception as exc:  # noqa: BLE001 - a bug of ours: still exit 2, not Python's 1
+    except Exception as exc:  # a bug of ours: still exit 2, not Python's 1
         if debug:
             traceback.print_exc()
         click.echo(f"biaslint: error: internal error: {type(exc).__name__}: {exc}"
@@ -180,7 +181,7 @@ def _end(code: int) -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except Exception:  # noqa: BLE001 - a closed pipe: nothing left to tell
+            except Exception:  # a closed pipe: nothing left to tell
                 pass
         os._exit(code)
 

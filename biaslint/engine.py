@@ -14,7 +14,6 @@ from biaslint.errors import BiaslintError, TargetError, memory_error, out_of_mem
 from biaslint.findings import Finding, RuleScope, TargetResult
 from biaslint.settings import Settings, TargetConfig
 
-
 # Called with the stage about to run ("build", "capture", "analysis", "rules"); the CLI's
 # progress display listens. Optional, so ``lint(config, settings)`` stays the whole API.
 StageCallback = Callable[[str], None]
@@ -44,10 +43,7 @@ def lint(config: TargetConfig, settings: Settings = Settings(),
 def _lint(config: TargetConfig, settings: Settings,
           on_stage: StageCallback | None, scopes: tuple = (), seen: list | None = None
           ) -> TargetResult:
-    from contextlib import nullcontext
-
-    from biaslint.load.build import load_target
-    from biaslint.load.guard import old_objects_frozen, preserved_state, target_scope
+    from biaslint.load.guard import target_scope
 
     with target_scope():
         try:
@@ -94,7 +90,6 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
                 on_stage: StageCallback | None = None) -> TargetResult:
     """Capture, analyse and run the rules on an already built ``LoadedTarget``."""
     from biaslint.load.guard import old_objects_frozen
-
     from biaslint.load.kept import KeptModel
 
     # The user's model comes back as it was, and every rule judges the values the build made,
@@ -112,9 +107,8 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
                  on_stage: StageCallback | None, kept) -> TargetResult:
     from biaslint.analysis.model import AnalysedModel
     from biaslint.capture.trace import capture
-    from biaslint.rules import selected
-
     from biaslint.load.guard import preserved_state, user_code
+    from biaslint.rules import selected
 
     stage = on_stage or (lambda name: None)
     timings = dict(timings or {})
@@ -184,7 +178,7 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
             ran.append(rule.code)
         except BiaslintError:
             raise
-        except Exception as exc:  # noqa: BLE001 - one crashing rule must not hide the others
+        except Exception as exc:  # one crashing rule must not hide the others
             if out_of_memory(exc):
                 raise memory_error(config.target, f"rule {rule.code}", exc) from exc
             detail = traceback.format_exc() if settings.debug else f"{type(exc).__name__}: {exc}"
@@ -234,7 +228,8 @@ _REAL_FORWARD = frozenset({"forward", "measure", "output"})
 # Why a layer's graph or values could not be read, by what the rules read.
 OUTSIDE_GRAPH = "outside any graph (graph rules cannot see it)"
 NON_FINITE = "holds NaN or Inf (value rules cannot read it)"
-ON_META = "on the meta device, with an init law biaslint could not record (value rules cannot read it)"
+ON_META = ("on the meta device, with an init law biaslint could not record "
+           "(value rules cannot read it)")
 
 
 def _blocked(analysed, coverage) -> dict[str, dict[str, str]]:  # type: ignore[no-untyped-def]
@@ -265,7 +260,7 @@ def _signal(analysed, notes: list[str]):  # type: ignore[no-untyped-def]
     try:
         return measure_signal(analysed.model, inputs.args, inputs.kwargs, layers,
                               residual_boundaries(analysed))
-    except Exception as exc:  # noqa: BLE001 - a plot we cannot draw is said, never a finding
+    except Exception as exc:  # a plot we cannot draw is said, never a finding
         notes.append(f"signal propagation not measured: the forward and backward raised "
                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return None
@@ -329,7 +324,7 @@ def _prefetch(analysed, rules, config: TargetConfig, settings: Settings) -> None
             continue
         try:
             layers, wants_attention = rule.forward_needs(analysed, _context(rule, config, settings))
-        except Exception:  # noqa: BLE001 - the rule's own run reports its failure
+        except Exception:  # the rule's own run reports its failure
             continue
         names.extend(layers)
         attention = attention or wants_attention
@@ -351,7 +346,7 @@ def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type
     them): this target does not run them, so no finding about its training applies."""
     try:
         layers = rule.scope(analysed, context)
-    except Exception as exc:  # noqa: BLE001 - a scope that fails counts the rule as crashed
+    except Exception as exc:  # a scope that fails counts the rule as crashed
         return RuleScope(rule.code, 0, (("<all>", f"the rule's scope failed: "
                                           f"{type(exc).__name__}: {exc}"),))
     not_called = set(analysed.capture.coverage.not_called) if "graph" in rule.reads else set()
@@ -359,7 +354,7 @@ def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type
     if crashed is None:
         try:
             declined = rule.declined(analysed, context)
-        except Exception as exc:  # noqa: BLE001 - as a failing scope
+        except Exception as exc:  # as a failing scope
             return RuleScope(rule.code, 0, (("<all>", f"the rule's scope failed: "
                                               f"{type(exc).__name__}: {exc}"),))
     judged = 0
@@ -430,7 +425,8 @@ def _post_process(findings: Iterable[Finding], settings: Settings, loaded,  # ty
     """Inline suppressions (and BL100), then per-module-ignores, then severity overrides.
 
     Suppressions come first so a comment that also matches a per-module ignore still counts as
-    used: BL100 stays quiet about a comment that is merely redundant. A rule that crashed is not in ``ran``: its suppressions suppressed nothing because it found
+    used: BL100 stays quiet about a comment that is merely redundant. A rule that crashed is not in
+    ``ran``: its suppressions suppressed nothing because it found
     nothing, and BL100 must not call them unused.
     """
     from biaslint.fix.plan import with_edits

@@ -204,7 +204,8 @@ class Law:
         if self.kind == "normal":
             return f"N({self.loc:g}, {self.scale:.3g}^2)"
         if self.kind == "trunc_normal":
-            return f"N({self.loc:g}, {self.scale:.3g}^2) truncated to [{self.low:.3g}, {self.high:.3g}]"
+            return (f"N({self.loc:g}, {self.scale:.3g}^2) "
+                    f"truncated to [{self.low:.3g}, {self.high:.3g}]")
         if self.kind == "uniform":
             return f"U({self.low:.3g}, {self.high:.3g})"
         if self.kind in ("random", "orthogonal"):

@@ -143,12 +143,12 @@ def _child(conn: Connection, fn: Callable[[Any], Any], payload: Any, cwd: str,
 
             torch.set_num_threads(threads)
         message: tuple[str, Any] = ("ok", fn(payload))
-    except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
+    except BaseException as exc:  # everything is reported to the parent
         message = ("error", _describe(exc))
     _EVENTS = None
     try:
         send(message)
-    except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable value
+    except Exception as exc:  # e.g. an unpicklable value
         send(("error", f"result could not be sent back: {type(exc).__name__}: {exc}"))
     conn.close()
 

@@ -182,7 +182,7 @@ def _from_npy(path: str, source: str) -> list[float]:
         raise PriorsError(f"{source}: reading .npy needs numpy") from None
     try:
         array = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+    except Exception as exc:  # any unreadable file is the user's to fix
         raise PriorsError(f"{source}: cannot read it as .npy ({type(exc).__name__})") from None
     array = np.asarray(array).reshape(-1) if array.ndim <= 1 or array.size == max(array.shape) \
         else None

@@ -433,7 +433,7 @@ def _lint_all(configs: Sequence[Any], settings: Any, progress: Any = None,
                 raise
             err.print(f"biaslint: error: {exc}", soft_wrap=True, markup=False)
             results.append(TargetResult(target=config.target, error=str(exc)))
-        except Exception as exc:  # noqa: BLE001 - a bug of ours: say so, keep linting the rest
+        except Exception as exc:  # a bug of ours: say so, keep linting the rest
             if settings.debug:
                 raise
             message = (f"internal error while linting {config.target}: "

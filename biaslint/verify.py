@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 
 from biaslint.findings import Finding, TargetResult
 from biaslint.fix.apply import FixPlan, plan_fixes
-from biaslint.parallel import settings_from, settings_state, run_isolated
+from biaslint.parallel import run_isolated, settings_from, settings_state
 from biaslint.settings import Settings, TargetConfig
 
 # The float32 tolerance when a model does not run in float64: a cancelled bias changes the
@@ -97,7 +97,7 @@ def verify(plan: FixPlan, results: Sequence[TargetResult], configs: Sequence[Tar
         verification.notes = sorted(checker.notes)
         verification.files = {index: set(reference["files"]) for index, reference in
                               (checker.references or {}).items()}
-    except Exception as exc:  # noqa: BLE001 - a check that cannot run writes nothing
+    except Exception as exc:  # a check that cannot run writes nothing
         verification.accepted = []
         verification.rejected = [(fix.finding, f"the check could not run ({type(exc).__name__}: "
                                                f"{exc})") for fix in fixes]
@@ -551,7 +551,7 @@ def _storage(tensor: Any) -> tuple[int, int] | None:
     try:
         storage = tensor.untyped_storage()
         pointer = storage.data_ptr()
-    except Exception:  # noqa: BLE001 - sparse or otherwise storage-less tensors
+    except Exception:  # sparse or otherwise storage-less tensors
         return None
     return (pointer, storage.nbytes()) if pointer else None
 
@@ -567,7 +567,7 @@ def _snapshot(model: Any, inputs: Any) -> dict[str, Any]:
                 outputs = _outputs(model, inputs, precision)
                 error = None
                 break
-            except Exception as exc:  # noqa: BLE001 - the user's forward
+            except Exception as exc:  # the user's forward
                 error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         else:
             precision = None
@@ -670,7 +670,7 @@ def _compare(model: Any, inputs: Any, reference: dict[str, Any], changes: Sequen
         model.load_state_dict({n: theirs[n] for n in common}, strict=False)
     try:
         outputs = _outputs(model, inputs, reference["precision"])
-    except Exception as exc:  # noqa: BLE001 - the user's forward
+    except Exception as exc:  # the user's forward
         return [f"the edited model's forward raises {type(exc).__name__}: {exc}"]
     expected = reference["outputs"]
     if len(outputs) != len(expected) or any(a.shape != b.shape for a, b in zip(outputs, expected)):

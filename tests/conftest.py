@@ -66,11 +66,12 @@ def judge(write_target):
     from dataclasses import replace
 
     import torch
-    from oracle import Oracle, split_inputs
 
     from biaslint.engine import lint_loaded
     from biaslint.load import load_target
     from biaslint.settings import Settings, TargetConfig
+
+    from oracle import Oracle, split_inputs
 
     def run(source: str, report_partial: bool = False, oracle_inputs=None, **config):
         target = write_target(source)

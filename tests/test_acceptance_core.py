@@ -90,7 +90,8 @@ def test_warning_only_findings_pass_with_fail_on_error(cli, write_target):
     target = write_target("""
 import torch.nn as nn
 def build():
-    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4))
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
+                          nn.Linear(16, 4))
     nn.init.zeros_(model[2].weight)
     return model
 """)

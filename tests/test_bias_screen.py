@@ -12,6 +12,7 @@ import torch
 from biaslint.engine import lint_loaded
 from biaslint.load import load_target
 from biaslint.settings import Settings, TargetConfig
+
 from oracle import Oracle, biased_layers, split_inputs
 
 HEADER = """

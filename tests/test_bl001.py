@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from oracle import Oracle, assert_agrees, warned
 
 from biaslint.engine import lint_loaded
 from biaslint.findings import Severity
 from biaslint.settings import Settings, TargetConfig
+
+from oracle import Oracle, assert_agrees, warned
 
 HEADER = """
 import math

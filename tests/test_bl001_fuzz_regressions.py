@@ -16,6 +16,7 @@ import pytest
 from biaslint.engine import lint_loaded
 from biaslint.load import ExampleInputs, LoadedTarget
 from biaslint.settings import Settings, TargetConfig
+
 from oracle import Oracle
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "bl001_fuzz").glob("*.py"))

@@ -24,6 +24,7 @@ from biaslint.engine import lint_loaded
 from biaslint.findings import Severity
 from biaslint.load import ExampleInputs, LoadedTarget
 from biaslint.settings import Settings, TargetConfig
+
 from oracle import Oracle, biased_layers
 
 # >= 500 generated graphs in CI (the acceptance bar); override locally for speed.

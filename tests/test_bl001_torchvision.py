@@ -13,8 +13,8 @@ from __future__ import annotations
 import copy
 import gc
 import os
-import tempfile
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from biaslint.engine import lint_loaded
 from biaslint.findings import Severity
 from biaslint.load import load_target
 from biaslint.settings import Settings, TargetConfig
+
 from oracle import Oracle, biased_layers, redraw_degenerate
 
 torchvision = pytest.importorskip("torchvision")
@@ -131,7 +132,6 @@ def lint_and_check(name: str) -> dict:
 def sweep():
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
-
     from concurrent.futures.process import BrokenProcessPool
 
     started = time.perf_counter()

@@ -53,7 +53,8 @@ def rows_identical(weight: torch.Tensor) -> bool:
 TANH_BOTH_ZERO = """
 import torch.nn as nn
 def build():
-    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4))
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
+                          nn.Linear(16, 4))
     for hidden in (model[0], model[2]):
         nn.init.zeros_(hidden.weight)
         nn.init.zeros_(hidden.bias)
@@ -76,7 +77,8 @@ def test_two_zero_layers_clone_and_stall(lint_model):
 SIGMOID_CLONES = """
 import torch.nn as nn
 def build():
-    model = nn.Sequential(nn.Linear(8, 16), nn.Sigmoid(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4))
+    model = nn.Sequential(nn.Linear(8, 16), nn.Sigmoid(), nn.Linear(16, 16), nn.Tanh(),
+                          nn.Linear(16, 4))
     nn.init.zeros_(model[0].weight)
     nn.init.zeros_(model[0].bias)
     nn.init.constant_(model[2].weight, 0.1)
@@ -117,7 +119,8 @@ RELU_PARTLY_DEAD = """
 import torch, torch.nn as nn
 def build():
     torch.manual_seed(3)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 16, 4))
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(16 * 16, 4))
     model[0].weight.data.zero_()  # bias keeps PyTorch's random default
     return model
 """
@@ -282,8 +285,8 @@ def build():
 def test_normalization_weights_and_zero_init_residual_are_quiet():
     import torchvision
 
-    from biaslint.capture import capture
     from biaslint.analysis import AnalysedModel
+    from biaslint.capture import capture
     from biaslint.load import LoadedTarget
     from biaslint.rules import RuleContext
     from biaslint.rules.bl002_zero_constant_weight import ZeroConstantWeight
@@ -352,7 +355,8 @@ def test_grouped_conv_consumer_breaks_symmetry(lint_model):
 import torch.nn as nn
 def build():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Sigmoid(),
-                          nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.Flatten(), nn.Linear(8 * 16, 4))
+                          nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.Flatten(),
+                          nn.Linear(8 * 16, 4))
     nn.init.zeros_(model[0].weight); nn.init.zeros_(model[0].bias)
     nn.init.constant_(model[2].weight, 0.1)
     return model
@@ -413,7 +417,8 @@ class Mean(nn.Module):
 def build():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
                           nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), {pool},
-                          nn.LazyLinear(4) if False else nn.Linear(16 * (9 if 'Max' in '{pool}' else 1), 4))
+                          nn.LazyLinear(4) if False
+                          else nn.Linear(16 * (9 if 'Max' in '{pool}' else 1), 4))
     nn.init.constant_(model[2].weight, 0.1); nn.init.zeros_(model[2].bias)
     nn.init.constant_(model[-1].weight, 0.1)
     return model
@@ -482,7 +487,8 @@ class M(nn.Module):
 def build():
     return M()
 """)
-    assert findings["lstm"].data["verdict"] == "stall" and findings["lstm"].data["starved"] == ["embed"]
+    assert findings["lstm"].data["verdict"] == "stall"
+    assert findings["lstm"].data["starved"] == ["embed"]
     first = train(model, 8, steps=3, record_first_grads=True)
     assert torch.count_nonzero(first["embed.weight"]) == 0
     assert first["lstm.weight_ih_l0"].abs().max() > 0  # the zero weight itself does learn

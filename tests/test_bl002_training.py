@@ -111,7 +111,7 @@ def default_losses() -> dict[str, float]:
 
 
 @pytest.mark.parametrize(("act", "pattern", "layers", "bias"), CASES,
-                         ids=[f"{a}-{p}-{''.join(map(str, l))}-{b}" for a, p, l, b in CASES])
+                         ids=[f"{a}-{p}-{''.join(map(str, n))}-{b}" for a, p, n, b in CASES])
 def test_clone_findings_agree_with_training(default_losses, act, pattern, layers, bias):
     torch.set_num_threads(1)
     model = _model(act, pattern, layers, bias)

@@ -296,8 +296,8 @@ def test_exploding_chain_into_batchnorm_is_info_only(lint_model):
 import torch.nn as nn
 
 def build():
-    model = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1),
-                          nn.BatchNorm2d(64), nn.ReLU())
+    model = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU())
     for conv in (model[0], model[2]):
         nn.init.normal_(conv.weight, std=1.0)
     return model

@@ -132,7 +132,8 @@ def test_target_mean_in_the_config_is_validated(tmp_path, cli):
     from biaslint.errors import ConfigError
 
     good = tmp_path / "good.toml"
-    good.write_text('[tool.biaslint]\ntargets = [{target = "m.py:build", target-mean = [1.5, 2]}]\n')
+    good.write_text('[tool.biaslint]\n'
+                    'targets = [{target = "m.py:build", target-mean = [1.5, 2]}]\n')
     assert load_config(str(good)).targets[0].target_mean == (1.5, 2.0)
     bad = tmp_path / "bad.toml"
     bad.write_text('[tool.biaslint]\ntargets = [{target = "m.py:build", target-mean = "x"}]\n')

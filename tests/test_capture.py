@@ -56,7 +56,8 @@ def test_shapes_are_propagated_into_every_part_without_touching_the_model():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), Outer_like())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cap = capture(_loaded(model, ExampleInputs(args=(torch.randn(2, 3, 10, 10),))))
-    assert all(p.shapes_known for p in cap.parts), (cap.notes, [(p.qualname, p.shapes_known) for p in cap.parts])
+    assert all(p.shapes_known for p in cap.parts), (
+        cap.notes, [(p.qualname, p.shapes_known) for p in cap.parts])
     for part in cap.parts:
         for node in part.gm.graph.nodes:
             if node.op == "call_module" and node.target == "0":
@@ -91,6 +92,7 @@ class _Dynamic(nn.Module):
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_forward_side_effects_on_the_model_are_undone(dynamic):
     import copy
+
     import torch.fx as fx
 
     inner = _Caching()

@@ -49,7 +49,8 @@ def _model_file(index: int) -> str:
         if index in USES_LAYERS:
             body = f"model = nn.Sequential(mlp({width}, 8), nn.Linear(8, 2))"
         elif index == USES_CONSTS:
-            body = f"model = nn.Sequential(nn.Linear({width}, WIDTH), nn.ReLU(), nn.Linear(WIDTH, 2))"
+            body = (f"model = nn.Sequential(nn.Linear({width}, WIDTH), nn.ReLU(), "
+                    "nn.Linear(WIDTH, 2))")
         elif index == FINDS and k == 0:
             body = (f"model = nn.Sequential(nn.Linear({width}, 8), nn.BatchNorm1d(8), nn.ReLU(), "
                     "nn.Linear(8, 2))")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-GOOD = "import torch.nn as nn\ndef build():\n    return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))\n"
+GOOD = ("import torch.nn as nn\ndef build():\n"
+        "    return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))\n")
 
 
 def _one_line_error(result) -> str:

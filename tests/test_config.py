@@ -60,7 +60,8 @@ def test_no_pyproject_means_defaults(tmp_path):
 
 def test_full_table_is_read(tmp_path):
     path = write_pyproject(tmp_path, """\
-        targets = ["models.py:build", {target = "pkg.m:make", input-shape = [2, 16], head = "sigmoid"},
+        targets = ["models.py:build",
+                   {target = "pkg.m:make", input-shape = [2, 16], head = "sigmoid"},
                    {target = "two.py:build", input-shape = ["2,3", "2,5"], class-priors = [9, 1]}]
         select = ["BL00"]
         ignore = "BL004"
@@ -248,7 +249,8 @@ def test_class_priors_file_is_relative_to_the_config(cli, tmp_path, monkeypatch)
     from biaslint.run import CheckOptions, plan
 
     (tmp_path / "priors.json").write_text("[90, 10]")
-    write_pyproject(tmp_path, 'targets = [{target = "x.py:build", class-priors = "@priors.json"}]\n')
+    write_pyproject(tmp_path,
+                    'targets = [{target = "x.py:build", class-priors = "@priors.json"}]\n')
     sub = tmp_path / "sub"
     sub.mkdir()
     monkeypatch.chdir(sub)

@@ -11,6 +11,7 @@ import torch
 from biaslint.engine import lint_loaded
 from biaslint.load import load_target
 from biaslint.settings import Settings, TargetConfig
+
 from oracle import Oracle, split_inputs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

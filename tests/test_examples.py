@@ -38,8 +38,9 @@ def test_the_readme_tour_shows_what_the_tool_prints():
     """The tour's findings (location and code of each) are the ones the command really gives."""
     import re
 
-    from biaslint.cli import main
     from click.testing import CliRunner
+
+    from biaslint.cli import main
 
     readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
     tour = readme.split("## A one-minute tour", 1)[1].split("```console", 1)[1].split("```", 1)[0]

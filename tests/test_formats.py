@@ -15,7 +15,8 @@ from biaslint.report.github import escape_data, escape_property
 from biaslint.report.github import render as render_github
 from biaslint.report.sarif import sarif_log
 
-SCHEMA = json.loads((Path(__file__).parent / "fixtures" / "sarif-2.1.0-biaslint.schema.json").read_text())
+SCHEMA = json.loads(
+    (Path(__file__).parent / "fixtures" / "sarif-2.1.0-biaslint.schema.json").read_text())
 
 # model[0]: BL002 error; model[2]: BL002 warning (verdicts checked by training in test_bl002.py).
 BAD = """\
@@ -105,9 +106,9 @@ def validate(log: dict) -> None:
 def test_published_schema_rejects_what_sarif_forbids():
     log = sarif_log([TargetResult("t.py:build", findings=(finding(),))])
     jsonschema.Draft4Validator(PUBLISHED).validate(log)
-    for breakage in (lambda l: l.update(version="2.0.0"),
-                     lambda l: l["runs"][0]["results"][0].update(level="fatal"),
-                     lambda l: l["runs"][0]["tool"].pop("driver")):
+    for breakage in (lambda log: log.update(version="2.0.0"),
+                     lambda log: log["runs"][0]["results"][0].update(level="fatal"),
+                     lambda log: log["runs"][0]["tool"].pop("driver")):
         broken = json.loads(json.dumps(log))
         breakage(broken)
         with pytest.raises(jsonschema.ValidationError):
@@ -118,12 +119,12 @@ def test_sarif_schema_fixture_rejects_broken_logs():
     """The fixture really constrains: a validator that accepts anything would prove nothing."""
     log = sarif_log([TargetResult("t.py:build", findings=(finding(),))])
     validate(log)
-    for breakage in (lambda l: l.pop("version"),
-                     lambda l: l["runs"][0]["results"][0].update(level="fatal"),
-                     lambda l: l["runs"][0]["results"][0].pop("message"),
-                     lambda l: l["runs"][0]["results"][0]["locations"][0]["physicalLocation"]
+    for breakage in (lambda log: log.pop("version"),
+                     lambda log: log["runs"][0]["results"][0].update(level="fatal"),
+                     lambda log: log["runs"][0]["results"][0].pop("message"),
+                     lambda log: log["runs"][0]["results"][0]["locations"][0]["physicalLocation"]
                      ["region"].update(startLine=0),
-                     lambda l: l["runs"][0]["tool"]["driver"].pop("name")):
+                     lambda log: log["runs"][0]["tool"]["driver"].pop("name")):
         broken = json.loads(json.dumps(log))
         breakage(broken)
         with pytest.raises(jsonschema.ValidationError):
@@ -177,8 +178,9 @@ def test_sarif_from_the_cli_validates(cli, write_target):
     log = json.loads(result.output)
     validate(log)
     assert {r["ruleId"] for r in log["runs"][0]["results"]} == {"BL002"}
-    clean = json.loads(cli(write_target("import torch.nn as nn\ndef build():\n"
-                                        "    return nn.Linear(3, 3)\n"), "--format", "sarif").output)
+    clean_target = write_target("import torch.nn as nn\ndef build():\n"
+                                "    return nn.Linear(3, 3)\n")
+    clean = json.loads(cli(clean_target, "--format", "sarif").output)
     validate(clean)
     assert clean["runs"][0]["results"] == []
 

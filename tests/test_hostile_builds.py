@@ -257,6 +257,6 @@ def test_with_jobs_a_pipe_gets_the_reports_in_the_order_of_the_targets(tmp_path)
     (tmp_path / "fast.py").write_text(GOOD)
     proc = _cli(tmp_path, "slow.py:build", "fast.py:build", "-j", "2")
     assert proc.returncode == 1, proc.stderr
-    summaries = [line for line in proc.stdout.splitlines() if line.startswith(("slow.py", "fast.py"))
-                 and ": 1 warning" in line]
+    summaries = [line for line in proc.stdout.splitlines()
+                 if line.startswith(("slow.py", "fast.py")) and ": 1 warning" in line]
     assert [s.split(":")[0] for s in summaries] == ["slow.py", "fast.py"], proc.stdout

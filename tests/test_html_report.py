@@ -11,7 +11,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
 from fixtures import signal_models
 
 FIXTURE = Path(signal_models.__file__)

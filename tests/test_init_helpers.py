@@ -40,7 +40,8 @@ def test_forget_gate_bias_measured_gate_opens():
 
     @torch.no_grad()
     def forget_gate() -> float:
-        gates = F.linear(x, cell.weight_ih, cell.bias_ih) + F.linear(h, cell.weight_hh, cell.bias_hh)
+        gates = (F.linear(x, cell.weight_ih, cell.bias_ih)
+                 + F.linear(h, cell.weight_hh, cell.bias_hh))
         return float(torch.sigmoid(gates[:, 64:128]).mean())
 
     assert abs(forget_gate() - 0.5) < 0.05
@@ -93,8 +94,8 @@ def test_prior_bias_sigmoid_binary_and_multilabel():
     multi = nn.Conv2d(8, 3, 1)
     rates = (0.01, 0.2, 0.5)
     prior_bias_(multi, rates, head="sigmoid")
-    assert torch.allclose(torch.sigmoid(multi.bias.double()), torch.tensor(rates, dtype=torch.float64),
-                          atol=1e-6)
+    assert torch.allclose(torch.sigmoid(multi.bias.double()),
+                          torch.tensor(rates, dtype=torch.float64), atol=1e-6)
     assert excess_loss(multi.bias.detach().unsqueeze(0), torch.tensor(rates), "sigmoid") < 1e-9
 
 

@@ -20,8 +20,8 @@ import torch
 from biaslint.engine import lint_loaded
 from biaslint.load import ExampleInputs, LoadedTarget
 from biaslint.load.build import module_sites_of, param_inits_of
-from biaslint.settings import Settings, TargetConfig
 from biaslint.load.sites import recording
+from biaslint.settings import Settings, TargetConfig
 
 RULES = ("BL003", "BL004", "BL005")
 MAX_PARAMS = 60_000_000

@@ -212,7 +212,8 @@ def test_the_scan_sees_cycles_private_and_upward_imports(tmp_path):
     (root / "capture" / "__init__.py").write_text("")
     (root / "rules" / "a.py").write_text("from biaslint.rules.b import thing\n")
     (root / "rules" / "b.py").write_text(
-        "def thing():\n    from biaslint.rules import a\n    from biaslint.capture.c import _secret\n")
+        "def thing():\n    from biaslint.rules import a\n"
+        "    from biaslint.capture.c import _secret\n")
     (root / "capture" / "c.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from biaslint.rules.a import x\n"
         "from biaslint.rules import b\n_secret = 1\n")

@@ -66,7 +66,8 @@ def test_patches_are_restored_even_when_the_build_raises(write_target):
     ("import torch.nn as nn\ndef build():\n    return nn.Linear(2, 2)\n", "build", False),
     ("import torch, torch.nn as nn\ndef build():\n    return nn.Linear(2, 2), torch.randn(3, 2)\n",
      "build", True),
-    ("import torch, torch.nn as nn\ndef build():\n    return nn.Linear(2, 2), (torch.randn(3, 2),)\n",
+    ("import torch, torch.nn as nn\ndef build():\n"
+     "    return nn.Linear(2, 2), (torch.randn(3, 2),)\n",
      "build", True),
     ("import torch, torch.nn as nn\nclass M(nn.Module):\n    def __init__(self):\n"
      "        super().__init__()\n        self.l = nn.Linear(2, 2)\n"

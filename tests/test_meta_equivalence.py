@@ -84,7 +84,6 @@ ZOO = [("tv-classification", "resnet18"), ("tv-classification", "mobilenet_v3_sm
 @pytest.mark.parametrize(("family", "name"), ZOO, ids=[f"{f}:{n}" for f, n in ZOO])
 def test_zoo_models_agree_and_their_laws_match_the_values(family, name):
     import torch
-
     from zoo_models import import_library
 
     pytest.importorskip("timm" if family == "timm" else

@@ -19,6 +19,7 @@ import torch.nn as nn
 from biaslint.capture import capture
 from biaslint.capture.record import record_forward
 from biaslint.load import ExampleInputs, LoadedTarget
+
 from oracle import assert_agrees
 
 HEADER = """
@@ -331,6 +332,7 @@ def test_a_write_into_a_view_reaches_the_base_tensor():
 
     from biaslint.engine import lint_loaded
     from biaslint.settings import Settings, TargetConfig
+
     from oracle import bias_verdict
 
     inputs = torch.randn(2, 3, 8, 8)

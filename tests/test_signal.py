@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-
 from fixtures import signal_models
 
 FIXTURE = Path(signal_models.__file__)

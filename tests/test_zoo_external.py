@@ -51,6 +51,7 @@ def lint_and_check(family: str, name: str) -> dict:
     from biaslint.engine import lint_loaded
     from biaslint.load import load_target
     from biaslint.settings import Settings, TargetConfig
+
     from oracle import Oracle, split_inputs
 
     import_library(family)

@@ -6,14 +6,27 @@ from nowhere below it.
 """
 
 from biaslint.analysis.model import (
-    SHAPE_FUNCTIONS, SHAPE_METHODS, AnalysedModel, Layer, ParamStats, Use, fan_in_out,
+    SHAPE_FUNCTIONS,
+    SHAPE_METHODS,
+    AnalysedModel,
+    Layer,
+    ParamStats,
+    Use,
+    fan_in_out,
     is_shape_only,
 )
 from biaslint.capture import GraphPart, TensorInfo
 from biaslint.capture.shapes import recorded_info, shape_of
 from biaslint.vocabulary import (
-    MEAN_NORM_FUNCTIONS, MEAN_NORM_MODULES, PER_CHANNEL_NORM_MODULES, POOL_MODULES,
-    SCALE_NORM_FUNCTIONS, SCALE_NORM_MODULES, argument, dropout_active, is_size_query,
+    MEAN_NORM_FUNCTIONS,
+    MEAN_NORM_MODULES,
+    PER_CHANNEL_NORM_MODULES,
+    POOL_MODULES,
+    SCALE_NORM_FUNCTIONS,
+    SCALE_NORM_MODULES,
+    argument,
+    dropout_active,
+    is_size_query,
 )
 
 __all__ = [

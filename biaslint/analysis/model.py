@@ -20,12 +20,16 @@ import torch.nn as nn
 
 from biaslint.analysis.values import ParamValue, value_of
 from biaslint.capture.record import failure_of
-from biaslint.capture.trace import Capture, GraphPart
-from biaslint.laws import Piece
 from biaslint.capture.shapes import shape_of
+from biaslint.capture.trace import Capture, GraphPart
 from biaslint.findings import Disagreement, InitCall, Location
+from biaslint.laws import Piece
 from biaslint.vocabulary import (
-    RANDOM_INITS, SHAPE_FUNCTIONS, SHAPE_METHODS, SHAPE_MODULES, dropout_active,
+    RANDOM_INITS,
+    SHAPE_FUNCTIONS,
+    SHAPE_METHODS,
+    SHAPE_MODULES,
+    dropout_active,
 )
 
 if TYPE_CHECKING:
@@ -364,7 +368,7 @@ class AnalysedModel:
             with measuring(self.model) if attention else contextlib.nullcontext([]) as found:
                 self._run_forward()
             measured = list(found)
-        except Exception as exc:  # noqa: BLE001 - said by the engine: those rules judge nothing
+        except Exception as exc:  # said by the engine: those rules judge nothing
             seen, fed, measured = {}, {}, []
             scales = {}
             self.forward_failure = failure_of(self.model, exc).describe()
@@ -416,7 +420,7 @@ class AnalysedModel:
         if not self._returned_known and self.target.inputs is not None and not self._on_meta():
             try:
                 self._run_forward()
-            except Exception as exc:  # noqa: BLE001 - said by the engine, as in prefetch
+            except Exception as exc:  # said by the engine, as in prefetch
                 self.forward_failure = failure_of(self.model, exc).describe()
                 self._returned_known = True
         return self._return
@@ -515,7 +519,7 @@ class AnalysedModel:
             try:
                 with watch_products(params, owners) as found:
                     self._run_forward()
-            except Exception as exc:  # noqa: BLE001 - said by the engine, as in prefetch
+            except Exception as exc:  # said by the engine, as in prefetch
                 self.forward_failure = failure_of(self.model, exc).describe()
                 found = {t: [] for t in params}
             for t in wanted:
@@ -534,7 +538,7 @@ class AnalysedModel:
         try:
             with torch.no_grad():
                 out = torch.func.functional_call(module, dict(replaced), (fed,))
-        except Exception:  # noqa: BLE001 - a layer that needs more than its first input
+        except Exception:  # a layer that needs more than its first input
             return None
         return out if isinstance(out, torch.Tensor) else None
 

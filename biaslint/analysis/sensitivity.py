@@ -438,7 +438,7 @@ def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
     sizes = {name: int(bias.numel()) for name, pname, _, bias, _ in wanted if pname == "bias"}
     try:
         grads = _gradients(run, tensors, sizes)
-    except Exception as exc:  # noqa: BLE001 - said: the screen did not run
+    except Exception as exc:  # said: the screen did not run
         return Screen(error=f"the training-mode forward and backward raised "
                             f"{type(exc).__name__}: {_first_line(exc)}")
     if grads is None:
@@ -595,7 +595,7 @@ def _batches(run: _Runner) -> None:
     args2, kwargs2 = _redrawn((run.args, run.kwargs), torch.Generator().manual_seed(SEED + 2))
     try:
         run.batches.append((args2, kwargs2, run.outputs(args2, kwargs2)))
-    except Exception:  # noqa: BLE001 - a second batch the model rejects: the first decides
+    except Exception:  # a second batch the model rejects: the first decides
         pass
 
 
@@ -651,7 +651,7 @@ def _in_float64(run: _Runner) -> Iterator[_Runner | None]:
             wide = _Runner(model, torch.float64, _converted(run.args, torch.float64),
                            _converted(run.kwargs, torch.float64))
             wide.baseline = wide.outputs()
-        except Exception:  # noqa: BLE001 - a model that builds float32 tensors inside
+        except Exception:  # a model that builds float32 tensors inside
             wide = None
         yield wide
     finally:
@@ -785,7 +785,7 @@ def _locate(run: _Runner, layer: str, param: str, elements: Sequence[tuple[int, 
         shift[a:b] = SHIFT
     try:
         before, after = record(None), record(shift)
-    except Exception:  # noqa: BLE001 - a location we cannot tell is left out, not guessed
+    except Exception:  # a location we cannot tell is left out, not guessed
         return None
     inside = [n for n in before if n == layer or n.startswith(layer + ".")]
     around = [n for n in before if n == "" or layer.startswith(n + ".")]

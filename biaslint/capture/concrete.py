@@ -9,9 +9,9 @@ tensors), and such questions get concrete answers. The graph is then specialized
 input's shapes, which is what a linter analysing that example wants anyway. Questions about
 tensor *values* (``if mask.any()``) still fail, and the caller falls back to finer tracing.
 
-Each node also gets its value's shape recorded (``capture.shapes``), so a graph traced this way needs
-no separate shape propagation. Layers stay ``call_module`` nodes with their qualified names, as
-with plain fx: rules read the same graph form whichever tracer produced it.
+Each node also gets its value's shape recorded (``capture.shapes``), so a graph traced this way
+needs no separate shape propagation. Layers stay ``call_module`` nodes with their qualified
+names, as with plain fx: rules read the same graph form whichever tracer produced it.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class ValueProxy(fx.Proxy):
         if value is not UNKNOWN:
             try:
                 attr = getattr(value, name)
-            except Exception:  # noqa: BLE001 - fall back to a lazy fx attribute
+            except Exception:  # fall back to a lazy fx attribute
                 attr = UNKNOWN
             if attr is not UNKNOWN and not callable(attr):
                 if isinstance(attr, (torch.Tensor, tuple, list, dict)):
@@ -207,7 +207,7 @@ class ConcreteTracer(fx.Tracer):
                     for atom in str(target).split("."):
                         value = getattr(value, atom)
                     return value
-        except Exception as exc:  # noqa: BLE001 - unknown value: the proxy acts like a plain one
+        except Exception as exc:  # unknown value: the proxy acts like a plain one
             if kind == "call_module" and str(target) in self.outputs:
                 return self.outputs[str(target)]
             if self.first_error is None:

@@ -15,7 +15,6 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-
 # Restored below as registrations, with their own rules.
 _REGISTRIES = {"_parameters", "_buffers", "_modules"}
 

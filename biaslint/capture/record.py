@@ -763,7 +763,7 @@ def _record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         with context, _module_calls(recorder), recorder:
             result = model(*args, **kwargs)
             recorder.output(result)
-    except Exception as exc:  # noqa: BLE001 - the user's forward failed: say where
+    except Exception as exc:  # the user's forward failed: say where
         if recorder.impure:  # it may have failed where fake tensors would not
             raise ForwardFailed(_impure(), None, None) from exc
         raise recorder.failure(exc) from exc

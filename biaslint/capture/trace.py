@@ -20,9 +20,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from biaslint.findings import Coverage
 from biaslint.capture.preserve import preserved
 from biaslint.capture.shapes import ShapeInterpreter
+from biaslint.findings import Coverage
 from biaslint.load import ExampleInputs, LoadedTarget
 
 
@@ -63,7 +63,8 @@ class _Tracer(fx.Tracer):
         self.opaque = opaque
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name in self.opaque or super().is_leaf_module(m, module_qualified_name)
+        return (module_qualified_name in self.opaque
+                or super().is_leaf_module(m, module_qualified_name))
 
 
 def _trace(module: nn.Module, opaque: set[str]) -> fx.GraphModule:
@@ -126,7 +127,7 @@ def _trace_part(module: nn.Module, name: str, leaves: set[str], recorded: _Input
             gm = trace_with_values(module, call[0], call[1], leaves, recorded.fake_mode,
                                    outputs)
             return _canonical(GraphPart(name, module, gm, shapes_known=True), recorded.names)
-        except Exception:  # noqa: BLE001 - try the plain tracer, which asks for less
+        except Exception:  # try the plain tracer, which asks for less
             pass
     return _canonical(GraphPart(name, module, _trace(module, leaves)), recorded.names)
 
@@ -178,7 +179,7 @@ def _capture_module(module: nn.Module, name: str, parts: list[GraphPart], opaque
         try:
             parts.append(_trace_part(module, name, set(), recorded))
             return
-        except Exception:  # noqa: BLE001 - any tracing failure means: go finer
+        except Exception:  # any tracing failure means: go finer
             pass
     untraceable: set[str] = set()
     below: list[GraphPart] = []  # graphs of the children that do not trace whole
@@ -199,7 +200,7 @@ def _capture_module(module: nn.Module, name: str, parts: list[GraphPart], opaque
             parts.append(_trace_part(module, name, untraceable, recorded))
             parts.extend(below)
             return
-        except Exception:  # noqa: BLE001
+        except Exception:  # the rest does not trace either: keep this module opaque
             pass
     # This module's own forward does not trace: keep it opaque, keep its children's graphs.
     opaque.append(name)
@@ -207,7 +208,8 @@ def _capture_module(module: nn.Module, name: str, parts: list[GraphPart], opaque
     parts.extend(below)
 
 
-def _record_inputs(model: nn.Module, inputs: ExampleInputs, fake_mode: Any) -> tuple[_Inputs, str | None]:
+def _record_inputs(model: nn.Module, inputs: ExampleInputs,
+                   fake_mode: Any) -> tuple[_Inputs, str | None]:
     """Run the model once and note each module's first call (arguments and result).
 
     Fake tensors first (no compute). When the forward needs real values (data-dependent
@@ -223,7 +225,8 @@ def _record_inputs(model: nn.Module, inputs: ExampleInputs, fake_mode: Any) -> t
             def pre(mod: nn.Module, args: Any, kwargs: Any, _name: str = qualname) -> None:
                 recorded.calls.setdefault(_name, (args, kwargs))
 
-            def post(mod: nn.Module, args: Any, kwargs: Any, out: Any, _name: str = qualname) -> None:
+            def post(mod: nn.Module, args: Any, kwargs: Any, out: Any,
+                     _name: str = qualname) -> None:
                 recorded.outputs.setdefault(_name, out)
             handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(module.register_forward_hook(post, with_kwargs=True))
@@ -239,7 +242,7 @@ def _record_inputs(model: nn.Module, inputs: ExampleInputs, fake_mode: Any) -> t
                         model(*inputs.args, **inputs.kwargs)
             recorded.fake_mode = fake_mode
             return recorded, None
-        except Exception as exc:  # noqa: BLE001 - the user's forward failed
+        except Exception as exc:  # the user's forward failed
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             if mode == "real" or not _needs_real_values(exc):
                 # Keep what was recorded before the failure. A forward that fails on fake
@@ -254,8 +257,10 @@ def _record_inputs(model: nn.Module, inputs: ExampleInputs, fake_mode: Any) -> t
 
 def _needs_real_values(exc: BaseException) -> bool:
     """Fake tensors cannot run ops whose output shape depends on data (nonzero, NMS)."""
-    from torch._subclasses.fake_tensor import (DataDependentOutputException,
-                                               DynamicOutputShapeException)
+    from torch._subclasses.fake_tensor import (
+        DataDependentOutputException,
+        DynamicOutputShapeException,
+    )
 
     return isinstance(exc, (DynamicOutputShapeException, DataDependentOutputException))
 
@@ -396,7 +401,7 @@ def _capture_symbolic(target: LoadedTarget) -> Capture:
             recorded.fake_mode = fake_mode
         try:
             parts.append(_trace_part(model, "", set(), recorded))
-        except Exception:  # noqa: BLE001 - the whole model does not trace: go per submodule
+        except Exception:  # the whole model does not trace: go per submodule
             if target.inputs is not None:
                 names = recorded.names
                 recorded, error = _record_inputs(model, target.inputs, fake_mode)
@@ -521,14 +526,14 @@ def _propagate_shapes(target: LoadedTarget, parts: list[GraphPart]) -> str | Non
         # Entered inside _run_parts, after the buffers are saved as real tensors.
         _run_parts(target, parts, FakeTensorMode(allow_non_fake_inputs=True))
         return None
-    except Exception:  # noqa: BLE001 - fall back to real compute
+    except Exception:  # fall back to real compute
         for part in parts:
             part.shapes_known = False
     try:
         with torch.no_grad():
             _run_parts(target, parts, contextlib.nullcontext())
         return None
-    except Exception as exc:  # noqa: BLE001 - the user's forward failed; analysis goes on
+    except Exception as exc:  # the user's forward failed; analysis goes on
         for part in parts:
             part.shapes_known = False
         first = str(exc).splitlines()[0] if str(exc) else ""

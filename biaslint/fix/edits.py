@@ -118,7 +118,7 @@ def _callee(call: "object") -> str:
     assert isinstance(call, ast.Call)
     try:
         return ast.unparse(call.func)
-    except Exception:  # noqa: BLE001
+    except Exception:  # a callee ast cannot print: no name to match
         return ""
 
 

@@ -26,11 +26,26 @@ from typing import Any, Iterable
 
 from biaslint.findings import BuildFrame, Edit, Finding, InitCall, Location
 from biaslint.fix.edits import (
-    BIAS_POSITION, call_at, call_with_bias_false, edit, enclosing_statement, parsed, span_of,
+    BIAS_POSITION,
+    call_at,
+    call_with_bias_false,
+    edit,
+    enclosing_statement,
+    parsed,
+    span_of,
 )
 from biaslint.fix.reach import (
-    Step, bias_position, callee, called_name, forwards_bias, installed, listed, names_class,
-    not_owned, reach, steps_of,
+    Step,
+    bias_position,
+    called_name,
+    callee,
+    forwards_bias,
+    installed,
+    listed,
+    names_class,
+    not_owned,
+    reach,
+    steps_of,
 )
 
 
@@ -73,7 +88,7 @@ def with_edits(findings: Iterable[Finding], module_sites: dict[str, Any],
             continue
         try:
             edits, manual, changed = _edits_for(finding, context, wanted)
-        except Exception as exc:  # noqa: BLE001 - an edit we cannot compute stays a suggestion
+        except Exception as exc:  # an edit we cannot compute stays a suggestion
             edits, manual, changed = (), f"no edit computed ({type(exc).__name__})", {}
         result.append(replace(finding, fix=replace(fix, edits=tuple(edits), manual=manual,
                                                    **changed)))
@@ -355,7 +370,7 @@ def _imported_names(tree: ast.Module) -> dict[str, str]:
     return names
 
 
-# -- BL004 / BL005: a biaslint.init call after the construction -------------------------------------
+# -- BL004 / BL005: a biaslint.init call after the construction ------------------------------------
 
 def _insert_after_construction(finding: Finding, context: _Context
                                ) -> tuple[list[Edit], str]:

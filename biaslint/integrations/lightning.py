@@ -106,7 +106,7 @@ class BiaslintCallback(pl.Callback):
         if trainer.is_global_zero:
             try:
                 self.report = self.lint(pl_module, batch)
-            except Exception as exc:  # noqa: BLE001 - raised below, once every rank stops
+            except Exception as exc:  # raised below, once every rank stops
                 error, failed = exc, True
             if error is None and not self.report.ok:
                 text = str(self.report).rstrip("\n")

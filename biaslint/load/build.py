@@ -18,8 +18,8 @@ import torch.nn as nn
 
 from biaslint.errors import TargetError, memory_error, out_of_memory
 from biaslint.findings import BuildFrame, InitCall, Location
-from biaslint.load.guard import user_code
 from biaslint.laws import Piece
+from biaslint.load.guard import user_code
 from biaslint.load.sites import BuildRecord, recording
 from biaslint.target import IntShape, TargetSpec, parse_target
 
@@ -329,7 +329,7 @@ def _import(spec: TargetSpec) -> Any:
         sys.modules[name] = module
         try:
             module_spec.loader.exec_module(module)
-        except Exception as exc:  # noqa: BLE001 - the user's import error, reported in one line
+        except Exception as exc:  # the user's import error, reported in one line
             sys.modules.pop(name, None)
             raise _failed(spec, f"importing {spec.module}", exc) from exc
         return module
@@ -343,7 +343,7 @@ def _import(spec: TargetSpec) -> Any:
                 "root (it is put on sys.path) or install the package"
             ) from None
         raise _failed(spec, f"importing {spec.module}", exc) from exc
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # the user's import error, reported in one line
         raise _failed(spec, f"importing {spec.module}", exc) from exc
 
 
@@ -355,7 +355,7 @@ def _build(spec: TargetSpec, obj: Any) -> tuple[nn.Module, ExampleInputs | None]
     if inspect.isclass(obj) and issubclass(obj, nn.Module) or callable(obj):
         try:
             built = obj()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # the user's build failed, reported in one line
             raise _failed(spec, "building the model", exc) from exc
         if isinstance(built, nn.Module):
             return built, None

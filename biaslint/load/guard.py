@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 import torch
 
 from biaslint.errors import TargetError
+
 # Re-exported: they were defined here before the command line needed them without torch.
 from biaslint.process import interrupts as interrupts
 from biaslint.process import is_own_process as is_own_process

@@ -64,7 +64,7 @@ _IN_PLACE_SHIFT = {"add_": 1, "sub_": -1, "__iadd__": 1, "__isub__": -1}
 def storage_key(tensor: torch.Tensor) -> Key | None:
     try:
         storage = tensor.untyped_storage()
-    except Exception:  # noqa: BLE001 - sparse, nested or storage-less tensors
+    except Exception:  # sparse, nested or storage-less tensors
         return None
     if tensor.device.type == "meta":
         return ("meta", storage._cdata)
@@ -237,7 +237,7 @@ def _measured(tensor: torch.Tensor) -> Law:
         return Law.unknown(f"copied from a tensor of {tensor.numel():,} values")
     try:
         return Law.exact(tensor.detach())
-    except Exception:  # noqa: BLE001 - quantized, fake or otherwise unreadable
+    except Exception:  # quantized, fake or otherwise unreadable
         return Law.unknown("values not readable")
 
 
@@ -277,11 +277,11 @@ class LawMode(TorchFunctionMode):
         try:
             with _cpu_factory():  # the laws' own tensors live on the CPU
                 self._after(func, name, args, kwargs, result)
-        except Exception:  # noqa: BLE001 - a law we cannot derive is unknown, never a failure
+        except Exception:  # a law we cannot derive is unknown, never a failure
             for target in self._written(name, args, kwargs, result):
                 try:
                     self.book.paint(target, Law.unknown(f"set by {name}"))
-                except Exception:  # noqa: BLE001
+                except Exception:  # painting unknown is best effort too
                     pass
         return result
 
@@ -296,7 +296,7 @@ class LawMode(TorchFunctionMode):
             try:
                 with _cpu_factory():
                     law = init_function_law(name, tensor, args[1:], kwargs)
-            except Exception:  # noqa: BLE001 - a law we cannot derive is unknown
+            except Exception:  # a law we cannot derive is unknown
                 law = Law.unknown(f"nn.init.{name}")
             self.book.paint(tensor, law)
         return result

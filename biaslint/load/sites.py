@@ -45,7 +45,8 @@ TENSOR_METHODS = (
 
 def is_library_frame(filename: str) -> bool:
     path = os.path.abspath(filename)
-    return path.startswith(_TORCH_DIR) or path.startswith(_OWN_DIR) or filename.startswith("<frozen")
+    return (path.startswith(_TORCH_DIR) or path.startswith(_OWN_DIR)
+            or filename.startswith("<frozen"))
 
 
 _SOURCE_FILES: dict[str, str] = {}  # code filename -> inspect's source file name, when a file
@@ -250,7 +251,7 @@ def _memory_span(tensor: Any) -> tuple[Any, int, int] | None:
         # A meta tensor has no memory: its storage object stands for it.
         storage = ("meta", storage._cdata) if tensor.device.type == "meta" \
             else storage.data_ptr()
-    except Exception:  # noqa: BLE001 - sparse, fake or otherwise storage-less tensors
+    except Exception:  # sparse, fake or otherwise storage-less tensors
         return None
     size = tensor.element_size()
     start = tensor.storage_offset() * size
@@ -291,7 +292,7 @@ def _paint_init(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Non
     try:
         with torch.device("cpu"):
             law = init_function_law(name, tensor, tuple(args[1:]), rest)
-    except Exception:  # noqa: BLE001 - a law we cannot derive is unknown
+    except Exception:  # a law we cannot derive is unknown
         from biaslint.laws import Law
 
         law = Law.unknown(f"nn.init.{name}")
@@ -339,7 +340,7 @@ class _Recorder:
                     record.module_sites[id(module)] = (module, _location(frame))
                     try:
                         record.module_chains[id(module)] = _chain(frame, recorder.entry)
-                    except Exception:  # noqa: BLE001 - provenance is best effort
+                    except Exception:  # provenance is best effort
                         record.module_chains.pop(id(module), None)
 
         self._patch(nn.Module, "__init__", module_init)
@@ -386,7 +387,7 @@ class _Recorder:
                 mode = _Recorder.current_mode
                 if mode is not None and mode._tracked(result):
                     mode.book.copy_region(tensor, result)
-            except Exception:  # noqa: BLE001 - provenance is best effort, never break a build
+            except Exception:  # provenance is best effort, never break a build
                 pass
             return result
 
@@ -413,7 +414,7 @@ class _Recorder:
                     _paint_init(init_name, args, kwargs)
                 try:  # still at depth 1: nothing the note does is recorded in turn
                     recorder._note(label, args, kwargs)
-                except Exception:  # noqa: BLE001 - provenance is best effort, never break a build
+                except Exception:  # provenance is best effort, never break a build
                     pass
             finally:
                 recorder._depth -= 1

@@ -13,9 +13,9 @@ import math
 from html import escape
 from typing import Any, Sequence
 
-from biaslint.version import __version__
 from biaslint.findings import Finding, TargetResult
 from biaslint.sources import line_of
+from biaslint.version import __version__
 
 # The rules whose findings are about a layer's scale: marked on the activation curve.
 MARKED_RULES = ("BL003", "BL007")
@@ -96,7 +96,8 @@ _CSS = _scoped(_PAGE_CSS)
 def render(results: Sequence[TargetResult]) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             "<title>biaslint report</title>", f"<style>body {{ margin: 0; }}\n{_CSS}</style>", "</head>", "<body>",
+             "<title>biaslint report</title>", f"<style>body {{ margin: 0; }}\n{_CSS}</style>",
+             "</head>", "<body>",
              body(results), "</body>", "</html>"]
     return "\n".join(parts) + "\n"
 

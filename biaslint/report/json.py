@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-from biaslint.version import __version__
 from biaslint.findings import TargetResult
+from biaslint.version import __version__
 
 SCHEMA_VERSION = 1
 

@@ -21,7 +21,7 @@ import io
 import os
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Hashable, Iterable, Iterator
+from typing import Callable, Hashable, Iterable, Iterator
 
 from rich.console import Console, RenderableType
 from rich.markup import escape

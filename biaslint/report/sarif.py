@@ -16,8 +16,8 @@ from pathlib import PurePath
 from typing import Any, Sequence
 from urllib.parse import quote
 
-from biaslint.version import __version__
 from biaslint.findings import Finding, Severity, TargetResult
+from biaslint.version import __version__
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 _LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}

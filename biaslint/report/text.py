@@ -105,11 +105,13 @@ def _print_summary(result: TargetResult, console: Console, errors_shown: bool = 
     if cov is not None and cov.untraced:
         shown = ", ".join(cov.untraced[:6]) + (f" and {len(cov.untraced) - 6} more"
                                               if len(cov.untraced) > 6 else "")
-        console.print(f"  not traced: {escape(shown)}", style="dim", highlight=False, soft_wrap=True)
+        console.print(f"  not traced: {escape(shown)}", style="dim", highlight=False,
+                      soft_wrap=True)
     if cov is not None and cov.not_called:
         shown = ", ".join(cov.not_called[:6]) + (f" and {len(cov.not_called) - 6} more"
                                                 if len(cov.not_called) > 6 else "")
-        console.print(f"  not called by the forward on these inputs, so outside the graph: {escape(shown)}",
+        console.print("  not called by the forward on these inputs, so outside the graph: "
+                      f"{escape(shown)}",
                       style="dim", highlight=False, soft_wrap=True)
     partial = [scope for scope in result.rules if scope.unjudged]
     if partial:

@@ -116,7 +116,8 @@ def build():
             yield self.finding(
                 layer,
                 f"mean forget-gate bias (bias_ih[H:2H] + bias_hh[H:2H]) is {shown}{more} "
-                f"(below {threshold:g}){set_by}: the forget gate starts near sigmoid({worst:.2g}) = "
+                f"(below {threshold:g}){set_by}: the forget gate starts near "
+                f"sigmoid({worst:.2g}) = "
                 f"{_sigmoid(worst):.2f}, keeping only {_sigmoid(worst) ** 10:.1e} of the cell "
                 "state after 10 steps; 1.0 is recommended (Jozefowicz et al., 2015)",
                 fix=fix,

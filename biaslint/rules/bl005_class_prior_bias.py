@@ -47,7 +47,8 @@ minus the entropy of the priors (the loss of predicting the priors exactly), in 
 * softmax head (K > 1 outputs): predictions `softmax(bias)`; the ideal bias is `log(prior)` up
   to a constant.
 * sigmoid head (K = 1 with two priors `negative,positive` or one positive rate, or
-  `--head sigmoid` with K per-label positive rates in [0, 1]): predictions `sigmoid(bias)`; the ideal bias is `log(p / (1 - p))`,
+  `--head sigmoid` with K per-label positive rates in [0, 1]): predictions `sigmoid(bias)`; the
+  ideal bias is `log(p / (1 - p))`,
   -4.6 for p = 0.01 (Lin et al., 2017). The excess is averaged over labels, like
   `BCEWithLogitsLoss`' default mean.
 

@@ -36,7 +36,8 @@ measured; nor is a softmax over a layer's output (a classifier).
     why_bad = """\
 Softmax's Jacobian is `diag(p) - p p^T`: on a row with one weight near 1 and the rest near 0
 every entry is near 0, so that query and its keys get almost no gradient through it, and attention
-starts as a hard argmax that learns where to look only from the rows that are not saturated. Without the `1/sqrt(d_head)` scale of Vaswani et al. (2017), q.k scores of unit-scale
+starts as a hard argmax that learns where to look only from the rows that are not saturated.
+Without the `1/sqrt(d_head)` scale of Vaswani et al. (2017), q.k scores of unit-scale
 queries and keys have a standard deviation of `sqrt(d_head)` (8 for d_head = 64), which is what
 saturates it.
 """

@@ -61,7 +61,8 @@ the bias is small against them.
         "Srivastava, Greff and Schmidhuber, 2015, Highway Networks, https://arxiv.org/abs/1505.00387",
     )
     options = (
-        Option("min_fraction", 0.1, "Flag a layer when at least this share of its units is killed."),
+        Option("min_fraction", 0.1,
+               "Flag a layer when at least this share of its units is killed."),
         Option("saturation", 3.0, "|pre-activation| beyond which tanh/sigmoid count as saturated."),
     )
     bad_example = '''\

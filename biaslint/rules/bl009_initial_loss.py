@@ -10,8 +10,18 @@ from biaslint.findings import Finding, Fix, Severity
 from biaslint.fix.phrases import python_path
 from biaslint.rules.base import Option, Rule, RuleContext
 from biaslint.rules.bl005_class_prior_bias import (
-    Head, bias_layer, bias_values, excess_loss, find_heads, fits_priors, head_logits, head_name,
-    loss_excess, prior_targets, prior_values, returned_rows,
+    Head,
+    bias_layer,
+    bias_values,
+    excess_loss,
+    find_heads,
+    fits_priors,
+    head_logits,
+    head_name,
+    loss_excess,
+    prior_targets,
+    prior_values,
+    returned_rows,
 )
 
 if TYPE_CHECKING:
@@ -77,7 +87,8 @@ output head, a missing final normalization before the head.
 """
     fix_text = """\
 Draw the head's weight small (std ~ 1/sqrt(3 fan_in) times 1/rms of its input, the logit scale
-PyTorch's default `nn.Linear` init gives a unit-scale input, or zero it as many classifiers do), initialize a tied embedding with std ~0.02 (GPT-2's and BERT's
+PyTorch's default `nn.Linear` init gives a unit-scale input, or zero it as many classifiers do),
+initialize a tied embedding with std ~0.02 (GPT-2's and BERT's
 `initializer_range`), or normalize the head's input.
 """
     references = (

@@ -55,7 +55,8 @@ does not know (a norm built from `var()`, a fused projection laid out per head, 
 an unfamiliar op) is found, the finding names where it was measured to happen and a note names
 the op that stopped the walk; and a derived claim the measurement does not bear out is not
 reported but counted (`disagreements` in the JSON). A bias whose layer's weight gets no gradient
-either (a dead path) is not a cancellation and is listed in a note. The model is judged as it trains (`BatchNorm` in training mode). Without example inputs
+either (a dead path) is not a cancellation and is listed in a note. The model is judged as it
+trains (`BatchNorm` in training mode). Without example inputs
 only convolutions' outputs have a known rank, so `Linear` layers are judged only when input
 shapes are given.
 """

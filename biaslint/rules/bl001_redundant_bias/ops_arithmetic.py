@@ -14,8 +14,19 @@ import torch.nn.functional as F
 
 from biaslint.analysis import argument
 from biaslint.rules.bl001_redundant_bias.offsets import (
-    Args, Items, Kwargs, Live, Offset, State, axis_index, broadcast, describe, join, only_first,
-    result_rank, varying_axes_of,
+    Args,
+    Items,
+    Kwargs,
+    Live,
+    Offset,
+    State,
+    axis_index,
+    broadcast,
+    describe,
+    join,
+    only_first,
+    result_rank,
+    varying_axes_of,
 )
 from biaslint.rules.bl001_redundant_bias.table import transfer, transfer_module
 

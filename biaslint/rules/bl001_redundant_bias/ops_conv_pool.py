@@ -13,7 +13,16 @@ import torch.nn.functional as F
 
 from biaslint.analysis import argument
 from biaslint.rules.bl001_redundant_bias.offsets import (
-    Args, Kwargs, Live, Offset, State, all_axes, join, only_first, result_rank, spatial_count,
+    Args,
+    Kwargs,
+    Live,
+    Offset,
+    State,
+    all_axes,
+    join,
+    only_first,
+    result_rank,
+    spatial_count,
 )
 from biaslint.rules.bl001_redundant_bias.table import transfer, transfer_module
 

@@ -15,8 +15,19 @@ import torch.nn.functional as F
 
 from biaslint.analysis import argument, shape_of
 from biaslint.rules.bl001_redundant_bias.offsets import (
-    Args, Items, Kwargs, Live, Offset, State, all_axes, axis_index, broadcast, describe,
-    flatten_offset, only_first, reshape_meta,
+    Args,
+    Items,
+    Kwargs,
+    Live,
+    Offset,
+    State,
+    all_axes,
+    axis_index,
+    broadcast,
+    describe,
+    flatten_offset,
+    only_first,
+    reshape_meta,
 )
 from biaslint.rules.bl001_redundant_bias.table import transfer, transfer_module
 

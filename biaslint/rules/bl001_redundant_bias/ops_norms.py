@@ -13,7 +13,14 @@ import torch.nn.functional as F
 
 from biaslint.analysis import argument, shape_of
 from biaslint.rules.bl001_redundant_bias.offsets import (
-    Args, Kwargs, Live, Offset, axis_index, describe, only_first, spatial_count,
+    Args,
+    Kwargs,
+    Live,
+    Offset,
+    axis_index,
+    describe,
+    only_first,
+    spatial_count,
 )
 from biaslint.rules.bl001_redundant_bias.table import transfer, transfer_module
 

@@ -29,16 +29,32 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-# The transfer functions register themselves in ``table`` when their modules are imported.
-from biaslint.rules.bl001_redundant_bias import (  # noqa: F401
-    ops_arithmetic, ops_conv_pool, ops_layout, ops_norms,
-)
 from biaslint.analysis import (
-    SHAPE_FUNCTIONS, SHAPE_METHODS, AnalysedModel, GraphPart, TensorInfo, Use, recorded_info,
+    SHAPE_FUNCTIONS,
+    SHAPE_METHODS,
+    AnalysedModel,
+    GraphPart,
+    TensorInfo,
+    Use,
+    recorded_info,
     shape_of,
 )
+
+# The transfer functions register themselves in ``table`` when their modules are imported.
+from biaslint.rules.bl001_redundant_bias import (  # noqa: F401 - imported to register them
+    ops_arithmetic,
+    ops_conv_pool,
+    ops_layout,
+    ops_norms,
+)
 from biaslint.rules.bl001_redundant_bias.offsets import (
-    Items, Live, Offset, State, Tainted, describe, join,
+    Items,
+    Live,
+    Offset,
+    State,
+    Tainted,
+    describe,
+    join,
 )
 from biaslint.rules.bl001_redundant_bias.table import step
 

@@ -33,11 +33,18 @@ import torch.fx as fx
 import torch.nn as nn
 
 from biaslint.analysis import Use, is_size_query
-from biaslint.vocabulary import is_made_like
 from biaslint.analysis.ops import activation_kind
 from biaslint.rules.bl001_redundant_bias.offsets import (
-    Args, Kwargs, Live, Offset, State, Tainted, describe, only_first,
+    Args,
+    Kwargs,
+    Live,
+    Offset,
+    State,
+    Tainted,
+    describe,
+    only_first,
 )
+from biaslint.vocabulary import is_made_like
 
 if TYPE_CHECKING:
     from biaslint.rules.bl001_redundant_bias.propagation import Propagation

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Iterable
 
 from biaslint.findings import Finding, Fix, Severity
 from biaslint.fix.phrases import init_call_subject, python_path, set_by, user_call
+from biaslint.rules.base import Rule, RuleContext
+from biaslint.rules.bl002_zero_constant_weight.routing import tied_routers
 from biaslint.rules.bl002_zero_constant_weight.symmetry import (
     blocks_every_input,
     calls_and_outputs,
@@ -17,8 +19,6 @@ from biaslint.rules.bl002_zero_constant_weight.symmetry import (
     walk,
     weights_to_check,
 )
-from biaslint.rules.base import Rule, RuleContext
-from biaslint.rules.bl002_zero_constant_weight.routing import tied_routers
 
 if TYPE_CHECKING:
     import torch.nn as nn

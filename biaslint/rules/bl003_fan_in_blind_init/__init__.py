@@ -12,7 +12,10 @@ from biaslint.rules.base import Option, Rule, RuleContext
 if TYPE_CHECKING:
     from biaslint.analysis import AnalysedModel, Layer
     from biaslint.rules.bl003_fan_in_blind_init.chains import (
-        Chain, ChainMeasure, LayerCall, ScaleModel,
+        Chain,
+        ChainMeasure,
+        LayerCall,
+        ScaleModel,
     )
 
 

@@ -28,9 +28,16 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from biaslint.analysis import AnalysedModel, Layer, Use, is_shape_only
+from biaslint.analysis import (
+    SCALE_NORM_FUNCTIONS,
+    SCALE_NORM_MODULES,
+    AnalysedModel,
+    Layer,
+    Use,
+    argument,
+    is_shape_only,
+)
 from biaslint.analysis.ops import activation_kind, binary_kind
-from biaslint.analysis import SCALE_NORM_FUNCTIONS, SCALE_NORM_MODULES, argument
 
 # Variance-preserving gains by activation kind: nn.init.calculate_gain, except SELU where the
 # self-normalizing analysis (Klambauer et al., 2017) wants LeCun init (gain 1), and the smooth
@@ -530,7 +537,7 @@ def _elementwise(use: Use, kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
     fallback = _FALLBACK_FUNCTIONS.get(kind, lambda x: x)
     if kind == "leaky_relu":
         slope = _slope(use)
-        fallback = lambda x: F.leaky_relu(x, slope)  # noqa: E731
+        fallback = lambda x: F.leaky_relu(x, slope)  # noqa: E731 - rebinds the lambda above
 
     def call(x: torch.Tensor) -> torch.Tensor:
         try:
@@ -543,7 +550,7 @@ def _elementwise(use: Use, kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
                                                             **_kw(node.kwargs))
             if isinstance(out, torch.Tensor) and out.shape == x.shape:
                 return out
-        except Exception:  # noqa: BLE001 - unusual signature: use the standard function
+        except Exception:  # unusual signature: use the standard function
             pass
         return fallback(x)
 
