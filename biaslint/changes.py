@@ -350,7 +350,7 @@ def recording_sources(target: str | None = None, trace: bool = True) -> Iterator
     _OPEN_SINKS.append(opened)
     importer = builtins.__import__
     _library_dirs()  # computed before the import function is replaced (it imports)
-    builtins.__import__ = _LibraryImportsUntraced(recorder, importer)  # type: ignore[assignment]
+    builtins.__import__ = _LibraryImportsUntraced(recorder, importer)
     sys.settrace(recorder.trace)
     threading.settrace(recorder.trace)
     try:
@@ -358,7 +358,7 @@ def recording_sources(target: str | None = None, trace: bool = True) -> Iterator
     finally:
         intact = sys.gettrace() is recorder.trace
         sys.settrace(previous)
-        threading.settrace(previous_threads)  # type: ignore[arg-type]
+        threading.settrace(previous_threads)
         if isinstance(builtins.__import__, _LibraryImportsUntraced):
             builtins.__import__ = importer
         else:

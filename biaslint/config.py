@@ -13,11 +13,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from biaslint.errors import ConfigError
 from biaslint.findings import Severity
 from biaslint.report import FORMATS
+
+if TYPE_CHECKING:
+    from biaslint.rules.base import Rule
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -335,7 +338,7 @@ def known_prefix(code: str) -> bool:
     return any(rule.code.startswith(code.upper()) for rule in REGISTRY)
 
 
-def _rule_or_error(reader: _Reader, code: Any, key: str):  # type: ignore[no-untyped-def]
+def _rule_or_error(reader: _Reader, code: Any, key: str) -> type[Rule]:
     from biaslint.rules import rule_by_code
 
     rule = rule_by_code(str(code))

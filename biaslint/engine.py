@@ -8,11 +8,21 @@ from __future__ import annotations
 import fnmatch
 import time
 import traceback
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, cast
 
 from biaslint.errors import BiaslintError, TargetError, memory_error, out_of_memory
 from biaslint.findings import Finding, RuleScope, TargetResult
 from biaslint.settings import Settings, TargetConfig
+
+if TYPE_CHECKING:  # the pipeline's own types; importing them here would load torch
+    import torch.nn as nn
+
+    from biaslint.analysis.model import AnalysedModel
+    from biaslint.analysis.signal import Signal
+    from biaslint.findings import Coverage
+    from biaslint.load.build import ExampleInputs, LoadedTarget
+    from biaslint.load.kept import KeptModel
+    from biaslint.rules.base import Rule, RuleContext
 
 # Called with the stage about to run ("build", "capture", "analysis", "rules"); the CLI's
 # progress display listens. Optional, so ``lint(config, settings)`` stays the whole API.
@@ -85,7 +95,7 @@ def _lint_scoped(config: TargetConfig, settings: Settings,
         return result
 
 
-def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignore[no-untyped-def]
+def lint_loaded(loaded: LoadedTarget, config: TargetConfig, settings: Settings,
                 timings: dict[str, float] | None = None,
                 on_stage: StageCallback | None = None) -> TargetResult:
     """Capture, analyse and run the rules on an already built ``LoadedTarget``."""
@@ -102,9 +112,9 @@ def lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignor
             kept.restore()
 
 
-def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: ignore[no-untyped-def]
+def _lint_loaded(loaded: LoadedTarget, config: TargetConfig, settings: Settings,
                  timings: dict[str, float] | None,
-                 on_stage: StageCallback | None, kept) -> TargetResult:
+                 on_stage: StageCallback | None, kept: KeptModel) -> TargetResult:
     from biaslint.analysis.model import AnalysedModel
     from biaslint.capture.trace import capture
     from biaslint.load.guard import preserved_state, user_code
@@ -133,7 +143,8 @@ def _lint_loaded(loaded, config: TargetConfig, settings: Settings,  # type: igno
     analysed = AnalysedModel(captured)
     _ = analysed.layers  # the shared facts; rules add their own lazily
     timings["analysis"] = time.perf_counter() - start
-    signal, signal_notes = None, []
+    signal: Signal | None = None
+    signal_notes: list[str] = []
     if getattr(settings, "signal", False):  # for the reports that plot it, not for the rules
         start = time.perf_counter()
         with preserved_state(seed=None), user_code(config.target, "the forward"):
@@ -232,7 +243,7 @@ ON_META = ("on the meta device, with an init law biaslint could not record "
            "(value rules cannot read it)")
 
 
-def _blocked(analysed, coverage) -> dict[str, dict[str, str]]:  # type: ignore[no-untyped-def]
+def _blocked(analysed: AnalysedModel, coverage: Coverage) -> dict[str, dict[str, str]]:
     """Per layer, what a rule cannot read there and why: {"graph": reason, "values": reason}."""
     blocked: dict[str, dict[str, str]] = {}
     for name in coverage.untraced:
@@ -246,7 +257,7 @@ def _blocked(analysed, coverage) -> dict[str, dict[str, str]]:  # type: ignore[n
     return blocked
 
 
-def _signal(analysed, notes: list[str]):  # type: ignore[no-untyped-def]
+def _signal(analysed: AnalysedModel, notes: list[str]) -> Signal | None:
     """The signal-propagation curves, or None with a note saying why not."""
     from biaslint.analysis.signal import measure_signal, residual_boundaries
 
@@ -254,7 +265,8 @@ def _signal(analysed, notes: list[str]):  # type: ignore[no-untyped-def]
     if missing is not None:
         notes.append(f"signal propagation not measured: there is {missing}")
         return None
-    inputs = analysed.target.inputs
+    # no_forward() is None: the inputs are known
+    inputs = cast("ExampleInputs", analysed.target.inputs)
     not_called = set(analysed.capture.coverage.not_called)
     layers = [name for name in analysed.layers if name not in not_called]
     try:
@@ -266,12 +278,12 @@ def _signal(analysed, notes: list[str]):  # type: ignore[no-untyped-def]
         return None
 
 
-def _no_forward(analysed) -> str | None:  # type: ignore[no-untyped-def]
+def _no_forward(analysed: AnalysedModel) -> str | None:
     """Why the rules that measure a real forward (``reads`` "forward") cannot, or None."""
     return analysed.no_forward()
 
 
-def _causes(analysed, unjudged: set[tuple[str, str]]) -> list[str]:  # type: ignore[no-untyped-def]
+def _causes(analysed: AnalysedModel, unjudged: set[tuple[str, str]]) -> list[str]:
     """One line per cause that left a selected rule's layer unjudged, naming the layers or
     parameters: what ``not judged`` prints."""
     order = {name: i for i, name in enumerate(analysed.layers)}
@@ -306,7 +318,7 @@ def _causes(analysed, unjudged: set[tuple[str, str]]) -> list[str]:  # type: ign
     return lines
 
 
-def _context(rule, config: TargetConfig, settings: Settings):  # type: ignore[no-untyped-def]
+def _context(rule: Rule, config: TargetConfig, settings: Settings) -> RuleContext:
     from biaslint.rules import RuleContext
 
     return RuleContext(options=settings.rule_options.get(rule.code, {}),
@@ -314,7 +326,8 @@ def _context(rule, config: TargetConfig, settings: Settings):  # type: ignore[no
                        target_mean=getattr(config, "target_mean", None))
 
 
-def _prefetch(analysed, rules, config: TargetConfig, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+def _prefetch(analysed: AnalysedModel, rules: list[Rule], config: TargetConfig,
+              settings: Settings) -> None:
     """One real forward for every rule that reads one, instead of one per rule: each rule says
     which layers' outputs it will read (and whether it reads the attention measure)."""
     names: list[str] = []
@@ -339,7 +352,8 @@ def _prefetch(analysed, rules, config: TargetConfig, settings: Settings) -> None
         analysed.prefetch(names, attention=attention, returned=True)
 
 
-def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type: ignore[no-untyped-def]
+def _judged(rule: Rule, analysed: AnalysedModel, context: RuleContext,
+            blocked: dict[str, dict[str, str]],
             crashed: str | None) -> RuleScope:
     """What ``rule`` judged: every layer of its scope whose graph and values it could read.
     Layers the forward never called are outside every graph rule's scope (the coverage lists
@@ -382,7 +396,7 @@ def _judged(rule, analysed, context, blocked: dict[str, dict[str, str]],  # type
 DECLINED = "declined: "
 
 
-def _declined_notes(rule, scope: RuleScope) -> list[str]:  # type: ignore[no-untyped-def]
+def _declined_notes(rule: Rule, scope: RuleScope) -> list[str]:
     """The layers a rule declined to judge, one note per rule: the text report shows the
     reasons there (the json has them in the rule's record)."""
     declined = [(layer, why[len(DECLINED):]) for layer, why in scope.unjudged
@@ -394,7 +408,7 @@ def _declined_notes(rule, scope: RuleScope) -> list[str]:  # type: ignore[no-unt
     return [f"{rule.code} ({rule.name}) did not judge {len(declined)} layer(s): {listed}{more}"]
 
 
-def _unfrozen(findings: list[Finding], model) -> tuple[list[Finding], list[str]]:  # type: ignore[no-untyped-def]
+def _unfrozen(findings: list[Finding], model: nn.Module) -> tuple[list[Finding], list[str]]:
     """Drop findings about a parameter nobody trains (a frozen backbone): each claims something
     about training (never trains, stays symmetric, grows) that does not apply to it."""
     import torch
@@ -420,7 +434,7 @@ def _listed(names: list[str], limit: int = 5) -> str:
     return ", ".join(n or "<root>" for n in names[:limit]) + more
 
 
-def _post_process(findings: Iterable[Finding], settings: Settings, loaded,  # type: ignore[no-untyped-def]
+def _post_process(findings: Iterable[Finding], settings: Settings, loaded: LoadedTarget,
                   ran: list[str]) -> list[Finding]:
     """Inline suppressions (and BL100), then per-module-ignores, then severity overrides.
 

@@ -45,7 +45,7 @@ def parse_priors(text: str) -> tuple[float, ...]:
     return normalize(values, source)
 
 
-class Priors(tuple):  # type: ignore[type-arg]
+class Priors(tuple):
     """Normalized priors (a plain tuple of floats) that remember the values as given.
 
     ``raw`` matters for multi-label sigmoid heads, whose priors are per-label positive rates

@@ -71,7 +71,7 @@ def _saved_file(text: str) -> bool:
         return True
 
 
-class IntShape(tuple):  # type: ignore[type-arg]
+class IntShape(tuple):
     """The shape of an integer input (token ids), drawn uniformly from ``[0, high)``; ``high``
     None means: the smallest vocabulary among the model's embeddings."""
 

@@ -63,7 +63,7 @@ class ValueProxy(fx.Proxy):
         return value if isinstance(value, torch.Tensor) else None
 
     @property
-    def shape(self) -> Any:  # type: ignore[override]
+    def shape(self) -> Any:
         tensor = self._tensor()
         if tensor is not None:
             return tensor.shape

@@ -781,5 +781,5 @@ class _RecordedGraphModule(fx.GraphModule):
     """A GraphModule that is read, never run: generating its Python code (which a recorded
     graph's constants may not allow, and which costs time on large graphs) is skipped."""
 
-    def recompile(self) -> Any:  # type: ignore[override]
+    def recompile(self) -> Any:
         return None

@@ -264,14 +264,14 @@ def forget_biases(module: "nn.Module", value: "Callable[[str], ParamValue | None
         def value(pname: str) -> "ParamValue | None":
             return MeasuredValue(getattr(module, pname))
 
-    hidden = module.hidden_size  # type: ignore[union-attr]
+    hidden = module.hidden_size
     result: dict[str, float] = {}
     if isinstance(module, nn.LSTMCell):
         pairs = [("cell", "bias_ih", "bias_hh")]
     else:
-        directions = 2 if module.bidirectional else 1  # type: ignore[union-attr]
+        directions = 2 if module.bidirectional else 1
         pairs = []
-        for k in range(module.num_layers):  # type: ignore[union-attr]
+        for k in range(module.num_layers):
             for d in range(directions):
                 suffix = "_reverse" if d else ""
                 where = f"layer {k}" + (" reverse" if d else "")

@@ -10,7 +10,9 @@ from biaslint.fix.phrases import python_path
 from biaslint.rules.base import Rule, RuleContext
 
 if TYPE_CHECKING:
-    from biaslint.analysis import AnalysedModel, Layer
+    import torch.fx as fx
+
+    from biaslint.analysis import AnalysedModel, GraphPart, Layer
 
 
 class UnusedParameters(Rule):
@@ -161,16 +163,16 @@ class Usage:
 _DETACH_METHODS = frozenset({"detach", "detach_"})
 
 
-def _is_detach(node) -> bool:  # type: ignore[no-untyped-def]
+def _is_detach(node: fx.Node) -> bool:
     import torch
 
     return (node.op == "call_method" and node.target in _DETACH_METHODS) or (
         node.op == "call_function" and node.target is torch.detach)
 
 
-def _live(graph, cut_detach: bool) -> set:  # type: ignore[no-untyped-def]
+def _live(graph: fx.Graph, cut_detach: bool) -> set[fx.Node]:
     """The nodes some output depends on (through no ``detach`` with ``cut_detach``)."""
-    live: set = set()
+    live: set[fx.Node] = set()
     stack = [n for n in graph.nodes if n.op == "output"]
     while stack:
         node = stack.pop()
@@ -195,7 +197,8 @@ def parameter_usage(model: "AnalysedModel") -> Usage:
     return Usage(used, called, values - used)
 
 
-def _walk_part(model: "AnalysedModel", part, parts: dict, used: set[int],  # type: ignore[no-untyped-def]
+def _walk_part(model: "AnalysedModel", part: GraphPart, parts: dict[str, GraphPart],
+               used: set[int],
                called: set[str], cut_detach: bool) -> None:
     graph = part.gm.graph
     live = _live(graph, cut_detach)

@@ -89,7 +89,7 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
             if measure is not None:
                 derived = None
                 if verdict is not None and verdict.redundant and verdict.cancelled_by:
-                    count = int(module.bias.numel())  # type: ignore[union-attr]
+                    count = int(module.bias.numel())
                     by = verdict.cancelled_by
                     derived = _Claim(((0, count),), by, lambda measured, by=by, layer=layer:
                                      _whole_finding(rule, layer, by, by_site, redundant,
@@ -135,7 +135,7 @@ def _derived(rule: "RedundantBias", model: AnalysedModel, layer: Layer, verdict:
              report_partial: bool) -> Iterable[Finding]:
     """The walk's verdict alone (no example inputs, the meta device, or a bias autograd does
     not see)."""
-    count = int(layer.module.bias.numel())  # type: ignore[union-attr]
+    count = int(layer.module.bias.numel())
     if verdict.redundant and verdict.cancelled_by:
         yield _whole_finding(rule, layer, verdict.cancelled_by, by_site, redundant)
         return
@@ -167,7 +167,7 @@ def _whole_finding(rule: "RedundantBias", layer: Layer, cancelled_by: list[str],
                    by_site: dict[tuple[str, int, int], list[str]],
                    redundant: dict[str, bool], measured: bool = False,
                    shared: bool = False) -> Finding:
-    count = int(layer.module.bias.numel())  # type: ignore[union-attr]
+    count = int(layer.module.bias.numel())
     site = layer.site
     siblings = by_site.get((site.file, site.line, site.col), []) if site else []
     live_siblings = sum(1 for other in siblings if not redundant.get(other, False))

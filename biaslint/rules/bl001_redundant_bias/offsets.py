@@ -42,7 +42,7 @@ class Offset:
         support = None
         if self.support is not None and self.support[0] in axis_map:
             support = (axis_map[self.support[0]], *self.support[1:])
-        return Offset(ndim, frozenset(varying), support)  # type: ignore[arg-type]
+        return Offset(ndim, frozenset(varying), support)
 
 
 @dataclass(frozen=True)

@@ -170,23 +170,23 @@ def _pool_function(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs)
 
 @transfer_module(nn.modules.conv._ConvNd)
 def _conv_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
-    return _conv(x, len(module.kernel_size), module.kernel_size, module.stride,  # type: ignore[attr-defined]
-                 module.padding, module.dilation, module.padding_mode,  # type: ignore[attr-defined]
-                 module.transposed, getattr(module, "output_padding", 0))  # type: ignore[attr-defined]
+    return _conv(x, len(module.kernel_size), module.kernel_size, module.stride,
+                 module.padding, module.dilation, module.padding_mode,
+                 module.transposed, getattr(module, "output_padding", 0))
 
 
 @transfer_module(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
                  nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 def _max_pool_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
-    if module.return_indices:  # type: ignore[attr-defined]
+    if module.return_indices:
         raise Live("max pool returning indices")
     return _unsliced(_max_over(x, spatial_count(module)))
 
 
 @transfer_module(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 def _avg_pool_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
-    return _unsliced(_avg_pool(x, spatial_count(module), module.padding,  # type: ignore[attr-defined]
-                               module.count_include_pad,  # type: ignore[attr-defined]
+    return _unsliced(_avg_pool(x, spatial_count(module), module.padding,
+                               module.count_include_pad,
                                getattr(module, "divisor_override", None)))
 
 
@@ -198,7 +198,7 @@ def _average_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offs
 @transfer_module(nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
                  nn.ConstantPad3d)
 def _constant_pad_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
-    return _unsliced(_pad(x, module.padding, "constant"))  # type: ignore[attr-defined]
+    return _unsliced(_pad(x, module.padding, "constant"))
 
 
 @transfer_module(nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,

@@ -388,6 +388,6 @@ def _unflatten_module(prop: Propagation, node: fx.Node, module: nn.Unflatten,
 @transfer_module(nn.modules.dropout._DropoutNd)
 def _dropout_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
     # Train mode: a mask that differs per element and per step.
-    if module.p == 0:  # type: ignore[attr-defined]
+    if module.p == 0:
         return x
-    raise Live(f"dropout with p={module.p} at {describe(prop.part, node)}")  # type: ignore[attr-defined]
+    raise Live(f"dropout with p={module.p} at {describe(prop.part, node)}")

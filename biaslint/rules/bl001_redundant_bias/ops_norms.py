@@ -198,4 +198,4 @@ def _layer_norm_module(prop: Propagation, node: fx.Node, module: nn.LayerNorm, x
 
 @transfer_module(nn.Softmax, nn.LogSoftmax, nn.Softmin)
 def _softmax_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> None:
-    return _softmax(prop, node, x, module.dim)  # type: ignore[attr-defined]
+    return _softmax(prop, node, x, module.dim)

@@ -21,6 +21,7 @@ from biaslint.rules.bl002_zero_constant_weight.symmetry import (
 )
 
 if TYPE_CHECKING:
+    import torch
     import torch.nn as nn
 
     from biaslint.analysis import AnalysedModel, Layer
@@ -301,7 +302,7 @@ def build():
 
 # -- which weights, and the graph around them ------------------------------------------------------
 
-def _dead_everywhere(masks: list, units: int) -> int:  # type: ignore[type-arg]
+def _dead_everywhere(masks: list, units: int) -> int:
     """Units dead on every path (an empty mask: all units; a mask of another length than the
     layer's units: we cannot tell which, so none)."""
     import torch
@@ -323,7 +324,7 @@ def _is_plain_layer(module: "nn.Module") -> bool:
     return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear, nn.Embedding))
 
 
-def _bias_of(module: "nn.Module"):  # type: ignore[no-untyped-def]
+def _bias_of(module: "nn.Module") -> "torch.Tensor | None":
     bias = getattr(module, "bias", None)
     return bias if bias is not None and hasattr(bias, "shape") else None
 
