@@ -424,7 +424,7 @@ def _class_sites(model: "nn.Module") -> dict[str, Location]:
             if parent is None or all(source(k) is None for k in type(parent).__mro__):
                 continue
             sites[name] = attribute_line(type(parent), parts[depth]) or \
-                class_line(type(parent))  # type: ignore[assignment]
+                class_line(type(parent))
             break
     return {k: v for k, v in sites.items() if v is not None}
 

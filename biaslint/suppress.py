@@ -137,7 +137,7 @@ def apply_suppressions(
 
 def _comments_for(finding: Finding, module_sites: Mapping[str, Location]) -> list[Suppression]:
     spans = [s for s in (_span(module_sites.get(finding.module)), _span(finding.location)) if s]
-    result = []
+    result: list[Suppression] = []
     for file, lines in spans:
         result.extend(c for c in comments_in(file) if c.line in lines and c not in result)
     return result

@@ -188,7 +188,7 @@ class _Recorder(TorchFunctionMode):
             key = id(value)
             if key not in self.nodes:
                 weakref.finalize(value, self._forget, key)
-                self.nodes[key] = None  # type: ignore[assignment]
+                self.nodes[key] = None
             self.pending[key] = (node, path)
         elif isinstance(value, (tuple, list)) and len(path) < 3:
             for index, item in enumerate(value):
@@ -604,11 +604,11 @@ def _module_calls(recorder: _Recorder) -> Iterator[None]:
         return _ACTIVE[-1].module_call(self, original, args, kwargs)
 
     _ACTIVE.append(recorder)
-    nn.Module.__call__ = call  # type: ignore[method-assign]
+    nn.Module.__call__ = call
     try:
         yield
     finally:
-        nn.Module.__call__ = original  # type: ignore[method-assign]
+        nn.Module.__call__ = original
         _ACTIVE.pop()
 
 

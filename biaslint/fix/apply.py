@@ -43,7 +43,7 @@ class FixPlan:
     owners: dict[str, list[Finding]] = field(default_factory=dict)  # real path -> applied
 
     def diff(self) -> str:
-        chunks = []
+        chunks: list[str] = []
         for path, (before, after) in sorted(self.texts.items()):
             shown = _shown(path)
             chunks.extend(difflib.unified_diff(before.splitlines(keepends=True),

@@ -361,7 +361,7 @@ class _Recorder:
         record = self.record
 
         def deepcopy(module: nn.Module, memo: dict[int, Any]) -> Any:
-            result = copy._reconstruct(module, memo, *module.__reduce_ex__(4))  # type: ignore[attr-defined]
+            result = copy._reconstruct(module, memo, *module.__reduce_ex__(4))
             entry = record.module_sites.get(id(module))
             if entry is not None and entry[0] is module and id(result) not in record.module_sites:
                 record.module_sites[id(result)] = (result, entry[1])
@@ -391,7 +391,7 @@ class _Recorder:
                 pass
             return result
 
-        deepcopy.__wrapped__ = fn  # type: ignore[attr-defined]
+        deepcopy.__wrapped__ = fn
         return deepcopy
 
     def _inherit(self, source: torch.Tensor, copy: Any) -> None:
@@ -422,7 +422,7 @@ class _Recorder:
 
         wrapper.__name__ = getattr(fn, "__name__", label)
         wrapper.__doc__ = getattr(fn, "__doc__", None)
-        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+        wrapper.__wrapped__ = fn
         return wrapper
 
     def _note(self, label: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

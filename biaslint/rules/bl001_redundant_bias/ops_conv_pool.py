@@ -130,7 +130,7 @@ def _conv_function(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs)
     b = prop.tensor(b_arg, node)
     if b is not None:
         added = Offset(ndim, frozenset({ndim - n - 1}) if b.varying else frozenset())
-        result = added if result is None else join(result, added)  # type: ignore[assignment]
+        result = added if result is None else join(result, added)
     assert result is not None
     return result
 

@@ -233,7 +233,7 @@ class ScaleModel:
         for call in self.layer_calls():
             if call.feeds_chain:
                 continue
-            calls = []
+            calls: list[LayerCall] = []
             current: LayerCall | None = call
             while current is not None and len(calls) < 10_000:
                 calls.append(current)
@@ -246,7 +246,7 @@ class ScaleModel:
         for call in self.layer_calls():
             if call.feeds_up:
                 continue
-            calls = []
+            calls: list[LayerCall] = []
             current: LayerCall | None = call
             crossed = False
             while current is not None and len(calls) < 10_000:
