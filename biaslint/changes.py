@@ -853,13 +853,15 @@ def _lock_windows(handle: Any) -> Callable[[], None] | None:
     for _ in range(6):
         try:
             handle.seek(0)
-            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
+            lock = msvcrt.LK_LOCK  # type: ignore[attr-defined]  # msvcrt: Windows only
+            msvcrt.locking(handle.fileno(), lock, 1)  # type: ignore[attr-defined]  # as above
         except OSError:
             continue
 
         def unlock() -> None:
             handle.seek(0)
-            msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+            unlock = msvcrt.LK_UNLCK  # type: ignore[attr-defined]  # msvcrt: Windows only
+            msvcrt.locking(handle.fileno(), unlock, 1)  # type: ignore[attr-defined]  # as above
 
         return unlock
     return None

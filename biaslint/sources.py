@@ -69,7 +69,7 @@ def remembered() -> Iterator[None]:
         if _depth == 0:
             loader = importlib.machinery.SourceFileLoader
             _saved = loader.__dict__.get("get_code", _ABSENT)
-            loader.get_code = _get_code  # type: ignore[method-assign]
+            loader.get_code = _get_code  # type: ignore[method-assign]  # undone below
         _depth += 1
     try:
         yield
@@ -81,7 +81,7 @@ def remembered() -> Iterator[None]:
                 if _saved is _ABSENT:
                     del loader.get_code  # inherited from SourceLoader: let it be again
                 else:
-                    loader.get_code = _saved  # type: ignore[method-assign]
+                    loader.get_code = _saved  # type: ignore[method-assign]  # the original
                 _saved = _ABSENT
 
 

@@ -148,7 +148,7 @@ def _unused(module_sites: Mapping[str, Location], usage: Mapping[Suppression, _U
             extra_locations: list[Location]) -> Iterable[Finding]:
     site_lines: dict[str, set[int]] = {}
     for site in module_sites.values():
-        file, lines = _span(site)  # type: ignore[misc]
+        file, lines = _span(site)  # type: ignore[misc]  # a module site always has a span
         site_lines.setdefault(file, set()).update(lines)
     touched: dict[str, set[int]] = {f: set(lines) for f, lines in site_lines.items()}
     for loc in extra_locations:

@@ -422,7 +422,7 @@ def _serve_edited(edited: dict[str, str]) -> None:
                 raise OSError("no cached bytecode for an edited file")
         return original(self, path)
 
-    loader.get_data = get_data  # type: ignore[method-assign]
+    loader.get_data = get_data  # type: ignore[method-assign]  # patched for this run only
     for real, text in edited.items():
         lines = text.splitlines(keepends=True)
         for name in {real, os.path.abspath(real), os.path.relpath(real)}:
@@ -539,7 +539,7 @@ class KeyedDraws:
                 keyed.depth -= 1
                 torch.set_rng_state(state)
 
-        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]  # as functools.wraps sets
         return wrapper
 
 

@@ -316,7 +316,8 @@ class _Recorder(TorchFunctionMode):
             sizes = [t.numel() for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
             if not hasattr(exc, "biaslint_input_numel"):
                 try:
-                    exc.biaslint_input_numel = max(sizes, default=0)  # type: ignore[attr-defined]
+                    exc.biaslint_input_numel = max(  # type: ignore[attr-defined]  # read on report
+                        sizes, default=0)
                 except AttributeError:
                     pass
             raise

@@ -41,8 +41,9 @@ def call_at(tree: ast.Module, site: Location, name: str) -> ast.Call | None:
 
 def span_of(source: str, node: ast.AST) -> tuple[int, int]:
     """Character offsets [start, end) of a node in ``source``."""
-    return (_offset(source, node.lineno, node.col_offset),  # type: ignore[attr-defined]
-            _offset(source, node.end_lineno, node.end_col_offset))  # type: ignore[attr-defined]
+    placed: Any = node  # a statement or an expression: both have positions
+    return (_offset(source, placed.lineno, placed.col_offset),
+            _offset(source, placed.end_lineno, placed.end_col_offset))
 
 
 def edit(file: str, source: str, start: int, end: int, content: str) -> Edit:

@@ -422,7 +422,7 @@ def _insert_after_construction(finding: Finding, context: _Context
         statement = enclosing_statement(tree, call) if call is not None else None
         single = isinstance(statement, ast.AnnAssign) or (
             isinstance(statement, ast.Assign) and len(statement.targets) == 1)
-        if not (single and statement.value is call):  # type: ignore[union-attr]
+        if not (single and statement.value is call):  # type: ignore[union-attr]  # single: set
             reasons.append(f"the layer is not assigned to a name at {_where(step.location)} "
                            "(inside a Sequential, say)" if level == 0 else
                            f"the call at {_where(step.location)} is not assigned to the layer")

@@ -31,7 +31,7 @@ try:
     import lightning.pytorch as pl
 except ImportError:  # pragma: no cover - exercised where only pytorch_lightning is installed
     try:
-        import pytorch_lightning as pl  # type: ignore[no-redef]
+        import pytorch_lightning as pl  # type: ignore[no-redef]  # the older package name
     except ImportError:
         raise ImportError('biaslint.integrations.lightning needs Lightning: pip install '
                           '"biaslint[lightning]"') from None

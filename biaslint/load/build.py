@@ -229,7 +229,7 @@ class _OnImport(importlib.abc.MetaPathFinder):
             exec_module(module)
             patch(module)
 
-        loader.exec_module = run  # type: ignore[method-assign]
+        loader.exec_module = run  # type: ignore[method-assign]  # wrapped for this import
         return spec
 
 

@@ -122,10 +122,10 @@ class TargetProgress:
             write(report)
             return
         twin = Console(file=io.StringIO(), force_terminal=True, width=report.width,
-                       color_system=report.color_system,  # type: ignore[arg-type]
+                       color_system=report.color_system,  # type: ignore[arg-type]  # rich's name
                        highlight=False, emoji=False, legacy_windows=False)
         write(twin)
-        text = twin.file.getvalue()  # type: ignore[attr-defined]
+        text = twin.file.getvalue()  # type: ignore[attr-defined]  # the StringIO given above
         if text:
             # soft_wrap: the lines were already wrapped for this width (a long source line is
             # left for the terminal to wrap, as it is when printed directly). print's own end

@@ -190,7 +190,7 @@ def _addmm(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offs
         parts.append(broadcast([(offset, None)], 3 if batched else 2))
     result = parts[0]
     for p in parts[1:]:
-        result = join(result, p)  # type: ignore[assignment]
+        result = join(result, p)  # type: ignore[assignment]  # join keeps an Offset an Offset
     return result
 
 
@@ -208,7 +208,8 @@ def _linear(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Off
     b = prop.tensor(b_arg, node)
     if b is not None:
         added = broadcast([(b, None)], ndim)
-        result = added if result is None else join(result, added)  # type: ignore[assignment]
+        result = (added if result is None
+                  else join(result, added))  # type: ignore[assignment]  # an Offset stays one
     assert result is not None
     return result
 
