@@ -27,3 +27,19 @@ def test_ruff_finds_nothing() -> None:
 
 def test_mypy_finds_nothing() -> None:
     _run("mypy", "biaslint")
+
+
+
+def test_the_version_has_one_source() -> None:
+    # pyproject.toml reads it from biaslint/version.py: a literal in both places would drift
+    import re
+
+    from biaslint.version import __version__
+
+    project = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    table = project.split("[project]", 1)[1].split("\n[", 1)[0]
+    assert not re.search(r"^version\s*=", table, re.M), "pyproject.toml states a version"
+    assert 'dynamic = ["version"]' in table
+    assert 'version = { attr = "biaslint.version.__version__" }' in project
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert f"## [{__version__}]" in changelog, "CHANGELOG.md has no entry for the version"
