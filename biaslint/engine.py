@@ -165,6 +165,16 @@ def _lint_loaded(loaded: LoadedTarget, config: TargetConfig, settings: Settings,
     if no_forward is None:
         _prefetch(analysed, rules, config, settings)
         kept.restore()
+        with user_code(config.target, "the forward"):
+            skipped = analysed.skipped_at_random()
+        kept.restore()
+        if skipped:
+            # trained, yet outside every graph: a pass would claim what nobody looked at
+            incomplete.append(
+                f"{len(skipped)} layer(s) the training-mode forward skipped at random on the "
+                "example inputs (LayerDrop or stochastic depth: other seeds run them), so no "
+                "rule judged them: turn the layer drop off for the lint (e.g. layerdrop=0.0 "
+                f"in the model's config) ({_listed(skipped)})")
         if analysed.forward_failure is not None:
             raise TargetError(
                 f"{config.target}: the forward failed on the example inputs (run on real "

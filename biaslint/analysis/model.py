@@ -402,6 +402,47 @@ class AnalysedModel:
             self.timings["screen"] = time.perf_counter() - start
         return self.__dict__["_bias_screen"]
 
+    def skipped_at_random(self, tries: int = 3) -> list[str]:
+        """The layers the capture's training-mode forward did not call that another
+        training-mode forward, under another seed, does: LayerDrop and stochastic-depth
+        variants that skip whole layers at random. They are trained, but no graph holds them.
+
+        Only in training mode, with inputs and values, and when some layer was not called:
+        up to ``tries`` ``no_grad`` forwards with call hooks on those layers, the model, torch's
+        and Python's RNG restored after each. A layer that no seed calls is left as not called
+        (a branch this model does not take in training)."""
+        import random
+
+        from biaslint.capture.preserve import preserved
+
+        not_called = list(self.capture.coverage.not_called)
+        inputs = self.target.inputs
+        if not not_called or inputs is None or not self.model.training or self._on_meta():
+            return []
+        found: set[str] = set()
+
+        def hook(name: str) -> Any:
+            return lambda module, args: found.add(name)
+
+        hooks = [self.model.get_submodule(name).register_forward_pre_hook(hook(name))
+                 for name in not_called]
+        state = random.getstate()
+        try:
+            for seed in range(1, tries + 1):
+                with preserved(self.model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    random.seed(seed)
+                    self.model(*inputs.args, **inputs.kwargs)
+                if len(found) == len(not_called):
+                    break
+        except Exception:  # a census that fails finds what it found so far
+            pass
+        finally:
+            random.setstate(state)
+            for h in hooks:
+                h.remove()
+        return [name for name in not_called if name in found]
+
     def _run_forward(self) -> None:
         """One real ``no_grad`` forward on the example inputs, the model and RNG restored after;
         what it returns is kept for ``real_return``."""
