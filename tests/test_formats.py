@@ -272,45 +272,13 @@ def test_no_progress_output_when_not_a_tty(cli, write_target):
 def test_progress_on_a_real_terminal(write_target, tmp_path, extra):
     """Two targets on a pseudo-terminal (CI unset): the live display draws, then the report;
     with -j as with one process at a time."""
-    import pty
-    import subprocess
-    import sys
+    from pty_run import on_a_terminal
 
     first, second = write_target(BAD), write_target(BAD)
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "BUILD_NUMBER")}
-    env.update(TERM="xterm", COLUMNS="120")
-    controller, terminal = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "biaslint", first, second, *extra],
-                            stdin=terminal, stdout=terminal, stderr=terminal, env=env,
-                            cwd=tmp_path)
-    os.close(terminal)
-    import select
-    import time
-
-    chunks = []
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([controller], [], [], 5)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                data = os.read(controller, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        os.close(controller)
+    _, raw = on_a_terminal([first, second, *extra], tmp_path, columns=120)
     import re
 
-    output = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace"))
+    output = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)
     assert "1/2" in output or "0/2" in output, output  # the progress bar's M/N column
     if extra:
         assert "2 at a time" in output, output

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pty_run import on_a_terminal
 
 # Runs the real entry point (``biaslint.cli.run``, as the ``biaslint`` command does) and says at
 # exit whether torch was imported: the exit handlers run on both of ``cli._end``'s paths.
@@ -187,48 +188,6 @@ def test_the_screen_applies_overwrites_like_a_terminal():
     assert Screen(columns=10).feed("abc\x1b[32mdef\x1b[0m\rX").text() == "Xbcdef"
 
 
-def _on_a_terminal(args: list[str], cwd: Path, columns: int = 80) -> tuple[int, str]:
-    """Run ``python -m biaslint ARGS`` with stdin, stdout and stderr on one pseudo-terminal of
-    ``columns`` x 24 (CI unset, so the live display draws) and return its exit code and all
-    it wrote."""
-    import fcntl
-    import pty
-    import select
-    import struct
-    import termios
-    import time
-
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "BUILD_NUMBER")}
-    env.update(TERM="xterm", COLUMNS=str(columns), LINES="24")
-    controller, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-m", "biaslint", *args], stdin=terminal,
-                            stdout=terminal, stderr=terminal, env=env, cwd=cwd)
-    os.close(terminal)
-    chunks = []
-    deadline = time.monotonic() + 300  # a safety net for a hung run, not a timing assertion
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([controller], [], [], 5)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                data = os.read(controller, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=60)
-        os.close(controller)
-    return proc.returncode, b"".join(chunks).decode("utf-8", "replace")
-
-
 @pytest.fixture(scope="module")
 def three_on_a_terminal(tmp_path_factory: pytest.TempPathFactory):
     """``biaslint three.py:a three.py:b three.py:c [-j 2]`` on a pseudo-terminal (80 columns
@@ -241,7 +200,7 @@ def three_on_a_terminal(tmp_path_factory: pytest.TempPathFactory):
 
     def run(extra: tuple[str, ...], columns: int = 80) -> tuple[int, str]:
         if (extra, columns) not in runs:
-            runs[extra, columns] = _on_a_terminal(
+            runs[extra, columns] = on_a_terminal(
                 ["three.py:a", "three.py:b", "three.py:c", *extra], folder, columns)
         return runs[extra, columns]
 

@@ -19,6 +19,7 @@ import torch.nn as nn
 from biaslint.errors import TargetError, memory_error, out_of_memory
 from biaslint.findings import BuildFrame, InitCall, Location
 from biaslint.laws import Piece
+from biaslint.load.encoding import display_path, refuse_undecodable
 from biaslint.load.guard import user_code
 from biaslint.load.sites import BuildRecord, recording
 from biaslint.target import IntShape, TargetSpec, parse_target
@@ -292,8 +293,6 @@ def example_tensor(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _resolve(spec: TargetSpec) -> Any:
-    from biaslint.load.encoding import refuse_undecodable
-
     before = set(sys.modules)
     module = _import(spec)
     refuse_undecodable(spec.text, module, before)  # a file Python refuses is not linted
@@ -305,7 +304,7 @@ def _resolve(spec: TargetSpec) -> Any:
             where = getattr(module, "__file__", spec.module)
             raise TargetError(
                 f"{spec.text}: {module.__name__} has no attribute {spec.attr!r} "
-                f"({_display(where)}); check the name after ':'"
+                f"({display_path(where)}); check the name after ':'"
             ) from None
     return obj
 
@@ -440,7 +439,7 @@ def _user_frame(exc: BaseException) -> str | None:
         path = os.path.abspath(frame.filename)
         if not path.startswith(own) and not path.startswith(torch_dir) \
                 and "importlib" not in frame.filename:
-            return f"{_display(frame.filename)}:{frame.lineno}"
+            return f"{display_path(frame.filename)}:{frame.lineno}"
     return None
 
 
@@ -451,16 +450,8 @@ def _describe(exc: BaseException) -> str:
     if where is not None:
         return f"{text} (at {where})"
     if isinstance(exc, SyntaxError) and exc.filename:
-        return f"{text} (at {_display(exc.filename)}:{exc.lineno})"
+        return f"{text} (at {display_path(exc.filename)}:{exc.lineno})"
     return text
-
-
-def _display(path: str) -> str:
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return path if rel.startswith("..") else rel
 
 
 def module_sites_of(model: nn.Module, record: BuildRecord) -> dict[str, Location]:

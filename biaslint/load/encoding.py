@@ -60,14 +60,15 @@ def refuse_undecodable(target: str, module: Any, before: Iterable[str]) -> None:
             continue
         line = undecodable_line(file)
         if line is not None:
-            shown = _display(file)
+            shown = display_path(file)
             raise TargetError(
                 f"{target}: {shown} is not valid UTF-8 (line {line}) and declares no other "
                 "encoding, so Python refuses it as source (PEP 263); save it as UTF-8, or "
                 "declare its encoding on its first line (# -*- coding: latin-1 -*-)")
 
 
-def _display(path: str) -> str:
+def display_path(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it, else as given."""
     try:
         rel = os.path.relpath(path)
     except ValueError:
