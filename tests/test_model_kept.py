@@ -114,8 +114,7 @@ def test_a_rule_reads_the_values_the_build_made_not_those_a_forward_wrote(tmp_pa
     assert "the forward writes to lin.weight" in proc.stdout
 
 
-def test_the_cli_leaves_the_built_model_bit_identical(tmp_path):
-    (tmp_path / "writes.py").write_text(textwrap.dedent("""
+WRITES = """
         import atexit, torch, torch.nn as nn
 
         class W(nn.Module):
@@ -143,8 +142,25 @@ def test_the_cli_leaves_the_built_model_bit_identical(tmp_path):
             for model, saved in MODELS:
                 same = all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
                 print("MODEL", "same" if same else "changed", flush=True)
-    """))
+"""
+
+
+def test_the_cli_leaves_the_built_model_bit_identical(tmp_path):
+    (tmp_path / "writes.py").write_text(textwrap.dedent(WRITES))
     proc = subprocess.run([sys.executable, "-m", "biaslint", "writes.py:build"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": ROOT})
+    assert "MODEL same" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_the_pytest_plugin_leaves_the_built_model_bit_identical(tmp_path):
+    (tmp_path / "writes.py").write_text(textwrap.dedent(WRITES))
+    (tmp_path / "pyproject.toml").write_text('[tool.biaslint]\ntargets = ["writes.py:build"]\n')
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTEST_ADDOPTS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD")}
+    env["PYTHONPATH"] = ROOT
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                           "--biaslint", "-q"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert "1 passed" in proc.stdout, proc.stdout + proc.stderr
     assert "MODEL same" in proc.stdout, proc.stdout + proc.stderr
