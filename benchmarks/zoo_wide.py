@@ -242,12 +242,17 @@ def hf_build(model_type: str) -> tuple[Any, Any]:
     raise last
 
 
-def hf_builder(model_type: str) -> Builder:
+def _builder(make: Callable[[str], tuple[Any, Any]], name: str) -> Builder:
+    """A no-argument builder named ``name`` (its name is the target's attribute)."""
     def build() -> tuple[Any, Any]:
-        return hf_build(model_type)
+        return make(name)
 
-    build.__name__ = model_type
+    build.__name__ = name
     return build
+
+
+def hf_builder(model_type: str) -> Builder:
+    return _builder(hf_build, model_type)
 
 
 # --- timm -------------------------------------------------------------------------------------
@@ -331,11 +336,7 @@ def timm_build(module: str) -> tuple[Any, Any]:
 
 
 def timm_builder(module: str) -> Builder:
-    def build() -> tuple[Any, Any]:
-        return timm_build(module)
-
-    build.__name__ = module
-    return build
+    return _builder(timm_build, module)
 
 
 # --- families ---------------------------------------------------------------------------------

@@ -168,6 +168,11 @@ def _lint_loaded(loaded: LoadedTarget, config: TargetConfig, settings: Settings,
         with user_code(config.target, "the forward"):
             skipped = analysed.skipped_at_random()
         kept.restore()
+        if analysed.census_failure is not None:
+            notes.append("could not tell whether the layers the forward did not call are "
+                         "skipped at random in training (LayerDrop): a forward under another "
+                         f"seed raised {analysed.census_failure}; they are counted as not "
+                         "called")
         if skipped:
             # trained, yet outside every graph: a pass would claim what nobody looked at
             incomplete.append(

@@ -40,6 +40,15 @@ MODELS = """
             x = torch.relu(self.body(x))
             return self.head(x) if self.training else self.export_head(x)
 
+    class FailsLater(LayerDrop):
+        def forward(self, x):
+            if torch.initial_seed() != 0:  # runs under the lint's seed, fails under any other
+                raise RuntimeError("no other seed")
+            return super().forward(x)
+
+    def fails_later():
+        return FailsLater(0.5), (torch.randn(8, 16),)
+
     def dropping():
         return LayerDrop(0.5), (torch.randn(8, 16),)
 
@@ -75,3 +84,10 @@ def test_a_branch_never_taken_in_training_stays_not_called(tmp_path):
     proc = _run(tmp_path, "eval_only")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "export_head" in proc.stdout and "skipped at random" not in proc.stdout
+
+
+def test_a_census_that_cannot_run_is_said(tmp_path):
+    proc = _run(tmp_path, "fails_later")
+    out = proc.stdout + proc.stderr
+    assert "could not tell whether the layers the forward did not call" in out, out
+    assert "no other seed" in out

@@ -227,6 +227,8 @@ class AnalysedModel:
         # What the rules' real forward raised (capture ran, the real forward did not): the
         # rules that read it judge nothing, and the engine says so.
         self.forward_failure: str | None = None
+        # why ``skipped_at_random`` could not run every seed (None: it did, or had no need)
+        self.census_failure: str | None = None
         self._real_inputs: dict[str, torch.Tensor | None] = {}
         self._return: Any = None  # what the real forward returned (``real_return``)
         self._returned_known = False
@@ -435,8 +437,8 @@ class AnalysedModel:
                     self.model(*inputs.args, **inputs.kwargs)
                 if len(found) == len(not_called):
                     break
-        except Exception:  # a census that fails finds what it found so far
-            pass
+        except Exception as exc:  # said by the engine: the rest stays "not called", unverified
+            self.census_failure = failure_of(self.model, exc).describe()
         finally:
             random.setstate(state)
             for h in hooks:

@@ -7,9 +7,11 @@ plot). Without care, the user's model would come back changed from ``check()``, 
 after a forward would judge values the forward wrote instead of the ones the build made.
 
 ``KeptModel`` copies every parameter and buffer once, before the first forward, and puts back
-exactly what changed: the tensor objects each module holds (a forward that rebinds
-``self.weight``), their values (into the same storage, so references the user keeps, an
-optimizer's for one, still see the model), ``requires_grad`` and ``.grad``. Whether a tensor was
+exactly what changed: their values (into the same storage, so references the user keeps, an
+optimizer's for one, still see the model), ``requires_grad`` and ``.grad``. The tensor objects
+each module holds (a forward that rebinds ``self.weight``) and buffer values are already put
+back around every forward by ``capture.preserve.preserved``; parameter values are not, hence
+this. Whether a tensor was
 written is read from its version counter, which every in-place op bumps, so restoring an
 untouched model costs no copy. Tensors on the meta device hold no values and are not copied.
 """
@@ -39,13 +41,10 @@ class KeptModel:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self._slots: list[tuple[nn.Module, dict[str, torch.Tensor | None],
-                                dict[str, torch.Tensor | None]]] = []
         self._saved: dict[int, _Saved] = {}
         self._names: dict[int, str] = {}
         self.written: list[str] = []
         for prefix, module in model.named_modules(remove_duplicate=False):
-            self._slots.append((module, dict(module._parameters), dict(module._buffers)))
             for kind in (module._parameters, module._buffers):
                 for name, tensor in kind.items():
                     if tensor is None or id(tensor) in self._saved:
@@ -58,13 +57,6 @@ class KeptModel:
                         requires_grad=tensor.requires_grad, grad=tensor.grad)
 
     def restore(self) -> None:
-        for module, parameters, buffers in self._slots:
-            for now, before in ((module._parameters, parameters), (module._buffers, buffers)):
-                if now.keys() != before.keys() or any(now[k] is not v for k, v in before.items()):
-                    for key in set(now) - set(before):
-                        self._mark(f"{type(module).__name__}.{key}")
-                    now.clear()
-                    now.update(before)
         for key, saved in self._saved.items():
             tensor = saved.tensor
             changed = (tensor._version != saved.version or _pointer(tensor) != saved.data_ptr
