@@ -88,3 +88,47 @@ def judge(write_target):
         return findings, oracle
 
     return run
+
+
+# With BIASLINT_SUITE_LOG=path, every in-process lint of the run appends its findings to ``path``
+# (one JSON line per result, tagged with the test that made it), so two commits can be compared
+# finding by finding: ``python benchmarks/compare_suite.py BEFORE AFTER``. Lints in child
+# processes (-j, the CLI in a subprocess) are not seen here; the zoo sweeps cover those paths.
+_SUITE_LOG = os.environ.get("BIASLINT_SUITE_LOG")
+
+
+@pytest.fixture(autouse=True)
+def _suite_log(request: pytest.FixtureRequest):
+    if not _SUITE_LOG:
+        yield
+        return
+    import json
+    import re
+
+    import torch
+
+    from biaslint.findings import TargetResult
+
+    torch.manual_seed(0)  # tests that draw without a seed of their own draw the same each run
+
+    original = TargetResult.__init__
+    test = request.node.nodeid
+
+    def plain(text: str) -> str:  # temp folders and per-process file stems differ between runs
+        text = re.sub(r"/[^\s'\"]*pytest-[^\s'\"]*/", "<tmp>/", text)
+        return re.sub(r"model_\d+_\d+", "model_N", text)
+
+    def recording_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        line = {"test": test, "target": plain(self.target),
+                "findings": sorted([f.code, f.module, f.parameter, int(f.severity),
+                                    plain(f.message)] for f in self.findings),
+                "incomplete": len(self.incomplete), "error": bool(self.error)}
+        with open(_SUITE_LOG, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+    TargetResult.__init__ = recording_init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        TargetResult.__init__ = original  # type: ignore[method-assign]
