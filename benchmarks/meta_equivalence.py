@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import meta_equivalence
 
-    from biaslint.parallel import run_isolated
+    from biaslint.run.parallel import run_isolated
 
     pattern = re.compile(args.match) if args.match else None
     jobs = [Job(f, n) for f in args.family.split(",") if f for n in FAMILIES[f].names()

@@ -625,7 +625,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, timeout: float | None = None,
     """Measure each job in its own process; returns each model's info (with its rows)."""
     import recall  # importable by name in the workers, not as __main__
 
-    from biaslint.parallel import run_isolated
+    from biaslint.run.parallel import run_isolated
 
     infos: list[dict[str, Any]] = [{} for _ in jobs]
 

@@ -1,7 +1,7 @@
 """The model zoo sweep: coverage, overhead and crashes of biaslint on real architectures.
 
 Every model is built with random initialization (no downloads), linted through biaslint's Python
-API in its own process (``biaslint.parallel.run_isolated``), and measured:
+API in its own process (``biaslint.run.parallel.run_isolated``), and measured:
 
 - ``build_s``: building the model with no biaslint involved (plain constructor call);
 - ``record_s``: what recording construction sites and init calls added to the build
@@ -282,7 +282,7 @@ def findings_report(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from biaslint.parallel import run_isolated
+    from biaslint.run.parallel import run_isolated
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", default=",".join(FAMILIES),

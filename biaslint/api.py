@@ -187,7 +187,7 @@ def check(model: "nn.Module", example_inputs: Any = None, **settings: Any) -> Re
 
 
 def _configure(model: "nn.Module", settings: Mapping[str, Any]) -> tuple[Any, Any]:
-    from biaslint.config import known_prefix
+    from biaslint.run.config import known_prefix
     from biaslint.settings import Settings, TargetConfig
 
     def codes(key: str) -> tuple[str, ...]:
@@ -206,7 +206,7 @@ def _configure(model: "nn.Module", settings: Mapping[str, Any]) -> tuple[Any, An
                 for k, v in (settings.get("severity") or {}).items()}
     priors = settings.get("class_priors")
     if isinstance(priors, str):
-        from biaslint.priors import parse_priors
+        from biaslint.run.priors import parse_priors
 
         priors = parse_priors(priors)
     elif priors is not None:
@@ -322,7 +322,7 @@ def _default_name(model: "nn.Module") -> str:
 
 def _class_definition(cls: type) -> Location | None:
     """Where the user's class ``cls`` is defined; None for a library's or an unknown source."""
-    from biaslint.changes import is_project_file
+    from biaslint.load.files import is_project_file
     from biaslint.load.sites import display_path
 
     try:
@@ -342,7 +342,7 @@ def _caller_site() -> Location | None:
     library's, such as a training loop calling the Lightning callback)."""
     import sys
 
-    from biaslint.changes import is_project_file
+    from biaslint.load.files import is_project_file
     from biaslint.load.sites import display_path
 
     own = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -446,7 +446,7 @@ def check_target(target: str, **settings: Any) -> Report:
     ``[tool.biaslint]`` settings of the nearest pyproject.toml (given settings win)."""
     from biaslint.engine import lint
     from biaslint.errors import BiaslintError
-    from biaslint.run import CheckOptions, plan
+    from biaslint.run.check import CheckOptions, plan
 
     allowed = {"select", "ignore", "fail_on", "class_priors", "head", "target_mean",
                "input_shapes", "allow_incomplete", "config", "device", "signal"}

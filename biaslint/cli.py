@@ -19,7 +19,7 @@ from biaslint.report import FORMATS
 from biaslint.version import __version__
 
 if TYPE_CHECKING:
-    from biaslint.run import Outcome
+    from biaslint.run.check import Outcome
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a SIGINT
@@ -118,7 +118,7 @@ def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str,
           debug: bool) -> None:
     """Lint the models that TARGETS build (or the targets configured in pyproject.toml)."""
     from biaslint.process import interrupts, own_process
-    from biaslint.run import CheckOptions, run_check
+    from biaslint.run.check import CheckOptions, run_check
 
     if _OWN_PROCESS:
         own_process()
@@ -189,7 +189,7 @@ def _end(code: int) -> None:
 def _interrupted(exc: KeyboardInterrupt) -> str:
     """What the user has after a Ctrl-C: the text report streams target by target, so the
     reports printed before it stand."""
-    from biaslint.run import Interrupted
+    from biaslint.run.check import Interrupted
 
     if isinstance(exc, Interrupted) and exc.reported:
         return (f"{exc.reported} of {exc.total} target{'s' if exc.total != 1 else ''} "
@@ -224,8 +224,8 @@ def rules_command() -> None:
 @click.argument("code")
 def rule_command(code: str) -> None:
     """Show the documentation of rule CODE (the text of its page in rules/)."""
-    from biaslint.docs import rule_page
     from biaslint.rules import rule_by_code
+    from biaslint.rules.pages import rule_page
 
     rule = rule_by_code(code)
     if rule is None:

@@ -226,7 +226,7 @@ class TargetResult:
     # Activation and gradient RMS per layer at init (``biaslint.analysis.signal.Signal``), when
     # the report asked for it and a real forward was possible; None otherwise.
     signal: Any = field(default=None, compare=False, hash=False)
-    # With ``Settings.record_sources``: a ``biaslint.changes.Recording``, the project files the
+    # With ``Settings.record_sources``: a ``biaslint.load.files.SourceFiles``, the project files the
     # build and forward ran or read and the libraries they ran; None when not recorded or not
     # trustworthy.
     sources: Any = field(default=None, compare=False, hash=False)

@@ -118,7 +118,7 @@ def prior_bias_(layer: M, priors: Sequence[float], head: str = "softmax") -> M:
     if not isinstance(bias, torch.Tensor) or bias.dim() != 1:
         raise ValueError(f"prior_bias_: {type(layer).__name__} has no bias; build the classifier "
                          "head with bias=True")
-    raw = getattr(priors, "raw", priors)  # biaslint.priors.Priors keeps the unnormalized values
+    raw = getattr(priors, "raw", priors)  # biaslint.run.priors.Priors keeps the unnormalized values
     values = raw if head == "sigmoid" else priors
     logits = prior_logits(values, head, outputs=bias.numel())
     with torch.no_grad():

@@ -33,8 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "biaslint: a [tool.biaslint] target linted by --biaslint")
     if not config.getoption("biaslint", default=False):
         return
-    from biaslint.config import load_config
     from biaslint.errors import ConfigError
+    from biaslint.run.config import load_config
 
     try:
         file = load_config(start=config.rootpath)
@@ -67,7 +67,7 @@ class BiaslintFile(pytest.File):
     def collect(self) -> list[pytest.Item]:
         import dataclasses
 
-        from biaslint.run import CheckOptions, plan
+        from biaslint.run.check import CheckOptions, plan
 
         plan_ = plan(CheckOptions(config=str(self.path)))
         # Text reports only: the signal curves (json/html) cost a forward and backward each.

@@ -40,5 +40,5 @@ class Settings:
     # json, the Python API): one more real forward and backward per target.
     signal: bool = False
     # Record the project files each target's build and forward run (``TargetResult.sources``),
-    # for ``--changed-since`` (``biaslint.changes``).
+    # for ``--changed-since`` (``biaslint.run.changes``).
     record_sources: bool = False

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from biaslint.baseline import apply_baseline, fingerprint, read_baseline, write_baseline
 from biaslint.errors import ConfigError
 from biaslint.findings import Finding, Location, Severity, TargetResult
+from biaslint.run.baseline import apply_baseline, fingerprint, read_baseline, write_baseline
 
 # model[0]: BL002 error; model[2]: BL002 warning (verdicts checked by training in test_bl002.py).
 BAD = """\

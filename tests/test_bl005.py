@@ -135,7 +135,7 @@ def build():
 
 
 def test_multilabel_sigmoid_head(lint_model):
-    from biaslint.priors import parse_priors
+    from biaslint.run.priors import parse_priors
 
     source = '''
 import torch.nn as nn
@@ -207,7 +207,7 @@ def test_cli_priors_from_file(cli, write_target, tmp_path):
 
 
 def test_one_output_sigmoid_head_accepts_a_single_positive_rate(lint_model):
-    from biaslint.priors import parse_priors
+    from biaslint.run.priors import parse_priors
 
     source = "import torch.nn as nn\n\ndef build():\n    return nn.Sequential(nn.Linear(8, 1))\n"
     _, result = lint_model(source, class_priors=parse_priors("0.01"), head="sigmoid")

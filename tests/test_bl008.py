@@ -128,8 +128,8 @@ def test_a_mean_count_that_fits_no_head_is_one_clear_error(write_target, cli):
 
 
 def test_target_mean_in_the_config_is_validated(tmp_path, cli):
-    from biaslint.config import load_config
     from biaslint.errors import ConfigError
+    from biaslint.run.config import load_config
 
     good = tmp_path / "good.toml"
     good.write_text('[tool.biaslint]\n'

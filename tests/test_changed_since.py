@@ -266,7 +266,7 @@ def test_changed_since_refuses_to_write_a_partial_baseline(repo: Path, cli, monk
 def test_recording_follows_imports_made_by_an_earlier_target(tmp_path: Path, monkeypatch):
     """In one process, a module imported by one target is not imported again by the next: the
     second still depends on what ran at that import (here a constant of another module)."""
-    from biaslint.changes import recording_sources
+    from biaslint.load.files import recording_sources
 
     package = tmp_path / f"pkg_{os.getpid()}"
     package.mkdir()
@@ -303,17 +303,18 @@ def test_recording_notes_the_libraries_whose_code_ran():
 
     import click
 
-    from biaslint.changes import _distributions, recording_sources
+    from biaslint.load.files import recording_sources
+    from biaslint.run.libraries import distributions
 
     with recording_sources() as recording:
         click.style("x", bold=True)
     assert recording.files == ()
     assert "click" in recording.libraries
-    assert _distributions(["click"]) == {"click": metadata.version("click")}
+    assert distributions(["click"]) == {"click": metadata.version("click")}
 
 
 def test_a_tracer_replaced_by_the_target_makes_the_recording_untrusted():
-    from biaslint.changes import recording_sources
+    from biaslint.load.files import recording_sources
 
     before = sys.gettrace()
     with recording_sources() as recording:
@@ -327,7 +328,7 @@ def test_a_library_import_runs_untraced_and_a_project_module_it_imports_is_recor
     """A library's first import (torch, torchvision: millions of calls) runs without the call
     tracer; the library still counts as run (its version is kept), and a project module that the
     library imports, or that the build imports after it, is recorded as before."""
-    from biaslint.changes import recording_sources
+    from biaslint.load.files import recording_sources
 
     tag = os.getpid()
     site = tmp_path / "site-packages"  # a folder named like an installed library's
@@ -376,12 +377,13 @@ _WRITER = """
 import sys, time
 from dataclasses import dataclass
 from pathlib import Path
-from biaslint.changes import Recording, Tracking
+from biaslint.load.files import SourceFiles
+from biaslint.run.changes import Tracking
 from biaslint.settings import Settings, TargetConfig
 
 @dataclass
 class Result:
-    sources: Recording
+    sources: SourceFiles
     error: str | None = None
 
 root, name, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
@@ -392,7 +394,7 @@ for index in range(count):
     tracking._read()
     time.sleep(0.01)
     config = TargetConfig(target=f"{name}:build{index}")
-    assert tracking.record([config], [Result(Recording(files=(str(source),)))], Settings())
+    assert tracking.record([config], [Result(SourceFiles(files=(str(source),)))], Settings())
     problem = tracking.write()
     assert problem is None, problem
 """

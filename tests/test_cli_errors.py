@@ -373,7 +373,7 @@ def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def _git_repo(path: Path) -> Path:
-    """A git work tree: there biaslint records each target's sources (``biaslint.changes``)."""
+    """A git work tree: there biaslint records each target's sources (``biaslint.run.changes``)."""
     path.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=path, check=True)
     return path

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from biaslint.config import find_pyproject, load_config
 from biaslint.errors import ConfigError
 from biaslint.findings import Severity
+from biaslint.run.config import find_pyproject, load_config
 
 # model[0] gets a BL002 error, model[2] a BL002 warning (verdicts checked in test_bl002.py).
 BAD = """\
@@ -231,7 +231,7 @@ def test_format_from_config(cli, tmp_path, monkeypatch):
 
 
 def test_target_table_applies_to_the_same_target_on_the_command_line(tmp_path, monkeypatch):
-    from biaslint.run import CheckOptions, plan
+    from biaslint.run.check import CheckOptions, plan
 
     monkeypatch.chdir(tmp_path)
     write_pyproject(tmp_path, 'targets = [{target = "shape.py:build", input-shape = "2,5", '
@@ -246,7 +246,7 @@ def test_target_table_applies_to_the_same_target_on_the_command_line(tmp_path, m
 
 
 def test_class_priors_file_is_relative_to_the_config(cli, tmp_path, monkeypatch):
-    from biaslint.run import CheckOptions, plan
+    from biaslint.run.check import CheckOptions, plan
 
     (tmp_path / "priors.json").write_text("[90, 10]")
     write_pyproject(tmp_path,

@@ -230,7 +230,7 @@ def test_json_and_sarif_carry_the_edits(tmp_path):
 def _keyed_build(path: Path):
     """The build with every init call of a parameter drawn from its own seeded generator (as
     the check on a copy does): a fix that draws more or fewer numbers moves no other tensor."""
-    from biaslint.verify import KeyedDraws
+    from biaslint.run.verify import KeyedDraws
 
     with KeyedDraws():
         built = _build(path)

@@ -18,30 +18,35 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "biaslint"
 
-# Highest first. A module may import from its own layer and from any layer below it.
+# Highest first. A module may import from its own layer and from any layer below it. Every
+# layer but the two outermost is a folder of the package; the top level holds only the public
+# doors (the first layer) and the ground floor (the last): ``test_the_top_level_is_doors_and_
+# ground_floor`` keeps it so.
+DOORS = ("biaslint", "biaslint.__main__", "biaslint.cli", "biaslint.api", "biaslint.testing",
+         "biaslint.pytest_plugin", "biaslint.init", "biaslint.version")
+# Types and tables every stage shares, and nothing that runs a stage.
+GROUND = ("biaslint.errors", "biaslint.findings", "biaslint.settings", "biaslint.target",
+          "biaslint.vocabulary", "biaslint.laws", "biaslint.sources", "biaslint.process")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("cli", ("biaslint.cli", "biaslint.__main__")),
-    # In-Python entry points: each runs what the command line runs, on an object or a target.
-    # The package's ``__init__`` offers ``biaslint.check`` (imported when used): it is a facade
-    # of this layer, so no module of the stages below imports the package itself (they import
-    # ``biaslint.version``).
-    ("api", ("biaslint.api", "biaslint.testing", "biaslint.pytest_plugin",
-             "biaslint.integrations", "biaslint")),
+    # The command line and the in-Python entry points (``check()``, ``assert_clean``, the pytest
+    # plugin, the Lightning callback): each runs what the command line runs. The package's
+    # ``__init__`` offers ``biaslint.check`` (imported when used), so no module of the stages
+    # below imports the package itself (they import ``biaslint.version``).
+    ("doors", (*[d for d in DOORS if d not in ("biaslint.init", "biaslint.version")],
+               "biaslint.integrations")),
+    # The check command: settings, target choice (--changed-since), one process per target,
+    # baselines, --fix checked on a copy.
     ("run", ("biaslint.run",)),
-    # One process per target: the lint (-j, --timeout), and the check of --fix's edits on a copy.
-    ("parallel", ("biaslint.parallel", "biaslint.verify")),
     ("engine", ("biaslint.engine",)),
-    ("report", ("biaslint.report", "biaslint.docs", "biaslint.config", "biaslint.baseline",
-                "biaslint.suppress")),
+    ("report", ("biaslint.report",)),
     ("rules", ("biaslint.rules",)),
     ("fix", ("biaslint.fix",)),
     ("analysis", ("biaslint.analysis",)),
     ("capture", ("biaslint.capture",)),
     ("load", ("biaslint.load",)),
-    ("core", ("biaslint.vocabulary", "biaslint.init", "biaslint.priors", "biaslint.target",
-              "biaslint.laws",
-              "biaslint.settings", "biaslint.findings", "biaslint.errors", "biaslint.version",
-              "biaslint.changes", "biaslint.sources", "biaslint.process")),
+    # ``init`` (the helpers the fixes call) and ``version`` are public, and every stage may use
+    # them: they sit on the ground floor.
+    ("ground", (*GROUND, "biaslint.init", "biaslint.version")),
 ]
 # Each stage reads only the previous stage's output: rules see the model through
 # ``biaslint.analysis`` alone, reporters only format what the engine produced.
@@ -191,12 +196,21 @@ def test_imports_go_down_the_stages(graph):
 
 def test_the_stage_packages_are_at_the_top_level():
     assert not (PACKAGE.parent / "src").exists()
-    for stage in ("load", "capture", "analysis", "rules", "fix", "report"):
+    for stage in ("load", "capture", "analysis", "rules", "fix", "report", "engine", "run"):
         assert (PACKAGE / stage / "__init__.py").is_file(), stage
 
 
+def test_the_top_level_is_doors_and_ground_floor():
+    """A module at the top of the package is a public door or a ground-floor type; anything that
+    runs a stage or a step of the check command lives in that layer's folder."""
+    top = {f"biaslint.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    assert top - set(DOORS) - set(GROUND) == set()
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert folders == {name for name, _ in LAYERS[1:-1]} | {"integrations"}
+
+
 def test_every_module_the_forkserver_preloads_imports():
-    from biaslint.parallel import _PRELOAD
+    from biaslint.run.parallel import _PRELOAD
 
     for name in _PRELOAD:
         importlib.import_module(name)

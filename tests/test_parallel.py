@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from biaslint.engine import lint
-from biaslint.parallel import lint_many
+from biaslint.run.parallel import lint_many
 from biaslint.settings import Settings, TargetConfig
 
 MODELS = """

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from biaslint.errors import PriorsError
-from biaslint.priors import parse_priors
+from biaslint.run.priors import parse_priors
 
 
 def close(a, b):

@@ -22,7 +22,7 @@ def test_the_readme_has_snippets_to_check():
 
 @pytest.mark.parametrize("index", range(len(_blocks("toml"))))
 def test_toml_snippet_is_valid_configuration(index: int, tmp_path: Path):
-    from biaslint.config import load_config
+    from biaslint.run.config import load_config
 
     path = tmp_path / "pyproject.toml"
     path.write_text(_blocks("toml")[index], encoding="utf-8")

@@ -1,6 +1,6 @@
 """The top-level rules/ folder: one generated page per registered rule, kept in sync.
 
-Regenerate with ``python -m biaslint.docs rules`` (from the repository root).
+Regenerate with ``python -m biaslint.rules.pages rules`` (from the repository root).
 """
 
 from __future__ import annotations
@@ -10,13 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from biaslint.docs import INDEX, expected_pages, page_name, rule_page, stale_pages, write_pages
 from biaslint.rules import all_rules
+from biaslint.rules.pages import (
+    INDEX,
+    expected_pages,
+    page_name,
+    rule_page,
+    stale_pages,
+    write_pages,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ROOT / "rules"
 RULES = all_rules()
-REGENERATE = "run `python -m biaslint.docs rules` from the repository root"
+REGENERATE = "run `python -m biaslint.rules.pages rules` from the repository root"
 
 
 def test_every_page_is_present_and_current():
@@ -40,7 +47,7 @@ def test_stale_missing_and_orphan_pages_are_detected(tmp_path):
 
 
 def test_generator_check_mode_exit_codes(tmp_path, capsys):
-    from biaslint.docs import main
+    from biaslint.rules.pages import main
 
     assert main([str(tmp_path), "--check"]) == 1
     assert main([str(tmp_path)]) == 0

@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
+from biaslint.engine.suppress import comments_in
 from biaslint.rules import REGISTRY
 from biaslint.settings import Settings
-from biaslint.suppress import comments_in
 
 # A registered rule other than BL002 and BL100, which finds nothing in these models.
 OTHER = next((r.code for r in sorted(REGISTRY, key=lambda r: r.code)

@@ -7,7 +7,7 @@ standard library. Each edit carries the digest of the text its offsets were comp
 text the build compiled, ``biaslint.sources``); an edit whose digest is not the file's text now
 (the file changed since the build) is not applied. A fix is applied whole or not at all; fixes
 whose edits overlap others are left for the next run. The run checks the planned fixes on a copy
-before it writes or shows them (``biaslint.verify``) and plans again with those that passed
+before it writes or shows them (``biaslint.run.verify``) and plans again with those that passed
 (``keep``). Right before writing, the file is read again: if it is no longer the text the edits
 were applied to, it is left alone. Files are written through a temporary file in the same
 folder and an atomic replace, to the link's target when the path is a symbolic link (the link

@@ -49,7 +49,7 @@ def refuse_undecodable(target: str, module: Any, before: Iterable[str]) -> None:
     """Raise ``TargetError`` when the file of ``module`` (the target's), or of a project module
     first imported since ``before`` (the names ``sys.modules`` held), is a source file Python
     refuses."""
-    from biaslint.changes import is_project_file
+    from biaslint.load.files import is_project_file
 
     known = set(before)
     files = [getattr(module, "__file__", None)]

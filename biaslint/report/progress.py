@@ -6,7 +6,7 @@ leaves only the report behind.
 
 In one process the display is one line: the count, a bar, the target being linted and its stage.
 With ``-j`` several targets run at once, so under that line each running target gets a line of
-its own with its stage (the workers send their stages back, ``biaslint.parallel``).
+its own with its stage (the workers send their stages back, ``biaslint.run.parallel``).
 
 The report streams out while the display is drawn, and on a terminal stdout and stderr are
 usually the same screen: a report line written there by another console would land on (or be

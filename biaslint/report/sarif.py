@@ -28,8 +28,8 @@ def render(results: Sequence[TargetResult]) -> str:
 
 
 def sarif_log(results: Sequence[TargetResult]) -> dict[str, Any]:
-    from biaslint.docs import rule_page
     from biaslint.rules import all_rules
+    from biaslint.rules.pages import rule_page
 
     rules = all_rules()
     index = {rule.code: i for i, rule in enumerate(rules)}

@@ -1,8 +1,8 @@
 """BL100: a ``# biaslint: ignore`` comment that suppresses nothing (the meta-rule).
 
-The findings come from the engine's suppression pass (``biaslint.suppress``), which is the only
-place that knows which comments were used; ``check`` yields nothing. Registering the rule gives it
-a code to select or ignore, a page and an entry in ``biaslint rules``.
+The findings come from the engine's suppression pass (``biaslint.engine.suppress``), the only
+place that knows which comments were used; ``check`` yields nothing. Registering the rule gives
+it a code to select or ignore, a page and an entry in ``biaslint rules``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Check every planned fix on a copy before ``--fix`` writes it (``--diff`` shows only those).
 
 The edited files are written to a temporary folder; nothing in the project changes. Then, for
-every target of the run, each in its own process (``biaslint.parallel``):
+every target of the run, each in its own process (``biaslint.run.parallel``):
 
 1. a *reference* build of the code as it is, which says which project files the target imports
    and keeps its parameters, buffers and training-mode outputs on the example inputs;
@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 
 from biaslint.findings import Finding, TargetResult
 from biaslint.fix.apply import FixPlan, plan_fixes
-from biaslint.parallel import run_isolated, settings_from, settings_state
+from biaslint.run.parallel import run_isolated, settings_from, settings_state
 from biaslint.settings import Settings, TargetConfig
 
 # The float32 tolerance when a model does not run in float64: a cancelled bias changes the

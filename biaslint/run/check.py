@@ -48,7 +48,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def split_codes(values: Sequence[str], option: str) -> tuple[str, ...]:
-    from biaslint.config import known_prefix
+    from biaslint.run.config import known_prefix
 
     codes = tuple(c.strip().upper() for v in values for c in v.split(",") if c.strip())
     for code in codes:
@@ -120,7 +120,7 @@ def run_check(options: CheckOptions) -> Outcome:
     plan_, tracking = _changed_since(plan_, options, record=not fixing)
     known = None
     if baseline:
-        from biaslint.baseline import read_baseline
+        from biaslint.run.baseline import read_baseline
 
         known = read_baseline(baseline)  # a bad baseline file is refused before the work
     # The text report goes out target by target as each is done; machine formats, files and
@@ -180,12 +180,12 @@ def run_check(options: CheckOptions) -> Outcome:
 
 
 def _changed_since(plan_: Plan, options: CheckOptions, record: bool) -> tuple[Plan, Any]:
-    """Inside a git work tree, record each target's source files (``biaslint.changes``); with
+    """Inside a git work tree, record each target's source files (``biaslint.run.changes``); with
     ``--changed-since``, drop the targets whose recorded files are unchanged, saying why each
     target is linted or skipped. Outside a work tree (and without the flag), the plan as is."""
     from dataclasses import replace
 
-    from biaslint.changes import Tracking
+    from biaslint.run.changes import Tracking
 
     tracking = Tracking.start(options.changed_since, plan_.config_file, plan_.workdir)
     if tracking is None:
@@ -213,14 +213,14 @@ def _record(tracking: Any, plan_: Plan, results: list[Any], quiet: bool) -> None
 def _fix(results: list[Any], plan_: Plan, options: CheckOptions, output: str | None) -> Outcome:
     """``--diff``: show what ``--fix`` would write, exit 1 if anything. ``--fix``: write it.
 
-    Both first check every planned edit on a copy (``biaslint.verify``): only the fixes that
+    Both first check every planned edit on a copy (``biaslint.run.verify``): only the fixes that
     pass are shown or written, and the lint of the checked copy is the report after ``--fix``
     (targets that import no edited file keep their first lint)."""
     import linecache
 
     from biaslint.fix.apply import plan_fixes, project_root, summary
+    from biaslint.run.verify import verify
     from biaslint.sources import forget
-    from biaslint.verify import verify
 
     root = project_root(plan_.config_file)
     changes = plan_fixes(results, options.unsafe_fixes, root)
@@ -297,7 +297,7 @@ class _Stream:
 
     def __call__(self, index: int, result: Any) -> None:
         if self.known is not None:
-            from biaslint.baseline import apply_baseline
+            from biaslint.run.baseline import apply_baseline
 
             [result] = apply_baseline([result], self.known).results
         self.ready[index] = result
@@ -336,7 +336,7 @@ class _Stream:
 
 
 def plan(options: CheckOptions) -> Plan:
-    from biaslint.config import load_config
+    from biaslint.run.config import load_config
     from biaslint.settings import Settings, TargetConfig
     from biaslint.target import parse_shape, parse_target
 
@@ -385,7 +385,7 @@ def plan(options: CheckOptions) -> Plan:
 
 
 def _means(text: str) -> tuple[float, ...]:
-    from biaslint.config import parse_means
+    from biaslint.run.config import parse_means
 
     try:
         return parse_means(text)
@@ -395,7 +395,7 @@ def _means(text: str) -> tuple[float, ...]:
 
 
 def _priors(text: str) -> tuple[float, ...]:
-    from biaslint.priors import parse_priors
+    from biaslint.run.priors import parse_priors
 
     return parse_priors(text)
 
@@ -451,8 +451,8 @@ def _lint_isolated(configs: Sequence[Any], settings: Any, jobs: int,
                    on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
     """Lint each target in its own process; errors (load, crash, timeout) go to stderr. The
     live display (``progress``, if any) shows each running target at its stage."""
-    from biaslint.parallel import lint_many
     from biaslint.report.progress import TargetProgress
+    from biaslint.run.parallel import lint_many
 
     progress = progress or TargetProgress(None, len(configs))
     stages: dict[int, Callable[[str], None]] = {}
@@ -489,7 +489,7 @@ def _finish(results: list[Any], plan: Plan, output: str | None, baseline: Any,
     console = Console(highlight=False, emoji=False)
     failed_load = any(r.error for r in results)
     if write_to:
-        from biaslint.baseline import write_baseline
+        from biaslint.run.baseline import write_baseline
 
         count = write_baseline(write_to, results)
         if not quiet:
@@ -498,7 +498,7 @@ def _finish(results: list[Any], plan: Plan, output: str | None, baseline: Any,
                           f"to {_shown(write_to)}", highlight=False, markup=False)
         return Outcome(failed_load, None, plan.settings.fail_on)
     if baseline is not None and not printed:
-        from biaslint.baseline import apply_baseline
+        from biaslint.run.baseline import apply_baseline
 
         results = list(apply_baseline(results, baseline).results)
 

@@ -36,7 +36,7 @@ def lint(config: TargetConfig, settings: Settings = Settings(),
         return _lint(config, settings, on_stage)
     from dataclasses import replace
 
-    from biaslint.changes import combined, recording_sources
+    from biaslint.load.files import combined, recording_sources
 
     # The import and build run under a call tracer; the capture and the rules' forwards (a
     # few million Python calls for a large model, where a tracer would cost seconds) record
@@ -458,9 +458,9 @@ def _post_process(findings: Iterable[Finding], settings: Settings, loaded: Loade
     ``ran``: its suppressions suppressed nothing because it found
     nothing, and BL100 must not call them unused.
     """
+    from biaslint.engine.suppress import apply_suppressions, with_severity
     from biaslint.fix.plan import with_edits
     from biaslint.rules import REGISTRY
-    from biaslint.suppress import apply_suppressions, with_severity
 
     init_sites = [c.location for c in loaded.param_inits.values()
                   if c.by_user and c.location is not None]
