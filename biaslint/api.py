@@ -16,27 +16,19 @@ can be found there).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import inspect
 import os
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from biaslint.errors import ConfigError
-from biaslint.findings import Finding, Location, Severity, TargetResult
+from biaslint.findings import Finding, Severity, TargetResult
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
     from biaslint.load.sites import BuildRecord
-
-# The builds recorded by ``recording()``, newest last. Each holds the modules it saw (that is
-# how a module is told from a later one at the same address), so only the last few are kept.
-_RECORDS: collections.deque["BuildRecord"] = collections.deque(maxlen=16)
-
 
 class Recording:
     """What one ``with biaslint.recording():`` block saw being built."""
@@ -55,6 +47,7 @@ def recording() -> Iterator[Recording]:
     """Record where the code inside the block constructs each module and initializes each
     parameter; ``check`` then points its findings at those lines (a notebook cell's included).
     Torch is patched only inside the block and restored on the way out, even on an error."""
+    from biaslint.load.held import remember
     from biaslint.load.sites import recording as record_build
 
     handle = Recording()
@@ -63,7 +56,7 @@ def recording() -> Iterator[Recording]:
         try:
             yield handle
         finally:
-            _RECORDS.append(record)
+            remember(record)
 
 
 @dataclass
@@ -176,17 +169,21 @@ def check(model: "nn.Module", example_inputs: Any = None, **settings: Any) -> Re
         raise ConfigError(f"biaslint.check takes an nn.Module, not {type(model).__name__}: "
                           "for a target string use biaslint.testing.assert_clean or the CLI")
     from biaslint.load.build import unwrap_compiled
+    from biaslint.load.held import load_held
 
     compiled: list[str] = []
     model = unwrap_compiled(model, compiled)
     config, run_settings = _configure(model, settings)
-    loaded = _loaded(model, example_inputs, config, settings.get("recording"))
+    handle = settings.get("recording")
+    loaded = load_held(model, example_inputs, config.target, config.input_shapes,
+                       handle.record if handle is not None else None)
     loaded.notes[:0] = compiled
     return Report((_lint(loaded, config, run_settings),), run_settings.fail_on,
                   run_settings.allow_incomplete)
 
 
 def _configure(model: "nn.Module", settings: Mapping[str, Any]) -> tuple[Any, Any]:
+    from biaslint.load.held import default_name
     from biaslint.run.config import known_prefix
     from biaslint.settings import Settings, TargetConfig
 
@@ -224,7 +221,7 @@ def _configure(model: "nn.Module", settings: Mapping[str, Any]) -> tuple[Any, An
                             (settings.get("per_module_ignores") or {}).items()},
         allow_incomplete=bool(settings.get("allow_incomplete", False)),
         signal=bool(settings.get("signal", True)))
-    config = TargetConfig(target=str(settings.get("name") or _default_name(model)),
+    config = TargetConfig(target=str(settings.get("name") or default_name(model)),
                           input_shapes=shapes, class_priors=priors, head=settings.get("head"),
                           target_mean=means)
     return config, run_settings
@@ -236,197 +233,6 @@ def _flat(value: Any) -> list[Any]:
     if isinstance(value, (int, float)):
         return [value]
     return [x for item in value for x in _flat(item)]
-
-
-def _inputs(model: "nn.Module", example_inputs: Any, shapes: Sequence[tuple[int, ...]]) -> Any:
-    import torch
-
-    from biaslint.load.build import ExampleInputs, example_tensor
-
-    if example_inputs is None:
-        example_inputs = getattr(model, "example_input_array", None)
-    if example_inputs is None:
-        if shapes:
-            return ExampleInputs(args=tuple(example_tensor(model, s) for s in shapes))
-        return None
-    if isinstance(example_inputs, ExampleInputs):
-        return example_inputs
-    if isinstance(example_inputs, torch.Tensor):
-        return ExampleInputs(args=(example_inputs,))
-    if isinstance(example_inputs, Mapping) and all(isinstance(k, str) for k in example_inputs):
-        return ExampleInputs(kwargs=dict(example_inputs))
-    if isinstance(example_inputs, (tuple, list)):
-        return ExampleInputs(args=tuple(example_inputs))
-    raise ConfigError(f"biaslint.check: example_inputs must be a tensor, a tuple of inputs or a "
-                      f"dict of keyword inputs, not {type(example_inputs).__name__}")
-
-
-def _loaded(model: "nn.Module", example_inputs: Any, config: Any,
-            handle: Recording | None) -> Any:
-    from biaslint.load.build import (
-        LoadedTarget,
-        module_chains_of,
-        module_sites_of,
-        param_inits_of,
-        to_meta,
-    )
-
-    record = handle.record if handle is not None else _record_of(model)
-    notes: list[str] = []
-    sites: dict[str, Location] = {}
-    inits = {}
-    chains = {}
-    if record is not None:
-        sites = module_sites_of(model, record)
-        inits = param_inits_of(model, record)
-        chains = module_chains_of(model, record)
-    missing = [name for name, _ in model.named_modules() if name not in sites]
-    if missing:
-        fallback = _class_sites(model)
-        # A layer with no class of the user's above it (a bare nn.Sequential): its finding
-        # points at the line that called biaslint, the user's line nearest to the model.
-        caller = _caller_site() if record is None else None
-        for name in missing:
-            if name in fallback:
-                sites[name] = fallback[name]
-            elif caller is not None:
-                sites[name] = caller
-        if record is None:
-            notes.append("construction was not recorded: locations point at the model's class "
-                         "source (or, for layers of torch classes only, at the line that called "
-                         "biaslint); build it inside `with biaslint.recording():` for the lines "
-                         "that built each layer and the init calls")
-    inputs = _inputs(model, example_inputs, config.input_shapes)
-    if any(p.device.type == "meta" for p in model.parameters()):
-        notes.append("the model is on the meta device and was built outside biaslint, so its "
-                     "init calls were not recorded: its values are unknown; lint the function "
-                     "that builds it with --device meta")
-        if inputs is not None:
-            inputs = to_meta(inputs)
-    return LoadedTarget(name=config.target, model=model, inputs=inputs, module_sites=sites,
-                        param_inits=inits, notes=notes, module_chains=chains)
-
-
-def _default_name(model: "nn.Module") -> str:
-    """The target's name when none is given: its class, and the test checking it (pytest's
-    node id, from ``PYTEST_CURRENT_TEST``, "path::test (call)") or else where it was defined
-    (the class's line when the user wrote it, else the line that called biaslint): a report
-    in a CI log says which model it is about."""
-    name = type(model).__name__
-    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
-    if test:
-        return f"{name} ({test})"
-    site = _class_definition(type(model)) or _caller_site()
-    return f"{name} ({site.file}:{site.line})" if site is not None else name
-
-
-def _class_definition(cls: type) -> Location | None:
-    """Where the user's class ``cls`` is defined; None for a library's or an unknown source."""
-    from biaslint.load.files import is_project_file
-    from biaslint.load.sites import display_path
-
-    try:
-        file = inspect.getsourcefile(cls)
-        _, line = inspect.getsourcelines(cls)
-    except (OSError, TypeError):
-        return None
-    if not file or not is_project_file(file):
-        return None
-    return Location(file=display_path(file), line=line, col=1, end_line=line,
-                    function=cls.__name__)
-
-
-def _caller_site() -> Location | None:
-    """The line of the user's code that called into biaslint (``check``, ``assert_clean``):
-    the innermost frame outside the biaslint package, when it is a project file (not a
-    library's, such as a training loop calling the Lightning callback)."""
-    import sys
-
-    from biaslint.load.files import is_project_file
-    from biaslint.load.sites import display_path
-
-    own = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    frame = sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(own):
-        frame = frame.f_back
-    if frame is None or not is_project_file(frame.f_code.co_filename):
-        return None
-    import linecache
-
-    file, line = frame.f_code.co_filename, frame.f_lineno
-    text = linecache.getline(file, line)
-    return Location(file=display_path(file), line=line, col=len(text) - len(text.lstrip()) + 1,
-                    end_line=line, function=frame.f_code.co_name)
-
-
-def _record_of(model: "nn.Module") -> "BuildRecord | None":
-    for record in reversed(_RECORDS):
-        if record.site_of(model) is not None or any(
-                record.site_of(m) is not None for m in model.modules()):
-            return record
-    return None
-
-
-def _class_sites(model: "nn.Module") -> dict[str, Location]:
-    """Per module, a line of source that made it: the ``self.<attr> =`` line in the nearest
-    enclosing class written outside torch, else that class's ``class`` line."""
-    from biaslint.load.sites import display_path, is_library_frame
-
-    sources: dict[type, tuple[str, int, list[str]] | None] = {}
-
-    def source(cls: type) -> tuple[str, int, list[str]] | None:
-        if cls not in sources:
-            try:
-                file = inspect.getsourcefile(cls)
-                lines, start = inspect.getsourcelines(cls)
-            except (OSError, TypeError):
-                sources[cls] = None
-            else:
-                sources[cls] = None if not file or is_library_frame(file) else \
-                    (file, start, lines)
-        return sources[cls]
-
-    def class_line(cls: type) -> Location | None:
-        for klass in cls.__mro__:
-            found = source(klass)
-            if found is not None:
-                file, start, _ = found
-                return Location(file=display_path(file), line=start, col=1, end_line=start,
-                                function=klass.__name__)
-        return None
-
-    def attribute_line(cls: type, attr: str) -> Location | None:
-        pattern = re.compile(rf"\bself\.{re.escape(attr)}\s*(:[^=]*)?=(?!=)")
-        for klass in cls.__mro__:
-            found = source(klass)
-            if found is None:
-                continue
-            file, start, lines = found
-            for offset, text in enumerate(lines):
-                match = pattern.search(text)
-                if match:
-                    return Location(file=display_path(file), line=start + offset,
-                                    col=match.start() + 1, end_line=start + offset,
-                                    function=klass.__name__)
-        return None
-
-    modules = dict(model.named_modules())
-    sites: dict[str, Location] = {}
-    for name, module in modules.items():
-        own = class_line(type(module)) if source(type(module)) is not None else None
-        if own is not None:
-            sites[name] = own
-            continue
-        # A torch (or library) class: the line in the nearest user-written ancestor's source.
-        parts = name.split(".") if name else []
-        for depth in range(len(parts) - 1, -1, -1):
-            parent = modules.get(".".join(parts[:depth]))
-            if parent is None or all(source(k) is None for k in type(parent).__mro__):
-                continue
-            sites[name] = attribute_line(type(parent), parts[depth]) or \
-                class_line(type(parent))
-            break
-    return {k: v for k, v in sites.items() if v is not None}
 
 
 def _lint(loaded: Any, config: Any, settings: Any) -> TargetResult:
