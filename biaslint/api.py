@@ -20,7 +20,7 @@ import dataclasses
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator
 
 from biaslint.errors import ConfigError
 from biaslint.findings import Finding, Severity, TargetResult
@@ -138,101 +138,43 @@ class Report:
                 f"{'ok' if self.ok else 'not ok'}>")
 
 
-SETTING_KEYS = ("select", "ignore", "fail_on", "class_priors", "head", "target_mean",
-                 "input_shapes", "allow_incomplete", "severity", "rule_options",
-                 "per_module_ignores", "signal", "name", "recording")
-
-
-def check(model: "nn.Module", example_inputs: Any = None, **settings: Any) -> Report:
+def check(model: "nn.Module", example_inputs: Any = None, *, name: str | None = None,
+          recording: Recording | None = None, **settings: Any) -> Report:
     """Lint a model that is already built.
 
     ``example_inputs``: a tensor, a tuple of positional inputs or a dict of keyword inputs
     (without them, ``model.example_input_array`` if the model has one, as Lightning modules
     do; else only what needs no forward is judged, and the report says what was not).
+    ``name``: the target's name in the reports (default the model's class name and where it
+    was defined, or the test that checks it under pytest: ``MyNet (models.py:12)``).
+    ``recording``: a ``Recording`` to take sites from (default the newest ``recording()``
+    block that built this model).
 
-    Settings (all optional): ``select``, ``ignore`` (codes or prefixes), ``fail_on``
-    ("error"/"warning"/"info"), ``class_priors``, ``head``, ``target_mean``, ``input_shapes``
-    (used when there are no example inputs), ``allow_incomplete``, ``severity`` ({code:
-    severity}), ``rule_options`` ({code: {option: value}}), ``per_module_ignores``,
-    ``signal`` (measure signal propagation; default True), ``name`` (the target's name in the
-    reports; default the model's class name and where it was defined, or the test that checks
-    it under pytest: ``MyNet (models.py:12)``), ``recording`` (a ``Recording`` to take sites
-    from; default the newest ``recording()`` block that built this model).
+    Settings (all optional; the rows of ``biaslint.run.schema`` marked for ``check``):
+    ``select``, ``ignore`` (codes or prefixes), ``fail_on`` ("error"/"warning"/"info"),
+    ``class_priors``, ``head``, ``target_mean``, ``input_shapes`` (used when there are no
+    example inputs), ``allow_incomplete``, ``severity`` ({code: severity}), ``rule_options``
+    ({code: {option: value}}), ``per_module_ignores``, ``signal`` (measure signal
+    propagation; default True).
     """
     import torch.nn as nn
 
-    unknown = sorted(set(settings) - set(SETTING_KEYS))
-    if unknown:
-        raise ConfigError(f"biaslint.check: unknown setting(s) {', '.join(unknown)}; known: "
-                          f"{', '.join(SETTING_KEYS)}")
+    from biaslint.load.build import unwrap_compiled
+    from biaslint.load.held import default_name, load_held
+    from biaslint.run.schema import given, run_settings, target_config
+
+    values = {"signal": True, **given(settings, "check")}
     if not isinstance(model, nn.Module):
         raise ConfigError(f"biaslint.check takes an nn.Module, not {type(model).__name__}: "
                           "for a target string use biaslint.testing.assert_clean or the CLI")
-    from biaslint.load.build import unwrap_compiled
-    from biaslint.load.held import load_held
-
     compiled: list[str] = []
     model = unwrap_compiled(model, compiled)
-    config, run_settings = _configure(model, settings)
-    handle = settings.get("recording")
+    run = run_settings(values)
+    config = target_config(str(name or default_name(model)), values)
     loaded = load_held(model, example_inputs, config.target, config.input_shapes,
-                       handle.record if handle is not None else None)
+                       recording.record if recording is not None else None)
     loaded.notes[:0] = compiled
-    return Report((_lint(loaded, config, run_settings),), run_settings.fail_on,
-                  run_settings.allow_incomplete)
-
-
-def _configure(model: "nn.Module", settings: Mapping[str, Any]) -> tuple[Any, Any]:
-    from biaslint.load.held import default_name
-    from biaslint.run.config import known_prefix
-    from biaslint.settings import Settings, TargetConfig
-
-    def codes(key: str) -> tuple[str, ...]:
-        value = settings.get(key) or ()
-        items = [value] if isinstance(value, str) else list(value)
-        result = tuple(c.strip().upper() for v in items for c in str(v).split(",") if c.strip())
-        for code in result:
-            if not known_prefix(code):
-                raise ConfigError(f"biaslint.check {key}={code!r}: matches no rule "
-                                  "(biaslint rules lists them)")
-        return result
-
-    fail_on = settings.get("fail_on", Severity.WARNING)
-    fail_on = fail_on if isinstance(fail_on, Severity) else Severity.parse(str(fail_on))
-    severity = {str(k).upper(): v if isinstance(v, Severity) else Severity.parse(str(v))
-                for k, v in (settings.get("severity") or {}).items()}
-    priors = settings.get("class_priors")
-    if isinstance(priors, str):
-        from biaslint.run.priors import parse_priors
-
-        priors = parse_priors(priors)
-    elif priors is not None:
-        priors = tuple(float(p) for p in _flat(priors))
-    means = settings.get("target_mean")
-    if means is not None:
-        means = tuple(float(m) for m in _flat(means))
-    shapes = tuple(tuple(int(d) for d in s) for s in settings.get("input_shapes") or ())
-    run_settings = Settings(
-        select=codes("select"), ignore=codes("ignore"), fail_on=fail_on,
-        severity_overrides=severity,
-        rule_options={str(k).upper(): dict(v) for k, v in
-                      (settings.get("rule_options") or {}).items()},
-        per_module_ignores={k: tuple(v) for k, v in
-                            (settings.get("per_module_ignores") or {}).items()},
-        allow_incomplete=bool(settings.get("allow_incomplete", False)),
-        signal=bool(settings.get("signal", True)))
-    config = TargetConfig(target=str(settings.get("name") or default_name(model)),
-                          input_shapes=shapes, class_priors=priors, head=settings.get("head"),
-                          target_mean=means)
-    return config, run_settings
-
-
-def _flat(value: Any) -> list[Any]:
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, (int, float)):
-        return [value]
-    return [x for item in value for x in _flat(item)]
+    return Report((_lint(loaded, config, run),), run.fail_on, run.allow_incomplete)
 
 
 def _lint(loaded: Any, config: Any, settings: Any) -> TargetResult:
@@ -249,39 +191,22 @@ def _lint(loaded: Any, config: Any, settings: Any) -> TargetResult:
 
 def check_target(target: str, **settings: Any) -> Report:
     """Lint a target string (``pkg.mod:build``) as the command line would, with the
-    ``[tool.biaslint]`` settings of the nearest pyproject.toml (given settings win)."""
+    ``[tool.biaslint]`` settings of the nearest pyproject.toml (given settings win; the rows
+    of ``biaslint.run.schema`` marked for ``check_target``)."""
     from biaslint.engine import lint
     from biaslint.errors import BiaslintError
     from biaslint.run.check import CheckOptions, plan
+    from biaslint.run.schema import python_keys
 
-    allowed = {"select", "ignore", "fail_on", "class_priors", "head", "target_mean",
-               "input_shapes", "allow_incomplete", "config", "device", "signal"}
-    unknown = sorted(set(settings) - allowed)
+    known = python_keys("check_target")
+    unknown = sorted(set(settings) - set(known))
     if unknown:
-        raise ConfigError(f"biaslint: unknown setting(s) for a target: {', '.join(unknown)}")
-
-    def joined(key: str) -> tuple[str, ...]:
-        value = settings.get(key) or ()
-        return (value,) if isinstance(value, str) else tuple(value)
-
-    def text(key: str) -> str | None:
-        value = settings.get(key)
-        if value is None or isinstance(value, str):
-            return value
-        return ",".join(str(v) for v in _flat(value))
-
-    options = CheckOptions(
-        targets=(target,), config=settings.get("config"),
-        input_shapes=tuple(",".join(str(d) for d in s) for s in settings.get("input_shapes")
-                           or ()),
-        select=joined("select"), ignore=joined("ignore"),
-        fail_on=str(settings["fail_on"]) if settings.get("fail_on") else None,
-        class_priors=text("class_priors"), head=settings.get("head"),
-        allow_incomplete=bool(settings.get("allow_incomplete", False)),
-        device=settings.get("device"), target_mean=text("target_mean"))
-    plan_ = plan(options)
+        raise ConfigError(f"biaslint.check_target: unknown setting(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(known)}")
+    signal = settings.pop("signal", True)
+    plan_ = plan(CheckOptions((target,), caller="check_target", **settings))
     plan_ = dataclasses.replace(plan_, settings=dataclasses.replace(
-        plan_.settings, signal=bool(settings.get("signal", True))))
+        plan_.settings, signal=bool(signal)))
     workdir = plan_.workdir
     before = os.getcwd()
     if workdir:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import sys
 import traceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from biaslint.errors import BiaslintError
-from biaslint.report import FORMATS
 from biaslint.version import __version__
 
 if TYPE_CHECKING:
@@ -51,85 +50,46 @@ def main() -> None:
     """
 
 
+def _schema_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The command's options, one per row of ``biaslint.run.schema`` that has a flag."""
+    from biaslint.run.schema import SETTINGS
+
+    for row in reversed([r for r in SETTINGS if r.flag]):
+        names = [flag for flag in (row.short, row.flag) if flag] + [row.name]
+        kind: Any = None
+        if row.choices:
+            kind = click.Choice(list(row.choices))
+        elif row.number is int:
+            kind = click.IntRange(min=1)
+        elif row.number is float:
+            kind = click.FloatRange(min=0, min_open=True)
+        elif row.name in _PATHS:
+            kind = click.Path(dir_okay=False)
+        if row.is_flag:
+            command = click.option(*names, is_flag=True, help=row.help)(command)
+        else:
+            command = click.option(*names, type=kind, multiple=row.multiple, default=None,
+                                   metavar=row.metavar, help=row.help)(command)
+    return command
+
+
+# The options that name a file.
+_PATHS = ("config", "output", "baseline", "write_baseline")
+
+
 @main.command("check")
 @click.argument("targets", nargs=-1)
-@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
-              help="Read [tool.biaslint] from this file [default: nearest pyproject.toml "
-                   "that has one].")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="D,D,...",
-              help="Shape of a random example input, once per positional input "
-                   "(e.g. --input-shape 2,3,224,224), when the target gives none; "
-                   "2,16:int (or 2,16:int<512) for integer ids such as tokens.")
-@click.option("--select", multiple=True, metavar="CODES",
-              help="Only these rule codes or prefixes (comma-separated).")
-@click.option("--ignore", multiple=True, metavar="CODES", help="Skip these rule codes or prefixes.")
-@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default=None,
-              help="Exit 1 when a finding is at or above this severity [default: warning].")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-              help="Output format [default: text].")
-@click.option("--output", type=click.Path(dir_okay=False), default=None,
-              help="Write the report to this file; the terminal still gets the summary.")
-@click.option("--class-priors", default=None, metavar="P,P,...|@FILE",
-              help="Class priors for BL005: probabilities or counts, "
-                   "or @file (JSON, CSV/TXT, .npy).")
-@click.option("--head", type=click.Choice(["softmax", "sigmoid"]), default=None,
-              help="Classifier head kind for BL005 [default: softmax if K > 1, sigmoid if K = 1].")
-@click.option("--target-mean", default=None, metavar="M[,M,...]",
-              help="Mean of the regression target for BL008: one number, or one per output.")
-@click.option("--device", type=click.Choice(["cpu", "meta"]), default=None,
-              help="Build the model on this device. meta: no parameter memory, so models of "
-                   "any size lint on a laptop; values are read from the recorded init calls "
-                   "[default: as the target builds it].")
-@click.option("--baseline", type=click.Path(dir_okay=False), default=None,
-              help="Report and fail only on findings not recorded in this baseline file.")
-@click.option("--write-baseline", type=click.Path(dir_okay=False), default=None,
-              help="Record the current findings in this file (and exit 0 unless an error).")
-@click.option("-q", "--quiet", is_flag=True,
-              help="No summary, notes or progress: only the findings (text) or the report.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Lint this many targets at once, each in its own process.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              metavar="SECONDS",
-              help="Give up on a target after this long (each target then runs in its own "
-                   "process, so a crash or hang costs only that target).")
-@click.option("--changed-since", "changed_since", default=None, metavar="REF",
-              help="Lint only the targets whose recorded source files (those their build and "
-                   "forward ran, cached by earlier runs) differ from git REF; say which were "
-                   "skipped and why. Exit by the linted targets.")
-@click.option("--allow-incomplete", is_flag=True,
-              help="Exit 0/1 by the findings even when part of a model could not be judged "
-                   "(by default that is exit 2: a gate must not pass what it did not check).")
-@click.option("--fix", is_flag=True,
-              help="Apply the safe fixes to your files (bias=False where a norm cancels the "
-                   "bias), then lint again and report what remains.")
-@click.option("--unsafe-fixes", is_flag=True,
-              help="With --fix or --diff: also apply fixes that change initial values (init "
-                   "calls, forget-gate and prior biases).")
-@click.option("--diff", is_flag=True,
-              help="Print the diff --fix would write and write nothing; exit 1 if there is "
-                   "something to change.")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str, ...],
-          select: tuple[str, ...], ignore: tuple[str, ...], fail_on: str | None, fmt: str | None,
-          output: str | None, class_priors: str | None, head: str | None, baseline: str | None,
-          write_baseline: str | None, quiet: bool, jobs: int, timeout: float | None,
-          allow_incomplete: bool, fix: bool, unsafe_fixes: bool, diff: bool,
-          target_mean: str | None, device: str | None, changed_since: str | None,
-          debug: bool) -> None:
+@_schema_options
+def check(targets: tuple[str, ...], **options: Any) -> None:
     """Lint the models that TARGETS build (or the targets configured in pyproject.toml)."""
     from biaslint.process import interrupts, own_process
-    from biaslint.run.check import CheckOptions, run_check
 
     if _OWN_PROCESS:
         own_process()
-
-    options = CheckOptions(targets, config, input_shapes, select, ignore, fail_on, fmt, output,
-                           class_priors, head, baseline, write_baseline, quiet, debug, jobs,
-                           timeout, allow_incomplete, fix, unsafe_fixes, diff, device,
-                           target_mean, changed_since)
+    debug = bool(options.get("debug"))
     try:
         with interrupts():
-            code = _exit_code(run_check(options))
+            code = _exit_code(_run(targets, options))
     except KeyboardInterrupt as exc:
         click.echo(f"biaslint: interrupted (Ctrl-C): {_interrupted(exc)}", err=True)
         code = EXIT_INTERRUPTED
@@ -145,6 +105,12 @@ def check(targets: tuple[str, ...], config: str | None, input_shapes: tuple[str,
                    f"{'' if debug else ' (run with --debug for the traceback)'}", err=True)
         code = EXIT_ERROR
     _end(code)
+
+
+def _run(targets: tuple[str, ...], options: dict[str, Any]) -> Outcome:
+    from biaslint.run.check import CheckOptions, run_check
+
+    return run_check(CheckOptions(targets, **options))
 
 
 def run() -> None:
@@ -197,7 +163,7 @@ def _interrupted(exc: KeyboardInterrupt) -> str:
     return "nothing was reported"
 
 
-def _exit_code(outcome: "Outcome") -> int:
+def _exit_code(outcome: Outcome) -> int:
     if outcome.failed or outcome.incomplete:
         return EXIT_ERROR
     worst = outcome.worst

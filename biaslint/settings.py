@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -15,14 +15,22 @@ def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
 
 @dataclass(frozen=True)
 class TargetConfig:
-    """One thing to lint and what it needs: example input shapes, class priors, head kind."""
+    """One thing to lint and what it needs: example input shapes, the device to build on, and
+    the inputs rules read besides the model (``inputs``, by setting name: ``class_priors``,
+    ``head``, ``target_mean``; see ``biaslint.run.schema``)."""
 
     target: str
     input_shapes: tuple[tuple[int, ...], ...] = ()
-    class_priors: tuple[float, ...] | None = None
-    head: str | None = None
     device: str | None = None  # "meta": build on the meta device (init read from its laws)
-    target_mean: tuple[float, ...] | None = None  # BL008: the regression target's mean(s)
+    inputs: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def of(cls, target: str, **values: Any) -> TargetConfig:
+        """``TargetConfig.of("m.py:build", input_shapes=((2, 8),), class_priors=(0.9, 0.1))``:
+        the fields by name, every other keyword a rule input."""
+        own = {f.name for f in fields(cls)} - {"target", "inputs"}
+        return cls(target, **{k: v for k, v in values.items() if k in own},
+                   inputs={k: v for k, v in values.items() if k not in own})
 
 
 @dataclass(frozen=True)

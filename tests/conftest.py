@@ -41,7 +41,7 @@ def lint_source(write_target):
         if select:
             from dataclasses import replace
             base = replace(base, select=select)
-        return lint(TargetConfig(target=target, **config), base)
+        return lint(TargetConfig.of(target=target, **config), base)
 
     return run
 

@@ -29,7 +29,7 @@ def lint_model(write_target):
     def run(source: str, settings: Settings | None = None, **config):
         target = write_target(source)
         loaded = load_target(target, config.pop("input_shapes", ()))
-        result = lint_loaded(loaded, TargetConfig(target=target, **config),
+        result = lint_loaded(loaded, TargetConfig.of(target=target, **config),
                              settings or Settings(select=("BL005",)))
         return loaded.model, result
 

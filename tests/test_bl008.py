@@ -71,7 +71,7 @@ def _lint(target: str, means):
 
     torch.manual_seed(0)
     loaded = load_target(target)
-    config = TargetConfig(target, target_mean=means)
+    config = TargetConfig.of(target, target_mean=means)
     return lint_loaded(loaded, config, Settings(select=("BL008",))), loaded
 
 
@@ -134,7 +134,7 @@ def test_target_mean_in_the_config_is_validated(tmp_path, cli):
     good = tmp_path / "good.toml"
     good.write_text('[tool.biaslint]\n'
                     'targets = [{target = "m.py:build", target-mean = [1.5, 2]}]\n')
-    assert load_config(str(good)).targets[0].target_mean == (1.5, 2.0)
+    assert load_config(str(good)).targets[0]["target_mean"] == (1.5, 2.0)
     bad = tmp_path / "bad.toml"
     bad.write_text('[tool.biaslint]\ntargets = [{target = "m.py:build", target-mean = "x"}]\n')
     with pytest.raises(ConfigError, match="target-mean"):

@@ -140,7 +140,7 @@ def _lint(target: str, **config):
 
     torch.manual_seed(0)
     loaded = load_target(target)
-    result = lint_loaded(loaded, TargetConfig(target, **config), Settings(select=("BL009",)))
+    result = lint_loaded(loaded, TargetConfig.of(target, **config), Settings(select=("BL009",)))
     return result, loaded
 
 

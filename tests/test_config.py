@@ -48,12 +48,12 @@ def test_nearest_pyproject_with_the_table_wins(tmp_path):
     inner.mkdir(parents=True)
     (tmp_path / "pkg" / "pyproject.toml").write_text("[project]\nname = \"inner\"\n")  # no table
     assert find_pyproject(inner) == tmp_path / "pyproject.toml"
-    assert load_config(start=inner).select == ("BL002",)
+    assert load_config(start=inner).values["select"] == ("BL002",)
 
 
 def test_no_pyproject_means_defaults(tmp_path):
     config = load_config(start=tmp_path)
-    assert config.path is None and config.targets == () and config.select is None
+    assert config.path is None and config.targets == () and "select" not in config.values
 
 
 # -- validation ------------------------------------------------------------------------------------
@@ -71,14 +71,17 @@ def test_full_table_is_read(tmp_path):
         severity = {BL002 = "warning"}
         """)
     config = load_config(str(path))
-    assert [t.target for t in config.targets] == ["models.py:build", "pkg.m:make", "two.py:build"]
-    assert config.targets[1].input_shapes == ((2, 16),) and config.targets[1].head == "sigmoid"
-    assert config.targets[2].input_shapes == ((2, 3), (2, 5))
-    assert config.targets[2].class_priors == "9,1"
-    assert config.select == ("BL00",) and config.ignore == ("BL004",)
-    assert config.fail_on is Severity.ERROR and config.format == "sarif"
-    assert config.per_module_ignores == {"encoder.*": ("BL002",)}
-    assert config.severity == {"BL002": Severity.WARNING}
+    assert [t["target"] for t in config.targets] == ["models.py:build", "pkg.m:make",
+                                                     "two.py:build"]
+    assert config.targets[1]["input_shapes"] == ((2, 16),)
+    assert config.targets[1]["head"] == "sigmoid"
+    assert config.targets[2]["input_shapes"] == ((2, 3), (2, 5))
+    assert config.targets[2]["class_priors"] == pytest.approx((0.9, 0.1))
+    values = config.values
+    assert values["select"] == ("BL00",) and values["ignore"] == ("BL004",)
+    assert values["fail_on"] is Severity.ERROR and values["fmt"] == "sarif"
+    assert values["per_module_ignores"] == {"encoder.*": ("BL002",)}
+    assert values["severity"] == {"BL002": Severity.WARNING}
 
 
 @pytest.mark.parametrize("body, key, words", [
@@ -123,7 +126,8 @@ def test_rule_options_are_checked_against_the_rules_own_options(tmp_path):
     option = rule.options[0]
     good = write_pyproject(tmp_path, f"[tool.biaslint.rules.{rule.code}]\n"
                                      f"{option.name} = {_toml(option.default)}\n")
-    assert load_config(str(good)).rule_options == {rule.code: {option.name: option.default}}
+    read = load_config(str(good)).values["rule_options"]
+    assert read == {rule.code: {option.name: option.default}}
     bad = write_pyproject(tmp_path, f"[tool.biaslint.rules.{rule.code}]\nno_such_option = 1\n")
     with pytest.raises(ConfigError, match=rf"rules\.{rule.code}\.no_such_option: unknown key"):
         load_config(str(bad))
@@ -237,12 +241,12 @@ def test_target_table_applies_to_the_same_target_on_the_command_line(tmp_path, m
     write_pyproject(tmp_path, 'targets = [{target = "shape.py:build", input-shape = "2,5", '
                               'head = "sigmoid"}]\n')
     [config] = plan(CheckOptions(targets=("shape.py:build",))).configs
-    assert config.input_shapes == ((2, 5),) and config.head == "sigmoid"
+    assert config.input_shapes == ((2, 5),) and config.inputs["head"] == "sigmoid"
     [config] = plan(CheckOptions(targets=("shape.py:build",), input_shapes=("2,4",),
                                   head="softmax")).configs
-    assert config.input_shapes == ((2, 4),) and config.head == "softmax"  # the CLI wins
+    assert config.input_shapes == ((2, 4),) and config.inputs["head"] == "softmax"  # CLI wins
     [config] = plan(CheckOptions(targets=("other.py:build",))).configs
-    assert config.input_shapes == () and config.head is None
+    assert config.input_shapes == () and "head" not in config.inputs
 
 
 def test_class_priors_file_is_relative_to_the_config(cli, tmp_path, monkeypatch):
@@ -255,8 +259,8 @@ def test_class_priors_file_is_relative_to_the_config(cli, tmp_path, monkeypatch)
     sub.mkdir()
     monkeypatch.chdir(sub)
     planned = plan(CheckOptions())
-    assert planned.configs[0].class_priors == pytest.approx((0.9, 0.1))
-    assert plan(CheckOptions(class_priors="1,3")).configs[0].class_priors == \
+    assert planned.configs[0].inputs["class_priors"] == pytest.approx((0.9, 0.1))
+    assert plan(CheckOptions(class_priors="1,3")).configs[0].inputs["class_priors"] == \
         pytest.approx((0.25, 0.75))
 
 
@@ -271,7 +275,7 @@ def test_option_names_accept_kebab_and_snake_case(tmp_path):
     other = option.name.replace("_", "-") if "_" in option.name else option.name.replace("-", "_")
     path = write_pyproject(tmp_path, f"[tool.biaslint.rules.{rule.code}]\n"
                                      f"{other} = {_toml(option.default)}\n")
-    assert load_config(str(path)).rule_options[rule.code] == {option.name: option.default}
+    assert load_config(str(path)).values["rule_options"][rule.code] == {option.name: option.default}
 
 
 def test_rule_option_from_pyproject_reaches_the_rule(cli, tmp_path, monkeypatch):

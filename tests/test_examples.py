@@ -20,7 +20,7 @@ def _in_examples(monkeypatch):
 
 
 def test_every_registered_rule_fires_on_the_mistakes_example():
-    result = lint(TargetConfig("examples/mistakes.py:build", class_priors=PRIORS))
+    result = lint(TargetConfig.of("examples/mistakes.py:build", class_priors=PRIORS))
     codes = {f.code for f in result.findings}
     expected = {r.code for r in all_rules() if r.code in {"BL001", "BL002", "BL003", "BL004",
                                                            "BL005"}}
@@ -29,7 +29,7 @@ def test_every_registered_rule_fires_on_the_mistakes_example():
 
 
 def test_the_clean_example_is_clean():
-    result = lint(TargetConfig("examples/clean.py:build", class_priors=PRIORS))
+    result = lint(TargetConfig.of("examples/clean.py:build", class_priors=PRIORS))
     assert result.findings == (), [f.message for f in result.findings]
     assert result.coverage is not None and result.coverage.ratio == 1.0
 

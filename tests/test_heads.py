@@ -26,7 +26,7 @@ PRIORS = (0.9, 0.05, 0.03, 0.02)
 def _lint(target: str, select: tuple[str, ...] = ("BL005", "BL009"), **config):
     torch.manual_seed(0)
     loaded = load_target(target, config.pop("input_shapes", ()))
-    result = lint_loaded(loaded, TargetConfig(target, **config), Settings(select=select))
+    result = lint_loaded(loaded, TargetConfig.of(target, **config), Settings(select=select))
     return result, loaded
 
 

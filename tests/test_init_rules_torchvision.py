@@ -50,7 +50,7 @@ def _lint(name: str, build, inputs: ExampleInputs | None = None, priors=None):
     loaded = LoadedTarget(name=name, model=model, inputs=inputs,
                           module_sites=module_sites_of(model, record),
                           param_inits=param_inits_of(model, record))
-    result = lint_loaded(loaded, TargetConfig(target=name, class_priors=priors),
+    result = lint_loaded(loaded, TargetConfig.of(target=name, class_priors=priors),
                          Settings(select=RULES))
     crashed = [n for n in result.notes if "crashed" in n]
     assert not crashed, crashed

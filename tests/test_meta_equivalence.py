@@ -32,7 +32,7 @@ def _compare(target: str, priors: tuple[float, ...] | None = None) -> dict:
 
     results = []
     for device in (None, "meta"):
-        config = TargetConfig(target=target, device=device, class_priors=priors)
+        config = TargetConfig.of(target=target, device=device, class_priors=priors)
         loaded = load_target(target, device=device)
         results.append(lint_loaded(loaded, config, Settings(), {}))
     return equivalence.compare_results("gen", target, results[0], results[1])

@@ -27,9 +27,9 @@ _PROBE = ("import atexit, sys\n"
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--input-shape", "2,x", "m.py:build"], "--input-shape '2,x' is not a shape"),
-    (["--select", "BL999", "m.py:build"], "--select BL999: matches no rule"),
-    (["--target-mean", "abc", "m.py:build"], "--target-mean 'abc'"),
+    (["--input-shape", "2,x", "m.py:build"], "--input-shape 2,x: '2,x' is not a shape"),
+    (["--select", "BL999", "m.py:build"], "--select BL999: 'BL999' matches no rule"),
+    (["--target-mean", "abc", "m.py:build"], "--target-mean abc: must be a number"),
     (["m.py"], "has no ':attr'"),
     ([], "no target given and none configured"),
     (["--format", "xml", "m.py:build"], "Invalid value for '--format'"),

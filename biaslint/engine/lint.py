@@ -313,8 +313,7 @@ def _context(rule: Rule, config: TargetConfig, settings: Settings) -> RuleContex
     from biaslint.rules import RuleContext
 
     return RuleContext(options=settings.rule_options.get(rule.code, {}),
-                       class_priors=config.class_priors, head=config.head,
-                       target_mean=getattr(config, "target_mean", None))
+                       inputs={name: config.inputs.get(name) for name in rule.inputs})
 
 
 def _prefetch(analysed: AnalysedModel, rules: list[Rule], config: TargetConfig,

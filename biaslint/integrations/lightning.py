@@ -74,18 +74,19 @@ class BiaslintCallback(pl.Callback):
 
     def __init__(self, on_findings: str = "fail",
                  inputs: Callable[[Any], Any] | None = None, **settings: Any) -> None:
-        from biaslint.api import SETTING_KEYS
+        from biaslint.run.schema import python_keys
 
+        known = (*python_keys("check"), "name")
         if on_findings not in ON_FINDINGS:
             raise ConfigError(f"BiaslintCallback: on_findings={on_findings!r}; give "
                               f"{' or '.join(repr(o) for o in ON_FINDINGS)}")
         if inputs is not None and not callable(inputs):
             raise ConfigError("BiaslintCallback: inputs must be a callable batch -> example "
                               f"inputs, not {type(inputs).__name__}")
-        unknown = sorted(set(settings) - set(SETTING_KEYS))
+        unknown = sorted(set(settings) - set(known))
         if unknown:
             raise ConfigError(f"BiaslintCallback: unknown setting(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(SETTING_KEYS)}")
+                              f"known: {', '.join(known)}")
         self.on_findings = on_findings
         self.inputs = inputs
         self.settings = {"signal": False, **settings}

@@ -29,9 +29,9 @@ class RuleContext:
     """What a rule may read besides the model: its options and target-level settings."""
 
     options: Mapping[str, Any] = field(default_factory=dict)
-    class_priors: tuple[float, ...] | None = None
-    head: str | None = None  # "softmax" or "sigmoid" (BL005)
-    target_mean: tuple[float, ...] | None = None  # BL008: one mean, or one per output
+    # The target's values of the inputs the rule names in ``Rule.inputs`` (None where not
+    # given), and of those only: reading another is a KeyError.
+    inputs: Mapping[str, Any] = field(default_factory=dict)
 
     def option(self, rule: "Rule", name: str) -> Any:
         for opt in rule.options:
@@ -51,10 +51,14 @@ class Rule:
     fix_text: ClassVar[str] = ""
     references: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[tuple[Option, ...]] = ()
+    # What the rule reads besides the model, by setting name: rows of ``biaslint.run.schema``
+    # of scope "input" (the user gives them per target, on the command line or in Python).
+    inputs: ClassVar[tuple[str, ...]] = ()
     # Complete Python modules that define ``build()``; the tests lint both.
     bad_example: ClassVar[str]
     good_example: ClassVar[str]
-    # Extra TargetConfig fields the examples need, e.g. {"class_priors": (0.99, 0.01)} for BL005.
+    # What the examples' target needs besides its source (``TargetConfig.of``'s keywords), e.g.
+    # {"class_priors": (0.99, 0.01)} for BL005.
     example_target: ClassVar[Mapping[str, Any]] = {}
 
     # What the rule reads to judge a layer: "graph" (the captured forward) and "values" (the

@@ -111,28 +111,30 @@ def build():
 '''
 
     # "output": with example inputs, each claim is checked on the loss of what the model returns
+    inputs = ("class_priors", "head")
     reads = frozenset({"graph", "values", "output"})
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         # Without class priors there is nothing to compare a head with: the rule applies to no
         # layer (it is configured off, not unjudged).
-        if context.class_priors is None:
+        if context.inputs["class_priors"] is None:
             return []
         return list({id(h.layer): h.layer for h in find_heads(model, tables=True)}.values())
 
     def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:
-        if context.class_priors is None:
+        if context.inputs["class_priors"] is None:
             return [], False
         return [h.layer.name for h in find_heads(model) if h.table is None], False
 
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
-        priors = context.class_priors
+        priors = context.inputs["class_priors"]
         if priors is None:
             return
         limit = float(context.option(self, "max_excess_nats"))
         heads = find_heads(model, tables=True)
         matched = [(h, kind) for h in heads
-                   if (kind := _head_kind(h, context.head)) and fits_priors(h, kind, priors)]
+                   if (kind := _head_kind(h, context.inputs["head"]))
+                   and fits_priors(h, kind, priors)]
         if heads and not matched:
             sizes = ", ".join(f"{head_name(h)}: {h.outputs}" for h in heads[:4])
             raise PriorsError(

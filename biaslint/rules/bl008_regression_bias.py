@@ -72,15 +72,16 @@ def build():
 '''
     example_target = {"target_mean": (250.0,)}
 
+    inputs = ("target_mean",)
     reads = frozenset({"graph", "values", "forward"})
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
-        if context.target_mean is None:
+        if context.inputs["target_mean"] is None:
             return []  # configured off: nothing to compare with
         return [head.layer for head in regression_heads(model, context)]
 
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
-        if context.target_mean is None:
+        if context.inputs["target_mean"] is None:
             return
         limit = float(context.option(self, "min_excess"))
         heads = regression_heads(model, context)
@@ -90,14 +91,15 @@ def build():
 
             sizes = ", ".join(f"{python_path(h.layer.name)}: {h.outputs}" for h in candidates[:4])
             raise ConfigError(
-                f"--target-mean has {len(context.target_mean)} values but no regression head "
+                f"--target-mean has {len(context.inputs['target_mean'])} values but no "
+                f"regression head "
                 f"has that many outputs ({sizes}); give one mean, or one per output")
         outputs = model.real_outputs([h.layer.name for h in heads])
         for head in heads:
             out = outputs.get(head.layer.name)
             if out is None or not out.is_floating_point():
                 continue
-            finding = self._judge(head, out, context.target_mean, limit)
+            finding = self._judge(head, out, context.inputs["target_mean"], limit)
             if finding is not None:
                 yield finding
 
@@ -147,6 +149,6 @@ def build():
 
 
 def regression_heads(model: "AnalysedModel", context: RuleContext) -> list[Head]:
-    means = context.target_mean or ()
+    means = context.inputs["target_mean"] or ()
     return [head for head in find_heads(model) if head.squash is None
             and (len(means) == 1 or len(means) == head.outputs)]

@@ -142,6 +142,7 @@ def build():
     return Classifier(), torch.randn(32, 64)
 '''
 
+    inputs = ("class_priors", "head", "target_mean")
     reads = frozenset({"graph", "values", "forward", "output"})
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
@@ -285,7 +286,7 @@ def reference(model: "AnalysedModel", head: Head, kind: str, context: RuleContex
     classes = 2 if kind == "sigmoid" and head.outputs == 1 else head.outputs
     current = bias_values(model, head)
     zero = torch.zeros(head.outputs, dtype=torch.float64)
-    priors = context.class_priors
+    priors = context.inputs["class_priors"]
     if priors is not None and fits_priors(head, kind, priors):
         target = prior_targets(kind, priors, head.outputs)
         ideal = prior_logits(prior_values(kind, priors, head.outputs), kind, head.outputs)
@@ -424,14 +425,15 @@ def candidate_heads(model: "AnalysedModel", context: RuleContext
         # the layer's name, or the container's it is indexed in (mobilenet's classifier.3)
         named = [part for part in head.layer.name.split(".") if not part.isdigit()]
         last = named[-1] if named else ""
-        if head.squash is None and context.target_mean is not None and context.head is None:
+        given = context.inputs
+        if head.squash is None and given["target_mean"] is not None and given["head"] is None:
             continue  # a regression head, judged by BL008
-        if head.outputs < 2 and head.squash != "sigmoid" and context.head != "sigmoid":
+        if head.outputs < 2 and head.squash != "sigmoid" and given["head"] != "sigmoid":
             declined.append((head, "one output and no sigmoid in the model: a regression "
                                    "output or a binary logit; pass --head sigmoid to judge it "
                                    "as a binary classifier"))
             continue
-        if context.class_priors is not None or context.head is not None or head.squash or (
+        if given["class_priors"] is not None or given["head"] is not None or head.squash or (
                 isinstance(head.layer.module, nn.Linear) and head.outputs in vocab) or \
                 last in CLASSIFIER_NAMES or _given_priors(head):
             heads.append(head)
@@ -451,8 +453,8 @@ def _given_priors(head: Head) -> bool:
 
 
 def _kind(head: Head, context: RuleContext) -> str:
-    if context.head in ("softmax", "sigmoid"):
-        return context.head
+    if context.inputs["head"] in ("softmax", "sigmoid"):
+        return context.inputs["head"]
     return "sigmoid" if head.squash == "sigmoid" or head.outputs == 1 else "softmax"
 
 

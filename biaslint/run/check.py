@@ -47,43 +47,39 @@ class Interrupted(KeyboardInterrupt):
         self.total = total
 
 
-def split_codes(values: Sequence[str], option: str) -> tuple[str, ...]:
-    from biaslint.run.config import known_prefix
-
-    codes = tuple(c.strip().upper() for v in values for c in v.split(",") if c.strip())
-    for code in codes:
-        if not known_prefix(code):
-            raise ConfigError(f"{option} {code}: matches no rule (biaslint rules lists them)")
-    return codes
-
-
-@dataclass(frozen=True)
 class CheckOptions:
-    """What was given on the command line; ``None`` / empty means "not given"."""
+    """What the check command was given: the targets, and by setting name
+    (``biaslint.run.schema``) the values given, each parsed by its row. ``caller``: the Python
+    entry point that gave them ("check_target"), None for the command line; errors name it.
+    None, an empty list and an unset flag mean "not given"; a setting not given reads as its
+    row's default."""
 
-    targets: tuple[str, ...] = ()
-    config: str | None = None
-    input_shapes: tuple[str, ...] = ()
-    select: tuple[str, ...] = ()
-    ignore: tuple[str, ...] = ()
-    fail_on: str | None = None
-    fmt: str | None = None
-    output: str | None = None
-    class_priors: str | None = None
-    head: str | None = None
-    baseline: str | None = None
-    write_baseline: str | None = None
-    quiet: bool = False
-    debug: bool = False
-    jobs: int = 1
-    timeout: float | None = None
-    allow_incomplete: bool = False
-    fix: bool = False
-    unsafe_fixes: bool = False
-    diff: bool = False
-    device: str | None = None
-    target_mean: str | None = None
-    changed_since: str | None = None  # a git ref: lint only the targets changed since it
+    def __init__(self, targets: Sequence[str] = (), *, caller: str | None = None,
+                 **values: Any) -> None:
+        from biaslint.run.schema import BY_NAME, Source, parse
+
+        unknown = sorted(set(values) - set(BY_NAME))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}")
+        self.targets = tuple(targets)
+        self.given: dict[str, Any] = {}
+        for name, value in values.items():
+            row = BY_NAME[name]
+            if value is None or value == () or (row.is_flag and value is False):
+                continue
+            if caller is not None:
+                where = f"biaslint.{caller} {name}={value!r}"
+            else:
+                shown = " ".join(value) if row.multiple else value
+                where = f"{row.flag} {shown}"
+            self.given[name] = parse(name, value, Source(where))
+
+    def __getattr__(self, name: str) -> Any:
+        from biaslint.run.schema import BY_NAME
+
+        if name not in BY_NAME:
+            raise AttributeError(name)
+        return self.given.get(name, BY_NAME[name].default)
 
 
 @dataclass(frozen=True)
@@ -336,68 +332,37 @@ class _Stream:
 
 
 def plan(options: CheckOptions) -> Plan:
+    """The run: the command line (or API) wins over ``[tool.biaslint]``, which wins over the
+    defaults; per target, its own table sits between the file's values and what was given."""
     from biaslint.run.config import load_config
-    from biaslint.settings import Settings, TargetConfig
-    from biaslint.target import parse_shape, parse_target
+    from biaslint.run.schema import rows, run_settings, target_config
+    from biaslint.target import parse_target
 
     file = load_config(options.config)
-    select = split_codes(options.select, "--select") if options.select else file.select or ()
-    ignore = split_codes(options.ignore, "--ignore") if options.ignore else file.ignore or ()
-    fail_on = Severity.parse(options.fail_on) if options.fail_on else \
-        file.fail_on or Severity.WARNING
-    allow_incomplete = options.allow_incomplete or bool(file.allow_incomplete)
-    settings = Settings(select=select, ignore=ignore, fail_on=fail_on,
-                        severity_overrides=file.severity, rule_options=file.rule_options,
-                        per_module_ignores=file.per_module_ignores, debug=options.debug,
-                        allow_incomplete=allow_incomplete)
-
-    shapes = tuple(parse_shape(s) for s in options.input_shapes)
-    priors = _priors(options.class_priors) if options.class_priors is not None else None
-    means = _means(options.target_mean) if options.target_mean is not None else None
-    configured = {t.target: t for t in file.targets}
+    values = {**file.values, **options.given}
+    if not options.given.get("allow_incomplete"):  # a flag: given only when set
+        values["allow_incomplete"] = bool(file.values.get("allow_incomplete", False))
+    settings = run_settings(values)
+    configured = {t["target"]: t for t in file.targets}
     if options.targets:
-        entries = [configured.get(t) for t in options.targets]
-        names = list(options.targets)
+        entries = [configured.get(t, {"target": t}) for t in options.targets]
         workdir = None
     elif file.targets:
         entries = list(file.targets)
-        names = [t.target for t in file.targets]
         workdir = str(file.root)
     else:
         raise ConfigError(NO_TARGET)
+    per_target = [row.name for row in rows("target", "input")]
     configs = []
-    for name, entry in zip(names, entries):
-        parse_target(name)
+    for entry in entries:
+        parse_target(entry["target"])
         # The command line wins over the target's table, which wins over the defaults.
-        configs.append(TargetConfig(
-            target=name,
-            input_shapes=shapes or (entry.input_shapes if entry else ()),
-            class_priors=priors if priors is not None else (
-                _priors(entry.class_priors) if entry and entry.class_priors else None),
-            head=options.head or (entry.head if entry else None),
-            device=options.device or (entry.device if entry else None),
-            target_mean=means if means is not None else (entry.target_mean if entry else None),
-        ))
-    fmt = options.fmt or file.format or "text"
+        given = {name: options.given[name] for name in per_target if name in options.given}
+        configs.append(target_config(entry["target"], {**entry, **given}))
+    fmt = values.get("fmt") or "text"
     if fmt in SIGNAL_FORMATS:
         settings = dataclasses.replace(settings, signal=True)
     return Plan(tuple(configs), settings, fmt, workdir, str(file.path) if file.path else None)
-
-
-def _means(text: str) -> tuple[float, ...]:
-    from biaslint.run.config import parse_means
-
-    try:
-        return parse_means(text)
-    except ValueError:
-        raise ConfigError(f"--target-mean {text!r}: give one number, or one per output "
-                          "separated by commas (e.g. --target-mean 3.5 or 1.0,2.0)") from None
-
-
-def _priors(text: str) -> tuple[float, ...]:
-    from biaslint.run.priors import parse_priors
-
-    return parse_priors(text)
 
 
 @contextmanager
