@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable
 
-from biaslint.findings import Finding, Fix, Severity
+from biaslint.findings import Finding, Fix, FixKind, Severity
 from biaslint.fix.phrases import init_call_subject, python_path, set_by, user_call
 from biaslint.rules.base import Rule, RuleContext
 from biaslint.rules.bl002_zero_constant_weight.routing import tied_routers
@@ -161,7 +161,8 @@ def build():
                 "router learns to spread the load only from that collapse",
                 parameter=pname, severity=Severity.WARNING, location=layer.site_of(pname),
                 fix=Fix(title="Initialize the router with small random weights",
-                        code=f"nn.init.normal_({subject}, std=0.02)", safe=False),
+                        code=f"nn.init.normal_({subject}, std=0.02)", safe=False,
+                        kind=FixKind.REPLACE_INIT),
                 data={"verdict": "routed-alike", "experts": router.experts},
             )
 
@@ -347,4 +348,4 @@ def _fix(layer: "Layer", pname: str, activation: str | None) -> Fix:
         title = f"Replace the constant init at {call.location.file}:{call.location.line} with"
     else:
         title = "Initialize it with a random fan-in-scaled init instead"
-    return Fix(title=title, code=code, safe=False)
+    return Fix(title=title, code=code, safe=False, kind=FixKind.REPLACE_INIT)

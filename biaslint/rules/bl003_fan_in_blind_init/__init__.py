@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Iterable
 
-from biaslint.findings import Finding, Fix, Severity
+from biaslint.findings import Finding, Fix, FixKind, Severity
 from biaslint.fix.phrases import init_call_subject, python_path, set_by, user_call
 from biaslint.rules.base import Option, Rule, RuleContext
 
@@ -344,7 +344,7 @@ def build():
         std = 1 / math.sqrt(stats.fan_in)
         fix = Fix(title="Use a fan-in-scaled init for the recurrent weights",
                   code=f"nn.init.kaiming_normal_({python_path(layer.name)}.{pname}, "
-                       f"nonlinearity='linear')  # std {std:.3g}")
+                       f"nonlinearity='linear')  # std {std:.3g}", kind=FixKind.REPLACE_INIT)
         return self.finding(layer, message, parameter=pname, fix=fix, data={"gain": gain})
 
     def _bilinear(self, layer: "Layer", gain: float, target: float,
@@ -358,7 +358,8 @@ def build():
             f"layer alone outputs ~{_times(gain)} the scale{_init_phrase(layer)}.")
         std = target / math.sqrt(fan_in)
         fix = Fix(title="Scale the bilinear weight by its fan-in (in1 * in2)",
-                  code=f"nn.init.normal_({python_path(layer.name)}.weight, 0.0, {std:.3g})")
+                  code=f"nn.init.normal_({python_path(layer.name)}.weight, 0.0, {std:.3g})",
+                  kind=FixKind.REPLACE_INIT)
         return self.finding(layer, message, parameter="weight",
                             data={"gain": gain, "ratio": gain / target}, fix=fix)
 
@@ -406,4 +407,4 @@ def _fix(call: "LayerCall") -> Fix:
                  "with a fan-in-scaled one")
     else:
         title = "Initialize the weight with a fan-in-scaled init"
-    return Fix(title=title, code=code, safe=False)
+    return Fix(title=title, code=code, safe=False, kind=FixKind.REPLACE_INIT)
