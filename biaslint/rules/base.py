@@ -1,7 +1,10 @@
-"""The rule API. A rule is one file: its code, name, docs, examples and ``check``.
+"""The rule API. A rule is one file: its code, name, docs, examples and ``check``; or, when it
+needs more, a package whose ``__init__`` holds the rule class (metadata and docs) and whose
+``check.py`` holds the check, its verdicts as small functions, beside the modules they use.
 
 Rule modules must not import torch at module level: ``biaslint rules`` and ``biaslint rule CODE``
-read their metadata without paying for torch. Import it inside ``check``.
+read their metadata without paying for torch. Import it inside ``check`` (a package's
+``__init__`` imports its ``check.py`` there).
 """
 
 from __future__ import annotations
