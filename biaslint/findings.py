@@ -95,18 +95,36 @@ class Edit:
                 "end": {"line": self.end_line, "col": self.end_col}, "content": self.content}
 
 
+class FixKind(enum.Enum):
+    """What edit of the user's source a fix's ``code`` stands for; ``biaslint.fix.plan`` picks
+    the edit by it (never by reading the code). Not part of the JSON or SARIF output."""
+
+    # ``code`` is a constructor call with ``bias=False``, to write where the layer is built
+    BIAS_FALSE = "bias-false"
+    # ``code`` is an ``nn.init`` call on the parameter, to write in place of the user's own init
+    # call of it
+    REPLACE_INIT = "replace-init"
+    # ``code`` is a ``biaslint.init`` helper called on the layer, to insert after the statement
+    # that builds it (or in place of the user's own ``nn.init`` call of its bias)
+    INIT_HELPER = "init-helper"
+    # no automatic edit: ``code``, if any, shows what to write by hand
+    MANUAL = "manual"
+
+
 @dataclass(frozen=True)
 class Fix:
     """How to mend a finding. ``title`` is imperative; ``code`` is a line to write instead, if any.
 
-    ``edits`` apply it to the user's files (``--fix`` when ``safe``, ``--unsafe-fixes`` for the
-    rest); ``manual`` says why a fix has no edits (the summary of ``--fix`` quotes it)."""
+    ``kind`` says what edit the code stands for; ``edits`` apply it to the user's files
+    (``--fix`` when ``safe``, ``--unsafe-fixes`` for the rest); ``manual`` says why a fix has no
+    edits (the summary of ``--fix`` quotes it)."""
 
     title: str
     code: str = ""
     safe: bool = False
     edits: tuple[Edit, ...] = ()
     manual: str = ""
+    kind: FixKind = FixKind.MANUAL
 
     @property
     def applicability(self) -> str:

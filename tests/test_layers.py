@@ -273,3 +273,62 @@ def test_the_value_scan_sees_a_direct_read(tmp_path):
     (root / "rules" / "r.py").write_text(
         "def check(layer):\n    w = layer.param('weight')\n    return w.detach().abs().max()\n")
     assert value_reads(root) == ["rules/r.py:3: .detach"]
+
+
+# What an ``AnalysedModel`` was built from: the model, the capture and the loaded target. Rules
+# read them through its own methods (``root``, ``construction_site``, ``not_called``,
+# ``captured_forward_failed``, ``on_meta``...), never by reaching through it.
+MODEL_REACHES = frozenset({"model", "capture", "target", "loaded"})
+
+
+def model_reaches(root: pathlib.Path) -> list[str]:
+    """``file:line: expression`` for every read, in the rules, of what an analysed model was
+    built from. An analysed model is a name called ``model`` or annotated ``AnalysedModel``, or
+    an attribute of ``self`` so named (``self.model`` in a helper class); ``node.target``,
+    ``layer.module`` and the like are other objects' attributes."""
+    found = []
+    for path in sorted((root / "rules").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {"model"} | {arg.arg for arg in ast.walk(tree) if isinstance(arg, ast.arg)
+                             and arg.annotation is not None
+                             and "AnalysedModel" in ast.unparse(arg.annotation)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute) or node.attr not in MODEL_REACHES:
+                continue
+            held = node.value
+            if isinstance(held, ast.Attribute) and isinstance(held.value, ast.Name) and \
+                    held.value.id == "self":
+                name = held.attr
+            elif isinstance(held, ast.Name):
+                name = held.id
+            else:
+                continue
+            if name in names:
+                found.append((str(path), node.lineno, node.col_offset,
+                              f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}"))
+    return [text for *_, text in sorted(found)]
+
+
+def test_rules_read_the_model_only_through_the_analysed_model():
+    """No rule reaches through ``AnalysedModel`` into the module, the capture or the loaded
+    target: what a rule needs of them is a method there, so the facts stay in one place."""
+    assert model_reaches(PACKAGE) == []
+
+
+def test_the_model_scan_sees_a_reach_through(tmp_path):
+    root = tmp_path / "biaslint"
+    (root / "rules").mkdir(parents=True)
+    (root / "rules" / "r.py").write_text(
+        "def check(model, layer, node):\n"
+        "    a = model.model.modules()\n"
+        "    b = model.target.module_sites\n"
+        "    c = layer.module, node.target, model.submodule(''), model.root\n"
+        "    return a, b, c\n"
+        "class Walk:\n"
+        "    def __init__(self, analysed: 'AnalysedModel') -> None:\n"
+        "        self.analysed = analysed\n"
+        "    def run(self, other: AnalysedModel, call):\n"
+        "        return self.analysed.capture.parts, other.loaded, call.target\n")
+    assert model_reaches(root) == ["rules/r.py:2: model.model", "rules/r.py:3: model.target",
+                                   "rules/r.py:10: self.analysed.capture",
+                                   "rules/r.py:10: other.loaded"]

@@ -253,6 +253,34 @@ class AnalysedModel:
         """A line for the report's notes from rule ``code`` (rules never print)."""
         self.rule_notes.append(f"{code}: {text}")
 
+    # -- the model as a whole ------------------------------------------------------------------
+    # Rules read the model through these, never through ``model``, ``capture`` or ``target``
+    # (tests/test_layers.py enforces it).
+    @property
+    def root(self) -> nn.Module:
+        """The model itself: the module named ``""`` (``submodule("")``)."""
+        return self.model
+
+    def construction_site(self, name: str) -> Location | None:
+        """Where the build constructed the module ``name`` (any module, with parameters of its
+        own or not); None when it was not recorded."""
+        return self.target.module_sites.get(name)
+
+    @property
+    def captured_forward_failed(self) -> bool:
+        """The forward raised on the example inputs when the graph was captured: the graph then
+        comes from symbolic tracing, and which modules a run calls is not known."""
+        return self.capture.forward_error is not None
+
+    @property
+    def not_called(self) -> tuple[str, ...]:
+        """The layers the captured forward did not call on the example inputs."""
+        return tuple(self.capture.coverage.not_called)
+
+    def embedding_sizes(self) -> set[int]:
+        """The vocabulary size (``num_embeddings``) of every ``nn.Embedding`` in the model."""
+        return {m.num_embeddings for m in self.model.modules() if isinstance(m, nn.Embedding)}
+
     # -- layers --------------------------------------------------------------------------------
     @cached_property
     def layers(self) -> dict[str, Layer]:
@@ -289,7 +317,7 @@ class AnalysedModel:
         or the forward fails (capture reports that).
         """
         names = list(names)
-        if self._on_meta():
+        if self.on_meta():
             return {}  # a meta model's outputs have no values
         self.prefetch(names)
         return {n: t for n in names if (t := self._real_outputs.get(n)) is not None}
@@ -299,11 +327,13 @@ class AnalysedModel:
         meta device hold no values), or None when ``real_outputs`` can measure."""
         if not self.inputs_known:
             return "no example inputs"
-        if self._on_meta():
+        if self.on_meta():
             return "no forward with values on the meta device"
         return None
 
-    def _on_meta(self) -> bool:
+    def on_meta(self) -> bool:
+        """The model's parameters are on the meta device: they hold no values, and no forward
+        can measure anything."""
         return any(p.device.type == "meta" for p in self.model.parameters())
 
     def _wants_attention(self) -> bool:
@@ -324,7 +354,7 @@ class AnalysedModel:
         Outputs the capture already recorded on a real forward are reused without running.
         """
         inputs = self.target.inputs
-        if inputs is None or self._on_meta():
+        if inputs is None or self.on_meta():
             return
         wanted = [n for n in dict.fromkeys(names) if n not in self._real_outputs]
         recorded = getattr(self.capture, "real_values", None)
@@ -390,12 +420,12 @@ class AnalysedModel:
         biases, on a float copy of the model and the example inputs; None without inputs or on
         the meta device (where there are no values to measure). Run once per model: the first
         caller's layers are the ones measured."""
-        if self.target.inputs is None or self._on_meta():
+        if self.target.inputs is None or self.on_meta():
             return None
         if "_bias_screen" not in self.__dict__:
             from biaslint.analysis.sensitivity import screen_biases
 
-            not_called = set(self.capture.coverage.not_called)
+            not_called = set(self.not_called)
             wanted = [n for n in names if n not in not_called]
             inputs = self.target.inputs
             start = time.perf_counter()
@@ -417,9 +447,9 @@ class AnalysedModel:
 
         from biaslint.capture.preserve import preserved
 
-        not_called = list(self.capture.coverage.not_called)
+        not_called = list(self.not_called)
         inputs = self.target.inputs
-        if not not_called or inputs is None or not self.model.training or self._on_meta():
+        if not not_called or inputs is None or not self.model.training or self.on_meta():
             return []
         found: set[str] = set()
 
@@ -460,7 +490,7 @@ class AnalysedModel:
         """What the model's forward returned on the example inputs (tensors copied), from the
         same kind of real forward as ``real_outputs``; None on the meta device, without inputs
         or when the forward fails."""
-        if not self._returned_known and self.target.inputs is not None and not self._on_meta():
+        if not self._returned_known and self.target.inputs is not None and not self.on_meta():
             try:
                 self._run_forward()
             except Exception as exc:  # said by the engine, as in prefetch
@@ -550,7 +580,7 @@ class AnalysedModel:
         when the forward fails (``forward_failure`` says why)."""
         tables = list(tables)
         wanted = [t for t in dict.fromkeys(tables) if t not in self._products]
-        if wanted and self.target.inputs is not None and not self._on_meta():
+        if wanted and self.target.inputs is not None and not self.on_meta():
             from biaslint.analysis.products import watch_products
             from biaslint.capture.record import is_default_leaf
 
@@ -600,7 +630,7 @@ class AnalysedModel:
         called more than once whose outputs the capture recorded (first call only) gets a
         forward of its own. Empty on the meta device, without inputs, or when it fails."""
         names = list(dict.fromkeys(names))
-        if self._on_meta() or self.target.inputs is None:
+        if self.on_meta() or self.target.inputs is None:
             return {}
         self.prefetch(names)
         for name in [n for n in names if n not in self._real_scales]:
@@ -616,7 +646,7 @@ class AnalysedModel:
     def attention(self) -> list:  # list[AttentionSoftmax]
         """Every softmax over attention scores in one real forward (``analysis.attention``);
         empty without inputs, on the meta device, or when the forward fails."""
-        if self.target.inputs is None or self._on_meta():
+        if self.target.inputs is None or self.on_meta():
             return []
         if not self._wants_attention():
             return []  # no softmax in the graph: no forward to spend

@@ -1,13 +1,17 @@
 """Turn each finding's fix into edits of the user's source, where the edit is unambiguous.
 
 Runs after the rules, on their findings and what the build recorded (construction sites, the
-init call that last wrote each parameter). Three kinds of edit:
+init call that last wrote each parameter). Three kinds of edit, chosen by the fix's ``kind``
+(``biaslint.findings.FixKind``, set by the rule that wrote the fix):
 
-* BL001: the constructor call at the construction site, rewritten with ``bias=False``;
-* BL002/BL003: the user's init call replaced by the suggested fan-in-scaled one, keeping the
-  tensor expression the user wrote (``hidden.weight`` inside their loop);
-* BL004/BL005: a ``biaslint.init`` call inserted after the statement that builds the layer (with
-  ``import biaslint.init``), naming the layer as that statement's assignment target does.
+* ``BIAS_FALSE`` (BL001): the constructor call at the construction site, rewritten with
+  ``bias=False``;
+* ``REPLACE_INIT`` (BL002, BL003, BL007, BL009, BL004's hand-written gates): the user's init
+  call replaced by the suggested one, keeping the tensor expression the user wrote
+  (``hidden.weight`` inside their loop);
+* ``INIT_HELPER`` (BL004, BL005, BL008): a ``biaslint.init`` call inserted after the statement
+  that builds the layer (with ``import biaslint.init``), naming the layer as that statement's
+  assignment target does.
 
 An edit is offered only where it changes exactly the layers of its finding (``reach``): the
 line that built the layer must build no layer that needs another edit or none, and must not sit
@@ -24,7 +28,7 @@ import ast
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
-from biaslint.findings import BuildFrame, Edit, Finding, InitCall, Location
+from biaslint.findings import BuildFrame, Edit, Finding, FixKind, InitCall, Location
 from biaslint.fix.edits import (
     BIAS_POSITION,
     call_at,
@@ -102,11 +106,11 @@ def _edits_for(finding: Finding, context: _Context,
     the construction to the call of a helper."""
     fix = finding.fix
     assert fix is not None
-    if finding.code == "BL001":
+    if fix.kind is FixKind.BIAS_FALSE:
         return _bias_false(finding, context)
-    if fix.code.startswith("nn.init."):
+    if fix.kind is FixKind.REPLACE_INIT:
         return (*_replace_init(finding, context.param_inits, wanted), {})
-    if fix.code.startswith("biaslint.init."):
+    if fix.kind is FixKind.INIT_HELPER:
         return (*_insert_after_construction(finding, context), {})
     return [], "no automatic edit for this fix", {}
 
@@ -223,7 +227,7 @@ def _where(location: Location) -> str:
     return f"{location.file}:{location.line}"
 
 
-# -- BL002 / BL003: the user's init call ---------------------------------------------------------
+# -- REPLACE_INIT: the user's init call -------------------------------------------------------
 
 def _init_key(call: InitCall) -> tuple[str, int] | None:
     return (call.location.file, call.location.line) if call.by_user and call.location else None
@@ -235,7 +239,8 @@ def _init_replacements(findings: list[Finding], param_inits: dict[str, InitCall]
     those parameters."""
     wanted: dict[tuple[str, int], tuple[set[str], set[str]]] = {}
     for finding in findings:
-        if finding.fix is None or not finding.fix.code.startswith("nn.init."):
+        if finding.fix is None or not finding.fix.code or \
+                finding.fix.kind is not FixKind.REPLACE_INIT:
             continue
         call = param_inits.get(_param_name(finding))
         key = _init_key(call) if call is not None else None
@@ -370,23 +375,15 @@ def _imported_names(tree: ast.Module) -> dict[str, str]:
     return names
 
 
-# -- BL004 / BL005: a biaslint.init call after the construction ------------------------------------
+# -- INIT_HELPER: a biaslint.init call after the construction ---------------------------------
 
 def _insert_after_construction(finding: Finding, context: _Context
                                ) -> tuple[list[Edit], str]:
     fix = finding.fix
     assert fix is not None
-    param_inits = context.param_inits
-    prefix = f"{finding.module}." if finding.module else ""
-    later = [c for name, c in param_inits.items()
-             if name.startswith(prefix) and "bias" in name.rsplit(".", 1)[-1] and c.by_user]
-    if later:
-        replaced = _replace_bias_init(finding, later[0], param_inits)
-        if replaced is not None:
-            return replaced, ""
-        where = f" at {later[0].location.file}:{later[0].location.line}" if later[0].location \
-            else ""
-        return [], f"its bias is set later by {later[0].name}{where}: change that call"
+    later = _later_bias_init(finding, context.param_inits)
+    if later is not None:
+        return later
     steps = context.steps_for(finding)
     if not steps:
         return [], "the construction site is unknown"
@@ -401,39 +398,15 @@ def _insert_after_construction(finding: Finding, context: _Context
             return [], "the construction's source was not found"
         source, tree = found
         why = not_owned(step, tree)
-        if why is not None:
-            reasons.append(why)
-            continue
-        if level == 0:
-            call = call_at(tree, step.location, finding.module_type)
-            if call is not None and not names_class(tree, call, finding.module_type):
-                reasons.append(f"the statement at {_where(step.location)} builds a class held "
-                               f"in {callee(call) or 'a variable'}, another layer type for "
-                               "other arguments: a line after it would run for those too")
+        placed = _Skip(why, further=True) if why is not None else \
+            _assignment_at(finding, tree, steps, level)
+        if isinstance(placed, _Skip):
+            if placed.reason:
+                reasons.append(placed.reason)
+            if placed.further:
                 continue
-        else:
-            inner = steps[level - 1].scope
-            assert inner is not None
-            if inner.kind != "function":
-                break  # the call builds the layer's parent (a class), not the layer
-            call = call_at(tree, step.location, called_name(inner))
-            if call is not None and callee(call) != called_name(inner):
-                call = None
-        statement = enclosing_statement(tree, call) if call is not None else None
-        single = isinstance(statement, ast.AnnAssign) or (
-            isinstance(statement, ast.Assign) and len(statement.targets) == 1)
-        if not (single and statement.value is call):  # type: ignore[union-attr]  # single: set
-            reasons.append(f"the layer is not assigned to a name at {_where(step.location)} "
-                           "(inside a Sequential, say)" if level == 0 else
-                           f"the call at {_where(step.location)} is not assigned to the layer")
             break
-        assert isinstance(statement, (ast.Assign, ast.AnnAssign))
-        target = statement.targets[0] if isinstance(statement, ast.Assign) else statement.target
-        if level > 0 and not (isinstance(target, ast.Attribute) and
-                              target.attr == finding.module.rsplit(".", 1)[-1]):
-            # What a helper returns is known only when it lands in the layer's own attribute.
-            reasons.append(f"the call at {_where(step.location)} is not assigned to the layer")
-            break
+        statement, target = placed
         code = _called_on(fix.code, target)
         if code is None:
             return [], "the fix needs values only the user has (the priors as a name)"
@@ -445,16 +418,91 @@ def _insert_after_construction(finding: Finding, context: _Context
                            f"{listed(differ)}, which need{'s' if len(differ) == 1 else ''} "
                            "another value or none")
             continue
-        line_start = source.rfind("\n", 0, _line_offset(source, statement.lineno)) + 1
-        indent = source[line_start:line_start + statement.col_offset]
-        end = _line_offset(source, (statement.end_lineno or statement.lineno) + 1)
-        edits = [edit(step.location.file, source, end, end, f"{indent}{code}\n")]
-        if not _imports_module(tree):
-            where = _import_position(source, tree)
-            edits.append(edit(step.location.file, source, where, where,
-                              "import biaslint.init\n"))
-        return edits, ""
+        return _inserted_after(step.location.file, source, tree, statement, code), ""
     return [], _manual(reasons, "add the line by hand where only this layer is built")
+
+
+@dataclass(frozen=True)
+class _Skip:
+    """Why there is no insertion at one step of the build (None: nothing to say), and whether a
+    call further out may still take it."""
+
+    reason: str | None
+    further: bool
+
+
+def _later_bias_init(finding: Finding, param_inits: dict[str, InitCall]
+                     ) -> tuple[list[Edit], str] | None:
+    """When the user's own code sets the layer's bias after building it: that call replaced, or
+    why not; None when nothing sets it later."""
+    prefix = f"{finding.module}." if finding.module else ""
+    later = [c for name, c in param_inits.items()
+             if name.startswith(prefix) and "bias" in name.rsplit(".", 1)[-1] and c.by_user]
+    if not later:
+        return None
+    replaced = _replace_bias_init(finding, later[0], param_inits)
+    if replaced is not None:
+        return replaced, ""
+    where = f" at {later[0].location.file}:{later[0].location.line}" if later[0].location \
+        else ""
+    return [], f"its bias is set later by {later[0].name}{where}: change that call"
+
+
+def _assignment_at(finding: Finding, tree: ast.Module, steps: list[Step], level: int
+                   ) -> tuple[ast.stmt, ast.expr] | _Skip:
+    """The statement at build step ``level`` that assigns the layer (level 0: its constructor
+    call; further out: the call of the helper that returns it) and its target, or why not."""
+    step = steps[level]
+    if level == 0:
+        call = call_at(tree, step.location, finding.module_type)
+        if call is not None and not names_class(tree, call, finding.module_type):
+            return _Skip(f"the statement at {_where(step.location)} builds a class held "
+                         f"in {callee(call) or 'a variable'}, another layer type for "
+                         "other arguments: a line after it would run for those too", True)
+    else:
+        inner = steps[level - 1].scope
+        assert inner is not None
+        if inner.kind != "function":
+            return _Skip(None, False)  # the call builds the layer's parent (a class), not it
+        call = call_at(tree, step.location, called_name(inner))
+        if call is not None and callee(call) != called_name(inner):
+            call = None
+    statement = enclosing_statement(tree, call) if call is not None else None
+    target = _assigned_to(statement, call) if statement is not None and call is not None \
+        else None
+    if statement is None or target is None:
+        return _Skip(f"the layer is not assigned to a name at {_where(step.location)} "
+                     "(inside a Sequential, say)" if level == 0 else
+                     f"the call at {_where(step.location)} is not assigned to the layer", False)
+    if level > 0 and not (isinstance(target, ast.Attribute) and
+                          target.attr == finding.module.rsplit(".", 1)[-1]):
+        # What a helper returns is known only when it lands in the layer's own attribute.
+        return _Skip(f"the call at {_where(step.location)} is not assigned to the layer", False)
+    return statement, target
+
+
+def _assigned_to(statement: ast.stmt, call: ast.Call) -> ast.expr | None:
+    """The one target ``statement`` assigns ``call``'s value to, or None."""
+    if isinstance(statement, ast.AnnAssign) and statement.value is call:
+        return statement.target
+    if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and \
+            statement.value is call:
+        return statement.targets[0]
+    return None
+
+
+def _inserted_after(file: str, source: str, tree: ast.Module, statement: ast.stmt,
+                    code: str) -> list[Edit]:
+    """``code`` on a line of its own after ``statement``, at its indent (and ``import
+    biaslint.init`` where the file lacks it)."""
+    line_start = source.rfind("\n", 0, _line_offset(source, statement.lineno)) + 1
+    indent = source[line_start:line_start + statement.col_offset]
+    end = _line_offset(source, (statement.end_lineno or statement.lineno) + 1)
+    edits = [edit(file, source, end, end, f"{indent}{code}\n")]
+    if not _imports_module(tree):
+        where = _import_position(source, tree)
+        edits.append(edit(file, source, where, where, "import biaslint.init\n"))
+    return edits
 
 
 def _same_insertion(other: Finding | None, target: ast.expr, code: str) -> bool:

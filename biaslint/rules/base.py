@@ -1,15 +1,18 @@
-"""The rule API. A rule is one file: its code, name, docs, examples and ``check``.
+"""The rule API. A rule is one file: its code, name, docs, examples and ``check``; or, when it
+needs more, a package whose ``__init__`` holds the rule class (metadata and docs) and whose
+``check.py`` holds the check, its verdicts as small functions, beside the modules they use.
 
 Rule modules must not import torch at module level: ``biaslint rules`` and ``biaslint rule CODE``
-read their metadata without paying for torch. Import it inside ``check``.
+read their metadata without paying for torch. Import it inside ``check`` (a package's
+``__init__`` imports its ``check.py`` there).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping
 
-from biaslint.findings import Finding, Fix, Location, Severity
+from biaslint.findings import Finding, Fix, FixKind, Location, Severity
 
 if TYPE_CHECKING:
     from biaslint.analysis import AnalysedModel, Layer
@@ -105,6 +108,11 @@ class Rule:
         location: Location | None = None,
         data: dict[str, Any] | None = None,
     ) -> Finding:
+        if fix is not None and fix.code and fix.kind is FixKind.MANUAL and self.code == "BL001":
+            # BL001's fixes are built in rules/bl001_redundant_bias/check.py, which does not
+            # set their kind yet: every one with code is the constructor with bias=False.
+            # (Remove once that module passes kind=FixKind.BIAS_FALSE itself.)
+            fix = replace(fix, kind=FixKind.BIAS_FALSE)
         return Finding(
             code=self.code,
             name=self.name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from biaslint.findings import Finding, Fix, Severity
+from biaslint.findings import Finding, Fix, FixKind, Severity
 from biaslint.fix.phrases import python_path, set_by, user_call
 from biaslint.rules.base import Option, Rule, RuleContext
 
@@ -93,7 +93,7 @@ def build():
             module = layer.module
             fix = Fix(title="Set the forget-gate bias to 1 after building the LSTM",
                       code=f"biaslint.init.forget_gate_bias_({python_path(layer.name)}, 1.0)",
-                      safe=False)
+                      safe=False, kind=FixKind.INIT_HELPER)
             if not module.bias:
                 yield self.finding(
                     layer,
@@ -101,7 +101,7 @@ def build():
                     "the forget gate starts at sigmoid(W x + U h) ~ 0.5 and halves the cell "
                     "state every step; build it with bias=True and set the forget bias to 1.0",
                     fix=Fix(title="Build the LSTM with bias=True, then set the forget bias to 1",
-                            code=fix.code, safe=False),
+                            code=fix.code, safe=False, kind=FixKind.INIT_HELPER),
                     data={"bias": False},
                 )
                 continue
@@ -146,7 +146,8 @@ def build():
                 f"keeping only {_sigmoid(mean) ** 10:.1e} of the cell state after 10 steps; 1.0 "
                 "is recommended (Jozefowicz et al., 2015)",
                 parameter="bias",
-                fix=Fix(title="Set the forget-gate rows of the bias to 1", code=code)
+                fix=Fix(title="Set the forget-gate rows of the bias to 1", code=code,
+                        kind=FixKind.REPLACE_INIT)
                 if has_bias else Fix(title="Give the gate Linear a bias and set its forget rows "
                                            "to 1"),
                 data={"forget_bias_mean": mean, "rows": rows, "layers": list(gate.layers)},

@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Iterable
 
-from biaslint.findings import Finding, Fix, Severity
+from biaslint.findings import Finding, Fix, FixKind, Severity
 from biaslint.rules.base import Option, Rule, RuleContext
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def build():
             fix = Fix(title="Scale the scores by 1/sqrt(d_head), or use "
                             "F.scaled_dot_product_attention",
                       code=f"scores = q @ k.transpose(-2, -1) / math.sqrt({softmax.head_dim})",
-                      safe=False)
+                      safe=False, kind=FixKind.MANUAL)
             finding = self.finding(layer, message, fix=fix,
                                    data={"mean_max": softmax.mean_max,
                                          "entropy": softmax.entropy, "keys": softmax.keys,
@@ -146,7 +146,7 @@ def build():
                                          "jacobian_if_scaled": softmax.jacobian_if_scaled})
             if softmax.module != layer.name:
                 module = model.submodule(softmax.module)
-                site = model.target.module_sites.get(softmax.module)
+                site = model.construction_site(softmax.module)
                 finding = replace(finding, module=softmax.module,
                                   module_type=type(module).__name__,
                                   location=site or finding.location)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable
 
-from biaslint.findings import Finding, Fix, Severity
+from biaslint.findings import Finding, Fix, FixKind, Severity
 from biaslint.fix.phrases import python_path
 from biaslint.rules.base import Option, Rule, RuleContext
 
@@ -156,7 +156,7 @@ def build():
                                 "activation": kind}
         return self.finding(layer, message, parameter="bias", data=data,
                             fix=Fix(title="Start the bias at (or just above) zero", code=code,
-                                    safe=False),
+                                    safe=False, kind=FixKind.REPLACE_INIT),
                             location=layer.site_of("bias"))
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable
 
-from biaslint.findings import Finding, Fix, Severity
+from biaslint.findings import Finding, Fix, FixKind, Severity
 from biaslint.fix.phrases import python_path
 from biaslint.rules.base import Option, Rule, RuleContext
-from biaslint.rules.bl005_class_prior_bias import Head, find_heads
 
 if TYPE_CHECKING:
     from biaslint.analysis import AnalysedModel, Layer
+    from biaslint.analysis.heads import Head
 
 
 class RegressionBiasIgnoresTarget(Rule):
@@ -81,6 +81,8 @@ def build():
         return [head.layer for head in regression_heads(model, context)]
 
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
+        from biaslint.analysis.heads import find_heads
+
         if context.inputs["target_mean"] is None:
             return
         limit = float(context.option(self, "min_excess"))
@@ -141,14 +143,17 @@ def build():
         values = f"{float(ideal[0]):.6g}" if ideal.numel() == 1 else \
             "[" + ", ".join(f"{float(v):.6g}" for v in ideal) + "]"
         fix = Fix(title="Set the head's bias to the ideal bias",
-                  code=f"biaslint.init.regression_bias_({path}, {values})", safe=False)
+                  code=f"biaslint.init.regression_bias_({path}, {values})", safe=False,
+                  kind=FixKind.INIT_HELPER)
         data = {"excess_mse": float(excess.mean()), "ideal_bias": [float(v) for v in ideal],
                 "output_mean": [float(v) for v in mean]}
         return self.finding(layer, message, parameter="bias", fix=fix, data=data,
                             location=layer.site_of("bias"))
 
 
-def regression_heads(model: "AnalysedModel", context: RuleContext) -> list[Head]:
+def regression_heads(model: "AnalysedModel", context: RuleContext) -> list["Head"]:
+    from biaslint.analysis.heads import find_heads
+
     means = context.inputs["target_mean"] or ()
     return [head for head in find_heads(model) if head.squash is None
             and (len(means) == 1 or len(means) == head.outputs)]

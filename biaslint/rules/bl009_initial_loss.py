@@ -6,28 +6,23 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
-from biaslint.findings import Finding, Fix, Severity
+from biaslint.findings import Finding, Fix, FixKind, Severity
 from biaslint.fix.phrases import python_path
 from biaslint.rules.base import Option, Rule, RuleContext
 from biaslint.rules.bl005_class_prior_bias import (
-    Head,
-    bias_layer,
-    bias_values,
     excess_loss,
-    find_heads,
     fits_priors,
-    head_logits,
     head_name,
     loss_excess,
     prior_targets,
     prior_values,
-    returned_rows,
 )
 
 if TYPE_CHECKING:
     import torch
 
     from biaslint.analysis import AnalysedModel, Layer
+    from biaslint.analysis.heads import Head
 
 # Output layers named like these (last name component, indices of a container skipped) are read
 # as classifiers.
@@ -154,6 +149,8 @@ def build():
         return list(layers.values())
 
     def declined(self, model: "AnalysedModel", context: RuleContext) -> dict[str, str]:
+        from biaslint.analysis.heads import head_logits
+
         if not model.inputs_known:
             return {}
         heads, declined = candidate_heads(model, context)
@@ -176,6 +173,8 @@ def build():
         return [h.layer.name for h in heads if h.table is None], False
 
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
+        from biaslint.analysis.heads import head_logits
+
         if not model.inputs_known:
             return
         limit = float(context.option(self, "max_excess_nats"))
@@ -189,6 +188,8 @@ def build():
 
     def _judge(self, model: "AnalysedModel", head: Head, logits: "torch.Tensor",
                fed: "torch.Tensor | None", context: RuleContext, limit: float) -> Finding | None:
+        from biaslint.analysis.heads import bias_values, returned_rows
+
         kind = _kind(head, context)
         ref = reference(model, head, kind, context)
         z = logits.double()
@@ -238,7 +239,8 @@ def build():
         if head.table is not None:
             data["table"] = head.table
         return self.finding(layer, message, parameter="weight", data=data,
-                            fix=Fix(title=title, code=code, safe=False))
+                            fix=Fix(title=title, code=code, safe=False,
+                                    kind=FixKind.REPLACE_INIT))
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,7 @@ def reference(model: "AnalysedModel", head: Head, kind: str, context: RuleContex
     """
     import torch
 
+    from biaslint.analysis.heads import bias_layer, bias_values
     from biaslint.init import prior_logits
 
     classes = 2 if kind == "sigmoid" and head.outputs == 1 else head.outputs
@@ -401,6 +404,8 @@ def _table_logits(model: "AnalysedModel", head: Head, fed: "torch.Tensor",
                   table: "torch.Tensor") -> "torch.Tensor | None":
     """The logits a different table would give on the same features (``x @ table.T``, plus the
     head's bias), or None when the features do not match the table's width."""
+    from biaslint.analysis.heads import bias_values
+
     if fed.shape[-1] != table.shape[-1]:
         return None
     logits = fed.double() @ table.T
@@ -415,7 +420,9 @@ def candidate_heads(model: "AnalysedModel", context: RuleContext
     mean``: BL008's) is neither."""
     import torch.nn as nn
 
-    vocab = {m.num_embeddings for m in model.model.modules() if isinstance(m, nn.Embedding)}
+    from biaslint.analysis.heads import find_heads
+
+    vocab = model.embedding_sizes()
     heads: list[Head] = []
     declined: list[tuple[Head, str]] = []
     for head in find_heads(model, tables=True):

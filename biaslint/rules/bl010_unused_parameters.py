@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
-from biaslint.findings import Finding, Fix, Severity
+from biaslint.findings import Finding, Fix, FixKind, Severity
 from biaslint.fix.phrases import python_path
 from biaslint.rules.base import Rule, RuleContext
 
@@ -92,10 +92,10 @@ def build():
                 if any(p.requires_grad for p in layer.parameters().values())]
 
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
-        if model.capture.forward_error is not None or not model.graphs:
+        if model.captured_forward_failed or not model.graphs:
             return  # no run to follow: the engine reports what it could not see
         usage = parameter_usage(model)
-        meta = any(p.device.type == "meta" for p in model.model.parameters())
+        meta = model.on_meta()
         for group in unused_groups(model, usage):
             if meta and group.why == "not called":
                 # Which branch a meta forward takes is decided by values it does not have (a
@@ -130,7 +130,7 @@ def build():
         fix = Fix(title="Remove what is never used, or use its output",
                   code=f"# delete {label}, or use it in forward(); for an input-dependent "
                        "branch: DistributedDataParallel(model, find_unused_parameters=True)",
-                  safe=False)
+                  safe=False, kind=FixKind.MANUAL)
         finding = self.finding(layer, message, parameter=group.names[0].rsplit(".", 1)[-1]
                                if group.why == "not read" else "", fix=fix,
                                data={"verdict": group.why, "parameters": list(group.names),
@@ -138,7 +138,7 @@ def build():
         if group.module != layer.name:
             from dataclasses import replace
 
-            site = model.target.module_sites.get(group.module)
+            site = model.construction_site(group.module)
             finding = replace(finding, module=group.module, module_type=type(module).__name__,
                               location=site or finding.location)
         return finding
@@ -219,7 +219,7 @@ def _walk_part(model: "AnalysedModel", part: GraphPart, parts: dict[str, GraphPa
             name = part.full_name(str(node.target))
             owner, _, attr = name.rpartition(".")
             try:
-                value = getattr(model.submodule(owner) if owner else model.model, attr)
+                value = getattr(model.submodule(owner) if owner else model.root, attr)
             except AttributeError:
                 continue
             if hasattr(value, "parameters") and callable(value.parameters):
@@ -231,7 +231,7 @@ def _walk_part(model: "AnalysedModel", part: GraphPart, parts: dict[str, GraphPa
 def unused_groups(model: "AnalysedModel", usage: Usage) -> list[UnusedGroup]:
     """The unused trainable parameters, grouped by the highest module whose trainable
     parameters are all unused (its parent uses some)."""
-    named = list(model.model.named_parameters())  # each tensor once (ties collapsed)
+    named = list(model.root.named_parameters())  # each tensor once (ties collapsed)
     unused = {name for name, p in named if p.requires_grad and id(p) not in usage.used}
     if not unused:
         return []
@@ -241,7 +241,7 @@ def unused_groups(model: "AnalysedModel", usage: Usage) -> list[UnusedGroup]:
         inside = [n for n in trainable if prefix == "" or n.startswith(prefix + ".")]
         return bool(inside) and all(n in unused for n in inside)
 
-    not_called = set(model.capture.coverage.not_called)
+    not_called = set(model.not_called)
     groups: dict[str, list[str]] = {}
     for name in sorted(unused):
         owner = name.rpartition(".")[0]

@@ -67,7 +67,7 @@ def _constant_operand(model: "AnalysedModel", use: "Use", arg: object) -> bool:
         return False
     name = use.part.full_name(str(arg.target))
     owner, _, attr = name.rpartition(".")
-    module = model.submodule(owner) if owner else model.model
+    module = model.submodule(owner) if owner else model.root
     if attr in dict(module.named_parameters(recurse=False)):
         value = model.value_of(module, attr)
         return value is not None and value.known and value.constant() is not None

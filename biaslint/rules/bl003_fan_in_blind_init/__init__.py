@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from biaslint.findings import Finding, Fix, Severity
-from biaslint.fix.phrases import init_call_subject, python_path, set_by, user_call
+from biaslint.findings import Finding, Severity
 from biaslint.rules.base import Option, Rule, RuleContext
 
 if TYPE_CHECKING:
     from biaslint.analysis import AnalysedModel, Layer
-    from biaslint.rules.bl003_fan_in_blind_init.chains import (
-        Chain,
-        ChainMeasure,
-        LayerCall,
-        ScaleModel,
-    )
 
 
 class FanInBlindInit(Rule):
@@ -151,7 +143,6 @@ def build():
     # Growth claims are derived from the weights alone (so they stand on the meta device and
     # without inputs) and checked on the real forward when there is one.
     reads = frozenset({"graph", "values", "measure"})
-    _cached_scales: "tuple[AnalysedModel, ScaleModel] | None" = None
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         # Every layer with a weight matrix or kernel: the scale chains run through them.
@@ -159,251 +150,11 @@ def build():
                 if any(p.dim() >= 2 for p in layer.parameters().values())]
 
     def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:
-        # Only the layers of the chains the analysis would claim: a model with no such chain
-        # (every healthy one) records nothing in the shared forward.
-        from biaslint.rules.bl003_fan_in_blind_init.chains import chain_layers_measurable
+        from biaslint.rules.bl003_fan_in_blind_init.check import forward_needs
 
-        names: list[str] = []
-        for chain, _ in self._claims(model, context):
-            if chain_layers_measurable(model, chain) is None:
-                names.extend(c.layer.name for c in chain.calls)
-        return list(dict.fromkeys(names)), False
+        return forward_needs(self, model, context), False
 
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
-        ratio_limit = float(context.option(self, "max_gain_ratio"))
-        from biaslint.rules.bl003_fan_in_blind_init.chains import measure_chain
+        from biaslint.rules.bl003_fan_in_blind_init.check import check
 
-        scales = self._scales(model)
-        worst: dict[str, Finding] = {}  # one chain finding per culprit layer: the most severe
-        for chain, direction in self._claims(model, context):
-            measured = measure_chain(model, chain)
-            finding = self._chain_finding(model, chain, direction, measured, context)
-            if finding is not None and (finding.module not in worst
-                                        or finding.severity > worst[finding.module].severity):
-                worst[finding.module] = finding
-        findings: list[Finding] = list(worst.values())
-        reported: set[str] = set(worst)
-        for call in scales.layer_calls():
-            if call.layer.name in reported:
-                continue
-            finding = self._judge_layer(call, ratio_limit)
-            if finding is not None:
-                reported.add(call.layer.name)
-                findings.append(finding)
-        for layer, pname, gain in scales.recurrent_gains():
-            if layer.name in reported or gain <= ratio_limit:
-                continue
-            reported.add(layer.name)
-            findings.append(self._recurrent(layer, pname, gain, ratio_limit))
-        for layer, gain, target, activation in scales.bilinear_gains():
-            if layer.name not in reported and gain > ratio_limit * target:
-                reported.add(layer.name)
-                findings.append(self._bilinear(layer, gain, target, activation))
-        yield from findings
-
-    # -- verdicts ------------------------------------------------------------------------------
-    def _scales(self, model: "AnalysedModel") -> "ScaleModel":
-        """One scale model per analysed model: ``forward_needs`` and ``check`` read the same."""
-        from biaslint.rules.bl003_fan_in_blind_init.chains import ScaleModel
-
-        cached = self._cached_scales
-        if cached is None or cached[0] is not model:
-            cached = (model, ScaleModel(model))
-            self._cached_scales = cached
-        return cached[1]
-
-    def _claims(self, model: "AnalysedModel", context: RuleContext
-                ) -> list[tuple["Chain", str]]:
-        """The chains the analysis says grow ("grows") or shrink ("shrinks") beyond the band,
-        from unit-scale input into their first layer."""
-        high = float(context.option(self, "max_growth"))
-        low = float(context.option(self, "min_growth"))
-        scales = self._scales(model)
-        claims: list[tuple[Chain, str]] = []
-        for chain in list(scales.chains()) + list(scales.pooled_chains()):
-            explodes = chain.growth > high
-            # Vanishing is judged on the activations entering the chain's last layer: that
-            # layer's own output scale is a read-out scale (a small classifier head, the last
-            # layer of a residual branch, GPT-2's 1/sqrt(2 n_layer)) often small on purpose.
-            # Through pooling the prediction is only a lower bound: for explosion claims only.
-            vanishes = chain.hidden_growth < low and len(chain.calls) > 1 \
-                and not chain.through_pooling
-            if not explodes and (not vanishes or chain.end_kind == "norm"):
-                continue
-            # BL003 judges what the init does. A chain that would leave the band at the gains
-            # its fix writes too is scaled out of it by the forward's own constants (a division
-            # between two layers); unless the init's own share (the growth over that growth)
-            # leaves the band as well, a new init would not mend it and it is not the init's.
-            neutral_growth, neutral_hidden = chain.at_target_gains()
-            if explodes:
-                forward_scaled = neutral_growth > high
-                init_share = chain.growth / max(neutral_growth, 1e-300)
-                init_leaves = init_share > high
-            else:
-                forward_scaled = neutral_hidden < low
-                init_share = chain.hidden_growth / max(neutral_hidden, 1e-300)
-                init_leaves = init_share < low
-            if forward_scaled and not init_leaves:
-                continue
-            claims.append((chain, "grows" if explodes else "shrinks"))
-        return claims
-
-    def _chain_finding(self, model: "AnalysedModel", chain: "Chain", direction: str,
-                       measured: "ChainMeasure | str", context: RuleContext) -> Finding | None:
-        """The finding for a claimed chain; None, with the disagreement recorded, when the
-        measurement on the example inputs does not show it."""
-        high = float(context.option(self, "max_growth"))
-        low = float(context.option(self, "min_growth"))
-        explodes = direction == "grows"
-        severity = Severity.INFO if chain.end_kind == "norm" else Severity.ERROR
-        members = chain.calls if explodes else chain.calls[:-1]
-        # Point at the earliest layer within 2x of the worst gain ratio: with one init applied
-        # to the whole chain that is where the user's code goes wrong first.
-        if explodes:
-            worst = max(c.ratio for c in members)
-            culprit = next(c for c in members if c.ratio >= worst / 2)
-        else:
-            worst = min(c.ratio for c in members)
-            culprit = next(c for c in members if c.ratio <= worst * 2)
-        predicted = chain.growth if explodes else chain.hidden_growth
-        names = " -> ".join(python_path(c.layer.name) for c in chain.calls)
-        first = python_path(chain.calls[0].layer.name)
-        where = ({"norm": "before the normalization that follows it",
-                  "output": "at the model output", "residual": "before the residual sum",
-                  }.get(chain.end_kind, "at its end") if explodes
-                 else f"entering its last layer {python_path(chain.end.layer.name)}")
-        derived = f"predicted from unit-scale input into {first}"
-        data: dict[str, Any] = {"chain": [c.layer.name for c in chain.calls],
-                                "gains": [c.gain for c in chain.calls], "end": chain.end_kind,
-                                "predicted_growth": predicted}
-        if isinstance(measured, str):
-            growth = predicted
-            basis = f"{derived}; not measured: {measured}"
-            data.update(measured=False, not_measured=measured)
-        else:
-            growth = measured.growth if explodes else measured.hidden_growth
-            per_layer = ", ".join(_times(g, short=True) for g in measured.per_layer)
-            basis = (f"measured on the example inputs as the rms there over the rms entering "
-                     f"{first} (layer by layer: {per_layer}); predicted ~{_times(predicted)} from "
-                     f"unit-scale input into {first}")
-            data.update(measured=True, measured_growth=growth,
-                        measured_per_layer=list(measured.per_layer))
-            # The measurement decides: the claim stands only if the measured scale leaves the
-            # band the same way (the band is the rule's definition of an error, so a measured
-            # scale inside it is not one, whatever the prediction said).
-            if not (growth > high if explodes else growth < low):
-                model.disagree(
-                    self.code, culprit.layer.name,
-                    f"activation scale {direction} ~{_times(predicted)} {where} over {names} "
-                    f"({derived})",
-                    f"measured ~{_times(growth)} on the example inputs (layer by layer "
-                    f"{per_layer}), inside [{low:g}, {high:g}]" if low <= growth <= high else
-                    f"measured ~{_times(growth)} on the example inputs (layer by layer "
-                    f"{per_layer})")
-                return None
-        data["growth"] = growth
-        gains = ", ".join(f"{c.gain:.3g}" for c in chain.calls)
-        tail = (" The output is normalized right away, so this only slows learning of these "
-                "layers." if chain.end_kind == "norm" else "")
-        if chain.through_pooling:
-            tail += (" The chain crosses max pooling of non-negative activations, which can only "
-                     "raise the scale: the predicted growth is a lower bound.")
-        message = (
-            f"activation scale {direction} ~{_times(growth)} {where} over {len(chain.calls)} "
-            f"layer(s) with no normalization between ({names}; {basis}): "
-            f"gains rms(W)*sqrt(fan_in) = {gains}, while "
-            f"{culprit.target:.3g} ({culprit.activation or 'identity'}) keeps the scale"
-            f"{_init_phrase(culprit.layer)}.{tail}")
-        return self.finding(culprit.layer, message, parameter="weight", severity=severity,
-                            fix=_fix(culprit), data=data)
-
-    def _judge_layer(self, call: "LayerCall", limit: float) -> Finding | None:
-        if call.ratio > limit:
-            severity = Severity.INFO if call.end_kind == "norm" else Severity.WARNING
-        else:
-            return None
-        tail = (" Its output is normalized right away, so this only slows its learning."
-                if call.end_kind == "norm" else "")
-        message = (
-            f"weight gain rms(W)*sqrt(fan_in) = {call.gain:.3g} (rms {call.rms:.3g}, fan_in "
-            f"{call.fan_in}) is {call.ratio:.3g}x the {call.target:.3g} that keeps the scale "
-            f"through {call.activation or 'identity'}: on inputs with uncorrelated unit-scale "
-            f"entries the layer alone multiplies the activation scale by "
-            f"~{_times(call.gain)}{_init_phrase(call.layer)}.{tail}")
-        return self.finding(call.layer, message, parameter="weight", severity=severity,
-                            fix=_fix(call), data={"gain": call.gain, "ratio": call.ratio})
-
-    def _recurrent(self, layer: "Layer", pname: str, gain: float, limit: float) -> Finding:
-        stats = layer.stats(pname)
-        assert stats is not None
-        message = (
-            f"{pname} has gain rms(W)*sqrt(fan_in) = {gain:.3g} (fan_in {stats.fan_in}), over "
-            f"{limit:g}x the ~1 that keeps the hidden state's scale from step to step; the "
-            f"recurrence multiplies it by about that much per step until the gates saturate"
-            f"{_init_phrase(layer, pname)}.")
-        std = 1 / math.sqrt(stats.fan_in)
-        fix = Fix(title="Use a fan-in-scaled init for the recurrent weights",
-                  code=f"nn.init.kaiming_normal_({python_path(layer.name)}.{pname}, "
-                       f"nonlinearity='linear')  # std {std:.3g}")
-        return self.finding(layer, message, parameter=pname, fix=fix, data={"gain": gain})
-
-    def _bilinear(self, layer: "Layer", gain: float, target: float,
-                  activation: str | None) -> Finding:
-        module = layer.module
-        fan_in = int(module.in1_features) * int(module.in2_features)
-        message = (
-            f"weight gain rms(W)*sqrt(in1*in2) = {gain:.3g} (fan_in {module.in1_features} x "
-            f"{module.in2_features}) is {gain / target:.3g}x the {target:.3g} that keeps the "
-            f"scale through {activation or 'identity'}: from uncorrelated unit-scale inputs the "
-            f"layer alone outputs ~{_times(gain)} the scale{_init_phrase(layer)}.")
-        std = target / math.sqrt(fan_in)
-        fix = Fix(title="Scale the bilinear weight by its fan-in (in1 * in2)",
-                  code=f"nn.init.normal_({python_path(layer.name)}.weight, 0.0, {std:.3g})")
-        return self.finding(layer, message, parameter="weight",
-                            data={"gain": gain, "ratio": gain / target}, fix=fix)
-
-
-def _times(value: float, short: bool = False) -> str:
-    if value >= 1 or short:
-        return f"{value:.3g}x"
-    return f"{value:.3g}x (1/{1 / value:.3g})" if value > 0 else "0x"
-
-
-def _init_phrase(layer: "Layer", pname: str = "weight") -> str:
-    call = user_call(layer.init_of(pname))
-    if call is None:
-        return ""
-    positional = [a for a in call.args.split(",") if a.strip() and "=" not in a]
-    default_std = (call.name.endswith("normal_") and call.name != "Tensor.log_normal_"
-                   and "std" not in call.args and len(positional) < 2)
-    std = " with std 1 (its default)" if default_std else ""
-    return f"; {pname} was set by {set_by(call, std)}"
-
-
-_NONLINEARITY = {"relu": "relu", "gelu": "relu", "silu": "relu", "elu": "relu", "softplus": "relu",
-                 "leaky_relu": "leaky_relu", "tanh": "tanh", "sigmoid": "linear",
-                 "selu": "linear", "logsigmoid": "linear"}
-
-
-def _fix(call: "LayerCall") -> Fix:
-    import torch.nn as nn
-
-    layer = call.layer
-    subject = init_call_subject(layer.init_of("weight")) or f"{python_path(layer.name)}.weight"
-    target_std = call.target / math.sqrt(call.fan_in)
-    if isinstance(layer.module, nn.modules.conv._ConvTransposeNd):
-        # torch's fan-in formula reads a transposed conv's weight as if it were a conv's, so
-        # kaiming_normal_ would pick the wrong std: write the target std directly.
-        code = f"nn.init.normal_({subject}, std={target_std:.3g})"
-    else:
-        nonlinearity = _NONLINEARITY.get(call.activation or "", "linear")
-        extra = (f", a={call.slope:g}" if nonlinearity == "leaky_relu" else "")
-        code = (f"nn.init.kaiming_normal_({subject}{extra}, nonlinearity='{nonlinearity}')"
-                f"  # std {target_std:.3g}")
-    call_site = layer.init_of("weight")
-    if call_site is not None and call_site.by_user and call_site.location is not None:
-        title = (f"Replace the init at {call_site.location.file}:{call_site.location.line} "
-                 "with a fan-in-scaled one")
-    else:
-        title = "Initialize the weight with a fan-in-scaled init"
-    return Fix(title=title, code=code, safe=False)
+        return check(self, model, context)

@@ -1,0 +1,318 @@
+"""BL002's check: find the weights whose units start alike, then judge each from the graph
+around it, one verdict per function (dead units, clones, near-clones, a stall), and word the
+findings and the fan-in-scaled init that mends them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+import torch
+import torch.nn as nn
+
+from biaslint.analysis import AnalysedModel, Layer, ParamStats, Use
+from biaslint.analysis.values import UNKNOWN, ParamValue
+from biaslint.findings import Finding, Fix, FixKind, Severity
+from biaslint.fix.phrases import init_call_subject, python_path, set_by, user_call
+from biaslint.rules.base import RuleContext
+from biaslint.rules.bl002_zero_constant_weight.routing import tied_routers
+from biaslint.rules.bl002_zero_constant_weight.symmetry import (
+    Endpoint,
+    blocks_every_input,
+    calls_and_outputs,
+    feeds_only_relu,
+    first_activation,
+    norms_into_relu,
+    starved_upstream,
+    symmetric_consumer,
+    walk,
+    weights_to_check,
+)
+
+if TYPE_CHECKING:
+    from biaslint.rules.bl002_zero_constant_weight import ZeroConstantWeight
+
+
+def check(rule: "ZeroConstantWeight", model: AnalysedModel, context: RuleContext
+          ) -> Iterable[Finding]:
+    for layer in model.layers.values():
+        for pname, units_dim in weights_to_check(layer.module):
+            value = layer.value(pname)
+            if value is None or not value.known:
+                continue  # NaN, Inf or an unknown init law: the engine reports it unjudged
+            if layer.is_constant(pname):  # one min/max pass
+                rows: str | None = "constant"
+            else:  # units with the same (or parallel) weight rows: a cheap test first
+                rows = value.rows(units_dim)
+            if rows is None or rows == UNKNOWN:
+                continue
+            if model.is_shared(layer.name):
+                continue  # a tied weight also learns through the other module's calls
+            finding = judge(rule, model, layer, pname, units_dim, rows)
+            if finding is not None:
+                yield finding
+    yield from routers(rule, model)
+
+
+def routers(rule: "ZeroConstantWeight", model: AnalysedModel) -> Iterable[Finding]:
+    """A zero mixture-of-experts router: every token routed to the same experts."""
+    for router in tied_routers(model):
+        layer, pname = router.layer, router.pname
+        subject = init_call_subject(layer.init_of(pname)) or \
+            f"{python_path(layer.name)}.{pname}"
+        yield rule.finding(
+            layer,
+            f"{pname} is all zero{_init_phrase(layer, pname)} and routes to experts through "
+            f"top-k: every token gets the same score for all {router.experts} experts, so "
+            "top-k picks the same experts for every token (ties break by index); the "
+            "experts not picked get no tokens and no gradient at the start, and the "
+            "router learns to spread the load only from that collapse",
+            parameter=pname, severity=Severity.WARNING, location=layer.site_of(pname),
+            fix=Fix(title="Initialize the router with small random weights",
+                    code=f"nn.init.normal_({subject}, std=0.02)", safe=False,
+                    kind=FixKind.REPLACE_INIT),
+            data={"verdict": "routed-alike", "experts": router.experts},
+        )
+
+
+# -- the verdicts ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Weight:
+    """A weight whose units start alike, and what every verdict reads about it."""
+
+    layer: Layer
+    pname: str
+    rows: str  # "constant" (every entry the same), "identical" (every unit the same weight row)
+    # or "parallel" (rows differ only in scale)
+    stats: ParamStats
+    calls: list[Use]  # the call nodes that run the layer
+    outputs: list[Use]  # the nodes that carry its output
+    units: int
+    plain: bool  # output unit j is w_j . x + b_j (``_is_plain_layer``)
+    bias: torch.Tensor | None  # a plain layer's bias
+    bias_value: ParamValue | None
+
+    @property
+    def value(self) -> str:
+        """What the weight holds, for the message."""
+        if self.rows == "constant":
+            return "all zero" if self.stats.all_zero else f"all {self.stats.max:g}"
+        return "the same row for every unit" if self.rows == "identical" else \
+            "one row scaled differently per unit"
+
+    @property
+    def where(self) -> str:
+        return _init_phrase(self.layer, self.pname)
+
+
+def judge(rule: "ZeroConstantWeight", model: AnalysedModel, layer: Layer, pname: str,
+          units_dim: int, rows: str = "constant") -> Finding | None:
+    """The verdict on one weight whose units start alike (``rows``: see ``_Weight``), or None
+    when training recovers (or the graph cannot tell)."""
+    weight = _weight(model, layer, pname, units_dim, rows)
+    if weight is None:
+        return None
+    found = _dead_into_relu(rule, model, weight) or _dead_through_norm(rule, model, weight)
+    if found is not None:
+        return found
+    endpoints = [e for out in weight.outputs for e in walk(model, out)]
+    if not endpoints or any(e.kind in ("output", "combine") for e in endpoints):
+        return None  # summed, gating or the model output: the deliberate zero-init patterns
+    activation = first_activation(model, weight.outputs)
+    return _clones(rule, model, weight, endpoints, activation) or \
+        _stall(rule, model, weight, endpoints, activation)
+
+
+def _weight(model: AnalysedModel, layer: Layer, pname: str, units_dim: int, rows: str
+            ) -> _Weight | None:
+    """What the verdicts read about the weight; None when it is outside any traced graph (what
+    consumes it cannot be seen) or its layer's bias, which decides the verdict, is unreadable."""
+    stats = layer.stats(pname)
+    assert stats is not None
+    calls, outputs = calls_and_outputs(model, layer)
+    if not outputs:
+        return None  # not inside any traced graph: we cannot see what consumes it
+    tensor = layer.param(pname)
+    assert tensor is not None
+    units = int(tensor.shape[units_dim]) if tensor.dim() > units_dim else 1
+    plain = _is_plain_layer(layer.module)
+    bias = _bias_of(layer.module) if plain else None
+    bias_value = layer.value("bias") if bias is not None else None
+    if bias is not None and (bias_value is None or not bias_value.known):
+        return None  # the bias decides the verdict, and it cannot be read
+    return _Weight(layer, pname, rows, stats, calls, outputs, units, plain, bias, bias_value)
+
+
+def _dead_into_relu(rule: "ZeroConstantWeight", model: AnalysedModel, w: _Weight
+                    ) -> Finding | None:
+    """1. A zero weight straight into a ReLU: the output is the bias; where it is <= 0 the ReLU
+    outputs 0 and passes back 0, so neither weight nor bias ever moves."""
+    if not (w.plain and w.stats.all_zero and
+            all(feeds_only_relu(model, out) for out in w.outputs)):
+        return None
+    dead = w.units if w.bias_value is None else int(round(w.bias_value.count_at_most(0.0)))
+    if not dead:
+        return None
+    severity = Severity.ERROR if dead == w.units else Severity.WARNING
+    bias_text = "has no bias" if w.bias is None else (
+        "has a bias <= 0 everywhere" if dead == w.units
+        else f"has {dead} of {w.units} bias entries <= 0")
+    return rule.finding(
+        w.layer,
+        f"{w.pname} is all zero{w.where} and the layer {bias_text} in front of a ReLU: "
+        f"{dead} of {w.units} units output 0 with zero gradient, dead for good",
+        parameter=w.pname, severity=severity, fix=_fix(w.layer, w.pname, "relu"),
+        data={"verdict": "dead", "dead_units": dead, "units": w.units},
+    )
+
+
+def _dead_through_norm(rule: "ZeroConstantWeight", model: AnalysedModel, w: _Weight
+                       ) -> Finding | None:
+    """1b. A zero layer with no (or a zero) bias outputs exactly 0; a normalization of 0
+    outputs exactly its beta, and a ReLU after a beta <= 0 outputs and passes back 0."""
+    if not (w.plain and w.stats.all_zero and
+            (w.bias_value is None or w.bias_value.constant() == 0)):
+        return None
+    found = [norms_into_relu(model, out, w.layer.module) for out in w.outputs]
+    if not found or any(group is None for group in found):
+        return None
+    norms = [norm for group in found if group is not None for norm in group]
+    dead = _dead_everywhere([mask for _, mask in norms], w.units)
+    names = ", ".join(sorted({name for name, _ in norms}))
+    if not dead:
+        return None
+    return rule.finding(
+        w.layer,
+        f"{w.pname} is all zero{w.where} and the layer has "
+        f"{'no bias' if w.bias is None else 'a zero bias'}: it outputs exactly 0, "
+        f"so the normalization {names} outputs exactly its bias, which is <= 0 "
+        f"in front of a ReLU for {dead} of {w.units} units: they output 0 with "
+        "zero gradient, dead for good",
+        parameter=w.pname,
+        severity=Severity.ERROR if dead == w.units else Severity.WARNING,
+        fix=_fix(w.layer, w.pname, "relu"),
+        data={"verdict": "dead", "dead_units": dead, "units": w.units, "through": names},
+    )
+
+
+def _clones(rule: "ZeroConstantWeight", model: AnalysedModel, w: _Weight,
+            endpoints: list[Endpoint], activation: str | None) -> Finding | None:
+    """2. Identical units whose every consumer weighs them equally get identical gradients, and
+    the consumer's columns get identical updates: symmetric for good. (A grouped conv's units
+    read different input channels: they differ from the start.)
+
+    2b. Units that differ only by their biases, or only in the scale of one shared weight row,
+    compute functions of one weighted sum of the inputs. With a consumer that weighs them alike,
+    their gradients differ only through the activation's slope at those offsets: the rows stay
+    nearly parallel and the layer trains as if it had one unit (measured by training in
+    tests/test_bl002_training.py)."""
+    symmetric = w.plain and w.units > 1 and all(e.kind == "layer" for e in endpoints) and \
+        getattr(w.layer.module, "groups", 1) == 1 and len(w.calls) == 1
+    if not symmetric:
+        return None
+    consumers = [symmetric_consumer(model, out, w.layer.module) for out in w.outputs]
+    if not all(c is not None for c in consumers):
+        return None
+    names = sorted({c for group in consumers if group for c in group})
+    if not names:
+        return None
+    same_bias = w.bias_value is None or w.bias_value.constant() is not None
+    if w.rows != "parallel" and same_bias:
+        return rule.finding(
+            w.layer,
+            f"{w.pname} is {w.value}{w.where}: all {w.units} units compute the same value, "
+            f"and the next layer {', '.join(names)} weighs them equally, so they get "
+            "the same gradient and stay identical for good",
+            parameter=w.pname, severity=Severity.ERROR,
+            fix=_fix(w.layer, w.pname, activation),
+            data={"verdict": "clones", "units": w.units, "consumers": names},
+        )
+    differ = " and ".join(part for part, present in (
+        ("in scale", w.rows == "parallel"), ("by their biases", not same_bias)) if present)
+    reads = "ignore the inputs" if w.stats.all_zero else \
+        "read the same weighted sum of the inputs"
+    return rule.finding(
+        w.layer,
+        f"{w.pname} is {w.value}{w.where}: all {w.units} units {reads} and differ only "
+        f"{differ}, and the next layer "
+        f"{', '.join(names)} weighs them equally, so their gradients differ only "
+        "through the activation's slope: the weight rows stay nearly parallel "
+        "and the units stay near-clones in training (a different init per unit "
+        "is what breaks the symmetry)",
+        parameter=w.pname, severity=Severity.ERROR,
+        fix=_fix(w.layer, w.pname, activation),
+        data={"verdict": "near-clones", "units": w.units, "consumers": names,
+              "differ": differ},
+    )
+
+
+def _stall(rule: "ZeroConstantWeight", model: AnalysedModel, w: _Weight,
+           endpoints: list[Endpoint], activation: str | None) -> Finding | None:
+    """3. A zero weight passes back no gradient: layers that reach the loss only through it do
+    not learn until it has moved."""
+    if not (w.stats.all_zero and any(e.kind == "layer" for e in endpoints) and all(
+            e.kind != "unknown" or e.module is None for e in endpoints)
+            and blocks_every_input(w.layer, w.pname)):
+        return None
+    starved = sorted({name for call in w.calls for name in starved_upstream(model, call)
+                      if name != w.layer.name and not model.is_shared(name)
+                      and len(model.calls_of(name)) == 1})
+    if not starved:
+        return None
+    shown = ", ".join(starved[:3]) + (f" and {len(starved) - 3} more"
+                                      if len(starved) > 3 else "")
+    return rule.finding(
+        w.layer,
+        f"{w.pname} is all zero{w.where}: the layers before it ({shown}) get no gradient "
+        "until it has moved, so training stalls",
+        parameter=w.pname, severity=Severity.WARNING,
+        fix=_fix(w.layer, w.pname, activation),
+        data={"verdict": "stall", "starved": starved},
+    )
+
+
+# -- which weights, and the words --------------------------------------------------------------
+
+def _dead_everywhere(masks: list, units: int) -> int:
+    """Units dead on every path (an empty mask: all units; a mask of another length than the
+    layer's units: we cannot tell which, so none)."""
+    dead = torch.ones(units, dtype=torch.bool)
+    for mask in masks:
+        if mask.numel() == 0:
+            continue
+        if mask.numel() != units:
+            return 0
+        dead &= mask
+    return int(dead.sum())
+
+
+def _is_plain_layer(module: nn.Module) -> bool:
+    """Layers whose output unit j is w_j . x + b_j (so a zero weight outputs exactly the bias)."""
+    return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear, nn.Embedding))
+
+
+def _bias_of(module: nn.Module) -> torch.Tensor | None:
+    bias = getattr(module, "bias", None)
+    return bias if bias is not None and hasattr(bias, "shape") else None
+
+
+def _init_phrase(layer: Layer, pname: str) -> str:
+    call = user_call(layer.init_of(pname))
+    return "" if call is None else f" (set by {set_by(call)})"
+
+
+def _fix(layer: Layer, pname: str, activation: str | None) -> Fix:
+    call = layer.init_of(pname)
+    subject = init_call_subject(call) or f"{python_path(layer.name)}.{pname}"
+    if activation in ("tanh", "sigmoid"):
+        code = f"nn.init.xavier_normal_({subject}, gain=nn.init.calculate_gain('{activation}'))"
+    elif activation in ("relu", "gelu", "silu", "elu", "leaky_relu"):
+        code = f"nn.init.kaiming_normal_({subject}, nonlinearity='relu')"
+    else:
+        code = f"nn.init.xavier_normal_({subject})"
+    if call is not None and call.by_user and call.location is not None:
+        title = f"Replace the constant init at {call.location.file}:{call.location.line} with"
+    else:
+        title = "Initialize it with a random fan-in-scaled init instead"
+    return Fix(title=title, code=code, safe=False, kind=FixKind.REPLACE_INIT)
