@@ -146,7 +146,7 @@ def build():
                                          "jacobian_if_scaled": softmax.jacobian_if_scaled})
             if softmax.module != layer.name:
                 module = model.submodule(softmax.module)
-                site = model.target.module_sites.get(softmax.module)
+                site = model.loaded.module_sites.get(softmax.module)
                 finding = replace(finding, module=softmax.module,
                                   module_type=type(module).__name__,
                                   location=site or finding.location)

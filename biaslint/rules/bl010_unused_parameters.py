@@ -138,7 +138,7 @@ def build():
         if group.module != layer.name:
             from dataclasses import replace
 
-            site = model.target.module_sites.get(group.module)
+            site = model.loaded.module_sites.get(group.module)
             finding = replace(finding, module=group.module, module_type=type(module).__name__,
                               location=site or finding.location)
         return finding
