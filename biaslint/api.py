@@ -48,7 +48,7 @@ def recording() -> Iterator[Recording]:
     parameter; ``check`` then points its findings at those lines (a notebook cell's included).
     Torch is patched only inside the block and restored on the way out, even on an error."""
     from biaslint.load.held import remember
-    from biaslint.load.sites import recording as record_build
+    from biaslint.load.sites import record_build
 
     handle = Recording()
     with record_build() as record:

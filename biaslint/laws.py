@@ -2,9 +2,10 @@
 
 A model built on the meta device has no values; what it would start from is what its init
 calls draw. The load stage records, for every write to a parameter's memory, the law of what was
-written (``biaslint.load.laws``); the analysis stage answers the rules' questions from those laws
-when there are no real values (``biaslint.analysis.values``). This module is the vocabulary both
-share: a ``Law`` per written region, and its algebra (scaling, shifting, clamping, ``erfinv``).
+written (``biaslint.load.law_recorder``); the analysis stage answers the rules' questions from
+those laws when there are no real values (``biaslint.analysis.values``). This module is the
+vocabulary both share: a ``Law`` per written region, and its algebra (scaling, shifting,
+clamping, ``erfinv``).
 
 A law describes each entry of the region as drawn independently from one distribution
 (``normal``, ``trunc_normal``, ``uniform``, ``random`` with known moments only), a ``constant``,

@@ -8,7 +8,7 @@ other text at those lines (one line more at the top shifts every site by one), a
 lazily through ``linecache`` would aim an edit at the wrong line while its digest, taken from
 the same new text, matched the file on disk.
 
-While ``remembered()`` is active (``biaslint.load.sites.recording`` enters it), a source file
+While ``remembered()`` is active (``biaslint.load.sites.record_build`` enters it), a source file
 outside installed packages and the standard library is compiled from the text read for it right
 then, and that text is kept: the code and the text are one read of the file. A file imported
 before (by the user's own code, outside a recorded build) has no kept text and is read through

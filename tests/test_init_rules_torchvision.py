@@ -20,7 +20,7 @@ import torch
 from biaslint.engine import lint_loaded
 from biaslint.load import ExampleInputs, LoadedTarget
 from biaslint.load.build import module_sites_of, param_inits_of
-from biaslint.load.sites import recording
+from biaslint.load.sites import record_build
 from biaslint.settings import Settings, TargetConfig
 
 RULES = ("BL003", "BL004", "BL005")
@@ -45,7 +45,7 @@ def _classification_models() -> list[str]:
 
 def _lint(name: str, build, inputs: ExampleInputs | None = None, priors=None):
     torch.manual_seed(0)
-    with recording() as record:
+    with record_build() as record:
         model = build()
     loaded = LoadedTarget(name=name, model=model, inputs=inputs,
                           module_sites=module_sites_of(model, record),

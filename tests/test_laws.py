@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from biaslint.analysis.values import LawValue, MeasuredValue
-from biaslint.load.sites import recording
+from biaslint.load.sites import record_build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,7 +91,7 @@ RECIPES: list[tuple[str, tuple[int, ...], Callable[[torch.Tensor], None]]] = [
 
 def _apply(recipe: Callable[[torch.Tensor], None], shape: tuple[int, ...],
            device: str) -> tuple[nn.Parameter, dict]:
-    with recording(laws=device == "meta") as record, torch.device(device):
+    with record_build(laws=device == "meta") as record, torch.device(device):
         torch.manual_seed(0)
         holder = nn.Module()
         holder.w = nn.Parameter(torch.empty(shape))
@@ -148,7 +148,7 @@ DEFAULT_MODULES = [
 def test_pytorch_default_inits_have_their_laws(name, make):
     torch.manual_seed(0)
     real = make()
-    with recording(laws=True) as record, torch.device("meta"):
+    with record_build(laws=True) as record, torch.device("meta"):
         meta = make()
     reals = dict(real.named_parameters())
     for pname, tensor in meta.named_parameters():

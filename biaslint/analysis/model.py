@@ -219,10 +219,10 @@ class AnalysedModel:
 
     def __init__(self, capture: Capture) -> None:
         self.capture = capture
-        self.target = capture.target
-        self.model: nn.Module = capture.target.model
-        self.name = capture.target.name
-        self.inputs_known = capture.target.inputs is not None
+        self.loaded = capture.loaded
+        self.model: nn.Module = capture.loaded.model
+        self.name = capture.loaded.name
+        self.inputs_known = capture.loaded.inputs is not None
         self._real_outputs: dict[str, torch.Tensor | None] = {}
         # What the rules' real forward raised (capture ran, the real forward did not): the
         # rules that read it judge nothing, and the engine says so.
@@ -264,7 +264,7 @@ class AnalysedModel:
     def construction_site(self, name: str) -> Location | None:
         """Where the build constructed the module ``name`` (any module, with parameters of its
         own or not); None when it was not recorded."""
-        return self.target.module_sites.get(name)
+        return self.loaded.module_sites.get(name)
 
     @property
     def captured_forward_failed(self) -> bool:
@@ -285,9 +285,9 @@ class AnalysedModel:
     @cached_property
     def layers(self) -> dict[str, Layer]:
         result: dict[str, Layer] = {}
-        sites = self.target.module_sites
-        inits = self.target.param_inits
-        laws = getattr(self.target, "param_laws", None)
+        sites = self.loaded.module_sites
+        inits = self.loaded.param_inits
+        laws = getattr(self.loaded, "param_laws", None)
         for name, module in self.model.named_modules():
             own = [p for p, _ in module.named_parameters(recurse=False)]
             if not own:
@@ -353,7 +353,7 @@ class AnalysedModel:
         each starts from the same model state and RNG state (both restored after every run).
         Outputs the capture already recorded on a real forward are reused without running.
         """
-        inputs = self.target.inputs
+        inputs = self.loaded.inputs
         if inputs is None or self.on_meta():
             return
         wanted = [n for n in dict.fromkeys(names) if n not in self._real_outputs]
@@ -373,7 +373,7 @@ class AnalysedModel:
 
     def _forward(self, wanted: list[str], attention: bool) -> None:
         """One real ``no_grad`` forward with hooks on ``wanted`` (and the attention measure)."""
-        inputs = self.target.inputs
+        inputs = self.loaded.inputs
         assert inputs is not None
         seen: dict[str, torch.Tensor] = {}
         fed: dict[str, torch.Tensor] = {}
@@ -420,14 +420,14 @@ class AnalysedModel:
         biases, on a float copy of the model and the example inputs; None without inputs or on
         the meta device (where there are no values to measure). Run once per model: the first
         caller's layers are the ones measured."""
-        if self.target.inputs is None or self.on_meta():
+        if self.loaded.inputs is None or self.on_meta():
             return None
         if "_bias_screen" not in self.__dict__:
             from biaslint.analysis.sensitivity import screen_biases
 
             not_called = set(self.not_called)
             wanted = [n for n in names if n not in not_called]
-            inputs = self.target.inputs
+            inputs = self.loaded.inputs
             start = time.perf_counter()
             self.__dict__["_bias_screen"] = screen_biases(self.model, inputs.args,
                                                           inputs.kwargs, wanted)
@@ -448,7 +448,7 @@ class AnalysedModel:
         from biaslint.capture.preserve import preserved
 
         not_called = list(self.not_called)
-        inputs = self.target.inputs
+        inputs = self.loaded.inputs
         if not not_called or inputs is None or not self.model.training or self.on_meta():
             return []
         found: set[str] = set()
@@ -480,7 +480,7 @@ class AnalysedModel:
         what it returns is kept for ``real_return``."""
         from biaslint.capture.preserve import preserved
 
-        inputs = self.target.inputs
+        inputs = self.loaded.inputs
         assert inputs is not None
         with preserved(self.model), torch.no_grad(), torch.random.fork_rng(devices=[]):
             out = self.model(*inputs.args, **inputs.kwargs)
@@ -490,7 +490,7 @@ class AnalysedModel:
         """What the model's forward returned on the example inputs (tensors copied), from the
         same kind of real forward as ``real_outputs``; None on the meta device, without inputs
         or when the forward fails."""
-        if not self._returned_known and self.target.inputs is not None and not self.on_meta():
+        if not self._returned_known and self.loaded.inputs is not None and not self.on_meta():
             try:
                 self._run_forward()
             except Exception as exc:  # said by the engine, as in prefetch
@@ -580,7 +580,7 @@ class AnalysedModel:
         when the forward fails (``forward_failure`` says why)."""
         tables = list(tables)
         wanted = [t for t in dict.fromkeys(tables) if t not in self._products]
-        if wanted and self.target.inputs is not None and not self.on_meta():
+        if wanted and self.loaded.inputs is not None and not self.on_meta():
             from biaslint.analysis.products import watch_products
             from biaslint.capture.record import is_default_leaf
 
@@ -630,7 +630,7 @@ class AnalysedModel:
         called more than once whose outputs the capture recorded (first call only) gets a
         forward of its own. Empty on the meta device, without inputs, or when it fails."""
         names = list(dict.fromkeys(names))
-        if self.on_meta() or self.target.inputs is None:
+        if self.on_meta() or self.loaded.inputs is None:
             return {}
         self.prefetch(names)
         for name in [n for n in names if n not in self._real_scales]:
@@ -646,7 +646,7 @@ class AnalysedModel:
     def attention(self) -> list:  # list[AttentionSoftmax]
         """Every softmax over attention scores in one real forward (``analysis.attention``);
         empty without inputs, on the meta device, or when the forward fails."""
-        if self.target.inputs is None or self.on_meta():
+        if self.loaded.inputs is None or self.on_meta():
             return []
         if not self._wants_attention():
             return []  # no softmax in the graph: no forward to spend
@@ -691,7 +691,7 @@ class AnalysedModel:
         buffer = getattr(module, name, None)
         if not isinstance(buffer, torch.Tensor):
             return None
-        laws = getattr(self.target, "buffer_laws", None)
+        laws = getattr(self.loaded, "buffer_laws", None)
         qualified = None
         if buffer.device.type == "meta" and laws is not None:
             qualified = next((f"{n}.{name}" if n else name for n, m in self.model.named_modules()

@@ -416,18 +416,15 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         return _measure(run, layers)
 
 
+# A bias the screen measures: (layer, parameter name, layer module, bias, the weights it pairs).
+_Screened = tuple[str, str, nn.Module, torch.Tensor, list[torch.Tensor]]
+# Per bias judged on its gradients alone: its size and the runs of elements found dead.
+_Partial = dict[tuple[str, str], dict[str, Any]]
+
+
 def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
     screen = Screen(dtype=str(run.dtype).replace("torch.", ""))
-    wanted: list[tuple[str, str, nn.Module, torch.Tensor, list[torch.Tensor]]] = []
-    for name in layers:
-        module = run.model.get_submodule(name)
-        for pname, wnames in bias_pairs(module):
-            bias = getattr(module, pname)
-            weights = [w for w in (_attribute(module, n) for n in wnames)
-                       if isinstance(w, torch.Tensor)]
-            if bias.dim() != 1 or not bias.is_floating_point() or bias.numel() == 0:
-                continue  # an empty bias (a layer of 0 units) shifts nothing
-            wanted.append((name, pname, module, bias, weights))
+    wanted = _screened_biases(run, layers)
     if not wanted:
         return screen
     tensors: list[torch.Tensor] = []
@@ -445,39 +442,49 @@ def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
         return Screen(error="no output depends on a parameter through autograd (the forward "
                             "runs without gradients)")
     screen.forwards = run.forwards
+    candidates, partial = _zero_gradient_candidates(run, wanted, grads, screen)
+    confirmed, refuted, second = _confirm(run, candidates)
+    screen.notes.extend(_confirmation_notes(run, bool(candidates), second))
+    screen.forwards = run.forwards
+    screen.runner = run
+    for (name, pname), info in partial.items():
+        screen.biases[(name, pname)] = BiasMeasure(
+            name, pname, info["numel"],
+            cancelled=runs(confirmed[(name, pname)]) if (name, pname) in confirmed else (),
+            dead=info["dead"],
+            unconfirmed=runs(refuted[(name, pname)]) if (name, pname) in refuted else ())
+    return screen
+
+
+def _screened_biases(run: _Runner, layers: Sequence[str]) -> list[_Screened]:
+    """The 1-d floating, non-empty biases of ``layers``, each with the weights it pairs."""
+    wanted: list[_Screened] = []
+    for name in layers:
+        module = run.model.get_submodule(name)
+        for pname, wnames in bias_pairs(module):
+            bias = getattr(module, pname)
+            weights = [w for w in (_attribute(module, n) for n in wnames)
+                       if isinstance(w, torch.Tensor)]
+            if bias.dim() != 1 or not bias.is_floating_point() or bias.numel() == 0:
+                continue  # an empty bias (a layer of 0 units) shifts nothing
+            wanted.append((name, pname, module, bias, weights))
+    return wanted
+
+
+def _zero_gradient_candidates(run: _Runner, wanted: list[_Screened],
+                              grads: list[dict[Any, torch.Tensor]], screen: Screen
+                              ) -> tuple[list[_Candidate], _Partial]:
+    """Judge each bias on its gradients: one with none, or whose whole layer is dead, goes into
+    ``screen`` now; the others are returned, with the zero-gradient elements to confirm by
+    perturbation (the candidates) or the dead runs found."""
     candidates: list[_Candidate] = []
-    partial: dict[tuple[str, str], dict[str, Any]] = {}
+    partial: _Partial = {}
     for name, pname, module, bias, weights in wanted:
         numel = int(bias.numel())
         if id(bias) not in grads[0]:
             screen.biases[(name, pname)] = BiasMeasure(name, pname, numel, no_gradient=True)
             continue
-        flat = torch.ones(numel, dtype=torch.bool)
-        alive = torch.zeros(numel, dtype=torch.bool)
-        for projection in grads:
-            gb = projection[id(bias)]
-            gws = [projection.get(id(w)) for w in weights]
-            gws = [g if g is not None else torch.zeros_like(w) for g, w in zip(gws, weights)]
-            units = unit_gradient(module, gws, numel)
-            whole_weight = max((float(g.abs().max()) for g in gws if g.numel()), default=0.0)
-            scale = max(float(gb.abs().max()), whole_weight)
-            terms = projection.get(name) if pname == "bias" else None
-            if units is not None:
-                # against the unit's own weight gradient: the rounding left of a cancelled
-                # bias's gradient scales with the gradient reaching its unit, and a unit that
-                # is merely little used has a small weight gradient too
-                small = gb.abs() <= run.zero * units
-                alive |= units > run.zero * scale
-            else:
-                small = gb.abs() <= run.zero * scale
-                if whole_weight > 0.0:
-                    alive[:] = True
-            if isinstance(terms, torch.Tensor) and terms.numel() == numel:
-                # or against the terms it sums: a unit whose weight gradient is itself small
-                # (its input nearly the same at every position) leaves a residue larger than
-                # the weight's gradient, never larger than the terms
-                small |= gb.abs().to(torch.float64) <= run.terms * terms
-            flat &= small
+        flat, alive = _flat_and_alive(run, grads, name, pname, module, bias, weights)
         if not bool(alive.any()) and bool(flat.all()):  # nothing in the layer learns: dead
             screen.biases[(name, pname)] = BiasMeasure(name, pname, numel,
                                                        dead=((0, numel),))
@@ -489,26 +496,58 @@ def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
             candidates.append(_Candidate(name, pname, flat))
         else:
             partial[(name, pname)] = {"numel": numel, "dead": runs(flat)}
-    confirmed, refuted, second = _confirm(run, candidates)
-    if candidates and not second:
-        screen.notes.append("the forward rejected a second batch drawn like the example "
-                            "inputs: bias cancellations were confirmed on the example batch "
-                            "alone")
-    screen.forwards = run.forwards
+    return candidates, partial
+
+
+def _flat_and_alive(run: _Runner, grads: list[dict[Any, torch.Tensor]], name: str, pname: str,
+                    module: nn.Module, bias: torch.Tensor, weights: list[torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per bias element: whether its gradient is zero (to rounding) in every projection, and
+    whether its unit learns at all (a weight gradient above zero in some projection)."""
+    numel = int(bias.numel())
+    flat = torch.ones(numel, dtype=torch.bool)
+    alive = torch.zeros(numel, dtype=torch.bool)
+    for projection in grads:
+        gb = projection[id(bias)]
+        gws = [projection.get(id(w)) for w in weights]
+        gws = [g if g is not None else torch.zeros_like(w) for g, w in zip(gws, weights)]
+        units = unit_gradient(module, gws, numel)
+        whole_weight = max((float(g.abs().max()) for g in gws if g.numel()), default=0.0)
+        scale = max(float(gb.abs().max()), whole_weight)
+        terms = projection.get(name) if pname == "bias" else None
+        if units is not None:
+            # against the unit's own weight gradient: the rounding left of a cancelled
+            # bias's gradient scales with the gradient reaching its unit, and a unit that
+            # is merely little used has a small weight gradient too
+            small = gb.abs() <= run.zero * units
+            alive |= units > run.zero * scale
+        else:
+            small = gb.abs() <= run.zero * scale
+            if whole_weight > 0.0:
+                alive[:] = True
+        if isinstance(terms, torch.Tensor) and terms.numel() == numel:
+            # or against the terms it sums: a unit whose weight gradient is itself small
+            # (its input nearly the same at every position) leaves a residue larger than
+            # the weight's gradient, never larger than the terms
+            small |= gb.abs().to(torch.float64) <= run.terms * terms
+        flat &= small
+    return flat, alive
+
+
+def _confirmation_notes(run: _Runner, had_candidates: bool, second: bool) -> list[str]:
+    """What the confirmation of the zero-gradient elements could not do, said."""
+    notes: list[str] = []
+    if had_candidates and not second:
+        notes.append("the forward rejected a second batch drawn like the example "
+                     "inputs: bias cancellations were confirmed on the example batch "
+                     "alone")
     if run.float32_only:
-        screen.notes.append("the model does not run in float64: its bias cancellations were "
-                            "confirmed in float32 only (to 1e-4 of the outputs)")
+        notes.append("the model does not run in float64: its bias cancellations were "
+                     "confirmed in float32 only (to 1e-4 of the outputs)")
     if run.budget_spent:
-        screen.notes.append(f"the confirmation stopped after {CONFIRMATION_BUDGET} forwards: "
-                            "zero-gradient bias elements it did not reach are not reported")
-    screen.runner = run
-    for (name, pname), info in partial.items():
-        screen.biases[(name, pname)] = BiasMeasure(
-            name, pname, info["numel"],
-            cancelled=runs(confirmed[(name, pname)]) if (name, pname) in confirmed else (),
-            dead=info["dead"],
-            unconfirmed=runs(refuted[(name, pname)]) if (name, pname) in refuted else ())
-    return screen
+        notes.append(f"the confirmation stopped after {CONFIRMATION_BUDGET} forwards: "
+                     "zero-gradient bias elements it did not reach are not reported")
+    return notes
 
 
 def _output_axis(module: nn.Module, out: torch.Tensor, numel: int) -> int | None:

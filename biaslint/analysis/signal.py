@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -124,62 +124,85 @@ def measure_signal(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
     residual = set(residual_after)
     forward: dict[str, _Accumulator] = {}
     outputs: dict[str, list[torch.Tensor]] = {}
-    hooks = []
-    for name in names:
-        module = model.get_submodule(name)
-
-        def hook(_m: nn.Module, _args: Any, out: Any, _name: str = name) -> Any:
-            tensor = _first_float(out)
-            if tensor is None:
-                return None
-            acc = forward.get(_name)
-            if acc is None:
-                acc = forward[_name] = _Accumulator(len(forward))
-            acc.add(tensor)
-            if not tensor.requires_grad:
-                return None
-            outputs.setdefault(_name, []).append(tensor)
-            if isinstance(out, torch.Tensor):
-                # The model goes on with a copy, so an in-place op after the layer (a
-                # ReLU(inplace=True)) cannot rewrite the tensor whose gradient is asked for.
-                return out.clone()
-            return None
-
-        hooks.append(module.register_forward_hook(hook))
+    hooks = [model.get_submodule(name).register_forward_hook(_output_hook(name, forward, outputs))
+             for name in names]
     weights = {name: w for name in names
                if isinstance(w := getattr(model.get_submodule(name), "weight", None),
                              nn.Parameter) and w.requires_grad}
-    gradients: dict[str, float | None] = {}
-    weight_grads: dict[str, float | None] = {}
-    loss = "none: the forward gave no floating output that needs a gradient"
     with preserved(model), torch.random.fork_rng(devices=[]), torch.enable_grad():
         try:
             result = model(*args, **kwargs)
         finally:
             for h in hooks:
                 h.remove()
-        ends = [t for t in _tensors(result)
-                if (t.is_floating_point() or t.is_complex()) and t.requires_grad]
-        if ends:
-            generator = torch.Generator(device="cpu").manual_seed(0)
-            total = sum((torch.randn(t.shape, generator=generator, dtype=t.real.dtype)
-                         .to(t.device) * (t.real if t.is_complex() else t)).sum() for t in ends)
-            wanted = [(n, t) for n, ts in outputs.items() for t in ts]
-            wanted_w = list(weights.items())
-            tensors = [t for _, t in wanted] + [w for _, w in wanted_w]
-            grads = torch.autograd.grad(total, tensors, allow_unused=True)
-            loss = ("sum(g * y) over the model's floating outputs y, g ~ N(0, 1): "
-                    "dL/dy has unit variance")
-            per_layer: dict[str, _Accumulator] = {}
-            for (name, _), grad in zip(wanted, grads[:len(wanted)]):
-                if grad is not None:
-                    per_layer.setdefault(name, _Accumulator(0)).add(grad)
-            gradients = {n: acc.rms for n, acc in per_layer.items()}
-            for (name, _), grad in zip(wanted_w, grads[len(wanted):]):
-                if grad is not None:
-                    acc = _Accumulator(0)
-                    acc.add(grad)
-                    weight_grads[name] = acc.rms
+        loss, gradients, weight_grads = _backward(result, outputs, weights)
+    points, unmeasured = _points(model, names, forward, gradients, weight_grads, residual)
+    return Signal(points, loss, unmeasured)
+
+
+def _output_hook(name: str, forward: dict[str, _Accumulator],
+                 outputs: dict[str, list[torch.Tensor]]) -> Callable[[nn.Module, Any, Any], Any]:
+    """A forward hook for layer ``name``: adds its first floating output to the layer's RMS
+    (``forward``, in the order of first calls) and keeps it for the backward (``outputs``)."""
+    def hook(_m: nn.Module, _args: Any, out: Any) -> Any:
+        tensor = _first_float(out)
+        if tensor is None:
+            return None
+        acc = forward.get(name)
+        if acc is None:
+            acc = forward[name] = _Accumulator(len(forward))
+        acc.add(tensor)
+        if not tensor.requires_grad:
+            return None
+        outputs.setdefault(name, []).append(tensor)
+        if isinstance(out, torch.Tensor):
+            # The model goes on with a copy, so an in-place op after the layer (a
+            # ReLU(inplace=True)) cannot rewrite the tensor whose gradient is asked for.
+            return out.clone()
+        return None
+
+    return hook
+
+
+def _backward(result: Any, outputs: dict[str, list[torch.Tensor]],
+              weights: dict[str, nn.Parameter]
+              ) -> tuple[str, dict[str, float | None], dict[str, float | None]]:
+    """The backward of the unit-variance loss over the forward's ``result``: what the loss was,
+    the gradient RMS at each layer's outputs, and at each layer's weight."""
+    gradients: dict[str, float | None] = {}
+    weight_grads: dict[str, float | None] = {}
+    ends = [t for t in _tensors(result)
+            if (t.is_floating_point() or t.is_complex()) and t.requires_grad]
+    if not ends:
+        none = "none: the forward gave no floating output that needs a gradient"
+        return none, gradients, weight_grads
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    total = sum((torch.randn(t.shape, generator=generator, dtype=t.real.dtype)
+                 .to(t.device) * (t.real if t.is_complex() else t)).sum() for t in ends)
+    wanted = [(n, t) for n, ts in outputs.items() for t in ts]
+    wanted_w = list(weights.items())
+    tensors = [t for _, t in wanted] + [w for _, w in wanted_w]
+    grads = torch.autograd.grad(total, tensors, allow_unused=True)
+    loss = ("sum(g * y) over the model's floating outputs y, g ~ N(0, 1): "
+            "dL/dy has unit variance")
+    per_layer: dict[str, _Accumulator] = {}
+    for (name, _), grad in zip(wanted, grads[:len(wanted)]):
+        if grad is not None:
+            per_layer.setdefault(name, _Accumulator(0)).add(grad)
+    gradients = {n: acc.rms for n, acc in per_layer.items()}
+    for (name, _), grad in zip(wanted_w, grads[len(wanted):]):
+        if grad is not None:
+            acc = _Accumulator(0)
+            acc.add(grad)
+            weight_grads[name] = acc.rms
+    return loss, gradients, weight_grads
+
+
+def _points(model: nn.Module, names: list[str], forward: dict[str, _Accumulator],
+            gradients: dict[str, float | None], weight_grads: dict[str, float | None],
+            residual: set[str]) -> tuple[tuple[SignalPoint, ...], tuple[str, ...]]:
+    """The layers' points in the order of their first call (a never-called layer whose output
+    is another's right after it), and the layers with no point."""
     placed: list[tuple[float, str, str]] = [(acc.order, name, name) for name, acc in
                                              forward.items()]
     unmeasured = []
@@ -199,7 +222,7 @@ def measure_signal(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
             activation_rms=forward[source].rms, gradient_rms=gradients.get(source),
             weight_gradient_rms=weight_grads.get(name), norm=is_norm(module),
             residual_after=name in residual or (source != name and source in residual)))
-    return Signal(tuple(points), loss, tuple(unmeasured))
+    return tuple(points), tuple(unmeasured)
 
 
 def _output_of(model: nn.Module, name: str) -> str | None:

@@ -114,7 +114,7 @@ def failure_of(model: nn.Module, error: BaseException) -> ForwardFailed:
 
 
 @dataclass
-class Recording:
+class RecordedForward:
     gm: fx.GraphModule
     called: set[str]  # qualified names of every module the forward called
     # On a real forward: what each parametrized built-in layer first returned and was first fed
@@ -137,7 +137,7 @@ _VALUE_BUDGET = 256 * 2**20  # bytes of layer outputs kept from a real recording
 _TRACER = fx.Tracer()  # made once: a Tracer's constructor is not free (566 calls on a CNN)
 
 
-class _Recorder(TorchFunctionMode):
+class _ForwardRecorder(TorchFunctionMode):
     def __init__(self, model: nn.Module, fake: bool, leaves: set[str]) -> None:
         super().__init__()
         self.model = model
@@ -590,11 +590,11 @@ def _outputs(value: Any, depth: int = 0) -> Any:
     return None
 
 
-_ACTIVE: list[_Recorder] = []
+_ACTIVE: list[_ForwardRecorder] = []
 
 
 @contextlib.contextmanager
-def _module_calls(recorder: _Recorder) -> Iterator[None]:
+def _module_calls(recorder: _ForwardRecorder) -> Iterator[None]:
     """Route every ``nn.Module.__call__`` through the recorder while it records (as fx's
     tracer patches ``nn.Module.__call__``), so layers stay one node each."""
     original = nn.Module.__call__
@@ -721,7 +721,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def record_forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                    fake_mode: Any | None, leaves: set[str] | None = None,
-                   meta: bool = False) -> Recording:
+                   meta: bool = False) -> RecordedForward:
     """Run ``model(*args, **kwargs)`` and record its graph. With ``fake_mode``, the inputs are
     made fake and the forward runs under it; with ``meta``, the model's tensors and the inputs
     are swapped for meta copies while it runs (the cheapest: no fake-tensor dispatch; a forward
@@ -737,19 +737,19 @@ def record_forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
             raise ForwardFailed(exc, None, None) from exc
         try:
             with _swapped_to_meta(model) as originals:
-                recording = _record(model, args, kwargs, None, leaves, originals)
+                recorded = _record(model, args, kwargs, None, leaves, originals)
         except NotOnMeta as exc:
             raise ForwardFailed(exc, None, None) from exc
-        _real_devices(recording.gm.graph, device)
-        return recording
+        _real_devices(recorded.gm.graph, device)
+        return recorded
     return _record(model, args, kwargs, fake_mode, leaves, None)
 
 
 def _record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
             fake_mode: Any | None, leaves: set[str] | None,
-            originals: dict[int, torch.Tensor] | None) -> Recording:
+            originals: dict[int, torch.Tensor] | None) -> RecordedForward:
     real = fake_mode is None and originals is None
-    recorder = _Recorder(model, fake=not real, leaves=leaves or set())
+    recorder = _ForwardRecorder(model, fake=not real, leaves=leaves or set())
     recorder.originals = originals or {}
     recorder.meta = originals is not None
     if fake_mode is not None:
@@ -775,7 +775,7 @@ def _record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         if node.op == "call_module":
             root[str(node.target)] = model.get_submodule(str(node.target))
     gm = _RecordedGraphModule(root, recorder.graph, type(model).__name__)
-    return Recording(gm, recorder.called, recorder.values if real else None)
+    return RecordedForward(gm, recorder.called, recorder.values if real else None)
 
 
 class _RecordedGraphModule(fx.GraphModule):

@@ -42,7 +42,7 @@ class GraphPart:
 
 @dataclass
 class Capture:
-    target: LoadedTarget
+    loaded: LoadedTarget
     parts: list[GraphPart]
     opaque: list[str]
     coverage: Coverage
@@ -265,7 +265,7 @@ def _needs_real_values(exc: BaseException) -> bool:
     return isinstance(exc, (DynamicOutputShapeException, DataDependentOutputException))
 
 
-def capture(target: LoadedTarget, fallback: bool = True, values: bool = False) -> Capture:
+def capture(loaded: LoadedTarget, fallback: bool = True, values: bool = False) -> Capture:
     """The model's graph. With example inputs, recorded from its own forward on fake tensors
     (``record``), on real ones without autograd when fake ones cannot take it; when the forward
     fails on the inputs (unless ``fallback`` is False: then only ``forward_error`` is set), or
@@ -276,24 +276,24 @@ def capture(target: LoadedTarget, fallback: bool = True, values: bool = False) -
     straight away, keeping those outputs, rather than on fake tensors first: fake tensors would
     cost their dispatch and, as often as not (a detector's NMS, LayerDrop's random draw), stop
     where values are needed anyway, and the real forward would run after them either way."""
-    if target.inputs is not None:
-        recorded = _record(target, values)
+    if loaded.inputs is not None:
+        recorded = _record(loaded, values)
         if isinstance(recorded, Capture):
             return recorded
         if not fallback:  # the caller stops at the error: no graph is worth tracing for it
-            return Capture(target=target, parts=[], opaque=[], coverage=Coverage(0, 0),
+            return Capture(loaded=loaded, parts=[], opaque=[], coverage=Coverage(0, 0),
                            forward_error=recorded)
         note = f"forward on the example inputs failed ({recorded}); analysed by symbolic " \
                "tracing instead, shapes known only up to that point"
-        result = _capture_symbolic(target)
+        result = _capture_symbolic(loaded)
         result.notes[:] = [note] + [n for n in result.notes
                                     if not n.startswith("forward on the example inputs failed")]
         result.forward_error = recorded
         return result
-    return _capture_symbolic(target)
+    return _capture_symbolic(loaded)
 
 
-def _record(target: LoadedTarget, values: bool = False) -> Capture | str:
+def _record(loaded: LoadedTarget, values: bool = False) -> Capture | str:
     """Record the forward on meta copies, fake tensors, then real ones; the failure text if
     none of them takes it."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -302,8 +302,8 @@ def _record(target: LoadedTarget, values: bool = False) -> Capture | str:
     from biaslint.capture.record import ForwardFailed, NotOnMeta, record_forward
     from biaslint.load.guard import preserved_state
 
-    model = target.model
-    inputs = target.inputs
+    model = loaded.model
+    inputs = loaded.inputs
     assert inputs is not None
     notes: list[str] = []
     failure: ForwardFailed | None = None
@@ -325,8 +325,8 @@ def _record(target: LoadedTarget, values: bool = False) -> Capture | str:
         try:
             with measured as attention, rngs, preserved(model), _quiet(), quiet_fake_log(), \
                     torch.random.fork_rng(devices=[]):
-                recording = record_forward(model, inputs.args, inputs.kwargs, mode,
-                                           meta=way == "meta")
+                recorded = record_forward(model, inputs.args, inputs.kwargs, mode,
+                                          meta=way == "meta")
         except ForwardFailed as exc:
             if way != "meta":
                 failure = exc
@@ -344,10 +344,10 @@ def _record(target: LoadedTarget, values: bool = False) -> Capture | str:
             notes.append("the forward computes with values (a tensor it makes holds some), "
                          "so it was recorded from a real forward without autograd, whose "
                          "outputs the rules read")
-        part = GraphPart("", model, recording.gm, shapes_known=True)
-        return Capture(target=target, parts=[part], opaque=[],
-                       coverage=_coverage(model, [part], [], recording.called), notes=notes,
-                       real_values=recording.values, attention=attention)
+        part = GraphPart("", model, recorded.gm, shapes_known=True)
+        return Capture(loaded=loaded, parts=[part], opaque=[],
+                       coverage=_coverage(model, [part], [], recorded.called), notes=notes,
+                       real_values=recorded.values, attention=attention)
     assert failure is not None
     return failure.describe()
 
@@ -378,16 +378,16 @@ def _measuring(model: nn.Module) -> Any:
     return measuring(model)
 
 
-def _capture_symbolic(target: LoadedTarget) -> Capture:
+def _capture_symbolic(loaded: LoadedTarget) -> Capture:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    model = target.model
+    model = loaded.model
     if _is_default_leaf(model):
         # The model is one built-in layer (an nn.LSTM returned as is): there is no graph around
         # it to see, and its own parameters are all the rules read.
         layers = sum(1 for m in model.modules() if any(True for _ in m.parameters(recurse=False)))
-        notes = [] if target.inputs is not None else [_NO_INPUTS]
-        return Capture(target=target, parts=[], opaque=[],
+        notes = [] if loaded.inputs is not None else [_NO_INPUTS]
+        return Capture(loaded=loaded, parts=[], opaque=[],
                        coverage=Coverage(total=layers, traced=layers), notes=notes)
     parts: list[GraphPart] = []
     opaque: list[str] = []
@@ -396,15 +396,15 @@ def _capture_symbolic(target: LoadedTarget) -> Capture:
     recorded = _Inputs()
     recorded.names = {id(m): n for n, m in model.named_modules()}
     with preserved(model):
-        if target.inputs is not None:
-            recorded.calls[""] = (target.inputs.args, target.inputs.kwargs)
+        if loaded.inputs is not None:
+            recorded.calls[""] = (loaded.inputs.args, loaded.inputs.kwargs)
             recorded.fake_mode = fake_mode
         try:
             parts.append(_trace_part(model, "", set(), recorded))
         except Exception:  # the whole model does not trace: go per submodule
-            if target.inputs is not None:
+            if loaded.inputs is not None:
                 names = recorded.names
-                recorded, error = _record_inputs(model, target.inputs, fake_mode)
+                recorded, error = _record_inputs(model, loaded.inputs, fake_mode)
                 recorded.names = names
                 if error:
                     notes.append(f"forward on the example inputs failed ({error}); "
@@ -415,18 +415,18 @@ def _capture_symbolic(target: LoadedTarget) -> Capture:
         if root_error and not any(n.startswith("forward on the example") for n in notes):
             notes.append(f"forward on the example inputs failed ({root_error}); "
                          "shapes known only up to that point")
-        if target.inputs is not None and any(p.qualname == "" and not p.shapes_known
+        if loaded.inputs is not None and any(p.qualname == "" and not p.shapes_known
                                              for p in parts):
-            error = _propagate_shapes(target, [p for p in parts if p.qualname == ""])
+            error = _propagate_shapes(loaded, [p for p in parts if p.qualname == ""])
             if error:
                 notes.append(f"shape propagation failed ({error}); some shapes unknown")
     if opaque:
         shown = ", ".join(o or "<root>" for o in opaque[:5])
         more = f" and {len(opaque) - 5} more" if len(opaque) > 5 else ""
         notes.append(f"not traceable by torch.fx, analysed as opaque: {shown}{more}")
-    if target.inputs is None:
+    if loaded.inputs is None:
         notes.append(_NO_INPUTS)
-    return Capture(target=target, parts=parts, opaque=opaque,
+    return Capture(loaded=loaded, parts=parts, opaque=opaque,
                    coverage=_coverage(model, parts, opaque), notes=notes)
 
 
@@ -512,7 +512,7 @@ def _inside(name: str, called: set[str], opaque: set[str]) -> bool:
 
 # --- shapes -------------------------------------------------------------------------------------
 
-def _propagate_shapes(target: LoadedTarget, parts: list[GraphPart]) -> str | None:
+def _propagate_shapes(loaded: LoadedTarget, parts: list[GraphPart]) -> str | None:
     """Record the inputs each graph root sees in one forward pass, then interpret each graph.
 
     Fake tensors carry shapes and dtypes without data, so a large model costs no real compute.
@@ -524,14 +524,14 @@ def _propagate_shapes(target: LoadedTarget, parts: list[GraphPart]) -> str | Non
 
     try:
         # Entered inside _run_parts, after the buffers are saved as real tensors.
-        _run_parts(target, parts, FakeTensorMode(allow_non_fake_inputs=True))
+        _run_parts(loaded, parts, FakeTensorMode(allow_non_fake_inputs=True))
         return None
     except Exception:  # fall back to real compute
         for part in parts:
             part.shapes_known = False
     try:
         with torch.no_grad():
-            _run_parts(target, parts, contextlib.nullcontext())
+            _run_parts(loaded, parts, contextlib.nullcontext())
         return None
     except Exception as exc:  # the user's forward failed; analysis goes on
         for part in parts:
@@ -540,10 +540,10 @@ def _propagate_shapes(target: LoadedTarget, parts: list[GraphPart]) -> str | Non
         return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def _run_parts(target: LoadedTarget, parts: list[GraphPart], mode: Any) -> None:
-    inputs = target.inputs
+def _run_parts(loaded: LoadedTarget, parts: list[GraphPart], mode: Any) -> None:
+    inputs = loaded.inputs
     assert inputs is not None
-    model = target.model
+    model = loaded.model
     roots = {part.qualname: part for part in parts}
     seen: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
     handles = []

@@ -297,7 +297,7 @@ def _signal(analysed: AnalysedModel, notes: list[str]) -> Signal | None:
         notes.append(f"signal propagation not measured: there is {missing}")
         return None
     # no_forward() is None: the inputs are known
-    inputs = cast("ExampleInputs", analysed.target.inputs)
+    inputs = cast("ExampleInputs", analysed.loaded.inputs)
     not_called = set(analysed.capture.coverage.not_called)
     layers = [name for name in analysed.layers if name not in not_called]
     try:

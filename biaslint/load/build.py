@@ -21,7 +21,7 @@ from biaslint.findings import BuildFrame, InitCall, Location
 from biaslint.laws import Piece
 from biaslint.load.encoding import display_path, refuse_undecodable
 from biaslint.load.guard import user_code
-from biaslint.load.sites import BuildRecord, recording
+from biaslint.load.sites import BuildRecord, record_build
 from biaslint.target import IntShape, TargetSpec, parse_target
 
 
@@ -55,7 +55,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
     spec = parse_target(text)
     meta = device == "meta"
     notes: list[str] = []
-    with recording(laws=meta) as record, _device(meta):
+    with record_build(laws=meta) as record, _device(meta):
         with user_code(spec.text, f"importing {spec.module}"):
             obj = _resolve(spec)
         with user_code(spec.text, "building the model"), _library_init_on_meta(meta) as ran:
@@ -70,7 +70,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
                          "calls were not recorded: its values are unknown; point at the "
                          "function that builds it and pass --device meta")
         else:  # built on meta by the user's own code: build again, recording the init laws
-            with recording(laws=True) as record:
+            with record_build(laws=True) as record:
                 with user_code(spec.text, "building the model"):
                     model, inputs = _build(spec, obj)
             meta = True
@@ -94,7 +94,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
                      "inputs, and those are what its forward takes")
     laws = buffer_laws = None
     if meta and record.laws is not None:
-        with recording(laws=True, book=record.laws) as deferred:
+        with record_build(laws=True, book=record.laws) as deferred:
             with user_code(spec.text, "running the model's deferred init"):
                 notes.extend(_run_deferred_init(model, record))
         record.init_events.extend(deferred.init_events)

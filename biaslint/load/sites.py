@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from biaslint.findings import BuildFrame, InitCall, Location
-from biaslint.load.laws import LawBook, LawMode, init_function_law
+from biaslint.load.law_recorder import LawBook, LawMode, init_function_law
 from biaslint.sources import remembered
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
@@ -138,7 +138,7 @@ def _in_package(filename: str) -> bool:
 def _chain(frame: FrameType | None, entry: FrameType | None
            ) -> tuple[tuple[Any, int, str], ...]:
     """The user calls from ``frame`` (the construction site) outwards, up to the function
-    biaslint's loader called or ``entry`` (the frame that entered ``recording()``)."""
+    biaslint's loader called or ``entry`` (the frame that entered ``biaslint.recording()``)."""
     chain: list[tuple[Any, int, str]] = []
     while frame is not None and len(chain) < _CHAIN_LIMIT:
         code = frame.f_code
@@ -159,8 +159,8 @@ def _chain(frame: FrameType | None, entry: FrameType | None
             kind = "function"
         chain.append((code, frame.f_lasti, kind))
         if frame is entry:
-            # Code in the ``with recording():`` block, and the function it calls to build the
-            # model, are what the command line's target function is.
+            # Code in the ``with biaslint.recording():`` block, and the function it calls to
+            # build the model, are what the command line's target function is.
             if len(chain) > 1 and chain[-2][2] == "function":
                 chain[-2] = (*chain[-2][:2], "entry")
             _mark_entry(chain)
@@ -208,7 +208,7 @@ class BuildRecord:
 
     module_sites: dict[int, tuple[nn.Module, Location]] = field(default_factory=dict)
     init_events: list[_InitEvent] = field(default_factory=list)
-    laws: LawBook | None = None  # the init laws of meta tensors (``recording(laws=True)``)
+    laws: LawBook | None = None  # the init laws of meta tensors (``record_build(laws=True)``)
     # Per module: the user calls that led to its construction, innermost first, as raw
     # (code, instruction offset, kind) triples; made into ``BuildFrame``s only for the modules
     # the model keeps (``chain_of``), so a build pays for no source lookups it does not use.
@@ -283,8 +283,8 @@ _ABSENT = object()  # the patched class had no attribute of its own by that name
 
 def _paint_init(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Paint the law an ``nn.init`` function draws from onto its tensor (the current
-    recording's, so a wrapper bound by an earlier import still paints the right book)."""
-    mode = _Recorder.current_mode
+    build recorder's, so a wrapper bound by an earlier import still paints the right book)."""
+    mode = _BuildRecorder.current_mode
     tensor = args[0] if args else kwargs.get("tensor")
     if mode is None or not isinstance(tensor, torch.Tensor) or not mode._tracked(tensor):
         return
@@ -299,7 +299,7 @@ def _paint_init(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Non
     mode.book.paint(tensor, law)
 
 
-class _Recorder:
+class _BuildRecorder:
     """Patches torch while a target builds; one at a time per process."""
 
     _lock = threading.Lock()
@@ -309,8 +309,8 @@ class _Recorder:
                  book: LawBook | None = None) -> None:
         self.record = BuildRecord()
         self._depth = 0
-        # The user's frame that entered ``recording()`` (none when biaslint's loader did): the
-        # outermost frame a construction chain records.
+        # The user's frame that entered ``biaslint.recording()`` (none when biaslint's loader
+        # did): the outermost frame a construction chain records.
         self.entry: FrameType | None = None
         self._saved: list[tuple[Any, str, Any]] = []
         self.mode: LawMode | None = None
@@ -384,7 +384,7 @@ class _Recorder:
                 recorder._depth -= 1
             try:
                 recorder._inherit(tensor, result)
-                mode = _Recorder.current_mode
+                mode = _BuildRecorder.current_mode
                 if mode is not None and mode._tracked(result):
                     mode.book.copy_region(tensor, result)
             except Exception:  # provenance is best effort, never break a build
@@ -450,18 +450,18 @@ class _Recorder:
 
 
 @contextmanager
-def recording(laws: bool = False, track_real: bool = False,
+def record_build(laws: bool = False, track_real: bool = False,
               book: LawBook | None = None) -> Iterator[BuildRecord]:
     """Record construction sites and init calls inside the block; always restore torch.
 
     With ``laws``, also the init law of every meta tensor written (of every tensor with
     ``track_real``): ``BuildRecord.laws``."""
-    with _Recorder._lock, remembered():
+    with _BuildRecorder._lock, remembered():
         # remembered(): the recorded lines are read later, from the text the code was compiled
         # from, not from whatever the file holds by then (``biaslint.sources``).
-        recorder = _Recorder(laws=laws, track_real=track_real, book=book)
+        recorder = _BuildRecorder(laws=laws, track_real=track_real, book=book)
         recorder.install()
-        _Recorder.current_mode = recorder.mode
+        _BuildRecorder.current_mode = recorder.mode
         try:
             if recorder.mode is not None:
                 with recorder.mode:
@@ -469,5 +469,5 @@ def recording(laws: bool = False, track_real: bool = False,
             else:
                 yield recorder.record
         finally:
-            _Recorder.current_mode = None
+            _BuildRecorder.current_mode = None
             recorder.restore()

@@ -274,67 +274,112 @@ def _signal(result: TargetResult) -> str:
     for f in result.findings:
         if f.code in MARKED_RULES:
             marked.setdefault(f.module, []).append(f)
-    values = [v for p in points for v in (p.activation_rms, p.gradient_rms)
-              if v is not None and math.isfinite(v) and v > 0]
-    low = 10 ** math.floor(math.log10(min(values))) if values else 1e-3
-    high = 10 ** math.ceil(math.log10(max(values))) if values else 1e3
-    if high <= low:
-        high = low * 10
-    span_x = max(1, len(points) - 1)
-    step = max(1, math.ceil(len(points) / _MAX_LABELS))
-    names = _axis_labels([p.layer or "<root>" for p in points])
-    longest = max(len(names[i]) for i in range(0, len(points), step))
-    height = _TOP + _PLOT_H + 12 + math.ceil(longest * _CHAR_W *
-                                             math.sin(math.radians(_SLANT))) + 24
-    plot_w, plot_h = _W - _LEFT - _RIGHT, _PLOT_H
+    plot = _Plot.of(points)
+    svg = [f'<svg class="signal" viewBox="0 0 {_W} {plot.height}" '
+           f'role="img" aria-label="activation and gradient RMS per layer">']
+    svg += _gridlines(plot)
+    svg += _boundaries(plot, points)
+    svg += _axes(plot, points)
+    svg += _curves(plot, points, marked)
+    svg.append("</svg>")
+    return "\n".join(svg) + "\n" + _legend() + "\n" + "\n".join(_values_table(signal))
 
-    def x_of(i: int) -> float:
-        return _LEFT + plot_w * (i / span_x if len(points) > 1 else 0.5)
 
-    def y_of(v: float | None) -> tuple[float, bool]:
+class _Plot:
+    """The plot's geometry: where a point's index and a value (log scale) are drawn, and which
+    points are named on the x axis."""
+
+    def __init__(self, points: Sequence[Any], low: float, high: float) -> None:
+        self.count = len(points)
+        self.low, self.high = low, high
+        self.span_x = max(1, self.count - 1)
+        self.step = max(1, math.ceil(self.count / _MAX_LABELS))
+        self.names = _axis_labels([p.layer or "<root>" for p in points])
+        longest = max(len(self.names[i]) for i in range(0, self.count, self.step))
+        self.height = _TOP + _PLOT_H + 12 + math.ceil(longest * _CHAR_W *
+                                                      math.sin(math.radians(_SLANT))) + 24
+        self.plot_w, self.plot_h = _W - _LEFT - _RIGHT, _PLOT_H
+
+    @classmethod
+    def of(cls, points: Sequence[Any]) -> _Plot:
+        """The plot of ``points``, its log scale whole decades around every positive value."""
+        values = [v for p in points for v in (p.activation_rms, p.gradient_rms)
+                  if v is not None and math.isfinite(v) and v > 0]
+        low = 10 ** math.floor(math.log10(min(values))) if values else 1e-3
+        high = 10 ** math.ceil(math.log10(max(values))) if values else 1e3
+        if high <= low:
+            high = low * 10
+        return cls(points, low, high)
+
+    def x_of(self, i: int) -> float:
+        return _LEFT + self.plot_w * (i / self.span_x if self.count > 1 else 0.5)
+
+    def y_of(self, v: float | None) -> tuple[float, bool]:
         """The y of a value, and whether it is off the scale (zero, NaN, Inf: at an edge)."""
         if v is None or not math.isfinite(v) or v <= 0:
-            edge = _TOP if v is not None and math.isinf(v) else _TOP + plot_h
+            edge = _TOP if v is not None and math.isinf(v) else _TOP + self.plot_h
             return edge, True
-        frac = (math.log10(v) - math.log10(low)) / (math.log10(high) - math.log10(low))
-        return _TOP + plot_h * (1 - frac), False
+        frac = (math.log10(v) - math.log10(self.low)) / \
+            (math.log10(self.high) - math.log10(self.low))
+        return _TOP + self.plot_h * (1 - frac), False
 
-    svg = [f'<svg class="signal" viewBox="0 0 {_W} {height}" '
-           f'role="img" aria-label="activation and gradient RMS per layer">']
-    decade = math.log10(low)
-    while decade <= math.log10(high) + 1e-9:
-        y, _ = y_of(10 ** decade)
+
+def _gridlines(plot: _Plot) -> list[str]:
+    """A line and a label per decade (every other one on a scale of more than 12)."""
+    svg = []
+    decade = math.log10(plot.low)
+    while decade <= math.log10(plot.high) + 1e-9:
+        y, _ = plot.y_of(10 ** decade)
         svg.append(f'<line class="gridline" x1="{_LEFT}" y1="{y:.1f}" x2="{_W - _RIGHT}" '
                    f'y2="{y:.1f}"/><text x="{_LEFT - 6}" y="{y + 4:.1f}" '
                    f'text-anchor="end">1e{int(round(decade))}</text>')
-        decade += 1 if math.log10(high) - math.log10(low) <= 12 else 2
+        decade += 1 if math.log10(plot.high) - math.log10(plot.low) <= 12 else 2
+    return svg
+
+
+def _boundaries(plot: _Plot, points: Sequence[Any]) -> list[str]:
+    """A dashed line after each layer a residual sum follows, a dotted one at each norm."""
+    svg = []
     for i, p in enumerate(points):
-        x = x_of(i)
+        x = plot.x_of(i)
         if p.residual_after:
-            xr = x + (plot_w / span_x / 2 if len(points) > 1 else 0)
+            xr = x + (plot.plot_w / plot.span_x / 2 if len(points) > 1 else 0)
             svg.append(f'<line class="residual" x1="{xr:.1f}" y1="{_TOP}" x2="{xr:.1f}" '
-                       f'y2="{_TOP + plot_h}"><title>residual sum after '
+                       f'y2="{_TOP + plot.plot_h}"><title>residual sum after '
                        f'{escape(p.layer)}</title></line>')
         if p.norm:
             svg.append(f'<line class="normline" x1="{x:.1f}" y1="{_TOP}" x2="{x:.1f}" '
-                       f'y2="{_TOP + plot_h}"/>')
-    svg.append(f'<line class="axis" x1="{_LEFT}" y1="{_TOP + plot_h}" x2="{_W - _RIGHT}" '
-               f'y2="{_TOP + plot_h}"/><line class="axis" x1="{_LEFT}" y1="{_TOP}" '
-               f'x2="{_LEFT}" y2="{_TOP + plot_h}"/>')
-    for i in range(0, len(points), step):
-        x = x_of(i)
+                       f'y2="{_TOP + plot.plot_h}"/>')
+    return svg
+
+
+def _axes(plot: _Plot, points: Sequence[Any]) -> list[str]:
+    """The two axes, the named layers' ticks (slanted labels) and the x axis caption."""
+    plot_h = plot.plot_h
+    svg = [f'<line class="axis" x1="{_LEFT}" y1="{_TOP + plot_h}" x2="{_W - _RIGHT}" '
+           f'y2="{_TOP + plot_h}"/><line class="axis" x1="{_LEFT}" y1="{_TOP}" '
+           f'x2="{_LEFT}" y2="{_TOP + plot_h}"/>']
+    for i in range(0, len(points), plot.step):
+        x = plot.x_of(i)
         y = _TOP + plot_h + 12
         svg.append(f'<line class="axis" x1="{x:.1f}" y1="{_TOP + plot_h}" x2="{x:.1f}" '
                    f'y2="{_TOP + plot_h + 4}"/><text class="xtick" '
                    f'data-layer="{escape(points[i].layer or "<root>")}" x="{x:.1f}" y="{y:.1f}" '
                    f'text-anchor="end" transform="rotate(-{_SLANT} {x:.1f} {y:.1f})">'
-                   f'{escape(names[i])}</text>')
-    every = "" if step == 1 else f", one in {step} named"
-    svg.append(f'<text x="{_LEFT + plot_w / 2:.0f}" y="{height - 6}" text-anchor="middle">'
-               f'layers in execution order ({len(points)}{every}; hover a point for its value)'
-               '</text>')
+                   f'{escape(plot.names[i])}</text>')
+    every = "" if plot.step == 1 else f", one in {plot.step} named"
+    svg.append(f'<text x="{_LEFT + plot.plot_w / 2:.0f}" y="{plot.height - 6}" '
+               f'text-anchor="middle">layers in execution order ({len(points)}{every}; hover '
+               'a point for its value)</text>')
+    return svg
+
+
+def _curves(plot: _Plot, points: Sequence[Any], marked: dict[str, list[Finding]]) -> list[str]:
+    """The activation and gradient curves, a point per layer with its value, and a ring on
+    the activation point of each layer with a marked finding."""
+    svg = []
     for kind, attr in (("act", "activation_rms"), ("grad", "gradient_rms")):
-        coords = [(x_of(i), *y_of(getattr(p, attr))) for i, p in enumerate(points)]
+        coords = [(plot.x_of(i), *plot.y_of(getattr(p, attr))) for i, p in enumerate(points)]
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y, off in coords if not off)
         if path:
             svg.append(f'<polyline class="curve {kind}" points="{path}"/>')
@@ -356,20 +401,27 @@ def _signal(result: TargetResult) -> str:
                 svg.append(f'<circle class="finding-mark" data-layer="{escape(p.layer)}" '
                            f'data-code="{escape(codes)}" cx="{x:.1f}" cy="{y:.1f}" r="7">'
                            f"<title>{escape(text)}</title></circle>")
-    svg.append("</svg>")
-    legend = ('<div class="legend muted"><span><i style="background:var(--act)"></i>activation '
-              'RMS at the layer\'s output</span><span><i style="background:var(--grad)"></i>'
-              'gradient RMS reaching it</span><span><i style="background:var(--ok)"></i>'
-              'residual sum (dashed)</span><span><i style="background:var(--norm)"></i>'
-              'normalization layer (dotted)</span><span><i style="background:var(--bad)"></i>'
-              f'{"/".join(MARKED_RULES)} finding (ring)</span><span><i style="height:8px;'
-              'width:8px;border-radius:4px;border:1.5px solid var(--grad);background:#fff">'
-              '</i>hollow, in its curve\'s colour: zero, or not finite: off the log scale, '
-              'drawn at its edge</span></div>')
+    return svg
+
+
+def _legend() -> str:
+    return ('<div class="legend muted"><span><i style="background:var(--act)"></i>activation '
+            'RMS at the layer\'s output</span><span><i style="background:var(--grad)"></i>'
+            'gradient RMS reaching it</span><span><i style="background:var(--ok)"></i>'
+            'residual sum (dashed)</span><span><i style="background:var(--norm)"></i>'
+            'normalization layer (dotted)</span><span><i style="background:var(--bad)"></i>'
+            f'{"/".join(MARKED_RULES)} finding (ring)</span><span><i style="height:8px;'
+            'width:8px;border-radius:4px;border:1.5px solid var(--grad);background:#fff">'
+            '</i>hollow, in its curve\'s colour: zero, or not finite: off the log scale, '
+            'drawn at its edge</span></div>')
+
+
+def _values_table(signal: Any) -> list[str]:
+    """The plotted values as a table (folded), the backward's loss, the layers with no point."""
     table = ["<details><summary>The values</summary><table class=\"signal-values\"><tr>"
              "<th>#</th><th>layer</th><th>type</th><th>activation RMS</th><th>gradient RMS</th>"
              "<th>weight gradient RMS</th></tr>"]
-    for i, p in enumerate(points, 1):
+    for i, p in enumerate(signal.points, 1):
         table.append(f"<tr><td>{i}</td><td>{escape(p.layer or '<root>')}</td>"
                      f"<td>{escape(p.module_type)}</td><td>{_num(p.activation_rms)}</td>"
                      f"<td>{_num(p.gradient_rms)}</td><td>{_num(p.weight_gradient_rms)}</td>"
@@ -379,7 +431,7 @@ def _signal(result: TargetResult) -> str:
         table.append(f'<p class="muted">No point of their own (the forward used their '
                      f'parameters without calling them as modules): '
                      f'{escape(", ".join(n or "<root>" for n in signal.unmeasured))}</p>')
-    return "\n".join(svg) + "\n" + legend + "\n" + "\n".join(table)
+    return table
 
 
 def _num(value: float | None) -> str:

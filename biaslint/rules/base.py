@@ -9,10 +9,10 @@ read their metadata without paying for torch. Import it inside ``check`` (a pack
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping
 
-from biaslint.findings import Finding, Fix, FixKind, Location, Severity
+from biaslint.findings import Finding, Fix, Location, Severity
 
 if TYPE_CHECKING:
     from biaslint.analysis import AnalysedModel, Layer
@@ -108,11 +108,6 @@ class Rule:
         location: Location | None = None,
         data: dict[str, Any] | None = None,
     ) -> Finding:
-        if fix is not None and fix.code and fix.kind is FixKind.MANUAL and self.code == "BL001":
-            # BL001's fixes are built in rules/bl001_redundant_bias/check.py, which does not
-            # set their kind yet: every one with code is the constructor with bias=False.
-            # (Remove once that module passes kind=FixKind.BIAS_FALSE itself.)
-            fix = replace(fix, kind=FixKind.BIAS_FALSE)
         return Finding(
             code=self.code,
             name=self.name,

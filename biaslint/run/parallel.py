@@ -210,13 +210,8 @@ def run_isolated(fn: Callable[[Any], Any], payloads: Sequence[Any], jobs: int = 
         while queue or running:
             while queue and len(running) < jobs:
                 index = queue.pop(0)
-                receiver, sender = ctx.Pipe(duplex=False)
-                process = ctx.Process(target=_child, daemon=True,
-                                      args=(sender, fn, payloads[index], cwd, path, threads))
-                with _main_hidden(not main):
-                    process.start()
-                sender.close()  # only the child writes; EOF on receiver once it is gone
-                running.append(_Running(index, process, receiver, time.monotonic()))
+                running.append(_start(ctx, fn, index, payloads[index], cwd, path, threads,
+                                      main))
                 if on_start is not None:
                     on_start(index)
             now = time.monotonic()
@@ -226,34 +221,53 @@ def run_isolated(fn: Callable[[Any], Any], payloads: Sequence[Any], jobs: int = 
             ready = wait([r.conn for r in running], timeout=wait_for)
             now = time.monotonic()
             for item in list(running):
-                elapsed = now - item.started
-                if item.conn in ready:
-                    try:
-                        status, value = item.conn.recv()
-                    except (EOFError, OSError):
-                        item.process.join(_TERM_GRACE)
-                        finish(item, Outcome(error=_death(item.process.exitcode),
-                                             seconds=elapsed))
-                        continue
-                    if status == "ok":
-                        finish(item, Outcome(value=value, seconds=elapsed))
-                        continue
-                    if status != "event":
-                        finish(item, Outcome(error=value, seconds=elapsed))
-                        continue
-                    if on_event is not None:
-                        on_event(item.index, value)
-                if timeout is not None and elapsed >= timeout:
-                    item.process.terminate()
-                    item.process.join(_TERM_GRACE)
-                    finish(item, Outcome(error=f"timed out after {timeout:g} s",
-                                         seconds=elapsed))
+                outcome = _outcome_of(item, item.conn in ready, now - item.started, timeout,
+                                      on_event)
+                if outcome is not None:
+                    finish(item, outcome)
     except BaseException:
         # Ctrl-C (or an error in a callback): the workers ignore SIGINT, so end them here
         # rather than leave them running, or dying later, after this process has gone.
         _end_all(running)
         raise
     return [o if o is not None else Outcome(error="not run") for o in outcomes]
+
+
+def _start(ctx: Any, fn: Callable[[Any], Any], index: int, payload: Any, cwd: str,
+           path: list[str], threads: int | None, main: bool) -> _Running:
+    """The process of one call, started, in the working directory and with the ``sys.path``
+    (and thread count) the child takes on."""
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, daemon=True,
+                          args=(sender, fn, payload, cwd, path, threads))
+    with _main_hidden(not main):
+        process.start()
+    sender.close()  # only the child writes; EOF on receiver once it is gone
+    return _Running(index, process, receiver, time.monotonic())
+
+
+def _outcome_of(item: _Running, readable: bool, elapsed: float, timeout: float | None,
+                on_event: Callable[[int, Any], None] | None) -> Outcome | None:
+    """What a running call came to: its result or error when it sent one, died or ran past
+    ``timeout`` (its process then ended); None while it still runs (an event it sent is
+    passed to ``on_event``)."""
+    if readable:
+        try:
+            status, value = item.conn.recv()
+        except (EOFError, OSError):
+            item.process.join(_TERM_GRACE)
+            return Outcome(error=_death(item.process.exitcode), seconds=elapsed)
+        if status == "ok":
+            return Outcome(value=value, seconds=elapsed)
+        if status != "event":
+            return Outcome(error=value, seconds=elapsed)
+        if on_event is not None:
+            on_event(item.index, value)
+    if timeout is not None and elapsed >= timeout:
+        item.process.terminate()
+        item.process.join(_TERM_GRACE)
+        return Outcome(error=f"timed out after {timeout:g} s", seconds=elapsed)
+    return None
 
 
 def _end_all(running: list[_Running]) -> None:

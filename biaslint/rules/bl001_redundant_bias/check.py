@@ -3,14 +3,14 @@ the findings and the ``bias=False`` fix."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
 
 from biaslint.analysis import AnalysedModel, Layer
-from biaslint.findings import Finding, Fix, Severity
+from biaslint.findings import Finding, Fix, FixKind, Severity
 from biaslint.fix.edits import with_bias_false
 from biaslint.fix.phrases import python_path
 from biaslint.rules.base import RuleContext
@@ -37,86 +37,123 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
         [layer.name for layer in model.layers.values() if has_checkable_bias(layer.module)
          or isinstance(layer.module, nn.MultiheadAttention)]) \
         if context.option(rule, "measure") else None
-    measured = screen is not None and screen.ran
-    # The measured verdicts decide, where there are any; what the walk derived is then only
-    # the explanation (and a claim the measurement does not bear out is counted, not reported).
-    redundant = {name: bool(v and v.redundant) for name, v in verdicts.items()}
-    if measured:
-        for name in verdicts:
-            measure = screen.of(name)
-            if measure is not None and not measure.no_gradient:
-                redundant[name] = measure.whole
-    located = _Locations(screen) if measured else None
-    dead: list[str] = []
-
-    def noted(found: Iterable[Finding], name: str, pname: str,
-              measure: "BiasMeasure") -> list[Finding]:
-        """The findings, and the bias in the dead-path note when none was reported."""
-        found = list(found)
-        if not found:
-            dead.extend(_dead(name, pname, measure))
-        return found
-
+    measured = screen if screen is not None and screen.ran else None
+    judge = _Judge(rule, model, verdicts, measured, by_site, _redundant(verdicts, measured),
+                   _Locations(measured) if measured is not None else None, read_elsewhere,
+                   report_partial)
     try:
         for layer in model.layers.values():
-            module = layer.module
-            pname = "in_proj_bias" if isinstance(module, nn.MultiheadAttention) else "bias"
-            measure = screen.of(layer.name, pname) if measured else None
-            if measure is not None and measure.no_gradient:
-                measure = None  # not read where autograd sees it: the walk alone judges
-            if layer.name in read_elsewhere:
-                # Tied, aliased or read directly (WavLM's torch.cat of the q/k/v biases): it also
-                # acts outside the layer's calls, where the walk does not follow it. The
-                # measurement sees every use at once and alone decides.
-                if measure is not None:
-                    yield from noted(_measured(
-                        rule, model, layer, pname, measure, verdicts.get(layer.name), None,
-                        located, by_site, redundant, shared=True), layer.name, pname, measure)
-                continue
-            if isinstance(module, nn.MultiheadAttention):
-                derived = _attention_claim(rule, model, layer)
-                if measure is None:
-                    if derived is not None:
-                        yield derived.build(False)
-                else:
-                    yield from noted(_measured(rule, model, layer, pname, measure, None,
-                                               derived, located, by_site, redundant),
-                                     layer.name, pname, measure)
-                continue
-            verdict = verdicts.get(layer.name)
-            if verdict is None and measure is None:
-                continue
-            if measure is not None:
-                derived = None
-                if verdict is not None and verdict.redundant and verdict.cancelled_by:
-                    count = int(module.bias.numel())
-                    by = verdict.cancelled_by
-                    derived = _Claim(((0, count),), by, lambda measured, by=by, layer=layer:
-                                     _whole_finding(rule, layer, by, by_site, redundant,
-                                                    measured))
-                elif verdict is not None and not verdict.redundant and verdict.crossed:
-                    derived = _fused_claim(rule, model, layer, int(module.bias.numel()))
-                yield from noted(_measured(rule, model, layer, pname, measure, verdict,
-                                           derived, located, by_site, redundant),
-                                 layer.name, pname, measure)
-                if report_partial and not measure.cancelled and verdict is not None and \
-                        not verdict.redundant:
-                    yield from _partial(rule, model, layer, verdict)
-                continue
-            assert verdict is not None
-            yield from _derived(rule, model, layer, verdict, by_site, redundant,
-                                report_partial)
+            yield from judge.findings(layer)
     finally:
         if screen is not None:
             screen.release()
-    if measured:
-        for text in screen.notes:
+    _note_measurement(rule, model, screen, judge, bool(verdicts))
+
+
+def _redundant(verdicts: dict[str, "Verdict | None"], measured: "Screen | None"
+               ) -> dict[str, bool]:
+    """Per layer the walk judged, whether its bias is redundant. The measured verdicts decide,
+    where there are any; what the walk derived is then only the explanation (and a claim the
+    measurement does not bear out is counted, not reported)."""
+    redundant = {name: bool(v and v.redundant) for name, v in verdicts.items()}
+    if measured is not None:
+        for name in verdicts:
+            measure = measured.of(name)
+            if measure is not None and not measure.no_gradient:
+                redundant[name] = measure.whole
+    return redundant
+
+
+@dataclass
+class _Judge:
+    """What judging one model's layers shares: the walk's verdicts, the measurement (None when
+    it did not run), the layers by construction site, which biases are redundant, where
+    measured cancellations happen, the biases read outside their layer; and, as it goes, the
+    biases found on a dead path."""
+
+    rule: "RedundantBias"
+    model: AnalysedModel
+    verdicts: dict[str, "Verdict | None"]
+    measured: "Screen | None"
+    by_site: dict[tuple[str, int, int], list[str]]
+    redundant: dict[str, bool]
+    located: "_Locations | None"
+    read_elsewhere: set[str]
+    report_partial: bool
+    dead: list[str] = field(default_factory=list)
+
+    def findings(self, layer: Layer) -> Iterator[Finding]:
+        """BL001's findings for one layer's bias."""
+        rule, model = self.rule, self.model
+        module = layer.module
+        pname = "in_proj_bias" if isinstance(module, nn.MultiheadAttention) else "bias"
+        measure = self.measured.of(layer.name, pname) if self.measured is not None else None
+        if measure is not None and measure.no_gradient:
+            measure = None  # not read where autograd sees it: the walk alone judges
+        if layer.name in self.read_elsewhere:
+            # Tied, aliased or read directly (WavLM's torch.cat of the q/k/v biases): it also
+            # acts outside the layer's calls, where the walk does not follow it. The
+            # measurement sees every use at once and alone decides.
+            if measure is not None:
+                yield from self._noted(layer, pname, measure, self.verdicts.get(layer.name),
+                                       None, shared=True)
+            return
+        if isinstance(module, nn.MultiheadAttention):
+            derived = _attention_claim(rule, model, layer)
+            if measure is None:
+                if derived is not None:
+                    yield derived.build(False)
+            else:
+                yield from self._noted(layer, pname, measure, None, derived)
+            return
+        verdict = self.verdicts.get(layer.name)
+        if measure is not None:
+            yield from self._noted(layer, pname, measure, verdict,
+                                   self._claim(layer, verdict))
+            if self.report_partial and not measure.cancelled and verdict is not None and \
+                    not verdict.redundant:
+                yield from _partial(rule, model, layer, verdict)
+        elif verdict is not None:
+            yield from _derived(rule, model, layer, verdict, self.by_site, self.redundant,
+                                self.report_partial)
+
+    def _claim(self, layer: Layer, verdict: "Verdict | None") -> _Claim | None:
+        """What the walk derived for a measured layer's bias, to explain the measurement."""
+        rule, module = self.rule, layer.module
+        if verdict is not None and verdict.redundant and verdict.cancelled_by:
+            count = int(module.bias.numel())
+            by = verdict.cancelled_by
+            by_site, redundant = self.by_site, self.redundant
+            return _Claim(((0, count),), by, lambda measured, by=by, layer=layer:
+                          _whole_finding(rule, layer, by, by_site, redundant, measured))
+        if verdict is not None and not verdict.redundant and verdict.crossed:
+            return _fused_claim(rule, self.model, layer, int(module.bias.numel()))
+        return None
+
+    def _noted(self, layer: Layer, pname: str, measure: "BiasMeasure",
+               verdict: "Verdict | None", derived: _Claim | None,
+               shared: bool = False) -> list[Finding]:
+        """The measured findings, and the bias in the dead-path note when none was reported."""
+        found = list(_measured(self.rule, self.model, layer, pname, measure, verdict, derived,
+                               self.located, self.by_site, self.redundant, shared=shared))
+        if not found:
+            self.dead.extend(_dead(layer.name, pname, measure))
+        return found
+
+
+def _note_measurement(rule: "RedundantBias", model: AnalysedModel, screen: "Screen | None",
+                      judge: _Judge, judged: bool) -> None:
+    """Say what the measurement added, or why there was none (``judged``: the walk judged some
+    layer)."""
+    measured, dead = judge.measured, judge.dead
+    if measured is not None:
+        for text in measured.notes:
             model.note(rule.code, text)
-    if located is not None:
-        for reason, names in located.stops.items():
+    if judge.located is not None:
+        for reason, names in judge.located.stops.items():
             model.note(rule.code, f"measured cancellations the graph walk did not prove "
                        f"(it stopped at: {reason}): {_listed(names)}")
-    if measured and dead:
+    if measured is not None and dead:
         model.note(rule.code, f"{len(dead)} bias(es) get no gradient on the example inputs and "
                    f"neither do their layers' weights (a dead path: every unit off on these "
                    f"inputs, an unused result, a softmax over one position), which is not a "
@@ -124,7 +161,7 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
     elif screen is not None and not screen.ran:
         model.note(rule.code, f"biases not measured ({screen.error}): BL001's verdicts are "
                    "derived from the graph alone")
-    elif screen is None and verdicts:
+    elif screen is None and judged:
         why = model.no_forward() or "the option measure is off"
         model.note(rule.code, f"biases not measured ({why}): BL001's verdicts are derived "
                    "from the graph alone")
@@ -405,8 +442,9 @@ def _bias_false_fix(layer: "Layer", live_siblings: int = 0) -> Fix:
     if live_siblings:
         return Fix(title=f"Construct the layer with bias=False{where}, only where a "
                    f"normalization follows (this line also builds {live_siblings} layer(s) "
-                   "whose bias matters)", code=code, safe=False)
-    return Fix(title=f"Construct the layer with bias=False{where}", code=code, safe=is_torch)
+                   "whose bias matters)", code=code, safe=False, kind=FixKind.BIAS_FALSE)
+    return Fix(title=f"Construct the layer with bias=False{where}", code=code, safe=is_torch,
+               kind=FixKind.BIAS_FALSE)
 
 
 def _biases_read_elsewhere(model: "AnalysedModel") -> set[str]:

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch.fx as fx
 import torch.nn as nn
 
 from biaslint.analysis import GraphPart, shape_of
-
-if TYPE_CHECKING:
-    from biaslint.rules.bl001_redundant_bias.propagation import Propagation
 
 
 @dataclass(frozen=True)
@@ -206,32 +203,6 @@ def axis_index(dim: Any, ndim: int) -> int:
     if not 0 <= axis < max(ndim, 1):
         raise Live("axis out of range")
     return axis
-
-
-def only_first(prop: "Propagation", node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
-    """The offset of the first operand; any other bias-dependent operand is not followed."""
-    first = prop.tensor(args[0] if args else None, node)
-    others = [a for a in list(args[1:]) + list(kwargs.values()) if prop.of(a) is not None]
-    if first is None or others:
-        raise Live(f"bias reaches a non-data argument of {describe(prop.part, node)}")
-    return first
-
-
-def result_rank(prop: "Propagation", node: fx.Node, operands: list[Any]) -> int:
-    shape = shape_of(node)
-    if shape is not None:
-        return len(shape)
-    ranks = []
-    for a in operands:
-        state = prop.of(a)
-        if isinstance(state, Offset):
-            ranks.append(state.ndim)
-        else:
-            other = prop.other_shape(a)
-            if other is None:
-                raise Live(f"rank unknown at {describe(prop.part, node)}")
-            ranks.append(len(other))
-    return max(ranks)
 
 
 def flatten_offset(x: Offset, start: int = 0, end: int = -1) -> Offset:

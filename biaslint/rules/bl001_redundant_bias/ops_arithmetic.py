@@ -5,7 +5,7 @@ reductions and masking (registered in ``table``).
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from biaslint.analysis import argument
+from biaslint.rules.bl001_redundant_bias.context import OpContext, only_first, result_rank
 from biaslint.rules.bl001_redundant_bias.offsets import (
     Args,
     Items,
@@ -24,15 +25,9 @@ from biaslint.rules.bl001_redundant_bias.offsets import (
     broadcast,
     describe,
     join,
-    only_first,
-    result_rank,
     varying_axes_of,
 )
 from biaslint.rules.bl001_redundant_bias.table import transfer, transfer_module
-
-if TYPE_CHECKING:
-    from biaslint.rules.bl001_redundant_bias.propagation import Propagation
-
 
 _SUBTRACTIONS = {operator.sub, operator.isub, torch.sub, torch.subtract, "sub", "sub_"}
 
@@ -50,7 +45,7 @@ _SUBTRACTIONS = {operator.sub, operator.isub, torch.sub, torch.subtract, "sub", 
     "sub",
     "sub_",
 )
-def _add(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset | None:
+def _add(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset | None:
     operands = [args[0] if args else kwargs.get("input"), argument(node, 1, "other")]
     if prop.of(kwargs.get("alpha")) is not None:
         raise Live("alpha depends on the bias")
@@ -64,7 +59,7 @@ def _add(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset
     return broadcast([(o, None) for o in offsets], ndim)
 
 
-def _own_mean_removed(prop: Propagation, node: fx.Node, x_arg: Any, m_arg: Any) -> str | None:
+def _own_mean_removed(prop: OpContext, node: fx.Node, x_arg: Any, m_arg: Any) -> str | None:
     """``x - x.mean(dims, keepdim=True)`` (a hand-written norm's centring): an offset constant
     along ``dims`` is in the mean too, so the difference does not move. Returns why, or None."""
     if not isinstance(x_arg, fx.Node) or not isinstance(m_arg, fx.Node):
@@ -102,7 +97,7 @@ def _reduced_axes(dim: Any, ndim: int) -> set[int] | None:
 
 
 @transfer(operator.neg, torch.neg, operator.pos, "neg")
-def _neg(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _neg(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     return only_first(prop, node, args[:1], {})
 
 
@@ -121,7 +116,7 @@ def _neg(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset
     "div_",
     "true_divide",
 )
-def _mul(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _mul(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     """x * t with t independent of the bias: the offset becomes t * offset, which varies wherever
     t varies (a gate, attention weights, a rotary table). Two bias-dependent factors: nonlinear."""
     operands = [args[0] if args else kwargs.get("input"), argument(node, 1, "other")]
@@ -140,7 +135,7 @@ def _mul(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset
     return result.with_axes(varying_axes_of(prop.other_shape(other), ndim))
 
 
-def _matmul_rule(prop: Propagation, node: fx.Node, a: Any, b: Any) -> Offset:
+def _matmul_rule(prop: OpContext, node: fx.Node, a: Any, b: Any) -> Offset:
     """(A + D) @ B = A @ B + D @ B. The product varies along the output rows where D does, along
     the output columns wherever B has more than one column, and along batch axes of either."""
     sa, sb = prop.tensor(a, node), prop.tensor(b, node)
@@ -170,12 +165,12 @@ def _matmul_rule(prop: Propagation, node: fx.Node, a: Any, b: Any) -> Offset:
 
 
 @transfer(operator.matmul, torch.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm")
-def _matmul(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _matmul(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     return _matmul_rule(prop, node, argument(node, 0, "input"), argument(node, 1, "other"))
 
 
 @transfer(torch.addmm, "addmm", torch.baddbmm, "baddbmm")
-def _addmm(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _addmm(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     """beta * input + alpha * (m1 @ m2): linear in each of the three (batched for baddbmm, as
     BLOOM adds ALiBi to its attention scores)."""
     batched = node.target in (torch.baddbmm, "baddbmm")
@@ -195,7 +190,7 @@ def _addmm(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offs
 
 
 @transfer(F.linear)
-def _linear(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _linear(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     x_arg, w_arg, b_arg = (argument(node, 0, "input"), argument(node, 1, "weight"),
                            argument(node, 2, "bias"))
     if prop.of(w_arg) is not None:
@@ -215,11 +210,11 @@ def _linear(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Off
 
 
 @transfer_module(nn.Linear)
-def _linear_module(prop: Propagation, node: fx.Node, module: nn.Linear, x: Offset) -> Offset:
+def _linear_module(prop: OpContext, node: fx.Node, module: nn.Linear, x: Offset) -> Offset:
     return x.with_axes({x.ndim - 1})
 
 
-def _reduction(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs,
+def _reduction(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs,
                keep_max: bool) -> State:
     """mean/sum (linear) and amax/max (exact only over axes where the offset is constant)."""
     dim = argument(node, 1, "dim")
@@ -243,17 +238,17 @@ def _reduction(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs,
 
 
 @transfer(torch.mean, torch.sum, "mean", "sum")
-def _mean(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> State:
+def _mean(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> State:
     return _reduction(prop, node, args, kwargs, keep_max=False)
 
 
 @transfer(torch.amax, torch.amin, torch.max, torch.min, "amax", "amin", "max", "min")
-def _max(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> State:
+def _max(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> State:
     return _reduction(prop, node, args, kwargs, keep_max=True)
 
 
 @transfer(torch.masked_fill, "masked_fill")
-def _masked_fill(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _masked_fill(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     x = prop.tensor(args[0], node)
     mask, value = argument(node, 1, "mask"), argument(node, 2, "value")
     if x is None or prop.of(mask) is not None or prop.of(value) is not None:
@@ -297,7 +292,7 @@ def einsum_subscripts(equation: str, ranks: list[int]) -> tuple[list[str], str] 
 
 
 @transfer(torch.einsum, "einsum")
-def _einsum(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _einsum(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     """einsum is linear in each operand. With one bias-dependent operand D, the result is
     einsum(..., D, ...): it varies along an output label where D varies along it, or where any
     other operand has more than one element along it; labels summed over drop out. Two

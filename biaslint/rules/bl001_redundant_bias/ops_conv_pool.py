@@ -5,13 +5,14 @@ per-channel offset per channel except where borders or overlaps make positions d
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
 from biaslint.analysis import argument
+from biaslint.rules.bl001_redundant_bias.context import OpContext, only_first, result_rank
 from biaslint.rules.bl001_redundant_bias.offsets import (
     Args,
     Kwargs,
@@ -20,14 +21,9 @@ from biaslint.rules.bl001_redundant_bias.offsets import (
     State,
     all_axes,
     join,
-    only_first,
-    result_rank,
     spatial_count,
 )
 from biaslint.rules.bl001_redundant_bias.table import transfer, transfer_module
-
-if TYPE_CHECKING:
-    from biaslint.rules.bl001_redundant_bias.propagation import Propagation
 
 
 def _unsliced(x: Offset) -> Offset:
@@ -105,7 +101,7 @@ _CONV_FUNCTIONS = {
 
 
 @transfer(*_CONV_FUNCTIONS)
-def _conv_function(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _conv_function(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     n, transposed = _CONV_FUNCTIONS[node.target]
     x_arg, w_arg, b_arg = (argument(node, 0, "input"), argument(node, 1, "weight"),
                            argument(node, 2, "bias"))
@@ -148,7 +144,7 @@ _POOL_FUNCTIONS = {
 
 
 @transfer(*_POOL_FUNCTIONS)
-def _pool_function(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> State:
+def _pool_function(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> State:
     n, kind = _POOL_FUNCTIONS[node.target]
     x = _unsliced(only_first(prop, node, args[:1], {}))
     if kind == "max":
@@ -169,7 +165,7 @@ def _pool_function(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs)
 # -- modules: each mixes or shifts positions, so a followed slice of a fused bias is forgotten --
 
 @transfer_module(nn.modules.conv._ConvNd)
-def _conv_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
+def _conv_module(prop: OpContext, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
     return _conv(x, len(module.kernel_size), module.kernel_size, module.stride,
                  module.padding, module.dilation, module.padding_mode,
                  module.transposed, getattr(module, "output_padding", 0))
@@ -177,38 +173,38 @@ def _conv_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset)
 
 @transfer_module(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
                  nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-def _max_pool_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
+def _max_pool_module(prop: OpContext, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
     if module.return_indices:
         raise Live("max pool returning indices")
     return _unsliced(_max_over(x, spatial_count(module)))
 
 
 @transfer_module(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-def _avg_pool_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
+def _avg_pool_module(prop: OpContext, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
     return _unsliced(_avg_pool(x, spatial_count(module), module.padding,
                                module.count_include_pad,
                                getattr(module, "divisor_override", None)))
 
 
 @transfer_module(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Upsample)
-def _average_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
+def _average_module(prop: OpContext, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
     return _unsliced(x)  # weighted averages whose weights sum to one: a constant stays constant
 
 
 @transfer_module(nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
                  nn.ConstantPad3d)
-def _constant_pad_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
+def _constant_pad_module(prop: OpContext, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
     return _unsliced(_pad(x, module.padding, "constant"))
 
 
 @transfer_module(nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
                  nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d,
                  nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
-def _copy_pad_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
+def _copy_pad_module(prop: OpContext, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
     return _unsliced(x)
 
 
 @transfer(F.pad)
-def _pad_function(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _pad_function(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     x = _unsliced(only_first(prop, node, args[:1], {}))
     return _pad(x, argument(node, 1, "pad"), argument(node, 2, "mode", "constant"))

@@ -6,7 +6,7 @@ slice of an axis a perturbation lives in when one slice of a fused bias is follo
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from biaslint.analysis import argument, shape_of
+from biaslint.rules.bl001_redundant_bias.context import OpContext, only_first
 from biaslint.rules.bl001_redundant_bias.offsets import (
     Args,
     Items,
@@ -26,13 +27,9 @@ from biaslint.rules.bl001_redundant_bias.offsets import (
     broadcast,
     describe,
     flatten_offset,
-    only_first,
     reshape_meta,
 )
 from biaslint.rules.bl001_redundant_bias.table import transfer, transfer_module
-
-if TYPE_CHECKING:
-    from biaslint.rules.bl001_redundant_bias.propagation import Propagation
 
 
 def _permute_axes(x: Offset, dims: list[Any]) -> Offset:
@@ -61,30 +58,30 @@ def _dims(args: Args, kwargs: Kwargs, name: str = "dims") -> list[Any]:
 
 
 @transfer("view", "reshape", "view_as", "reshape_as", torch.reshape)
-def _view(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _view(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     x = only_first(prop, node, args[:1], {})
     return reshape_meta(args[0], node, x)
 
 
 @transfer(torch.permute, "permute")
-def _permute(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _permute(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     return _permute_axes(only_first(prop, node, args[:1], {}), _dims(args, kwargs))
 
 
 @transfer(torch.transpose, torch.swapaxes, "transpose", "swapaxes")
-def _transpose(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _transpose(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     x = only_first(prop, node, args[:1], {})
     return _swap(x, argument(node, 1, "dim0"), argument(node, 2, "dim1"))
 
 
 @transfer(torch.t, "t")
-def _t(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _t(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     x = only_first(prop, node, args[:1], {})
     return x if x.ndim < 2 else _swap(x, 0, 1)
 
 
 @transfer(torch.movedim, "movedim")
-def _movedim(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _movedim(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     x = only_first(prop, node, args[:1], {})
     src, dst = argument(node, 1, "source"), argument(node, 2, "destination")
     src = [src] if isinstance(src, int) else list(src)
@@ -97,13 +94,13 @@ def _movedim(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Of
 
 
 @transfer(torch.flatten, "flatten")
-def _flatten_call(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _flatten_call(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     x = only_first(prop, node, args[:1], {})
     return flatten_offset(x, argument(node, 1, "start_dim", 0), argument(node, 2, "end_dim", -1))
 
 
 @transfer(torch.unsqueeze, "unsqueeze")
-def _unsqueeze(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _unsqueeze(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     x = only_first(prop, node, args[:1], {})
     d = axis_index(argument(node, 1, "dim"), x.ndim + 1)
     mapping = {a: a + 1 if a >= d else a for a in range(x.ndim)}
@@ -111,7 +108,7 @@ def _unsqueeze(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> 
 
 
 @transfer(torch.squeeze, "squeeze")
-def _squeeze(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _squeeze(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     x = only_first(prop, node, args[:1], {})
     shape = shape_of(args[0])
     dim = argument(node, 1, "dim")
@@ -125,7 +122,7 @@ def _squeeze(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Of
 
 
 @transfer("expand", "expand_as", "repeat")
-def _expand(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _expand(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     """expand/repeat/expand_as: copies; new leading axes and copied axes are constant."""
     x = only_first(prop, node, args[:1], {})
     shape = shape_of(node)
@@ -149,12 +146,12 @@ def _expand(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Off
     "detach",
     "type",
 )
-def _same(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _same(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     return only_first(prop, node, args[:1], {})
 
 
 @transfer(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d)
-def _dropout(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _dropout(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     x = only_first(prop, node, args[:1], {})
     p = argument(node, 1, "p", 0.5)
     training = argument(node, 2, "training", True)
@@ -164,7 +161,7 @@ def _dropout(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Of
 
 
 @transfer(getattr)
-def _getattr(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> State | None:
+def _getattr(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> State | None:
     name = args[1] if len(args) > 1 else None
     if name in ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"):
         return None
@@ -178,7 +175,7 @@ def _getattr(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> St
 
 
 @transfer(operator.getitem)
-def _getitem(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> State | None:
+def _getitem(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> State | None:
     state, index = prop.of(args[0]), args[1]
     if isinstance(state, Items):
         if not isinstance(index, int):
@@ -260,7 +257,7 @@ def _slice_support(support: tuple[int, int, int], item: slice, size: int | None
 
 
 @transfer(torch.roll, "roll")
-def _roll(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _roll(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     """roll(x, shifts, dims) moves entries along ``dims`` and wraps them around: an offset that
     is constant along an axis stays constant there. Without ``dims`` the tensor is rolled as
     if flat, which mixes every axis. Either way a followed slice no longer marks where the
@@ -272,7 +269,7 @@ def _roll(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offse
 
 
 @transfer(torch.cat, torch.concat, torch.concatenate)
-def _cat(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _cat(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     tensors = argument(node, 0, "tensors")
     if not isinstance(tensors, (tuple, list)):
         raise Live("cat of an unknown sequence")
@@ -294,7 +291,7 @@ def _empty_along(shape: tuple[int, ...] | None, axis: int, ndim: int) -> bool:
 
 
 @transfer(torch.stack)
-def _stack(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _stack(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     tensors = argument(node, 0, "tensors")
     if not isinstance(tensors, (tuple, list)):
         raise Live("stack of an unknown sequence")
@@ -308,7 +305,7 @@ def _stack(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offs
 
 
 @transfer(torch.chunk, torch.split, torch.tensor_split, "chunk", "split", "tensor_split")
-def _split(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Items:
+def _split(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Items:
     x = only_first(prop, node, args[:1], {})
     axis = axis_index(argument(node, 2, "dim", 0), x.ndim)
     whole = Offset(x.ndim, x.varying)
@@ -356,7 +353,7 @@ def _piece_bounds(node: fx.Node, args: Args, kwargs: Kwargs, shape: tuple[int, .
 
 
 @transfer(torch.unbind, "unbind")
-def _unbind(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Items:
+def _unbind(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Items:
     x = only_first(prop, node, args[:1], {})
     axis = axis_index(argument(node, 1, "dim", 0), x.ndim)
     varying = {a - 1 if a > axis else a for a in x.varying if a != axis}
@@ -370,23 +367,23 @@ def _unbind(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Ite
 
 
 @transfer_module(nn.Identity)
-def _identity_module(prop: Propagation, node: fx.Node, module: nn.Identity, x: Offset) -> Offset:
+def _identity_module(prop: OpContext, node: fx.Node, module: nn.Identity, x: Offset) -> Offset:
     return x
 
 
 @transfer_module(nn.Flatten)
-def _flatten_module(prop: Propagation, node: fx.Node, module: nn.Flatten, x: Offset) -> Offset:
+def _flatten_module(prop: OpContext, node: fx.Node, module: nn.Flatten, x: Offset) -> Offset:
     return flatten_offset(x, module.start_dim, module.end_dim)
 
 
 @transfer_module(nn.Unflatten)
-def _unflatten_module(prop: Propagation, node: fx.Node, module: nn.Unflatten,
+def _unflatten_module(prop: OpContext, node: fx.Node, module: nn.Unflatten,
                       x: Offset) -> Offset:
     return reshape_meta(node.args[0], node, x)
 
 
 @transfer_module(nn.modules.dropout._DropoutNd)
-def _dropout_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
+def _dropout_module(prop: OpContext, node: fx.Node, module: nn.Module, x: Offset) -> Offset:
     # Train mode: a mask that differs per element and per step.
     if module.p == 0:
         return x

@@ -4,7 +4,7 @@ dot-product attention (registered in ``table``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from biaslint.analysis import argument, shape_of
+from biaslint.rules.bl001_redundant_bias.context import OpContext, only_first
 from biaslint.rules.bl001_redundant_bias.offsets import (
     Args,
     Kwargs,
@@ -19,16 +20,12 @@ from biaslint.rules.bl001_redundant_bias.offsets import (
     Offset,
     axis_index,
     describe,
-    only_first,
     spatial_count,
 )
 from biaslint.rules.bl001_redundant_bias.table import transfer, transfer_module
 
-if TYPE_CHECKING:
-    from biaslint.rules.bl001_redundant_bias.propagation import Propagation
 
-
-def _cancel_over(prop: Propagation, node: fx.Node, x: Offset, reduced: set[int], what: str) -> None:
+def _cancel_over(prop: OpContext, node: fx.Node, x: Offset, reduced: set[int], what: str) -> None:
     if x.varying & reduced:
         raise Live(f"{describe(prop.part, node)} removes only the mean of the bias ({what})")
     prop.cancel(node, what)
@@ -42,7 +39,7 @@ def _cancel_over(prop: Propagation, node: fx.Node, x: Offset, reduced: set[int],
 _MASK_FILL_LIMIT = -1e9
 
 
-def _softmax(prop: Propagation, node: fx.Node, x: Offset, dim: Any) -> None:
+def _softmax(prop: OpContext, node: fx.Node, x: Offset, dim: Any) -> None:
     if dim is None:  # torch's legacy implicit dim (_get_softmax_dim)
         dim = 0 if x.ndim in (0, 1, 3) else 1
     axis = axis_index(dim, x.ndim)
@@ -52,7 +49,7 @@ def _softmax(prop: Propagation, node: fx.Node, x: Offset, dim: Any) -> None:
     return _cancel_over(prop, node, x, {axis}, f"(softmax over axis {axis})")
 
 
-def _masked_constant(prop: Propagation, node: fx.Node, ndim: int, axis: int) -> bool:
+def _masked_constant(prop: OpContext, node: fx.Node, ndim: int, axis: int) -> bool:
     """The softmax reads ``s.masked_fill(mask, -inf)`` (a causal or padding mask) where the offset
     of ``s`` is constant along the softmax axis. The fill replaces some entries, so the offset
     now varies along the axis, but only between "shifted by c" and "-inf", which the softmax
@@ -73,14 +70,14 @@ def _masked_constant(prop: Propagation, node: fx.Node, ndim: int, axis: int) -> 
     return isinstance(before, Offset) and before.ndim == ndim and axis not in before.varying
 
 
-def _batch_norm(prop: Propagation, node: fx.Node, x: Offset) -> None:
+def _batch_norm(prop: OpContext, node: fx.Node, x: Offset) -> None:
     if x.ndim < 2:
         raise Live("batch norm of a 1-d tensor")
     reduced = set(range(x.ndim)) - {1}
     return _cancel_over(prop, node, x, reduced, "(it subtracts the per-channel batch mean)")
 
 
-def _group_norm(prop: Propagation, node: fx.Node, x: Offset, groups: Any,
+def _group_norm(prop: OpContext, node: fx.Node, x: Offset, groups: Any,
                 channels: int | None) -> None:
     if x.ndim < 2 or not isinstance(groups, int):
         raise Live("group norm of unknown layout")
@@ -91,7 +88,7 @@ def _group_norm(prop: Propagation, node: fx.Node, x: Offset, groups: Any,
                         "(it subtracts the mean over each group of channels)")
 
 
-def _layer_norm(prop: Propagation, node: fx.Node, x: Offset, normalized: Any) -> None:
+def _layer_norm(prop: OpContext, node: fx.Node, x: Offset, normalized: Any) -> None:
     if isinstance(normalized, int):
         count = 1
     elif isinstance(normalized, (tuple, list, torch.Size)):
@@ -103,13 +100,13 @@ def _layer_norm(prop: Propagation, node: fx.Node, x: Offset, normalized: Any) ->
     return _cancel_over(prop, node, x, reduced, f"(it subtracts the mean over the {axes})")
 
 
-def _instance_norm(prop: Propagation, node: fx.Node, x: Offset, spatial: int) -> None:
+def _instance_norm(prop: OpContext, node: fx.Node, x: Offset, spatial: int) -> None:
     reduced = set(range(x.ndim - spatial, x.ndim))
     return _cancel_over(prop, node, x, reduced, "(it subtracts each channel's spatial mean)")
 
 
 @transfer(F.scaled_dot_product_attention)
-def _sdpa(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
+def _sdpa(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
     """softmax(q k^T / s + mask) v: a key offset constant over the key positions adds the same
     q . d to every score of a query, which the softmax removes (Namazifar et al., 2023)."""
     q, k, v = (argument(node, 0, "query"), argument(node, 1, "key"),
@@ -127,7 +124,7 @@ def _sdpa(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
                         "(softmax over the keys removes a bias shared by every key)")
 
 
-def _norm_arguments_free(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+def _norm_arguments_free(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     x = only_first(prop, node, args[:1], {}) if all(
         prop.of(a) is None for a in list(args[1:]) + list(kwargs.values())) else None
     if x is None:
@@ -136,13 +133,13 @@ def _norm_arguments_free(prop: Propagation, node: fx.Node, args: Args, kwargs: K
 
 
 @transfer(F.layer_norm)
-def _layer_norm_function(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
+def _layer_norm_function(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
     x = _norm_arguments_free(prop, node, args, kwargs)
     return _layer_norm(prop, node, x, argument(node, 1, "normalized_shape"))
 
 
 @transfer(F.group_norm)
-def _group_norm_function(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
+def _group_norm_function(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
     x = _norm_arguments_free(prop, node, args, kwargs)
     shape = shape_of(args[0])
     return _group_norm(prop, node, x, argument(node, 1, "num_groups"),
@@ -150,7 +147,7 @@ def _group_norm_function(prop: Propagation, node: fx.Node, args: Args, kwargs: K
 
 
 @transfer(F.instance_norm)
-def _instance_norm_function(prop: Propagation, node: fx.Node, args: Args,
+def _instance_norm_function(prop: OpContext, node: fx.Node, args: Args,
                             kwargs: Kwargs) -> Offset | None:
     x = _norm_arguments_free(prop, node, args, kwargs)
     if argument(node, 5, "use_input_stats", True) is False:
@@ -159,7 +156,7 @@ def _instance_norm_function(prop: Propagation, node: fx.Node, args: Args,
 
 
 @transfer(F.batch_norm)
-def _batch_norm_function(prop: Propagation, node: fx.Node, args: Args,
+def _batch_norm_function(prop: OpContext, node: fx.Node, args: Args,
                          kwargs: Kwargs) -> Offset | None:
     x = _norm_arguments_free(prop, node, args, kwargs)
     training = argument(node, 5, "training", False)
@@ -170,32 +167,32 @@ def _batch_norm_function(prop: Propagation, node: fx.Node, args: Args,
 
 
 @transfer(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, "softmax", "log_softmax")
-def _softmax_function(prop: Propagation, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
+def _softmax_function(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
     return _softmax(prop, node, only_first(prop, node, args[:1], {}), argument(node, 1, "dim"))
 
 
 # -- normalization and softmax modules --------------------------------------------------------
 
 @transfer_module(nn.modules.batchnorm._BatchNorm)
-def _batch_norm_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> None:
+def _batch_norm_module(prop: OpContext, node: fx.Node, module: nn.Module, x: Offset) -> None:
     return _batch_norm(prop, node, x)
 
 
 @transfer_module(nn.modules.instancenorm._InstanceNorm)
-def _instance_norm_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> None:
+def _instance_norm_module(prop: OpContext, node: fx.Node, module: nn.Module, x: Offset) -> None:
     return _instance_norm(prop, node, x, spatial_count(module))
 
 
 @transfer_module(nn.GroupNorm)
-def _group_norm_module(prop: Propagation, node: fx.Node, module: nn.GroupNorm, x: Offset) -> None:
+def _group_norm_module(prop: OpContext, node: fx.Node, module: nn.GroupNorm, x: Offset) -> None:
     return _group_norm(prop, node, x, module.num_groups, module.num_channels)
 
 
 @transfer_module(nn.LayerNorm)
-def _layer_norm_module(prop: Propagation, node: fx.Node, module: nn.LayerNorm, x: Offset) -> None:
+def _layer_norm_module(prop: OpContext, node: fx.Node, module: nn.LayerNorm, x: Offset) -> None:
     return _layer_norm(prop, node, x, module.normalized_shape)
 
 
 @transfer_module(nn.Softmax, nn.LogSoftmax, nn.Softmin)
-def _softmax_module(prop: Propagation, node: fx.Node, module: nn.Module, x: Offset) -> None:
+def _softmax_module(prop: OpContext, node: fx.Node, module: nn.Module, x: Offset) -> None:
     return _softmax(prop, node, x, module.dim)

@@ -8,10 +8,11 @@ A transfer function is registered right above its body, for every target it serv
     @transfer_module(nn.BatchNorm2d)                        # modules, matched by class hierarchy
     def _batch_norm_module(prop, node, module, x): ...      # (the nearest registered base wins)
 
-It returns the offset of the node's output, None when the output no longer depends on the bias
-(it was cancelled: call ``prop.cancel(node, why)``), or raises ``Live`` when the bias reaches
-something the analysis does not follow. Registering a target twice fails at import. The
-functions live by family in ``ops_arithmetic``, ``ops_layout``, ``ops_norms`` and
+``prop`` is the op context (``context.OpContext``: the graph part and the operands' states), not
+the walker itself. It returns the offset of the node's output, None when the output no longer
+depends on the bias (it was cancelled: call ``prop.cancel(node, why)``), or raises ``Live`` when
+the bias reaches something the analysis does not follow. Registering a target twice fails at
+import. The functions live by family in ``ops_arithmetic``, ``ops_layout``, ``ops_norms`` and
 ``ops_conv_pool``; adding an op means one decorated function in one of them.
 
 The order in which one node is judged, written once (``step``):
@@ -27,13 +28,14 @@ The order in which one node is judged, written once (``step``):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch.fx as fx
 import torch.nn as nn
 
 from biaslint.analysis import Use, is_size_query
 from biaslint.analysis.ops import activation_kind
+from biaslint.rules.bl001_redundant_bias.context import OpContext, only_first
 from biaslint.rules.bl001_redundant_bias.offsets import (
     Args,
     Kwargs,
@@ -42,15 +44,11 @@ from biaslint.rules.bl001_redundant_bias.offsets import (
     State,
     Tainted,
     describe,
-    only_first,
 )
 from biaslint.vocabulary import is_made_like
 
-if TYPE_CHECKING:
-    from biaslint.rules.bl001_redundant_bias.propagation import Propagation
-
-Transfer = Callable[["Propagation", fx.Node, Args, Kwargs], "State | None"]
-ModuleTransfer = Callable[["Propagation", fx.Node, Any, Offset], "State | None"]
+Transfer = Callable[[OpContext, fx.Node, Args, Kwargs], "State | None"]
+ModuleTransfer = Callable[[OpContext, fx.Node, Any, Offset], "State | None"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 FUNCTIONS: dict[Any, Transfer] = {}
@@ -91,7 +89,7 @@ def module_transfer(module: nn.Module) -> ModuleTransfer | None:
     return None
 
 
-def step(prop: "Propagation", node: fx.Node, operands: list[State]) -> State | None:
+def step(prop: OpContext, node: fx.Node, operands: list[State]) -> State | None:
     """The offset of ``node``'s output, given the states of its bias-dependent operands."""
     if is_size_query(node):
         return None
