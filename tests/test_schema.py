@@ -135,3 +135,15 @@ def test_priors_file_in_the_config_is_relative_to_the_file(tmp_path):
     assert schema.read_priors(value) == pytest.approx((0.75, 0.25))
     config = schema.target_config("m.py:build", {"class_priors": value})
     assert config.inputs["class_priors"] == pytest.approx((0.75, 0.25))
+
+
+def test_the_readmes_rule_input_row_is_a_valid_row():
+    """The contributor section shows a new input as one row: it is one, as written."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"```python\n(Setting\(.*?\)),?\n```", readme, re.S)
+    assert match, "the README lost its rule-input row"
+    row = eval(match.group(1), vars(schema))  # noqa: S307 - our own README, a test
+    assert isinstance(row, Setting) and row.scope == "input"
+    assert row.parse("0.1", Source(row.flag or "")) == 0.1
