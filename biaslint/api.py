@@ -139,7 +139,8 @@ class Report:
 
 
 def check(model: "nn.Module", example_inputs: Any = None, *, name: str | None = None,
-          recording: Recording | None = None, **settings: Any) -> Report:
+          recording: Recording | None = None, optimizer: Any = None,
+          **settings: Any) -> Report:
     """Lint a model that is already built.
 
     ``example_inputs``: a tensor, a tuple of positional inputs or a dict of keyword inputs
@@ -148,7 +149,8 @@ def check(model: "nn.Module", example_inputs: Any = None, *, name: str | None = 
     ``name``: the target's name in the reports (default the model's class name and where it
     was defined, or the test that checks it under pytest: ``MyNet (models.py:12)``).
     ``recording``: a ``Recording`` to take sites from (default the newest ``recording()``
-    block that built this model).
+    block that built this model). ``optimizer``: the model's ``torch.optim`` optimizer (or a
+    list of them), for the rules that read it (BL011: weight decay on biases and norms).
 
     Settings (all optional; the rows of ``biaslint.run.schema`` marked for ``check``):
     ``select``, ``ignore`` (codes or prefixes), ``fail_on`` ("error"/"warning"/"info"),
@@ -172,7 +174,7 @@ def check(model: "nn.Module", example_inputs: Any = None, *, name: str | None = 
     run = run_settings(values)
     config = target_config(str(name or default_name(model)), values)
     loaded = load_held(model, example_inputs, config.target, config.input_shapes,
-                       recording.record if recording is not None else None)
+                       recording.record if recording is not None else None, optimizer)
     loaded.notes[:0] = compiled
     return Report((_lint(loaded, config, run),), run.fail_on, run.allow_incomplete)
 

@@ -17,7 +17,15 @@
     BL008's fix writes the ideal bias it measured, the one that puts the initial outputs' mean on
     the target's mean, so the first steps fit the data rather than the offset.
 
-All work in place under ``torch.no_grad()`` and return their argument, like ``torch.nn.init``.
+``decay_groups(model, weight_decay, embeddings=True)``
+    Two optimizer parameter groups: the weight matrices and kernels with ``weight_decay``, and
+    with ``weight_decay=0.0`` the biases, the normalization layers' parameters, the other 1-d
+    parameters (gains, scales) and (unless ``embeddings=False``) embedding tables: weight decay
+    pulls those toward zero every step, which no loss asks for (BL011's fix:
+    ``torch.optim.AdamW(biaslint.init.decay_groups(model, 0.01), lr=3e-4)``).
+
+The setters work in place under ``torch.no_grad()`` and return their argument, like
+``torch.nn.init``.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from typing import Sequence, TypeVar
 import torch
 import torch.nn as nn
 
-__all__ = ["forget_gate_bias_", "prior_bias_", "prior_logits", "regression_bias_"]
+__all__ = ["decay_groups", "forget_gate_bias_", "no_decay_kind", "prior_bias_", "prior_logits",
+           "regression_bias_"]
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -139,3 +148,42 @@ def regression_bias_(layer: M, bias: float | Sequence[float]) -> M:
         current.copy_(values.to(current.device).expand_as(current) if values.numel() == 1
                       else values.reshape(current.shape).to(current.device))
     return layer
+
+
+def no_decay_kind(module: nn.Module, name: str, parameter: torch.Tensor,
+                  embeddings: bool = True) -> str | None:
+    """Why the parameter ``name`` of ``module`` (its own, not a child's) should not be weight
+    decayed: "bias", "norm" (a normalization layer's gain or shift), "embedding" (a lookup
+    table), "1-d" (another gain or scale); None for a weight matrix or kernel, which should."""
+    from biaslint.vocabulary import SCALE_NORM_MODULES
+
+    if isinstance(module, SCALE_NORM_MODULES) or (
+            parameter.ndim <= 1 and "norm" in type(module).__name__.lower()):
+        return "norm"
+    if name == "bias" or name.endswith("_bias") or name.startswith("bias_"):
+        return "bias"
+    if embeddings and isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and name == "weight":
+        return "embedding"
+    if parameter.ndim <= 1:
+        return "1-d"
+    return None
+
+
+def decay_groups(model: nn.Module, weight_decay: float,
+                 embeddings: bool = True) -> list[dict[str, object]]:
+    """``[{"params": [...], "weight_decay": weight_decay}, {"params": [...],
+    "weight_decay": 0.0}]`` for ``model``'s trainable parameters (each once), split by
+    ``no_decay_kind``: pass it to any ``torch.optim`` optimizer in place of
+    ``model.parameters()``."""
+    decay: list[torch.Tensor] = []
+    keep: list[torch.Tensor] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if id(parameter) in seen or not parameter.requires_grad:
+                continue
+            seen.add(id(parameter))
+            kind = no_decay_kind(module, name, parameter, embeddings)
+            (decay if kind is None else keep).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": keep, "weight_decay": 0.0}]

@@ -33,6 +33,7 @@ from biaslint.vocabulary import (
 )
 
 if TYPE_CHECKING:
+    from biaslint.analysis.optimizers import ParamGroup
     from biaslint.analysis.sensitivity import Screen
 
 
@@ -276,6 +277,17 @@ class AnalysedModel:
     def not_called(self) -> tuple[str, ...]:
         """The layers the captured forward did not call on the example inputs."""
         return tuple(self.capture.coverage.not_called)
+
+    @property
+    def has_optimizer(self) -> bool:
+        """Whether the target gave the model's optimizer (BL011 reads it)."""
+        return bool(getattr(self.loaded, "optimizers", ()))
+
+    def param_groups(self, embeddings: bool = True) -> list[ParamGroup]:
+        """The parameter groups of the optimizers the target gave, in the model's terms."""
+        from biaslint.analysis.optimizers import param_groups
+
+        return param_groups(self.model, getattr(self.loaded, "optimizers", ()), embeddings)
 
     def embedding_sizes(self) -> set[int]:
         """The vocabulary size (``num_embeddings``) of every ``nn.Embedding`` in the model."""

@@ -92,6 +92,7 @@ class BiaslintCallback(pl.Callback):
         self.settings = {"signal": False, **settings}
         self.report: Any = None
         self._pending = True
+        self._trainer: Any = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self._pending = True
@@ -106,6 +107,7 @@ class BiaslintCallback(pl.Callback):
         error: BaseException | None = None
         if trainer.is_global_zero:
             try:
+                self._trainer = trainer  # its optimizers, for the lint
                 self.report = self.lint(pl_module, batch)
             except Exception as exc:  # raised below, once every rank stops
                 error, failed = exc, True
@@ -128,7 +130,8 @@ class BiaslintCallback(pl.Callback):
                 f"(BiaslintCallback(on_findings=\"warn\") trains anyway):\n{text}", self.report)
 
     def lint(self, pl_module: Any, batch: Any) -> Any:
-        """The report on ``pl_module`` with the example inputs taken from ``batch``."""
+        """The report on ``pl_module`` with the example inputs taken from ``batch``, and the
+        trainer's optimizers (BL011 reads their parameter groups)."""
         import torch
 
         from biaslint.api import check
@@ -137,7 +140,8 @@ class BiaslintCallback(pl.Callback):
         cuda = torch.cuda.get_rng_state_all() \
             if torch.cuda.is_available() and torch.cuda.is_initialized() else None
         try:
-            return check(pl_module, inputs, **self.settings)
+            optimizers = list(getattr(self._trainer, "optimizers", None) or [])
+            return check(pl_module, inputs, optimizer=optimizers or None, **self.settings)
         finally:
             if cuda is not None:  # check() restores the CPU generators; training may be on GPU
                 torch.cuda.set_rng_state_all(cuda)

@@ -48,6 +48,9 @@ class LoadedTarget:
     # None for a model with real values (they are measured instead).
     param_laws: dict[str, list[Piece] | None] | None = None
     buffer_laws: dict[str, list[Piece] | None] | None = None
+    # The optimizers the target gave for the model ((model, inputs, optimizer) from the build,
+    # ``check(..., optimizer=)``, the training callbacks): what BL011 reads.
+    optimizers: tuple[torch.optim.Optimizer, ...] = ()
 
 
 def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
@@ -59,7 +62,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         with user_code(spec.text, f"importing {spec.module}"):
             obj = _resolve(spec)
         with user_code(spec.text, "building the model"), _library_init_on_meta(meta) as ran:
-            model, inputs = _build(spec, obj)
+            model, inputs, optimizers = _build(spec, obj)
     if ran:
         notes.append(f"ran transformers' initialize_weights() inside {', '.join(sorted(ran))} "
                      "construction, where it runs on the CPU (transformers skips it on the meta "
@@ -72,7 +75,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         else:  # built on meta by the user's own code: build again, recording the init laws
             with record_build(laws=True) as record:
                 with user_code(spec.text, "building the model"):
-                    model, inputs = _build(spec, obj)
+                    model, inputs, optimizers = _build(spec, obj)
             meta = True
     model = unwrap_compiled(model, notes)
     if isinstance(model, torch.jit.ScriptModule):
@@ -116,6 +119,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         module_chains=module_chains_of(model, record),
         param_laws=laws,
         buffer_laws=buffer_laws,
+        optimizers=optimizers,
     )
 
 
@@ -346,9 +350,13 @@ def _import(spec: TargetSpec) -> Any:
         raise _failed(spec, f"importing {spec.module}", exc) from exc
 
 
-def _build(spec: TargetSpec, obj: Any) -> tuple[nn.Module, ExampleInputs | None]:
+# What a build gives: the model, its example inputs and its optimizers (each may be absent).
+Built = tuple[nn.Module, "ExampleInputs | None", tuple[torch.optim.Optimizer, ...]]
+
+
+def _build(spec: TargetSpec, obj: Any) -> Built:
     if isinstance(obj, nn.Module):
-        return obj, None
+        return obj, None, ()
     if isinstance(obj, tuple):
         return _unpack(spec, obj)
     if inspect.isclass(obj) and issubclass(obj, nn.Module) or callable(obj):
@@ -357,7 +365,7 @@ def _build(spec: TargetSpec, obj: Any) -> tuple[nn.Module, ExampleInputs | None]
         except Exception as exc:  # the user's build failed, reported in one line
             raise _failed(spec, "building the model", exc) from exc
         if isinstance(built, nn.Module):
-            return built, None
+            return built, None, ()
         if isinstance(built, tuple):
             return _unpack(spec, built)
         raise TargetError(
@@ -370,23 +378,35 @@ def _build(spec: TargetSpec, obj: Any) -> tuple[nn.Module, ExampleInputs | None]
     )
 
 
-def _unpack(spec: TargetSpec, pair: tuple[Any, ...]) -> tuple[nn.Module, ExampleInputs]:
-    if len(pair) != 2 or not isinstance(pair[0], nn.Module):
+def _unpack(spec: TargetSpec, given: tuple[Any, ...]) -> Built:
+    if len(given) not in (2, 3) or not isinstance(given[0], nn.Module):
         raise TargetError(
             f"{spec.text} gave a tuple that is not (model, example_inputs): return the model, "
-            "or a pair of the model and its example inputs"
+            "a pair of the model and its example inputs, or (model, example_inputs, optimizer)"
         )
-    raw = pair[1]
+    optimizers = optimizers_of(given[2], spec.text) if len(given) == 3 else ()
+    raw = given[1]
+    if raw is None and optimizers:
+        return given[0], None, optimizers
     if isinstance(raw, torch.Tensor):
-        return pair[0], ExampleInputs(args=(raw,))
+        return given[0], ExampleInputs(args=(raw,)), optimizers
     if isinstance(raw, dict) and all(isinstance(k, str) for k in raw):
-        return pair[0], ExampleInputs(kwargs=dict(raw))
+        return given[0], ExampleInputs(kwargs=dict(raw)), optimizers
     if isinstance(raw, (tuple, list)):
-        return pair[0], ExampleInputs(args=tuple(raw))
+        return given[0], ExampleInputs(args=tuple(raw)), optimizers
     raise TargetError(
         f"{spec.text}: example inputs must be a tensor, a tuple of tensors or a dict of keyword "
         f"tensors, not {type(raw).__name__}"
     )
+
+
+def optimizers_of(value: Any, where: str) -> tuple[torch.optim.Optimizer, ...]:
+    """An optimizer, or a list of them, as a tuple; a ``TargetError`` naming ``where`` else."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(isinstance(o, torch.optim.Optimizer) for o in items):
+        raise TargetError(f"{where}: the optimizer given is a {type(value).__name__}, not a "
+                          "torch.optim optimizer (or a list of them)")
+    return tuple(items)
 
 
 def _failed(spec: TargetSpec, doing: str, exc: BaseException) -> TargetError:

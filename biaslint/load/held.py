@@ -65,9 +65,18 @@ def _inputs(model: nn.Module, example_inputs: Any,
 
 def load_held(model: nn.Module, example_inputs: Any, name: str,
               input_shapes: Sequence[tuple[int, ...]] = (),
-              record: BuildRecord | None = None) -> LoadedTarget:
+              record: BuildRecord | None = None, optimizer: Any = None) -> LoadedTarget:
     """The ``LoadedTarget`` for ``model``; ``record``: the build recorded around it, else the
-    last recorded build that made it (if any)."""
+    last recorded build that made it (if any); ``optimizer``: the model's optimizer (or a
+    list of them), if given."""
+    from biaslint.errors import TargetError
+    from biaslint.load.build import optimizers_of
+
+    try:
+        optimizers = optimizers_of(optimizer, "biaslint.check optimizer=") \
+            if optimizer is not None else ()
+    except TargetError as exc:  # an argument of check(): the caller's usage
+        raise ConfigError(str(exc)) from None
     from biaslint.load.build import (
         LoadedTarget,
         module_chains_of,
@@ -109,7 +118,8 @@ def load_held(model: nn.Module, example_inputs: Any, name: str,
         if inputs is not None:
             inputs = to_meta(inputs)
     return LoadedTarget(name=name, model=model, inputs=inputs, module_sites=sites,
-                        param_inits=inits, notes=notes, module_chains=chains)
+                        param_inits=inits, notes=notes, module_chains=chains,
+                        optimizers=optimizers)
 
 
 def default_name(model: nn.Module) -> str:
