@@ -2,9 +2,11 @@
 
 Each line of a log is one lint result: the test that made it, the target, and its findings
 (rule, layer, parameter, severity, message). The logs are compared per test as multisets of
-findings; every difference is printed and the exit code is 1 if there is any.
+findings; every difference is printed and the exit code is 1 if there is any. ``--codes``
+compares only the findings of those rules (a rule added in between finds things the earlier
+commit could not); tests that exist on one side only are counted and listed apart.
 
-    python benchmarks/compare_suite.py BEFORE.jsonl AFTER.jsonl
+    python benchmarks/compare_suite.py BEFORE.jsonl AFTER.jsonl [--codes BL001,BL002]
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 from collections import Counter, defaultdict
 
 
-def _load(path: str) -> dict[str, Counter[str]]:
+def _load(path: str, codes: set[str] | None = None) -> dict[str, Counter[str]]:
     per_test: dict[str, Counter[str]] = defaultdict(Counter)
     with open(path, encoding="utf-8") as handle:
         for line in handle:
@@ -23,14 +25,25 @@ def _load(path: str) -> dict[str, Counter[str]]:
             per_test[key][json.dumps(["result", row["target"], row["incomplete"] > 0,
                                       row["error"]])] += 1
             for finding in row["findings"]:
-                per_test[key][json.dumps(finding)] += 1
+                if codes is None or finding[0] in codes:
+                    per_test[key][json.dumps(finding)] += 1
     return per_test
 
 
 def main(argv: list[str]) -> int:
-    before, after = _load(argv[0]), _load(argv[1])
+    codes = None
+    if "--codes" in argv:
+        at = argv.index("--codes")
+        codes = {c.strip() for c in argv[at + 1].split(",")}
+        argv = argv[:at] + argv[at + 2:]
+    before, after = _load(argv[0], codes), _load(argv[1], codes)
     differences = 0
-    for test in sorted(set(before) | set(after)):
+    for side, only in (("before", set(before) - set(after)), ("after", set(after) - set(before))):
+        shown = sorted(only)[:10]
+        more = f" and {len(only) - 10} more" if len(only) > 10 else ""
+        print(f"{len(only)} test(s) with lints only {side}"
+              + (f": {', '.join(shown)}{more}" if only else ""))
+    for test in sorted(set(before) & set(after)):
         old, new = before.get(test, Counter()), after.get(test, Counter())
         for item in sorted((old - new).elements()):
             print(f"{test}: only before: {item}")
