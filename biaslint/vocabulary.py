@@ -48,6 +48,51 @@ SCALE_NORM_FUNCTIONS: frozenset[Any] = frozenset({
 } | ({F.rms_norm} if hasattr(F, "rms_norm") else set()))
 # Return a tensor shaped like their input.
 SAME_SHAPE_NORM_MODULES: tuple[type[nn.Module], ...] = MEAN_NORM_MODULES + (nn.LocalResponseNorm,)
+# Norms with an ``eps`` added to the variance (or mean square) they divide by.
+EPS_NORM_MODULES: tuple[type[nn.Module], ...] = MEAN_NORM_MODULES + (
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+# Where the constructor takes ``eps`` by position, by class name (the lazy norms take no size).
+NORM_EPS_POSITION: dict[str, int] = {
+    "BatchNorm1d": 1, "BatchNorm2d": 1, "BatchNorm3d": 1, "SyncBatchNorm": 1,
+    "InstanceNorm1d": 1, "InstanceNorm2d": 1, "InstanceNorm3d": 1, "LayerNorm": 1, "RMSNorm": 1,
+    "GroupNorm": 2, "LazyBatchNorm1d": 0, "LazyBatchNorm2d": 0, "LazyBatchNorm3d": 0,
+    "LazyInstanceNorm1d": 0, "LazyInstanceNorm2d": 0, "LazyInstanceNorm3d": 0,
+}
+
+
+def normalized_groups(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """``module``'s input ``x`` as (groups, entries): each row is one set of entries the norm
+    takes its statistics over in training (a channel over the batch and positions for
+    BatchNorm, one sample's channel for InstanceNorm, one sample's group of channels for
+    GroupNorm, one row of the normalized shape for LayerNorm and RMSNorm, one position's
+    channels for a channels-first LayerNorm). None for another module, or an input whose shape
+    does not fit it."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if x.dim() < 2:
+            return None
+        return x.movedim(1, 0).reshape(x.shape[1], -1)
+    if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+        batched = x.dim() == module._get_no_batch_dim() + 1
+        rows = x.shape[0] * x.shape[1] if batched else x.shape[0]
+        return x.reshape(rows, -1) if x.dim() >= 2 else None
+    if isinstance(module, nn.GroupNorm):
+        if x.dim() < 2 or x.shape[1] % module.num_groups:
+            return None
+        return x.reshape(x.shape[0] * module.num_groups, -1)
+    shape = getattr(module, "normalized_shape", None)
+    if isinstance(module, EPS_NORM_MODULES) and shape is not None:
+        size = 1
+        for s in shape:
+            size *= int(s)
+        if x.dim() >= len(shape) and tuple(x.shape[x.dim() - len(shape):]) == tuple(shape):
+            return x.reshape(-1, size)
+        if len(shape) == 1 and x.dim() >= 3 and x.shape[1] == size:
+            # a channels-first subclass (``LayerNorm2d`` in torchvision and timm): it permutes
+            # the channels last and normalizes each position over them
+            return x.movedim(1, -1).reshape(-1, size)
+        return None
+    return None
+
 
 # -- ops that move or view data without changing values -----------------------------------------
 DROPOUT_FUNCTIONS: frozenset[Any] = frozenset({

@@ -320,6 +320,40 @@ class AnalysedModel:
             if isinstance(layer.module, types):
                 yield layer
 
+    def modules_of_type(self, *types: type[nn.Module]) -> list[Layer]:
+        """Every module of these types as a ``Layer``, with parameters of its own or not (an
+        ``InstanceNorm`` or a ``LayerNorm(elementwise_affine=False)`` has none): the one in
+        ``layers`` when it has parameters, else one with no parameters and its construction
+        site. Each module once, under its first name."""
+        made = self.__dict__.setdefault("_bare_layers", {})
+        found = []
+        for name, module in self.model.named_modules():
+            if not isinstance(module, types):
+                continue
+            layer = self.layers.get(name) or made.get(name)
+            if layer is None:
+                layer = made[name] = Layer(name=name, module=module,
+                                           site=self.loaded.module_sites.get(name), inits={})
+            found.append(layer)
+        return found
+
+    def norm_inputs(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Per norm module: its first input in the real forward, as (groups, entries), each row
+        the entries it takes one mean and variance (or mean square) over in training
+        (``vocabulary.normalized_groups``), in its own dtype. Empty on the meta device or
+        without inputs; a norm whose input the forward did not give, or whose shape does not fit
+        the norm, is left out."""
+        from biaslint.vocabulary import normalized_groups
+
+        result = {}
+        for name, fed in self.real_inputs(names).items():
+            if not fed.is_floating_point():
+                continue
+            groups = normalized_groups(self.model.get_submodule(name), fed)
+            if groups is not None and groups.numel():
+                result[name] = groups
+        return result
+
     def real_outputs(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
         """What these modules output on the example inputs, from one real ``no_grad`` forward.
 

@@ -115,6 +115,48 @@ def call_with_bias_false(source: str, call: ast.Call, position: int | None
     return segment[:close] + "bias=False" + segment[close:], False
 
 
+def recorded_call(site: Location, class_name: str) -> tuple[str, ast.Call] | None:
+    """The source text of the file and the constructor call of ``class_name`` recorded at
+    ``site``, when the call names that class (``nn.BatchNorm2d(...)``, ``BatchNorm2d(...)``);
+    None when the source or the call is not found."""
+    found = parsed(site.file)
+    if found is None:
+        return None
+    source, tree = found
+    call = call_at(tree, site, class_name)
+    if call is None or _callee(call).split(".")[-1] != class_name:
+        return None
+    return source, call
+
+
+def passed_how(call: ast.Call, position: int, name: str) -> str | None:
+    """How ``call`` passed its argument ``name``, which the callee takes at ``position``:
+    "keyword", "position" or "default" (not at all); None when a ``*args`` or ``**kwargs``
+    hides it."""
+    if any(kw.arg == name for kw in call.keywords):
+        return "keyword"
+    if any(kw.arg is None for kw in call.keywords):
+        return None
+    if any(isinstance(a, ast.Starred) for a in call.args[:position + 1]):
+        return None
+    return "position" if len(call.args) > position else "default"
+
+
+def with_keyword(source: str, call: ast.Call, position: int, keyword: str) -> str | None:
+    """``call``'s text with its positional argument at ``position`` given as ``keyword=``
+    instead (``BatchNorm2d(128, 0.8)`` -> ``BatchNorm2d(128, momentum=0.8)``): only when it is
+    the last positional argument, no argument is starred and ``keyword`` is not given yet."""
+    segment = ast.get_source_segment(source, call)
+    if segment is None or len(call.args) != position + 1 or \
+            any(isinstance(a, ast.Starred) for a in call.args) or \
+            any(kw.arg in (keyword, None) for kw in call.keywords):
+        return None
+    moved: Any = call.args[position]
+    start = _offset(source, moved.lineno, moved.col_offset) - \
+        _offset(source, call.lineno, call.col_offset)
+    return segment[:start] + f"{keyword}=" + segment[start:]
+
+
 def _callee(call: "object") -> str:
     assert isinstance(call, ast.Call)
     try:
