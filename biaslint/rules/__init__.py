@@ -13,6 +13,7 @@ from biaslint.rules.bl007_bias_kills_units import BiasKillsUnits
 from biaslint.rules.bl008_regression_bias import RegressionBiasIgnoresTarget
 from biaslint.rules.bl009_initial_loss import InitialLossAboveChance
 from biaslint.rules.bl010_unused_parameters import UnusedParameters
+from biaslint.rules.bl012_uninitialized_parameter import UninitializedParameter
 from biaslint.rules.bl100_unused_suppression import UnusedSuppression
 
 REGISTRY: tuple[type[Rule], ...] = (
@@ -26,6 +27,7 @@ REGISTRY: tuple[type[Rule], ...] = (
     RegressionBiasIgnoresTarget,
     InitialLossAboveChance,
     UnusedParameters,
+    UninitializedParameter,
     UnusedSuppression,
 )
 
