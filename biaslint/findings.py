@@ -75,6 +75,18 @@ class InitCall:
 
 
 @dataclass(frozen=True)
+class Unwritten:
+    """A parameter the build allocated without values (``torch.empty``, ``new_empty``,
+    ``empty_like``, ``Tensor.new(*sizes)``) and whose memory, in ``entries`` of its ``total``
+    entries, no later call wrote: those entries hold whatever the memory held."""
+
+    entries: int
+    total: int
+    how: str  # the allocating call, e.g. "torch.empty"
+    location: Location | None  # the user's line that allocated it, when recorded
+
+
+@dataclass(frozen=True)
 class Edit:
     """One replacement in a source file (as ruff's ``Edit``): the characters [start, end) of the
     file's text become ``content``; an insertion has start == end. ``digest`` is the SHA-256 of

@@ -22,7 +22,7 @@ from biaslint.analysis.values import ParamValue, value_of
 from biaslint.capture.record import failure_of
 from biaslint.capture.shapes import shape_of
 from biaslint.capture.trace import Capture, GraphPart
-from biaslint.findings import Disagreement, InitCall, Location
+from biaslint.findings import Disagreement, InitCall, Location, Unwritten
 from biaslint.laws import Piece
 from biaslint.vocabulary import (
     RANDOM_INITS,
@@ -266,6 +266,24 @@ class AnalysedModel:
         """Where the build constructed the module ``name`` (any module, with parameters of its
         own or not); None when it was not recorded."""
         return self.loaded.module_sites.get(name)
+
+    @property
+    def writes_recorded(self) -> bool:
+        """The build was recorded, so ``never_written`` knows every parameter's history."""
+        return self.loaded.param_unwritten is not None
+
+    def never_written(self, name: str, pname: str) -> Unwritten | None:
+        """The entries of module ``name``'s parameter ``pname`` that the build allocated
+        without values (``torch.empty``) and no call wrote since; None when every entry was
+        written, or when the build was not recorded (``writes_recorded``)."""
+        qualified = f"{name}.{pname}" if name else pname
+        return (self.loaded.param_unwritten or {}).get(qualified)
+
+    @property
+    def reset_on_meta(self) -> tuple[str, ...]:
+        """Modules whose never-written parameters biaslint reset on the meta device (as a
+        deferred init does): what a build with values leaves in them is not known."""
+        return tuple(self.loaded.reset_on_meta)
 
     @property
     def captured_forward_failed(self) -> bool:

@@ -17,11 +17,12 @@ import torch
 import torch.nn as nn
 
 from biaslint.errors import TargetError, memory_error, out_of_memory
-from biaslint.findings import BuildFrame, InitCall, Location
+from biaslint.findings import BuildFrame, InitCall, Location, Unwritten
 from biaslint.laws import Piece
 from biaslint.load.encoding import display_path, refuse_undecodable
 from biaslint.load.guard import user_code
 from biaslint.load.sites import BuildRecord, record_build
+from biaslint.load.unwritten import unwritten_parameters
 from biaslint.target import IntShape, TargetSpec, parse_target
 
 
@@ -51,6 +52,13 @@ class LoadedTarget:
     # The optimizers the target gave for the model ((model, inputs, optimizer) from the build,
     # ``check(..., optimizer=)``, the training callbacks): what BL011 reads.
     optimizers: tuple[torch.optim.Optimizer, ...] = ()
+    # Parameters with entries the build allocated without values (torch.empty) and never
+    # wrote, by qualified name; None when the build was not recorded (a model built elsewhere).
+    param_unwritten: dict[str, Unwritten] | None = None
+    # Modules whose never-written parameters biaslint itself reset on the meta device
+    # (``reset_parameters()``, as a deferred init does): whether a real build writes them is
+    # not known.
+    reset_on_meta: tuple[str, ...] = ()
 
 
 def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
@@ -96,10 +104,11 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         notes.append("the input shape given was not used: the target returns its own example "
                      "inputs, and those are what its forward takes")
     laws = buffer_laws = None
+    reset: list[str] = []
     if meta and record.laws is not None:
-        with record_build(laws=True, book=record.laws) as deferred:
+        with record_build(laws=True, book=record.laws, empties=record.empties) as deferred:
             with user_code(spec.text, "running the model's deferred init"):
-                notes.extend(_run_deferred_init(model, record))
+                notes.extend(_run_deferred_init(model, record, reset))
         record.init_events.extend(deferred.init_events)
         laws = {name: record.laws.pieces(param)
                 for name, param in model.named_parameters(remove_duplicate=False)}
@@ -120,6 +129,8 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         param_laws=laws,
         buffer_laws=buffer_laws,
         optimizers=optimizers,
+        param_unwritten=unwritten_parameters(model, record.empties),
+        reset_on_meta=tuple(reset),
     )
 
 
@@ -238,14 +249,15 @@ class _OnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-def _run_deferred_init(model: nn.Module, record: BuildRecord) -> list[str]:
+def _run_deferred_init(model: nn.Module, record: BuildRecord, reset: list[str]) -> list[str]:
     """Run the init a library skips on the meta device, under recording, and say which.
 
     transformers skips ``initialize_weights()`` when the model is built on meta (it expects
     weights to be loaded): what the model would start from when trained from scratch is what
     that call draws. Then any parameter still never written (``torch.empty`` under
     ``skip_init``, ``to_empty``) whose module has ``reset_parameters()`` gets it, as the
-    ``device="meta"`` + ``to_empty`` + ``reset_parameters`` recipe does."""
+    ``device="meta"`` + ``to_empty`` + ``reset_parameters`` recipe does; their names are
+    added to ``reset``."""
     assert record.laws is not None
     notes: list[str] = []
     hf = [m for m in model.modules() if callable(getattr(m, "initialize_weights", None))
@@ -263,7 +275,6 @@ def _run_deferred_init(model: nn.Module, record: BuildRecord) -> list[str]:
                     pass
         notes.append(f"ran {type(top).__name__}.initialize_weights() (transformers skips it on "
                      "the meta device) to record the init the model starts from")
-    reset = []
     for name, module in model.named_modules():
         own = list(module.named_parameters(recurse=False))
         if not own or not callable(getattr(module, "reset_parameters", None)):
@@ -271,9 +282,10 @@ def _run_deferred_init(model: nn.Module, record: BuildRecord) -> list[str]:
         if any(_never_written(record, p) for _, p in own):
             with torch.no_grad():
                 module.reset_parameters()
-            reset.append(name or type(module).__name__)
+            reset.append(name)
     if reset:
-        shown = ", ".join(reset[:5]) + (f" and {len(reset) - 5} more" if len(reset) > 5 else "")
+        shown = ", ".join(n or type(model).__name__ for n in reset[:5]) + (
+            f" and {len(reset) - 5} more" if len(reset) > 5 else "")
         notes.append(f"ran reset_parameters() of {len(reset)} module(s) whose parameters were "
                      f"never initialized on the meta device: {shown}")
     return notes

@@ -87,6 +87,7 @@ def load_held(model: nn.Module, example_inputs: Any, name: str,
 
     record = record if record is not None else _record_of(model)
     notes: list[str] = []
+    unwritten = None
     sites: dict[str, Location] = {}
     inits = {}
     chains = {}
@@ -94,6 +95,9 @@ def load_held(model: nn.Module, example_inputs: Any, name: str,
         sites = module_sites_of(model, record)
         inits = param_inits_of(model, record)
         chains = module_chains_of(model, record)
+        from biaslint.load.unwritten import unwritten_parameters
+
+        unwritten = unwritten_parameters(model, record.empties)
     missing = [name for name, _ in model.named_modules() if name not in sites]
     if missing:
         fallback = _class_sites(model)
@@ -119,7 +123,7 @@ def load_held(model: nn.Module, example_inputs: Any, name: str,
             inputs = to_meta(inputs)
     return LoadedTarget(name=name, model=model, inputs=inputs, module_sites=sites,
                         param_inits=inits, notes=notes, module_chains=chains,
-                        optimizers=optimizers)
+                        optimizers=optimizers, param_unwritten=unwritten)
 
 
 def default_name(model: nn.Module) -> str:

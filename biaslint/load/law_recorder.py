@@ -71,7 +71,7 @@ def storage_key(tensor: torch.Tensor) -> Key | None:
     return ("real", storage.data_ptr())
 
 
-def _runs(tensor: torch.Tensor) -> list[tuple[int, int]] | None:
+def storage_runs(tensor: torch.Tensor) -> list[tuple[int, int]] | None:
     """The element ranges [start, stop) of the storage that the tensor covers, in its logical
     order; None when it overlaps itself (stride 0) or is laid out in another order."""
     n = tensor.numel()
@@ -112,7 +112,7 @@ class LawBook:
         key = storage_key(tensor)
         if key is None:
             return
-        runs = _runs(tensor)
+        runs = storage_runs(tensor)
         if runs is None:
             # A self-overlapping or permuted view: note what we can, but no per-entry order.
             start = tensor.storage_offset()
@@ -169,7 +169,7 @@ class LawBook:
             return _measured(tensor)
         pieces = self.pieces(tensor)
         if pieces is None:
-            runs = _runs(tensor)
+            runs = storage_runs(tensor)
             key = storage_key(tensor)
             if runs is None or key is None:
                 law = self._uniform_law(tensor)

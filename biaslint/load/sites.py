@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from biaslint.findings import BuildFrame, InitCall, Location
 from biaslint.load.law_recorder import LawBook, LawMode, init_function_law
+from biaslint.load.unwritten import EmptyBook, EmptyMode
 from biaslint.sources import remembered
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
@@ -71,7 +72,7 @@ def _frame_info(frame: FrameType) -> Any:
                              positions=dis.Positions(*positions))
 
 
-def _location(frame: FrameType) -> Location:
+def frame_location(frame: FrameType) -> Location:
     info = _frame_info(frame)
     positions = getattr(info, "positions", None)
     line = info.lineno
@@ -209,6 +210,8 @@ class BuildRecord:
     module_sites: dict[int, tuple[nn.Module, Location]] = field(default_factory=dict)
     init_events: list[_InitEvent] = field(default_factory=list)
     laws: LawBook | None = None  # the init laws of meta tensors (``record_build(laws=True)``)
+    # what the build allocated without values (torch.empty) and never wrote, real or meta
+    empties: EmptyBook = field(default_factory=EmptyBook)
     # Per module: the user calls that led to its construction, innermost first, as raw
     # (code, instruction offset, kind) triples; made into ``BuildFrame``s only for the modules
     # the model keeps (``chain_of``), so a build pays for no source lookups it does not use.
@@ -306,8 +309,9 @@ class _BuildRecorder:
     current_mode: LawMode | None = None
 
     def __init__(self, laws: bool = False, track_real: bool = False,
-                 book: LawBook | None = None) -> None:
-        self.record = BuildRecord()
+                 book: LawBook | None = None, empties: EmptyBook | None = None) -> None:
+        self.record = BuildRecord(empties=empties if empties is not None else EmptyBook())
+        self.empty_mode = EmptyMode(self.record.empties, _user_line)
         self._depth = 0
         # The user's frame that entered ``biaslint.recording()`` (none when biaslint's loader
         # did): the outermost frame a construction chain records.
@@ -337,7 +341,7 @@ class _BuildRecorder:
             if id(module) not in record.module_sites:
                 frame = user_frame(skip_self=module)
                 if frame is not None:
-                    record.module_sites[id(module)] = (module, _location(frame))
+                    record.module_sites[id(module)] = (module, frame_location(frame))
                     try:
                         record.module_chains[id(module)] = _chain(frame, recorder.entry)
                     except Exception:  # provenance is best effort
@@ -412,6 +416,7 @@ class _BuildRecorder:
                 result = fn(*args, **kwargs)
                 if init_name is not None:  # several of these are no-ops on meta tensors
                     _paint_init(init_name, args, kwargs)
+                    recorder.record.empties.written(args[0] if args else kwargs.get("tensor"))
                 try:  # still at depth 1: nothing the note does is recorded in turn
                     recorder._note(label, args, kwargs)
                 except Exception:  # provenance is best effort, never break a build
@@ -434,7 +439,7 @@ class _BuildRecorder:
         caller = sys._getframe(2)
         by_user = not is_library_frame(caller.f_code.co_filename)
         frame = caller if by_user else user_frame()
-        location = _location(frame) if frame is not None else None
+        location = frame_location(frame) if frame is not None else None
         call = InitCall(name=label, args=_format_args(args, kwargs), location=location,
                         by_user=by_user)
         self.record.init_events.append(_InitEvent(*span, call))
@@ -449,25 +454,36 @@ class _BuildRecorder:
         self._saved.clear()
 
 
+def _user_line() -> Location | None:
+    frame = user_frame()
+    return frame_location(frame) if frame is not None else None
+
+
 @contextmanager
 def record_build(laws: bool = False, track_real: bool = False,
-              book: LawBook | None = None) -> Iterator[BuildRecord]:
+                 book: LawBook | None = None,
+                 empties: EmptyBook | None = None) -> Iterator[BuildRecord]:
     """Record construction sites and init calls inside the block; always restore torch.
 
     With ``laws``, also the init law of every meta tensor written (of every tensor with
-    ``track_real``): ``BuildRecord.laws``."""
+    ``track_real``): ``BuildRecord.laws``. Always, what was allocated without values and not
+    written since (``BuildRecord.empties``; ``empties`` continues an earlier record's)."""
     with _BuildRecorder._lock, remembered():
         # remembered(): the recorded lines are read later, from the text the code was compiled
         # from, not from whatever the file holds by then (``biaslint.sources``).
-        recorder = _BuildRecorder(laws=laws, track_real=track_real, book=book)
+        recorder = _BuildRecorder(laws=laws, track_real=track_real, book=book, empties=empties)
         recorder.install()
         _BuildRecorder.current_mode = recorder.mode
         try:
+            # The empty mode is entered last: it sees each call first, and the law mode's own
+            # computations never reach it.
             if recorder.mode is not None:
-                with recorder.mode:
+                with recorder.mode, recorder.empty_mode:
                     yield recorder.record
             else:
-                yield recorder.record
+                with recorder.empty_mode:
+                    yield recorder.record
         finally:
             _BuildRecorder.current_mode = None
             recorder.restore()
+            recorder.record.empties.seal()

@@ -14,6 +14,7 @@ from biaslint.rules.bl008_regression_bias import RegressionBiasIgnoresTarget
 from biaslint.rules.bl009_initial_loss import InitialLossAboveChance
 from biaslint.rules.bl010_unused_parameters import UnusedParameters
 from biaslint.rules.bl011_weight_decay_on_bias import WeightDecayOnBias
+from biaslint.rules.bl012_uninitialized_parameter import UninitializedParameter
 from biaslint.rules.bl013_implausible_norm_epsilon import ImplausibleNormEpsilon
 from biaslint.rules.bl100_unused_suppression import UnusedSuppression
 
@@ -29,6 +30,7 @@ REGISTRY: tuple[type[Rule], ...] = (
     InitialLossAboveChance,
     UnusedParameters,
     WeightDecayOnBias,
+    UninitializedParameter,
     ImplausibleNormEpsilon,
     UnusedSuppression,
 )

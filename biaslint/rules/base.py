@@ -72,7 +72,8 @@ class Rule:
     # and checks them on a real forward when there is one (a claim the measurement does not
     # show goes to ``AnalysedModel.disagree`` instead of the report); "output": the same, and
     # what it checks them on is what the model returns. All three get the shared forward
-    # through ``forward_needs``.
+    # through ``forward_needs``. "build": it reads only what the recorded build wrote (BL012),
+    # so nothing blocks it; the engine still counts its scope and what it ``declined``.
     reads: ClassVar[frozenset[str]] = frozenset()
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:

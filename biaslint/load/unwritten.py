@@ -1,0 +1,254 @@
+"""Record which memory the build allocated without values and never wrote (for BL012).
+
+``torch.empty`` and its kin (``empty_like``, ``new_empty``, ``empty_strided``,
+``Tensor.new(*sizes)``) hand out memory as it was: zeros, denormals, 1e28 or NaN. A
+``TorchFunctionMode`` sees every torch call of the build, on real tensors and on the meta
+device alike: it notes each such allocation (its bytes, the call, the user's line) and removes
+from it every byte a later call writes (an in-place method, ``nn.init``, ``x[a:b] = v``,
+``out=``, ``inplace=True``, ``copy_`` from ``load_state_dict``). A copy (``clone``, ``to``,
+``deepcopy``) of unwritten memory is unwritten where its source was. What is left of a
+parameter's bytes at the end is what nobody wrote.
+
+A call that may write through a way the mode cannot follow (``numpy()``, a view it cannot lay
+out, an error while it looks) counts as a write of the whole tensor: the record can miss an
+uninitialized parameter, never invent one. Allocations are kept alive while some of their
+bytes are unwritten, so no other tensor can take their address.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+from biaslint.findings import Location, Unwritten
+from biaslint.load.law_recorder import Key, storage_key, storage_runs
+
+_ALLOCATIONS = frozenset({"empty", "empty_like", "new_empty", "empty_strided",
+                          "new_empty_strided", "empty_permuted"})
+_COPIES = frozenset({"clone", "contiguous", "to", "float", "double", "half", "bfloat16", "type",
+                     "type_as", "cpu", "cuda", "__deepcopy__", "deepcopy"})
+# In-place names that change a tensor's metadata, not its values.
+_NOT_WRITES = frozenset({"requires_grad_", "detach_", "share_memory_", "set_", "resize_",
+                         "resize_as_", "as_strided_", "squeeze_", "unsqueeze_", "t_",
+                         "transpose_", "swapdims_", "swapaxes_", "rename_", "retain_grad_",
+                         "_set_grad_enabled"})
+_AUGMENTED = frozenset({"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
+                        "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__",
+                        "__ilshift__", "__irshift__", "__imatmul__"})
+# Calls after which the values may be written where the mode does not see it.
+_ESCAPES = frozenset({"numpy", "__array__", "__dlpack__"})
+
+
+@dataclass
+class _Block:
+    tensor: torch.Tensor  # kept alive while tracked: its address is not reused
+    unwritten: list[tuple[int, int]]  # byte ranges of the storage that no call wrote
+    how: str
+    location: Location | None
+    # The unwritten bytes as the recorded build left them (real tensors): a model the user
+    # holds may be written after the recording ended (``load_state_dict`` outside the block).
+    sealed: list[torch.Tensor] | None = None
+
+    def changed(self) -> bool:
+        """Some unwritten byte differs from what the recording saw at its end."""
+        if self.sealed is None:
+            return False
+        return any(not torch.equal(old, new) for old, new in zip(self.sealed, self._bytes()))
+
+    def _bytes(self) -> list[torch.Tensor]:
+        raw = torch.empty(0, dtype=torch.uint8, device=self.tensor.device)
+        raw.set_(self.tensor.untyped_storage())
+        return [raw[a:b] for a, b in self.unwritten]
+
+    def seal(self) -> None:
+        if self.tensor.device.type != "meta":
+            self.sealed = [part.clone() for part in self._bytes()]
+
+
+def _span(tensor: torch.Tensor) -> list[tuple[int, int]]:
+    """The byte ranges of its storage the tensor covers (its whole extent when the mode
+    cannot lay it out entry by entry)."""
+    size = tensor.element_size()
+    runs = storage_runs(tensor)
+    if runs is None:
+        start = int(tensor.storage_offset())
+        extent = 1 + sum((int(s) - 1) * st for s, st in zip(tensor.shape, tensor.stride())
+                         if s > 0)
+        runs = [(start, start + extent)]
+    return [(a * size, b * size) for a, b in runs]
+
+
+def _minus(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = ranges
+    for lo, hi in cut:
+        kept: list[tuple[int, int]] = []
+        for a, b in out:
+            if b <= lo or a >= hi:
+                kept.append((a, b))
+                continue
+            if a < lo:
+                kept.append((a, lo))
+            if b > hi:
+                kept.append((hi, b))
+        out = kept
+    return out
+
+
+def _overlap(ranges: list[tuple[int, int]], within: list[tuple[int, int]]) -> int:
+    return sum(max(0, min(b, hi) - max(a, lo)) for a, b in ranges for lo, hi in within)
+
+
+class EmptyBook:
+    """The allocations without values that some bytes of are still unwritten, by storage."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[Key, _Block] = {}
+
+    def seal(self) -> None:
+        """The recording ends: keep the unwritten bytes as they are, to tell a later write."""
+        for block in self.blocks.values():
+            block.seal()
+
+    def allocated(self, tensor: torch.Tensor, how: str, location: Location | None) -> None:
+        key = storage_key(tensor)
+        nbytes = tensor.untyped_storage().nbytes()
+        if key is not None and nbytes:
+            self.blocks[key] = _Block(tensor, [(0, nbytes)], how, location)
+
+    def written(self, tensor: Any) -> None:
+        if not isinstance(tensor, torch.Tensor):
+            return
+        key = storage_key(tensor)
+        block = self.blocks.get(key) if key is not None else None
+        if key is None or block is None:
+            return
+        block.unwritten = _minus(block.unwritten, _span(tensor))
+        if not block.unwritten:
+            del self.blocks[key]
+
+    def written_at(self, target: torch.Tensor, index: Any) -> None:
+        """``target[index] = value``: the entries the index selects, when it is a view."""
+        view = target[index] if index is not None else target
+        if isinstance(view, torch.Tensor) and storage_key(view) == storage_key(target):
+            self.written(view)
+        else:  # advanced indexing: which entries were written is not a view
+            self.written(target)
+
+    def copied(self, source: Any, copy: Any) -> None:
+        """``copy`` holds ``source``'s values: unwritten where they were."""
+        if not isinstance(source, torch.Tensor) or not isinstance(copy, torch.Tensor):
+            return
+        key = storage_key(source)
+        block = self.blocks.get(key) if key is not None else None
+        if block is None or storage_key(copy) == key:
+            return
+        if not (source.is_contiguous() and copy.is_contiguous()) \
+                or source.numel() != copy.numel():
+            return  # not followed: the copy counts as written
+        size, new_size = source.element_size(), copy.element_size()
+        base = int(source.storage_offset()) * size
+        new_base = int(copy.storage_offset()) * new_size
+        span = [(base, base + source.numel() * size)]
+        ranges = [(new_base + (max(a, lo) - base) // size * new_size,
+                   new_base + (min(b, hi) - base) // size * new_size)
+                  for a, b in block.unwritten for lo, hi in span if min(b, hi) > max(a, lo)]
+        copy_key = storage_key(copy)
+        if ranges and copy_key is not None:
+            self.blocks[copy_key] = _Block(copy, ranges, block.how, block.location)
+
+    def unwritten_of(self, tensor: torch.Tensor) -> Unwritten | None:
+        """The tensor's entries no call wrote, or None when every one was written (or it was
+        not allocated without values)."""
+        key = storage_key(tensor)
+        block = self.blocks.get(key) if key is not None else None
+        if block is None or not tensor.numel() or block.changed():
+            return None
+        missing = _overlap(block.unwritten, _span(tensor)) // max(tensor.element_size(), 1)
+        if not missing:
+            return None
+        return Unwritten(entries=missing, total=tensor.numel(), how=block.how,
+                         location=block.location)
+
+
+def _new_sizes(args: tuple[Any, ...]) -> bool:
+    """``Tensor.new(*sizes)`` (no values) rather than ``Tensor.new(data)``."""
+    rest = args[1:]
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)):
+        rest = tuple(rest[0])
+    return bool(rest) and all(isinstance(s, int) and not isinstance(s, bool) for s in rest)
+
+
+class EmptyMode(TorchFunctionMode):
+    """The torch function mode that keeps an ``EmptyBook`` while a model builds. ``locate``
+    names the user's line of the call being made."""
+
+    def __init__(self, book: EmptyBook, locate: Callable[[], Location | None]) -> None:
+        super().__init__()
+        self.book = book
+        self.locate = locate
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        name = getattr(func, "__name__", "").split(".")[0]
+        if not self.book.blocks and name not in _ALLOCATIONS and name != "new":
+            return result  # nothing tracked, nothing allocated: the common case
+        try:
+            self._after(func, name, args, kwargs, result)
+        except Exception:  # the mode cannot follow: count every tensor argument written
+            for value in list(args) + list(kwargs.values()):
+                try:
+                    self.book.written(value)
+                except Exception:  # best effort, never break a build
+                    pass
+        return result
+
+    def _after(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],
+               kwargs: dict[str, Any], result: Any) -> None:
+        book = self.book
+        out = kwargs.get("out")
+        if out is not None:
+            for target in out if isinstance(out, (tuple, list)) else (out,):
+                book.written(target)
+            return
+        if isinstance(result, torch.Tensor) and (
+                name in _ALLOCATIONS or (name == "new" and _new_sizes(args))):
+            book.allocated(result, _allocator(func, name), self.locate())
+            return
+        first = args[0] if args else kwargs.get("tensor", kwargs.get("input"))
+        if name == "__setitem__" and len(args) > 1 and isinstance(first, torch.Tensor):
+            book.written_at(first, args[1])
+        elif name in _COPIES:
+            book.copied(first, result)
+        elif _writes_first(func, name, kwargs) or name in _ESCAPES:
+            for target in first if isinstance(first, (tuple, list)) else (first,):
+                book.written(target)
+
+
+def _writes_first(func: Callable[..., Any], name: str, kwargs: dict[str, Any]) -> bool:
+    """The call writes its first argument: an in-place method or function (``normal_``,
+    ``_foreach_mul_``), an augmented assignment, ``inplace=True``, an ``nn.init`` function."""
+    if name in _NOT_WRITES:
+        return False
+    return (name.endswith("_") and not name.endswith("__")) or name in _AUGMENTED \
+        or kwargs.get("inplace") is True or getattr(func, "__module__", None) == "torch.nn.init"
+
+
+def _allocator(func: Callable[..., Any], name: str) -> str:
+    return f"torch.{name}" if getattr(func, "__module__", None) == "torch" else f"Tensor.{name}"
+
+
+def unwritten_parameters(model: nn.Module, book: EmptyBook) -> dict[str, Unwritten]:
+    """The model's parameters with entries no call wrote, by qualified name (every name a tied
+    parameter is registered under)."""
+    found: dict[str, Unwritten] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        unwritten = book.unwritten_of(param)
+        if unwritten is not None:
+            found[name] = unwritten
+    return found
