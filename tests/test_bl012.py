@@ -306,3 +306,27 @@ def test_a_model_built_elsewhere_is_not_judged(cases: Path):
     with torch.no_grad():
         model.pos.normal_()
     assert biaslint.check(model, x, select=("BL012",)).findings == []
+
+
+def test_a_frozen_uninitialized_parameter_is_still_reported(lint_source):
+    """The engine drops other rules' findings on frozen parameters (no training to lose); an
+    uninitialized one is garbage in the forward, trained or not."""
+    result = lint_source("""
+        import torch
+        import torch.nn as nn
+
+
+        class Scaled(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.scale = nn.Parameter(torch.empty(8), requires_grad=False)
+                self.fc = nn.Linear(8, 8)
+
+            def forward(self, x):
+                return self.fc(x) * self.scale
+
+
+        def build():
+            return Scaled(), torch.randn(2, 8)
+        """, select=("BL012",))
+    assert [(f.module, f.parameter) for f in result.findings] == [("", "scale")]

@@ -20,14 +20,18 @@ if TYPE_CHECKING:  # the pipeline's own types; importing them here would load to
 
 def unfrozen(findings: list[Finding], model: nn.Module) -> tuple[list[Finding], list[str]]:
     """Drop findings about a parameter nobody trains (a frozen backbone): each claims something
-    about training (never trains, stays symmetric, grows) that does not apply to it."""
+    about training (never trains, stays symmetric, grows) that does not apply to it. A rule
+    whose claim holds for a frozen parameter too (``Rule.frozen_matters``) keeps its findings."""
     import torch
 
+    from biaslint.rules import REGISTRY
+
+    standing = {rule.code for rule in REGISTRY if rule.frozen_matters}
     kept: list[Finding] = []
     frozen: list[str] = []
     for finding in findings:
         tensor = None
-        if finding.parameter:
+        if finding.parameter and finding.code not in standing:
             try:
                 tensor = getattr(model.get_submodule(finding.module), finding.parameter, None)
             except AttributeError:

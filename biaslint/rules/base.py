@@ -75,6 +75,10 @@ class Rule:
     # through ``forward_needs``. "build": it reads only what the recorded build wrote (BL012),
     # so nothing blocks it; the engine still counts its scope and what it ``declined``.
     reads: ClassVar[frozenset[str]] = frozenset()
+    # Whether a finding about a frozen parameter (requires_grad=False) still stands. Most rules
+    # claim something about training, which a frozen parameter does not have; a parameter that
+    # holds garbage (BL012) is wrong in the forward whether it trains or not.
+    frozen_matters: ClassVar[bool] = False
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         """The layers this rule applies to (the ones it must judge for a pass to be true)."""
