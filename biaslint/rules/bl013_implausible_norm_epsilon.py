@@ -166,10 +166,11 @@ def _verdicts(rule: ImplausibleNormEpsilon, model: "AnalysedModel",
         verdict.static_claim = verdict.passed == "position" and _takes_momentum(layer) and \
             verdict.eps >= positional
         if missing is not None:
-            verdict.flagged, verdict.not_measured = verdict.static_claim, f"there is {missing}"
+            verdict.flagged, verdict.not_measured = verdict.static_claim, f"no forward: {missing}"
             if not verdict.flagged:
                 verdict.unjudged = (f"eps={verdict.eps:g} is judged against the variance of the "
-                                    f"layer's input on a real forward, and there is {missing}")
+                                    f"layer's input on a real forward, and there is none "
+                                    f"({missing})")
         else:
             _measure(model, verdict, minimum)
             verdict.usual = verdict.eps <= usual
