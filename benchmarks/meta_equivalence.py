@@ -249,15 +249,21 @@ def compare_results(family: str, name: str, real: Any, meta: Any, real_s: float 
         for field, value in a.items():
             if field in b and value:
                 worst = max(worst, abs(b[field] - value) / abs(value))
-    meta_unjudged = sum(len(scope.unjudged) for scope in meta.rules)
+    # A rule's own "declined" (it needs a real forward the meta build has not) is said in a
+    # note, like a rule not run: counted apart from what the meta build could not read.
+    meta_unjudged = sum(1 for scope in meta.rules for _, why in scope.unjudged
+                        if not why.startswith("declined: "))
+    meta_declined = sum(1 for scope in meta.rules for _, why in scope.unjudged
+                        if why.startswith("declined: "))
     return {
         "family": family, "model": name, "real": len(real.findings),
         "meta": len(meta.findings), "agree": len(both), "not_judged_on_meta": len(not_judged),
         "misses": [list(k) for k in misses], "extra": [list(k) for k in extra],
         "overruled_on_real": [list(k) for k in overruled],
         "not_judged": [list(k) for k in not_judged], "meta_unjudged_layers": meta_unjudged,
-        "meta_unjudged_reasons": sorted({why for scope in meta.rules
-                                         for _, why in scope.unjudged})[:5],
+        "meta_declined_layers": meta_declined,
+        "meta_unjudged_reasons": sorted({why for scope in meta.rules for _, why in scope.unjudged
+                                         if not why.startswith("declined: ")})[:5],
         "max_relative_difference": worst, "real_s": real_s, "meta_s": meta_s,
         "real_incomplete": list(real.incomplete)[:3], "meta_incomplete": list(meta.incomplete)[:3],
         "meta_notes": [n for n in meta.notes if "meta" in n or "init" in n or " not run: " in n],

@@ -461,7 +461,8 @@ def test_every_rules_bad_example_is_fixed_only_where_it_is_wrong(tmp_path, code)
                 *flags)
     after = json.loads(proc.stdout)["results"][0]["findings"]  # the lint of the fixed file
     left = {(f["code"], f["module"]) for f in after}
-    refused = {tuple(line.split(": ", 1)[1].split(" ", 2)[:2]) for line in
+    # "  not fixed: BL001 proj: why" -> ("BL001", "proj")
+    refused = {tuple(line.split(": ", 2)[1].split(" ", 1)) for line in
                proc.stderr.splitlines() if line.startswith("  not fixed: ")}
     fixed = [f for f in before if f["fix"] and f["fix"]["edits"]
              and (f["code"], f["module"]) not in refused]

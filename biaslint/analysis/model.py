@@ -885,7 +885,10 @@ def _rms(t: torch.Tensor | None) -> float:
     flat = t.detach().reshape(-1)
     total = 0.0
     for chunk in flat.split(1 << 16):
-        norm = float(torch.linalg.vector_norm(chunk, dtype=torch.float32))
+        # float64 entries (a model built under set_default_dtype(float64)) cannot be reduced
+        # in float32: vector_norm refuses to narrow them
+        wide = chunk.dtype == torch.float64
+        norm = float(torch.linalg.vector_norm(chunk, dtype=None if wide else torch.float32))
         if not math.isfinite(norm):
             norm = float(torch.linalg.vector_norm(chunk.double()))
         total += norm * norm
