@@ -339,9 +339,8 @@ def plan(options: CheckOptions) -> Plan:
     from biaslint.target import parse_target
 
     file = load_config(options.config)
+    # An unset flag is not "given" (CheckOptions drops it), so the file's value stands.
     values = {**file.values, **options.given}
-    if not options.given.get("allow_incomplete"):  # a flag: given only when set
-        values["allow_incomplete"] = bool(file.values.get("allow_incomplete", False))
     settings = run_settings(values)
     configured = {t["target"]: t for t in file.targets}
     if options.targets:
