@@ -401,7 +401,8 @@ class AnalysedModel:
         return any(p.device.type == "meta" for p in self.model.parameters())
 
     def _wants_attention(self) -> bool:
-        """A softmax in the graph: the attention measure has something to look at."""
+        """A softmax (or scaled_dot_product_attention) in the graph: the attention measure has
+        something to look at."""
         return any(_is_softmax(use.node) or isinstance(self.module_of(use), nn.Softmax)
                    for use in self.graph_nodes())
 
@@ -899,7 +900,7 @@ def _is_softmax(node: fx.Node) -> bool:
     import torch.nn.functional as F
 
     if node.op == "call_function":
-        return node.target in (F.softmax, torch.softmax)
+        return node.target in (F.softmax, torch.softmax, F.scaled_dot_product_attention)
     return node.op == "call_method" and node.target == "softmax"
 
 

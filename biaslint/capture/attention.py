@@ -9,6 +9,12 @@ bias added, ``masked_fill``, dtype casts, a scale), notes whether anything on th
 scores or an operand by a number, and measures every softmax over tagged scores: the mean of each
 row's largest weight and the mean entropy, against ``log(keys)``.
 
+Every softmax over scores (scaled or not, and the one inside ``scaled_dot_product_attention``,
+whose scores are rebuilt in float64 from its q, k, mask and scale) also gets the largest range of
+its scores along the keys: 0 when every row is uniform. Beside it, what the tag saw on the way:
+a number 0 that multiplied the scores or an operand (fixed, or a learnable parameter), an operand
+that is all zero, keys identical at every position. Those name why a uniform row is uniform.
+
 ``nn.MultiheadAttention`` and ``scaled_dot_product_attention`` scale their scores themselves;
 softmaxes inside ``nn.MultiheadAttention`` are not measured.
 """
@@ -32,6 +38,28 @@ _KEEP = frozenset({"view", "reshape", "transpose", "permute", "contiguous", "flo
                    "__sub__", "unsqueeze", "squeeze", "flatten", "unflatten", "clamp", "where",
                    "half", "bfloat16", "double", "__iadd__", "__getitem__"})
 _SOFTMAX = frozenset({"softmax", "_softmax"})
+_SDPA = "scaled_dot_product_attention"
+# Scores rebuilt for a scaled_dot_product_attention call: at most this many entries (float64);
+# a larger call is measured on its first batch element.
+_SDPA_ENTRIES = 1 << 24
+_MASKED = 50.0  # a score this far below its row's largest weighs < exp(-50): a masked key
+
+
+@dataclass(frozen=True)
+class _Tag:
+    """What the ops between a score product and here did to the scores."""
+
+    scaled: bool  # a number scaled the scores or an operand
+    head_dim: int
+    zero_scale: str = ""  # "fixed" (a constant 0) or "learned" (a parameter at 0) multiplied them
+    zero_queries: bool = False  # the product's left operand is all zero
+    zero_keys: bool = False  # its right operand is all zero
+    same_keys: bool = False  # the right operand is the same at every key position
+
+    def merged(self, other: "_Tag") -> "_Tag":
+        return _Tag(self.scaled or other.scaled, self.head_dim,
+                    self.zero_scale or other.zero_scale, self.zero_queries or other.zero_queries,
+                    self.zero_keys or other.zero_keys, self.same_keys or other.same_keys)
 
 
 @dataclass(frozen=True)
@@ -47,6 +75,14 @@ class AttentionSoftmax:
     mean_max_if_scaled: float  # the same rows with the scores divided by sqrt(head_dim)
     jacobian: float  # mean over rows of ||diag(p) - p p^T||_F: what the softmax passes back
     jacobian_if_scaled: float
+    # Measured on every softmax, scaled or not: the largest range of the finite scores along the
+    # keys over the rows with two or more (0: every row uniform; NaN: no such row).
+    spread: float = math.nan
+    zero_scale: str = ""  # see ``_Tag``
+    zero_queries: bool = False
+    zero_keys: bool = False
+    same_keys: bool = False
+    sdpa: bool = False  # inside scaled_dot_product_attention (its scores rebuilt)
 
 
 def _is_number(value: Any) -> bool:
@@ -55,6 +91,43 @@ def _is_number(value: Any) -> bool:
     if isinstance(value, (int, float)):
         return True
     return isinstance(value, torch.Tensor) and value.numel() == 1
+
+
+def _zero_number(value: Any) -> str:
+    """"fixed" for a constant 0, "learned" for a parameter (or tensor needing grad) at 0."""
+    if isinstance(value, torch.Tensor):
+        if bool(value.detach().reshape(-1)[0] != 0):
+            return ""
+        return "learned" if value.requires_grad else "fixed"
+    return "fixed" if value == 0 else ""
+
+
+def _spread(scores: torch.Tensor, dim: int) -> float:
+    """The largest range of a row's scores along ``dim``, over the rows with two or more keys
+    that weigh anything: a key more than ``_MASKED`` below its row's largest score (``-inf``,
+    ``torch.finfo(dtype).min``, ``-1e4`` as masks write it) gets a weight below ``exp(-50)`` and
+    is left out, as a masked key."""
+    s = scores.detach().double()
+    top = torch.where(torch.isnan(s), -math.inf, s).amax(dim=dim, keepdim=True)
+    live = torch.isfinite(s) & (s >= top - _MASKED)
+    high = torch.where(live, s, -math.inf).amax(dim=dim)
+    low = torch.where(live, s, math.inf).amin(dim=dim)
+    rows = live.sum(dim=dim) >= 2
+    if not bool(rows.any()):
+        return math.nan
+    return float((high - low)[rows].max())
+
+
+def _operand_facts(name: str, operands: list[torch.Tensor]) -> dict[str, bool]:
+    """Whether the product's left or right operand is all zero, and (for ``a @ b``-like
+    products, keys along ``b``'s last axis) whether the right one is the same at every key."""
+    if len(operands) < 2:
+        return {}
+    left, right = operands[0].detach(), operands[-1].detach()
+    same = (name != "einsum" and right.dim() >= 1 and right.shape[-1] > 1
+            and bool((right == right[..., :1]).all()))
+    return {"zero_queries": not bool(left.any()), "zero_keys": not bool(right.any()),
+            "same_keys": same}
 
 
 def _measure(scores: torch.Tensor, dim: int) -> tuple[float, float, float]:
@@ -70,15 +143,16 @@ def _measure(scores: torch.Tensor, dim: int) -> tuple[float, float, float]:
 class _ScoreMode(TorchFunctionMode):
     def __init__(self, stack: list[str]) -> None:
         super().__init__()
-        self.tags: dict[int, tuple[bool, int]] = {}  # id -> (scaled, head_dim)
-        self.scaled_inputs: set[int] = set()  # activations scaled by a number (q * d**-0.5)
+        self.tags: dict[int, _Tag] = {}
+        # activations scaled by a number (q * d**-0.5) -> what a 0 there was ("" for none)
+        self.scaled_inputs: dict[int, str] = {}
         self.keep: list[torch.Tensor] = []  # tagged tensors stay alive: ids are not reused
         self.stack = stack
         self.found: list[AttentionSoftmax] = []
 
-    def _tag(self, tensor: Any, scaled: bool, head_dim: int) -> None:
+    def _tag(self, tensor: Any, tag: _Tag) -> None:
         if isinstance(tensor, torch.Tensor):
-            self.tags[id(tensor)] = (scaled, head_dim)
+            self.tags[id(tensor)] = tag
             self.keep.append(tensor)
 
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple = (),
@@ -88,57 +162,129 @@ class _ScoreMode(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if self.stack and self.stack[-1].endswith("\x00mha"):
             return out
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if name == "einsum":
-            tensors = [a for a in (args[1:] if args and isinstance(args[0], str) else args)
-                       if isinstance(a, torch.Tensor)]
-            if len(args) > 1 and isinstance(args[1], (list, tuple)):
-                tensors = [a for a in args[1] if isinstance(a, torch.Tensor)]
+        if not isinstance(out, torch.Tensor):
+            return out
+        tensors = _tensors_of(name, args)
         tagged = [self.tags[id(t)] for t in tensors if id(t) in self.tags]
         if name in _PRODUCTS:
-            operands = tensors[-2:] if name == "baddbmm" else tensors
-            activations = [t for t in operands if not isinstance(t, nn.Parameter)
-                           and not (t.requires_grad and t.is_leaf)]
-            if len(activations) >= 2 and isinstance(out, torch.Tensor):
-                head_dim = int(activations[0].shape[-1]) if activations[0].dim() else 1
-                scaled = any(id(t) in self.scaled_inputs for t in activations) or (
-                    name == "baddbmm" and kwargs.get("alpha", 1) != 1)
-                self._tag(out, scaled, head_dim)
-            return out
-        if name in _SCALES:
-            numbers = [a for a in list(args) + list(kwargs.values()) if _is_number(a)]
-            if numbers and isinstance(out, torch.Tensor):
-                if tagged:
-                    self._tag(out, True, tagged[0][1])
-                else:
-                    self.scaled_inputs.add(id(out))
-                    self.keep.append(out)
-                return out
-        if name in _SOFTMAX and tagged and isinstance(out, torch.Tensor):
+            self._product(name, tensors, kwargs, out)
+        elif name in _SCALES and (numbers := [a for a in list(args) + list(kwargs.values())
+                                              if _is_number(a)]):
+            zero = next((z for z in map(_zero_number, numbers) if z), "")
+            if tagged:
+                self._tag(out, tagged[0].merged(_Tag(True, tagged[0].head_dim, zero)))
+            else:
+                self.scaled_inputs[id(out)] = zero
+                self.keep.append(out)
+        elif name in _SOFTMAX and tagged:
             source = next(t for t in tensors if id(t) in self.tags)
             dim = kwargs.get("dim", args[1] if len(args) > 1 else -1)
-            dim = dim if isinstance(dim, int) else -1
-            scaled, head_dim = self.tags[id(source)]
-            module = self.stack[-1] if self.stack else ""
-            if scaled:  # nothing to judge (BL006 reads unscaled scores only): not measured
-                nan = math.nan
-                self.found.append(AttentionSoftmax(
-                    module=module, keys=int(source.shape[dim]), head_dim=head_dim, scaled=True,
-                    mean_max=nan, entropy=nan, score_std=nan, mean_max_if_scaled=nan,
-                    jacobian=nan, jacobian_if_scaled=nan))
-                return out
-            mean_max, entropy, jacobian = _measure(source, dim)
-            if_scaled, _, jacobian_scaled = _measure(
-                source.double() / math.sqrt(max(head_dim, 1)), dim)
-            self.found.append(AttentionSoftmax(
-                module=module, keys=int(source.shape[dim]), head_dim=head_dim, scaled=scaled,
-                mean_max=mean_max, entropy=entropy, score_std=float(source.double().std()),
-                mean_max_if_scaled=if_scaled, jacobian=jacobian,
-                jacobian_if_scaled=jacobian_scaled))
-            return out
-        if tagged and (name in _KEEP or name.endswith("_")) and isinstance(out, torch.Tensor):
-            self._tag(out, any(s for s, _ in tagged), tagged[0][1])
+            self._softmax(source, dim if isinstance(dim, int) else -1, self.tags[id(source)])
+        elif name == _SDPA:
+            self._sdpa(args, kwargs)
+        elif tagged and (name in _KEEP or name.endswith("_")):
+            merged = tagged[0]
+            for other in tagged[1:]:
+                merged = merged.merged(other)
+            self._tag(out, merged)
         return out
+
+    def _product(self, name: str, tensors: list[torch.Tensor], kwargs: dict,
+                 out: torch.Tensor) -> None:
+        operands = tensors[-2:] if name == "baddbmm" else tensors
+        activations = [t for t in operands if not isinstance(t, nn.Parameter)
+                       and not (t.requires_grad and t.is_leaf)]
+        if len(activations) < 2:
+            return
+        head_dim = int(activations[0].shape[-1]) if activations[0].dim() else 1
+        zeros = [self.scaled_inputs[id(t)] for t in activations if id(t) in self.scaled_inputs]
+        alpha = kwargs.get("alpha", 1) if name == "baddbmm" else 1
+        zero = next((z for z in zeros if z), "") or _zero_number(alpha)
+        scaled = bool(zeros) or alpha != 1
+        self._tag(out, _Tag(scaled, head_dim, zero, **_operand_facts(name, activations)))
+
+    def _module(self) -> str:
+        return self.stack[-1] if self.stack else ""
+
+    def _softmax(self, source: torch.Tensor, dim: int, tag: _Tag) -> None:
+        facts: dict[str, Any] = {
+            "spread": _spread(source, dim), "zero_scale": tag.zero_scale,
+            "zero_queries": tag.zero_queries, "zero_keys": tag.zero_keys,
+            "same_keys": tag.same_keys}
+        keys = int(source.shape[dim])
+        if tag.scaled:  # nothing for BL006 (it reads unscaled scores only)
+            nan = math.nan
+            self.found.append(AttentionSoftmax(
+                module=self._module(), keys=keys, head_dim=tag.head_dim, scaled=True,
+                mean_max=nan, entropy=nan, score_std=nan, mean_max_if_scaled=nan,
+                jacobian=nan, jacobian_if_scaled=nan, **facts))
+            return
+        mean_max, entropy, jacobian = _measure(source, dim)
+        if_scaled, _, jacobian_scaled = _measure(
+            source.double() / math.sqrt(max(tag.head_dim, 1)), dim)
+        self.found.append(AttentionSoftmax(
+            module=self._module(), keys=keys, head_dim=tag.head_dim, scaled=False,
+            mean_max=mean_max, entropy=entropy, score_std=float(source.double().std()),
+            mean_max_if_scaled=if_scaled, jacobian=jacobian,
+            jacobian_if_scaled=jacobian_scaled, **facts))
+
+    def _sdpa(self, args: tuple, kwargs: dict) -> None:
+        """The scores of a ``scaled_dot_product_attention`` call, rebuilt in float64."""
+        rebuilt = _sdpa_scores(args, kwargs)  # a mode's own ops do not re-enter it
+        if rebuilt is None:
+            return
+        scores, scale, operands = rebuilt
+        zero = _zero_number(scale) if scale is not None else ""
+        facts = _operand_facts("sdpa", operands)
+        nan = math.nan
+        self.found.append(AttentionSoftmax(
+            module=self._module(), keys=int(scores.shape[-1]),
+            head_dim=int(operands[0].shape[-1]), scaled=True, mean_max=nan, entropy=nan,
+            score_std=nan, mean_max_if_scaled=nan, jacobian=nan, jacobian_if_scaled=nan,
+            spread=_spread(scores, -1), zero_scale=zero, sdpa=True, **facts))
+
+
+def _tensors_of(name: str, args: tuple) -> list[torch.Tensor]:
+    if name == "einsum":
+        if len(args) > 1 and isinstance(args[1], (list, tuple)):
+            return [a for a in args[1] if isinstance(a, torch.Tensor)]
+        return [a for a in (args[1:] if args and isinstance(args[0], str) else args)
+                if isinstance(a, torch.Tensor)]
+    return [a for a in args if isinstance(a, torch.Tensor)]
+
+
+def _sdpa_scores(args: tuple, kwargs: dict
+                 ) -> tuple[torch.Tensor, Any, list[torch.Tensor]] | None:
+    """(scores with mask and causal mask applied, the scale given, [q, k transposed]) of one
+    ``scaled_dot_product_attention`` call, or None when its arguments are not plain tensors."""
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+    given = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
+    q, k, mask = given.get("query"), given.get("key"), given.get("attn_mask")
+    if not isinstance(q, torch.Tensor) or not isinstance(k, torch.Tensor) or q.dim() < 2:
+        return None
+    q, k = q.detach(), k.detach()
+    if q.dim() > 2 and q.numel() // q.shape[-1] * k.shape[-2] > _SDPA_ENTRIES:
+        q, k = q[:1], k[:1]
+        mask = mask[:1] if isinstance(mask, torch.Tensor) and mask.dim() == q.dim() \
+            and mask.shape[0] > 1 else mask
+    if q.dim() >= 3 and k.dim() >= 3 and q.shape[-3] != k.shape[-3] and k.shape[-3] > 0 \
+            and q.shape[-3] % k.shape[-3] == 0:  # grouped-query attention
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+    scale = given.get("scale")
+    factor = float(scale) if scale is not None else 1 / math.sqrt(max(q.shape[-1], 1))
+    try:
+        scores = (q.double() @ k.double().transpose(-2, -1)) * factor
+        if isinstance(mask, torch.Tensor):
+            mask = mask.detach()
+            scores = (scores.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool
+                      else scores + mask.double())
+        if given.get("is_causal"):
+            causal = torch.ones(scores.shape[-2:], dtype=torch.bool,
+                                device=scores.device).triu(1)
+            scores = scores.masked_fill(causal, -math.inf)
+    except RuntimeError:
+        return None
+    return scores, scale, [q, k.transpose(-2, -1)]
 
 
 def measure_attention(model: nn.Module, args: tuple, kwargs: dict) -> list[AttentionSoftmax]:

@@ -16,6 +16,7 @@ from biaslint.rules.bl010_unused_parameters import UnusedParameters
 from biaslint.rules.bl011_weight_decay_on_bias import WeightDecayOnBias
 from biaslint.rules.bl012_uninitialized_parameter import UninitializedParameter
 from biaslint.rules.bl013_implausible_norm_epsilon import ImplausibleNormEpsilon
+from biaslint.rules.bl014_uniform_attention import UniformAttention
 from biaslint.rules.bl100_unused_suppression import UnusedSuppression
 
 REGISTRY: tuple[type[Rule], ...] = (
@@ -32,6 +33,7 @@ REGISTRY: tuple[type[Rule], ...] = (
     WeightDecayOnBias,
     UninitializedParameter,
     ImplausibleNormEpsilon,
+    UniformAttention,
     UnusedSuppression,
 )
 

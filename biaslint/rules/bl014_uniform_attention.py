@@ -1,0 +1,210 @@
+"""BL014: attention whose every row is uniform at init, because the scores do not vary along the
+keys (a zero scale, a zeroed projection)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Iterable
+
+from biaslint.findings import Finding, Fix, FixKind, Severity
+from biaslint.rules.base import Option, Rule, RuleContext
+
+if TYPE_CHECKING:
+    from biaslint.analysis import AnalysedModel, Layer
+
+
+class UniformAttention(Rule):
+    code = "BL014"
+    name = "attention-uniform"
+    severity = Severity.WARNING
+    summary = "Attention uniform at init: the scores do not vary along the keys"
+    what_it_does = """\
+Runs the model once on the example inputs and measures every softmax over attention scores (the
+ones BL006 follows, scaled or not, and every `F.scaled_dot_product_attention` call, whose scores
+are rebuilt in float64 from its query, key, mask and scale): the largest range of a row's scores
+along the keys, masked entries left out. When that range is at most `max_spread` (1e-6) on every
+row, every query averages the values with equal weights: attention ignores what it attends to.
+
+The finding names why, from what the measurement saw between the score product and the softmax:
+- a **fixed scale of 0** multiplied the scores, a query or a key (`scale = 1 // math.sqrt(d)` is
+  0): the scores are 0 on every step, and no gradient reaches the queries or the keys. For good:
+  a warning.
+- the **queries and the keys are both all zero** (both projections zeroed): the gradient of each
+  is proportional to the other, so both stay zero. For good: a warning.
+- only the **queries** (or only the **keys**) are zero, the keys are **the same at every
+  position**, or a **learnable scale starts at 0**: the first step's gradient makes the scores
+  vary. The finding is then `info`: a zero query projection is μP's deliberate choice (Yang et
+  al., 2022) and recovers; elsewhere it is worth a look, and it never fails a gate by default.
+- otherwise the scores are only tiny (the q/k projections drawn far too small): `info`, with the
+  range.
+
+A softmax over one key is left to BL010/BL001 (its output is the constant 1). Softmaxes inside
+`nn.MultiheadAttention` are not measured.
+"""
+    why_bad = """\
+A uniform row is `1/keys` everywhere: the layer's output is the mean of the values, the same for
+every query, whatever the input says. Softmax's Jacobian `diag(p) - p p^T` is not small there, but
+what it multiplies is the gradient of the scores with respect to q and k, which a zero scale or a
+pair of zero projections makes exactly zero: the attention pattern then never learns, and the block
+is a fixed average pool that trains only through its value and output projections. No error is
+raised and the output shapes look right.
+"""
+    fix_text = """\
+Give the scores a non-zero scale (`d_head ** -0.5`, computed as a float), and draw at least one of
+the query and key projections at its usual scale (`nn.init.normal_(q.weight, std=d ** -0.5)` or
+the default init). A zero query projection on purpose (μP) needs no fix.
+"""
+    references = (
+        "Vaswani et al., 2017, Attention Is All You Need (scaled dot-product attention), "
+        "https://arxiv.org/abs/1706.03762",
+        "Yang et al., 2022, Tensor Programs V (μP; zero-initialized query projection), "
+        "https://arxiv.org/abs/2203.03466",
+    )
+    options = (
+        Option("max_spread", 1e-6, "Flag a softmax whose scores vary along the keys by at most "
+                                   "this on every row."),
+    )
+    bad_example = '''\
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Attention(nn.Module):
+    def __init__(self, dim=64, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.scale = 1 // math.sqrt(dim // heads)  # integer division: the scale is 0
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        scores = (q @ k.transpose(-2, -1)) * self.scale
+        out = F.softmax(scores, dim=-1) @ v
+        return self.out(out.transpose(1, 2).reshape(b, n, d))
+
+
+def build():
+    return Attention(), torch.randn(2, 16, 64)
+'''
+    good_example = '''\
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Attention(nn.Module):
+    def __init__(self, dim=64, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.scale = 1 / math.sqrt(dim // heads)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        scores = (q @ k.transpose(-2, -1)) * self.scale
+        out = F.softmax(scores, dim=-1) @ v
+        return self.out(out.transpose(1, 2).reshape(b, n, d))
+
+
+def build():
+    return Attention(), torch.randn(2, 16, 64)
+'''
+
+    reads = frozenset({"graph", "forward"})
+
+    def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:
+        return [], True
+
+    def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
+        limit = float(context.option(self, "max_spread"))
+        reported: set[str] = set()
+        for softmax in model.attention:
+            if softmax.keys < 2 or not softmax.spread <= limit or softmax.module in reported:
+                continue  # NaN spread (no row with two keys) is not uniform
+            reported.add(softmax.module)  # one finding per attention module
+            layer = _layer_at(model, softmax.module)
+            if layer is not None:
+                yield self._finding(model, layer, softmax)
+
+    def _finding(self, model: "AnalysedModel", layer: "Layer", softmax: Any) -> Finding:
+        reason, for_good = _reason(softmax, _zero_layers(model, softmax.module))
+        where = "scaled_dot_product_attention" if softmax.sdpa else "softmax over attention scores"
+        message = (
+            f"{where} is uniform at init on the example inputs: on every row the scores vary by "
+            f"at most {softmax.spread:.3g} along the {softmax.keys} keys, so each query weights "
+            f"every key 1/{softmax.keys} = {1 / softmax.keys:.3g} and the output is the values' "
+            f"mean whatever the input; {reason}")
+        fix = Fix(title="Give the scores a non-zero scale and the query/key projections a drawn "
+                        "init",
+                  code=f"scale = {softmax.head_dim} ** -0.5  # a float, not 1 // math.sqrt(d)",
+                  safe=False, kind=FixKind.MANUAL)
+        finding = self.finding(
+            layer, message, fix=fix, severity=None if for_good else Severity.INFO,
+            data={"spread": softmax.spread, "keys": softmax.keys, "for_good": for_good,
+                  "zero_scale": softmax.zero_scale, "zero_queries": softmax.zero_queries,
+                  "zero_keys": softmax.zero_keys, "same_keys": softmax.same_keys,
+                  "sdpa": softmax.sdpa, "log_keys": math.log(softmax.keys)})
+        if softmax.module != layer.name:
+            module = model.submodule(softmax.module)
+            site = model.construction_site(softmax.module)
+            finding = replace(finding, module=softmax.module, module_type=type(module).__name__,
+                              location=site or finding.location)
+        return finding
+
+
+def _reason(softmax: Any, zero_layers: list[str]) -> tuple[str, bool]:
+    """Why the rows are uniform, and whether they stay so (no gradient reaches q or k)."""
+    zeros = f" ({', '.join(zero_layers)} all zero)" if zero_layers else ""
+    if softmax.zero_scale == "fixed":
+        return ("a constant scale of 0 multiplies the scores (or a query or key) between the "
+                "product and the softmax: the scores are 0 on every step and no gradient reaches "
+                "the queries or the keys, so it stays uniform for good"), True
+    if softmax.zero_queries and softmax.zero_keys:
+        return ("the queries and the keys are both all zero" + zeros + ": the gradient of each "
+                "is proportional to the other, so both stay zero and it stays uniform for "
+                "good"), True
+    if softmax.zero_scale == "learned":
+        return ("a learnable scale starts at 0: its first gradient moves it, so this is where "
+                "training starts, not where it stays"), False
+    if softmax.zero_queries or softmax.zero_keys:
+        which = "queries" if softmax.zero_queries else "keys"
+        return (f"the {which} are all zero{zeros}: their first gradient is not, so it recovers "
+                f"after the first step (a zero query projection is muP's deliberate choice)"), False
+    if softmax.same_keys:
+        return ("the keys are the same at every position (a key projection whose weight is "
+                "zero, leaving its bias): the keys' first gradient makes them differ"), False
+    return ("the scores are tiny: the query/key projections are drawn far smaller than their "
+            "fan-in asks"), False
+
+
+def _zero_layers(model: "AnalysedModel", module: str) -> list[str]:
+    """Layers inside ``module`` whose weight is all zero (what made a projection zero)."""
+    names = []
+    for name, layer in model.layers.items():
+        if module and not name.startswith(module + "."):
+            continue
+        value = layer.value("weight")
+        if value is not None and value.known and value.numel and value.constant() == 0.0:
+            names.append(f"{name}.weight")
+    return names[:4]
+
+
+def _layer_at(model: "AnalysedModel", name: str) -> "Layer | None":
+    if name in model.layers:
+        return model.layers[name]
+    for layer_name, layer in model.layers.items():
+        if name == "" or layer_name.startswith(name + "."):
+            return layer
+    return None
