@@ -14,7 +14,7 @@ from functools import cached_property
 
 import torch
 
-from biaslint.laws import EXACT_LIMIT, Law, Piece
+from biaslint.laws import EXACT_LIMIT, RANDOM_KINDS, Law, Piece
 
 # Meta tensors whose laws mix draws are answered on a sampled stand-in up to this size.
 STAND_IN_LIMIT = 1 << 22
@@ -54,6 +54,11 @@ class ParamValue:
 
     def equal_along(self, axis: int) -> bool | str:
         """Every slice along ``axis`` holds the same values; UNKNOWN."""
+        raise NotImplementedError
+
+    def zero_units(self, units_dim: int) -> torch.Tensor | None:
+        """Which units (slices along ``units_dim``) hold only zeros, as a boolean mask; None
+        when that is not known (a drawn entry is never exactly zero)."""
         raise NotImplementedError
 
     def exact(self) -> torch.Tensor | None:
@@ -123,6 +128,13 @@ class MeasuredValue(ParamValue):
         if data.dim() <= axis or data.shape[axis] < 2:
             return True
         return bool((data - data.narrow(axis, 0, 1)).abs().max() == 0)
+
+    def zero_units(self, units_dim: int) -> torch.Tensor | None:
+        data = self.tensor
+        if data.dim() <= units_dim:
+            return None
+        rows = data.movedim(units_dim, 0).reshape(data.shape[units_dim], -1)
+        return (rows == 0).all(dim=1).cpu()
 
     def exact(self) -> torch.Tensor | None:
         return self.tensor.double().cpu()
@@ -234,6 +246,27 @@ class LawValue(ParamValue):
             return bool((stand_in - stand_in.narrow(axis, 0, 1)).abs().max() == 0)
         block = self.numel // max(self.shape[0], 1) if self.shape else 1
         return False if self._drawn_blocks(block) else UNKNOWN
+
+    def zero_units(self, units_dim: int) -> torch.Tensor | None:
+        if not self.known or len(self.shape) <= units_dim:
+            return None
+        units = self.shape[units_dim]
+        if units_dim == 0 and units:  # unit j is the flat block [j * per, (j + 1) * per)
+            per = max(self.numel // units, 1)
+            zero = torch.ones(units, dtype=torch.bool)
+            for p in self.pieces:
+                if p.law.kind in ("constant", *RANDOM_KINDS) and p.law.second_moment == 0:
+                    continue  # 0, or a draw with no spread around 0
+                if p.law.kind == "exact":
+                    hits = torch.nonzero(p.exact_values() != 0).reshape(-1) + p.start
+                    zero[torch.unique(hits // per)] = False
+                else:  # a non-zero constant, or drawn (never exactly zero)
+                    zero[p.start // per:(p.stop - 1) // per + 1] = False
+            return zero
+        stand_in = self.stand_in()  # exact where exact, drawn (non-zero) where drawn
+        if stand_in is None:
+            return None
+        return (stand_in.movedim(units_dim, 0).reshape(units, -1) == 0).all(dim=1)
 
     def exact(self) -> torch.Tensor | None:
         if not self.known or self.numel > 4 * EXACT_LIMIT or any(

@@ -40,6 +40,15 @@ decides from the graph whether training can recover:
   its energy in two directions and the loss stays 550-70,000x that of a default-init twin.
   With a default-init next layer the same units are told apart (37-64%, a default layer 25-33%)
   and there is no finding.
+* **warning** for zero filters inside a live layer: some units of a `Linear` or conv weight that
+  is otherwise drawn have an all-zero row, and nothing brings their gradient back. A zero row
+  outputs exactly its bias; in front of a ReLU a bias <= 0 (or none) outputs 0 and passes back
+  0; through BatchNorm (training), InstanceNorm or a one-channel-per-group GroupNorm into a ReLU
+  an exactly-zero channel (no bias, or a bias of 0) comes out as the norm's shift, dead where it
+  is <= 0. The zero rows that do get a gradient (a positive bias, a constant bias the norm leaves
+  a rounding residue of, any other consumer) recover and are not reported; the message counts
+  them. Measured by training in `tests/test_bl002_rows.py`. On the meta device a drawn bias or
+  shift does not say which rows die: the layer is listed as not judged.
 * **warning** when learning only stalls: a zero hidden layer whose input comes only from earlier
   layers: those layers get no gradient until the zero weight has moved.
 * **no finding** for the deliberate zero-init patterns: the output is summed with another path
@@ -110,6 +119,12 @@ def build():
 
         return [layer for layer in model.layers.values()
                 if any(True for _ in weights_to_check(layer.module))]
+
+    def declined(self, model: "AnalysedModel", context: RuleContext) -> dict[str, str]:
+        from biaslint.rules.bl002_zero_constant_weight.rows import dead_rows
+
+        return {v.layer.name: f"{v.pname} has {len(v.zero)} all-zero rows in front of a ReLU "
+                              f"path, but {v.unjudged}" for v in dead_rows(model) if v.unjudged}
 
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
         from biaslint.rules.bl002_zero_constant_weight.check import check

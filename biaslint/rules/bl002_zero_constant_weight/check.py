@@ -16,6 +16,7 @@ from biaslint.findings import Finding, Fix, FixKind, Severity
 from biaslint.fix.phrases import init_call_subject, python_path, set_by, user_call
 from biaslint.rules.base import RuleContext
 from biaslint.rules.bl002_zero_constant_weight.routing import tied_routers
+from biaslint.rules.bl002_zero_constant_weight.rows import dead_rows
 from biaslint.rules.bl002_zero_constant_weight.symmetry import (
     Endpoint,
     blocks_every_input,
@@ -52,6 +53,37 @@ def check(rule: "ZeroConstantWeight", model: AnalysedModel, context: RuleContext
             if finding is not None:
                 yield finding
     yield from routers(rule, model)
+    yield from dead_rows_findings(rule, model)
+
+
+def dead_rows_findings(rule: "ZeroConstantWeight", model: AnalysedModel) -> Iterable[Finding]:
+    """4. Zero rows inside a drawn weight that are dead for good (``rows``)."""
+    for verdict in dead_rows(model):
+        if not verdict.dead or verdict.unjudged:
+            continue
+        layer, pname, dead = verdict.layer, verdict.pname, verdict.dead
+        shown = ", ".join(map(str, dead[:8])) + (f" and {len(dead) - 8} more"
+                                                  if len(dead) > 8 else "")
+        path = (f"each is exactly 0 into {', '.join(verdict.through)}, which outputs its "
+                "shift beta <= 0 there, into a ReLU" if verdict.through else
+                "each has " + ("no bias" if getattr(layer.module, "bias", None) is None
+                               else "a bias <= 0") + " in front of a ReLU")
+        recover = len(verdict.zero) - len(dead)
+        subject = init_call_subject(layer.init_of(pname)) or \
+            f"{python_path(layer.name)}.{pname}"
+        yield rule.finding(
+            layer,
+            f"{len(dead)} of {verdict.units} units of {pname} (index {shown}) have an all-zero "
+            f"weight row{_init_phrase(layer, pname)} inside a weight that is otherwise drawn, "
+            f"and {path}: they output 0 and pass back 0, dead for good"
+            + (f"; the other {recover} zero rows get a gradient and recover" if recover else ""),
+            parameter=pname, severity=Severity.WARNING,
+            fix=Fix(title="Draw every row (do not zero filters at init)",
+                    code=f"nn.init.kaiming_normal_({subject}, nonlinearity='relu')", safe=False,
+                    kind=FixKind.MANUAL),
+            data={"verdict": "dead-rows", "dead_units": dead, "zero_units": verdict.zero,
+                  "units": verdict.units, "through": verdict.through},
+        )
 
 
 def routers(rule: "ZeroConstantWeight", model: AnalysedModel) -> Iterable[Finding]:

@@ -200,13 +200,13 @@ def norms_into_relu(model: "AnalysedModel", out: "Use", producer: "nn.Module | N
         if isinstance(module, nn.GroupNorm):
             groups = below.reshape(module.num_groups, -1)
             below = groups.all(dim=1, keepdim=True).expand_as(groups).reshape(-1)
-        if not bool(below.all()) and not _channels_are_units(use, out, producer):
+        if not bool(below.all()) and not channels_are_units(use, out, producer):
             return None  # which units a channel's beta kills depends on the layout: unknown
         found.append((name, below))
     return found or None
 
 
-def _channels_are_units(norm: "Use", out: "Use", producer: "nn.Module | None") -> bool:
+def channels_are_units(norm: "Use", out: "Use", producer: "nn.Module | None") -> bool:
     """The norm reads the layer's output directly, on the axis that holds the layer's units (axis
     1): a conv's channels, or a Linear's features when its output is (N, features). A Linear on
     (N, L, F) puts its units last, where BatchNorm1d sees tokens."""
