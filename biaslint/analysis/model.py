@@ -33,6 +33,7 @@ from biaslint.vocabulary import (
 )
 
 if TYPE_CHECKING:
+    from biaslint.analysis.gradients import GradientScreen
     from biaslint.analysis.optimizers import ParamGroup
     from biaslint.analysis.sensitivity import Screen
 
@@ -498,6 +499,25 @@ class AnalysedModel:
                                                           inputs.kwargs, wanted)
             self.timings["screen"] = time.perf_counter() - start
         return self.__dict__["_bias_screen"]
+
+    def silent_parameters(self) -> "GradientScreen | None":
+        """The trainable parameters (additive biases aside: the bias screen's) that no output
+        depends on, measured (``analysis.gradients``); None without inputs or on the meta
+        device. Run once per model."""
+        if self.loaded.inputs is None or self.on_meta():
+            return None
+        if "_gradient_screen" not in self.__dict__:
+            from biaslint.analysis.gradients import screen_parameters
+            from biaslint.analysis.sensitivity import bias_pairs
+
+            skip = [(name, pname) for name, module in self.model.named_modules()
+                    for pname, _ in bias_pairs(module)]
+            inputs = self.loaded.inputs
+            start = time.perf_counter()
+            self.__dict__["_gradient_screen"] = screen_parameters(
+                self.model, inputs.args, inputs.kwargs, skip)
+            self.timings["gradients"] = time.perf_counter() - start
+        return self.__dict__["_gradient_screen"]
 
     def skipped_at_random(self, tries: int = 3) -> list[str]:
         """The layers the capture's training-mode forward did not call that another

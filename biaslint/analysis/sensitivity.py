@@ -105,7 +105,7 @@ class Screen:
     notes: list[str] = field(default_factory=list)
     forwards: int = 0
     # The model and inputs, kept while a rule may still ask where a cancellation happens.
-    runner: "_Runner | None" = field(default=None, repr=False)
+    runner: "Runner | None" = field(default=None, repr=False)
 
     @property
     def ran(self) -> bool:
@@ -125,14 +125,14 @@ class Screen:
         if self.runner is None:
             return None
         group = [(layer, param, a, b) for a, b in elements]
-        with _screening(self.runner.model):
+        with screening(self.runner.model):
             if _holds(self.runner, group):
                 return True
             if self.runner.dtype == torch.float64:
                 return False
             # float32 rounding of a shift of 10, amplified by a later normalization of nearly
             # constant values, can move outputs by more than the tolerance: float64 decides
-            with _in_float64(self.runner) as wide:
+            with in_float64(self.runner) as wide:
                 return wide is not None and _holds(wide, group)
 
     def locate(self, layer: str, param: str, elements: Sequence[tuple[int, int]]) -> str | None:
@@ -142,7 +142,7 @@ class Screen:
         function call inside it). None when the copy is gone or nothing can be told."""
         if self.runner is None:
             return None
-        with _screening(self.runner.model):
+        with screening(self.runner.model):
             return _locate(self.runner, layer, param, elements)
 
 
@@ -267,7 +267,7 @@ def floating_outputs(value: Any, seen: set[int] | None = None) -> Iterator[torch
             yield from floating_outputs(v, seen)
 
 
-def _seeded() -> None:
+def seeded() -> None:
     torch.manual_seed(SEED)
     random.seed(SEED)
     try:
@@ -279,7 +279,7 @@ def _seeded() -> None:
 
 
 @dataclass
-class _Runner:
+class Runner:
     """The model and the example inputs, and how the screen runs them."""
 
     model: nn.Module
@@ -299,7 +299,7 @@ class _Runner:
         """One seeded forward without autograd; buffers and cached attributes restored."""
         self.forwards += 1
         with preserved(self.model), torch.no_grad():
-            _seeded()
+            seeded()
             out = self.model(*(self.args if args is None else args),
                              **(self.kwargs if kwargs is None else kwargs))
             return [t.detach().clone() for t in floating_outputs(out)]
@@ -334,7 +334,7 @@ def moved(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> floa
 
 
 @contextlib.contextmanager
-def _screening(model: nn.Module) -> Iterator[None]:
+def screening(model: nn.Module) -> Iterator[None]:
     """The model as the screen measures it: training mode, degenerate parameters re-drawn,
     every parameter differentiable; all of it put back on exit, bit for bit."""
     params = list({id(p): p for p in model.parameters()}.values())
@@ -368,8 +368,8 @@ def _screening(model: nn.Module) -> Iterator[None]:
                 param.requires_grad_(flag)
 
 
-def _prepared(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-              ) -> tuple[_Runner | None, str | None]:
+def prepared(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+              ) -> tuple[Runner | None, str | None]:
     """How the screen runs this model, or why it cannot."""
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if not dtypes:
@@ -378,7 +378,7 @@ def _prepared(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
         return None, f"parameters in {', '.join(sorted(str(d) for d in dtypes))}: the screen " \
             "measures float32 and float64 models"
     dtype = torch.float64 if dtypes == {torch.float64} else torch.float32
-    return _Runner(model, dtype, tuple(args), dict(kwargs)), None
+    return Runner(model, dtype, tuple(args), dict(kwargs)), None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -409,10 +409,10 @@ def screen_biases(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
 
 def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
             layers: Sequence[str]) -> Screen:
-    run, why = _prepared(model, args, kwargs)
+    run, why = prepared(model, args, kwargs)
     if run is None:
         return Screen(error=why)
-    with _screening(model):
+    with screening(model):
         return _measure(run, layers)
 
 
@@ -422,7 +422,7 @@ _Screened = tuple[str, str, nn.Module, torch.Tensor, list[torch.Tensor]]
 _Partial = dict[tuple[str, str], dict[str, Any]]
 
 
-def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
+def _measure(run: Runner, layers: Sequence[str]) -> Screen:
     screen = Screen(dtype=str(run.dtype).replace("torch.", ""))
     wanted = _screened_biases(run, layers)
     if not wanted:
@@ -456,7 +456,7 @@ def _measure(run: _Runner, layers: Sequence[str]) -> Screen:
     return screen
 
 
-def _screened_biases(run: _Runner, layers: Sequence[str]) -> list[_Screened]:
+def _screened_biases(run: Runner, layers: Sequence[str]) -> list[_Screened]:
     """The 1-d floating, non-empty biases of ``layers``, each with the weights it pairs."""
     wanted: list[_Screened] = []
     for name in layers:
@@ -471,7 +471,7 @@ def _screened_biases(run: _Runner, layers: Sequence[str]) -> list[_Screened]:
     return wanted
 
 
-def _zero_gradient_candidates(run: _Runner, wanted: list[_Screened],
+def _zero_gradient_candidates(run: Runner, wanted: list[_Screened],
                               grads: list[dict[Any, torch.Tensor]], screen: Screen
                               ) -> tuple[list[_Candidate], _Partial]:
     """Judge each bias on its gradients: one with none, or whose whole layer is dead, goes into
@@ -499,7 +499,7 @@ def _zero_gradient_candidates(run: _Runner, wanted: list[_Screened],
     return candidates, partial
 
 
-def _flat_and_alive(run: _Runner, grads: list[dict[Any, torch.Tensor]], name: str, pname: str,
+def _flat_and_alive(run: Runner, grads: list[dict[Any, torch.Tensor]], name: str, pname: str,
                     module: nn.Module, bias: torch.Tensor, weights: list[torch.Tensor]
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per bias element: whether its gradient is zero (to rounding) in every projection, and
@@ -534,7 +534,7 @@ def _flat_and_alive(run: _Runner, grads: list[dict[Any, torch.Tensor]], name: st
     return flat, alive
 
 
-def _confirmation_notes(run: _Runner, had_candidates: bool, second: bool) -> list[str]:
+def _confirmation_notes(run: Runner, had_candidates: bool, second: bool) -> list[str]:
     """What the confirmation of the zero-gradient elements could not do, said."""
     notes: list[str] = []
     if had_candidates and not second:
@@ -563,7 +563,7 @@ def _output_axis(module: nn.Module, out: torch.Tensor, numel: int) -> int | None
     return None
 
 
-def _gradients(run: _Runner, tensors: list[torch.Tensor], layers: dict[str, int]
+def _gradients(run: Runner, tensors: list[torch.Tensor], layers: dict[str, int]
                ) -> list[dict[Any, torch.Tensor]] | None:
     """Per random projection of the floating outputs, the gradient of each tensor (by id), and
     per layer in ``layers`` (name -> bias size) the sum over positions of |d loss / d output|
@@ -592,7 +592,7 @@ def _gradients(run: _Runner, tensors: list[torch.Tensor], layers: dict[str, int]
              for name, numel in layers.items()]
     try:
         with preserved(run.model), torch.enable_grad():
-            _seeded()
+            seeded()
             out = run.model(*run.args, **run.kwargs)
             outputs = [y for y in floating_outputs(out) if y.requires_grad]
             if not outputs:
@@ -626,7 +626,7 @@ def _gradients(run: _Runner, tensors: list[torch.Tensor], layers: dict[str, int]
 Piece = tuple[str, str, int, int]  # (layer, param, start, stop): a run of bias elements
 
 
-def _batches(run: _Runner) -> None:
+def _batches(run: Runner) -> None:
     """The example batch and a second one drawn like it, each with its unperturbed outputs."""
     if run.batches:
         return
@@ -638,7 +638,7 @@ def _batches(run: _Runner) -> None:
         pass
 
 
-def _holds(run: _Runner, group: Sequence[Piece]) -> bool:
+def _holds(run: Runner, group: Sequence[Piece]) -> bool:
     """Shift every element of ``group`` by a large random value (one sign on the example batch,
     the other on the second): True when no output moves on either."""
     _batches(run)
@@ -672,7 +672,7 @@ def _converted(value: Any, dtype: torch.dtype) -> Any:
 
 
 @contextlib.contextmanager
-def _in_float64(run: _Runner) -> Iterator[_Runner | None]:
+def in_float64(run: Runner) -> Iterator[Runner | None]:
     """The model and inputs in float64 for the time of the block (None when the model will not
     run in float64: it builds float32 tensors inside); every tensor's dtype put back after
     (float32 round-trips through float64 exactly)."""
@@ -683,11 +683,11 @@ def _in_float64(run: _Runner) -> Iterator[_Runner | None]:
     storages = [p.data for p in params]
     buffers = [(m, name, b) for m in model.modules() for name, b in m._buffers.items()
                if b is not None]
-    wide: _Runner | None = None
+    wide: Runner | None = None
     try:
         try:
             model.double()  # buffers are new tensors: ``preserved`` puts the old ones back
-            wide = _Runner(model, torch.float64, _converted(run.args, torch.float64),
+            wide = Runner(model, torch.float64, _converted(run.args, torch.float64),
                            _converted(run.kwargs, torch.float64))
             wide.baseline = wide.outputs()
         except Exception:  # a model that builds float32 tensors inside
@@ -709,7 +709,7 @@ def _in_float64(run: _Runner) -> Iterator[_Runner | None]:
                 module._buffers[name] = buffer
 
 
-def _settled(run: _Runner, pieces: list[Piece]) -> tuple[list[Piece], list[Piece]]:
+def settled(run: Runner, pieces: list[Piece]) -> tuple[list[Piece], list[Piece]]:
     """Group testing: (pieces that hold, pieces that move), testing all together first and
     splitting what moves in halves, within the confirmation budget (what it does not reach
     counts as moving: it is never reported)."""
@@ -732,7 +732,7 @@ def _settled(run: _Runner, pieces: list[Piece]) -> tuple[list[Piece], list[Piece
     return held, moving
 
 
-def _confirm(run: _Runner, candidates: list[_Candidate]
+def _confirm(run: Runner, candidates: list[_Candidate]
              ) -> tuple[dict[tuple[str, str], torch.Tensor],
                         dict[tuple[str, str], torch.Tensor], bool]:
     """Perturb the candidates' elements all together; where the outputs move, split the group
@@ -755,14 +755,14 @@ def _confirm(run: _Runner, candidates: list[_Candidate]
                                    torch.zeros(sizes[(layer, pname)], dtype=torch.bool))
             mask[a:b] = True
 
-    held, moving = _settled(run, pieces)
+    held, moving = settled(run, pieces)
     if held and run.dtype != torch.float64:
         # float32 tells "moves by less than 1e-4" from "does not move", not from "moves by
         # 1e-6": what held is measured again in float64, where the tolerance is 1e-8 (a
         # channel behind a small weight, a key bias behind a float32-only mask)
-        with _in_float64(run) as wide:
+        with in_float64(run) as wide:
             if wide is not None:
-                held, also = _settled(wide, held)
+                held, also = settled(wide, held)
                 moving += also
                 run.budget_spent |= wide.budget_spent
             else:
@@ -778,14 +778,16 @@ def _shifts(group: Sequence[Piece], params: dict[tuple[str, str], torch.Tensor],
     shifts: dict[tuple[str, str], torch.Tensor] = {}
     for layer, pname, a, b in group:
         param = params[(layer, pname)]
-        delta = shifts.setdefault((layer, pname), torch.zeros_like(param))
+        # contiguous whatever the parameter's layout: [a, b) are flat indices
+        delta = shifts.setdefault((layer, pname), torch.zeros(
+            param.shape, dtype=param.dtype, device=param.device))
         draw = torch.randn(b - a, generator=generator, dtype=torch.float64)
         # away from zero, so every element moves by at least half a unit of SHIFT
-        delta[a:b] = (sign * SHIFT * (draw.sign() * (draw.abs() + 0.5))).to(param.dtype)
+        delta.view(-1)[a:b] = (sign * SHIFT * (draw.sign() * (draw.abs() + 0.5))).to(param.dtype)
     return shifts
 
 
-def _locate(run: _Runner, layer: str, param: str, elements: Sequence[tuple[int, int]]
+def _locate(run: Runner, layer: str, param: str, elements: Sequence[tuple[int, int]]
             ) -> str | None:
     model = run.model
     names = {id(m): n for n, m in model.named_modules()}

@@ -17,6 +17,7 @@ from biaslint.rules.bl011_weight_decay_on_bias import WeightDecayOnBias
 from biaslint.rules.bl012_uninitialized_parameter import UninitializedParameter
 from biaslint.rules.bl013_implausible_norm_epsilon import ImplausibleNormEpsilon
 from biaslint.rules.bl014_uniform_attention import UniformAttention
+from biaslint.rules.bl015_parameter_without_gradient import ParameterWithoutGradient
 from biaslint.rules.bl100_unused_suppression import UnusedSuppression
 
 REGISTRY: tuple[type[Rule], ...] = (
@@ -34,6 +35,7 @@ REGISTRY: tuple[type[Rule], ...] = (
     UninitializedParameter,
     ImplausibleNormEpsilon,
     UniformAttention,
+    ParameterWithoutGradient,
     UnusedSuppression,
 )
 

@@ -1,0 +1,149 @@
+"""Parameters no output depends on, measured: what the bias screen does for biases, for every
+other trainable parameter.
+
+On the model as the screen prepares it (``sensitivity.screening``: training mode, every
+all-equal or tiny parameter re-drawn, so a zero-initialized gate does not hide what is behind
+it), one forward and two backwards of random projections of the floating outputs. A parameter
+whose gradient is exactly zero in both is a candidate; it is confirmed when shifting every entry
+by a large random value (10 units, both signs, on the example batch and a second batch drawn
+like it, float64 where the model runs in it) moves no output. A unit merely off on these inputs
+comes on under such a shift, and is refuted.
+
+What this finds is structural on these inputs: a softmax over one position (its output is the
+constant 1), a recurrent direction whose only step read starts from the initial state, a product
+with a constant zero. Parameters autograd never reaches (unused, or behind a ``detach``) are
+BL010's; additive biases are BL001's.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+
+from biaslint.analysis.sensitivity import (
+    PROJECTIONS,
+    SEED,
+    Runner,
+    floating_outputs,
+    in_float64,
+    prepared,
+    screening,
+    seeded,
+    settled,
+)
+from biaslint.capture.preserve import preserved
+
+# A gradient counts as zero below this fraction of the largest gradient entry of any parameter
+# (only a proposal: the shift of 10 units confirms or refutes it, so a small live gradient costs
+# forwards, never a finding).
+ZERO_FLOAT32, ZERO_FLOAT64 = 1e-6, 1e-12
+
+
+@dataclass
+class GradientScreen:
+    """Per (layer, parameter): confirmed silent, or zero-gradient but moved when shifted."""
+
+    silent: list[tuple[str, str]] = field(default_factory=list)
+    flat: list[tuple[str, str]] = field(default_factory=list)  # refuted: off on these inputs
+    measured: int = 0  # parameters whose gradient was measured
+    error: str | None = None  # why nothing was measured
+    forwards: int = 0
+
+
+def screen_parameters(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                      skip: Iterable[tuple[str, str]] = ()) -> GradientScreen:
+    """Measure which trainable parameters (but ``skip``) no output depends on. Never changes
+    ``model``; the RNG is restored."""
+    with torch.random.fork_rng(devices=[]):
+        state = random.getstate()
+        try:
+            return _screen(model, args, kwargs, set(skip))
+        finally:
+            random.setstate(state)
+
+
+def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+            skip: set[tuple[str, str]]) -> GradientScreen:
+    run, why = prepared(model, args, kwargs)
+    if run is None:
+        return GradientScreen(error=why)
+    trainable = _trainable(model, skip)
+    result = GradientScreen(measured=len(trainable))
+    if not trainable:
+        return result
+    with screening(model):
+        try:
+            zero = _zero_gradients(run, trainable)
+        except Exception as exc:  # said: nothing was measured
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            result.error = (f"the training-mode forward and backward raised "
+                            f"{type(exc).__name__}: {text}")
+            return result
+        if zero is None:
+            result.error = "no floating output depends on a parameter through autograd"
+            return result
+        pieces = [(layer, pname, 0, int(p.numel())) for layer, pname, p in zero]
+        held, moving = settled(run, pieces)
+        if held and run.dtype != torch.float64:
+            with in_float64(run) as wide:  # float32 cannot tell "moves by 1e-6" from "still"
+                if wide is not None:
+                    held, also = settled(wide, held)
+                    moving += also
+        result.forwards = run.forwards
+    result.silent = [(layer, pname) for layer, pname, _, _ in held]
+    result.flat = [(layer, pname) for layer, pname, _, _ in moving]
+    return result
+
+
+def _trainable(model: nn.Module, skip: set[tuple[str, str]]
+               ) -> list[tuple[str, str, torch.Tensor]]:
+    """Every floating parameter that trains (requires_grad), once (a shared one by its first
+    name), but ``skip``."""
+    seen: set[int] = set()
+    found = []
+    for layer, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            if id(param) in seen or not param.requires_grad or not param.is_floating_point() \
+                    or param.numel() == 0:
+                continue
+            seen.add(id(param))
+            if (layer, pname) not in skip:
+                found.append((layer, pname, param))
+    return found
+
+
+def _zero_gradients(run: Runner, params: list[tuple[str, str, torch.Tensor]]
+                    ) -> list[tuple[str, str, torch.Tensor]] | None:
+    """The parameters whose gradient is zero in every random projection: exactly, or within
+    rounding (its largest entry below ``ZERO`` times the largest of any parameter: a softmax over
+    one key differentiated by a fused kernel leaves ~1e-9); the perturbation decides. A
+    parameter autograd does not reach is not among them. None when no output is
+    differentiable."""
+    run.forwards += 1
+    tensors = [p for _, _, p in params]
+    zero = [True] * len(tensors)
+    relative = ZERO_FLOAT64 if run.dtype == torch.float64 else ZERO_FLOAT32
+    with preserved(run.model), torch.enable_grad():
+        seeded()
+        out = run.model(*run.args, **run.kwargs)
+        outputs = [y for y in floating_outputs(out) if y.requires_grad]
+        if not outputs:
+            return None
+        generator = torch.Generator().manual_seed(SEED + 1)
+        for k in range(PROJECTIONS):
+            loss = torch.stack([(torch.randn(y.shape, generator=generator, dtype=torch.float64)
+                                 .to(y.dtype) * torch.nan_to_num(y)).sum().double()
+                                for y in outputs]).sum()
+            grads = torch.autograd.grad(loss, tensors, allow_unused=True,
+                                        retain_graph=k + 1 < PROJECTIONS)
+            peaks = [float(g.detach().abs().max()) if g is not None and g.numel() else 0.0
+                     for g in grads]
+            largest = max(peaks, default=0.0)
+            for i, g in enumerate(grads):
+                zero[i] = zero[i] and g is not None and peaks[i] <= relative * largest
+        run.baseline = [y.detach().clone() for y in floating_outputs(out)]
+    return [entry for entry, z in zip(params, zero) if z]

@@ -1,0 +1,174 @@
+"""BL015: parameters the forward reads but no output depends on, measured on the example inputs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch.nn as nn
+
+from biaslint.findings import Finding, Fix, FixKind, Severity
+from biaslint.rules.base import Rule, RuleContext
+
+if TYPE_CHECKING:
+    from biaslint.analysis import AnalysedModel, Layer
+
+
+class ParameterWithoutGradient(Rule):
+    code = "BL015"
+    name = "parameter-without-gradient"
+    severity = Severity.WARNING
+    summary = "Parameters the forward reads but no output depends on: no gradient, for good"
+    what_it_does = """\
+Measures, on the example inputs, which trainable parameters no output depends on although the
+forward reads them (a parameter the forward never reaches is BL010's; an additive bias is
+BL001's). On the model in training mode, with every all-equal or tiny parameter re-drawn for the
+measurement (so a zero-initialized gate, whose gradient becomes non-zero after one step, does not
+hide what is behind it), one forward and two backwards of random projections of the outputs
+propose the parameters whose gradient is exactly zero; each is confirmed by shifting all its
+entries by about 10 units, both signs, on the example batch and on a second batch drawn like it
+(in float64 where the model runs in it): no output may move. A unit that is merely off on these
+inputs comes on under such a shift, and is not reported.
+
+The finding names the graph's reason where it knows one:
+- the parameter feeds the scores of a softmax over a **length-1 axis** (one key): its output is
+  the constant 1 whatever the scores, so the query and key projections never train (a vision
+  transformer's pooling attention at a small input, a cross-attention over one memory slot);
+- it is the **reverse direction's recurrent weight** of a bidirectional RNN whose output is read
+  only at the last step: there the reverse direction has run one step, from its initial state,
+  which is all that weight multiplies.
+
+The verdict holds for these inputs' shapes: another sequence length or image size can change it,
+as the message says. Without a forward with values (the meta device) the rule does not run.
+"""
+    why_bad = """\
+A parameter with no gradient never trains: it keeps its init while the optimizer spends state and
+memory on it, and weight decay alone shrinks it toward zero. The layer it belongs to looks
+healthy, so nothing says the model learns without it, or that a shape (one key, the last step of
+a reverse direction) made a whole projection decorative.
+"""
+    fix_text = """\
+Give the part real work or remove it: attend over more than one key (or drop the attention for a
+plain projection when there is one); read a bidirectional RNN's reverse direction where it has
+seen the sequence (`out[:, 0, hidden:]`, or `h_n`); or delete the parameter.
+"""
+    references = (
+        "PyTorch documentation, torch.nn.LSTM (outputs of a bidirectional LSTM: the reverse "
+        "direction's output at the last step has seen one input), "
+        "https://pytorch.org/docs/stable/generated/torch.nn.LSTM.html",
+    )
+    bad_example = '''\
+import torch
+import torch.nn as nn
+
+
+class Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(16, 32, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.head(out[:, -1])  # the reverse half has seen only the last step here
+
+
+def build():
+    return Tagger(), torch.randn(8, 12, 16)
+'''
+    good_example = '''\
+import torch
+import torch.nn as nn
+
+
+class Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(16, 32, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x):
+        _, (h, _) = self.lstm(x)
+        return self.head(torch.cat([h[-2], h[-1]], dim=-1))  # each direction's final state
+
+
+def build():
+    return Tagger(), torch.randn(8, 12, 16)
+'''
+
+    reads = frozenset({"graph", "forward"})
+
+    def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
+        return [layer for layer in model.layers.values()
+                if any(p.requires_grad and p.is_floating_point()
+                       for p in layer.parameters().values())]
+
+    def declined(self, model: "AnalysedModel", context: RuleContext) -> dict[str, str]:
+        screen = model.silent_parameters()
+        if screen is None or screen.error is None:
+            return {}
+        return {layer.name: f"the gradients were not measured: {screen.error}"
+                for layer in self.scope(model, context)}
+
+    def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:
+        return [], True  # the attention measure names a softmax over one key
+
+    def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
+        screen = model.silent_parameters()
+        if screen is None or screen.error is not None:
+            return
+        by_layer: dict[str, list[str]] = {}
+        for layer_name, pname in screen.silent:
+            by_layer.setdefault(layer_name, []).append(pname)
+        for layer_name, pnames in by_layer.items():
+            layer = model.layers.get(layer_name)
+            if layer is not None:
+                yield self._finding(model, layer, pnames)
+
+    def _finding(self, model: "AnalysedModel", layer: "Layer", pnames: list[str]) -> Finding:
+        kind, why = _why(model, layer, pnames)
+        names = ", ".join(pnames)
+        message = (
+            f"{names} of {layer.name or 'the model'} get{'s' if len(pnames) == 1 else ''} no "
+            f"gradient on the example inputs, and shifting "
+            f"{'it' if len(pnames) == 1 else 'them'} by 10 units moves no output (measured "
+            f"on two batches): {why}. {'It' if len(pnames) == 1 else 'They'} never train"
+            f"{'s' if len(pnames) == 1 else ''} while this holds (weight decay alone moves "
+            f"{'it' if len(pnames) == 1 else 'them'}); it holds for these input shapes")
+        fixes = {
+            "one-key": "attend over more than one key, or use a plain projection",
+            "reverse": "read the reverse direction where it has seen the sequence: "
+                       "out[:, 0, hidden:] or h_n",
+        }
+        return self.finding(
+            layer, message, parameter=pnames[0],
+            fix=Fix(title="Give the parameters work that reaches an output, or remove them",
+                    code=fixes.get(kind, "remove the parameters, or use them"), safe=False,
+                    kind=FixKind.MANUAL),
+            data={"parameters": pnames, "reason": kind})
+
+
+def _why(model: "AnalysedModel", layer: "Layer", pnames: list[str]) -> tuple[str, str]:
+    """(kind, words): what in the graph keeps the outputs from depending on them."""
+    module = layer.module
+    if isinstance(module, nn.RNNBase) and all(
+            p.startswith(("weight_hh", "weight_hr")) and p.endswith("_reverse") for p in pnames):
+        return "reverse", (
+            "the reverse direction's recurrent weights, and the output is read only where the "
+            "reverse direction has run one step, from its initial state, which is all they "
+            "multiply there")
+    one_key = [a for a in _attention(model) if a.keys == 1
+               and (a.module == "" or layer.name == a.module
+                    or layer.name.startswith(a.module + "."))]
+    if one_key:
+        where = one_key[0].module or "the model"
+        return "one-key", (
+            f"the scores of the softmax in {where} read them, and it runs over a length-1 axis "
+            f"(one key): it outputs the constant 1 whatever the scores")
+    return "measured", "no output depends on them on these inputs"
+
+
+def _attention(model: "AnalysedModel") -> list[Any]:
+    try:
+        return list(model.attention)
+    except Exception:  # the measure is only for the words: the verdict stands without it
+        return []

@@ -1,0 +1,155 @@
+"""BL015 measured by training: each model is trained 5 Adam steps (lr 1e-2, a regression loss on
+a random target), in float64; then each parameter in turn is re-drawn (N(0, 3^2)) and the
+outputs on a fresh batch compared: a parameter whose re-draw moves no output by more than 1e-9
+(relative) is one no output depends on, after training as at init. The rule must flag exactly
+those parameters (additive biases are BL001's, parameters autograd never reaches BL010's) and
+name the reason where the graph has one; a zero-initialized gate, which moves on the first step
+and lets what is behind it train from the second, must not hide those parameters."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+HEAD = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Tagger(nn.Module):
+    def __init__(self, read="last"):
+        super().__init__()
+        self.read = read
+        self.lstm = nn.LSTM(8, 16, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        out, (h, _) = self.lstm(x)
+        if self.read == "last":
+            return self.head(out[:, -1])
+        if self.read == "first":
+            return self.head(out[:, 0])
+        return self.head(torch.cat([h[-2], h[-1]], dim=-1))
+
+
+class CrossAttention(nn.Module):
+    '''Queries from the tokens, keys and values from ``slots`` memory entries.'''
+    def __init__(self, slots=1, sdpa=False):
+        super().__init__()
+        self.slots, self.sdpa = slots, sdpa
+        self.memory = nn.Parameter(torch.randn(slots, 16))
+        self.q = nn.Linear(16, 16)
+        self.k = nn.Linear(16, 16)
+        self.v = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 16)
+
+    def forward(self, x):
+        memory = self.memory.expand(x.shape[0], -1, -1)
+        q, k, v = self.q(x), self.k(memory), self.v(memory)
+        if self.sdpa:
+            attended = F.scaled_dot_product_attention(q, k, v)
+        else:
+            scores = q @ k.transpose(-2, -1) / 4.0
+            attended = torch.softmax(scores, dim=-1) @ v
+        return self.out(x + attended)
+
+
+class Gated(nn.Module):
+    '''adaLN-Zero style: the branch is scaled by a gate initialized to zero.'''
+    def __init__(self):
+        super().__init__()
+        self.branch = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+        self.gate = nn.Parameter(torch.zeros(16))
+        self.head = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.head(x + self.gate * self.branch(x))
+
+
+class Zeroed(nn.Module):
+    '''A scale read through a product with a constant 0.'''
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(16))
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.fc(x) + 0 * self.scale * x
+"""
+
+# name -> (build expression, input expression, expected reason of each flagged layer)
+CASES = {
+    "bidirectional LSTM read at the last step": ("Tagger('last')", "torch.randn(6, 10, 8)",
+                                                 {"lstm": "reverse"}),
+    "bidirectional LSTM read at the first step": ("Tagger('first')", "torch.randn(6, 10, 8)",
+                                                  {"lstm": "measured"}),
+    "bidirectional LSTM read through h_n": ("Tagger('h')", "torch.randn(6, 10, 8)", {}),
+    "cross-attention over one memory slot": ("CrossAttention(1)", "torch.randn(4, 7, 16)",
+                                             {"q": "one-key", "k": "one-key"}),
+    "sdpa over one memory slot": ("CrossAttention(1, sdpa=True)", "torch.randn(4, 7, 16)",
+                                  {"q": "one-key", "k": "one-key"}),
+    "cross-attention over three slots": ("CrossAttention(3)", "torch.randn(4, 7, 16)", {}),
+    "zero-initialized gate": ("Gated()", "torch.randn(4, 16)", {}),
+    "a parameter times a constant 0": ("Zeroed()", "torch.randn(4, 16)", {"": "measured"}),
+}
+
+
+def _silent_after_training(namespace: dict, build: str, inputs: str) -> set[tuple[str, str]]:
+    """Parameters (biases aside) whose re-draw after 5 Adam steps moves no output."""
+    torch.manual_seed(0)
+    model = eval(build, namespace).double()
+    x = eval(inputs, namespace).double()
+    with torch.no_grad():
+        target = torch.randn_like(model(x))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(5):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), target).backward()
+        optimizer.step()
+    fresh = torch.randn_like(x)
+    silent = set()
+    with torch.no_grad():
+        before = model(fresh)
+        for name, p in model.named_parameters():
+            layer, _, pname = name.rpartition(".")
+            if pname.startswith("bias"):
+                continue  # an additive bias: BL001's
+            kept = p.detach().clone()
+            p.copy_(torch.randn_like(p) * 3)
+            change = float((model(fresh) - before).abs().max() / before.abs().max())
+            p.copy_(kept)
+            if change <= 1e-9:
+                silent.add((layer, pname))
+    return silent
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bl015_flags_exactly_what_training_leaves_alone(name, lint_source):
+    build, inputs, reasons = CASES[name]
+    namespace: dict = {}
+    exec(compile(HEAD, "<bl015>", "exec"), namespace)
+    truth = _silent_after_training(namespace, build, inputs)
+    source = HEAD + textwrap.dedent(f"""
+        def build():
+            torch.manual_seed(0)
+            return {build}, {inputs}
+        """)
+    result = lint_source(source, select=("BL015",))
+    assert not result.error, result.error
+    findings = [f for f in result.findings if f.code == "BL015"]
+    claimed = {(f.module, p) for f in findings for p in f.data["parameters"]}
+    assert claimed == truth, (claimed, truth)
+    assert {f.module: f.data["reason"] for f in findings} == reasons
+
+
+def test_a_gate_at_zero_hides_the_branch_at_init():
+    """The gated case is not trivial: at init, with the gate at 0, the branch gets no gradient
+    (what a screen without re-drawing would flag)."""
+    namespace: dict = {}
+    exec(compile(HEAD, "<bl015>", "exec"), namespace)
+    model = namespace["Gated"]()
+    model(torch.randn(4, 16)).sum().backward()
+    assert not model.branch[0].weight.grad.any()
