@@ -157,7 +157,8 @@ def check(model: "nn.Module", example_inputs: Any = None, *, name: str | None = 
     ``class_priors``, ``head``, ``target_mean``, ``input_shapes`` (used when there are no
     example inputs), ``allow_incomplete``, ``severity`` ({code: severity}), ``rule_options``
     ({code: {option: value}}), ``per_module_ignores``, ``signal`` (measure signal
-    propagation; default True).
+    propagation; default True), ``plugins`` (modules of the project's own rules, importable
+    from the working directory; see ``biaslint.rules.plugins``).
     """
     import torch.nn as nn
 

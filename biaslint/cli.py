@@ -170,31 +170,64 @@ def _exit_code(outcome: Outcome) -> int:
     return EXIT_FINDINGS if worst is not None and worst >= outcome.fail_on else EXIT_CLEAN
 
 
+def _rule_sources(command: Callable[..., None]) -> Callable[..., None]:
+    """``--plugin`` and ``--config`` for the commands that show rules: the rows' own flags."""
+    from biaslint.run.schema import BY_NAME
+
+    plugin, config = BY_NAME["plugins"], BY_NAME["config"]
+    command = click.option(str(config.flag), "config", type=click.Path(dir_okay=False),
+                           default=None, help=config.help)(command)
+    return click.option(str(plugin.flag), "plugins", multiple=True, metavar=plugin.metavar,
+                        help=plugin.help)(command)
+
+
+def _showing_rules(plugins: tuple[str, ...], config: str | None, show: Callable[[], None]) -> None:
+    """Run ``show`` with the project's plugin rules taking part; a plugin that cannot be
+    loaded is one error line and exit 2."""
+    from biaslint.run.check import rules_in_force
+
+    try:
+        with rules_in_force(plugins, config):
+            show()
+    except BiaslintError as exc:
+        click.echo(f"biaslint: error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+
+
 @main.command("rules")
-def rules_command() -> None:
-    """List the rules."""
+@_rule_sources
+def rules_command(plugins: tuple[str, ...], config: str | None) -> None:
+    """List the rules (the project's own too: --plugin, [tool.biaslint] plugins, installed
+    biaslint.rules entry points)."""
     from rich.console import Console
     from rich.table import Table
 
     from biaslint.rules import all_rules
 
-    table = Table(box=None, pad_edge=False)
-    for column in ("code", "name", "severity", "summary"):
-        table.add_column(column)
-    for rule in all_rules():
-        table.add_row(rule.code, rule.name, str(rule.severity), rule.summary)
-    Console(highlight=False, emoji=False).print(table)
+    def show() -> None:
+        table = Table(box=None, pad_edge=False)
+        for column in ("code", "name", "severity", "summary"):
+            table.add_column(column)
+        for rule in all_rules():
+            table.add_row(rule.code, rule.name, str(rule.severity), rule.summary)
+        Console(highlight=False, emoji=False).print(table)
+
+    _showing_rules(plugins, config, show)
 
 
 @main.command("rule")
 @click.argument("code")
-def rule_command(code: str) -> None:
+@_rule_sources
+def rule_command(code: str, plugins: tuple[str, ...], config: str | None) -> None:
     """Show the documentation of rule CODE (the text of its page in rules/)."""
     from biaslint.rules import rule_by_code
     from biaslint.rules.pages import rule_page
 
-    rule = rule_by_code(code)
-    if rule is None:
-        click.echo(f"biaslint: error: no rule {code!r}; biaslint rules lists them", err=True)
-        sys.exit(EXIT_ERROR)
-    click.echo(rule_page(rule), nl=False)
+    def show() -> None:
+        rule = rule_by_code(code)
+        if rule is None:
+            click.echo(f"biaslint: error: no rule {code!r}; biaslint rules lists them", err=True)
+            sys.exit(EXIT_ERROR)
+        click.echo(rule_page(rule), nl=False)
+
+    _showing_rules(plugins, config, show)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from biaslint.findings import Severity
 
@@ -33,6 +33,15 @@ class TargetConfig:
                    inputs={k: v for k, v in values.items() if k not in own})
 
 
+class PluginModule(NamedTuple):
+    """A module of rules named in ``plugins`` (``biaslint.rules.plugins``), and the folder it
+    is importable from besides the path: the config file's folder, or the working directory
+    the command line or ``check()`` was given it in."""
+
+    module: str
+    folder: str
+
+
 @dataclass(frozen=True)
 class Settings:
     select: tuple[str, ...] = ()
@@ -50,3 +59,6 @@ class Settings:
     # Record the project files each target's build and forward run (``TargetResult.sources``),
     # for ``--changed-since`` (``biaslint.run.changes``).
     record_sources: bool = False
+    # Modules of the project's own rules (``[tool.biaslint] plugins``, ``--plugin``); the rules
+    # of installed packages' ``biaslint.rules`` entry points take part without being named.
+    plugins: tuple[PluginModule, ...] = ()

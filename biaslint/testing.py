@@ -11,6 +11,10 @@
 The pytest plugin (``pytest --biaslint``, see ``biaslint.pytest_plugin``) runs the
 ``[tool.biaslint]`` targets as test items without writing any test.
 
+A project's own rules (``biaslint.rules.plugins``) are tested as the built-in ones are:
+``assert_examples(MyRule)`` lints the rule's documented bad example (it must trigger the rule)
+and good example (it must not).
+
 Importing this module does not import torch; the first ``assert_clean`` does.
 """
 
@@ -20,8 +24,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from biaslint.api import Report
+    from biaslint.findings import TargetResult
+    from biaslint.rules import Rule
 
-__all__ = ["assert_clean"]
+__all__ = ["assert_clean", "assert_examples"]
 
 
 def assert_clean(model_or_target: Any, example_inputs: Any = None, *,
@@ -74,3 +80,49 @@ def failure_message(report: "Report") -> str:
     if not text:  # pragma: no cover - the text report always names the target
         text = repr(report)
     return text
+
+
+def assert_examples(rule: "type[Rule]") -> None:
+    """Lint ``rule``'s ``bad_example`` and ``good_example`` (with ``example_target``) as
+    biaslint's own tests lint the built-in rules' and raise ``AssertionError`` unless the bad
+    one triggers the rule and the good one does not. A plugin rule is first checked as the
+    linter checks it (code, metadata, ``check``); the installed entry points' rules take part
+    too, as in a run."""
+    __tracebackhide__ = True
+    from biaslint.rules import is_builtin, plugged
+    from biaslint.rules.plugins import checked
+
+    own = () if is_builtin(rule) else checked([(rule, "assert_examples")])
+    with plugged(own):
+        bad = _lint_example(rule, "bad_example")
+        good = _lint_example(rule, "good_example")
+    if not any(f.code == rule.code for f in bad.findings):
+        raise AssertionError(f"{rule.code}'s bad_example does not trigger it; notes: "
+                             + ("; ".join(bad.notes) or "none"))
+    wrong = [f for f in good.findings if f.code == rule.code]
+    if wrong:
+        raise AssertionError(f"{rule.code}'s good_example triggers it: "
+                             + "; ".join(f"{f.module}: {f.message}" for f in wrong))
+
+
+def _lint_example(rule: "type[Rule]", which: str) -> "TargetResult":
+    """One example of ``rule`` linted from a file of its own with only that rule selected."""
+    import tempfile
+    import uuid
+    from pathlib import Path
+
+    from biaslint.engine import lint
+    from biaslint.errors import BiaslintError
+    from biaslint.settings import Settings, TargetConfig
+
+    with tempfile.TemporaryDirectory(prefix="biaslint-example-") as folder:
+        path = Path(folder) / f"{rule.code.lower()}_{which}_{uuid.uuid4().hex[:8]}.py"
+        path.write_text(getattr(rule, which), encoding="utf-8")
+        config = TargetConfig.of(f"{path}:build", **dict(rule.example_target))
+        try:
+            result = lint(config, Settings(select=(rule.code,)))
+        except BiaslintError as exc:
+            raise AssertionError(f"{rule.code}'s {which} did not lint: {exc}") from None
+    if result.error:
+        raise AssertionError(f"{rule.code}'s {which} did not lint: {result.error}")
+    return result

@@ -21,12 +21,20 @@ def test_the_readme_has_snippets_to_check():
 
 
 @pytest.mark.parametrize("index", range(len(_blocks("toml"))))
-def test_toml_snippet_is_valid_configuration(index: int, tmp_path: Path):
+def test_toml_snippet_is_valid_configuration(index: int, tmp_path: Path, monkeypatch):
+    import shutil
+    import sys
+
     from biaslint.run.config import load_config
 
     path = tmp_path / "pyproject.toml"
     path.write_text(_blocks("toml")[index], encoding="utf-8")
+    if "plugins = " in _blocks("toml")[index]:
+        # "Rules of your own": the module it names is the one the README shows, beside the file.
+        shutil.copy(Path(__file__).parent / "fixtures" / "plugin" / "acme_rules.py", tmp_path)
+        monkeypatch.delitem(sys.modules, "acme_rules", raising=False)
     load_config(str(path))  # raises ConfigError on invalid TOML or an unknown key
+    sys.modules.pop("acme_rules", None)
 
 
 @pytest.mark.parametrize("index", range(len(_blocks("yaml"))))

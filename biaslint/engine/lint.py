@@ -104,11 +104,14 @@ def lint_loaded(loaded: LoadedTarget, config: TargetConfig, settings: Settings,
     """Capture, analyse and run the rules on an already built ``LoadedTarget``."""
     from biaslint.load.guard import old_objects_frozen
     from biaslint.load.kept import KeptModel
+    from biaslint.rules import plugged
+    from biaslint.rules.plugins import load_plugins
 
     # The user's model comes back as it was, and every rule judges the values the build made,
-    # even when the forward writes to its own parameters (see ``KeptModel``).
+    # even when the forward writes to its own parameters (see ``KeptModel``). The project's own
+    # rules (``settings.plugins``, installed entry points) take part beside the built-in ones.
     kept = KeptModel(loaded.model)
-    with old_objects_frozen():
+    with old_objects_frozen(), plugged(load_plugins(settings.plugins)):
         try:
             return _Lint(loaded, config, settings, kept, timings, on_stage).run()
         finally:
@@ -249,6 +252,7 @@ class _Lint:
     def check(self, rule: Rule, analysed: AnalysedModel, context: RuleContext) -> str | None:
         """The rule's findings; how it crashed, or None."""
         from biaslint.load.guard import user_code
+        from biaslint.rules import is_builtin, origin
 
         try:
             # Some rules run the forward again for real values (a head's logits).
@@ -266,8 +270,9 @@ class _Lint:
                       else f"{type(exc).__name__}: {exc}")
             self.notes.append(f"rule {rule.code} crashed and was skipped: {detail}")
             crashed = f"{type(exc).__name__}: {exc}"
-            self.incomplete.append(f"rule {rule.code} crashed (an internal error, please "
-                                   f"report it): {crashed}")
+            whose = "an internal error, please report it" if is_builtin(type(rule)) else \
+                f"a bug of the plugin rule {origin(type(rule))}: report it to its authors"
+            self.incomplete.append(f"rule {rule.code} crashed ({whose}): {crashed}")
             return crashed
 
     def result(self, captured: Capture, signal: Signal | None) -> TargetResult:

@@ -24,9 +24,9 @@ def unfrozen(findings: list[Finding], model: nn.Module) -> tuple[list[Finding], 
     whose claim holds for a frozen parameter too (``Rule.frozen_matters``) keeps its findings."""
     import torch
 
-    from biaslint.rules import REGISTRY
+    from biaslint.rules import all_rules
 
-    standing = {rule.code for rule in REGISTRY if rule.frozen_matters}
+    standing = {rule.code for rule in all_rules() if rule.frozen_matters}
     kept: list[Finding] = []
     frozen: list[str] = []
     for finding in findings:
@@ -54,12 +54,12 @@ def post_process(findings: Iterable[Finding], settings: Settings, loaded: Loaded
     """
     from biaslint.engine.suppress import apply_suppressions, with_severity
     from biaslint.fix.plan import with_edits
-    from biaslint.rules import REGISTRY
+    from biaslint.rules import all_rules
 
     init_sites = [c.location for c in loaded.param_inits.values()
                   if c.by_user and c.location is not None]
     kept = apply_suppressions(list(findings), loaded.module_sites, ran,
-                              [r.code for r in REGISTRY], extra_locations=init_sites)
+                              [r.code for r in all_rules()], extra_locations=init_sites)
     kept = [f for f in kept if not _ignored_for_module(f, settings)]
     kept = with_severity(kept, settings.severity_overrides)
     kept = with_edits(kept, loaded.module_sites, loaded.param_inits,

@@ -1,7 +1,17 @@
-"""The rule registry. Adding a rule: one new file in this folder and one line below."""
+"""The rule registry. Adding a rule: one new file in this folder and one line below.
+
+``REGISTRY`` holds the built-in rules. A project's own rules (``biaslint.rules.plugins``) take
+part while a ``plugged(...)`` block is open: ``all_rules``, ``rule_by_code`` and ``selected``
+see them beside the built-in ones, so selection, suppressions, severities, options, the pages
+and the reports treat them alike.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+from biaslint.errors import ConfigError
 from biaslint.rules.base import Option, Rule, RuleContext
 from biaslint.rules.bl001_redundant_bias import RedundantBias
 from biaslint.rules.bl002_zero_constant_weight import ZeroConstantWeight
@@ -40,12 +50,49 @@ REGISTRY: tuple[type[Rule], ...] = (
 )
 
 
+class _Plugged:
+    """The plugin rules taking part now (``plugged``)."""
+
+    rules: tuple[type[Rule], ...] = ()
+
+
+@contextmanager
+def plugged(rules: Sequence[type[Rule]]) -> Iterator[None]:
+    """``rules`` (validated ``Rule`` subclasses, ``biaslint.rules.plugins.load_plugins``) take
+    part beside the built-in ones and those of any enclosing block, until the block ends."""
+    before = _Plugged.rules
+    added = tuple(r for r in rules if r not in before and r not in REGISTRY)
+    codes = {r.code: r for r in (*REGISTRY, *before)}
+    for rule in added:
+        other = codes.setdefault(rule.code, rule)
+        if other is not rule:
+            raise ConfigError(f"rule code {rule.code} is taken twice: by {origin(other)} and by "
+                              f"{origin(rule)}; give one of them another code")
+    _Plugged.rules = before + added
+    try:
+        yield
+    finally:
+        _Plugged.rules = before
+
+
+def origin(rule: type[Rule]) -> str:
+    """Where a rule comes from, for messages: "biaslint" or its class's qualified name."""
+    if rule in REGISTRY:
+        return f"biaslint ({rule.__name__})"
+    return f"{rule.__module__}.{rule.__qualname__}"
+
+
+def is_builtin(rule: type[Rule]) -> bool:
+    return rule in REGISTRY
+
+
 def all_rules() -> list[type[Rule]]:
-    return sorted(REGISTRY, key=lambda r: r.code)
+    """The built-in rules and the plugin rules taking part, by code."""
+    return sorted((*REGISTRY, *_Plugged.rules), key=lambda r: r.code)
 
 
 def rule_by_code(code: str) -> type[Rule] | None:
-    for rule in REGISTRY:
+    for rule in all_rules():
         if rule.code == code.upper():
             return rule
     return None
@@ -63,4 +110,5 @@ def selected(select: tuple[str, ...], ignore: tuple[str, ...]) -> list[type[Rule
     return result
 
 
-__all__ = ["Option", "Rule", "RuleContext", "REGISTRY", "all_rules", "rule_by_code", "selected"]
+__all__ = ["Option", "Rule", "RuleContext", "REGISTRY", "all_rules", "is_builtin", "origin",
+           "plugged", "rule_by_code", "selected"]

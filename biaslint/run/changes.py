@@ -75,17 +75,38 @@ def settings_key(config: Any, settings: Any, lint_dir: str) -> str:
     """A digest of everything besides the files that decides a target's findings: its config
     (input shapes, priors, head, device, target mean), the run's settings (selected rules, rule
     options, severities, per-module ignores: what [tool.biaslint] sets) and the folder it is
-    linted from (a path target resolves from there)."""
+    linted from (a path target resolves from there), and the source of every plugin rule
+    taking part (``biaslint.rules.plugins``): an edited rule judges again."""
     from dataclasses import fields
 
     state = {
         "config": {f.name: _plain(getattr(config, f.name)) for f in fields(config)},
+        # The plugin modules are keyed by their rules' sources, below.
         "settings": {f.name: _plain(getattr(settings, f.name)) for f in fields(settings)
-                     if f.name not in _NOT_KEYED},
+                     if f.name not in (*_NOT_KEYED, "plugins")},
         "folder": lint_dir,
     }
+    plugins = _plugin_sources()
+    if plugins:  # (a run without plugin rules keys as before they existed)
+        state["plugins"] = plugins
     text = json.dumps(state, sort_keys=True)
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _plugin_sources() -> dict[str, str | None]:
+    """Each plugin rule taking part, by code: the hash of the file that defines it."""
+    import inspect
+
+    from biaslint.rules import all_rules, is_builtin
+
+    sources: dict[str, str | None] = {}
+    for rule in all_rules():
+        if not is_builtin(rule):
+            try:
+                sources[rule.code] = file_hash(Path(inspect.getfile(rule)))
+            except (TypeError, OSError):  # defined where no file holds it
+                sources[rule.code] = None
+    return sources
 
 
 def file_hash(path: Path) -> str | None:

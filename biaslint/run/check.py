@@ -56,23 +56,28 @@ class CheckOptions:
 
     def __init__(self, targets: Sequence[str] = (), *, caller: str | None = None,
                  **values: Any) -> None:
-        from biaslint.run.schema import BY_NAME, Source, parse
+        from biaslint.run.schema import BY_NAME, Source, parse_values
 
         unknown = sorted(set(values) - set(BY_NAME))
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}")
         self.targets = tuple(targets)
-        self.given: dict[str, Any] = {}
-        for name, value in values.items():
-            row = BY_NAME[name]
-            if value is None or value == () or (row.is_flag and value is False):
-                continue
+        values = {name: value for name, value in values.items() if not (
+            value is None or value == () or (BY_NAME[name].is_flag and value is False))}
+
+        def source(name: str, value: Any) -> Source:
             if caller is not None:
-                where = f"biaslint.{caller} {name}={value!r}"
-            else:
-                shown = " ".join(value) if row.multiple else value
-                where = f"{row.flag} {shown}"
-            self.given[name] = parse(name, value, Source(where))
+                return Source(f"biaslint.{caller} {name}={value!r}")
+            row = BY_NAME[name]
+            return Source(f"{row.flag} {' '.join(value) if row.multiple else value}")
+
+        plugins = None
+        if "plugins" not in values and any(BY_NAME[name].names_rules for name in values):
+            # ``--select ACME001`` names a rule of the file's plugins.
+            from biaslint.run.config import configured_plugins
+
+            plugins = configured_plugins(values.get("config"))
+        self.given: dict[str, Any] = parse_values(values, source, plugins)
 
     def __getattr__(self, name: str) -> Any:
         from biaslint.run.schema import BY_NAME
@@ -91,6 +96,21 @@ class Plan:
     fmt: str
     workdir: str | None  # lint from the config's folder when the targets came from it
     config_file: str | None = None  # the pyproject.toml read, if any
+
+
+@contextmanager
+def rules_in_force(plugins: Sequence[str] = (), config: str | None = None) -> Iterator[None]:
+    """The rules ``biaslint rules`` and ``biaslint rule`` show take part in the block: the
+    built-in ones, the installed entry points', and those of ``--plugin`` (else of the
+    config file's ``plugins``)."""
+    from biaslint.rules import plugged
+    from biaslint.run.config import configured_plugins
+    from biaslint.run.schema import plugin_rules
+
+    given = CheckOptions(plugins=tuple(plugins), config=config).given
+    modules = given["plugins"] if "plugins" in given else configured_plugins(config)
+    with plugged(plugin_rules(modules)):
+        yield
 
 
 def run_check(options: CheckOptions) -> Outcome:
@@ -112,6 +132,16 @@ def run_check(options: CheckOptions) -> Outcome:
         if path and os.path.isdir(path):
             raise ConfigError(f"{flag} {_shown(path)} is a folder; give a file name")
     plan_ = plan(options)
+    from biaslint.rules import plugged
+    from biaslint.run.schema import plugin_rules
+
+    # The plugin rules take part in the whole run: the lint, the cache key, the reports.
+    with plugged(plugin_rules(plan_.settings.plugins)):
+        return _run_plan(plan_, options, output, baseline, write_to)
+
+
+def _run_plan(plan_: Plan, options: CheckOptions, output: str | None, baseline: str | None,
+              write_to: str | None) -> Outcome:
     fixing = options.fix or options.diff
     plan_, tracking = _changed_since(plan_, options, record=not fixing)
     known = None

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from biaslint.errors import ConfigError
-from biaslint.run.schema import Invalid, Source, describe, rows, unknown_key
+from biaslint.run.schema import Source, describe, parse, parse_values, rows, unknown_key
+from biaslint.settings import PluginModule
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -74,6 +75,26 @@ def _has_table(path: Path) -> bool:
 
 def load_config(explicit: str | None = None, start: Path | None = None) -> FileConfig:
     """Read ``explicit`` (``--config``) or the nearest configured pyproject.toml."""
+    found = _read(explicit, start)
+    if found is None:
+        return FileConfig()
+    return parse_table(found[1], found[0])
+
+
+def configured_plugins(explicit: str | None = None) -> tuple[PluginModule, ...]:
+    """The ``plugins`` of the file ``load_config`` reads, alone: the command line's values that
+    name rule codes are read with them taking part, before the rest of the file is read."""
+    found = _read(explicit, None)
+    if found is None or "plugins" not in found[1]:
+        return ()
+    path, table = found
+    value = table["plugins"]
+    return tuple(parse("plugins", value, Source(f"{_shown(path)}: tool.biaslint.plugins",
+                                                base=path.parent)))
+
+
+def _read(explicit: str | None, start: Path | None) -> tuple[Path, dict[str, Any]] | None:
+    """The file and its ``[tool.biaslint]`` table, or None when no file has one."""
     if explicit is not None:
         path = Path(explicit)
         if not path.is_file():
@@ -81,7 +102,7 @@ def load_config(explicit: str | None = None, start: Path | None = None) -> FileC
     else:
         found = find_pyproject(start)
         if found is None:
-            return FileConfig()
+            return None
         path = found
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -93,7 +114,7 @@ def load_config(explicit: str | None = None, start: Path | None = None) -> FileC
     table = tool.get("biaslint", {}) if isinstance(tool, dict) else {}
     if not isinstance(table, dict):
         raise ConfigError(f"{_shown(path)}: [tool.biaslint] must be a table")
-    return parse_table(table, path)
+    return path, table
 
 
 def _shown(path: Path) -> str:
@@ -118,15 +139,9 @@ def parse_table(table: Mapping[str, Any], path: Path) -> FileConfig:
 
 
 def _values(table: Mapping[str, Any], settings: Any, where: str, path: Path) -> dict[str, Any]:
-    values = {}
-    for row in settings:
-        if row.key in table:
-            source = Source(f"{where}.{row.key}", base=path.parent)
-            try:
-                values[row.name] = row.parse(table[row.key], source)
-            except Invalid as exc:
-                raise source.error(exc) from None
-    return values
+    keys = {row.name: row.key for row in settings if row.key in table}
+    return parse_values({name: table[key] for name, key in keys.items()},
+                        lambda name, value: Source(f"{where}.{keys[name]}", base=path.parent))
 
 
 def _target(entry: Any, where: str, path: Path) -> Mapping[str, Any]:

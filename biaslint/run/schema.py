@@ -16,20 +16,26 @@ explained once. Scopes:
 
 A parser takes a value from any source (a TOML value, the flag's text, a Python object) and
 returns it typed, or raises ``Invalid`` with what is wrong; the source says where (the file and
-key, the flag, the keyword). No torch import.
+key, the flag, the keyword). The values of one source are parsed together (``parse_values``):
+``plugins`` first, so the codes the other values name may be the plugin rules' codes. No torch
+import (unless a plugin module imports it).
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Literal, Mapping, Sequence
 
 from biaslint.errors import ConfigError
 from biaslint.findings import Severity
 from biaslint.report import FORMATS
-from biaslint.settings import Settings, TargetConfig
+from biaslint.settings import PluginModule, Settings, TargetConfig
+
+if TYPE_CHECKING:
+    from biaslint.rules import Rule
 
 Scope = Literal["run", "target", "input", "command"]
 
@@ -83,6 +89,8 @@ class Setting:
     # What is left of parsing when a target is linted with the value (reading a file).
     late: Callable[[Any], Any] | None = None
     number: type | None = None  # the flag's value is this number type (int, float)
+    # Its value names rule codes: parsed with the plugin rules taking part (``parse_values``).
+    names_rules: bool = False
 
     @property
     def attribute(self) -> str:
@@ -99,10 +107,11 @@ def describe(value: Any) -> str:
 
 
 def known_prefix(code: str) -> bool:
-    """Whether a selector (a code or a prefix like ``BL00``) matches at least one rule."""
-    from biaslint.rules import REGISTRY
+    """Whether a selector (a code or a prefix like ``BL00``) matches at least one rule (the
+    plugin rules taking part included)."""
+    from biaslint.rules import all_rules
 
-    return any(rule.code.startswith(code.upper()) for rule in REGISTRY)
+    return any(rule.code.startswith(code.upper()) for rule in all_rules())
 
 
 def text(value: Any, source: Source) -> str:
@@ -142,6 +151,44 @@ def codes(value: Any, source: Source) -> tuple[str, ...]:
         if not known_prefix(code):
             raise Invalid(f"{code!r} matches no rule (biaslint rules lists them)")
     return found
+
+
+def plugin_modules(value: Any, source: Source) -> tuple[PluginModule, ...]:
+    """Modules of the project's own rules: a module name or a list of them, importable from the
+    config file's folder (or the working directory). Each is imported and its rules checked
+    here: a module that does not import or holds no valid rule is this value's error."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise Invalid("must be a list of module names like [\"mypkg.lint_rules\"], not "
+                      f"{describe(value)}")
+    folder = str((source.base or Path.cwd()).resolve())
+    found = []
+    for name in (n.strip() for v in items for n in v.split(",") if n.strip()):
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise Invalid(f"{name!r} is not a module name like \"mypkg.lint_rules\"")
+        found.append(PluginModule(name, folder))
+    try:
+        plugin_rules(found, entry_points=False)
+    except ConfigError as exc:
+        raise Invalid(str(exc)) from exc
+    return tuple(found)
+
+
+def plugin_rules(modules: Sequence[PluginModule] = (), *,
+                 entry_points: bool = True) -> tuple[type[Rule], ...]:
+    """The plugin rules of ``modules`` and of the installed entry points
+    (``biaslint.rules.plugins``), each of whose ``inputs`` must be an input row here."""
+    from biaslint.rules.plugins import load_plugins
+
+    rules = load_plugins(modules, entry_points=entry_points)
+    known = sorted(row.name for row in rows("input"))
+    for rule in rules:
+        unknown = [name for name in rule.inputs if name not in known]
+        if unknown:
+            raise ConfigError(f"rule {rule.code} ({rule.__module__}.{rule.__qualname__}) reads "
+                              f"the input(s) {', '.join(unknown)}, which biaslint does not "
+                              f"give; the inputs are {', '.join(known)}")
+    return rules
 
 
 def _table(value: Any) -> Mapping[Any, Any]:
@@ -374,23 +421,29 @@ def positive_number(value: Any, source: Source) -> float:
 
 SETTINGS: tuple[Setting, ...] = (
     # What the rules judge, for the whole run.
+    Setting("plugins", "run", plugin_modules,
+            "Also run the rules of this module (an importable name, e.g. mypkg.lint_rules; "
+            "repeat for more). Installed packages' biaslint.rules entry points need none.",
+            key="plugins", flag="--plugin", python=("check", "check_target"), default=(),
+            metavar="MODULE", multiple=True),
     Setting("select", "run", codes, "Only these rule codes or prefixes (comma-separated).",
             key="select", flag="--select", python=("check", "check_target"), default=(),
-            metavar="CODES", multiple=True),
+            metavar="CODES", multiple=True, names_rules=True),
     Setting("ignore", "run", codes, "Skip these rule codes or prefixes.",
             key="ignore", flag="--ignore", python=("check", "check_target"), default=(),
-            metavar="CODES", multiple=True),
+            metavar="CODES", multiple=True, names_rules=True),
     Setting("fail_on", "run", severity,
             "Exit 1 when a finding is at or above this severity [default: warning].",
             key="fail-on", flag="--fail-on", python=("check", "check_target"),
             default=Severity.WARNING, choices=SEVERITIES),
     Setting("severity", "run", severity_table, "A rule's severity, by code.",
-            key="severity", python=("check",), default={}, field="severity_overrides"),
+            key="severity", python=("check",), default={}, field="severity_overrides",
+            names_rules=True),
     Setting("rule_options", "run", rule_options, "Each rule's options, by code.",
-            key="rules", python=("check",), default={}),
+            key="rules", python=("check",), default={}, names_rules=True),
     Setting("per_module_ignores", "run", module_ignores,
             "Rule codes to skip in the layers whose qualified names match a glob.",
-            key="per-module-ignores", python=("check",), default={}),
+            key="per-module-ignores", python=("check",), default={}, names_rules=True),
     Setting("allow_incomplete", "run", boolean,
             "Exit 0/1 by the findings even when part of a model could not be judged "
             "(by default that is exit 2: a gate must not pass what it did not check).",
@@ -485,7 +538,30 @@ def parse(name: str, value: Any, source: Source) -> Any:
     try:
         return BY_NAME[name].parse(value, source)
     except Invalid as exc:
-        raise source.error(exc) from None
+        # What caused it, if anything (a plugin module's own error), stays for --debug.
+        raise source.error(exc) from exc.__cause__
+
+
+def parse_values(values: Mapping[str, Any], source: Callable[[str, Any], Source],
+                 plugins: Sequence[PluginModule] | None = None) -> dict[str, Any]:
+    """Values by setting name, each parsed by its row with ``source(name, value)`` saying
+    where it was given. ``plugins`` first: the values that name rule codes are parsed with its
+    rules (or, when it is not among them, those of ``plugins``) and the installed entry points'
+    taking part."""
+    from biaslint.rules import plugged
+
+    parsed: dict[str, Any] = {}
+    if "plugins" in values:
+        parsed["plugins"] = parse("plugins", values["plugins"],
+                                  source("plugins", values["plugins"]))
+    rest = {name: value for name, value in values.items() if name != "plugins"}
+    scope: ContextManager[None] = nullcontext()
+    if any(BY_NAME[name].names_rules for name in rest if name in BY_NAME):
+        scope = plugged(plugin_rules(parsed.get("plugins", plugins or ())))
+    with scope:
+        parsed.update((name, parse(name, value, source(name, value)))
+                      for name, value in rest.items())
+    return parsed
 
 
 def given(values: Mapping[str, Any], function: str) -> dict[str, Any]:
@@ -495,8 +571,8 @@ def given(values: Mapping[str, Any], function: str) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"biaslint.{function}: unknown setting(s) {', '.join(unknown)}; "
                           f"known: {', '.join(known)}")
-    return {name: parse(name, value, Source(f"biaslint.{function} {name}={value!r}"))
-            for name, value in values.items() if value is not None}
+    return parse_values({name: value for name, value in values.items() if value is not None},
+                        lambda name, value: Source(f"biaslint.{function} {name}={value!r}"))
 
 
 def run_settings(values: Mapping[str, Any]) -> Settings:
