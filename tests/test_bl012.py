@@ -181,6 +181,36 @@ CASES = textwrap.dedent('''
                 return self.head(self.embedding(ids))
 
         return Tied(), torch.randint(0, 10, (2, 6))
+
+
+    def _table(skip):
+        """A sinusoidal table written one column at a time (every other column by sin, the
+        rest by cos): 600 strided writes fragment what is left unwritten."""
+        table = torch.empty(64, 600)
+        position = torch.arange(64, dtype=torch.float32)
+        for j in range(600):
+            if j != skip:
+                table[:, j] = torch.sin(position / 10000 ** (j / 600)) if j % 2 == 0 \
+                    else torch.cos(position / 10000 ** ((j - 1) / 600))
+        return table
+
+
+    class Table(nn.Module):
+        def __init__(self, skip):
+            super().__init__()
+            self.table = nn.Parameter(_table(skip))
+            self.proj = nn.Linear(600, 8)
+
+        def forward(self, x):
+            return self.proj(self.table[: x.shape[1]]) + x
+
+
+    def columns():
+        return Table(skip=None), _x()
+
+
+    def columns_one_missed():
+        return Table(skip=421), _x()
 ''')
 
 # What each case was written to hold: its never-written parameters.
@@ -199,6 +229,8 @@ EXPECTED = {
     "torch_layers": set(),
     "deep_copies": {"0.pos", "1.pos"},
     "tied": {"head.weight"},
+    "columns": set(),
+    "columns_one_missed": {"table"},
 }
 
 

@@ -43,6 +43,13 @@ _AUGMENTED = frozenset({"__iadd__", "__isub__", "__imul__", "__itruediv__", "__i
 _ESCAPES = frozenset({"numpy", "__array__", "__dlpack__"})
 
 
+# Past this many unwritten ranges (a loop writing every other column), a block keeps one flag per
+# byte instead, when its storage has at most MASK_LIMIT bytes; a larger one is followed by the
+# extent of each write, which can miss an unwritten byte between, never invent one.
+MAX_RANGES = 256
+MASK_LIMIT = 1 << 26
+
+
 @dataclass
 class _Block:
     tensor: torch.Tensor  # kept alive while tracked: its address is not reused
@@ -52,6 +59,13 @@ class _Block:
     # The unwritten bytes as the recorded build left them (real tensors): a model the user
     # holds may be written after the recording ended (``load_state_dict`` outside the block).
     sealed: list[torch.Tensor] | None = None
+    # One flag per byte of the storage (True: unwritten), in place of ``unwritten`` once the
+    # ranges fragment; ``left`` counts the True flags.
+    mask: torch.Tensor | None = None
+    left: int = 0
+
+    def empty(self) -> bool:
+        return self.left == 0 if self.mask is not None else not self.unwritten
 
     def changed(self) -> bool:
         """Some unwritten byte differs from what the recording saw at its end."""
@@ -62,11 +76,97 @@ class _Block:
     def _bytes(self) -> list[torch.Tensor]:
         raw = torch.empty(0, dtype=torch.uint8, device=self.tensor.device)
         raw.set_(self.tensor.untyped_storage())
+        if self.mask is not None:
+            return [raw[self.mask.to(raw.device)]]
         return [raw[a:b] for a, b in self.unwritten]
 
     def seal(self) -> None:
         if self.tensor.device.type != "meta":
             self.sealed = [part.clone() for part in self._bytes()]
+
+    def write(self, tensor: torch.Tensor) -> None:
+        """Take the bytes ``tensor`` covers out of the unwritten ones."""
+        runs = None if self.mask is not None else _span_runs(tensor)
+        if runs is not None and len(runs) + len(self.unwritten) <= MAX_RANGES:
+            self.unwritten = _minus(self.unwritten, runs)
+            return
+        mask = self.mask if self.mask is not None else self._to_mask()
+        if mask is None:
+            self.unwritten = _minus(self.unwritten, [_extent(tensor)])
+            return
+        view = _byte_view(mask, tensor)
+        if 0 in tensor.stride():
+            view.fill_(False)
+            self.left = int(mask.sum())
+        else:
+            self.left -= int(view.sum())
+            view.fill_(False)
+
+    def _to_mask(self) -> torch.Tensor | None:
+        nbytes = self.tensor.untyped_storage().nbytes()
+        if nbytes > MASK_LIMIT:
+            return None
+        mask = torch.zeros(nbytes, dtype=torch.bool)
+        for a, b in self.unwritten:
+            mask[a:b] = True
+        self.mask, self.left, self.unwritten = mask, int(mask.sum()), []
+        return mask
+
+    def missing(self, tensor: torch.Tensor) -> int:
+        """How many of the tensor's entries hold a byte no call wrote."""
+        if self.mask is None:
+            return _overlap(self.unwritten, _span(tensor)) // max(tensor.element_size(), 1)
+        return int(_byte_view(self.mask, tensor).reshape(-1, tensor.element_size())
+                   .any(dim=1).sum())
+
+    def element_mask(self, start: int, count: int, size: int) -> torch.Tensor:
+        """Per element [start, start + count) of ``size`` bytes (storage bytes from
+        ``start * size``): whether any of its bytes is unwritten."""
+        if self.mask is not None:
+            part = self.mask[start * size:(start + count) * size]
+            return part.reshape(count, size).any(dim=1)
+        flags = torch.zeros(count, dtype=torch.bool)
+        base = start * size
+        for a, b in self.unwritten:
+            lo, hi = max(a, base), min(b, base + count * size)
+            if hi > lo:
+                flags[(lo - base) // size:(hi - base + size - 1) // size] = True
+        return flags
+
+
+def _byte_view(mask: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """The flags of the bytes ``tensor`` covers, shaped (*tensor.shape, element_size)."""
+    size = tensor.element_size()
+    return torch.as_strided(mask, (*tensor.shape, size),
+                            (*(st * size for st in tensor.stride()), 1),
+                            int(tensor.storage_offset()) * size)
+
+
+def _span_runs(tensor: torch.Tensor) -> list[tuple[int, int]] | None:
+    """The byte ranges the tensor covers, or None when the mode cannot lay it out run by run."""
+    runs = storage_runs(tensor)
+    if runs is None:
+        return None
+    size = tensor.element_size()
+    return [(a * size, b * size) for a, b in runs]
+
+
+def _runs_of(flags: torch.Tensor) -> list[tuple[int, int]]:
+    """The runs [start, stop) of True in a 1-d boolean tensor."""
+    hits = torch.nonzero(flags).reshape(-1)
+    if not hits.numel():
+        return []
+    breaks = torch.nonzero(hits[1:] != hits[:-1] + 1).reshape(-1)
+    starts = [int(hits[0])] + [int(hits[i + 1]) for i in breaks]
+    stops = [int(hits[i]) + 1 for i in breaks] + [int(hits[-1]) + 1]
+    return list(zip(starts, stops))
+
+
+def _extent(tensor: torch.Tensor) -> tuple[int, int]:
+    size = tensor.element_size()
+    start = int(tensor.storage_offset())
+    extent = 1 + sum((int(n) - 1) * st for n, st in zip(tensor.shape, tensor.stride()) if n > 0)
+    return start * size, (start + extent) * size
 
 
 def _span(tensor: torch.Tensor) -> list[tuple[int, int]]:
@@ -126,8 +226,8 @@ class EmptyBook:
         block = self.blocks.get(key) if key is not None else None
         if key is None or block is None:
             return
-        block.unwritten = _minus(block.unwritten, _span(tensor))
-        if not block.unwritten:
+        block.write(tensor)
+        if block.empty():
             del self.blocks[key]
 
     def written_at(self, target: torch.Tensor, index: Any) -> None:
@@ -150,15 +250,27 @@ class EmptyBook:
                 or source.numel() != copy.numel():
             return  # not followed: the copy counts as written
         size, new_size = source.element_size(), copy.element_size()
-        base = int(source.storage_offset()) * size
-        new_base = int(copy.storage_offset()) * new_size
-        span = [(base, base + source.numel() * size)]
-        ranges = [(new_base + (max(a, lo) - base) // size * new_size,
-                   new_base + (min(b, hi) - base) // size * new_size)
-                  for a, b in block.unwritten for lo, hi in span if min(b, hi) > max(a, lo)]
+        flags = block.element_mask(int(source.storage_offset()), source.numel(), size)
+        if not bool(flags.any()):
+            return
         copy_key = storage_key(copy)
-        if ranges and copy_key is not None:
-            self.blocks[copy_key] = _Block(copy, ranges, block.how, block.location)
+        if copy_key is None:
+            return
+        fresh = _Block(copy, [], block.how, block.location)
+        nbytes = copy.untyped_storage().nbytes()
+        if nbytes <= MASK_LIMIT:
+            fresh.mask = torch.zeros(nbytes, dtype=torch.bool)
+            base = int(copy.storage_offset()) * new_size
+            fresh.mask[base:base + copy.numel() * new_size] = \
+                flags.repeat_interleave(new_size)
+            fresh.left = int(fresh.mask.sum())
+        else:  # a large storage: followed as ranges while they are few, else not followed
+            base = int(copy.storage_offset()) * new_size
+            ranges = _runs_of(flags)
+            if len(ranges) > MAX_RANGES:
+                return  # the copy counts as written: the record can miss, never invent
+            fresh.unwritten = [(base + a * new_size, base + b * new_size) for a, b in ranges]
+        self.blocks[copy_key] = fresh
 
     def unwritten_of(self, tensor: torch.Tensor) -> Unwritten | None:
         """The tensor's entries no call wrote, or None when every one was written (or it was
@@ -167,7 +279,7 @@ class EmptyBook:
         block = self.blocks.get(key) if key is not None else None
         if block is None or not tensor.numel() or block.changed():
             return None
-        missing = _overlap(block.unwritten, _span(tensor)) // max(tensor.element_size(), 1)
+        missing = block.missing(tensor)
         if not missing:
             return None
         return Unwritten(entries=missing, total=tensor.numel(), how=block.how,
