@@ -75,6 +75,19 @@ class InitCall:
 
 
 @dataclass(frozen=True)
+class LostInit:
+    """An init call whose values no parameter keeps: ``overwritten`` (a later init call wrote
+    every entry again, ``by``) or ``computed`` (it wrote a tensor a parametrization or a hook
+    computes from ``parameters`` anew, e.g. a weight-normed conv's ``weight``)."""
+
+    kind: str  # "overwritten" or "computed"
+    call: InitCall
+    parameters: tuple[str, ...]  # the parameters it meant (computed: the ones that hold it)
+    by: InitCall | None = None  # overwritten: the call that wrote them again
+    computed: str = ""  # computed: the module attribute it wrote, e.g. "conv.weight"
+
+
+@dataclass(frozen=True)
 class Unwritten:
     """A parameter the build allocated without values (``torch.empty``, ``new_empty``,
     ``empty_like``, ``Tensor.new(*sizes)``) and whose memory, in ``entries`` of its ``total``

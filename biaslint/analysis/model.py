@@ -22,7 +22,7 @@ from biaslint.analysis.values import ParamValue, value_of
 from biaslint.capture.record import failure_of
 from biaslint.capture.shapes import shape_of
 from biaslint.capture.trace import Capture, GraphPart
-from biaslint.findings import Disagreement, InitCall, Location, Unwritten
+from biaslint.findings import Disagreement, InitCall, Location, LostInit, Unwritten
 from biaslint.laws import Piece
 from biaslint.vocabulary import (
     RANDOM_INITS,
@@ -279,6 +279,12 @@ class AnalysedModel:
         written, or when the build was not recorded (``writes_recorded``)."""
         qualified = f"{name}.{pname}" if name else pname
         return (self.loaded.param_unwritten or {}).get(qualified)
+
+    @property
+    def lost_inits(self) -> tuple[LostInit, ...] | None:
+        """Init calls whose values no parameter keeps (``load.lasting``); None when the build
+        was not recorded."""
+        return self.loaded.lost_inits
 
     @property
     def reset_on_meta(self) -> tuple[str, ...]:

@@ -17,10 +17,11 @@ import torch
 import torch.nn as nn
 
 from biaslint.errors import TargetError, memory_error, out_of_memory
-from biaslint.findings import BuildFrame, InitCall, Location, Unwritten
+from biaslint.findings import BuildFrame, InitCall, Location, LostInit, Unwritten
 from biaslint.laws import Piece
 from biaslint.load.encoding import display_path, refuse_undecodable
 from biaslint.load.guard import user_code
+from biaslint.load.lasting import lost_inits
 from biaslint.load.sites import BuildRecord, record_build
 from biaslint.load.unwritten import unwritten_parameters
 from biaslint.target import IntShape, TargetSpec, parse_target
@@ -59,6 +60,9 @@ class LoadedTarget:
     # (``reset_parameters()``, as a deferred init does): whether a real build writes them is
     # not known.
     reset_on_meta: tuple[str, ...] = ()
+    # Init calls whose values no parameter keeps (``load.lasting``); None when the build was
+    # not recorded.
+    lost_inits: tuple[LostInit, ...] | None = None
 
 
 def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
@@ -131,6 +135,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         optimizers=optimizers,
         param_unwritten=unwritten_parameters(model, record.empties),
         reset_on_meta=tuple(reset),
+        lost_inits=tuple(lost_inits(model, record)),
     )
 
 

@@ -88,6 +88,7 @@ def load_held(model: nn.Module, example_inputs: Any, name: str,
     record = record if record is not None else _record_of(model)
     notes: list[str] = []
     unwritten = None
+    lost = None
     sites: dict[str, Location] = {}
     inits = {}
     chains = {}
@@ -98,6 +99,9 @@ def load_held(model: nn.Module, example_inputs: Any, name: str,
         from biaslint.load.unwritten import unwritten_parameters
 
         unwritten = unwritten_parameters(model, record.empties)
+        from biaslint.load.lasting import lost_inits
+
+        lost = tuple(lost_inits(model, record))
     missing = [name for name, _ in model.named_modules() if name not in sites]
     if missing:
         fallback = _class_sites(model)
@@ -123,7 +127,7 @@ def load_held(model: nn.Module, example_inputs: Any, name: str,
             inputs = to_meta(inputs)
     return LoadedTarget(name=name, model=model, inputs=inputs, module_sites=sites,
                         param_inits=inits, notes=notes, module_chains=chains,
-                        optimizers=optimizers, param_unwritten=unwritten)
+                        optimizers=optimizers, param_unwritten=unwritten, lost_inits=lost)
 
 
 def default_name(model: nn.Module) -> str:

@@ -212,6 +212,9 @@ class BuildRecord:
     laws: LawBook | None = None  # the init laws of meta tensors (``record_build(laws=True)``)
     # what the build allocated without values (torch.empty) and never wrote, real or meta
     empties: EmptyBook = field(default_factory=EmptyBook)
+    # Init calls that wrote a tensor autograd computed (a parametrization's ``weight``), with
+    # that tensor (kept: it is what tells which module attribute it was)
+    computed_writes: list[tuple[torch.Tensor, InitCall]] = field(default_factory=list)
     # Per module: the user calls that led to its construction, innermost first, as raw
     # (code, instruction offset, kind) triples; made into ``BuildFrame``s only for the modules
     # the model keeps (``chain_of``), so a build pays for no source lookups it does not use.
@@ -443,6 +446,8 @@ class _BuildRecorder:
         call = InitCall(name=label, args=_format_args(args, kwargs), location=location,
                         by_user=by_user)
         self.record.init_events.append(_InitEvent(*span, call))
+        if args[0].grad_fn is not None:  # a computed tensor: the values may not last
+            self.record.computed_writes.append((args[0], call))
 
     def restore(self) -> None:
         self.entry = None  # a frame keeps its locals alive

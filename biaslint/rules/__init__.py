@@ -28,6 +28,7 @@ from biaslint.rules.bl012_uninitialized_parameter import UninitializedParameter
 from biaslint.rules.bl013_implausible_norm_epsilon import ImplausibleNormEpsilon
 from biaslint.rules.bl014_uniform_attention import UniformAttention
 from biaslint.rules.bl015_parameter_without_gradient import ParameterWithoutGradient
+from biaslint.rules.bl016_init_without_effect import InitWithoutEffect
 from biaslint.rules.bl100_unused_suppression import UnusedSuppression
 
 REGISTRY: tuple[type[Rule], ...] = (
@@ -46,6 +47,7 @@ REGISTRY: tuple[type[Rule], ...] = (
     ImplausibleNormEpsilon,
     UniformAttention,
     ParameterWithoutGradient,
+    InitWithoutEffect,
     UnusedSuppression,
 )
 
