@@ -153,3 +153,47 @@ def test_a_gate_at_zero_hides_the_branch_at_init():
     model = namespace["Gated"]()
     model(torch.randn(4, 16)).sum().backward()
     assert not model.branch[0].weight.grad.any()
+
+
+LAYER_DROP = """
+import torch
+import torch.nn as nn
+
+
+class Block(nn.Module):
+    '''A residual block dropped at random in training, as torchvision's stochastic depth
+    does it: the branch times a 0/1 mask (so the dropped branch still gets a zero gradient).'''
+    def __init__(self, p=0.9):
+        super().__init__()
+        self.p = p
+        self.branch = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        keep = (torch.rand(()) >= self.p).float() if self.training else 1.0
+        return self.head(x + self.branch(x) * keep)
+
+
+def build():
+    return Block(), torch.randn(4, 16)
+"""
+
+
+def test_a_block_dropped_at_random_is_not_silent(lint_source):
+    """The screen's seeded run drops the block (its first draw is below p), so its gradient is
+    zero there and a shift moves nothing with that mask; in eval mode the block runs, and a
+    re-draw of its weights moves the output: it trains whenever it is not dropped."""
+    from biaslint.analysis.sensitivity import SEED
+
+    torch.manual_seed(SEED)
+    assert float(torch.rand(())) < 0.9  # the seeded run drops it
+    namespace: dict = {}
+    exec(compile(LAYER_DROP, "<layer-drop>", "exec"), namespace)
+    model, x = namespace["build"]()
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+        model.branch[0].weight.normal_()
+        assert not torch.allclose(model(x), before)
+    result = lint_source(LAYER_DROP, select=("BL015",))
+    assert [f for f in result.findings if f.code == "BL015"] == []

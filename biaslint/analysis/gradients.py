@@ -88,6 +88,9 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
             return result
         pieces = [(layer, pname, 0, int(p.numel())) for layer, pname, p in zero]
         held, moving = settled(run, pieces)
+        if held:  # and in eval mode: a block stochastic depth dropped on the seeded run
+            held, also = _settled_in_eval(run, held)
+            moving += also
         if held and run.dtype != torch.float64:
             with in_float64(run) as wide:  # float32 cannot tell "moves by 1e-6" from "still"
                 if wide is not None:
@@ -97,6 +100,22 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     result.silent = [(layer, pname) for layer, pname, _, _ in held]
     result.flat = [(layer, pname) for layer, pname, _, _ in moving]
     return result
+
+
+def _settled_in_eval(run: Runner, held: list[Any]) -> tuple[list[Any], list[Any]]:
+    """The pieces that hold again with the model in eval mode (dropout, stochastic depth and
+    layer drop off): a parameter silent only because a random mask dropped its block on the
+    seeded run is refuted here. Put back in training mode after."""
+    model = run.model
+    model.eval()
+    saved = (run.batches, run.baseline)
+    try:
+        run.batches = []
+        run.baseline = run.outputs()
+        return settled(run, held)
+    finally:
+        run.batches, run.baseline = saved
+        model.train()
 
 
 def _trainable(model: nn.Module, skip: set[tuple[str, str]]
