@@ -79,6 +79,12 @@ def is_project_file(filename: str) -> bool:
 _LIBRARY: dict[str, str | None] = {}
 
 
+def installed_library(filename: str) -> str | None:
+    """The installed package a file belongs to (``timm`` for .../site-packages/timm/x.py), or
+    None for a file outside site-packages."""
+    return _library(filename)
+
+
 def _library(filename: str) -> str | None:
     """The top-level package of a file in site-packages (``timm`` for .../timm/layers/x.py)."""
     if filename in _LIBRARY:

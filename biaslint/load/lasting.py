@@ -1,9 +1,10 @@
 """Init calls whose values no parameter keeps (for BL016), from what the recorded build saw.
 
-- **Overwritten**: a call of the user's (``nn.init.*`` or an in-place draw or fill) whose every
-  entry a later init call wrote again before the build ended: the first call's values are
-  gone. A later ``copy_`` (a checkpoint loaded over the init) does not count: initializing
-  and then loading is the usual way to build a pretrained model. The same call site writing
+- **Overwritten**: a call of the user's (``nn.init.*`` or an in-place draw or fill; not an
+  installed library's, whose dead init code the user cannot change) whose every entry a later
+  init call wrote again before the build ended: the first call's values are gone. A later
+  ``copy_`` (a checkpoint loaded over the init) does not count: initializing and then loading
+  is the usual way to build a pretrained model. The same call site writing
   again (``model.apply(init)`` twice, a loop) does not count either.
 - **Computed**: a call that wrote a tensor autograd computed from parameters, which a module
   holds or recomputes (``torch.nn.utils.weight_norm``'s ``weight``, the ``weight`` a
@@ -51,7 +52,8 @@ def _overwritten(model: nn.Module, record: "BuildRecord") -> Iterator[LostInit]:
     reported: dict[tuple[Any, ...], list[str]] = {}
     found: dict[tuple[Any, ...], tuple[Any, Any]] = {}
     for i, event in enumerate(events):
-        if not event.call.by_user or not event.call.name.startswith(_REWRITES):
+        if not event.call.by_user or not event.call.name.startswith(_REWRITES) \
+                or _installed(event.call):
             continue
         names = [n for a, b, n in params.get(event.storage, ())
                  if event.start <= a and b <= event.stop]
@@ -66,6 +68,15 @@ def _overwritten(model: nn.Module, record: "BuildRecord") -> Iterator[LostInit]:
     for key, names in reported.items():
         call, by = found[key]
         yield LostInit("overwritten", call, tuple(dict.fromkeys(names)), by=by)
+
+
+def _installed(call: Any) -> bool:
+    """The call is an installed library's code (torchvision's, timm's): an init it writes and
+    then overwrites itself is the library's dead code, not the user's lost init."""
+    from biaslint.load.files import installed_library
+
+    location = call.location
+    return location is not None and installed_library(location.file) is not None
 
 
 def _covering(event: "_InitEvent", later: list["_InitEvent"]) -> "_InitEvent | None":

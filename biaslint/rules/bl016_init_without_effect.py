@@ -26,8 +26,8 @@ class InitWithoutEffect(Rule):
 Reads the recorded build for init calls that leave nothing behind:
 
 - **overwritten**: an init call of yours (`nn.init.*`, or an in-place draw or fill such as
-  `weight.data.normal_()`) whose every entry a later init call writes again before the build
-  ends, typically a `model.apply(init_weights)` or a library's `post_init()` after your own
+  `weight.data.normal_()`; not an installed library's, whose dead init code you cannot change)
+  whose every entry a later init call writes again before the build ends, typically a `model.apply(init_weights)` or a library's `post_init()` after your own
   init in `__init__`. The finding names both calls. A later `copy_` (a checkpoint loaded over
   the init) is the usual way to build a pretrained model and does not count, nor does the same
   call site writing again (`apply` twice, a loop).
