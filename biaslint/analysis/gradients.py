@@ -41,6 +41,7 @@ from biaslint.capture.preserve import preserved
 # (only a proposal: the shift of 10 units confirms or refutes it, so a small live gradient costs
 # forwards, never a finding).
 ZERO_FLOAT32, ZERO_FLOAT64 = 1e-6, 1e-12
+_BATCH_STATISTICS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 @dataclass
@@ -103,11 +104,16 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
 
 
 def _settled_in_eval(run: Runner, held: list[Any]) -> tuple[list[Any], list[Any]]:
-    """The pieces that hold again with the model in eval mode (dropout, stochastic depth and
-    layer drop off): a parameter silent only because a random mask dropped its block on the
-    seeded run is refuted here. Put back in training mode after."""
+    """The pieces that hold again with random masks off: every module in eval mode but the
+    batch and instance norms, which keep normalizing by the batch (fresh running statistics
+    would rescale a deep network until its outputs saturate, and hide any shift). A parameter
+    silent only because a random mask (dropout, stochastic depth, layer drop) dropped its block
+    on the seeded run is refuted here. Put back in training mode after."""
     model = run.model
     model.eval()
+    for module in model.modules():
+        if isinstance(module, _BATCH_STATISTICS):
+            module.train()
     saved = (run.batches, run.baseline)
     try:
         run.batches = []

@@ -27,9 +27,10 @@ hide what is behind it), one forward and two backwards of random projections of 
 propose the parameters whose gradient is exactly zero; each is confirmed by shifting all its
 entries by about 10 units, both signs, on the example batch and on a second batch drawn like it
 (in float64 where the model runs in it): no output may move, in training mode with the
-measurement's fixed random masks and again in eval mode. A unit that is merely off on these
-inputs comes on under such a shift, and a block stochastic depth dropped on the measured run comes
-back in eval mode: neither is reported.
+measurement's fixed random masks and again with random masks off (every module in eval mode but
+the batch and instance norms). A unit that is merely off on these inputs comes on under such a
+shift, and a block stochastic depth dropped on the measured run comes back without masks: neither
+is reported.
 
 The finding names the graph's reason where it knows one:
 - the parameter feeds the scores of a softmax over a **length-1 axis** (one key): its output is

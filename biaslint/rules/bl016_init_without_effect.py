@@ -27,10 +27,11 @@ Reads the recorded build for init calls that leave nothing behind:
 
 - **overwritten**: an init call of yours (`nn.init.*`, or an in-place draw or fill such as
   `weight.data.normal_()`; not an installed library's, whose dead init code you cannot change)
-  whose every entry a later init call writes again before the build ends, typically a `model.apply(init_weights)` or a library's `post_init()` after your own
-  init in `__init__`. The finding names both calls. A later `copy_` (a checkpoint loaded over
-  the init) is the usual way to build a pretrained model and does not count, nor does the same
-  call site writing again (`apply` twice, a loop).
+  whose every entry a later init call writes again before the build ends, typically a
+  `model.apply(init_weights)` or a library's `post_init()` after your own init in `__init__`.
+  The finding names both calls. A later `copy_` (a checkpoint loaded over the init) is the
+  usual way to build a pretrained model and does not count, nor does the same call site
+  writing again (`apply` twice, a loop).
 - **computed**: an init call that wrote a tensor autograd computes from other parameters: the
   `weight` of a conv under `torch.nn.utils.parametrizations.weight_norm` (or the older
   `weight_norm` hook), or any `parametrize` parametrization. The next forward computes it again
