@@ -17,9 +17,10 @@ BL010's; additive biases are BL001's.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -28,6 +29,7 @@ from biaslint.analysis.sensitivity import (
     PROJECTIONS,
     SEED,
     Runner,
+    degenerate,
     floating_outputs,
     in_float64,
     prepared,
@@ -76,6 +78,9 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     result = GradientScreen(measured=len(trainable))
     if not trainable:
         return result
+    # the values the screen re-draws, for the last check on the model as it is
+    originals = [(p, p.detach().clone()) for p in {id(p): p for p in model.parameters()}.values()
+                 if p.numel() and p.is_floating_point() and degenerate(p.detach())]
     with screening(model):
         try:
             zero = _zero_gradients(run, trainable)
@@ -89,8 +94,12 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
             return result
         pieces = [(layer, pname, 0, int(p.numel())) for layer, pname, p in zero]
         held, moving = settled(run, pieces)
-        if held:  # and in eval mode: a block stochastic depth dropped on the seeded run
+        if held:  # without random masks: a block stochastic depth dropped on the seeded run
             held, also = _settled_in_eval(run, held)
+            moving += also
+        if held and originals:  # and with the values the model has (not the re-drawn ones)
+            with _as_built(originals):
+                held, also = _settled_in_eval(run, held)
             moving += also
         if held and run.dtype != torch.float64:
             with in_float64(run) as wide:  # float32 cannot tell "moves by 1e-6" from "still"
@@ -101,6 +110,22 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     result.silent = [(layer, pname) for layer, pname, _, _ in held]
     result.flat = [(layer, pname) for layer, pname, _, _ in moving]
     return result
+
+
+@contextlib.contextmanager
+def _as_built(originals: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """The re-drawn parameters hold their built values for the block: a silence the re-draw
+    made (a saturation it caused) is refuted on the model as it is."""
+    redrawn = [(p, p.detach().clone()) for p, _ in originals]
+    with torch.no_grad():
+        for param, value in originals:
+            param.copy_(value)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for param, value in redrawn:
+                param.copy_(value)
 
 
 def _settled_in_eval(run: Runner, held: list[Any]) -> tuple[list[Any], list[Any]]:

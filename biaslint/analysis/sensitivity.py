@@ -333,6 +333,11 @@ def moved(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> floa
     return worst
 
 
+def degenerate(data: torch.Tensor) -> bool:
+    """All entries equal, or all tiny: what the screen re-draws (see ``screening``)."""
+    return bool(data.min() == data.max()) or float(data.abs().max()) < TINY
+
+
 @contextlib.contextmanager
 def screening(model: nn.Module) -> Iterator[None]:
     """The model as the screen measures it: training mode, degenerate parameters re-drawn,
@@ -349,8 +354,8 @@ def screening(model: nn.Module) -> Iterator[None]:
                     data = param.detach()
                     if data.numel() == 0 or not data.is_floating_point():
                         continue
-                    peak = float(data.abs().max())
-                    if bool(data.min() == data.max()) or peak < TINY:
+                    if degenerate(data):
+                        peak = float(data.abs().max())
                         saved.append((param, data.clone()))
                         noise = torch.randn(data.shape, generator=generator,
                                             dtype=torch.float64)

@@ -28,7 +28,8 @@ propose the parameters whose gradient is exactly zero; each is confirmed by shif
 entries by about 10 units, both signs, on the example batch and on a second batch drawn like it
 (in float64 where the model runs in it): no output may move, in training mode with the
 measurement's fixed random masks and again with random masks off (every module in eval mode but
-the batch and instance norms). A unit that is merely off on these inputs comes on under such a
+the batch and instance norms), and then with the re-drawn parameters back at their built values
+(a silence the re-draw caused, a saturation, is not the model's). A unit that is merely off on these inputs comes on under such a
 shift, and a block stochastic depth dropped on the measured run comes back without masks: neither
 is reported.
 
