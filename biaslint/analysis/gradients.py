@@ -97,25 +97,45 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         if held:  # without random masks: a block stochastic depth dropped on the seeded run
             held, also = _settled_in_eval(run, held)
             moving += also
-        if held and originals:  # and with the values the model has (not the re-drawn ones)
+        if held:  # and exactly, on the model as built
             with _as_built(originals):
-                held, also = _settled_in_eval(run, held)
+                held, also = _exactly(run, held)
             moving += also
-        if held and run.dtype != torch.float64:
-            with in_float64(run) as wide:  # float32 cannot tell "moves by 1e-6" from "still"
-                if wide is not None:
-                    held, also = settled(wide, held)
-                    moving += also
         result.forwards = run.forwards
     result.silent = [(layer, pname) for layer, pname, _, _ in held]
     result.flat = [(layer, pname) for layer, pname, _, _ in moving]
     return result
 
 
+@dataclass
+class _Exact(Runner):
+    """A runner for which any change of an output is a move."""
+
+    @property
+    def tolerance(self) -> float:
+        return 0.0
+
+
+def _exactly(run: Runner, held: list[Any]) -> tuple[list[Any], list[Any]]:
+    """The pieces whose shifts leave every output bit for bit as it was, random masks off, in
+    float64 where the model runs in it. A structural silence is exact (a softmax over one key
+    outputs exactly 1, a weight times a zero state is exactly 0, a discarded position is
+    discarded); a path that is only weak (two layer scales of 1e-5 in a row: 1e-14 of the
+    output) moves, and is refuted."""
+    with in_float64(run) as wide:
+        base = wide if wide is not None else run
+        exact = _Exact(base.model, base.dtype, base.args, base.kwargs)
+        result = _settled_in_eval(exact, held)
+        run.forwards += exact.forwards
+        return result
+
+
 @contextlib.contextmanager
 def _as_built(originals: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
     """The re-drawn parameters hold their built values for the block: a silence the re-draw
-    made (a saturation it caused) is refuted on the model as it is."""
+    made (a saturation it caused) is refuted on the model as it is. (A zero-initialized gate is
+    back at 0 here; what is behind it was no candidate: its gradient, with the gate re-drawn,
+    was not zero.)"""
     redrawn = [(p, p.detach().clone()) for p, _ in originals]
     with torch.no_grad():
         for param, value in originals:

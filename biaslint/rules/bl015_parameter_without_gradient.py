@@ -27,11 +27,12 @@ hide what is behind it), one forward and two backwards of random projections of 
 propose the parameters whose gradient is exactly zero; each is confirmed by shifting all its
 entries by about 10 units, both signs, on the example batch and on a second batch drawn like it
 (in float64 where the model runs in it): no output may move, in training mode with the
-measurement's fixed random masks and again with random masks off (every module in eval mode but
-the batch and instance norms), and then with the re-drawn parameters back at their built values
-(a silence the re-draw caused, a saturation, is not the model's). A unit that is merely off on these inputs comes on under such a
-shift, and a block stochastic depth dropped on the measured run comes back without masks: neither
-is reported.
+measurement's fixed random masks, then with random masks off (every module in eval mode but the
+batch and instance norms), and last bit for bit, with the re-drawn parameters back at their built
+values, in float64. A unit that is merely off on these inputs comes on under such a shift; a
+block stochastic depth dropped on the measured run comes back without masks; a path that is only
+weak (two layer scales of 1e-5 in a row) moves by 1e-14, not 0: none of them is reported. A
+structural silence is exact: a softmax over one key outputs exactly 1.
 
 The finding names the graph's reason where it knows one:
 - the parameter feeds the scores of a softmax over a **length-1 axis** (one key): its output is
