@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable
 
-import torch.nn as nn
-
 from biaslint.findings import Finding, Fix, FixKind, Severity
 from biaslint.rules.base import Rule, RuleContext
 
@@ -154,6 +152,8 @@ def build():
 
 def _why(model: "AnalysedModel", layer: "Layer", pnames: list[str]) -> tuple[str, str]:
     """(kind, words): what in the graph keeps the outputs from depending on them."""
+    import torch.nn as nn
+
     module = layer.module
     if isinstance(module, nn.RNNBase) and all(
             p.startswith(("weight_hh", "weight_hr")) and p.endswith("_reverse") for p in pnames):
