@@ -37,9 +37,9 @@ def lost_inits(model: nn.Module, record: "BuildRecord") -> list[LostInit]:
 
 
 def _span(tensor: torch.Tensor) -> tuple[Any, int, int] | None:
-    from biaslint.load.sites import _memory_span
+    from biaslint.load.sites import memory_span
 
-    return _memory_span(tensor)
+    return memory_span(tensor)
 
 
 def _overwritten(model: nn.Module, record: "BuildRecord") -> Iterator[LostInit]:

@@ -239,7 +239,7 @@ class BuildRecord:
 
     def init_of(self, tensor: torch.Tensor) -> InitCall | None:
         """The last recorded write that covered this tensor's memory."""
-        key = _memory_span(tensor)
+        key = memory_span(tensor)
         if key is None:
             return None
         storage, start, stop = key
@@ -249,7 +249,7 @@ class BuildRecord:
         return None
 
 
-def _memory_span(tensor: Any) -> tuple[Any, int, int] | None:
+def memory_span(tensor: Any) -> tuple[Any, int, int] | None:
     if not isinstance(tensor, torch.Tensor):
         return None
     try:
@@ -403,7 +403,7 @@ class _BuildRecorder:
 
     def _inherit(self, source: torch.Tensor, copy: Any) -> None:
         call = self.record.init_of(source)
-        span = _memory_span(copy)
+        span = memory_span(copy)
         if call is not None and span is not None:
             self.record.init_events.append(_InitEvent(*span, call))
 
@@ -436,7 +436,7 @@ class _BuildRecorder:
     def _note(self, label: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not args or not isinstance(args[0], torch.Tensor):
             return
-        span = _memory_span(args[0])
+        span = memory_span(args[0])
         if span is None:
             return
         caller = sys._getframe(2)

@@ -67,11 +67,11 @@ import torch.nn as nn
 class Tagger(nn.Module):
     def __init__(self):
         super().__init__()
-        self.lstm = nn.LSTM(16, 32, batch_first=True, bidirectional=True)
+        self.rnn = nn.GRU(16, 32, batch_first=True, bidirectional=True)
         self.head = nn.Linear(64, 4)
 
     def forward(self, x):
-        out, _ = self.lstm(x)
+        out, _ = self.rnn(x)
         return self.head(out[:, -1])  # the reverse half has seen only the last step here
 
 
@@ -86,11 +86,11 @@ import torch.nn as nn
 class Tagger(nn.Module):
     def __init__(self):
         super().__init__()
-        self.lstm = nn.LSTM(16, 32, batch_first=True, bidirectional=True)
+        self.rnn = nn.GRU(16, 32, batch_first=True, bidirectional=True)
         self.head = nn.Linear(64, 4)
 
     def forward(self, x):
-        _, (h, _) = self.lstm(x)
+        _, h = self.rnn(x)
         return self.head(torch.cat([h[-2], h[-1]], dim=-1))  # each direction's final state
 
 
