@@ -33,6 +33,7 @@ from biaslint.analysis.sensitivity import (
     floating_outputs,
     in_float64,
     prepared,
+    projected,
     screening,
     seeded,
     settled,
@@ -205,9 +206,7 @@ def _zero_gradients(run: Runner, params: list[tuple[str, str, torch.Tensor]]
             return None
         generator = torch.Generator().manual_seed(SEED + 1)
         for k in range(PROJECTIONS):
-            loss = torch.stack([(torch.randn(y.shape, generator=generator, dtype=torch.float64)
-                                 .to(y.dtype) * torch.nan_to_num(y)).sum().double()
-                                for y in outputs]).sum()
+            loss = projected(outputs, generator)
             grads = torch.autograd.grad(loss, tensors, allow_unused=True,
                                         retain_graph=k + 1 < PROJECTIONS)
             peaks = [float(g.detach().abs().max()) if g is not None and g.numel() else 0.0

@@ -340,6 +340,14 @@ class AnalysedModel:
             )
         return result
 
+    def layer_within(self, name: str) -> "Layer | None":
+        """The layer ``name``, or else the first layer inside module ``name`` (a module with no
+        parameters of its own, such as an attention block, is judged at one of its layers)."""
+        if name in self.layers:
+            return self.layers[name]
+        return next((layer for layer_name, layer in self.layers.items()
+                     if name == "" or layer_name.startswith(name + ".")), None)
+
     def layers_of_type(self, *types: type[nn.Module]) -> Iterator[Layer]:
         for layer in self.layers.values():
             if isinstance(layer.module, types):

@@ -605,8 +605,7 @@ def _gradients(run: Runner, tensors: list[torch.Tensor], layers: dict[str, int]
             kept = [(name, y, axis) for name, calls in seen.items() for y, axis in calls]
             generator = torch.Generator().manual_seed(SEED + 1)
             for k in range(PROJECTIONS):
-                loss = sum((torch.randn(y.shape, generator=generator, dtype=torch.float64)
-                            .to(y.dtype) * torch.nan_to_num(y)).sum() for y in outputs)
+                loss = projected(outputs, generator)
                 wrt = tensors + [y for _, y, _ in kept]
                 grads = torch.autograd.grad(loss, wrt, allow_unused=True,
                                             retain_graph=k + 1 < PROJECTIONS)
@@ -629,6 +628,16 @@ def _gradients(run: Runner, tensors: list[torch.Tensor], layers: dict[str, int]
 
 
 Piece = tuple[str, str, int, int]  # (layer, param, start, stop): a run of bias elements
+
+
+def projected(outputs: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    """``sum_k <g_k, y_k>`` with each ``g_k`` drawn N(0, 1) from ``generator``: one random
+    projection of the floating outputs, to differentiate (NaN and Inf read as finite)."""
+    total = torch.zeros((), dtype=outputs[0].dtype, device=outputs[0].device)
+    for y in outputs:  # 0 + a + b: the same sum as Python's, typed
+        draw = torch.randn(y.shape, generator=generator, dtype=torch.float64).to(y.dtype)
+        total = total + (draw * torch.nan_to_num(y)).sum()
+    return total
 
 
 def _batches(run: Runner) -> None:

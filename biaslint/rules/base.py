@@ -9,7 +9,7 @@ read their metadata without paying for torch. Import it inside ``check`` (a pack
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping
 
 from biaslint.findings import Finding, Fix, Location, Severity
@@ -100,6 +100,16 @@ class Rule:
 
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
         raise NotImplementedError
+
+    def at_module(self, finding: Finding, model: "AnalysedModel", name: str) -> Finding:
+        """A finding judged at a layer inside module ``name`` (``layer_within``), put back on
+        that module: its name, type and construction site."""
+        if name == finding.module:
+            return finding
+        module = model.submodule(name)
+        site = model.construction_site(name)
+        return replace(finding, module=name, module_type=type(module).__name__,
+                       location=site or finding.location)
 
     # Helpers so every rule builds findings the same way.
     def finding(

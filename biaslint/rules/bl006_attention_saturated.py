@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import TYPE_CHECKING, Iterable
 
 from biaslint.findings import Finding, Fix, FixKind, Severity
 from biaslint.rules.base import Option, Rule, RuleContext
 
 if TYPE_CHECKING:
-    from biaslint.analysis import AnalysedModel, Layer
+    from biaslint.analysis import AnalysedModel
 
 
 class AttentionSoftmaxSaturated(Rule):
@@ -115,7 +114,7 @@ def build():
             if softmax.module in reported:
                 continue  # one finding per attention module (it runs per head and per call)
             reported.add(softmax.module)
-            layer = _layer_at(model, softmax.module)
+            layer = model.layer_within(softmax.module)
             if layer is None:
                 continue
             still = softmax.mean_max_if_scaled >= limit
@@ -144,19 +143,6 @@ def build():
                                          "mean_max_if_scaled": softmax.mean_max_if_scaled,
                                          "jacobian": softmax.jacobian,
                                          "jacobian_if_scaled": softmax.jacobian_if_scaled})
-            if softmax.module != layer.name:
-                module = model.submodule(softmax.module)
-                site = model.construction_site(softmax.module)
-                finding = replace(finding, module=softmax.module,
-                                  module_type=type(module).__name__,
-                                  location=site or finding.location)
+            finding = self.at_module(finding, model, softmax.module)
             yield finding
 
-
-def _layer_at(model: "AnalysedModel", name: str) -> "Layer | None":
-    if name in model.layers:
-        return model.layers[name]
-    for layer_name, layer in model.layers.items():
-        if name == "" or layer_name.startswith(name + "."):
-            return layer
-    return None

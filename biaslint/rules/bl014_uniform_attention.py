@@ -4,7 +4,6 @@ keys (a zero scale, a zeroed projection)."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterable
 
 from biaslint.findings import Finding, Fix, FixKind, Severity
@@ -134,7 +133,7 @@ def build():
             if softmax.keys < 2 or not softmax.spread <= limit or softmax.module in reported:
                 continue  # NaN spread (no row with two keys) is not uniform
             reported.add(softmax.module)  # one finding per attention module
-            layer = _layer_at(model, softmax.module)
+            layer = model.layer_within(softmax.module)
             if layer is not None:
                 yield self._finding(model, layer, softmax)
 
@@ -156,12 +155,7 @@ def build():
                   "zero_scale": softmax.zero_scale, "zero_queries": softmax.zero_queries,
                   "zero_keys": softmax.zero_keys, "same_keys": softmax.same_keys,
                   "sdpa": softmax.sdpa, "log_keys": math.log(softmax.keys)})
-        if softmax.module != layer.name:
-            module = model.submodule(softmax.module)
-            site = model.construction_site(softmax.module)
-            finding = replace(finding, module=softmax.module, module_type=type(module).__name__,
-                              location=site or finding.location)
-        return finding
+        return self.at_module(finding, model, softmax.module)
 
 
 def _reason(softmax: Any, zero_layers: list[str]) -> tuple[str, bool]:
@@ -200,11 +194,3 @@ def _zero_layers(model: "AnalysedModel", module: str) -> list[str]:
             names.append(f"{name}.weight")
     return names[:4]
 
-
-def _layer_at(model: "AnalysedModel", name: str) -> "Layer | None":
-    if name in model.layers:
-        return model.layers[name]
-    for layer_name, layer in model.layers.items():
-        if name == "" or layer_name.startswith(name + "."):
-            return layer
-    return None

@@ -151,8 +151,10 @@ def build():
 
 def _layer_of(model: "AnalysedModel", qualified: str) -> "Layer | None":
     """The layer that holds a parameter (a parametrization's originals: the parametrized
-    layer)."""
+    module), else its nearest ancestor that is a layer, else any layer inside it."""
     name = qualified.rsplit(".", 1)[0] if "." in qualified else ""
     if ".parametrizations." in f".{name}.":
         name = f".{name}".split(".parametrizations.")[0].lstrip(".")
-    return model.layers.get(name) or model.layers.get(name.rsplit(".", 1)[0] if name else "")
+    while name and name not in model.layers:
+        name = name.rsplit(".", 1)[0] if "." in name else ""
+    return model.layer_within(name)

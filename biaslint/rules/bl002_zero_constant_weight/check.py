@@ -69,8 +69,7 @@ def dead_rows_findings(rule: "ZeroConstantWeight", model: AnalysedModel) -> Iter
                 "each has " + ("no bias" if getattr(layer.module, "bias", None) is None
                                else "a bias <= 0") + " in front of a ReLU")
         recover = len(verdict.zero) - len(dead)
-        subject = init_call_subject(layer.init_of(pname)) or \
-            f"{python_path(layer.name)}.{pname}"
+        subject = _subject(layer, pname)
         yield rule.finding(
             layer,
             f"{len(dead)} of {verdict.units} units of {pname} (index {shown}) have an all-zero "
@@ -90,8 +89,7 @@ def routers(rule: "ZeroConstantWeight", model: AnalysedModel) -> Iterable[Findin
     """A zero mixture-of-experts router: every token routed to the same experts."""
     for router in tied_routers(model):
         layer, pname = router.layer, router.pname
-        subject = init_call_subject(layer.init_of(pname)) or \
-            f"{python_path(layer.name)}.{pname}"
+        subject = _subject(layer, pname)
         yield rule.finding(
             layer,
             f"{pname} is all zero{_init_phrase(layer, pname)} and routes to experts through "
@@ -334,9 +332,14 @@ def _init_phrase(layer: Layer, pname: str) -> str:
     return "" if call is None else f" (set by {set_by(call)})"
 
 
+def _subject(layer: Layer, pname: str) -> str:
+    """How the fix names the weight: as the user's init call did, else by its path."""
+    return init_call_subject(layer.init_of(pname)) or f"{python_path(layer.name)}.{pname}"
+
+
 def _fix(layer: Layer, pname: str, activation: str | None) -> Fix:
     call = layer.init_of(pname)
-    subject = init_call_subject(call) or f"{python_path(layer.name)}.{pname}"
+    subject = _subject(layer, pname)
     if activation in ("tanh", "sigmoid"):
         code = f"nn.init.xavier_normal_({subject}, gain=nn.init.calculate_gain('{activation}'))"
     elif activation in ("relu", "gelu", "silu", "elu", "leaky_relu"):
