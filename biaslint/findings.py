@@ -88,6 +88,35 @@ class LostInit:
 
 
 @dataclass(frozen=True)
+class ConfigScale:
+    """What building the model again with its config's init scale changed showed
+    (``load.differential``): the drawn parameters whose init law moved with the config
+    (``follows``), the ones whose law stayed the same (``ignores``, with the law), and the ones
+    that could not be compared (``unknown``, with why). ``error``: the second build failed."""
+
+    attributes: tuple[tuple[str, float], ...]  # the config's init-scale values, as built
+    factor: float  # the second build read each of them as this many times its value
+    follows: tuple[str, ...] = ()
+    ignores: tuple["FixedDraw", ...] = ()
+    unknown: tuple[tuple[str, str], ...] = ()  # (parameter, why)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class FixedDraw:
+    """A drawn parameter whose init law was the same in both builds of ``ConfigScale``: the law
+    of its largest drawn region (``kind`` "normal", "trunc_normal", "uniform", ...; ``loc`` and
+    ``scale`` as in ``biaslint.laws.Law``, ``high`` the upper bound) and the whole text."""
+
+    parameter: str
+    law: str  # e.g. "N(0, 0.02)"
+    kind: str
+    loc: float
+    scale: float
+    high: float
+
+
+@dataclass(frozen=True)
 class Unwritten:
     """A parameter the build allocated without values (``torch.empty``, ``new_empty``,
     ``empty_like``, ``Tensor.new(*sizes)``) and whose memory, in ``entries`` of its ``total``

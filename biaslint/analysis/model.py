@@ -22,7 +22,7 @@ from biaslint.analysis.values import ParamValue, value_of
 from biaslint.capture.record import failure_of
 from biaslint.capture.shapes import shape_of
 from biaslint.capture.trace import Capture, GraphPart
-from biaslint.findings import Disagreement, InitCall, Location, LostInit, Unwritten
+from biaslint.findings import ConfigScale, Disagreement, InitCall, Location, LostInit, Unwritten
 from biaslint.laws import Piece
 from biaslint.vocabulary import (
     RANDOM_INITS,
@@ -287,6 +287,11 @@ class AnalysedModel:
         return self.loaded.lost_inits
 
     @property
+    def config_scale(self) -> ConfigScale | None:
+        """The differential build's comparison (BL017); None when it was not made."""
+        return self.loaded.config_scale
+
+    @property
     def reset_on_meta(self) -> tuple[str, ...]:
         """Modules whose never-written parameters biaslint reset on the meta device (as a
         deferred init does): what a build with values leaves in them is not known."""
@@ -347,6 +352,16 @@ class AnalysedModel:
             return self.layers[name]
         return next((layer for layer_name, layer in self.layers.items()
                      if name == "" or layer_name.startswith(name + ".")), None)
+
+    def layer_of_parameter(self, qualified: str) -> "Layer | None":
+        """The layer that holds a parameter (a parametrization's originals: the parametrized
+        module), else its nearest ancestor that is a layer, else any layer inside it."""
+        name = qualified.rsplit(".", 1)[0] if "." in qualified else ""
+        if ".parametrizations." in f".{name}.":
+            name = f".{name}".split(".parametrizations.")[0].lstrip(".")
+        while name and name not in self.layers:
+            name = name.rsplit(".", 1)[0] if "." in name else ""
+        return self.layer_within(name)
 
     def layers_of_type(self, *types: type[nn.Module]) -> Iterator[Layer]:
         for layer in self.layers.values():

@@ -80,7 +80,8 @@ def _build_and_lint(config: TargetConfig, settings: Settings, on_stage: StageCal
                 start = time.perf_counter()
                 with build_scope as recorded:
                     loaded = load_target(config.target, config.input_shapes,
-                                         device=getattr(config, "device", None))
+                                         device=getattr(config, "device", None),
+                                         compare_config=_compares_config(settings))
                 if seen is not None and recorded is not None:
                     seen.append(recorded)
                 timings["build"] = time.perf_counter() - start
@@ -96,6 +97,15 @@ def _build_and_lint(config: TargetConfig, settings: Settings, on_stage: StageCal
         if out_of_memory(exc):  # the capture or an analysis: the same advice as the build
             raise memory_error(config.target, "the lint", exc) from exc
         raise
+
+
+def _compares_config(settings: Settings) -> bool:
+    """Whether a selected rule reads the differential build (``Rule.reads`` "config")."""
+    from biaslint.rules import plugged, selected
+    from biaslint.rules.plugins import load_plugins
+
+    with plugged(load_plugins(settings.plugins)):
+        return any("config" in rule.reads for rule in selected(settings.select, settings.ignore))
 
 
 def lint_loaded(loaded: LoadedTarget, config: TargetConfig, settings: Settings,

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from biaslint.errors import TargetError, memory_error, out_of_memory
-from biaslint.findings import BuildFrame, InitCall, Location, LostInit, Unwritten
+from biaslint.findings import BuildFrame, ConfigScale, InitCall, Location, LostInit, Unwritten
 from biaslint.laws import Piece
 from biaslint.load.encoding import display_path, refuse_undecodable
 from biaslint.load.guard import user_code
@@ -63,16 +63,23 @@ class LoadedTarget:
     # Init calls whose values no parameter keeps (``load.lasting``); None when the build was
     # not recorded.
     lost_inits: tuple[LostInit, ...] | None = None
+    # The differential build (``load.differential``, BL017): which drawn parameters follow the
+    # config's init scale. None when it was not asked for (``load_target(compare_config=)``).
+    config_scale: ConfigScale | None = None
 
 
 def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
-                device: str | None = None) -> LoadedTarget:
+                device: str | None = None, compare_config: bool = False,
+                resolved: Any = None) -> LoadedTarget:
+    """Build the target and record its build. ``compare_config``: also build it again on meta
+    with its config's init scale changed (``load.differential``), for BL017. ``resolved``: the
+    object the target names, already imported (a build run again uses the same classes)."""
     spec = parse_target(text)
     meta = device == "meta"
     notes: list[str] = []
     with record_build(laws=meta) as record, _device(meta):
         with user_code(spec.text, f"importing {spec.module}"):
-            obj = _resolve(spec)
+            obj = _resolve(spec) if resolved is None else resolved
         with user_code(spec.text, "building the model"), _library_init_on_meta(meta) as ran:
             model, inputs, optimizers = _build(spec, obj)
     if ran:
@@ -122,6 +129,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
             inputs = to_meta(inputs)
         notes.insert(0, "built on the meta device: values are read from the recorded init "
                         "calls (their laws), not measured")
+    scale = compared(spec.text, obj, input_shapes, model, laws) if compare_config else None
     return LoadedTarget(
         name=spec.text,
         model=model,
@@ -136,7 +144,25 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         param_unwritten=unwritten_parameters(model, record.empties),
         reset_on_meta=tuple(reset),
         lost_inits=tuple(lost_inits(model, record)),
+        config_scale=scale,
     )
+
+
+def compared(text: str, obj: Any, input_shapes: tuple[tuple[int, ...], ...], model: nn.Module,
+             laws: dict[str, list[Piece] | None] | None) -> ConfigScale:
+    """The differential build of the target (``load.differential``): ``obj`` is what the target
+    names, ``laws`` the build's own when it was on meta. Nothing of it reaches the lint (RNG,
+    default device, ...)."""
+    from biaslint.load.differential import config_scale
+    from biaslint.load.guard import preserved_state, target_scope
+
+    def on_meta() -> dict[str, list[Piece] | None]:
+        with target_scope(), preserved_state():
+            built = load_target(text, input_shapes, device="meta", resolved=obj)
+        return built.param_laws or {}
+
+    found = config_scale(model, laws, on_meta)
+    return found if found is not None else ConfigScale(attributes=(), factor=0.0)
 
 
 def unwrap_compiled(model: Any, notes: list[str]) -> Any:

@@ -119,6 +119,8 @@ def load_held(model: nn.Module, example_inputs: Any, name: str,
                          "biaslint); build it inside `with biaslint.recording():` for the lines "
                          "that built each layer and the init calls")
     inputs = _inputs(model, example_inputs, input_shapes)
+    from biaslint.load.differential import given_built
+
     if any(p.device.type == "meta" for p in model.parameters()):
         notes.append("the model is on the meta device and was built outside biaslint, so its "
                      "init calls were not recorded: its values are unknown; lint the function "
@@ -127,7 +129,8 @@ def load_held(model: nn.Module, example_inputs: Any, name: str,
             inputs = to_meta(inputs)
     return LoadedTarget(name=name, model=model, inputs=inputs, module_sites=sites,
                         param_inits=inits, notes=notes, module_chains=chains,
-                        optimizers=optimizers, param_unwritten=unwritten, lost_inits=lost)
+                        optimizers=optimizers, param_unwritten=unwritten, lost_inits=lost,
+                        config_scale=given_built(model))
 
 
 def default_name(model: nn.Module) -> str:

@@ -29,6 +29,7 @@ from biaslint.rules.bl013_implausible_norm_epsilon import ImplausibleNormEpsilon
 from biaslint.rules.bl014_uniform_attention import UniformAttention
 from biaslint.rules.bl015_parameter_without_gradient import ParameterWithoutGradient
 from biaslint.rules.bl016_init_without_effect import InitWithoutEffect
+from biaslint.rules.bl017_init_ignores_config import InitIgnoresConfig
 from biaslint.rules.bl100_unused_suppression import UnusedSuppression
 
 REGISTRY: tuple[type[Rule], ...] = (
@@ -48,6 +49,7 @@ REGISTRY: tuple[type[Rule], ...] = (
     UniformAttention,
     ParameterWithoutGradient,
     InitWithoutEffect,
+    InitIgnoresConfig,
     UnusedSuppression,
 )
 

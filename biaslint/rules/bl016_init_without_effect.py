@@ -111,7 +111,7 @@ def build():
 
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
         for lost in model.lost_inits or ():
-            layer = _layer_of(model, lost.parameters[0])
+            layer = model.layer_of_parameter(lost.parameters[0])
             if layer is not None:
                 yield self._finding(layer, lost)
 
@@ -148,13 +148,3 @@ def build():
                                   "by": lost.by.name if lost.by else None,
                                   "computed": lost.computed})
 
-
-def _layer_of(model: "AnalysedModel", qualified: str) -> "Layer | None":
-    """The layer that holds a parameter (a parametrization's originals: the parametrized
-    module), else its nearest ancestor that is a layer, else any layer inside it."""
-    name = qualified.rsplit(".", 1)[0] if "." in qualified else ""
-    if ".parametrizations." in f".{name}.":
-        name = f".{name}".split(".parametrizations.")[0].lstrip(".")
-    while name and name not in model.layers:
-        name = name.rsplit(".", 1)[0] if "." in name else ""
-    return model.layer_within(name)

@@ -1,0 +1,208 @@
+"""A differential build: the model built again on the meta device with its config's init scale
+changed, to see which drawn weights follow the config and which do not (BL017).
+
+A config object (``model.config``, a transformers ``PreTrainedConfig`` or any Python object a
+module keeps as ``config``) that holds a positive float attribute named like an init scale
+(``initializer_range``, ``init_std``, ``initializer_factor``, ``embed_init_std``,
+``w_init_variance_scale``...) is the config the init should read. The target is built twice
+more on meta (once when the lint already built it there), recording each parameter's init law
+(``biaslint.laws``): as written, and with every read of those attributes returning
+``FACTOR`` times the value. The reads are changed on the config's class (its
+``__getattribute__``), so the user's build runs unchanged and whatever it reads the value
+through (the library's ``_init_weights``, a module that copied it in ``__init__``, the user's
+own init) sees the new value. A drawn parameter whose law is the same both times does not
+follow the config; one whose law moved does.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch.nn as nn
+
+from biaslint.findings import ConfigScale, FixedDraw
+from biaslint.laws import Law, Piece
+
+# Each init-scale attribute is read as this many times its value in the second build.
+FACTOR = 10.0
+
+# An attribute named like an init scale: it says init and a scale word. Probabilities (a
+# prior's bias) are not scales.
+_SCALE_WORDS = ("std", "range", "factor", "scale", "gain", "variance")
+
+
+def is_scale_name(name: str) -> bool:
+    low = name.lower()
+    return "init" in low and any(w in low for w in _SCALE_WORDS) and "prob" not in low
+
+
+def _scales_of(obj: Any) -> dict[str, float]:
+    values = getattr(obj, "__dict__", None)
+    if not isinstance(values, dict):
+        return {}
+    return {k: float(v) for k, v in values.items() if isinstance(k, str) and is_scale_name(k)
+            and isinstance(v, float) and v > 0}
+
+
+def configs_of(model: nn.Module) -> list[Any]:
+    """The config objects the model's modules keep (``module.config``) that hold an init
+    scale, and the sub-configs they hold, each once."""
+    found: dict[int, Any] = {}
+
+    def visit(obj: Any, depth: int) -> None:
+        if id(obj) in found or depth > 3 or isinstance(obj, (nn.Module, type)):
+            return
+        values = getattr(obj, "__dict__", None)
+        if not isinstance(values, dict):
+            return
+        if _scales_of(obj):
+            found[id(obj)] = obj
+        for value in values.values():
+            if hasattr(value, "__dict__") and type(value).__name__.endswith(("Config", "Cfg")):
+                visit(value, depth + 1)
+
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None:
+            visit(config, 0)
+    return list(found.values())
+
+
+def scale_attributes(configs: list[Any]) -> dict[str, float]:
+    """The init-scale attributes of the configs and their values as built (the first config's
+    value when two configs differ)."""
+    out: dict[str, float] = {}
+    for config in configs:
+        for name, value in _scales_of(config).items():
+            out.setdefault(name, value)
+    return out
+
+
+@contextmanager
+def scaled_reads(classes: list[type], names: frozenset[str], factor: float) -> Iterator[None]:
+    """While active, reading one of ``names`` from an instance of ``classes`` (or of their
+    subclasses) gives ``factor`` times its value, when that value is a float."""
+    # Subclasses first: each wrapper calls the method its class had before any was patched,
+    # so an instance of a patched subclass of a patched class is scaled once.
+    ordered = sorted({c for c in classes if c.__module__ != "builtins"},
+                     key=lambda c: -len(c.__mro__))
+    saved: list[tuple[type, Any]] = []
+    try:
+        for cls in ordered:
+            original: Callable[[Any, str], Any] = getattr(cls, "__getattribute__")
+            saved.append((cls, cls.__dict__.get("__getattribute__")))
+            setattr(cls, "__getattribute__", _scaling(original, names, factor))
+        yield
+    finally:
+        for cls, own in reversed(saved):
+            if own is None:
+                delattr(cls, "__getattribute__")
+            else:
+                setattr(cls, "__getattribute__", own)  # put back as it was
+
+
+def _scaling(original: Callable[[Any, str], Any], names: frozenset[str],
+             factor: float) -> Callable[[Any, str], Any]:
+    def __getattribute__(self: Any, key: str) -> Any:
+        value = original(self, key)
+        if key in names and isinstance(value, float):
+            return value * factor
+        return value
+
+    return __getattribute__
+
+
+Laws = dict[str, "list[Piece] | None"]
+
+
+def compare(base: Laws, scaled: Laws, attributes: dict[str, float],
+            factor: float = FACTOR) -> ConfigScale:
+    """Which drawn parameters' laws moved with the config, which did not, and which could not
+    be compared (a law not known, a parameter the second build does not have)."""
+    follows: list[str] = []
+    ignores: list[FixedDraw] = []
+    unknown: list[tuple[str, str]] = []
+    for name, pieces in base.items():
+        verdict = _verdict(pieces, scaled.get(name), name in scaled)
+        if verdict is None:
+            continue
+        kind, text = verdict
+        if kind == "follows":
+            follows.append(name)
+        elif kind == "ignores":
+            assert pieces is not None
+            largest = max((p for p in pieces if p.law.is_random), key=lambda p: p.size).law
+            ignores.append(FixedDraw(parameter=name, law=text, kind=largest.kind,
+                                     loc=largest.loc, scale=largest.scale, high=largest.high))
+        else:
+            unknown.append((name, text))
+    return ConfigScale(attributes=tuple(attributes.items()), factor=factor,
+                       follows=tuple(follows), ignores=tuple(ignores), unknown=tuple(unknown))
+
+
+def _verdict(base: list[Piece] | None, scaled: list[Piece] | None,
+             present: bool) -> tuple[str, str] | None:
+    if base is None:
+        return "unknown", "its init was not recorded"
+    laws = [p.law for p in base]
+    if not any(law.is_random for law in laws):
+        unknown_law = next((law for law in laws if not law.known), None)
+        if unknown_law is not None and unknown_law.kind == "unknown":
+            return "unknown", f"its values are not known from the build ({unknown_law.how})"
+        return None  # not drawn: constants, exact tables, never written (BL012's)
+    if not present or scaled is None:
+        return "unknown", "the build with the config changed did not record it"
+    if [(p.start, p.stop) for p in base] != [(p.start, p.stop) for p in scaled]:
+        return "follows", ""  # the regions the init wrote moved: it reads the config
+    if any(_key(a.law) != _key(b.law) for a, b in zip(base, scaled)):
+        return "follows", ""
+    return "ignores", "; ".join(_describe(law) for law in laws if law.is_random)
+
+
+def _key(law: Law) -> tuple[Any, ...]:
+    values = None if law.values is None else tuple(law.values.tolist()[:64])
+    return (law.kind, law.value, law.loc, law.scale, law.low, law.high, law.m, law.s, values)
+
+
+def _describe(law: Law) -> str:
+    if law.kind == "normal":
+        return f"N({law.loc:.3g}, {law.scale:.3g})"
+    if law.kind == "trunc_normal":
+        return f"N({law.loc:.3g}, {law.scale:.3g}) cut to [{law.low:.3g}, {law.high:.3g}]"
+    if law.kind == "uniform":
+        return f"U({law.low:.3g}, {law.high:.3g})"
+    return f"{law.kind} with std {law.std:.3g}"
+
+
+def config_scale(model: nn.Module, base: Laws | None,
+                 build_on_meta: Callable[[], Laws]) -> ConfigScale | None:
+    """The differential build of ``model``: None when it keeps no config with an init scale.
+    ``base``: the laws of the build as written, when the lint built it on meta (else it is
+    built once more, on meta). ``build_on_meta`` builds the target on meta and gives each
+    parameter's laws; a build that fails gives a ``ConfigScale`` with the error."""
+    configs = configs_of(model)
+    attributes = scale_attributes(configs)
+    if not attributes:
+        return None
+    classes = [type(c) for c in configs]
+    try:
+        if base is None:
+            base = build_on_meta()
+        with scaled_reads(classes, frozenset(attributes), FACTOR):
+            scaled = build_on_meta()
+    except Exception as exc:  # noqa: BLE001  the user's build: its error is the reason
+        return ConfigScale(attributes=tuple(attributes.items()), factor=FACTOR,
+                           error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+    return compare(base, scaled, attributes)
+
+
+def given_built(model: nn.Module) -> ConfigScale:
+    """A model handed over already built (``check(model)``): there is no build to run again.
+    Its config's init scale, if any, is named with that reason (BL017 does not judge it)."""
+    attributes = scale_attributes(configs_of(model))
+    if not attributes:
+        return ConfigScale(attributes=(), factor=0.0)
+    return ConfigScale(attributes=tuple(attributes.items()), factor=FACTOR,
+                       error="the model was given already built, so it cannot be built again "
+                             "with the config changed; lint the function that builds it")

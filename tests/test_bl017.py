@@ -1,0 +1,235 @@
+"""BL017 measured: each model is built for real twice, with its config's init scale as written
+and at ten times it (same seed), and each weight's standard deviation is measured on the drawn
+tensor. A weight whose std stays put while some other weight's moves ten-fold ignores the
+config (the truth); which kind it is comes from the measured std too (the config's value, 1,
+or PyTorch's default 1/sqrt(3 fan_in)). The rule, which reads only the recorded init laws of two
+meta builds, must report exactly those weights, with those kinds, on real tensors and on
+meta; the scheme kind (xavier here) only with ``report = "all"``."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+HEAD = """
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class Config:
+    width: int = 64
+    init_std: float = 0.02
+
+
+class Net(nn.Module):
+    def __init__(self, config, case):
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.embed = nn.Embedding(50, w)
+        self.inp = nn.Linear(w, w)
+        self.mid = nn.Linear(w, w)
+        self.out = nn.Linear(w, 10)
+        nn.init.normal_(self.inp.weight, std=config.init_std)
+        nn.init.normal_(self.out.weight, std=config.init_std / 2)
+        if case in ("follows", "literal", "unit", "default", "scheme"):
+            nn.init.normal_(self.embed.weight, std=config.init_std)
+        if case in ("follows", "unit"):
+            nn.init.normal_(self.mid.weight, std=config.init_std)
+        if case == "literal":
+            nn.init.normal_(self.mid.weight, std=0.02)
+        if case == "scheme":
+            nn.init.xavier_uniform_(self.mid.weight)
+        if case == "none-follow":
+            nn.init.xavier_uniform_(self.inp.weight)
+            nn.init.xavier_uniform_(self.out.weight)
+            nn.init.xavier_uniform_(self.mid.weight)
+            nn.init.xavier_uniform_(self.embed.weight)
+        # "default": mid keeps nn.Linear's own init; "unit": embed keeps nn.Embedding's N(0, 1)
+        if case == "unit":
+            nn.init.normal_(self.embed.weight)
+
+    def forward(self, ids):
+        return self.out(torch.relu(self.mid(torch.relu(self.inp(self.embed(ids))))))
+"""
+
+CASES = ("follows", "literal", "unit", "default", "scheme", "none-follow")
+
+
+def _stds(namespace: dict, case: str, std: float) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = namespace["Net"](namespace["Config"](init_std=std), case)
+    return {n: float(p.detach().std()) for n, p in model.named_parameters() if p.dim() >= 2}
+
+
+def _truth(namespace: dict, case: str) -> dict[str, str]:
+    """Measured: weight -> kind, for the weights whose std does not follow init_std."""
+    base, scaled = _stds(namespace, case, 0.02), _stds(namespace, case, 0.2)
+    ratio = {n: scaled[n] / base[n] for n in base}
+    if not any(r > 5 for r in ratio.values()):
+        return {}  # nothing follows the config: nothing to ignore it against
+    fan_in = {"embed.weight": 64, "inp.weight": 64, "mid.weight": 64, "out.weight": 64}
+    out = {}
+    for name, r in ratio.items():
+        if abs(r - 1) > 0.05:
+            continue
+        s = base[name]
+        if abs(s - 0.02) < 0.002:
+            out[name] = "literal"
+        elif abs(s - 1) < 0.05:
+            out[name] = "unit"
+        elif abs(s - 1 / math.sqrt(3 * fan_in[name])) < 0.005:
+            out[name] = "default"
+        else:
+            out[name] = "scheme"
+    return out
+
+
+def _lint(write_target, case: str, device: str | None, report: str = "mistakes"):
+    from biaslint.engine import lint
+    from biaslint.settings import Settings, TargetConfig
+
+    target = write_target(HEAD + textwrap.dedent(f"""
+        def build():
+            return Net(Config(), {case!r}), torch.randint(0, 50, (4, 8))
+        """))
+    settings = Settings(select=("BL017",), rule_options={"BL017": {"report": report}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = lint(TargetConfig.of(target=target, device=device), settings)
+    assert result.error is None, result.error
+    return result
+
+
+@pytest.mark.parametrize("device", [None, "meta"])
+@pytest.mark.parametrize("case", CASES)
+def test_bl017_reports_exactly_the_weights_whose_measured_std_ignores_the_config(
+        case, device, write_target):
+    namespace: dict = {}
+    exec(compile(HEAD, "<bl017>", "exec"), namespace)
+    truth = _truth(namespace, case)
+    mistakes = {n: k for n, k in truth.items() if k != "scheme"}
+    result = _lint(write_target, case, device)
+    found = {f.data["parameter"]: f.data["kind"] for f in result.findings}
+    assert found == mistakes, [f.message for f in result.findings]
+    for f in result.findings:
+        assert f.data["config"] == {"init_std": 0.02}
+        assert f.data["follows"] in {n for n in truth.keys() ^ set(_stds(namespace, case, .02))}
+        assert f.location is not None and f.location.line > 0
+    (scope,) = [s for s in result.rules if s.code == "BL017"]
+    assert scope.judged == scope.total and scope.total > 0
+    everything = {f.data["parameter"]: f.data["kind"]
+                  for f in _lint(write_target, case, device, report="all").findings}
+    assert everything == truth
+
+
+def test_cases_cover_every_kind():
+    namespace: dict = {}
+    exec(compile(HEAD, "<bl017>", "exec"), namespace)
+    kinds = {k for case in CASES for k in _truth(namespace, case).values()}
+    assert kinds == {"literal", "unit", "default", "scheme"}
+    assert _truth(namespace, "follows") == {} and _truth(namespace, "none-follow") == {}
+
+
+def _gpt_like(name: str):
+    import transformers
+
+    make = {
+        "openai-gpt": lambda r: transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(
+            vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+            initializer_range=r)),
+        "imagegpt": lambda r: transformers.ImageGPTForCausalImageModeling(
+            transformers.ImageGPTConfig(vocab_size=65, n_positions=32, n_embd=32, n_layer=2,
+                                        n_head=2, initializer_range=r)),
+    }[name]
+    return make
+
+
+@pytest.mark.parametrize("name", ["openai-gpt", "imagegpt"])
+def test_bl017_on_transformers_conv1d_models_matches_their_drawn_weights(name, write_target):
+    """The 2026 fix's three architectures: their Conv1D weights ignore initializer_range."""
+    pytest.importorskip("transformers")
+    make = _gpt_like(name)
+    stds = []
+    for r in (0.02, 0.2):
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = make(r)
+        stds.append({n: float(p.detach().std()) for n, p in model.named_parameters()
+                     if p.dim() >= 2 and float(p.detach().std()) > 0})
+    ignoring = {n for n in stds[0] if abs(stds[1][n] / stds[0][n] - 1) < 0.05}
+    assert any(stds[1][n] / stds[0][n] > 5 for n in stds[0])
+    from biaslint.engine import lint
+    from biaslint.settings import Settings, TargetConfig
+
+    cls = {"openai-gpt": ("OpenAIGPTLMHeadModel", "OpenAIGPTConfig", 64),
+           "imagegpt": ("ImageGPTForCausalImageModeling", "ImageGPTConfig", 65)}[name]
+    target = write_target(textwrap.dedent(f"""
+        import torch
+        import transformers
+
+        def build():
+            config = transformers.{cls[1]}(vocab_size={cls[2]}, n_positions=32, n_embd=32,
+                                           n_layer=2, n_head=2)
+            return transformers.{cls[0]}(config), torch.randint(0, 64, (2, 8))
+        """))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = lint(TargetConfig.of(target=target, device="meta"),
+                      Settings(select=("BL017",)))
+    assert result.error is None, result.error
+    found = {f.data["parameter"] for f in result.findings}
+    assert found == ignoring and len(found) in (4, 8)
+    assert {f.data["kind"] for f in result.findings} == {"literal"}
+
+
+def test_a_model_given_built_is_not_judged_with_the_reason():
+    import biaslint
+
+    namespace: dict = {}
+    exec(compile(HEAD, "<bl017>", "exec"), namespace)
+    model = namespace["Net"](namespace["Config"](), "literal")
+    report = biaslint.check(model, torch.randint(0, 50, (4, 8)), select=("BL017",))
+    assert report.findings == []
+    (scope,) = [s for s in report.result.rules if s.code == "BL017"]
+    assert scope.unjudged and all("given already built" in why for _, why in scope.unjudged)
+
+
+def test_a_second_build_that_fails_leaves_the_layers_not_judged(write_target):
+    from biaslint.engine import lint
+    from biaslint.settings import Settings, TargetConfig
+
+    target = write_target(HEAD + textwrap.dedent("""
+        def build():
+            config = Config()
+            assert config.init_std < 0.1, "this build takes only small scales"
+            return Net(config, "literal"), torch.randint(0, 50, (4, 8))
+        """))
+    result = lint(TargetConfig.of(target=target), Settings(select=("BL017",)))
+    assert result.error is None and result.findings == ()
+    (scope,) = [s for s in result.rules if s.code == "BL017"]
+    assert scope.unjudged and all("only small scales" in why for _, why in scope.unjudged)
+
+
+def test_a_model_without_a_config_is_out_of_scope(write_target):
+    from biaslint.engine import lint
+    from biaslint.settings import Settings, TargetConfig
+
+    target = write_target(textwrap.dedent("""
+        import torch
+        import torch.nn as nn
+
+        def build():
+            return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)), torch.randn(4, 8)
+        """))
+    result = lint(TargetConfig.of(target=target), Settings(select=("BL017",)))
+    (scope,) = [s for s in result.rules if s.code == "BL017"]
+    assert result.findings == () and scope.total == 0 and not scope.unjudged
