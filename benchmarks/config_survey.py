@@ -99,7 +99,10 @@ def survey_one(model_type: str) -> dict[str, Any]:
         return row
     row["config"] = dict(scale.attributes)
     row["error"] = scale.error or None
+    shapes = {n: tuple(p.shape) for n, p in loaded.model.named_parameters(remove_duplicate=False)}
     row["follows"] = len(scale.follows)
+    row["follows_weights"] = sum(1 for n in scale.follows if len(shapes.get(n, ())) >= 2)
+    row["first_follows"] = next((n for n in scale.follows if len(shapes.get(n, ())) >= 2), None)
     row["unknown"] = [list(u) for u in scale.unknown]
     modules = dict(loaded.model.named_modules())
     params = dict(loaded.model.named_parameters(remove_duplicate=False))
@@ -130,12 +133,74 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def kinds(row: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """Each weight (two or more dimensions) of the row that ignores the config, with the kind
+    BL017 gives it (``kind_of``, the rule's own sorting); none when no weight follows."""
+    from biaslint.findings import ConfigScale, FixedDraw
+    from biaslint.rules.bl017_init_ignores_config import kind_of
+
+    if not row.get("follows_weights") or not row.get("ignores"):
+        return []
+    scale = ConfigScale(attributes=tuple((row.get("config") or {}).items()), factor=10.0)
+    out = []
+    for item in row["ignores"]:
+        if len(item["shape"]) < 2:
+            continue
+        fixed = FixedDraw(parameter=item["param"], law=item["law"], kind=item["kind"],
+                          loc=item["loc"], scale=item["scale"], high=item["high"])
+        out.append((item, kind_of(fixed, scale, tuple(item["shape"]))))
+    return out
+
+
+def table(path: str) -> None:
+    """The summary RESULTS.md shows, from a survey's rows."""
+    import collections
+
+    with open(path, encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    built = [r for r in rows if "params" in r]
+    configured = [r for r in built if r.get("config")]
+    compared = [r for r in configured if not r.get("error")]
+    print(f"architectures: {len(rows)}; built: {len(built)}; failed to build: "
+          f"{len(rows) - len(built)}; with an init-scale config: {len(configured)}; "
+          f"compared: {len(compared)} (second build failed: {len(configured) - len(compared)})")
+    tensors = collections.Counter()
+    archs = collections.Counter()
+    for row in compared:
+        found = kinds(row)
+        for kind in {k for _, k in found}:
+            archs[kind] += 1
+        for _, kind in found:
+            tensors[kind] += 1
+    print(f"weights that ignore the config while others follow it: {sum(tensors.values())} "
+          f"in {sum(1 for r in compared if kinds(r))} architectures")
+    for kind in ("literal", "unit", "default", "scheme"):
+        print(f"  {kind:8s} {tensors[kind]:5d} weights in {archs[kind]:3d} architectures")
+    print("\n| architecture | split | kind | weights | example | drawn | call |")
+    print("|---|---|---|---|---|---|---|")
+    for row in sorted(compared, key=lambda r: r["arch"]):
+        by_kind = collections.defaultdict(list)
+        for item, kind in kinds(row):
+            by_kind[kind].append(item)
+        for kind, items in sorted(by_kind.items()):
+            if kind == "scheme":
+                continue
+            first = items[0]
+            at = (first.get("at") or "").split("site-packages/")[-1]
+            print(f"| {row['arch']} | {row['split']} | {kind} | {len(items)} | "
+                  f"`{first['param']}` ({first['module_type']}) | {first['law']} | {at} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", default="")
     parser.add_argument("--out", default=os.path.join(HERE, "out"))
+    parser.add_argument("--table", metavar="JSONL", help="print the summary of a survey's rows")
     args = parser.parse_args()
+    if args.table:
+        table(args.table)
+        return
     names = [n for n in zoo_wide.names("hf-all")
              if not args.only or n in args.only.split(",")]
     os.makedirs(args.out, exist_ok=True)

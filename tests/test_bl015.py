@@ -37,9 +37,10 @@ class Tagger(nn.Module):
 
 class CrossAttention(nn.Module):
     '''Queries from the tokens, keys and values from ``slots`` memory entries.'''
-    def __init__(self, slots=1, sdpa=False):
+    def __init__(self, slots=1, sdpa=False, module=False):
         super().__init__()
         self.slots, self.sdpa = slots, sdpa
+        self.softmax = nn.Softmax(dim=-1) if module else None
         self.memory = nn.Parameter(torch.randn(slots, 16))
         self.q = nn.Linear(16, 16)
         self.k = nn.Linear(16, 16)
@@ -53,7 +54,9 @@ class CrossAttention(nn.Module):
             attended = F.scaled_dot_product_attention(q, k, v)
         else:
             scores = q @ k.transpose(-2, -1) / 4.0
-            attended = torch.softmax(scores, dim=-1) @ v
+            weights = self.softmax(scores) if self.softmax is not None else \
+                torch.softmax(scores, dim=-1)
+            attended = weights @ v
         return self.out(x + attended)
 
 
@@ -89,6 +92,9 @@ CASES = {
     "bidirectional LSTM read through h_n": ("Tagger('h')", "torch.randn(6, 10, 8)", {}),
     "cross-attention over one memory slot": ("CrossAttention(1)", "torch.randn(4, 7, 16)",
                                              {"q": "one-key", "k": "one-key"}),
+    "an nn.Softmax module over one memory slot": ("CrossAttention(1, module=True)",
+                                                  "torch.randn(4, 7, 16)",
+                                                  {"q": "one-key", "k": "one-key"}),
     "sdpa over one memory slot": ("CrossAttention(1, sdpa=True)", "torch.randn(4, 7, 16)",
                                   {"q": "one-key", "k": "one-key"}),
     "cross-attention over three slots": ("CrossAttention(3)", "torch.randn(4, 7, 16)", {}),
