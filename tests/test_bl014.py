@@ -26,9 +26,10 @@ import torch.nn.functional as F
 
 class Attention(nn.Module):
     '''Multi-head attention written out; ``how`` plants one mistake (or a deliberate choice).'''
-    def __init__(self, dim=32, heads=4, how="ok", sdpa=False, causal=False):
+    def __init__(self, dim=32, heads=4, how="ok", sdpa=False, causal=False, module=False):
         super().__init__()
         self.heads, self.sdpa, self.causal, self.how = heads, sdpa, causal, how
+        self.softmax = nn.Softmax(dim=-1) if module else None
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
@@ -76,7 +77,9 @@ class Attention(nn.Module):
                 fill = torch.finfo(scores.dtype).min if self.causal == "finite" else -math.inf
                 scores = scores.masked_fill(mask, fill)
             self.scores = scores.detach()
-            out = torch.softmax(scores, dim=-1) @ v
+            weights = self.softmax(scores) if self.softmax is not None else \
+                torch.softmax(scores, dim=-1)
+            out = weights @ v
         return self.out(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -103,6 +106,9 @@ CASES = {
     "query and key projections zeroed": ("how='zero-qk'", True, True, "both all zero"),
     "sdpa, query and key zeroed": ("how='zero-qk', sdpa=True", True, True, "both all zero"),
     "query projection zeroed (muP)": ("how='zero-q'", True, False, "queries are all zero"),
+    "query zeroed, an nn.Softmax module": ("how='zero-q', module=True", True, False,
+                                           "queries are all zero"),
+    "default init, an nn.Softmax module": ("module=True", False, False, ""),
     "key projection zeroed": ("how='zero-k'", True, False, "keys are all zero"),
     "sdpa, query zeroed": ("how='zero-q', sdpa=True", True, False, "queries are all zero"),
     "key weight zeroed, bias kept": ("how='same-keys'", True, False, "same at every position"),

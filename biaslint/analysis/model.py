@@ -353,6 +353,17 @@ class AnalysedModel:
         return next((layer for layer_name, layer in self.layers.items()
                      if name == "" or layer_name.startswith(name + ".")), None)
 
+    def scores_module(self, name: str) -> str:
+        """Where a softmax's scores are computed: the module ``name`` the softmax was recorded
+        in, or its parent when that is an ``nn.Softmax`` child the attention module calls."""
+        try:
+            module = self.submodule(name)
+        except AttributeError:
+            return name
+        if isinstance(module, nn.Softmax) and name:
+            return name.rsplit(".", 1)[0] if "." in name else ""
+        return name
+
     def layer_of_parameter(self, qualified: str) -> "Layer | None":
         """The layer that holds a parameter (a parametrization's originals: the parametrized
         module), else its nearest ancestor that is a layer, else any layer inside it."""

@@ -133,12 +133,13 @@ def build():
             if softmax.keys < 2 or not softmax.spread <= limit or softmax.module in reported:
                 continue  # NaN spread (no row with two keys) is not uniform
             reported.add(softmax.module)  # one finding per attention module
-            layer = model.layer_within(softmax.module)
+            layer = model.layer_within(model.scores_module(softmax.module))
             if layer is not None:
                 yield self._finding(model, layer, softmax)
 
     def _finding(self, model: "AnalysedModel", layer: "Layer", softmax: Any) -> Finding:
-        reason, for_good = _reason(softmax, _zero_layers(model, softmax.module))
+        owner = model.scores_module(softmax.module)
+        reason, for_good = _reason(softmax, _zero_layers(model, owner))
         where = "scaled_dot_product_attention" if softmax.sdpa else "softmax over attention scores"
         message = (
             f"{where} is uniform at init on the example inputs: on every row the scores vary by "
@@ -155,7 +156,7 @@ def build():
                   "zero_scale": softmax.zero_scale, "zero_queries": softmax.zero_queries,
                   "zero_keys": softmax.zero_keys, "same_keys": softmax.same_keys,
                   "sdpa": softmax.sdpa, "log_keys": math.log(softmax.keys)})
-        return self.at_module(finding, model, softmax.module)
+        return self.at_module(finding, model, owner)
 
 
 def _reason(softmax: Any, zero_layers: list[str]) -> tuple[str, bool]:

@@ -162,27 +162,13 @@ def _why(model: "AnalysedModel", layer: "Layer", pnames: list[str]) -> tuple[str
             "reverse direction has run one step, from its initial state, which is all they "
             "multiply there")
     one_key = [a for a in _attention(model) if a.keys == 1
-               and _inside(layer.name, _owner(model, a.module))]
+               and _inside(layer.name, model.scores_module(a.module))]
     if one_key:
-        where = _owner(model, one_key[0].module) or "the model"
+        where = model.scores_module(one_key[0].module) or "the model"
         return "one-key", (
             f"the scores of the softmax in {where} read them, and it runs over a length-1 axis "
             f"(one key): it outputs the constant 1 whatever the scores")
     return "measured", "no output depends on them on these inputs"
-
-
-def _owner(model: "AnalysedModel", name: str) -> str:
-    """The module whose forward computes the scores: the softmax's own module, or its parent
-    when that is a parameterless ``nn.Softmax`` (a child its attention module calls)."""
-    import torch.nn as nn
-
-    try:
-        module = model.submodule(name)
-    except AttributeError:
-        return name
-    if isinstance(module, nn.Softmax) and name:
-        return name.rsplit(".", 1)[0] if "." in name else ""
-    return name
 
 
 def _inside(layer: str, owner: str) -> bool:
