@@ -114,6 +114,7 @@ def survey_one(model_type: str) -> dict[str, Any]:
         ignores.append({
             "param": name, "law": fixed.law, "kind": fixed.kind, "loc": fixed.loc,
             "scale": fixed.scale, "high": fixed.high, "shape": list(params[name].shape),
+            "own_init": fixed.own_init, "governed": fixed.governed, "how": fixed.how,
             "module_type": type(owner).__name__ if owner else "",
             "call": call.describe() if call else None,
             "at": str(call.location) if call and call.location else None,
@@ -147,7 +148,10 @@ def kinds(row: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
         if len(item["shape"]) < 2:
             continue
         fixed = FixedDraw(parameter=item["param"], law=item["law"], kind=item["kind"],
-                          loc=item["loc"], scale=item["scale"], high=item["high"])
+                          loc=item["loc"], scale=item["scale"], high=item["high"],
+                          own_init=item["own_init"], governed=item["governed"],
+                          how=item.get("how", ""),
+                          module_type=item["module_type"])
         out.append((item, kind_of(fixed, scale, tuple(item["shape"]))))
     return out
 
@@ -174,7 +178,7 @@ def table(path: str) -> None:
             tensors[kind] += 1
     print(f"weights that ignore the config while others follow it: {sum(tensors.values())} "
           f"in {sum(1 for r in compared if kinds(r))} architectures")
-    for kind in ("literal", "unit", "default", "scheme"):
+    for kind in ("literal", "unit", "default", "fallback", "scheme"):
         print(f"  {kind:8s} {tensors[kind]:5d} weights in {archs[kind]:3d} architectures")
     print("\n| architecture | split | kind | weights | example | drawn | call |")
     print("|---|---|---|---|---|---|---|")
@@ -183,7 +187,7 @@ def table(path: str) -> None:
         for item, kind in kinds(row):
             by_kind[kind].append(item)
         for kind, items in sorted(by_kind.items()):
-            if kind == "scheme":
+            if kind in ("scheme", "fallback"):
                 continue
             first = items[0]
             at = (first.get("at") or "").split("site-packages/")[-1]

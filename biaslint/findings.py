@@ -106,7 +106,8 @@ class ConfigScale:
 class FixedDraw:
     """A drawn parameter whose init law was the same in both builds of ``ConfigScale``: the law
     of its largest drawn region (``kind`` "normal", "trunc_normal", "uniform", ...; ``loc`` and
-    ``scale`` as in ``biaslint.laws.Law``, ``high`` the upper bound) and the whole text."""
+    ``scale`` as in ``biaslint.laws.Law``, ``high`` the upper bound), the whole text, and what
+    the build tells of where it came from."""
 
     parameter: str
     law: str  # e.g. "N(0, 0.02)"
@@ -114,6 +115,14 @@ class FixedDraw:
     loc: float
     scale: float
     high: float
+    # Whether its last write was its own layer's constructor (``__init__``,
+    # ``reset_parameters``): no init call of the model replaced that draw
+    own_init: bool = False
+    # Whether the nearest config up the module tree (``module.config``) holds an init scale;
+    # False for a sub-model whose own config has none (its init falls back to a literal)
+    governed: bool = True
+    module_type: str = ""  # the class of the module that holds it
+    how: str = ""  # the call that drew it, e.g. "nn.init.normal_"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 HEAD = """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,32 @@ class Config:
     init_std: float = 0.02
 
 
+@dataclass
+class TowerConfig:  # a sub-model's own config, with no init scale
+    width: int = 64
+
+
+class Tower(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.proj = nn.Linear(config.width, config.width)
+        nn.init.normal_(self.proj.weight, std=getattr(config, "init_std", 0.02))
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+class Proj(nn.Module):  # a layer class that draws its own weight, as a library's Conv1D does
+    def __init__(self, n, std):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, n))
+        nn.init.normal_(self.weight, std=std)
+
+    def forward(self, x):
+        return x @ self.weight
+
+
 class Net(nn.Module):
     def __init__(self, config, case):
         super().__init__()
@@ -37,30 +64,44 @@ class Net(nn.Module):
         self.inp = nn.Linear(w, w)
         self.mid = nn.Linear(w, w)
         self.out = nn.Linear(w, 10)
+        self.tower = Tower(TowerConfig(w)) if case == "fallback" else None
+        self.proj = Proj(w, 0.02 if case == "layer-literal" else 0.05) \
+            if case.startswith("layer-") else None
         nn.init.normal_(self.inp.weight, std=config.init_std)
         nn.init.normal_(self.out.weight, std=config.init_std / 2)
-        if case in ("follows", "literal", "unit", "default", "scheme"):
+        if case != "embedding-default":
             nn.init.normal_(self.embed.weight, std=config.init_std)
-        if case in ("follows", "unit"):
+        if case in ("follows", "embedding-default", "fallback", "layer-literal", "layer-own"):
             nn.init.normal_(self.mid.weight, std=config.init_std)
         if case == "literal":
             nn.init.normal_(self.mid.weight, std=0.02)
+        if case == "unit":
+            nn.init.normal_(self.mid.weight)
         if case == "scheme":
             nn.init.xavier_uniform_(self.mid.weight)
+        if case == "restated":
+            nn.init.kaiming_uniform_(self.mid.weight, a=math.sqrt(5))
         if case == "none-follow":
-            nn.init.xavier_uniform_(self.inp.weight)
-            nn.init.xavier_uniform_(self.out.weight)
-            nn.init.xavier_uniform_(self.mid.weight)
-            nn.init.xavier_uniform_(self.embed.weight)
-        # "default": mid keeps nn.Linear's own init; "unit": embed keeps nn.Embedding's N(0, 1)
-        if case == "unit":
-            nn.init.normal_(self.embed.weight)
+            for layer in (self.inp, self.out, self.mid, self.embed):
+                nn.init.xavier_uniform_(layer.weight)
+        # "default": mid keeps nn.Linear's own init
 
     def forward(self, ids):
-        return self.out(torch.relu(self.mid(torch.relu(self.inp(self.embed(ids))))))
+        h = self.inp(self.embed(ids))
+        if self.tower is not None:
+            h = self.tower(h)
+        if self.proj is not None:
+            h = self.proj(h)
+        return self.out(torch.relu(self.mid(torch.relu(h))))
 """
 
-CASES = ("follows", "literal", "unit", "default", "scheme", "none-follow")
+CASES = ("follows", "literal", "unit", "default", "embedding-default", "restated", "scheme",
+         "fallback", "layer-literal", "layer-own", "none-follow")
+# How each case was built, which the measured std alone cannot tell: the weights an init call
+# wrote after their constructor, and the weights of a sub-model whose config has no init scale.
+EXPLICIT = {"unit": {"mid.weight"}, "scheme": {"mid.weight"}, "restated": {"mid.weight"},
+            "literal": {"mid.weight"}}
+UNGOVERNED = {"fallback": {"tower.proj.weight"}}
 
 
 def _stds(namespace: dict, case: str, std: float) -> dict[str, float]:
@@ -75,18 +116,20 @@ def _truth(namespace: dict, case: str) -> dict[str, str]:
     ratio = {n: scaled[n] / base[n] for n in base}
     if not any(r > 5 for r in ratio.values()):
         return {}  # nothing follows the config: nothing to ignore it against
-    fan_in = {"embed.weight": 64, "inp.weight": 64, "mid.weight": 64, "out.weight": 64}
     out = {}
     for name, r in ratio.items():
         if abs(r - 1) > 0.05:
             continue
-        s = base[name]
-        if abs(s - 0.02) < 0.002:
+        s, explicit = base[name], name in EXPLICIT.get(case, ())
+        linear = name.endswith("weight") and not name.startswith("embed")
+        if explicit and abs(s - 1) < 0.05 and linear:
+            out[name] = "unit"  # a linear map drawn N(0, 1), under any config
+        elif name in UNGOVERNED.get(case, ()):
+            out[name] = "fallback"
+        elif abs(s - 0.02) < 0.002:
             out[name] = "literal"
-        elif abs(s - 1) < 0.05:
-            out[name] = "unit"
-        elif abs(s - 1 / math.sqrt(3 * fan_in[name])) < 0.005:
-            out[name] = "default"
+        elif not explicit:
+            out[name] = "default"  # the layer's own draw, never replaced
         else:
             out[name] = "scheme"
     return out
@@ -115,7 +158,7 @@ def test_bl017_reports_exactly_the_weights_whose_measured_std_ignores_the_config
     namespace: dict = {}
     exec(compile(HEAD, "<bl017>", "exec"), namespace)
     truth = _truth(namespace, case)
-    mistakes = {n: k for n, k in truth.items() if k != "scheme"}
+    mistakes = {n: k for n, k in truth.items() if k in ("literal", "unit", "default")}
     result = _lint(write_target, case, device)
     found = {f.data["parameter"]: f.data["kind"] for f in result.findings}
     assert found == mistakes, [f.message for f in result.findings]
@@ -134,7 +177,7 @@ def test_cases_cover_every_kind():
     namespace: dict = {}
     exec(compile(HEAD, "<bl017>", "exec"), namespace)
     kinds = {k for case in CASES for k in _truth(namespace, case).values()}
-    assert kinds == {"literal", "unit", "default", "scheme"}
+    assert kinds == {"literal", "unit", "default", "scheme", "fallback"}
     assert _truth(namespace, "follows") == {} and _truth(namespace, "none-follow") == {}
 
 

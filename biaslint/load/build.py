@@ -22,7 +22,7 @@ from biaslint.laws import Piece
 from biaslint.load.encoding import display_path, refuse_undecodable
 from biaslint.load.guard import user_code
 from biaslint.load.lasting import lost_inits
-from biaslint.load.sites import BuildRecord, record_build
+from biaslint.load.sites import BuildRecord, own_inits, record_build
 from biaslint.load.unwritten import unwritten_parameters
 from biaslint.target import IntShape, TargetSpec, parse_target
 
@@ -129,7 +129,8 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
             inputs = to_meta(inputs)
         notes.insert(0, "built on the meta device: values are read from the recorded init "
                         "calls (their laws), not measured")
-    scale = compared(spec.text, obj, input_shapes, model, laws) if compare_config else None
+    scale = compared(spec.text, obj, input_shapes, model, laws, record) \
+        if compare_config else None
     return LoadedTarget(
         name=spec.text,
         model=model,
@@ -149,7 +150,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
 
 
 def compared(text: str, obj: Any, input_shapes: tuple[tuple[int, ...], ...], model: nn.Module,
-             laws: dict[str, list[Piece] | None] | None) -> ConfigScale:
+             laws: dict[str, list[Piece] | None] | None, record: BuildRecord) -> ConfigScale:
     """The differential build of the target (``load.differential``): ``obj`` is what the target
     names, ``laws`` the build's own when it was on meta. Nothing of it reaches the lint (RNG,
     default device, ...)."""
@@ -161,7 +162,7 @@ def compared(text: str, obj: Any, input_shapes: tuple[tuple[int, ...], ...], mod
             built = load_target(text, input_shapes, device="meta", resolved=obj)
         return built.param_laws or {}
 
-    found = config_scale(model, laws, on_meta)
+    found = config_scale(model, laws, on_meta, own_inits(record, model))
     return found if found is not None else ConfigScale(attributes=(), factor=0.0)
 
 

@@ -27,9 +27,10 @@ from biaslint.laws import Law, Piece
 # Each init-scale attribute is read as this many times its value in the second build.
 FACTOR = 10.0
 
-# An attribute named like an init scale: it says init and a scale word. Probabilities (a
-# prior's bias) are not scales.
-_SCALE_WORDS = ("std", "range", "factor", "scale", "gain", "variance")
+# An attribute named like an init scale: it says init and a word for the spread of a draw.
+# Probabilities (a prior's bias) are not scales, nor the starting value of a layer scale or a
+# logit scale (``layer_scale_init_value``: a constant, not the spread of a draw).
+_SCALE_WORDS = ("std", "range", "factor", "gain", "variance", "init_scale", "initializer_scale")
 
 
 def is_scale_name(name: str) -> bool:
@@ -116,10 +117,14 @@ def _scaling(original: Callable[[Any, str], Any], names: frozenset[str],
 Laws = dict[str, "list[Piece] | None"]
 
 
-def compare(base: Laws, scaled: Laws, attributes: dict[str, float],
-            factor: float = FACTOR) -> ConfigScale:
+def compare(base: Laws, scaled: Laws, attributes: dict[str, float], factor: float = FACTOR,
+            own: set[str] | None = None, model: nn.Module | None = None) -> ConfigScale:
     """Which drawn parameters' laws moved with the config, which did not, and which could not
-    be compared (a law not known, a parameter the second build does not have)."""
+    be compared (a law not known, a parameter the second build does not have). ``own``: the
+    parameters whose last write was their own module's constructor; ``model``: the model built, for where each
+    parameter sits (its module's class, whether its nearest config holds an init scale)."""
+    governed = governed_by_scale(model) if model is not None else (lambda name: True)
+    modules = dict(model.named_modules()) if model is not None else {}
     follows: list[str] = []
     ignores: list[FixedDraw] = []
     unknown: list[tuple[str, str]] = []
@@ -134,7 +139,12 @@ def compare(base: Laws, scaled: Laws, attributes: dict[str, float],
             assert pieces is not None
             largest = max((p for p in pieces if p.law.is_random), key=lambda p: p.size).law
             ignores.append(FixedDraw(parameter=name, law=text, kind=largest.kind,
-                                     loc=largest.loc, scale=largest.scale, high=largest.high))
+                                     loc=largest.loc, scale=largest.scale, high=largest.high,
+                                     own_init=name in (own or set()), how=largest.how,
+                                     governed=governed(name),
+                                     module_type=type(modules.get(
+                                         name.rsplit(".", 1)[0] if "." in name else "",
+                                         model)).__name__))
         else:
             unknown.append((name, text))
     return ConfigScale(attributes=tuple(attributes.items()), factor=factor,
@@ -175,12 +185,31 @@ def _describe(law: Law) -> str:
     return f"{law.kind} with std {law.std:.3g}"
 
 
-def config_scale(model: nn.Module, base: Laws | None,
-                 build_on_meta: Callable[[], Laws]) -> ConfigScale | None:
+def governed_by_scale(model: nn.Module) -> Callable[[str], bool]:
+    """For a parameter's qualified name: whether the nearest module up its tree that keeps a
+    ``config`` keeps one with an init scale (a sub-model's own config may have none)."""
+    modules = dict(model.named_modules())
+
+    def governed(qualified: str) -> bool:
+        name = qualified.rsplit(".", 1)[0] if "." in qualified else ""
+        while True:
+            config = getattr(modules.get(name), "config", None)
+            if config is not None and not isinstance(config, (nn.Module, dict)):
+                return bool(_scales_of(config))
+            if not name:
+                return True
+            name = name.rsplit(".", 1)[0] if "." in name else ""
+
+    return governed
+
+
+def config_scale(model: nn.Module, base: Laws | None, build_on_meta: Callable[[], Laws],
+                 own: set[str] | None = None) -> ConfigScale | None:
     """The differential build of ``model``: None when it keeps no config with an init scale.
     ``base``: the laws of the build as written, when the lint built it on meta (else it is
     built once more, on meta). ``build_on_meta`` builds the target on meta and gives each
-    parameter's laws; a build that fails gives a ``ConfigScale`` with the error."""
+    parameter's laws; a build that fails gives a ``ConfigScale`` with the error. ``own``: the
+    parameters whose last write in the build was their own module's constructor."""
     configs = configs_of(model)
     attributes = scale_attributes(configs)
     if not attributes:
@@ -194,7 +223,7 @@ def config_scale(model: nn.Module, base: Laws | None,
     except Exception as exc:  # noqa: BLE001  the user's build: its error is the reason
         return ConfigScale(attributes=tuple(attributes.items()), factor=FACTOR,
                            error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
-    return compare(base, scaled, attributes)
+    return compare(base, scaled, attributes, own=own, model=model)
 
 
 def given_built(model: nn.Module) -> ConfigScale:

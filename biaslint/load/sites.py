@@ -201,6 +201,24 @@ class _InitEvent:
     start: int
     stop: int
     call: InitCall
+    # id() of the module whose own ``__init__`` or ``reset_parameters`` made the call (the
+    # innermost such frame), None when none did (a ``model.apply(init)`` after the build)
+    writer: int | None = None
+
+
+# The methods in which a module initializes its own parameters.
+_CONSTRUCTING = frozenset({"__init__", "reset_parameters", "_reset_parameters"})
+
+
+def _writer(frame: FrameType | None) -> int | None:
+    """The module whose construction (or reset) the call at ``frame`` is part of."""
+    while frame is not None:
+        if frame.f_code.co_name in _CONSTRUCTING and frame.f_code.co_argcount:
+            owner = frame.f_locals.get(frame.f_code.co_varnames[0])
+            if isinstance(owner, nn.Module):
+                return id(owner)
+        frame = frame.f_back
+    return None
 
 
 @dataclass
@@ -247,6 +265,25 @@ class BuildRecord:
             if event.storage == storage and event.start <= start and stop <= event.stop:
                 return event.call
         return None
+
+
+def own_inits(record: BuildRecord, model: nn.Module) -> set[str]:
+    """The parameters whose last recorded write was their own module's constructor (its
+    ``__init__`` or ``reset_parameters``): no later init call replaced that draw."""
+    last: dict[Any, list[_InitEvent]] = {}
+    for event in record.init_events:
+        last.setdefault(event.storage, []).append(event)
+    out: set[str] = set()
+    for module_name, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            key = memory_span(param)
+            if key is None:
+                continue
+            storage, start, stop = key
+            covering = [e for e in last.get(storage, ()) if e.start < stop and start < e.stop]
+            if covering and covering[-1].writer == id(module):
+                out.add(f"{module_name}.{pname}" if module_name else pname)
+    return out
 
 
 def memory_span(tensor: Any) -> tuple[Any, int, int] | None:
@@ -405,7 +442,7 @@ class _BuildRecorder:
         call = self.record.init_of(source)
         span = memory_span(copy)
         if call is not None and span is not None:
-            self.record.init_events.append(_InitEvent(*span, call))
+            self.record.init_events.append(_InitEvent(*span, call, _writer(caller)))
 
     def _wrap(self, fn: Callable[..., Any], label: str) -> Callable[..., Any]:
         recorder = self
@@ -445,7 +482,7 @@ class _BuildRecorder:
         location = frame_location(frame) if frame is not None else None
         call = InitCall(name=label, args=_format_args(args, kwargs), location=location,
                         by_user=by_user)
-        self.record.init_events.append(_InitEvent(*span, call))
+        self.record.init_events.append(_InitEvent(*span, call, _writer(caller)))
         if args[0].grad_fn is not None:  # a computed tensor: the values may not last
             self.record.computed_writes.append((args[0], call))
 

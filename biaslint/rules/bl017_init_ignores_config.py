@@ -18,16 +18,20 @@ NOT_COMPARED = ("the build was not compared with one whose config init scale is 
 # What a weight that does not follow the config was drawn with, as the survey over every
 # transformers architecture sorted them (benchmarks/RESULTS.md, "BL017"):
 KINDS = {
-    # N(0, v) where v is the config's own value, but written as a literal (or a library
-    # layer's constructor draw): a user who changes the config does not change it.
+    # N(0, v) where v is the value the config holds, written as a literal (in a layer's
+    # constructor or the model's init) under a config that has the attribute: a user who
+    # changes the config does not change this weight.
     "literal": "the config's value written as a literal",
-    # N(0, 1): normal_() with no std, or nn.Embedding's default left in place.
+    # N(0, 1) on the weight of a linear map (a Linear, a conv): normal_() with no std.
     "unit": "a standard normal, normal_() with no std",
-    # U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's constructor default for Linear and convs,
-    # which the model's init never replaced.
-    "default": "PyTorch's constructor default, which the model's init never replaced",
-    # Anything else: xavier, kaiming, a std computed from the width. Usually a documented
-    # scheme of its own; listed only with `report = "all"`.
+    # The layer's own constructor draw (its __init__ or reset_parameters), which no init call
+    # of the model replaced: the model's init never handles that layer type.
+    "default": "its layer's constructor default, which the model's init never replaced",
+    # Inside a sub-model whose own config has no init scale (each sub-model reads its own
+    # config; a generic init falls back to a literal): the top config's value does not reach it.
+    "fallback": "the init of a sub-model whose own config has no init scale",
+    # Anything else: xavier, kaiming, a std computed from the width, an explicit restatement of
+    # PyTorch's default, a standard-normal table or query. Usually a documented scheme.
     "scheme": "a scheme of its own (xavier, kaiming, a std computed from the width)",
 }
 DEFAULT_KINDS = ("literal", "unit", "default")
@@ -50,17 +54,25 @@ from an init scale. When other weights of the model do follow it, the weight
 is reported, naming one that follows, the config value and what the weight is drawn with
 instead:
 
-- **literal**: drawn with the config's value, but as a literal (`normal_(std=0.02)` in a layer's
-  constructor, or a fallback `getattr(config, "initializer_range", 0.02)` on a sub-config that
-  lacks it): right until someone changes the config;
-- **unit**: a standard normal (`normal_()` with no std);
-- **default**: PyTorch's constructor default for a Linear or conv, U(-1/sqrt(fan_in),
-  1/sqrt(fan_in)), left in place because the model's init never handles that layer type.
+- **literal**: drawn with the config's value, but as a literal (`normal_(std=0.02)` in a
+  layer's constructor or the model's init), where the config holds the attribute;
+- **default**: the layer's own constructor draw (its `__init__` or `reset_parameters`) that no
+  init call of the model replaced: the model's init never handles that layer type;
+- **unit**: a standard normal on the weight of a linear map (`normal_()` with no std).
 
-Other draws that do not follow the config (xavier, kaiming, a std computed from the width) are
-usually a documented scheme of their own: they are reported, as info, only with
-`report = "all"`. Nothing is reported for a model none of whose weights follow the config (its
-init reads something else), nor for a model without such a config. Each build runs the
+Two more kinds are reported, as info, only with `report = "all"`: **fallback**, a weight of a
+sub-model whose own config has no init scale (each sub-model reads its own config, and a generic
+init falls back to a literal, so the top config's value does not reach it), and **scheme**,
+any other draw (xavier, kaiming, a std computed from the width, an explicit restatement of
+PyTorch's default, a standard-normal table or query), usually a documented scheme of its own.
+The survey over every transformers architecture that set these defaults is in
+`benchmarks/RESULTS.md`.
+
+A weight behind an init call that BL016 reports as written to a computed weight (a
+weight-normed conv) is left to BL016, which names the cause.
+
+Nothing is reported for a model none of whose weights follow the config (its init reads
+something else), nor for a model without such a config. Each build runs the
 target's build function again, on meta (no values are drawn); a build that fails, or a model
 given already built (`check(model)`), leaves the layers not judged, with the reason.
 """
@@ -187,9 +199,14 @@ def build():
         follows = tuple(n for n in scale.follows if _is_weight(model, n))
         if not follows:
             return
+        # An init written to a computed weight (BL016) is why the parameters behind it keep
+        # their draw: that finding names the cause, this one would repeat it.
+        lost = {p for call in model.lost_inits or () if call.kind == "computed"
+                for p in call.parameters}
         for fixed in scale.ignores:
             layer = model.layer_of_parameter(fixed.parameter)
-            if layer is None or not _is_weight(model, fixed.parameter):
+            if layer is None or not _is_weight(model, fixed.parameter) \
+                    or fixed.parameter in lost:
                 continue
             kind = kind_of(fixed, scale, _shape(model, fixed.parameter))
             if kind in wanted:
@@ -210,7 +227,7 @@ def build():
                   safe=False, kind=FixKind.MANUAL,
                   manual="which init routine should handle this layer is the model's choice")
         return self.finding(layer, message, parameter=fixed.parameter.rsplit(".", 1)[-1],
-                            severity=Severity.INFO if kind == "scheme" else None, fix=fix,
+                            severity=Severity.INFO if kind not in DEFAULT_KINDS else None, fix=fix,
                             data={"kind": kind, "law": fixed.law, "parameter": fixed.parameter,
                                   "follows": sibling,
                                   "config": {name: value for name, value in scale.attributes}})
@@ -218,16 +235,34 @@ def build():
 
 def kind_of(fixed: FixedDraw, scale: ConfigScale, shape: tuple[int, ...] | None) -> str:
     """Which of ``KINDS`` a draw that does not follow the config is."""
-    if fixed.kind in ("normal", "trunc_normal") and fixed.loc == 0:
-        if math.isclose(fixed.scale, 1.0, rel_tol=1e-9):
-            return "unit"
-        if any(math.isclose(fixed.scale, value, rel_tol=1e-9) for _, value in scale.attributes):
-            return "literal"
-    if fixed.kind == "uniform" and shape is not None and len(shape) >= 2:
-        fan_in = math.prod(shape[1:])
-        if fan_in and math.isclose(fixed.high, 1 / math.sqrt(fan_in), rel_tol=1e-6):
-            return "default"
+    # A fan-based scheme can land on 1 or on the config's value by its shape alone
+    # (kaiming_normal_ with fan_out 2 draws N(0, 1)): only a plain normal draw is a literal.
+    normal = fixed.kind in ("normal", "trunc_normal") and fixed.loc == 0 \
+        and not any(word in fixed.how for word in _FAN_BASED)
+    pname = fixed.parameter.rsplit(".", 1)[-1]
+    linear_map = pname.endswith("weight") and shape is not None and len(shape) >= 2 \
+        and not _table(fixed)
+    if normal and linear_map and math.isclose(fixed.scale, 1.0, rel_tol=1e-9) \
+            and not fixed.own_init:
+        return "unit"  # wrong whatever the config: its own config or none
+    if not fixed.governed:
+        return "fallback"
+    # A config value of 1 is a gain or factor (init_xavier_std, initializer_factor): a unit
+    # normal matching it is not a literal of it.
+    if normal and any(math.isclose(fixed.scale, value, rel_tol=1e-9) and value != 1.0
+                      for _, value in scale.attributes):
+        return "literal"
+    if fixed.own_init:
+        return "default"
     return "scheme"
+
+
+_FAN_BASED = ("kaiming", "xavier", "orthogonal")
+
+
+def _table(fixed: FixedDraw) -> bool:
+    """An embedding table (rows looked up, not a linear map)."""
+    return fixed.module_type in ("Embedding", "EmbeddingBag")
 
 
 def nearest(parameter: str, others: tuple[str, ...]) -> str:
