@@ -99,7 +99,7 @@ class ConfigScale:
     follows: tuple[str, ...] = ()
     ignores: tuple["FixedDraw", ...] = ()
     unknown: tuple[tuple[str, str], ...] = ()  # (parameter, why)
-    error: str = ""
+    error: str = ""  # why nothing was compared, as a reason a layer is not judged
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ meta; the scheme kind (xavier here) only with ``report = "all"``."""
 
 from __future__ import annotations
 
-import math
 import textwrap
 import warnings
 
@@ -260,6 +259,40 @@ def test_a_second_build_that_fails_leaves_the_layers_not_judged(write_target):
     assert result.error is None and result.findings == ()
     (scope,) = [s for s in result.rules if s.code == "BL017"]
     assert scope.unjudged and all("only small scales" in why for _, why in scope.unjudged)
+
+
+@pytest.mark.parametrize("make", ["types.SimpleNamespace(width=64, init_std=0.02)",
+                                  "{'width': 64, 'init_std': 0.02}"])
+def test_a_config_whose_reads_cannot_be_changed_leaves_the_layers_not_judged(make,
+                                                                            write_target):
+    from biaslint.engine import lint
+    from biaslint.settings import Settings, TargetConfig
+
+    target = write_target(HEAD + textwrap.dedent("""
+        import types
+
+
+        class Flat(nn.Module):  # reads its config as the config's type allows
+            def __init__(self, config):
+                super().__init__()
+                self.config = config
+                std = config["init_std"] if isinstance(config, dict) else config.init_std
+                self.a, self.b = nn.Embedding(50, 64), nn.Linear(64, 64)
+                nn.init.normal_(self.a.weight, std=std)
+                nn.init.normal_(self.b.weight, std=0.02)
+
+            def forward(self, ids):
+                return self.b(self.a(ids))
+
+        def build():
+            config = MAKE
+            return Flat(config), torch.randint(0, 50, (4, 8))
+        """).replace("MAKE", make))
+    result = lint(TargetConfig.of(target=target), Settings(select=("BL017",)))
+    assert result.error is None and result.findings == ()
+    (scope,) = [s for s in result.rules if s.code == "BL017"]
+    shown = "SimpleNamespace" if "Namespace" in make else "dict"
+    assert scope.unjudged and all(shown in why for _, why in scope.unjudged)
 
 
 def test_a_model_without_a_config_is_out_of_scope(write_target):

@@ -17,7 +17,7 @@ follow the config; one whose law moved does.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch.nn as nn
 
@@ -39,11 +39,28 @@ def is_scale_name(name: str) -> bool:
 
 
 def _scales_of(obj: Any) -> dict[str, float]:
-    values = getattr(obj, "__dict__", None)
-    if not isinstance(values, dict):
+    values = _items(obj)
+    if values is None:
         return {}
     return {k: float(v) for k, v in values.items() if isinstance(k, str) and is_scale_name(k)
             and isinstance(v, float) and v > 0}
+
+
+def _items(obj: Any) -> dict[Any, Any] | None:
+    """A config's values: its attributes, or its entries when it is a mapping (a dict, an
+    omegaconf ``DictConfig``)."""
+    if isinstance(obj, Mapping) or (hasattr(obj, "keys") and hasattr(obj, "__getitem__")
+                                    and not hasattr(obj, "__dict__")):
+        try:
+            return {k: obj[k] for k in obj.keys()}
+        except Exception:  # noqa: BLE001  a mapping that will not list itself
+            return None
+    values = getattr(obj, "__dict__", None)
+    return values if isinstance(values, dict) else None
+
+
+def _mapping(obj: Any) -> bool:
+    return isinstance(obj, Mapping) or type(obj).__name__ in ("DictConfig", "ConfigDict")
 
 
 def configs_of(model: nn.Module) -> list[Any]:
@@ -54,13 +71,14 @@ def configs_of(model: nn.Module) -> list[Any]:
     def visit(obj: Any, depth: int) -> None:
         if id(obj) in found or depth > 3 or isinstance(obj, (nn.Module, type)):
             return
-        values = getattr(obj, "__dict__", None)
-        if not isinstance(values, dict):
+        values = _items(obj)
+        if values is None:
             return
         if _scales_of(obj):
             found[id(obj)] = obj
         for value in values.values():
-            if hasattr(value, "__dict__") and type(value).__name__.endswith(("Config", "Cfg")):
+            if (hasattr(value, "__dict__") and type(value).__name__.endswith(("Config", "Cfg"))) \
+                    or _mapping(value):
                 visit(value, depth + 1)
 
     for module in model.modules():
@@ -103,6 +121,21 @@ def scaled_reads(classes: list[type], names: frozenset[str], factor: float) -> I
                 setattr(cls, "__getattribute__", own)  # put back as it was
 
 
+def _patchable(cls: type) -> bool:
+    """Whether the class's attribute reads can be wrapped (not a built-in or extension type):
+    tried, and put back as it was."""
+    own = cls.__dict__.get("__getattribute__")
+    try:
+        setattr(cls, "__getattribute__", getattr(cls, "__getattribute__"))
+    except (TypeError, AttributeError):
+        return False
+    if own is None:
+        delattr(cls, "__getattribute__")
+    else:
+        setattr(cls, "__getattribute__", own)
+    return True
+
+
 def _scaling(original: Callable[[Any, str], Any], names: frozenset[str],
              factor: float) -> Callable[[Any, str], Any]:
     def __getattribute__(self: Any, key: str) -> Any:
@@ -121,8 +154,9 @@ def compare(base: Laws, scaled: Laws, attributes: dict[str, float], factor: floa
             own: set[str] | None = None, model: nn.Module | None = None) -> ConfigScale:
     """Which drawn parameters' laws moved with the config, which did not, and which could not
     be compared (a law not known, a parameter the second build does not have). ``own``: the
-    parameters whose last write was their own module's constructor; ``model``: the model built, for where each
-    parameter sits (its module's class, whether its nearest config holds an init scale)."""
+    parameters whose last write was their own module's constructor; ``model``: the model
+    built, for where each parameter sits (its module's class, whether its nearest config holds
+    an init scale)."""
     governed = governed_by_scale(model) if model is not None else (lambda name: True)
     modules = dict(model.named_modules()) if model is not None else {}
     follows: list[str] = []
@@ -215,14 +249,23 @@ def config_scale(model: nn.Module, base: Laws | None, build_on_meta: Callable[[]
     if not attributes:
         return None
     classes = [type(c) for c in configs]
+    fixed = [c for c in configs if _mapping(c) or not _patchable(type(c))]
+    if fixed:
+        kind = type(fixed[0])
+        return ConfigScale(attributes=tuple(attributes.items()), factor=FACTOR,
+                           error=f"its config is a {kind.__module__}.{kind.__qualname__}, "
+                                 "whose reads biaslint cannot change (a mapping, or a built-in "
+                                 "type); keep the init scale in a dataclass or a class of your "
+                                 "own")
     try:
         if base is None:
             base = build_on_meta()
         with scaled_reads(classes, frozenset(attributes), FACTOR):
             scaled = build_on_meta()
     except Exception as exc:  # noqa: BLE001  the user's build: its error is the reason
+        what = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         return ConfigScale(attributes=tuple(attributes.items()), factor=FACTOR,
-                           error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+                           error=f"building it again with the config changed failed ({what})")
     return compare(base, scaled, attributes, own=own, model=model)
 
 

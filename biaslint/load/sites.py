@@ -442,7 +442,7 @@ class _BuildRecorder:
         call = self.record.init_of(source)
         span = memory_span(copy)
         if call is not None and span is not None:
-            self.record.init_events.append(_InitEvent(*span, call, _writer(caller)))
+            self.record.init_events.append(_InitEvent(*span, call))
 
     def _wrap(self, fn: Callable[..., Any], label: str) -> Callable[..., Any]:
         recorder = self

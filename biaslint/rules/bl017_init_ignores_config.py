@@ -74,7 +74,10 @@ weight-normed conv) is left to BL016, which names the cause.
 Nothing is reported for a model none of whose weights follow the config (its init reads
 something else), nor for a model without such a config. Each build runs the
 target's build function again, on meta (no values are drawn); a build that fails, or a model
-given already built (`check(model)`), leaves the layers not judged, with the reason.
+given already built (`check(model)`), leaves the layers not judged, with the reason. So does a
+config whose reads cannot be changed: a mapping (a dict, an omegaconf `DictConfig`) or a
+built-in type such as `types.SimpleNamespace`; keep the init scale in a dataclass or a class of
+your own.
 """
     why_bad = """\
 The config's init scale is the one knob a user turns to change how a model starts; a weight
@@ -179,9 +182,7 @@ def build():
         if scale is None:
             return {name: NOT_COMPARED for name in model.layers}
         if scale.error:
-            why = f"building it again with the config changed failed ({scale.error})" \
-                if not scale.error.startswith("the model was given") else scale.error
-            return {layer.name: why for layer in self.scope(model, context)}
+            return {layer.name: scale.error for layer in self.scope(model, context)}
         out: dict[str, str] = {}
         for name, why in scale.unknown:
             if not _is_weight(model, name):
