@@ -42,7 +42,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if __package__ in (None, ""):
     sys.path.insert(0, HERE)
 
-from zoo_models import FAMILIES, HF, TIMM, TV, builder_of, import_library  # noqa: E402
+from zoo_models import (  # noqa: E402
+    FAMILIES, HF, TIMM, TV, WIDE_FAMILIES, builder_of, import_library)
+from zoo_wide import attr_of  # noqa: E402
+
+# The default sweep's families, and the wide zoo's (``--family hf-all,timm-all``).
+KNOWN = {**FAMILIES, **WIDE_FAMILIES}
 
 __all__ = ["TV", "TIMM", "HF", "FAMILIES", "run_one", "main"]
 
@@ -78,7 +83,8 @@ class Job:
 
     @property
     def target(self) -> str:
-        return f"{os.path.join(HERE, 'zoo_models.py')}:{FAMILIES[self.family].attr}.{self.name}"
+        return f"{os.path.join(HERE, 'zoo_models.py')}:{KNOWN[self.family].attr}." \
+               f"{attr_of(self.name)}"
 
 
 def _rss_mb() -> float:
@@ -94,6 +100,7 @@ def run_one(job: Job) -> dict[str, Any]:
     import torch
 
     from biaslint.engine import lint_loaded
+    from biaslint.engine.lint import compares_config
     from biaslint.load import load_target
     from biaslint.settings import Settings, TargetConfig
 
@@ -109,10 +116,11 @@ def run_one(job: Job) -> dict[str, Any]:
 
     torch.manual_seed(0)
     config = TargetConfig(target=job.target)
+    settings = Settings(select=job.select)
     start = time.perf_counter()
-    loaded = load_target(config.target)
+    loaded = load_target(config.target, compare_config=compares_config(settings))
     load_s = time.perf_counter() - start
-    result = lint_loaded(loaded, config, Settings(select=job.select), {"build": load_s})
+    result = lint_loaded(loaded, config, settings, {"build": load_s})
     t = result.timings
     record_s = max(0.0, load_s - build_s)
     own_s = record_s + t["capture"] + t["analysis"] + t["rules"]
@@ -155,7 +163,7 @@ def select_jobs(families: list[str], match: str | None, quick: bool) -> list[Job
     jobs = []
     pattern = re.compile(match) if match else None
     for family in families:
-        names = QUICK.get(family, []) if quick else FAMILIES[family].names()
+        names = QUICK.get(family, []) if quick else KNOWN[family].names()
         for name in names:
             if pattern is None or pattern.search(name):
                 jobs.append(Job(family, name))
@@ -287,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", default=",".join(FAMILIES),
-                        help=f"comma-separated families: {', '.join(FAMILIES)}")
+                        help=f"comma-separated families: {', '.join(KNOWN)}")
     parser.add_argument("--match", default=None, help="regex on model names")
     parser.add_argument("--quick", action="store_true", help="a few models per family")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes [2]")
@@ -299,9 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     families = [f.strip() for f in args.family.split(",") if f.strip()]
-    unknown = [f for f in families if f not in FAMILIES]
+    unknown = [f for f in families if f not in KNOWN]
     if unknown:
-        parser.error(f"unknown family {unknown}; choose from {list(FAMILIES)}")
+        parser.error(f"unknown family {unknown}; choose from {list(KNOWN)}")
     jobs = select_jobs(families, args.match, args.quick)
     select = tuple(code.strip() for code in args.select.split(",") if code.strip())
     if select:

@@ -295,7 +295,7 @@ def import_library(family: str) -> None:
 
 
 def builder_of(family: str, name: str) -> Builder:
-    return FAMILIES[family].make(name)
+    return {**FAMILIES, **WIDE_FAMILIES}[family].make(name)
 
 
 class _Namespace:

@@ -366,15 +366,17 @@ class _Namespace:
     def __getattr__(self, name: str) -> Builder:
         if name.startswith("_"):
             raise AttributeError(name)
-        return builder(self._family, name.replace(DASH, "-"))
+        return builder(self._family, name.replace(DASH, "-").replace(DOT, "."))
 
 
-# model types with "-" (deberta-v2, donut-swin) are spelled with DASH in target attributes
+# model types with "-" (deberta-v2, donut-swin) or "." (kosmos-2.5) are spelled with DASH and
+# DOT in target attributes
 DASH = "__dash__"
+DOT = "__dot__"
 
 
 def attr_of(name: str) -> str:
-    return name.replace("-", DASH)
+    return name.replace("-", DASH).replace(".", DOT)
 
 
 HFALL = _Namespace("hf-all")

@@ -81,7 +81,7 @@ def _build_and_lint(config: TargetConfig, settings: Settings, on_stage: StageCal
                 with build_scope as recorded:
                     loaded = load_target(config.target, config.input_shapes,
                                          device=getattr(config, "device", None),
-                                         compare_config=_compares_config(settings))
+                                         compare_config=compares_config(settings))
                 if seen is not None and recorded is not None:
                     seen.append(recorded)
                 timings["build"] = time.perf_counter() - start
@@ -99,7 +99,7 @@ def _build_and_lint(config: TargetConfig, settings: Settings, on_stage: StageCal
         raise
 
 
-def _compares_config(settings: Settings) -> bool:
+def compares_config(settings: Settings) -> bool:
     """Whether a selected rule reads the differential build (``Rule.reads`` "config")."""
     from biaslint.rules import plugged, selected
     from biaslint.rules.plugins import load_plugins
