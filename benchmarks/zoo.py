@@ -42,8 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if __package__ in (None, ""):
     sys.path.insert(0, HERE)
 
-from zoo_models import (  # noqa: E402
-    FAMILIES, HF, TIMM, TV, WIDE_FAMILIES, builder_of, import_library)
+from zoo_models import FAMILIES, HF, TIMM, TV, WIDE_FAMILIES, builder_of, import_library  # noqa: E402
 from zoo_wide import attr_of  # noqa: E402
 
 # The default sweep's families, and the wide zoo's (``--family hf-all,timm-all``).
