@@ -214,7 +214,8 @@ def reclassify(row: dict[str, Any]) -> dict[str, Any]:
 
     # rows of runs whose notes were cut: the rules that measure a forward never run on meta
     skipped = not_run(row.get("meta_notes", [])) | {r.code for r in all_rules()
-                                                    if "forward" in r.reads}
+                                                    if "forward" in r.reads
+                                                    and "laws" not in r.reads}
     # a BL010 "not called" is not given on meta (the branches there are decided by no values)
     moved = [k for k in row.get("misses", []) if k[0] in skipped
              or (k[0] == "BL010" and k[3] == "not called")]
