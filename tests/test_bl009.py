@@ -282,6 +282,19 @@ class Llama(nn.Module):
         h = self.emb(ids)
         h = h + self.block(h)
         return self.lm_head(self.norm(h)[:, -8:, :])
+
+
+class ClassToken(nn.Module):  # as a ViT reads its class token after the final norm
+    def __init__(self, std=None):
+        super().__init__()
+        self.embed = nn.Linear(16, 64)
+        self.norm = nn.LayerNorm(64)
+        self.head = nn.Linear(64, 10)
+        if std is not None:
+            nn.init.normal_(self.head.weight, std=std)
+
+    def forward(self, x):
+        return self.head(self.norm(self.embed(x))[:, 0])
 """
 
 # name -> (build, inputs, head, kind, verdict on meta: True / False / "not judged")
@@ -295,6 +308,11 @@ LAW_CASES = {
                                                   "softmax", False),
     "Llama-style RMS norm, std 0.02": ("Llama()", "ids()", "lm_head", "softmax", False),
     "Llama-style RMS norm, std 1": ("Llama(std=1.0)", "ids()", "lm_head", "softmax", True),
+    "class token after the final norm, head std 1": ("ClassToken(std=1.0)",
+                                                      "torch.randn(64, 5, 16)", "head",
+                                                      "softmax", True),
+    "class token after the final norm, default head": ("ClassToken()", "torch.randn(64, 5, 16)",
+                                                       "head", "softmax", False),
     "near the limit: the laws do not settle it": ("Normed(std=0.09)", "x()", "head", "softmax",
                                                    "not judged"),
     "tied to the embedding its input is looked up in": ("LM(std=0.02)", "ids()", "lm_head",
@@ -319,12 +337,14 @@ def _lint_both(target: str):
 def test_on_meta_the_laws_verdict_is_the_measured_one_over_seeds(name, write_target):
     """The same model built for real under several seeds and on meta. Where meta judges, its
     verdict is the real one under every seed, and the real one is the truth: the cross-entropy
-    with drawn labels (Monte Carlo) is above chance by more than the limit exactly then; meta's
-    expected excess is within 25% of it. Where the laws do not settle it, the head is listed
-    as not judged with the reason, never passed."""
+    with drawn labels (Monte Carlo) is above chance by more than the limit exactly then. Meta's
+    excess is the expectation over draws of the weights: within 25% of the mean measured over
+    the seeds (one draw of a 10-class head can sit 30% off it). Where the laws do not settle
+    it, the head is listed as not judged with the reason, never passed."""
     build, inputs, head, kind, verdict = LAW_CASES[name]
     source = textwrap.dedent(LAWS) + f"\n\ndef build():\n    return {build}, {inputs}\n"
     target = write_target(source)
+    measured_over_seeds = []
     for seed in range(4):
         torch.manual_seed(seed)
         (real, loaded), (meta, _) = _lint_both(target)
@@ -336,9 +356,12 @@ def test_on_meta_the_laws_verdict_is_the_measured_one_over_seeds(name, write_tar
             return
         assert scope.judged == 1 and scope.unjudged == ()
         measured = _monte_carlo_excess(_head_logits(loaded, head), kind)
+        measured_over_seeds.append(measured)
         assert (measured > 0.5) == verdict == bool(real.findings) == bool(meta.findings)
         if verdict:
             [finding] = meta.findings
             assert finding.module == head and "init laws" in finding.message
-            assert finding.data["excess"] == pytest.approx(measured, rel=0.25)
             assert set(finding.data) == set(real.findings[0].data)
+    if verdict:
+        mean = sum(measured_over_seeds) / len(measured_over_seeds)
+        assert meta.findings[0].data["excess"] == pytest.approx(mean, rel=0.25)

@@ -78,33 +78,37 @@ def expert_weights(model: AnalysedModel) -> list[ExpertWeight]:
         if isinstance(layer.module, _KNOWN):
             continue
         for pname, tensor in layer.parameters().items():
-            if tensor.dim() == 3:
-                found.append(_read(model, layer, pname, tuple(int(s) for s in tensor.shape)))
+            shape = tuple(int(s) for s in tensor.shape)
+            if len(shape) != 3 or min(shape) < 2:
+                continue  # a (1, tokens, dim) position table or class token is no expert's
+            weight = _read(model, layer, pname, shape)
+            if weight is not None:
+                found.append(weight)
     model.__dict__["_expert_weights"] = found
     return list(found)
 
 
 def _read(model: AnalysedModel, layer: Layer, pname: str, shape: tuple[int, ...]
-          ) -> ExpertWeight:
+          ) -> ExpertWeight | None:
+    """The weight's axes as its products use them; None when the graph reads it and no
+    product contracts it (an additive table, not a weight)."""
     qualified = f"{layer.name}.{pname}" if layer.name else pname
     reads = model.reads_of(qualified)
     if not reads:
         return ExpertWeight(layer, pname, shape, why="the captured graph does not read it "
                                                      "directly, so how the forward contracts it "
                                                      "is not known")
+    found = [(read, use, axes) for read in reads for use, axes in _uses(model, read, [0, 1, 2])]
+    if not any(axes for _, _, axes in found):
+        return None
     seen: set[tuple[int, int, int]] = set()
     products: list[Use] = []
-    for read in reads:
-        for use, axes in _uses(model, read, [0, 1, 2]):
-            roles = _roles(use, read.node, axes)
-            if isinstance(roles, str):
-                return ExpertWeight(layer, pname, shape, why=roles)
-            seen.add(roles)
-            products.append(use)
-    if not seen:
-        return ExpertWeight(layer, pname, shape, why="no product in the captured graph "
-                                                     "contracts it (matmul, bmm, F.linear, "
-                                                     "einsum, grouped matmul)")
+    for read, use, axes in found:
+        roles = _roles(use, read.node, axes)
+        if isinstance(roles, str):
+            return ExpertWeight(layer, pname, shape, why=roles)
+        seen.add(roles)
+        products.append(use)
     if len(seen) > 1:
         return ExpertWeight(layer, pname, shape, why="the forward contracts it over different "
                                                      "axes in different places")

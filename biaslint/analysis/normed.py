@@ -101,11 +101,24 @@ def _row_keeping(model: AnalysedModel, use: Use) -> fx.Node | None:
         if before and after and before[-1] == after[-1]:
             return first
         return None
-    if node.op == "call_function" and node.target is operator.getitem:
+    if node.op == "call_function" and node.target is operator.getitem and len(node.args) > 1:
         before, after = shape_of(first), shape_of(node)
-        if before and after and len(before) == len(after) and before[-1] == after[-1]:
-            return first  # rows selected (``h[:, -1:, :]``), each whole
+        if before and after and before[-1] == after[-1] and _keeps_last_axis(node.args[1],
+                                                                              len(before)):
+            return first  # rows selected (``h[:, -1:, :]``, ``h[:, 0]``), each whole
     return None
+
+
+def _keeps_last_axis(index: Any, dims: int) -> bool:
+    """An index of ints, slices and None that leaves the last of ``dims`` axes whole."""
+    items = index if isinstance(index, tuple) else (index,)
+    if not all(i is None or isinstance(i, (int, slice)) for i in items):
+        return False
+    addressed = [i for i in items if i is not None]
+    if len(addressed) < dims:
+        return True  # the trailing axes are not indexed
+    last = addressed[-1]
+    return isinstance(last, slice) and last == slice(None)
 
 
 def _module_norm(model: AnalysedModel, use: Use, module: nn.Module) -> NormedInput | str:
