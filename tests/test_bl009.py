@@ -257,23 +257,23 @@ class Normed(nn.Module):
 
 
 class RMSNorm(nn.Module):  # as transformers writes LlamaRMSNorm
-    def __init__(self, dim, eps=1e-6):
+    def __init__(self, dim, eps=1e-6, affine=True):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
         self.eps = eps
 
     def forward(self, h):
         variance = h.to(torch.float32).pow(2).mean(-1, keepdim=True)
         h = h * torch.rsqrt(variance + self.eps)
-        return self.weight * h.to(torch.float32)
+        return h if self.weight is None else self.weight * h.to(torch.float32)
 
 
 class Llama(nn.Module):
-    def __init__(self, std=0.02):
+    def __init__(self, std=0.02, affine=True):
         super().__init__()
         self.emb = nn.Embedding(500, 64)
         self.block = nn.Linear(64, 64)
-        self.norm = RMSNorm(64)
+        self.norm = RMSNorm(64, affine=affine)
         self.lm_head = nn.Linear(64, 500, bias=False)
         for w in (self.emb.weight, self.block.weight, self.lm_head.weight):
             nn.init.normal_(w, std=std)
@@ -308,6 +308,8 @@ LAW_CASES = {
                                                   "softmax", False),
     "Llama-style RMS norm, std 0.02": ("Llama()", "ids()", "lm_head", "softmax", False),
     "Llama-style RMS norm, std 1": ("Llama(std=1.0)", "ids()", "lm_head", "softmax", True),
+    "RMS norm without a weight, std 1": ("Llama(std=1.0, affine=False)", "ids()", "lm_head",
+                                         "softmax", True),
     "class token after the final norm, head std 1": ("ClassToken(std=1.0)",
                                                       "torch.randn(64, 5, 16)", "head",
                                                       "softmax", True),

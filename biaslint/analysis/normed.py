@@ -159,9 +159,11 @@ def _written_rms_norm(model: AnalysedModel, use: Use) -> NormedInput | None:
     for arg in node.args:
         if isinstance(arg, fx.Node) and arg.op == "get_attr":
             weight, rest = arg, [a for a in node.args if a is not arg]
-    if len(rest) != 1 or not isinstance(rest[0], fx.Node):
-        return None
-    inner = _uncast(rest[0]) if weight is not None else node
+    inner = node
+    if weight is not None:
+        if len(rest) != 1 or not isinstance(rest[0], fx.Node):
+            return None
+        inner = _uncast(rest[0])
     found = _rms_scaled(inner)
     if found is None:
         return None

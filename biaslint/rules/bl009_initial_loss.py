@@ -519,6 +519,8 @@ def law_verdicts(rule: InitialLossAboveChance, model: "AnalysedModel", context: 
         heads, _ = candidate_heads(model, context)
         found = {}
         for head in heads:
+            if head.layer.unreadable():
+                continue  # an unknown law: the engine says it is not judged, and why
             if head.layer.name not in found:
                 found[head.layer.name] = _from_laws(rule, model, head, context, limit)
         model.__dict__[_LAWS_KEY] = found
