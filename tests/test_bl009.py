@@ -295,6 +295,22 @@ class ClassToken(nn.Module):  # as a ViT reads its class token after the final n
 
     def forward(self, x):
         return self.head(self.norm(self.embed(x))[:, 0])
+
+
+class LayerNorm2d(nn.LayerNorm):  # channels-first, as timm and torchvision write it
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ChannelsFirst(nn.Module):  # the head contracts the width axis, which is not normalized
+    def __init__(self):
+        super().__init__()
+        self.norm = LayerNorm2d(8)
+        self.head = nn.Linear(8, 10)
+        nn.init.normal_(self.head.weight, std=1.0)
+
+    def forward(self, x):
+        return self.head(self.norm(x * 0.01))
 """
 
 # name -> (build, inputs, head, kind, verdict on meta: True / False / "not judged")
@@ -315,6 +331,9 @@ LAW_CASES = {
                                                       "softmax", True),
     "class token after the final norm, default head": ("ClassToken()", "torch.randn(64, 5, 16)",
                                                        "head", "softmax", False),
+    "a channels-first LayerNorm, permuted: not the head's rows": ("ChannelsFirst()",
+                                                             "torch.randn(4, 8, 6, 8)", "head",
+                                                             "softmax", "not judged"),
     "near the limit: the laws do not settle it": ("Normed(std=0.09)", "x()", "head", "softmax",
                                                    "not judged"),
     "tied to the embedding its input is looked up in": ("LM(std=0.02)", "ids()", "lm_head",

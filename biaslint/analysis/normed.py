@@ -74,6 +74,7 @@ def normed_input(model: AnalysedModel, use: Use, operand: int = 0) -> NormedInpu
 
 _MOVES_AXES = frozenset({"permute", "transpose", "movedim", "swapaxes", "t", "mT", "moveaxis"})
 _RMS_NORMS: tuple[type[nn.Module], ...] = (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+_PLAIN_FORWARDS = frozenset({nn.LayerNorm.forward, *(n.forward for n in _RMS_NORMS)})
 
 
 def _what(model: AnalysedModel, use: Use) -> str:
@@ -123,6 +124,10 @@ def _keeps_last_axis(index: Any, dims: int) -> bool:
 
 def _module_norm(model: AnalysedModel, use: Use, module: nn.Module) -> NormedInput | str:
     name = model.module_name(use)
+    if type(module).forward not in _PLAIN_FORWARDS:
+        # a subclass with a forward of its own (timm's and torchvision's channels-first
+        # LayerNorm2d) need not normalize the last axis
+        return f"the norm {name} ({type(module).__name__}) has a forward of its own"
     shape = tuple(getattr(module, "normalized_shape", ()) or ())
     if len(shape) != 1:
         return f"the norm {name} normalizes over {len(shape)} axes, not over each row"
