@@ -302,6 +302,25 @@ class LayerNorm2d(nn.LayerNorm):  # channels-first, as timm and torchvision writ
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+class FunctionalNorm(nn.LayerNorm):  # as timm's LayerNorm calls F.layer_norm itself
+    def forward(self, x):
+        return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias,
+                                              self.eps)
+
+
+class TimmLike(nn.Module):
+    def __init__(self, std=None):
+        super().__init__()
+        self.embed = nn.Linear(16, 64)
+        self.norm = FunctionalNorm(64)
+        self.head = nn.Linear(64, 10)
+        if std is not None:
+            nn.init.normal_(self.head.weight, std=std)
+
+    def forward(self, x):
+        return self.head(self.norm(self.embed(x))[:, 0])
+
+
 class ChannelsFirst(nn.Module):  # the head contracts the width axis, which is not normalized
     def __init__(self):
         super().__init__()
@@ -331,6 +350,12 @@ LAW_CASES = {
                                                       "softmax", True),
     "class token after the final norm, default head": ("ClassToken()", "torch.randn(64, 5, 16)",
                                                        "head", "softmax", False),
+    "F.layer_norm in a norm's own forward, head std 1": ("TimmLike(std=1.0)",
+                                                         "torch.randn(64, 5, 16)", "head",
+                                                         "softmax", True),
+    "F.layer_norm in a norm's own forward, default head": ("TimmLike()",
+                                                           "torch.randn(64, 5, 16)", "head",
+                                                           "softmax", False),
     "a channels-first LayerNorm, permuted: not the head's rows": ("ChannelsFirst()",
                                                              "torch.randn(4, 8, 6, 8)", "head",
                                                              "softmax", "not judged"),

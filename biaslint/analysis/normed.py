@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from biaslint.analysis.model import AnalysedModel, Use, is_shape_only
 from biaslint.capture.shapes import shape_of
@@ -64,6 +65,8 @@ def normed_input(model: AnalysedModel, use: Use, operand: int = 0) -> NormedInpu
             found = _written_rms_norm(model, current)
             if found is not None:
                 return found
+        if node.op == "call_function" and node.target in _NORM_FUNCTIONS:
+            return _function_norm(model, current)
         following = _row_keeping(model, current)
         if following is None:
             return (f"its input comes from {_what(model, current)}, not straight from a "
@@ -74,6 +77,7 @@ def normed_input(model: AnalysedModel, use: Use, operand: int = 0) -> NormedInpu
 
 _MOVES_AXES = frozenset({"permute", "transpose", "movedim", "swapaxes", "t", "mT", "moveaxis"})
 _RMS_NORMS: tuple[type[nn.Module], ...] = (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+_NORM_FUNCTIONS = frozenset({F.layer_norm} | ({F.rms_norm} if hasattr(F, "rms_norm") else set()))
 _PLAIN_FORWARDS = frozenset({nn.LayerNorm.forward, *(n.forward for n in _RMS_NORMS)})
 
 
@@ -141,6 +145,40 @@ def _module_norm(model: AnalysedModel, use: Use, module: nn.Module) -> NormedInp
         return (f"the norm {name}'s weight or bias is not one constant at init: its output's "
                 "scale differs per entry")
     return _normed(name, int(shape[0]), float(eps), gain, shift)
+
+
+def _function_norm(model: AnalysedModel, use: Use) -> NormedInput | str:
+    """``F.layer_norm(x, shape, weight, bias, eps)`` / ``F.rms_norm(x, shape, weight, eps)``
+    (timm's ``LayerNorm`` calls it), its weight and bias read as parameters."""
+    node = use.node
+    rms = node.target is not F.layer_norm
+    names = ("input", "normalized_shape", "weight", "eps") if rms else \
+        ("input", "normalized_shape", "weight", "bias", "eps")
+    given = dict(zip(names, node.args)) | dict(node.kwargs)
+    shape = given.get("normalized_shape")
+    shape = tuple(shape) if isinstance(shape, (list, tuple)) else (shape,)
+    if len(shape) != 1 or not isinstance(shape[0], int):
+        return "its norm normalizes over more than the last axis"
+    eps = given.get("eps", None if rms else 1e-5)
+    if eps is None:
+        eps = torch.finfo(torch.get_default_dtype()).eps
+    factors, name = [], _norm_owner(node)
+    for key, default in (("weight", 1.0), ("bias", 0.0)):
+        arg = given.get(key)
+        if arg is None:
+            factors.append(default)
+            continue
+        if not (isinstance(arg, fx.Node) and arg.op == "get_attr"):
+            return f"its norm's {key} is computed in the forward"
+        owner, _, pname = use.part.full_name(str(arg.target)).rpartition(".")
+        constant = _constant(model.layers.get(owner), pname)
+        if constant is None:
+            return f"its norm's {key} ({owner}.{pname}) is not one constant at init"
+        factors.append(constant)
+        name = owner
+    if not isinstance(eps, (int, float)):
+        return "its norm's eps is computed in the forward"
+    return _normed(name, shape[0], float(eps), factors[0], factors[1])
 
 
 def _constant(layer: Any, pname: str) -> float | None:
