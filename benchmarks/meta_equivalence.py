@@ -214,7 +214,8 @@ def reclassify(row: dict[str, Any]) -> dict[str, Any]:
 
     # rows of runs whose notes were cut: the rules that measure a forward never run on meta
     skipped = not_run(row.get("meta_notes", [])) | {r.code for r in all_rules()
-                                                    if "forward" in r.reads}
+                                                    if "forward" in r.reads
+                                                    and "laws" not in r.reads}
     # a BL010 "not called" is not given on meta (the branches there are decided by no values)
     moved = [k for k in row.get("misses", []) if k[0] in skipped
              or (k[0] == "BL010" and k[3] == "not called")]
@@ -268,7 +269,25 @@ def compare_results(family: str, name: str, real: Any, meta: Any, real_s: float 
         "real_incomplete": list(real.incomplete)[:3], "meta_incomplete": list(meta.incomplete)[:3],
         "meta_notes": [n for n in meta.notes if "meta" in n or "init" in n or " not run: " in n],
         "real_findings": [list(k) for k in sorted(real_keys)],
+        "real_judged": judged_counts(real), "meta_judged": judged_counts(meta),
+        "meta_declined_reasons": {
+            scope.code: sorted({why[len("declined: "):][:200] for _, why in scope.unjudged
+                                if why.startswith("declined: ")})[:8]
+            for scope in meta.rules if scope.code in LAW_RULES},
     }
+
+
+# The rules whose meta verdicts come from the init laws where a real run measures a forward,
+# and the ones that read 3-d expert weights: their layer counts are tabled per rule.
+LAW_RULES = ("BL002", "BL003", "BL007", "BL009")
+
+
+def judged_counts(result: Any) -> dict[str, list[int]]:
+    """Per rule: [layers judged, declined by the rule (with its reason), not judged otherwise]."""
+    return {scope.code: [scope.judged,
+                         sum(1 for _, why in scope.unjudged if why.startswith("declined: ")),
+                         sum(1 for _, why in scope.unjudged if not why.startswith("declined: "))]
+            for scope in result.rules}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,6 +369,13 @@ def table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['family']} | {r['model']} | {r['real']} | {r['meta']} | "
                          f"{r['agree']} | {r['not_judged_on_meta']} | {diff} | "
                          f"{r['max_relative_difference']:.3f} |")
+    lines += ["", "| rule | layers judged (real) | judged on meta | declined on meta, with "
+                  "the reason | not judged on meta otherwise |", "|---|---|---|---|---|"]
+    for code in LAW_RULES:
+        real = [r.get("real_judged", {}).get(code, [0, 0, 0]) for r in ok]
+        meta = [r.get("meta_judged", {}).get(code, [0, 0, 0]) for r in ok]
+        lines.append(f"| {code} | {sum(c[0] for c in real)} | {sum(c[0] for c in meta)} | "
+                     f"{sum(c[1] for c in meta)} | {sum(c[2] for c in meta)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -155,7 +155,97 @@ def test_fires_exactly_on_units_the_measurement_shows_killed(name, write_target)
         assert int(killed.sum()) > 0
 
 
-def test_not_run_on_meta(write_target, cli):
+def test_on_meta_a_layer_the_laws_do_not_settle_is_not_judged_and_said(write_target, cli):
+    """Without a norm before it, how far w.x reaches over the inputs is not in any law: the
+    layer with a bias of -5 is listed as not judged on meta, with that reason, never passed."""
     target = write_target(_source("Mlp(bias=-5.0)", "x()"))
     result = cli(target, "--select", "BL007", "--device", "meta")
-    assert result.exit_code == 0 and "BL007 (bias-kills-units) not run" in result.stdout
+    assert result.exit_code == 0 and "not run" not in result.stdout
+    assert "BL007 (bias-kills-units) did not judge 1 layer(s): layer: on the meta device" in \
+        result.stdout
+    assert "not straight from a normalization" in result.stdout
+
+
+NORMED = """
+import torch
+import torch.nn as nn
+
+
+class Normed(nn.Module):
+    def __init__(self, bias=None, act="relu", std=None, half=None):
+        super().__init__()
+        self.norm = nn.LayerNorm(64)
+        self.layer = nn.Linear(64, 128)
+        if std is not None:
+            nn.init.normal_(self.layer.weight, std=std)
+        if bias is not None:
+            nn.init.constant_(self.layer.bias, bias)
+        if half is not None:
+            with torch.no_grad():
+                self.layer.bias[:64] = half
+        self.act = {"relu": nn.ReLU(), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid()}[act]
+        self.out = nn.Linear(128, 4)
+
+    def forward(self, x):
+        return self.out(self.act(self.layer(self.norm(x))))
+
+
+def build():
+    return MODEL, torch.randn(32, 64) * 3 + 1
+"""
+
+# name -> (model, verdict on meta: "dead" / "saturated" / None for a pass / "not judged")
+META_CASES = {
+    "ReLU behind -20 after a LayerNorm": ("Normed(bias=-20.0)", "dead"),
+    "half the tanh units behind 40, weight drawn normal": ("Normed(act='tanh', half=40.0, "
+                                                           "std=0.01)", "saturated"),
+    "half the ReLU units behind -40: too few to be sure": ("Normed(half=-40.0, std=0.1)",
+                                                           "not judged"),
+    "tanh behind 25 after a LayerNorm": ("Normed(act='tanh', bias=25.0, std=0.02)", "saturated"),
+    "zero ReLU bias": ("Normed(bias=0.0)", None),
+    "default tanh bias never reaches 3": ("Normed(act='tanh')", None),
+    "default sigmoid bias": ("Normed(act='sigmoid')", None),
+    "default ReLU bias: depends on the inputs' spread": ("Normed()", "not judged"),
+    "ReLU behind -3: within the reach of w.x": ("Normed(bias=-3.0)", "not judged"),
+}
+
+
+def _lint_both(target: str):
+    from biaslint.engine import lint_loaded
+    from biaslint.load import load_target
+    from biaslint.settings import Settings, TargetConfig
+
+    runs = []
+    for device in (None, "meta"):
+        loaded = load_target(target, device=device)
+        runs.append((lint_loaded(loaded, TargetConfig.of(target, device=device),
+                                 Settings(select=("BL007",))), loaded))
+    return runs
+
+
+@pytest.mark.parametrize("name", list(META_CASES))
+def test_on_meta_the_laws_verdict_is_the_measured_one_over_seeds(name, write_target):
+    """The same model built for real under several seeds and on meta: where meta judges, its
+    verdict is the one the real forward measures under every seed (units with zero gradient,
+    or a slope under the limit), and the count it claims is at most the measured one."""
+    build, verdict = META_CASES[name]
+    target = write_target(NORMED.replace("MODEL", build))
+    for seed in range(4):
+        torch.manual_seed(seed)
+        (real, loaded), (meta, _) = _lint_both(target)
+        [scope] = [s for s in meta.rules if s.code == "BL007"]
+        if verdict == "not judged":
+            assert scope.judged == 0 and meta.findings == ()
+            [(layer, why)] = scope.unjudged
+            assert layer == "layer" and "on the meta device" in why
+            return
+        assert scope.judged == 1 and scope.unjudged == ()
+        kind = "relu" if "ReLU" in name else "tanh" if "tanh" in name else "sigmoid"
+        killed = _truth(loaded.model, loaded.inputs.args[0], "layer", kind)
+        assert [f.data["verdict"] for f in meta.findings] == \
+            [f.data["verdict"] for f in real.findings] == ([verdict] if verdict else [])
+        if verdict is None:
+            assert int(killed.sum()) < 0.1 * killed.numel()
+        else:
+            assert 0 < meta.findings[0].data["killed"] <= int(killed.sum())
+            assert "init laws" in meta.findings[0].message

@@ -245,7 +245,8 @@ class _Lint:
               no_forward: str | None) -> None:
         """Run one rule; count what it judged. A rule that crashes is said, and the others
         still run."""
-        if "forward" in rule.reads and no_forward is not None:
+        if "forward" in rule.reads and no_forward is not None and not (
+                "laws" in rule.reads and analysed.on_meta() and analysed.inputs_known):
             # It applies to nothing here, like BL005 without priors: said, not failed.
             self.notes.append(f"{rule.code} ({rule.name}) not run: it measures a real forward "
                               f"({no_forward})")

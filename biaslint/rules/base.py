@@ -74,6 +74,9 @@ class Rule:
     # what it checks them on is what the model returns. All three get the shared forward
     # through ``forward_needs``. "build": it reads only what the recorded build wrote (BL012),
     # so nothing blocks it; the engine still counts its scope and what it ``declined``.
+    # "laws": beside "forward", on the meta device (example inputs known, parameters without
+    # values) it still runs, and judges from the init laws the layers they settle, declining
+    # the others with the reason (``declined``).
     reads: ClassVar[frozenset[str]] = frozenset()
     # Whether a finding about a frozen parameter (requires_grad=False) still stands. Most rules
     # claim something about training, which a frozen parameter does not have; a parameter that

@@ -31,6 +31,12 @@ as well.
 Measured, not pattern-matched: an unscaled product of small projections can be fine, and is not
 flagged. `scaled_dot_product_attention` and `nn.MultiheadAttention` scale their scores and are not
 measured; nor is a softmax over a layer's output (a classifier).
+
+It needs a forward with values and does not run on the meta device: how close a row is to
+one-hot depends on how the scores differ between keys, that is on how the example inputs'
+positions differ (identical positions give uniform rows at any score scale), which no init law
+gives; the bound the laws alone give (`|q.k| <= ||q|| ||k||`, with the projections' operator
+norms) is too loose to pass a usual attention, so it would judge nothing.
 """
     why_bad = """\
 Softmax's Jacobian is `diag(p) - p p^T`: on a row with one weight near 1 and the rest near 0

@@ -28,6 +28,10 @@ the *excess initial MSE* `(mean(y) - m)^2` is what the offset alone adds to the 
 (in target units squared), and the *ideal bias* `b + m - mean(y)` removes it. It flags an excess
 larger than `min_excess` times the larger of the outputs' variance and 1 (the offset dominates the
 starting error, and is at least one unit of the target).
+
+It needs a forward with values and does not run on the meta device: the outputs' mean over the
+example inputs is `b + w . mean(x)` and their variance is what it is compared with; no init law
+gives the mean or the spread of the head's inputs over the examples.
 """
     why_bad = """\
 A regression model that starts with outputs around 0 for a target around 100 spends its first

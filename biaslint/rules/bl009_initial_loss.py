@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from biaslint.findings import Finding, Fix, FixKind, Severity
 from biaslint.fix.phrases import python_path
@@ -71,6 +71,21 @@ Logits computed from an `nn.Embedding`'s table, tied or not (`x @ emb.weight.T`,
 graph and judged too, naming the embedding. An output layer it cannot tell is a classifier is
 listed in the rule's record as not judged, with what would have it judged. Without example
 inputs there is no forward to measure and the rule does not run.
+
+On the meta device (`--device meta`: no values, the init laws instead) it judges a head from
+the laws where they settle the loss: a `Linear` head (or an output table) whose weight is drawn
+independently entry by entry around 0 (`normal`, `uniform`, `trunc_normal`), not tied to a
+table its input is looked up in, and whose input comes straight from a `LayerNorm`, `RMSNorm`
+or a written-out RMS norm (`weight * x * rsqrt(mean(x**2) + eps)`, as transformers' Llama-style
+models write it) with a constant weight and bias. Each row of such an input has rms at most
+`sqrt(weight**2 + bias**2)`, exactly, and at least `sqrt(weight**2 / 2 + bias**2)` when the
+norm's input variance is at least its eps; a row of logits is then drawn
+`N(b_k, std(W)**2 * fan_in * rms**2)`. The excess is computed over 256 draws of one row (48
+for a vocabulary above 4096): the head passes when 95% of the draws at the highest rms are
+within the limit, and is flagged when 95% at the lowest are above it, with the expected figures
+(`measured_excess` and `excess_after_fix` are None: nothing is measured). Any other head is
+listed as not judged, with what is missing: an input not straight from a norm, a tied weight,
+a drawn weight of another law, an excess whose draws straddle the limit.
 """
     why_bad = """\
 "Verify loss @ init" (Karpathy, 2019): a freshly initialized classifier should score about
@@ -138,7 +153,7 @@ def build():
 '''
 
     inputs = ("class_priors", "head", "target_mean")
-    reads = frozenset({"graph", "values", "forward", "output"})
+    reads = frozenset({"graph", "values", "forward", "output", "laws"})
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         if not model.inputs_known:
@@ -154,6 +169,12 @@ def build():
         if not model.inputs_known:
             return {}
         heads, declined = candidate_heads(model, context)
+        if model.on_meta():  # no forward: what the init laws do not settle is declined
+            laws = law_verdicts(self, model, context)
+            reasons = {h.layer.name: why for h, why in declined}
+            reasons.update({name: f"on the meta device, {why}" for name, why in laws.items()
+                            if isinstance(why, str)})
+            return reasons
         # a table's products are paired with the graph's by order: when the forward's differ,
         # its logits are not known (the values are cached: no forward runs again here)
         tables = [h for h in heads if h.table is not None]
@@ -176,6 +197,10 @@ def build():
         from biaslint.analysis.heads import head_logits
 
         if not model.inputs_known:
+            return
+        if model.on_meta():
+            yield from (v for v in law_verdicts(self, model, context).values()
+                        if isinstance(v, Finding))
             return
         limit = float(context.option(self, "max_excess_nats"))
         heads, _ = candidate_heads(model, context)
@@ -472,3 +497,201 @@ def _rows(head: Head, out: "torch.Tensor") -> "torch.Tensor":
     if isinstance(head.layer.module, nn.modules.conv._ConvNd) and out.dim() > 2:
         out = out.movedim(1, -1)
     return out.reshape(-1, out.shape[-1]) if out.dim() > 1 else out.reshape(1, -1)
+
+
+# -- on the meta device: the initial loss from the init laws --------------------------------------
+
+# The verdicts of one analysed model, kept in its ``__dict__``: ``declined`` and ``check`` read
+# the same ones.
+_LAWS_KEY = "_bl009_laws"
+# Weight draws the excess is computed over (fewer for a wide vocabulary: each is one row).
+_DRAWS = 256
+_WIDE_DRAWS = 48
+
+
+def law_verdicts(rule: InitialLossAboveChance, model: "AnalysedModel", context: RuleContext
+                 ) -> dict[str, Finding | str | None]:
+    """Per head (by layer name) on the meta device: its finding, None when the laws show the
+    initial loss within the limit, or why the laws do not settle it."""
+    found = model.__dict__.get(_LAWS_KEY)
+    if found is None:
+        limit = float(context.option(rule, "max_excess_nats"))
+        heads, _ = candidate_heads(model, context)
+        found = {}
+        for head in heads:
+            if head.layer.unreadable():
+                continue  # an unknown law: the engine says it is not judged, and why
+            if head.layer.name not in found:
+                found[head.layer.name] = _from_laws(rule, model, head, context, limit)
+        model.__dict__[_LAWS_KEY] = found
+    return found
+
+
+def _law_source(model: "AnalysedModel", head: Head) -> tuple[Any, Any, int] | str:
+    """(the weight's value, the norm feeding the head, the contracted width), or why the laws do
+    not give the logits' scale."""
+    import torch.nn as nn
+
+    from biaslint.rules.from_laws import normed
+
+    module = head.layer.module
+    if head.use is None:
+        return "the model is the head itself: its input is the example input, not a norm's output"
+    if head.table is not None:
+        width = int(module.embedding_dim)
+        operand = _table_operand(model, head)
+        if operand is None:
+            return "its logits' product with the embedding's table has no other operand read"
+    elif isinstance(module, nn.Linear):
+        width, operand = int(module.in_features), 0
+    else:
+        return (f"a {type(module).__name__} head: the scale of what it contracts is not known "
+                "from the init laws")
+    own = f"{head.layer.name}.weight" if head.layer.name else "weight"
+    tied = [n for n in model.tied_names(head.layer.name, "weight") if n != own]
+    if tied or (head.table is not None and model.calls_of(head.layer.name)):
+        return (f"its weight {tied[0] if tied else own} is also read before the head (tied, "
+                "or looked up), so its input need not be independent of it (an input token's "
+                "own logit is larger): the laws do not give the logits' spread")
+    source = normed(model, head.use, width, operand)
+    if isinstance(source, str):
+        return source
+    return head.layer.value("weight"), source, width
+
+
+def _table_operand(model: "AnalysedModel", head: Head) -> int | None:
+    """Which tensor argument of the table product is the features (the one not reading the
+    table)."""
+    import torch.fx as fx
+
+    from biaslint.analysis import Use, is_shape_only
+
+    assert head.use is not None
+    nodes = [a for a in head.use.node.args if isinstance(a, fx.Node)]
+    for index, node in enumerate(nodes):
+        current = node
+        while is_shape_only(Use(head.use.part, current)) and current.args and \
+                isinstance(current.args[0], fx.Node):
+            current = current.args[0]
+        if not (current.op == "get_attr" and head.use.part.full_name(str(current.target))
+                == head.table):
+            return index
+    return None
+
+
+def _offsets(model: "AnalysedModel", head: Head, ref: "Reference"
+             ) -> "Callable[[int, torch.Generator], torch.Tensor | float] | str":
+    """What is added to ``W x`` per draw of the weights: the ideal bias with priors (BL005
+    owns the bias), the head's bias (exact, or drawn from its law each time), or 0."""
+    import torch
+
+    from biaslint.analysis.heads import bias_layer, bias_values
+
+    if ref.priors:
+        current = bias_values(model, head)
+        ideal = ref.shift + (current if current is not None else 0.0)
+        return lambda n, g: ideal
+    owner = bias_layer(model, head)
+    value = owner[0].value(owner[1]) if owner is not None else None
+    if value is None:
+        return lambda n, g: 0.0
+    exact = value.exact()
+    if exact is not None:
+        fixed = exact.reshape(-1)
+        return lambda n, g: fixed
+    pieces = getattr(value, "pieces", None) or []
+    if len(pieces) != 1 or not pieces[0].law.is_random:
+        return "its bias is made of several init laws"
+    law = pieces[0].law
+    return lambda n, g: law.sample(n * head.outputs, g).reshape(n, head.outputs).to(torch.float64)
+
+
+def _excesses(scale: float, classes: int, offsets: "Callable[..., Any]", ref: "Reference",
+              kind: str) -> "torch.Tensor":
+    """The excess loss of one row of logits ``N(0, scale**2) + offsets`` per draw."""
+    import torch
+
+    from biaslint.rules.bl005_class_prior_bias import excess_loss
+
+    draws = _DRAWS if classes <= 4096 else _WIDE_DRAWS
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(draws, classes, generator=generator, dtype=torch.float64) * scale
+    z = z + offsets(draws, generator)
+    return torch.tensor([excess_loss(z[i:i + 1], ref.target, kind) for i in range(draws)],
+                        dtype=torch.float64)
+
+
+def _from_laws(rule: InitialLossAboveChance, model: "AnalysedModel", head: Head,
+               context: RuleContext, limit: float) -> Finding | str | None:
+    """The verdict on one head from the init laws: each logit is ``w_k . x + b_k`` with ``w_k``
+    drawn i.i.d. around 0 and ``x`` a norm's output of known rms, so a row of logits is drawn
+    ``N(b_k, std(W)**2 * width * rms**2)``. The excess over a row is computed over many draws;
+    the finding needs it above the limit at the norm's lowest output (its input's variance at
+    least its eps) in 95% of the draws, a pass below it at the highest (exact) in 95%."""
+    from biaslint.rules.from_laws import drawn_weight
+
+    source = _law_source(model, head)
+    if isinstance(source, str):
+        return source
+    value, norm, width = source
+    drawn = drawn_weight(value, width)
+    if isinstance(drawn, str):
+        return drawn
+    if drawn.mean != 0:
+        return f"its weight is drawn around {drawn.mean:g}, not 0: the logits share an offset"
+    kind = _kind(head, context)
+    ref = reference(model, head, kind, context)
+    offsets = _offsets(model, head, ref)
+    if isinstance(offsets, str):
+        return offsets
+    gain = drawn.std * math.sqrt(width)
+    high = _excesses(gain * norm.high, head.outputs, offsets, ref, kind)
+    low = _excesses(gain * norm.low, head.outputs, offsets, ref, kind)
+    if float(high.quantile(0.95)) <= limit:
+        return None
+    if not float(low.quantile(0.05)) > limit:
+        return (f"from the init laws its initial loss is {float(low.quantile(0.05)):.3g} to "
+                f"{float(high.quantile(0.95)):.3g} nats above its baseline over draws of the "
+                f"weights (the norm {norm.norm}'s output rms between {norm.low:.3g} and "
+                f"{norm.high:.3g}), on both sides of the limit {limit:g}: build with values to "
+                "measure it")
+    return _law_finding(rule, model, head, context, ref, kind, float(high.mean()),
+                        gain * norm.high, norm, width)
+
+
+def _law_finding(rule: InitialLossAboveChance, model: "AnalysedModel", head: Head,
+                 context: RuleContext, ref: "Reference", kind: str, excess: float,
+                 std: float, norm: Any, width: int) -> Finding:
+    """The finding the laws give, in the real forward's shape: the same keys, what is not
+    measured None."""
+    from biaslint.analysis.heads import bias_values
+    from biaslint.rules.from_laws import LAWS_NOTE
+
+    limit = float(context.option(rule, "max_excess_nats"))
+    baseline = ref.entropy
+    loss = excess + baseline
+    versus = f"log({ref.classes}) = {baseline:.3g}" if ref.uniform else \
+        f"the priors' entropy {baseline:.3g}" if ref.priors else \
+        f"the entropy {baseline:.3g} of {kind}(bias), the loss of predicting it exactly"
+    labels = "labels drawn from the class priors, the ideal bias in place (BL005 owns the " \
+        "bias)" if ref.priors else ref.labels
+    bias = bias_values(model, head)
+    if ref.uniform and bias is not None and bias.numel() > 1:
+        std = math.sqrt(std * std + float(bias.var(unbiased=False)))
+    scale, tied, fan_in = _scale(model, head, norm.high)
+    message = (
+        f"expected initial cross-entropy with {labels} is {loss:.3g} nats, {excess:.3g} above "
+        f"{versus} (limit {limit:g}; {LAWS_NOTE} {norm.describe()}, whose output rows have rms "
+        f"{norm.high:.3g} when its input's variance is well above its eps, and the finding "
+        f"holds down to rms {norm.low:.3g}): the logits start with std {std:.3g}"
+        f"{' around their bias' if not ref.uniform else ''}, confidently wrong, and the first "
+        f"steps are spent shrinking them; their scale is {scale}")
+    title, code, _ = _fix(model, head, tied, fan_in, norm.high, ref, kind, excess, None)
+    data: dict[str, Any] = {"loss": loss, "chance": baseline, "excess": excess,
+                            "measured_excess": None, "reference": ref.name, "logit_std": std,
+                            "input_rms": norm.high, "classes": ref.classes,
+                            "excess_after_fix": None}
+    if head.table is not None:
+        data["table"] = head.table
+    return rule.finding(head.layer, message, parameter="weight", data=data,
+                        fix=Fix(title=title, code=code, safe=False, kind=FixKind.REPLACE_INIT))

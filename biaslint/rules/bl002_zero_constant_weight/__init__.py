@@ -55,6 +55,16 @@ decides from the graph whether training can recover:
   (the last layer of a residual branch, a LoRA up-projection), multiplies or modulates another
   tensor (adaLN-Zero gates), or is the model's output (a classifier head); and for normalization
   weights of any value.
+
+Expert weights stored as 3-d parameters (a mixture of experts' `gate_up_proj` / `down_proj`, or
+a hand-written `(experts, in, out)` tensor) are judged too, expert by expert: which axis holds
+the experts and which the units is read from the products the forward contracts them with
+(`F.linear` of `w[e]`, `torch.bmm`, `torch.matmul`, a grouped matmul, an einsum). An all-zero
+expert weight whose every product goes straight into a ReLU is an **error** (each expert's units
+output 0 and pass back 0); a drawn one, whose units differ within every expert, passes. Another
+constant one, or units alike within an expert, depends on the routed path around it, which the
+rule does not follow there: it is listed as not judged, with the reason, as is an expert weight
+whose products the graph does not show.
 """
     why_bad = """\
 Gradient descent can only make two units different if something treats them differently. Units
@@ -115,16 +125,23 @@ def build():
     reads = frozenset({"graph", "values"})
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
+        from biaslint.analysis.experts import expert_weights
         from biaslint.rules.bl002_zero_constant_weight.symmetry import weights_to_check
 
+        experts = {w.layer.name for w in expert_weights(model)}
         return [layer for layer in model.layers.values()
-                if any(True for _ in weights_to_check(layer.module))]
+                if layer.name in experts or any(True for _ in weights_to_check(layer.module))]
 
     def declined(self, model: "AnalysedModel", context: RuleContext) -> dict[str, str]:
+        from biaslint.rules.bl002_zero_constant_weight.check import expert_verdicts
         from biaslint.rules.bl002_zero_constant_weight.rows import dead_rows
 
-        return {v.layer.name: f"{v.pname} has {len(v.zero)} all-zero rows in front of a ReLU "
-                              f"path, but {v.unjudged}" for v in dead_rows(model) if v.unjudged}
+        found = {v.layer.name: f"{v.pname} has {len(v.zero)} all-zero rows in front of a ReLU "
+                               f"path, but {v.unjudged}" for v in dead_rows(model) if v.unjudged}
+        for (name, _), verdict in expert_verdicts(self, model).items():
+            if isinstance(verdict, str):
+                found.setdefault(name, verdict)
+        return found
 
     def check(self, model: "AnalysedModel", context: RuleContext) -> Iterable[Finding]:
         from biaslint.rules.bl002_zero_constant_weight.check import check

@@ -4,6 +4,7 @@ findings and the fan-in-scaled init that mends them."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
@@ -31,6 +32,7 @@ from biaslint.rules.bl002_zero_constant_weight.symmetry import (
 )
 
 if TYPE_CHECKING:
+    from biaslint.analysis.experts import ExpertWeight
     from biaslint.rules.bl002_zero_constant_weight import ZeroConstantWeight
 
 
@@ -54,6 +56,7 @@ def check(rule: "ZeroConstantWeight", model: AnalysedModel, context: RuleContext
                 yield finding
     yield from routers(rule, model)
     yield from dead_rows_findings(rule, model)
+    yield from (v for v in expert_verdicts(rule, model).values() if isinstance(v, Finding))
 
 
 def dead_rows_findings(rule: "ZeroConstantWeight", model: AnalysedModel) -> Iterable[Finding]:
@@ -351,3 +354,80 @@ def _fix(layer: Layer, pname: str, activation: str | None) -> Fix:
     else:
         title = "Initialize it with a random fan-in-scaled init instead"
     return Fix(title=title, code=code, safe=False, kind=FixKind.REPLACE_INIT)
+
+
+# -- expert weights stored as 3-d parameters -------------------------------------------------------
+
+def expert_verdicts(rule: "ZeroConstantWeight", model: AnalysedModel
+                    ) -> dict[tuple[str, str], Finding | str | None]:
+    """Per 3-d expert weight (layer, parameter): its finding, None when each expert's units
+    start different, or why it is not judged. An all-zero expert weight whose every product goes
+    straight into a ReLU is dead for good (``x @ 0`` is 0; ReLU passes back 0 there); another
+    constant one, or units alike within an expert, depends on the routed path around it, which
+    is not followed: not judged, with that reason."""
+    from biaslint.analysis.experts import expert_weights
+
+    found: dict[tuple[str, str], Finding | str | None] = {}
+    for weight in expert_weights(model):
+        key = (weight.layer.name, weight.pname)
+        value = weight.layer.value(weight.pname)
+        if not weight.read:
+            found[key] = f"its 3-d expert weight {weight.pname}: {weight.why}"
+        elif value is None or not value.known:
+            continue  # the engine reports it unjudged
+        else:
+            found[key] = _expert_verdict(rule, model, weight, value)
+    return found
+
+
+def _expert_verdict(rule: "ZeroConstantWeight", model: AnalysedModel, weight: "ExpertWeight",
+                    value: ParamValue) -> Finding | str | None:
+    from biaslint.analysis.ops import activation_kind
+
+    constant = value.constant()
+    subject = _subject(weight.layer, weight.pname)
+    if constant is None:
+        alike = _alike_within_an_expert(value, weight)
+        return None if alike is False else (
+            f"its expert weight {weight.pname}: " + (
+                "some expert's units start alike, and the routed path around them is not "
+                "followed for 3-d expert weights" if alike else alike))
+    consumers = [c for p in weight.products for c in model.consumers_of(p)]
+    into_relu = constant == 0 and consumers and all(
+        activation_kind(c) == "relu" for c in consumers) and all(
+        getattr(p.node.target, "__name__", "") != "baddbmm" for p in weight.products)
+    if not into_relu:
+        return (f"its expert weight {weight.pname} is all {constant:g}: whether its units "
+                "recover depends on the routed path around it, which is not followed for 3-d "
+                "expert weights")
+    units = weight.experts * weight.units
+    return rule.finding(
+        weight.layer,
+        f"expert weight {weight.pname} {weight.shape} is all zero"
+        f"{_init_phrase(weight.layer, weight.pname)} and each expert's product with it goes "
+        f"straight into a ReLU: all {weight.units} units of each of the {weight.experts} "
+        "experts output 0 and pass back 0, dead for good",
+        parameter=weight.pname, severity=Severity.ERROR, location=weight.layer.site_of(
+            weight.pname),
+        fix=Fix(title="Draw each expert's weight", code=f"nn.init.normal_({subject}, "
+                f"std={math.sqrt(2.0 / weight.fan_in):.3g})", safe=False,
+                kind=FixKind.REPLACE_INIT),
+        data={"verdict": "dead", "dead_units": units, "units": units,
+              "experts": weight.experts})
+
+
+def _alike_within_an_expert(value: ParamValue, weight: "ExpertWeight") -> bool | str:
+    """Whether some expert's units (slices along the units axis) are identical or parallel:
+    False for one drawn law over the whole tensor; else read expert by expert from the values,
+    or why not."""
+    from biaslint.analysis.values import unit_rows
+
+    pieces = getattr(value, "pieces", None)
+    if pieces is not None and len(pieces) == 1 and pieces[0].law.is_random:
+        return False  # every entry drawn independently: no two units alike
+    exact = value.exact()
+    if exact is None:
+        return "its values are not known entry by entry (several init laws)"
+    units_dim = weight.units_dim - (1 if weight.units_dim > weight.experts_dim else 0)
+    return any(unit_rows(exact.select(weight.experts_dim, e), units_dim) is not None
+               for e in range(weight.experts))

@@ -60,6 +60,16 @@ treated like ReLU.
   measured.
   A single layer that is too *small* is not flagged alone: a rescaling by one layer is absorbed
   by the next bias, norm or optimizer step; it is the product over a chain that vanishes.
+* **Expert weights** (warning) stored as 3-d parameters (a mixture of experts' `gate_up_proj` /
+  `down_proj`, or a hand-written `(experts, in, out)` tensor): the same single-layer test, with
+  each expert's own fan-in. Which axis that is is read from the products the forward contracts
+  the weight with (`F.linear` of `w[e]` and transformers' `(experts, out, in)`: the last axis;
+  `torch.bmm(x, w)` and `(experts, in, out)`: the middle one; a grouped matmul of a transpose;
+  an einsum), never from the shape alone. The target is the activation's when one takes the
+  product, else tanh's 5/3, the largest any activation needs. So experts drawn with
+  `initializer_range` 0.02, as LLM configs do, pass exactly as a 2-d `Linear` drawn so does. An
+  expert weight whose products the graph does not show is listed as not judged, with the reason.
+  They are not part of chains.
 * Embedding tables are never flagged: a lookup sums nothing, so N(0, 1) is standard.
 
 The message quotes the init call (e.g. `Tensor.normal_(...)` with std 1) and its line when your
@@ -148,6 +158,12 @@ def build():
         # Every layer with a weight matrix or kernel: the scale chains run through them.
         return [layer for layer in model.layers.values()
                 if any(p.dim() >= 2 for p in layer.parameters().values())]
+
+    def declined(self, model: "AnalysedModel", context: RuleContext) -> dict[str, str]:
+        from biaslint.analysis.experts import expert_weights
+
+        return {w.layer.name: f"its 3-d expert weight {w.pname}: {w.why}"
+                for w in expert_weights(model) if not w.read}
 
     def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:
         from biaslint.rules.bl003_fan_in_blind_init.check import forward_needs

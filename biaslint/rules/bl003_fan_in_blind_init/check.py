@@ -59,6 +59,7 @@ def check(rule: "FanInBlindInit", model: AnalysedModel, context: RuleContext
         if layer.name not in reported and gain > ratio_limit * target:
             reported.add(layer.name)
             findings.append(_bilinear(rule, layer, gain, target, activation))
+    findings.extend(expert_findings(rule, model, ratio_limit))
     yield from findings
 
 
@@ -296,3 +297,49 @@ def _fix(call: LayerCall) -> Fix:
     else:
         title = "Initialize the weight with a fan-in-scaled init"
     return Fix(title=title, code=code, safe=False, kind=FixKind.REPLACE_INIT)
+
+
+# -- expert weights stored as 3-d parameters -------------------------------------------------------
+
+# The target gain an expert weight is judged against when no one activation takes its product:
+# the largest any activation needs (tanh's 5/3), so only a gain too large for every one is said.
+_LENIENT_TARGET = 5.0 / 3.0
+
+
+def expert_findings(rule: "FanInBlindInit", model: AnalysedModel, limit: float
+                    ) -> Iterable[Finding]:
+    """Single expert weights (``ExpertWeight``) whose per-expert gain
+    ``rms(W) * sqrt(fan_in)`` is over ``limit`` times the target: the same test as a single
+    ``nn.Linear``'s, with the fan-in each expert contracts."""
+    from biaslint.analysis.experts import expert_weights
+    from biaslint.analysis.ops import activation_kind
+    from biaslint.rules.bl003_fan_in_blind_init.chains import variance_gain_target
+
+    for weight in expert_weights(model):
+        value = weight.layer.value(weight.pname)
+        if not weight.read or value is None or not value.known or value.constant() is not None:
+            continue  # not read (declined), unknown (the engine's), constant (BL002's)
+        gain = math.sqrt(value.mean_square(sample=1 << 14)) * math.sqrt(weight.fan_in)
+        kinds = {activation_kind(c) for p in weight.products for c in model.consumers_of(p)}
+        activation = kinds.pop() if len(kinds) == 1 else None
+        target = variance_gain_target(activation) if activation else _LENIENT_TARGET
+        if gain <= limit * target:
+            continue
+        what = f"through {activation}" if activation else \
+            "through any activation (none takes its product alone; tanh's 5/3 is the largest)"
+        std = target / math.sqrt(weight.fan_in)
+        subject = init_call_subject(weight.layer.init_of(weight.pname)) or \
+            f"{python_path(weight.layer.name)}.{weight.pname}"
+        message = (
+            f"expert weight {weight.pname} {tuple(weight.shape)} ({weight.experts} experts; "
+            f"the forward contracts axis {weight.fan_in_dim}, so each expert's fan_in is "
+            f"{weight.fan_in}) has gain rms(W)*sqrt(fan_in) = {gain:.3g}, "
+            f"{gain / target:.3g}x the {target:.3g} that keeps the scale {what}: on inputs "
+            f"with uncorrelated unit-scale entries each expert alone multiplies the activation "
+            f"scale by ~{_times(gain)}{_init_phrase(weight.layer, weight.pname)}.")
+        fix = Fix(title="Draw each expert's weight scaled by its own fan-in",
+                  code=f"nn.init.normal_({subject}, std={std:.3g})", safe=False,
+                  kind=FixKind.REPLACE_INIT)
+        yield rule.finding(weight.layer, message, parameter=weight.pname, fix=fix,
+                           location=weight.layer.site_of(weight.pname),
+                           data={"gain": gain, "ratio": gain / target, "fan_in": weight.fan_in})
