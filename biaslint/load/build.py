@@ -22,7 +22,7 @@ from biaslint.laws import Piece
 from biaslint.load.encoding import display_path, refuse_undecodable
 from biaslint.load.guard import user_code
 from biaslint.load.lasting import lost_inits
-from biaslint.load.sites import BuildRecord, own_inits, record_build
+from biaslint.load.sites import BuildRecord, last_writers, record_build
 from biaslint.load.unwritten import unwritten_parameters
 from biaslint.target import IntShape, TargetSpec, parse_target
 
@@ -162,7 +162,7 @@ def compared(text: str, obj: Any, input_shapes: tuple[tuple[int, ...], ...], mod
             built = load_target(text, input_shapes, device="meta", resolved=obj)
         return built.param_laws or {}
 
-    found = config_scale(model, laws, on_meta, own_inits(record, model))
+    found = config_scale(model, laws, on_meta, last_writers(record, model))
     return found if found is not None else ConfigScale(attributes=(), factor=0.0)
 
 

@@ -16,6 +16,7 @@ follow the config; one whose law moved does.
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
 
@@ -151,14 +152,17 @@ Laws = dict[str, "list[Piece] | None"]
 
 
 def compare(base: Laws, scaled: Laws, attributes: dict[str, float], factor: float = FACTOR,
-            own: set[str] | None = None, model: nn.Module | None = None) -> ConfigScale:
+            writers: dict[str, tuple[int | None, int | None]] | None = None,
+            model: nn.Module | None = None) -> ConfigScale:
     """Which drawn parameters' laws moved with the config, which did not, and which could not
-    be compared (a law not known, a parameter the second build does not have). ``own``: the
-    parameters whose last write was their own module's constructor; ``model``: the model
-    built, for where each parameter sits (its module's class, whether its nearest config holds
-    an init scale)."""
-    governed = governed_by_scale(model) if model is not None else (lambda name: True)
+    be compared (a law not known, a parameter the second build does not have). ``writers``:
+    the modules that made each parameter's last write and answer for it (``last_writers``);
+    ``model``: the model built, for where each parameter sits (its module's class, whether the
+    init that drew it is the config's to set)."""
     modules = dict(model.named_modules()) if model is not None else {}
+    governed = governed_by_scale(model, writers or {}) if model is not None \
+        else (lambda name: True)
+    owners = {name: id(module) for name, module in modules.items()}
     follows: list[str] = []
     ignores: list[FixedDraw] = []
     unknown: list[tuple[str, str]] = []
@@ -174,7 +178,8 @@ def compare(base: Laws, scaled: Laws, attributes: dict[str, float], factor: floa
             largest = max((p for p in pieces if p.law.is_random), key=lambda p: p.size).law
             ignores.append(FixedDraw(parameter=name, law=text, kind=largest.kind,
                                      loc=largest.loc, scale=largest.scale, high=largest.high,
-                                     own_init=name in (own or set()), how=largest.how,
+                                     own_init=_own(name, owners, writers or {}),
+                                     how=largest.how,
                                      governed=governed(name),
                                      module_type=type(modules.get(
                                          name.rsplit(".", 1)[0] if "." in name else "",
@@ -219,31 +224,73 @@ def _describe(law: Law) -> str:
     return f"{law.kind} with std {law.std:.3g}"
 
 
-def governed_by_scale(model: nn.Module) -> Callable[[str], bool]:
-    """For a parameter's qualified name: whether the nearest module up its tree that keeps a
-    ``config`` keeps one with an init scale (a sub-model's own config may have none)."""
+def _owner_name(qualified: str) -> str:
+    return qualified.rsplit(".", 1)[0] if "." in qualified else ""
+
+
+def _own(name: str, owners: dict[str, int],
+         writers: dict[str, tuple[int | None, int | None]]) -> bool:
+    """Whether the parameter's last write was its own module's constructor."""
+    writer = writers.get(name, (None, None))[0]
+    return writer is not None and writer == owners.get(_owner_name(name))
+
+
+def _package(cls: type) -> str:
+    """The installed library a class comes from; all of the user's own code counts as one."""
+    module = sys.modules.get(cls.__module__)
+    path = getattr(module, "__file__", None) or ""
+    if "site-packages" in path or "dist-packages" in path:
+        return cls.__module__.split(".", 1)[0]
+    return "<user>"
+
+
+def governed_by_scale(model: nn.Module, writers: dict[str, tuple[int | None, int | None]]
+                      ) -> Callable[[str], bool]:
+    """For a parameter's qualified name: whether the init that drew it is the config's to set.
+    Not when the nearest module up its tree that keeps a ``config`` keeps one with no init
+    scale (a sub-model reading a config of its own), nor when the module whose constructor
+    drew it comes from another installed library than that config's model, torch aside (a
+    timm backbone inside a transformers model, a peft adapter added to one: their init is their
+    library's; the user's own code counts as one package)."""
     modules = dict(model.named_modules())
+    by_id = {id(module): module for module in modules.values()}
+
+    def holder(qualified: str) -> nn.Module | None:
+        """The nearest module up the tree that keeps a config of its own (an attribute, not
+        a property that reads another module's, as a peft wrapper's does)."""
+        name = _owner_name(qualified)
+        while True:
+            module = modules.get(name)
+            config = vars(module).get("config") if module is not None else None
+            if config is not None and not isinstance(config, nn.Module):
+                return module
+            if not name:
+                return None
+            name = _owner_name(name)
 
     def governed(qualified: str) -> bool:
-        name = qualified.rsplit(".", 1)[0] if "." in qualified else ""
-        while True:
-            config = getattr(modules.get(name), "config", None)
-            if config is not None and not isinstance(config, (nn.Module, dict)):
-                return bool(_scales_of(config))
-            if not name:
-                return True
-            name = name.rsplit(".", 1)[0] if "." in name else ""
+        model_with = holder(qualified)
+        if model_with is None:
+            return False  # outside every module that keeps the config
+        if not _scales_of(getattr(model_with, "config")):
+            return False
+        writer = by_id.get(writers.get(qualified, (None, None))[1] or 0)
+        if writer is None:
+            return True
+        packages = {_package(type(writer)), _package(type(model_with))}
+        return "torch" in packages or len(packages) == 1
 
     return governed
 
 
 def config_scale(model: nn.Module, base: Laws | None, build_on_meta: Callable[[], Laws],
-                 own: set[str] | None = None) -> ConfigScale | None:
+                 writers: dict[str, tuple[int | None, int | None]] | None = None
+                 ) -> ConfigScale | None:
     """The differential build of ``model``: None when it keeps no config with an init scale.
     ``base``: the laws of the build as written, when the lint built it on meta (else it is
     built once more, on meta). ``build_on_meta`` builds the target on meta and gives each
-    parameter's laws; a build that fails gives a ``ConfigScale`` with the error. ``own``: the
-    parameters whose last write in the build was their own module's constructor."""
+    parameter's laws; a build that fails gives a ``ConfigScale`` with the error. ``writers``:
+    the modules that made each parameter's last write and answer for it (``last_writers``)."""
     configs = configs_of(model)
     attributes = scale_attributes(configs)
     if not attributes:
@@ -266,7 +313,7 @@ def config_scale(model: nn.Module, base: Laws | None, build_on_meta: Callable[[]
         what = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         return ConfigScale(attributes=tuple(attributes.items()), factor=FACTOR,
                            error=f"building it again with the config changed failed ({what})")
-    return compare(base, scaled, attributes, own=own, model=model)
+    return compare(base, scaled, attributes, writers=writers, model=model)
 
 
 def given_built(model: nn.Module) -> ConfigScale:

@@ -210,12 +210,13 @@ class _InitEvent:
 _CONSTRUCTING = frozenset({"__init__", "reset_parameters", "_reset_parameters"})
 
 
-def _writer(frame: FrameType | None) -> int | None:
-    """The module whose construction (or reset) the call at ``frame`` is part of."""
+def _writer(frame: FrameType | None, skip: object | None = None) -> int | None:
+    """The module whose construction (or reset) the call at ``frame`` is part of, ``skip``
+    aside (a module being constructed is not its own parent)."""
     while frame is not None:
         if frame.f_code.co_name in _CONSTRUCTING and frame.f_code.co_argcount:
             owner = frame.f_locals.get(frame.f_code.co_varnames[0])
-            if isinstance(owner, nn.Module):
+            if isinstance(owner, nn.Module) and owner is not skip:
                 return id(owner)
         frame = frame.f_back
     return None
@@ -237,6 +238,8 @@ class BuildRecord:
     # (code, instruction offset, kind) triples; made into ``BuildFrame``s only for the modules
     # the model keeps (``chain_of``), so a build pays for no source lookups it does not use.
     module_chains: dict[int, tuple[tuple[Any, int, str], ...]] = field(default_factory=dict)
+    # Per module: id() of the module whose constructor built it (None: built at top level)
+    built_in: dict[int, int | None] = field(default_factory=dict)
 
     def site_of(self, module: nn.Module) -> Location | None:
         entry = self.module_sites.get(id(module))
@@ -267,23 +270,43 @@ class BuildRecord:
         return None
 
 
-def own_inits(record: BuildRecord, model: nn.Module) -> set[str]:
-    """The parameters whose last recorded write was their own module's constructor (its
-    ``__init__`` or ``reset_parameters``): no later init call replaced that draw."""
-    last: dict[Any, list[_InitEvent]] = {}
+def last_writers(record: BuildRecord,
+                 model: nn.Module) -> dict[str, tuple[int | None, int | None]]:
+    """For each parameter the build wrote: ``id()`` of the module whose own ``__init__`` or
+    ``reset_parameters`` made its last recorded write (None when no module's did, e.g. a
+    ``model.apply(init)`` after the build), and of the module answerable for it: the same,
+    or for a torch layer's own draw the nearest module up its construction that is not a torch
+    layer (a peft prompt encoder built the ``nn.Embedding`` whose default it keeps)."""
+    events: dict[Any, list[_InitEvent]] = {}
     for event in record.init_events:
-        last.setdefault(event.storage, []).append(event)
-    out: set[str] = set()
-    for module_name, module in model.named_modules():
-        for pname, param in module.named_parameters(recurse=False):
-            key = memory_span(param)
-            if key is None:
-                continue
-            storage, start, stop = key
-            covering = [e for e in last.get(storage, ()) if e.start < stop and start < e.stop]
-            if covering and covering[-1].writer == id(module):
-                out.add(f"{module_name}.{pname}" if module_name else pname)
+        events.setdefault(event.storage, []).append(event)
+    out: dict[str, tuple[int | None, int | None]] = {}
+    by_id = {id(module): module for module in model.modules()}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        key = memory_span(param)
+        if key is None:
+            continue
+        storage, start, stop = key
+        covering = [e for e in events.get(storage, ()) if e.start < stop and start < e.stop]
+        if covering:
+            writer = covering[-1].writer
+            out[name] = (writer, _built_by(record, writer, by_id))
     return out
+
+
+def _built_by(record: BuildRecord, writer: int | None, by_id: dict[int, nn.Module]) -> int | None:
+    """``writer``, or when it is a torch layer, the nearest module up its construction that
+    is not (torch's own layers are everyone's; who built them says whose init it is)."""
+    seen = 0
+    while writer is not None and seen < 64:
+        module = by_id.get(writer)
+        if module is None or not type(module).__module__.startswith("torch."):
+            return writer
+        parent = record.built_in.get(writer)
+        if parent is None:
+            return writer
+        writer, seen = parent, seen + 1
+    return writer
 
 
 def memory_span(tensor: Any) -> tuple[Any, int, int] | None:
@@ -378,6 +401,8 @@ class _BuildRecorder:
 
         def module_init(module: nn.Module, *args: Any, **kwargs: Any) -> None:
             original_init(module, *args, **kwargs)
+            if id(module) not in record.built_in:
+                record.built_in[id(module)] = _writer(sys._getframe(1), skip=module)
             if id(module) not in record.module_sites:
                 frame = user_frame(skip_self=module)
                 if frame is not None:
