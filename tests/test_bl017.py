@@ -309,3 +309,59 @@ def test_a_model_without_a_config_is_out_of_scope(write_target):
     result = lint(TargetConfig.of(target=target), Settings(select=("BL017",)))
     (scope,) = [s for s in result.rules if s.code == "BL017"]
     assert result.findings == () and scope.total == 0 and not scope.unjudged
+
+
+PEFT_TARGET = """
+import torch
+import transformers
+from peft import LoraConfig, get_peft_model
+
+
+def model(r):
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=1, num_attention_heads=4,
+                                      num_key_value_heads=2, initializer_range=r)
+    base = transformers.LlamaForCausalLM(config)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                      init_lora_weights="gaussian")
+    return get_peft_model(base, lora)
+
+
+def build():
+    return model(0.02), torch.randint(0, 64, (2, 8))
+"""
+
+
+def test_an_adapter_another_library_adds_is_not_the_configs(write_target):
+    """peft's LoRA weights are drawn by peft whatever the base model's initializer_range says
+    (measured); that is the adapter's scheme, not the config's literal: quiet by default, the
+    fallback kind with report="all"."""
+    pytest.importorskip("peft")
+    pytest.importorskip("transformers")
+    namespace: dict = {}
+    exec(compile(PEFT_TARGET, "<peft>", "exec"), namespace)
+    stds = []
+    for r in (0.02, 0.2):
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            built = namespace["model"](r)
+        stds.append({n: float(p.detach().std()) for n, p in built.named_parameters()
+                     if p.dim() >= 2 and float(p.detach().std()) > 0})
+    lora = {n for n in stds[0] if "lora_A" in n}
+    assert lora and all(abs(stds[1][n] / stds[0][n] - 1) < 0.05 for n in lora)
+    assert any(stds[1][n] / stds[0][n] > 5 for n in stds[0] if "lora" not in n)
+
+    target = write_target(PEFT_TARGET)
+    from biaslint.engine import lint
+    from biaslint.settings import Settings, TargetConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quiet = lint(TargetConfig.of(target=target), Settings(select=("BL017",)))
+        everything = lint(TargetConfig.of(target=target),
+                          Settings(select=("BL017",), rule_options={"BL017": {"report": "all"}}))
+    assert quiet.error is None and quiet.findings == ()
+    kinds = {f.data["parameter"]: f.data["kind"] for f in everything.findings}
+    assert {n for n in kinds if "lora_A" in n} == lora
+    assert {kinds[n] for n in lora} == {"fallback"}
