@@ -21,6 +21,7 @@ row is deliberate), so they are not units here.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -51,8 +52,20 @@ class DeadRows:
     unjudged: str = ""  # why the dead ones cannot be told apart (drawn values on meta)
 
 
+# One reading per analysed model: the rule's scope notes and its findings both ask.
+_READ: "weakref.WeakKeyDictionary[AnalysedModel, list[DeadRows]]" = weakref.WeakKeyDictionary()
+
+
 def dead_rows(model: "AnalysedModel") -> list[DeadRows]:
-    """Every weight with some (not all) zero rows in front of a ReLU path, with its dead rows."""
+    """Every weight with some (not all) zero rows in front of a ReLU path, with its dead rows
+    (read once per model)."""
+    found = _READ.get(model)
+    if found is None:
+        found = _READ[model] = _read(model)
+    return found
+
+
+def _read(model: "AnalysedModel") -> list[DeadRows]:
     found = []
     for layer in model.layers.values():
         module = layer.module
