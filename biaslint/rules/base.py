@@ -76,7 +76,8 @@ class Rule:
     # so nothing blocks it; the engine still counts its scope and what it ``declined``.
     # "laws": beside "forward", on the meta device (example inputs known, parameters without
     # values) it still runs, and judges from the init laws the layers they settle, declining
-    # the others with the reason (``declined``).
+    # the others with the reason (``declined``). "config": the load stage builds the target
+    # again on meta with its config's init scale changed (``AnalysedModel.config_scale``, BL017).
     reads: ClassVar[frozenset[str]] = frozenset()
     # Whether a finding about a frozen parameter (requires_grad=False) still stands. Most rules
     # claim something about training, which a frozen parameter does not have; a parameter that

@@ -175,15 +175,7 @@ def build():
                    f"bias{where}: bias {values} on those units, pre-activations {low:.3g} to "
                    f"{high:.3g} there, while without the bias they reach the working range; "
                    f"{after}")
-        code = (f"nn.init.zeros_({python_path(layer.name)}.bias)" if kind != "relu"
-                else f"nn.init.constant_({python_path(layer.name)}.bias, 0.01)")
-        data: dict[str, Any] = {"verdict": "dead" if kind == "relu" else "saturated",
-                                "killed": count, "units": units, "fraction": count / units,
-                                "activation": kind}
-        return self.finding(layer, message, parameter="bias", data=data,
-                            fix=Fix(title="Start the bias at (or just above) zero", code=code,
-                                    safe=False, kind=FixKind.REPLACE_INIT),
-                            location=layer.site_of("bias"))
+        return bias_finding(self, layer, kind, count, units, message)
 
 
 def _candidates(model: "AnalysedModel") -> list[tuple["Layer", str, "Use"]]:
@@ -366,6 +358,13 @@ def _law_finding(rule: BiasKillsUnits, layer: "Layer", kind: str, killed: int, u
                f"and those units' biases lie beyond twice that"
                + (" (each is positive without its bias on some row with chance at least 1/2)"
                   if kind == "relu" else ""))
+    return bias_finding(rule, layer, kind, killed, units, message)
+
+
+def bias_finding(rule: BiasKillsUnits, layer: "Layer", kind: str, killed: int, units: int,
+                 message: str) -> Finding:
+    """The finding, measured or derived alike: its data and the fix that starts the bias at
+    (or just above) zero."""
     code = (f"nn.init.zeros_({python_path(layer.name)}.bias)" if kind != "relu"
             else f"nn.init.constant_({python_path(layer.name)}.bias, 0.01)")
     data: dict[str, Any] = {"verdict": "dead" if kind == "relu" else "saturated",

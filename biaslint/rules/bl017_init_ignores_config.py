@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING, Iterable
 
 from biaslint.findings import ConfigScale, Finding, Fix, FixedDraw, FixKind, Severity
@@ -102,7 +103,7 @@ where the literal is, or give the sub-config the attribute its fallback reads.
     options = (
         Option("report", "mistakes",
                "\"mistakes\": the literal, unit and default kinds (warning); \"all\": also "
-               "the weights drawn with a scheme of their own (info)."),
+               "the fallback and scheme kinds (info)."),
     )
     bad_example = '''\
 from dataclasses import dataclass
@@ -270,26 +271,14 @@ def nearest(parameter: str, others: tuple[str, ...]) -> str:
     """The parameter of ``others`` whose qualified name shares the longest prefix of module
     names with ``parameter`` (the first such, in model order)."""
     parts = parameter.split(".")
-
-    def shared(name: str) -> int:
-        count = 0
-        for a, b in zip(parts, name.split(".")):
-            if a != b:
-                break
-            count += 1
-        return count
-
-    return max(others, key=shared)
+    return max(others, key=lambda name: len(os.path.commonprefix([parts, name.split(".")])))
 
 
 def _shape(model: "AnalysedModel", qualified: str) -> tuple[int, ...] | None:
-    name, _, pname = qualified.rpartition(".")
     try:
-        module = model.submodule(name)
-    except (AttributeError, KeyError):
+        return tuple(model.root.get_parameter(qualified).shape)
+    except AttributeError:
         return None
-    tensor = getattr(module, pname, None)
-    return tuple(tensor.shape) if tensor is not None and hasattr(tensor, "shape") else None
 
 
 def _is_weight(model: "AnalysedModel", qualified: str) -> bool:

@@ -36,7 +36,8 @@ CODE = re.compile(r"[A-Z]{2,4}[0-9]{3}")
 RESERVED = "BL"
 NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 TEXTS = ("name", "summary", "what_it_does", "why_bad", "bad_example", "good_example")
-READS = frozenset({"graph", "values", "forward", "measure", "output", "build", "laws"})
+READS = frozenset({"graph", "values", "forward", "measure", "output", "build", "laws",
+                   "config"})
 
 
 def load_plugins(modules: Sequence[PluginModule] = (), *,
