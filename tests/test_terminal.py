@@ -32,7 +32,8 @@ _PROBE = ("import atexit, sys\n"
     (["--target-mean", "abc", "m.py:build"], "--target-mean abc: must be a number"),
     (["m.py"], "has no ':attr'"),
     ([], "no target given and none configured"),
-    (["--format", "xml", "m.py:build"], "Invalid value for '--format'"),
+    (["--format", "xml", "m.py:build"], "--format xml: 'xml' is not one of text, json"),
+    (["--format", "json", "--format", "sarif", "m.py:build"], "would each print on stdout"),
 ])
 def test_a_usage_error_is_decided_before_torch_loads(tmp_path: Path, args: list[str],
                                                      message: str):

@@ -1,7 +1,10 @@
 """Stage 5, report: reporters turn results into text. They format; they never compute.
 
 One table: each output format's name and the function that renders it (imported when used, so
-the CLI's cheap commands stay cheap). ``findings`` is ``-q``'s one line per finding.
+the CLI's cheap commands stay cheap). ``findings`` is ``-q``'s one line per finding. Each
+reporter renders the results of every target at once; ``text`` and ``json-lines`` also render
+one target at a time (the run streams them), so their output for several targets is the
+concatenation of each target's.
 """
 
 from __future__ import annotations
@@ -20,10 +23,15 @@ _REPORTERS: dict[str, tuple[str, str]] = {
     "github": ("biaslint.report.github", "render"),
     "sarif": ("biaslint.report.sarif", "render"),
     "html": ("biaslint.report.html", "render"),
+    "gitlab": ("biaslint.report.gitlab", "render"),
+    "junit": ("biaslint.report.junit", "render"),
+    "rdjson": ("biaslint.report.rdjson", "render"),
+    "json-lines": ("biaslint.report.json_lines", "render"),
     "findings": ("biaslint.report.text", "render_findings_only"),
 }
 # What --format and the config's ``format`` accept.
-FORMATS: tuple[str, ...] = ("text", "json", "github", "sarif", "html")
+FORMATS: tuple[str, ...] = ("text", "json", "json-lines", "github", "sarif", "html", "gitlab",
+                             "junit", "rdjson")
 
 
 def get_reporter(fmt: str) -> Reporter:

@@ -87,7 +87,7 @@ def _result(target: str, finding: Finding, index: dict[str, int]) -> dict[str, A
         "ruleId": finding.code,
         "level": _LEVEL[finding.severity],
         "message": {"text": text},
-        "partialFingerprints": {"biaslintFingerprint/v1": _fingerprint(target, finding)},
+        "partialFingerprints": {"biaslintFingerprint/v1": fingerprint(target, finding)},
         "properties": {"target": target, "module": finding.module,
                        "moduleType": finding.module_type, "parameter": finding.parameter},
     }
@@ -129,7 +129,9 @@ def _uri(path: str) -> str:
     return quote(PurePath(path).as_posix())
 
 
-def _fingerprint(target: str, finding: Finding) -> str:
+def fingerprint(target: str, finding: Finding) -> str:
+    """The baseline's fingerprint (``biaslint.run.baseline``: target, code, layer, parameter;
+    no line, no message) as a digest; the gitlab report uses it too."""
     parts = [target, finding.code, finding.module, finding.parameter]
     if not finding.module and finding.location is not None:
         # Module-less findings (BL100 on a comment) would all share one fingerprint, and code

@@ -9,14 +9,18 @@ import dataclasses
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import click
 
 from biaslint.errors import BiaslintError, ConfigError
 from biaslint.findings import Severity
 
-# The formats that show signal propagation (one more forward and backward per target).
+if TYPE_CHECKING:
+    from biaslint.run.reports import Reports
+
+# The formats that show signal propagation (one more forward and backward per target): measured
+# when any of the run's reports is one of them.
 SIGNAL_FORMATS = ("json", "html")
 
 NO_TARGET = ("no target given and none configured: run biaslint MODULE:ATTR (e.g. biaslint "
@@ -89,11 +93,12 @@ class CheckOptions:
 
 @dataclass(frozen=True)
 class Plan:
-    """The merged run: targets to lint, settings, and where the report goes."""
+    """The merged run: targets to lint, settings, and the reports requested (``--format``
+    or the file's ``format``; ``biaslint.run.reports.resolve`` adds ``--output``)."""
 
     configs: tuple[Any, ...]
     settings: Any
-    fmt: str
+    reports: tuple[Any, ...]
     workdir: str | None  # lint from the config's folder when the targets came from it
     config_file: str | None = None  # the pyproject.toml read, if any
 
@@ -121,26 +126,45 @@ def run_check(options: CheckOptions) -> Outcome:
     if options.baseline and options.write_baseline:
         raise ConfigError("--baseline and --write-baseline do not go together: write the "
                           "baseline first, then check against it")
+    _reports_apart(options)
     # Resolve the user's paths before a possible chdir to the config's folder.
-    output, baseline, write_to = (os.path.abspath(p) if p else None for p in
-                                  (options.output, options.baseline, options.write_baseline))
-    for flag, path in (("--output", output), ("--write-baseline", write_to)):
+    baseline, write_to = (os.path.abspath(p) if p else None for p in
+                          (options.baseline, options.write_baseline))
+    if write_to:
         # Checked before the work: a lint that ends in "cannot write" wasted all of it.
-        if path and not os.path.isdir(os.path.dirname(path)):
-            raise ConfigError(f"{flag} {_shown(path)}: the folder {_shown(os.path.dirname(path))}"
-                              " does not exist; create it or write somewhere else")
-        if path and os.path.isdir(path):
-            raise ConfigError(f"{flag} {_shown(path)} is a folder; give a file name")
+        if not os.path.isdir(os.path.dirname(write_to)):
+            raise ConfigError(f"--write-baseline {_shown(write_to)}: the folder "
+                              f"{_shown(os.path.dirname(write_to))} does not exist; create it "
+                              "or write somewhere else")
+        if os.path.isdir(write_to):
+            raise ConfigError(f"--write-baseline {_shown(write_to)} is a folder; give a file name")
     plan_ = plan(options)
+    from biaslint.run.reports import resolve
+
+    # Each report's file is checked here too, before the work. A run that writes a baseline
+    # or a diff writes no report (``_reports_apart``).
+    reports = resolve(() if write_to or options.diff else plan_.reports, options.output,
+                      baseline)
     from biaslint.rules import plugged
     from biaslint.run.schema import plugin_rules
 
     # The plugin rules take part in the whole run: the lint, the cache key, the reports.
     with plugged(plugin_rules(plan_.settings.plugins)):
-        return _run_plan(plan_, options, output, baseline, write_to)
+        return _run_plan(plan_, options, reports, baseline, write_to)
 
 
-def _run_plan(plan_: Plan, options: CheckOptions, output: str | None, baseline: str | None,
+def _reports_apart(options: CheckOptions) -> None:
+    """``--write-baseline`` and ``--diff`` write no report (the baseline file is their output;
+    the diff is stdout's): reports asked for on the command line with them are refused rather
+    than dropped. The file's ``format`` stays for the runs that report."""
+    asked = [row for row in ("fmt", "output") if row in options.given]
+    for flag, given in (("--write-baseline", options.write_baseline), ("--diff", options.diff)):
+        if given and asked:
+            raise ConfigError(f"{flag} writes no report, so --format and --output do not go "
+                              f"with it: run {flag} and the reports separately")
+
+
+def _run_plan(plan_: Plan, options: CheckOptions, reports: Reports, baseline: str | None,
               write_to: str | None) -> Outcome:
     fixing = options.fix or options.diff
     plan_, tracking = _changed_since(plan_, options, record=not fixing)
@@ -157,8 +181,9 @@ def _run_plan(plan_: Plan, options: CheckOptions, output: str | None, baseline: 
         raise ConfigError("--fix and --diff do not go with baselines: fix first, then write "
                           "or check the baseline")
     # -q streams too: its findings lines, target by target.
-    stream = _Stream(len(plan_.configs), known, quiet=options.quiet) \
-        if plan_.fmt == "text" and not (output or write_to or fixing) else None
+    streamed = reports.streamed
+    stream = _Stream(len(plan_.configs), known, quiet=options.quiet, fmt=streamed) \
+        if streamed and not (write_to or fixing) else None
     isolated = (options.jobs > 1 or options.timeout is not None) and not options.debug
     # Report from there too: locations are relative to it and the text report reads the source.
     with _working_directory(plan_.workdir):
@@ -194,8 +219,8 @@ def _run_plan(plan_: Plan, options: CheckOptions, output: str | None, baseline: 
             stream.flush()
             results = stream.results(results)
         if fixing:
-            return _fix(results, plan_, options, output)
-        outcome = _finish(results, plan_, output, known, write_to, options.quiet,
+            return _fix(results, plan_, options, reports)
+        outcome = _finish(results, plan_, reports, known, write_to, options.quiet,
                           printed=stream is not None)
     if tracking is not None and tracking.changes is not None and not options.quiet:
         total = len(plan_.configs) + tracking.skipped
@@ -236,7 +261,7 @@ def _record(tracking: Any, plan_: Plan, results: list[Any], quiet: bool) -> None
                    f"{_shown(str(tracking.file))}: {problem}", err=True)
 
 
-def _fix(results: list[Any], plan_: Plan, options: CheckOptions, output: str | None) -> Outcome:
+def _fix(results: list[Any], plan_: Plan, options: CheckOptions, reports: Reports) -> Outcome:
     """``--diff``: show what ``--fix`` would write, exit 1 if anything. ``--fix``: write it.
 
     Both first check every planned edit on a copy (``biaslint.run.verify``): only the fixes that
@@ -295,7 +320,7 @@ def _fix(results: list[Any], plan_: Plan, options: CheckOptions, output: str | N
                                    max(1, options.jobs), options.timeout)
             for index, result in zip(stale, again):
                 results[index] = result
-    outcome = _finish(results, plan_, output, None, None, options.quiet)
+    outcome = _finish(results, plan_, reports, None, None, options.quiet)
     remaining = [f for r in results for f in r.findings]
     click.echo(summary(changes, remaining, wrote=True, checked=checked), err=True)
     return outcome
@@ -305,14 +330,16 @@ class _Stream:
     """Prints each target's text report as soon as it is done: in the order the targets finish
     at a terminal, in the order they were given otherwise (a log or a file diffs the same every
     run), each as soon as it and every target before it are done. ``quiet``: only the findings
-    lines (``-q``)."""
+    lines (``-q``). ``fmt``: the report streamed, text or json-lines."""
 
-    def __init__(self, count: int, known: Any = None, quiet: bool = False) -> None:
+    def __init__(self, count: int, known: Any = None, quiet: bool = False,
+                 fmt: str = "text") -> None:
         from rich.console import Console
 
         self.console = Console(highlight=False, emoji=False)
         self.known = known
         self.quiet = quiet
+        self.fmt = fmt
         self.ready: dict[int, Any] = {}
         self.shown: dict[int, Any] = {}
         self.next = 0
@@ -340,11 +367,15 @@ class _Stream:
 
         result = self.shown[index] = self.ready[index]
         if self.quiet:  # no live display with -q: nothing to print around
-            click.echo(get_reporter("findings")([result]), nl=False)
+            click.echo(get_reporter("findings" if self.fmt == "text" else self.fmt)([result]),
+                       nl=False)
             return
 
         def write(console: Any) -> None:
-            print_results([result], console, errors_shown=True)
+            if self.fmt == "text":
+                print_results([result], console, errors_shown=True)
+            else:  # as rendered: no markup, no wrapping
+                console.out(get_reporter(self.fmt)([result]), end="", highlight=False)
 
         if self.progress is not None:
             self.progress.print_report(self.console, write)
@@ -388,10 +419,10 @@ def plan(options: CheckOptions) -> Plan:
         # The command line wins over the target's table, which wins over the defaults.
         given = {name: options.given[name] for name in per_target if name in options.given}
         configs.append(target_config(entry["target"], {**entry, **given}))
-    fmt = values.get("fmt") or "text"
-    if fmt in SIGNAL_FORMATS:
+    reports = values.get("fmt") or ()
+    if any(report.fmt in SIGNAL_FORMATS for report in reports):
         settings = dataclasses.replace(settings, signal=True)
-    return Plan(tuple(configs), settings, fmt, workdir, str(file.path) if file.path else None)
+    return Plan(tuple(configs), settings, reports, workdir, str(file.path) if file.path else None)
 
 
 @contextmanager
@@ -471,13 +502,12 @@ def _lint_isolated(configs: Sequence[Any], settings: Any, jobs: int,
                      on_stage=stage)
 
 
-def _finish(results: list[Any], plan: Plan, output: str | None, baseline: Any,
+def _finish(results: list[Any], plan: Plan, reports: Reports, baseline: Any,
             write_to: str | None, quiet: bool, printed: bool = False) -> Outcome:
-    """Write the report (unless ``printed``: the text report already went out target by
-    target, baseline applied) and decide the outcome. ``baseline``: the fingerprints read."""
+    """Write the reports (unless ``printed``: stdout's already went out target by target,
+    baseline applied) and decide the outcome. ``baseline``: the fingerprints read."""
     from rich.console import Console
 
-    from biaslint.report import get_reporter
     from biaslint.report.text import print_results
 
     console = Console(highlight=False, emoji=False)
@@ -496,23 +526,7 @@ def _finish(results: list[Any], plan: Plan, output: str | None, baseline: Any,
 
         results = list(apply_baseline(results, baseline).results)
 
-    if output:
-        text = get_reporter(plan.fmt)(results)
-        with open(output, "w", encoding="utf-8") as handle:
-            handle.write(text if text.endswith("\n") else text + "\n")
-        if not quiet:
-            print_results(results, console, show_findings=False, errors_shown=True)
-            console.print(f"report written to {_shown(output)}", highlight=False, markup=False)
-    elif printed:
-        pass
-    elif plan.fmt == "text":
-        if quiet:
-            click.echo(get_reporter("findings")(results), nl=False)
-        else:
-            print_results(results, console, errors_shown=True)
-    else:
-        text = get_reporter(plan.fmt)(results)
-        click.echo(text if text.endswith("\n") or not text else text + "\n", nl=False)
+    reports.write(results, quiet, printed)
 
     worst = max((f.severity for r in results for f in r.findings), default=None)
     incomplete = any(r.incomplete for r in results) and not plan.settings.allow_incomplete

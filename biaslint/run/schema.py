@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Literal, Mappin
 from biaslint.errors import ConfigError
 from biaslint.findings import Severity
 from biaslint.report import FORMATS
+from biaslint.run.reports import Report
 from biaslint.settings import PluginModule, Settings, TargetConfig
 
 if TYPE_CHECKING:
@@ -133,6 +134,35 @@ def choice(choices: tuple[str, ...]) -> Parser:
             raise Invalid(f"{value!r} is not one of {', '.join(choices)}")
         return value
     return parse
+
+
+def reports(value: Any, source: Source) -> tuple[Report, ...]:
+    """``FMT`` or ``FMT=PATH``, one or a list of them: each a report of the run, on stdout or
+    in its file. A path given in the config file is relative to the file's folder (as
+    ``@priors.json`` is); one from the command line stays relative to the current directory
+    (``biaslint.run.reports.resolve`` makes it absolute before the run moves to the config's
+    folder)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items or \
+            not all(isinstance(v, str) for v in items):
+        raise Invalid("must be a format or a list of them, like \"json\" or [\"github\", "
+                      f"\"sarif=biaslint.sarif\"], not {describe(value)}")
+    # How a report is named in a message: "--format sarif=a.sarif" for the flag (whose source
+    # names every value given), the key and the value for the file.
+    flag = source.where.split(" ")[0] if source.where.startswith("--") else ""
+    found = []
+    for item in items:
+        fmt, equals, path = (part.strip() for part in item.partition("="))
+        if fmt not in FORMATS:
+            raise Invalid(f"{fmt!r} is not one of {', '.join(FORMATS)}")
+        if equals and not path:
+            raise Invalid(f"{item!r} names no file after '=': write {fmt}=PATH for a file, "
+                          f"{fmt} for stdout")
+        if path and source.base is not None and not Path(path).is_absolute():
+            path = str(source.base / path)
+        given = f"{flag} {item}" if flag else f"{source.where} {item!r}"
+        found.append(Report(fmt, path or None, given))
+    return tuple(found)
 
 
 def severity(value: Any, source: Source) -> Severity:
@@ -482,10 +512,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("config", "command", text,
             "Read [tool.biaslint] from this file [default: nearest pyproject.toml "
             "that has one].", flag="--config", python=("check_target",)),
-    Setting("fmt", "command", choice(FORMATS), "Output format [default: text].",
-            key="format", flag="--format", choices=FORMATS),
+    Setting("fmt", "command", reports,
+            "A report: FMT on stdout, FMT=PATH in a file; repeat for several reports from one "
+            "lint (at most one on stdout; the text report stays there unless another format "
+            f"takes it or text=PATH moves it). FMT: {', '.join(FORMATS)} [default: text].",
+            key="format", flag="--format", default=(), metavar="FMT[=PATH]", multiple=True),
     Setting("output", "command", text,
-            "Write the report to this file; the terminal still gets the summary.",
+            "Write the one report to this file (with one --format); the terminal still gets "
+            "the summary.",
             flag="--output"),
     Setting("baseline", "command", text,
             "Report and fail only on findings not recorded in this baseline file.",
