@@ -79,7 +79,8 @@ def test_full_table_is_read(tmp_path):
     assert config.targets[2]["class_priors"] == pytest.approx((0.9, 0.1))
     values = config.values
     assert values["select"] == ("BL00",) and values["ignore"] == ("BL004",)
-    assert values["fail_on"] is Severity.ERROR and values["fmt"] == "sarif"
+    assert values["fail_on"] is Severity.ERROR
+    assert [(r.fmt, r.path) for r in values["fmt"]] == [("sarif", None)]
     assert values["per_module_ignores"] == {"encoder.*": ("BL002",)}
     assert values["severity"] == {"BL002": Severity.WARNING}
 

@@ -20,7 +20,7 @@ from biaslint.findings import Finding, TargetResult
 
 
 def render(results: Sequence[TargetResult]) -> str:
-    lines = []
+    lines: list[str] = []
     for result in results:
         lines.extend(json.dumps(_entry(result.target, f)) for f in result.findings)
         lines.append(json.dumps(_target(result)))

@@ -112,9 +112,9 @@ def resolve(requested: Sequence[Report], output: str | None,
             raise ConfigError(f"--output {output} and {only.named} both name the file of the "
                               f"{only.fmt} report; give one")
         # The one-report form: the file, and the summary on the terminal.
-        files = (Report(only.fmt, os.path.abspath(output), f"--output {output}"),)
-        check_files(files, baseline)
-        return Reports(files, None)
+        one = (Report(only.fmt, os.path.abspath(output), f"--output {output}"),)
+        check_files(one, baseline)
+        return Reports(one, None)
     on_stdout = [r for r in requested if r.path is None]
     if len(on_stdout) > 1:
         raise ConfigError(" and ".join(r.named for r in on_stdout) + " would each print on "
