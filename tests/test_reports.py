@@ -7,6 +7,7 @@ schemas written from their published documentation, SARIF against the published 
 from __future__ import annotations
 
 import json
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -330,6 +331,24 @@ def test_json_lines_on_stdout_streams_each_target_then_its_summary(cli, tmp_path
         ("target", "good.py:build")]
     assert records[0]["code"] == "BL002" and records[2]["findings"] == 2
     assert records[3]["error"] is None and records[3]["coverage"]["total"] == 1
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs a pseudo-terminal")
+def test_json_lines_at_a_terminal_stay_whole_lines_above_the_live_display(tmp_path):
+    """On a terminal (CI unset) the records go out through the live display, which must neither
+    wrap nor style them: each line still parses."""
+    from pty_run import on_a_terminal
+
+    (tmp_path / "first.py").write_text(COUNTED)
+    (tmp_path / "second.py").write_text(COUNTED)
+    _, raw = on_a_terminal(["first.py:build", "second.py:build", "--format", "json-lines"],
+                           tmp_path, columns=80)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)
+    records = [json.loads(line) for line in re.split(r"[\r\n]+", text)
+               if line.startswith("{")]
+    assert sorted((r["type"], r["target"]) for r in records) == sorted(
+        [("finding", t) for t in ("first.py:build", "second.py:build")] * 2
+        + [("target", "first.py:build"), ("target", "second.py:build")])
 
 
 @pytest.mark.parametrize("args, words", [
