@@ -17,7 +17,7 @@ from biaslint.errors import BiaslintError, ConfigError
 from biaslint.findings import Severity
 
 if TYPE_CHECKING:
-    from biaslint.run.reports import Reports
+    from biaslint.run.reports import Report, Reports
 
 # The formats that show signal propagation (one more forward and backward per target): measured
 # when any of the run's reports is one of them.
@@ -42,8 +42,8 @@ class Outcome:
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during the lint, after the reports of ``reported`` of the ``total`` targets were
-    printed (the text report streams target by target; other formats print nothing before the
-    end)."""
+    printed (the text and json-lines reports on stdout stream target by target; the others
+    print nothing before the end)."""
 
     def __init__(self, reported: int, total: int) -> None:
         super().__init__(reported, total)
@@ -98,7 +98,7 @@ class Plan:
 
     configs: tuple[Any, ...]
     settings: Any
-    reports: tuple[Any, ...]
+    reports: tuple[Report, ...]
     workdir: str | None  # lint from the config's folder when the targets came from it
     config_file: str | None = None  # the pyproject.toml read, if any
 
