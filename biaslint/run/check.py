@@ -132,6 +132,13 @@ def run_check(options: CheckOptions) -> Outcome:
         if path and os.path.isdir(path):
             raise ConfigError(f"{flag} {_shown(path)} is a folder; give a file name")
     plan_ = plan(options)
+    if options.shard is not None:  # before --changed-since: the split is of every target
+        from biaslint.run.shard import shard_configs
+
+        plan_ = dataclasses.replace(plan_, configs=shard_configs(
+            plan_.configs, options.shard, options.shard_times, options.quiet))
+    elif options.shard_times is not None:
+        raise ConfigError("--shard-times goes with --shard K/N")
     from biaslint.rules import plugged
     from biaslint.run.schema import plugin_rules
 
