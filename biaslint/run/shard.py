@@ -85,12 +85,10 @@ def assign(targets: Sequence[str], count: int,
            seconds: Mapping[str, float] | None = None) -> list[int]:
     """The shard (1..``count``) of each of ``targets``: by their times where ``seconds`` knows
     any of them, else by rendezvous hashing (see the module's docstring)."""
-    known = [seconds[t] for t in targets if seconds and t in seconds]
-    if not known:
+    if not seconds or not any(t in seconds for t in targets):
         return [max(range(1, count + 1), key=lambda k: (stable_hash(t, str(k)), -k))
                 for t in targets]
-    fill = statistics.median(known)
-    weight = [seconds[t] if seconds and t in seconds else fill for t in targets]
+    weight = weights(targets, seconds)
     order = sorted(range(len(targets)),
                    key=lambda i: (-weight[i], stable_hash(targets[i]), targets[i], i))
     load = [0.0] * count
@@ -100,6 +98,14 @@ def assign(targets: Sequence[str], count: int,
         load[k] += weight[i]
         shards[i] = k + 1
     return shards
+
+
+def weights(targets: Sequence[str], seconds: Mapping[str, float]) -> list[float]:
+    """Each target's last known lint time; the median of the known ones for a target without
+    one (all 1.0 when none is known)."""
+    known = [seconds[t] for t in targets if t in seconds]
+    fill = statistics.median(known) if known else 1.0
+    return [seconds.get(t, fill) for t in targets]
 
 
 def digest(targets: Sequence[str], shards: Sequence[int]) -> str:
