@@ -280,7 +280,13 @@ BASELINE = {"version": 1, "tool": {"name": "biaslint", "version": "0.1.0"}, "fin
     {"target": "m:a", "code": "BL001", "module": "0", "parameter": "bias", "message": "x"}]}
 
 
+SARIF = {"version": "2.1.0", "runs": [{
+    "tool": {"driver": {"name": "biaslint", "version": "0.1.0", "rules": [{"id": "BL001"}]}},
+    "results": [{"ruleId": "BL001", "ruleIndex": 0, "properties": {"target": "m:a"}}]}]}
+
+
 @pytest.mark.parametrize("files, says", [
+    ({"a.sarif": SARIF, "b.sarif": SARIF}, "target m:a is in both a.sarif and b.sarif"),
     ({"a.json": _report("m:a"), "b.json": BASELINE},
      "b.json is a baseline but a.json is a JSON report: merge files of one kind at a time"),
     ({"a.json": _report("m:a"), "b.json": _report("m:b", version=2)},

@@ -111,17 +111,16 @@ def _no_overlap(owners: dict[str, str], path: str, targets: Sequence[str]) -> No
         owners[target] = path
 
 
-def _rest(documents: Sequence[tuple[str, Document]], merged: Document,
-          skip: Sequence[str]) -> Document:
+def _rest(documents: Sequence[tuple[str, Document]], merged: Document) -> Document:
     """The keys besides those merged already: kept when every input has the same value, lists
     joined, anything else refused (a key this biaslint does not know how to join)."""
-    keys = dict.fromkeys(k for _, d in documents for k in d if k not in skip and k not in merged)
+    keys = dict.fromkeys(k for _, d in documents for k in d if k not in merged)
     for key in keys:
         values = [d.get(key) for _, d in documents]
         if all(v == values[0] for v in values):
             merged[key] = values[0]
         elif all(isinstance(v, list) for v in values):
-            merged[key] = [item for v in values for item in v]
+            merged[key] = [item for v in values if isinstance(v, list) for item in v]
         else:
             raise ConfigError(f"the inputs differ in {key!r}, which biaslint merge cannot join "
                               f"({documents[0][0]} and {documents[1][0]})")
@@ -141,7 +140,7 @@ def merge_reports(documents: Sequence[tuple[str, Document]]) -> Document:
                                    if isinstance(r, dict)])
         results.extend(document["results"])
     merged["results"] = results
-    return _rest(documents, merged, ())
+    return _rest(documents, merged)
 
 
 def merge_baselines(documents: Sequence[tuple[str, Document]]) -> Document:
@@ -158,7 +157,7 @@ def merge_baselines(documents: Sequence[tuple[str, Document]]) -> Document:
     findings.sort(key=lambda e: tuple(str(e.get(k, "")) for k in
                                       ("target", "code", "module", "parameter")))
     merged["findings"] = findings
-    return _rest(documents, merged, ())
+    return _rest(documents, merged)
 
 
 def merge_caches(documents: Sequence[tuple[str, Document]]) -> Document:
@@ -206,8 +205,8 @@ def merge_sarif(documents: Sequence[tuple[str, Document]]) -> Document:
         invocations = run.get("invocations") or [{}]
         held = {t: v for inv in invocations
                 for t, v in ((inv.get("properties") or {}).get("targets") or {}).items()}
-        _no_overlap(owners, path, [*held, *(str((r.get("properties") or {}).get("target"))
-                                            for r in run.get("results", []))])
+        named = ((r.get("properties") or {}).get("target") for r in run.get("results", []))
+        _no_overlap(owners, path, [*held, *(t for t in named if isinstance(t, str))])
         targets.update(held)
         successful &= all(inv.get("executionSuccessful", True) for inv in invocations)
         notes.extend(n for inv in invocations for n in inv.get("toolExecutionNotifications", []))
@@ -224,11 +223,11 @@ def merge_sarif(documents: Sequence[tuple[str, Document]]) -> Document:
     invocation["properties"] = {**invocation.get("properties", {}), "targets": targets}
     run = {"tool": {**first["tool"], "driver": {**_driver(first), "rules": list(rules.values())}},
            "invocations": [invocation], "results": results}
-    run = _rest(runs, run, ("tool", "invocations", "results"))
+    run = _rest(runs, run)
     merged: Document = {"$schema": documents[0][1]["$schema"]} \
         if "$schema" in documents[0][1] else {}
     merged.update(version=version, runs=[run])
-    return _rest(documents, merged, ())
+    return _rest(documents, merged)
 
 
 def merge(paths: Sequence[str]) -> tuple[str, Document]:
