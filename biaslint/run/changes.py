@@ -324,7 +324,7 @@ class Tracking:
                 "recorded": stamp,
                 "files": self._relative(sources.files),
             }
-            seconds = lint_seconds(result.timings)
+            seconds = lint_seconds(getattr(result, "timings", None) or {})
             if seconds is not None:  # what --shard-times balances the shards by
                 entry["seconds"] = seconds
             self.entries[config.target] = self._written[config.target] = entry
