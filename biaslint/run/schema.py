@@ -523,9 +523,9 @@ SETTINGS: tuple[Setting, ...] = (
             "runner: a stable split that puts each target in exactly one part. biaslint "
             "merge joins the parts' reports.", flag="--shard", metavar="K/N"),
     Setting("shard_times", "command", text,
-            "With --shard: balance the parts by the lint times recorded in this source "
-            "cache file (.biaslint_cache/sources.json or the biaslint merge of several); "
-            "every runner must read the same file: commit it.",
+            "With --shard: balance the parts by the lint times recorded in this file "
+            "(biaslint merge -o FILE of the runs' .biaslint_cache/sources.json); every "
+            "runner must read the same file: commit it.",
             flag="--shard-times", metavar="FILE"),
     Setting("fix", "command", boolean,
             "Apply the safe fixes to your files (bias=False where a norm cancels the "

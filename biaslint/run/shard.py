@@ -21,9 +21,10 @@ Two ways to assign, and why both:
   new times, can move other targets between shards. That is harmless (each run's shards still
   hold every target exactly once), but a target's shard is then not fixed across runs.
 
-The times file is a ``--changed-since`` source cache (``.biaslint_cache/sources.json``, or the
-``biaslint merge`` of several runners' caches): each entry records the target's last lint time
-in seconds.
+The times file is a copy of ``--changed-since`` source caches (``biaslint merge`` of the
+runners' ``.biaslint_cache/sources.json``): each entry records the target's last lint time in
+seconds. The live cache itself is refused: each run rewrites it, so shards run one after
+another on one machine would read different times.
 """
 
 from __future__ import annotations
