@@ -44,6 +44,7 @@ def main() -> None:
     biaslint [options]                       lint the targets in [tool.biaslint]
     biaslint rules                           list the rules
     biaslint rule CODE                       show a rule's documentation
+    biaslint merge -o OUT FILE [FILE ...]    merge the reports of --shard runs
 
     TARGET is pkg.module:attr or path/to/file.py:attr, where attr is a function or class that
     builds an nn.Module (or returns (module, example_inputs)), or a module instance.
@@ -192,6 +193,26 @@ def _showing_rules(plugins: tuple[str, ...], config: str | None, show: Callable[
     except BiaslintError as exc:
         click.echo(f"biaslint: error: {exc}", err=True)
         sys.exit(EXIT_ERROR)
+
+
+@main.command("merge")
+@click.argument("files", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the merged file here [default: stdout].")
+@click.option("-q", "--quiet", is_flag=True, default=False, help="Say nothing on stderr.")
+def merge_command(files: tuple[str, ...], output: str | None, quiet: bool) -> None:
+    """Merge the files of several shards (--shard K/N) into one: JSON reports, SARIF logs,
+    baselines, or source caches (.biaslint_cache/sources.json, for --shard-times), all of
+    one kind. A target in two reports is refused: shards never overlap."""
+    from biaslint.run.merge import write_merged
+
+    try:
+        said = write_merged(files, output)
+    except BiaslintError as exc:
+        click.echo(f"biaslint: error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    if not quiet:
+        click.echo(f"biaslint: {said}", err=True)
 
 
 @main.command("rules")

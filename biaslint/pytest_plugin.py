@@ -8,6 +8,10 @@ rootdir, or the nearest one above it with a ``[tool.biaslint]`` table, and linte
 file's folder with each target's own settings (input shapes, class priors, ...), as the
 command line does.
 
+Under pytest-xdist (``pytest --biaslint -n 4``) every worker collects the same items in the same
+order (the targets as the file lists them) and lints those it is sent; the items share no state
+and write no file, so nothing needs the controller.
+
 Without ``--biaslint`` the plugin only adds the option: nothing of biaslint (and no torch) is
 imported. ``-p no:biaslint`` turns it off entirely.
 """

@@ -168,3 +168,20 @@ def test_plugin_import_does_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+@needs_entry_point
+def test_under_xdist_the_same_items_pass_and_fail(tmp_path):
+    """``pytest --biaslint -n 2``: every worker collects the same items in the same order (xdist
+    refuses otherwise), each target is linted by one worker, and the outcomes are those of the
+    run without ``-n``."""
+    pytest.importorskip("xdist")
+    project = _project(tmp_path)
+    alone = _pytest(project, "--biaslint", "-rA", "-p", "no:xdist")
+    spread = _pytest(project, "--biaslint", "-rA", "-p", "xdist", "-n", "2")
+    assert "2 workers [4 items]" in spread.stdout, spread.stdout + spread.stderr
+    assert _outcomes(alone.stdout) == _outcomes(spread.stdout), spread.stdout + spread.stderr
+    assert len(_outcomes(spread.stdout)) == 4  # the three targets and test_plain
+    assert spread.returncode == alone.returncode == 1
+    # A failure still shows the report, from the worker that linted it.
+    assert "BL001" in spread.stdout.split("= FAILURES =")[1]

@@ -15,6 +15,9 @@ folder). ``--changed-since REF`` then skips a target only when all of these hold
 
 Every other target is linted, and the run says, per target, why it was linted or skipped.
 
+Each entry also keeps the target's lint time (``seconds``), which ``--shard-times`` balances
+CI shards by (``biaslint.run.shard``).
+
 The files are recorded by ``biaslint.load.files``; this module keeps the cache and asks git.
 """
 
@@ -35,6 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from biaslint.errors import ConfigError
 from biaslint.load.files import CACHE_DIR
 from biaslint.run.libraries import distributions, version_of, versions
+from biaslint.run.shard import lint_seconds
 
 CACHE_FILE = "sources.json"
 CACHE_FORMAT = 1
@@ -320,6 +324,9 @@ class Tracking:
                 "recorded": stamp,
                 "files": self._relative(sources.files),
             }
+            seconds = lint_seconds(getattr(result, "timings", None) or {})
+            if seconds is not None:  # what --shard-times balances the shards by
+                entry["seconds"] = seconds
             self.entries[config.target] = self._written[config.target] = entry
             self._dropped.discard(config.target)
             changed = True

@@ -139,6 +139,13 @@ def run_check(options: CheckOptions) -> Outcome:
         if os.path.isdir(write_to):
             raise ConfigError(f"--write-baseline {_shown(write_to)} is a folder; give a file name")
     plan_ = plan(options)
+    if options.shard is not None:  # before --changed-since: the split is of every target
+        from biaslint.run.shard import shard_configs
+
+        plan_ = dataclasses.replace(plan_, configs=shard_configs(
+            plan_.configs, options.shard, options.shard_times, options.quiet))
+    elif options.shard_times is not None:
+        raise ConfigError("--shard-times goes with --shard K/N")
     from biaslint.run.reports import resolve
 
     # Each report's file is checked here too, before the work. A run that writes a baseline

@@ -440,6 +440,16 @@ def positive_int(value: Any, source: Source) -> int:
     return int(number)
 
 
+def shard(value: Any, source: Source) -> Any:
+    """``K/N``: the K-th of N shards (``biaslint.run.shard``)."""
+    from biaslint.run.shard import parse_shard
+
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+
+
 def positive_number(value: Any, source: Source) -> float:
     number = _number(value, float)
     if number is None or not number > 0 or not math.isfinite(number):
@@ -542,6 +552,15 @@ SETTINGS: tuple[Setting, ...] = (
             "forward ran, cached by earlier runs) differ from git REF; say which were "
             "skipped and why. Exit by the linted targets.",
             flag="--changed-since", metavar="REF"),
+    Setting("shard", "command", shard,
+            "Lint only the K-th of N parts of the targets (e.g. 2/3), one part per CI "
+            "runner: a stable split that puts each target in exactly one part. biaslint "
+            "merge joins the parts' reports.", flag="--shard", metavar="K/N"),
+    Setting("shard_times", "command", text,
+            "With --shard: balance the parts by the lint times recorded in this file "
+            "(biaslint merge -o FILE of the runs' .biaslint_cache/sources.json); every "
+            "runner must read the same file: commit it.",
+            flag="--shard-times", metavar="FILE"),
     Setting("fix", "command", boolean,
             "Apply the safe fixes to your files (bias=False where a norm cancels the "
             "bias), then lint again and report what remains.",
