@@ -290,7 +290,7 @@ def _ruff_on(folder, config: str) -> str:
     (folder / "pyproject.toml").write_text(config)
     (folder / "model.py").write_text("import torch.nn as nn\n\n"
                                      "layer = nn.Linear(2, 2)  # noqa: BL002\n")
-    # RUF100 (unused noqa) and RUF102 (invalid code; before ruff 0.9 RUF100 said "unknown")
+    # RUF102 (invalid code) and RUF100 (unused noqa: older ruff reported unknown codes there)
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache",
                            "--select", "RUF100,RUF102", "--output-format", "concise",
                            "model.py"], cwd=folder, capture_output=True, text=True, timeout=60)
