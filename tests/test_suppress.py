@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -9,6 +12,11 @@ import pytest
 from biaslint.engine.suppress import comments_in
 from biaslint.rules import REGISTRY
 from biaslint.settings import Settings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 # A registered rule other than BL002 and BL100, which finds nothing in these models.
 OTHER = next((r.code for r in sorted(REGISTRY, key=lambda r: r.code)
@@ -203,3 +211,101 @@ def test_no_bl100_on_a_layer_line_this_target_did_not_run(lint_source):
     # The comment on the init line is misplaced (said); the one on the branch not taken
     # is on a line that builds a layer when that branch runs (not said).
     assert lines == [10]
+
+
+# The noqa comment ruff and flake8 users already write: only its BL codes are biaslint's, and a
+# bare noqa (no codes) is not a biaslint suppression.
+
+def test_noqa_codes_suppress_like_the_own_comment(lint_source):
+    result = lint_source(model(c0="  # noqa: BL002", c2="  # noqa:E501,BL002"))
+    assert codes(result) == []
+    assert codes(result, "BL100") == []
+
+
+@pytest.mark.parametrize("comment", ["  # noqa", "  # NOQA", "  # noqa: E501", "  # noqa BL002",
+                                     "  # noqa: BLE001"])
+def test_noqa_without_a_bl_code_is_not_a_suppression(lint_source, comment):
+    # A bare noqa (or one with no colon: ruff reads it as bare) quiets ruff and flake8 on the
+    # line; BLE001 is flake8-blind-except's. Neither suppresses nor is reported as unused.
+    result = lint_source(model(c0=comment, c4=comment))
+    assert codes(result) == ["0", "2"]
+    assert codes(result, "BL100") == []
+
+
+def test_unused_noqa_code_is_reported_and_other_codes_kept(lint_source):
+    result = lint_source(model(c0="  # noqa: BL002", c4="  # noqa: E501, BL002"))
+    assert codes(result) == ["2"]
+    [meta] = [f for f in result.findings if f.code == "BL100"]
+    assert meta.location.line == 10 and meta.data == {"codes": ["BL002"], "form": "noqa"}
+    assert "BL002 in `# noqa: E501, BL002` suppresses nothing" in meta.message
+    assert "remove BL002 from it, keeping `# noqa: E501`" in meta.message
+
+
+def test_unused_noqa_with_only_bl_codes_is_removed_whole(lint_source):
+    result = lint_source(model(c4="  # noqa: BL002"))
+    [meta] = [f for f in result.findings if f.code == "BL100"]
+    assert meta.message.endswith("remove the comment"), meta.message
+
+
+def test_misplaced_noqa_code_is_reported(lint_source):
+    result = lint_source(model(cinit="  # noqa: BL002, E501"))
+    [meta] = [f for f in result.findings if f.code == "BL100"]
+    assert meta.location.line == 13 and "does not construct a layer" in meta.message
+    assert "move BL002" in meta.message and "keeping `# noqa: E501`" in meta.message
+    assert codes(result) == ["0", "2"]
+
+
+def test_unknown_bl_code_in_noqa_is_reported_other_tools_codes_are_not(lint_source):
+    result = lint_source(model(c0="  # noqa: E999, BL002, BL999"))
+    [meta] = [f for f in result.findings if f.code == "BL100"]
+    assert "BL999" in meta.message and "E999" not in meta.message.split("names")[1]
+    assert codes(result) == ["2"]
+
+
+def test_noqa_naming_bl100_vouches_for_the_comment(lint_source):
+    result = lint_source(model(c4="  # noqa: BL002, BL100"))
+    assert codes(result, "BL100") == []
+
+
+def test_noqa_forms_parsed_as_ruff_reads_them(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("a = 1  # NOQA:BL001,BL002\n"
+                    "b = 2  # noqa: E501 BL003 some words\n"
+                    "c = 3  # type: ignore  # noqa: BL004\n"
+                    "d = 4  # noqa: E501  # biaslint: ignore[BL005]\n"
+                    "# ruff: noqa: BL006\n"
+                    's = "# noqa: BL007"\n')
+    found = [(c.line, c.col, c.form, c.codes, c.noqa_codes) for c in comments_in(str(path))]
+    assert found == [
+        (1, 8, "noqa", ("BL001", "BL002"), ("BL001", "BL002")),
+        (2, 8, "noqa", ("BL003",), ("E501", "BL003")),
+        (3, 24, "noqa", ("BL004",), ("BL004",)),
+        (4, 22, "biaslint", ("BL005",), ()),
+    ]
+
+
+def _ruff_on(folder, config: str) -> str:
+    ruff = pytest.importorskip("ruff")
+    assert ruff
+    (folder / "pyproject.toml").write_text(config)
+    (folder / "model.py").write_text("import torch.nn as nn\n\n"
+                                     "layer = nn.Linear(2, 2)  # noqa: BL002\n")
+    # RUF102 (invalid code) and RUF100 (unused noqa: older ruff reported unknown codes there)
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache",
+                           "--select", "RUF100,RUF102", "--output-format", "concise",
+                           "model.py"], cwd=folder, capture_output=True, text=True, timeout=60)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.stdout
+
+
+def test_ruff_keeps_bl_codes_with_the_documented_external_setting(tmp_path):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    [documented] = [b for b in re.findall(r"```toml\n(.*?)```", readme, re.S)
+                    if "external" in b]
+    assert tomllib.loads(documented)["tool"]["ruff"]["lint"]["external"] == ["BL"]
+    without = _ruff_on(tmp_path, "[tool.ruff]\n")
+    assert "model.py:3:" in without and "BL002" in without, without
+    with_external = _ruff_on(tmp_path, documented)
+    assert "BL002" not in with_external and "model.py:3:" not in with_external, with_external

@@ -1,4 +1,10 @@
-"""Inline suppressions: ``# biaslint: ignore[BL001,BL002]`` or a bare ``# biaslint: ignore``.
+"""Inline suppressions: ``# biaslint: ignore[BL001,BL002]`` or a bare ``# biaslint: ignore``, and
+the BL codes of a ``# noqa: BL001, E501`` comment.
+
+``# noqa`` is the comment ruff and flake8 users already write. Only its BL codes are biaslint's
+(``E501`` stays the other tools' business), and a bare ``# noqa`` with no codes is not a biaslint
+suppression: it is written to quiet ruff or flake8 on that line, and it silencing every biaslint
+finding on a layer's line as well would surprise. BL100 never reports a bare ``# noqa`` either.
 
 A comment suppresses a finding when it sits on a line of the call that constructed the finding's
 layer (the recorded construction site; every line of a multi-line call counts) or on a line of the
@@ -35,6 +41,12 @@ META_NAME = "unused-suppression"
 # "# biaslint: ignore" or "# biaslint: ignore[BL001, BL002]", anywhere in a comment (so it can
 # follow another tool's pragma, e.g. "# noqa: E501  # biaslint: ignore[BL002]").
 _PATTERN = re.compile(r"#\s*biaslint\s*:\s*ignore\b(?:\s*\[([^\]]*)\])?", re.IGNORECASE)
+# ruff's noqa grammar (crates/ruff_linter/src/noqa.rs): "#", the word noqa in any case, then
+# optionally a colon and codes ([A-Z]+ then digits) separated by commas and/or spaces. Without the
+# colon ruff reads a bare noqa, and so does this. File-level exemptions (ruff: noqa) do not match.
+# (This comment avoids writing the directive itself: ruff would read it.)
+_NOQA = re.compile(r"#\s*(?i:noqa)(?::\s*([A-Z]+[0-9]+(?:[\s,]+[A-Z]+[0-9]+)*))?")
+_OWN_CODE = re.compile(r"BL[0-9]+")  # not BLE001 (flake8-blind-except)
 
 
 @dataclass(frozen=True)
@@ -43,9 +55,16 @@ class Suppression:
     line: int
     col: int  # 1-based column of the '#'
     codes: tuple[str, ...]  # () for a bare "ignore": every code
+    form: str = "biaslint"  # "biaslint" (biaslint: ignore[...]) or "noqa" (noqa: BL001)
+    noqa_codes: tuple[str, ...] = ()  # a noqa comment's codes as written, other tools' too
 
     def covers(self, code: str) -> bool:
         return not self.codes or code in self.codes
+
+    def noqa_without(self, codes: Iterable[str]) -> str:
+        """The noqa comment with ``codes`` taken out (the other tools' codes kept), or ""."""
+        rest = [c for c in self.noqa_codes if c not in set(codes)]
+        return f"# noqa: {', '.join(rest)}" if rest else ""
 
 
 @dataclass
@@ -61,22 +80,31 @@ def comments_in(path: str) -> tuple[Suppression, ...]:
 @lru_cache(maxsize=256)
 def _comments_in(path: str) -> tuple[Suppression, ...]:
     source = _read(path)
-    if source is None or "biaslint" not in source:
+    if source is None or ("biaslint" not in source and "noqa" not in source.lower()):
         return ()
-    found = []
+    found: list[Suppression] = []
     try:
         for token in tokenize.generate_tokens(io.StringIO(source).readline):
-            if token.type != tokenize.COMMENT:
-                continue
-            match = _PATTERN.search(token.string)
-            if match is None:
-                continue
-            codes = tuple(c.strip().upper() for c in (match.group(1) or "").split(",")
-                          if c.strip())
-            found.append(Suppression(path, token.start[0], token.start[1] + 1, codes))
+            if token.type == tokenize.COMMENT:
+                found.extend(_in_comment(path, token.start[0], token.start[1] + 1, token.string))
     except (tokenize.TokenError, SyntaxError, IndentationError):
         return ()
     return tuple(found)
+
+
+def _in_comment(path: str, line: int, col: int, text: str) -> Iterable[Suppression]:
+    """The suppressions one comment token holds: its ``# biaslint: ignore`` and its ``# noqa``
+    with BL codes (``# noqa: E501  # biaslint: ignore[BL002]`` holds one of each kind)."""
+    match = _PATTERN.search(text)
+    if match is not None:
+        codes = tuple(c.strip().upper() for c in (match.group(1) or "").split(",") if c.strip())
+        yield Suppression(path, line, col + match.start(), codes)
+    noqa = _NOQA.search(text)
+    if noqa is not None and noqa.group(1):
+        named = tuple(dict.fromkeys(re.split(r"[\s,]+", noqa.group(1).strip())))
+        own = tuple(c for c in named if _OWN_CODE.fullmatch(c))
+        if own:
+            yield Suppression(path, line, col + noqa.start(), own, form="noqa", noqa_codes=named)
 
 
 def _read(path: str) -> str | None:
@@ -167,8 +195,7 @@ def _unused(module_sites: Mapping[str, Location], usage: Mapping[Suppression, _U
                 # branch, another target's configuration). Nothing to say about it here.
                 continue
             elif _in_building_function(file, comment.line, touched[file]):
-                message = ("suppression comment is not on a line that constructs a layer, so it "
-                           "suppresses nothing: put it on the line that builds the layer")
+                message = _misplaced(comment)
             else:
                 continue
             if message:
@@ -176,8 +203,19 @@ def _unused(module_sites: Mapping[str, Location], usage: Mapping[Suppression, _U
                     code=META_CODE, name=META_NAME, severity=Severity.WARNING, module="",
                     module_type="comment", message=message,
                     location=Location(file=file, line=comment.line, col=comment.col),
-                    data={"codes": list(comment.codes)},
+                    data={"codes": list(comment.codes), "form": comment.form},
                 )
+
+
+def _misplaced(comment: Suppression) -> str:
+    if comment.form == "biaslint":
+        return ("suppression comment is not on a line that constructs a layer, so it "
+                "suppresses nothing: put it on the line that builds the layer")
+    codes = ", ".join(comment.codes)
+    rest = comment.noqa_without(comment.codes)
+    keep = f", keeping `{rest}` here" if rest else ""
+    return (f"{codes} in `# noqa: {', '.join(comment.noqa_codes)}` suppresses nothing: the line "
+            f"does not construct a layer; move {codes} to the line that builds it{keep}")
 
 
 def _may_construct(file: str, line: int) -> bool:
@@ -193,7 +231,8 @@ def _may_construct(file: str, line: int) -> bool:
 def _judge_attached(comment: Suppression, used: set[str], ran: set[str], every_rule_ran: bool,
                     unknown: list[str]) -> str | None:
     if unknown:
-        return (f"suppression names {', '.join(unknown)}, which "
+        form = "suppression" if comment.form == "biaslint" else "`# noqa` comment"
+        return (f"{form} names {', '.join(unknown)}, which "
                 f"{'is not a rule' if len(unknown) == 1 else 'are not rules'}: "
                 "biaslint rules lists the codes")
     if not comment.codes:
@@ -204,6 +243,11 @@ def _judge_attached(comment: Suppression, used: set[str], ran: set[str], every_r
     if not idle:
         return None  # used, or the unused codes did not run here: cannot tell
     what = ", ".join(idle)
+    if comment.form == "noqa":
+        rest = comment.noqa_without(idle)
+        remedy = f"remove {what} from it, keeping `{rest}`" if rest else "remove the comment"
+        return (f"{what} in `# noqa: {', '.join(comment.noqa_codes)}` suppresses nothing on "
+                f"this line: {remedy}")
     return (f"suppression of {what} suppresses nothing on this line: remove "
             f"{'it' if len(idle) == len(comment.codes) else what + ' from the comment'}")
 

@@ -1,4 +1,5 @@
-"""BL100: a ``# biaslint: ignore`` comment that suppresses nothing (the meta-rule).
+"""BL100: a ``# biaslint: ignore`` comment, or a BL code in a ``# noqa`` comment, that suppresses
+nothing (the meta-rule).
 
 The findings come from the engine's suppression pass (``biaslint.engine.suppress``), the only
 place that knows which comments were used; ``check`` yields nothing. Registering the rule gives
@@ -22,7 +23,8 @@ class UnusedSuppression(Rule):
     severity = Severity.WARNING
     summary = "A biaslint suppression comment that suppresses nothing"
     what_it_does = """\
-Reports `# biaslint: ignore[...]` comments that have no effect on the model being linted:
+Reports `# biaslint: ignore[...]` comments, and the BL codes of `# noqa: ...` comments, that
+have no effect on the model being linted:
 
 * the comment is on a line that constructs a layer, but none of the codes it names (all of
   them, for a bare `# biaslint: ignore`) found anything there; or it names a code that is not a
@@ -30,6 +32,11 @@ Reports `# biaslint: ignore[...]` comments that have no effect on the model bein
 * the comment is on another line of a function that built or initialized a layer, such as the
   `nn.init.zeros_(...)` line. Suppressions only work on the line (or any line of the call) that
   constructs the layer, which is where biaslint reports it.
+
+In a `# noqa` comment only the BL codes are biaslint's: the finding quotes the comment as the
+user wrote it and says to remove just the unused BL code, keeping the other tools' codes
+(`# noqa: E501, BL002` becomes `# noqa: E501`). A bare `# noqa` (no codes) belongs to ruff or
+flake8: it is not a biaslint suppression, and BL100 never reports it.
 
 A code is only judged when its rule ran (`--select` can leave it out), and BL100 itself is off
 when `--select` excludes it. Comments in functions that built nothing of this model are left
@@ -43,7 +50,8 @@ the code around it changes.
     fix_text = """\
 Remove the comment or the codes it names that suppress nothing, or move it to the line that
 constructs the layer. If one line builds layers for several models and the code is needed for
-only some of them, keep it and add `BL100` to the comment: `# biaslint: ignore[BL002, BL100]`.
+only some of them, keep it and add `BL100` to the comment: `# biaslint: ignore[BL002, BL100]`
+(or `# noqa: BL002, BL100`).
 """
     references = (
         "Ruff's RUF100 (unused-noqa), the model for this rule, "
