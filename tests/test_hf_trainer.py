@@ -352,3 +352,19 @@ def test_without_transformers_the_import_error_says_what_to_install():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ('biaslint.integrations.transformers needs transformers: pip '
                                    'install "biaslint[transformers]"')
+
+
+def test_the_readme_example_runs_as_it_says(tmp_path, monkeypatch, capsys):
+    import re
+    import runpy
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    [snippet] = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+                 if "biaslint.integrations.transformers" in b]
+    (tmp_path / "example.py").write_text(snippet, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(BiaslintWarning, match="BL001"):
+        runpy.run_path(str(tmp_path / "example.py"), run_name="__main__")
+    assert capsys.readouterr().out.splitlines()[-1] == "BL001"
+    assert "example.py:" in (tmp_path / "run" / "biaslint.txt").read_text(encoding="utf-8")
+    assert (tmp_path / "run" / "biaslint.html").exists()

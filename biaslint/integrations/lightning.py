@@ -17,6 +17,10 @@ itself: a tensor is the one input, of a tuple or list batch the first element is
 and a dict batch is passed as keyword inputs (``model(**batch)``). For any other batch, give
 ``inputs``.
 
+Where the trainer has a logger, the text report and the HTML page (with the signal-propagation
+plot) are written into its ``trainer.log_dir`` as ``biaslint.txt`` and ``biaslint.html``
+(``save_report=False`` turns that off), and a one-line summary goes to Lightning's log.
+
 Uses ``lightning.pytorch`` when installed, else ``pytorch_lightning``: the callback must come
 from the package your ``Trainer`` does. In a distributed run only global rank zero lints; with
 ``on_findings="fail"`` every rank stops.

@@ -35,11 +35,11 @@ zero's verdict is broadcast and every rank raises.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 try:
     from transformers import TrainerCallback
-    from transformers.utils import logging as hf_logging
 except ImportError:
     raise ImportError('biaslint.integrations.transformers needs transformers: pip install '
                       '"biaslint[transformers]"') from None
@@ -55,8 +55,10 @@ from biaslint.integrations.common import (
 
 __all__ = ["BiaslintCallback", "BiaslintFailure", "BiaslintWarning"]
 
-# Under the Trainer's own logger: its ``log_level`` and transformers' verbosity govern it.
-LOGGER = hf_logging.get_logger("transformers.trainer.biaslint")
+# A child of the Trainer's own logger (``transformers.utils.logging.get_logger`` gives the same
+# object): the Trainer's ``log_level`` and transformers' verbosity govern it, and transformers'
+# handler prints it.
+LOGGER = logging.getLogger("transformers.trainer.biaslint")
 
 
 class BiaslintCallback(LintingCallback, TrainerCallback):
