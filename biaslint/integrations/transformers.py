@@ -83,11 +83,6 @@ class BiaslintCallback(LintingCallback, TrainerCallback):
     forward and a backward) is measured only when the report is written, unless given.
     """
 
-    def __init__(self, on_findings: str = "fail",
-                 inputs: Callable[[Any], Any] | None = None, save_report: bool = True,
-                 **settings: Any) -> None:
-        super().__init__(on_findings, inputs, save_report, **settings)
-
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
                        optimizer: Any = None, train_dataloader: Any = None,
                        **kwargs: Any) -> None:
