@@ -3,6 +3,7 @@ keeps the report, and leaves training exactly as it would have been without it."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -130,16 +131,61 @@ def test_training_is_unchanged_by_the_callback():
         return model, torch.get_rng_state()
 
     plain, plain_rng = run([])
-    callback = BiaslintCallback(on_findings="warn", select="BL001")
+    callback = BiaslintCallback(on_findings="warn", select="BL001", signal=True)
     with pytest.warns(BiaslintWarning):
         linted, linted_rng = run([callback])
     assert callback.report.findings  # it did lint (and ran a forward) on the first batch
+    assert callback.report.signal is not None  # and a forward and a backward for the plot
     assert len(plain.losses) == 2 and linted.losses == plain.losses
     assert plain.all_training == linted.all_training == [True, True]
     for (name, expected), (_, actual) in zip(plain.state_dict().items(),
                                              linted.state_dict().items()):
         assert torch.equal(expected, actual), name  # parameters and BatchNorm running stats
     assert torch.equal(plain_rng, linted_rng)  # the lint drew none of training's numbers
+
+
+def test_the_report_goes_to_the_loggers_folder_and_log_mode_logs_it(tmp_path):
+    import logging
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from biaslint.integrations.lightning import LOGGER
+
+    class Kept(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    callback = BiaslintCallback(on_findings="log")
+    kept = Kept()
+    LOGGER.addHandler(kept)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", BiaslintWarning)
+            trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=1,
+                                 logger=CSVLogger(tmp_path), enable_checkpointing=False,
+                                 enable_progress_bar=False, enable_model_summary=False,
+                                 callbacks=[callback])
+            trainer.fit(_model(conv_bias=True), _data())
+    finally:
+        LOGGER.removeHandler(kept)
+    assert trainer.global_step == 1  # "log" trains on
+    folder = trainer.log_dir
+    assert folder is not None and folder.startswith(str(tmp_path))
+    text, page = (os.path.join(folder, name) for name in ("biaslint.txt", "biaslint.html"))
+    assert callback.report_files == [text, page]
+    with open(text, encoding="utf-8") as handle:
+        assert handle.read() == str(callback.report)
+    with open(page, encoding="utf-8") as handle:
+        assert handle.read() == callback.report.to_html()
+    assert callback.report.signal is not None  # measured for the page's plot
+    assert [r.levelno for r in kept.records] == [logging.INFO, logging.WARNING]
+    assert kept.records[0].getMessage() == (
+        f"biaslint: Net: not clean (BL001 x1); report: {text}, {page}")
+    assert str(callback.report).rstrip("\n") in kept.records[1].getMessage()
 
 
 def test_lints_once_per_fit():

@@ -17,6 +17,10 @@ itself: a tensor is the one input, of a tuple or list batch the first element is
 and a dict batch is passed as keyword inputs (``model(**batch)``). For any other batch, give
 ``inputs``.
 
+Where the trainer has a logger, the text report and the HTML page (with the signal-propagation
+plot) are written into its ``trainer.log_dir`` as ``biaslint.txt`` and ``biaslint.html``
+(``save_report=False`` turns that off), and a one-line summary goes to Lightning's log.
+
 Uses ``lightning.pytorch`` when installed, else ``pytorch_lightning``: the callback must come
 from the package your ``Trainer`` does. In a distributed run only global rank zero lints; with
 ``on_findings="fail"`` every rank stops.
@@ -24,7 +28,7 @@ from the package your ``Trainer`` does. In a distributed run only global rank ze
 
 from __future__ import annotations
 
-import warnings
+import logging
 from typing import Any, Callable
 
 try:
@@ -36,63 +40,46 @@ except ImportError:  # pragma: no cover - exercised where only pytorch_lightning
         raise ImportError('biaslint.integrations.lightning needs Lightning: pip install '
                           '"biaslint[lightning]"') from None
 
-from biaslint.errors import ConfigError
+from biaslint.integrations.common import (
+    BiaslintFailure,
+    BiaslintWarning,
+    LintingCallback,
+)
 
 __all__ = ["BiaslintCallback", "BiaslintFailure", "BiaslintWarning"]
 
-ON_FINDINGS = ("fail", "warn")
+LOGGER = logging.getLogger(f"{pl.__name__}.callbacks.biaslint")
 
 
-class BiaslintFailure(RuntimeError):
-    """Raised by ``BiaslintCallback(on_findings="fail")``: the message is the text report;
-    ``report`` is the ``biaslint.Report`` (None on the ranks that did not lint)."""
-
-    def __init__(self, message: str, report: Any = None) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-class BiaslintWarning(UserWarning):
-    """Issued by ``BiaslintCallback(on_findings="warn")``: the message is the text report."""
-
-
-class BiaslintCallback(pl.Callback):
+class BiaslintCallback(LintingCallback, pl.Callback):
     """Lint the ``LightningModule`` on the first training batch of each fit.
 
     ``on_findings``: "fail" (default) raises ``BiaslintFailure`` and so stops ``fit``; "warn"
-    issues a ``BiaslintWarning`` and training goes on. Either way the ``Report`` is kept on
-    ``callback.report``. "Findings" means what makes ``report.ok`` false: a finding at or above
-    ``fail_on``, something the selected rules could not judge (unless
-    ``allow_incomplete=True``), or an error (the forward failed on the inputs).
+    issues a ``BiaslintWarning`` and training goes on; "log" writes the report to Lightning's
+    logger (``lightning.pytorch.callbacks.biaslint``, level WARNING) and training goes on.
+    Either way the ``Report`` is kept on ``callback.report``. "Findings" means what makes
+    ``report.ok`` false: a finding at or above ``fail_on``, something the selected rules could
+    not judge (unless ``allow_incomplete=True``), or an error (the forward failed on the
+    inputs).
+
+    ``save_report`` (default True): where the trainer has a logger, write ``biaslint.txt``
+    and ``biaslint.html`` (with the signal-propagation plot) into its ``trainer.log_dir``;
+    their paths are on ``callback.report_files``. A one-line summary goes to the log.
 
     ``inputs``: a callable ``batch -> example inputs`` (see the module's docstring for the
     default). Other settings go to ``biaslint.check``: ``select``, ``ignore``, ``fail_on``,
     ``allow_incomplete``, ``class_priors``, ``head``, ``target_mean``, ``severity``,
-    ``rule_options``, ``per_module_ignores``, ``name``; ``signal`` is False by default (the
-    curves cost a forward and a backward and decide nothing).
+    ``rule_options``, ``per_module_ignores``, ``name``; ``signal`` (the plot's curves, a
+    forward and a backward) is measured only when the report is written, unless given.
     """
 
     def __init__(self, on_findings: str = "fail",
-                 inputs: Callable[[Any], Any] | None = None, **settings: Any) -> None:
-        from biaslint.run.schema import python_keys
-
-        known = (*python_keys("check"), "name")
-        if on_findings not in ON_FINDINGS:
-            raise ConfigError(f"BiaslintCallback: on_findings={on_findings!r}; give "
-                              f"{' or '.join(repr(o) for o in ON_FINDINGS)}")
-        if inputs is not None and not callable(inputs):
-            raise ConfigError("BiaslintCallback: inputs must be a callable batch -> example "
-                              f"inputs, not {type(inputs).__name__}")
-        unknown = sorted(set(settings) - set(known))
-        if unknown:
-            raise ConfigError(f"BiaslintCallback: unknown setting(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(known)}")
-        self.on_findings = on_findings
-        self.inputs = inputs
-        self.settings = {"signal": False, **settings}
-        self.report: Any = None
+                 inputs: Callable[[Any], Any] | None = None, save_report: bool = True,
+                 **settings: Any) -> None:
+        super().__init__(on_findings, inputs, save_report, **settings)
         self._pending = True
         self._trainer: Any = None
+        self._folder: str | None = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self._pending = True
@@ -102,83 +89,17 @@ class BiaslintCallback(pl.Callback):
         if not self._pending:
             return
         self._pending = False
-        failed = False
-        text = ""
-        error: BaseException | None = None
-        if trainer.is_global_zero:
-            try:
-                self._trainer = trainer  # its optimizers, for the lint
-                self.report = self.lint(pl_module, batch)
-            except Exception as exc:  # raised below, once every rank stops
-                error, failed = exc, True
-            if error is None and not self.report.ok:
-                text = str(self.report).rstrip("\n")
-                if self.on_findings == "warn":
-                    warnings.warn(BiaslintWarning(f"biaslint: {_name(pl_module)} is not clean "
-                                                  f"(training goes on):\n{text}"), stacklevel=2)
-                else:
-                    failed = True
-        if trainer.world_size > 1:
-            failed = trainer.strategy.broadcast(failed, src=0)
-        if error is not None:
-            raise error
-        if failed:
-            if not trainer.is_global_zero:
-                text = "biaslint found problems in the model: see the report of global rank 0"
-            raise BiaslintFailure(
-                f"biaslint: {_name(pl_module)} is not clean, training stopped "
-                f"(BiaslintCallback(on_findings=\"warn\") trains anyway):\n{text}", self.report)
+        self._trainer = trainer  # its optimizers, for the lint
+        # log_dir broadcasts from rank zero, so every rank asks for it, here
+        self._folder = trainer.log_dir if trainer.loggers and self.save_report else None
+        broadcast = trainer.strategy.broadcast if trainer.world_size > 1 else None
+        self.lint_on_rank_zero(trainer.is_global_zero, lambda: self.lint(pl_module, batch),
+                               type(pl_module).__name__, self._folder, LOGGER, broadcast)
 
     def lint(self, pl_module: Any, batch: Any) -> Any:
         """The report on ``pl_module`` with the example inputs taken from ``batch``, and the
         trainer's optimizers (BL011 reads their parameter groups)."""
-        import torch
+        optimizers = list(getattr(self._trainer, "optimizers", None) or [])
+        return self.lint_model(pl_module, lambda: self.example_inputs(pl_module, batch),
+                               optimizers, self._folder)
 
-        from biaslint.api import check
-
-        inputs = self.example_inputs(pl_module, batch)
-        cuda = torch.cuda.get_rng_state_all() \
-            if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-        try:
-            optimizers = list(getattr(self._trainer, "optimizers", None) or [])
-            return check(pl_module, inputs, optimizer=optimizers or None, **self.settings)
-        finally:
-            if cuda is not None:  # check() restores the CPU generators; training may be on GPU
-                torch.cuda.set_rng_state_all(cuda)
-
-    def example_inputs(self, pl_module: Any, batch: Any) -> Any:
-        import torch
-
-        if self.inputs is not None:
-            return self.inputs(batch)
-        example = getattr(pl_module, "example_input_array", None)
-        if example is not None:
-            return _to_device(example, pl_module.device)
-        if isinstance(batch, torch.Tensor):
-            return batch
-        if isinstance(batch, (tuple, list)) and batch:
-            return batch[0]
-        if isinstance(batch, dict) and batch and all(isinstance(k, str) for k in batch):
-            return dict(batch)
-        raise ConfigError(
-            f"BiaslintCallback: cannot tell {_name(pl_module)}'s inputs from a batch of type "
-            f"{type(batch).__name__}: give inputs=lambda batch: ... (a tensor, a tuple of "
-            "positional inputs or a dict of keyword inputs), or set example_input_array")
-
-
-def _name(pl_module: Any) -> str:
-    return type(pl_module).__name__
-
-
-def _to_device(value: Any, device: Any) -> Any:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, tuple):
-        return tuple(_to_device(v, device) for v in value)
-    if isinstance(value, list):
-        return [_to_device(v, device) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value
