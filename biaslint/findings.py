@@ -43,6 +43,23 @@ class Location:
         return {"file": self.file, "line": self.line, "col": self.col,
                 "end_line": self.end_line or self.line}
 
+    @property
+    def shown(self) -> str:
+        """``file:line`` as messages quote it, a file of an installed package in short form."""
+        return f"{short_path(self.file)}:{self.line}"
+
+
+def short_path(path: str) -> str:
+    """A file of an installed package from its package folder on
+    (``transformers/models/llama/modeling_llama.py``); any other path as it is."""
+    parts = path.replace("\\", "/").split("/")
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            rest = parts[len(parts) - parts[::-1].index(marker):]
+            if rest:
+                return "/".join(rest)
+    return path
+
 
 @dataclass(frozen=True)
 class BuildFrame:
@@ -100,6 +117,8 @@ class ConfigScale:
     ignores: tuple["FixedDraw", ...] = ()
     unknown: tuple[tuple[str, str], ...] = ()  # (parameter, why)
     error: str = ""  # why nothing was compared, as a reason a layer is not judged
+    # attribute -> the line of the project's code that set it in the second build
+    set_at: tuple[tuple[str, Location], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,6 +216,28 @@ class Fix:
 
 
 @dataclass(frozen=True)
+class Cause:
+    """What several findings can share, so a report says it once (``engine.causes``).
+
+    ``kind``: "config" (an init drew from a value the model's config holds: ``key`` names the
+    config class, attribute and value), "init" (the same init call with the same arguments) or
+    "line" (the same constructor line). ``text`` says it; ``location`` is where to change it
+    (the user's line that set the config value, the init call, the constructor); ``fix`` is the
+    one fix for every finding of the cause ("" when each keeps its own)."""
+
+    kind: str
+    key: str
+    text: str
+    location: Location | None = None
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "key": self.key, "text": self.text,
+                "location": self.location.as_dict() if self.location else None,
+                "fix": self.fix or None}
+
+
+@dataclass(frozen=True)
 class Finding:
     code: str
     name: str
@@ -208,6 +249,8 @@ class Finding:
     fix: Fix | None = None
     parameter: str = ""
     data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # What it shares with other findings of the rule (``engine.causes``), for grouping.
+    cause: Cause | None = field(default=None, compare=False, hash=False)
 
     def as_dict(self) -> dict[str, Any]:
         loc = self.location
@@ -229,6 +272,7 @@ class Finding:
                     **({"manual": self.fix.manual} if self.fix.manual else {})}
             if self.fix else None,
             "data": self.data,
+            "cause": self.cause.as_dict() if self.cause else None,
         }
 
 

@@ -52,6 +52,7 @@ def post_process(findings: Iterable[Finding], settings: Settings, loaded: Loaded
     not in ``ran``: its suppressions suppressed nothing because it found nothing, and BL100
     must not call them unused.
     """
+    from biaslint.engine.causes import with_causes
     from biaslint.engine.suppress import apply_suppressions, with_severity
     from biaslint.fix.plan import with_edits
     from biaslint.rules import all_rules
@@ -66,7 +67,7 @@ def post_process(findings: Iterable[Finding], settings: Settings, loaded: Loaded
                       getattr(loaded, "module_chains", None))
     kept.sort(key=lambda f: (f.location.file if f.location else "",
                              f.location.line if f.location else 0, f.code, f.module))
-    return kept
+    return with_causes(kept, loaded)
 
 
 def _ignored_for_module(finding: Finding, settings: Settings) -> bool:

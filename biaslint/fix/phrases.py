@@ -69,5 +69,5 @@ def user_call(call: InitCall | None) -> InitCall | None:
 def set_by(call: InitCall, detail: str = "") -> str:
     """What set a parameter and where, as messages quote it: ``nn.init.zeros_ at model.py:12``
     (``detail`` goes between the call and the place)."""
-    where = f" at {call.location.file}:{call.location.line}" if call.location else ""
+    where = f" at {call.location.shown}" if call.location else ""
     return f"{call.describe()}{detail}{where}"

@@ -11,7 +11,7 @@ import sys
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -66,6 +66,17 @@ class LoadedTarget:
     # The differential build (``load.differential``, BL017): which drawn parameters follow the
     # config's init scale. None when it was not asked for (``load_target(compare_config=)``).
     config_scale: ConfigScale | None = None
+    # The same, built when first asked (what the findings' causes read: whether a drawn
+    # weight follows a config value); None where the target cannot be built again.
+    compare_later: Callable[[], ConfigScale] | None = field(default=None, compare=False,
+                                                             repr=False)
+
+    def config_compared(self) -> ConfigScale | None:
+        """The differential build: the one the lint asked for, else built now (once)."""
+        if self.config_scale is None and self.compare_later is not None:
+            self.config_scale = self.compare_later()
+            self.compare_later = None
+        return self.config_scale
 
 
 def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
@@ -131,6 +142,10 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
                         "calls (their laws), not measured")
     scale = compared(spec.text, obj, input_shapes, model, laws, record) \
         if compare_config else None
+
+    def later() -> ConfigScale:
+        return compared(spec.text, obj, input_shapes, model, laws, record)
+
     return LoadedTarget(
         name=spec.text,
         model=model,
@@ -146,6 +161,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         reset_on_meta=tuple(reset),
         lost_inits=tuple(lost_inits(model, record)),
         config_scale=scale,
+        compare_later=None if compare_config else later,
     )
 
 

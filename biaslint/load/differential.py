@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Callable, Iterator, Mapping
 
 import torch.nn as nn
 
-from biaslint.findings import ConfigScale, FixedDraw
+from biaslint.findings import ConfigScale, FixedDraw, Location
 from biaslint.laws import Law, Piece
+from biaslint.load.files import is_project_file
+from biaslint.load.sites import frame_location
 
 # Each init-scale attribute is read as this many times its value in the second build.
 FACTOR = 10.0
@@ -120,6 +123,48 @@ def scaled_reads(classes: list[type], names: frozenset[str], factor: float) -> I
                 delattr(cls, "__getattribute__")
             else:
                 setattr(cls, "__getattribute__", own)  # put back as it was
+
+
+@contextmanager
+def recorded_sets(classes: list[type], names: frozenset[str]
+                  ) -> Iterator[dict[str, Location]]:
+    """While active, each assignment of one of ``names`` on an instance of ``classes`` (or of a
+    subclass) notes the line of the project's code that led to it: ``LlamaConfig(...,
+    initializer_range=1.0)`` or ``config.initializer_range = 1.0``. Yields attribute -> line
+    (the last assignment wins)."""
+    ordered = sorted({c for c in classes if c.__module__ != "builtins"},
+                     key=lambda c: -len(c.__mro__))
+    lines: dict[str, Location] = {}
+    saved: list[tuple[type, Any]] = []
+    try:
+        for cls in ordered:
+            original: Callable[[Any, str, Any], None] = getattr(cls, "__setattr__")
+            saved.append((cls, cls.__dict__.get("__setattr__")))
+            setattr(cls, "__setattr__", _noting(original, names, lines))
+        yield lines
+    finally:
+        for cls, own in reversed(saved):
+            if own is None:
+                delattr(cls, "__setattr__")
+            else:
+                setattr(cls, "__setattr__", own)
+
+
+def _noting(original: Callable[[Any, str, Any], None], names: frozenset[str],
+            lines: dict[str, Location]) -> Callable[[Any, str, Any], None]:
+    def __setattr__(self: Any, key: str, value: Any) -> None:
+        original(self, key, value)
+        if key in names:
+            # Past the config's own methods (its ``__init__`` assigning what it was given) to
+            # the line that gave the value: ``Config(init_std=1.0)``.
+            frame = sys._getframe(1)
+            while frame is not None and (not is_project_file(frame.f_code.co_filename)
+                                         or frame.f_locals.get("self") is self):
+                frame = frame.f_back  # type: ignore[assignment]
+            if frame is not None:
+                lines[key] = frame_location(frame)
+
+    return __setattr__
 
 
 def _patchable(cls: type) -> bool:
@@ -307,13 +352,15 @@ def config_scale(model: nn.Module, base: Laws | None, build_on_meta: Callable[[]
     try:
         if base is None:
             base = build_on_meta()
-        with scaled_reads(classes, frozenset(attributes), FACTOR):
+        with scaled_reads(classes, frozenset(attributes), FACTOR), \
+                recorded_sets(classes, frozenset(attributes)) as lines:
             scaled = build_on_meta()
     except Exception as exc:  # noqa: BLE001  the user's build: its error is the reason
         what = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         return ConfigScale(attributes=tuple(attributes.items()), factor=FACTOR,
                            error=f"building it again with the config changed failed ({what})")
-    return compare(base, scaled, attributes, writers=writers, model=model)
+    found = compare(base, scaled, attributes, writers=writers, model=model)
+    return replace(found, set_at=tuple(sorted(lines.items())))
 
 
 def given_built(model: nn.Module) -> ConfigScale:

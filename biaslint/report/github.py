@@ -1,4 +1,5 @@
-"""``--format github``: GitHub Actions workflow commands, one annotation per finding.
+"""``--format github``: GitHub Actions workflow commands, one annotation per finding, or per
+group of findings with one cause (``report.groups``), at the cause's place.
 
 ``::error file=F,line=L,endLine=E,col=C,title=T::MESSAGE`` (``::warning`` for warnings,
 ``::notice`` for info). GitHub requires escaping: in the message ``%``, CR and LF become
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from biaslint.findings import Finding, Severity, TargetResult
+from biaslint.findings import Severity, TargetResult
+from biaslint.report.groups import Group, groups_of, short_layers
 
 _COMMAND = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
@@ -29,14 +31,16 @@ def render(results: Sequence[TargetResult]) -> str:
         if result.error:
             lines.append(_command("error", {"title": f"biaslint: {result.target}"},
                                   f"{result.target}: {result.error}"))
-        for finding in result.findings:
-            lines.append(_annotation(result.target, finding))
+        for group in groups_of(result.findings):
+            lines.append(_annotation(result.target, group))
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def _annotation(target: str, finding: Finding) -> str:
+def _annotation(target: str, group: Group) -> str:
+    """One annotation per group of findings with one cause, at the cause's place."""
+    finding = group.first
     props: dict[str, str] = {}
-    loc = finding.location
+    loc = group.location
     if loc is not None:
         props["file"] = loc.file.replace("\\", "/")
         props["line"] = str(loc.line)
@@ -44,13 +48,17 @@ def _annotation(target: str, finding: Finding) -> str:
             props["endLine"] = str(loc.end_line)
         if loc.col:
             props["col"] = str(loc.col)
-    props["title"] = f"{finding.code} {finding.name}"
-    module = finding.module or "<root>"
-    message = f"{finding.message}\n{target}: {module} ({finding.module_type})"
-    if finding.fix is not None:
-        fix = finding.fix.title + (f": {finding.fix.code}" if finding.fix.code else "")
+    props["title"] = f"{finding.code} {finding.name}" + \
+        ("" if group.single else f" ({len(group.members)} layers)")
+    if group.single:
+        where = f"{finding.module or '<root>'} ({finding.module_type})"
+    else:
+        where = f"{short_layers(group.layers)} ({finding.module_type})"
+    message = f"{group.headline()}\n{target}: {where}"
+    fix = group.fix_text()
+    if fix:
         message += f"\nfix: {fix}"
-    return _command(_COMMAND[finding.severity], props, message)
+    return _command(_COMMAND[group.severity], props, message)
 
 
 def _command(kind: str, props: dict[str, str], message: str) -> str:

@@ -2,7 +2,9 @@
 Quality report format": ``description``, ``check_name``, ``fingerprint``, ``severity``,
 ``location.path``, ``location.lines.begin``), for ``artifacts: reports: codequality``.
 
-The fingerprint is the baseline's (target, code, layer, parameter; no line, no message), so
+Findings of one rule with one cause are one issue (``report.groups``), at the cause's place.
+The fingerprint is the baseline's for a single finding (target, code, layer, parameter; no
+line, no message), the cause's without lines for a group, so
 GitLab tracks a finding across edits; GitLab keeps one issue per fingerprint, so a second
 finding with the same one gets its own, derived from the first and its rank. A target that
 could not be linted is one issue (``check_name`` ``biaslint/target-error``) filed under what
@@ -15,9 +17,10 @@ import hashlib
 import json
 from typing import Any, Sequence
 
-from biaslint.findings import Finding, Severity, TargetResult
-from biaslint.report.paths import place
-from biaslint.report.sarif import fingerprint
+from biaslint.findings import Severity, TargetResult
+from biaslint.report.groups import Group, groups_of, short_layers
+from biaslint.report.paths import place, place_at
+from biaslint.report.sarif import group_fingerprint
 
 # GitLab's scale is info, minor, major, critical, blocker. Our error (a mistake that costs the
 # training) is major; a target biaslint could not lint at all is critical (nothing was
@@ -31,22 +34,25 @@ def render(results: Sequence[TargetResult]) -> str:
     for result in results:
         if result.error:
             issues.append(_error(result))
-        issues.extend(_entry(result.target, finding) for finding in result.findings)
+        issues.extend(_entry(result.target, group) for group in groups_of(result.findings))
     return json.dumps(_unique(issues), indent=2)
 
 
-def _entry(target: str, finding: Finding) -> dict[str, Any]:
-    path, line = place(target, finding)
+def _entry(target: str, group: Group) -> dict[str, Any]:
+    """One issue per finding, or per group of findings with one cause (``report.groups``)."""
+    loc = group.location
+    path, line = place_at(target, loc)
     lines = {"begin": line}
-    loc = finding.location
     if loc is not None and loc.end_line and loc.end_line > loc.line:
         lines["end"] = loc.end_line
-    description = f"{finding.code} {finding.message}"
-    if finding.fix is not None:
-        description += f". Fix: {finding.fix.title}" + (f": {finding.fix.code}"
-                                                        if finding.fix.code else "")
-    return {"description": description, "check_name": finding.code,
-            "fingerprint": fingerprint(target, finding), "severity": SEVERITY[finding.severity],
+    description = f"{group.code} {group.headline()}"
+    if not group.single:
+        description += f". Layers ({len(group.members)}): {short_layers(group.layers)}"
+    fix = group.fix_text()
+    if fix:
+        description += f". Fix: {fix}"
+    return {"description": description, "check_name": group.code,
+            "fingerprint": group_fingerprint(target, group), "severity": SEVERITY[group.severity],
             "location": {"path": path, "lines": lines}}
 
 

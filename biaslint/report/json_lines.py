@@ -6,7 +6,7 @@ Two kinds of record, each with ``"type"``:
 * ``"finding"``: one per finding, the ``--format json`` finding object plus ``target``;
 * ``"target"``: one per target, after its findings: ``target``, ``findings`` (the count),
   ``error`` (null, or why it was not linted), ``coverage``, ``incomplete``, ``rules`` and
-  ``notes`` as in ``--format json``.
+  ``notes`` and ``groups`` (findings with one cause) as in ``--format json``.
 
 A target's lines do not depend on the other targets, so shards' files concatenate.
 """
@@ -17,6 +17,7 @@ import json
 from typing import Any, Sequence
 
 from biaslint.findings import Finding, TargetResult
+from biaslint.report.json import groups
 
 
 def render(results: Sequence[TargetResult]) -> str:
@@ -35,4 +36,4 @@ def _target(result: TargetResult) -> dict[str, Any]:
     full = result.as_dict()
     return {"type": "target", "target": result.target, "findings": len(result.findings),
             "error": result.error, "coverage": full["coverage"], "incomplete": full["incomplete"],
-            "rules": full["rules"], "notes": full["notes"]}
+            "rules": full["rules"], "notes": full["notes"], "groups": groups(result)}

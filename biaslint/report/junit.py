@@ -24,6 +24,8 @@ import xml.etree.ElementTree as ET
 from typing import Sequence
 
 from biaslint.findings import Finding, RuleScope, TargetResult
+from biaslint.report.groups import Group, groups_of, short_layers
+from biaslint.report.groups import where as group_where
 
 # Characters XML 1.0 cannot hold (a message quoting a model's output could carry one).
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -68,21 +70,25 @@ def _rule_case(suite: ET.Element, result: TargetResult, code: str,
     if findings:
         count = f"{len(findings)} finding{'s' if len(findings) != 1 else ''}"
         _outcome(case, "failure", count,
-                 "\n".join([*(_entry(result.target, f) for f in findings), *unjudged]), code)
+                 "\n".join([*(_entry(result.target, g) for g in groups_of(findings)),
+                            *unjudged]), code)
     elif scope is not None and unjudged:
         _outcome(case, "skipped", f"judged {scope.judged} of {scope.total} layers",
                  "\n".join(unjudged))
 
 
-def _entry(target: str, finding: Finding) -> str:
-    """A finding as one line of a failure's body: where, what, and the fix."""
-    loc = finding.location
-    where = f"{loc.file}:{loc.line}:{loc.col}" if loc else target
-    line = (f"{where}: {finding.code} [{finding.severity}] {finding.message} "
-            f"({finding.module or '<root>'}: {finding.module_type})")
-    if finding.fix is not None:
-        line += f"; fix: {finding.fix.title}" + (f": {finding.fix.code}" if finding.fix.code
-                                                 else "")
+def _entry(target: str, group: Group) -> str:
+    """A finding, or a group of findings with one cause (``report.groups``), as one line of a
+    failure's body: where, what, and the fix."""
+    finding = group.first
+    where = group_where(group.location) if group.location else target
+    layers = f"{finding.module or '<root>'}" if group.single else \
+        f"{len(group.members)} layers: {short_layers(group.layers)}"
+    line = (f"{where}: {finding.code} [{group.severity}] {group.headline()} "
+            f"({layers}: {finding.module_type})")
+    fix = group.fix_text()
+    if fix:
+        line += f"; fix: {fix}"
     return line
 
 

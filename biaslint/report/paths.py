@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 
-from biaslint.findings import Finding
+from biaslint.findings import Finding, Location, short_path
 
 
 def relative(file: str) -> str:
     """``file`` relative to the current directory when inside it (an absolute path elsewhere,
-    site-packages for one, stays absolute), with forward slashes."""
+    an installed package's from its package folder on), with forward slashes."""
+    if short_path(file) != file:
+        return short_path(file)
     if os.path.isabs(file):
         try:
             rel = os.path.relpath(file)
@@ -25,6 +27,11 @@ def place(target: str, finding: Finding | None = None) -> tuple[str, int]:
     """The file and line a CI format files a finding (or, with none, the target's error)
     under: the finding's location, else what the target names before its ``:attr`` (its file,
     or its module when it names one), line 1."""
-    if finding is not None and finding.location is not None:
-        return relative(finding.location.file), max(1, finding.location.line)
+    return place_at(target, finding.location if finding is not None else None)
+
+
+def place_at(target: str, location: Location | None) -> tuple[str, int]:
+    """The same for a location (a group's: ``report.groups``)."""
+    if location is not None:
+        return relative(location.file), max(1, location.line)
     return relative(target.rsplit(":", 1)[0]), 1

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from biaslint.findings import Finding, Severity, TargetResult
-from biaslint.report.paths import place, relative
+from biaslint.findings import Severity, TargetResult
+from biaslint.report.groups import Group, groups_of, short_layers
+from biaslint.report.paths import place, place_at, relative
 from biaslint.sources import line_of
 
 SEVERITY = {Severity.ERROR: "ERROR", Severity.WARNING: "WARNING", Severity.INFO: "INFO"}
@@ -31,7 +32,7 @@ def render(results: Sequence[TargetResult]) -> str:
             diagnostics.append({"message": f"{result.target}: not linted: {result.error}",
                                 "location": {"path": path, "range": {"start": {"line": line}}},
                                 "severity": "ERROR", "source": SOURCE})
-        diagnostics.extend(_entry(result.target, f) for f in result.findings)
+        diagnostics.extend(_entry(result.target, g) for g in groups_of(result.findings))
     payload: dict[str, Any] = {"source": SOURCE}
     severities = [f.severity for r in results for f in r.findings] + \
         [Severity.ERROR for r in results if r.error]
@@ -41,25 +42,30 @@ def render(results: Sequence[TargetResult]) -> str:
     return json.dumps(payload, indent=2)
 
 
-def _entry(target: str, finding: Finding) -> dict[str, Any]:
-    path, line = place(target, finding)
+def _entry(target: str, group: Group) -> dict[str, Any]:
+    """One diagnostic per finding, or per group of findings with one cause
+    (``report.groups``), at the cause's place."""
+    finding = group.first
+    loc = group.location
+    path, line = place_at(target, loc)
     start = {"line": line}
-    loc = finding.location
     if loc is not None and loc.col:
         start["column"] = loc.col
-    message = f"{finding.message} ({target}: {finding.module or '<root>'}, " \
-              f"{finding.module_type})"
-    if finding.fix is not None:
-        message += f"\nfix: {finding.fix.title}" + (f": {finding.fix.code}" if finding.fix.code
-                                                    else "")
+    layers = f"{finding.module or '<root>'}" if group.single else \
+        f"{len(group.members)} layers: {short_layers(group.layers)}"
+    message = f"{group.headline()} ({target}: {layers}, {finding.module_type})"
+    fix = group.fix_text()
+    if fix:
+        message += f"\nfix: {fix}"
     diagnostic: dict[str, Any] = {
         "message": message,
         "location": {"path": path, "range": {"start": start}},
-        "severity": SEVERITY[finding.severity],
+        "severity": SEVERITY[group.severity],
         "source": SOURCE,
         "code": {"value": finding.code},
     }
-    edits = finding.fix.edits if finding.fix is not None else ()
+    edits = list(dict.fromkeys(e for f in group.members if f.fix is not None
+                               for e in f.fix.edits))
     if edits and all(relative(e.file) == path for e in edits):
         diagnostic["suggestions"] = [{"range": {"start": _position(e.file, e.line, e.col),
                                                 "end": _position(e.file, e.end_line, e.end_col)},

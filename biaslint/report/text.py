@@ -1,15 +1,17 @@
-"""The human report: one block per finding (location, code, severity, message, source, fix) and a
-summary per target."""
+"""The human report: one block per finding (location, code, severity, message, source, fix), one
+per group of findings with one cause (``report.groups``: the count, the layers in short form,
+one fix), and a summary per target."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
 from biaslint.findings import Finding, Severity, TargetResult
+from biaslint.report.groups import Group, groups_of, short_layers, where
 from biaslint.sources import line_of
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -20,8 +22,11 @@ def print_results(results: Sequence[TargetResult], console: Console,
     """``errors_shown``: each target's error already went to stderr as its one line, so the
     summary only says the target was not linted."""
     for result in results:
-        for finding in result.findings if show_findings else ():
-            _print_finding(finding, console)
+        for group in groups_of(result.findings) if show_findings else ():
+            if group.single:
+                _print_finding(group.first, console)
+            else:
+                _print_group(group, console)
         _print_summary(result, console, errors_shown)
 
 
@@ -34,24 +39,10 @@ def render_plain(results: Sequence[TargetResult]) -> str:
 
 
 def _print_finding(finding: Finding, console: Console) -> None:
-    loc = finding.location
-    where = f"{loc.file}:{loc.line}:{loc.col}" if loc else "<unknown>"
     label = finding.module or "<root>"
-    prefix = f"{where}: {finding.code} [{finding.severity}] "
-    message = f"{finding.message}  ({label}: {finding.module_type})"
-    style = _STYLE[finding.severity]
-    wrap = console.is_terminal  # files and pipes get one line per item, for grep and diff
-    for index, line in enumerate(_lines(prefix + message, console.width, 4, wrap)):
-        text = Text(line)
-        if index == 0:
-            text.stylize("bold", 0, len(where))
-            text.stylize(style, len(where) + 2, len(prefix) - 1)
-        console.print(text, soft_wrap=True, highlight=False)
-    if loc is not None:
-        source = line_of(loc.file, loc.line).rstrip()  # the text the build read
-        if source:
-            console.print(Text(f"    {loc.line:>4} | {source}", style="dim"), soft_wrap=True,
-                          highlight=False)
+    _print_head(finding.location, finding.code, finding.severity,
+                f"{finding.message}  ({label}: {finding.module_type})", console)
+    wrap = console.is_terminal
     if finding.fix is not None:
         title = f"    fix: {finding.fix.title}" + (":" if finding.fix.code else "")
         code = finding.fix.code
@@ -67,6 +58,45 @@ def _print_finding(finding: Finding, console: Console) -> None:
             fix.append(": ")
             fix.append(code, style="bold")
         console.print(fix, soft_wrap=True, highlight=False)
+
+
+def _print_head(loc: Any, code: str, severity: Severity, message: str,
+                console: Console) -> None:
+    """The first lines of a finding or a group: place, code, severity, message, source line."""
+    shown = where(loc)
+    prefix = f"{shown}: {code} [{severity}] "
+    style = _STYLE[severity]
+    wrap = console.is_terminal  # files and pipes get one line per item, for grep and diff
+    for index, line in enumerate(_lines(prefix + message, console.width, 4, wrap)):
+        text = Text(line)
+        if index == 0:
+            text.stylize("bold", 0, len(shown))
+            text.stylize(style, len(shown) + 2, len(prefix) - 1)
+        console.print(text, soft_wrap=True, highlight=False)
+    if loc is not None:
+        source = line_of(loc.file, loc.line).rstrip()  # the text the build read
+        if source:
+            console.print(Text(f"    {loc.line:>4} | {source}", style="dim"), soft_wrap=True,
+                          highlight=False)
+
+
+def _print_group(group: Group, console: Console) -> None:
+    """Findings of one rule with one cause: said once, with the count, the layers in short
+    form and one fix."""
+    first = group.first
+    _print_head(group.location, group.code, group.severity,
+                f"{group.headline()}  ({first.module_type})", console)
+    wrap = console.is_terminal
+    for line in _lines(f"    layers ({len(group.members)}): {short_layers(group.layers)}",
+                       console.width, 8, wrap):
+        console.print(Text(line, style="dim"), soft_wrap=True, highlight=False)
+    fix = group.fix_text()
+    if fix:
+        for index, line in enumerate(_lines(f"    fix: {fix}", console.width, 9, wrap)):
+            text = Text(line)
+            if index == 0:
+                text.stylize("green", 0, 8)
+            console.print(text, soft_wrap=True, highlight=False)
 
 
 def _lines(text: str, width: int, indent: int, wrap: bool) -> list[str]:
@@ -130,8 +160,7 @@ def render_findings_only(results: Sequence[TargetResult]) -> str:
     """One line per finding and nothing else (``-q``; errors already went to stderr)."""
     lines = []
     for result in results:
-        for finding in result.findings:
-            loc = finding.location
-            where = f"{loc.file}:{loc.line}:{loc.col}" if loc else "<unknown>"
-            lines.append(f"{where}: {finding.code} [{finding.severity}] {finding.message}\n")
+        for group in groups_of(result.findings):
+            lines.append(f"{where(group.location)}: {group.code} [{group.severity}] "
+                         f"{group.headline()}\n")
     return "".join(lines)

@@ -83,6 +83,11 @@ class Rule:
     # claim something about training, which a frozen parameter does not have; a parameter that
     # holds garbage (BL012) is wrong in the forward whether it trains or not.
     frozen_matters: ClassVar[bool] = False
+    # What its findings share when the reports group them (``engine.causes``): "init" for a
+    # rule whose claim is about the values an init drew (its findings group by the init call
+    # and its arguments, or by the config value the init read), "line" for one about how the
+    # layer was built (they group by the constructor line).
+    grouped_by: ClassVar[str] = "line"
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         """The layers this rule applies to (the ones it must judge for a pass to be true)."""

@@ -77,6 +77,7 @@ def build():
 '''
 
     reads = frozenset({"values"})
+    grouped_by = "init"
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         import torch.nn as nn

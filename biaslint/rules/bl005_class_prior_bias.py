@@ -97,6 +97,7 @@ def build():
     # "output": with example inputs, each claim is checked on the loss of what the model returns
     inputs = ("class_priors", "head")
     reads = frozenset({"graph", "values", "output"})
+    grouped_by = "init"
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         # Without class priors there is nothing to compare a head with: the rule applies to no

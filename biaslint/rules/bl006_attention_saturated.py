@@ -107,6 +107,7 @@ def build():
 '''
 
     reads = frozenset({"graph", "forward"})
+    grouped_by = "init"
 
     def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:
         return [], True

@@ -102,6 +102,7 @@ def build():
 '''
 
     reads = frozenset({"graph", "values", "forward", "laws"})
+    grouped_by = "init"
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         return [layer for layer, _, _ in _candidates(model)]

@@ -78,6 +78,7 @@ def build():
 
     inputs = ("target_mean",)
     reads = frozenset({"graph", "values", "forward"})
+    grouped_by = "init"
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         if context.inputs["target_mean"] is None:

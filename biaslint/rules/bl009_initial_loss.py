@@ -154,6 +154,7 @@ def build():
 
     inputs = ("class_priors", "head", "target_mean")
     reads = frozenset({"graph", "values", "forward", "output", "laws"})
+    grouped_by = "init"
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         if not model.inputs_known:

@@ -123,6 +123,7 @@ def build():
 '''
 
     reads = frozenset({"graph", "values"})
+    grouped_by = "init"
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         from biaslint.analysis.experts import expert_weights

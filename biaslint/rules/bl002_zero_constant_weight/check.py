@@ -350,7 +350,7 @@ def _fix(layer: Layer, pname: str, activation: str | None) -> Fix:
     else:
         code = f"nn.init.xavier_normal_({subject})"
     if call is not None and call.by_user and call.location is not None:
-        title = f"Replace the constant init at {call.location.file}:{call.location.line} with"
+        title = f"Replace the constant init at {call.location.shown} with"
     else:
         title = "Initialize it with a random fan-in-scaled init instead"
     return Fix(title=title, code=code, safe=False, kind=FixKind.REPLACE_INIT)

@@ -153,6 +153,7 @@ def build():
     # Growth claims are derived from the weights alone (so they stand on the meta device and
     # without inputs) and checked on the real forward when there is one.
     reads = frozenset({"graph", "values", "measure"})
+    grouped_by = "init"
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         # Every layer with a weight matrix or kernel: the scale chains run through them.

@@ -292,7 +292,7 @@ def _fix(call: LayerCall) -> Fix:
                 f"  # std {target_std:.3g}")
     call_site = layer.init_of("weight")
     if call_site is not None and call_site.by_user and call_site.location is not None:
-        title = (f"Replace the init at {call_site.location.file}:{call_site.location.line} "
+        title = (f"Replace the init at {call_site.location.shown} "
                  "with a fan-in-scaled one")
     else:
         title = "Initialize the weight with a fan-in-scaled init"
