@@ -87,8 +87,10 @@ def test_groups_need_the_same_rule_severity_and_cause():
                 finding("l5", None), finding("l6", None), finding("l7", one)]
     groups = groups_of(findings)
     assert [[f.module for f in g.members] for g in groups] == [
-        ["l0", "l1", "l7"], ["l2"], ["l3"], ["l4"], ["l5"], ["l6"]]
-    assert groups[0].headline().startswith("3 layers (a); e.g. l0: m l0")
+        ["l0", "l1", "l3", "l7"], ["l2"], ["l4"], ["l5"], ["l6"]]
+    # the worst severity leads, with the count of each, and the example is one of the worst
+    assert groups[0].severity is Severity.ERROR
+    assert groups[0].headline().startswith("4 layers, 1 error, 3 warnings (a); e.g. l3: m l3")
     assert groups[1].headline() == "m l2"  # a group of one reads as its finding
 
 
@@ -197,4 +199,26 @@ def test_transformers_initializer_range_names_the_users_line(cli, write_target):
     assert blocks[0].startswith(f"{target.split(':')[0]}:5:")
     assert "LlamaConfig.initializer_range = 1.0" in blocks[0]
     assert "set `initializer_range` near 0.02 (LlamaConfig's default)" in result.output
+    assert "site-packages" not in result.output
+
+
+@pytest.mark.slow
+def test_the_readme_70b_example_is_one_group_on_a_screen(cli, monkeypatch):
+    """The README's Llama-3-70B with ``initializer_range=1.0`` (benchmarks/big_models.py, the
+    published config written in code), linted on meta: 561 BL003 findings are one group that
+    names the attribute and the line that set it, and the report fits on a screen."""
+    pytest.importorskip("transformers")
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent / "benchmarks")
+    monkeypatch.syspath_prepend(".")
+    result = cli("big_models:llama3_70b_initializer_range_1", "--device", "meta")
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert len(lines) <= 40
+    [head] = [line for line in lines if " BL003 [" in line]
+    assert head.startswith("big_models.py:84:") and " 561 layers" in head
+    assert "LlamaConfig.initializer_range = 1.0 set at big_models.py:84" in head
+    assert "fix: set `initializer_range` near 0.02 (LlamaConfig's default) at big_models.py:84" \
+        in result.output
     assert "site-packages" not in result.output

@@ -162,9 +162,25 @@ def _noting(original: Callable[[Any, str, Any], None], names: frozenset[str],
                                          or frame.f_locals.get("self") is self):
                 frame = frame.f_back  # type: ignore[assignment]
             if frame is not None:
-                lines[key] = frame_location(frame)
+                lines[key] = frame_location(_giver(frame, key))
 
     return __setattr__
+
+
+def _giver(frame: Any, key: str) -> Any:
+    """The project's frame that gave the value: past helpers of the project that only pass it
+    on, as a parameter of that name or in a mapping of keyword arguments
+    (``def make_config(**overrides): return LlamaConfig(**overrides)`` called as
+    ``make_config(initializer_range=1.0)``)."""
+    for _ in range(8):
+        caller = frame.f_back
+        passed = key in frame.f_code.co_varnames[:frame.f_code.co_argcount
+                                                    + frame.f_code.co_kwonlyargcount] \
+            or any(isinstance(value, dict) and key in value for value in frame.f_locals.values())
+        if not passed or caller is None or not is_project_file(caller.f_code.co_filename):
+            return frame
+        frame = caller
+    return frame
 
 
 def _patchable(cls: type) -> bool:

@@ -1,5 +1,4 @@
-"""Findings grouped by their cause: one rule's findings of one severity that share a
-``Finding.cause`` (the same
+"""Findings grouped by their cause: one rule's findings that share a ``Finding.cause`` (the same
 config value, the same init call with the same arguments, the same constructor line) are one
 group, shown once with the count, the layers in short form and one fix. A finding with no
 cause, or alone with its cause, is a group of one. Every format groups the same way; JSON keeps
@@ -85,18 +84,23 @@ class Group:
             return self.first.message
         cause = self.first.cause
         because = f" ({cause.text})" if cause is not None and cause.kind != "line" else ""
-        return (f"{len(self.members)} layers{because}; e.g. {self.first.module or '<root>'}: "
-                f"{self.first.message}")
+        counts = [(s, sum(1 for f in self.members if f.severity is s))
+                  for s in (Severity.ERROR, Severity.WARNING, Severity.INFO)]
+        mixed = [f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts if n]
+        severities = f", {', '.join(mixed)}" if len(mixed) > 1 else ""
+        example = next(f for f in self.members if f.severity is self.severity)
+        return (f"{len(self.members)} layers{severities}{because}; e.g. "
+                f"{example.module or '<root>'}: {example.message}")
 
 
 def groups_of(findings: Sequence[Finding]) -> list[Group]:
     """The findings in groups, in the order of each group's first member."""
-    order: list[tuple[str, Severity, str] | int] = []
-    members: dict[tuple[str, Severity, str] | int, list[Finding]] = {}
+    order: list[tuple[str, str] | int] = []
+    members: dict[tuple[str, str] | int, list[Finding]] = {}
     for index, finding in enumerate(findings):
-        # One rule, one severity (one claim), one cause.
-        key: tuple[str, Severity, str] | int = (finding.code, finding.severity,
-                                                finding.cause.key) \
+        # One rule, one cause: the severities may differ (the group shows the worst and counts
+        # each), the fix does not.
+        key: tuple[str, str] | int = (finding.code, finding.cause.key) \
             if finding.cause is not None else index
         if key not in members:
             order.append(key)

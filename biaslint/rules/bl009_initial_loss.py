@@ -408,12 +408,14 @@ def _fix(model: "AnalysedModel", head: Head, tied: list[str], fan_in: int, rms: 
     if not (fan_in and rms) or tensor is None:
         return "Start the head at zero logits", f"nn.init.zeros_({path}.weight)", None
     std = target / (rms * math.sqrt(fan_in))
-    drawn = torch.randn(tuple(tensor.shape), generator=torch.Generator().manual_seed(0),
-                        dtype=torch.float64) * std
-    if head.table is not None:
-        after_logits = _table_logits(model, head, fed, drawn) if fed is not None else None
-    else:
-        after_logits = model.rerun(layer.name, {"weight": drawn.to(tensor.dtype)})
+    after_logits = None
+    if not model.on_meta():  # on meta nothing runs: a drawn weight (GBs for an LLM) is waste
+        drawn = torch.randn(tuple(tensor.shape), generator=torch.Generator().manual_seed(0),
+                            dtype=torch.float64) * std
+        if head.table is not None:
+            after_logits = _table_logits(model, head, fed, drawn) if fed is not None else None
+        else:
+            after_logits = model.rerun(layer.name, {"weight": drawn.to(tensor.dtype)})
     after = None
     if after_logits is not None:
         rows = _rows(head, after_logits)
