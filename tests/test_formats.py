@@ -75,9 +75,12 @@ def test_github_format_from_the_cli(cli, write_target):
     result = cli(target, "--format", "github")
     assert result.exit_code == 1
     commands = [line for line in result.output.splitlines() if line.startswith("::")]
-    assert len(commands) == 2 and all(c.count("::") == 2 for c in commands)
-    assert commands[0].startswith(f"::error file={target.split(':')[0]},line=5,")
-    assert commands[1].startswith("::warning ")
+    # Two zeroed layers (an error and a warning) by one init call in a loop: one annotation at
+    # the call, the worst severity, both counted.
+    assert len(commands) == 1 and all(c.count("::") == 2 for c in commands)
+    assert commands[0].startswith(f"::error file={target.split(':')[0]},line=8,")
+    assert "title=BL002 zero-constant-weight (2 layers)::" in commands[0]
+    assert "2 layers, 1 error, 1 warning" in commands[0]
 
 
 # -- sarif -----------------------------------------------------------------------------------------

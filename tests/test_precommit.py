@@ -166,7 +166,8 @@ def test_hook_blocks_a_bad_model_and_allows_the_fix(tmp_path):
     output = blocked.stdout + blocked.stderr
     assert blocked.returncode != 0, output
     assert "biaslint" in output and "Failed" in output
-    assert "model.py:6:9: BL002 [error]" in output, output
+    # both zeroed layers: one init call in a loop, so one group at that call
+    assert "model.py:11:9: BL002 [error] 2 layers" in output, output
     assert _git(repo, env, "log", "--oneline").stdout.count("\n") == 1  # nothing committed
 
     # 3. The fix: allowed.

@@ -33,9 +33,9 @@ def build():
         log.write("built\\n")
     model = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(),
                           nn.Linear(64, 10))
-    for hidden in (model[0], model[2]):
-        nn.init.zeros_(hidden.weight)
-        nn.init.zeros_(hidden.bias)
+    # one init call per layer: two findings with two causes (report.groups keeps them apart)
+    nn.init.zeros_(model[0].weight), nn.init.zeros_(model[0].bias)
+    nn.init.zeros_(model[2].weight), nn.init.zeros_(model[2].bias)
     return model
 """
 GOOD = "import torch.nn as nn\n\n\ndef build():\n    return nn.Sequential(nn.Linear(4, 4))\n"
