@@ -189,7 +189,9 @@ def test_configured_targets_are_linted_without_arguments(cli, tmp_path, monkeypa
     write_pyproject(tmp_path, 'targets = ["bad_cfg.py:build", {target = "good_cfg.py:build"}]\n')
     result = cli()
     assert result.exit_code == 1, result.output
-    assert "bad_cfg.py:5" in result.output and "good_cfg.py:build: no findings" in result.output
+    # the two zeroed layers: one init call in a loop (line 8), one group
+    assert "bad_cfg.py:8:9: BL002 [error] 2 layers" in result.output
+    assert "good_cfg.py:build: no findings" in result.output
 
 
 def test_configured_targets_resolve_from_the_config_folder(cli, tmp_path, monkeypatch):
