@@ -15,9 +15,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 from junitparser import Error, Failure, JUnitXml, Skipped
+from test_formats import finding
 from test_formats import validate as validate_sarif
 
-from biaslint.findings import Edit, Finding, Fix, Location, RuleScope, Severity, TargetResult
+from biaslint.findings import Edit, Fix, Location, RuleScope, Severity, TargetResult
 from biaslint.report import FORMATS, get_reporter
 
 # model[0]: BL002 error; model[2]: BL002 warning (verdicts checked by training in test_bl002.py).
@@ -166,15 +167,6 @@ JUNIT_XSD = """\
   </xs:element>
 </xs:schema>
 """
-
-
-def finding(**changes) -> Finding:
-    base = dict(code="BL002", name="zero-constant-weight", severity=Severity.ERROR,
-                module="encoder.fc", module_type="Linear", message="weight is all zero",
-                location=Location("pkg/model.py", 12, 5, 14), fix=Fix("Use", "nn.init.x_(w)"),
-                parameter="weight")
-    base.update(changes)
-    return Finding(**base)
 
 
 def results() -> list[TargetResult]:

@@ -31,8 +31,8 @@ def with_causes(findings: list[Finding], loaded: LoadedTarget) -> list[Finding]:
     """Each finding with its cause (findings without a place and a parameter keep none)."""
     from biaslint.rules import rule_by_code
 
-    about_init = {f.code for f in findings
-                  if getattr(rule_by_code(f.code), "grouped_by", "line") == "init"}
+    about_init = {code for code in {f.code for f in findings}
+                  if getattr(rule_by_code(code), "grouped_by", "line") == "init"}
     configured = _configured([f for f in findings if f.code in about_init], loaded)
     result = []
     for finding in findings:
