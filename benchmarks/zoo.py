@@ -18,6 +18,11 @@ Usage::
     python benchmarks/zoo.py                      # full sweep -> benchmarks/out/zoo.{csv,md}
     python benchmarks/zoo.py --quick              # a few models per family
     python benchmarks/zoo.py --family tv-detection,hf --match 'bert|rcnn' --jobs 2
+    python benchmarks/zoo.py --family hf-all --resume   # go on after an interrupted sweep
+
+Each model's row is appended to ``<out>/rows.jsonl`` as soon as it is done, so an interrupted
+sweep loses nothing; ``--resume`` skips the models already in that file and reports them with
+the new ones.
 
 Each model is also a biaslint target: ``biaslint benchmarks/zoo_models.py:TV.resnet18``,
 ``benchmarks/zoo_models.py:TIMM.convnext_atto``, ``benchmarks/zoo_models.py:HF.llama``.
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
 import re
@@ -289,6 +295,21 @@ def findings_report(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_rows(path: str) -> list[dict[str, Any]]:
+    """The rows an earlier run of this sweep appended to ``path`` (none when it is absent)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def read_skip(path: str) -> set[tuple[str, str]]:
+    """``family:model`` lines (``#`` comments and blank lines ignored)."""
+    with open(path, encoding="utf-8") as handle:
+        lines = [line.split("#")[0].strip() for line in handle]
+    return {tuple(line.split(":", 1)) for line in lines if ":" in line}  # type: ignore[misc]
+
+
 def main(argv: list[str] | None = None) -> int:
     from biaslint.run.parallel import run_isolated
 
@@ -303,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--findings", default=None, help="also write all findings (Markdown)")
     parser.add_argument("--select", default="",
                         help="comma-separated rule codes or prefixes to lint [all]")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip the models already in <out>/rows.jsonl and report them too")
+    parser.add_argument("--skip", default=None,
+                        help="a file of family:model lines not to run (swept elsewhere)")
     args = parser.parse_args(argv)
 
     families = [f.strip() for f in args.family.split(",") if f.strip()]
@@ -316,9 +341,19 @@ def main(argv: list[str] | None = None) -> int:
 
         jobs = [replace(job, select=select) for job in jobs]
     os.makedirs(args.out, exist_ok=True)
+    rows_path = os.path.join(args.out, "rows.jsonl")
+    rows: list[dict[str, Any]] = read_rows(rows_path) if args.resume else []
+    if not args.resume and os.path.exists(rows_path):
+        os.remove(rows_path)
+    skipped = {(r["family"], r["model"]) for r in rows}
+    if args.skip:
+        skipped |= read_skip(args.skip)
+    listed = {(j.family, j.name) for j in jobs}
+    rows = [r for r in rows if (r["family"], r["model"]) in listed]
+    jobs = [j for j in jobs if (j.family, j.name) not in skipped]
+    total = len(jobs) + len(rows)
     cores = os.cpu_count() or 1
     threads = max(1, cores // max(1, args.jobs))
-    rows: list[dict[str, Any]] = []
     start = time.perf_counter()
 
     def done(index: int, outcome: Any) -> None:
@@ -331,10 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             row = outcome.value
         rows.append(row)
+        with open(rows_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, default=str) + "\n")
         status = row["error"][:100] if row["error"] else (
             f"cov {row['coverage']:.1%} own {row['own_s']:.2f}s build {row['build_s']:.2f}s "
             f"{row['findings']}")
-        print(f"[{len(rows)}/{len(jobs)}] {job.family}:{job.name}: {status}", flush=True)
+        print(f"[{len(rows)}/{total}] {job.family}:{job.name}: {status}", flush=True)
 
     # The worker must be importable by name in the child processes, not ``__main__.run_one``.
     import zoo
@@ -342,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     run_isolated(zoo.run_one, jobs, jobs=args.jobs, timeout=args.timeout, on_done=done,
                  threads=threads)
     wall = time.perf_counter() - start
-    order = {(j.family, j.name): i for i, j in enumerate(jobs)}
+    order = {(j.family, j.name): i
+             for i, j in enumerate(select_jobs(families, args.match, args.quick))}
     rows.sort(key=lambda r: order[(r["family"], r["model"])])
     command = "python benchmarks/zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_csv(rows, os.path.join(args.out, "zoo.csv"))
