@@ -66,7 +66,10 @@ def _schema_options(command: Callable[..., None]) -> Callable[..., None]:
             kind = click.FloatRange(min=0, min_open=True)
         elif row.name in _PATHS:
             kind = click.Path(dir_okay=False)
-        if row.is_flag:
+        if row.is_flag and row.off_flag:
+            on_off = f"{row.flag}/{row.off_flag}"
+            command = click.option(on_off, row.name, default=None, help=row.help)(command)
+        elif row.is_flag:
             command = click.option(*names, is_flag=True, help=row.help)(command)
         else:
             command = click.option(*names, type=kind, multiple=row.multiple, default=None,
@@ -88,6 +91,11 @@ def check(targets: tuple[str, ...], **options: Any) -> None:
     if _OWN_PROCESS:
         own_process()
     debug = bool(options.get("debug"))
+    warm = options.pop("warm", None)
+    if _OWN_PROCESS and _warm(warm, options):
+        _end(_lint_warm(debug))
+    if options.get("watch"):
+        _end(_watch(targets, options, debug))
     try:
         with interrupts():
             code = _exit_code(_run(targets, options))
@@ -106,6 +114,50 @@ def check(targets: tuple[str, ...], **options: Any) -> None:
                    f"{'' if debug else ' (run with --debug for the traceback)'}", err=True)
         code = EXIT_ERROR
     _end(code)
+
+
+def _warm(given: bool | None, options: dict[str, Any]) -> bool:
+    """Whether to lint in a child of the warm server: ``--warm``/``--cold``, else the file's
+    ``warm``; never from a child of it. A file that cannot be read is the cold run's to say."""
+    from biaslint.process import is_warm_child
+
+    if is_warm_child():
+        return False
+    if given is not None:
+        return bool(given)
+    from biaslint.run.config import load_config
+
+    try:
+        return bool(load_config(options.get("config")).values.get("warm", False))
+    except BiaslintError:
+        return False
+
+
+def _lint_warm(debug: bool) -> int:
+    from biaslint.serve.client import lint
+
+    try:
+        return lint(sys.argv[1:])
+    except (BiaslintError, OSError) as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"biaslint: error: --warm: {exc}; run with --cold to lint in this process",
+                   err=True)
+        return EXIT_ERROR
+
+
+def _watch(targets: tuple[str, ...], options: dict[str, Any], debug: bool) -> int:
+    from biaslint.serve.watch import watch
+
+    try:
+        return watch(targets, options)
+    except KeyboardInterrupt:
+        return EXIT_CLEAN
+    except BiaslintError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"biaslint: error: {exc}", err=True)
+        return EXIT_ERROR
 
 
 def _run(targets: tuple[str, ...], options: dict[str, Any]) -> Outcome:
@@ -193,6 +245,38 @@ def _showing_rules(plugins: tuple[str, ...], config: str | None, show: Callable[
     except BiaslintError as exc:
         click.echo(f"biaslint: error: {exc}", err=True)
         sys.exit(EXIT_ERROR)
+
+
+@main.command("server")
+@click.argument("action", type=click.Choice(["start", "status", "stop"]))
+def server_command(action: str) -> None:
+    """The warm server of this project (--warm, warm = true): start it now, show it, or stop
+    it. It starts on its own when a lint asks for it and ends after 15 idle minutes."""
+    from biaslint.serve import address, client
+
+    if action == "start":
+        path = address.socket_path(address.project_folder(), address.current_key())
+        try:
+            client.reach(path, client.IDLE).close()
+        except (BiaslintError, OSError) as exc:
+            click.echo(f"biaslint: error: server start: {exc}", err=True)
+            sys.exit(EXIT_ERROR)
+        click.echo(f"biaslint: warm server listening on {path}")
+    elif action == "stop":
+        stopped = client.stop()
+        click.echo(f"biaslint: stopped {len(stopped)} warm server(s)")
+    else:
+        found = client.status()
+        if not found:
+            click.echo("biaslint: no warm server for this project")
+        for path, info in found:
+            if info is None:
+                click.echo(f"{path}: not answering")
+            else:
+                click.echo(f"{path}: pid {info['pid']}, {info['served']} lint(s) served, "
+                           f"{info['running']} running, {info['modules']} modules loaded, "
+                           f"{info['threads']} thread(s), ends after "
+                           f"{info['idle_after']:.0f} s idle")
 
 
 @main.command("merge")

@@ -52,3 +52,17 @@ def own_process() -> None:
 
 def is_own_process() -> bool:
     return _OWN_PROCESS
+
+
+# The process is a child the warm server forked for one lint (``biaslint.serve.child``): the
+# command line it runs must not hand the lint to a warm server again.
+_WARM_CHILD = False
+
+
+def warm_child() -> None:
+    global _WARM_CHILD
+    _WARM_CHILD = True
+
+
+def is_warm_child() -> bool:
+    return _WARM_CHILD

@@ -32,8 +32,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # plugin, the Lightning callback): each runs what the command line runs. The package's
     # ``__init__`` offers ``biaslint.check`` (imported when used), so no module of the stages
     # below imports the package itself (they import ``biaslint.version``).
+    # ``biaslint.serve``: the warm server, its client, watch mode and the language server,
+    # which run the command line (a child of the server runs ``cli``; ``cli`` runs the client).
     ("doors", (*[d for d in DOORS if d not in ("biaslint.init", "biaslint.version")],
-               "biaslint.integrations")),
+               "biaslint.integrations", "biaslint.serve")),
     # The check command: settings, target choice (--changed-since), one process per target,
     # baselines, --fix checked on a copy.
     ("run", ("biaslint.run",)),
@@ -206,7 +208,7 @@ def test_the_top_level_is_doors_and_ground_floor():
     top = {f"biaslint.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
     assert top - set(DOORS) - set(GROUND) == set()
     folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
-    assert folders == {name for name, _ in LAYERS[1:-1]} | {"integrations"}
+    assert folders == {name for name, _ in LAYERS[1:-1]} | {"integrations", "serve"}
 
 
 def test_every_module_the_forkserver_preloads_imports():

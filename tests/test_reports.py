@@ -286,9 +286,23 @@ def test_text_moved_to_a_file_leaves_the_summary(cli, tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "BL002 [" not in result.stdout and f"{target}: 1 error, 1 warning" in result.stdout
     assert (tmp_path / "report.txt").read_text().count("BL002 [") == 2
-    # the signal is measured when any report plots it (json), in the one build
-    assert json.loads((tmp_path / "report.json").read_text())["results"][0]["signal"]
+    # json carries no signal curves unless asked: no report here plots them
+    assert json.loads((tmp_path / "report.json").read_text())["results"][0]["signal"] is None
     assert builds(tmp_path) == 1
+
+
+def test_the_signal_is_measured_when_a_report_plots_it_or_when_asked(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    target = counted_target(tmp_path)
+    result = cli(target, "--input-shape", "2,16", "--format", "html=report.html",
+                 "--format", "json=report.json")
+    assert result.exit_code == 1
+    assert json.loads((tmp_path / "report.json").read_text())["results"][0]["signal"]
+    assert 'class="mark act' in (tmp_path / "report.html").read_text()
+    result = cli(target, "--input-shape", "2,16", "--format", "json=asked.json", "--signal")
+    assert result.exit_code == 1
+    assert json.loads((tmp_path / "asked.json").read_text())["results"][0]["signal"]
+    assert builds(tmp_path) == 2  # one build per run
 
 
 def test_a_machine_format_on_stdout_keeps_it_one_document(cli, tmp_path, monkeypatch):

@@ -60,7 +60,7 @@ def _reference(build):
 
 
 def _lint_json(cli, attr: str) -> dict:
-    result = cli(f"{FIXTURE}:{attr}", "--format", "json", "--allow-incomplete")
+    result = cli(f"{FIXTURE}:{attr}", "--format", "json", "--signal", "--allow-incomplete")
     assert result.exit_code in (0, 1), result.stderr
     [target] = json.loads(result.stdout)["results"]
     assert target["signal"] is not None, target["notes"]

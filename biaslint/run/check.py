@@ -19,9 +19,10 @@ from biaslint.findings import Severity
 if TYPE_CHECKING:
     from biaslint.run.reports import Report, Reports
 
-# The formats that show signal propagation (one more forward and backward per target): measured
-# when any of the run's reports is one of them.
-SIGNAL_FORMATS = ("json", "html")
+# The format that plots signal propagation (one more forward and backward per target): measured
+# when any of the run's reports is one, or when ``--signal`` asks (the json report then carries
+# the curves). A CI gate reading JSON does not pay for a plot nobody looks at.
+SIGNAL_FORMATS = ("html",)
 
 NO_TARGET = ("no target given and none configured: run biaslint MODULE:ATTR (e.g. biaslint "
              "mymodel:build), or list them in pyproject.toml under [tool.biaslint] as "

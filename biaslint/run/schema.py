@@ -86,6 +86,7 @@ class Setting:
     choices: tuple[str, ...] | None = None  # the flag's values (click.Choice)
     multiple: bool = False  # the flag may be given more than once
     is_flag: bool = False  # the flag takes no value
+    off_flag: str | None = None  # a flag that turns it off over the file's true (--cold)
     field: str | None = None  # the Settings field, when not ``name``
     # What is left of parsing when a target is linted with the value (reading a file).
     late: Callable[[Any], Any] | None = None
@@ -490,8 +491,10 @@ SETTINGS: tuple[Setting, ...] = (
             key="allow-incomplete", flag="--allow-incomplete",
             python=("check", "check_target"), default=False, is_flag=True),
     Setting("signal", "run", boolean,
-            "Measure signal propagation for the reports that plot it (json, html).",
-            python=("check", "check_target"), default=False),
+            "Measure signal propagation at init (one more forward and backward) and put "
+            "its curves in the json report too; the html report always measures it, as "
+            "it plots them.", key="signal", flag="--signal",
+            python=("check", "check_target"), default=False, is_flag=True),
     Setting("debug", "run", boolean, "Show tracebacks for errors.", flag="--debug",
             default=False, is_flag=True),
     # What a target needs to be built and run.
@@ -561,6 +564,16 @@ SETTINGS: tuple[Setting, ...] = (
             "(biaslint merge -o FILE of the runs' .biaslint_cache/sources.json); every "
             "runner must read the same file: commit it.",
             flag="--shard-times", metavar="FILE"),
+    Setting("warm", "command", boolean,
+            "Lint in a child of a resident biaslint process that has torch imported "
+            "already (started on first use, ended after 15 idle minutes): the same "
+            "output and exit code, without the seconds of import. --cold overrides "
+            "warm = true.", key="warm", flag="--warm", off_flag="--cold", default=False,
+            is_flag=True),
+    Setting("watch", "command", boolean,
+            "Lint, then lint again the targets whose recorded source files change, "
+            "printing only the findings that appeared or went away; Ctrl-C ends it.",
+            flag="--watch", default=False, is_flag=True),
     Setting("fix", "command", boolean,
             "Apply the safe fixes to your files (bias=False where a norm cancels the "
             "bias), then lint again and report what remains.",
