@@ -6,13 +6,17 @@ and builds the model; this script measures both for the nine models of
 ``overhead_targets.py`` and prints their ratio.
 
 - bare: ``python -c "import torch, torchvision; <build X>"``
-- lint: ``python -m biaslint benchmarks/overhead_targets.py:X`` (default rules, text report)
+- lint: ``python -m biaslint benchmarks/overhead_targets.py:X --cold`` (default rules, text
+  report); lint json: the same with ``--format json``, as CI runs it
+- warm: the same lint with ``--warm`` (the server already up); warm json; warm edited: the first
+  warm lint after the target's source file changed (a copy of ``overhead_targets.py`` that gets
+  a line appended before each such run: the child imports it anew)
 - bare, ended as biaslint ends: the bare process, then ``atexit`` handlers and ``os._exit``.
   ``biaslint`` ends its own process without the interpreter's teardown (0.5-0.8 s once torch is
   loaded), so against the plain bare process its ratio also counts that saving; against this
   one it counts only what biaslint adds (the like-for-like ratio).
 
-Runs are interleaved (bare X, bare-ended X, lint X, bare Y, ..., then again) so that the load of
+Runs are interleaved (every side of X, then every side of Y, ..., then again) so that the load of
 a shared machine weighs on every side; each figure is the median of ``--repeat`` runs. Then, in a
 fresh process per model, the in-process figures: build (plain constructor), own (recording
 during the build + capture + analysis + rules, ``TargetResult.timings``) and own/build.
@@ -83,7 +87,32 @@ def machine() -> str:
             f"{torchvision.__version__}, load average at start {load[0]:.2f}")
 
 
+SIDES = ("bare", "bare ended", "lint", "lint json", "warm", "warm json", "warm edited")
+
+
+def _commands(name: str, edited: str) -> dict[str, list[str]]:
+    lint = [sys.executable, "-m", "biaslint", target(name)]
+    return {
+        "bare": [sys.executable, "-c", BARE.format(here=HERE, name=name)],
+        "bare ended": [sys.executable, "-c", BARE_ENDED.format(here=HERE, name=name)],
+        "lint": [*lint, "--cold"],
+        "lint json": [*lint, "--cold", "--format", "json"],
+        "warm": [*lint, "--warm"],
+        "warm json": [*lint, "--warm", "--format", "json"],
+        # the first warm lint after the target's source file changed (a child imports it anew)
+        "warm edited": [sys.executable, "-m", "biaslint", f"{edited}:{name}", "--warm"],
+    }
+
+
+def _edit(path: str, rep: int) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(f"# edit {rep}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
+    import shutil
+    import tempfile
+
     import overhead_targets
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -95,69 +124,90 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in overhead_targets.NAMES if args.match is None or re.search(args.match, n)]
     header = machine()
     wall = time.perf_counter()
-    bare: dict[str, list[float]] = {n: [] for n in names}
-    ended: dict[str, list[float]] = {n: [] for n in names}
-    lint: dict[str, list[float]] = {n: [] for n in names}
-    codes: dict[str, set[int]] = {n: set() for n in names}
-    # One untimed run of each side first: byte-compiles what a fresh checkout has not yet.
-    _timed([sys.executable, "-c", BARE.format(here=HERE, name=names[0])])
-    _timed([sys.executable, "-m", "biaslint", target(names[0])])
-    for rep in range(args.repeat):
-        for name in names:
-            seconds, rc, err = _timed([sys.executable, "-c", BARE.format(here=HERE, name=name)])
-            if rc != 0:
-                raise SystemExit(f"bare build of {name} failed:\n{err}")
-            bare[name].append(seconds)
-            seconds, rc, err = _timed([sys.executable, "-c",
-                                       BARE_ENDED.format(here=HERE, name=name)])
-            if rc != 0:
-                raise SystemExit(f"bare build of {name} (ended) failed:\n{err}")
-            ended[name].append(seconds)
-            seconds, rc, err = _timed([sys.executable, "-m", "biaslint", target(name)])
-            if rc not in (0, 1):  # 1: findings at the failing severity; anything else: broken
-                raise SystemExit(f"biaslint {target(name)} exited {rc}:\n{err}")
-            lint[name].append(seconds)
-            codes[name].add(rc)
-            print(f"[{rep + 1}/{args.repeat}] {name}: bare {bare[name][-1]:.2f} s, "
-                  f"bare ended {ended[name][-1]:.2f} s, lint {lint[name][-1]:.2f} s",
-                  file=sys.stderr, flush=True)
-    rows = []
-    for name in names:
-        b, e, li = (statistics.median(bare[name]), statistics.median(ended[name]),
-                    statistics.median(lint[name]))
-        rows.append((name, b, e, li, li / b, li / e))
-    lines = [f"Machine: {header}", "",
-             f"Whole process, median of {args.repeat}, interleaved:", "",
-             "| model | bare s | bare ended s | lint s | ratio | like-for-like ratio |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {n} | {b:.2f} | {e:.2f} | {li:.2f} | {r:.2f} | {r2:.2f} |"
-              for n, b, e, li, r, r2 in rows]
-    ratios = [r for *_, r, _ in rows]
-    like = [r2 for *_, r2 in rows]
-    lines += ["", f"Against the bare process: worst ratio **{max(ratios):.2f}**, median "
-                  f"**{statistics.median(ratios):.2f}**. Like for like (the bare process "
-                  f"ended as biaslint ends): worst **{max(like):.2f}**, median "
-                  f"**{statistics.median(like):.2f}**."]
+    times: dict[str, dict[str, list[float]]] = {n: {s: [] for s in SIDES} for n in names}
+    codes: dict[str, dict[str, set[int]]] = {n: {s: set() for s in SIDES} for n in names}
+    scratch = tempfile.mkdtemp(prefix="biaslint-overhead-")
+    os.environ["BIASLINT_SERVER_DIR"] = os.path.join(scratch, "servers")
+    edited = os.path.join(scratch, "edited_targets.py")
+    shutil.copy(os.path.join(HERE, "overhead_targets.py"), edited)
+    try:
+        # Untimed: byte-compile what a fresh checkout has not yet, and start the warm server.
+        _timed([sys.executable, "-c", BARE.format(here=HERE, name=names[0])])
+        _timed([sys.executable, "-m", "biaslint", target(names[0]), "--cold"])
+        _timed([sys.executable, "-m", "biaslint", "server", "start"])
+        for rep in range(args.repeat):
+            for name in names:
+                commands = _commands(name, edited)
+                for side in SIDES:
+                    if side == "warm edited":
+                        _edit(edited, rep)
+                    seconds, rc, err = _timed(commands[side])
+                    if rc != 0 and not (side.startswith(("lint", "warm")) and rc == 1):
+                        raise SystemExit(f"{side} {name} exited {rc}:\n{err}")
+                    times[name][side].append(seconds)
+                    codes[name][side].add(rc)
+                print(f"[{rep + 1}/{args.repeat}] {name}: " + ", ".join(
+                    f"{side} {times[name][side][-1]:.2f} s" for side in SIDES),
+                    file=sys.stderr, flush=True)
+    finally:
+        _timed([sys.executable, "-m", "biaslint", "server", "stop"])
+        shutil.rmtree(scratch, ignore_errors=True)
+    lines = [f"Machine: {header}", "", f"Whole process, median of {args.repeat}, interleaved "
+             "(every side of a model, then the next model, then again):", ""]
+    lines += _table(names, times, codes)
     if not args.no_in_process:
-        lines += ["", "In process (one run each, a fresh process per model):", "",
-                  "| model | build s | record s | capture s | analysis s | rules s | own s "
-                  "| own/build | findings |", "|---|---|---|---|---|---|---|---|---|"]
-        for name in names:
-            code = IN_PROCESS.format(here=HERE, name=name, target=target(name))
-            done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                                  text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"in-process lint of {name} failed:\n{done.stderr}")
-            t = json.loads(done.stdout.strip().splitlines()[-1])
-            own = t["record"] + t["capture"] + t["analysis"] + t["rules"]
-            found = {c: t["findings"].count(c) for c in sorted(set(t["findings"]))}
-            found_text = ", ".join(f"{c} {k}" for c, k in found.items()) or "none"
-            lines.append(f"| {name} | {t['build']:.2f} | {t['record']:.2f} | {t['capture']:.2f} "
-                         f"| {t['analysis']:.2f} | {t['rules']:.2f} | {own:.2f} "
-                         f"| {own / t['build']:.0%} | {found_text} |")
+        lines += _in_process(names)
     lines += ["", f"Benchmark wall time {time.perf_counter() - wall:.0f} s."]
     print("\n".join(lines))
     return 0
+
+
+def _table(names: list[str], times: dict[str, dict[str, list[float]]],
+           codes: dict[str, dict[str, set[int]]]) -> list[str]:
+    med = {n: {s: statistics.median(times[n][s]) for s in SIDES} for n in names}
+    lines = ["| model | " + " | ".join(f"{s} s" for s in SIDES)
+             + " | lint / bare ended | json / bare ended | warm / bare ended "
+               "| warm edited / bare ended | exit codes cold = warm |",
+             "|---|" + "---|" * (len(SIDES) + 5)]
+    ratios: dict[str, list[float]] = {"lint": [], "lint json": [], "warm": [], "warm edited": []}
+    for n in names:
+        for side in ratios:
+            ratios[side].append(med[n][side] / med[n]["bare ended"])
+        same = codes[n]["lint"] == codes[n]["warm"] == codes[n]["warm edited"] \
+            and codes[n]["lint json"] == codes[n]["warm json"]
+        lines.append(f"| {n} | " + " | ".join(f"{med[n][s]:.2f}" for s in SIDES) + " | "
+                     + " | ".join(f"{ratios[s][-1]:.2f}" for s in ratios)
+                     + f" | {'yes' if same else 'NO'} |")
+    lines.append("")
+    for side, label in (("lint", "cold text"), ("lint json", "cold json"), ("warm", "warm text"),
+                        ("warm edited", "warm, first run after an edit")):
+        lines.append(f"- {label} against the bare process ended as biaslint ends (like for "
+                     f"like): median **{statistics.median(ratios[side]):.2f}**, worst "
+                     f"**{max(ratios[side]):.2f}**")
+    plain = [med[n]["lint"] / med[n]["bare"] for n in names]
+    lines.append(f"- cold text against the plain bare process: median "
+                 f"{statistics.median(plain):.2f}, worst {max(plain):.2f}")
+    return lines
+
+
+def _in_process(names: list[str]) -> list[str]:
+    lines = ["", "In process (one run each, a fresh process per model):", "",
+             "| model | build s | record s | capture s | analysis s | rules s | own s "
+             "| own/build | findings |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        code = IN_PROCESS.format(here=HERE, name=name, target=target(name))
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"in-process lint of {name} failed:\n{done.stderr}")
+        t = json.loads(done.stdout.strip().splitlines()[-1])
+        own = t["record"] + t["capture"] + t["analysis"] + t["rules"]
+        found = {c: t["findings"].count(c) for c in sorted(set(t["findings"]))}
+        found_text = ", ".join(f"{c} {k}" for c, k in found.items()) or "none"
+        lines.append(f"| {name} | {t['build']:.2f} | {t['record']:.2f} | {t['capture']:.2f} "
+                     f"| {t['analysis']:.2f} | {t['rules']:.2f} | {own:.2f} "
+                     f"| {own / t['build']:.0%} | {found_text} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -279,6 +279,20 @@ def server_command(action: str) -> None:
                            f"{info['idle_after']:.0f} s idle")
 
 
+@main.command("lsp")
+def lsp_command() -> None:
+    """A language server on stdin and stdout (LSP): on save, the targets that read the file
+    are linted warm and their findings shown at the lines that built the layers, with the
+    fixes as code actions. Needs pygls: pip install 'biaslint[lsp]'."""
+    try:
+        from biaslint.serve.lsp import main as serve
+    except ImportError as exc:
+        click.echo(f"biaslint: error: biaslint lsp needs pygls ({exc}): pip install "
+                   "'biaslint[lsp]'", err=True)
+        sys.exit(EXIT_ERROR)
+    serve()
+
+
 @main.command("merge")
 @click.argument("files", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,

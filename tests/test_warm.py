@@ -307,3 +307,49 @@ def test_a_client_that_goes_away_takes_its_lint_with_it(tmp_path, server_dir):
     proc.kill()
     proc.wait(timeout=60)
     assert _gone(pid)
+
+
+def _line(proc: subprocess.Popen[str], wanted: str) -> list[str]:
+    """Lines of ``proc``'s stdout up to and including the first that contains ``wanted``."""
+    seen = []
+    deadline = time.monotonic() + 240  # a hang's safety net, not a timing assertion
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            break
+        seen.append(line.rstrip("\n"))
+        if wanted in line:
+            return seen
+    raise AssertionError(f"never printed {wanted!r}: {seen}")
+
+
+def test_watch_prints_what_changed_when_a_source_file_changes(tmp_path, server_dir):
+    model = tmp_path / "watched.py"
+    model.write_text(textwrap.dedent(GOOD))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    proc = subprocess.Popen([sys.executable, "-m", "biaslint", "--watch", "watched.py:build",
+                             "--select", "BL001"], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=_env(server_dir))
+    try:
+        first = _line(proc, "watched.py:build: 1 finding")
+        assert any(line.startswith("+ ") and "BL001" in line for line in first), first
+        model.write_text(textwrap.dedent(GOOD).replace("nn.Conv2d(3, 8, 3)",
+                                                       "nn.Conv2d(3, 8, 3, bias=False)"))
+        fixed = _line(proc, "watched.py:build: 0 findings now")
+        assert any(line.startswith("- ") and "BL001" in line for line in fixed), fixed
+        model.write_text(model.read_text() + "# a comment\n")
+        assert _line(proc, "no change")[-1].startswith("watched.py:build: no change")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_watch_refuses_a_report_it_would_not_write(tmp_path, server_dir):
+    (tmp_path / "good.py").write_text(textwrap.dedent(GOOD))
+    proc = _run(tmp_path, server_dir, "--watch", "good.py:build", "--format", "json")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "biaslint: error: --watch prints what changed and writes no report: drop --format"]

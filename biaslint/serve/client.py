@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,12 @@ def lint(argv: list[str], idle: float = IDLE, fds: tuple[int, int, int] = (0, 1,
 def _served(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
     protocol.send(sock, message, fds)
     reader = protocol.Reader(sock)
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: _forward(sock, signum))
-    terminate = signal.signal(signal.SIGTERM, lambda signum, frame: _forward(sock, signum))
+    # Ctrl-C and SIGTERM go to the lint (only the main thread can catch them: a language server
+    # lints from a worker thread, and its lints end with the connection).
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: _forward(sock, signum))
+        terminate = signal.signal(signal.SIGTERM, lambda signum, frame: _forward(sock, signum))
     try:
         while True:
             reply = reader.next()
@@ -117,8 +122,9 @@ def _served(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> dic
             if "exit" in reply or "killed" in reply or "stale" in reply or "refused" in reply:
                 return reply
     finally:
-        signal.signal(signal.SIGINT, previous)
-        signal.signal(signal.SIGTERM, terminate)
+        if main:
+            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, terminate)
 
 
 def _forward(sock: socket.socket, signum: int) -> None:

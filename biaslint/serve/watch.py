@@ -98,7 +98,7 @@ def _lint(targets: list[str], rest: list[str], state: Watched) -> None:
         with open(os.devnull, "r+b") as null:
             code = client.lint([*targets, *rest, "--format", f"json={report}"],
                                fds=(null.fileno(), null.fileno(), null.fileno()))
-        results = _results(report)
+        results = results_of(report)
     seconds = time.monotonic() - started
     if results is None:
         print(f"biaslint: the lint of {', '.join(targets)} ended with exit {code} and no "
@@ -110,7 +110,7 @@ def _lint(targets: list[str], rest: list[str], state: Watched) -> None:
         _show(result, state, seconds)
 
 
-def _results(path: Path) -> list[dict[str, Any]] | None:
+def results_of(path: Path) -> list[dict[str, Any]] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -155,8 +155,7 @@ def _shown(target: str, finding: dict[str, Any]) -> Shown:
 def _files(target: str, before: dict[Path, tuple[int, int] | None] | None
            ) -> dict[Path, tuple[int, int] | None]:
     """The files ``target``'s last lint read, each with its state now."""
-    paths = _recorded(target) or _own_file(target)
-    return {path: _state(path) for path in paths}
+    return {path: _state(path) for path in files_of(target)}
 
 
 def _state(path: Path) -> tuple[int, int] | None:
@@ -165,6 +164,11 @@ def _state(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (info.st_mtime_ns, info.st_size)
+
+
+def files_of(target: str) -> list[Path]:
+    """The files ``target``'s last lint recorded as read, else its own file (absolute)."""
+    return _recorded(target) or _own_file(target)
 
 
 def _changed(files: dict[Path, tuple[int, int] | None]) -> bool:
