@@ -44,6 +44,9 @@ class Attention(nn.Module):
             nn.init.zeros_(self.k.bias)
         if how == "same-keys":
             nn.init.zeros_(self.k.weight)  # its bias stays: every key is that bias
+        if how == "zero-input":  # no weight inside is zero: the norm before gives zeros
+            nn.init.zeros_(self.q.bias)
+            nn.init.zeros_(self.k.bias)
         if how == "tiny":
             for proj in (self.q, self.k):
                 nn.init.normal_(proj.weight, std=1e-7)
@@ -88,6 +91,10 @@ class Block(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(32)
         self.attn = Attention(**kw)
+        if kw.get("how") == "zero-input":
+            nn.init.zeros_(self.norm.weight)
+        if kw.get("how") == "tiny-input":  # the projections are fine; their input is tiny
+            nn.init.normal_(self.norm.weight, std=1e-9)
 
     def forward(self, x):
         return x + self.attn(self.norm(x))
@@ -113,7 +120,13 @@ CASES = {
     "sdpa, query zeroed": ("how='zero-q', sdpa=True", True, False, "queries are all zero"),
     "key weight zeroed, bias kept": ("how='same-keys'", True, False, "same at every position"),
     "learnable temperature at 0": ("how='learned-zero'", True, False, "learnable scale"),
-    "q/k drawn with std 1e-7": ("how='tiny'", True, False, "tiny"),
+    "q/k drawn with std 1e-7": ("how='tiny'", True, False,
+                                "attn.q.weight (RMS"),
+    "q and k zero from a zeroed norm before them": ("how='zero-input'", True, False,
+                                                    "no weight inside the attention is"),
+    "a norm gain drawn near 0 before the attention": ("how='tiny-input'", True, False,
+                                                      "projections inside the attention are "
+                                                      "drawn at a usual scale"),
     "default init": ("", False, False, ""),
     "default init, causal": ("causal=True", False, False, ""),
     "default init, causal mask of finfo.min": ("causal='finite'", False, False, ""),

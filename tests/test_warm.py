@@ -353,3 +353,25 @@ def test_watch_refuses_a_report_it_would_not_write(tmp_path, server_dir):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "biaslint: error: --watch prints what changed and writes no report: drop --format"]
+
+
+# The zoo's quick set where it needs no library beyond the dev extra: torchvision, timm and
+# transformers models (benchmarks/zoo.py QUICK).
+ZOO_QUICK = ["TV.resnet18", "TV.mobilenet_v3_small", "TV.vit_b_32", "TV.convnext_tiny",
+             "TV.efficientnet_b0", "TV.squeezenet1_1", "TV.swin_t",
+             "TV.ssdlite320_mobilenet_v3_large", "TV.lraspp_mobilenet_v3_large",
+             "TIMM.resnet18", "TIMM.vit_tiny_patch16_224", "TIMM.convnext_atto",
+             "TIMM.levit_128s", "HF.bert", "HF.gpt2", "HF.llama", "HF.t5", "HF.whisper"]
+
+
+@pytest.mark.slow
+def test_warm_and_cold_agree_on_the_zoos_quick_set(tmp_path, server_dir):
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    targets = [f"benchmarks/zoo_models.py:{name}" for name in ZOO_QUICK]
+    cold = _run(ROOT, server_dir, *targets, "--format", "json", "--cold")
+    warm = _run(ROOT, server_dir, *targets, "--format", "json", "--warm")
+    _same(cold, warm)
+    results = json.loads(cold.stdout)["results"]
+    assert [r["target"] for r in results] == targets
+    assert sum(len(r["findings"]) for r in results) > 0  # the comparison compared findings

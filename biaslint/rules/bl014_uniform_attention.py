@@ -29,14 +29,17 @@ The finding names why, from what the measurement saw between the score product a
 - a **fixed scale of 0** multiplied the scores, a query or a key (`scale = 1 // math.sqrt(d)` is
   0): the scores are 0 on every step, and no gradient reaches the queries or the keys. For good:
   a warning.
-- the **queries and the keys are both all zero** (both projections zeroed): the gradient of each
-  is proportional to the other, so both stay zero. For good: a warning.
+- the **queries and the keys are both all zero** and a weight inside the attention is zero (both
+  projections zeroed): the gradient of each is proportional to the other, so both stay zero. For
+  good: a warning. When no weight inside is zero, what feeds them is zero on these inputs; that
+  is said, as `info`, with no claim about training.
 - only the **queries** (or only the **keys**) are zero, the keys are **the same at every
   position**, or a **learnable scale starts at 0**: the first step's gradient makes the scores
   vary. The finding is then `info`: a zero query projection is μP's deliberate choice (Yang et
   al., 2022) and recovers; elsewhere it is worth a look, and it never fails a gate by default.
-- otherwise the scores are only tiny (the q/k projections drawn far too small): `info`, with the
-  range.
+- otherwise the scores are only tiny: `info`, with the range, naming the projections whose
+  weight RMS is under 1% of `1/sqrt(fan_in)`, or, when none is, saying that what feeds the
+  queries and keys is tiny (a norm's gain drawn near 0 upstream).
 
 A softmax over one key is left to BL010/BL001 (its output is the constant 1). Softmaxes inside
 `nn.MultiheadAttention` are not measured.
@@ -140,7 +143,8 @@ def build():
 
     def _finding(self, model: "AnalysedModel", layer: "Layer", softmax: Any) -> Finding:
         owner = model.scores_module(softmax.module)
-        reason, for_good = _reason(softmax, _zero_layers(model, owner))
+        reason, for_good = _reason(softmax, _zero_layers(model, owner),
+                                   _small_layers(model, owner))
         where = "scaled_dot_product_attention" if softmax.sdpa else "softmax over attention scores"
         message = (
             f"{where} is uniform at init on the example inputs: on every row the scores vary by "
@@ -160,29 +164,61 @@ def build():
         return self.at_module(finding, model, owner)
 
 
-def _reason(softmax: Any, zero_layers: list[str]) -> tuple[str, bool]:
-    """Why the rows are uniform, and whether they stay so (no gradient reaches q or k)."""
+def _reason(softmax: Any, zero_layers: list[str], small: list[str]) -> tuple[str, bool]:
+    """Why the rows are uniform, and whether they stay so (no gradient reaches q or k). Each
+    cause is said only as far as it was seen: a projection is blamed only when its weight is
+    zero (``zero_layers``) or drawn far below its fan-in's scale (``small``)."""
     zeros = f" ({', '.join(zero_layers)} all zero)" if zero_layers else ""
     if softmax.zero_scale == "fixed":
         return ("a constant scale of 0 multiplies the scores (or a query or key) between the "
                 "product and the softmax: the scores are 0 on every step and no gradient reaches "
                 "the queries or the keys, so it stays uniform for good"), True
-    if softmax.zero_queries and softmax.zero_keys:
+    if softmax.zero_queries and softmax.zero_keys and zero_layers:
         return ("the queries and the keys are both all zero" + zeros + ": the gradient of each "
                 "is proportional to the other, so both stay zero and it stays uniform for "
                 "good"), True
+    if softmax.zero_queries and softmax.zero_keys:
+        return ("the queries and the keys are both all zero, though no weight inside the "
+                "attention is: what feeds them is zero on these inputs (a norm over a single "
+                "channel, a gate upstream that starts at 0); whether training moves them depends "
+                "on that input, so look there"), False
     if softmax.zero_scale == "learned":
         return ("a learnable scale starts at 0: its first gradient moves it, so this is where "
                 "training starts, not where it stays"), False
     if softmax.zero_queries or softmax.zero_keys:
         which = "queries" if softmax.zero_queries else "keys"
-        return (f"the {which} are all zero{zeros}: their first gradient is not, so it recovers "
-                f"after the first step (a zero query projection is muP's deliberate choice)"), False
+        why = zeros or " (no weight inside the attention is zero: a scale or gate on them starts " \
+                       "at 0, or their input is zero)"
+        mu_p = " (a zero query projection is muP's deliberate choice)" \
+            if softmax.zero_queries and zero_layers else ""
+        return (f"the {which} are all zero{why}: their first gradient is not, so it recovers "
+                f"after the first step{mu_p}"), False
     if softmax.same_keys:
         return ("the keys are the same at every position (a key projection whose weight is "
                 "zero, leaving its bias): the keys' first gradient makes them differ"), False
-    return ("the scores are tiny: the query/key projections are drawn far smaller than their "
-            "fan-in asks"), False
+    if small:
+        return (f"the scores are tiny: {', '.join(small)} drawn far smaller than its fan-in "
+                "asks"), False
+    return ("the scores are tiny, though the projections inside the attention are drawn at a "
+            "usual scale: what feeds the queries and keys is tiny on these inputs (look upstream, "
+            "e.g. a norm's gain drawn near 0)"), False
+
+
+def _small_layers(model: "AnalysedModel", module: str) -> list[str]:
+    """Weights inside ``module`` drawn far below the scale their fan-in asks: an RMS under 1%
+    of ``1/sqrt(fan_in)``."""
+    names = []
+    for name, layer in model.layers.items():
+        if module and not name.startswith(module + "."):
+            continue
+        stats = layer.stats("weight")
+        if stats is None or not stats.fan_in or stats.numel == stats.fan_in:
+            continue  # unknown, or a 1-d weight (a norm's gain)
+        rms = math.sqrt(stats.std ** 2 + stats.mean ** 2)
+        if rms < 0.01 / math.sqrt(stats.fan_in):
+            names.append(f"{name}.weight (RMS {rms:.3g}, where 1/sqrt(fan-in) is "
+                         f"{1 / math.sqrt(stats.fan_in):.3g})")
+    return names[:4]
 
 
 def _zero_layers(model: "AnalysedModel", module: str) -> list[str]:
