@@ -9,6 +9,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+# A reason from ``Rule.declined`` that starts with this is a measurement that failed, not a
+# choice: the layer counts as not judged, and the analysis is incomplete (exit 2 unless
+# --allow-incomplete), as for a value biaslint could not read.
+NOT_MEASURED = "not measured: "
 
 class Severity(enum.IntEnum):
     INFO = 1

@@ -203,3 +203,61 @@ def test_a_block_dropped_at_random_is_not_silent(lint_source):
         assert not torch.allclose(model(x), before)
     result = lint_source(LAYER_DROP, select=("BL015",))
     assert [f for f in result.findings if f.code == "BL015"] == []
+
+
+FLOAT32_INSIDE = """
+import torch
+import torch.nn as nn
+
+
+class OneSlot(nn.Module):
+    '''Cross-attention over one memory slot (q and k silent for good), with a tensor the forward
+    makes in the default dtype, or an op that refuses float64 (as grouped_mm does).'''
+    def __init__(self, refuse=False):
+        super().__init__()
+        self.refuse = refuse
+        self.memory = nn.Parameter(torch.randn(1, 16))
+        self.q, self.k, self.v = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.anchor = nn.Linear(16, 16)
+
+    def forward(self, x):
+        if self.refuse and x.dtype == torch.float64:
+            raise RuntimeError("Expected mat_a to be Float32, BFloat16 or Float16, got Double")
+        anchors = torch.ones(x.shape[0], x.shape[1], 16)  # the default dtype
+        memory = self.memory.expand(x.shape[0], -1, -1)
+        q, k, v = self.q(x) + self.anchor(anchors), self.k(memory), self.v(memory)
+        weights = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
+        return x + weights @ v
+
+
+def made_inside():
+    torch.manual_seed(0)
+    return OneSlot(), torch.randn(4, 7, 16)
+
+
+def refuses_float64():
+    torch.manual_seed(0)
+    return OneSlot(refuse=True), torch.randn(4, 7, 16)
+"""
+
+
+def test_a_tensor_made_in_the_default_dtype_runs_in_float64(lint_source):
+    """The exact check runs the model in float64 with float64 as the default dtype, so a
+    ``torch.zeros(...)`` inside the forward does not stop it (a DETR decoder's queries)."""
+    result = lint_source(FLOAT32_INSIDE, select=("BL015",), attr="made_inside")
+    assert not result.error, result.error
+    claimed = {(f.module, p) for f in result.findings for p in f.data["parameters"]}
+    assert claimed == {("q", "weight"), ("k", "weight"), ("anchor", "weight")}, claimed
+    assert not any("crashed" in line for line in result.incomplete), result.incomplete
+
+
+def test_a_model_that_refuses_float64_is_not_judged_and_not_guessed(lint_source):
+    """An op without a float64 kernel: no verdict (float32 bit for bit cannot tell a path of
+    1e-14 from none), said as unjudged; no crash."""
+    result = lint_source(FLOAT32_INSIDE, select=("BL015",), attr="refuses_float64")
+    assert not result.error, result.error
+    assert [f for f in result.findings if f.code == "BL015"] == []
+    assert not any("crashed" in line for line in result.incomplete), result.incomplete
+    # a measurement that failed is an incomplete analysis (exit 2), not a pass
+    assert any("does not run in float64" in line for line in result.incomplete), result.incomplete
+    assert [scope.judged for scope in result.rules if scope.code == "BL015"] == [0]

@@ -100,7 +100,13 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
             moving += also
         if held:  # and exactly, on the model as built
             with _as_built(originals):
-                held, also = _exactly(run, held)
+                exact = _exactly(run, held)
+            if exact is None:  # float32 bit for bit cannot tell a weak path from none
+                result.error = (f"the model does not run in float64, where the last, exact "
+                                f"check of the {len(held)} parameter(s) left is made")
+                result.forwards = run.forwards
+                return result
+            held, also = exact
             moving += also
         result.forwards = run.forwards
     result.silent = [(layer, pname) for layer, pname, _, _ in held]
@@ -117,15 +123,16 @@ class _Exact(Runner):
         return 0.0
 
 
-def _exactly(run: Runner, held: list[Any]) -> tuple[list[Any], list[Any]]:
+def _exactly(run: Runner, held: list[Any]) -> tuple[list[Any], list[Any]] | None:
     """The pieces whose shifts leave every output bit for bit as it was, random masks off, in
     float64 where the model runs in it. A structural silence is exact (a softmax over one key
     outputs exactly 1, a weight times a zero state is exactly 0, a discarded position is
     discarded); a path that is only weak (two layer scales of 1e-5 in a row: 1e-14 of the
-    output) moves, and is refuted."""
+    output) moves, and is refuted. None when the model does not run in float64."""
     with in_float64(run) as wide:
-        base = wide if wide is not None else run
-        exact = _Exact(base.model, base.dtype, base.args, base.kwargs)
+        if wide is None:  # None: not judged (a weak path of 1e-14 and none look alike in float32)
+            return None
+        exact = _Exact(wide.model, wide.dtype, wide.args, wide.kwargs)
         result = _settled_in_eval(exact, held)
         run.forwards += exact.forwards
         return result

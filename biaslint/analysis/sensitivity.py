@@ -687,9 +687,10 @@ def _converted(value: Any, dtype: torch.dtype) -> Any:
 
 @contextlib.contextmanager
 def in_float64(run: Runner) -> Iterator[Runner | None]:
-    """The model and inputs in float64 for the time of the block (None when the model will not
-    run in float64: it builds float32 tensors inside); every tensor's dtype put back after
-    (float32 round-trips through float64 exactly)."""
+    """The model and inputs in float64 for the time of the block, the default dtype too (None,
+    and the model as it was, when it will not run in float64: it makes float32 tensors inside,
+    or an op has no float64 kernel); every tensor's dtype put back after (float32 round-trips
+    through float64 exactly)."""
     model = run.model
     params = list(model.parameters())
     # The original storages: views of them held elsewhere (a value a rule read before) must
@@ -698,18 +699,8 @@ def in_float64(run: Runner) -> Iterator[Runner | None]:
     buffers = [(m, name, b) for m in model.modules() for name, b in m._buffers.items()
                if b is not None]
     wide: Runner | None = None
-    try:
-        try:
-            model.double()  # buffers are new tensors: ``preserved`` puts the old ones back
-            wide = Runner(model, torch.float64, _converted(run.args, torch.float64),
-                           _converted(run.kwargs, torch.float64))
-            wide.baseline = wide.outputs()
-        except Exception:  # a model that builds float32 tensors inside
-            wide = None
-        yield wide
-    finally:
-        if wide is not None:
-            run.forwards += wide.forwards
+
+    def put_back() -> None:
         with torch.no_grad():
             for param, storage in zip(params, storages):
                 if param.data is not storage:
@@ -721,6 +712,27 @@ def in_float64(run: Runner) -> Iterator[Runner | None]:
                         current.shape == buffer.shape:
                     buffer.copy_(current)
                 module._buffers[name] = buffer
+
+    # Tensors the forward makes with the default dtype (``torch.zeros(b, n, d)``) are float64
+    # too for the time of the block, as they would be in a model built for float64.
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        try:
+            model.double()  # buffers are new tensors: ``preserved`` puts the old ones back
+            wide = Runner(model, torch.float64, _converted(run.args, torch.float64),
+                           _converted(run.kwargs, torch.float64))
+            wide.baseline = wide.outputs()
+        except Exception:  # a float32 tensor made inside, an op with no float64 kernel
+            wide = None
+            torch.set_default_dtype(default)
+            put_back()  # the block gets the model as it was, not half converted
+        yield wide
+    finally:
+        torch.set_default_dtype(default)
+        if wide is not None:
+            run.forwards += wide.forwards
+        put_back()
 
 
 def settled(run: Runner, pieces: list[Piece]) -> tuple[list[Piece], list[Piece]]:

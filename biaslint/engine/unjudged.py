@@ -4,13 +4,14 @@ A pass must be true: every layer a rule applies to is judged, or said. Per rule,
 counts the layers of its scope it could read and lists the others with their reason (outside
 any graph, values it cannot read, the rule crashed, the rule declined); ``causes`` turns those
 reasons into the lines ``not judged`` prints. A rule's own reasons for declining a layer are
-notes, not an incomplete analysis."""
+notes, not an incomplete analysis, unless the reason is a measurement that failed
+(``findings.NOT_MEASURED``)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from biaslint.findings import RuleScope
+from biaslint.findings import NOT_MEASURED, RuleScope
 
 if TYPE_CHECKING:  # the pipeline's own types; importing them here would load torch
     from biaslint.analysis.model import AnalysedModel
@@ -78,7 +79,10 @@ def _reason(rule: Rule, layer: str, crashed: str | None, declined: dict[str, str
     if crashed is not None:
         return f"the rule crashed ({crashed})"
     if layer in declined:  # the rule says why it did not judge this one
-        return f"{DECLINED}{declined[layer]}"
+        why = declined[layer]
+        if why.startswith(NOT_MEASURED):  # a measurement that failed: not a choice
+            return f"{rule.code}: {why}"
+        return f"{DECLINED}{why}"
     reasons = [reason for need, reason in blocked.get(layer, {}).items() if need in rule.reads]
     return reasons[0] if reasons else None
 
@@ -136,4 +140,9 @@ def causes(analysed: AnalysedModel, unjudged: set[tuple[str, str]]) -> list[str]
     elif outside:
         lines.append(f"{len(outside)} called layer(s) outside any graph (graph rules cannot see "
                      f"them): {listed(outside)}")
+    failed = sorted({why for _, why in unjudged if f": {NOT_MEASURED}" in why})
+    for why in failed:
+        code, _, text = why.partition(": ")
+        lines.append(f"{code} could not judge {len(layers(why))} layer(s), {text}: "
+                     f"{listed(layers(why))}")
     return lines

@@ -97,7 +97,9 @@ class Rule:
         """Layers of ``scope`` the rule does not judge, by name, with why (an output layer it
         cannot tell is a classifier). The engine records them as not judged, with the reason,
         and says so in a note; unlike a graph or values it could not read, they do not make the
-        analysis incomplete: the reason names what would have them judged."""
+        analysis incomplete: the reason names what would have them judged. A reason that starts
+        with ``NOT_MEASURED`` is a measurement the rule needed and could not make: that does make
+        the analysis incomplete."""
         return {}
 
     def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable
 
-from biaslint.findings import Finding, Fix, FixKind, Severity
+from biaslint.findings import NOT_MEASURED, Finding, Fix, FixKind, Severity
 from biaslint.rules.base import Rule, RuleContext
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def build():
         screen = model.silent_parameters()
         if screen is None or screen.error is None:
             return {}
-        return {layer.name: f"the gradients were not measured: {screen.error}"
+        return {layer.name: f"{NOT_MEASURED}{screen.error}"
                 for layer in self.scope(model, context)}
 
     def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:
