@@ -61,6 +61,7 @@ t = result.timings
 record = max(0.0, t["build"] - build)
 print(json.dumps({{"build": build, "record": record, "capture": t["capture"],
                   "analysis": t["analysis"], "rules": t["rules"],
+                  "screen": t.get("screen", 0.0), "gradients": t.get("gradients", 0.0),
                   "findings": sorted(f.code for f in result.findings)}}))
 """
 
@@ -192,8 +193,9 @@ def _table(names: list[str], times: dict[str, dict[str, list[float]]],
 
 def _in_process(names: list[str]) -> list[str]:
     lines = ["", "In process (one run each, a fresh process per model):", "",
-             "| model | build s | record s | capture s | analysis s | rules s | own s "
-             "| own/build | findings |", "|---|---|---|---|---|---|---|---|---|"]
+             "| model | build s | record s | capture s | analysis s | rules s | of which BL001's "
+             "screen s | of which BL015's gradients s | own s | own/build | findings |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         code = IN_PROCESS.format(here=HERE, name=name, target=target(name))
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
@@ -205,8 +207,9 @@ def _in_process(names: list[str]) -> list[str]:
         found = {c: t["findings"].count(c) for c in sorted(set(t["findings"]))}
         found_text = ", ".join(f"{c} {k}" for c, k in found.items()) or "none"
         lines.append(f"| {name} | {t['build']:.2f} | {t['record']:.2f} | {t['capture']:.2f} "
-                     f"| {t['analysis']:.2f} | {t['rules']:.2f} | {own:.2f} "
-                     f"| {own / t['build']:.0%} | {found_text} |")
+                     f"| {t['analysis']:.2f} | {t['rules']:.2f} | {t['screen']:.2f} "
+                     f"| {t['gradients']:.2f} | {own:.2f} | {own / t['build']:.0%} "
+                     f"| {found_text} |")
     return lines
 
 

@@ -375,3 +375,40 @@ def test_warm_and_cold_agree_on_the_zoos_quick_set(tmp_path, server_dir):
     results = json.loads(cold.stdout)["results"]
     assert [r["target"] for r in results] == targets
     assert sum(len(r["findings"]) for r in results) > 0  # the comparison compared findings
+
+
+def test_the_random_numbers_a_build_draws_are_a_cold_runs(tmp_path, server_dir):
+    """Python's, numpy's and torch's generators as the build sees them, warm lint after warm
+    lint, are those of a cold run (biaslint seeds them before a build; a child never inherits a
+    state the server or another lint left)."""
+    (tmp_path / "draws.py").write_text(textwrap.dedent("""
+        import random, sys
+        import numpy
+        import torch, torch.nn as nn
+
+        def build():
+            print("draw", random.random(), numpy.random.rand(), float(torch.rand(())),
+                  file=sys.stderr)
+            return nn.Sequential(nn.Linear(4, 4)), torch.randn(2, 4)
+        """))
+
+    def draws(*mode: str) -> list[str]:
+        proc = _run(tmp_path, server_dir, "draws.py:build", *mode, "--select", "BL003")
+        [line] = [x for x in proc.stderr.splitlines() if x.startswith("draw ")]
+        return line.split()[1:]
+
+    cold = draws("--cold")
+    assert draws("--warm") == draws("--warm") == cold
+
+
+def test_fix_through_the_server_writes_what_a_cold_fix_writes(tmp_path, server_dir):
+    outputs = []
+    for mode in ("--cold", "--warm"):
+        folder = tmp_path / mode.strip("-")
+        folder.mkdir()
+        (folder / "good.py").write_text(textwrap.dedent(GOOD))
+        proc = _run(folder, server_dir, "good.py:build", "--fix", mode)
+        outputs.append((proc.returncode, proc.stdout, proc.stderr,
+                        (folder / "good.py").read_text()))
+    assert outputs[0] == outputs[1]
+    assert "bias=False" in outputs[1][3]  # the fix was written
