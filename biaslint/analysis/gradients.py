@@ -197,10 +197,10 @@ def _trainable(model: nn.Module, skip: set[tuple[str, str]]
 def _zero_gradients(run: Runner, params: list[tuple[str, str, torch.Tensor]]
                     ) -> list[tuple[str, str, torch.Tensor]] | None:
     """The parameters whose gradient is zero in every random projection: exactly, or within
-    rounding (its largest entry below ``ZERO`` times the largest of any parameter: a softmax over
-    one key differentiated by a fused kernel leaves ~1e-9); the perturbation decides. A
-    parameter autograd does not reach is not among them. None when no output is
-    differentiable."""
+    rounding (its largest entry below ``ZERO`` times the largest of any parameter in the first
+    projection: a softmax over one key differentiated by a fused kernel leaves ~1e-9); the
+    perturbation decides. A parameter autograd does not reach is not among them. None when no
+    output is differentiable."""
     run.forwards += 1
     tensors = [p for _, _, p in params]
     zero = [True] * len(tensors)
@@ -212,14 +212,21 @@ def _zero_gradients(run: Runner, params: list[tuple[str, str, torch.Tensor]]
         if not outputs:
             return None
         generator = torch.Generator().manual_seed(SEED + 1)
+        largest = 0.0
         for k in range(PROJECTIONS):
             loss = projected(outputs, generator)
-            grads = torch.autograd.grad(loss, tensors, allow_unused=True,
+            # A later projection asks only for the parameters still zero: most models have
+            # none left after the first, and then the second backward is not run at all.
+            asked = [i for i, z in enumerate(zero) if z]
+            if not asked:
+                break
+            grads = torch.autograd.grad(loss, [tensors[i] for i in asked], allow_unused=True,
                                         retain_graph=k + 1 < PROJECTIONS)
             peaks = [float(g.detach().abs().max()) if g is not None and g.numel() else 0.0
                      for g in grads]
-            largest = max(peaks, default=0.0)
-            for i, g in enumerate(grads):
-                zero[i] = zero[i] and g is not None and peaks[i] <= relative * largest
+            # "the largest of any parameter": the first projection sees every parameter
+            largest = max(peaks, default=0.0) if k == 0 else largest
+            for i, g, peak in zip(asked, grads, peaks):
+                zero[i] = g is not None and peak <= relative * largest
         run.baseline = [y.detach().clone() for y in floating_outputs(out)]
     return [entry for entry, z in zip(params, zero) if z]
