@@ -261,3 +261,32 @@ def test_a_model_that_refuses_float64_is_not_judged_and_not_guessed(lint_source)
     # a measurement that failed is an incomplete analysis (exit 2), not a pass
     assert any("does not run in float64" in line for line in result.incomplete), result.incomplete
     assert [scope.judged for scope in result.rules if scope.code == "BL015"] == [0]
+
+
+EVAL_ONLY = """
+import torch
+import torch.nn as nn
+
+
+class Detector(nn.Module):
+    '''As torchvision's detectors: in training mode the forward wants targets.'''
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(8, 8)
+
+    def forward(self, x, targets=None):
+        if self.training and targets is None:
+            raise AssertionError("targets should not be none when in training mode")
+        return self.body(x)
+
+
+def build():
+    return Detector().eval(), torch.randn(4, 8)
+"""
+
+
+def test_a_forward_that_refuses_training_mode_leaves_bl015_incomplete_and_says_why(lint_source):
+    result = lint_source(EVAL_ONLY, select=("BL015",))
+    assert not result.error, result.error
+    [line] = [x for x in result.incomplete if "BL015" in x]
+    assert "targets should not be none" in line and "training-mode forward accepts" in line
