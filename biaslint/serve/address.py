@@ -80,6 +80,15 @@ def socket_path(project: Path, key: str) -> Path:
     return folder / f"{digest}-{key}.sock"
 
 
+def sockets(project: Path) -> list[Path]:
+    """The sockets of this project's servers, in its folder and in the temporary-directory
+    fallback (``biaslint server status|stop``)."""
+    digest = hashlib.sha256(str(project).encode()).hexdigest()[:12]
+    fallback = Path(tempfile.gettempdir()) / f"biaslint-{os.getuid()}"
+    return sorted([*server_folder(project).glob("server-*.sock"),
+                   *fallback.glob(f"{digest}-*.sock")])
+
+
 def private_folder(folder: Path) -> None:
     """Make ``folder`` (mode 0700 when biaslint creates it). A folder of another user's is
     refused: a socket in it could be theirs."""

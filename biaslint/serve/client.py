@@ -154,8 +154,7 @@ def _wait_gone(path: Path) -> None:
 
 def stop(project: Path | None = None) -> list[Path]:
     """Stop this project's servers (every key); the sockets they listened on."""
-    folder = address.server_folder(address.project_folder(project))
-    found = sorted(folder.glob("server-*.sock"))
+    found = address.sockets(address.project_folder(project))
     stopped = []
     for path in found:
         sock = connect(path)
@@ -171,9 +170,8 @@ def stop(project: Path | None = None) -> list[Path]:
 
 def status(project: Path | None = None) -> list[tuple[Path, dict[str, Any] | None]]:
     """This project's servers and what each says of itself (None: not answering)."""
-    folder = address.server_folder(address.project_folder(project))
     out: list[tuple[Path, dict[str, Any] | None]] = []
-    for path in sorted(folder.glob("server-*.sock")):
+    for path in address.sockets(address.project_folder(project)):
         sock = connect(path)
         if sock is None:
             out.append((path, None))
