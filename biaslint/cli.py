@@ -92,10 +92,10 @@ def check(targets: tuple[str, ...], **options: Any) -> None:
         own_process()
     debug = bool(options.get("debug"))
     warm = options.pop("warm", None)
+    if options.get("watch"):  # here, without torch: each of its lints is warm
+        _end(_watch(targets, options, debug))
     if _OWN_PROCESS and _warm(warm, options):
         _end(_lint_warm(debug))
-    if options.get("watch"):
-        _end(_watch(targets, options, debug))
     try:
         with interrupts():
             code = _exit_code(_run(targets, options))

@@ -142,3 +142,35 @@ def test_open_save_diagnostics_and_a_code_action(tmp_path):
 def _mk(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_a_finding_no_workspace_file_shows_is_placed_or_logged_never_dropped(tmp_path,
+                                                                            monkeypatch):
+    """A layer built in a library (its line is in site-packages) or with no recorded line: at
+    the top of the target's own file, naming where it was built; with no such file, in the
+    log."""
+    from biaslint.serve.lsp import Linter
+
+    (tmp_path / "model.py").write_text("def build(): ...\n")
+    monkeypatch.chdir(tmp_path)
+    linter = Linter()
+    linter.root = tmp_path.resolve()
+
+    def finding(file, line, module):
+        return {"code": "BL001", "message": "cancelled", "severity": "warning", "file": file,
+                "line": line, "col": 5, "end_line": line, "module": module, "fix": None}
+
+    results = [
+        {"target": "model.py:build", "findings": [
+            finding("model.py", 1, "mine"),
+            finding("transformers/models/x/modeling_x.py", 158, "encoder.dense"),
+            finding(None, None, "nowhere")]},
+        {"target": "gone.mod:build", "findings": [finding(None, None, "lost")]},
+    ]
+    found, unshown = linter.diagnostics(results)
+    [shown] = found["model.py:build"].values()
+    assert [d.range.start.line for d in shown] == [0, 0, 0]
+    assert "built at transformers/models/x/modeling_x.py:158" in shown[1].message
+    assert "in nowhere, built at no source line recorded" in shown[2].message
+    assert shown[1].data is None  # no edit into a library's file
+    assert unshown == ["gone.mod:build: BL001 cancelled (no source line recorded)"]

@@ -88,7 +88,8 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         except Exception as exc:  # said: nothing was measured
             text = str(exc).splitlines()[0] if str(exc) else ""
             result.error = (f"the training-mode forward and backward raised "
-                            f"{type(exc).__name__}: {text}")
+                            f"{type(exc).__name__}: {text}; give example inputs its "
+                            "training-mode forward accepts (a detector needs its targets)")
             return result
         if zero is None:
             result.error = "no floating output depends on a parameter through autograd"

@@ -109,9 +109,7 @@ def build():
         screen = model.silent_parameters()
         if screen is None or screen.error is None:
             return {}
-        advice = ("; give example inputs its training-mode forward accepts (a detector needs "
-                  "its targets)" if "forward and backward raised" in screen.error else "")
-        return {layer.name: f"{NOT_MEASURED}{screen.error}{advice}"
+        return {layer.name: f"{NOT_MEASURED}{screen.error}"
                 for layer in self.scope(model, context)}
 
     def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:

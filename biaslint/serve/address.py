@@ -48,18 +48,17 @@ def server_key(executable: str, path: Sequence[str], env: Mapping[str, str]) -> 
 
 
 def project_folder(start: Path | None = None) -> Path:
-    """The folder whose ``.biaslint_cache`` holds the server: the configured project's, else
-    the working directory's."""
-    folder = (start or Path.cwd()).resolve()
-    for candidate in (folder, *folder.parents):
-        path = candidate / "pyproject.toml"
-        if path.is_file():
-            try:
-                if "tool.biaslint" in path.read_text(encoding="utf-8"):
-                    return candidate
-            except (OSError, UnicodeDecodeError):
-                continue
-    return folder
+    """The folder whose ``.biaslint_cache`` holds the server: the configured project's (the
+    pyproject.toml the lint reads, found as ``biaslint.run.config`` finds it), else the working
+    directory's."""
+    from biaslint.errors import ConfigError
+    from biaslint.run.config import find_pyproject
+
+    try:
+        found = find_pyproject(start)
+    except ConfigError:  # a file the lint will refuse: the lint says so, warm or cold
+        found = None
+    return found.parent if found is not None else (start or Path.cwd()).resolve()
 
 
 def server_folder(project: Path) -> Path:

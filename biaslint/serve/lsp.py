@@ -47,8 +47,8 @@ class Linter:
         """Set the workspace; what is wrong with it, or None."""
         from biaslint.run.config import load_config
 
-        self.root = root
-        os.chdir(root)
+        self.root = root.resolve()
+        os.chdir(self.root)
         if isinstance(given, dict) and isinstance(given.get("targets"), list):
             self.targets = [str(t) for t in given["targets"]]
             return None
@@ -76,16 +76,33 @@ class Linter:
             self.reads[target] = {p.resolve() for p in watch.files_of(target)}
         return code, results
 
-    def diagnostics(self, results: list[dict[str, Any]]) -> dict[str, dict[Path, list[Any]]]:
+    def diagnostics(self, results: list[dict[str, Any]]
+                    ) -> tuple[dict[str, dict[Path, list[Any]]], list[str]]:
+        """Per target, the diagnostics by file; and the findings no file of the workspace can
+        show (said in the log, never dropped silently). A finding built outside the workspace
+        (a library's line) goes at the top of the target's own file, naming where it was."""
         out: dict[str, dict[Path, list[types.Diagnostic]]] = {}
+        unshown: list[str] = []
         for result in results:
-            per_file = out.setdefault(str(result["target"]), {})
+            target = str(result["target"])
+            per_file = out.setdefault(target, {})
             for finding in result.get("findings") or []:
-                if not finding.get("file") or not finding.get("line"):
+                path = (self.root / finding["file"]).resolve() if finding.get("file") else None
+                if path is not None and finding.get("line") and path.is_file() \
+                        and self.root in path.parents:
+                    per_file.setdefault(path, []).append(diagnostic(finding, self.root))
                     continue
-                path = (self.root / finding["file"]).resolve()
-                per_file.setdefault(path, []).append(diagnostic(finding, self.root))
-        return out
+                where = f"{finding['file']}:{finding.get('line')}" if finding.get("file") \
+                    else "no source line recorded"
+                own = watch.target_file(target)
+                if not own:
+                    unshown.append(f"{target}: {finding['code']} {finding['message']} ({where})")
+                    continue
+                moved = dict(finding, file=str(own[0]), line=1, col=1, end_line=1, fix=None,
+                             message=f"{finding['message']} (in {finding.get('module')}, "
+                                     f"built at {where})")
+                per_file.setdefault(own[0].resolve(), []).append(diagnostic(moved, self.root))
+        return out, unshown
 
 
 def diagnostic(finding: dict[str, Any], root: Path) -> types.Diagnostic:
@@ -162,7 +179,12 @@ def create() -> LanguageServer:
                 ls.window_log_message(types.LogMessageParams(type=types.MessageType.Error,
                                                              message=said))
                 return
-            publish(ls, linter.diagnostics(results))
+            found, unshown = linter.diagnostics(results)
+            publish(ls, found)
+            for line in unshown:
+                ls.window_log_message(types.LogMessageParams(
+                    type=types.MessageType.Warning, message=f"biaslint: not shown in a file: "
+                                                            f"{line}"))
 
     def publish(ls: LanguageServer, found: dict[str, dict[Path, list[Any]]]) -> None:
         touched: set[Path] = set()

@@ -30,7 +30,6 @@ class Reader:
         self.sock = sock
         self.buffer = b""
         self.fds: list[int] = []
-        self.closed = False
 
     def fill(self, with_fds: bool = False) -> bool:
         """Read what is there; False when the other end closed."""
@@ -40,7 +39,6 @@ class Reader:
         else:
             data = self.sock.recv(1 << 16)
         if not data:
-            self.closed = True
             return False
         self.buffer += data
         if len(self.buffer) > MAX_REQUEST:

@@ -247,7 +247,7 @@ class Server:
     def accept(self) -> None:
         try:
             conn, _ = self.listener.accept()
-        except BlockingIOError:
+        except OSError:  # nothing waiting, or the listener closed by a stop since the select
             return
         conn.setblocking(True)
         conn.settimeout(30)

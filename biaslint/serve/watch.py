@@ -134,6 +134,9 @@ def _show(result: dict[str, Any], state: Watched, seconds: float) -> None:
     lines += [before[k].line("-") for k in before if k not in now]
     state.findings[target], state.errors[target] = now, error
     state.files[target] = _files(target, state.files.get(target))
+    if first and not state.files[target]:
+        lines.append(f"  {target}: no source file recorded or found to watch: it is not "
+                     "linted again")
     count = f"{len(now)} finding{'s' if len(now) != 1 else ''}"
     if first:
         print("\n".join([*lines, f"{target}: {count} ({seconds:.1f} s)"]), flush=True)
@@ -168,7 +171,7 @@ def _state(path: Path) -> tuple[int, int] | None:
 
 def files_of(target: str) -> list[Path]:
     """The files ``target``'s last lint recorded as read, else its own file (absolute)."""
-    return _recorded(target) or _own_file(target)
+    return _recorded(target) or target_file(target)
 
 
 def _changed(files: dict[Path, tuple[int, int] | None]) -> bool:
@@ -197,7 +200,9 @@ def _work_tree(start: Path) -> Path | None:
     return None
 
 
-def _own_file(target: str) -> list[Path]:
+def target_file(target: str) -> list[Path]:
+    """The file that defines ``target`` (``file.py:attr``, or ``pkg.mod:attr`` under the
+    working directory), when it is there."""
     module = target.split(":", 1)[0]
     if module.endswith(".py"):
         return [Path(module).resolve()]
