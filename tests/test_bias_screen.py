@@ -360,3 +360,84 @@ def test_a_weightless_bias_beside_an_empty_weight_is_measured_not_crashed():
     assert not any("crashed" in n for n in report.result.notes), report.result.notes
     assert report.result.incomplete == ()
     assert [f.module for f in report.findings] == ["key"]
+
+
+CONV_BN_AND_ONE_KEY = """
+class Both(nn.Module):
+    '''A conv bias a batch norm cancels (BL001's) and query/key projections read through a
+    softmax over one memory entry (their biases BL001's, their weights BL015's).'''
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+        self.memory = nn.Parameter(torch.randn(1, 8))
+        self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.bn(self.conv(x)).mean((2, 3))
+        scores = self.q(h)[:, None] @ self.k(self.memory).T  # one key: the softmax is 1
+        return h + (scores.softmax(-1) @ self.v(self.memory))[:, 0]
+
+def build():
+    return Both(), torch.randn(4, 3, 6, 6)
+"""
+
+
+def _lint_counting(write_target, source: str, select: tuple[str, ...]):
+    """Lint ``source``; return the findings (code, layer, message) and how many forwards
+    ran in training mode with gradients on."""
+    target = write_target(HEADER + textwrap.dedent(source))
+    torch.manual_seed(0)
+    loaded = load_target(target)
+    differentiated: list[bool] = []
+    loaded.model.register_forward_pre_hook(  # values: not the capture's fake or meta tensors
+        lambda module, args: differentiated.append(
+            module.training and torch.is_grad_enabled() and type(args[0]) is torch.Tensor
+            and args[0].device.type != "meta"))
+    result = lint_loaded(loaded, TargetConfig(target), Settings(select=select))
+    assert not result.incomplete, result.incomplete
+    found = sorted((f.code, f.module, f.message) for f in result.findings)
+    return found, sum(differentiated)
+
+
+def test_the_bias_and_parameter_screens_share_one_training_forward(write_target):
+    """BL001's bias screen and BL015's parameter screen read the same training-mode forward and
+    backwards: selecting both runs no more differentiated forwards than BL001 alone, and each
+    finds what it finds alone."""
+    alone_001, forwards_001 = _lint_counting(write_target, CONV_BN_AND_ONE_KEY, ("BL001",))
+    alone_015, forwards_015 = _lint_counting(write_target, CONV_BN_AND_ONE_KEY, ("BL015",))
+    both, forwards_both = _lint_counting(write_target, CONV_BN_AND_ONE_KEY, ("BL001", "BL015"))
+    # the batch norm cancels the conv bias; the softmax over one key, the q and k biases
+    assert [f[:2] for f in alone_001] == [("BL001", "conv"), ("BL001", "k"), ("BL001", "q")]
+    assert [f[:2] for f in alone_015] == [("BL015", "k"), ("BL015", "q")]
+    assert both == sorted(alone_001 + alone_015)
+    assert forwards_001 == forwards_015 == 1
+    assert forwards_both == 1
+
+
+def test_a_derived_cancellation_is_confirmed_in_float32_and_a_found_one_in_float64(
+        lint, monkeypatch):
+    """The float64 re-check tells "moves by 1e-6" from "does not move": it is spent on what
+    the measurement found and the walk did not prove (a batch norm written by hand with var()),
+    not on what the walk derived (Conv2d -> BatchNorm2d), which the float32 shift confirms."""
+    from biaslint.analysis import sensitivity
+
+    widened: list[bool] = []
+    real = sensitivity.in_float64
+
+    def counted(run):
+        widened.append(True)
+        return real(run)
+
+    monkeypatch.setattr(sensitivity, "in_float64", counted)
+    result, oracle = lint("""
+    def build():
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)), torch.randn(2, 3, 6, 6)
+    """)
+    assert [(f.module, f.data["measured"]) for f in result.findings] == [("0", True)]
+    assert oracle.verdict("0") == "redundant"
+    assert not widened
+    result, oracle = lint(CENTRED_BY_VAR)
+    assert [(f.module, f.data["measured"]) for f in result.findings] == [("conv", True)]
+    assert oracle.verdict("conv") == "redundant"
+    assert widened

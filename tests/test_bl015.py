@@ -132,8 +132,11 @@ def _silent_after_training(namespace: dict, build: str, inputs: str) -> set[tupl
     return silent
 
 
+@pytest.mark.parametrize("select", [("BL015",), ("BL001", "BL015")],
+                         ids=["alone", "sharing BL001's forward"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_bl015_flags_exactly_what_training_leaves_alone(name, lint_source):
+def test_bl015_flags_exactly_what_training_leaves_alone(name, select, lint_source):
+    """Alone, and on the bias screen's forward and backwards when BL001 runs too."""
     build, inputs, reasons = CASES[name]
     namespace: dict = {}
     exec(compile(HEAD, "<bl015>", "exec"), namespace)
@@ -143,7 +146,7 @@ def test_bl015_flags_exactly_what_training_leaves_alone(name, lint_source):
             torch.manual_seed(0)
             return {build}, {inputs}
         """)
-    result = lint_source(source, select=("BL015",))
+    result = lint_source(source, select=select)
     assert not result.error, result.error
     findings = [f for f in result.findings if f.code == "BL015"]
     claimed = {(f.module, p) for f in findings for p in f.data["parameters"]}

@@ -710,3 +710,26 @@ def test_a_removed_bias_says_a_seeded_build_draws_other_weights(tmp_path):
     assert torch.equal(old[0].weight, new[0].weight)  # drawn before the bias
     assert not torch.equal(old[3].weight, new[3].weight)  # drawn after it
     _same_training_outputs(original, path)
+
+
+def test_a_file_is_parsed_once_until_its_text_changes(tmp_path):
+    """Rules read many constructor calls of one file (every norm of a ResNet): the syntax tree
+    is kept while the file's text is the same, and parsed anew when it changes."""
+    import ast
+    import linecache
+
+    from biaslint.findings import Location
+    from biaslint.fix import edits
+
+    path = tmp_path / "layers.py"
+    path.write_text("import torch.nn as nn\nlayer = nn.Linear(2, 3)\n")
+    first = edits.parsed(str(path))
+    assert first is not None and edits.parsed(str(path))[1] is first[1]
+    call = edits.call_at(first[1], Location(str(path), 2, 9), "Linear")
+    assert call is not None and ast.unparse(call) == "nn.Linear(2, 3)"
+    path.write_text("import torch.nn as nn\nlayer = nn.Conv2d(2, 3, 1)\n")
+    linecache.checkcache(str(path))
+    changed = edits.parsed(str(path))
+    assert changed is not None and changed[1] is not first[1]
+    call = edits.call_at(changed[1], Location(str(path), 2, 9), "Conv2d")
+    assert call is not None and ast.unparse(call) == "nn.Conv2d(2, 3, 1)"

@@ -26,12 +26,15 @@ import torch
 import torch.nn as nn
 
 from biaslint.analysis.sensitivity import (
+    PEAK,
     PROJECTIONS,
     SEED,
+    Gradients,
     Runner,
     degenerate,
     floating_outputs,
     in_float64,
+    magnitude,
     prepared,
     projected,
     screening,
@@ -59,23 +62,26 @@ class GradientScreen:
 
 
 def screen_parameters(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-                      skip: Iterable[tuple[str, str]] = ()) -> GradientScreen:
-    """Measure which trainable parameters (but ``skip``) no output depends on. Never changes
+                      skip: Iterable[tuple[str, str]] = (),
+                      shared: Gradients | None = None) -> GradientScreen:
+    """Measure which trainable parameters (but ``skip``) no output depends on. ``shared``: the
+    bias screen's forward and backwards, which kept these parameters' peak gradients
+    (``sensitivity.training_gradients``), read instead of running them again. Never changes
     ``model``; the RNG is restored."""
     with torch.random.fork_rng(devices=[]):
         state = random.getstate()
         try:
-            return _screen(model, args, kwargs, set(skip))
+            return _screen(model, args, kwargs, set(skip), shared)
         finally:
             random.setstate(state)
 
 
 def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-            skip: set[tuple[str, str]]) -> GradientScreen:
+            skip: set[tuple[str, str]], shared: Gradients | None) -> GradientScreen:
     run, why = prepared(model, args, kwargs)
     if run is None:
         return GradientScreen(error=why)
-    trainable = _trainable(model, skip)
+    trainable = trainable_parameters(model, skip)
     result = GradientScreen(measured=len(trainable))
     if not trainable:
         return result
@@ -83,14 +89,23 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     originals = [(p, p.detach().clone()) for p in {id(p): p for p in model.parameters()}.values()
                  if p.numel() and p.is_floating_point() and degenerate(p.detach())]
     with screening(model):
-        try:
-            zero = _zero_gradients(run, trainable)
-        except Exception as exc:  # said: nothing was measured
-            text = str(exc).splitlines()[0] if str(exc) else ""
-            result.error = (f"the training-mode forward and backward raised "
-                            f"{type(exc).__name__}: {text}; give example inputs its "
-                            "training-mode forward accepts (a detector needs its targets)")
-            return result
+        if shared is not None and shared.error is None and \
+                {id(p) for _, _, p in trainable} <= shared.peaked:
+            run.forwards += 1
+            run.baseline = shared.baseline
+            zero = None if shared.projections is None else \
+                [entry for entry, z in zip(trainable, still_zero(
+                    shared.projections, [p for _, _, p in trainable], run.dtype)) if z]
+        else:
+            try:
+                if shared is not None and shared.error is not None:
+                    raise _Raised(shared.error)
+                zero = _zero_gradients(run, trainable)
+            except Exception as exc:  # said: nothing was measured
+                result.error = (f"the training-mode forward and backward raised "
+                                f"{_raised(exc)}; give example inputs its training-mode "
+                                "forward accepts (a detector needs its targets)")
+                return result
         if zero is None:
             result.error = "no floating output depends on a parameter through autograd"
             return result
@@ -178,8 +193,37 @@ def _settled_in_eval(run: Runner, held: list[Any]) -> tuple[list[Any], list[Any]
         model.train()
 
 
-def _trainable(model: nn.Module, skip: set[tuple[str, str]]
-               ) -> list[tuple[str, str, torch.Tensor]]:
+class _Raised(Exception):
+    """What the shared forward raised, as its first line says it."""
+
+
+def _raised(exc: Exception) -> str:
+    if isinstance(exc, _Raised):
+        return str(exc)
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
+
+
+def still_zero(projections: Sequence[dict[Any, torch.Tensor]], params: Sequence[torch.Tensor],
+               dtype: torch.dtype) -> list[bool]:
+    """Per parameter, whether its gradient is zero in every projection that asked for it, read
+    from peaks (``sensitivity.PEAK``): its largest entry at most ``ZERO`` times the largest of
+    any of ``params`` in the first projection. A parameter autograd does not reach is not
+    zero (it is BL010's)."""
+    relative = ZERO_FLOAT64 if dtype == torch.float64 else ZERO_FLOAT32
+    first = [projections[0].get((PEAK, id(p))) for p in params]
+    largest = max((float(peak) for peak in first if peak is not None), default=0.0)
+    zero = [peak is not None and float(peak) <= relative * largest for peak in first]
+    for projection in projections[1:]:
+        for i, param in enumerate(params):
+            if zero[i]:
+                peak = projection.get((PEAK, id(param)))
+                zero[i] = peak is not None and float(peak) <= relative * largest
+    return zero
+
+
+def trainable_parameters(model: nn.Module, skip: set[tuple[str, str]]
+                         ) -> list[tuple[str, str, torch.Tensor]]:
     """Every floating parameter that trains (requires_grad), once (a shared one by its first
     name), but ``skip``."""
     seen: set[int] = set()
@@ -223,7 +267,7 @@ def _zero_gradients(run: Runner, params: list[tuple[str, str, torch.Tensor]]
                 break
             grads = torch.autograd.grad(loss, [tensors[i] for i in asked], allow_unused=True,
                                         retain_graph=k + 1 < PROJECTIONS)
-            peaks = [float(g.detach().abs().max()) if g is not None and g.numel() else 0.0
+            peaks = [float(magnitude(g.detach())) if g is not None and g.numel() else 0.0
                      for g in grads]
             # "the largest of any parameter": the first projection sees every parameter
             largest = max(peaks, default=0.0) if k == 0 else largest

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.fx as fx
@@ -35,7 +35,7 @@ from biaslint.vocabulary import (
 if TYPE_CHECKING:
     from biaslint.analysis.gradients import GradientScreen
     from biaslint.analysis.optimizers import ParamGroup
-    from biaslint.analysis.sensitivity import Screen
+    from biaslint.analysis.sensitivity import Gradients, Screen
 
 
 @dataclass(frozen=True)
@@ -244,6 +244,9 @@ class AnalysedModel:
         self.rule_notes: list[str] = []
         # Seconds spent in measurements the rules asked for (the bias screen), by name.
         self.timings: dict[str, float] = {}
+        # Whether a rule will read the parameter screen (``silent_parameters``): the bias screen
+        # then keeps what that screen reads from its forward (the engine sets it).
+        self.gradients_wanted = False
 
     def disagree(self, code: str, layer: str, claim: str, measured: str) -> None:
         """Record that rule ``code`` derived ``claim`` about ``layer`` and the measurement on
@@ -438,8 +441,12 @@ class AnalysedModel:
 
     def on_meta(self) -> bool:
         """The model's parameters are on the meta device: they hold no values, and no forward
-        can measure anything."""
-        return any(p.device.type == "meta" for p in self.model.parameters())
+        can measure anything. (Read once: a lint never moves the model between devices.)"""
+        found = self.__dict__.get("_on_meta")
+        if found is None:
+            found = self.__dict__["_on_meta"] = any(p.device.type == "meta"
+                                                    for p in self.model.parameters())
+        return found
 
     def _wants_attention(self) -> bool:
         """A softmax (or scaled_dot_product_attention) in the graph: the attention measure has
@@ -521,11 +528,14 @@ class AnalysedModel:
         if attention:
             self.__dict__["attention"] = measured
 
-    def bias_screen(self, names: Iterable[str]) -> "Screen | None":
+    def bias_screen(self, names: Iterable[str],
+                    proven: Mapping[tuple[str, str], Sequence[tuple[int, int]]] | None = None
+                    ) -> "Screen | None":
         """The measured bias screen (``analysis.sensitivity``) over these layers' additive
-        biases, on a float copy of the model and the example inputs; None without inputs or on
-        the meta device (where there are no values to measure). Run once per model: the first
-        caller's layers are the ones measured."""
+        biases, on the model and the example inputs; None without inputs or on the meta device
+        (where there are no values to measure). ``proven``: per (layer, bias parameter), the
+        elements the graph walk derived as cancelled. Run once per model: the first caller's
+        layers are the ones measured."""
         if self.loaded.inputs is None or self.on_meta():
             return None
         if "_bias_screen" not in self.__dict__:
@@ -535,27 +545,61 @@ class AnalysedModel:
             wanted = [n for n in names if n not in not_called]
             inputs = self.loaded.inputs
             start = time.perf_counter()
+            shared = self._shared_gradients(wanted, proven or {}) \
+                if self.gradients_wanted else None
             self.__dict__["_bias_screen"] = screen_biases(self.model, inputs.args,
-                                                          inputs.kwargs, wanted)
+                                                          inputs.kwargs, wanted, proven or {},
+                                                          shared)
+            if shared is not None:
+                shared.release()  # the parameter screen reads only the peaks
             self.timings["screen"] = time.perf_counter() - start
         return self.__dict__["_bias_screen"]
+
+    def _shared_gradients(self, layers: list[str],
+                          proven: Mapping[tuple[str, str], Sequence[tuple[int, int]]]
+                          ) -> "Gradients":
+        """The bias screen's training-mode forward and backwards over ``layers``, keeping the
+        peak gradients the parameter screen reads too (``silent_parameters``): one forward and
+        its backwards per lint for both."""
+        from biaslint.analysis.gradients import still_zero, trainable_parameters
+        from biaslint.analysis.sensitivity import PEAK, training_gradients
+
+        params = [p for _, _, p in trainable_parameters(self.model, self._biases())]
+        assert self.loaded.inputs is not None  # the callers returned None before
+
+        def still(first: dict[Any, torch.Tensor], dtype: torch.dtype) -> set[Any]:
+            return {(PEAK, id(p)) for p, z in zip(params, still_zero([first], params, dtype))
+                    if z}
+
+        inputs = self.loaded.inputs
+        shared = training_gradients(self.model, inputs.args, inputs.kwargs, layers, proven,
+                                    params, still)
+        self.__dict__["_shared_gradients"] = shared
+        return shared
+
+    def _biases(self) -> set[tuple[str, str]]:
+        """Every (layer, additive bias parameter) of the model: the bias screen's, not the
+        parameter screen's."""
+        from biaslint.analysis.sensitivity import bias_pairs
+
+        return {(name, pname) for name, module in self.model.named_modules()
+                for pname, _ in bias_pairs(module)}
 
     def silent_parameters(self) -> "GradientScreen | None":
         """The trainable parameters (additive biases aside: the bias screen's) that no output
         depends on, measured (``analysis.gradients``); None without inputs or on the meta
-        device. Run once per model."""
+        device. Run once per model, on the bias screen's forward and backwards when it ran
+        first with this screen wanted (``gradients_wanted``)."""
         if self.loaded.inputs is None or self.on_meta():
             return None
         if "_gradient_screen" not in self.__dict__:
             from biaslint.analysis.gradients import screen_parameters
-            from biaslint.analysis.sensitivity import bias_pairs
 
-            skip = [(name, pname) for name, module in self.model.named_modules()
-                    for pname, _ in bias_pairs(module)]
             inputs = self.loaded.inputs
             start = time.perf_counter()
             self.__dict__["_gradient_screen"] = screen_parameters(
-                self.model, inputs.args, inputs.kwargs, skip)
+                self.model, inputs.args, inputs.kwargs, self._biases(),
+                self.__dict__.pop("_shared_gradients", None))
             self.timings["gradients"] = time.perf_counter() - start
         return self.__dict__["_gradient_screen"]
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -68,6 +68,8 @@ PROJECTIONS = 2
 # Forwards the confirmation may spend splitting groups that moved; what is left unconfirmed
 # when they run out is said (a cost cap can only cost findings).
 CONFIRMATION_BUDGET = 48
+# A group of this many lone elements or fewer that moved is split into single elements at once.
+SINGLES = 8
 # Parameters whose largest magnitude is below this are "tiny" and re-drawn (layer scale 1e-6,
 # ReZero's 0): what hides a path at init is not a structure that cancels it.
 TINY = 1e-3
@@ -75,6 +77,11 @@ TINY = 1e-3
 # that is merely off on the example inputs comes on, and a saturated one moves.
 SHIFT = 10.0
 SEED = 0
+
+
+# Per (layer, bias parameter): the runs [start, stop) of elements the graph walk derived as
+# cancelled.
+Proven = Mapping[tuple[str, str], Sequence[tuple[int, int]]]
 
 
 @dataclass(frozen=True)
@@ -193,7 +200,7 @@ def unit_gradient(module: nn.Module, weights: list[torch.Tensor], numel: int
         if any(w.dim() < 1 or w.numel() == 0 for w in weights) or \
                 sum(int(w.shape[0]) for w in weights) != numel:
             return None
-        rows = [w.reshape(w.shape[0], -1).abs().amax(dim=1) for w in weights]
+        rows = [_peaks(w.reshape(w.shape[0], -1), 1) for w in weights]
         return torch.cat(rows)
     grad = weights[0]
     if grad.numel() == 0:
@@ -205,10 +212,24 @@ def unit_gradient(module: nn.Module, weights: list[torch.Tensor], numel: int
         return per.abs().amax(dim=(1, 3)).reshape(-1) if groups * grad.shape[1] == numel \
             else None
     if grad.dim() >= 1 and grad.shape[0] == numel:
-        return grad.reshape(numel, -1).abs().amax(dim=1)
+        return _peaks(grad.reshape(numel, -1), 1)
     if grad.dim() >= 2 and grad.shape[-1] == numel:  # transformers' Conv1D: weight (in, out)
-        return grad.reshape(-1, numel).abs().amax(dim=0)
+        return _peaks(grad.reshape(-1, numel), 0)
     return None
+
+
+def magnitude(tensor: torch.Tensor) -> torch.Tensor:
+    """The largest magnitude of a non-empty tensor (0-d; NaN when it holds one), without a copy
+    of its magnitudes."""
+    low, high = torch.aminmax(tensor)
+    return torch.maximum(high, -low)
+
+
+def _peaks(grad: torch.Tensor, dim: int) -> torch.Tensor:
+    """The largest magnitude along ``dim`` of a 2-d tensor, without a copy of its magnitudes
+    (a classifier's weight gradient is 10^8 entries)."""
+    low, high = torch.aminmax(grad, dim=dim)
+    return torch.maximum(high, -low)
 
 
 def runs(mask: torch.Tensor) -> tuple[tuple[int, int], ...]:
@@ -290,6 +311,8 @@ class Runner:
     baseline: list[torch.Tensor] = field(default_factory=list)  # the example batch's outputs
     budget_spent: bool = False  # the confirmation stopped at CONFIRMATION_BUDGET
     float32_only: bool = False  # the model would not run in float64: no re-check there
+    # every module's inputs and outputs on the example batch, unshifted (``_locate``)
+    unshifted: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None
     # (args, kwargs, unperturbed outputs): the example batch and a second one drawn like it
     batches: list[tuple[tuple[Any, ...], dict[str, Any], list[torch.Tensor]]] = \
         field(default_factory=list)
@@ -335,7 +358,8 @@ def moved(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> floa
 
 def degenerate(data: torch.Tensor) -> bool:
     """All entries equal, or all tiny: what the screen re-draws (see ``screening``)."""
-    return bool(data.min() == data.max()) or float(data.abs().max()) < TINY
+    low, high = torch.aminmax(data)  # one pass over a 10^8-entry weight, not three
+    return bool(low == high) or float(torch.maximum(high, -low)) < TINY
 
 
 @contextlib.contextmanager
@@ -401,24 +425,28 @@ class _Candidate:
 
 
 def screen_biases(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-                  layers: Sequence[str]) -> Screen:
+                  layers: Sequence[str], proven: Proven | None = None,
+                  shared: "Gradients | None" = None) -> Screen:
     """Measure, for each named layer's additive bias, which elements the outputs do not depend
-    on. Never changes ``model``; the RNG is restored."""
+    on. ``proven``: per (layer, bias parameter), the runs of elements the graph walk derived as
+    cancelled (their confirmation is not repeated in float64; see ``_confirm``). ``shared``:
+    the forward and backwards already run over these layers (``training_gradients``), read
+    instead of running them again. Never changes ``model``; the RNG is restored."""
     with torch.random.fork_rng(devices=[]):
         state = random.getstate()
         try:
-            return _screen(model, args, kwargs, layers)
+            return _screen(model, args, kwargs, layers, dict(proven or {}), shared)
         finally:
             random.setstate(state)
 
 
 def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-            layers: Sequence[str]) -> Screen:
+            layers: Sequence[str], proven: Proven, shared: "Gradients | None") -> Screen:
     run, why = prepared(model, args, kwargs)
     if run is None:
         return Screen(error=why)
     with screening(model):
-        return _measure(run, layers)
+        return _measure(run, layers, proven, shared)
 
 
 # A bias the screen measures: (layer, parameter name, layer module, bias, the weights it pairs).
@@ -427,28 +455,31 @@ _Screened = tuple[str, str, nn.Module, torch.Tensor, list[torch.Tensor]]
 _Partial = dict[tuple[str, str], dict[str, Any]]
 
 
-def _measure(run: Runner, layers: Sequence[str]) -> Screen:
+def _measure(run: Runner, layers: Sequence[str], proven: Proven | None = None,
+             shared: "Gradients | None" = None) -> Screen:
     screen = Screen(dtype=str(run.dtype).replace("torch.", ""))
     wanted = _screened_biases(run, layers)
     if not wanted:
         return screen
-    tensors: list[torch.Tensor] = []
-    for _, _, _, bias, weights in wanted:
-        tensors.append(bias)
-        tensors.extend(weights)
-    tensors = list({id(t): t for t in tensors}.values())
-    sizes = {name: int(bias.numel()) for name, pname, _, bias, _ in wanted if pname == "bias"}
-    try:
-        grads = _gradients(run, tensors, sizes)
-    except Exception as exc:  # said: the screen did not run
-        return Screen(error=f"the training-mode forward and backward raised "
-                            f"{type(exc).__name__}: {_first_line(exc)}")
+    if shared is not None and shared.error is None:
+        grads, run.baseline = shared.projections, shared.baseline
+        run.forwards += 1
+    elif shared is not None:
+        return Screen(error=f"the training-mode forward and backward raised {shared.error}")
+    else:
+        tensors, sizes = _asked_for(wanted)
+        try:
+            grads = _gradients(run, tensors, sizes,
+                               lambda first: _unsettled(run, wanted, first, proven))
+        except Exception as exc:  # said: the screen did not run
+            return Screen(error=f"the training-mode forward and backward raised "
+                                f"{type(exc).__name__}: {_first_line(exc)}")
     if grads is None:
         return Screen(error="no output depends on a parameter through autograd (the forward "
                             "runs without gradients)")
     screen.forwards = run.forwards
     candidates, partial = _zero_gradient_candidates(run, wanted, grads, screen)
-    confirmed, refuted, second = _confirm(run, candidates)
+    confirmed, refuted, second = _confirm(run, candidates, proven or {})
     screen.notes.extend(_confirmation_notes(run, bool(candidates), second))
     screen.forwards = run.forwards
     screen.runner = run
@@ -459,6 +490,17 @@ def _measure(run: Runner, layers: Sequence[str]) -> Screen:
             dead=info["dead"],
             unconfirmed=runs(refuted[(name, pname)]) if (name, pname) in refuted else ())
     return screen
+
+
+def _asked_for(wanted: list[_Screened]) -> tuple[list[torch.Tensor], dict[str, int]]:
+    """The tensors whose gradients the screen reads (each bias and the weights it pairs, once)
+    and the layers whose outputs it keeps, with their bias sizes."""
+    tensors: list[torch.Tensor] = []
+    for _, _, _, bias, weights in wanted:
+        tensors.append(bias)
+        tensors.extend(weights)
+    sizes = {name: int(bias.numel()) for name, pname, _, bias, _ in wanted if pname == "bias"}
+    return list({id(t): t for t in tensors}.values()), sizes
 
 
 def _screened_biases(run: Runner, layers: Sequence[str]) -> list[_Screened]:
@@ -504,6 +546,29 @@ def _zero_gradient_candidates(run: Runner, wanted: list[_Screened],
     return candidates, partial
 
 
+def _unsettled(run: Runner, wanted: list[_Screened], first: dict[Any, torch.Tensor],
+               proven: Proven | None = None) -> set[Any]:
+    """What a later projection is asked for: the biases with a candidate in the first (an
+    element whose gradient was zero while its unit's weight's was not), with their weights and
+    layer names. The others are settled by the first: an element is a candidate only when its
+    gradient is zero in every projection, and a unit with no weight gradient in a random
+    projection gets none in any (a ReLU off on every position, an unused result). Nor is a
+    later projection asked for candidates the graph walk derived (``proven``): it only spares
+    the perturbation the elements a first projection proposes by chance, and a derived
+    cancellation is no chance; the perturbation tries it either way."""
+    still: set[Any] = set()
+    for name, pname, module, bias, weights in wanted:
+        if id(bias) not in first:
+            continue
+        flat, alive = _flat_and_alive(run, [first], name, pname, module, bias, weights)
+        candidates = flat & alive
+        for a, b in (proven or {}).get((name, pname), ()):
+            candidates[a:b] = False
+        if bool(candidates.any()):
+            still.update([id(bias), name, *(id(w) for w in weights)])
+    return still
+
+
 def _flat_and_alive(run: Runner, grads: list[dict[Any, torch.Tensor]], name: str, pname: str,
                     module: nn.Module, bias: torch.Tensor, weights: list[torch.Tensor]
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -513,11 +578,13 @@ def _flat_and_alive(run: Runner, grads: list[dict[Any, torch.Tensor]], name: str
     flat = torch.ones(numel, dtype=torch.bool)
     alive = torch.zeros(numel, dtype=torch.bool)
     for projection in grads:
-        gb = projection[id(bias)]
+        gb = projection.get(id(bias))
+        if gb is None:  # settled by an earlier projection (``_unsettled``)
+            continue
         gws = [projection.get(id(w)) for w in weights]
         gws = [g if g is not None else torch.zeros_like(w) for g, w in zip(gws, weights)]
         units = unit_gradient(module, gws, numel)
-        whole_weight = max((float(g.abs().max()) for g in gws if g.numel()), default=0.0)
+        whole_weight = max((float(magnitude(g)) for g in gws if g.numel()), default=0.0)
         scale = max(float(gb.abs().max()), whole_weight)
         terms = projection.get(name) if pname == "bias" else None
         if units is not None:
@@ -568,14 +635,19 @@ def _output_axis(module: nn.Module, out: torch.Tensor, numel: int) -> int | None
     return None
 
 
-def _gradients(run: Runner, tensors: list[torch.Tensor], layers: dict[str, int]
-               ) -> list[dict[Any, torch.Tensor]] | None:
-    """Per random projection of the floating outputs, the gradient of each tensor (by id), and
+def _gradients(run: Runner, tensors: list[torch.Tensor], layers: dict[str, int],
+               still: Callable[[dict[Any, torch.Tensor]], set[Any]] | None = None,
+               peaks: Sequence[torch.Tensor] = ()) -> list[dict[Any, torch.Tensor]] | None:
+    """Per random projection of the floating outputs, the gradient of each tensor (by id); per
+    tensor of ``peaks``, only its largest magnitude (a 0-d tensor, keyed ``(PEAK, id)``); and
     per layer in ``layers`` (name -> bias size) the sum over positions of |d loss / d output|
     per bias element (keyed by name): the size of the terms the bias's gradient adds up, which
     is what the rounding left of a cancelled sum is relative to. None when no output is
-    differentiable. The backwards run before the buffers are put back: BatchNorm saves what it
-    needs for its backward, and restoring a buffer in place first would invalidate it."""
+    differentiable. After the first projection, ``still`` (given its result) names the keys a
+    later one is asked for: what the first already settled costs no second backward, and when
+    nothing is left none runs. The backwards run before the buffers are put back: BatchNorm
+    saves what it needs for its backward, and restoring a buffer in place first would
+    invalidate it."""
     run.forwards += 1
     found: list[dict[Any, torch.Tensor]] = []
     seen: dict[str, list[tuple[torch.Tensor, int]]] = {}
@@ -604,27 +676,118 @@ def _gradients(run: Runner, tensors: list[torch.Tensor], layers: dict[str, int]
                 return None
             kept = [(name, y, axis) for name, calls in seen.items() for y, axis in calls]
             generator = torch.Generator().manual_seed(SEED + 1)
+            asked = _Asked(tensors, list(peaks), kept)
             for k in range(PROJECTIONS):
                 loss = projected(outputs, generator)
-                wrt = tensors + [y for _, y, _ in kept]
-                grads = torch.autograd.grad(loss, wrt, allow_unused=True,
+                if k and still is not None:
+                    asked = asked.only(still(found[0]))
+                    if asked.empty:
+                        break
+                grads = torch.autograd.grad(loss, asked.wrt, allow_unused=True,
                                             retain_graph=k + 1 < PROJECTIONS)
-                result: dict[Any, torch.Tensor] = {
-                    id(t): g.detach() for t, g in zip(tensors, grads) if g is not None}
-                for (name, y, axis), g in zip(kept, grads[len(tensors):]):
-                    if g is None:
-                        continue
-                    width = 1 if axis == -1 else y.shape[axis]
-                    terms = g.detach().abs().movedim(axis, -1).reshape(-1, width) if width > 1 \
-                        else g.detach().abs().reshape(-1, 1)
-                    result[name] = result.get(name, 0) + terms.sum(dim=0, dtype=torch.float64)
-                found.append(result)
+                found.append(asked.result(grads))
             # the example batch's outputs, for the perturbations to be compared with
             run.baseline = [y.detach().clone() for y in floating_outputs(out)]
     finally:
         for h in hooks:
             h.remove()
     return found
+
+
+PEAK = "peak"  # the key prefix of a gradient kept only as its largest magnitude
+
+
+@dataclass
+class _Asked:
+    """What one backward asks for: whole gradients, peaks, kept layer outputs."""
+
+    tensors: list[torch.Tensor]
+    peaks: list[torch.Tensor]
+    kept: list[tuple[str, torch.Tensor, int]]
+
+    @property
+    def wrt(self) -> list[torch.Tensor]:
+        return self.tensors + self.peaks + [y for _, y, _ in self.kept]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.tensors or self.peaks or self.kept)
+
+    def only(self, keys: set[Any]) -> "_Asked":
+        return _Asked([t for t in self.tensors if id(t) in keys],
+                      [t for t in self.peaks if (PEAK, id(t)) in keys],
+                      [entry for entry in self.kept if entry[0] in keys])
+
+    def result(self, grads: Sequence[torch.Tensor | None]) -> dict[Any, torch.Tensor]:
+        whole, peaks = len(self.tensors), len(self.peaks)
+        result: dict[Any, torch.Tensor] = {
+            id(t): g.detach() for t, g in zip(self.tensors, grads[:whole]) if g is not None}
+        for t, g in zip(self.peaks, grads[whole:whole + peaks]):
+            if g is not None:
+                result[(PEAK, id(t))] = magnitude(g.detach()) if g.numel() else g.new_zeros(())
+        for (name, y, axis), g in zip(self.kept, grads[whole + peaks:]):
+            if g is None:
+                continue
+            width = 1 if axis == -1 else y.shape[axis]
+            terms = g.detach().abs().movedim(axis, -1).reshape(-1, width) if width > 1 \
+                else g.detach().abs().reshape(-1, 1)
+            result[name] = result.get(name, 0) + terms.sum(dim=0, dtype=torch.float64)
+        return result
+
+
+@dataclass
+class Gradients:
+    """One training-mode forward of the model as the screens measure it (``screening``) and
+    its random projections' gradients: what the bias screen and the parameter screen
+    (``analysis.gradients``) both read, so that a lint runs that forward and its backwards
+    once. ``projections`` is None when no output is differentiable; ``error`` says why nothing
+    was measured when the forward or a backward raised."""
+
+    projections: list[dict[Any, torch.Tensor]] | None = None
+    baseline: list[torch.Tensor] = field(default_factory=list)
+    layers: frozenset[str] = frozenset()
+    peaked: frozenset[int] = frozenset()  # ids of the tensors kept as peaks
+    error: str | None = None
+
+    def serves(self, layers: Sequence[str]) -> bool:
+        """Whether the pass measured the bias screen of these layers."""
+        return set(layers) <= self.layers
+
+    def release(self) -> None:
+        """Keep only the peaks (the bias screen has read the whole gradients)."""
+        if self.projections is not None:
+            self.projections = [{k: v for k, v in p.items()
+                                 if isinstance(k, tuple) and k[0] == PEAK}
+                                for p in self.projections]
+
+
+def training_gradients(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                       layers: Sequence[str], proven: Proven, peaks: Sequence[torch.Tensor],
+                       still: Callable[[dict[Any, torch.Tensor], torch.dtype], set[Any]]
+                       ) -> Gradients:
+    """The bias screen's forward and backwards over ``layers``, also keeping the peak gradient
+    of each of ``peaks`` (asked again in a later projection when ``still``, given the first
+    projection and the dtype the model runs in, names it). The model
+    is put back as it was; the RNG is restored."""
+    with torch.random.fork_rng(devices=[]):
+        state = random.getstate()
+        try:
+            run, why = prepared(model, args, kwargs)
+            if run is None:
+                return Gradients(error=why)
+            with screening(model):
+                wanted = _screened_biases(run, layers)
+                tensors, sizes = _asked_for(wanted)
+                try:
+                    grads = _gradients(run, tensors, sizes,
+                                       lambda first: _unsettled(run, wanted, first, proven)
+                                       | still(first, run.dtype), peaks)
+                except Exception as exc:  # said by each screen
+                    return Gradients(error=f"{type(exc).__name__}: {_first_line(exc)}")
+                return Gradients(grads, run.baseline, frozenset(layers),
+                                 frozenset(id(p) for p in peaks))
+        finally:
+            random.setstate(state)
 
 
 Piece = tuple[str, str, int, int]  # (layer, param, start, stop): a run of bias elements
@@ -735,14 +898,16 @@ def in_float64(run: Runner) -> Iterator[Runner | None]:
         put_back()
 
 
-def settled(run: Runner, pieces: list[Piece]) -> tuple[list[Piece], list[Piece]]:
+def settled(run: Runner, pieces: list[Piece], start: int | None = None
+            ) -> tuple[list[Piece], list[Piece]]:
     """Group testing: (pieces that hold, pieces that move), testing all together first and
-    splitting what moves in halves, within the confirmation budget (what it does not reach
-    counts as moving: it is never reported)."""
+    splitting what moves in halves, within the confirmation budget counted from ``start``
+    (``run.forwards`` by default; what it does not reach counts as moving: it is never
+    reported)."""
     held: list[Piece] = []
     moving: list[Piece] = []
     pending = [pieces] if pieces else []
-    start = run.forwards
+    start = run.forwards if start is None else start
     while pending:
         group = pending.pop()
         if run.forwards - start >= CONFIRMATION_BUDGET:
@@ -752,17 +917,29 @@ def settled(run: Runner, pieces: list[Piece]) -> tuple[list[Piece], list[Piece]]
             held.extend(group)
         elif len(group) == 1:
             moving.extend(group)
+        elif all(b - a == 1 for _, _, a, b in group) and len(group) <= SINGLES:
+            # Lone elements are what a zero gradient proposes by chance (a unit a norm nearly
+            # cancels), and most of a group of them that moved move themselves: halving would
+            # test nearly every one anyway, and the halves on top. Each is tried alone.
+            pending.extend([piece] for piece in reversed(group))
         else:
             half = len(group) // 2
             pending.extend([group[half:], group[:half]])
     return held, moving
 
 
-def _confirm(run: Runner, candidates: list[_Candidate]
+def _confirm(run: Runner, candidates: list[_Candidate], proven: Proven | None = None
              ) -> tuple[dict[tuple[str, str], torch.Tensor],
                         dict[tuple[str, str], torch.Tensor], bool]:
     """Perturb the candidates' elements all together; where the outputs move, split the group
-    in halves until each part holds or is refuted alone."""
+    in halves until each part holds or is refuted alone.
+
+    Elements the graph walk derived as cancelled (``proven``) are one group of their own, and
+    what of it holds in float32 is confirmed there: the walk's derivation is an exact
+    identity (a norm subtracts the mean the bias shifts), so the float64 re-check, which tells
+    "moves by 1e-6" from "does not move", has nothing to add to a shift of 10 units that moved
+    no output by 1e-4. What the walk did not prove is tried apart (it neither hides a proven
+    bias behind a moving one nor is hidden by it) and re-checked in float64."""
     if not candidates:
         return {}, {}, False
     # The unit of confirmation: one run of elements of one bias.
@@ -781,7 +958,12 @@ def _confirm(run: Runner, candidates: list[_Candidate]
                                    torch.zeros(sizes[(layer, pname)], dtype=torch.bool))
             mask[a:b] = True
 
-    held, moving = settled(run, pieces)
+    derived = [p for p in pieces if any(a <= p[2] and p[3] <= b
+                                        for a, b in (proven or {}).get((p[0], p[1]), ()))]
+    start = run.forwards
+    proven_held, moving = settled(run, derived, start)
+    held, also = settled(run, [p for p in pieces if p not in derived], start)
+    moving += also
     if held and run.dtype != torch.float64:
         # float32 tells "moves by less than 1e-4" from "does not move", not from "moves by
         # 1e-6": what held is measured again in float64, where the tolerance is 1e-8 (a
@@ -793,7 +975,7 @@ def _confirm(run: Runner, candidates: list[_Candidate]
                 run.budget_spent |= wide.budget_spent
             else:
                 run.float32_only = True
-    settle(held, True)
+    settle(held + proven_held, True)
     settle(moving, False)
     return confirmed, refuted, len(run.batches) > 1
 
@@ -851,7 +1033,9 @@ def _locate(run: Runner, layer: str, param: str, elements: Sequence[tuple[int, i
     for a, b in elements:
         shift[a:b] = SHIFT
     try:
-        before, after = record(None), record(shift)
+        if run.unshifted is None:  # the same for every bias located: recorded once
+            run.unshifted = record(None)
+        before, after = run.unshifted, record(shift)
     except Exception:  # a location we cannot tell is left out, not guessed
         return None
     inside = [n for n in before if n == layer or n.startswith(layer + ".")]

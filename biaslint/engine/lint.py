@@ -155,6 +155,7 @@ class _Lint:
         self.notes = [*self.loaded.notes, *captured.notes, *signal_notes]
         blocked = unjudged.blocked(analysed, captured.coverage)
         no_forward = analysed.no_forward()
+        analysed.gradients_wanted = any("gradients" in rule.reads for rule in self.rules)
         if no_forward is None:
             self.forward(analysed)
         for rule in self.rules:

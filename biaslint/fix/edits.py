@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+from collections import OrderedDict
 from typing import Any
 
 from biaslint.findings import Edit, Location
@@ -18,22 +19,55 @@ BIAS_POSITION = {"Linear": 2, "Bilinear": 3, "Conv1d": 7, "Conv2d": 7, "Conv3d":
                   "ConvTranspose1d": 7, "ConvTranspose2d": 7, "ConvTranspose3d": 7}
 
 
+# Parsed files, most recent last: a rule reads many constructor calls of one file (every norm of
+# a ResNet is in torchvision's resnet.py), and parsing it again for each cost more than the rule.
+# Each entry keeps the text it was parsed from and is used only while the file reads the same.
+# The trees are shared: callers read them, and parse their own to change one.
+_PARSED: "OrderedDict[str, tuple[str, ast.Module]]" = OrderedDict()
+_CALLS: dict[int, tuple[ast.Module, dict[int, list[ast.Call]]]] = {}
+_KEEP = 32
+
+
 def parsed(file: str) -> tuple[str, ast.Module] | None:
     """The file's text as the build read it (``biaslint.sources``: the text its code was
     compiled from, which the recorded lines point into) and its syntax tree."""
     source = source_of(file)
     if not source:
         return None
+    found = _PARSED.get(file)
+    if found is not None and (found[0] is source or found[0] == source):
+        _PARSED.move_to_end(file)
+        return found
     try:
-        return source, ast.parse(source)
+        found = source, ast.parse(source)
     except SyntaxError:
         return None
+    _PARSED[file] = found
+    while len(_PARSED) > _KEEP:
+        _, (_, old) = _PARSED.popitem(last=False)
+        _CALLS.pop(id(old), None)
+    return found
+
+
+def _calls_on(tree: ast.Module, line: int) -> list[ast.Call]:
+    """The calls of ``tree`` that start on ``line``, in ``ast.walk`` order (indexed once per
+    tree)."""
+    entry = _CALLS.get(id(tree))
+    if entry is None or entry[0] is not tree:
+        index: dict[int, list[ast.Call]] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                index.setdefault(node.lineno, []).append(node)
+        if any(kept is tree for kept in (t for _, t in _PARSED.values())):
+            _CALLS[id(tree)] = (tree, index)  # only trees the cache keeps alive
+        entry = (tree, index)
+    return entry[1].get(line, [])
 
 
 def call_at(tree: ast.Module, site: Location, name: str) -> ast.Call | None:
     """The call recorded at ``site``: the one starting at its column, else the one on its line
     whose callee is named ``name``."""
-    candidates = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and n.lineno == site.line]
+    candidates = _calls_on(tree, site.line)
     exact = [n for n in candidates if n.col_offset == site.col - 1]
     named = [n for n in candidates if _callee(n).split(".")[-1] == name]
     return (exact or named or [None])[0]

@@ -78,6 +78,8 @@ class Rule:
     # values) it still runs, and judges from the init laws the layers they settle, declining
     # the others with the reason (``declined``). "config": the load stage builds the target
     # again on meta with its config's init scale changed (``AnalysedModel.config_scale``, BL017).
+    # "gradients": it reads the parameter screen (``AnalysedModel.silent_parameters``, BL015),
+    # which then shares the bias screen's training-mode forward and backwards.
     reads: ClassVar[frozenset[str]] = frozenset()
     # Whether a finding about a frozen parameter (requires_grad=False) still stands. Most rules
     # claim something about training, which a frozen parameter does not have; a parameter that

@@ -154,8 +154,21 @@ class _Verdict:
     not_measured: str = ""  # why a static claim was not measured
 
 
+_VERDICTS_KEY = "_bl013_verdicts"
+
+
 def _verdicts(rule: ImplausibleNormEpsilon, model: "AnalysedModel",
               context: RuleContext) -> list[_Verdict]:
+    """Per norm in scope, its verdict; worked out once per model (``declined`` and ``check``
+    both read them)."""
+    found = model.__dict__.get(_VERDICTS_KEY)
+    if found is None:
+        found = model.__dict__[_VERDICTS_KEY] = _judged(rule, model, context)
+    return found
+
+
+def _judged(rule: ImplausibleNormEpsilon, model: "AnalysedModel",
+            context: RuleContext) -> list[_Verdict]:
     minimum = float(context.option(rule, "min_factor"))
     usual = float(context.option(rule, "usual_eps"))
     positional = float(context.option(rule, "positional_eps"))

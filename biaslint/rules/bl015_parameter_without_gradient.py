@@ -98,7 +98,7 @@ def build():
     return Tagger(), torch.randn(8, 12, 16)
 '''
 
-    reads = frozenset({"graph", "forward"})
+    reads = frozenset({"graph", "forward", "gradients"})
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         return [layer for layer in model.layers.values()

@@ -35,7 +35,8 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
     read_elsewhere = _biases_read_elsewhere(model)
     screen = model.bias_screen(
         [layer.name for layer in model.layers.values() if has_checkable_bias(layer.module)
-         or isinstance(layer.module, nn.MultiheadAttention)]) \
+         or isinstance(layer.module, nn.MultiheadAttention)],
+        proven=_proven_spans(rule, model, verdicts, read_elsewhere)) \
         if context.option(rule, "measure") else None
     measured = screen if screen is not None and screen.ran else None
     judge = _Judge(rule, model, verdicts, measured, by_site, _redundant(verdicts, measured),
@@ -48,6 +49,32 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
         if screen is not None:
             screen.release()
     _note_measurement(rule, model, screen, judge, bool(verdicts))
+
+
+def _proven_spans(rule: "RedundantBias", model: AnalysedModel,
+                  verdicts: dict[str, "Verdict | None"], read_elsewhere: set[str]
+                  ) -> dict[tuple[str, str], tuple[tuple[int, int], ...]]:
+    """Per (layer, bias parameter), the elements the walk derived as cancelled: a whole bias, a
+    fused projection's key third, ``nn.MultiheadAttention``'s key slice. The measurement
+    confirms them in float32 alone (``sensitivity._confirm``). A bias also read outside its
+    layer is left out: the walk does not follow it there."""
+    spans: dict[tuple[str, str], tuple[tuple[int, int], ...]] = {}
+    for name, verdict in verdicts.items():
+        if verdict is None or name in read_elsewhere:
+            continue
+        layer = model.layers[name]
+        if verdict.redundant and verdict.cancelled_by:
+            spans[(name, "bias")] = ((0, int(layer.module.bias.numel())),)
+        elif verdict.crossed:
+            claim = _fused_claim(rule, model, layer, int(layer.module.bias.numel()))
+            if claim is not None:
+                spans[(name, "bias")] = claim.spans
+    for layer in model.layers.values():
+        if isinstance(layer.module, nn.MultiheadAttention) and layer.name not in read_elsewhere:
+            claim = _attention_claim(rule, model, layer)
+            if claim is not None:
+                spans[(layer.name, "in_proj_bias")] = claim.spans
+    return spans
 
 
 def _redundant(verdicts: dict[str, "Verdict | None"], measured: "Screen | None"
@@ -371,6 +398,17 @@ def _fused_claim(rule: "RedundantBias", model: AnalysedModel, layer: Layer, coun
     dead weight too, but no constructor flag removes only that slice: info."""
     if count < 3 or count % 3:
         return None
+    memo = model.__dict__.setdefault(_FUSED_KEY, {})
+    if layer.name not in memo:
+        memo[layer.name] = _fused_third(rule, model, layer, count)
+    return memo[layer.name]
+
+
+_FUSED_KEY = "_bl001_fused_claims"
+
+
+def _fused_third(rule: "RedundantBias", model: AnalysedModel, layer: Layer, count: int
+                 ) -> _Claim | None:
     third = count // 3
     for start in range(0, count, third):
         verdict = analyse_bias(model, layer.name, span=(start, start + third))
