@@ -311,6 +311,8 @@ class Runner:
     baseline: list[torch.Tensor] = field(default_factory=list)  # the example batch's outputs
     budget_spent: bool = False  # the confirmation stopped at CONFIRMATION_BUDGET
     float32_only: bool = False  # the model would not run in float64: no re-check there
+    second_tried: bool = False  # a second batch was drawn (``_batches``)
+    second_rejected: bool = False  # and the forward rejected it
     # every module's inputs and outputs on the example batch, unshifted (``_locate``)
     unshifted: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None
     # (args, kwargs, unperturbed outputs): the example batch and a second one drawn like it
@@ -346,7 +348,7 @@ def moved(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> floa
     for a, b in zip(before, after):
         if a.shape != b.shape:
             return float("inf")
-        if not a.numel():
+        if not a.numel() or torch.equal(a, b):  # untouched: no need to measure how far
             continue
         both_nan = torch.isnan(a) & torch.isnan(b)
         diff = torch.where(both_nan, torch.zeros_like(a), (b - a).abs())
@@ -803,25 +805,29 @@ def projected(outputs: list[torch.Tensor], generator: torch.Generator) -> torch.
     return total
 
 
-def _batches(run: Runner) -> None:
-    """The example batch and a second one drawn like it, each with its unperturbed outputs."""
-    if run.batches:
+def _batches(run: Runner, second: bool = True) -> None:
+    """The example batch and (with ``second``) a second one drawn like it, each with its
+    unperturbed outputs."""
+    if not run.batches:
+        run.batches.append((run.args, run.kwargs, run.baseline))
+    if not second or run.second_tried:
         return
-    run.batches.append((run.args, run.kwargs, run.baseline))
+    run.second_tried = True
     args2, kwargs2 = _redrawn((run.args, run.kwargs), torch.Generator().manual_seed(SEED + 2))
     try:
         run.batches.append((args2, kwargs2, run.outputs(args2, kwargs2)))
     except Exception:  # a second batch the model rejects: the first decides
-        pass
+        run.second_rejected = True
 
 
-def _holds(run: Runner, group: Sequence[Piece]) -> bool:
+def _holds(run: Runner, group: Sequence[Piece], both: bool = True) -> bool:
     """Shift every element of ``group`` by a large random value (one sign on the example batch,
-    the other on the second): True when no output moves on either."""
-    _batches(run)
+    the other on the second; the example batch alone without ``both``): True when no output
+    moves on either."""
+    _batches(run, both)
     params = {(layer, pname): getattr(run.model.get_submodule(layer), pname)
               for layer, pname, _, _ in group}
-    for sign, (args, kwargs, before) in zip((1.0, -1.0), run.batches):
+    for sign, (args, kwargs, before) in zip((1.0, -1.0), run.batches if both else run.batches[:1]):
         shift = _shifts(group, params, sign)
         kept = {key: params[key].detach().clone() for key in shift}
         with torch.no_grad():
@@ -898,22 +904,28 @@ def in_float64(run: Runner) -> Iterator[Runner | None]:
         put_back()
 
 
-def settled(run: Runner, pieces: list[Piece], start: int | None = None
+def settled(run: Runner, pieces: list[Piece], start: int | None = None, both: bool = True
             ) -> tuple[list[Piece], list[Piece]]:
     """Group testing: (pieces that hold, pieces that move), testing all together first and
     splitting what moves in halves, within the confirmation budget counted from ``start``
     (``run.forwards`` by default; what it does not reach counts as moving: it is never
-    reported)."""
+    reported). Without ``both``, on the example batch alone (see ``_holds``)."""
     held: list[Piece] = []
     moving: list[Piece] = []
-    pending = [pieces] if pieces else []
+    # Runs of several elements (whole biases, thirds, per-head blocks: how cancellations come)
+    # and lone elements (what a zero gradient also proposes by chance) are tried apart: a
+    # group of mostly structural runs then holds at once instead of splitting around the
+    # chance elements among it.
+    runs_of_many = [p for p in pieces if p[3] - p[2] > 1]
+    lone = [p for p in pieces if p[3] - p[2] == 1]
+    pending = [group for group in (lone, runs_of_many) if group]
     start = run.forwards if start is None else start
     while pending:
         group = pending.pop()
         if run.forwards - start >= CONFIRMATION_BUDGET:
             moving.extend(group)
             run.budget_spent = True
-        elif _holds(run, group):
+        elif _holds(run, group, both):
             held.extend(group)
         elif len(group) == 1:
             moving.extend(group)
@@ -934,12 +946,16 @@ def _confirm(run: Runner, candidates: list[_Candidate], proven: Proven | None = 
     """Perturb the candidates' elements all together; where the outputs move, split the group
     in halves until each part holds or is refuted alone.
 
-    Elements the graph walk derived as cancelled (``proven``) are one group of their own, and
-    what of it holds in float32 is confirmed there: the walk's derivation is an exact
-    identity (a norm subtracts the mean the bias shifts), so the float64 re-check, which tells
-    "moves by 1e-6" from "does not move", has nothing to add to a shift of 10 units that moved
-    no output by 1e-4. What the walk did not prove is tried apart (it neither hides a proven
-    bias behind a moving one nor is hidden by it) and re-checked in float64."""
+    Elements the graph walk derived as cancelled (``proven``) are one group of their own. The
+    walk's derivation is an exact identity that holds for any input and any shift (a norm
+    subtracts the mean the bias shifts); what the measurement adds is that it holds on this
+    model as built, which one random shift on the example batch shows (one forward). When that
+    moves an output, the walk was wrong somewhere: the group is tried as the others are. The
+    float64 re-check, which tells "moves by 1e-6" from "does not move", has nothing to add to a
+    shift of 10 units that moved no output by 1e-4 where the walk proves none can. What the
+    walk did not prove is tried apart (it neither hides a proven bias behind a moving one nor
+    is hidden by it) on both batches, both signs, and what holds is tried again in float64 on
+    the example batch (the float32 test already covered the second)."""
     if not candidates:
         return {}, {}, False
     # The unit of confirmation: one run of elements of one bias.
@@ -961,7 +977,10 @@ def _confirm(run: Runner, candidates: list[_Candidate], proven: Proven | None = 
     derived = [p for p in pieces if any(a <= p[2] and p[3] <= b
                                         for a, b in (proven or {}).get((p[0], p[1]), ()))]
     start = run.forwards
-    proven_held, moving = settled(run, derived, start)
+    if derived and _holds(run, derived, both=False):
+        proven_held, moving = derived, []
+    else:
+        proven_held, moving = settled(run, derived, start)
     held, also = settled(run, [p for p in pieces if p not in derived], start)
     moving += also
     if held and run.dtype != torch.float64:
@@ -970,14 +989,14 @@ def _confirm(run: Runner, candidates: list[_Candidate], proven: Proven | None = 
         # channel behind a small weight, a key bias behind a float32-only mask)
         with in_float64(run) as wide:
             if wide is not None:
-                held, also = settled(wide, held)
+                held, also = settled(wide, held, both=False)
                 moving += also
                 run.budget_spent |= wide.budget_spent
             else:
                 run.float32_only = True
     settle(held + proven_held, True)
     settle(moving, False)
-    return confirmed, refuted, len(run.batches) > 1
+    return confirmed, refuted, not run.second_rejected
 
 
 def _shifts(group: Sequence[Piece], params: dict[tuple[str, str], torch.Tensor],

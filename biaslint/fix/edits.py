@@ -42,6 +42,9 @@ def parsed(file: str) -> tuple[str, ast.Module] | None:
         found = source, ast.parse(source)
     except SyntaxError:
         return None
+    replaced = _PARSED.pop(file, None)
+    if replaced is not None:
+        _CALLS.pop(id(replaced[1]), None)
     _PARSED[file] = found
     while len(_PARSED) > _KEEP:
         _, (_, old) = _PARSED.popitem(last=False)
