@@ -977,8 +977,9 @@ def _confirm(run: Runner, candidates: list[_Candidate], proven: Proven | None = 
     derived = [p for p in pieces if any(a <= p[2] and p[3] <= b
                                         for a, b in (proven or {}).get((p[0], p[1]), ()))]
     start = run.forwards
+    moving: list[Piece] = []
     if derived and _holds(run, derived, both=False):
-        proven_held, moving = derived, []
+        proven_held = derived
     else:
         proven_held, moving = settled(run, derived, start)
     held, also = settled(run, [p for p in pieces if p not in derived], start)
