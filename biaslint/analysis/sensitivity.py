@@ -16,10 +16,14 @@ an unknown op says "live". The screen measures instead, on the example inputs:
    there matters, the constant offset does not) is a *candidate* cancellation. One whose weight
    gets no gradient either is a *dead path* (a unit off on these inputs, a branch whose result is
    unused, a softmax over one position): that is not BL001's, and it is counted apart.
-4. Candidates are confirmed by perturbation, all at once and then by halves when something
-   moves: each candidate element shifted by a large random value (both signs) on the example
-   inputs and on a second batch drawn like them. A zero gradient alone also picks up what is
-   merely flat on one batch; an exact cancellation holds at any size, on any batch.
+4. Candidates are confirmed by perturbation, each candidate element shifted by a large random
+   value. A zero gradient alone also picks up what is merely flat on one batch; an exact
+   cancellation holds at any size, on any batch. Elements the graph walk derived as cancelled
+   (the rule passes them) are confirmed by one shift on the example inputs: the walk proves
+   they cancel for any input, and the shift shows the proof holds on this model. Elements only
+   the measurement found are shifted all at once, both signs, on the example inputs and on a
+   second batch drawn like them, then by halves when something moves (runs of several elements
+   and lone elements in separate groups), and what holds is shifted again in float64.
 
 Random masks (dropout) are the same in every run (a fixed seed), so they are judged as they
 train.
@@ -27,11 +31,13 @@ train.
 Cost. The screen works on the model itself and puts back, bit for bit, what it changes: the
 training flags and cached attributes (``capture.preserve``), the re-drawn parameters and the
 perturbed biases (saved before, copied back after), ``requires_grad``, the RNG. A float64 copy
-would be more precise but costs the model's memory twice over and a float64 forward of every
-model, detectors and video models included; in float32 the zero-gradient test is only the
-proposal, and the perturbation, a shift of 10 units where a live bias at init moves outputs by
-orders of magnitude more than float32's rounding, decides. Without candidates the screen is one
-forward and one backward; with candidates, three more forwards, plus two per part that moves.
+of every model would cost its memory twice over and a float64 forward of every model; in
+float32 the zero-gradient test is only the proposal, and the perturbation, a shift of 10 units
+where a live bias at init moves outputs by orders of magnitude more than float32's rounding,
+decides. One forward and one backward; a second backward only for candidates the walk did not
+derive; the forward and backwards are shared with the parameter screen (``analysis.gradients``,
+``training_gradients``). A derived cancellation costs one more forward; one only the
+measurement found costs three, plus two per part that moves, plus two in float64.
 """
 
 from __future__ import annotations

@@ -47,10 +47,12 @@ gets an **info** finding naming its key slice, since no constructor flag removes
 slice.
 
 With example inputs on real tensors the rule also *measures* (option `measure`, on by default):
-with the model in training mode, degenerate parameters re-drawn, it differentiates two random
+with the model in training mode, degenerate parameters re-drawn, it differentiates random
 projections of the outputs; a bias element with a zero gradient whose unit's weight still gets
-one is shifted by large values of both signs, on the example batch and on a second one drawn
-like it, and is reported only when no output moves. So a cancellation written with ops the walk
+one is shifted by a large random value and is reported only when no output moves. A
+cancellation the walk derived is shifted once, on the example batch; one only the measurement
+found is shifted with both signs, on the example batch and on a second one drawn like it, and
+again in float64. So a cancellation written with ops the walk
 does not know (a norm built from `var()`, a fused projection laid out per head, a softmax behind
 an unfamiliar op) is found, the finding names where it was measured to happen and a note names
 the op that stopped the walk; and a derived claim the measurement does not bear out is not
