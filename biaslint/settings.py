@@ -8,6 +8,10 @@ from typing import Any, Mapping, NamedTuple
 
 from biaslint.findings import Severity
 
+# The project's cache folder (next to the pyproject.toml read, else in the working directory):
+# the --changed-since records, the lint cache, the warm server's socket.
+CACHE_DIR = ".biaslint_cache"
+
 
 def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))

@@ -26,8 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-CACHE_DIR = ".biaslint_cache"
-
+from biaslint.settings import CACHE_DIR
 
 # Per module file: the project files that ran while that module was first imported. Kept for
 # the life of the process: a later target that uses the module does not import it again.

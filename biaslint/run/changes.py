@@ -36,23 +36,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from biaslint.errors import ConfigError
-from biaslint.load.files import CACHE_DIR
 from biaslint.run.libraries import distributions, version_of, versions
 from biaslint.run.shard import lint_seconds
+from biaslint.run.worktree import SOURCES_FILE, sources_cache, work_tree
 
-CACHE_FILE = "sources.json"
+CACHE_FILE = SOURCES_FILE
 CACHE_FORMAT = 1
 
 
-
-
-def work_tree(start: Path) -> Path | None:
-    """The git work tree holding ``start`` (the nearest folder with a ``.git``), or None. No
-    git process: a plain run only records, and needs nothing more."""
-    for folder in (start, *start.parents):
-        if (folder / ".git").exists():
-            return folder
-    return None
 
 
 def _plain(value: Any) -> Any:
@@ -227,7 +218,7 @@ class Tracking:
         root = root.resolve()
         folder = Path(config_file).resolve().parent if config_file else here
         lint_dir = os.path.relpath(here, root).replace(os.sep, "/")
-        tracking = cls(root, folder / CACHE_DIR / CACHE_FILE, lint_dir, changes)
+        tracking = cls(root, sources_cache(folder), lint_dir, changes)
         tracking._read()
         return tracking
 

@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 import click
 
 from biaslint.errors import ConfigError
-from biaslint.load.files import CACHE_DIR
+from biaslint.settings import CACHE_DIR
 
 # The stages of a lint whose times add up to what a target costs (``TargetResult.timings``;
 # "screen" and "gradients" are parts of "rules").

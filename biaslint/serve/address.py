@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from biaslint.settings import CACHE_DIR
 from biaslint.version import __version__
 
 # Read when torch, numpy or their thread pools load; a server imported them under its own.
@@ -65,7 +66,7 @@ def server_folder(project: Path) -> Path:
     """``$BIASLINT_SERVER_DIR`` when set (one folder for every project's servers), else the
     project's ``.biaslint_cache``."""
     given = os.environ.get("BIASLINT_SERVER_DIR")
-    return Path(given) if given else project / ".biaslint_cache"
+    return Path(given) if given else project / CACHE_DIR
 
 
 def socket_path(project: Path, key: str) -> Path:
@@ -95,7 +96,7 @@ def private_folder(folder: Path) -> None:
     if folder.stat().st_uid != os.getuid():
         raise PermissionError(f"{folder} belongs to another user")
     ignore = folder / ".gitignore"
-    if folder.name == ".biaslint_cache" and not ignore.exists():
+    if folder.name == CACHE_DIR and not ignore.exists():
         ignore.write_text("*\n", encoding="utf-8")
 
 

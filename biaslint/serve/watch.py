@@ -180,24 +180,18 @@ def _changed(files: dict[Path, tuple[int, int] | None]) -> bool:
 
 def _recorded(target: str) -> list[Path]:
     """The files the source cache recorded for ``target`` (absolute), or none."""
+    from biaslint.run.worktree import sources_cache, work_tree
     from biaslint.serve.address import project_folder
 
-    cache = project_folder() / ".biaslint_cache" / "sources.json"
+    cache = sources_cache(project_folder())
     try:
         data = json.loads(cache.read_text(encoding="utf-8"))
         entry = data["targets"][target]
         files = list(entry["files"])
     except (OSError, ValueError, KeyError, TypeError):
         return []
-    root = _work_tree(cache.parent)
+    root = work_tree(cache.parent)
     return [root / name for name in files] if root is not None else []
-
-
-def _work_tree(start: Path) -> Path | None:
-    for folder in (start, *start.parents):
-        if (folder / ".git").exists():
-            return folder
-    return None
 
 
 def target_file(target: str) -> list[Path]:
