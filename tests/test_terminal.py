@@ -357,3 +357,52 @@ def test_quiet_streams_each_targets_findings_as_it_finishes(tmp_path: Path,
     report = stdout.read_text(encoding="utf-8")
     assert report.startswith(line) and report.count("\n") == 1, report  # -q: findings only
     assert (tmp_path / "seen-by-second.txt").read_text(encoding="utf-8") == report
+
+
+def test_report_blocks_survive_the_display_redrawn_by_its_thread(monkeypatch):
+    """rich redraws the live display from its own thread while report blocks print above it,
+    and with -j the display's height changes as targets start and finish. A block printed while
+    that thread draws must not lose a line: each block's last line (the target's summary) is on
+    the screen the user is left with."""
+    import io
+    import threading
+    import time
+
+    from rich.console import Console
+
+    from biaslint.report import progress as progress_module
+
+    # one terminal for the report and the display (as stdout and stderr on a tty)
+    monkeypatch.setattr(progress_module, "_same_terminal", lambda first, second: True)
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=80, height=24, color_system=None,
+                      legacy_windows=False)
+    blocks = 1500
+    with progress_module.target_progress(console, blocks, enabled=True, jobs=3) as tracker:
+        display = tracker._progress
+        assert display is not None
+        stop = threading.Event()
+
+        def redraw() -> None:  # the refresh thread, far more often than its 10 a second
+            while not stop.is_set():
+                display.refresh()
+                time.sleep(0.0002)
+
+        thread = threading.Thread(target=redraw)
+        thread.start()
+        try:
+            for i in range(blocks):
+                tracker.start(f"t{i}.py:build", key=i)
+                if i % 3 == 2:  # the display grows to three running targets, then shrinks
+                    for key in (i - 2, i - 1):
+                        tracker.done(key)
+                tracker.print_report(console, lambda c, i=i: c.print(f"finding {i}\nsummary {i}"))
+                if i % 3 == 2:
+                    tracker.done(i)
+        finally:
+            stop.set()
+            thread.join()
+    # what a terminal gets: its line discipline turns each newline into CR LF
+    screen = Screen(columns=80).feed(out.getvalue().replace("\n", "\r\n")).text().splitlines()
+    missing = [i for i in range(blocks) if f"summary {i}" not in screen]
+    assert not missing, f"summary lines lost: {missing[:10]} ({len(missing)} of {blocks})"

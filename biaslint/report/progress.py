@@ -109,6 +109,16 @@ class TargetProgress:
                 self._running.pop(key, None)
             self._progress.advance(self._task)
 
+    def say(self, line: str) -> None:
+        """Print one of the run's own stderr lines (an error) on ``console``, above the display
+        while it is drawn (held against its refresh thread, as ``print_report`` is)."""
+        progress = self._progress
+        if progress is None or not progress.live.is_started:
+            self.console.print(line, soft_wrap=True, markup=False, highlight=False)
+            return
+        with progress.live._lock:
+            self.console.print(line, soft_wrap=True, markup=False, highlight=False)
+
     def print_report(self, report: Console, write: Callable[[Console], None]) -> None:
         """Call ``write(console)`` to print a block of the report meant for ``report``.
 
@@ -127,11 +137,17 @@ class TargetProgress:
         write(twin)
         text = twin.file.getvalue()  # type: ignore[attr-defined]  # the StringIO given above
         if text:
-            # soft_wrap: the lines were already wrapped for this width (a long source line is
-            # left for the terminal to wrap, as it is when printed directly). print's own end
-            # stands for the block's last newline.
-            progress.console.print(Text.from_ansi(text.removesuffix("\n")), soft_wrap=True)
-            progress.refresh()  # the display as it is now (one target more done), not as before
+            # rich works out how far up the display reaches (its height at the last draw) under
+            # the live display's lock, but writes the block and the display after releasing
+            # it: a redraw by rich's refresh thread in between, at another height (a target
+            # done, -j), left the cursor one line off and the next draw erased the block's last
+            # line. The lock (an RLock, which rich takes again inside) is held throughout.
+            with progress.live._lock:
+                # soft_wrap: the lines were already wrapped for this width (a long source line
+                # is left for the terminal to wrap, as it is when printed directly). print's own
+                # end stands for the block's last newline.
+                progress.console.print(Text.from_ansi(text.removesuffix("\n")), soft_wrap=True)
+                progress.refresh()  # the display as it is now (one target more done)
 
 
 def _same_terminal(first: Console, second: Console) -> bool:

@@ -456,7 +456,6 @@ def _lint_all(configs: Sequence[Any], settings: Any, progress: Any = None,
 
     results: list[TargetResult] = []
     progress = progress or TargetProgress(None, len(configs))
-    err = progress.console  # error lines through the display's console: above its live line
     for index, config in enumerate(configs):
         on_stage = progress.start(config.target)
         try:
@@ -464,14 +463,14 @@ def _lint_all(configs: Sequence[Any], settings: Any, progress: Any = None,
         except BiaslintError as exc:
             if settings.debug:
                 raise
-            err.print(f"biaslint: error: {exc}", soft_wrap=True, markup=False)
+            progress.say(f"biaslint: error: {exc}")  # above the live display
             results.append(TargetResult(target=config.target, error=str(exc)))
         except Exception as exc:  # a bug of ours: say so, keep linting the rest
             if settings.debug:
                 raise
             message = (f"internal error while linting {config.target}: "
                        f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
-            err.print(f"biaslint: error: {message}", soft_wrap=True, markup=False)
+            progress.say(f"biaslint: error: {message}")
             results.append(TargetResult(target=config.target, error=message))
         progress.done()
         if on_result is not None:
@@ -501,8 +500,7 @@ def _lint_isolated(configs: Sequence[Any], settings: Any, jobs: int,
         progress.done(key=index)
         if result.error:
             where = "" if result.target in result.error else f"{result.target}: "
-            progress.console.print(f"biaslint: error: {where}{result.error}", soft_wrap=True,
-                                   markup=False, highlight=False)
+            progress.say(f"biaslint: error: {where}{result.error}")
         if on_result is not None:
             on_result(index, result)
 
