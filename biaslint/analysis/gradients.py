@@ -3,8 +3,9 @@ other trainable parameter.
 
 On the model as the screen prepares it (``sensitivity.screening``: training mode, every
 all-equal or tiny parameter re-drawn, so a zero-initialized gate does not hide what is behind
-it), one forward and two backwards of random projections of the floating outputs. A parameter
-whose gradient is exactly zero in both is a candidate; it is confirmed when shifting every entry
+it), one forward and up to two backwards of random projections of the floating outputs, the
+bias screen's (``sensitivity.training_gradients``). A parameter whose gradient is zero in each
+is a candidate; it is confirmed when shifting every entry
 by a large random value (10 units, both signs, on the example batch and a second batch drawn
 like it, float64 where the model runs in it) moves no output. A unit merely off on these inputs
 comes on under such a shift, and is refuted.
@@ -27,21 +28,14 @@ import torch.nn as nn
 
 from biaslint.analysis.sensitivity import (
     PEAK,
-    PROJECTIONS,
-    SEED,
     Gradients,
     Runner,
     degenerate,
-    floating_outputs,
     in_float64,
-    magnitude,
     prepared,
-    projected,
     screening,
-    seeded,
     settled,
 )
-from biaslint.capture.preserve import preserved
 
 # A gradient counts as zero below this fraction of the largest gradient entry of any parameter
 # (only a proposal: the shift of 10 units confirms or refutes it, so a small live gradient costs
@@ -62,11 +56,10 @@ class GradientScreen:
 
 
 def screen_parameters(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-                      skip: Iterable[tuple[str, str]] = (),
-                      shared: Gradients | None = None) -> GradientScreen:
-    """Measure which trainable parameters (but ``skip``) no output depends on. ``shared``: the
-    bias screen's forward and backwards, which kept these parameters' peak gradients
-    (``sensitivity.training_gradients``), read instead of running them again. Never changes
+                      skip: Iterable[tuple[str, str]], shared: Gradients) -> GradientScreen:
+    """Measure which trainable parameters (but ``skip``) no output depends on, from ``shared``:
+    the training-mode forward and backwards that kept these parameters' peak gradients
+    (``sensitivity.training_gradients``; the bias screen's, when it ran). Never changes
     ``model``; the RNG is restored."""
     with torch.random.fork_rng(devices=[]):
         state = random.getstate()
@@ -77,7 +70,7 @@ def screen_parameters(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str,
 
 
 def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-            skip: set[tuple[str, str]], shared: Gradients | None) -> GradientScreen:
+            skip: set[tuple[str, str]], shared: Gradients) -> GradientScreen:
     run, why = prepared(model, args, kwargs)
     if run is None:
         return GradientScreen(error=why)
@@ -89,23 +82,19 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     originals = [(p, p.detach().clone()) for p in {id(p): p for p in model.parameters()}.values()
                  if p.numel() and p.is_floating_point() and degenerate(p.detach())]
     with screening(model):
-        if shared is not None and shared.error is None and \
-                {id(p) for _, _, p in trainable} <= shared.peaked:
-            run.forwards += 1
-            run.baseline = shared.baseline
-            zero = None if shared.projections is None else \
-                [entry for entry, z in zip(trainable, still_zero(
-                    shared.projections, [p for _, _, p in trainable], run.dtype)) if z]
-        else:
-            try:
-                if shared is not None and shared.error is not None:
-                    raise _Raised(shared.error)
-                zero = _zero_gradients(run, trainable)
-            except Exception as exc:  # said: nothing was measured
-                result.error = (f"the training-mode forward and backward raised "
-                                f"{_raised(exc)}; give example inputs its training-mode "
-                                "forward accepts (a detector needs its targets)")
-                return result
+        if shared.error is not None:
+            result.error = (f"the training-mode forward and backward raised {shared.error}; "
+                            "give example inputs its training-mode forward accepts (a "
+                            "detector needs its targets)")
+            return result
+        if not {id(p) for _, _, p in trainable} <= shared.peaked:
+            result.error = "the training-mode pass did not keep every parameter's gradient"
+            return result
+        run.forwards += 1
+        run.baseline = shared.baseline
+        zero = None if shared.projections is None else \
+            [entry for entry, z in zip(trainable, still_zero(
+                shared.projections, [p for _, _, p in trainable], run.dtype)) if z]
         if zero is None:
             result.error = "no floating output depends on a parameter through autograd"
             return result
@@ -193,17 +182,6 @@ def _settled_in_eval(run: Runner, held: list[Any]) -> tuple[list[Any], list[Any]
         model.train()
 
 
-class _Raised(Exception):
-    """What the shared forward raised, as its first line says it."""
-
-
-def _raised(exc: Exception) -> str:
-    if isinstance(exc, _Raised):
-        return str(exc)
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"
-
-
 def still_zero(projections: Sequence[dict[Any, torch.Tensor]], params: Sequence[torch.Tensor],
                dtype: torch.dtype) -> list[bool]:
     """Per parameter, whether its gradient is zero in every projection that asked for it, read
@@ -237,41 +215,3 @@ def trainable_parameters(model: nn.Module, skip: set[tuple[str, str]]
             if (layer, pname) not in skip:
                 found.append((layer, pname, param))
     return found
-
-
-def _zero_gradients(run: Runner, params: list[tuple[str, str, torch.Tensor]]
-                    ) -> list[tuple[str, str, torch.Tensor]] | None:
-    """The parameters whose gradient is zero in every random projection: exactly, or within
-    rounding (its largest entry below ``ZERO`` times the largest of any parameter in the first
-    projection: a softmax over one key differentiated by a fused kernel leaves ~1e-9); the
-    perturbation decides. A parameter autograd does not reach is not among them. None when no
-    output is differentiable."""
-    run.forwards += 1
-    tensors = [p for _, _, p in params]
-    zero = [True] * len(tensors)
-    relative = ZERO_FLOAT64 if run.dtype == torch.float64 else ZERO_FLOAT32
-    with preserved(run.model), torch.enable_grad():
-        seeded()
-        out = run.model(*run.args, **run.kwargs)
-        outputs = [y for y in floating_outputs(out) if y.requires_grad]
-        if not outputs:
-            return None
-        generator = torch.Generator().manual_seed(SEED + 1)
-        largest = 0.0
-        for k in range(PROJECTIONS):
-            loss = projected(outputs, generator)
-            # A later projection asks only for the parameters still zero: most models have
-            # none left after the first, and then the second backward is not run at all.
-            asked = [i for i, z in enumerate(zero) if z]
-            if not asked:
-                break
-            grads = torch.autograd.grad(loss, [tensors[i] for i in asked], allow_unused=True,
-                                        retain_graph=k + 1 < PROJECTIONS)
-            peaks = [float(magnitude(g.detach())) if g is not None and g.numel() else 0.0
-                     for g in grads]
-            # "the largest of any parameter": the first projection sees every parameter
-            largest = max(peaks, default=0.0) if k == 0 else largest
-            for i, g, peak in zip(asked, grads, peaks):
-                zero[i] = g is not None and peak <= relative * largest
-        run.baseline = [y.detach().clone() for y in floating_outputs(out)]
-    return [entry for entry, z in zip(params, zero) if z]

@@ -589,7 +589,7 @@ class AnalysedModel:
         """The trainable parameters (additive biases aside: the bias screen's) that no output
         depends on, measured (``analysis.gradients``); None without inputs or on the meta
         device. Run once per model, on the bias screen's forward and backwards when it ran
-        first with this screen wanted (``gradients_wanted``)."""
+        first with this screen wanted (``gradients_wanted``), else on a pass of its own."""
         if self.loaded.inputs is None or self.on_meta():
             return None
         if "_gradient_screen" not in self.__dict__:
@@ -597,9 +597,11 @@ class AnalysedModel:
 
             inputs = self.loaded.inputs
             start = time.perf_counter()
+            shared = self.__dict__.pop("_shared_gradients", None) or \
+                self._shared_gradients([], {})  # no bias screen ran first: a pass of its own
+            self.__dict__.pop("_shared_gradients", None)
             self.__dict__["_gradient_screen"] = screen_parameters(
-                self.model, inputs.args, inputs.kwargs, self._biases(),
-                self.__dict__.pop("_shared_gradients", None))
+                self.model, inputs.args, inputs.kwargs, self._biases(), shared)
             self.timings["gradients"] = time.perf_counter() - start
         return self.__dict__["_gradient_screen"]
 

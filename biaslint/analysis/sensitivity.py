@@ -206,7 +206,7 @@ def unit_gradient(module: nn.Module, weights: list[torch.Tensor], numel: int
         if any(w.dim() < 1 or w.numel() == 0 for w in weights) or \
                 sum(int(w.shape[0]) for w in weights) != numel:
             return None
-        rows = [_peaks(w.reshape(w.shape[0], -1), 1) for w in weights]
+        rows = [magnitude(w.reshape(w.shape[0], -1), 1) for w in weights]
         return torch.cat(rows)
     grad = weights[0]
     if grad.numel() == 0:
@@ -218,23 +218,16 @@ def unit_gradient(module: nn.Module, weights: list[torch.Tensor], numel: int
         return per.abs().amax(dim=(1, 3)).reshape(-1) if groups * grad.shape[1] == numel \
             else None
     if grad.dim() >= 1 and grad.shape[0] == numel:
-        return _peaks(grad.reshape(numel, -1), 1)
+        return magnitude(grad.reshape(numel, -1), 1)
     if grad.dim() >= 2 and grad.shape[-1] == numel:  # transformers' Conv1D: weight (in, out)
-        return _peaks(grad.reshape(-1, numel), 0)
+        return magnitude(grad.reshape(-1, numel), 0)
     return None
 
 
-def magnitude(tensor: torch.Tensor) -> torch.Tensor:
-    """The largest magnitude of a non-empty tensor (0-d; NaN when it holds one), without a copy
-    of its magnitudes."""
-    low, high = torch.aminmax(tensor)
-    return torch.maximum(high, -low)
-
-
-def _peaks(grad: torch.Tensor, dim: int) -> torch.Tensor:
-    """The largest magnitude along ``dim`` of a 2-d tensor, without a copy of its magnitudes
-    (a classifier's weight gradient is 10^8 entries)."""
-    low, high = torch.aminmax(grad, dim=dim)
+def magnitude(tensor: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """The largest magnitude of a non-empty tensor, or along ``dim`` (NaN where it holds one),
+    without a copy of its magnitudes (a classifier's weight gradient is 10^8 entries)."""
+    low, high = torch.aminmax(tensor) if dim is None else torch.aminmax(tensor, dim=dim)
     return torch.maximum(high, -low)
 
 
@@ -753,13 +746,8 @@ class Gradients:
 
     projections: list[dict[Any, torch.Tensor]] | None = None
     baseline: list[torch.Tensor] = field(default_factory=list)
-    layers: frozenset[str] = frozenset()
     peaked: frozenset[int] = frozenset()  # ids of the tensors kept as peaks
     error: str | None = None
-
-    def serves(self, layers: Sequence[str]) -> bool:
-        """Whether the pass measured the bias screen of these layers."""
-        return set(layers) <= self.layers
 
     def release(self) -> None:
         """Keep only the peaks (the bias screen has read the whole gradients)."""
@@ -792,8 +780,7 @@ def training_gradients(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
                                        | still(first, run.dtype), peaks)
                 except Exception as exc:  # said by each screen
                     return Gradients(error=f"{type(exc).__name__}: {_first_line(exc)}")
-                return Gradients(grads, run.baseline, frozenset(layers),
-                                 frozenset(id(p) for p in peaks))
+                return Gradients(grads, run.baseline, frozenset(id(p) for p in peaks))
         finally:
             random.setstate(state)
 
