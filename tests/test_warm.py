@@ -173,6 +173,32 @@ def test_the_parent_ran_no_torch_op_and_started_no_thread(tmp_path, server_dir):
         assert info["threads"] == 1  # ...and no thread pool runs in the parent
 
 
+def test_a_lint_in_the_child_imports_none_of_biaslints_modules_anew(tmp_path):
+    """The parent preloads biaslint's own modules, the command line's reporting, configuration
+    and records included (the probe runs the API only): a child compiles or loads none of them
+    again, for a text or a JSON report. Run as the child runs it, in a process that preloaded."""
+    (tmp_path / "good.py").write_text(textwrap.dedent(GOOD))
+    script = textwrap.dedent("""
+        import io, sys
+        from biaslint.serve import server
+        server.preload()
+        before = set(sys.modules)
+        from biaslint.cli import main  # what child.run runs, without ending the process
+        for extra in ([], ["--format", "json"]):
+            sys.stdout = io.StringIO()
+            try:
+                main(["good.py:build", "--cold", *extra])
+            except SystemExit:
+                pass
+        sys.stdout = sys.__stdout__
+        print(sorted(m for m in set(sys.modules) - before if m.startswith("biaslint")))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=300, env=_env(tmp_path / "servers"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_the_socket_is_the_users_alone(tmp_path):
     import shutil
     import tempfile

@@ -137,14 +137,30 @@ def preload() -> int:
 
     allowed = allowed_tops()
     before = len(sys.modules)
-    for name in probe():
+    for name in [*probe(), *own_modules()]:
         if name and name not in sys.modules and name.split(".")[0] in allowed \
-                and not name.startswith(("biaslint.serve", "biaslint.integrations")):
+                and not name.startswith(_NOT_PRELOADED):
             try:
                 importlib.import_module(name)
             except Exception as exc:  # a module that cannot be imported alone: the child will
                 log(f"not preloaded: {name}: {type(exc).__name__}: {exc}")
     return len(sys.modules) - before
+
+
+def own_modules() -> list[str]:
+    """Every module of biaslint's own that a command line may import (the probe runs the API,
+    not the command line's reporting, configuration and records): a child imports none of them
+    anew. The test and training-loop integrations, and the server itself, are left out."""
+    import pkgutil
+
+    import biaslint
+
+    return [info.name for info in pkgutil.walk_packages(biaslint.__path__, "biaslint.")
+            if not info.name.startswith(_NOT_PRELOADED)]
+
+
+_NOT_PRELOADED = ("biaslint.serve", "biaslint.integrations", "biaslint.pytest_plugin",
+                  "biaslint.testing", "biaslint.__main__")
 
 
 def stamp() -> dict[str, tuple[int, int]]:
