@@ -643,3 +643,82 @@ def test_the_narrow_point_memo_gives_the_verdicts_of_a_walk_of_its_own(write_tar
     remembered = verdicts(memo=True)
     assert len(model.__dict__[P._MEMO_KEY]) > 0  # the memo was used
     assert remembered == verdicts(memo=False)
+
+
+# -- a bias the forward reads directly ---------------------------------------------------
+
+DIRECT_READS = {
+    # torchvision's Swin: F.linear on a fused projection's weight and bias; the key third is
+    # cancelled by the softmax over the keys
+    "fused-qkv": ("""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(16, 48)
+        self.proj = nn.Linear(16, 16)
+    def forward(self, x):
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias)
+        q, k, v = qkv.reshape(x.shape[0], x.shape[1], 3, 2, 8).permute(2, 0, 3, 1, 4)
+        attn = (q * 8 ** -0.5) @ k.transpose(-2, -1)
+        out = attn.softmax(dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], 16))
+""", "torch.randn(2, 5, 16)", "qkv", "redundant-slice"),
+    # the whole bias, read by F.linear, then batch-normalized
+    "whole": ("""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.head = nn.Linear(6, 2)
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(F.linear(x, self.lin.weight, self.lin.bias))))
+""", "torch.randn(4, 8)", "lin", "redundant"),
+    # the same bias also added after the norm: it matters
+    "also-added": ("""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.head = nn.Linear(6, 2)
+    def forward(self, x):
+        y = self.bn(F.linear(x, self.lin.weight, self.lin.bias)) + self.lin.bias
+        return self.head(torch.relu(y))
+""", "torch.randn(4, 8)", "lin", None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DIRECT_READS))
+def test_a_bias_read_directly_is_followed_by_the_walk_on_real_and_meta(judge, write_target,
+                                                                      case):
+    """``F.linear(x, self.lin.weight, self.lin.bias)`` (torchvision's Swin attention): the walk
+    follows the read, so the cancellation is derived, measured where there are values, and
+    found on the meta device too (where nothing can be measured). The fix is a note: with
+    ``bias=False`` the read would get None."""
+    body, inputs, layer, verdict = DIRECT_READS[case]
+    source = model_source(body, inputs)
+    findings, oracle = judge(source)
+    from biaslint.load import load_target
+
+    target = write_target(source)
+    result = lint_loaded(load_target(target, device="meta"), TargetConfig(target),
+                         Settings(select=("BL001",)))
+    meta = {f.module: f for f in result.findings}
+    for found in (findings, meta):
+        if verdict is None:
+            assert layer not in found, found[layer].message
+            continue
+        assert found[layer].data["verdict"] == verdict, found[layer].message
+        fix = found[layer].fix
+        assert fix is None or (not fix.edits and "read" in fix.manual)
+    if verdict == "redundant-slice":
+        a, b = findings[layer].data["slice"]
+        assert (a, b) == (16, 32)
+        assert oracle.verdict(layer, "bias", index=slice(a, b)) == "redundant"
+        assert oracle.verdict(layer, "bias", index=slice(0, 16)) != "redundant"
+    elif verdict == "redundant":
+        assert findings[layer].data["measured"] is True
+        assert oracle.verdict(layer, "bias") == "redundant"
+    else:
+        assert oracle.verdict(layer, "bias") != "redundant"

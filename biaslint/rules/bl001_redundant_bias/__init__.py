@@ -37,9 +37,12 @@ not through module order, tracking along which axes the bias's contribution is c
   `torch.finfo(dtype).min`), since masked scores weigh nothing either way.
 
 A bias whose output also reaches anything un-normalized (a second consumer, a returned feature
-map, a tensor it is written into with `out=` or an in-place op) is live and not reported, and so
-is a bias that also acts elsewhere (tied to another layer, aliased as another attribute, or read
-directly by the forward). Code that a module handed over in eval mode runs (where
+map, a tensor it is written into with `out=` or an in-place op) is live and not reported. A bias
+that also acts under another name (tied to another layer, aliased as another attribute) is
+judged by the measurement alone, where there is one. One the forward reads directly
+(`F.linear(x, self.qkv.weight, self.qkv.bias)`, as torchvision's Swin does) is followed from
+there like a layer's output, on the meta device too; its fix is a note, since `bias=False`
+would break that read. Code that a module handed over in eval mode runs (where
 `self.training` was False while tracing) is not followed. `RMSNorm` subtracts no mean and
 cancels nothing. A fused
 query/key/value bias (`nn.MultiheadAttention.in_proj_bias`, GPT-2's `c_attn`, timm's `qkv`)

@@ -32,7 +32,7 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
         site = model.layers[name].site
         if site is not None:
             by_site.setdefault((site.file, site.line, site.col), []).append(name)
-    read_elsewhere = _biases_read_elsewhere(model)
+    read_elsewhere, read_directly = _bias_reads(model)
     screen = model.bias_screen(
         [layer.name for layer in model.layers.values() if has_checkable_bias(layer.module)
          or isinstance(layer.module, nn.MultiheadAttention)],
@@ -41,7 +41,7 @@ def check(rule: "RedundantBias", model: AnalysedModel, context: RuleContext) -> 
     measured = screen if screen is not None and screen.ran else None
     judge = _Judge(rule, model, verdicts, measured, by_site, _redundant(verdicts, measured),
                    _Locations(measured) if measured is not None else None, read_elsewhere,
-                   report_partial)
+                   read_directly, report_partial)
     try:
         for layer in model.layers.values():
             yield from judge.findings(layer)
@@ -95,8 +95,9 @@ def _redundant(verdicts: dict[str, "Verdict | None"], measured: "Screen | None"
 class _Judge:
     """What judging one model's layers shares: the walk's verdicts, the measurement (None when
     it did not run), the layers by construction site, which biases are redundant, where
-    measured cancellations happen, the biases read outside their layer; and, as it goes, the
-    biases found on a dead path."""
+    measured cancellations happen, the biases read outside their layer where the walk does not
+    follow them, those read directly by the forward where it does (their fix is a note: the
+    read would break without the bias); and, as it goes, the biases found on a dead path."""
 
     rule: "RedundantBias"
     model: AnalysedModel
@@ -106,6 +107,7 @@ class _Judge:
     redundant: dict[str, bool]
     located: "_Locations | None"
     read_elsewhere: set[str]
+    read_directly: set[str]
     report_partial: bool
     dead: list[str] = field(default_factory=list)
 
@@ -134,15 +136,16 @@ class _Judge:
                 yield from self._noted(layer, pname, measure, None, derived)
             return
         verdict = self.verdicts.get(layer.name)
+        direct = layer.name in self.read_directly
         if measure is not None:
             yield from self._noted(layer, pname, measure, verdict,
-                                   self._claim(layer, verdict))
+                                   self._claim(layer, verdict), shared=direct)
             if self.report_partial and not measure.cancelled and verdict is not None and \
                     not verdict.redundant:
                 yield from _partial(rule, model, layer, verdict)
         elif verdict is not None:
             yield from _derived(rule, model, layer, verdict, self.by_site, self.redundant,
-                                self.report_partial)
+                                self.report_partial, direct)
 
     def _claim(self, layer: Layer, verdict: "Verdict | None") -> _Claim | None:
         """What the walk derived for a measured layer's bias, to explain the measurement."""
@@ -151,8 +154,9 @@ class _Judge:
             count = int(module.bias.numel())
             by = verdict.cancelled_by
             by_site, redundant = self.by_site, self.redundant
+            shared = layer.name in self.read_directly
             return _Claim(((0, count),), by, lambda measured, by=by, layer=layer:
-                          _whole_finding(rule, layer, by, by_site, redundant, measured))
+                          _whole_finding(rule, layer, by, by_site, redundant, measured, shared))
         if verdict is not None and not verdict.redundant and verdict.crossed:
             return _fused_claim(rule, self.model, layer, int(module.bias.numel()))
         return None
@@ -196,12 +200,13 @@ def _note_measurement(rule: "RedundantBias", model: AnalysedModel, screen: "Scre
 
 def _derived(rule: "RedundantBias", model: AnalysedModel, layer: Layer, verdict: "Verdict",
              by_site: dict[tuple[str, int, int], list[str]], redundant: dict[str, bool],
-             report_partial: bool) -> Iterable[Finding]:
+             report_partial: bool, shared: bool = False) -> Iterable[Finding]:
     """The walk's verdict alone (no example inputs, the meta device, or a bias autograd does
-    not see)."""
+    not see). ``shared``: the forward also reads the bias directly."""
     count = int(layer.module.bias.numel())
     if verdict.redundant and verdict.cancelled_by:
-        yield _whole_finding(rule, layer, verdict.cancelled_by, by_site, redundant)
+        yield _whole_finding(rule, layer, verdict.cancelled_by, by_site, redundant,
+                             shared=shared)
         return
     if verdict.redundant:
         return  # nothing cancels it: the output is never used (a dead layer)
@@ -485,23 +490,36 @@ def _bias_false_fix(layer: "Layer", live_siblings: int = 0) -> Fix:
                kind=FixKind.BIAS_FALSE)
 
 
-def _biases_read_elsewhere(model: "AnalysedModel") -> set[str]:
-    """Layers whose bias also acts outside the layer's own calls: the same tensor registered
-    under another name (tied to another layer, aliased as another attribute), or read directly by
-    the graph (``get_attr``), e.g. ``mha.in_proj_bias[6:12]`` added to an output."""
-    result = {layer.name for layer in model.layers.values() if model.is_shared(
+def _bias_reads(model: "AnalysedModel") -> tuple[set[str], set[str]]:
+    """Layers whose bias also acts outside the layer's own calls, in two kinds:
+
+    - where the walk does not follow it: the same tensor registered under another name (tied
+      to another layer, aliased as another attribute), and ``nn.MultiheadAttention``'s
+      ``in_proj_bias`` read directly (``mha.in_proj_bias[6:12]`` added to an output). The
+      measurement alone judges them;
+    - read directly by the forward under its own name (``F.linear(x, self.qkv.weight,
+      self.qkv.bias)``, ``torch.cat`` of the q/k/v biases): the walk follows every such read
+      (``layer_sources``), so its derivation stands, but ``bias=False`` alone would break the
+      read, and the fix is a note.
+
+    A read of a layer's weight is neither: it carries nothing of the bias."""
+    elsewhere = {layer.name for layer in model.layers.values() if model.is_shared(
         layer.name, "in_proj_bias" if isinstance(layer.module, nn.MultiheadAttention) else "bias")}
+    directly: set[str] = set()
     for read in model.graph_nodes():
         part, node = read.part, read.node
         if node.op != "get_attr":
             continue
         full = part.full_name(str(node.target))
-        owner = full.rsplit(".", 1)[0] if "." in full else ""
+        owner, _, pname = full.rpartition(".")
         # A custom layer's own forward reads its bias this way (GPT-2's Conv1D): that is the
         # layer's own use. A read from anywhere else is not.
-        for user in node.users:
-            stack = user.meta.get("nn_module_stack") or {}
-            if owner not in {part.full_name(str(path)) for path in stack}:
-                result.add(owner)
-                break
-    return result
+        if all(owner in {part.full_name(str(path)) for path in user.meta.get("nn_module_stack")
+                         or {}} for user in node.users):
+            continue
+        layer = model.layers.get(owner)
+        if layer is None or not has_checkable_bias(layer.module):
+            elsewhere.add(owner)
+        elif pname == "bias":
+            directly.add(owner)
+    return elsewhere, directly - elsewhere
