@@ -362,3 +362,54 @@ def test_a_frozen_uninitialized_parameter_is_still_reported(lint_source):
             return Scaled(), torch.randn(2, 8)
         """, select=("BL012",))
     assert [(f.module, f.parameter) for f in result.findings] == [("", "scale")]
+
+
+NAN_GARBAGE = """
+    import torch
+    import torch.nn as nn
+    import torch.utils.deterministic as deterministic
+
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.fc.weight = nn.Parameter(torch.empty(8, 8))  # never written
+            self.out = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.fc(x)))
+
+
+    def build():
+        # what torch.empty may hand out on any machine: here NaN, every time
+        was, filling = torch.are_deterministic_algorithms_enabled(), \\
+            deterministic.fill_uninitialized_memory
+        torch.use_deterministic_algorithms(True)
+        deterministic.fill_uninitialized_memory = True
+        try:
+            model = Scaled()
+        finally:
+            torch.use_deterministic_algorithms(was)
+            deterministic.fill_uninitialized_memory = filling
+        assert torch.isnan(model.fc.weight).all()
+        return model, torch.randn(2, 8)
+    """
+
+
+def test_nan_left_in_unwritten_memory_is_reported_not_unreadable(lint_source):
+    """A never-written parameter holding NaN (what ``torch.empty`` may hand out) is BL012's
+    finding, not a value nobody could read: with BL012 selected, the analysis is complete and
+    the other value rules judge the rest; without it, the NaN is unexplained and the analysis
+    is incomplete, as before."""
+    with_bl012 = lint_source(NAN_GARBAGE)
+    assert ("fc", "weight") in {(f.module, f.parameter) for f in with_bl012.findings
+                                if f.code == "BL012"}
+    assert [f.code for f in with_bl012.findings] == ["BL012"]  # nothing measured of the NaN
+    assert not [line for line in with_bl012.incomplete if "holding NaN" in line], \
+        with_bl012.incomplete
+    assert not with_bl012.incomplete, with_bl012.incomplete  # the measurements re-draw it
+    from biaslint.settings import Settings
+
+    without = lint_source(NAN_GARBAGE, settings=Settings(ignore=("BL012",)))
+    assert [line for line in without.incomplete if "NaN or Inf" in line and "fc.weight" in line]

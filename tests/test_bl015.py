@@ -293,3 +293,36 @@ def test_a_forward_that_refuses_training_mode_leaves_bl015_incomplete_and_says_w
     assert not result.error, result.error
     [line] = [x for x in result.incomplete if "BL015" in x]
     assert "targets should not be none" in line and "training-mode forward accepts" in line
+
+
+NAN_OUT = """
+import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+
+    def forward(self, x):
+        # the log of a negative number: every output is NaN on these inputs
+        return torch.log(self.a(x).abs() - 1e3) + self.b(x)
+
+
+def build():
+    return Net(), torch.randn(4, 8)
+"""
+
+
+@pytest.mark.parametrize("select", [("BL015",), ("BL001", "BL015")])
+def test_outputs_holding_nan_are_not_measured_and_say_why(lint_source, select):
+    """NaN stays NaN whatever a shift does, and its gradient is read as 0: "no output depends
+    on it" would be claimed of every parameter. Neither screen measures; BL015 is incomplete
+    with the reason (a, b and both biases all shape the output with numbers in)."""
+    result = lint_source(NAN_OUT, select=select)
+    assert not result.error, result.error
+    assert [f for f in result.findings if f.code == "BL015"] == []
+    [line] = [x for x in result.incomplete if "BL015" in x]
+    assert "hold NaN" in line

@@ -83,9 +83,9 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                  if p.numel() and p.is_floating_point() and degenerate(p.detach())]
     with screening(model):
         if shared.error is not None:
-            result.error = (f"the training-mode forward and backward raised {shared.error}; "
-                            "give example inputs its training-mode forward accepts (a "
-                            "detector needs its targets)")
+            result.error = shared.error + ("; give example inputs its training-mode forward "
+                                           "accepts (a detector needs its targets)"
+                                           if shared.raised else "")
             return result
         if not {id(p) for _, _, p in trainable} <= shared.peaked:
             result.error = "the training-mode pass did not keep every parameter's gradient"

@@ -43,6 +43,7 @@ measurement found costs three, plus two per part that moves, plus two in float64
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -341,16 +342,36 @@ class Runner:
         return FLOAT64_TERMS if self.dtype == torch.float64 else FLOAT32_TERMS
 
 
+NAN_OUTPUTS = ("the model's outputs on the example inputs hold NaN, where a shift cannot show "
+               "whether an output moves (NaN stays NaN); give inputs on which the model's "
+               "outputs are numbers")
+
+
+def unshiftable(outputs: Sequence[torch.Tensor]) -> bool:
+    """An output holds NaN: no shift can be seen there, so "moves no output" would be
+    claimed of whatever feeds only the NaN (a parameter holding garbage, a log of a negative
+    number). The screens measure nothing then."""
+    return any(bool(torch.isnan(y).any()) for y in outputs if y.is_floating_point()
+               or y.is_complex())
+
+
+def _raised(exc: BaseException) -> str:
+    return f"the training-mode forward and backward raised {type(exc).__name__}: " \
+        f"{_first_line(exc)}"
+
+
 def moved(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> float:
-    """Largest change of any output, relative to that output's scale (at least 1)."""
+    """Largest change of any output, relative to that output's scale (at least 1). An output
+    that held NaN before cannot show that it did not move: infinite."""
     worst = 0.0
     for a, b in zip(before, after):
         if a.shape != b.shape:
             return float("inf")
         if not a.numel() or torch.equal(a, b):  # untouched: no need to measure how far
             continue
-        both_nan = torch.isnan(a) & torch.isnan(b)
-        diff = torch.where(both_nan, torch.zeros_like(a), (b - a).abs())
+        if bool(torch.isnan(a).any()):
+            return float("inf")
+        diff = (b - a).abs()
         scale = float(torch.nan_to_num(a.abs(), nan=0.0, posinf=0.0).max())
         change = float(torch.nan_to_num(diff, nan=float("inf")).max())
         worst = max(worst, change / max(scale, 1.0))
@@ -358,8 +379,11 @@ def moved(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> floa
 
 
 def degenerate(data: torch.Tensor) -> bool:
-    """All entries equal, or all tiny: what the screen re-draws (see ``screening``)."""
+    """All entries equal, or all tiny, or some NaN or infinite (memory nothing wrote, BL012's):
+    what the screen re-draws (see ``screening``)."""
     low, high = torch.aminmax(data)  # one pass over a 10^8-entry weight, not three
+    if not (math.isfinite(float(low)) and math.isfinite(float(high))):  # aminmax keeps NaN
+        return True
     return bool(low == high) or float(torch.maximum(high, -low)) < TINY
 
 
@@ -384,7 +408,7 @@ def screening(model: nn.Module) -> Iterator[None]:
                         saved.append((param, data.clone()))
                         noise = torch.randn(data.shape, generator=generator,
                                             dtype=torch.float64)
-                        centre = float(data.mean()) if peak >= TINY else 0.0
+                        centre = float(data.mean()) if TINY <= peak < math.inf else 0.0
                         param.copy_((centre + 0.5 * noise).to(param.dtype))
             for param in params:
                 if param.is_floating_point():
@@ -466,15 +490,16 @@ def _measure(run: Runner, layers: Sequence[str], proven: Proven | None = None,
         grads, run.baseline = shared.projections, shared.baseline
         run.forwards += 1
     elif shared is not None:
-        return Screen(error=f"the training-mode forward and backward raised {shared.error}")
+        return Screen(error=shared.error)
     else:
         tensors, sizes = _asked_for(wanted)
         try:
             grads = _gradients(run, tensors, sizes,
                                lambda first: _unsettled(run, wanted, first, proven))
         except Exception as exc:  # said: the screen did not run
-            return Screen(error=f"the training-mode forward and backward raised "
-                                f"{type(exc).__name__}: {_first_line(exc)}")
+            return Screen(error=_raised(exc))
+        if grads is not None and unshiftable(run.baseline):
+            return Screen(error=NAN_OUTPUTS)
     if grads is None:
         return Screen(error="no output depends on a parameter through autograd (the forward "
                             "runs without gradients)")
@@ -742,12 +767,13 @@ class Gradients:
     its random projections' gradients: what the bias screen and the parameter screen
     (``analysis.gradients``) both read, so that a lint runs that forward and its backwards
     once. ``projections`` is None when no output is differentiable; ``error`` says why nothing
-    was measured when the forward or a backward raised."""
+    was measured (the forward or a backward raised, or the outputs hold NaN)."""
 
     projections: list[dict[Any, torch.Tensor]] | None = None
     baseline: list[torch.Tensor] = field(default_factory=list)
     peaked: frozenset[int] = frozenset()  # ids of the tensors kept as peaks
     error: str | None = None
+    raised: bool = False  # the error is the forward's or a backward's exception
 
     def release(self) -> None:
         """Keep only the peaks (the bias screen has read the whole gradients)."""
@@ -779,7 +805,9 @@ def training_gradients(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
                                        lambda first: _unsettled(run, wanted, first, proven)
                                        | still(first, run.dtype), peaks)
                 except Exception as exc:  # said by each screen
-                    return Gradients(error=f"{type(exc).__name__}: {_first_line(exc)}")
+                    return Gradients(error=_raised(exc), raised=True)
+                if grads is not None and unshiftable(run.baseline):
+                    return Gradients(error=NAN_OUTPUTS)
                 return Gradients(grads, run.baseline, frozenset(id(p) for p in peaks))
         finally:
             random.setstate(state)

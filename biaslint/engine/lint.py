@@ -153,7 +153,8 @@ class _Lint:
         self.stage("rules")
         start = time.perf_counter()
         self.notes = [*self.loaded.notes, *captured.notes, *signal_notes]
-        blocked = unjudged.blocked(analysed, captured.coverage)
+        blocked = unjudged.blocked(analysed, captured.coverage,
+                                   any("unwritten" in rule.explains for rule in self.rules))
         no_forward = analysed.no_forward()
         analysed.gradients_wanted = any("gradients" in rule.reads for rule in self.rules)
         if no_forward is None:

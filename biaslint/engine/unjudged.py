@@ -33,14 +33,19 @@ def listed(names: list[str], limit: int = 5) -> str:
     return ", ".join(n or "<root>" for n in names[:limit]) + more
 
 
-def blocked(analysed: AnalysedModel, coverage: Coverage) -> dict[str, dict[str, str]]:
-    """Per layer, what a rule cannot read there and why: {"graph": reason, "values": reason}."""
+def blocked(analysed: AnalysedModel, coverage: Coverage, unwritten_explained: bool = False
+            ) -> dict[str, dict[str, str]]:
+    """Per layer, what a rule cannot read there and why: {"graph": reason, "values": reason}.
+    ``unwritten_explained``: a selected rule reports the entries no call of the build wrote
+    (BL012), so the NaN or Inf a parameter holds there is said, and blocks nothing."""
     found: dict[str, dict[str, str]] = {}
     for name in coverage.untraced:
         found.setdefault(name, {})["graph"] = OUTSIDE_GRAPH
     for name, layer in analysed.layers.items():
-        unreadable = layer.unreadable()
-        if layer.non_finite():
+        garbage = {p for p in layer.non_finite() if unwritten_explained
+                   and analysed.never_written(name, p) is not None}
+        unreadable = {p: why for p, why in layer.unreadable().items() if p not in garbage}
+        if any(p in unreadable for p in layer.non_finite()):
             found.setdefault(name, {})["values"] = NON_FINITE
         elif unreadable:
             found.setdefault(name, {})["values"] = ON_META

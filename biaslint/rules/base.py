@@ -81,6 +81,10 @@ class Rule:
     # "gradients": it reads the parameter screen (``AnalysedModel.silent_parameters``, BL015),
     # which then shares the bias screen's training-mode forward and backwards.
     reads: ClassVar[frozenset[str]] = frozenset()
+    # What the rule's findings account for, so that the engine need not call it unreadable:
+    # "unwritten" (BL012) for the NaN or Inf a parameter holds in entries no call of the build
+    # wrote (the memory's leftovers, which the finding reports as such).
+    explains: ClassVar[frozenset[str]] = frozenset()
     # Whether a finding about a frozen parameter (requires_grad=False) still stands. Most rules
     # claim something about training, which a frozen parameter does not have; a parameter that
     # holds garbage (BL012) is wrong in the forward whether it trains or not.

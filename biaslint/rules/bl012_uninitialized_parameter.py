@@ -105,6 +105,7 @@ def build():
 '''
 
     reads = frozenset({"build"})
+    explains = frozenset({"unwritten"})
     frozen_matters = True  # garbage in the forward, trained or not
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
