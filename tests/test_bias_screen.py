@@ -175,6 +175,49 @@ def test_a_measured_cancellation_names_where_it_happens_and_where_the_walk_stopp
     assert finding.fix is not None and "bias=False" in finding.fix.code
 
 
+CENTRED_BLOCKS = """
+class Block(nn.Module):
+    # the norm written with var() (the walk stops there) as a block's own forward
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        mean = y.mean(dim=(0, 2, 3), keepdim=True)
+        var = y.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
+        return torch.relu((y - mean) * torch.rsqrt(var + 1e-5))
+
+
+class Stack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1, bias=False)
+        self.blocks = nn.Sequential(Block(), Block(), Block())
+        self.head = nn.Conv2d(8, 4, 3)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+def build():
+    return Stack(), torch.randn(2, 3, 6, 6)
+"""
+
+
+def test_each_measured_cancellation_names_its_own_blocks_op(lint):
+    """Where one block's cancellation was located, the same layer in the next block of the same
+    kind is told the same op in its own block (located once per kind: each search is two
+    forwards), never the first block's."""
+    result, oracle = lint(CENTRED_BLOCKS)
+    for i in range(3):
+        [finding] = [f for f in result.findings if f.module == f"blocks.{i}.conv"]
+        assert f"'blocks.{i}'" in finding.message, finding.message
+        others = [f"'blocks.{j}" for j in range(3) if j != i]
+        assert not any(o in finding.message for o in others), finding.message
+        assert oracle.verdict(f"blocks.{i}.conv", "bias") == "redundant"
+
+
 def test_a_key_slice_of_a_wrapped_multihead_attention(lint):
     result, oracle = lint(WRAPPED_MHA)
     [finding] = [f for f in result.findings if f.module == "attn"]

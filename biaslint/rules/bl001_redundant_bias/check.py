@@ -265,7 +265,8 @@ class _Locations:
     def __init__(self, screen: "Screen") -> None:
         self.screen = screen
         self.asked = 0
-        self.known: dict[tuple[str, str], str | None] = {}
+        # per kind: the parent the answer was asked for, and the answer
+        self.known: dict[tuple[str, str], tuple[str, str | None]] = {}
         # Why the walk did not prove a measured cancellation, with the layers: the ops the
         # transfer table should learn next.
         self.stops: dict[str, list[str]] = {}
@@ -277,13 +278,29 @@ class _Locations:
                 layer.name.rpartition(".")[2])
         key = (str(kind), str(elements))
         if key in self.known:
-            return self.known[key]
+            told = _moved_to(*self.known[key], parent)
+            if told is not None:
+                return told
         if self.asked >= self.LIMIT:
             return None
         self.asked += 1
         where = self.screen.locate(layer.name, pname, elements)
-        self.known[key] = where
+        self.known.setdefault(key, (parent, where))
         return where
+
+
+def _moved_to(parent: str, where: str | None, other: str) -> str | None:
+    """The op located for a layer under ``parent``, told for the same layer under ``other``
+    (block 1.1's softmax, not block 1.0's): the module names under ``parent`` renamed. None
+    when the op was a module outside ``parent`` (the next block's norm), which says nothing
+    of where ``other``'s layer is cancelled."""
+    if where is None or parent == other:
+        return where
+    if not parent:
+        return where if "'" not in where else None
+    if f"'{parent}'" not in where and f"'{parent}." not in where:
+        return None
+    return where.replace(f"'{parent}'", f"'{other}'").replace(f"'{parent}.", f"'{other}.")
 
 
 def _measured(rule: "RedundantBias", model: AnalysedModel, layer: Layer, pname: str,
