@@ -374,6 +374,41 @@ def test_watch_prints_what_changed_when_a_source_file_changes(tmp_path, server_d
     assert "Traceback" not in err
 
 
+SLOW = """
+import pathlib, time
+import torch
+import torch.nn as nn
+
+
+def build():
+    pathlib.Path("building").write_text("")
+    time.sleep(120)
+    return nn.Linear(2, 2), torch.randn(1, 2)
+"""
+
+
+def test_ctrl_c_during_a_watched_lint_ends_the_watch(tmp_path, server_dir):
+    """The client hands a Ctrl-C to the lint it is waiting for; in watch mode the lint ends with
+    130 and the watch must end too, not go on to the next poll."""
+    from biaslint.cli import EXIT_INTERRUPTED
+    from biaslint.serve.watch import INTERRUPTED
+
+    assert INTERRUPTED == EXIT_INTERRUPTED
+    (tmp_path / "slow.py").write_text(textwrap.dedent(SLOW))
+    proc = subprocess.Popen([sys.executable, "-m", "biaslint", "--watch", "slow.py:build"],
+                            cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=_env(server_dir))
+    try:
+        deadline = time.monotonic() + 240  # a hang's safety net, not a timing assertion
+        while not (tmp_path / "building").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (tmp_path / "building").exists()  # the lint is in the build
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+
+
 def test_watch_refuses_a_report_it_would_not_write(tmp_path, server_dir):
     (tmp_path / "good.py").write_text(textwrap.dedent(GOOD))
     proc = _run(tmp_path, server_dir, "--watch", "good.py:build", "--format", "json")

@@ -22,6 +22,7 @@ from biaslint.errors import ConfigError
 from biaslint.serve import client
 
 POLL = 0.3  # seconds between looks at the files
+INTERRUPTED = 130  # the exit of a lint Ctrl-C stopped (``cli.EXIT_INTERRUPTED``)
 # The options --watch cannot take: it writes its own report and prints its own lines.
 REFUSED = ("--format", "--output", "-o", "--fix", "--diff", "--write-baseline", "--shard",
            "--changed-since", "--cold")
@@ -98,6 +99,8 @@ def _lint(targets: list[str], rest: list[str], state: Watched) -> None:
         with open(os.devnull, "r+b") as null:
             code = client.lint([*targets, *rest, "--format", f"json={report}"],
                                fds=(null.fileno(), null.fileno(), null.fileno()))
+        if code == INTERRUPTED:  # the Ctrl-C went to the lint (``client``): it ends the watch
+            raise KeyboardInterrupt
         results = results_of(report)
     seconds = time.monotonic() - started
     if results is None:
