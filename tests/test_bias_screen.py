@@ -484,3 +484,32 @@ def test_a_derived_cancellation_is_confirmed_in_float32_and_a_found_one_in_float
     assert [(f.module, f.data["measured"]) for f in result.findings] == [("conv", True)]
     assert oracle.verdict("conv") == "redundant"
     assert widened
+
+
+def test_a_third_projection_is_asked_only_for_lone_elements_two_left_flat():
+    """Two random projections leave a few lone elements of a large model flat by chance, and
+    the perturbation would try each with a forward of its own: a third projection is asked for
+    the biases that still have two or more such lone candidates, and for nothing else (runs of
+    several elements, one lone element, BL015's peaks)."""
+    import torch.nn as nn
+
+    from biaslint.analysis.sensitivity import Runner, _unsettled
+
+    layer = nn.Linear(4, 8)
+    run = Runner(layer, torch.float32, (), {})
+    wanted = [("fc", "bias", layer, layer.bias, [layer.weight])]
+
+    def projection(flat: list[int]) -> dict:
+        gb = torch.ones(8)
+        gb[flat] = 0.0
+        return {id(layer.bias): gb, id(layer.weight): torch.ones(8, 4)}
+
+    asks = {id(layer.bias), "fc", id(layer.weight)}
+    assert _unsettled(run, wanted, [projection([1])]) == asks  # the second: any candidate
+    assert _unsettled(run, wanted, [projection([1, 5]), projection([1, 5])]) == asks
+    assert _unsettled(run, wanted, [projection([1, 5]), projection([1])]) == set()
+    assert _unsettled(run, wanted, [projection([2, 3]), projection([2, 3])]) == set()
+    assert _unsettled(run, wanted, [projection([1, 5]), projection([1, 5])],
+                      proven={("fc", "bias"): ((5, 6),)}) == set()
+    # a bias the second projection did not ask for is settled
+    assert _unsettled(run, wanted, [projection([1, 5]), {}]) == set()

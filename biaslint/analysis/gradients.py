@@ -187,16 +187,17 @@ def still_zero(projections: Sequence[dict[Any, torch.Tensor]], params: Sequence[
     """Per parameter, whether its gradient is zero in every projection that asked for it, read
     from peaks (``sensitivity.PEAK``): its largest entry at most ``ZERO`` times the largest of
     any of ``params`` in the first projection. A parameter autograd does not reach is not
-    zero (it is BL010's)."""
+    zero (it is BL010's): it has no peak in the first projection. A later projection that has
+    no peak for it did not ask (the bias screen's third asks for biases alone)."""
     relative = ZERO_FLOAT64 if dtype == torch.float64 else ZERO_FLOAT32
     first = [projections[0].get((PEAK, id(p))) for p in params]
     largest = max((float(peak) for peak in first if peak is not None), default=0.0)
     zero = [peak is not None and float(peak) <= relative * largest for peak in first]
     for projection in projections[1:]:
         for i, param in enumerate(params):
-            if zero[i]:
-                peak = projection.get((PEAK, id(param)))
-                zero[i] = peak is not None and float(peak) <= relative * largest
+            peak = projection.get((PEAK, id(param)))
+            if zero[i] and peak is not None:
+                zero[i] = float(peak) <= relative * largest
     return zero
 
 

@@ -71,12 +71,13 @@ FLOAT64_ZERO, FLOAT32_ZERO = 1e-9, 3e-5
 # cancels fall in between (torchvision's MaxViT proposed 12 at 3e-5, 6 at 2e-5, each refuted
 # at the cost of confirmation forwards, never reported).
 FLOAT64_TERMS, FLOAT32_TERMS = 1e-11, 2e-5
-PROJECTIONS = 2
+PROJECTIONS = 3  # the third only for lone elements both others left flat (``_unsettled``)
 # Forwards the confirmation may spend splitting groups that moved; what is left unconfirmed
 # when they run out is said (a cost cap can only cost findings).
 CONFIRMATION_BUDGET = 48
 # A group of this many lone elements or fewer that moved is split into single elements at once.
 SINGLES = 8
+THIRD_FOR = 2  # lone candidates left after two projections that ask for a third
 # Parameters whose largest magnitude is below this are "tiny" and re-drawn (layer scale 1e-6,
 # ReZero's 0): what hides a path at init is not a structure that cancels it.
 TINY = 1e-3
@@ -495,7 +496,7 @@ def _measure(run: Runner, layers: Sequence[str], proven: Proven | None = None,
         tensors, sizes = _asked_for(wanted)
         try:
             grads = _gradients(run, tensors, sizes,
-                               lambda first: _unsettled(run, wanted, first, proven))
+                               lambda found: _unsettled(run, wanted, found, proven))
         except Exception as exc:  # said: the screen did not run
             return Screen(error=_raised(exc))
         if grads is not None and unshiftable(run.baseline):
@@ -572,27 +573,40 @@ def _zero_gradient_candidates(run: Runner, wanted: list[_Screened],
     return candidates, partial
 
 
-def _unsettled(run: Runner, wanted: list[_Screened], first: dict[Any, torch.Tensor],
+def _unsettled(run: Runner, wanted: list[_Screened], found: list[dict[Any, torch.Tensor]],
                proven: Proven | None = None) -> set[Any]:
-    """What a later projection is asked for: the biases with a candidate in the first (an
-    element whose gradient was zero while its unit's weight's was not), with their weights and
-    layer names. The others are settled by the first: an element is a candidate only when its
+    """What the next projection is asked for: the biases with a candidate in every projection so
+    far (an element whose gradient was zero while its unit's weight's was not), with their
+    weights and layer names. The others are settled: an element is a candidate only when its
     gradient is zero in every projection, and a unit with no weight gradient in a random
     projection gets none in any (a ReLU off on every position, an unused result). Nor is a
     later projection asked for candidates the graph walk derived (``proven``): it only spares
-    the perturbation the elements a first projection proposes by chance, and a derived
-    cancellation is no chance; the perturbation tries it either way."""
+    the perturbation the elements a projection proposes by chance, and a derived cancellation
+    is no chance; the perturbation tries it either way.
+
+    The third projection is asked only when at least ``THIRD_FOR`` lone elements (runs of one)
+    are still candidates: a random projection leaves an element's sum of terms within the
+    flatness tolerance with a small chance (about 1 in 150 at 6,000 positions), two do it for
+    a few elements of a 10^5-element model, and the perturbation tries each such lone element
+    with a forward of its own; one more backward costs less than two forwards and clears
+    nearly all of them. Runs of several elements are how cancellations come, and go to the
+    perturbation as they are."""
     still: set[Any] = set()
+    lone = 0
     for name, pname, module, bias, weights in wanted:
-        if id(bias) not in first:
+        if id(bias) not in found[-1]:  # settled by an earlier projection
             continue
-        flat, alive = _flat_and_alive(run, [first], name, pname, module, bias, weights)
+        flat, alive = _flat_and_alive(run, found, name, pname, module, bias, weights)
         candidates = flat & alive
         for a, b in (proven or {}).get((name, pname), ()):
             candidates[a:b] = False
-        if bool(candidates.any()):
+        if not bool(candidates.any()):
+            continue
+        singles = sum(1 for a, b in runs(candidates) if b - a == 1)
+        if len(found) == 1 or singles:
             still.update([id(bias), name, *(id(w) for w in weights)])
-    return still
+            lone += singles
+    return still if len(found) == 1 or lone >= THIRD_FOR else set()
 
 
 def _flat_and_alive(run: Runner, grads: list[dict[Any, torch.Tensor]], name: str, pname: str,
@@ -662,18 +676,18 @@ def _output_axis(module: nn.Module, out: torch.Tensor, numel: int) -> int | None
 
 
 def _gradients(run: Runner, tensors: list[torch.Tensor], layers: dict[str, int],
-               still: Callable[[dict[Any, torch.Tensor]], set[Any]] | None = None,
+               still: Callable[[list[dict[Any, torch.Tensor]]], set[Any]] | None = None,
                peaks: Sequence[torch.Tensor] = ()) -> list[dict[Any, torch.Tensor]] | None:
     """Per random projection of the floating outputs, the gradient of each tensor (by id); per
     tensor of ``peaks``, only its largest magnitude (a 0-d tensor, keyed ``(PEAK, id)``); and
     per layer in ``layers`` (name -> bias size) the sum over positions of |d loss / d output|
     per bias element (keyed by name): the size of the terms the bias's gradient adds up, which
     is what the rounding left of a cancelled sum is relative to. None when no output is
-    differentiable. After the first projection, ``still`` (given its result) names the keys a
-    later one is asked for: what the first already settled costs no second backward, and when
-    nothing is left none runs. The backwards run before the buffers are put back: BatchNorm
-    saves what it needs for its backward, and restoring a buffer in place first would
-    invalidate it."""
+    differentiable. After the first projection, ``still`` (given the projections so far) names
+    the keys the next one is asked for: what the earlier ones settled costs no further
+    backward, and when nothing is left none runs. The backwards run before the buffers are put
+    back: BatchNorm saves what it needs for its backward, and restoring a buffer in place first
+    would invalidate it."""
     run.forwards += 1
     found: list[dict[Any, torch.Tensor]] = []
     seen: dict[str, list[tuple[torch.Tensor, int]]] = {}
@@ -706,7 +720,7 @@ def _gradients(run: Runner, tensors: list[torch.Tensor], layers: dict[str, int],
             for k in range(PROJECTIONS):
                 loss = projected(outputs, generator)
                 if k and still is not None:
-                    asked = asked.only(still(found[0]))
+                    asked = asked.only(still(found))
                     if asked.empty:
                         break
                 grads = torch.autograd.grad(loss, asked.wrt, allow_unused=True,
@@ -802,8 +816,9 @@ def training_gradients(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
                 tensors, sizes = _asked_for(wanted)
                 try:
                     grads = _gradients(run, tensors, sizes,
-                                       lambda first: _unsettled(run, wanted, first, proven)
-                                       | still(first, run.dtype), peaks)
+                                       lambda found: _unsettled(run, wanted, found, proven)
+                                       | (still(found[0], run.dtype) if len(found) == 1
+                                          else set()), peaks)
                 except Exception as exc:  # said by each screen
                     return Gradients(error=_raised(exc), raised=True)
                 if grads is not None and unshiftable(run.baseline):
