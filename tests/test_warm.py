@@ -374,7 +374,7 @@ def test_watch_prints_what_changed_when_a_source_file_changes(tmp_path, server_d
     assert "Traceback" not in err
 
 
-SLOW = """
+SLOW_BUILD = """
 import pathlib, time
 import torch
 import torch.nn as nn
@@ -394,7 +394,7 @@ def test_ctrl_c_during_a_watched_lint_ends_the_watch(tmp_path, server_dir):
     from biaslint.serve.watch import INTERRUPTED
 
     assert INTERRUPTED == EXIT_INTERRUPTED
-    (tmp_path / "slow.py").write_text(textwrap.dedent(SLOW))
+    (tmp_path / "slow.py").write_text(textwrap.dedent(SLOW_BUILD))
     proc = subprocess.Popen([sys.executable, "-m", "biaslint", "--watch", "slow.py:build"],
                             cwd=tmp_path, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=_env(server_dir))

@@ -86,16 +86,18 @@ def reach(path: Path, idle: float) -> socket.socket:
                       f"{path.with_suffix('.log')}")
 
 
-def lint(argv: list[str], idle: float = IDLE, fds: tuple[int, int, int] = (0, 1, 2)) -> int:
+def lint(argv: list[str], idle: float = IDLE, fds: tuple[int, int, int] = (0, 1, 2),
+         forwarded: list[int] | None = None) -> int:
     """Run ``biaslint argv`` in a child of the warm server, its stdin, stdout and stderr
     ``fds``; the child's exit code (a child killed by a signal kills this process by the same
-    signal)."""
+    signal). ``forwarded`` gets each Ctrl-C or SIGTERM handed to the lint (watch mode ends
+    on one even when the lint was ending anyway)."""
     path = address.socket_path(address.project_folder(), address.current_key())
     message = request(argv)
     for _attempt in range(3):
         sock = reach(path, idle)
         try:
-            outcome = _served(sock, message, list(fds))
+            outcome = _served(sock, message, list(fds), forwarded)
         finally:
             sock.close()
         if "stale" not in outcome:
@@ -104,15 +106,18 @@ def lint(argv: list[str], idle: float = IDLE, fds: tuple[int, int, int] = (0, 1,
     raise ServerError("the warm server kept restarting (its libraries keep changing on disk)")
 
 
-def _served(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+def _served(sock: socket.socket, message: dict[str, Any], fds: list[int],
+            forwarded: list[int] | None = None) -> dict[str, Any]:
     protocol.send(sock, message, fds)
     reader = protocol.Reader(sock)
     # Ctrl-C and SIGTERM go to the lint (only the main thread can catch them: a language server
     # lints from a worker thread, and its lints end with the connection).
     main = threading.current_thread() is threading.main_thread()
     if main:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: _forward(sock, signum))
-        terminate = signal.signal(signal.SIGTERM, lambda signum, frame: _forward(sock, signum))
+        previous = signal.signal(signal.SIGINT,
+                                 lambda signum, frame: _forward(sock, signum, forwarded))
+        terminate = signal.signal(signal.SIGTERM,
+                                  lambda signum, frame: _forward(sock, signum, forwarded))
     try:
         while True:
             reply = reader.next()
@@ -127,7 +132,9 @@ def _served(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> dic
             signal.signal(signal.SIGTERM, terminate)
 
 
-def _forward(sock: socket.socket, signum: int) -> None:
+def _forward(sock: socket.socket, signum: int, forwarded: list[int] | None = None) -> None:
+    if forwarded is not None:
+        forwarded.append(signum)
     try:
         protocol.send(sock, {"signal": signum})
     except OSError:

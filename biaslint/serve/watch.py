@@ -96,11 +96,13 @@ def _lint(targets: list[str], rest: list[str], state: Watched) -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="biaslint-watch-") as folder:
         report = Path(folder) / "report.json"
+        forwarded: list[int] = []
         with open(os.devnull, "r+b") as null:
             code = client.lint([*targets, *rest, "--format", f"json={report}"],
-                               fds=(null.fileno(), null.fileno(), null.fileno()))
-        if code == INTERRUPTED:  # the Ctrl-C went to the lint (``client``): it ends the watch
-            raise KeyboardInterrupt
+                               fds=(null.fileno(), null.fileno(), null.fileno()),
+                               forwarded=forwarded)
+        if code == INTERRUPTED or forwarded:  # a Ctrl-C the client handed to the lint (or
+            raise KeyboardInterrupt  # that came as it ended) ends the watch
         results = results_of(report)
     seconds = time.monotonic() - started
     if results is None:
