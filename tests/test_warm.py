@@ -336,6 +336,13 @@ def test_a_client_that_goes_away_takes_its_lint_with_it(tmp_path, server_dir):
     assert _gone(pid)
 
 
+def _as_from_a_terminal() -> None:
+    """For a process the tests interrupt: Ctrl-C as a terminal delivers it. A process started
+    with SIGINT ignored (a test run started in the background by a non-interactive shell)
+    keeps ignoring it, as Unix programs do."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _line(proc: subprocess.Popen[str], wanted: str) -> list[str]:
     """Lines of ``proc``'s stdout up to and including the first that contains ``wanted``."""
     seen = []
@@ -357,7 +364,7 @@ def test_watch_prints_what_changed_when_a_source_file_changes(tmp_path, server_d
     proc = subprocess.Popen([sys.executable, "-m", "biaslint", "--watch", "watched.py:build",
                              "--select", "BL001"], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=_env(server_dir))
+                            env=_env(server_dir), preexec_fn=_as_from_a_terminal)
     try:
         first = _line(proc, "watched.py:build: 1 finding")
         assert any(line.startswith("+ ") and "BL001" in line for line in first), first
@@ -397,7 +404,8 @@ def test_ctrl_c_during_a_watched_lint_ends_the_watch(tmp_path, server_dir):
     (tmp_path / "slow.py").write_text(textwrap.dedent(SLOW_BUILD))
     proc = subprocess.Popen([sys.executable, "-m", "biaslint", "--watch", "slow.py:build"],
                             cwd=tmp_path, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=_env(server_dir))
+                            stderr=subprocess.PIPE, env=_env(server_dir),
+                            preexec_fn=_as_from_a_terminal)
     try:
         deadline = time.monotonic() + 240  # a hang's safety net, not a timing assertion
         while not (tmp_path / "building").exists() and time.monotonic() < deadline:
