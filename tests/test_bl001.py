@@ -647,6 +647,18 @@ def test_the_narrow_point_memo_gives_the_verdicts_of_a_walk_of_its_own(write_tar
 
 # -- a bias the forward reads directly ---------------------------------------------------
 
+NORMED_READ = """
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.head = nn.Linear(6, 2)
+    def forward(self, x):
+        y = self.bn(F.linear(x, self.lin.weight, self.lin.bias)){after}
+        return self.head(torch.relu(y))
+"""
+
 DIRECT_READS = {
     # torchvision's Swin: F.linear on a fused projection's weight and bias; the key third is
     # cancelled by the softmax over the keys
@@ -664,28 +676,10 @@ class Net(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], 16))
 """, "torch.randn(2, 5, 16)", "qkv", "redundant-slice"),
     # the whole bias, read by F.linear, then batch-normalized
-    "whole": ("""
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(8, 6)
-        self.bn = nn.BatchNorm1d(6)
-        self.head = nn.Linear(6, 2)
-    def forward(self, x):
-        return self.head(torch.relu(self.bn(F.linear(x, self.lin.weight, self.lin.bias))))
-""", "torch.randn(4, 8)", "lin", "redundant"),
+    "whole": (NORMED_READ.format(after=""), "torch.randn(4, 8)", "lin", "redundant"),
     # the same bias also added after the norm: it matters
-    "also-added": ("""
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(8, 6)
-        self.bn = nn.BatchNorm1d(6)
-        self.head = nn.Linear(6, 2)
-    def forward(self, x):
-        y = self.bn(F.linear(x, self.lin.weight, self.lin.bias)) + self.lin.bias
-        return self.head(torch.relu(y))
-""", "torch.randn(4, 8)", "lin", None),
+    "also-added": (NORMED_READ.format(after=" + self.lin.bias"), "torch.randn(4, 8)", "lin",
+                   None),
 }
 
 

@@ -547,6 +547,8 @@ class AnalysedModel:
             start = time.perf_counter()
             shared = self._shared_gradients(wanted, proven or {}) \
                 if self.gradients_wanted else None
+            if shared is not None:  # for the parameter screen (``silent_parameters``)
+                self.__dict__["_shared_gradients"] = shared
             self.__dict__["_bias_screen"] = screen_biases(self.model, inputs.args,
                                                           inputs.kwargs, wanted, proven or {},
                                                           shared)
@@ -572,10 +574,8 @@ class AnalysedModel:
                     if z}
 
         inputs = self.loaded.inputs
-        shared = training_gradients(self.model, inputs.args, inputs.kwargs, layers, proven,
-                                    params, still)
-        self.__dict__["_shared_gradients"] = shared
-        return shared
+        return training_gradients(self.model, inputs.args, inputs.kwargs, layers, proven,
+                                  params, still)
 
     def _biases(self) -> set[tuple[str, str]]:
         """Every (layer, additive bias parameter) of the model: the bias screen's, not the
@@ -599,7 +599,6 @@ class AnalysedModel:
             start = time.perf_counter()
             shared = self.__dict__.pop("_shared_gradients", None) or \
                 self._shared_gradients([], {})  # no bias screen ran first: a pass of its own
-            self.__dict__.pop("_shared_gradients", None)
             self.__dict__["_gradient_screen"] = screen_parameters(
                 self.model, inputs.args, inputs.kwargs, self._biases(), shared)
             self.timings["gradients"] = time.perf_counter() - start

@@ -150,13 +150,25 @@ def preload() -> int:
 def own_modules() -> list[str]:
     """Every module of biaslint's own that a command line may import (the probe runs the API,
     not the command line's reporting, configuration and records): a child imports none of them
-    anew. The test and training-loop integrations, and the server itself, are left out."""
+    anew. The test and training-loop integrations, and the server itself, are left out (and
+    not imported to be walked: ``pkgutil.walk_packages`` would)."""
     import pkgutil
 
     import biaslint
 
-    return [info.name for info in pkgutil.walk_packages(biaslint.__path__, "biaslint.")
-            if not info.name.startswith(_NOT_PRELOADED)]
+    found: list[str] = []
+
+    def walk(folder: str, prefix: str) -> None:
+        for info in pkgutil.iter_modules([folder], prefix):
+            if info.name.startswith(_NOT_PRELOADED):
+                continue
+            found.append(info.name)
+            if info.ispkg:
+                walk(os.path.join(folder, info.name.rpartition(".")[2]), info.name + ".")
+
+    for folder in biaslint.__path__:
+        walk(folder, "biaslint.")
+    return found
 
 
 _NOT_PRELOADED = ("biaslint.serve", "biaslint.integrations", "biaslint.pytest_plugin",
