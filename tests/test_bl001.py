@@ -13,7 +13,7 @@ from biaslint.engine import lint_loaded
 from biaslint.findings import Severity
 from biaslint.settings import Settings, TargetConfig
 
-from oracle import Oracle, assert_agrees, warned
+from oracle import Oracle, assert_agrees, split_inputs, warned
 
 HEADER = """
 import math
@@ -427,6 +427,79 @@ def build():
     # The out projection's bias rides the residual stream into a LayerNorm over the features
     # it varies along: only its mean is removed, so it is not flagged.
     assert oracle.verdict("attn.out_proj") == "partial" and "attn.out_proj" not in findings
+
+
+TRANSFORMER_LAYERS = {
+    "encoder": ("nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, "
+                "batch_first=True{extra}), 2)", "torch.randn(3, 6, 16)",
+                ["layers.0.self_attn", "layers.1.self_attn"]),
+    "decoder": ("nn.TransformerDecoder(nn.TransformerDecoderLayer(16, 4, 32, dropout=0.0"
+                "{extra}), 1)",
+                "(torch.randn(5, 3, 16), torch.randn(7, 3, 16))",
+                ["layers.0.self_attn", "layers.0.multihead_attn"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TRANSFORMER_LAYERS))
+@pytest.mark.parametrize("extra", ["", ", norm_first=True"])
+@pytest.mark.parametrize("device", [None, "meta"])
+def test_the_key_slices_inside_torchs_transformer_layers_are_derived(write_target, kind, extra,
+                                                                     device):
+    """``nn.TransformerEncoderLayer`` and its kin are traced through, not kept as one node: the
+    attention's key slice is found by the walk (on the meta device too, where nothing is
+    measured), and the truth is measured on the built model in float64."""
+    from biaslint.load import load_target
+
+    build, inputs, attentions = TRANSFORMER_LAYERS[kind]
+    target = write_target(HEADER + f"""
+def build():
+    return {build.format(extra=extra)}, {inputs}
+""")
+    torch.manual_seed(0)
+    loaded = load_target(target, device=device)
+    result = lint_loaded(loaded, TargetConfig(target), Settings(select=("BL001",)))
+    findings = {f.module: f for f in result.findings}
+    assert sorted(findings) == sorted(attentions)
+    for name in attentions:
+        assert "softmax over the keys" in findings[name].message, findings[name].message
+    if device is None:  # the truth, measured on the model as built (real values only)
+        oracle = Oracle(loaded.model, *split_inputs(loaded.inputs))
+        for name in attentions:
+            assert oracle.verdict(name, "in_proj_bias", index=slice(16, 32)) == "redundant"
+            assert oracle.verdict(name, "in_proj_bias", index=slice(0, 16)) == "live"
+
+
+def test_an_encoder_in_eval_mode_with_a_padding_mask_is_linted_on_its_layers(write_target):
+    """In eval mode without gradients, ``nn.TransformerEncoder`` given a padding mask turns its
+    input into a nested tensor and runs one fused op per layer (torch's fast path), on which a
+    recorded forward failed. The lint runs it with the fast path off, and puts the switch back
+    as it found it."""
+    from biaslint.load import load_target
+
+    target = write_target(HEADER + """
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(16, 4, 32, batch_first=True), 2)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x, padding):
+        return self.head(self.encoder(x, src_key_padding_mask=padding).mean(1))
+
+
+def build():
+    padding = torch.zeros(2, 6, dtype=torch.bool)
+    padding[0, 4:] = True
+    return Net().eval(), (torch.randn(2, 6, 16), padding)
+""")
+    assert torch.backends.mha.get_fastpath_enabled()
+    # every rule: those reading a real no_grad forward are the ones that ran the fast path
+    result = lint_loaded(load_target(target), TargetConfig(target), Settings())
+    assert torch.backends.mha.get_fastpath_enabled()
+    assert not result.incomplete, result.incomplete
+    assert sorted(f.module for f in result.findings if f.code == "BL001") == [
+        "encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]
 
 
 # -- fixes and locations ----------------------------------------------------------------

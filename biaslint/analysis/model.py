@@ -752,7 +752,7 @@ class AnalysedModel:
         wanted = [t for t in dict.fromkeys(tables) if t not in self._products]
         if wanted and self.loaded.inputs is not None and not self.on_meta():
             from biaslint.analysis.products import watch_products
-            from biaslint.capture.record import is_default_leaf
+            from biaslint.capture.leaves import is_default_leaf
 
             params = {t: p for t in wanted if (p := self._parameter(t)) is not None}
             ids = {id(p) for p in params.values()}

@@ -26,6 +26,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.node import map_aggregate
 
+from biaslint.capture.leaves import is_default_leaf
 from biaslint.capture.shapes import record
 from biaslint.vocabulary import MEAN_NORM_FUNCTIONS, SAME_SHAPE_NORM_MODULES
 
@@ -136,8 +137,7 @@ class ConcreteTracer(fx.Tracer):
         self.first_error: str | None = None  # the first op that could not run on the inputs
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name in self.leaves or super().is_leaf_module(
-            m, module_qualified_name)
+        return module_qualified_name in self.leaves or is_default_leaf(m)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return ValueProxy(node, self)

@@ -41,6 +41,7 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from biaslint.capture.concrete import carries_tensor, positional_names
+from biaslint.capture.leaves import is_default_leaf
 from biaslint.capture.shapes import record
 from biaslint.vocabulary import MEAN_NORM_FUNCTIONS, SAME_SHAPE_NORM_MODULES
 
@@ -123,18 +124,12 @@ class RecordedForward:
     values: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
 
-def is_default_leaf(module: nn.Module) -> bool:
-    """fx's default leaves: the modules of torch.nn (not containers). One node each."""
-    return _TRACER.is_leaf_module(module, "")
-
-
 # Built-in activations whose output has the input's shape, dtype and layout (the same tensor
 # when ``inplace``): recorded on meta copies without running them.
 _ELEMENTWISE = frozenset({nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.SiLU,
                           nn.GELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU,
                           nn.Mish, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid})
 _VALUE_BUDGET = 256 * 2**20  # bytes of layer outputs kept from a real recording forward
-_TRACER = fx.Tracer()  # made once: a Tracer's constructor is not free (566 calls on a CNN)
 
 
 class _ForwardRecorder(TorchFunctionMode):

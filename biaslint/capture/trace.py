@@ -64,7 +64,7 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (module_qualified_name in self.opaque
-                or super().is_leaf_module(m, module_qualified_name))
+                or _is_default_leaf(m))
 
 
 def _trace(module: nn.Module, opaque: set[str]) -> fx.GraphModule:
@@ -97,7 +97,7 @@ def _quiet() -> Iterator[None]:
 
 
 def _is_default_leaf(module: nn.Module) -> bool:
-    from biaslint.capture.record import is_default_leaf
+    from biaslint.capture.leaves import is_default_leaf
 
     return is_default_leaf(module)
 

@@ -112,7 +112,7 @@ def lint_loaded(loaded: LoadedTarget, config: TargetConfig, settings: Settings,
                 timings: dict[str, float] | None = None,
                 on_stage: StageCallback | None = None) -> TargetResult:
     """Capture, analyse and run the rules on an already built ``LoadedTarget``."""
-    from biaslint.load.guard import old_objects_frozen
+    from biaslint.load.guard import attention_fast_path_off, old_objects_frozen
     from biaslint.load.kept import KeptModel
     from biaslint.rules import plugged
     from biaslint.rules.plugins import load_plugins
@@ -121,7 +121,8 @@ def lint_loaded(loaded: LoadedTarget, config: TargetConfig, settings: Settings,
     # even when the forward writes to its own parameters (see ``KeptModel``). The project's own
     # rules (``settings.plugins``, installed entry points) take part beside the built-in ones.
     kept = KeptModel(loaded.model)
-    with old_objects_frozen(), plugged(load_plugins(settings.plugins)):
+    with old_objects_frozen(), plugged(load_plugins(settings.plugins)), \
+            attention_fast_path_off():
         try:
             return _Lint(loaded, config, settings, kept, timings, on_stage).run()
         finally:

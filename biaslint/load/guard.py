@@ -14,6 +14,10 @@
 * ``preserved_state()``: default dtype, grad mode, RNG states (torch, numpy, random),
   deterministic-algorithms flags and the thread count are restored after each target, and the
   build runs under a fixed seed, so the same model gives the same numbers every run.
+* ``attention_fast_path_off()``: torch's inference fast path for ``nn.TransformerEncoder``
+  (nested tensors built from the padding mask, one fused kernel per layer) is off while the
+  lint runs the model; each layer then runs the ops a training step runs, which the capture
+  records and every forward of the lint can run under its hooks.
 * ``target_scope()``: what else a build may set for the whole process (the working directory,
   environment variables, ``sys.path``, torch's default device, the warning filters) is put
   back after each target, so nothing of one target reaches the next.
@@ -119,6 +123,28 @@ def preserved_state(seed: int | None = SEED) -> Iterator[None]:
         if torch.get_num_threads() != saved["threads"]:
             torch.set_num_threads(saved["threads"])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved["cudnn"]
+
+
+@contextlib.contextmanager
+def attention_fast_path_off() -> Iterator[None]:
+    """torch's fast path for ``nn.TransformerEncoder`` and ``nn.MultiheadAttention`` off, then
+    as it was. In eval mode without gradients, with a padding mask, the encoder turns its input
+    into a nested tensor (padded positions left out, given back as zeros) and each layer runs
+    one fused op: what the lint records is then not the layers' ops, and a forward under a
+    recording mode fails on the nested tensor. The unfused ops compute the same values at every
+    position that is not padding."""
+    mha = getattr(torch.backends, "mha", None)
+    get = getattr(mha, "get_fastpath_enabled", None)
+    put = getattr(mha, "set_fastpath_enabled", None)
+    if get is None or put is None:  # an older torch: no switch to turn
+        yield
+        return
+    before = bool(get())
+    put(False)
+    try:
+        yield
+    finally:
+        put(before)
 
 
 @contextlib.contextmanager
