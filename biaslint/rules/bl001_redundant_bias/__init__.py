@@ -47,7 +47,8 @@ would break that read. Code that a module handed over in eval mode runs (where
 cancels nothing. A fused
 query/key/value bias (`nn.MultiheadAttention.in_proj_bias`, GPT-2's `c_attn`, timm's `qkv`)
 gets an **info** finding naming its key slice, since no constructor flag removes only that
-slice.
+slice. torch's own transformer layers (`nn.TransformerEncoderLayer` and its kin) are followed
+inside, so the key slices of their attentions are derived too.
 
 With example inputs on real tensors the rule also *measures* (option `measure`, on by default):
 with the model in training mode, degenerate parameters re-drawn, it differentiates random
