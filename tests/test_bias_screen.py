@@ -513,3 +513,27 @@ def test_a_third_projection_is_asked_only_for_lone_elements_two_left_flat():
                       proven={("fc", "bias"): ((5, 6),)}) == set()
     # a bias the second projection did not ask for is settled
     assert _unsettled(run, wanted, [projection([1, 5]), {}]) == set()
+
+
+@pytest.mark.parametrize("batch,channels,p", [(4, 8, 0.3), (4, 16, 0.5), (2, 16, 0.3)])
+def test_a_channel_a_dropout_mask_happens_to_keep_in_every_sample_is_not_claimed(
+        write_target, batch, channels, p):
+    """Dropout2d draws one mask per sample and channel: under one draw, a channel kept (or
+    dropped) in every sample of the batch has its bias cancelled by the BatchNorm after it, for
+    that draw only; under most draws the bias moves the outputs and trains. The screen measured
+    one draw (and found 2 of 8 channels "cancelled" at batch 4, p = 0.3). The truth here is
+    measured under eight draws: a channel is cancelled only if no draw moves an output."""
+    target = write_target(HEADER + f"""
+def build():
+    model = nn.Sequential(nn.Conv2d(3, {channels}, 3, padding=1), nn.Dropout2d({p}),
+                          nn.BatchNorm2d({channels}), nn.ReLU(), nn.Conv2d({channels}, 4, 1))
+    return model, torch.randn({batch}, 3, 8, 8)
+""")
+    torch.manual_seed(0)
+    loaded = load_target(target)
+    result = lint_loaded(loaded, TargetConfig(target), Settings(select=("BL001",)))
+    oracles = [Oracle(loaded.model, *split_inputs(loaded.inputs), seed=seed) for seed in range(8)]
+    truly = {i for i in range(channels)
+             if all(o.verdict("0", index=slice(i, i + 1)) == "redundant" for o in oracles)}
+    assert truly == set()  # no channel's bias is cancelled under every draw
+    assert claimed_elements(result, "0") == truly

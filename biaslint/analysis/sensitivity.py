@@ -43,6 +43,7 @@ measurement found costs three, plus two per part that moves, plus two in float64
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 from dataclasses import dataclass, field
@@ -85,6 +86,14 @@ TINY = 1e-3
 # that is merely off on the example inputs comes on, and a saturated one moves.
 SHIFT = 10.0
 SEED = 0
+# A training forward that draws from torch's generator (dropout, stochastic depth) is run under
+# SEED, and a cancellation is then measured for one draw of its masks. A mask shared by all the
+# positions a norm averages over (Dropout2d between a conv and its BatchNorm, one draw per
+# sample and channel) that happens to keep or drop a channel in every sample of the batch
+# cancels that channel's bias for that draw alone: with a batch of 4 and p = 0.5, one channel in
+# eight. The second batch runs under the first of these seeds, and what only the measurement
+# found is then shifted again under the others (one forward for the draw, one for the shift).
+RESEEDS = (SEED + 11, SEED + 12, SEED + 13, SEED + 14, SEED + 15)
 
 
 # Per (layer, bias parameter): the runs [start, stop) of elements the graph walk derived as
@@ -289,15 +298,18 @@ def floating_outputs(value: Any, seen: set[int] | None = None) -> Iterator[torch
             yield from floating_outputs(v, seen)
 
 
-def seeded() -> None:
-    torch.manual_seed(SEED)
-    random.seed(SEED)
+def seeded(seed: int = SEED) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
     try:
         import numpy
 
-        numpy.random.seed(SEED)
+        numpy.random.seed(seed)
     except ImportError:  # numpy is optional: a model that draws from it needs it installed
         pass
+
+
+Batch = tuple[tuple[Any, ...], dict[str, Any], list[torch.Tensor], int]
 
 
 @dataclass
@@ -314,18 +326,19 @@ class Runner:
     float32_only: bool = False  # the model would not run in float64: no re-check there
     second_tried: bool = False  # a second batch was drawn (``_batches``)
     second_rejected: bool = False  # and the forward rejected it
+    random: bool = False  # the training forward draws from torch's generator (``RESEEDS``)
     # every module's inputs and outputs on the example batch, unshifted (``_locate``)
     unshifted: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None
-    # (args, kwargs, unperturbed outputs): the example batch and a second one drawn like it
-    batches: list[tuple[tuple[Any, ...], dict[str, Any], list[torch.Tensor]]] = \
-        field(default_factory=list)
+    # (args, kwargs, unperturbed outputs, seed): the example batch and a second one drawn like
+    # it, each with the seed its forwards run under
+    batches: list[Batch] = field(default_factory=list)
 
     def outputs(self, args: tuple[Any, ...] | None = None,
-                kwargs: dict[str, Any] | None = None) -> list[torch.Tensor]:
+                kwargs: dict[str, Any] | None = None, seed: int = SEED) -> list[torch.Tensor]:
         """One seeded forward without autograd; buffers and cached attributes restored."""
         self.forwards += 1
         with preserved(self.model), torch.no_grad():
-            seeded()
+            seeded(seed)
             out = self.model(*(self.args if args is None else args),
                              **(self.kwargs if kwargs is None else kwargs))
             return [t.detach().clone() for t in floating_outputs(out)]
@@ -488,7 +501,7 @@ def _measure(run: Runner, layers: Sequence[str], proven: Proven | None = None,
     if not wanted:
         return screen
     if shared is not None and shared.error is None:
-        grads, run.baseline = shared.projections, shared.baseline
+        grads, run.baseline, run.random = shared.projections, shared.baseline, shared.random
         run.forwards += 1
     elif shared is not None:
         return Screen(error=shared.error)
@@ -709,7 +722,9 @@ def _gradients(run: Runner, tensors: list[torch.Tensor], layers: dict[str, int],
     try:
         with preserved(run.model), torch.enable_grad():
             seeded()
+            state = torch.get_rng_state()
             out = run.model(*run.args, **run.kwargs)
+            run.random = not torch.equal(state, torch.get_rng_state())
             outputs = [y for y in floating_outputs(out) if y.requires_grad]
             if not outputs:
                 return None
@@ -787,6 +802,7 @@ class Gradients:
     peaked: frozenset[int] = frozenset()  # ids of the tensors kept as peaks
     error: str | None = None
     raised: bool = False  # the error is the forward's or a backward's exception
+    random: bool = False  # the forward drew from torch's generator (``Runner.random``)
 
     def release(self) -> None:
         """Keep only the peaks (the bias screen has read the whole gradients)."""
@@ -822,7 +838,8 @@ def training_gradients(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
                     return Gradients(error=_raised(exc), raised=True)
                 if grads is not None and unshiftable(run.baseline):
                     return Gradients(error=NAN_OUTPUTS)
-                return Gradients(grads, run.baseline, frozenset(id(p) for p in peaks))
+                return Gradients(grads, run.baseline, frozenset(id(p) for p in peaks),
+                                 random=run.random)
         finally:
             random.setstate(state)
 
@@ -844,13 +861,13 @@ def _batches(run: Runner, second: bool = True) -> None:
     """The example batch and (with ``second``) a second one drawn like it, each with its
     unperturbed outputs."""
     if not run.batches:
-        run.batches.append((run.args, run.kwargs, run.baseline))
+        run.batches.append((run.args, run.kwargs, run.baseline, SEED))
     if not second or run.second_tried:
         return
     run.second_tried = True
     args2, kwargs2 = _redrawn((run.args, run.kwargs), torch.Generator().manual_seed(SEED + 2))
     try:
-        run.batches.append((args2, kwargs2, run.outputs(args2, kwargs2)))
+        run.batches.append((args2, kwargs2, run.outputs(args2, kwargs2, RESEEDS[0]), RESEEDS[0]))
     except Exception:  # a second batch the model rejects: the first decides
         run.second_rejected = True
 
@@ -862,14 +879,15 @@ def _holds(run: Runner, group: Sequence[Piece], both: bool = True) -> bool:
     _batches(run, both)
     params = {(layer, pname): getattr(run.model.get_submodule(layer), pname)
               for layer, pname, _, _ in group}
-    for sign, (args, kwargs, before) in zip((1.0, -1.0), run.batches if both else run.batches[:1]):
+    signs = itertools.cycle((1.0, -1.0))
+    for sign, (args, kwargs, before, seed) in zip(signs, run.batches if both else run.batches[:1]):
         shift = _shifts(group, params, sign)
         kept = {key: params[key].detach().clone() for key in shift}
         with torch.no_grad():
             for key, delta in shift.items():
                 params[key].add_(delta)
         try:
-            after = run.outputs(args, kwargs)
+            after = run.outputs(args, kwargs, seed)
         finally:
             with torch.no_grad():  # copied back: x + d - d is not x in floating point
                 for key, value in kept.items():
@@ -1019,6 +1037,9 @@ def _confirm(run: Runner, candidates: list[_Candidate], proven: Proven | None = 
         proven_held, moving = settled(run, derived, start)
     held, also = settled(run, [p for p in pieces if p not in derived], start)
     moving += also
+    if held and run.random:
+        held, also = _reseeded(run, held, start)
+        moving += also
     if held and run.dtype != torch.float64:
         # float32 tells "moves by less than 1e-4" from "does not move", not from "moves by
         # 1e-6": what held is measured again in float64, where the tolerance is 1e-8 (a
@@ -1033,6 +1054,29 @@ def _confirm(run: Runner, candidates: list[_Candidate], proven: Proven | None = 
     settle(held + proven_held, True)
     settle(moving, False)
     return confirmed, refuted, not run.second_rejected
+
+
+def _reseeded(run: Runner, held: list[Piece], start: int) -> tuple[list[Piece], list[Piece]]:
+    """What held on the example and second batches, shifted again under the other draws of a
+    forward that draws from torch's generator (``RESEEDS``): (still held, moved). Nothing more
+    is run when another draw leaves the example batch's outputs where they were (the draws
+    reach no output: a dropout with p = 0)."""
+    draws: list[Batch] = []
+    batches = run.batches if run.batches else [(run.args, run.kwargs, run.baseline, SEED)]
+    for k, seed in enumerate(RESEEDS[1:]):
+        args, kwargs = batches[k % len(batches)][:2]
+        try:
+            draws.append((args, kwargs, run.outputs(args, kwargs, seed), seed))
+        except Exception:  # a draw the forward rejects (it accepted these batches once)
+            continue
+        if k == 0 and moved(run.baseline, draws[0][2]) == 0.0:
+            return held, []
+    saved = run.batches
+    run.batches = draws
+    try:
+        return settled(run, held, start)
+    finally:
+        run.batches = saved
 
 
 def _shifts(group: Sequence[Piece], params: dict[tuple[str, str], torch.Tensor],
