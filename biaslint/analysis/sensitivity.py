@@ -1038,7 +1038,7 @@ def _confirm(run: Runner, candidates: list[_Candidate], proven: Proven | None = 
     held, also = settled(run, [p for p in pieces if p not in derived], start)
     moving += also
     if held and run.random:
-        held, also = _reseeded(run, held, start)
+        held, also = _reseeded(run, held)
         moving += also
     if held and run.dtype != torch.float64:
         # float32 tells "moves by less than 1e-4" from "does not move", not from "moves by
@@ -1056,11 +1056,12 @@ def _confirm(run: Runner, candidates: list[_Candidate], proven: Proven | None = 
     return confirmed, refuted, not run.second_rejected
 
 
-def _reseeded(run: Runner, held: list[Piece], start: int) -> tuple[list[Piece], list[Piece]]:
+def _reseeded(run: Runner, held: list[Piece]) -> tuple[list[Piece], list[Piece]]:
     """What held on the example and second batches, shifted again under the other draws of a
     forward that draws from torch's generator (``RESEEDS``): (still held, moved). Nothing more
     is run when another draw leaves the example batch's outputs where they were (the draws
-    reach no output: a dropout with p = 0)."""
+    reach no output: a dropout with p = 0). The splitting of a group that moves has a budget of
+    its own: what held already must not be lost to forwards the first pass spent."""
     draws: list[Batch] = []
     batches = run.batches if run.batches else [(run.args, run.kwargs, run.baseline, SEED)]
     for k, seed in enumerate(RESEEDS[1:]):
@@ -1074,7 +1075,7 @@ def _reseeded(run: Runner, held: list[Piece], start: int) -> tuple[list[Piece], 
     saved = run.batches
     run.batches = draws
     try:
-        return settled(run, held, start)
+        return settled(run, held, run.forwards)
     finally:
         run.batches = saved
 

@@ -56,7 +56,9 @@ projections of the outputs; a bias element with a zero gradient whose unit's wei
 one is shifted by a large random value and is reported only when no output moves. A
 cancellation the walk derived is shifted once, on the example batch; one only the measurement
 found is shifted with both signs, on the example batch and on a second one drawn like it, and
-again in float64. So a cancellation written with ops the walk
+again in float64; when the training forward draws random masks (dropout, stochastic depth), also
+under four more draws of them, since a mask that keeps a channel in every sample of one batch
+cancels its bias for that draw alone. So a cancellation written with ops the walk
 does not know (a norm built from `var()`, a fused projection laid out per head, a softmax behind
 an unfamiliar op) is found, the finding names where it was measured to happen and a note names
 the op that stopped the walk; and a derived claim the measurement does not bear out is not
