@@ -93,3 +93,61 @@ def test_module_level_instances_get_construction_sites(write_target):
 def test_dotted_module_target_and_input_shape():
     loaded = load_target("torchvision.models:resnet18", ((2, 3, 32, 32),))
     assert loaded.inputs is not None and loaded.inputs.args[0].shape == (2, 3, 32, 32)
+
+
+LAZY = """
+import torch
+import torch.nn as nn
+
+
+def build():
+    model = nn.Sequential(nn.LazyConv2d(8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.LazyLinear(3))
+    return model, torch.randn(2, 3, 6, 6)
+
+
+def no_inputs():
+    return nn.Sequential(nn.LazyLinear(3))
+"""
+
+
+@pytest.mark.parametrize("device", [None, "meta"])
+def test_lazy_modules_get_their_parameters_from_a_first_forward(write_target, device):
+    """A build returning lazy modules not yet run (their parameters do not exist) is linted:
+    biaslint runs the first forward, in eval mode without gradients, so nothing moves the
+    running statistics, and the layers are judged where they were written."""
+    from biaslint.engine import lint_loaded
+    from biaslint.settings import Settings, TargetConfig
+
+    target = write_target(LAZY)
+    loaded = load_target(target, device=device)
+    model = loaded.model
+    assert type(model[0]) is nn.Conv2d and model[0].weight.shape == (8, 3, 3, 3)
+    assert type(model[4]) is nn.Linear and model[4].weight.shape == (3, 128)
+    assert model.training and all(m.training for m in model.modules())
+    if device is None:
+        assert torch.equal(model[1].running_mean, torch.zeros(8))
+        assert int(model[1].num_batches_tracked) == 0
+    assert any("lazy modules LazyConv2d '0', LazyLinear '4'" in n for n in loaded.notes)
+    result = lint_loaded(loaded, TargetConfig(target), Settings(select=("BL001",)))
+    (finding,) = result.findings
+    assert finding.module == "0" and finding.location.line == 7
+
+
+def test_lazy_modules_without_example_inputs_are_said_in_one_line(cli, write_target):
+    result = cli(write_target(LAZY, attr="no_inputs"), "--cold")
+    assert result.exit_code == 2, (result.output, result.stderr)
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "LazyLinear '0'" in errors[0] and "--input-shape" in errors[0]
+    given = cli(write_target(LAZY, attr="no_inputs"), "--cold", "--input-shape", "2,5",
+                "--select", "BL001")
+    assert given.exit_code == 0, (given.output, given.stderr)
+
+
+def test_check_of_a_model_with_lazy_modules_says_what_to_do():
+    from biaslint.api import check
+    from biaslint.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="LazyLinear '0'.*run one forward"):
+        check(nn.Sequential(nn.LazyLinear(3)), torch.randn(2, 4))

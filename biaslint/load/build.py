@@ -22,6 +22,7 @@ from biaslint.laws import Piece
 from biaslint.load.encoding import display_path, refuse_undecodable
 from biaslint.load.guard import user_code
 from biaslint.load.lasting import lost_inits
+from biaslint.load.lazy import lazy_modules, materialize
 from biaslint.load.sites import BuildRecord, last_writers, record_build
 from biaslint.load.unwritten import unwritten_parameters
 from biaslint.target import IntShape, TargetSpec, parse_target
@@ -93,6 +94,14 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
             obj = _resolve(spec) if resolved is None else resolved
         with user_code(spec.text, "building the model"), _library_init_on_meta(meta) as ran:
             model, inputs, optimizers = _build(spec, obj)
+        if isinstance(model, nn.Module) and lazy_modules(model):
+            if inputs is None and input_shapes:
+                inputs = ExampleInputs(args=tuple(example_tensor(model, s) for s in input_shapes))
+                input_shapes = ()  # used here, and said to be used
+            with user_code(spec.text, "running the first forward of the lazy modules"):
+                given = inputs if inputs is None or not meta else to_meta(inputs)
+                notes.append(materialize(spec.text, model, *(
+                    (None, None) if given is None else (given.args, given.kwargs))))
     if ran:
         notes.append(f"ran transformers' initialize_weights() inside {', '.join(sorted(ran))} "
                      "construction, where it runs on the CPU (transformers skips it on the meta "

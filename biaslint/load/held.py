@@ -77,6 +77,15 @@ def load_held(model: nn.Module, example_inputs: Any, name: str,
             if optimizer is not None else ()
     except TargetError as exc:  # an argument of check(): the caller's usage
         raise ConfigError(str(exc)) from None
+    from biaslint.load.lazy import lazy_modules
+
+    lazy = lazy_modules(model)
+    if lazy:  # the caller's model: its first forward is theirs to run, not the lint's
+        layer, module = lazy[0]
+        raise ConfigError(f"biaslint.check: {type(module).__name__} '{layer}' (and every lazy "
+                          "module) makes its parameters on the model's first forward: run one "
+                          "forward on an example batch before check(), or lint the function "
+                          "that builds the model")
     from biaslint.load.build import (
         LoadedTarget,
         module_chains_of,
