@@ -502,6 +502,55 @@ def build():
         "encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]
 
 
+HAND_WRITTEN_NORMS = {
+    # a batch norm by hand: var and mean over (N, H, W), where a conv's bias is constant
+    "var_mean": ("v, m = torch.var_mean(y, dim=(0, 2, 3), keepdim=True)\n"
+                 "        return (y - m) / (v + 1e-5).sqrt()", "redundant"),
+    "std": ("return (y - y.mean((2, 3), keepdim=True)) / y.std((2, 3), keepdim=True)",
+            "redundant"),
+    "var unbiased=False": ("mean = y.mean((0, 2, 3), keepdim=True)\n"
+                           "        var = y.var((0, 2, 3), unbiased=False, keepdim=True)\n"
+                           "        return (y - mean) * torch.rsqrt(var + 1e-5)", "redundant"),
+    # over the channels, along which the bias varies: only its mean is removed
+    "std over channels": ("return (y - y.mean(1, keepdim=True)) / y.std(1, keepdim=True)",
+                          "partial"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HAND_WRITTEN_NORMS))
+@pytest.mark.parametrize("device", [None, "meta"])
+def test_a_hand_written_norm_with_var_or_std_is_followed_by_the_walk(write_target, name,
+                                                                     device):
+    """var/std over axes along which the bias is constant do not depend on it (a shift moves
+    the values and their mean alike), so the walk follows a norm written with them instead of
+    stopping there and leaving it to the measurement (and to nothing on the meta device)."""
+    from biaslint.load import load_target
+
+    body, truth = HAND_WRITTEN_NORMS[name]
+    target = write_target(HEADER + f"""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        {body}
+
+
+def build():
+    return Net(), torch.randn(4, 3, 6, 6)
+""")
+    torch.manual_seed(0)
+    loaded = load_target(target, device=device)
+    settings = Settings(select=("BL001",), rule_options={"BL001": {"measure": False}})
+    result = lint_loaded(loaded, TargetConfig(target), settings)
+    findings = {f.module: f for f in result.findings}
+    assert ("conv" in findings) == (truth == "redundant"), findings
+    if device is None:  # the truth, measured on the model as built
+        assert Oracle(loaded.model, *split_inputs(loaded.inputs)).verdict("conv") == truth
+
+
 # -- fixes and locations ----------------------------------------------------------------
 
 def test_fix_rewrites_the_constructor_call(judge):

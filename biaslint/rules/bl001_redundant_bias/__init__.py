@@ -22,6 +22,8 @@ Finds layer biases (`Linear`, `ConvNd`, `ConvTransposeNd`, and custom layers tha
 normalization or an attention softmax further on. It follows the bias through the traced graph,
 not through module order, tracking along which axes the bias's contribution is constant:
 
+* **not reached by** `var`/`std` (and `var_mean`'s variance) over axes along which the
+  contribution is constant: a shift moves the values and their mean alike;
 * **kept by** sums with other tensors (residual connections), scaling by tensors that are
   constant along those axes, concatenation, max/average/adaptive pooling, interpolation,
   reshapes, permutes and indexing, 1x1 convs, linear layers, and convs without zero padding;
@@ -30,11 +32,12 @@ not through module order, tracking along which axes the bias's contribution is c
   with p > 0 and anything it does not know;
 * **cancelled by** `BatchNorm` (training mode), `InstanceNorm`, `GroupNorm` with one channel
   per group, `LayerNorm`/`F.layer_norm` when the contribution is constant over every
-  normalized axis, a hand-written centring `x - x.mean(dims, keepdim=True)` over axes along
-  which it is constant, and a softmax over an axis along which it is constant: in dot-product
-  attention the key projection's bias shifts every score of a query by the same `q . b_k`,
-  also after a causal mask filled with `-inf` (or any fill <= -1e9, such as
-  `torch.finfo(dtype).min`), since masked scores weigh nothing either way.
+  normalized axis, a hand-written centring `x - x.mean(dims, keepdim=True)` (or the mean of
+  `torch.var_mean`) over axes along which it is constant, and a softmax over an axis along
+  which it is constant: in dot-product attention the key projection's bias shifts every
+  score of a query by the same `q . b_k`, also after a causal mask filled with `-inf` (or any
+  fill <= -1e9, such as `torch.finfo(dtype).min`), since masked scores weigh nothing either
+  way.
 
 A bias whose output also reaches anything un-normalized (a second consumer, a returned feature
 map, a tensor it is written into with `out=` or an in-place op) is live and not reported. A bias
@@ -58,8 +61,8 @@ cancellation the walk derived is shifted once, on the example batch; one only th
 found is shifted with both signs, on the example batch and on a second one drawn like it, and
 again in float64; when the training forward draws random masks (dropout, stochastic depth), also
 under four more draws of them, since a mask that keeps a channel in every sample of one batch
-cancels its bias for that draw alone. So a cancellation written with ops the walk
-does not know (a norm built from `var()`, a fused projection laid out per head, a softmax behind
+cancels its bias for that draw alone. So a cancellation written with ops the walk does not
+know (a softmax written out with `exp`, a fused projection laid out per head, a softmax behind
 an unfamiliar op) is found, the finding names where it was measured to happen and a note names
 the op that stopped the walk; and a derived claim the measurement does not bear out is not
 reported but counted (`disagreements` in the JSON). A bias whose layer's weight gets no gradient

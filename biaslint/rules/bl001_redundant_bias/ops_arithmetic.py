@@ -66,6 +66,9 @@ def _own_mean_removed(prop: OpContext, node: fx.Node, x_arg: Any, m_arg: Any) ->
         return None
     is_mean = (m_arg.op == "call_method" and m_arg.target == "mean") or (
         m_arg.op == "call_function" and m_arg.target is torch.mean)
+    paired = _mean_of_var_mean(m_arg)  # the mean item of var_mean/std_mean(x, dim, ...)
+    if paired is not None:
+        m_arg, is_mean = paired, True
     if not is_mean or not m_arg.args or m_arg.args[0] is not x_arg:
         return None
     if m_arg.kwargs.get("dtype") is not None:
@@ -74,7 +77,9 @@ def _own_mean_removed(prop: OpContext, node: fx.Node, x_arg: Any, m_arg: Any) ->
     if not isinstance(x, Offset):
         return None
     dim = argument(m_arg, 1, "dim")
-    keepdim = bool(argument(m_arg, 2, "keepdim", False))
+    dim = None if isinstance(dim, bool) else dim  # var_mean(x, unbiased): every axis
+    keepdim = bool(m_arg.kwargs.get("keepdim", m_arg.args[3] if len(m_arg.args) > 3 else False)
+                   if paired is not None else argument(m_arg, 2, "keepdim", False))
     reduced = _reduced_axes(dim, x.ndim)
     # Without keepdim a partial mean broadcasts back from the right: right only when the
     # reduced axes are the leading ones (y - y.mean(0) on (N, C)).
@@ -83,6 +88,18 @@ def _own_mean_removed(prop: OpContext, node: fx.Node, x_arg: Any, m_arg: Any) ->
     if x.varying & reduced:
         return None
     return f"(it subtracts the mean over axes {sorted(reduced)})"
+
+
+def _mean_of_var_mean(node: fx.Node) -> fx.Node | None:
+    """For ``var_mean(x, ...)[1]`` (or ``std_mean``), the ``var_mean`` node; else None."""
+    if node.op != "call_function" or node.target is not operator.getitem or \
+            len(node.args) != 2 or node.args[1] != 1:
+        return None
+    source = node.args[0]
+    if isinstance(source, fx.Node) and source.op == "call_function" and \
+            source.target in (torch.var_mean, torch.std_mean):
+        return source
+    return None
 
 
 def _reduced_axes(dim: Any, ndim: int) -> set[int] | None:
@@ -235,6 +252,33 @@ def _reduction(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs,
     if keep_max and node.target in (torch.max, torch.min, "max", "min") and dim is not None:
         return Items(items=(result, None))  # (values, indices): indices do not move
     return result
+
+
+@transfer(torch.var, torch.std, "var", "std", torch.var_mean, torch.std_mean)
+def _spread(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> State | None:
+    """var/std over axes along which the offset is constant: a shift moves every value and
+    the mean alike, so no deviation from the mean changes and the result does not depend on the
+    bias (a hand-written norm's ``(x - x.mean(d)) / x.std(d)``). var_mean/std_mean also give
+    the mean, which carries the offset as ``mean`` does."""
+    x = only_first(prop, node, args[:1], {})
+    dim = argument(node, 1, "dim")
+    if isinstance(dim, bool):  # var(x, unbiased): every axis
+        dim = None
+    reduced = _reduced_axes(dim, x.ndim)
+    if reduced is None:
+        raise Live("variance over axes not known at analysis time")
+    if x.varying & reduced:
+        raise Live("variance over axes along which the bias varies")
+    prop.cancel(node, "(which a shift does not change)")
+    if node.target not in (torch.var_mean, torch.std_mean):
+        return None
+    keepdim = kwargs.get("keepdim", args[3] if len(args) > 3 else False)
+    if keepdim:
+        mean = Offset(x.ndim, x.varying)
+    else:
+        kept = [a for a in range(x.ndim) if a not in reduced]
+        mean = Offset(len(kept), frozenset(k for k, a in enumerate(kept) if a in x.varying))
+    return Items(items=(None, mean))
 
 
 @transfer(torch.mean, torch.sum, "mean", "sum")
