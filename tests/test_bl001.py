@@ -551,6 +551,49 @@ def build():
         assert Oracle(loaded.model, *split_inputs(loaded.inputs)).verdict("conv") == truth
 
 
+SOFTMAX_WRITTEN_OUT = {
+    "amax": "e = torch.exp(s - s.amax(-1, keepdim=True))\n        a = e / e.sum(-1, keepdim=True)",
+    "max values": "e = (s - s.max(dim=-1, keepdim=True)[0]).exp()\n"
+                  "        a = e / e.sum(-1, keepdim=True)",
+    "logsumexp": "a = torch.exp(s - torch.logsumexp(s, -1, keepdim=True))",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SOFTMAX_WRITTEN_OUT))
+@pytest.mark.parametrize("device", [None, "meta"])
+def test_a_softmax_written_out_cancels_the_key_bias(write_target, name, device):
+    """``exp(s - s.amax(-1, keepdim=True))`` normalised by its sum is a softmax: a key bias
+    shifts every score of a query alike, and the max (or logsumexp) over the keys moves with
+    it. The query bias (different for every key) stays live."""
+    from biaslint.load import load_target
+
+    target = write_target(HEADER + f"""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        s = self.q(x) @ self.k(x).transpose(1, 2) / 4
+        {SOFTMAX_WRITTEN_OUT[name]}
+        return a @ self.v(x)
+
+
+def build():
+    return Net(), torch.randn(2, 6, 16)
+""")
+    torch.manual_seed(0)
+    loaded = load_target(target, device=device)
+    settings = Settings(select=("BL001",), rule_options={"BL001": {"measure": False}})
+    result = lint_loaded(loaded, TargetConfig(target), settings)
+    findings = {f.module: f for f in result.findings}
+    assert sorted(findings) == ["k"], findings
+    assert "it subtracts the" in findings["k"].message
+    if device is None:  # the truth, measured on the model as built
+        oracle = Oracle(loaded.model, *split_inputs(loaded.inputs))
+        assert (oracle.verdict("k"), oracle.verdict("q")) == ("redundant", "live")
+
+
 # -- fixes and locations ----------------------------------------------------------------
 
 def test_fix_rewrites_the_constructor_call(judge):

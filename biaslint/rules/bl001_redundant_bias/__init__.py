@@ -33,7 +33,8 @@ not through module order, tracking along which axes the bias's contribution is c
 * **cancelled by** `BatchNorm` (training mode), `InstanceNorm`, `GroupNorm` with one channel
   per group, `LayerNorm`/`F.layer_norm` when the contribution is constant over every
   normalized axis, a hand-written centring `x - x.mean(dims, keepdim=True)` (or the mean of
-  `torch.var_mean`) over axes along which it is constant, and a softmax over an axis along
+  `torch.var_mean`, or `x` less its max, min or logsumexp, as a softmax written out with `exp`
+  does) over axes along which it is constant, and a softmax over an axis along
   which it is constant: in dot-product attention the key projection's bias shifts every
   score of a query by the same `q . b_k`, also after a causal mask filled with `-inf` (or any
   fill <= -1e9, such as `torch.finfo(dtype).min`), since masked scores weigh nothing either
@@ -56,20 +57,19 @@ inside, so the key slices of their attentions are derived too.
 With example inputs on real tensors the rule also *measures* (option `measure`, on by default):
 with the model in training mode, degenerate parameters re-drawn, it differentiates random
 projections of the outputs; a bias element with a zero gradient whose unit's weight still gets
-one is shifted by a large random value and is reported only when no output moves. A
-cancellation the walk derived is shifted once, on the example batch; one only the measurement
-found is shifted with both signs, on the example batch and on a second one drawn like it, and
-again in float64; when the training forward draws random masks (dropout, stochastic depth), also
-under four more draws of them, since a mask that keeps a channel in every sample of one batch
-cancels its bias for that draw alone. So a cancellation written with ops the walk does not
-know (a softmax written out with `exp`, a fused projection laid out per head, a softmax behind
-an unfamiliar op) is found, the finding names where it was measured to happen and a note names
-the op that stopped the walk; and a derived claim the measurement does not bear out is not
+one is shifted by a large random value and is reported only when no output moves. A cancellation
+the walk derived is shifted once, on the example batch; one only the measurement found is
+shifted with both signs, on the example batch and on a second one drawn like it, and again in
+float64; when the training forward draws random masks (dropout, stochastic depth), also under
+four more draws of them, since a mask that keeps a channel in every sample of one batch cancels
+its bias for that draw alone. So a cancellation written with ops the walk does not know (a
+softmax normalised without subtracting its max, a fused projection laid out per head, a softmax
+behind an unfamiliar op) is found, the finding names where it was measured to happen and a note
+names the op that stopped the walk; and a derived claim the measurement does not bear out is not
 reported but counted (`disagreements` in the JSON). A bias whose layer's weight gets no gradient
 either (a dead path) is not a cancellation and is listed in a note. The model is judged as it
-trains (`BatchNorm` in training mode). Without example inputs
-only convolutions' outputs have a known rank, so `Linear` layers are judged only when input
-shapes are given.
+trains (`BatchNorm` in training mode). Without example inputs only convolutions' outputs have a
+known rank, so `Linear` layers are judged only when input shapes are given.
 """
     why_bad = """\
 A normalization that subtracts a mean removes any offset that is the same across the axes it

@@ -60,45 +60,68 @@ def _add(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset |
 
 
 def _own_mean_removed(prop: OpContext, node: fx.Node, x_arg: Any, m_arg: Any) -> str | None:
-    """``x - x.mean(dims, keepdim=True)`` (a hand-written norm's centring): an offset constant
-    along ``dims`` is in the mean too, so the difference does not move. Returns why, or None."""
+    """``x - x.mean(dims, keepdim=True)`` (a hand-written norm's centring), or ``x`` less its
+    max, min or logsumexp over ``dims`` (a softmax written out: ``exp(x - x.amax(-1, True))``):
+    each of these moves with a shift constant along ``dims``, so the difference does not.
+    Returns why, or None."""
     if not isinstance(x_arg, fx.Node) or not isinstance(m_arg, fx.Node):
         return None
-    is_mean = (m_arg.op == "call_method" and m_arg.target == "mean") or (
-        m_arg.op == "call_function" and m_arg.target is torch.mean)
-    paired = _mean_of_var_mean(m_arg)  # the mean item of var_mean/std_mean(x, dim, ...)
-    if paired is not None:
-        m_arg, is_mean = paired, True
-    if not is_mean or not m_arg.args or m_arg.args[0] is not x_arg:
+    found = _shift_equivariant(m_arg)
+    if found is None:
         return None
-    if m_arg.kwargs.get("dtype") is not None:
+    source, what, dim, keepdim = found
+    if not source.args or source.args[0] is not x_arg or source.kwargs.get("dtype") is not None:
         return None
     x = prop.of(x_arg)
     if not isinstance(x, Offset):
         return None
-    dim = argument(m_arg, 1, "dim")
-    dim = None if isinstance(dim, bool) else dim  # var_mean(x, unbiased): every axis
-    keepdim = bool(m_arg.kwargs.get("keepdim", m_arg.args[3] if len(m_arg.args) > 3 else False)
-                   if paired is not None else argument(m_arg, 2, "keepdim", False))
-    reduced = _reduced_axes(dim, x.ndim)
-    # Without keepdim a partial mean broadcasts back from the right: right only when the
+    reduced = _reduced_axes(None if isinstance(dim, bool) else dim, x.ndim)
+    # Without keepdim a partial reduction broadcasts back from the right: right only when the
     # reduced axes are the leading ones (y - y.mean(0) on (N, C)).
     if reduced is None or (not keepdim and reduced != set(range(len(reduced)))):
         return None
     if x.varying & reduced:
         return None
-    return f"(it subtracts the mean over axes {sorted(reduced)})"
+    return f"(it subtracts the {what} over axes {sorted(reduced)})"
 
 
-def _mean_of_var_mean(node: fx.Node) -> fx.Node | None:
-    """For ``var_mean(x, ...)[1]`` (or ``std_mean``), the ``var_mean`` node; else None."""
+# The reductions that move by c when their input moves by c along the reduced axes.
+_EQUIVARIANT = {"mean": "mean", "amax": "max", "amin": "min", "logsumexp": "logsumexp"}
+_EQUIVARIANT_FUNCTIONS = {torch.mean: "mean", torch.amax: "max", torch.amin: "min",
+                          torch.logsumexp: "logsumexp"}
+
+
+def _shift_equivariant(node: fx.Node) -> tuple[fx.Node, str, Any, bool] | None:
+    """(the reduction's node, what it takes, its dim, its keepdim) when ``node`` is a mean, an
+    amax/amin, a logsumexp, the values of max/min over a dim, or the mean of var_mean/std_mean;
+    else None."""
+    if node.op == "call_method" and node.target in _EQUIVARIANT:
+        what = _EQUIVARIANT[str(node.target)]
+    elif node.op == "call_function" and node.target in _EQUIVARIANT_FUNCTIONS:
+        what = _EQUIVARIANT_FUNCTIONS[node.target]
+    else:
+        return _item_of_reduction(node)
+    return node, what, argument(node, 1, "dim"), bool(argument(node, 2, "keepdim", False))
+
+
+def _item_of_reduction(node: fx.Node) -> tuple[fx.Node, str, Any, bool] | None:
+    """``x.max(dim, keepdim)[0]`` (the values; min alike) and ``torch.var_mean(x, ...)[1]``
+    (the mean; std_mean alike)."""
     if node.op != "call_function" or node.target is not operator.getitem or \
-            len(node.args) != 2 or node.args[1] != 1:
+            len(node.args) != 2 or not isinstance(node.args[0], fx.Node):
         return None
-    source = node.args[0]
-    if isinstance(source, fx.Node) and source.op == "call_function" and \
-            source.target in (torch.var_mean, torch.std_mean):
-        return source
+    source, index = node.args[0], node.args[1]
+    if source.op not in ("call_function", "call_method"):
+        return None
+    if index == 1 and source.target in (torch.var_mean, torch.std_mean):
+        keepdim = source.kwargs.get("keepdim", source.args[3] if len(source.args) > 3 else False)
+        return source, "mean", argument(source, 1, "dim"), bool(keepdim)
+    if index == 0 and source.target in (torch.max, torch.min, "max", "min"):
+        dim = argument(source, 1, "dim")
+        if dim is None or isinstance(dim, fx.Node):
+            return None  # torch.max(x) has no items; torch.max(a, b) is elementwise
+        what = "max" if source.target in (torch.max, "max") else "min"
+        return source, what, dim, bool(argument(source, 2, "keepdim", False))
     return None
 
 
@@ -233,7 +256,8 @@ def _linear_module(prop: OpContext, node: fx.Node, module: nn.Linear, x: Offset)
 
 def _reduction(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs,
                keep_max: bool) -> State:
-    """mean/sum (linear) and amax/max (exact only over axes where the offset is constant)."""
+    """mean/sum (linear) and amax/max/logsumexp (exact only over axes where the offset is
+    constant: each moves by the shift there)."""
     dim = argument(node, 1, "dim")
     if isinstance(dim, fx.Node) or "other" in kwargs:
         raise Live("elementwise max/min of two tensors")  # torch.max(a, b): not a reduction
@@ -286,7 +310,8 @@ def _mean(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> State:
     return _reduction(prop, node, args, kwargs, keep_max=False)
 
 
-@transfer(torch.amax, torch.amin, torch.max, torch.min, "amax", "amin", "max", "min")
+@transfer(torch.amax, torch.amin, torch.max, torch.min, "amax", "amin", "max", "min",
+          torch.logsumexp, "logsumexp")
 def _max(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> State:
     return _reduction(prop, node, args, kwargs, keep_max=True)
 
