@@ -537,3 +537,32 @@ def build():
              if all(o.verdict("0", index=slice(i, i + 1)) == "redundant" for o in oracles)}
     assert truly == set()  # no channel's bias is cancelled under every draw
     assert claimed_elements(result, "0") == truly
+
+
+def test_a_mask_drawn_from_numpy_is_re_drawn_too(write_target):
+    """A channel mask drawn from numpy's generator (as SpecAugment-style code does) is a random
+    draw like torch's dropout: the channel a draw keeps in both samples is not claimed (it was,
+    as slice 14:15, when only torch's generator was watched)."""
+    target = write_target(HEADER + """
+import numpy as np
+
+
+class NumpyChannelDrop(nn.Module):
+    def forward(self, x):
+        keep = np.random.rand(x.shape[0], x.shape[1], 1, 1) > 0.5
+        return x * torch.from_numpy(keep.astype("float32")) * 2
+
+
+def build():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), NumpyChannelDrop(),
+                          nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 1))
+    return model, torch.randn(2, 3, 8, 8)
+""")
+    torch.manual_seed(0)
+    loaded = load_target(target)
+    result = lint_loaded(loaded, TargetConfig(target), Settings(select=("BL001",)))
+    oracles = [Oracle(loaded.model, *split_inputs(loaded.inputs), seed=seed) for seed in range(8)]
+    truly = {i for i in range(16)
+             if all(o.verdict("0", index=slice(i, i + 1)) == "redundant" for o in oracles)}
+    assert truly == set()
+    assert claimed_elements(result, "0") == truly

@@ -46,6 +46,7 @@ import contextlib
 import itertools
 import math
 import random
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -296,6 +297,19 @@ def floating_outputs(value: Any, seen: set[int] | None = None) -> Iterator[torch
     elif isinstance(value, (tuple, list)):
         for v in value:
             yield from floating_outputs(v, seen)
+
+
+def _generators() -> tuple[Any, ...]:
+    """What the random generators a forward may draw from hold (torch's, CUDA's once in use,
+    Python's and numpy's), as bytes, to tell whether a forward drew from any."""
+    states: list[Any] = [bytes(torch.get_rng_state().tolist()), random.getstate()]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states.extend(bytes(s.tolist()) for s in torch.cuda.get_rng_state_all())
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        kind, keys, pos, gauss, cached = numpy.random.get_state()
+        states.append((kind, keys.tobytes(), pos, gauss, cached))
+    return tuple(states)
 
 
 def seeded(seed: int = SEED) -> None:
@@ -722,9 +736,9 @@ def _gradients(run: Runner, tensors: list[torch.Tensor], layers: dict[str, int],
     try:
         with preserved(run.model), torch.enable_grad():
             seeded()
-            state = torch.get_rng_state()
+            state = _generators()
             out = run.model(*run.args, **run.kwargs)
-            run.random = not torch.equal(state, torch.get_rng_state())
+            run.random = _generators() != state
             outputs = [y for y in floating_outputs(out) if y.requires_grad]
             if not outputs:
                 return None
