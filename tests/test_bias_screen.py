@@ -93,7 +93,7 @@ def build():
 
 CENTRED_BY_VAR = """
 class Centred(nn.Module):
-    '''A batch norm written by hand with var(): the walk does not know var().'''
+    '''A batch norm written by hand with nanmean(): the walk does not know nanmean().'''
 
     def __init__(self):
         super().__init__()
@@ -101,7 +101,7 @@ class Centred(nn.Module):
 
     def forward(self, x):
         y = self.conv(x)
-        mean = y.mean(dim=(0, 2, 3), keepdim=True)
+        mean = y.nanmean(dim=(0, 2, 3), keepdim=True)
         var = y.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
         return self.head(torch.relu((y - mean) * torch.rsqrt(var + 1e-5)))
 
@@ -171,13 +171,13 @@ def test_a_measured_cancellation_names_where_it_happens_and_where_the_walk_stopp
     result, _ = lint(CENTRED_BY_VAR)
     [finding] = [f for f in result.findings if f.module == "conv"]
     assert "Centred" in finding.message and "(measured)" in finding.message
-    assert any("var()" in note and "conv" in note for note in result.notes), result.notes
+    assert any("nanmean()" in note and "conv" in note for note in result.notes), result.notes
     assert finding.fix is not None and "bias=False" in finding.fix.code
 
 
 CENTRED_BLOCKS = """
 class Block(nn.Module):
-    # the norm written with var() (the walk stops there) as a block's own forward
+    # the norm written with nanmean() (the walk stops there) as a block's own forward
 
     def __init__(self):
         super().__init__()
@@ -185,7 +185,7 @@ class Block(nn.Module):
 
     def forward(self, x):
         y = self.conv(x)
-        mean = y.mean(dim=(0, 2, 3), keepdim=True)
+        mean = y.nanmean(dim=(0, 2, 3), keepdim=True)
         var = y.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
         return torch.relu((y - mean) * torch.rsqrt(var + 1e-5))
 
@@ -461,7 +461,7 @@ def test_the_bias_and_parameter_screens_share_one_training_forward(write_target)
 def test_a_derived_cancellation_is_confirmed_in_float32_and_a_found_one_in_float64(
         lint, monkeypatch):
     """The float64 re-check tells "moves by 1e-6" from "does not move": it is spent on what
-    the measurement found and the walk did not prove (a batch norm written by hand with var()),
+    the measurement found and the walk did not prove (a batch norm written by hand with nanmean()),
     not on what the walk derived (Conv2d -> BatchNorm2d), which the float32 shift confirms."""
     from biaslint.analysis import sensitivity
 

@@ -1051,9 +1051,6 @@ def _confirm(run: Runner, candidates: list[_Candidate], proven: Proven | None = 
         proven_held, moving = settled(run, derived, start)
     held, also = settled(run, [p for p in pieces if p not in derived], start)
     moving += also
-    if held and run.random:
-        held, also = _reseeded(run, held)
-        moving += also
     if held and run.dtype != torch.float64:
         # float32 tells "moves by less than 1e-4" from "does not move", not from "moves by
         # 1e-6": what held is measured again in float64, where the tolerance is 1e-8 (a
@@ -1065,6 +1062,9 @@ def _confirm(run: Runner, candidates: list[_Candidate], proven: Proven | None = 
                 run.budget_spent |= wide.budget_spent
             else:
                 run.float32_only = True
+    if held and run.random:  # after float64: what that refutes costs no re-drawn forwards
+        held, also = _reseeded(run, held)
+        moving += also
     settle(held + proven_held, True)
     settle(moving, False)
     return confirmed, refuted, not run.second_rejected
