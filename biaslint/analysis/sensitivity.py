@@ -87,8 +87,8 @@ TINY = 1e-3
 # that is merely off on the example inputs comes on, and a saturated one moves.
 SHIFT = 10.0
 SEED = 0
-# A training forward that draws from torch's generator (dropout, stochastic depth) is run under
-# SEED, and a cancellation is then measured for one draw of its masks. A mask shared by all the
+# A training forward that draws random numbers (dropout, stochastic depth; from torch's, CUDA's,
+# Python's or numpy's generator) is run under SEED, and a cancellation is then measured for one draw of its masks. A mask shared by all the
 # positions a norm averages over (Dropout2d between a conv and its BatchNorm, one draw per
 # sample and channel) that happens to keep or drop a channel in every sample of the batch
 # cancels that channel's bias for that draw alone: with a batch of 4 and p = 0.5, one channel in
@@ -340,7 +340,7 @@ class Runner:
     float32_only: bool = False  # the model would not run in float64: no re-check there
     second_tried: bool = False  # a second batch was drawn (``_batches``)
     second_rejected: bool = False  # and the forward rejected it
-    random: bool = False  # the training forward draws from torch's generator (``RESEEDS``)
+    random: bool = False  # the training forward draws random numbers (``_generators``)
     # every module's inputs and outputs on the example batch, unshifted (``_locate``)
     unshifted: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None
     # (args, kwargs, unperturbed outputs, seed): the example batch and a second one drawn like
@@ -816,7 +816,7 @@ class Gradients:
     peaked: frozenset[int] = frozenset()  # ids of the tensors kept as peaks
     error: str | None = None
     raised: bool = False  # the error is the forward's or a backward's exception
-    random: bool = False  # the forward drew from torch's generator (``Runner.random``)
+    random: bool = False  # the forward drew random numbers (``Runner.random``)
 
     def release(self) -> None:
         """Keep only the peaks (the bias screen has read the whole gradients)."""
@@ -1071,8 +1071,8 @@ def _confirm(run: Runner, candidates: list[_Candidate], proven: Proven | None = 
 
 
 def _reseeded(run: Runner, held: list[Piece]) -> tuple[list[Piece], list[Piece]]:
-    """What held on the example and second batches, shifted again under the other draws of a
-    forward that draws from torch's generator (``RESEEDS``): (still held, moved). Nothing more
+    """What held on the example and second batches (and in float64), shifted again under the
+    other draws of a forward that draws random numbers (``RESEEDS``): (still held, moved). Nothing more
     is run when another draw leaves the example batch's outputs where they were (the draws
     reach no output: a dropout with p = 0). The splitting of a group that moves has a budget of
     its own: what held already must not be lost to forwards the first pass spent."""
