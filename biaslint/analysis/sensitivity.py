@@ -88,12 +88,13 @@ TINY = 1e-3
 SHIFT = 10.0
 SEED = 0
 # A training forward that draws random numbers (dropout, stochastic depth; from torch's, CUDA's,
-# Python's or numpy's generator) is run under SEED, and a cancellation is then measured for one draw of its masks. A mask shared by all the
-# positions a norm averages over (Dropout2d between a conv and its BatchNorm, one draw per
-# sample and channel) that happens to keep or drop a channel in every sample of the batch
-# cancels that channel's bias for that draw alone: with a batch of 4 and p = 0.5, one channel in
-# eight. The second batch runs under the first of these seeds, and what only the measurement
-# found is then shifted again under the others (one forward for the draw, one for the shift).
+# Python's or numpy's generator) is run under SEED, and a cancellation is then measured for one
+# draw of its masks. A mask shared by all the positions a norm averages over (Dropout2d between
+# a conv and its BatchNorm, one draw per sample and channel) that happens to keep or drop a
+# channel in every sample of the batch cancels that channel's bias for that draw alone: with a
+# batch of 4 and p = 0.5, one channel in eight. The second batch runs under the first of these
+# seeds, and what only the measurement found is then shifted again under the others (one forward
+# for the draw, one for the shift).
 RESEEDS = (SEED + 11, SEED + 12, SEED + 13, SEED + 14, SEED + 15)
 
 
@@ -1072,9 +1073,9 @@ def _confirm(run: Runner, candidates: list[_Candidate], proven: Proven | None = 
 
 def _reseeded(run: Runner, held: list[Piece]) -> tuple[list[Piece], list[Piece]]:
     """What held on the example and second batches (and in float64), shifted again under the
-    other draws of a forward that draws random numbers (``RESEEDS``): (still held, moved). Nothing more
-    is run when another draw leaves the example batch's outputs where they were (the draws
-    reach no output: a dropout with p = 0). The splitting of a group that moves has a budget of
+    other draws of a forward that draws random numbers (``RESEEDS``): (still held, moved).
+    Nothing more is run when another draw leaves the example batch's outputs where they were
+    (the draws reach no output: a dropout with p = 0). The splitting of a group that moves has a budget of
     its own: what held already must not be lost to forwards the first pass spent."""
     draws: list[Batch] = []
     batches = run.batches if run.batches else [(run.args, run.kwargs, run.baseline, SEED)]
