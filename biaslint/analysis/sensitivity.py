@@ -1075,8 +1075,9 @@ def _reseeded(run: Runner, held: list[Piece]) -> tuple[list[Piece], list[Piece]]
     """What held on the example and second batches (and in float64), shifted again under the
     other draws of a forward that draws random numbers (``RESEEDS``): (still held, moved).
     Nothing more is run when another draw leaves the example batch's outputs where they were
-    (the draws reach no output: a dropout with p = 0). The splitting of a group that moves has a budget of
-    its own: what held already must not be lost to forwards the first pass spent."""
+    (the draws reach no output: a dropout with p = 0). The splitting of a group that moves
+    has a budget of its own: what held already must not be lost to forwards the first pass
+    spent."""
     draws: list[Batch] = []
     batches = run.batches if run.batches else [(run.args, run.kwargs, run.baseline, SEED)]
     for k, seed in enumerate(RESEEDS[1:]):
