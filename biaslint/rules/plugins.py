@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
 import sys
 import types
@@ -88,7 +89,36 @@ def module_rules(module: types.ModuleType, where: str) -> list[type[Rule]]:
 
 
 def entry_point_rules() -> list[tuple[type[Rule], str]]:
-    """The rules of every installed entry point in ``biaslint.rules``, with where each is."""
+    """The rules of every installed entry point in ``biaslint.rules``, with where each is.
+
+    A lint asks three times (the configuration, the rules, the report), and reading every
+    installed distribution's metadata costs 10 ms each time: the answer is kept while no folder
+    on ``sys.path`` changed (installing or removing a distribution changes its folder's
+    listing, so a notebook that installs a plugin sees it on its next lint)."""
+    key = _path_stamp()
+    if _FOUND and _FOUND[0] == key:
+        return list(_FOUND[1])
+    found = _entry_point_rules()
+    _FOUND[:] = [key, list(found)]
+    return found
+
+
+_FOUND: list[Any] = []  # [the sys.path stamp, the rules found then]
+
+
+def _path_stamp() -> tuple[tuple[str, int], ...]:
+    """Each folder on ``sys.path`` with the time its listing last changed."""
+    stamp = []
+    for entry in sys.path:
+        folder = os.path.abspath(entry or ".")  # "" is the working folder, wherever it is now
+        try:
+            stamp.append((folder, os.stat(folder).st_mtime_ns))
+        except OSError:
+            stamp.append((folder, -1))
+    return tuple(stamp)
+
+
+def _entry_point_rules() -> list[tuple[type[Rule], str]]:
     from importlib.metadata import entry_points
 
     found: list[tuple[type[Rule], str]] = []
