@@ -566,3 +566,29 @@ def build():
              if all(o.verdict("0", index=slice(i, i + 1)) == "redundant" for o in oracles)}
     assert truly == set()
     assert claimed_elements(result, "0") == truly
+
+
+def test_a_forward_that_raises_under_another_draw_claims_nothing_the_draws_did_not_check(
+        write_target):
+    """When the forward raises under one of the other draws of its random masks, what only the
+    measurement found under one draw is not claimed, and a note says why."""
+    target = write_target(HEADER + """
+from biaslint.analysis.sensitivity import RESEEDS
+
+
+class RaisesUnderOneDraw(nn.Module):
+    def forward(self, x):
+        if torch.initial_seed() == RESEEDS[1]:
+            raise RuntimeError("not under this draw")
+        return x
+
+
+def build():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Dropout2d(0.3), RaisesUnderOneDraw(),
+                          nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    return model, torch.randn(4, 3, 8, 8)
+""")
+    torch.manual_seed(0)
+    result = lint_loaded(load_target(target), TargetConfig(target), Settings(select=("BL001",)))
+    assert claimed_elements(result, "0") == set()
+    assert any("raised under another draw" in n for n in result.notes), result.notes

@@ -151,3 +151,23 @@ def test_check_of_a_model_with_lazy_modules_says_what_to_do():
 
     with pytest.raises(ConfigError, match="LazyLinear '0'.*run one forward"):
         check(nn.Sequential(nn.LazyLinear(3)), torch.randn(2, 4))
+
+
+def test_lazy_modules_of_a_model_the_build_puts_on_meta_are_made_there(write_target):
+    """A build that makes its model on the meta device itself is built again with the init laws
+    recorded; its lazy modules get their first forward on meta inputs both times."""
+    target = write_target("""
+import torch
+import torch.nn as nn
+
+
+def build():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                              nn.LazyLinear(4))
+    return model, torch.randn(2, 3, 6, 6)
+""")
+    loaded = load_target(target)
+    assert type(loaded.model[4]) is nn.Linear and loaded.model[4].weight.is_meta
+    assert loaded.model[4].weight.shape == (4, 128)
+    assert sum("lazy modules LazyLinear '4'" in n for n in loaded.notes) == 1, loaded.notes

@@ -342,6 +342,7 @@ class Runner:
     second_tried: bool = False  # a second batch was drawn (``_batches``)
     second_rejected: bool = False  # and the forward rejected it
     random: bool = False  # the training forward draws random numbers (``_generators``)
+    redraw_rejected: bool = False  # a forward under another draw raised (``_reseeded``)
     # every module's inputs and outputs on the example batch, unshifted (``_locate``)
     unshifted: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None
     # (args, kwargs, unperturbed outputs, seed): the example batch and a second one drawn like
@@ -683,6 +684,10 @@ def _confirmation_notes(run: Runner, had_candidates: bool, second: bool) -> list
     if run.float32_only:
         notes.append("the model does not run in float64: its bias cancellations were "
                      "confirmed in float32 only (to 1e-4 of the outputs)")
+    if run.redraw_rejected:
+        notes.append("the forward raised under another draw of its random masks: bias "
+                     "cancellations only the measurement found are not reported (one draw "
+                     "alone cannot tell them from a mask that kept a channel in every sample)")
     if run.budget_spent:
         notes.append(f"the confirmation stopped after {CONFIRMATION_BUDGET} forwards: "
                      "zero-gradient bias elements it did not reach are not reported")
@@ -1079,13 +1084,13 @@ def _reseeded(run: Runner, held: list[Piece]) -> tuple[list[Piece], list[Piece]]
     has a budget of its own: what held already must not be lost to forwards the first pass
     spent."""
     draws: list[Batch] = []
-    batches = run.batches if run.batches else [(run.args, run.kwargs, run.baseline, SEED)]
     for k, seed in enumerate(RESEEDS[1:]):
-        args, kwargs = batches[k % len(batches)][:2]
+        args, kwargs = run.batches[k % len(run.batches)][:2]
         try:
             draws.append((args, kwargs, run.outputs(args, kwargs, seed), seed))
-        except Exception:  # a draw the forward rejects (it accepted these batches once)
-            continue
+        except Exception:  # a draw the forward rejects: what held is not claimed (said)
+            run.redraw_rejected = True
+            return [], held
         if k == 0 and moved(run.baseline, draws[0][2]) == 0.0:
             return held, []
     saved = run.batches

@@ -20,6 +20,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from biaslint.capture.leaves import is_default_leaf
 from biaslint.capture.preserve import preserved
 from biaslint.capture.shapes import ShapeInterpreter
 from biaslint.findings import Coverage
@@ -64,7 +65,7 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (module_qualified_name in self.opaque
-                or _is_default_leaf(m))
+                or is_default_leaf(m))
 
 
 def _trace(module: nn.Module, opaque: set[str]) -> fx.GraphModule:
@@ -94,12 +95,6 @@ def _quiet() -> Iterator[None]:
         finally:
             for lg, level in zip(loggers, levels):
                 lg.setLevel(level)
-
-
-def _is_default_leaf(module: nn.Module) -> bool:
-    from biaslint.capture.leaves import is_default_leaf
-
-    return is_default_leaf(module)
 
 
 class _Inputs:
@@ -185,7 +180,7 @@ def _capture_module(module: nn.Module, name: str, parts: list[GraphPart], opaque
     below: list[GraphPart] = []  # graphs of the children that do not trace whole
     traced_whole: list[GraphPart] = []
     for child_name, child in module.named_children():
-        if _is_default_leaf(child):
+        if is_default_leaf(child):
             continue
         full = f"{name}.{child_name}" if name else child_name
         sub: list[GraphPart] = []
@@ -382,7 +377,7 @@ def _capture_symbolic(loaded: LoadedTarget) -> Capture:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     model = loaded.model
-    if _is_default_leaf(model):
+    if is_default_leaf(model):
         # The model is one built-in layer (an nn.LSTM returned as is): there is no graph around
         # it to see, and its own parameters are all the rules read.
         layers = sum(1 for m in model.modules() if any(True for _ in m.parameters(recurse=False)))
@@ -459,10 +454,10 @@ def _coverage(model: nn.Module, parts: list[GraphPart], opaque: list[str],
             module = model.get_submodule(name)
         except AttributeError:
             continue
-        if name not in opaque_set and _is_default_leaf(module):
+        if name not in opaque_set and is_default_leaf(module):
             used.update(id(p) for p in module.parameters())
     if called is not None:
-        called_leaves = {n for n in called if _is_default_leaf(model.get_submodule(n))}
+        called_leaves = {n for n in called if is_default_leaf(model.get_submodule(n))}
         reached = [n for n in layers if n in called or _under(n, called_leaves) or any(
             id(t) in read for t in model.get_submodule(n).parameters(recurse=False))]
         kept = set(reached)

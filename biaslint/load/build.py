@@ -94,14 +94,8 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
             obj = _resolve(spec) if resolved is None else resolved
         with user_code(spec.text, "building the model"), _library_init_on_meta(meta) as ran:
             model, inputs, optimizers = _build(spec, obj)
-        if isinstance(model, nn.Module) and lazy_modules(model):
-            if inputs is None and input_shapes:
-                inputs = ExampleInputs(args=tuple(example_tensor(model, s) for s in input_shapes))
-                input_shapes = ()  # used here, and said to be used
-            with user_code(spec.text, "running the first forward of the lazy modules"):
-                given = inputs if inputs is None or not meta else to_meta(inputs)
-                notes.append(materialize(spec.text, model, *(
-                    (None, None) if given is None else (given.args, given.kwargs))))
+        inputs, input_shapes = _lazy_made(spec, model, inputs, input_shapes,
+                                          meta or _on_meta(model), notes)
     if ran:
         notes.append(f"ran transformers' initialize_weights() inside {', '.join(sorted(ran))} "
                      "construction, where it runs on the CPU (transformers skips it on the meta "
@@ -115,6 +109,8 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
             with record_build(laws=True) as record:
                 with user_code(spec.text, "building the model"):
                     model, inputs, optimizers = _build(spec, obj)
+                # the first build said it already
+                inputs, input_shapes = _lazy_made(spec, model, inputs, input_shapes, True, [])
             meta = True
     model = unwrap_compiled(model, notes)
     if isinstance(model, torch.jit.ScriptModule):
@@ -172,6 +168,24 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         config_scale=scale,
         compare_later=None if compare_config else later,
     )
+
+
+def _lazy_made(spec: TargetSpec, model: Any, inputs: ExampleInputs | None,
+               input_shapes: tuple[tuple[int, ...], ...], meta: bool, notes: list[str]
+               ) -> tuple[ExampleInputs | None, tuple[tuple[int, ...], ...]]:
+    """Lazy modules given their parameters by a first forward (``load.lazy``), inside the
+    build's recording; the inputs and the input shapes still to use (none once they made the
+    inputs for that forward)."""
+    if not isinstance(model, nn.Module) or not lazy_modules(model):
+        return inputs, input_shapes
+    if inputs is None and input_shapes:
+        inputs = ExampleInputs(args=tuple(example_tensor(model, s) for s in input_shapes))
+        input_shapes = ()  # used here, and said to be used
+    with user_code(spec.text, "running the first forward of the lazy modules"):
+        given = inputs if inputs is None or not meta else to_meta(inputs)
+        notes.append(materialize(spec.text, model, *(
+            (None, None) if given is None else (given.args, given.kwargs))))
+    return inputs, input_shapes
 
 
 def compared(text: str, obj: Any, input_shapes: tuple[tuple[int, ...], ...], model: nn.Module,

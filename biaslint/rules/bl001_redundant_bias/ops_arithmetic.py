@@ -114,8 +114,7 @@ def _item_of_reduction(node: fx.Node) -> tuple[fx.Node, str, Any, bool] | None:
     if source.op not in ("call_function", "call_method"):
         return None
     if index == 1 and source.target in (torch.var_mean, torch.std_mean):
-        keepdim = source.kwargs.get("keepdim", source.args[3] if len(source.args) > 3 else False)
-        return source, "mean", argument(source, 1, "dim"), bool(keepdim)
+        return source, "mean", argument(source, 1, "dim"), _var_mean_keepdim(source)
     if index == 0 and source.target in (torch.max, torch.min, "max", "min"):
         dim = argument(source, 1, "dim")
         if dim is None or isinstance(dim, fx.Node):
@@ -123,6 +122,21 @@ def _item_of_reduction(node: fx.Node) -> tuple[fx.Node, str, Any, bool] | None:
         what = "max" if source.target in (torch.max, "max") else "min"
         return source, what, dim, bool(argument(source, 2, "keepdim", False))
     return None
+
+
+def _var_mean_keepdim(node: fx.Node) -> bool:
+    """var_mean/std_mean's keepdim: a keyword, or the fourth positional argument (after dim and
+    unbiased)."""
+    return bool(node.kwargs.get("keepdim", node.args[3] if len(node.args) > 3 else False))
+
+
+def _reduced_offset(x: Offset, reduced: set[int], keepdim: bool) -> Offset:
+    """The offset of a mean (or max, over axes where ``x`` is constant) of ``x`` over
+    ``reduced``."""
+    if keepdim:
+        return Offset(x.ndim, x.varying - reduced)
+    kept = [a for a in range(x.ndim) if a not in reduced]
+    return Offset(len(kept), frozenset(k for k, a in enumerate(kept) if a in x.varying))
 
 
 def _reduced_axes(dim: Any, ndim: int) -> set[int] | None:
@@ -268,11 +282,7 @@ def _reduction(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs,
         raise Live("reduction over axes not known at analysis time")
     if keep_max and x.varying & reduced:
         raise Live("max over axes along which the bias varies")
-    if keepdim:
-        result = Offset(x.ndim, x.varying - reduced)
-    else:
-        kept = [a for a in range(x.ndim) if a not in reduced]
-        result = Offset(len(kept), frozenset(k for k, a in enumerate(kept) if a in x.varying))
+    result = _reduced_offset(x, reduced, keepdim)
     if keep_max and node.target in (torch.max, torch.min, "max", "min") and dim is not None:
         return Items(items=(result, None))  # (values, indices): indices do not move
     return result
@@ -296,13 +306,7 @@ def _spread(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> State
     prop.cancel(node, "(which a shift does not change)")
     if node.target not in (torch.var_mean, torch.std_mean):
         return None
-    keepdim = kwargs.get("keepdim", args[3] if len(args) > 3 else False)
-    if keepdim:
-        mean = Offset(x.ndim, x.varying)
-    else:
-        kept = [a for a in range(x.ndim) if a not in reduced]
-        mean = Offset(len(kept), frozenset(k for k, a in enumerate(kept) if a in x.varying))
-    return Items(items=(None, mean))
+    return Items(items=(None, _reduced_offset(x, reduced, _var_mean_keepdim(node))))
 
 
 @transfer(torch.mean, torch.sum, "mean", "sum")
