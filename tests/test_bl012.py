@@ -400,8 +400,8 @@ NAN_GARBAGE = """
 def test_nan_left_in_unwritten_memory_is_reported_not_unreadable(lint_source):
     """A never-written parameter holding NaN (what ``torch.empty`` may hand out) is BL012's
     finding, not a value nobody could read: with BL012 selected, the analysis is complete and
-    the other value rules judge the rest; without it, the NaN is unexplained and the analysis
-    is incomplete, as before."""
+    the other value rules judge the rest; without it, nothing says what those entries are and
+    the analysis is incomplete."""
     with_bl012 = lint_source(NAN_GARBAGE)
     assert ("fc", "weight") in {(f.module, f.parameter) for f in with_bl012.findings
                                 if f.code == "BL012"}
@@ -412,4 +412,69 @@ def test_nan_left_in_unwritten_memory_is_reported_not_unreadable(lint_source):
     from biaslint.settings import Settings
 
     without = lint_source(NAN_GARBAGE, settings=Settings(ignore=("BL012",)))
-    assert [line for line in without.incomplete if "NaN or Inf" in line and "fc.weight" in line]
+    assert [line for line in without.incomplete
+            if "no call of the build wrote" in line and "fc.weight" in line], without.incomplete
+
+
+LEFTOVER = """
+    import ctypes
+
+    import torch
+    import torch.nn as nn
+
+
+    def leftover(*shape, value):
+        \"\"\"torch.empty holding what a freed tensor left there: ``value`` (written past
+        torch, as the allocator's reuse does).\"\"\"
+        t = torch.empty(*shape)
+        src = torch.full(shape, value)
+        ctypes.memmove(t.data_ptr(), src.data_ptr(), t.numel() * t.element_size())
+        return t
+
+
+    class Encoder(nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.pos = nn.Parameter(leftover(1, 50, 32, value=value))
+            self.proj = nn.Linear(32, 32)
+
+        def forward(self, x):
+            return self.proj(x + self.pos)
+
+
+    def build():
+        return Encoder(VALUE), torch.randn(2, 50, 32)
+    """
+
+
+@pytest.mark.parametrize("value", ["0.0", "1e28", "-3e30", "float('nan')"])
+def test_what_the_memory_held_changes_no_other_finding(lint_source, value):
+    """The same build gets the same findings whatever ``torch.empty`` handed out. Before, 1e28
+    left in ``pos`` swamped ``proj``'s input: BL001 called ``proj.bias`` cancelled (measured)
+    and BL015 said ``pos`` moved no output, on some runs and not others. Now the lint reads
+    a fixed draw in the entries nothing wrote, and says so."""
+    result = lint_source(LEFTOVER.replace("VALUE", value))
+    assert [(f.code, f.module, f.parameter) for f in result.findings] == [("BL012", "", "pos")]
+    assert not result.incomplete, result.incomplete
+    assert [n for n in result.notes if "no call of the build wrote" in n and "pos" in n]
+
+
+def test_a_held_model_keeps_what_its_memory_held(tmp_path):
+    """``check()`` reads the draw while it lints and puts the memory's bytes back after: a
+    model the caller holds comes back as it was."""
+    import biaslint
+
+    path = tmp_path / "leftover_model.py"
+    path.write_text(textwrap.dedent(LEFTOVER.replace("VALUE", "1e28")))
+    spec = importlib.util.spec_from_file_location("leftover_model", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with biaslint.recording():
+        model, x = module.build()
+    before = model.pos.detach().clone()
+    report = biaslint.check(model, x)
+    assert [(f.code, f.parameter) for f in report.findings] == [("BL012", "pos")]
+    assert torch.equal(model.pos.detach(), before)
+    # and the record still knows them for the next check
+    assert [f.code for f in biaslint.check(model, x).findings] == ["BL012"]

@@ -114,19 +114,32 @@ def lint_loaded(loaded: LoadedTarget, config: TargetConfig, settings: Settings,
     """Capture, analyse and run the rules on an already built ``LoadedTarget``."""
     from biaslint.load.guard import attention_fast_path_off, old_objects_frozen
     from biaslint.load.kept import KeptModel
+    from biaslint.load.unwritten import DRAWN_STD, drawn_in
     from biaslint.rules import plugged
     from biaslint.rules.plugins import load_plugins
 
     # The user's model comes back as it was, and every rule judges the values the build made,
     # even when the forward writes to its own parameters (see ``KeptModel``). The project's own
     # rules (``settings.plugins``, installed entry points) take part beside the built-in ones.
-    kept = KeptModel(loaded.model)
-    with old_objects_frozen(), plugged(load_plugins(settings.plugins)), \
-            attention_fast_path_off():
-        try:
-            return _Lint(loaded, config, settings, kept, timings, on_stage).run()
-        finally:
-            kept.restore()
+    # Memory the build never wrote reads as a fixed draw while the lint runs (and as it was
+    # after): what it held differs from run to run, and so would every measurement through it.
+    with drawn_in(loaded.model, loaded.unwritten_masks) as drawn:
+        kept = KeptModel(loaded.model)
+        with old_objects_frozen(), plugged(load_plugins(settings.plugins)), \
+                attention_fast_path_off():
+            try:
+                result = _Lint(loaded, config, settings, kept, timings, on_stage).run()
+            finally:
+                kept.restore()
+    if drawn:
+        from dataclasses import replace
+
+        result = replace(result, notes=(*result.notes, (
+            f"the entries no call of the build wrote were read as fixed "
+            f"trunc_normal(std={DRAWN_STD}) draws, the init BL012 suggests, not as what the "
+            "memory held (it differs from run to run), so the other rules judged the model "
+            f"as it trains once they are initialized: {'; '.join(drawn)}")))
+    return result
 
 
 class _Lint:

@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # the pipeline's own types; importing them here would load to
 # Why a layer's graph or values could not be read, by what the rules read.
 OUTSIDE_GRAPH = "outside any graph (graph rules cannot see it)"
 NON_FINITE = "holds NaN or Inf (value rules cannot read it)"
+UNWRITTEN = ("holds entries no call of the build wrote, whose values are whatever the memory "
+             "held (value rules cannot read them; select BL012 to have them reported)")
 ON_META = ("on the meta device, with an init law biaslint could not record "
            "(value rules cannot read it)")
 # Marks a reason the rule gave (``Rule.declined``): said in a note, not an incomplete analysis.
@@ -37,15 +39,18 @@ def blocked(analysed: AnalysedModel, coverage: Coverage, unwritten_explained: bo
             ) -> dict[str, dict[str, str]]:
     """Per layer, what a rule cannot read there and why: {"graph": reason, "values": reason}.
     ``unwritten_explained``: a selected rule reports the entries no call of the build wrote
-    (BL012), so the NaN or Inf a parameter holds there is said, and blocks nothing."""
+    (BL012), so what a parameter holds there (NaN, Inf, 1e28, zeros) is said, and blocks
+    nothing; without such a rule, the layer's values are not read."""
     found: dict[str, dict[str, str]] = {}
     for name in coverage.untraced:
         found.setdefault(name, {})["graph"] = OUTSIDE_GRAPH
     for name, layer in analysed.layers.items():
-        garbage = {p for p in layer.non_finite() if unwritten_explained
-                   and analysed.never_written(name, p) is not None}
+        unwritten = {p for p in layer.parameters() if analysed.never_written(name, p) is not None}
+        garbage = unwritten if unwritten_explained else set()
         unreadable = {p: why for p, why in layer.unreadable().items() if p not in garbage}
-        if any(p in unreadable for p in layer.non_finite()):
+        if unwritten and not unwritten_explained:
+            found.setdefault(name, {})["values"] = UNWRITTEN
+        elif any(p in unreadable for p in layer.non_finite()):
             found.setdefault(name, {})["values"] = NON_FINITE
         elif unreadable:
             found.setdefault(name, {})["values"] = ON_META
@@ -128,6 +133,12 @@ def causes(analysed: AnalysedModel, unjudged: set[tuple[str, str]]) -> list[str]
     if non_finite:
         lines.append(f"parameters holding NaN or Inf (value rules cannot read them): "
                      f"{listed(non_finite)}")
+    unwritten = [f"{name}.{p}" if name else p for name in layers(UNWRITTEN)
+                 for p in analysed.layers[name].parameters()
+                 if analysed.never_written(name, p) is not None]
+    if unwritten:
+        lines.append(f"parameters with entries no call of the build wrote (value rules cannot "
+                     f"read them; select BL012 to have them reported): {listed(unwritten)}")
     on_meta = [f"{name}.{p} ({why})" if name else f"{p} ({why})" for name in layers(ON_META)
                for p, why in analysed.layers[name].unreadable().items()]
     if on_meta:

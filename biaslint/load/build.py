@@ -24,7 +24,7 @@ from biaslint.load.guard import user_code
 from biaslint.load.lasting import lost_inits
 from biaslint.load.lazy import lazy_modules, materialize
 from biaslint.load.sites import BuildRecord, last_writers, record_build
-from biaslint.load.unwritten import unwritten_parameters
+from biaslint.load.unwritten import unwritten_masks, unwritten_parameters
 from biaslint.target import IntShape, TargetSpec, parse_target
 
 
@@ -57,6 +57,9 @@ class LoadedTarget:
     # Parameters with entries the build allocated without values (torch.empty) and never
     # wrote, by qualified name; None when the build was not recorded (a model built elsewhere).
     param_unwritten: dict[str, Unwritten] | None = None
+    # Per parameter, which of its entries hold memory no call wrote (``param_unwritten``'s
+    # entries, as masks): the lint reads a fixed draw there (``unwritten.drawn_in``).
+    unwritten_masks: dict[str, torch.Tensor] = field(default_factory=dict)
     # Modules whose never-written parameters biaslint itself reset on the meta device
     # (``reset_parameters()``, as a deferred init does): whether a real build writes them is
     # not known.
@@ -163,6 +166,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
         buffer_laws=buffer_laws,
         optimizers=optimizers,
         param_unwritten=unwritten_parameters(model, record.empties),
+        unwritten_masks=unwritten_masks(model, record.empties),
         reset_on_meta=tuple(reset),
         lost_inits=tuple(lost_inits(model, record)),
         config_scale=scale,

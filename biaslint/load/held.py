@@ -97,6 +97,7 @@ def load_held(model: nn.Module, example_inputs: Any, name: str,
     record = record if record is not None else _record_of(model)
     notes: list[str] = []
     unwritten = None
+    masks = {}
     lost = None
     sites: dict[str, Location] = {}
     inits = {}
@@ -105,9 +106,10 @@ def load_held(model: nn.Module, example_inputs: Any, name: str,
         sites = module_sites_of(model, record)
         inits = param_inits_of(model, record)
         chains = module_chains_of(model, record)
-        from biaslint.load.unwritten import unwritten_parameters
+        from biaslint.load.unwritten import unwritten_masks, unwritten_parameters
 
         unwritten = unwritten_parameters(model, record.empties)
+        masks = unwritten_masks(model, record.empties)
         from biaslint.load.lasting import lost_inits
 
         lost = tuple(lost_inits(model, record))
@@ -138,7 +140,8 @@ def load_held(model: nn.Module, example_inputs: Any, name: str,
             inputs = to_meta(inputs)
     return LoadedTarget(name=name, model=model, inputs=inputs, module_sites=sites,
                         param_inits=inits, notes=notes, module_chains=chains,
-                        optimizers=optimizers, param_unwritten=unwritten, lost_inits=lost,
+                        optimizers=optimizers, param_unwritten=unwritten,
+                        unwritten_masks=masks, lost_inits=lost,
                         config_scale=given_built(model))
 
 

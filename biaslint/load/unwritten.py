@@ -17,8 +17,9 @@ bytes are unwritten, so no other tensor can take their address.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -132,6 +133,18 @@ class _Block:
             if hi > lo:
                 flags[(lo - base) // size:(hi - base + size - 1) // size] = True
         return flags
+
+
+def _ranges_mask(block: _Block) -> torch.Tensor | None:
+    """One flag per byte of the block's storage (True: unwritten), built from its ranges
+    without changing the block; None past ``MASK_LIMIT`` bytes."""
+    nbytes = block.tensor.untyped_storage().nbytes()
+    if nbytes > MASK_LIMIT:
+        return None
+    mask = torch.zeros(nbytes, dtype=torch.bool)
+    for a, b in block.unwritten:
+        mask[a:b] = True
+    return mask
 
 
 def _byte_view(mask: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
@@ -272,6 +285,25 @@ class EmptyBook:
             fresh.unwritten = [(base + a * new_size, base + b * new_size) for a, b in ranges]
         self.blocks[copy_key] = fresh
 
+    def unwritten_entries(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """Per entry of ``tensor`` (its shape, on the CPU), whether some byte of it is one no
+        call wrote; None when every entry was written, or when the entries cannot be told
+        apart (a strided view of a storage past ``MASK_LIMIT`` bytes)."""
+        key = storage_key(tensor)
+        block = self.blocks.get(key) if key is not None else None
+        if block is None or not tensor.numel() or block.changed():
+            return None
+        size = tensor.element_size()
+        if tensor.is_contiguous():
+            flags = block.element_mask(int(tensor.storage_offset()), tensor.numel(), size)
+            flags = flags.reshape(tensor.shape)
+        else:
+            mask = block.mask if block.mask is not None else _ranges_mask(block)
+            if mask is None:
+                return None
+            flags = _byte_view(mask, tensor).reshape(*tensor.shape, size).any(dim=-1)
+        return flags if bool(flags.any()) else None
+
     def unwritten_of(self, tensor: torch.Tensor) -> Unwritten | None:
         """The tensor's entries no call wrote, or None when every one was written (or it was
         not allocated without values)."""
@@ -364,3 +396,49 @@ def unwritten_parameters(model: nn.Module, book: EmptyBook) -> dict[str, Unwritt
         if unwritten is not None:
             found[name] = unwritten
     return found
+
+
+def unwritten_masks(model: nn.Module, book: EmptyBook) -> dict[str, torch.Tensor]:
+    """Per parameter with entries no call wrote (each tensor once, by its first name), which
+    entries those are; parameters on the meta device hold no memory and have none."""
+    found: dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters():
+        if param.device.type != "meta" and param.dtype.is_floating_point:
+            flags = book.unwritten_entries(param)
+            if flags is not None:
+                found[name] = flags
+    return found
+
+
+# What the measurements read in place of the memory nobody wrote: the draw BL012's fix writes,
+# trunc_normal(std=0.02), from a generator of its own (the same on every run).
+DRAWN_STD = 0.02
+DRAWN_SEED = 20250101
+
+
+@contextmanager
+def drawn_in(model: nn.Module, masks: dict[str, torch.Tensor]) -> Iterator[list[str]]:
+    """While the lint runs, the entries no call of the build wrote hold a fixed draw instead
+    of what the memory held (zeros, 1e28, NaN: different on every run, so a measurement on
+    them would be too); the memory's bytes are put back after. Yields what was drawn, by
+    parameter, for a note."""
+    params = dict(model.named_parameters())
+    kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    said: list[str] = []
+    generator = torch.Generator().manual_seed(DRAWN_SEED)
+    with torch.no_grad():
+        for name, flags in masks.items():
+            param = params.get(name)
+            if param is None or param.shape != flags.shape or param.device.type == "meta":
+                continue
+            draw = torch.randn(param.shape, generator=generator).clamp_(-2.0, 2.0) * DRAWN_STD
+            where = flags.to(param.device)
+            kept.append((param, where, param.detach()[where].clone()))
+            param.detach()[where] = draw.to(param.device, param.dtype)[where]
+            said.append(f"{name} ({int(flags.sum()):,} of {param.numel():,} entries)")
+    try:
+        yield said
+    finally:
+        with torch.no_grad():
+            for tensor, where, old in kept:
+                tensor.detach()[where] = old
