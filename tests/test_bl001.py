@@ -881,3 +881,74 @@ def test_a_bias_read_directly_is_followed_by_the_walk_on_real_and_meta(judge, wr
         assert oracle.verdict(layer, "bias") == "redundant"
     else:
         assert oracle.verdict(layer, "bias") != "redundant"
+
+
+# What follows a layer, by the layer it follows: a conv over (4, 3, 6, 6) into a batch norm, or
+# a linear over (4, 5, 3) tokens; and whether the bias cancels (the oracle measures it).
+BN = "torch.nn.functional.batch_norm({}, None, None, training=True)"
+REORDERED = {
+    "flip and roll": ("conv", BN.format("torch.roll(torch.flip(y, (3,)), 2, 2)"), "redundant"),
+    "rot90": ("conv", BN.format("torch.rot90(y, 1, (2, 3))"), "redundant"),
+    "pixel_unshuffle": ("conv", BN.format("torch.nn.functional.pixel_unshuffle(y, 2)"),
+                        "redundant"),
+    "PixelShuffle": ("conv", BN.format("nn.PixelShuffle(2)(torch.cat([y, y], 1))"), "partial"),
+    "msort": ("conv", BN.format("torch.msort(y)"), "redundant"),
+    "median over tokens": ("linear", "return y - y.median(1, keepdim=True).values",
+                           "redundant"),
+    "median over features": ("linear", "return y - y.median(-1, keepdim=True)[0]", "partial"),
+    "max values": ("linear", "return y - y.max(1, keepdim=True).values", "redundant"),
+    "quantile": ("linear", "return y - torch.quantile(y, 0.25, dim=1, keepdim=True)",
+                 "redundant"),
+    "kthvalue": ("linear", "return y - y.kthvalue(2, 1, keepdim=True).values", "redundant"),
+    "diff over tokens": ("linear", "return torch.diff(y, dim=1)", "redundant"),
+    "diff with prepend": ("linear", "return torch.diff(y, dim=1, prepend=y.new_zeros(4, 1, 8))",
+                          "live"),
+    "sorted tokens centred": ("linear", "s = torch.sort(y, 1).values\n"
+                                        "        return s - s.mean(1, keepdim=True)", "redundant"),
+    "top-3 tokens centred": ("linear", "s = y.topk(3, dim=1)[0]\n"
+                                       "        return s - s.mean(1, keepdim=True)", "redundant"),
+    "running max centred": ("linear", "s = torch.cummax(y, 1).values\n"
+                                      "        return s - s.mean(1, keepdim=True)", "redundant"),
+    "sorted features centred": ("linear", "s = y.sort(-1).values\n"
+                                          "        return s - s.mean(1, keepdim=True)", "partial"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REORDERED))
+@pytest.mark.parametrize("device", [None, "meta"])
+def test_reordering_ops_and_order_statistics_are_followed_by_the_walk(write_target, name,
+                                                                      device):
+    """flip, rot90, pixel (un)shuffle, sort, topk, cummax, median, kthvalue, quantile and diff
+    along an axis where the bias is constant: each moves or picks values without mixing them,
+    so the walk follows the shift through them (``x - median(x)`` and ``diff`` remove it)
+    instead of leaving the cancellation to the measurement and to nothing on meta. Along an
+    axis where the bias varies it does not follow them."""
+    from biaslint.load import load_target
+
+    layer, body, truth = REORDERED[name]
+    build = ("nn.Conv2d(3, 8, 3, padding=1)", "torch.randn(4, 3, 6, 6)") if layer == "conv" \
+        else ("nn.Linear(3, 8)", "torch.randn(4, 5, 3)")
+    body = body if body.startswith("return") or "\n" in body else f"return {body}"
+    target = write_target(HEADER + f"""
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = {build[0]}
+
+    def forward(self, x):
+        y = self.layer(x)
+        {body}
+
+
+def build():
+    return Net(), {build[1]}
+""")
+    torch.manual_seed(0)
+    loaded = load_target(target, device=device)
+    settings = Settings(select=("BL001",), rule_options={"BL001": {"measure": False}})
+    result = lint_loaded(loaded, TargetConfig(target), settings)
+    assert not result.incomplete, result.incomplete
+    findings = {f.module: f for f in result.findings}
+    assert ("layer" in findings) == (truth == "redundant"), findings
+    if device is None:  # the truth, measured on the model as built
+        assert Oracle(loaded.model, *split_inputs(loaded.inputs)).verdict("layer") == truth

@@ -95,6 +95,11 @@ def _shift_equivariant(node: fx.Node) -> tuple[fx.Node, str, Any, bool] | None:
     """(the reduction's node, what it takes, its dim, its keepdim) when ``node`` is a mean, an
     amax/amin, a logsumexp, the values of max/min over a dim, or the mean of var_mean/std_mean;
     else None."""
+    if node.target in ("quantile", "nanquantile", torch.quantile, torch.nanquantile):
+        dim, keepdim, _ = _order_dim(node)
+        level = argument(node, 1, "q")
+        return (node, f"{level:g} quantile", dim, keepdim) \
+            if isinstance(level, (int, float)) and dim is not None else None
     if node.op == "call_method" and node.target in _EQUIVARIANT:
         what = _EQUIVARIANT[str(node.target)]
     elif node.op == "call_function" and node.target in _EQUIVARIANT_FUNCTIONS:
@@ -107,14 +112,21 @@ def _shift_equivariant(node: fx.Node) -> tuple[fx.Node, str, Any, bool] | None:
 def _item_of_reduction(node: fx.Node) -> tuple[fx.Node, str, Any, bool] | None:
     """``x.max(dim, keepdim)[0]`` (the values; min alike) and ``torch.var_mean(x, ...)[1]``
     (the mean; std_mean alike)."""
-    if node.op != "call_function" or node.target is not operator.getitem or \
+    if node.op != "call_function" or node.target not in (operator.getitem, getattr) or \
             len(node.args) != 2 or not isinstance(node.args[0], fx.Node):
         return None
     source, index = node.args[0], node.args[1]
+    if node.target is getattr:  # x.max(dim).values
+        index = {"values": 0}.get(str(index), -1)
     if source.op not in ("call_function", "call_method"):
         return None
     if index == 1 and source.target in (torch.var_mean, torch.std_mean):
         return source, "mean", argument(source, 1, "dim"), _var_mean_keepdim(source)
+    if index == 0 and source.target in _ORDERED and _ORDERED[source.target][2] is not None:
+        dim, keepdim, _ = _order_dim(source)  # median, nanmedian, kthvalue values
+        if dim is None or isinstance(dim, fx.Node):
+            return None
+        return source, str(getattr(source.target, "__name__", source.target)), dim, keepdim
     if index == 0 and source.target in (torch.max, torch.min, "max", "min"):
         dim = argument(source, 1, "dim")
         if dim is None or isinstance(dim, fx.Node):
@@ -318,6 +330,74 @@ def _mean(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> State:
           torch.logsumexp, "logsumexp")
 def _max(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> State:
     return _reduction(prop, node, args, kwargs, keep_max=True)
+
+
+# -- order statistics: sorted values, medians, quantiles, running max ---------------------------
+#
+# Each takes or orders values along one axis. A shift constant along that axis moves every
+# value alike, so the same entries are picked and each moves by the shift: the values carry
+# the offset as it was (reduced where the op reduces), the indices do not move. Along an axis
+# where the shift varies, which entry is picked depends on it: not followed.
+
+# name -> (position of dim, its default, position of keepdim or None, returns (values, indices))
+_ORDERED: dict[Any, tuple[int, Any, int | None, bool]] = {}
+for _names, _spec in (
+        ((torch.sort, "sort"), (1, -1, None, True)),
+        ((torch.msort, "msort"), (-1, 0, None, False)),
+        ((torch.topk, "topk"), (2, -1, None, True)),
+        ((torch.cummax, "cummax", torch.cummin, "cummin"), (1, None, None, True)),
+        ((torch.kthvalue, "kthvalue"), (2, -1, 3, True)),
+        ((torch.median, "median", torch.nanmedian, "nanmedian"), (1, None, 2, True)),
+        ((torch.quantile, "quantile", torch.nanquantile, "nanquantile"), (2, None, 3, False))):
+    for _name in _names:
+        _ORDERED[_name] = _spec
+
+
+def _order_dim(node: fx.Node) -> tuple[Any, bool, bool]:
+    """An order statistic's (dim, keepdim, reduces)."""
+    at, default, keep_at, _ = _ORDERED[node.target]
+    dim = default if at < 0 else argument(node, at, "dim", default)
+    keepdim = bool(argument(node, keep_at, "keepdim", False)) if keep_at is not None else False
+    return dim, keepdim, keep_at is not None
+
+
+@transfer(*_ORDERED)
+def _order_statistic(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> State:
+    x = only_first(prop, node, args[:1], {})
+    if node.target in (torch.quantile, "quantile", torch.nanquantile, "nanquantile") and \
+            not isinstance(argument(node, 1, "q"), (int, float)):
+        raise Live("quantiles at a tensor of levels")
+    dim, keepdim, reduces = _order_dim(node)
+    if isinstance(dim, fx.Node):
+        raise Live("order statistic over an axis not known at analysis time")
+    axes = set(range(x.ndim)) if dim is None else {axis_index(dim, x.ndim)}
+    if x.varying & axes:
+        raise Live("order statistic along an axis along which the bias varies")
+    values = _reduced_offset(x, axes, keepdim) if reduces else Offset(x.ndim, x.varying)
+    if _ORDERED[node.target][3] and not (dim is None and reduces):
+        return Items(items=(values, None))  # (values, indices)
+    return values
+
+
+@transfer(torch.diff, "diff")
+def _diff(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> State | None:
+    """Differences of neighbours along ``dim`` remove a shift constant along it; with a
+    ``prepend`` or ``append`` that does not move with the bias, the first (or last) difference
+    keeps it."""
+    edges = [argument(node, 3, "prepend"), argument(node, 4, "append")]
+    x = only_first(prop, node, args[:1], {})
+    if any(prop.of(e) is not None for e in edges):
+        raise Live("diff with a bias-dependent prepend or append")
+    dim, order = argument(node, 2, "dim", -1), argument(node, 1, "n", 1)
+    if not isinstance(dim, int) or not isinstance(order, int):
+        raise Live("diff along an axis not known at analysis time")
+    axis = axis_index(dim, x.ndim)
+    if axis in x.varying or order < 1:
+        return Offset(x.ndim, x.varying)
+    if any(e is not None for e in edges):
+        return Offset(x.ndim, x.varying | {axis})
+    prop.cancel(node, f"(differences along axis {axis} remove a shift constant along it)")
+    return None
 
 
 @transfer(torch.masked_fill, "masked_fill")

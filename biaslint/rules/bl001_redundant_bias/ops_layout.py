@@ -165,6 +165,9 @@ def _getattr(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Stat
     name = args[1] if len(args) > 1 else None
     if name in ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"):
         return None
+    state = prop.of(args[0])
+    if isinstance(state, Items) and name in ("values", "indices"):
+        return state.get(0 if name == "values" else 1)  # sort/max/median's named tuple
     x = only_first(prop, node, args[:1], {})
     if name in ("data",):
         return x
@@ -266,6 +269,53 @@ def _roll(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     if argument(node, 2, "dims") is None and x.varying:
         return Offset(x.ndim, all_axes(x.ndim))
     return Offset(x.ndim, x.varying)
+
+
+@transfer(torch.flip, "flip", torch.fliplr, "fliplr", torch.flipud, "flipud")
+def _flip(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    """flip reverses the entries along its dims: an offset constant along an axis stays
+    constant there; a followed slice no longer marks where the offset is."""
+    x = only_first(prop, node, args[:1], {})
+    return Offset(x.ndim, x.varying)
+
+
+@transfer(torch.rot90, "rot90")
+def _rot90(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    """rot90 turns the plane of two axes: an offset constant along both stays so; one that
+    varies along either may vary along both after an odd number of turns."""
+    x = only_first(prop, node, args[:1], {})
+    plane = {axis_index(d, x.ndim) for d in argument(node, 2, "dims", (0, 1))}
+    turns = argument(node, 1, "k", 1)
+    if not isinstance(turns, int) or (turns % 2 and x.varying & plane):
+        return Offset(x.ndim, x.varying | plane)
+    return Offset(x.ndim, x.varying)
+
+
+def _shuffled(x: Offset, up: bool) -> Offset:
+    """pixel_shuffle (``up``) moves channel blocks into space, pixel_unshuffle space into
+    channel blocks, over the last three axes (C, H, W): a per-channel offset spreads over
+    space when shuffled up; a spatially varying one spreads over channels when shuffled down."""
+    if x.ndim < 3:
+        raise Live("pixel shuffle of fewer than three axes")
+    c, h, w = x.ndim - 3, x.ndim - 2, x.ndim - 1
+    varying = set(x.varying)
+    if up and c in varying:
+        varying |= {h, w}
+    if not up and varying & {h, w}:
+        varying.add(c)
+    return Offset(x.ndim, frozenset(varying))
+
+
+@transfer(*{F.pixel_shuffle, torch.pixel_shuffle, F.pixel_unshuffle, torch.pixel_unshuffle})
+def _pixel_shuffle(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    x = only_first(prop, node, args[:1], {})
+    return _shuffled(x, node.target in (F.pixel_shuffle, torch.pixel_shuffle))
+
+
+@transfer_module(nn.PixelShuffle, nn.PixelUnshuffle)
+def _pixel_shuffle_module(prop: OpContext, node: fx.Node, module: nn.Module,
+                          x: Offset) -> Offset:
+    return _shuffled(x, isinstance(module, nn.PixelShuffle))
 
 
 @transfer(torch.cat, torch.concat, torch.concatenate)
