@@ -893,6 +893,24 @@ REORDERED = {
                         "redundant"),
     "PixelShuffle": ("conv", BN.format("nn.PixelShuffle(2)(torch.cat([y, y], 1))"), "partial"),
     "msort": ("conv", BN.format("torch.msort(y)"), "redundant"),
+    "unfold": ("conv", BN.format("torch.nn.functional.unfold(y, 2, stride=2)"), "redundant"),
+    "unfold with padding": ("conv", BN.format("torch.nn.functional.unfold(y, 3, padding=1)"),
+                            "live"),
+    "channel_shuffle": ("conv", BN.format("torch.nn.functional.channel_shuffle(y, 2)"),
+                        "redundant"),
+    "ChannelShuffle": ("conv", BN.format("nn.ChannelShuffle(4)(y)"), "redundant"),
+    "repeat_interleave": ("conv", BN.format("y.repeat_interleave(2, dim=3)"), "redundant"),
+    "tile": ("conv", BN.format("y.tile((1, 1, 2, 2))"), "redundant"),
+    "narrow": ("conv", BN.format("y.narrow(2, 1, 3)"), "redundant"),
+    "index_select": ("conv", BN.format("y.index_select(3, torch.tensor([0, 2, 4]))"),
+                     "redundant"),
+    "gather over space": ("conv", BN.format(
+        "torch.gather(y, 3, torch.randint(0, 6, (4, 8, 6, 2), generator=torch.Generator()"
+        ".manual_seed(0)))"), "redundant"),
+    "gather over channels": ("conv", BN.format(
+        "torch.gather(y, 1, torch.randint(0, 8, (4, 8, 6, 6), generator=torch.Generator()"
+        ".manual_seed(0)))"), "partial"),
+    "softmin over tokens": ("linear", "return torch.nn.functional.softmin(y, 1)", "redundant"),
     "median over tokens": ("linear", "return y - y.median(1, keepdim=True).values",
                            "redundant"),
     "median over features": ("linear", "return y - y.median(-1, keepdim=True)[0]", "partial"),
@@ -918,7 +936,8 @@ REORDERED = {
 @pytest.mark.parametrize("device", [None, "meta"])
 def test_reordering_ops_and_order_statistics_are_followed_by_the_walk(write_target, name,
                                                                       device):
-    """flip, rot90, pixel (un)shuffle, sort, topk, cummax, median, kthvalue, quantile and diff
+    """flip, rot90, pixel (un)shuffle, unfold, channel shuffles, index_select, gather, narrow,
+    tile, repeat_interleave, sort, topk, cummax, median, kthvalue, quantile, softmin and diff
     along an axis where the bias is constant: each moves or picks values without mixing them,
     so the walk follows the shift through them (``x - median(x)`` and ``diff`` remove it)
     instead of leaving the cancellation to the measurement and to nothing on meta. Along an

@@ -26,9 +26,10 @@ not through module order, tracking along which axes the bias's contribution is c
   contribution is constant: a shift moves the values and their mean alike;
 * **kept by** sums with other tensors (residual connections), scaling by tensors that are
   constant along those axes, concatenation, max/average/adaptive pooling, interpolation,
-  reshapes, permutes, flips, rolls, `rot90`, pixel (un)shuffle and indexing, 1x1 convs, linear
-  layers, convs without zero padding, and the values of `sort`, `topk`, `cummax`/`cummin`,
-  `median`, `kthvalue` and `quantile` taken along those axes;
+  reshapes, permutes, flips, rolls, `rot90`, pixel (un)shuffle, channel shuffles, `tile`,
+  `repeat_interleave`, `unfold` without padding, indexing, `narrow`, `index_select` and
+  `gather`, 1x1 convs, linear layers, convs without zero padding, and the values of `sort`,
+  `topk`, `cummax`/`cummin`, `median`, `kthvalue` and `quantile` taken along those axes;
 * **broken by** nonlinearities, gates or any product with a tensor that varies along those axes
   (including rotary position embeddings), zero-padded convs (the border sees no bias), dropout
   with p > 0 and anything it does not know;
@@ -37,7 +38,7 @@ not through module order, tracking along which axes the bias's contribution is c
   normalized axis, a hand-written centring `x - x.mean(dims, keepdim=True)` (or the mean of
   `torch.var_mean`, or `x` less its max, min, median, quantile or logsumexp, as a softmax
   written out with `exp` does) over axes along which it is constant, `torch.diff` along such an
-  axis, and a softmax over an axis along
+  axis, and a softmax (or softmin) over an axis along
   which it is constant: in dot-product attention the key projection's bias shifts every
   score of a query by the same `q . b_k`, also after a causal mask filled with `-inf` (or any
   fill <= -1e9, such as `torch.finfo(dtype).min`), since masked scores weigh nothing either

@@ -121,7 +121,7 @@ def _squeeze(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offs
                    {a: k for k, a in enumerate(keep)})
 
 
-@transfer("expand", "expand_as", "repeat")
+@transfer("expand", "expand_as", "repeat", torch.tile, "tile")
 def _expand(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     """expand/repeat/expand_as: copies; new leading axes and copied axes are constant."""
     x = only_first(prop, node, args[:1], {})
@@ -269,6 +269,86 @@ def _roll(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
     if argument(node, 2, "dims") is None and x.varying:
         return Offset(x.ndim, all_axes(x.ndim))
     return Offset(x.ndim, x.varying)
+
+
+@transfer(torch.narrow, "narrow")
+def _narrow(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset | None:
+    """narrow(x, dim, start, length) is the slice ``start:start + length`` of ``dim``."""
+    x = only_first(prop, node, args[:1], {})
+    dim, start, length = (argument(node, i, n) for i, n in
+                          ((1, "dim"), (2, "start"), (3, "length")))
+    if not all(isinstance(v, int) for v in (dim, start, length)):
+        raise Live("narrow by values not known at analysis time")
+    axis = axis_index(dim, x.ndim)
+    index = (slice(None),) * axis + (slice(start, start + length),)
+    return _index(x, index, shape_of(args[0]))
+
+
+@transfer(torch.index_select, "index_select", torch.repeat_interleave, "repeat_interleave",
+          *{F.channel_shuffle, torch.channel_shuffle})
+def _picked(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    """index_select, repeat_interleave along a dim and channel_shuffle pick or repeat whole
+    slices of one axis: an offset constant along an axis stays constant there. A flattening
+    repeat_interleave (no dim) mixes every axis."""
+    x = only_first(prop, node, args[:1], {})
+    if node.target in (torch.repeat_interleave, "repeat_interleave") and \
+            argument(node, 2, "dim") is None:
+        shape = shape_of(node)
+        return Offset(len(shape) if shape is not None else 1,
+                      frozenset({0}) if x.varying else frozenset())
+    return Offset(x.ndim, x.varying)
+
+
+@transfer_module(nn.ChannelShuffle)
+def _channel_shuffle_module(prop: OpContext, node: fx.Node, module: nn.Module,
+                            x: Offset) -> Offset:
+    return Offset(x.ndim, x.varying)
+
+
+@transfer(torch.gather, "gather", torch.take_along_dim, "take_along_dim")
+def _gather(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    """gather(x, dim, index): each entry is picked along ``dim`` at its own position on the
+    other axes. An offset constant along ``dim`` is what it was at that position; one that
+    varies along it depends on the index, which may vary along every axis."""
+    x = prop.tensor(args[0], node)
+    if x is None or prop.of(argument(node, 2, "index") if node.target in (torch.gather, "gather")
+                            else argument(node, 1, "indices")) is not None:
+        raise Live("index depends on the bias")
+    dim = argument(node, 1 if node.target in (torch.gather, "gather") else 2, "dim")
+    if not isinstance(dim, int):
+        raise Live("gather along an axis not known at analysis time")
+    if axis_index(dim, x.ndim) in x.varying:
+        return Offset(x.ndim, all_axes(x.ndim))
+    return Offset(x.ndim, x.varying)
+
+
+def _unfolded(x: Offset, padded: bool) -> Offset:
+    """unfold (im2col): (N, C, H, W) -> (N, C * kh * kw, L). Channel ``c * k + i`` reads channel
+    ``c`` at offset ``i`` of each window, so a per-channel offset varies over the new channel
+    axis only; one that varies over space, or zero padding (the border reads no offset), varies
+    over the windows too."""
+    if x.ndim not in (3, 4):
+        raise Live("unfold of other than (N, C, H, W)")
+    batch = x.ndim - 3
+    channel, spatial = batch, {batch + 1, batch + 2}
+    varying = {0} if batch and 0 in x.varying else set()
+    if x.varying & ({channel} | spatial):
+        varying.add(channel)
+    if padded or x.varying & spatial:
+        varying |= {channel, channel + 1}
+    return Offset(x.ndim - 1, frozenset(varying))
+
+
+@transfer(F.unfold)
+def _unfold(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> Offset:
+    x = only_first(prop, node, args[:1], {})
+    padding = argument(node, 3, "padding", 0)
+    return _unfolded(x, padding not in (0, (0, 0), [0, 0]))
+
+
+@transfer_module(nn.Unfold)
+def _unfold_module(prop: OpContext, node: fx.Node, module: nn.Unfold, x: Offset) -> Offset:
+    return _unfolded(x, module.padding not in (0, (0, 0), [0, 0]))
 
 
 @transfer(torch.flip, "flip", torch.fliplr, "fliplr", torch.flipud, "flipud")

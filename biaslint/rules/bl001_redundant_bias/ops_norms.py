@@ -166,7 +166,8 @@ def _batch_norm_function(prop: OpContext, node: fx.Node, args: Args,
     return _batch_norm(prop, node, x)
 
 
-@transfer(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, "softmax", "log_softmax")
+@transfer(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, "softmax", "log_softmax",
+          F.softmin)
 def _softmax_function(prop: OpContext, node: fx.Node, args: Args, kwargs: Kwargs) -> None:
     return _softmax(prop, node, only_first(prop, node, args[:1], {}), argument(node, 1, "dim"))
 
