@@ -6,6 +6,7 @@ when the draw provably follows the value: the tests measure that on real tensors
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -92,6 +93,19 @@ def test_groups_need_the_same_rule_severity_and_cause():
     assert groups[0].severity is Severity.ERROR
     assert groups[0].headline().startswith("4 layers, 1 error, 3 warnings (a); e.g. l3: m l3")
     assert groups[1].headline() == "m l2"  # a group of one reads as its finding
+
+
+def test_parameters_of_one_layer_are_counted_as_parameters():
+    """Three unused parameters of the root are one layer: the group counts and names them as
+    parameters, not as "3 layers; e.g. <root>" over "<root>, <root>, <root>"."""
+    line = Cause(kind="line", key="line m.py:3", text="")
+    findings = [replace(finding("", line, code="BL010"), parameter=p) for p in ("mix", "rel")]
+    findings.append(replace(finding("block", line, code="BL010"), parameter="t"))
+    (group,) = groups_of(findings)
+    assert group.noun == "parameters" and group.layers == ["mix", "rel", "block.t"]
+    assert group.headline().startswith("3 parameters; e.g. <root>: ")
+    layers = groups_of([finding("l0", line), finding("l1", line)])[0]
+    assert layers.noun == "layers" and layers.layers == ["l0", "l1"]
 
 
 def test_one_constructor_line_is_one_group_in_every_format(cli, write_target, tmp_path):

@@ -247,6 +247,34 @@ def test_layers_not_called_are_listed_apart_from_untraced():
     assert (cov.traced, cov.total) == (3, 3) and cov.ratio == 1.0 and not cov.untraced
 
 
+def test_a_traced_module_that_reads_none_of_its_own_parameters_is_inside_the_graph():
+    """A custom module whose forward the graph traces through, holding a parameter that forward
+    never reads (a spare scale, a table for a branch not taken), is inside the graph: graph
+    rules see all it does, and BL010 reports the unused parameter. It was counted as a called
+    layer outside any graph, and the lint ended incomplete (exit 2). A custom module called
+    where the tracer cannot follow it stays outside."""
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.spare = nn.Parameter(torch.ones(4))  # never read
+
+        def forward(self, x):
+            return torch.relu(self.fc(x))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = Block()
+            self.table = nn.Parameter(torch.zeros(3))  # never read either
+
+        def forward(self, x):
+            return self.block(x) + 1
+
+    cov = capture(_loaded(Net(), torch.randn(2, 4))).coverage
+    assert (cov.traced, cov.total) == (3, 3) and not cov.untraced, cov
+
+
 # -- recording changes nothing ---------------------------------------------------------------------
 
 def test_recording_leaves_the_model_and_the_rng_as_they_were():

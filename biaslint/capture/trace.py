@@ -436,8 +436,15 @@ def _coverage(model: nn.Module, parts: list[GraphPart], opaque: list[str],
     known), how many are inside a graph; the others are listed as not called."""
     seen_modules: set[str] = set()
     read: set[int] = set()  # tensors a graph reads directly (get_attr), by identity
+    # Modules whose own forward a graph traced through: its root, and every module a node was
+    # made inside (fx's nn_module_stack). One of them that reads none of its own parameters
+    # is inside the graph all the same: those parameters are unused (BL010 says so), not
+    # hidden from it.
+    ran: set[str] = {part.qualname for part in parts}
     for part in parts:
         for node in part.gm.graph.nodes:
+            for path, _ in (node.meta.get("nn_module_stack") or {}).values():
+                ran.add(part.full_name(str(path)))
             if node.op == "call_module":
                 seen_modules.add(part.full_name(node.target))
             elif node.op == "get_attr":
@@ -469,7 +476,8 @@ def _coverage(model: nn.Module, parts: list[GraphPart], opaque: list[str],
     for name in layers:
         own = list(model.get_submodule(name).named_parameters(recurse=False))
         inside = _inside(name, seen_modules, opaque_set) or any(
-            id(t) in read for _, t in own) or all(id(t) in used for _, t in own)
+            id(t) in read for _, t in own) or all(id(t) in used for _, t in own) or (
+            name in ran and name not in opaque_set)
         if inside:
             traced += 1
         else:

@@ -44,7 +44,20 @@ class Group:
 
     @property
     def layers(self) -> list[str]:
-        return [f.module or "<root>" for f in self.members]
+        """The members' layers; their parameters when some share a layer (three unused
+        parameters of the root are not three layers)."""
+        names = [f.module or "<root>" for f in self.members]
+        if self.noun == "layers":
+            return names
+        return [f"{f.module}.{f.parameter}" if f.module else f.parameter for f in self.members]
+
+    @property
+    def noun(self) -> str:
+        """What the members are: "layers", or "parameters" when some share a layer."""
+        modules = {f.module for f in self.members}
+        if len(modules) == len(self.members) or not all(f.parameter for f in self.members):
+            return "layers"
+        return "parameters"
 
     def fix_text(self) -> str:
         """The one fix: the cause's, else the members' fix when they share it (its code too when
@@ -89,7 +102,7 @@ class Group:
         mixed = [f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts if n]
         severities = f", {', '.join(mixed)}" if len(mixed) > 1 else ""
         example = next(f for f in self.members if f.severity is self.severity)
-        return (f"{len(self.members)} layers{severities}{because}; e.g. "
+        return (f"{len(self.members)} {self.noun}{severities}{because}; e.g. "
                 f"{example.module or '<root>'}: {example.message}")
 
 

@@ -83,7 +83,7 @@ def _entry(target: str, group: Group) -> str:
     finding = group.first
     where = group_where(group.location) if group.location else target
     layers = f"{finding.module or '<root>'}" if group.single else \
-        f"{len(group.members)} layers: {short_layers(group.layers)}"
+        f"{len(group.members)} {group.noun}: {short_layers(group.layers)}"
     line = (f"{where}: {finding.code} [{group.severity}] {group.headline()} "
             f"({layers}: {finding.module_type})")
     fix = group.fix_text()

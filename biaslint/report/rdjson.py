@@ -52,7 +52,7 @@ def _entry(target: str, group: Group) -> dict[str, Any]:
     if loc is not None and loc.col:
         start["column"] = loc.col
     layers = f"{finding.module or '<root>'}" if group.single else \
-        f"{len(group.members)} layers: {short_layers(group.layers)}"
+        f"{len(group.members)} {group.noun}: {short_layers(group.layers)}"
     message = f"{group.headline()} ({target}: {layers}, {finding.module_type})"
     fix = group.fix_text()
     if fix:

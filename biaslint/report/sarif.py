@@ -89,7 +89,7 @@ def _result(target: str, group: Group, index: dict[str, int]) -> dict[str, Any]:
     text = group.headline()
     fix_text = group.fix_text()
     if not group.single:
-        text += f". Layers ({len(group.members)}): {short_layers(group.layers)}"
+        text += f". {group.noun.capitalize()} ({len(group.members)}): {short_layers(group.layers)}"
     if fix_text:
         text += ". Fix: " + fix_text
     result: dict[str, Any] = {

@@ -87,7 +87,7 @@ def _print_group(group: Group, console: Console) -> None:
     _print_head(group.location, group.code, group.severity,
                 f"{group.headline()}  ({first.module_type})", console)
     wrap = console.is_terminal
-    for line in _lines(f"    layers ({len(group.members)}): {short_layers(group.layers)}",
+    for line in _lines(f"    {group.noun} ({len(group.members)}): {short_layers(group.layers)}",
                        console.width, 8, wrap):
         console.print(Text(line, style="dim"), soft_wrap=True, highlight=False)
     fix = group.fix_text()
