@@ -47,7 +47,8 @@ def _entry(target: str, group: Group) -> dict[str, Any]:
         lines["end"] = loc.end_line
     description = f"{group.code} {group.headline()}"
     if not group.single:
-        description += f". {group.noun.capitalize()} ({len(group.members)}): {short_layers(group.layers)}"
+        description += (f". {group.noun.capitalize()} ({len(group.members)}): "
+                        f"{short_layers(group.layers)}")
     fix = group.fix_text()
     if fix:
         description += f". Fix: {fix}"
