@@ -109,6 +109,18 @@ def test_forward_failing_on_inputs_is_exit_2_with_one_line(cli, write_target):
     assert "mat1 and mat2" in lines[0] and "--input-shape" in lines[0]
 
 
+def test_a_batch_of_one_before_batch_norm_says_to_give_two(cli, write_target):
+    """BatchNorm in training mode, where the rules measure, cannot take a batch of one sample:
+    the one line says that and what to give, not only torch's message."""
+    target = write_target(
+        "import torch\nimport torch.nn as nn\n\ndef build():\n"
+        "    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16)), torch.randn(1, 8)\n")
+    result = cli(target)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("biaslint: error")]
+    assert len(lines) == 1 and "batch of 2 or more" in lines[0], lines
+
+
 def test_output_into_a_missing_folder_is_refused_before_linting(cli, write_target):
     target = write_target(GOOD)
     line = _one_line_error(cli(target, "--format", "json", "--output", "out/report.json"))

@@ -142,6 +142,17 @@ def lint_loaded(loaded: LoadedTarget, config: TargetConfig, settings: Settings,
     return result
 
 
+def _inputs_hint(error: str) -> str:
+    """What to do about example inputs the forward rejects."""
+    if "Expected more than 1 value per channel when training" in error:
+        # the rules measure in training mode, where BatchNorm needs a batch statistic
+        return ("the example batch holds one sample, and BatchNorm in training mode (where "
+                "biaslint measures) needs more than one value per channel: give a batch of 2 or "
+                "more (--input-shape 2,..., or return (model, example_inputs) from the build)")
+    return ("give inputs it accepts (--input-shape, one per positional input, :int for ids, or "
+            "return (model, example_inputs) from the build)")
+
+
 class _Lint:
     """One target through capture, analysis and the rules, collecting what it notes, what it
     could not judge and what it found. The model's values are put back after every forward."""
@@ -209,8 +220,7 @@ class _Lint:
             # user's to fix, like a build that raises.
             raise TargetError(
                 f"{self.config.target}: the forward failed on the example inputs: "
-                f"{captured.forward_error}; give inputs it accepts (--input-shape, one per "
-                "positional input, or return (model, example_inputs) from the build)")
+                f"{captured.forward_error}; {_inputs_hint(str(captured.forward_error))}")
         return captured
 
     def analyse(self, captured: Capture) -> tuple[AnalysedModel, Signal | None, list[str]]:
@@ -254,8 +264,7 @@ class _Lint:
             raise TargetError(
                 f"{self.config.target}: the forward failed on the example inputs (run on real "
                 f"tensors; the capture on fake tensors let it pass): {analysed.forward_failure};"
-                " give inputs it accepts (--input-shape, one per positional input, :int for "
-                "ids, or return (model, example_inputs) from the build)")
+                f" {_inputs_hint(str(analysed.forward_failure))}")
 
     def judge(self, rule: Rule, analysed: AnalysedModel, blocked: dict[str, dict[str, str]],
               no_forward: str | None) -> None:
