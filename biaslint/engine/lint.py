@@ -68,12 +68,17 @@ def _build_and_lint(config: TargetConfig, settings: Settings, on_stage: StageCal
     from contextlib import nullcontext
 
     from biaslint.load.build import load_target
-    from biaslint.load.guard import old_objects_frozen, preserved_state, target_scope
+    from biaslint.load.guard import (
+        compiled_code_eager,
+        old_objects_frozen,
+        preserved_state,
+        target_scope,
+    )
 
     build_scope, rest_scope = scopes or (nullcontext(), nullcontext())
     timings: dict[str, float] = {}
     try:
-        with target_scope():
+        with target_scope(), compiled_code_eager():
             if on_stage is not None:
                 on_stage("build")
             with old_objects_frozen() as built, preserved_state():
@@ -112,7 +117,11 @@ def lint_loaded(loaded: LoadedTarget, config: TargetConfig, settings: Settings,
                 timings: dict[str, float] | None = None,
                 on_stage: StageCallback | None = None) -> TargetResult:
     """Capture, analyse and run the rules on an already built ``LoadedTarget``."""
-    from biaslint.load.guard import attention_fast_path_off, old_objects_frozen
+    from biaslint.load.guard import (
+        attention_fast_path_off,
+        compiled_code_eager,
+        old_objects_frozen,
+    )
     from biaslint.load.kept import KeptModel
     from biaslint.load.unwritten import DRAWN_STD, drawn_in
     from biaslint.rules import plugged
@@ -126,7 +135,7 @@ def lint_loaded(loaded: LoadedTarget, config: TargetConfig, settings: Settings,
     with drawn_in(loaded.model, loaded.unwritten_masks) as drawn:
         kept = KeptModel(loaded.model)
         with old_objects_frozen(), plugged(load_plugins(settings.plugins)), \
-                attention_fast_path_off():
+                attention_fast_path_off(), compiled_code_eager():
             try:
                 result = _Lint(loaded, config, settings, kept, timings, on_stage).run()
             finally:

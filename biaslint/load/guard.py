@@ -148,6 +148,38 @@ def attention_fast_path_off() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def compiled_code_eager() -> Iterator[None]:
+    """Code under ``torch.compile`` (a compiled submodule, a compiled function) runs as its
+    Python code while biaslint builds and lints, then compiles again as before. A compiled
+    graph run under biaslint's recording modes or on its fake tensors can crash the process
+    (a segmentation fault, seen on a conv block compiled by inductor), compiling costs seconds
+    per graph, and the eager code is what biaslint traces; the values are the same.
+    Nothing compiled exists before torch._dynamo is imported: then the environment switch that
+    dynamo reads at import turns it off for a build that imports it, and the setting is put
+    back after."""
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None:
+        stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+        with stance("force_eager") if stance is not None else \
+                dynamo.config.patch(disable=True):
+            yield
+        return
+    key = "TORCH_COMPILE_DISABLE"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+        imported = sys.modules.get("torch._dynamo")
+        if imported is not None:  # imported by the build: as it would have read the switch
+            imported.config.disable = before == "1"
+
+
+@contextlib.contextmanager
 def target_scope() -> Iterator[None]:
     """Put back, after one target, the process-wide settings its build or forward may change
     that ``preserved_state`` does not cover (a build that ``os.chdir``s into its data folder
