@@ -121,6 +121,7 @@ def lint_loaded(loaded: LoadedTarget, config: TargetConfig, settings: Settings,
         attention_fast_path_off,
         compiled_code_eager,
         old_objects_frozen,
+        reentrant_checkpoints_plain,
     )
     from biaslint.load.kept import KeptModel
     from biaslint.load.unwritten import DRAWN_STD, drawn_in
@@ -135,7 +136,8 @@ def lint_loaded(loaded: LoadedTarget, config: TargetConfig, settings: Settings,
     with drawn_in(loaded.model, loaded.unwritten_masks) as drawn:
         kept = KeptModel(loaded.model)
         with old_objects_frozen(), plugged(load_plugins(settings.plugins)), \
-                attention_fast_path_off(), compiled_code_eager():
+                attention_fast_path_off(), compiled_code_eager(), \
+                reentrant_checkpoints_plain():
             try:
                 result = _Lint(loaded, config, settings, kept, timings, on_stage).run()
             finally:

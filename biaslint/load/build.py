@@ -116,10 +116,7 @@ def load_target(text: str, input_shapes: tuple[tuple[int, ...], ...] = (),
                 inputs, input_shapes = _lazy_made(spec, model, inputs, input_shapes, True, [])
             meta = True
     model = unwrap_compiled(model, notes)
-    if isinstance(model, torch.jit.ScriptModule):
-        raise TargetError(
-            f"{spec.text} gave a TorchScript module ({type(model).__name__}): biaslint traces "
-            "the Python nn.Module, so return the model before torch.jit.script/trace")
+    refuse_scripted(spec.text, model)
     if not any(True for _ in model.parameters()):
         raise TargetError(f"{spec.text} builds a {type(model).__name__} with no parameters: "
                           "nothing to lint; point at the function that builds the model")
@@ -219,6 +216,21 @@ def unwrap_compiled(model: Any, notes: list[str]) -> Any:
                      "compiles (the same parameters, the Python forward)")
         return original
     return model
+
+
+def refuse_scripted(name: str, model: nn.Module) -> None:
+    """A TorchScript module (torch.jit.script/trace) in the model is compiled code without its
+    Python forward: nothing in it can be traced, hooked or measured. One line saying which."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TargetError(
+            f"{name} gave a TorchScript module ({type(model).__name__}): biaslint traces "
+            "the Python nn.Module, so return the model before torch.jit.script/trace")
+    for child, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            raise TargetError(
+                f"{name}: submodule {child} is a TorchScript module (torch.jit.script/trace), "
+                "whose layers biaslint cannot trace, hook or measure: build the model with the "
+                "Python module there for the lint (script it after)")
 
 
 def _on_meta(model: nn.Module) -> bool:

@@ -180,6 +180,40 @@ def compiled_code_eager() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def reentrant_checkpoints_plain() -> Iterator[None]:
+    """``torch.utils.checkpoint(..., use_reentrant=True)`` runs its function as a plain call
+    while biaslint lints. The reentrant form cannot be differentiated with
+    ``torch.autograd.grad``, which the measurements use, so every measured rule went unjudged.
+    Its gradients are kept as they are: when no tensor input requires a gradient, the reentrant
+    form gives the function's parameters none (torch warns "None of the inputs have
+    requires_grad=True"), so the call then runs without gradients, as the reentrant forward
+    does. Checkpointing trades memory for recomputation and changes no value."""
+    try:
+        from torch.utils.checkpoint import CheckpointFunction
+    except ImportError:  # a torch without the reentrant form
+        yield
+        return
+
+    def plain(function: Callable[..., object], preserve_rng_state: bool, *args: object) -> object:
+        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad
+                                           for a in args):
+            return function(*args)
+        with torch.no_grad():
+            return function(*args)
+
+    had = "apply" in CheckpointFunction.__dict__
+    before = CheckpointFunction.__dict__.get("apply")
+    CheckpointFunction.apply = staticmethod(plain)  # type: ignore[method-assign, assignment]
+    try:
+        yield
+    finally:
+        if had:
+            CheckpointFunction.apply = before  # type: ignore[method-assign]
+        else:
+            del CheckpointFunction.apply
+
+
+@contextlib.contextmanager
 def target_scope() -> Iterator[None]:
     """Put back, after one target, the process-wide settings its build or forward may change
     that ``preserved_state`` does not cover (a build that ``os.chdir``s into its data folder

@@ -91,9 +91,11 @@ def load_held(model: nn.Module, example_inputs: Any, name: str,
         module_chains_of,
         module_sites_of,
         param_inits_of,
+        refuse_scripted,
         to_meta,
     )
 
+    refuse_scripted(name, model)
     record = record if record is not None else _record_of(model)
     notes: list[str] = []
     unwritten = None
