@@ -203,12 +203,12 @@ def reentrant_checkpoints_plain() -> Iterator[None]:
 
     had = "apply" in CheckpointFunction.__dict__
     before = CheckpointFunction.__dict__.get("apply")
-    CheckpointFunction.apply = staticmethod(plain)  # type: ignore[method-assign, assignment]
+    CheckpointFunction.apply = staticmethod(plain)
     try:
         yield
     finally:
         if had:
-            CheckpointFunction.apply = before  # type: ignore[method-assign]
+            CheckpointFunction.apply = before
         else:
             del CheckpointFunction.apply
 
