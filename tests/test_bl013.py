@@ -323,6 +323,18 @@ def test_a_norm_on_a_constant_input_is_not_judged_and_says_why(write_target):
     assert "constant" in scope.unjudged[0][1]
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_low_precision_input_with_a_spread_is_judged(write_target, dtype):
+    """In bfloat16, 100 units of the dtype's epsilon are 78% of a value: a conv's output at
+    init (std about a third of its largest value) was taken for constant and the norm after it
+    left unjudged."""
+    build = f"nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).to(torch.{dtype})"
+    result, _ = _lint(write_target(_source(build, f"torch.randn(4, 3, 8, 8).to(torch.{dtype})")))
+    (scope,) = [s for s in result.rules if s.code == "BL013"]
+    assert scope.judged == 1 and not scope.unjudged, scope.unjudged
+    assert [f for f in result.findings if f.code == "BL013"] == []
+
+
 def test_a_usual_eps_that_damps_is_a_note_not_a_finding(write_target):
     build, inputs, _ = CASES["BatchNorm2d(32, eps=1e-3) on a variance of 1e-4"]
     result, loaded = _lint(write_target(_source(build, inputs)))

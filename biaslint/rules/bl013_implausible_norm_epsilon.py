@@ -132,8 +132,12 @@ def build():
 # -- what the rule reads of each norm ------------------------------------------------------------
 
 # A group of the input whose std is below this many units of its dtype's epsilon times its
-# largest magnitude is constant: float32 rounding after a few ops, not a signal.
+# largest magnitude is constant: float32 rounding after a few ops, not a signal. In bfloat16
+# and float16 that many units would be 78% and 10% of the magnitude, which a signal drawn at
+# init has (a conv's output: std about a third of its largest value): there the bar is at most
+# SPREAD_CAP of the largest magnitude, above the rounding a few bfloat16 ops leave.
 RESOLUTION = 100
+SPREAD_CAP = 0.02
 
 
 @dataclass
@@ -248,7 +252,7 @@ def _measure(model: "AnalysedModel", verdict: _Verdict, minimum: float) -> None:
         v = groups.var(dim=1, unbiased=False)
     else:  # RMSNorm divides by the root mean square
         v = groups.pow(2).mean(dim=1)
-    v = v[(v.sqrt() > RESOLUTION * resolution * groups.abs().amax(dim=1))
+    v = v[(v.sqrt() > min(RESOLUTION * resolution, SPREAD_CAP) * groups.abs().amax(dim=1))
           & (v > resolution * verdict.eps)]
     if not v.numel():
         verdict.unjudged = ("its input is constant (to rounding) in every group it normalizes "
