@@ -592,3 +592,29 @@ def build():
     result = lint_loaded(load_target(target), TargetConfig(target), Settings(select=("BL001",)))
     assert claimed_elements(result, "0") == set()
     assert any("raised under another draw" in n for n in result.notes), result.notes
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_low_precision_model_is_measured_in_float32(write_target, dtype):
+    """A float16 or bfloat16 model was not measured at all ("the screen measures float32 and
+    float64 models"): BL001 fell back on the walk and BL015 left every layer unjudged, so the
+    lint ended incomplete. Its values are exact in float32: the screens measure it there, and
+    the model comes back in its dtype, bit for bit."""
+    from biaslint.engine import lint
+
+    source = HEADER + textwrap.dedent(CENTRED_BY_VAR).replace(
+        "return Centred(), torch.randn(2, 3, 6, 6)",
+        f"return Centred().to(torch.{dtype}), torch.randn(2, 3, 6, 6).to(torch.{dtype})")
+    target = write_target(source)
+    result = lint(TargetConfig(target), Settings(select=("BL001", "BL015")))
+    assert not result.incomplete, result.incomplete
+    assert [f.module for f in result.findings if f.code == "BL001"] == ["conv"]
+    assert "(measured)" in result.findings[0].message  # the walk does not know nanmean()
+
+    torch.manual_seed(0)
+    loaded = load_target(target)
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    lint_loaded(loaded, TargetConfig(target), Settings(select=("BL001", "BL015")))
+    after = loaded.model.state_dict()
+    assert all(after[k].dtype == getattr(torch, dtype) and torch.equal(after[k], v)
+               for k, v in before.items() if v.is_floating_point())

@@ -35,6 +35,7 @@ from biaslint.analysis.sensitivity import (
     prepared,
     screening,
     settled,
+    widened,
 )
 
 # A gradient counts as zero below this fraction of the largest gradient entry of any parameter
@@ -61,7 +62,7 @@ def screen_parameters(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str,
     the training-mode forward and backwards that kept these parameters' peak gradients
     (``sensitivity.training_gradients``; the bias screen's, when it ran). Never changes
     ``model``; the RNG is restored."""
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), widened(model, args, kwargs) as (args, kwargs):
         state = random.getstate()
         try:
             return _screen(model, args, kwargs, set(skip), shared)

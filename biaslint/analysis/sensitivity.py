@@ -151,7 +151,7 @@ class Screen:
         if self.runner is None:
             return None
         group = [(layer, param, a, b) for a, b in elements]
-        with screening(self.runner.model):
+        with widened(self.runner.model), screening(self.runner.model):
             if _holds(self.runner, group):
                 return True
             if self.runner.dtype == torch.float64:
@@ -168,7 +168,7 @@ class Screen:
         function call inside it). None when the copy is gone or nothing can be told."""
         if self.runner is None:
             return None
-        with screening(self.runner.model):
+        with widened(self.runner.model), screening(self.runner.model):
             return _locate(self.runner, layer, param, elements)
 
 
@@ -487,7 +487,7 @@ def screen_biases(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
     cancelled (their confirmation is not repeated in float64; see ``_confirm``). ``shared``:
     the forward and backwards already run over these layers (``training_gradients``), read
     instead of running them again. Never changes ``model``; the RNG is restored."""
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), widened(model, args, kwargs) as (args, kwargs):
         state = random.getstate()
         try:
             return _screen(model, args, kwargs, layers, dict(proven or {}), shared)
@@ -840,7 +840,7 @@ def training_gradients(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
     of each of ``peaks`` (asked again in a later projection when ``still``, given the first
     projection and the dtype the model runs in, names it). The model
     is put back as it was; the RNG is restored."""
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), widened(model, args, kwargs) as (args, kwargs):
         state = random.getstate()
         try:
             run, why = prepared(model, args, kwargs)
@@ -925,6 +925,49 @@ def _converted(value: Any, dtype: torch.dtype) -> Any:
     if isinstance(value, dict):
         return {k: _converted(v, dtype) for k, v in value.items()}
     return value
+
+
+# Parameters the screens measure in float32: a shift of 10 and the float64 re-check are
+# meaningless at bfloat16's 3 significant digits.
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _lifted(value: Any) -> Any:
+    """``value`` with its float16/bfloat16 tensors in float32 (the rest as they are)."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype in LOW_PRECISION else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_lifted(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _lifted(v) for k, v in value.items()}
+    return value
+
+
+@contextlib.contextmanager
+def widened(model: nn.Module, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+            ) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """A float16/bfloat16 model measured in float32: its low-precision parameters and buffers
+    hold float32 copies for the time of the block (writes go to the copies), the originals are
+    put back after; yields the inputs with their low-precision tensors in float32. Every value
+    of the model is exact in float32, so what is measured is the model's own function, without
+    its rounding. A float32 or float64 model is left as it is."""
+    params = [p for p in {id(p): p for p in model.parameters()}.values()
+              if p.dtype in LOW_PRECISION]
+    buffers = [(m, name, b) for m in model.modules() for name, b in m._buffers.items()
+               if b is not None and b.dtype in LOW_PRECISION]
+    originals = [p.data for p in params]
+    try:
+        with torch.no_grad():
+            for param in params:
+                param.data = param.data.float()
+            for module, name, buffer in buffers:
+                module._buffers[name] = buffer.float()
+        yield _lifted(tuple(args)), _lifted(dict(kwargs or {}))
+    finally:
+        for param, data in zip(params, originals):
+            param.data = data
+        for module, name, buffer in buffers:
+            module._buffers[name] = buffer
 
 
 @contextlib.contextmanager
