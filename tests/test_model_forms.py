@@ -98,3 +98,39 @@ def build():
     lines = [line for line in result.stderr.splitlines() if line.startswith("biaslint: error")]
     assert len(lines) == 1 and "submodule block is a TorchScript module" in lines[0], lines
     assert "internal error" not in result.stderr
+
+
+VMAPPED_MASK = """
+import torch
+import torch.nn as nn
+
+
+def chunked(q, k):  # a block-causal mask, written per position as transformers writes masks
+    return torch.div(q, 2, rounding_mode="trunc") >= torch.div(k, 2, rounding_mode="trunc")
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.k = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        positions = torch.arange(x.shape[1])
+        mask = torch.vmap(torch.vmap(chunked, in_dims=(None, 0)), in_dims=(0, None))(
+            positions, positions)
+        scores = (self.q(x) @ self.k(x).transpose(1, 2)).masked_fill(~mask, float("-inf"))
+        return torch.softmax(scores, -1) @ x
+
+
+def build():
+    return Net(), torch.randn(2, 6, 8)
+"""
+
+
+def test_a_mask_built_under_vmap_does_not_stop_the_lint(write_target):
+    """The attention measurement read a scalar's value (is the scale zero?) inside torch.vmap,
+    where reading a value raises: transformers' Nemotron ASR models failed with "the forward
+    failed on the example inputs" (exit 2). Inside a functorch transform it reads nothing."""
+    result = lint(TargetConfig(write_target(VMAPPED_MASK)), Settings())
+    assert result.error is None, result.error
+    assert [f.module for f in result.findings if f.code == "BL001"] == ["k"]

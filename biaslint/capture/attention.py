@@ -93,6 +93,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.numel() == 1
 
 
+def _wrapped(tensor: torch.Tensor) -> bool:
+    """A tensor of a functorch transform (inside ``torch.vmap``, as transformers builds its
+    attention masks): reading its values (``bool``) raises there."""
+    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(is_wrapped(tensor)) if is_wrapped is not None else False
+
+
 def _zero_number(value: Any) -> str:
     """"fixed" for a constant 0, "learned" for a parameter (or tensor needing grad) at 0."""
     if isinstance(value, torch.Tensor):
@@ -162,8 +169,8 @@ class _ScoreMode(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if self.stack and self.stack[-1].endswith("\x00mha"):
             return out
-        if not isinstance(out, torch.Tensor):
-            return out
+        if not isinstance(out, torch.Tensor) or _wrapped(out):
+            return out  # inside torch.vmap (a mask built per position): no values to read
         tensors = _tensors_of(name, args)
         tagged = [self.tags[id(t)] for t in tensors if id(t) in self.tags]
         if name in _PRODUCTS:
