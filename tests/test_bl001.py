@@ -971,3 +971,48 @@ def build():
     assert ("layer" in findings) == (truth == "redundant"), findings
     if device is None:  # the truth, measured on the model as built
         assert Oracle(loaded.model, *split_inputs(loaded.inputs)).verdict("layer") == truth
+
+
+# The same ops as registered modules: fx keeps them as leaves, so the walk reads them through
+# their module transfer, not the function's.
+REORDERING_MODULES = {
+    "nn.PixelUnshuffle(2)": ("F.batch_norm({}, None, None, training=True)", "redundant"),
+    "nn.PixelShuffle(2)": ("F.batch_norm({}, None, None, training=True)", "partial"),
+    "nn.ChannelShuffle(4)": ("F.batch_norm({}, None, None, training=True)", "redundant"),
+    "nn.Unfold(2, stride=2)": ("F.batch_norm({}, None, None, training=True)", "redundant"),
+    "nn.Unfold(3, padding=1)": ("F.batch_norm({}, None, None, training=True)", "live"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REORDERING_MODULES))
+@pytest.mark.parametrize("device", [None, "meta"])
+def test_reordering_modules_are_followed_like_their_functions(write_target, name, device):
+    from biaslint.load import load_target
+
+    norm, truth = REORDERING_MODULES[name]
+    target = write_target(HEADER + f"""
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Conv2d(3, 8, 3, padding=1)
+        self.move = {name}
+
+    def forward(self, x):
+        return {norm.format("self.move(self.layer(x))")}
+
+
+def build():
+    return Net(), torch.randn(4, 3, 6, 6)
+""")
+    torch.manual_seed(0)
+    loaded = load_target(target, device=device)
+    settings = Settings(select=("BL001",), rule_options={"BL001": {"measure": False}})
+    result = lint_loaded(loaded, TargetConfig(target), settings)
+    assert not result.incomplete, result.incomplete
+    assert ("layer" in {f.module for f in result.findings}) == (truth == "redundant"), \
+        result.findings
+    if device is None:
+        assert Oracle(loaded.model, *split_inputs(loaded.inputs)).verdict("layer") == truth

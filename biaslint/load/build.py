@@ -221,11 +221,11 @@ def unwrap_compiled(model: Any, notes: list[str]) -> Any:
 def refuse_scripted(name: str, model: nn.Module) -> None:
     """A TorchScript module (torch.jit.script/trace) in the model is compiled code without its
     Python forward: nothing in it can be traced, hooked or measured. One line saying which."""
-    if isinstance(model, torch.jit.ScriptModule):
-        raise TargetError(
-            f"{name} gave a TorchScript module ({type(model).__name__}): biaslint traces "
-            "the Python nn.Module, so return the model before torch.jit.script/trace")
     for child, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule) and not child:
+            raise TargetError(
+                f"{name} gave a TorchScript module ({type(model).__name__}): biaslint traces "
+                "the Python nn.Module, so return the model before torch.jit.script/trace")
         if isinstance(module, torch.jit.ScriptModule):
             raise TargetError(
                 f"{name}: submodule {child} is a TorchScript module (torch.jit.script/trace), "

@@ -285,13 +285,21 @@ class EmptyBook:
             fresh.unwritten = [(base + a * new_size, base + b * new_size) for a, b in ranges]
         self.blocks[copy_key] = fresh
 
+    def _block_of(self, tensor: torch.Tensor) -> _Block | None:
+        """The allocation ``tensor`` lives in while some of its bytes are unwritten, as the
+        recording left them (None once something wrote them after it ended)."""
+        key = storage_key(tensor)
+        block = self.blocks.get(key) if key is not None else None
+        if block is None or not tensor.numel() or block.changed():
+            return None
+        return block
+
     def unwritten_entries(self, tensor: torch.Tensor) -> torch.Tensor | None:
         """Per entry of ``tensor`` (its shape, on the CPU), whether some byte of it is one no
         call wrote; None when every entry was written, or when the entries cannot be told
         apart (a strided view of a storage past ``MASK_LIMIT`` bytes)."""
-        key = storage_key(tensor)
-        block = self.blocks.get(key) if key is not None else None
-        if block is None or not tensor.numel() or block.changed():
+        block = self._block_of(tensor)
+        if block is None:
             return None
         size = tensor.element_size()
         if tensor.is_contiguous():
@@ -307,9 +315,8 @@ class EmptyBook:
     def unwritten_of(self, tensor: torch.Tensor) -> Unwritten | None:
         """The tensor's entries no call wrote, or None when every one was written (or it was
         not allocated without values)."""
-        key = storage_key(tensor)
-        block = self.blocks.get(key) if key is not None else None
-        if block is None or not tensor.numel() or block.changed():
+        block = self._block_of(tensor)
+        if block is None:
             return None
         missing = block.missing(tensor)
         if not missing:
