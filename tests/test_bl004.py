@@ -209,3 +209,60 @@ def build():
     return Gated()
 '''
     assert lint_source(source, select=("BL004",)).findings == ()
+
+
+PER_GATE = '''
+import torch
+import torch.nn as nn
+
+class Scratch(nn.Module):
+    """One Linear per gate, as textbooks write the cell (d2l): W_x* with a bias, W_h* without."""
+
+    def __init__(self, d=8, hidden=16):
+        super().__init__()
+        self.hidden = hidden
+        self.W_xi, self.W_hi = nn.Linear(d, hidden), nn.Linear(hidden, hidden, bias=False)
+        self.W_xf, self.W_hf = nn.Linear(d, hidden), nn.Linear(hidden, hidden, bias=False)
+        self.W_xo, self.W_ho = nn.Linear(d, hidden), nn.Linear(hidden, hidden, bias=False)
+        self.W_xc, self.W_hc = nn.Linear(d, hidden), nn.Linear(hidden, hidden, bias=False)
+
+    def forward(self, xs):
+        H = xs.new_zeros(xs.shape[1], self.hidden)
+        C = xs.new_zeros(xs.shape[1], self.hidden)
+        for x in xs:
+            I = torch.sigmoid(self.W_xi(x) + self.W_hi(H))
+            F = torch.sigmoid(self.W_xf(x) + self.W_hf(H))
+            O = torch.sigmoid(self.W_xo(x) + self.W_ho(H))
+            G = torch.tanh(self.W_xc(x) + self.W_hc(H))
+            C = F * C + I * G
+            H = O * torch.tanh(C)
+        return H
+
+def build():
+    cell = Scratch()
+    {extra}
+    return cell, torch.randn(4, 3, 8)
+'''
+
+
+@pytest.mark.parametrize("forget_bias", [None, 1.0])
+def test_a_cell_with_one_linear_per_gate_is_judged_by_its_measured_gate(write_target,
+                                                                         forget_bias):
+    from biaslint.engine import lint_loaded
+    from biaslint.settings import TargetConfig
+
+    extra = "" if forget_bias is None else \
+        f"nn.init.constant_(cell.W_xf.bias, {forget_bias})"
+    target = write_target(PER_GATE.format(extra=extra))
+    loaded = load_target(target)
+    result = lint_loaded(loaded, TargetConfig(target=target), Settings(select=("BL004",)))
+    cell = loaded.model
+    with torch.no_grad():  # the forget gate at the first step, measured
+        x = torch.randn(512, 8)
+        gate = torch.sigmoid(cell.W_xf(x) + cell.W_hf(torch.zeros(512, 16)))
+    closed = float(torch.logit(gate.mean())) < 0.5
+    assert len(result.findings) == int(closed)
+    if closed:
+        [finding] = result.findings
+        assert finding.module == "W_xf" and finding.data["layers"] == ["W_hf", "W_xf"]
+        assert finding.fix.code == "nn.init.constant_(model.W_xf.bias[0:16], 1.0)"

@@ -33,6 +33,8 @@ _PRODUCTS = {torch.bmm: "bmm", torch.matmul: "matmul", operator.matmul: "matmul"
              torch.baddbmm: "baddbmm", F.linear: "linear", torch.einsum: "einsum"}
 if hasattr(torch, "_grouped_mm"):
     _PRODUCTS[torch._grouped_mm] = "matmul"
+_KERNEL_USES = frozenset({F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d,
+                          F.conv_transpose2d, F.conv_transpose3d})
 _SAME = frozenset({"to", "contiguous", "float", "half", "bfloat16", "type_as", "clone"})
 
 
@@ -129,6 +131,8 @@ def _uses(model: AnalysedModel, use: Use, axes: list[int | None]
         if node.op == "call_function" and target in _PRODUCTS:
             found.append((user, axes))
             continue
+        if node.op == "call_function" and target in _KERNEL_USES:
+            continue  # a conv1d kernel, not experts (``analysis.matrices``)
         moved = _moved(node, axes)
         if moved is None:
             found.append((user, []))  # an op that is neither: said by ``_roles``

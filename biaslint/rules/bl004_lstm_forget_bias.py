@@ -32,7 +32,9 @@ and is not checked.
 It also finds LSTM cells written by hand in the traced graph, `c = f * c_prev + i * g` with
 `f = sigmoid(chunk k of Linear(x) [+ Linear(h)])`: the forget gate is the sigmoid whose product
 with the cell state is added to a sigmoid-times-tanh product, and its bias is the sum of rows
-`k*H:(k+1)*H` of the Linears' biases.
+`k*H:(k+1)*H` of the Linears' biases. A cell written with one Linear per gate, as textbooks
+write it (`f = sigmoid(W_xf(x) + W_hf(h))`), is found the same way: its forget bias is the sum
+of those Linears' biases.
 """
     why_bad = """\
 With PyTorch's default init the forget bias is close to 0, so the forget gate starts at
@@ -131,18 +133,22 @@ def build():
             mean = gate.bias_mean(model)
             if mean is None or mean >= threshold:
                 continue
-            layer = model.layers[gate.layers[0]]
+            # The fix goes to a Linear of the sum that has a bias (d2l's W_xf, not W_hf).
+            layer = next((model.layers[n] for n in gate.layers
+                          if getattr(model.layers[n].module, "bias", None) is not None),
+                         model.layers[gate.layers[0]])
             module = layer.module
             size = module.out_features // gate.chunks
             rows = f"{gate.chunk * size}:{(gate.chunk + 1) * size}"
             names = " + ".join(python_path(n) for n in gate.layers)
             has_bias = getattr(module, "bias", None) is not None
+            of = f"(chunk {gate.chunk} of {gate.chunks}) of" if gate.chunks > 1 else " of"
             code = (f"nn.init.constant_({python_path(layer.name)}.bias[{rows}], 1.0)"
                     if has_bias else "")
             yield self.finding(
                 layer,
-                f"hand-written LSTM cell: the forget gate is sigmoid(chunk {gate.chunk} of "
-                f"{gate.chunks}) of {names}, whose bias rows {rows} have mean {mean:.3g} (below "
+                f"hand-written LSTM cell: the forget gate is sigmoid{of} {names}, whose bias "
+                f"rows {rows} have mean {mean:.3g} (below "
                 f"{threshold:g}): the gate starts near sigmoid({mean:.2g}) = {_sigmoid(mean):.2f}, "
                 f"keeping only {_sigmoid(mean) ** 10:.1e} of the cell state after 10 steps; 1.0 "
                 "is recommended (Jozefowicz et al., 2015)",
@@ -218,11 +224,14 @@ def _gate_source(model: "AnalysedModel", sigmoid: "Use") -> tuple[tuple[str, ...
     import torch
 
     from biaslint.analysis import Use
-    from biaslint.analysis.ops import binary_kind
 
     inputs = sigmoid.node.all_input_nodes
-    if len(inputs) != 1 or inputs[0].target is not operator.getitem:
+    if len(inputs) != 1:
         return None
+    if inputs[0].target is not operator.getitem:
+        # One Linear per gate (``sigmoid(W_xf(x) + W_hf(h))``): the whole output, chunk 0 of 1.
+        whole = _linear_sum(model, Use(sigmoid.part, inputs[0]))
+        return None if whole is None else (whole, 0, 1)
     item = inputs[0]
     index = item.args[1] if len(item.args) > 1 else None
     chunked = item.args[0]
@@ -238,7 +247,17 @@ def _gate_source(model: "AnalysedModel", sigmoid: "Use") -> tuple[tuple[str, ...
     dim = chunked.args[2] if len(chunked.args) > 2 else chunked.kwargs.get("dim", 0)
     if not isinstance(chunks, int) or dim not in (-1, 1):
         return None
-    stack, names = [Use(sigmoid.part, source)], []
+    names = _linear_sum(model, Use(sigmoid.part, source))
+    return None if names is None else (names, index % chunks, chunks)
+
+
+def _linear_sum(model: "AnalysedModel", source: "Use") -> tuple[str, ...] | None:
+    """The layers whose outputs ``source`` sums (``Linear(x) [+ Linear(h)]``), or None when it
+    is anything else."""
+    from biaslint.analysis import Use
+    from biaslint.analysis.ops import binary_kind
+
+    stack, names = [source], []
     while stack:
         use = stack.pop()
         if use.node.op == "call_module" and model.module_name(use) in model.layers:
@@ -247,9 +266,7 @@ def _gate_source(model: "AnalysedModel", sigmoid: "Use") -> tuple[tuple[str, ...
             stack.extend(Use(use.part, n) for n in use.node.all_input_nodes)
         else:
             return None
-    if not names:
-        return None
-    return tuple(sorted(set(names))), index % chunks, chunks
+    return tuple(sorted(set(names))) if names else None
 
 
 def forget_biases(module: "nn.Module", value: "Callable[[str], ParamValue | None] | None" = None

@@ -55,6 +55,10 @@ decides from the graph whether training can recover:
   (the last layer of a residual branch, a LoRA up-projection), multiplies or modulates another
   tensor (adaLN-Zero gates), or is the model's output (a classifier head); and for normalization
   weights of any value.
+* **error** when the other factor of that product is zero too: a zero layer (zero or no bias)
+  whose output is only multiplied by the output of another such layer (SwiGLU's gate and up
+  projections, attention's queries and keys, both zero). Each factor is exactly 0 and passes
+  the other a gradient of 0, so neither ever moves. One zero factor alone trains.
 
 Expert weights stored as 3-d parameters (a mixture of experts' `gate_up_proj` / `down_proj`, or
 a hand-written `(experts, in, out)` tensor) are judged too, expert by expert: which axis holds
@@ -65,6 +69,12 @@ output 0 and pass back 0); a drawn one, whose units differ within every expert, 
 constant one, or units alike within an expert, depends on the routed path around it, which the
 rule does not follow there: it is listed as not judged, with the reason, as is an expert weight
 whose products the graph does not show.
+
+Raw 2-d weights the forward contracts itself (`F.linear(x, self.w)`, `x @ self.w`, an einsum,
+`F.conv2d(x, self.kernel)`) are judged from those products: an all-zero one whose product (plus
+a bias <= 0, or none) goes straight into a ReLU is an **error**; one whose product reaches the
+output or a sum or product with another tensor is the deliberate pattern; another constant one
+is listed as not judged, with the reason.
 """
     why_bad = """\
 Gradient descent can only make two units different if something treats them differently. Units
@@ -127,19 +137,25 @@ def build():
 
     def scope(self, model: "AnalysedModel", context: RuleContext) -> list["Layer"]:
         from biaslint.analysis.experts import expert_weights
+        from biaslint.analysis.matrices import matrix_weights
         from biaslint.rules.bl002_zero_constant_weight.symmetry import weights_to_check
 
-        experts = {w.layer.name for w in expert_weights(model)}
+        experts = {w.layer.name for w in expert_weights(model)} | {
+            w.layer.name for w in matrix_weights(model)}
         return [layer for layer in model.layers.values()
                 if layer.name in experts or any(True for _ in weights_to_check(layer.module))]
 
     def declined(self, model: "AnalysedModel", context: RuleContext) -> dict[str, str]:
-        from biaslint.rules.bl002_zero_constant_weight.check import expert_verdicts
+        from biaslint.rules.bl002_zero_constant_weight.check import (
+            expert_verdicts,
+            matrix_verdicts,
+        )
         from biaslint.rules.bl002_zero_constant_weight.rows import dead_rows
 
         found = {v.layer.name: f"{v.pname} has {len(v.zero)} all-zero rows in front of a ReLU "
                                f"path, but {v.unjudged}" for v in dead_rows(model) if v.unjudged}
-        for (name, _), verdict in expert_verdicts(self, model).items():
+        for (name, _), verdict in [*expert_verdicts(self, model).items(),
+                                   *matrix_verdicts(self, model).items()]:
             if isinstance(verdict, str):
                 found.setdefault(name, verdict)
         return found

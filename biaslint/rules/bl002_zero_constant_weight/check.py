@@ -5,10 +5,12 @@ findings and the fan-in-scaled init that mends them."""
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 
 from biaslint.analysis import AnalysedModel, Layer, ParamStats, Use
@@ -33,6 +35,7 @@ from biaslint.rules.bl002_zero_constant_weight.symmetry import (
 
 if TYPE_CHECKING:
     from biaslint.analysis.experts import ExpertWeight
+    from biaslint.analysis.matrices import MatrixWeight
     from biaslint.rules.bl002_zero_constant_weight import ZeroConstantWeight
 
 
@@ -57,6 +60,7 @@ def check(rule: "ZeroConstantWeight", model: AnalysedModel, context: RuleContext
     yield from routers(rule, model)
     yield from dead_rows_findings(rule, model)
     yield from (v for v in expert_verdicts(rule, model).values() if isinstance(v, Finding))
+    yield from (v for v in matrix_verdicts(rule, model).values() if isinstance(v, Finding))
 
 
 def dead_rows_findings(rule: "ZeroConstantWeight", model: AnalysedModel) -> Iterable[Finding]:
@@ -150,6 +154,9 @@ def judge(rule: "ZeroConstantWeight", model: AnalysedModel, layer: Layer, pname:
     if found is not None:
         return found
     endpoints = [e for out in weight.outputs for e in walk(model, out)]
+    partners = _zero_partners(model, weight, endpoints)
+    if partners:
+        return _dead_pair(rule, weight, partners)
     if not endpoints or any(e.kind in ("output", "combine") for e in endpoints):
         return None  # summed, gating or the model output: the deliberate zero-init patterns
     activation = first_activation(model, weight.outputs)
@@ -278,6 +285,93 @@ def _clones(rule: "ZeroConstantWeight", model: AnalysedModel, w: _Weight,
         data={"verdict": "near-clones", "units": w.units, "consumers": names,
               "differ": differ},
     )
+
+
+# A product of an output with the output of another zero layer: f(0) is 0 for these.
+_ZERO_AT_ZERO = frozenset({"relu", "gelu", "silu", "tanh", "leaky_relu", "elu", "selu"})
+
+
+def _zero_partners(model: AnalysedModel, w: _Weight, endpoints: list[Endpoint]) -> list[str]:
+    """When every endpoint of a zero weight with a zero (or no) bias is a product with the
+    output of another such layer (SwiGLU's gate and up projections, attention's queries and
+    keys, both zero): those layers. Each factor is exactly 0, so each passes the other a
+    gradient of 0, for good. Else []."""
+    if not (w.stats.all_zero and w.plain and _bias_is_zero(w)) or not endpoints:
+        return []
+    partners: list[str] = []
+    for endpoint in endpoints:
+        node = endpoint.use.node
+        product = node.target in _PRODUCT_TARGETS
+        if endpoint.kind != "combine" or not product:
+            return []
+        others = [n for n in node.all_input_nodes
+                  if not _comes_from(n, {o.node for o in w.outputs})]
+        names = [_zero_source(model, Use(endpoint.use.part, n)) for n in others]
+        if not names or None in names:
+            return []
+        partners.extend(n for n in names if n is not None)
+    return sorted(set(partners) - {w.layer.name})
+
+
+_PRODUCT_TARGETS = frozenset({torch.mul, torch.matmul, torch.bmm, torch.einsum, "mul", "matmul",
+                              "bmm", "__mul__", "__matmul__", operator.mul, operator.matmul})
+
+
+def _bias_is_zero(w: _Weight) -> bool:
+    if w.bias is None:
+        return True
+    return w.bias_value is not None and w.bias_value.known and w.bias_value.constant() == 0
+
+
+def _comes_from(node: fx.Node, sources: set[fx.Node], depth: int = 8) -> bool:
+    """Whether ``node`` is one of ``sources`` through single-input ops."""
+    while depth > 0:
+        if node in sources:
+            return True
+        inputs = node.all_input_nodes
+        if len(inputs) != 1:
+            return False
+        node, depth = inputs[0], depth - 1
+    return False
+
+
+def _zero_source(model: AnalysedModel, use: Use) -> str | None:
+    """The layer whose output ``use`` is, through shape-only ops and activations with f(0) = 0,
+    when that layer's weight and bias are all zero; else None."""
+    from biaslint.analysis import is_shape_only
+    from biaslint.analysis.ops import activation_kind
+
+    for _ in range(16):
+        node = use.node
+        if node.op == "call_module":
+            name = model.module_name(use)
+            layer = model.layers.get(name)
+            if layer is None or not _is_plain_layer(layer.module):
+                return None
+            weight, bias = layer.value("weight"), layer.value("bias")
+            zero = weight is not None and weight.known and weight.constant() == 0 and (
+                getattr(layer.module, "bias", None) is None or (
+                    bias is not None and bias.known and bias.constant() == 0))
+            return name if zero and len(model.calls_of(name)) == 1 else None
+        if not (is_shape_only(use) or activation_kind(use) in _ZERO_AT_ZERO):
+            return None
+        inputs = [n for n in node.all_input_nodes if n.op != "get_attr"]
+        if len(inputs) != 1:
+            return None
+        use = Use(use.part, inputs[0])
+    return None
+
+
+def _dead_pair(rule: "ZeroConstantWeight", w: _Weight, partners: list[str]) -> Finding:
+    shown = ", ".join(partners)
+    return rule.finding(
+        w.layer,
+        f"{w.pname} is all zero{w.where} and its output is only multiplied by the output of "
+        f"{shown}, which is all zero too: each factor passes the other a gradient of 0, so "
+        "neither ever moves (dead for good). Draw at least one of them",
+        parameter=w.pname, severity=Severity.ERROR, fix=_fix(w.layer, w.pname, None),
+        data={"verdict": "dead", "partners": partners, "units": w.units,
+              "dead_units": w.units})
 
 
 def _stall(rule: "ZeroConstantWeight", model: AnalysedModel, w: _Weight,
@@ -431,3 +525,110 @@ def _alike_within_an_expert(value: ParamValue, weight: "ExpertWeight") -> bool |
     units_dim = weight.units_dim - (1 if weight.units_dim > weight.experts_dim else 0)
     return any(unit_rows(exact.select(weight.experts_dim, e), units_dim) is not None
                for e in range(weight.experts))
+
+
+# -- raw weights the forward contracts itself (F.linear, x @ w, einsum, F.conv2d) -----------------
+
+def matrix_verdicts(rule: "ZeroConstantWeight", model: AnalysedModel
+                    ) -> dict[tuple[str, str], Finding | str | None]:
+    """Per raw weight the forward contracts with its input itself (``MatrixWeight``; an
+    ``nn.Linear`` or conv's weight is judged with its module): its finding, None when its
+    values differ, or why it is not judged. An all-zero one whose every product (plus a bias
+    <= 0, or none) goes straight into a ReLU is dead for good; another constant one depends on
+    what takes its products, which is not followed here: not judged, with that reason."""
+    from biaslint.analysis.matrices import matrix_weights
+
+    found: dict[tuple[str, str], Finding | str | None] = {}
+    for weight in matrix_weights(model):
+        if any(True for _ in weights_to_check(weight.layer.module)):
+            continue  # judged with its module
+        key = (weight.layer.name, weight.pname)
+        value = weight.layer.value(weight.pname)
+        if value is None or not value.known:
+            continue  # the engine reports it unjudged
+        if not weight.read:
+            if value.constant() is not None:  # a drawn one's units differ however it is used
+                found[key] = f"its weight {weight.pname}: {weight.why}"
+        elif (constant := value.constant()) is None:
+            continue  # drawn: its units differ
+        elif weight.rms is not None:
+            if _summed_or_output(model, weight):
+                continue  # the deliberate patterns (LoKr's zero factor of a summed update)
+            found[key] = (f"its weight {weight.pname} is all {constant:g}, and the forward "
+                          "transforms it before its products: whether its units recover is not "
+                          "followed there")
+        else:
+            found[key] = _matrix_verdict(rule, model, weight, float(constant))
+    return found
+
+
+def _summed_or_output(model: AnalysedModel, weight: "MatrixWeight") -> bool:
+    """Whether a product of the weight reaches, through its bias and activations only, the
+    model output or a sum or product with another computed tensor: the deliberate zero-init
+    patterns (an output projection, the end of a residual branch, a gate)."""
+    from biaslint.analysis.matrices import input_dependent
+    from biaslint.analysis.ops import activation_kind, binary_kind
+
+    for product in weight.products:
+        data = input_dependent(model, product.part)
+        stack, seen = model.consumers_of(product), 0
+        while stack and seen < 64:
+            use, seen = stack.pop(), seen + 1
+            if use.node.op == "output":
+                return True
+            binary = binary_kind(use)
+            computed = [a for a in use.node.all_input_nodes if a in data]
+            if binary is not None and len(computed) >= 2:
+                return True
+            if binary is not None or activation_kind(use) is not None:
+                stack.extend(model.consumers_of(use))  # a bias, a scaling, an activation
+    return False
+
+
+def _matrix_verdict(rule: "ZeroConstantWeight", model: AnalysedModel, weight: "MatrixWeight",
+                    constant: float) -> Finding | str | None:
+    from biaslint.analysis.ops import activation_kind
+
+    consumers = [c for p in weight.products for c in model.consumers_of(p)]
+    biases = [_product_bias(model, p) for p in weight.products]
+    if constant != 0 or not consumers or not all(activation_kind(c) == "relu"
+                                                 for c in consumers) \
+            or any(b is None or b > 0 for b in biases):
+        if _summed_or_output(model, weight):
+            return None  # the deliberate patterns
+        return (f"its weight {weight.pname} is all {constant:g}: whether its units recover "
+                "depends on what takes its products, which is not followed for weights the "
+                "forward contracts itself")
+    units = weight.layer.value(weight.pname).numel // max(weight.fan_in, 1)  # type: ignore
+    subject = _subject(weight.layer, weight.pname)
+    return rule.finding(
+        weight.layer,
+        f"weight {weight.pname} {weight.shape} is all zero"
+        f"{_init_phrase(weight.layer, weight.pname)} and its product with the input goes "
+        f"straight into a ReLU{' with a bias <= 0' if any(b != 0 for b in biases) else ''}: "
+        "every unit outputs 0 and passes back 0, dead for good",
+        parameter=weight.pname, severity=Severity.ERROR,
+        location=weight.layer.site_of(weight.pname),
+        fix=Fix(title="Draw the weight", code=f"nn.init.normal_({subject}, "
+                f"std={math.sqrt(2.0 / weight.fan_in):.3g})", safe=False,
+                kind=FixKind.REPLACE_INIT),
+        data={"verdict": "dead", "dead_units": units, "units": units})
+
+
+def _product_bias(model: AnalysedModel, product: Any) -> float | None:
+    """The largest entry of the bias ``F.linear``/``F.conv`` adds to the product (0 when none),
+    or None when it is not a parameter of known value."""
+    node = product.node
+    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    if bias is None:
+        return 0.0
+    if not isinstance(bias, fx.Node) or bias.op != "get_attr":
+        return None
+    qualified = product.part.full_name(str(bias.target))
+    owner, _, pname = qualified.rpartition(".")
+    layer = model.layers.get(owner)
+    value = None if layer is None else layer.value(pname)
+    if value is None or not value.known:
+        return None
+    constant = value.constant()
+    return None if constant is None else float(constant)

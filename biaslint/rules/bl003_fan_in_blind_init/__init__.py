@@ -70,6 +70,15 @@ treated like ReLU.
   `initializer_range` 0.02, as LLM configs do, pass exactly as a 2-d `Linear` drawn so does. An
   expert weight whose products the graph does not show is listed as not judged, with the reason.
   They are not part of chains.
+* **Weights the forward contracts itself** (warning): a raw `nn.Parameter` used with `F.linear`,
+  `x @ w`, `torch.matmul` or an einsum, an `nn.Linear`'s weight given to `F.linear` (MAML-style
+  code), a raw kernel given to `F.conv1d`/`conv2d`/`conv3d`. The same single-layer test, with
+  the fan-in the product contracts (read from the graph, through transposes) and the constants
+  the forward scales the weight or the product by (`w * c`, equalized learning rate; `q @ k.T *
+  d ** -0.5`). A product that goes into `sin`/`cos` (random Fourier features) is not judged by
+  fan-in: its scale is a frequency. A weight the forward transforms with ops this reading does
+  not follow before the product (a weight standardization) is listed as not judged, with the
+  reason. They are not part of chains.
 * Embedding tables are never flagged: a lookup sums nothing, so N(0, 1) is standard.
 
 The message quotes the init call (e.g. `Tensor.normal_(...)` with std 1) and its line when your
@@ -162,9 +171,13 @@ def build():
 
     def declined(self, model: "AnalysedModel", context: RuleContext) -> dict[str, str]:
         from biaslint.analysis.experts import expert_weights
+        from biaslint.analysis.matrices import matrix_weights
 
-        return {w.layer.name: f"its 3-d expert weight {w.pname}: {w.why}"
-                for w in expert_weights(model) if not w.read}
+        declined = {w.layer.name: f"its weight {w.pname}: {w.why}"
+                    for w in matrix_weights(model) if not w.read}
+        declined.update({w.layer.name: f"its 3-d expert weight {w.pname}: {w.why}"
+                         for w in expert_weights(model) if not w.read})
+        return declined
 
     def forward_needs(self, model: "AnalysedModel", context: RuleContext) -> tuple[list[str], bool]:
         from biaslint.rules.bl003_fan_in_blind_init.check import forward_needs

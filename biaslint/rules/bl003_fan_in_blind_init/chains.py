@@ -400,7 +400,7 @@ class ScaleModel:
                     activation, slope = kind, _slope(current)
                 stack.extend(self.model.users(current))
                 continue
-            if _is_norm(current):
+            if is_norm_call(current):
                 kinds.add("norm")
             elif (binary := binary_kind(current)) is not None and binary[1] \
                     and binary[0] in ("add", "sub"):
@@ -511,7 +511,7 @@ def is_weight_layer(module: nn.Module) -> bool:
         and isinstance(getattr(module, "weight", None), torch.Tensor)
 
 
-def _is_norm(use: Use) -> bool:
+def is_norm_call(use: Use) -> bool:
     node = use.node
     if node.op == "call_function":
         return node.target in SCALE_NORM_FUNCTIONS

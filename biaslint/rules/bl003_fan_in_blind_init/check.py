@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Iterable
 
+import torch
 import torch.nn as nn
 
 from biaslint.analysis import AnalysedModel, Layer
@@ -60,6 +61,7 @@ def check(rule: "FanInBlindInit", model: AnalysedModel, context: RuleContext
             reported.add(layer.name)
             findings.append(_bilinear(rule, layer, gain, target, activation))
     findings.extend(expert_findings(rule, model, ratio_limit))
+    findings.extend(matrix_findings(rule, model, ratio_limit, reported))
     yield from findings
 
 
@@ -343,3 +345,100 @@ def expert_findings(rule: "FanInBlindInit", model: AnalysedModel, limit: float
         yield rule.finding(weight.layer, message, parameter=weight.pname, fix=fix,
                            location=weight.layer.site_of(weight.pname),
                            data={"gain": gain, "ratio": gain / target, "fan_in": weight.fan_in})
+
+
+# -- weights the forward contracts itself (F.linear, x @ w, einsum, F.conv2d) ----------------------
+
+def matrix_findings(rule: "FanInBlindInit", model: AnalysedModel, limit: float,
+                    reported: set[str]) -> Iterable[Finding]:
+    """Single weights the forward contracts with the input itself (``MatrixWeight``): the
+    single-layer test, with the fan-in its products contract and the constants it is scaled
+    by on the way. Not part of chains."""
+    from biaslint.analysis.matrices import matrix_weights, output_scale
+    from biaslint.rules.bl003_fan_in_blind_init.chains import variance_gain_target
+
+    for weight in matrix_weights(model):
+        value = weight.layer.value(weight.pname)
+        key = f"{weight.layer.name}.{weight.pname}"
+        if not weight.read or key in reported or value is None or not value.known or (
+                weight.rms is None and value.constant() is not None):
+            continue  # not read (declined), unknown (the engine's), constant (BL002's)
+        if _fourier_features(model, weight.products):
+            continue  # the scale of random Fourier features is their frequency, chosen
+        scales = {output_scale(model, p) for p in weight.products}
+        scale = weight.scale * (scales.pop() if len(scales) == 1 else 1.0)
+        rms = weight.rms if weight.rms is not None else \
+            math.sqrt(value.mean_square(sample=1 << 14))
+        gain = rms * math.sqrt(weight.fan_in) * scale
+        activation, normed, mixed = _activation_after(model, weight.products)
+        target = _LENIENT_TARGET if mixed else variance_gain_target(activation)
+        if gain <= limit * target:
+            continue
+        reported.add(key)
+        what = "through any activation (its products go to different ones; tanh's 5/3 is " \
+            "the largest)" if mixed else f"through {activation or 'identity'}"
+        tail = (" Its output is normalized right away, so this only slows its learning."
+                if normed else "")
+        scaled = f", scaled by {scale:.3g} in the forward" if scale != 1.0 else ""
+        if weight.rms is not None:
+            scaled += f"; rms {rms:.3g} as the forward computes it from the parameters"
+        std = target / math.sqrt(weight.fan_in) / scale
+        subject = init_call_subject(weight.layer.init_of(weight.pname)) or \
+            f"{python_path(weight.layer.name)}.{weight.pname}"
+        message = (
+            f"weight {weight.pname} {tuple(weight.shape)}, which the forward contracts with "
+            f"its input itself (fan_in {weight.fan_in}{scaled}), has gain "
+            f"rms(W)*sqrt(fan_in) = {gain:.3g}, {gain / target:.3g}x the {target:.3g} that "
+            f"keeps the scale {what}: on inputs with uncorrelated unit-scale entries it alone "
+            f"multiplies the activation scale by ~{_times(gain)}"
+            f"{_init_phrase(weight.layer, weight.pname)}.{tail}")
+        fix = Fix(title="Draw the weight scaled by its fan-in",
+                  code=f"nn.init.normal_({subject}, std={std:.3g})", safe=False,
+                  kind=FixKind.REPLACE_INIT)
+        yield rule.finding(weight.layer, message, parameter=weight.pname, fix=fix,
+                           severity=Severity.INFO if normed else Severity.WARNING,
+                           location=weight.layer.site_of(weight.pname),
+                           data={"gain": gain, "ratio": gain / target, "fan_in": weight.fan_in})
+
+
+_PERIODIC = frozenset({torch.sin, torch.cos, "sin", "cos", "sin_", "cos_"})
+
+
+def _fourier_features(model: AnalysedModel, products: Iterable[Any]) -> bool:
+    """Whether a product goes into ``sin``/``cos`` (random Fourier features, positional
+    encodings), through constant scaling."""
+    from biaslint.analysis.ops import binary_kind
+
+    for product in products:
+        stack, steps = list(model.consumers_of(product)), 0
+        while stack and steps < 16:
+            consumer, steps = stack.pop(), steps + 1
+            if consumer.node.target in _PERIODIC:
+                return True
+            binary = binary_kind(consumer)
+            if binary is not None and binary[0] in ("mul", "div") and not binary[1]:
+                stack.extend(model.consumers_of(consumer))
+    return False
+
+
+def _activation_after(model: AnalysedModel, products: Iterable[Any]
+                      ) -> tuple[str | None, bool, bool]:
+    """(the activation that takes the products, after a bias added to them; whether a norm
+    takes them; whether the consumers disagree, so that no one target applies)."""
+    from biaslint.analysis.matrices import input_dependent
+    from biaslint.analysis.ops import activation_kind, binary_kind
+    from biaslint.rules.bl003_fan_in_blind_init.chains import is_norm_call
+
+    consumers: list[Any] = []
+    for product in products:
+        for consumer in model.consumers_of(product):
+            binary = binary_kind(consumer)
+            data = input_dependent(model, consumer.part)
+            others = [a for a in consumer.node.all_input_nodes if a is not product.node]
+            if binary is not None and binary[0] == "add" and all(a not in data for a in others):
+                consumers.extend(model.consumers_of(consumer))  # through a bias
+            else:
+                consumers.append(consumer)
+    kinds = {activation_kind(c) for c in consumers}
+    normed = bool(consumers) and all(is_norm_call(c) for c in consumers)
+    return (kinds.pop() if len(kinds) == 1 else None), normed, len(kinds) > 1
