@@ -183,3 +183,30 @@ def test_two_zero_factors_of_one_product_are_dead_as_training_shows(write_target
         assert dead == {name for name, grad in trained.items() if grad == 0.0}, (zeros, trained)
         assert dead == (set(zeros) if len(zeros) == 2 else set())
         assert scope.unjudged == ()
+
+
+DEADLOCK = """
+def build():
+    model = nn.Sequential(
+        nn.Linear(16, 64), nn.Tanh(),
+        nn.Linear(64, 64), nn.Tanh(),
+        nn.Linear(64, 10),
+    )
+    for hidden in (model[0], model[2]):
+        nn.init.zeros_(hidden.weight)
+        BIAS
+    return model, torch.randn(8, 16)
+"""
+
+
+def test_a_zero_layer_fed_only_by_another_zero_layer_is_dead_not_stalled(write_target):
+    """The rule page's own example: the second zero layer's input is tanh(0) = 0, so its weight
+    gets no gradient, and the first gets its gradient through the second's zero weight only.
+    With a drawn bias in front, the input is not 0 and the second layer trains: a stall."""
+    for bias, verdict in (("nn.init.zeros_(hidden.bias)", "dead"), ("pass", "stall")):
+        torch.manual_seed(0)
+        result, scope, loaded = _lint(write_target, DEADLOCK.replace("BIAS", bias))
+        [second] = [f for f in result.findings if f.module == "2"]
+        assert second.data["verdict"] == verdict
+        moved = _trained_gradients(loaded.model, torch.randn(8, 16), "2.weight")
+        assert (moved == 0.0) == (verdict == "dead"), moved

@@ -469,3 +469,36 @@ def build():
 '''
     _, findings = lint_model(source)
     assert findings == []  # the pooled prediction is a lower bound: no vanishing claim from it
+
+
+@pytest.mark.parametrize("std", [0.01, None])
+def test_vanishing_is_followed_through_average_pooling(lint_model, std):
+    """Average pooling can only lower the scale (the square of a mean is at most the mean of the
+    squares), so the prediction continued through it is an upper bound: a chain of N(0, 0.01)
+    convs, as AlexNet-era code draws them, vanishes across it, and the measurement agrees. He
+    init stays quiet."""
+    init = "nn.init.kaiming_normal_(model[i].weight, nonlinearity='relu')" if std is None \
+        else f"nn.init.normal_(model[i].weight, std={std})"
+    source = f'''
+import torch.nn as nn
+
+def build():
+    model = nn.Sequential(
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+    for i in (0, 3, 6):
+        {init}
+        nn.init.zeros_(model[i].bias)
+    return model
+'''
+    model, findings = lint_model(source)
+    _, hidden = measure(model, ["0", "3", "6", "10"], torch.randn(8, 16, 32, 32))
+    errors = [f for f in findings if f.severity == Severity.ERROR]
+    assert bool(errors) == (hidden < 0.01), (hidden, [f.message for f in findings])
+    if errors:
+        [error] = errors
+        assert error.data["chain"] == ["0", "3", "6", "10"] and "upper bound" in error.message
+        assert error.data["predicted_growth"] >= hidden * 0.5

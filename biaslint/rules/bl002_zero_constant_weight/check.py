@@ -157,6 +157,9 @@ def judge(rule: "ZeroConstantWeight", model: AnalysedModel, layer: Layer, pname:
     partners = _zero_partners(model, weight, endpoints)
     if partners:
         return _dead_pair(rule, weight, partners)
+    feeder = _zero_feeder(model, weight)
+    if feeder is not None:
+        return _dead_chain(rule, weight, feeder)
     if not endpoints or any(e.kind in ("output", "combine") for e in endpoints):
         return None  # summed, gating or the model output: the deliberate zero-init patterns
     activation = first_activation(model, weight.outputs)
@@ -343,10 +346,10 @@ def _zero_source(model: AnalysedModel, use: Use) -> str | None:
 
     for _ in range(16):
         node = use.node
-        if node.op == "call_module":
-            name = model.module_name(use)
-            layer = model.layers.get(name)
-            if layer is None or not _is_plain_layer(layer.module):
+        layer = model.layers.get(model.module_name(use)) if node.op == "call_module" else None
+        if layer is not None and any(True for _ in weights_to_check(layer.module)):
+            name = layer.name
+            if not _is_plain_layer(layer.module):
                 return None
             weight, bias = layer.value("weight"), layer.value("bias")
             zero = weight is not None and weight.known and weight.constant() == 0 and (
@@ -372,6 +375,48 @@ def _dead_pair(rule: "ZeroConstantWeight", w: _Weight, partners: list[str]) -> F
         parameter=w.pname, severity=Severity.ERROR, fix=_fix(w.layer, w.pname, None),
         data={"verdict": "dead", "partners": partners, "units": w.units,
               "dead_units": w.units})
+
+
+def _zero_feeder(model: AnalysedModel, w: _Weight) -> str | None:
+    """A zero weight whose every input is the output of another zero layer (zero or no bias),
+    through activations with f(0) = 0, and that layer's output goes nowhere else: the input is
+    exactly 0, so this weight's gradient (the input times the output's) is 0; the other
+    layer's gradient passes through this zero weight only, so it is 0 too. Neither moves (the
+    rule page's own example, read as a stall before). That layer's name, else None."""
+    if not (w.stats.all_zero and w.plain) or not w.calls:
+        return None
+    feeders: set[str] = set()
+    for call in w.calls:
+        inputs = [n for n in call.node.all_input_nodes if n.op != "get_attr"]
+        if len(inputs) != 1:
+            return None
+        name = _zero_source(model, Use(call.part, inputs[0]))
+        if name is None or name == w.layer.name:
+            return None
+        feeders.add(name)
+    if len(feeders) != 1:
+        return None
+    name = feeders.pop()
+    source = model.layers.get(name)
+    if source is None or model.is_shared(name):
+        return None
+    _, outputs = calls_and_outputs(model, source)
+    ends = [e for out in outputs for e in walk(model, out)]
+    only_here = bool(ends) and all(e.kind == "layer" and e.use.node in {c.node for c in w.calls}
+                                   for e in ends)
+    return name if only_here else None
+
+
+def _dead_chain(rule: "ZeroConstantWeight", w: _Weight, feeder: str) -> Finding:
+    return rule.finding(
+        w.layer,
+        f"{w.pname} is all zero{w.where} and its input is the output of {feeder}, whose weight "
+        "(and bias) are all zero too and which feeds only this layer: the input is exactly 0, "
+        f"so {w.pname} gets a gradient of 0, and {feeder} gets its gradient through this zero "
+        "weight only, so it gets 0 too. Neither ever moves (dead for good); draw at least one "
+        "of them",
+        parameter=w.pname, severity=Severity.ERROR, fix=_fix(w.layer, w.pname, None),
+        data={"verdict": "dead", "feeder": feeder, "units": w.units, "dead_units": w.units})
 
 
 def _stall(rule: "ZeroConstantWeight", model: AnalysedModel, w: _Weight,

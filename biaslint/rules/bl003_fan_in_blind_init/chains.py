@@ -107,6 +107,14 @@ class LayerCall:
     # order: what the chain does to the scale besides the weights (re-predicted at other gains).
     transfers: list[Callable[[float], float]] = field(default_factory=list)
     transfers_up: list[Callable[[float], float]] = field(default_factory=list)
+    # The same continued through average pooling (a mean over windows or axes), which can only
+    # lower the scale (the mean's square is at most the mean square): an upper bound on the
+    # scale, used for vanishing only.
+    pred_down: "LayerCall | None" = None
+    m_in_down: float = 1.0
+    m_out_down: float = 1.0
+    feeds_down: bool = False
+    transfers_down: list[Callable[[float], float]] = field(default_factory=list)
 
     @property
     def gain(self) -> float:
@@ -125,6 +133,8 @@ class LayerCall:
 class Chain:
     calls: list[LayerCall] = field(default_factory=list)
     through_pooling: bool = False  # continued through max pooling: growth is a lower bound
+    # continued through average pooling: the hidden scale is an upper bound (vanishing only)
+    through_averaging: bool = False
 
     @property
     def end(self) -> LayerCall:
@@ -142,6 +152,8 @@ class Chain:
     @property
     def hidden_growth(self) -> float:
         """Predicted scale of the activations entering the chain's last layer."""
+        if self.through_averaging:
+            return math.sqrt(self.end.m_in_down)
         return math.sqrt(self.end.m_in_up if self.through_pooling else self.end.m_in)
 
     def at_target_gains(self) -> tuple[float, float]:
@@ -152,7 +164,9 @@ class Chain:
         for i, call in enumerate(self.calls):
             m_in = 1.0 if i == 0 else m_out
             if i:
-                for transfer in (call.transfers_up if self.through_pooling else call.transfers):
+                transfers = call.transfers_down if self.through_averaging else (
+                    call.transfers_up if self.through_pooling else call.transfers)
+                for transfer in transfers:
                     m_in = _finite(transfer(m_in))
             m_out = _finite(call.target ** 2 * m_in + call.bias_sq)
         return math.sqrt(m_out), math.sqrt(m_in)
@@ -256,6 +270,22 @@ class ScaleModel:
             if crossed:
                 yield Chain(list(reversed(calls)), through_pooling=True)
 
+    def averaged_chains(self) -> Iterator[Chain]:
+        """Chains continued through average pooling (vanishing only); only those that cross at
+        least one."""
+        for call in self.layer_calls():
+            if call.feeds_down:
+                continue
+            calls: list[LayerCall] = []
+            current: LayerCall | None = call
+            crossed = False
+            while current is not None and len(calls) < 10_000:
+                calls.append(current)
+                crossed = crossed or (current.pred_down is not None and current.pred is None)
+                current = current.pred_down
+            if crossed:
+                yield Chain(list(reversed(calls)), through_averaging=True)
+
     def recurrent_gains(self) -> Iterator[tuple[Layer, str, float]]:
         for layer in self.model.layers_of_type(nn.RNNBase, nn.RNNCellBase):
             for pname in layer.parameters():
@@ -320,6 +350,16 @@ class ScaleModel:
                         m = _finite(transfer(m))
                 call.m_in_up = m
                 call.m_out_up = _finite(call.gain ** 2 * m + call.bias_sq)
+                m = 1.0
+                transfers, source = self._walk_back(use, through_average=True)
+                if source is not None and source in by_node:
+                    call.pred_down = by_node[source]
+                    call.transfers_down = list(reversed(transfers))
+                    m = call.pred_down.m_out_down
+                    for transfer in call.transfers_down:
+                        m = _finite(transfer(m))
+                call.m_in_down = m
+                call.m_out_down = _finite(call.gain ** 2 * m + call.bias_sq)
                 by_node[node] = call
                 result.append(call)
             for call in by_node.values():
@@ -327,6 +367,8 @@ class ScaleModel:
                     call.pred.feeds_chain = True
                 if call.pred_up is not None:
                     call.pred_up.feeds_up = True
+                if call.pred_down is not None:
+                    call.pred_down.feeds_down = True
         return result
 
     def _layer_call(self, use: Use) -> LayerCall | None:
@@ -344,7 +386,7 @@ class ScaleModel:
         return LayerCall(layer=layer, use=use, rms=rms, fan_in=fan_in, activation=activation,
                          slope=slope, bias_sq=bias_sq, end_kind=end_kind)
 
-    def _walk_back(self, use: Use, through_max_pool: bool = False
+    def _walk_back(self, use: Use, through_max_pool: bool = False, through_average: bool = False
                    ) -> tuple[list[Callable[[float], float]], fx.Node | None]:
         """Transfers between the layer's input and the previous weight layer (in backward order)
         and that layer's node; None when the chain starts here. With ``through_max_pool``, a max
@@ -363,6 +405,9 @@ class ScaleModel:
             if transfer is None and through_max_pool and len(data) == 1 \
                     and _is_max_pool(current) \
                     and activation_kind(Use(current.part, data[0])) in _NON_NEGATIVE:
+                transfer = _identity
+            if transfer is None and through_average and len(data) == 1 \
+                    and is_average_pool(current):
                 transfer = _identity
             if transfer is None or len(data) != 1:
                 return transfers, None
@@ -480,6 +525,21 @@ _NON_NEGATIVE = frozenset({"relu", "sigmoid", "softplus"})
 
 def _identity(m: float) -> float:
     return m
+
+
+def is_average_pool(use: Use) -> bool:
+    """Average pooling, or a mean over some axes: each output is a mean of inputs, so the mean
+    square comes out at most what it was (Jensen), up to how often windows overlap an entry."""
+    node = use.node
+    if node.op == "call_module":
+        module = use.part.gm.get_submodule(node.target)
+        return isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                                   nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                                   nn.AdaptiveAvgPool3d))
+    if node.op == "call_function":
+        return node.target in (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+                               F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.mean)
+    return node.op == "call_method" and node.target == "mean"
 
 
 def _is_max_pool(use: Use) -> bool:

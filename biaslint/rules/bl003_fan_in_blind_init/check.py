@@ -92,8 +92,9 @@ def claims(rule: "FanInBlindInit", model: AnalysedModel, context: RuleContext
     low = float(context.option(rule, "min_growth"))
     scales = scales_of(model)
     found: list[tuple[Chain, str]] = []
-    for chain in list(scales.chains()) + list(scales.pooled_chains()):
-        explodes = chain.growth > high
+    for chain in list(scales.chains()) + list(scales.pooled_chains()) + \
+            list(scales.averaged_chains()):
+        explodes = chain.growth > high and not chain.through_averaging
         # Vanishing is judged on the activations entering the chain's last layer: that
         # layer's own output scale is a read-out scale (a small classifier head, the last
         # layer of a residual branch, GPT-2's 1/sqrt(2 n_layer)) often small on purpose.
@@ -202,6 +203,9 @@ def _chain_tail(chain: Chain) -> str:
     if chain.through_pooling:
         tail += (" The chain crosses max pooling of non-negative activations, which can only "
                  "raise the scale: the predicted growth is a lower bound.")
+    if chain.through_averaging:
+        tail += (" The chain crosses average pooling, which can only lower the scale: the "
+                 "predicted scale is an upper bound.")
     return tail
 
 
