@@ -210,3 +210,35 @@ def test_a_zero_layer_fed_only_by_another_zero_layer_is_dead_not_stalled(write_t
         assert second.data["verdict"] == verdict
         moved = _trained_gradients(loaded.model, torch.randn(8, 16), "2.weight")
         assert (moved == 0.0) == (verdict == "dead"), moved
+
+
+GROUPED = """
+def build():
+    net = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1, groups=GROUPS, bias=False), nn.Tanh(),
+        nn.Conv2d(8, 8, 1, bias=False), nn.Tanh(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    )
+    nn.init.zeros_(net[0].weight)
+    nn.init.constant_(net[2].weight, 0.1)
+    return net, torch.randn(4, 4, 8, 8)
+"""
+
+
+def _distinct_filters(model, x, steps: int = 100) -> int:
+    """How many different filters the first conv holds after training with SGD."""
+    _trained_gradients(model, x, "0.weight", steps)
+    rows = model[0].weight.detach().flatten(1)
+    return len({tuple(round(v, 9) for v in row.tolist()) for row in rows})
+
+
+def test_a_constant_grouped_conv_keeps_clones_within_each_group(write_target):
+    """Units of one group read the same input channels: with one weight, and a consumer that
+    weighs them alike, they stay clones; a depthwise conv's units are alone in their group."""
+    for groups, distinct in ((2, 2), (1, 1), (4, 4)):
+        torch.manual_seed(0)
+        result, scope, loaded = _lint(write_target, GROUPED.replace("GROUPS", str(groups)))
+        found = [f for f in result.findings if f.module == "0"]
+        assert _distinct_filters(loaded.model, torch.randn(4, 4, 8, 8)) == distinct
+        assert found and found[0].data["verdict"] == "clones", result.findings
+        assert found[0].data.get("groups", 1) == groups

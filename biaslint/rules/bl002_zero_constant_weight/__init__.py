@@ -23,7 +23,8 @@ input weights and `MultiheadAttention` output projections whose every entry hold
 decides from the graph whether training can recover:
 
 * **error** when it cannot: every unit computes the same value and the layer that consumes them
-  is constant too, so the units also receive the same gradient and stay clones for good; or the
+  is constant too, so the units also receive the same gradient and stay clones for good (in a
+  grouped conv, the units of each group, which read the same input channels); or the
   weight is zero and every unit's bias is <= 0 in front of a ReLU, so the output and its gradient
   are zero for good (dead units). When only some units have a bias <= 0, those units are dead and
   the finding is a warning. The same holds through a normalization: a zero weight with no (or a

@@ -250,8 +250,13 @@ def _clones(rule: "ZeroConstantWeight", model: AnalysedModel, w: _Weight,
     their gradients differ only through the activation's slope at those offsets: the rows stay
     nearly parallel and the layer trains as if it had one unit (measured by training in
     tests/test_bl002_training.py)."""
-    symmetric = w.plain and w.units > 1 and all(e.kind == "layer" for e in endpoints) and \
-        getattr(w.layer.module, "groups", 1) == 1 and len(w.calls) == 1
+    groups = int(getattr(w.layer.module, "groups", 1))
+    # A grouped conv's groups read different input channels; the units within a group read the
+    # same ones, so with one weight they are clones group by group (not a depthwise conv's
+    # lone units).
+    per_group = w.units // groups if groups > 1 and w.units % groups == 0 else w.units
+    symmetric = w.plain and per_group > 1 and all(e.kind == "layer" for e in endpoints) and \
+        len(w.calls) == 1 and (groups == 1 or w.rows == "constant")
     if not symmetric:
         return None
     consumers = [symmetric_consumer(model, out, w.layer.module) for out in w.outputs]
@@ -261,15 +266,21 @@ def _clones(rule: "ZeroConstantWeight", model: AnalysedModel, w: _Weight,
     if not names:
         return None
     same_bias = w.bias_value is None or w.bias_value.constant() is not None
+    if groups > 1 and not same_bias:
+        return None  # biases differ within a group: not followed for grouped convs
     if w.rows != "parallel" and same_bias:
+        alike = f"all {w.units} units compute the same value" if groups == 1 else (
+            f"the {per_group} units of each of its {groups} groups compute the same value "
+            f"({groups} distinct units of {w.units})")
         return rule.finding(
             w.layer,
-            f"{w.pname} is {w.value}{w.where}: all {w.units} units compute the same value, "
+            f"{w.pname} is {w.value}{w.where}: {alike}, "
             f"and the next layer {', '.join(names)} weighs them equally, so they get "
             "the same gradient and stay identical for good",
             parameter=w.pname, severity=Severity.ERROR,
             fix=_fix(w.layer, w.pname, activation),
-            data={"verdict": "clones", "units": w.units, "consumers": names},
+            data={"verdict": "clones", "units": w.units, "consumers": names,
+                  **({"groups": groups} if groups > 1 else {})},
         )
     differ = " and ".join(part for part, present in (
         ("in scale", w.rows == "parallel"), ("by their biases", not same_bias)) if present)
