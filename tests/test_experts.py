@@ -36,6 +36,9 @@ class Experts(nn.Module):
             nn.init.zeros_(self.up)
 
     def forward(self, x):  # x: (experts, tokens, dim)
+        if self.how == "broadcast":  # one input for every expert: "td,edh->eth"
+            h = torch.relu(torch.einsum("td,edh->eth", x[0], self.up))
+            return torch.einsum("eth,ehd->etd", h, self.down)
         if self.how == "einsum":
             h = torch.relu(torch.einsum("etd,edh->eth", x, self.up))
             return torch.einsum("eth,ehd->etd", h, self.down)
@@ -85,6 +88,8 @@ def _scope(result, code: str):
 GAINS = {
     "bmm, std 4": (dict(std=4.0), True),
     "einsum, std 4": (dict(std=4.0, how="einsum"), True),
+    "einsum of one input broadcast over the experts, std 4": (dict(std=4.0, how="broadcast"),
+                                                              True),
     "F.linear per expert, (experts, out, in), std 4": (dict(std=4.0, how="linear"), True),
     "He init per expert": (dict(), False),
     "std 0.02, as LLM configs draw experts": (dict(std=0.02), False),
@@ -121,8 +126,9 @@ def test_bl003_judges_each_expert_by_the_fan_in_its_product_contracts(name, writ
                 assert measured < 10 * math.sqrt(2)
 
 
-def test_bl002_a_zero_expert_weight_into_relu_is_dead_and_a_drawn_one_passes(write_target):
-    target = _target(write_target, zero_up=True)
+@pytest.mark.parametrize("how", ["bmm", "broadcast"])
+def test_bl002_a_zero_expert_weight_into_relu_is_dead_and_a_drawn_one_passes(write_target, how):
+    target = _target(write_target, zero_up=True, how=how)
     torch.manual_seed(0)
     real, loaded = _lint(target, None, ("BL002",))
     meta, _ = _lint(target, "meta", ("BL002",))
@@ -135,7 +141,7 @@ def test_bl002_a_zero_expert_weight_into_relu_is_dead_and_a_drawn_one_passes(wri
     model.zero_grad(set_to_none=True)
     model(x).pow(2).sum().backward()
     assert float(model.experts.up.grad.abs().max()) == 0.0  # dead: no gradient ever
-    drawn = _target(write_target)
+    drawn = _target(write_target, how=how)
     for device in (None, "meta"):
         result, _ = _lint(drawn, device, ("BL002",))
         assert result.findings == () and _scope(result, "BL002").judged == 2

@@ -224,6 +224,11 @@ def _einsum_roles(node: fx.Node, weight: fx.Node, axes: list[int | None]
     contracted = [axes[i] for i, c in enumerate(letters) if c not in output and c in other]
     kept = [axes[i] for i, c in enumerate(letters) if c in output and c not in other]
     shared = [axes[i] for i, c in enumerate(letters) if c in output and c in other]
+    if len(shared) == 0 and len(kept) == 2 and len(contracted) == 1:
+        # ``bd,edh->beh``: the input is broadcast over the experts, so both kept axes are the
+        # weight's own; the leading one holds the experts, as in every (experts, ...) layout.
+        shared, kept = [min(kept, key=lambda a: -1 if a is None else a)], \
+            [max(kept, key=lambda a: -1 if a is None else a)]
     if len(contracted) != 1 or len(kept) != 1 or len(shared) != 1 or None in (
             contracted + kept + shared):
         return "an einsum that does not contract it over one axis per expert"
