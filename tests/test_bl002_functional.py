@@ -242,3 +242,37 @@ def test_a_constant_grouped_conv_keeps_clones_within_each_group(write_target):
         assert _distinct_filters(loaded.model, torch.randn(4, 4, 8, 8)) == distinct
         assert found and found[0].data["verdict"] == "clones", result.findings
         assert found[0].data.get("groups", 1) == groups
+
+
+CONCAT = """
+class TwoBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 32)
+        self.b = nn.Linear(16, 32)
+        self.mix = nn.Linear(64, 32)
+        self.head = nn.Linear(32, 4)
+        nn.init.zeros_(self.a.weight)
+        nn.init.zeros_(self.a.bias)
+        MIX
+
+    def forward(self, x):
+        h = torch.cat([torch.tanh(self.a(x)), torch.tanh(self.b(x))], dim=-1)
+        return self.head(torch.tanh(self.mix(h)))
+
+
+def build():
+    return TwoBranch(), torch.randn(8, 16)
+"""
+
+
+def test_clones_concatenated_with_other_features_stay_clones(write_target):
+    for mix, clones in (("nn.init.constant_(self.mix.weight, 0.05)", True), ("pass", False)):
+        torch.manual_seed(0)
+        result, _, loaded = _lint(write_target, CONCAT.replace("MIX", mix))
+        found = [f for f in result.findings if f.module == "a"]
+        _trained_gradients(loaded.model, torch.randn(8, 16), "a.weight", 100)
+        rows = loaded.model.a.weight.detach()
+        distinct = len({tuple(round(v, 9) for v in row.tolist()) for row in rows})
+        assert (distinct == 1) == clones
+        assert bool(found and found[0].data["verdict"] == "clones") == clones, result.findings

@@ -284,6 +284,11 @@ def symmetric_consumer(model: "AnalysedModel", out: "Use",
             conv_out = False
             stack.extend(model.users(use))
             continue
+        if _joins_along_units(use, conv_out):
+            # Concatenated with other features along the units' axis: each unit keeps its own
+            # column of a consumer that weighs every column alike.
+            stack.extend(model.users(use))
+            continue
         if conv_out and _pools_each_channel(use, module):
             stack.extend(model.users(use))  # the same window on every channel: clones stay so
             continue
@@ -303,6 +308,22 @@ def symmetric_consumer(model: "AnalysedModel", out: "Use",
             return None
         names.append(f"{name} ({type(module).__name__})")
     return names or None
+
+
+def _joins_along_units(use: "Use", conv_out: bool) -> bool:
+    """``torch.cat`` along the axis that indexes the units: the channels of a conv output, the
+    last axis of a Linear's."""
+    import torch
+
+    node = use.node
+    if node.op != "call_function" or node.target not in (torch.cat, torch.concat):
+        return False
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    shape = use.shape()
+    if not isinstance(dim, int) or shape is None:
+        return False
+    axis = dim % len(shape)
+    return axis == (1 if conv_out else len(shape) - 1)
 
 
 def _pools_each_channel(use: "Use", module: "nn.Module | None") -> bool:
