@@ -38,9 +38,12 @@ treated like ReLU.
   test: a small read-out is often deliberate (a classifier head, the last layer of a residual
   branch, GPT-2's 1/sqrt(2 n_layer) scaling). A chain whose output is normalized right away
   (BatchNorm, LayerNorm, GroupNorm...) only changes how fast its layers learn: **info**, and only
-  when it explodes. For explosion only, a chain also continues through max pooling of
-  non-negative activations (after ReLU): the max of non-negative values is at least their root
-  mean square, so the growth predicted through the pooling is a lower bound. A chain that the
+  when it explodes. A chain also continues through max pooling of non-negative activations
+  (after ReLU): the max of non-negative values is at least their root mean square, so the growth
+  predicted through the pooling is a lower bound, for explosion; a vanishing chain across max
+  pooling is claimed only where the example inputs measure it (never on the meta device). For
+  vanishing, a chain continues through average pooling (and a mean over axes), which can only
+  lower the scale: the scale predicted through it is an upper bound. A chain that the
   forward's own constants between its layers (`h / 1000`) push out of the band even at the gains
   the fix writes is not blamed on the init, unless the init's share (the growth over that
   growth) leaves the band by itself.

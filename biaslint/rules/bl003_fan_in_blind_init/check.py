@@ -99,8 +99,9 @@ def claims(rule: "FanInBlindInit", model: AnalysedModel, context: RuleContext
         # layer's own output scale is a read-out scale (a small classifier head, the last
         # layer of a residual branch, GPT-2's 1/sqrt(2 n_layer)) often small on purpose.
         # Through pooling the prediction is only a lower bound: for explosion claims only.
-        vanishes = chain.hidden_growth < low and len(chain.calls) > 1 \
-            and not chain.through_pooling
+        # Through max pooling the prediction is no bound for vanishing: claimed only where the
+        # example inputs measure it (``_chain_finding``).
+        vanishes = chain.hidden_growth < low and len(chain.calls) > 1
         if not explodes and (not vanishes or chain.end_kind == "norm"):
             continue
         if _scaled_by_the_forward(chain, explodes, high, low):
@@ -148,6 +149,8 @@ def _chain_finding(rule: "FanInBlindInit", model: AnalysedModel, chain: Chain, d
     data: dict[str, Any] = {"chain": [c.layer.name for c in chain.calls],
                             "gains": [c.gain for c in chain.calls], "end": chain.end_kind,
                             "predicted_growth": predicted}
+    if chain.through_pooling and not explodes and isinstance(measured, str):
+        return None  # vanishing through max pooling: only a measurement can say
     if isinstance(measured, str):
         growth = predicted
         basis = f"{derived}; not measured: {measured}"
@@ -164,6 +167,8 @@ def _chain_finding(rule: "FanInBlindInit", model: AnalysedModel, chain: Chain, d
         # band the same way (the band is the rule's definition of an error, so a measured
         # scale inside it is not one, whatever the prediction said).
         if not (growth > high if explodes else growth < low):
+            if chain.through_pooling and not explodes:
+                return None  # no bound was claimed: nothing for the analysis to disagree with
             model.disagree(
                 rule.code, culprit.layer.name,
                 f"activation scale {direction} ~{_times(predicted)} {where} over {names} "
@@ -180,7 +185,7 @@ def _chain_finding(rule: "FanInBlindInit", model: AnalysedModel, chain: Chain, d
         f"layer(s) with no normalization between ({names}; {basis}): "
         f"gains rms(W)*sqrt(fan_in) = {gains}, while "
         f"{culprit.target:.3g} ({culprit.activation or 'identity'}) keeps the scale"
-        f"{_init_phrase(culprit.layer)}.{_chain_tail(chain)}")
+        f"{_init_phrase(culprit.layer)}.{_chain_tail(chain, explodes)}")
     return rule.finding(culprit.layer, message, parameter="weight", severity=severity,
                         fix=_fix(culprit), data=data)
 
@@ -196,13 +201,16 @@ def _culprit(chain: Chain, explodes: bool) -> LayerCall:
     return next(c for c in members if c.ratio <= worst * 2)
 
 
-def _chain_tail(chain: Chain) -> str:
+def _chain_tail(chain: Chain, explodes: bool) -> str:
     """What the message adds after the gains: a normalized output, a bound through pooling."""
     tail = (" The output is normalized right away, so this only slows learning of these "
             "layers." if chain.end_kind == "norm" else "")
-    if chain.through_pooling:
+    if chain.through_pooling and explodes:
         tail += (" The chain crosses max pooling of non-negative activations, which can only "
                  "raise the scale: the predicted growth is a lower bound.")
+    elif chain.through_pooling:
+        tail += (" The chain crosses max pooling, which raises the scale by an amount only a "
+                 "measurement gives: it is claimed as measured.")
     if chain.through_averaging:
         tail += (" The chain crosses average pooling, which can only lower the scale: the "
                  "predicted scale is an upper bound.")
