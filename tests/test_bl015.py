@@ -326,3 +326,63 @@ def test_outputs_holding_nan_are_not_measured_and_say_why(lint_source, select):
     assert [f for f in result.findings if f.code == "BL015"] == []
     [line] = [x for x in result.incomplete if "BL015" in x]
     assert "hold NaN" in line
+
+
+CUT = """
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as checkpoint
+
+
+class Net(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.a = nn.Linear(16, 16)
+        self.b = nn.Linear(16, 4)
+
+    def block(self, x):
+        return torch.relu(self.a(x))
+
+    def forward(self, x):
+        if self.how == "no_grad":
+            with torch.no_grad():
+                h = self.block(x)
+        elif self.how == "reentrant":
+            h = checkpoint.checkpoint(self.block, x, use_reentrant=True)
+        elif self.how == "non-reentrant":
+            h = checkpoint.checkpoint(self.block, x, use_reentrant=False)
+        else:
+            h = self.block(x)
+        return self.b(h)
+
+
+def build():
+    torch.manual_seed(0)
+    return Net(HOW), torch.randn(8, 16)
+"""
+
+
+@pytest.mark.parametrize("how", ["no_grad", "reentrant", "non-reentrant", "plain"])
+def test_a_layer_computed_outside_autograd_never_trains_as_training_shows(how, lint_source):
+    """The outputs depend on ``a`` in every form; under ``torch.no_grad()``, or in a reentrant
+    checkpoint whose input needs no gradient, no gradient reaches it: training leaves it at its
+    init. BL010 (graph) and the zero-gradient screen both missed it."""
+    source = CUT.replace("HOW", repr(how))
+    namespace: dict = {}
+    exec(compile(source, "<cut>", "exec"), namespace)
+    model, x = namespace["build"]()
+    before = model.a.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(x).pow(2).mean().backward()
+        optimizer.step()
+    trains = not torch.equal(before, model.a.weight.detach())
+    result = lint_source(source, select=("BL010", "BL015"))
+    cut = [f for f in result.findings if f.data.get("reason") == "cut"]
+    assert bool(cut) == (not trains), (how, [f.message for f in result.findings])
+    if cut:
+        [finding] = cut
+        assert finding.module == "a" and finding.data["parameters"] == ["weight"]
+    assert not [f for f in result.findings if f.code == "BL010"]

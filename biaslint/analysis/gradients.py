@@ -13,7 +13,9 @@ comes on under such a shift, and is refuted.
 What this finds is structural on these inputs: a softmax over one position (its output is the
 constant 1), a recurrent direction whose only step read starts from the initial state, a product
 with a constant zero. Parameters autograd never reaches (unused, or behind a ``detach``) are
-BL010's; additive biases are BL001's.
+BL010's, unless an output moves when they are shifted: the forward then computes with them
+outside autograd (``torch.no_grad()``, a reentrant checkpoint), and they are ``cut``. Additive
+biases are BL001's.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class GradientScreen:
 
     silent: list[tuple[str, str]] = field(default_factory=list)
     flat: list[tuple[str, str]] = field(default_factory=list)  # refuted: off on these inputs
+    # Autograd reaches no output from them, yet shifting them moves one: the forward computes
+    # with them outside autograd (``torch.no_grad()``, a reentrant checkpoint whose inputs need
+    # no gradient). They never train.
+    cut: list[tuple[str, str]] = field(default_factory=list)
     measured: int = 0  # parameters whose gradient was measured
     error: str | None = None  # why nothing was measured
     forwards: int = 0
@@ -99,6 +105,7 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         if zero is None:
             result.error = "no floating output depends on a parameter through autograd"
             return result
+        result.cut = _cut(run, shared.projections, trainable)
         pieces = [(layer, pname, 0, int(p.numel())) for layer, pname, p in zero]
         held, moving = settled(run, pieces)
         if held:  # without random masks: a block stochastic depth dropped on the seeded run
@@ -118,6 +125,33 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     result.silent = [(layer, pname) for layer, pname, _, _ in held]
     result.flat = [(layer, pname) for layer, pname, _, _ in moving]
     return result
+
+
+# At most this many parameters that autograd does not reach are shifted to see whether an
+# output depends on them anyway (each costs forwards; a model's unused parameters, BL010's, are
+# shifted too and move nothing).
+CUT_LIMIT = 32
+
+
+def _cut(run: Runner, projections: Sequence[dict[Any, torch.Tensor]] | None,
+         trainable: Sequence[tuple[str, str, torch.Tensor]]) -> list[tuple[str, str]]:
+    """The trainable parameters autograd reaches no output from (no gradient at all in the
+    first projection, not a zero one) whose shift moves an output all the same."""
+    if not projections:
+        return []
+    first = projections[0]
+    unreached = [(layer, pname, 0, int(p.numel())) for layer, pname, p in trainable
+                 if (PEAK, id(p)) not in first and p.numel()]
+    if not unreached or len(unreached) > CUT_LIMIT:
+        return []
+    spent, run.budget_spent = run.budget_spent, False
+    try:
+        _, moving = settled(run, unreached, start=run.forwards)
+        if run.budget_spent:  # what the budget did not reach counts as moving: no claim
+            return []
+    finally:
+        run.budget_spent = run.budget_spent or spent
+    return [(layer, pname) for layer, pname, _, _ in moving]
 
 
 @dataclass

@@ -32,6 +32,12 @@ block stochastic depth dropped on the measured run comes back without masks; a p
 weak (two layer scales of 1e-5 in a row) moves by 1e-14, not 0: none of them is reported. A
 structural silence is exact: a softmax over one key outputs exactly 1.
 
+It also finds parameters autograd reaches no output from although the outputs depend on them:
+a trainable parameter that gets no gradient at all (not a zero one) whose shift, as above, moves
+an output. The forward computes with it outside autograd: under `torch.no_grad()`, or in a
+reentrant gradient checkpoint (`use_reentrant=True`, the old default) none of whose inputs
+needs a gradient. It never trains. A parameter the graph shows behind a `.detach()` is BL010's.
+
 The finding names the graph's reason where it knows one:
 - the parameter feeds the scores of a softmax over a **length-1 axis** (one key): its output is
   the constant 1 whatever the scores, so the query and key projections never train (a vision
@@ -126,6 +132,33 @@ def build():
             layer = model.layers.get(layer_name)
             if layer is not None:
                 yield self._finding(model, layer, pnames)
+        cut: dict[str, list[str]] = {}
+        for layer_name, pname in screen.cut:
+            if not _detached_in_graph(model, layer_name, pname):  # that is BL010's
+                cut.setdefault(layer_name, []).append(pname)
+        for layer_name, pnames in cut.items():
+            layer = model.layers.get(layer_name)
+            if layer is not None:
+                yield self._cut(layer, pnames)
+
+    def _cut(self, layer: "Layer", pnames: list[str]) -> Finding:
+        one = len(pnames) == 1
+        names = ", ".join(pnames)
+        message = (
+            f"{names} of {layer.name or 'the model'} get{'s' if one else ''} no gradient at all, "
+            f"though shifting {'it' if one else 'them'} moves the outputs (measured on the "
+            f"example inputs): the forward computes with {'it' if one else 'them'} outside "
+            "autograd (under torch.no_grad(), or in a reentrant gradient checkpoint none of "
+            f"whose inputs needs a gradient). {'It' if one else 'They'} never train"
+            f"{'s' if one else ''}; to freeze {'it' if one else 'them'} on purpose, set "
+            f"requires_grad=False so the optimizer skips {'it' if one else 'them'}")
+        return self.finding(
+            layer, message, parameter=pnames[0],
+            fix=Fix(title="Compute the layer with autograd, or freeze it explicitly",
+                    code="move the layer out of torch.no_grad(), or use "
+                         "checkpoint(..., use_reentrant=False); to freeze: "
+                         "module.requires_grad_(False)", safe=False, kind=FixKind.MANUAL),
+            data={"parameters": pnames, "reason": "cut"})
 
     def _finding(self, model: "AnalysedModel", layer: "Layer", pnames: list[str]) -> Finding:
         kind, why = _why(model, layer, pnames)
@@ -180,3 +213,21 @@ def _attention(model: "AnalysedModel") -> list[Any]:
         return list(model.attention)
     except Exception:  # the measure is only for the words: the verdict stands without it
         return []
+
+
+def _detached_in_graph(model: "AnalysedModel", layer: str, pname: str) -> bool:
+    """Whether the graph shows a ``detach`` after the layer's calls or the parameter's reads:
+    BL010 names those ("detached")."""
+    qualified = f"{layer}.{pname}" if layer else pname
+    stack = [u.node for u in model.calls_of(layer)] + [u.node for u in model.reads_of(qualified)]
+    seen: set[Any] = set()
+    while stack and len(seen) < 4096:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.target in ("detach", "detach_") or getattr(node.target, "__name__", "") in (
+                "detach", "detach_"):
+            return True
+        stack.extend(node.users)
+    return False
