@@ -62,15 +62,19 @@ def build():
 """
 
 
-def test_two_zero_layers_clone_and_stall(lint_model):
+def test_two_zero_layers_clone_and_deadlock(lint_model):
+    """The second zero layer's input is tanh(0) = 0 from a zero layer that feeds only it: its
+    weight gets no gradient, and the first layer gets its gradient through that zero weight
+    only. Not a stall: neither ever moves."""
     findings, model = lint_model(TANH_BOTH_ZERO)
     assert findings["0"].severity.name == "ERROR" and findings["0"].data["verdict"] == "clones"
-    assert findings["2"].severity.name == "WARNING" and findings["2"].data["verdict"] == "stall"
+    assert findings["2"].severity.name == "ERROR" and findings["2"].data["verdict"] == "dead"
+    assert findings["2"].data["feeder"] == "0"
     assert "4" not in findings  # the random head
     first = train(model, 8, record_first_grads=True)
-    # stall: the layer before the zero layer gets exactly no gradient at the first step
     assert torch.count_nonzero(first["0.weight"]) == 0
-    # clones: the first layer's units are still identical after training
+    # dead for good: after training both weights are still exactly zero
+    assert torch.count_nonzero(model[2].weight) == 0 and torch.count_nonzero(model[0].weight) == 0
     assert rows_identical(model[0].weight) and rows_identical(model[0].bias[:, None])
 
 
@@ -553,8 +557,12 @@ def _check_claims(model: nn.Module, x: torch.Tensor, findings: dict) -> None:
         weight = dict(model.named_parameters())[f"{name}.{finding.parameter}"].detach()
         start = dict(before.named_parameters())[f"{name}.{finding.parameter}"].detach()
         verdict = finding.data["verdict"]
-        if verdict == "clones":
-            assert rows_identical(weight), (name, finding.message)
+        if verdict == "clones":  # within each group of a grouped conv
+            groups = finding.data.get("groups", 1)
+            assert all(rows_identical(part) for part in weight.chunk(groups)), \
+                (name, finding.message)
+            if groups > 1:  # and the groups themselves differ after training
+                assert not rows_identical(weight), (name, finding.message)
         elif verdict == "dead":
             still = (weight - start).flatten(1).abs().amax(1) == 0
             assert int(still.sum()) >= finding.data["dead_units"], (name, finding.message)
@@ -637,14 +645,15 @@ def build():
     nn.init.constant_(m.a.weight, 0.1)
     return m, torch.randn(16, 8)
 """, {}),
-    # Each group of a grouped conv reads different input channels.
+    # Each group of a grouped conv reads different input channels; the two units of one group
+    # read the same ones, and the (zero) consumer weighs them alike: clones within each group.
     "grouped_producer": ("""
 import torch, torch.nn as nn
 def build():
     m = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, groups=3), nn.GELU(), nn.Conv2d(6, 1, 1))
     nn.init.zeros_(m[0].weight); nn.init.constant_(m[0].bias, 0.1); nn.init.zeros_(m[2].weight)
     return m, torch.randn(16, 3, 8, 8)
-""", {}),
+""", {"0": ("clones", None)}),
     # The reverse direction still reads the input.
     "bidirectional_rnn": ("""
 import torch, torch.nn as nn
