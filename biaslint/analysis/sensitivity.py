@@ -536,6 +536,7 @@ def _measure(run: Runner, layers: Sequence[str], proven: Proven | None = None,
     screen.forwards = run.forwards
     candidates, partial = _zero_gradient_candidates(run, wanted, grads, screen)
     confirmed, refuted, second = _confirm(run, candidates, proven or {})
+    _complete(run, confirmed, refuted)
     screen.notes.extend(_confirmation_notes(run, bool(candidates), second))
     screen.forwards = run.forwards
     screen.runner = run
@@ -1117,6 +1118,62 @@ def _confirm(run: Runner, candidates: list[_Candidate], proven: Proven | None = 
     settle(held + proven_held, True)
     settle(moving, False)
     return confirmed, refuted, not run.second_rejected
+
+
+# At most this many biases, cancelled in most but not all of their elements, have the rest
+# shifted to see whether the whole bias cancels (``_complete``).
+COMPLETE_AT_MOST = 8
+HOLES_AT_MOST = 8
+
+
+def _complete(run: Runner, confirmed: dict[tuple[str, str], torch.Tensor],
+              refuted: dict[tuple[str, str], torch.Tensor]) -> None:
+    """Elements of a bias confirmed cancelled in part that were never proposed (their gradient
+    was not zero; no shift refuted them): shifted too, both signs on both batches, then in
+    float64, and confirmed where no output moves. A norm over a channel whose batch values
+    nearly coincide (a 1x1 map, batch 2) divides by a tiny std, and rounding leaves cancelled
+    elements' gradients above the zero test. Tried: the whole rest of a bias mostly confirmed;
+    else the holes of one or two elements between its confirmed elements, together, then hole
+    by hole (a longer gap is a block of its own: another head's query and value)."""
+    done = 0
+    for key, mask in confirmed.items():
+        rest = ~mask
+        if key in refuted:
+            rest &= ~refuted[key]
+        if not bool(rest.any()) or done >= COMPLETE_AT_MOST:
+            continue
+        done += 1
+        if int(mask.sum()) * 2 >= mask.numel() and _rest_holds(run, key, rest):
+            mask |= rest
+            continue
+        inside = torch.nonzero(mask).flatten()
+        holes = rest.clone()
+        holes[:int(inside[0])] = False
+        holes[int(inside[-1]) + 1:] = False
+        for a, b in runs(holes):
+            if b - a > 2:  # a block (another head's query and value), not a rounding hole
+                holes[a:b] = False
+        if not bool(holes.any()):
+            continue
+        if _rest_holds(run, key, holes):
+            mask |= holes
+            continue
+        for a, b in runs(holes)[:HOLES_AT_MOST]:
+            one = torch.zeros_like(holes)
+            one[a:b] = True
+            if _rest_holds(run, key, one):
+                mask |= one
+
+
+def _rest_holds(run: Runner, key: tuple[str, str], elements: torch.Tensor) -> bool:
+    group = [(key[0], key[1], a, b) for a, b in runs(elements)]
+    if not _holds(run, group):
+        return False
+    if run.dtype != torch.float64:
+        with in_float64(run) as wide:
+            if wide is None or not _holds(wide, group, both=False):
+                return False
+    return not (run.random and _reseeded(run, group)[1])
 
 
 def _reseeded(run: Runner, held: list[Piece]) -> tuple[list[Piece], list[Piece]]:

@@ -207,7 +207,7 @@ class Propagation:
         value's sole user and the value is not a view of something else. A bias-dependent value
         written into another tensor (``z.add_(y)``, ``torch.add(a, y, out=buf)``) reaches that
         tensor's other users, which the graph does not link: live."""
-        if "out" in user.kwargs:
+        if user.kwargs.get("out") is not None:  # torch.fx records out=None too
             raise Live(f"{describe(self.part, user)} writes into an out= tensor")
         if not _is_inplace(self.part, user):
             return
