@@ -386,3 +386,37 @@ def test_a_layer_computed_outside_autograd_never_trains_as_training_shows(how, l
         [finding] = cut
         assert finding.module == "a" and finding.data["parameters"] == ["weight"]
     assert not [f for f in result.findings if f.code == "BL010"]
+
+
+def test_a_layer_behind_an_integer_cast_is_cut_and_the_cast_named(lint_source):
+    """A latent quantized to bytes (diffusers' AutoencoderTiny does it in its forward): the
+    encoder's output reaches the decoder only through .byte(), so no gradient reaches it."""
+    source = """
+import torch
+import torch.nn as nn
+
+
+class Codec(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Linear(16, 8)
+        self.dec = nn.Linear(8, 16)
+
+    def forward(self, x):
+        q = torch.sigmoid(self.enc(x)).mul(255).round().byte()
+        return self.dec(q / 255.0)
+
+
+def build():
+    torch.manual_seed(0)
+    return Codec(), torch.randn(8, 16)
+"""
+    namespace: dict = {}
+    exec(compile(source, "<codec>", "exec"), namespace)
+    model, x = namespace["build"]()
+    model(x).pow(2).mean().backward()
+    assert model.enc.weight.grad is None and model.dec.weight.grad is not None
+    result = lint_source(source, select=("BL010", "BL015"))
+    [finding] = [f for f in result.findings if f.code == "BL015"]
+    assert finding.module == "enc" and finding.data["reason"] == "cut"
+    assert "byte()" in finding.message

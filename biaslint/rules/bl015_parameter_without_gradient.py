@@ -139,25 +139,31 @@ def build():
         for layer_name, pnames in cut.items():
             layer = model.layers.get(layer_name)
             if layer is not None:
-                yield self._cut(layer, pnames)
+                yield self._cut(layer, pnames, _integer_cast(model, layer_name))
 
-    def _cut(self, layer: "Layer", pnames: list[str]) -> Finding:
+    def _cut(self, layer: "Layer", pnames: list[str], cast: str | None) -> Finding:
         one = len(pnames) == 1
         names = ", ".join(pnames)
+        how = (f"its result reaches the outputs only through {cast}, a cast to an integer "
+               "dtype, which autograd does not differentiate" if cast else
+               f"the forward computes with {'it' if one else 'them'} outside autograd (under "
+               "torch.no_grad(), or in a reentrant gradient checkpoint none of whose inputs "
+               "needs a gradient)")
         message = (
             f"{names} of {layer.name or 'the model'} get{'s' if one else ''} no gradient at all, "
             f"though shifting {'it' if one else 'them'} moves the outputs (measured on the "
-            f"example inputs): the forward computes with {'it' if one else 'them'} outside "
-            "autograd (under torch.no_grad(), or in a reentrant gradient checkpoint none of "
-            f"whose inputs needs a gradient). {'It' if one else 'They'} never train"
+            f"example inputs): {how}. {'It' if one else 'They'} never train"
             f"{'s' if one else ''}; to freeze {'it' if one else 'them'} on purpose, set "
             f"requires_grad=False so the optimizer skips {'it' if one else 'them'}")
         return self.finding(
             layer, message, parameter=pnames[0],
             fix=Fix(title="Compute the layer with autograd, or freeze it explicitly",
-                    code="move the layer out of torch.no_grad(), or use "
-                         "checkpoint(..., use_reentrant=False); to freeze: "
-                         "module.requires_grad_(False)", safe=False, kind=FixKind.MANUAL),
+                    code=("pass the gradient around the cast (straight-through: "
+                          "x + (quantized - x).detach())" if cast else
+                          "move the layer out of torch.no_grad(), or use "
+                          "checkpoint(..., use_reentrant=False)") +
+                    "; to freeze: module.requires_grad_(False)", safe=False,
+                    kind=FixKind.MANUAL),
             data={"parameters": pnames, "reason": "cut"})
 
     def _finding(self, model: "AnalysedModel", layer: "Layer", pnames: list[str]) -> Finding:
@@ -231,3 +237,29 @@ def _detached_in_graph(model: "AnalysedModel", layer: str, pname: str) -> bool:
             return True
         stack.extend(node.users)
     return False
+
+
+_INTEGER_CASTS = frozenset({"byte", "char", "short", "int", "long", "bool"})
+
+
+def _integer_cast(model: "AnalysedModel", layer: str) -> str | None:
+    """The first cast to an integer dtype the graph shows after the layer's calls, in words
+    (``byte() in 'encoder'``), or None."""
+    import torch
+
+    stack = [(u.node, u) for u in model.calls_of(layer)]
+    seen: set[Any] = set()
+    while stack and len(seen) < 4096:
+        node, use = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        dtype = node.kwargs.get("dtype") if node.target == "to" else None
+        dtype = dtype or next((a for a in node.args[1:] if isinstance(a, torch.dtype)), None) \
+            if node.target == "to" else dtype
+        if node.op == "call_method" and (node.target in _INTEGER_CASTS or (
+                isinstance(dtype, torch.dtype) and not dtype.is_floating_point
+                and not dtype.is_complex)):
+            return f"{node.target}()"
+        stack.extend((user, use) for user in node.users)
+    return None
