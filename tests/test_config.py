@@ -21,7 +21,7 @@ def build():
                           nn.Linear(64, 10))
     for hidden in (model[0], model[2]):
         nn.init.zeros_(hidden.weight)
-        nn.init.zeros_(hidden.bias)
+        # default biases: an error (near-clones) and a warning (a stall), not two dead layers
     return model
 """
 GOOD = "import torch.nn as nn\n\ndef build():\n    return nn.Sequential(nn.Linear(4, 4))\n"

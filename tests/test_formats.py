@@ -28,7 +28,7 @@ def build():
                           nn.Linear(64, 10))
     for hidden in (model[0], model[2]):
         nn.init.zeros_(hidden.weight)
-        nn.init.zeros_(hidden.bias)
+        # default biases: an error (near-clones) and a warning (a stall), not two dead layers
     return model
 """
 

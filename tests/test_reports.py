@@ -35,8 +35,8 @@ def build():
     model = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(),
                           nn.Linear(64, 10))
     # one init call per layer: two findings with two causes (report.groups keeps them apart)
-    nn.init.zeros_(model[0].weight), nn.init.zeros_(model[0].bias)
-    nn.init.zeros_(model[2].weight), nn.init.zeros_(model[2].bias)
+    nn.init.zeros_(model[0].weight)  # default biases: an error and a warning (a stall)
+    nn.init.zeros_(model[2].weight)
     return model
 """
 GOOD = "import torch.nn as nn\n\n\ndef build():\n    return nn.Sequential(nn.Linear(4, 4))\n"
