@@ -218,3 +218,30 @@ def test_random_fourier_features_are_left_to_their_chosen_frequency(write_target
     result, _ = _lint(write_target(source))
     assert [f for f in result.findings if f.code == "BL003"] == []
     assert _scope(result).unjudged == ()
+
+
+def test_learned_latents_a_layer_reads_are_no_weight_of_the_products_after(write_target):
+    """Perceiver's latents: a parameter that goes through a norm and a projection (layers the
+    rule judges themselves) before its product with the input's keys is that layer's input,
+    not a weight: nothing to judge, nothing left unjudged (it was "not judged" before)."""
+    source = HEADER + textwrap.dedent("""
+    class Latents(nn.Module):
+        def __init__(self, n=8, d=32):
+            super().__init__()
+            self.latents = nn.Parameter(torch.randn(n, d))
+            self.norm = nn.LayerNorm(d)
+            self.to_q = nn.Linear(d, d, bias=False)
+            self.to_k = nn.Linear(d, d, bias=False)
+
+        def forward(self, x):
+            q = self.to_q(self.norm(self.latents)).expand(x.shape[0], -1, -1)
+            scores = torch.einsum("bid,bjd->bij", q, self.to_k(x)) * 32 ** -0.5
+            return torch.softmax(scores, -1) @ x
+
+
+    def build():
+        return Latents(), torch.randn(2, 5, 32)
+    """)
+    result, _ = _lint(write_target(source))
+    assert [f for f in result.findings if f.code == "BL003"] == []
+    assert _scope(result).unjudged == ()

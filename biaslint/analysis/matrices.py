@@ -205,8 +205,8 @@ def _follow(model: AnalysedModel, use: Use, axes: list[int | None] | None, scale
         if _product_kind(node):
             found.append((user, axes, scale))
             continue
-        if depth >= 12 or node in data:
-            continue  # combined with the input: not a weight any more
+        if depth >= 12 or node in data or node.op == "call_module":
+            continue  # combined with the input, or the input of a layer: not a weight here
         moved = _moved(node, use.node, axes, scale) if axes is not None and scale is not None \
             else None
         if moved is not None:
