@@ -245,3 +245,37 @@ def test_learned_latents_a_layer_reads_are_no_weight_of_the_products_after(write
     result, _ = _lint(write_target(source))
     assert [f for f in result.findings if f.code == "BL003"] == []
     assert _scope(result).unjudged == ()
+
+
+@pytest.mark.parametrize("std", [1.0, 0.05])
+def test_a_factored_weight_is_judged_as_the_product_the_forward_contracts(write_target, std):
+    """``x @ (U @ V)``: the product of the two factors is the weight the input meets. Before,
+    neither factor was judged (the factors' own product is not with the input) and the lint
+    passed them; now the product is computed from the parameters and judged, on real tensors,
+    and listed as not judged on meta."""
+    source = HEADER + textwrap.dedent(f"""
+    class LowRank(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.u = nn.Parameter(torch.randn(256, 32) * {std})
+            self.v = nn.Parameter(torch.randn(32, 256) * {std})
+
+        def forward(self, x):
+            return torch.relu(x @ (self.u @ self.v))
+
+
+    def build():
+        return LowRank(), torch.randn(16, 256)
+    """)
+    target = write_target(source)
+    result, loaded = _lint(target)
+    x = torch.randn(64, 256)
+    with torch.no_grad():
+        w = loaded.model.u @ loaded.model.v
+        measured = float((x @ w).pow(2).mean().sqrt() / x.pow(2).mean().sqrt())
+    flagged = {f.parameter for f in result.findings if f.code == "BL003"}
+    assert flagged == ({"u", "v"} if measured > 10 * math.sqrt(2) else set()), measured
+    assert _scope(result).unjudged == ()
+    meta, _ = _lint(target, "meta")
+    assert [f for f in meta.findings if f.code == "BL003"] == []
+    assert [why for _, why in _scope(meta).unjudged if "could not be computed" in why]

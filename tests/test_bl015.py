@@ -420,3 +420,17 @@ def build():
     [finding] = [f for f in result.findings if f.code == "BL015"]
     assert finding.module == "enc" and finding.data["reason"] == "cut"
     assert "byte()" in finding.message
+
+
+def test_an_unreached_parameter_the_budget_did_not_shift_is_said_not_judged(lint_source,
+                                                                           monkeypatch):
+    """With no shifts left in the budget, a parameter autograd does not reach is neither
+    reported nor passed: it is listed as not judged."""
+    import biaslint.analysis.sensitivity as sensitivity
+
+    monkeypatch.setattr(sensitivity, "CONFIRMATION_BUDGET", 0)
+    result = lint_source(CUT.replace("HOW", repr("no_grad")), select=("BL015",))
+    assert not [f for f in result.findings if f.data.get("reason") == "cut"]
+    [scope] = [s for s in result.rules if s.code == "BL015"]
+    assert [layer for layer, _ in scope.unjudged] == ["a"]
+    assert "budget ran out" in scope.unjudged[0][1]

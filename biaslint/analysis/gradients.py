@@ -57,6 +57,8 @@ class GradientScreen:
     # with them outside autograd (``torch.no_grad()``, a reentrant checkpoint whose inputs need
     # no gradient). They never train.
     cut: list[tuple[str, str]] = field(default_factory=list)
+    # ... and those the confirmation budget ran out before: not judged for that
+    cut_unsettled: list[tuple[str, str]] = field(default_factory=list)
     measured: int = 0  # parameters whose gradient was measured
     error: str | None = None  # why nothing was measured
     forwards: int = 0
@@ -105,7 +107,7 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         if zero is None:
             result.error = "no floating output depends on a parameter through autograd"
             return result
-        result.cut = _cut(run, shared.projections, trainable)
+        result.cut, result.cut_unsettled = _cut(run, shared.projections, trainable)
         pieces = [(layer, pname, 0, int(p.numel())) for layer, pname, p in zero]
         held, moving = settled(run, pieces)
         if held:  # without random masks: a block stochastic depth dropped on the seeded run
@@ -127,31 +129,28 @@ def _screen(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     return result
 
 
-# At most this many parameters that autograd does not reach are shifted to see whether an
-# output depends on them anyway (each costs forwards; a model's unused parameters, BL010's, are
-# shifted too and move nothing).
-CUT_LIMIT = 32
-
-
 def _cut(run: Runner, projections: Sequence[dict[Any, torch.Tensor]] | None,
-         trainable: Sequence[tuple[str, str, torch.Tensor]]) -> list[tuple[str, str]]:
-    """The trainable parameters autograd reaches no output from (no gradient at all in the
-    first projection, not a zero one) whose shift moves an output all the same."""
+         trainable: Sequence[tuple[str, str, torch.Tensor]]
+         ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(the trainable parameters autograd reaches no output from, no gradient at all in the
+    first projection rather than a zero one, whose shift moves an output all the same; those
+    the confirmation budget ran out before). All of them are shifted together first: when
+    none moves an output (unused parameters, BL010's), that costs one shift per batch."""
     if not projections:
-        return []
+        return [], []
     first = projections[0]
     unreached = [(layer, pname, 0, int(p.numel())) for layer, pname, p in trainable
                  if (PEAK, id(p)) not in first and p.numel()]
-    if not unreached or len(unreached) > CUT_LIMIT:
-        return []
+    if not unreached:
+        return [], []
     spent, run.budget_spent = run.budget_spent, False
     try:
         _, moving = settled(run, unreached, start=run.forwards)
         if run.budget_spent:  # what the budget did not reach counts as moving: no claim
-            return []
+            return [], [(layer, pname) for layer, pname, _, _ in moving]
     finally:
         run.budget_spent = run.budget_spent or spent
-    return [(layer, pname) for layer, pname, _, _ in moving]
+    return [(layer, pname) for layer, pname, _, _ in moving], []
 
 
 @dataclass

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from biaslint.analysis.model import AnalysedModel, Layer, Use
+from biaslint.capture.trace import GraphPart
 from biaslint.vocabulary import is_size_query
 
 # Modules whose weights the rules read from the module call, or never judge by fan-in.
@@ -145,7 +146,7 @@ class _NoValue(Exception):
     """A value the weight's computation needs is not there (the meta device, an input)."""
 
 
-def _evaluate(model: AnalysedModel, part: object, node: fx.Node,
+def _evaluate(model: AnalysedModel, part: GraphPart, node: fx.Node,
               memo: dict[fx.Node, object], depth: int) -> torch.Tensor:
     """``node``'s value from the parameters and buffers alone, on copies of them (an in-place
     op in the forward must not write the model)."""
@@ -155,18 +156,18 @@ def _evaluate(model: AnalysedModel, part: object, node: fx.Node,
     return result
 
 
-def _value(model: AnalysedModel, part: object, node: fx.Node, memo: dict[fx.Node, object],
+def _value(model: AnalysedModel, part: GraphPart, node: fx.Node, memo: dict[fx.Node, object],
            depth: int) -> object:
     def value_of(n: fx.Node) -> Any:
         return _evaluate_any(model, part, n, memo, depth + 1)
 
     args, kwargs = fx.node.map_arg((node.args, node.kwargs), value_of)
     if node.op == "get_attr":
-        owner, _, name = part.full_name(str(node.target)).rpartition(".")  # type: ignore
+        owner, _, name = part.full_name(str(node.target)).rpartition(".")
         try:
             tensor = getattr(model.submodule(owner), name)
         except AttributeError:  # a constant the capture keeps in its own graph module
-            tensor = part.gm  # type: ignore[attr-defined]
+            tensor = part.gm
             for atom in str(node.target).split("."):
                 tensor = getattr(tensor, atom)
         if type(tensor) not in (torch.Tensor, nn.Parameter) or tensor.is_meta:
@@ -177,11 +178,11 @@ def _value(model: AnalysedModel, part: object, node: fx.Node, memo: dict[fx.Node
     if node.op == "call_method":
         return getattr(args[0], str(node.target))(*args[1:], **kwargs)
     if node.op == "call_module":
-        return model.submodule(part.full_name(str(node.target)))(*args, **kwargs)  # type: ignore
+        return model.submodule(part.full_name(str(node.target)))(*args, **kwargs)
     raise _NoValue(node.op)
 
 
-def _evaluate_any(model: AnalysedModel, part: object, node: fx.Node,
+def _evaluate_any(model: AnalysedModel, part: GraphPart, node: fx.Node,
                   memo: dict[fx.Node, object], depth: int) -> object:
     if depth > 64:
         raise _NoValue("too deep")
@@ -202,7 +203,7 @@ def _follow(model: AnalysedModel, use: Use, axes: list[int | None] | None, scale
         node = user.node
         if is_size_query(node):
             continue
-        if _product_kind(node):
+        if _product_kind(node) and node in data:
             found.append((user, axes, scale))
             continue
         if depth >= 12 or node in data or node.op == "call_module":
@@ -216,13 +217,13 @@ def _follow(model: AnalysedModel, use: Use, axes: list[int | None] | None, scale
     return found
 
 
-def input_dependent(model: AnalysedModel, part: object) -> frozenset[fx.Node]:
+def input_dependent(model: AnalysedModel, part: GraphPart) -> frozenset[fx.Node]:
     """The nodes of ``part``'s graph computed from its inputs (placeholders), made once."""
     memo = model.__dict__.setdefault("_input_dependent", {})
     found = memo.get(id(part))
     if found is None:
         nodes: set[fx.Node] = set()
-        for node in part.gm.graph.nodes:  # type: ignore[attr-defined]  # topological order
+        for node in part.gm.graph.nodes:  # topological order
             if node.op == "placeholder" or any(n in nodes for n in node.all_input_nodes):
                 nodes.add(node)
         found = memo[id(part)] = frozenset(nodes)
@@ -233,10 +234,7 @@ def _product_kind(node: fx.Node) -> str:
     if node.op == "call_function" and node.target in _CONVS:
         return "conv"
     if node.op in ("call_function", "call_method"):
-        try:
-            return _MATRIX_PRODUCTS.get(node.target, "")
-        except TypeError:
-            return ""
+        return _MATRIX_PRODUCTS.get(node.target, "")
     return ""
 
 

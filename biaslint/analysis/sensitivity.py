@@ -1140,12 +1140,6 @@ def _complete(run: Runner, confirmed: dict[tuple[str, str], torch.Tensor],
         rest = ~mask
         if key in refuted:
             rest &= ~refuted[key]
-        if not bool(rest.any()) or done >= COMPLETE_AT_MOST:
-            continue
-        done += 1
-        if int(mask.sum()) * 2 >= mask.numel() and _rest_holds(run, key, rest):
-            mask |= rest
-            continue
         inside = torch.nonzero(mask).flatten()
         holes = rest.clone()
         holes[:int(inside[0])] = False
@@ -1153,6 +1147,13 @@ def _complete(run: Runner, confirmed: dict[tuple[str, str], torch.Tensor],
         for a, b in runs(holes):
             if b - a > 2:  # a block (another head's query and value), not a rounding hole
                 holes[a:b] = False
+        mostly = bool(rest.any()) and int(mask.sum()) * 2 >= mask.numel()
+        if done >= COMPLETE_AT_MOST or not (mostly or bool(holes.any())):
+            continue  # nothing to try here (a key third and its neighbours)
+        done += 1
+        if mostly and _rest_holds(run, key, rest):
+            mask |= rest
+            continue
         if not bool(holes.any()):
             continue
         if _rest_holds(run, key, holes):

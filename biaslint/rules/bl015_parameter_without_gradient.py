@@ -113,8 +113,12 @@ def build():
 
     def declined(self, model: "AnalysedModel", context: RuleContext) -> dict[str, str]:
         screen = model.silent_parameters()
-        if screen is None or screen.error is None:
+        if screen is None:
             return {}
+        if screen.error is None:
+            return {layer: f"{NOT_MEASURED}autograd reaches no output from {pname}, and the "
+                           "shifts' budget ran out before it was shifted"
+                    for layer, pname in screen.cut_unsettled}
         return {layer.name: f"{NOT_MEASURED}{screen.error}"
                 for layer in self.scope(model, context)}
 
@@ -244,22 +248,24 @@ _INTEGER_CASTS = frozenset({"byte", "char", "short", "int", "long", "bool"})
 
 def _integer_cast(model: "AnalysedModel", layer: str) -> str | None:
     """The first cast to an integer dtype the graph shows after the layer's calls, in words
-    (``byte() in 'encoder'``), or None."""
+    (``byte()``), or None."""
     import torch
 
-    stack = [(u.node, u) for u in model.calls_of(layer)]
+    stack = [u.node for u in model.calls_of(layer)]
     seen: set[Any] = set()
     while stack and len(seen) < 4096:
-        node, use = stack.pop()
+        node = stack.pop()
         if node in seen:
             continue
         seen.add(node)
-        dtype = node.kwargs.get("dtype") if node.target == "to" else None
-        dtype = dtype or next((a for a in node.args[1:] if isinstance(a, torch.dtype)), None) \
-            if node.target == "to" else dtype
-        if node.op == "call_method" and (node.target in _INTEGER_CASTS or (
-                isinstance(dtype, torch.dtype) and not dtype.is_floating_point
-                and not dtype.is_complex)):
-            return f"{node.target}()"
-        stack.extend((user, use) for user in node.users)
+        if node.op == "call_method":
+            dtype = None
+            if node.target == "to":
+                dtype = node.kwargs.get("dtype") or next(
+                    (a for a in node.args[1:] if isinstance(a, torch.dtype)), None)
+            if node.target in _INTEGER_CASTS or (
+                    isinstance(dtype, torch.dtype) and not dtype.is_floating_point
+                    and not dtype.is_complex):
+                return f"{node.target}()"
+        stack.extend(node.users)
     return None

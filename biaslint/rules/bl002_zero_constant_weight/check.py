@@ -655,7 +655,7 @@ def _matrix_verdict(rule: "ZeroConstantWeight", model: AnalysedModel, weight: "M
         return (f"its weight {weight.pname} is all {constant:g}: whether its units recover "
                 "depends on what takes its products, which is not followed for weights the "
                 "forward contracts itself")
-    units = weight.layer.value(weight.pname).numel // max(weight.fan_in, 1)  # type: ignore
+    units = math.prod(weight.shape) // max(weight.fan_in, 1)
     subject = _subject(weight.layer, weight.pname)
     return rule.finding(
         weight.layer,

@@ -244,47 +244,36 @@ class ScaleModel:
         return self._calls
 
     def chains(self) -> Iterator[Chain]:
-        for call in self.layer_calls():
-            if call.feeds_chain:
-                continue
-            calls: list[LayerCall] = []
-            current: LayerCall | None = call
-            while current is not None and len(calls) < 10_000:
-                calls.append(current)
-                current = current.pred
-            yield Chain(list(reversed(calls)))
+        yield from self._routed("")
 
     def pooled_chains(self) -> Iterator[Chain]:
         """Chains continued through max pooling of non-negative activations (explosion only);
         only those that cross at least one pooling."""
-        for call in self.layer_calls():
-            if call.feeds_up:
-                continue
-            calls: list[LayerCall] = []
-            current: LayerCall | None = call
-            crossed = False
-            while current is not None and len(calls) < 10_000:
-                calls.append(current)
-                crossed = crossed or (current.pred_up is not None and current.pred is None)
-                current = current.pred_up
-            if crossed:
-                yield Chain(list(reversed(calls)), through_pooling=True)
+        yield from self._routed("_up")
 
     def averaged_chains(self) -> Iterator[Chain]:
         """Chains continued through average pooling (vanishing only); only those that cross at
         least one."""
+        yield from self._routed("_down")
+
+    def _routed(self, route: str) -> Iterator[Chain]:
+        """The chains linked by ``pred{route}`` (see ``_ROUTES``), each from its last layer
+        back; continued ones only where they cross what the plain chains stop at."""
+        feeds = _ROUTES[route][0]
         for call in self.layer_calls():
-            if call.feeds_down:
+            if getattr(call, feeds):
                 continue
             calls: list[LayerCall] = []
             current: LayerCall | None = call
-            crossed = False
+            crossed = not route
             while current is not None and len(calls) < 10_000:
                 calls.append(current)
-                crossed = crossed or (current.pred_down is not None and current.pred is None)
-                current = current.pred_down
+                linked = getattr(current, "pred" + route)
+                crossed = crossed or (linked is not None and current.pred is None)
+                current = linked
             if crossed:
-                yield Chain(list(reversed(calls)), through_averaging=True)
+                yield Chain(list(reversed(calls)), through_pooling=route == "_up",
+                            through_averaging=route == "_down")
 
     def recurrent_gains(self) -> Iterator[tuple[Layer, str, float]]:
         for layer in self.model.layers_of_type(nn.RNNBase, nn.RNNCellBase):
@@ -330,46 +319,32 @@ class ScaleModel:
                     continue
                 # A chain starts at unit scale at its first layer's input: the ops before it
                 # (x / 255, a fixed normalization) set the input's scale, not the init's growth.
-                m = 1.0
-                transfers, source = self._walk_back(use)
-                if source is not None and source in by_node:
-                    call.pred = by_node[source]
-                    call.transfers = list(reversed(transfers))
-                    m = call.pred.m_out
-                    for transfer in call.transfers:
-                        m = _finite(transfer(m))
-                call.m_in = m
-                call.m_out = _finite(call.gain ** 2 * m + call.bias_sq)
-                m = 1.0
-                transfers, source = self._walk_back(use, through_max_pool=True)
-                if source is not None and source in by_node:
-                    call.pred_up = by_node[source]
-                    call.transfers_up = list(reversed(transfers))
-                    m = call.pred_up.m_out_up
-                    for transfer in call.transfers_up:
-                        m = _finite(transfer(m))
-                call.m_in_up = m
-                call.m_out_up = _finite(call.gain ** 2 * m + call.bias_sq)
-                m = 1.0
-                transfers, source = self._walk_back(use, through_average=True)
-                if source is not None and source in by_node:
-                    call.pred_down = by_node[source]
-                    call.transfers_down = list(reversed(transfers))
-                    m = call.pred_down.m_out_down
-                    for transfer in call.transfers_down:
-                        m = _finite(transfer(m))
-                call.m_in_down = m
-                call.m_out_down = _finite(call.gain ** 2 * m + call.bias_sq)
+                for route, (_, walk) in _ROUTES.items():
+                    self._link(call, use, by_node, route, walk)
                 by_node[node] = call
                 result.append(call)
             for call in by_node.values():
-                if call.pred is not None:
-                    call.pred.feeds_chain = True
-                if call.pred_up is not None:
-                    call.pred_up.feeds_up = True
-                if call.pred_down is not None:
-                    call.pred_down.feeds_down = True
+                for route, (feeds, _) in _ROUTES.items():
+                    linked = getattr(call, "pred" + route)
+                    if linked is not None:
+                        setattr(linked, feeds, True)
         return result
+
+    def _link(self, call: LayerCall, use: Use, by_node: dict[fx.Node, LayerCall], route: str,
+              walk: dict[str, bool]) -> None:
+        """Link ``call`` to the layer before it along ``route`` and predict its scales there:
+        ``pred{route}``, ``transfers{route}``, ``m_in{route}``, ``m_out{route}``."""
+        m = 1.0
+        transfers, source = self._walk_back(use, **walk)
+        if source is not None and source in by_node:
+            linked = by_node[source]
+            setattr(call, "pred" + route, linked)
+            setattr(call, "transfers" + route, list(reversed(transfers)))
+            m = getattr(linked, "m_out" + route)
+            for transfer in getattr(call, "transfers" + route):
+                m = _finite(transfer(m))
+        setattr(call, "m_in" + route, m)
+        setattr(call, "m_out" + route, _finite(call.gain ** 2 * m + call.bias_sq))
 
     def _layer_call(self, use: Use) -> LayerCall | None:
         name = self.model.module_name(use)
@@ -519,6 +494,15 @@ def _weight_summary(layer: Layer) -> tuple[float, int] | None:
         return None
     return float(math.sqrt(value.mean_square(sample=_SAMPLE))), int(fan_in)
 
+
+# The ways a chain runs back from a layer: plain (stopped by pooling), through max pooling of
+# non-negative activations (explosion: a lower bound), through average pooling (vanishing: an
+# upper bound). Suffix of the ``LayerCall`` fields -> (its "feeds" flag, ``_walk_back`` flags).
+_ROUTES: dict[str, tuple[str, dict[str, bool]]] = {
+    "": ("feeds_chain", {}),
+    "_up": ("feeds_up", {"through_max_pool": True}),
+    "_down": ("feeds_down", {"through_average": True}),
+}
 
 _NON_NEGATIVE = frozenset({"relu", "sigmoid", "softplus"})
 

@@ -341,9 +341,6 @@ def expert_findings(rule: "FanInBlindInit", model: AnalysedModel, limit: float
             continue
         what = f"through {activation}" if activation else \
             "through any activation (none takes its product alone; tanh's 5/3 is the largest)"
-        std = target / math.sqrt(weight.fan_in)
-        subject = init_call_subject(weight.layer.init_of(weight.pname)) or \
-            f"{python_path(weight.layer.name)}.{weight.pname}"
         message = (
             f"expert weight {weight.pname} {tuple(weight.shape)} ({weight.experts} experts; "
             f"the forward contracts axis {weight.fan_in_dim}, so each expert's fan_in is "
@@ -351,12 +348,18 @@ def expert_findings(rule: "FanInBlindInit", model: AnalysedModel, limit: float
             f"{gain / target:.3g}x the {target:.3g} that keeps the scale {what}: on inputs "
             f"with uncorrelated unit-scale entries each expert alone multiplies the activation "
             f"scale by ~{_times(gain)}{_init_phrase(weight.layer, weight.pname)}.")
-        fix = Fix(title="Draw each expert's weight scaled by its own fan-in",
-                  code=f"nn.init.normal_({subject}, std={std:.3g})", safe=False,
-                  kind=FixKind.REPLACE_INIT)
+        fix = _normal_fix("Draw each expert's weight scaled by its own fan-in", weight.layer,
+                          weight.pname, target / math.sqrt(weight.fan_in))
         yield rule.finding(weight.layer, message, parameter=weight.pname, fix=fix,
                            location=weight.layer.site_of(weight.pname),
                            data={"gain": gain, "ratio": gain / target, "fan_in": weight.fan_in})
+
+
+def _normal_fix(title: str, layer: Layer, pname: str, std: float) -> Fix:
+    """Draw the parameter from N(0, std^2), where the user's init call drew it."""
+    subject = init_call_subject(layer.init_of(pname)) or f"{python_path(layer.name)}.{pname}"
+    return Fix(title=title, code=f"nn.init.normal_({subject}, std={std:.3g})", safe=False,
+               kind=FixKind.REPLACE_INIT)
 
 
 # -- weights the forward contracts itself (F.linear, x @ w, einsum, F.conv2d) ----------------------
@@ -394,9 +397,6 @@ def matrix_findings(rule: "FanInBlindInit", model: AnalysedModel, limit: float,
         scaled = f", scaled by {scale:.3g} in the forward" if scale != 1.0 else ""
         if weight.rms is not None:
             scaled += f"; rms {rms:.3g} as the forward computes it from the parameters"
-        std = target / math.sqrt(weight.fan_in) / scale
-        subject = init_call_subject(weight.layer.init_of(weight.pname)) or \
-            f"{python_path(weight.layer.name)}.{weight.pname}"
         message = (
             f"weight {weight.pname} {tuple(weight.shape)}, which the forward contracts with "
             f"its input itself (fan_in {weight.fan_in}{scaled}), has gain "
@@ -404,9 +404,8 @@ def matrix_findings(rule: "FanInBlindInit", model: AnalysedModel, limit: float,
             f"keeps the scale {what}: on inputs with uncorrelated unit-scale entries it alone "
             f"multiplies the activation scale by ~{_times(gain)}"
             f"{_init_phrase(weight.layer, weight.pname)}.{tail}")
-        fix = Fix(title="Draw the weight scaled by its fan-in",
-                  code=f"nn.init.normal_({subject}, std={std:.3g})", safe=False,
-                  kind=FixKind.REPLACE_INIT)
+        fix = _normal_fix("Draw the weight scaled by its fan-in", weight.layer, weight.pname,
+                          target / math.sqrt(weight.fan_in) / scale)
         yield rule.finding(weight.layer, message, parameter=weight.pname, fix=fix,
                            severity=Severity.INFO if normed else Severity.WARNING,
                            location=weight.layer.site_of(weight.pname),
